@@ -1,0 +1,78 @@
+"""Settings: one typed object, read once from ``CITYIOT_*`` variables (and an optional file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything configurable, with the defaults of DESIGN §7.
+
+    ``mqtt_url`` and ``influx_url`` left empty mean "start local ones" for ``cityiot run``;
+    the single-stage commands need them set.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="CITYIOT_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    mqtt_url: str = Field("", description="mqtt://user:pass@host:port of the broker")
+    mqtt_client_id: str = Field("cityiot-ingest", description="stable id: the persistent session")
+    influx_url: str = Field("", description="http://host:8086 of InfluxDB (v1 HTTP API)")
+    influx_db: str = "city"
+    influx_token: str = Field("", description="InfluxDB 2.x/3.x token; empty for 1.x")
+    influx_user: str = ""
+    influx_password: str = ""
+    retention: str = Field("400d", description="retention policy duration (InfluxQL duration)")
+    database_url: str = "sqlite+aiosqlite:///.run/cityiot.db"
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    rules_path: Path = Path("rules/catalogue")
+    log_level: str = "INFO"
+    run_dir: Path = Path(".run")
+
+    # Ingest tuning (DESIGN §8); the defaults suit one worker on a small machine.
+    batch_size: int = Field(5000, ge=1, description="flush to InfluxDB at this many points")
+    flush_interval_ms: int = Field(200, ge=1, description="... or after this long")
+    max_payload_bytes: int = Field(256 * 1024, ge=64)
+    max_batch_readings: int = 1000
+    future_tolerance_s: int = 300
+    dead_letter_payload_bytes: int = 4096
+    registry_refresh_s: float = Field(2.0, gt=0, description="pick up registry changes this often")
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper(cls, v: str) -> str:
+        return v.upper()
+
+    @field_validator("retention")
+    @classmethod
+    def _retention(cls, v: str) -> str:
+        if not v or not v[:-1].isdigit() or v[-1] not in "hdw":
+            raise ValueError(f"CITYIOT_RETENTION must look like 400d, 52w or 720h, got {v!r}")
+        return v
+
+    @property
+    def retention_s(self) -> int:
+        unit = {"h": 3600, "d": 86400, "w": 7 * 86400}[self.retention[-1]]
+        return int(self.retention[:-1]) * unit
+
+
+class MqttTarget:
+    """The parts of an ``mqtt://user:pass@host:port`` URL."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+            raise ValueError(f"CITYIOT_MQTT_URL must look like mqtt://user:pass@host:1883, got {url!r}")
+        self.host: str = parts.hostname
+        self.port: int = parts.port or 1883
+        self.username: str | None = unquote(parts.username) if parts.username else None
+        self.password: str | None = unquote(parts.password) if parts.password else None
+
+    def __repr__(self) -> str:  # never shows the password
+        return f"MqttTarget({self.host}:{self.port}, user={self.username!r})"
