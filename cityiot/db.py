@@ -19,10 +19,13 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    MetaData,
     String,
     Text,
+    TypeDecorator,
     event,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -31,39 +34,41 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-class UTCDateTime(DateTime):
-    """Timezone-aware datetimes in and out, also on SQLite (which stores them naive)."""
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC datetimes in and out, also on SQLite (which stores them naive).
 
+    A naive datetime given to the database is taken to be UTC.
+    """
+
+    impl = DateTime(timezone=True)
     cache_ok = True
 
-    def __init__(self) -> None:
-        super().__init__(timezone=True)
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+        # SQLite compares the stored text: one offset-free format keeps the order right.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
-    def bind_processor(self, dialect: Any) -> Any:
-        parent = super().bind_processor(dialect)
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if not isinstance(value, dt.datetime):
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
 
-        def process(value: dt.datetime | None) -> Any:
-            if value is not None and value.tzinfo is not None and dialect.name == "sqlite":
-                value = value.astimezone(dt.UTC).replace(tzinfo=None)
-            return parent(value) if parent else value
 
-        return process
-
-    def result_processor(self, dialect: Any, coltype: Any) -> Any:
-        parent = super().result_processor(dialect, coltype)
-
-        def process(value: Any) -> dt.datetime | None:
-            if parent:
-                value = parent(value)
-            if isinstance(value, dt.datetime) and value.tzinfo is None:
-                value = value.replace(tzinfo=dt.UTC)
-            return value  # type: ignore[no-any-return]
-
-        return process
+# Named constraints, so later migrations can drop or alter them (SQLite batch mode needs names).
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
 
 
 class Base(DeclarativeBase):
-    pass
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
 class Vendor(Base):
@@ -136,3 +141,10 @@ def make_engine(url: str) -> AsyncEngine:
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def migrate(url: str) -> None:
+    """Bring the database at ``url`` (SQLite or PostgreSQL) to the newest schema; idempotent."""
+    from cityiot.migrations import upgrade_to_head  # Alembic loads only when migrating
+
+    await upgrade_to_head(url)

@@ -34,10 +34,10 @@ class StandardJsonCodec:
     def decode(self, payload: bytes, kind: Kind) -> list[RawReading]:
         try:
             env = self._decoder.decode(payload)
+        except msgspec.ValidationError as exc:  # a subclass of DecodeError: test it first
+            raise PayloadError(f"payload does not follow the access standard: {exc}") from None
         except msgspec.DecodeError as exc:
             raise PayloadError(f"invalid JSON: {exc}") from None
-        except msgspec.ValidationError as exc:
-            raise PayloadError(f"payload does not follow the access standard: {exc}") from None
         if env.readings is not None:
             if env.metrics is not None or env.ts is not None or env.seq is not None:
                 raise PayloadError("a batch carries only 'readings'; put ts/seq/metrics inside each")

@@ -1,0 +1,62 @@
+# cityiot: set-up and everyday commands (DESIGN §7). Works on a fresh Debian/Ubuntu clone:
+# `make run` and `make test` install what is missing (OS packages, virtualenv) first.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := test
+
+PYTHON ?= python3
+VENV := .venv
+# Written after a successful install; pyproject.toml newer than it means "install again".
+STAMP := $(VENV)/.installed
+RUN_ARGS ?=
+PYTEST_ARGS ?=
+# Debian keeps mosquitto and influxd in sbin, which a non-root PATH often lacks.
+export PATH := $(PATH):/usr/local/sbin:/usr/sbin:/sbin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || ! command -v sudo >/dev/null || echo sudo)
+
+.PHONY: venv deps run test lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml | deps
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+	  echo "cityiot needs Python 3.11 or newer; $(PYTHON) is $$($(PYTHON) -V 2>&1): run make PYTHON=python3.11" >&2; exit 1; }
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+# OS packages: Mosquitto, InfluxDB (Debian's `influxdb`) and python3-venv, only when missing.
+# The platform starts its own broker and InfluxDB on free ports (cityiot/services.py), so the
+# system services the packages enable on install are not needed: those that this very install
+# started are stopped and disabled again.
+deps:
+	@missing=""; \
+	command -v mosquitto >/dev/null || missing="$$missing mosquitto"; \
+	command -v influxd >/dev/null || missing="$$missing influxdb"; \
+	[ -x $(VENV)/bin/python ] || $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ] && [ -z "$(SUDO)" ]; then \
+	    echo "missing OS packages:$$missing; install them as root: apt-get install$$missing" >&2; exit 1; \
+	  fi; \
+	  echo "installing OS packages:$$missing"; \
+	  $(SUDO) apt-get update && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing || exit 1; \
+	  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then \
+	    for pkg in $$missing; do case $$pkg in mosquitto|influxdb) \
+	      $(SUDO) systemctl disable --now $$pkg >/dev/null 2>&1 || true;; esac; done; \
+	  fi; \
+	fi
+
+run: deps venv
+	$(VENV)/bin/cityiot run $(RUN_ARGS)
+
+test: deps venv
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy $(wildcard cityiot ingest rules api simulators)
+
+clean:
+	rm -rf .run

@@ -1,0 +1,226 @@
+"""``cityiot``: the one console script (DESIGN §7).
+
+Scriptable: results on stdout, details and progress on stderr, errors exit non-zero with
+a message naming what to fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from cityiot.settings import Settings
+
+app = typer.Typer(
+    help="Unified IoT access platform for Zhumadian's city operations centre.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+devices_app = typer.Typer(help="The device registry.", no_args_is_help=True)
+vendors_app = typer.Typer(help="Device vendors.", no_args_is_help=True)
+app.add_typer(devices_app, name="devices")
+app.add_typer(vendors_app, name="vendors")
+
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"CITYIOT_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        fail(f"invalid settings: {problems}")
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+def run_until_signal(main: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:
+    """Run ``main`` until it ends; SIGINT/SIGTERM set ``stop`` so it can finish cleanly."""
+
+    async def runner() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main
+
+    try:
+        asyncio.run(runner())
+    except (ConnectionError, ValueError, OSError) as exc:
+        fail(str(exc))
+
+
+@app.command()
+def run(
+    devices: Annotated[int, typer.Option(help="Simulated devices.")] = 2000,
+    rate: Annotated[float, typer.Option(help="Simulated messages per second.")] = 500.0,
+    seed: Annotated[int, typer.Option(help="Simulator seed (same seed, same fleet).")] = 1,
+    no_simulator: Annotated[
+        bool, typer.Option("--no-simulator", help="Run the platform without the simulated fleet.")
+    ] = False,
+    incidents: Annotated[
+        list[str] | None,
+        typer.Option("--incident", help="Scripted incident for the simulator, e.g. cover_open."),
+    ] = None,
+    malformed: Annotated[float, typer.Option(help="Share of malformed simulated messages.")] = 0.0,
+) -> None:
+    """All stages in one process; starts a local broker and InfluxDB unless URLs are given."""
+    from cityiot.launcher import Launch, run_platform
+
+    settings = load_settings()
+    configure_logging(settings)
+    launch = Launch(
+        devices=devices,
+        rate=rate,
+        seed=seed,
+        simulate=not no_simulator,
+        incidents=incidents or [],
+        malformed_share=malformed,
+    )
+    stop = asyncio.Event()
+    run_until_signal(run_platform(settings, launch, stop, err), stop)
+
+
+@app.command()
+def ingest() -> None:
+    """The ingest stage alone: MQTT → validation → InfluxDB (needs CITYIOT_MQTT_URL, _INFLUX_URL)."""
+    from ingest.service import ingest_stage
+
+    settings = load_settings()
+    configure_logging(settings)
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        async with ingest_stage(settings) as stage:
+            task = asyncio.create_task(stage.run())
+            await stop.wait()
+            await stage.stop()
+            await task
+
+    run_until_signal(main(), stop)
+
+
+@app.command()
+def simulate(
+    devices: Annotated[int, typer.Option(help="Number of simulated devices.")] = 1000,
+    rate: Annotated[float, typer.Option(help="Messages per second, whole fleet.")] = 200.0,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same fleet.")] = 1,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    csv: Annotated[
+        Path | None, typer.Option(help="Write the fleet's registry CSV here (and exit if no broker).")
+    ] = None,
+    incidents: Annotated[
+        list[str] | None, typer.Option("--incident", help="Scripted incident, e.g. cover_open.")
+    ] = None,
+    malformed: Annotated[float, typer.Option(help="Share of malformed messages, 0..1.")] = 0.0,
+) -> None:
+    """Publish a simulated fleet to CITYIOT_MQTT_URL (and/or write its registry CSV)."""
+    from cityiot.launcher import simulate_fleet
+    from simulators import Fleet
+
+    settings = load_settings()
+    configure_logging(settings)
+    fleet = Fleet.generate(devices, seed)
+    if csv is not None:
+        fleet.write_csv(csv)
+        err.print(f"wrote {len(fleet.devices)} devices to {csv}")
+    if not settings.mqtt_url:
+        if csv is None:
+            fail("set CITYIOT_MQTT_URL to publish (or give --csv to only write the registry CSV)")
+        return
+    stop = asyncio.Event()
+    run_until_signal(
+        simulate_fleet(settings, fleet, rate, seed, incidents or [], malformed, duration, stop, err),
+        stop,
+    )
+
+
+@devices_app.command("import")
+def devices_import(
+    file: Annotated[Path, typer.Argument(help="CSV: device_id,vendor,kind,district,lat,lon,...")],
+    create_vendors: Annotated[
+        bool, typer.Option(help="Create vendors the file names that are not registered yet.")
+    ] = True,
+) -> None:
+    """Register or update devices from a CSV file; every bad row is reported with its line."""
+    from cityiot.db import make_engine, migrate, sessionmaker
+    from cityiot.registry import import_devices, parse_device_csv
+
+    settings = load_settings()
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror}")
+    except UnicodeDecodeError:
+        fail(f"{file} is not UTF-8 text; save the CSV as UTF-8")
+    parsed = parse_device_csv(text)
+    for problem in parsed.errors:
+        err.print(f"[yellow]{file}:{problem}[/]")
+
+    async def main() -> Any:
+        await migrate(settings.database_url)
+        engine = make_engine(settings.database_url)
+        try:
+            return await import_devices(sessionmaker(engine), parsed.rows, create_vendors)
+        finally:
+            await engine.dispose()
+
+    report = asyncio.run(main())
+    for problem in getattr(report, "errors", []):
+        err.print(f"[yellow]{file}:{problem}[/]")
+    print(f"created={report.created} updated={report.updated} unchanged={report.unchanged} "
+          f"errors={len(parsed.errors) + len(getattr(report, 'errors', []))}")
+    if parsed.errors or getattr(report, "errors", []):
+        raise typer.Exit(2)
+
+
+@vendors_app.command("add")
+def vendors_add(
+    vendor_id: Annotated[str, typer.Argument(help="Vendor id: [A-Za-z0-9_-]{1,64}.")],
+    name: Annotated[str, typer.Option(help="Display name.")] = "",
+    codec: Annotated[str, typer.Option(help="Payload codec of its devices: json or hexframe.")] = "json",
+) -> None:
+    """Register a vendor (or update its name and codec)."""
+    from cityiot.catalogue import RESERVED_VENDORS, is_valid_id
+    from cityiot.db import make_engine, migrate, sessionmaker
+    from cityiot.registry import upsert_vendor
+    from ingest.codecs import default_codecs
+
+    if not is_valid_id(vendor_id) or vendor_id in RESERVED_VENDORS:
+        fail(f"vendor id {vendor_id!r} is not allowed: use [A-Za-z0-9_-]{{1,64}}, not 'alerts'")
+    if codec not in default_codecs():
+        fail(f"unknown codec {codec!r}; available: {', '.join(default_codecs())}")
+    settings = load_settings()
+
+    async def main() -> None:
+        await migrate(settings.database_url)
+        engine = make_engine(settings.database_url)
+        try:
+            await upsert_vendor(sessionmaker(engine), vendor_id, name or vendor_id, codec=codec)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+    print(vendor_id)
+    err.print(f"vendor {vendor_id} registered (codec {codec})")

@@ -1,0 +1,198 @@
+"""InfluxDB through its v1 HTTP API: line protocol to ``/write``, InfluxQL on ``/query``.
+
+That pair is served by InfluxDB 1.x, by 2.x (v1 compatibility) and by 3.x, so one tested
+path serves every version a city may run (DESIGN §3). There is no maintained async client
+for the v1 API, so this is a thin layer over one keep-alive ``httpx.AsyncClient``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+import orjson
+
+_TAG_ESCAPE = re.compile(r"([,= \\])")
+_MEASUREMENT_ESCAPE = re.compile(r"([, \\])")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class InfluxError(RuntimeError):
+    """InfluxDB refused a request; ``status`` is the HTTP status (0: not reachable)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def is_client_error(self) -> bool:
+        """True when the data itself was refused (retrying the same data cannot help)."""
+        return 400 <= self.status < 500
+
+
+def escape_tag(value: str) -> str:
+    """Escape a tag key or value for line protocol.
+
+    Commas, equals signs, spaces and backslashes are escaped. Line protocol has no escape
+    for newlines and other control characters in tags, so they are refused: a value holding
+    one could otherwise start a second, injected point.
+    """
+    if not value:
+        raise ValueError("a tag value cannot be empty in line protocol")
+    if _CONTROL.search(value):
+        raise ValueError(f"tag value {value!r} holds a control character (newline, tab, ...)")
+    return _TAG_ESCAPE.sub(r"\\\1", value)
+
+
+def escape_measurement(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError(f"measurement {value!r} holds a control character")
+    return _MEASUREMENT_ESCAPE.sub(r"\\\1", value)
+
+
+def series_key(measurement: str, tags: dict[str, str]) -> str:
+    """``measurement,tag=value,...`` with tags sorted by key, as InfluxDB stores them."""
+    parts = [escape_measurement(measurement)]
+    parts += [f"{escape_tag(k)}={escape_tag(v)}" for k, v in sorted(tags.items())]
+    return ",".join(parts)
+
+
+def format_field(name: str, value: float | bool) -> str:
+    """One ``name=value`` field: floats as Python's shortest round-trip repr, flags as true/false."""
+    if value is True:
+        return f"{name}=true"
+    if value is False:
+        return f"{name}=false"
+    return f"{name}={float(value)!r}"
+
+
+def quote_ident(name: str) -> str:
+    """An InfluxQL identifier in double quotes, safe whatever it contains."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def quote_string(value: str) -> str:
+    """An InfluxQL string literal in single quotes, safe whatever it contains."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class InfluxDB:
+    """A connection to one InfluxDB database. ``async with InfluxDB(...) as influx:``."""
+
+    def __init__(
+        self,
+        url: str,
+        database: str,
+        *,
+        token: str = "",
+        username: str = "",
+        password: str = "",
+        retention_policy: str | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"CITYIOT_INFLUX_URL must look like http://host:8086, got {url!r}")
+        self.url = url.rstrip("/")
+        self.database = database
+        self.retention_policy = retention_policy
+        headers = {"Authorization": f"Token {token}"} if token else {}
+        self._auth = {"u": username, "p": password} if username else {}
+        self._http = httpx.AsyncClient(
+            base_url=self.url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout_s),
+            limits=httpx.Limits(max_connections=4, max_keepalive_connections=4),
+        )
+
+    async def __aenter__(self) -> InfluxDB:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            response = await self._http.get("/ping")
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 204
+
+    async def write(self, body: bytes, precision: str = "ms") -> None:
+        """Write line protocol. Raises :class:`InfluxError` unless every point was accepted."""
+        params: dict[str, str] = {"db": self.database, "precision": precision, **self._auth}
+        if self.retention_policy:
+            params["rp"] = self.retention_policy
+        try:
+            response = await self._http.post("/write", params=params, content=body)
+        except httpx.HTTPError as exc:
+            raise InfluxError(f"InfluxDB at {self.url} not reachable: {exc!r}") from exc
+        if response.status_code != 204:
+            raise InfluxError(
+                f"InfluxDB refused the write ({response.status_code}): {_error_text(response)}",
+                response.status_code,
+            )
+
+    async def query(
+        self, q: str, *, params: dict[str, Any] | None = None, database: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Run InfluxQL; returns the statements' ``results`` (each with ``series``).
+
+        ``params`` are bound parameters (``$name`` in ``q``), sent apart from the query text.
+        Timestamps come back as epoch milliseconds.
+        """
+        data: dict[str, str] = {"q": q, "db": database or self.database, "epoch": "ms"}
+        data.update(self._auth)
+        if params:
+            data["params"] = orjson.dumps(params).decode()
+        try:
+            response = await self._http.post("/query", data=data)
+        except httpx.HTTPError as exc:
+            raise InfluxError(f"InfluxDB at {self.url} not reachable: {exc!r}") from exc
+        if response.status_code != 200:
+            raise InfluxError(
+                f"InfluxDB query failed ({response.status_code}): {_error_text(response)}",
+                response.status_code,
+            )
+        results: list[dict[str, Any]] = orjson.loads(response.content).get("results", [])
+        for result in results:
+            if "error" in result:
+                raise InfluxError(f"InfluxQL error: {result['error']}", 400)
+        return results
+
+    async def setup(self, retention: str, policy: str = "cityiot") -> None:
+        """Create the database and make ``policy`` (``retention`` long) its default.
+
+        InfluxDB 2.x/3.x manage buckets themselves and refuse this DDL; the caller logs and
+        goes on, as the bucket is then the administrator's to create.
+        """
+        db = quote_ident(self.database)
+        await self.query(f"CREATE DATABASE {db}", database="")
+        rp = quote_ident(policy)
+        try:
+            await self.query(
+                f"CREATE RETENTION POLICY {rp} ON {db} DURATION {retention} REPLICATION 1 DEFAULT"
+            )
+        except InfluxError as exc:
+            if "already exists" not in str(exc):
+                raise
+            await self.query(
+                f"ALTER RETENTION POLICY {rp} ON {db} DURATION {retention} REPLICATION 1 DEFAULT"
+            )
+
+    async def count(self, measurement: str, field: str, where: str = "") -> int:
+        """``SELECT count(field)`` over all time: how many points hold ``field``."""
+        q = f"SELECT count({quote_ident(field)}) FROM {quote_ident(measurement)} {where}"
+        results = await self.query(q)
+        series = results[0].get("series") if results else None
+        return int(series[0]["values"][0][1]) if series else 0
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        return str(orjson.loads(response.content).get("error", response.text))
+    except orjson.JSONDecodeError:
+        return response.text[:500]

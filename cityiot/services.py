@@ -1,0 +1,428 @@
+"""Local Mosquitto and InfluxDB processes for ``cityiot run`` and the tests (DESIGN §3).
+
+Each service lives entirely under ``<run_dir>/<name>/``: rendered config, data, log, pid
+file and the ports it last used. ``start()`` reuses that data (so ``make run`` keeps its
+readings) and, when it can, the same ports; ``restart()`` always keeps both, which is what
+fault tests need. Everything here is synchronous: call it from tests, the CLI, or
+``asyncio.to_thread``.
+
+    with LocalBroker(Path(".run")) as broker, LocalInflux(Path(".run")) as influx:
+        print(broker.url, influx.url)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from string import Template
+from types import TracebackType
+from typing import ClassVar, Self
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "deploy" / "local"
+HOST = "127.0.0.1"
+# Debian keeps daemons in sbin, which a non-root PATH often lacks.
+_SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+_PACKAGES = {"mosquitto": "mosquitto", "influxd": "influxdb"}
+_START_ATTEMPTS = 3  # fresh ports after an "address already in use" race with another process
+
+
+class ServiceError(RuntimeError):
+    """A local service could not be found, started or stopped; the message says what to do."""
+
+
+class ExecutableNotFound(ServiceError):
+    """The service's program is not installed."""
+
+
+def find_executable(name: str, path: str | None = None) -> str:
+    """Absolute path of ``name`` on ``path`` (default: ``$PATH`` plus the sbin directories)."""
+    if path is None:
+        path = os.pathsep.join([os.environ.get("PATH", ""), *_SBIN_DIRS])
+    found = shutil.which(name, path=path)
+    if found is None:
+        package = _PACKAGES.get(name, name)
+        raise ExecutableNotFound(
+            f"{name} not found: install it with `apt-get install {package}` "
+            "or run `make run`, which installs it"
+        )
+    return found
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    """True when a server could listen on ``port`` (connections in TIME_WAIT do not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Same option the servers set, so only a live listener makes the port busy.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
+class LocalService:
+    """One local server process under ``<run_dir>/<name>/``; subclasses say how to run it."""
+
+    name: ClassVar[str]
+    executable: ClassVar[str]
+    template_name: ClassVar[str]
+    port_count: ClassVar[int] = 1
+
+    def __init__(
+        self,
+        run_dir: Path,
+        port: int | None = None,
+        *,
+        ready_timeout_s: float = 30.0,
+        template: Path | None = None,
+    ) -> None:
+        self.dir = Path(run_dir).resolve() / self.name
+        self.config_path = self.dir / f"{self.name}.conf"
+        self.log_path = self.dir / f"{self.name}.log"
+        self.pid_path = self.dir / f"{self.name}.pid"
+        self._ports_path = self.dir / "ports"
+        self._template = template or TEMPLATE_DIR / self.template_name
+        self._requested_port = port
+        self._ready_timeout_s = ready_timeout_s
+        self._ports: list[int] = []
+        self._process: subprocess.Popen[bytes] | None = None
+        self._paused = False
+        self._started = False
+
+    # -- what a subclass provides -------------------------------------------------------
+
+    def _placeholders(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def _argv(self, program: str) -> list[str]:
+        raise NotImplementedError
+
+    def _answers(self) -> bool:
+        """True once the server serves requests on its port."""
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
+
+    # -- public -------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The client port; known once started, and kept by ``restart()``."""
+        if not self._ports:
+            raise ServiceError(f"{self.name} has not been started: call start() first")
+        return self._ports[0]
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> Self:
+        """Start the server and wait until it answers; a no-op when already running."""
+        if self.running:
+            return self
+        program = find_executable(self.executable)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._stop_leftover()
+        if self._started:  # restart(): the same ports, or an error
+            error = self._launch(program)
+        else:
+            for _ in range(_START_ATTEMPTS):
+                self._ports = self._choose_ports()
+                error = self._launch(program)
+                raced = error is not None and "address already in use" in error.lower()
+                if not raced or self._requested_port is not None:
+                    break
+        if error is not None:
+            raise ServiceError(error)
+        self._started = True
+        return self
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM (the server saves its data), then SIGKILL after ``timeout_s``."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            if self._paused:
+                process.send_signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._paused = False
+        self.pid_path.unlink(missing_ok=True)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, for fault tests (only what was saved before survives)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+        self._paused = False
+        self.pid_path.unlink(missing_ok=True)
+
+    def restart(self) -> Self:
+        """Stop (if running) and start again on the same port(s) and data."""
+        self.stop()
+        return self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its sockets but answers nothing (a hung server)."""
+        if not self.running:
+            raise ServiceError(f"{self.name} is not running: cannot pause it")
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+        self._paused = True
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause()``."""
+        if self._process is not None and self._paused:
+            self._process.send_signal(signal.SIGCONT)
+        self._paused = False
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        where = f"port {self._ports[0]}" if self._ports else "not started"
+        return f"{type(self).__name__}({self.dir}, {where}, running={self.running})"
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _choose_ports(self) -> list[int]:
+        """The requested port, else the ones used last time in this run dir if free, else new."""
+        previous: list[int] = []
+        with contextlib.suppress(OSError, ValueError):
+            previous = [int(p) for p in self._ports_path.read_text().split()]
+        if self._requested_port is not None:
+            previous[:1] = [self._requested_port]
+        ports: list[int] = []
+        for i in range(self.port_count):
+            if i < len(previous) and previous[i] not in ports and port_is_free(previous[i]):
+                ports.append(previous[i])
+            elif i == 0 and self._requested_port is not None:
+                raise ServiceError(
+                    f"{self.name}: port {self._requested_port} is in use: choose another port "
+                    "or leave it unset to pick a free one"
+                )
+            else:
+                port = free_port()
+                while port in ports:
+                    port = free_port()
+                ports.append(port)
+        return ports
+
+    def _launch(self, program: str) -> str | None:
+        """Start the process and wait until it answers; the error message when it does not."""
+        template = Template(self._template.read_text(encoding="utf-8"))
+        try:
+            rendered = template.substitute(self._placeholders())
+        except (KeyError, ValueError) as e:
+            raise ServiceError(f"{self._template}: bad placeholder {e}") from e
+        self.config_path.write_text(rendered, encoding="utf-8")
+        self._ports_path.write_text(" ".join(map(str, self._ports)) + "\n")
+        log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+        # The server's own variables (e.g. INFLUXDB_HTTP_BIND_ADDRESS) would override the file.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INFLUXDB_")}
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                self._argv(program),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
+                env=env,
+                start_new_session=True,  # Ctrl-C reaches the CLI, which stops us in order
+            )
+        self.pid_path.write_text(f"{self._process.pid}\n")
+        deadline = time.monotonic() + self._ready_timeout_s
+        while True:
+            code = self._process.poll()
+            if code is not None:
+                self._process = None
+                self.pid_path.unlink(missing_ok=True)
+                return (
+                    f"{self.name} exited with code {code} while starting on port "
+                    f"{self._ports[0]}: see {self.log_path}\n{self._log_tail(log_start)}"
+                )
+            # Answering while our process is alive: ports were checked free, so it is ours.
+            if self._answers():
+                return None
+            if time.monotonic() > deadline:
+                self.kill()
+                return (
+                    f"{self.name} did not answer on port {self._ports[0]} within "
+                    f"{self._ready_timeout_s:g} s: see {self.log_path}\n{self._log_tail(log_start)}"
+                )
+            time.sleep(0.05)
+
+    def _log_tail(self, offset: int, limit: int = 2000) -> str:
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(offset)
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return text[-limit:].strip()
+
+    def _stop_leftover(self) -> None:
+        """End a process a crashed earlier run left on this run dir: it holds our data files."""
+        try:
+            pid = int(self.pid_path.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            self.pid_path.unlink(missing_ok=True)
+            return
+        if str(self.config_path).encode() not in cmdline:  # pid reused by something else
+            self.pid_path.unlink(missing_ok=True)
+            return
+        for sig, wait_s in ((signal.SIGCONT, 0.0), (signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            deadline = time.monotonic() + wait_s
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if sig != signal.SIGCONT and not _alive(pid):
+                break
+        self.pid_path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+class LocalBroker(LocalService):
+    """Mosquitto 2 on 127.0.0.1, persistence on (QoS 1 sessions survive restarts).
+
+    Anonymous by default; given ``password_file`` (``mosquitto_passwd`` format) anonymous
+    clients are refused unless ``allow_anonymous`` says otherwise; ``acl_file`` restricts
+    topics.
+    """
+
+    name = "mosquitto"
+    executable = "mosquitto"
+    template_name = "mosquitto.conf"
+
+    def __init__(
+        self,
+        run_dir: Path,
+        port: int | None = None,
+        *,
+        password_file: Path | None = None,
+        acl_file: Path | None = None,
+        allow_anonymous: bool | None = None,
+        ready_timeout_s: float = 30.0,
+        template: Path | None = None,
+    ) -> None:
+        super().__init__(run_dir, port, ready_timeout_s=ready_timeout_s, template=template)
+        self.password_file = password_file
+        self.acl_file = acl_file
+        self.allow_anonymous = password_file is None if allow_anonymous is None else allow_anonymous
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{HOST}:{self.port}"
+
+    @property
+    def host(self) -> str:
+        return HOST
+
+    def _placeholders(self) -> dict[str, str]:
+        auth = []
+        if self.password_file is not None:
+            auth.append(f"password_file {Path(self.password_file).resolve()}")
+        if self.acl_file is not None:
+            auth.append(f"acl_file {Path(self.acl_file).resolve()}")
+        return {
+            "port": str(self.port),
+            # As root Mosquitto would drop to user "mosquitto", who cannot write our run dir.
+            "user": pwd.getpwuid(os.geteuid()).pw_name,
+            "run_dir": f"{self.dir}/",
+            "log_file": str(self.log_path),
+            "allow_anonymous": "true" if self.allow_anonymous else "false",
+            "auth": "\n".join(auth),
+        }
+
+    def _argv(self, program: str) -> list[str]:
+        return [program, "-c", str(self.config_path)]
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection((HOST, self.port), timeout=1.0):
+                return True
+        except OSError:
+            return False
+
+
+class LocalInflux(LocalService):
+    """InfluxDB 1.x on 127.0.0.1: HTTP API on ``port``, RPC (backup/restore) on ``rpc_port``."""
+
+    name = "influxdb"
+    executable = "influxd"
+    template_name = "influxdb.conf"
+    port_count = 2
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def rpc_port(self) -> int:
+        """The RPC port (``influxd backup -host 127.0.0.1:RPC_PORT``)."""
+        return self._ports[1] if self._ports else self.port  # self.port raises when not started
+
+    def _placeholders(self) -> dict[str, str]:
+        def toml(path: Path) -> str:  # inside a TOML basic string
+            return str(path).replace("\\", "\\\\").replace('"', '\\"')
+
+        return {
+            "http_port": str(self._ports[0]),
+            "rpc_port": str(self._ports[1]),
+            "meta_dir": toml(self.dir / "meta"),
+            "data_dir": toml(self.dir / "data"),
+            "wal_dir": toml(self.dir / "wal"),
+        }
+
+    def _argv(self, program: str) -> list[str]:
+        return [program, "run", "-config", str(self.config_path)]
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/ping", timeout=1.0) as response:
+                return int(response.status) == 204
+        except (OSError, urllib.error.URLError):
+            return False

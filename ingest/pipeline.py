@@ -1,0 +1,414 @@
+"""The ingest: MQTT deliveries → decoded, validated readings → InfluxDB, rejects → dead letters.
+
+Two tasks joined by a bounded queue:
+
+- *intake* takes batches of deliveries from the broker link, turns each into line-protocol
+  points or dead letters, and seals a :class:`Batch` when it is big or old enough;
+- *writer* stores a sealed batch (points to InfluxDB, dead letters to SQL) and only then
+  acknowledges its deliveries to the broker (at-least-once), then hands its readings on.
+
+When storage lags, the queue fills, intake stops taking deliveries, the link stops
+reading its socket, and the broker holds the rest: memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from cityiot.catalogue import KINDS, is_valid_id
+from cityiot.influx import InfluxDB, InfluxError
+from cityiot.registry import DeadLetterIn, add_dead_letters, record_presence
+from cityiot.settings import Settings
+from ingest.broker import BrokerLink, Delivery
+from ingest.codecs import Codec, PayloadError, RawReading, default_codecs
+from ingest.devices import DeviceMap, KnownDevice
+from ingest.presence import Presence
+from ingest.validate import Reading, Rejected, Validator
+
+log = logging.getLogger("cityiot.ingest")
+
+TOPICS = ("city/+/+/telemetry", "city/+/+/status")
+
+ReadingsSink = Callable[[list[Reading]], None]
+
+
+@dataclass(slots=True)
+class IngestCounters:
+    """Running totals; the launcher turns them into per-second rates."""
+
+    messages: int = 0  # deliveries taken from the broker
+    readings: int = 0  # readings accepted (stored or about to be)
+    stored: int = 0  # points InfluxDB confirmed
+    rejected: int = 0  # dead letters
+    duplicates: int = 0  # readings dropped by seq
+    write_errors: int = 0
+    batches: int = 0
+    last_write_ms: float = 0.0
+    stored_by_kind: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Batch:
+    """Points, dead letters and the deliveries they came from, stored and acked together."""
+
+    lines: list[str] = field(default_factory=list)
+    status_lines: list[str] = field(default_factory=list)  # device_status points
+    # (delivery, index of its first line, one past its last line)
+    spans: list[tuple[Delivery, int, int]] = field(default_factory=list)
+    dead_letters: list[DeadLetterIn] = field(default_factory=list)
+    readings: list[Reading] = field(default_factory=list)
+    started: float = 0.0
+
+
+class Ingest:
+    """The ingest stage. ``async with Ingest(settings, influx, sessions) as ingest: await ingest.run()``.
+
+    ``on_readings`` receives every stored batch's validated readings (the rules engine and
+    the latest-value cache hang here).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        influx: InfluxDB,
+        session_factory: Any,
+        link: BrokerLink,
+        *,
+        on_readings: ReadingsSink | None = None,
+        codecs: dict[str, Codec] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.influx = influx
+        self.sessions = session_factory
+        self.link = link
+        self.on_readings = on_readings
+        self.codecs = codecs or default_codecs(settings.max_batch_readings)
+        self.devices = DeviceMap(session_factory)
+        self.validator = Validator(settings.retention_s, settings.future_tolerance_s)
+        self.presence = Presence()
+        self.counters = IngestCounters()
+        self._last_seq: dict[str, tuple[int, int]] = {}  # device → (seq, ts_ms)
+        self._sealed: asyncio.Queue[Batch] = asyncio.Queue(maxsize=2)
+        self._batch = Batch()
+        self._unstored = 0  # sealed batches not yet stored
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._flush_s = settings.flush_interval_ms / 1000
+        self._max_unacked = max(1, min(settings.batch_size, 1000))
+        self._encode = msgspec.json.Encoder()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Ingest:
+        await self.devices.refresh()
+        log.info("event=ingest_starting devices=%d", len(self.devices))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def run(self) -> None:
+        """Run until :meth:`stop`; everything taken from the broker is stored before it returns."""
+        writer = asyncio.create_task(self._writer(), name="ingest-writer")
+        upkeep = asyncio.create_task(self._upkeep(), name="ingest-upkeep")
+        try:
+            await self._intake(writer)
+            await self._seal()
+            await self._sealed.join()
+            log.info("event=ingest_drained stored=%d rejected=%d", self.counters.stored,
+                     self.counters.rejected)
+        finally:
+            for task in (writer, upkeep):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self._flush_presence()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing taken from the broker is waiting to be stored (and acknowledged)."""
+        return not self._batch.started and self._unstored == 0
+
+    # -- intake ------------------------------------------------------------------------
+
+    async def _intake(self, writer: asyncio.Task[None]) -> None:
+        link = self.link
+        while not self._stopping.is_set():
+            if writer.done():
+                writer.result()  # the writer died: raise its error, ack nothing more
+                raise RuntimeError("the ingest writer stopped unexpectedly")
+            timeout = self._flush_s
+            if self._batch.started:
+                timeout = max(0.0, self._batch.started + self._flush_s - time.monotonic())
+            deliveries = await link.next_batch(min(timeout, 0.5))
+            if deliveries:
+                received_ms = int(time.time() * 1000)
+                for delivery in deliveries:
+                    self.handle(delivery, received_ms)
+            batch = self._batch
+            if batch.started and (
+                len(batch.lines) >= self.settings.batch_size
+                or len(batch.spans) >= self._max_unacked
+                or time.monotonic() - batch.started >= self._flush_s
+            ):
+                await self._seal()
+
+    async def _seal(self) -> None:
+        """Hand the current batch to the writer; waits while the writer is two batches behind.
+
+        That wait is the backpressure: intake takes nothing more from the broker meanwhile.
+        """
+        if not self._batch.started:
+            return
+        batch, self._batch = self._batch, Batch()
+        self._unstored += 1
+        await self._sealed.put(batch)
+
+    def handle(self, delivery: Delivery, received_ms: int) -> None:
+        """Turn one delivery into points (or dead letters) in the current batch."""
+        batch = self._batch
+        if not batch.started:
+            batch.started = time.monotonic()
+        first = len(batch.lines)
+        self.counters.messages += 1
+        try:
+            self._decode(delivery, received_ms, batch)
+        except (PayloadError, Rejected) as exc:
+            self._dead_letter(batch, delivery, str(exc), received_ms)
+        batch.spans.append((delivery, first, len(batch.lines)))
+
+    def _decode(self, delivery: Delivery, received_ms: int, batch: Batch) -> None:
+        parts = delivery.topic.split("/")
+        if len(parts) != 4:
+            raise Rejected(f"topic {delivery.topic[:200]!r} is not city/{{vendor}}/{{device_id}}/…")
+        _, vendor, device_id, channel = parts
+        device = self.devices.get(device_id)
+        if device is None or device.vendor != vendor:
+            raise Rejected(self._why_unknown(vendor, device_id, device))
+        if device.decommissioned:
+            raise Rejected(f"device {device_id} is decommissioned; re-register it to send data")
+        payload = delivery.payload
+        if len(payload) > self.settings.max_payload_bytes:
+            raise Rejected(
+                f"payload of {len(payload)} bytes exceeds {self.settings.max_payload_bytes}; "
+                "split it into several messages"
+            )
+        if channel == "status":
+            self._status(device, payload, received_ms, batch)
+            return
+        codec = self.codecs.get(self.devices.codecs.get(vendor, "json"))
+        if codec is None:
+            raise Rejected(f"vendor {vendor} is set to codec {self.devices.codecs[vendor]!r}, "
+                           f"which this ingest does not have ({', '.join(self.codecs)})")
+        raws = codec.decode(payload, KINDS[device.kind])
+        batched = len(raws) > 1
+        for index, raw in enumerate(raws):
+            try:
+                self._accept(device, raw, received_ms, batch)
+            except Rejected as exc:
+                if not batched:
+                    raise
+                # One bad reading in a batch is refused alone; its neighbours are stored.
+                reason = f"readings[{index}]: {exc}"
+                self._dead_letter(batch, delivery, reason, received_ms, self._encode.encode(raw))
+        if self.presence.seen(device.device_id, received_ms, device.report_interval_s):
+            batch.status_lines.append(f"{device.status_key} online=true {received_ms}\n")
+
+    def _accept(self, device: KnownDevice, raw: RawReading, received_ms: int, batch: Batch) -> None:
+        reading = self.validator.reading(device.device_id, device.kind, raw, received_ms)
+        if raw.seq is not None:
+            last = self._last_seq.get(device.device_id)
+            # A repeat has an old seq and an old time; a rebooted device restarts seq but
+            # not the clock, so it is not mistaken for one.
+            if last is not None and raw.seq <= last[0] and reading.ts_ms <= last[1]:
+                self.counters.duplicates += 1
+                return
+            self._last_seq[device.device_id] = (raw.seq, reading.ts_ms)
+        fields = ",".join(
+            f"{k}={'true' if v else 'false'}" if v is True or v is False else f"{k}={v!r}"
+            for k, v in reading.metrics.items()
+        )
+        if reading.ts_assumed:
+            fields += ",ts_assumed=true"
+        batch.lines.append(f"{device.series_key} {fields} {reading.ts_ms}\n")
+        batch.readings.append(reading)
+        self.counters.readings += 1
+
+    def _status(self, device: KnownDevice, payload: bytes, received_ms: int, batch: Batch) -> None:
+        try:
+            message = msgspec.json.decode(payload)
+        except msgspec.DecodeError as exc:
+            raise Rejected(f"status: invalid JSON: {exc}") from None
+        online = message.get("online") if isinstance(message, dict) else None
+        if type(online) is not bool:
+            raise Rejected('status must be {"online": true} or {"online": false}')
+        if self.presence.says(device.device_id, online, received_ms, device.report_interval_s):
+            batch.status_lines.append(
+                f"{device.status_key} online={'true' if online else 'false'} {received_ms}\n"
+            )
+
+    def _why_unknown(self, vendor: str, device_id: str, device: KnownDevice | None) -> str:
+        if not is_valid_id(vendor):
+            return f"topic vendor id {vendor[:80]!r} is not valid: use [A-Za-z0-9_-]{{1,64}}"
+        if not is_valid_id(device_id):
+            return f"topic device id {device_id[:80]!r} is not valid: use [A-Za-z0-9_-]{{1,64}}"
+        if device is None:
+            return (f"unknown device {device_id}: register it first "
+                    "(cityiot devices import FILE.csv or POST /api/v1/devices)")
+        return (f"device {device_id} belongs to vendor {device.vendor}, "
+                f"not to {vendor}: publish under city/{device.vendor}/{device_id}/…")
+
+    def _dead_letter(
+        self, batch: Batch, delivery: Delivery, reason: str, received_ms: int,
+        payload: bytes | None = None,
+    ) -> None:
+        raw = delivery.payload if payload is None else payload
+        parts = delivery.topic.split("/")
+        vendor = parts[1][:64] if len(parts) > 1 else None
+        device_id = parts[2][:64] if len(parts) > 2 else None
+        batch.dead_letters.append(
+            DeadLetterIn(
+                topic=delivery.topic[:1024],
+                vendor=vendor,
+                device_id=device_id,
+                payload=raw[: self.settings.dead_letter_payload_bytes],
+                payload_size=len(raw),
+                reason=reason,
+                received_at=_ms_to_dt(received_ms),
+            )
+        )
+        self.counters.rejected += 1
+        log.debug("event=rejected topic=%s reason=%s", delivery.topic[:200], reason)
+
+    # -- writer ------------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        while True:
+            batch = await self._sealed.get()
+            await self._store(batch)
+            self._unstored -= 1
+            self._sealed.task_done()
+
+    async def _store(self, batch: Batch) -> None:
+        started = time.perf_counter()
+        if batch.lines:
+            await self._write_points(batch)
+        if batch.status_lines:
+            await self._retrying("points", self.influx.write, "".join(batch.status_lines).encode())
+        if batch.dead_letters:
+            await self._retrying("dead letters", add_dead_letters, self.sessions, batch.dead_letters)
+        self.link.ack(span[0] for span in batch.spans)
+        self.counters.stored += len(batch.lines)
+        by_kind = self.counters.stored_by_kind
+        for reading in batch.readings:
+            by_kind[reading.kind] = by_kind.get(reading.kind, 0) + 1
+        self.counters.batches += 1
+        self.counters.last_write_ms = (time.perf_counter() - started) * 1000
+        log.debug("event=stored points=%d dead_letters=%d ms=%.1f", len(batch.lines),
+                  len(batch.dead_letters), self.counters.last_write_ms)
+        if self.on_readings is not None and batch.readings:
+            self.on_readings(batch.readings)
+
+    async def _write_points(self, batch: Batch) -> None:
+        body = "".join(batch.lines).encode()
+        try:
+            await self._retrying("points", self.influx.write, body)
+        except InfluxError as exc:
+            # InfluxDB refused the data itself (a 4xx): find the messages it refuses and
+            # dead-letter those; the rest is written.
+            log.warning("event=write_refused error=%s; retrying message by message", exc)
+            await self._write_one_by_one(batch)
+
+    async def _write_one_by_one(self, batch: Batch) -> None:
+        received_ms = int(time.time() * 1000)
+        for delivery, first, last in batch.spans:
+            if first == last:
+                continue
+            try:
+                await self._retrying("points", self.influx.write,
+                                     "".join(batch.lines[first:last]).encode())
+            except InfluxError as exc:
+                self._dead_letter(batch, delivery, f"InfluxDB refused: {exc}", received_ms)
+                batch.lines[first:last] = [""] * (last - first)
+        if batch.dead_letters:
+            await self._retrying("dead letters", add_dead_letters, self.sessions, batch.dead_letters)
+            batch.dead_letters = []
+        batch.lines = [line for line in batch.lines if line]
+
+    async def _retrying(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call ``fn`` until it works; a refusal of the data itself (4xx) is raised at once."""
+        delay = 0.1
+        while True:
+            try:
+                return await fn(*args)
+            except InfluxError as exc:
+                if exc.is_client_error:
+                    raise
+                error: Exception = exc
+            except Exception as exc:  # the SQL store: any driver error is worth a retry
+                error = exc
+            self.counters.write_errors += 1
+            log.warning("event=store_failed what=%s retry_s=%.1f error=%s", what, delay, error)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    # -- upkeep ------------------------------------------------------------------------
+
+    async def _upkeep(self) -> None:
+        refresh_every = self.settings.registry_refresh_s
+        last_refresh = last_presence = time.monotonic()
+        while True:
+            await asyncio.sleep(min(refresh_every, 1.0))
+            now = time.monotonic()
+            if now - last_refresh >= refresh_every:
+                last_refresh = now
+                try:
+                    await self.devices.refresh()
+                except Exception as exc:  # keep ingesting with the map we have
+                    log.warning("event=registry_refresh_failed error=%s", exc)
+            if now - last_presence >= 5.0:
+                last_presence = now
+                self._sweep_silent()
+                await self._flush_presence()
+
+    def _sweep_silent(self) -> None:
+        now_ms = int(time.time() * 1000)
+        batch = self._batch
+        for device_id in self.presence.silent(now_ms):
+            device = self.devices.get(device_id)
+            if device is not None:
+                batch.started = batch.started or time.monotonic()
+                batch.status_lines.append(f"{device.status_key} online=false {now_ms}\n")
+
+    async def _flush_presence(self) -> None:
+        seen, online, offline = self.presence.take_changes()
+        if not (seen or online or offline):
+            return
+        try:
+            await record_presence(
+                self.sessions,
+                {d: _ms_to_dt(ms) for d, ms in seen.items()},
+                offline=offline,
+                online=online,
+            )
+        except Exception as exc:  # presence is state, not data: the next round retries
+            log.warning("event=presence_flush_failed error=%s", exc)
+            self.presence.dirty_seen.update(seen)
+            self.presence.went_online |= online
+            self.presence.went_offline |= offline
+
+
+def _ms_to_dt(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)

@@ -1,0 +1,66 @@
+"""Device presence: online/offline from status messages and from traffic.
+
+A device is online when it says so (``status`` topic, also its MQTT will) or sends data;
+offline when it says so or stays silent for 3 × its report interval. Transitions are
+kept in memory and written to the registry in bulk every few seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SILENCE_FACTOR = 3  # DESIGN §5: offline after 3 × report_interval_s without data
+
+
+@dataclass(slots=True)
+class Presence:
+    # When each online device is due to be considered silent.
+    deadline_ms: dict[str, int] = field(default_factory=dict)
+    online: set[str] = field(default_factory=set)
+    # Not yet written to the registry.
+    dirty_seen: dict[str, int] = field(default_factory=dict)
+    went_online: set[str] = field(default_factory=set)
+    went_offline: set[str] = field(default_factory=set)
+
+    def seen(self, device_id: str, at_ms: int, interval_s: int) -> bool:
+        """Record traffic; True when the device just came online."""
+        self.deadline_ms[device_id] = at_ms + SILENCE_FACTOR * 1000 * interval_s
+        self.dirty_seen[device_id] = at_ms
+        if device_id in self.online:
+            return False
+        self._set(device_id, True)
+        return True
+
+    def says(self, device_id: str, online: bool, at_ms: int, interval_s: int) -> bool:
+        """Record a status message; True when it changes the device's state."""
+        if online:
+            return self.seen(device_id, at_ms, interval_s)
+        if device_id not in self.online:
+            self.went_offline.add(device_id)  # first word from it: still record the state
+            return True
+        self._set(device_id, False)
+        return True
+
+    def silent(self, now_ms: int) -> list[str]:
+        """Devices that have just gone silent for too long; they are now offline."""
+        deadline = self.deadline_ms
+        gone = [d for d in self.online if deadline[d] < now_ms]
+        for d in gone:
+            self._set(d, False)
+        return gone
+
+    def take_changes(self) -> tuple[dict[str, int], set[str], set[str]]:
+        """(last seen, went online, went offline) since the last call."""
+        changes = (self.dirty_seen, self.went_online, self.went_offline)
+        self.dirty_seen, self.went_online, self.went_offline = {}, set(), set()
+        return changes
+
+    def _set(self, device_id: str, online: bool) -> None:
+        if online:
+            self.online.add(device_id)
+            self.went_offline.discard(device_id)
+            self.went_online.add(device_id)
+        else:
+            self.online.discard(device_id)
+            self.went_online.discard(device_id)
+            self.went_offline.add(device_id)

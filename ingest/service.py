@@ -1,0 +1,63 @@
+"""The ingest stage assembled from settings: database, InfluxDB, broker link, pipeline."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from cityiot.db import make_engine, migrate, sessionmaker
+from cityiot.influx import InfluxDB, InfluxError
+from cityiot.settings import MqttTarget, Settings
+from ingest.broker import BrokerLink
+from ingest.pipeline import TOPICS, Ingest, ReadingsSink
+
+log = logging.getLogger("cityiot.ingest")
+
+
+def influx_from(settings: Settings) -> InfluxDB:
+    return InfluxDB(
+        settings.influx_url,
+        settings.influx_db,
+        token=settings.influx_token,
+        username=settings.influx_user,
+        password=settings.influx_password,
+    )
+
+
+async def prepare_influx(influx: InfluxDB, settings: Settings) -> None:
+    """Create the database and retention policy (InfluxDB 1.x); say so when not possible."""
+    if not await influx.ping():
+        raise ConnectionError(
+            f"InfluxDB at {settings.influx_url} does not answer /ping; check CITYIOT_INFLUX_URL"
+        )
+    try:
+        await influx.setup(settings.retention)
+    except InfluxError as exc:
+        # 2.x/3.x: buckets are created by their administrator, not through InfluxQL.
+        log.warning("event=influx_setup_skipped reason=%s", exc)
+
+
+@asynccontextmanager
+async def ingest_stage(
+    settings: Settings, *, on_readings: ReadingsSink | None = None
+) -> AsyncIterator[Ingest]:
+    """A connected, ready :class:`Ingest`; ``await ingest.run()`` to start it."""
+    if not settings.mqtt_url or not settings.influx_url:
+        raise ValueError(
+            "the ingest needs CITYIOT_MQTT_URL and CITYIOT_INFLUX_URL "
+            "(or use `cityiot run`, which starts local ones)"
+        )
+    await migrate(settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        async with influx_from(settings) as influx:
+            await prepare_influx(influx, settings)
+            link = BrokerLink(MqttTarget(settings.mqtt_url), settings.mqtt_client_id, TOPICS)
+            async with link:
+                async with Ingest(
+                    settings, influx, sessionmaker(engine), link, on_readings=on_readings
+                ) as ingest:
+                    yield ingest
+    finally:
+        await engine.dispose()

@@ -1,0 +1,121 @@
+"""Shared fixtures: real Mosquitto and InfluxDB processes, fresh databases (DESIGN §3).
+
+Processes are session-scoped and started synchronously, each in its own tmp dir (parallel
+safe); databases are per test. Everything is cleaned up even when a test fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import uuid
+import warnings
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from sqlalchemy.engine import URL, make_url
+
+from cityiot.services import LocalBroker, LocalInflux
+
+T = TypeVar("T")
+
+DEFAULT_TEST_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    """A running Mosquitto for the whole session (anonymous, persistence on)."""
+    service = LocalBroker(tmp_path_factory.mktemp("broker"))
+    try:
+        yield service.start()
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def influx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalInflux]:
+    """A running InfluxDB 1.x for the whole session."""
+    service = LocalInflux(tmp_path_factory.mktemp("influx"))
+    try:
+        yield service.start()
+    finally:
+        service.stop()
+
+
+def _influx_query(influx: LocalInflux, q: str, **params: str) -> dict[str, Any]:
+    """POST an InfluxQL statement to the local InfluxDB; raise on any error it reports."""
+    response = httpx.post(f"{influx.url}/query", data={"q": q, **params}, timeout=10.0)
+    response.raise_for_status()
+    body: dict[str, Any] = response.json()
+    for result in body.get("results", []):
+        if "error" in result:
+            raise RuntimeError(f"InfluxDB rejected {q!r}: {result['error']}")
+    return body
+
+
+@pytest.fixture
+def influx_db(influx: LocalInflux) -> Iterator[str]:
+    """Name of a fresh database on the session InfluxDB, dropped after the test."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    _influx_query(influx, f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        try:
+            _influx_query(influx, f'DROP DATABASE "{name}"')
+        except (httpx.HTTPError, RuntimeError) as e:  # e.g. a fault test left it paused
+            warnings.warn(f"could not drop InfluxDB database {name}: {e}", stacklevel=1)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """URL of a fresh, empty SQLite file database."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'cityiot.db'}"
+
+
+def _run_async(coro: Coroutine[Any, Any, T]) -> T:
+    # In a thread of its own: safe even if the caller's thread has a running event loop.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+async def _postgres_admin(admin: URL, sql: str) -> None:
+    import asyncpg
+
+    dsn = admin.set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = await asyncpg.connect(dsn, timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """URL (``postgresql+asyncpg://…``) of a fresh database on the test PostgreSQL.
+
+    The server is ``CITYIOT_TEST_POSTGRES_URL`` (its database is only used to create and drop
+    ours). Unreachable: the test is skipped, except under ``CI=true``, where it fails.
+    """
+    admin = make_url(os.environ.get("CITYIOT_TEST_POSTGRES_URL", DEFAULT_TEST_POSTGRES_URL))
+    name = f"cityiot_test_{uuid.uuid4().hex[:12]}"
+    try:
+        _run_async(_postgres_admin(admin, f'CREATE DATABASE "{name}"'))
+    except Exception as e:  # refused, timed out, bad credentials, no such database
+        message = (
+            f"PostgreSQL not reachable at {admin.render_as_string(hide_password=True)}: "
+            f"set CITYIOT_TEST_POSTGRES_URL ({type(e).__name__}: {e})"
+        )
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        url = admin.set(drivername="postgresql+asyncpg", database=name)
+        yield url.render_as_string(hide_password=False)
+    finally:
+        # FORCE (PostgreSQL 13+) ends sessions a failed test left open.
+        _run_async(_postgres_admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

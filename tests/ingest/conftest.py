@@ -1,0 +1,112 @@
+"""A running ingest against the session's real Mosquitto and InfluxDB, with a small registry."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from cityiot.db import make_engine, migrate, sessionmaker
+from cityiot.influx import InfluxDB
+from cityiot.registry import import_devices, parse_device_csv, upsert_vendor
+from cityiot.services import LocalBroker, LocalInflux
+from cityiot.settings import Settings
+from ingest.pipeline import Ingest
+from ingest.service import ingest_stage
+
+# One device of each kind for vendor "acme" (JSON), and for "oldco" (the hexframe codec).
+REGISTRY_CSV = """device_id,vendor,kind,district,lat,lon,address,report_interval_s,depth_cm,lot_id,max_stay_min,zone
+mh-1,acme,manhole,yicheng,32.98,114.02,驿城区解放路 1 号,300,200,,,
+sl-1,acme,streetlight,kaifaqu,32.97,114.05,开发区 2 号,60,,,,
+hy-1,acme,hydrant,gaoxinqu,32.99,114.07,高新区 3 号,300,,,,
+wt-1,acme,water,shifanqu,33.01,114.01,示范区 4 号,60,,,,zone-a
+pk-1,acme,parking,yicheng,32.98,114.03,驿城区 5 号,60,,lot-7,120,
+mh-2,oldco,manhole,xiping,33.38,114.02,西平县 1 号,300,150,,,
+sl-2,oldco,streetlight,xiping,33.38,114.03,西平县 2 号,60,,,,
+hy-2,oldco,hydrant,xiping,33.38,114.04,西平县 3 号,300,,,,
+wt-2,oldco,water,xiping,33.38,114.05,西平县 4 号,60,,,,zone-b
+pk-2,oldco,parking,xiping,33.38,114.06,西平县 5 号,60,,lot-8,60,
+"""
+
+_ids = itertools.count()
+
+
+@dataclass
+class Platform:
+    ingest: Ingest
+    influx: InfluxDB
+    settings: Settings
+    sessions: Any
+    publisher: mqtt.Client
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1) -> None:
+        info = self.publisher.publish(topic, payload, qos=qos)
+        info.wait_for_publish(5)
+
+    async def wait_for(self, done: Callable[[], bool], timeout_s: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not done after {timeout_s} s: {self.ingest.counters}")
+            await asyncio.sleep(0.02)
+
+    async def settle(self, messages: int, timeout_s: float = 15.0) -> None:
+        """Wait until ``messages`` more deliveries are taken and every batch is stored."""
+        target = messages
+        c = self.ingest.counters
+        await self.wait_for(lambda: c.messages >= target, timeout_s)
+        await self.wait_for(lambda: self.ingest.idle, timeout_s)
+
+    async def points(self, q: str) -> list[list[Any]]:
+        results = await self.influx.query(q)
+        series = results[0].get("series", [])
+        return [row for s in series for row in s["values"]]
+
+
+def publisher_for(broker: LocalBroker) -> mqtt.Client:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-pub-{next(_ids)}")
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    return client
+
+
+@pytest.fixture
+async def platform(
+    broker: LocalBroker, influx: LocalInflux, influx_db: str, sqlite_url: str
+) -> AsyncIterator[Platform]:
+    settings = Settings(
+        mqtt_url=broker.url,
+        influx_url=influx.url,
+        influx_db=influx_db,
+        database_url=sqlite_url,
+        mqtt_client_id=f"ingest-{uuid.uuid4().hex[:8]}",
+        flush_interval_ms=50,
+        registry_refresh_s=0.5,
+    )
+    await migrate(sqlite_url)
+    engine = make_engine(sqlite_url)
+    sessions = sessionmaker(engine)
+    await upsert_vendor(sessions, "acme", "ACME Sensors")
+    await upsert_vendor(sessions, "oldco", "Old Co (legacy frames)", codec="hexframe")
+    parsed = parse_device_csv(REGISTRY_CSV)
+    assert not parsed.errors
+    await import_devices(sessions, parsed.rows)
+    publisher = publisher_for(broker)
+    async with ingest_stage(settings) as ingest, InfluxDB(influx.url, influx_db) as client:
+        task = asyncio.create_task(ingest.run())
+        try:
+            yield Platform(ingest, client, settings, sessions, publisher)
+        finally:
+            await ingest.stop()
+            await task
+            publisher.loop_stop()
+            publisher.disconnect()
+    await engine.dispose()

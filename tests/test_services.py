@@ -1,0 +1,275 @@
+"""The local Mosquitto and InfluxDB launchers, against the real programs."""
+
+from __future__ import annotations
+
+import queue
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from cityiot import services
+from cityiot.services import (
+    ExecutableNotFound,
+    LocalBroker,
+    LocalInflux,
+    ServiceError,
+    find_executable,
+)
+
+TIMEOUT_S = 10.0
+
+
+def influx_query(influx: LocalInflux, q: str, **params: str) -> dict[str, Any]:
+    response = httpx.post(f"{influx.url}/query", data={"q": q, **params}, timeout=TIMEOUT_S)
+    response.raise_for_status()
+    body: dict[str, Any] = response.json()
+    assert "error" not in body["results"][0], body
+    return body
+
+
+class Mqtt:
+    """A paho client running its network loop in a thread, with received messages queued."""
+
+    def __init__(
+        self,
+        broker: LocalBroker,
+        client_id: str,
+        *,
+        clean_session: bool = True,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        self.broker = broker
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session
+        )
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.connack = threading.Event()
+        self.reason: Any = None
+        self.session_present = False
+        self.suback = threading.Event()
+        self.client.on_connect = self._on_connect
+        self.client.on_message = lambda _c, _u, msg: self.messages.put(msg)
+        self.client.on_subscribe = lambda *_args: self.suback.set()
+
+    def _on_connect(self, _c: Any, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        self.reason = reason
+        self.session_present = bool(flags.session_present)
+        self.connack.set()
+
+    def __enter__(self) -> Mqtt:
+        self.client.connect(self.broker.host, self.broker.port)
+        self.client.loop_start()
+        assert self.connack.wait(TIMEOUT_S), "no CONNACK from the broker"
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        self.suback.clear()
+        self.client.subscribe(topic, qos)
+        assert self.suback.wait(TIMEOUT_S), "no SUBACK from the broker"
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        self.client.publish(topic, payload, qos).wait_for_publish(TIMEOUT_S)
+
+    def receive(self) -> mqtt.MQTTMessage:
+        return self.messages.get(timeout=TIMEOUT_S)
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[LocalBroker]:
+    """A broker of this test's own, for stopping and restarting without disturbing others."""
+    service = LocalBroker(tmp_path / "run")
+    try:
+        yield service.start()
+    finally:
+        service.stop()
+
+
+@pytest.fixture
+def own_influx(tmp_path: Path) -> Iterator[LocalInflux]:
+    service = LocalInflux(tmp_path / "run")
+    try:
+        yield service.start()
+    finally:
+        service.stop()
+
+
+def test_broker_round_trip(broker: LocalBroker) -> None:
+    topic = f"city/acme/{uuid.uuid4().hex[:8]}/telemetry"
+    with Mqtt(broker, "sub") as sub, Mqtt(broker, "pub") as pub:
+        sub.subscribe(topic)
+        pub.publish(topic, b'{"metrics": {"tilt_deg": 2.5}}')
+        message = sub.receive()
+    assert broker.url == f"mqtt://127.0.0.1:{broker.port}"
+    assert message.topic == topic
+    assert message.payload == b'{"metrics": {"tilt_deg": 2.5}}'
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["restart", "crash"])
+def test_queued_qos1_message_survives_broker_restart(own_broker: LocalBroker, crash: bool) -> None:
+    topic = "city/acme/m-1/telemetry"
+    with Mqtt(own_broker, "ingest", clean_session=False) as ingest:
+        ingest.subscribe(topic)
+    with Mqtt(own_broker, "vendor") as vendor:  # the ingest is away: the broker queues it
+        vendor.publish(topic, b"kept")
+    port = own_broker.port
+    if crash:
+        time.sleep(2.5)  # autosave_interval 1: saved to disk before the crash
+        own_broker.kill()
+        own_broker.start()
+    else:
+        own_broker.restart()
+    assert own_broker.port == port
+    with Mqtt(own_broker, "ingest", clean_session=False) as ingest:
+        assert ingest.session_present
+        message = ingest.receive()
+    assert (message.topic, message.payload, message.qos) == (topic, b"kept", 1)
+
+
+def test_broker_with_password_file_refuses_anonymous(tmp_path: Path) -> None:
+    passwords = tmp_path / "passwd"
+    subprocess.run(
+        [find_executable("mosquitto_passwd"), "-b", "-c", str(passwords), "acme", "s3cret"],
+        check=True,
+        capture_output=True,
+    )
+    with LocalBroker(tmp_path / "run", password_file=passwords) as secured:
+        with Mqtt(secured, "anonymous") as anonymous:
+            assert anonymous.reason.is_failure
+        with Mqtt(secured, "vendor", username="acme", password="s3cret") as vendor:
+            assert not vendor.reason.is_failure
+
+
+def test_influx_ping(influx: LocalInflux) -> None:
+    response = httpx.get(f"{influx.url}/ping", timeout=TIMEOUT_S)
+    assert response.status_code == 204
+    assert influx.url == f"http://127.0.0.1:{influx.port}"
+    assert influx.rpc_port != influx.port
+
+
+def write_and_count(influx: LocalInflux, db: str, line: str | None = None) -> int:
+    if line is not None:
+        response = httpx.post(
+            f"{influx.url}/write",
+            params={"db": db, "precision": "ms"},
+            content=line,
+            timeout=TIMEOUT_S,
+        )
+        assert response.status_code == 204, response.text
+    body = influx_query(influx, 'SELECT "tilt_deg" FROM "manhole"', db=db)
+    return len(body["results"][0].get("series", [{"values": []}])[0]["values"])
+
+
+def test_influx_write_and_query(influx: LocalInflux, influx_db: str) -> None:
+    line = "manhole,device_id=m-1,district=yicheng,vendor=acme tilt_deg=2.5 1763856000000"
+    assert write_and_count(influx, influx_db, line) == 1
+    body = influx_query(influx, 'SELECT "tilt_deg" FROM "manhole"', db=influx_db, epoch="ms")
+    assert body["results"][0]["series"][0]["values"] == [[1763856000000, 2.5]]
+
+
+def test_influx_restart_keeps_port_and_data(own_influx: LocalInflux) -> None:
+    influx_query(own_influx, 'CREATE DATABASE "city"')
+    assert write_and_count(own_influx, "city", "manhole,device_id=m-1 tilt_deg=1 1000") == 1
+    ports = (own_influx.port, own_influx.rpc_port)
+    own_influx.restart()
+    assert (own_influx.port, own_influx.rpc_port) == ports
+    assert write_and_count(own_influx, "city") == 1
+
+
+def test_new_launcher_reuses_data_and_port_of_the_run_dir(tmp_path: Path) -> None:
+    with LocalInflux(tmp_path) as first:
+        influx_query(first, 'CREATE DATABASE "city"')
+        write_and_count(first, "city", "manhole,device_id=m-1 tilt_deg=1 1000")
+        port = first.port
+    with LocalInflux(tmp_path) as second:  # like a second `make run`
+        assert second.port == port
+        assert write_and_count(second, "city") == 1
+
+
+def test_port_held_by_another_process_is_replaced(tmp_path: Path) -> None:
+    with LocalBroker(tmp_path) as first:
+        port = first.port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        with LocalBroker(tmp_path) as second:
+            assert second.port != port
+            with Mqtt(second, "probe") as probe:
+                assert not probe.reason.is_failure
+
+
+def test_leftover_process_of_a_crashed_run_is_ended(tmp_path: Path) -> None:
+    orphaned = LocalBroker(tmp_path).start()  # its owner "crashes": never stopped
+    try:
+        pid = orphaned.pid
+        with LocalBroker(tmp_path) as successor:
+            assert orphaned._process is not None
+            assert orphaned._process.wait(TIMEOUT_S) is not None, f"leftover {pid} still runs"
+            assert successor.port == orphaned.port  # the port it freed is reused
+    finally:
+        orphaned.stop()
+
+
+def test_paused_influx_does_not_answer_until_resumed(own_influx: LocalInflux) -> None:
+    own_influx.pause()
+    try:
+        with pytest.raises(httpx.TimeoutException):
+            httpx.get(f"{own_influx.url}/ping", timeout=0.5)
+    finally:
+        own_influx.resume()
+    assert httpx.get(f"{own_influx.url}/ping", timeout=TIMEOUT_S).status_code == 204
+
+
+def test_stop_of_a_paused_service(own_influx: LocalInflux) -> None:
+    own_influx.pause()
+    started = time.monotonic()
+    own_influx.stop()
+    assert not own_influx.running
+    assert time.monotonic() - started < 10
+
+
+def test_missing_executable_says_how_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ExecutableNotFound, match=r"apt-get install influxdb") as err:
+        find_executable("influxd", path=str(tmp_path))
+    assert str(err.value).startswith("influxd not found:")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(services, "_SBIN_DIRS", ())
+    with pytest.raises(ExecutableNotFound) as err:
+        LocalBroker(tmp_path).start()
+    assert str(err.value) == (
+        "mosquitto not found: install it with `apt-get install mosquitto` "
+        "or run `make run`, which installs it"
+    )
+
+
+def test_start_failure_names_the_log_file(tmp_path: Path) -> None:
+    template = tmp_path / "broken.conf"
+    template.write_text("listener $port 127.0.0.1\nno_such_option true\n")
+    broker = LocalBroker(tmp_path / "run", template=template)
+    with pytest.raises(ServiceError, match="no_such_option") as err:
+        broker.start()
+    assert str(broker.log_path) in str(err.value)
+    assert not broker.running
+
+
+def test_port_before_start_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ServiceError, match="start"):
+        _ = LocalInflux(tmp_path).port
