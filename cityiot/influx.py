@@ -13,9 +13,12 @@ from typing import Any
 import httpx
 import orjson
 
-_TAG_ESCAPE = re.compile(r"([,= \\])")
-_MEASUREMENT_ESCAPE = re.compile(r"([, \\])")
+_TAG_ESCAPE = re.compile(r"([,= ])")
+_MEASUREMENT_ESCAPE = re.compile(r"([, ])")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# InfluxDB 1.x keeps a backslash literally, except before , = or space (an escape), and
+# a trailing one escapes the delimiter after it: neither has a faithful encoding.
+_AMBIGUOUS_BACKSLASH = re.compile(r"\\([,= ]|$)")
 
 
 class InfluxError(RuntimeError):
@@ -34,20 +37,23 @@ class InfluxError(RuntimeError):
 def escape_tag(value: str) -> str:
     """Escape a tag key or value for line protocol.
 
-    Commas, equals signs, spaces and backslashes are escaped. Line protocol has no escape
-    for newlines and other control characters in tags, so they are refused: a value holding
-    one could otherwise start a second, injected point.
+    Commas, equals signs and spaces are escaped. Line protocol has no escape for newlines
+    and other control characters in tags, nor for a backslash at the end or before , = or
+    space; such values are refused, as one could otherwise end the tag early or start a
+    second, injected point. (Registry ids and districts never hold them.)
     """
     if not value:
         raise ValueError("a tag value cannot be empty in line protocol")
     if _CONTROL.search(value):
         raise ValueError(f"tag value {value!r} holds a control character (newline, tab, ...)")
+    if _AMBIGUOUS_BACKSLASH.search(value):
+        raise ValueError(f"tag value {value!r} has a backslash at its end or before , = or space")
     return _TAG_ESCAPE.sub(r"\\\1", value)
 
 
 def escape_measurement(value: str) -> str:
-    if _CONTROL.search(value):
-        raise ValueError(f"measurement {value!r} holds a control character")
+    if _CONTROL.search(value) or _AMBIGUOUS_BACKSLASH.search(value):
+        raise ValueError(f"measurement {value!r} cannot be written in line protocol")
     return _MEASUREMENT_ESCAPE.sub(r"\\\1", value)
 
 

@@ -16,9 +16,10 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Row, bindparam, insert, or_, select, update
+from sqlalchemy import Row, Table, bindparam, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -40,9 +41,9 @@ REQUIRED_COLUMNS = (
 )
 # Attribute column → the kinds that have it, with its definition there.
 ATTRIBUTE_COLUMNS: dict[str, dict[str, Attribute]] = {}
-for _kind in KINDS.values():
-    for _attr in _kind.attributes:
-        ATTRIBUTE_COLUMNS.setdefault(_attr.name, {})[_kind.name] = _attr
+for _owner in KINDS.values():
+    for _attribute_def in _owner.attributes:
+        ATTRIBUTE_COLUMNS.setdefault(_attribute_def.name, {})[_owner.name] = _attribute_def
 OPTIONAL_COLUMNS = (*ATTRIBUTE_COLUMNS, "install_date")
 _KNOWN_COLUMNS = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
 
@@ -259,7 +260,7 @@ def _parse_row(
                         f"a {kind} needs {column} ({attr.description}); add the column",
                     )
                 )
-            value = check(column, lambda v, c=column, o=owners: _attribute(v, c, kind, o))
+            value = check(column, partial(_attribute, column=column, kind=kind, owners=owners))
             if value is not None:
                 attributes[column] = value
     if errors:
@@ -708,7 +709,7 @@ async def load_devices(
         ]
 
 
-_devices = Device.__table__
+_devices = cast(Table, Device.__table__)
 # Core statements, setting updated_at to itself: presence is not a registry change, and
 # bumping updated_at would make every ingest refresh reload every device.
 _SEEN = (
@@ -786,7 +787,7 @@ async def add_dead_letters(
     ]
     async with session_factory() as session, session.begin():
         conn = await session.connection()
-        await conn.execute(insert(DeadLetter.__table__), params)
+        await conn.execute(insert(cast(Table, DeadLetter.__table__)), params)
 
 
 # --- Small pieces ----------------------------------------------------------------------

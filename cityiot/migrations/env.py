@@ -33,7 +33,7 @@ def _url() -> str:
     if not url:
         from cityiot.settings import Settings
 
-        url = Settings().database_url
+        url = Settings.model_validate({}).database_url
     return url
 
 

@@ -8,6 +8,7 @@ from sqlalchemy import select, update
 
 from cityiot.db import Device, Vendor
 from cityiot.registry import (
+    ImportReport,
     SessionFactory,
     import_devices,
     load_devices,
@@ -15,7 +16,10 @@ from cityiot.registry import (
     parse_device_csv,
 )
 
-HEADER = "device_id,vendor,kind,district,lat,lon,address,report_interval_s,depth_cm,lot_id,max_stay_min,zone"
+HEADER = (
+    "device_id,vendor,kind,district,lat,lon,address,report_interval_s,"
+    "depth_cm,lot_id,max_stay_min,zone"
+)
 FLEET = f"""{HEADER}
 MH-1,acme,manhole,yicheng,32.98,114.02,"Jiefang Rd, No. 1",,180,,,
 MH-2,acme,manhole,yicheng,32.99,114.03,Renmin Rd,600,200,,,
@@ -24,7 +28,7 @@ PK-1,acme,parking,xincai,32.75,114.98,Lot A,,,lot-a,120,
 """
 
 
-async def _import(sessions: SessionFactory, text: str, create_vendors: bool = True):  # type: ignore[no-untyped-def]
+async def _import(sessions: SessionFactory, text: str, create_vendors: bool = True) -> ImportReport:
     parsed = parse_device_csv(text)
     assert parsed.errors == []
     return await import_devices(sessions, parsed.rows, create_vendors=create_vendors)

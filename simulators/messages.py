@@ -1,0 +1,223 @@
+"""The fleet's messages in report order, as they go on the wire; no broker needed.
+
+A :class:`MessageStream` walks the fleet round-robin, one report slot per call: the
+device's readings (through ``behaviour``), changed by the incidents active on it, encoded
+in its vendor's codec, or replaced by a labelled malformed payload. ``iter_messages`` runs
+one on simulated time: the same fleet, seed and start time give the same messages.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
+
+import orjson
+
+from ingest.codecs.hexframe import encode as encode_frame
+from simulators.behaviour import DeviceState, Metrics, new_state, reading
+from simulators.fleet import Fleet, SimDevice
+from simulators.incidents import (
+    Incident,
+    apply_incident,
+    malformed_labels,
+    malformed_payload,
+)
+
+OK = "ok"  # the label of a well-formed message
+STATUS = "status"
+BATCH_SHARE = 0.1  # share of a JSON device's messages sent as a batch, when batches are on
+MAX_BATCH = 6
+
+
+class SimMessage(NamedTuple):
+    """One MQTT message: topic, payload bytes, and ``ok``, ``status`` or a malformed label."""
+
+    topic: str
+    payload: bytes
+    label: str
+
+
+class Report(NamedTuple):
+    """A message and what it carries: the device that sent it and its number of readings."""
+
+    device: SimDevice
+    message: SimMessage
+    readings: int
+
+
+class _Window(NamedTuple):
+    name: str
+    start_ms: int
+    end_ms: int | None
+
+
+class MessageStream:
+    """Report slots of the fleet, round-robin, each giving a message or None (silent).
+
+    ``origin_ms`` is when the simulation begins: incidents count their ``after_s`` from it.
+    ``batch_share`` of the JSON devices' messages carry several readings (``readings``),
+    spread between the device's previous report and now.
+    """
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        seed: int,
+        origin_ms: int,
+        incidents: Sequence[Incident] = (),
+        malformed_share: float = 0.0,
+        batch_share: float = 0.0,
+    ) -> None:
+        if not fleet.devices:
+            raise ValueError("the fleet has no devices; generate it with devices > 0")
+        if not 0.0 <= malformed_share <= 1.0:
+            raise ValueError(f"malformed_share must be between 0 and 1, got {malformed_share}")
+        if not 0.0 <= batch_share <= 1.0:
+            raise ValueError(f"batch_share must be between 0 and 1, got {batch_share}")
+        self.fleet = fleet
+        self.origin_ms = origin_ms
+        self.malformed_share = malformed_share
+        self.batch_share = batch_share
+        self._rng = random.Random(f"cityiot-messages:{seed}")
+        self._devices = fleet.devices
+        self._states: list[DeviceState | None] = [None] * len(fleet.devices)
+        self._slot = 0
+        index = {d.device_id: i for i, d in enumerate(fleet.devices)}
+        self._windows: dict[int, list[_Window]] = {}
+        for incident in incidents:
+            incident.check(fleet)
+            start, end = incident.window_ms(origin_ms)
+            for device_id in incident.device_ids:
+                window = _Window(incident.name, start, end)
+                self._windows.setdefault(index[device_id], []).append(window)
+
+    @property
+    def slots(self) -> int:
+        """Report slots taken so far (messages plus silent slots)."""
+        return self._slot
+
+    def next_report(self, now_ms: int) -> Report | None:
+        """The next device's message at event time ``now_ms``; None if that device is silent."""
+        i = self._slot % len(self._devices)
+        self._slot += 1
+        device = self._devices[i]
+        state = self._states[i]
+        if state is None:
+            state = self._states[i] = new_state(device)
+        if "silent" in self._active(i, now_ms):
+            return None
+        rng = self._rng
+        topic = device.telemetry_topic
+        if self.malformed_share and rng.random() < self.malformed_share:
+            label = rng.choice(malformed_labels(device))
+            metrics = reading(device, now_ms, state, rng)
+            metrics = _with_incidents(device, metrics, self._active(i, now_ms), rng)
+            state.seq += 1
+            payload = malformed_payload(label, device, metrics, now_ms, state.seq, rng)
+            return Report(device, SimMessage(topic, payload, label), 1)
+        times = [now_ms]
+        previous = state.last_ts_ms
+        if (
+            self.batch_share
+            and device.codec == "json"
+            and previous is not None
+            and now_ms - previous >= MAX_BATCH
+            and rng.random() < self.batch_share
+        ):
+            n = rng.randint(2, MAX_BATCH)
+            times = [previous + (now_ms - previous) * (k + 1) // n for k in range(n)]
+        readings: list[tuple[int, int, Metrics]] = []
+        for ts in times:
+            metrics = _with_incidents(device, reading(device, ts, state, rng), self._active(i, ts), rng)
+            state.seq += 1
+            readings.append((ts, state.seq, metrics))
+        return Report(device, SimMessage(topic, encode(device, readings), OK), len(readings))
+
+    def _active(self, index: int, ts_ms: int) -> list[str]:
+        """Names of the incidents on device ``index`` at ``ts_ms``."""
+        windows = self._windows.get(index)
+        if not windows:
+            return []
+        return [w.name for w in windows if _covers(w, ts_ms)]
+
+    def status_messages(self, online: bool = True) -> Iterator[Report]:
+        """One ``{"online": ...}`` status message per device, in fleet order."""
+        payload = orjson.dumps({"online": online})
+        for device in self._devices:
+            yield Report(device, SimMessage(device.status_topic, payload, STATUS), 0)
+
+
+def encode(device: SimDevice, readings: Sequence[tuple[int, int, Metrics]]) -> bytes:
+    """The payload of (ts_ms, seq, metrics) readings in the device's codec.
+
+    JSON: one reading as ``{"ts", "seq", "metrics"}``, several as ``{"readings": [...]}``.
+    Hex frames hold one reading each.
+    """
+    if device.codec == "hexframe":
+        if len(readings) != 1:
+            raise ValueError("a hex frame carries exactly one reading")
+        ts, seq, metrics = readings[0]
+        return encode_frame(device.kind, metrics, ts, seq)
+    if len(readings) == 1:
+        ts, seq, metrics = readings[0]
+        return orjson.dumps({"ts": ts, "seq": seq, "metrics": metrics})
+    return orjson.dumps({"readings": [{"ts": t, "seq": s, "metrics": m} for t, s, m in readings]})
+
+
+def iter_messages(
+    fleet: Fleet,
+    start_ms: int,
+    count: int,
+    seed: int = 1,
+    rate: float = 1000.0,
+    incidents: Sequence[Incident] = (),
+    malformed_share: float = 0.0,
+    batch: bool = False,
+) -> Iterator[SimMessage]:
+    """The messages of ``count`` report slots, slot ``k`` at event time ``start_ms + k/rate``.
+
+    Silent devices take their slot and yield nothing, so fewer than ``count`` messages
+    come out while a ``silent`` incident is active. Incidents count ``after_s`` from
+    ``start_ms``.
+    """
+    for _slot, report in iter_reports(
+        fleet, start_ms, count, seed, rate, incidents, malformed_share, batch
+    ):
+        if report is not None:
+            yield report.message
+
+
+def iter_reports(
+    fleet: Fleet,
+    start_ms: int,
+    count: int,
+    seed: int = 1,
+    rate: float = 1000.0,
+    incidents: Sequence[Incident] = (),
+    malformed_share: float = 0.0,
+    batch: bool = False,
+) -> Iterator[tuple[int, Report | None]]:
+    """Like :func:`iter_messages`, with each slot's event time and full report (or None)."""
+    if rate <= 0:
+        raise ValueError(f"rate must be more than 0 messages per second, got {rate}")
+    stream = MessageStream(
+        fleet, seed, start_ms, incidents, malformed_share, BATCH_SHARE if batch else 0.0
+    )
+    for k in range(count):
+        ts = start_ms + round(k * 1000 / rate)
+        yield ts, stream.next_report(ts)
+
+
+def _covers(window: _Window, ts_ms: int) -> bool:
+    return window.start_ms <= ts_ms and (window.end_ms is None or ts_ms < window.end_ms)
+
+
+def _with_incidents(
+    device: SimDevice, metrics: Metrics, active: list[str], rng: random.Random
+) -> Metrics:
+    for name in active:
+        changed = apply_incident(name, device, metrics, rng)
+        if changed is not None:
+            metrics = changed
+    return metrics

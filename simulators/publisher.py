@@ -1,0 +1,458 @@
+"""Publish the simulated fleet to a real MQTT broker at a steady overall rate.
+
+``run_simulation`` takes report slots from a :class:`~simulators.messages.MessageStream`
+round-robin over the fleet, so each device reports every ``len(fleet) / rate`` seconds
+with the current time as its readings' ``ts``. It publishes without waiting for each
+PUBACK: paho-mqtt runs on this event loop (its socket is watched with ``add_reader`` /
+``add_writer``, as aiomqtt does; no network thread), many messages are in flight at once,
+and the pace only slows when the broker falls ``max_pending`` messages behind.
+
+One MQTT connection serves the whole fleet, or one per vendor when ``vendor_credentials``
+are given (the broker's ACL lets a vendor account publish only under its own topics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from simulators.fleet import Fleet
+from simulators.incidents import Incident, parse_incident
+from simulators.messages import BATCH_SHARE, OK, MessageStream, Report
+
+log = logging.getLogger(__name__)
+
+MAX_BURST = 2000  # messages per turn of the event loop, so other tasks keep running
+MAX_LAG_S = 1.0  # after a longer stall the schedule moves on instead of bursting to catch up
+
+
+@dataclass(slots=True)
+class SimulationCounters:
+    """What the simulator sent. ``acknowledged`` counts every message (status ones too)
+    the broker confirmed (QoS 0: written to the socket)."""
+
+    published: int = 0  # telemetry messages handed to the MQTT client
+    readings: int = 0  # readings in them (a batch holds several)
+    batches: int = 0
+    status: int = 0  # status messages ({"online": true})
+    acknowledged: int = 0
+    silenced: int = 0  # report slots skipped by a `silent` incident
+    failed: int = 0  # messages the client refused (QoS 0 while disconnected)
+    reconnects: int = 0
+    by_kind: Counter[str] = field(default_factory=Counter)
+    by_vendor: Counter[str] = field(default_factory=Counter)
+    by_label: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def malformed(self) -> dict[str, int]:
+        """Malformed telemetry messages sent, by label."""
+        return {label: n for label, n in self.by_label.items() if label != OK}
+
+    def record(self, report: Report) -> None:
+        self.published += 1
+        self.readings += report.readings
+        self.batches += report.readings > 1
+        self.by_kind[report.device.kind] += 1
+        self.by_vendor[report.device.vendor] += 1
+        self.by_label[report.message.label] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain snapshot, e.g. for a log line or a JSON report."""
+        return {
+            "published": self.published,
+            "readings": self.readings,
+            "batches": self.batches,
+            "status": self.status,
+            "acknowledged": self.acknowledged,
+            "silenced": self.silenced,
+            "failed": self.failed,
+            "reconnects": self.reconnects,
+            "by_kind": dict(self.by_kind),
+            "by_vendor": dict(self.by_vendor),
+            "malformed": self.malformed,
+        }
+
+
+async def run_simulation(
+    mqtt_host: str,
+    mqtt_port: int,
+    fleet: Fleet,
+    rate: float,
+    seed: int = 1,
+    incidents: Sequence[Incident | str] = (),
+    malformed_share: float = 0.0,
+    duration_s: float | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    *,
+    vendor_credentials: Mapping[str, tuple[str, str]] | None = None,
+    batch: bool = False,
+    qos: int = 1,
+    announce: bool = True,
+    counters: SimulationCounters | None = None,
+    on_published: Callable[[Report], None] | None = None,
+    stop: asyncio.Event | None = None,
+    client_id: str | None = None,
+    max_inflight: int = 1000,
+    max_pending: int = 20_000,
+    connect_timeout_s: float = 10.0,
+    drain_timeout_s: float = 10.0,
+) -> SimulationCounters:
+    """Publish the fleet's telemetry at ``rate`` messages per second until stopped.
+
+    Runs ``duration_s`` seconds (exactly ``round(duration_s * rate)`` report slots) or,
+    when None, until ``stop`` is set. ``incidents`` are :class:`Incident` objects or specs
+    like ``cover_open:2:60:600`` (see ``simulators.incidents``); a spec without a start
+    begins after two rounds of the fleet, so rules see normal readings first.
+    ``announce`` first publishes ``{"online": true}`` on each device's status topic.
+    ``counters`` (returned, and updated live) and ``on_published`` let callers watch.
+    At the end it waits up to ``drain_timeout_s`` for the broker to acknowledge everything,
+    then disconnects. Raises ConnectionError when the broker cannot be reached or refuses.
+    """
+    if rate <= 0:
+        raise ValueError(f"rate must be more than 0 messages per second, got {rate}")
+    if qos not in (0, 1, 2):
+        raise ValueError(f"qos must be 0, 1 or 2, got {qos}")
+    if not fleet.devices:
+        raise ValueError("the fleet has no devices; generate it with devices > 0")
+    counters = SimulationCounters() if counters is None else counters
+    two_rounds_s = 2 * len(fleet.devices) / rate
+    planned = [
+        parse_incident(i, fleet, two_rounds_s, seed) if isinstance(i, str) else i
+        for i in incidents
+    ]
+    stream = MessageStream(
+        fleet, seed, _now_ms(), planned, malformed_share, BATCH_SHARE if batch else 0.0
+    )
+    uplinks = _uplinks(
+        fleet, mqtt_host, mqtt_port, username, password, vendor_credentials or {},
+        client_id or f"cityiot-sim-{os.getpid()}-{seed}", max_inflight, counters,
+    )  # fmt: skip
+    distinct = list({id(u): u for u in uplinks.values()}.values())
+    try:
+        await asyncio.gather(*(u.connect(connect_timeout_s) for u in distinct))
+        log.info(
+            "event=simulator_connected broker=%s:%d devices=%d rate=%g connections=%d",
+            mqtt_host, mqtt_port, len(fleet.devices), rate, len(distinct),
+        )  # fmt: skip
+        if announce:
+            for report in stream.status_messages(online=True):
+                if uplinks[report.device.vendor].publish(report.message, qos):
+                    counters.status += 1
+                if counters.status % MAX_BURST == 0:
+                    await _keep_up(distinct, max_pending, stop)
+        total = None if duration_s is None else max(0, round(duration_s * rate))
+        await _publish_at_rate(stream, uplinks, distinct, rate, total, qos, max_pending,
+                               counters, on_published, stop)  # fmt: skip
+    finally:
+        await asyncio.gather(*(u.close(drain_timeout_s) for u in distinct))
+        log.info("event=simulator_stopped %s", _log_fields(counters))
+    return counters
+
+
+async def _publish_at_rate(
+    stream: MessageStream,
+    uplinks: Mapping[str, _Uplink],
+    distinct: Sequence[_Uplink],
+    rate: float,
+    total: int | None,
+    qos: int,
+    max_pending: int,
+    counters: SimulationCounters,
+    on_published: Callable[[Report], None] | None,
+    stop: asyncio.Event | None,
+) -> None:
+    """Slot ``k`` is due at ``t0 + k / rate``; due slots go out in bursts."""
+    clock = asyncio.get_running_loop().time
+    t0 = clock()
+    slot = 0
+    while total is None or slot < total:
+        if stop is not None and stop.is_set():
+            return
+        if not await _keep_up(distinct, max_pending, stop):
+            t0 = clock() - slot / rate  # resume at the same pace, no catch-up burst
+            continue
+        lag_s = clock() - (t0 + slot / rate)
+        if lag_s > MAX_LAG_S:
+            t0 += lag_s - MAX_LAG_S
+        due = int((clock() - t0) * rate) + 1 - slot
+        if total is not None:
+            due = min(due, total - slot)
+        for _ in range(min(due, MAX_BURST)):
+            report = stream.next_report(_now_ms())
+            slot += 1
+            if report is None:
+                counters.silenced += 1
+                continue
+            if not uplinks[report.device.vendor].publish(report.message, qos):
+                counters.failed += 1
+                continue
+            counters.record(report)
+            if on_published is not None:
+                on_published(report)
+        await _pause(t0 + slot / rate - clock(), stop)
+
+
+async def _keep_up(
+    uplinks: Sequence[_Uplink], max_pending: int, stop: asyncio.Event | None
+) -> bool:
+    """True when every connection is up and not too far behind; else waits a little, False."""
+    if all(u.connected and u.pending <= max_pending for u in uplinks):
+        return True
+    while not all(u.connected and u.pending <= max_pending // 2 for u in uplinks):
+        if stop is not None and stop.is_set():
+            break
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def _pause(delay_s: float, stop: asyncio.Event | None) -> None:
+    if delay_s <= 0:
+        await asyncio.sleep(0)  # let the socket writer and other tasks run
+    elif stop is None or delay_s < 0.05:
+        await asyncio.sleep(delay_s)
+    else:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay_s)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _log_fields(counters: SimulationCounters) -> str:
+    return " ".join(
+        f"{key}={value}"
+        for key, value in counters.as_dict().items()
+        if not isinstance(value, dict)
+    )
+
+
+def _uplinks(
+    fleet: Fleet,
+    host: str,
+    port: int,
+    username: str | None,
+    password: str | None,
+    vendor_credentials: Mapping[str, tuple[str, str]],
+    client_id: str,
+    max_inflight: int,
+    counters: SimulationCounters,
+) -> dict[str, _Uplink]:
+    """Vendor id → its connection: its own with its credentials, else the shared one."""
+    shared: _Uplink | None = None
+    uplinks: dict[str, _Uplink] = {}
+    for vendor in sorted({d.vendor for d in fleet.devices}):
+        if vendor in vendor_credentials:
+            user, secret = vendor_credentials[vendor]
+            uplinks[vendor] = _Uplink(
+                host, port, f"{client_id}-{vendor}", user, secret, max_inflight, counters
+            )
+        else:
+            if shared is None:
+                shared = _Uplink(host, port, client_id, username, password, max_inflight, counters)
+            uplinks[vendor] = shared
+    return uplinks
+
+
+class _Uplink:
+    """One MQTT connection driven by the running event loop, reconnecting when lost."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        client_id: str,
+        username: str | None,
+        password: str | None,
+        max_inflight: int,
+        counters: SimulationCounters,
+        keepalive_s: int = 30,
+    ) -> None:
+        self.host, self.port, self.keepalive_s = host, port, keepalive_s
+        self.sent = 0
+        self.acked = 0
+        self._counters = counters
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._connected = asyncio.Event()
+        self._disconnected = asyncio.Event()
+        self._connack: asyncio.Future[None] | None = None
+        self._closing = False
+        self._watch: asyncio.Task[None] | None = None
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311
+        )
+        if username is not None:
+            client.username_pw_set(username, password)
+        client.max_inflight_messages_set(max_inflight)
+        client.max_queued_messages_set(0)  # unbounded: _keep_up bounds what is pending
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_socket_register_write
+        client.on_socket_unregister_write = self._on_socket_unregister_write
+        self._client = client
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def pending(self) -> int:
+        """Messages handed over but not yet acknowledged."""
+        return self.sent - self.acked
+
+    async def connect(self, timeout_s: float) -> None:
+        await self._connect(timeout_s)
+        self._watch = asyncio.create_task(self._keep_connected(), name="simulator-mqtt")
+
+    def publish(self, message: tuple[str, bytes, str], qos: int) -> bool:
+        """Queue a message; False when the client refused it (QoS 0 while disconnected)."""
+        topic, payload, _label = message
+        info = self._client.publish(topic, payload, qos)
+        # With QoS > 0 paho keeps a message it could not send yet and sends it on reconnect.
+        if info.rc == mqtt.MQTT_ERR_SUCCESS or (info.rc == mqtt.MQTT_ERR_NO_CONN and qos > 0):
+            self.sent += 1
+            return True
+        return False
+
+    async def close(self, drain_timeout_s: float) -> None:
+        """Wait (bounded) for pending acknowledgements, then disconnect cleanly."""
+        deadline = self._loop.time() + drain_timeout_s
+        while self.pending > 0 and self.connected and self._loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if self.pending > 0:
+            log.warning("event=simulator_unacknowledged count=%d broker=%s:%d",
+                        self.pending, self.host, self.port)  # fmt: skip
+        self._closing = True
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        if self._client.socket() is not None:
+            self._disconnected.clear()
+            self._client.disconnect()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._disconnected.wait(), 2.0)
+        sock = self._client.socket()
+        if sock is not None:  # the broker never let go: drop the socket ourselves
+            self._on_socket_unregister_write(self._client, None, sock)
+            self._on_socket_close(self._client, None, sock)
+            sock.close()
+
+    async def _connect(self, timeout_s: float) -> None:
+        self._connack = self._loop.create_future()
+        where = f"{self.host}:{self.port}"
+        try:
+            # connect() blocks on the TCP handshake: keep it off the event loop.
+            await self._loop.run_in_executor(
+                None, self._client.connect, self.host, self.port, self.keepalive_s
+            )
+        except OSError as exc:
+            raise ConnectionError(
+                f"cannot reach the MQTT broker at {where} ({exc}); start the broker or "
+                "correct CITYIOT_MQTT_URL"
+            ) from None
+        try:
+            await asyncio.wait_for(self._connack, timeout_s)
+        except TimeoutError:
+            raise ConnectionError(
+                f"the MQTT broker at {where} did not answer the connection within {timeout_s:g} s"
+            ) from None
+
+    async def _keep_connected(self) -> None:
+        """paho's housekeeping (keepalive pings, retries) each second; reconnect when lost."""
+        backoff_s = 1.0
+        while not self._closing:
+            await asyncio.sleep(1.0)
+            if self._client.socket() is not None:
+                self._client.loop_misc()
+                continue
+            try:
+                await self._connect(10.0)
+            except ConnectionError as exc:
+                log.warning("event=simulator_reconnect_failed retry_s=%g reason=%s", backoff_s, exc)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(30.0, backoff_s * 2)
+            else:
+                backoff_s = 1.0
+                self._counters.reconnects += 1
+                log.info("event=simulator_reconnected broker=%s:%d", self.host, self.port)
+
+    # paho callbacks. Socket ones may run in the executor thread that connects.
+
+    def _in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        if threading.get_ident() == self._loop_thread:
+            fn(*args)
+        else:
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        self._in_loop(self._connack_received, reason)
+
+    def _connack_received(self, reason: Any) -> None:
+        future = self._connack
+        if reason.is_failure:
+            if future is not None and not future.done():
+                future.set_exception(
+                    ConnectionError(
+                        f"the MQTT broker at {self.host}:{self.port} refused the simulator: "
+                        f"{reason}; check the username and password (CITYIOT_MQTT_URL)"
+                    )
+                )
+            return
+        self._connected.set()
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        self._in_loop(self._lost, reason)
+
+    def _lost(self, reason: Any) -> None:
+        self._connected.clear()
+        self._disconnected.set()
+        if not self._closing:
+            log.warning("event=simulator_disconnected broker=%s:%d reason=%s",
+                        self.host, self.port, reason)  # fmt: skip
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any
+    ) -> None:
+        self.acked += 1
+        self._counters.acknowledged += 1
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._in_loop(self._loop.add_reader, sock, self._readable)
+
+    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._in_loop(self._loop.remove_reader, sock)
+
+    def _on_socket_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._in_loop(self._loop.add_writer, sock, self._writable)
+
+    def _on_socket_unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._in_loop(self._loop.remove_writer, sock)
+
+    def _readable(self) -> None:
+        self._client.loop_read()
+
+    def _writable(self) -> None:
+        self._client.loop_write()

@@ -1,0 +1,74 @@
+"""Property: whatever bytes arrive on whatever topic, the decoder yields points or a dead letter."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cityiot.catalogue import KINDS
+from cityiot.registry import DeviceEntry
+from cityiot.settings import Settings
+from ingest.broker import Delivery
+from ingest.devices import DeviceMap, KnownDevice
+from ingest.pipeline import Ingest
+
+
+def offline_ingest() -> Ingest:
+    """An Ingest whose decoder runs without broker or storage (only ``handle`` is used)."""
+    ingest = Ingest(Settings(), influx=None, session_factory=None, link=None)  # type: ignore[arg-type]
+    ingest.devices = DeviceMap(None)
+    for i, kind in enumerate(KINDS):
+        for vendor, codec in (("acme", "json"), ("oldco", "hexframe")):
+            entry = DeviceEntry(
+                device_id=f"{kind}-{vendor}", vendor=vendor, kind=kind, district="yicheng",
+                report_interval_s=60, attributes={}, decommissioned=False,
+                updated_at=dt.datetime.now(dt.UTC),
+            )
+            ingest.devices.devices[entry.device_id] = KnownDevice.from_entry(entry)
+            ingest.devices.codecs[vendor] = codec
+    return ingest
+
+
+INGEST = offline_ingest()
+TOPICS = [f"city/{v}/{k}-{v}/{ch}" for k in KINDS for v in ("acme", "oldco")
+          for ch in ("telemetry", "status")] + ["city/x/y/telemetry", "city/acme/a b/status"]
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12,
+)
+metric_names = st.sampled_from(sorted({m.name for k in KINDS.values() for m in k.metrics}) + ["x"])
+plausible = st.fixed_dictionaries(
+    {"metrics": st.dictionaries(metric_names, json_values, max_size=5)},
+    optional={"ts": json_values | st.integers(), "seq": json_values},
+)
+
+
+def check(topic: str, payload: bytes) -> None:
+    batch = INGEST._batch
+    before = (len(batch.lines), len(batch.dead_letters), INGEST.counters.duplicates)
+    INGEST.handle(Delivery(topic, payload, 1, 1, 0), int(time.time() * 1000))
+    after = (len(batch.lines), len(batch.dead_letters), INGEST.counters.duplicates)
+    assert after != before or batch.status_lines, (topic, payload)
+    for line in batch.lines[before[0]:]:
+        assert line.count("\n") == 1 and line.endswith("\n")
+    if len(INGEST._batch.lines) > 10_000:
+        INGEST._batch = type(batch)()
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(TOPICS), st.binary(max_size=300))
+def test_any_bytes_give_points_or_a_dead_letter(topic: str, payload: bytes) -> None:
+    check(topic, payload)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(TOPICS), plausible | st.fixed_dictionaries({"readings": st.lists(plausible, max_size=4)}))
+def test_any_json_shape_gives_points_or_a_dead_letter(topic: str, document: object) -> None:
+    # The stdlib encoder: it also writes huge integers and NaN/Infinity literals.
+    check(topic, json.dumps(document).encode())
