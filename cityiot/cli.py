@@ -43,7 +43,8 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         problems = "; ".join(
-            f"CITYIOT_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+            f"CITYIOT_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
         )
         fail(f"invalid settings: {problems}")
 
@@ -104,7 +105,7 @@ def run(
 
 @app.command()
 def ingest() -> None:
-    """The ingest stage alone: MQTT → validation → InfluxDB (needs CITYIOT_MQTT_URL, _INFLUX_URL)."""
+    """The ingest stage alone: MQTT → validation → InfluxDB (needs the MQTT and InfluxDB URLs)."""
     from ingest.service import ingest_stage
 
     settings = load_settings()
@@ -128,7 +129,8 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same fleet.")] = 1,
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
     csv: Annotated[
-        Path | None, typer.Option(help="Write the fleet's registry CSV here (and exit if no broker).")
+        Path | None,
+        typer.Option(help="Write the fleet's registry CSV here (and exit if no broker)."),
     ] = None,
     incidents: Annotated[
         list[str] | None, typer.Option("--incident", help="Scripted incident, e.g. cover_open.")
@@ -151,7 +153,9 @@ def simulate(
         return
     stop = asyncio.Event()
     run_until_signal(
-        simulate_fleet(settings, fleet, rate, seed, incidents or [], malformed, duration, stop, err),
+        simulate_fleet(
+            settings, fleet, rate, seed, incidents or [], malformed, duration, stop, err
+        ),
         stop,
     )
 
@@ -187,11 +191,16 @@ def devices_import(
             await engine.dispose()
 
     report = asyncio.run(main())
-    for problem in getattr(report, "errors", []):
+    for problem in report.errors:
         err.print(f"[yellow]{file}:{problem}[/]")
-    print(f"created={report.created} updated={report.updated} unchanged={report.unchanged} "
-          f"errors={len(parsed.errors) + len(getattr(report, 'errors', []))}")
-    if parsed.errors or getattr(report, "errors", []):
+    for warning in report.warnings:
+        err.print(f"{file}:{warning}")
+    errors = len(parsed.errors) + len(report.errors)
+    print(
+        f"created={report.created} updated={report.updated} unchanged={report.unchanged} "
+        f"errors={errors}"
+    )
+    if errors:
         raise typer.Exit(2)
 
 
@@ -199,7 +208,9 @@ def devices_import(
 def vendors_add(
     vendor_id: Annotated[str, typer.Argument(help="Vendor id: [A-Za-z0-9_-]{1,64}.")],
     name: Annotated[str, typer.Option(help="Display name.")] = "",
-    codec: Annotated[str, typer.Option(help="Payload codec of its devices: json or hexframe.")] = "json",
+    codec: Annotated[
+        str, typer.Option(help="Payload codec of its devices: json or hexframe.")
+    ] = "json",
 ) -> None:
     """Register a vendor (or update its name and codec)."""
     from cityiot.catalogue import RESERVED_VENDORS, is_valid_id

@@ -65,7 +65,7 @@ def series_key(measurement: str, tags: dict[str, str]) -> str:
 
 
 def format_field(name: str, value: float | bool) -> str:
-    """One ``name=value`` field: floats as Python's shortest round-trip repr, flags as true/false."""
+    """One ``name=value`` field: floats in shortest round-trip form, flags as true/false."""
     if value is True:
         return f"{name}=true"
     if value is False:

@@ -39,7 +39,9 @@ class Launch:
     malformed_share: float = 0.0
 
 
-async def run_platform(settings: Settings, launch: Launch, stop: asyncio.Event, out: Console) -> None:
+async def run_platform(
+    settings: Settings, launch: Launch, stop: asyncio.Event, out: Console
+) -> None:
     run_dir = settings.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as services:
@@ -57,11 +59,22 @@ async def run_platform(settings: Settings, launch: Launch, stop: asyncio.Event, 
         async with ingest_stage(settings) as ingest:
             tasks = [asyncio.create_task(ingest.run(), name="ingest")]
             if fleet is not None:
-                tasks.append(asyncio.create_task(
-                    simulate_fleet(settings, fleet, launch.rate, launch.seed, launch.incidents,
-                                   launch.malformed_share, None, stop, out),
-                    name="simulator",
-                ))
+                tasks.append(
+                    asyncio.create_task(
+                        simulate_fleet(
+                            settings,
+                            fleet,
+                            launch.rate,
+                            launch.seed,
+                            launch.incidents,
+                            launch.malformed_share,
+                            None,
+                            stop,
+                            out,
+                        ),
+                        name="simulator",
+                    )
+                )
             show_where(settings, run_dir, out)
             try:
                 await watch(ingest, stop, tasks, out)
@@ -76,7 +89,9 @@ async def run_platform(settings: Settings, launch: Launch, stop: asyncio.Event, 
         out.print("stopped.")
 
 
-async def prepare_registry(settings: Settings, launch: Launch, run_dir: Path, out: Console) -> Fleet:
+async def prepare_registry(
+    settings: Settings, launch: Launch, run_dir: Path, out: Console
+) -> Fleet:
     """Generate the simulated fleet and register its vendors and devices."""
     fleet = Fleet.generate(launch.devices, launch.seed)
     csv_path = run_dir / "fleet.csv"
@@ -131,25 +146,29 @@ async def simulate_fleet(
 def show_where(settings: Settings, run_dir: Path, out: Console) -> None:
     db = settings.influx_db
     out.print(f"[bold]cityiot is running[/] — run directory {run_dir}")
-    out.print(f"  MQTT broker   {settings.mqtt_url}  (publish to city/{{vendor}}/{{device_id}}/telemetry)")
+    out.print(
+        f"  MQTT broker   {settings.mqtt_url}  (publish to city/{{vendor}}/{{device_id}}/telemetry)"
+    )
     out.print(f"  InfluxDB      {settings.influx_url}  database {db!r}")
     out.print(f"  registry      {settings.database_url}  (dead letters in table dead_letters)")
     out.print("  query stored readings:")
     out.print(
         f"    curl -sG {settings.influx_url}/query --data-urlencode db={db} "
-        "--data-urlencode \"q=SELECT count(*) FROM manhole\""
+        '--data-urlencode "q=SELECT count(*) FROM manhole"'
     )
     out.print("  Ctrl-C stops everything.")
 
 
-async def watch(ingest: Ingest, stop: asyncio.Event, tasks: list[asyncio.Task[None]],
-                out: Console) -> None:
+async def watch(
+    ingest: Ingest, stop: asyncio.Event, tasks: list[asyncio.Task[None]], out: Console
+) -> None:
     """Live counters (per second and totals) until ``stop`` or a stage fails."""
     last = _snapshot(ingest.counters)
     last_t = time.monotonic()
     rates = (0.0, 0.0, 0.0)
-    with Live(_table(ingest, rates), console=out, auto_refresh=False,
-              redirect_stdout=False) as live:
+    with Live(
+        _table(ingest, rates), console=out, auto_refresh=False, redirect_stdout=False
+    ) as live:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
@@ -162,8 +181,10 @@ async def watch(ingest: Ingest, stop: asyncio.Event, tasks: list[asyncio.Task[No
             live.update(_table(ingest, rates), refresh=True)
             if not out.is_terminal and int(now) % 5 == 0:
                 c = ingest.counters
-                out.print(f"received/s={rates[0]:.0f} stored/s={rates[1]:.0f} "
-                          f"rejected/s={rates[2]:.0f} stored={c.stored} rejected={c.rejected}")
+                out.print(
+                    f"received/s={rates[0]:.0f} stored/s={rates[1]:.0f} "
+                    f"rejected/s={rates[2]:.0f} stored={c.stored} rejected={c.rejected}"
+                )
 
 
 def _snapshot(c: IngestCounters) -> tuple[int, int, int]:

@@ -505,7 +505,8 @@ async def import_devices(
                         RowError(
                             row.line,
                             "device_id",
-                            f"{_show(row.device_id)} is decommissioned; it stays so",
+                            f"{_show(row.device_id)} is decommissioned: its entry was updated but "
+                            "it stays out of service until recommissioned",
                         )
                     )
         if new:
@@ -573,7 +574,7 @@ def _import_problem(row: DeviceRow, vendors: set[str], current: Row[Any] | None)
             row.line,
             "vendor",
             f"vendor {_show(row.vendor)} is not registered; "
-            "add it first (cityiot vendors add) or import with vendor creation on",
+            "add it first (cityiot vendors add) or let the import create it (--create-vendors)",
         )
     return None
 

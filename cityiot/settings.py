@@ -68,7 +68,9 @@ class MqttTarget:
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-            raise ValueError(f"CITYIOT_MQTT_URL must look like mqtt://user:pass@host:1883, got {url!r}")
+            raise ValueError(
+                f"CITYIOT_MQTT_URL must look like mqtt://user:pass@host:1883, got {url!r}"
+            )
         self.host: str = parts.hostname
         self.port: int = parts.port or 1883
         self.username: str | None = unquote(parts.username) if parts.username else None

@@ -221,7 +221,9 @@ class BrokerLink:
         client.subscribe([(t, self.qos) for t in self.topics])
         log.info(
             "event=mqtt_connected broker=%s:%s session_present=%s",
-            self.target.host, self.target.port, flags.session_present,
+            self.target.host,
+            self.target.port,
+            flags.session_present,
         )
         self._connected.set()
 

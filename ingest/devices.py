@@ -17,6 +17,8 @@ from cityiot.registry import DeviceEntry, load_devices, load_vendor_codecs
 
 log = logging.getLogger("cityiot.ingest.devices")
 
+REREAD_MARGIN = dt.timedelta(seconds=10)
+
 
 @dataclass(frozen=True, slots=True)
 class KnownDevice:
@@ -57,14 +59,19 @@ class DeviceMap:
 
     async def refresh(self) -> int:
         """Load what changed since the last refresh; returns how many devices changed."""
-        entries = await load_devices(self._sessions, since=self._watermark)
+        # updated_at is stamped before commit: re-read a margin so a change committed
+        # late, behind a newer stamp already seen, is not missed. Re-reading is harmless.
+        since = self._watermark - REREAD_MARGIN if self._watermark else None
+        entries = await load_devices(self._sessions, since=since)
         for e in entries:
             self.devices[e.device_id] = KnownDevice.from_entry(e)
             if self._watermark is None or e.updated_at > self._watermark:
                 self._watermark = e.updated_at
         self.codecs = await load_vendor_codecs(self._sessions)
-        if entries:
-            log.info("event=registry_refreshed changed=%d total=%d", len(entries), len(self.devices))
+        if entries and since is None:
+            log.info(
+                "event=registry_refreshed changed=%d total=%d", len(entries), len(self.devices)
+            )
         return len(entries)
 
     def get(self, device_id: str) -> KnownDevice | None:

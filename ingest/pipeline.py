@@ -70,7 +70,7 @@ class Batch:
 
 
 class Ingest:
-    """The ingest stage. ``async with Ingest(settings, influx, sessions) as ingest: await ingest.run()``.
+    """The ingest stage: ``async with Ingest(...) as ingest: await ingest.run()``.
 
     ``on_readings`` receives every stored batch's validated readings (the rules engine and
     the latest-value cache hang here).
@@ -103,7 +103,9 @@ class Ingest:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._flush_s = settings.flush_interval_ms / 1000
-        self._max_unacked = max(1, min(settings.batch_size, 1000))
+        # Seal at this many messages too: the broker's in-flight window (20,000 in
+        # deploy/local/mosquitto.conf) must hold the batches being stored and this one.
+        self._max_unacked = max(1, min(settings.batch_size, 5000))
         self._encode = msgspec.json.Encoder()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -124,8 +126,11 @@ class Ingest:
             await self._intake(writer)
             await self._seal()
             await self._sealed.join()
-            log.info("event=ingest_drained stored=%d rejected=%d", self.counters.stored,
-                     self.counters.rejected)
+            log.info(
+                "event=ingest_drained stored=%d rejected=%d",
+                self.counters.stored,
+                self.counters.rejected,
+            )
         finally:
             for task in (writer, upkeep):
                 task.cancel()
@@ -210,8 +215,10 @@ class Ingest:
             return
         codec = self.codecs.get(self.devices.codecs.get(vendor, "json"))
         if codec is None:
-            raise Rejected(f"vendor {vendor} is set to codec {self.devices.codecs[vendor]!r}, "
-                           f"which this ingest does not have ({', '.join(self.codecs)})")
+            raise Rejected(
+                f"vendor {vendor} is set to codec {self.devices.codecs[vendor]!r}, "
+                f"which this ingest does not have ({', '.join(self.codecs)})"
+            )
         raws = codec.decode(payload, KINDS[device.kind])
         batched = len(raws) > 1
         for index, raw in enumerate(raws):
@@ -265,13 +272,21 @@ class Ingest:
         if not is_valid_id(device_id):
             return f"topic device id {device_id[:80]!r} is not valid: use [A-Za-z0-9_-]{{1,64}}"
         if device is None:
-            return (f"unknown device {device_id}: register it first "
-                    "(cityiot devices import FILE.csv or POST /api/v1/devices)")
-        return (f"device {device_id} belongs to vendor {device.vendor}, "
-                f"not to {vendor}: publish under city/{device.vendor}/{device_id}/…")
+            return (
+                f"unknown device {device_id}: register it first "
+                "(cityiot devices import FILE.csv or POST /api/v1/devices)"
+            )
+        return (
+            f"device {device_id} belongs to vendor {device.vendor}, "
+            f"not to {vendor}: publish under city/{device.vendor}/{device_id}/…"
+        )
 
     def _dead_letter(
-        self, batch: Batch, delivery: Delivery, reason: str, received_ms: int,
+        self,
+        batch: Batch,
+        delivery: Delivery,
+        reason: str,
+        received_ms: int,
         payload: bytes | None = None,
     ) -> None:
         raw = delivery.payload if payload is None else payload
@@ -308,7 +323,9 @@ class Ingest:
         if batch.status_lines:
             await self._retrying("points", self.influx.write, "".join(batch.status_lines).encode())
         if batch.dead_letters:
-            await self._retrying("dead letters", add_dead_letters, self.sessions, batch.dead_letters)
+            await self._retrying(
+                "dead letters", add_dead_letters, self.sessions, batch.dead_letters
+            )
         self.link.ack(span[0] for span in batch.spans)
         self.counters.stored += len(batch.lines)
         by_kind = self.counters.stored_by_kind
@@ -316,8 +333,12 @@ class Ingest:
             by_kind[reading.kind] = by_kind.get(reading.kind, 0) + 1
         self.counters.batches += 1
         self.counters.last_write_ms = (time.perf_counter() - started) * 1000
-        log.debug("event=stored points=%d dead_letters=%d ms=%.1f", len(batch.lines),
-                  len(batch.dead_letters), self.counters.last_write_ms)
+        log.debug(
+            "event=stored points=%d dead_letters=%d ms=%.1f",
+            len(batch.lines),
+            len(batch.dead_letters),
+            self.counters.last_write_ms,
+        )
         if self.on_readings is not None and batch.readings:
             self.on_readings(batch.readings)
 
@@ -337,13 +358,16 @@ class Ingest:
             if first == last:
                 continue
             try:
-                await self._retrying("points", self.influx.write,
-                                     "".join(batch.lines[first:last]).encode())
+                await self._retrying(
+                    "points", self.influx.write, "".join(batch.lines[first:last]).encode()
+                )
             except InfluxError as exc:
                 self._dead_letter(batch, delivery, f"InfluxDB refused: {exc}", received_ms)
                 batch.lines[first:last] = [""] * (last - first)
         if batch.dead_letters:
-            await self._retrying("dead letters", add_dead_letters, self.sessions, batch.dead_letters)
+            await self._retrying(
+                "dead letters", add_dead_letters, self.sessions, batch.dead_letters
+            )
             batch.dead_letters = []
         batch.lines = [line for line in batch.lines if line]
 

@@ -54,10 +54,9 @@ async def ingest_stage(
         async with influx_from(settings) as influx:
             await prepare_influx(influx, settings)
             link = BrokerLink(MqttTarget(settings.mqtt_url), settings.mqtt_client_id, TOPICS)
-            async with link:
-                async with Ingest(
-                    settings, influx, sessionmaker(engine), link, on_readings=on_readings
-                ) as ingest:
-                    yield ingest
+            async with link, Ingest(
+                settings, influx, sessionmaker(engine), link, on_readings=on_readings
+            ) as ingest:
+                yield ingest
     finally:
         await engine.dispose()

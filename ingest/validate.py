@@ -47,8 +47,11 @@ class KindTable:
         self.specs: dict[str, object] = {
             m.name: _BOOL
             if m.type == "bool"
-            else _FloatSpec(m.low if m.low is not None else -math.inf,
-                            m.high if m.high is not None else math.inf, m.unit)
+            else _FloatSpec(
+                m.low if m.low is not None else -math.inf,
+                m.high if m.high is not None else math.inf,
+                m.unit,
+            )
             for m in kind.metrics
         }
         self.known = ", ".join(self.specs)

@@ -54,6 +54,7 @@ class DeviceState:
 
     seq: int = 0
     last_ts_ms: int | None = None
+    report_every_ms: float = 60_000.0  # the device's cadence: a free space stays free longer
     battery_pct: float = 100.0
     battery_drain_per_day: float = 0.04
     rssi_base_dbm: float = -90.0
@@ -82,11 +83,17 @@ class DeviceState:
     recheck: bool = False
 
 
-def new_state(device: SimDevice) -> DeviceState:
-    """A device's state before its first reading; its character comes from its id alone."""
+def new_state(device: SimDevice, report_every_ms: float = 60_000.0) -> DeviceState:
+    """A device's state before its first reading; its character comes from its id alone.
+
+    ``report_every_ms`` is how often the device will report: a parking space stays free
+    at least that long, so every departure shows in its readings (the rules judge an
+    overstay from them).
+    """
     rng = random.Random(f"cityiot-device:{device.device_id}")
     age_days = max(0, (dt.date(2025, 11, 1) - device.install_date).days)
     state = DeviceState(
+        report_every_ms=report_every_ms,
         battery_pct=rng.uniform(45.0, 100.0),
         battery_drain_per_day=rng.uniform(0.02, 0.06),
         rssi_base_dbm=rng.uniform(-108.0, -72.0),
@@ -116,7 +123,9 @@ def new_state(device: SimDevice) -> DeviceState:
 def reading(device: SimDevice, ts_ms: int, state: DeviceState, rng: random.Random) -> Metrics:
     """Every metric of ``device`` at ``ts_ms``; advances ``state`` to that time."""
     elapsed_s = 0.0 if state.last_ts_ms is None else max(0.0, (ts_ms - state.last_ts_ms) / 1000)
-    state.battery_pct = max(0.0, state.battery_pct - state.battery_drain_per_day * elapsed_s / 86400)
+    state.battery_pct = max(
+        0.0, state.battery_pct - state.battery_drain_per_day * elapsed_s / 86400
+    )
     metrics = _BEHAVIOURS[device.kind](device, ts_ms, elapsed_s, state, rng)
     state.last_ts_ms = ts_ms
     return metrics
@@ -351,9 +360,11 @@ def _wait_for_next_car(
     """
     share = _by_hour(_PARKING_OCCUPANCY, local_hour(at_ms))
     mean_gap = _mean_stay_ms(max_stay_ms) * (1 - share) / share
-    gap = max(_MINUTE_MS, int(rng.expovariate(1 / mean_gap)))
-    state.recheck = gap > _PARKING_RECHECK_MS
-    state.next_change_ms = at_ms + min(gap, _PARKING_RECHECK_MS)
+    shortest = max(_MINUTE_MS, int(state.report_every_ms * 1.05))
+    gap = max(shortest, int(rng.expovariate(1 / mean_gap)))
+    recheck_ms = max(_PARKING_RECHECK_MS, shortest)
+    state.recheck = gap > recheck_ms
+    state.next_change_ms = at_ms + min(gap, recheck_ms)
 
 
 _Behaviour = Callable[[SimDevice, int, float, DeviceState, random.Random], Metrics]

@@ -179,7 +179,9 @@ class Fleet:
         mix = dict(DEFAULT_MIX if mix is None else mix)
         unknown = sorted(set(mix) - set(KINDS))
         if unknown:
-            raise ValueError(f"unknown kinds in the mix: {', '.join(unknown)}; use {', '.join(KINDS)}")
+            raise ValueError(
+                f"unknown kinds in the mix: {', '.join(unknown)}; use {', '.join(KINDS)}"
+            )
         if not any(share > 0 for share in mix.values()) or any(s < 0 for s in mix.values()):
             raise ValueError("the kind mix needs positive shares, e.g. {'manhole': 1.0}")
         if not vendors:

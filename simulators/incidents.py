@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -115,7 +116,9 @@ def plan_incident(
     return Incident(name, tuple(chosen), after_s, duration_s)
 
 
-def parse_incident(spec: str, fleet: Fleet, default_after_s: float = 0.0, seed: int = 0) -> Incident:
+def parse_incident(
+    spec: str, fleet: Fleet, default_after_s: float = 0.0, seed: int = 0
+) -> Incident:
     """An incident from ``name[:devices[:after_s[:duration_s]]]``, e.g. ``flooding:2:60:600``."""
     name, *numbers = spec.strip().split(":")
     if len(numbers) > 3:
@@ -233,22 +236,23 @@ def malformed_payload(
             f"{label!r} is not a malformed message of a {device.codec} device; "
             f"use one of {', '.join(malformed_labels(device))}"
         )
-    metrics = dict(metrics)
+    broken: dict[str, Any] = dict(metrics)
     if label == "future_ts":
         ts_ms += FUTURE_MS
     elif label in ("wrong_type", "out_of_range"):
         name = rng.choice(_float_metrics(device, frame=device.codec == "hexframe"))
-        metrics[name] = _beyond_range(device.kind, name) if label == "out_of_range" else str(
-            metrics[name]
-        )
+        if label == "out_of_range":
+            broken[name] = _beyond_range(device.kind, name)
+        else:
+            broken[name] = str(broken[name])
     elif label == "unknown_metric":
-        metrics[UNKNOWN_METRIC] = 55.0
+        broken[UNKNOWN_METRIC] = 55.0
     if device.codec == "hexframe":
-        frame = encode_frame(device.kind, metrics, ts_ms, seq)
+        frame = encode_frame(device.kind, broken, ts_ms, seq)
         if label == "bad_crc":
             frame = frame[:-1] + (b"0" if frame[-1:] != b"0" else b"1")
         return frame
-    payload = orjson.dumps({"ts": ts_ms, "seq": seq, "metrics": metrics})
+    payload = orjson.dumps({"ts": ts_ms, "seq": seq, "metrics": broken})
     return payload[: len(payload) // 2] if label == "invalid_json" else payload
 
 

@@ -57,7 +57,8 @@ class MessageStream:
 
     ``origin_ms`` is when the simulation begins: incidents count their ``after_s`` from it.
     ``batch_share`` of the JSON devices' messages carry several readings (``readings``),
-    spread between the device's previous report and now.
+    spread between the device's previous report and now. ``report_every_ms`` is each
+    device's cadence (``len(fleet) / rate``), which the behaviour takes into account.
     """
 
     def __init__(
@@ -68,6 +69,7 @@ class MessageStream:
         incidents: Sequence[Incident] = (),
         malformed_share: float = 0.0,
         batch_share: float = 0.0,
+        report_every_ms: float = 60_000.0,
     ) -> None:
         if not fleet.devices:
             raise ValueError("the fleet has no devices; generate it with devices > 0")
@@ -79,6 +81,7 @@ class MessageStream:
         self.origin_ms = origin_ms
         self.malformed_share = malformed_share
         self.batch_share = batch_share
+        self.report_every_ms = report_every_ms
         self._rng = random.Random(f"cityiot-messages:{seed}")
         self._devices = fleet.devices
         self._states: list[DeviceState | None] = [None] * len(fleet.devices)
@@ -104,7 +107,7 @@ class MessageStream:
         device = self._devices[i]
         state = self._states[i]
         if state is None:
-            state = self._states[i] = new_state(device)
+            state = self._states[i] = new_state(device, self.report_every_ms)
         if "silent" in self._active(i, now_ms):
             return None
         rng = self._rng
@@ -129,7 +132,9 @@ class MessageStream:
             times = [previous + (now_ms - previous) * (k + 1) // n for k in range(n)]
         readings: list[tuple[int, int, Metrics]] = []
         for ts in times:
-            metrics = _with_incidents(device, reading(device, ts, state, rng), self._active(i, ts), rng)
+            metrics = _with_incidents(
+                device, reading(device, ts, state, rng), self._active(i, ts), rng
+            )
             state.seq += 1
             readings.append((ts, state.seq, metrics))
         return Report(device, SimMessage(topic, encode(device, readings), OK), len(readings))
@@ -202,11 +207,22 @@ def iter_reports(
     if rate <= 0:
         raise ValueError(f"rate must be more than 0 messages per second, got {rate}")
     stream = MessageStream(
-        fleet, seed, start_ms, incidents, malformed_share, BATCH_SHARE if batch else 0.0
+        fleet,
+        seed,
+        start_ms,
+        incidents,
+        malformed_share,
+        BATCH_SHARE if batch else 0.0,
+        report_every_ms=cadence_ms(fleet, rate),
     )
     for k in range(count):
         ts = start_ms + round(k * 1000 / rate)
         yield ts, stream.next_report(ts)
+
+
+def cadence_ms(fleet: Fleet, rate: float) -> float:
+    """How often each device reports when the fleet sends ``rate`` messages per second."""
+    return len(fleet.devices) * 1000 / rate
 
 
 def _covers(window: _Window, ts_ms: int) -> bool:

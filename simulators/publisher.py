@@ -29,7 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from simulators.fleet import Fleet
 from simulators.incidents import Incident, parse_incident
-from simulators.messages import BATCH_SHARE, OK, MessageStream, Report
+from simulators.messages import BATCH_SHARE, OK, MessageStream, Report, cadence_ms
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +129,16 @@ async def run_simulation(
     counters = SimulationCounters() if counters is None else counters
     two_rounds_s = 2 * len(fleet.devices) / rate
     planned = [
-        parse_incident(i, fleet, two_rounds_s, seed) if isinstance(i, str) else i
-        for i in incidents
+        parse_incident(i, fleet, two_rounds_s, seed) if isinstance(i, str) else i for i in incidents
     ]
     stream = MessageStream(
-        fleet, seed, _now_ms(), planned, malformed_share, BATCH_SHARE if batch else 0.0
+        fleet,
+        seed,
+        _now_ms(),
+        planned,
+        malformed_share,
+        BATCH_SHARE if batch else 0.0,
+        report_every_ms=cadence_ms(fleet, rate),
     )
     uplinks = _uplinks(
         fleet, mqtt_host, mqtt_port, username, password, vendor_credentials or {},
@@ -233,9 +238,7 @@ def _now_ms() -> int:
 
 def _log_fields(counters: SimulationCounters) -> str:
     return " ".join(
-        f"{key}={value}"
-        for key, value in counters.as_dict().items()
-        if not isinstance(value, dict)
+        f"{key}={value}" for key, value in counters.as_dict().items() if not isinstance(value, dict)
     )
 
 
@@ -288,6 +291,8 @@ class _Uplink:
         self._loop_thread = threading.get_ident()
         self._connected = asyncio.Event()
         self._disconnected = asyncio.Event()
+        self._drained = asyncio.Event()  # set while nothing awaits acknowledgement
+        self._drained.set()
         self._connack: asyncio.Future[None] | None = None
         self._closing = False
         self._watch: asyncio.Task[None] | None = None
@@ -327,14 +332,14 @@ class _Uplink:
         # With QoS > 0 paho keeps a message it could not send yet and sends it on reconnect.
         if info.rc == mqtt.MQTT_ERR_SUCCESS or (info.rc == mqtt.MQTT_ERR_NO_CONN and qos > 0):
             self.sent += 1
+            self._drained.clear()
             return True
         return False
 
     async def close(self, drain_timeout_s: float) -> None:
         """Wait (bounded) for pending acknowledgements, then disconnect cleanly."""
-        deadline = self._loop.time() + drain_timeout_s
-        while self.pending > 0 and self.connected and self._loop.time() < deadline:
-            await asyncio.sleep(0.01)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), drain_timeout_s)
         if self.pending > 0:
             log.warning("event=simulator_unacknowledged count=%d broker=%s:%d",
                         self.pending, self.host, self.port)  # fmt: skip
@@ -438,18 +443,24 @@ class _Uplink:
     ) -> None:
         self.acked += 1
         self._counters.acknowledged += 1
+        if self.acked >= self.sent:
+            self._drained.set()
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        self._in_loop(self._loop.add_reader, sock, self._readable)
+        self._in_loop(self._loop.add_reader, sock.fileno(), self._readable)
 
     def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        self._in_loop(self._loop.remove_reader, sock)
+        fd = sock.fileno()
+        if fd >= 0:
+            self._in_loop(self._loop.remove_reader, fd)
 
     def _on_socket_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        self._in_loop(self._loop.add_writer, sock, self._writable)
+        self._in_loop(self._loop.add_writer, sock.fileno(), self._writable)
 
     def _on_socket_unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        self._in_loop(self._loop.remove_writer, sock)
+        fd = sock.fileno()
+        if fd >= 0:
+            self._in_loop(self._loop.remove_writer, fd)
 
     def _readable(self) -> None:
         self._client.loop_read()

@@ -32,7 +32,13 @@ from ingest.codecs.base import PayloadError, RawReading
 
 START = 0xA5
 VERSION = 0x01
-KIND_CODES: dict[str, int] = {"manhole": 1, "streetlight": 2, "hydrant": 3, "water": 4, "parking": 5}
+KIND_CODES: dict[str, int] = {
+    "manhole": 1,
+    "streetlight": 2,
+    "hydrant": 3,
+    "water": 4,
+    "parking": 5,
+}
 _KIND_BY_CODE = {v: k for k, v in KIND_CODES.items()}
 _HEAD = struct.Struct(">BBBIIB")
 _ITEM = struct.Struct(">Bi")

@@ -40,7 +40,9 @@ class StandardJsonCodec:
             raise PayloadError(f"invalid JSON: {exc}") from None
         if env.readings is not None:
             if env.metrics is not None or env.ts is not None or env.seq is not None:
-                raise PayloadError("a batch carries only 'readings'; put ts/seq/metrics inside each")
+                raise PayloadError(
+                    "a batch carries only 'readings'; put ts/seq/metrics inside each"
+                )
             n = len(env.readings)
             if n == 0:
                 raise PayloadError("empty batch: 'readings' holds no reading")

@@ -26,48 +26,112 @@ BIG = b'{"ts": 1, "metrics": {"tilt_deg": 1.0}, "pad": "' + b"x" * 300_000 + b'"
 CASES = [
     ("invalid JSON", "city/acme/mh-1/telemetry", b'{"metrics": {"tilt_deg": 1.0', "invalid JSON"),
     ("not UTF-8", "city/acme/mh-1/telemetry", b"\xff\xfe\x00garbage", "invalid JSON"),
-    ("number as string", "city/acme/mh-1/telemetry", reading(tilt_deg="2.5"), "must be a JSON number"),
+    (
+        "number as string",
+        "city/acme/mh-1/telemetry",
+        reading(tilt_deg="2.5"),
+        "must be a JSON number",
+    ),
     ("flag as number", "city/acme/mh-1/telemetry", reading(cover_open=1), "must be true or false"),
     ("number as flag", "city/acme/mh-1/telemetry", reading(tilt_deg=True), "must be a JSON number"),
     ("unknown metric", "city/acme/mh-1/telemetry", reading(tilt=2.5), "unknown metric 'tilt'"),
-    ("metric of another kind", "city/acme/mh-1/telemetry", reading(lux=3.0), "unknown metric 'lux'"),
+    (
+        "metric of another kind",
+        "city/acme/mh-1/telemetry",
+        reading(lux=3.0),
+        "unknown metric 'lux'",
+    ),
     ("out of range", "city/acme/wt-1/telemetry", reading(ph=15.2), "outside the physical range"),
     ("negative battery", "city/acme/pk-1/telemetry", reading(battery_pct=-1), "outside"),
     ("NaN literal", "city/acme/mh-1/telemetry", b'{"metrics": {"tilt_deg": NaN}}', "invalid JSON"),
-    ("Infinity literal", "city/acme/mh-1/telemetry", b'{"metrics": {"tilt_deg": Infinity}}',
-     "invalid JSON"),
-    ("overflowing number", "city/acme/mh-1/telemetry", b'{"metrics": {"tilt_deg": 1e999}}',
-     "out of range"),
-    ("future ts", "city/acme/mh-1/telemetry",
-     orjson.dumps({"ts": now_ms() + 3_600_000, "metrics": {"tilt_deg": 1.0}}), "in the future"),
-    ("ts in seconds", "city/acme/mh-1/telemetry",
-     orjson.dumps({"ts": now_ms() // 1000, "metrics": {"tilt_deg": 1.0}}), "older than the retention"),
-    ("ts without offset", "city/acme/mh-1/telemetry",
-     b'{"ts": "2025-11-23T08:00:00", "metrics": {"tilt_deg": 1.0}}', "no UTC offset"),
-    ("ts garbage", "city/acme/mh-1/telemetry", b'{"ts": "yesterday", "metrics": {"tilt_deg": 1.0}}',
-     "not RFC 3339"),
+    (
+        "Infinity literal",
+        "city/acme/mh-1/telemetry",
+        b'{"metrics": {"tilt_deg": Infinity}}',
+        "invalid JSON",
+    ),
+    (
+        "overflowing number",
+        "city/acme/mh-1/telemetry",
+        b'{"metrics": {"tilt_deg": 1e999}}',
+        "out of range",
+    ),
+    (
+        "future ts",
+        "city/acme/mh-1/telemetry",
+        orjson.dumps({"ts": now_ms() + 3_600_000, "metrics": {"tilt_deg": 1.0}}),
+        "in the future",
+    ),
+    (
+        "ts in seconds",
+        "city/acme/mh-1/telemetry",
+        orjson.dumps({"ts": now_ms() // 1000, "metrics": {"tilt_deg": 1.0}}),
+        "older than the retention",
+    ),
+    (
+        "ts without offset",
+        "city/acme/mh-1/telemetry",
+        b'{"ts": "2025-11-23T08:00:00", "metrics": {"tilt_deg": 1.0}}',
+        "no UTC offset",
+    ),
+    (
+        "ts garbage",
+        "city/acme/mh-1/telemetry",
+        b'{"ts": "yesterday", "metrics": {"tilt_deg": 1.0}}',
+        "not RFC 3339",
+    ),
     ("ts as float", "city/acme/mh-1/telemetry", b'{"ts": 1.5, "metrics": {"tilt_deg": 1.0}}', "ts"),
     ("no metrics", "city/acme/mh-1/telemetry", b'{"ts": 1}', "missing 'metrics'"),
     ("empty metrics", "city/acme/mh-1/telemetry", b'{"metrics": {}}', "no metrics"),
     ("JSON array", "city/acme/mh-1/telemetry", b"[1, 2]", "access standard"),
-    ("unknown device", "city/acme/mh-404/telemetry", reading(tilt_deg=1.0), "unknown device mh-404"),
-    ("device of another vendor", "city/oldco/mh-1/telemetry", reading(tilt_deg=1.0),
-     "belongs to vendor acme"),
+    (
+        "unknown device",
+        "city/acme/mh-404/telemetry",
+        reading(tilt_deg=1.0),
+        "unknown device mh-404",
+    ),
+    (
+        "device of another vendor",
+        "city/oldco/mh-1/telemetry",
+        reading(tilt_deg=1.0),
+        "belongs to vendor acme",
+    ),
     ("bad vendor id", "city/ac.me/mh-1/telemetry", reading(tilt_deg=1.0), "vendor id 'ac.me'"),
     ("bad device id", "city/acme/mh 1/telemetry", reading(tilt_deg=1.0), "device id 'mh 1'"),
-    ("reserved vendor", "city/alerts/mh-1/telemetry", reading(tilt_deg=1.0), "belongs to vendor acme"),
+    (
+        "reserved vendor",
+        "city/alerts/mh-1/telemetry",
+        reading(tilt_deg=1.0),
+        "belongs to vendor acme",
+    ),
     ("oversize payload", "city/acme/mh-1/telemetry", BIG, "exceeds"),
     ("empty batch", "city/acme/mh-1/telemetry", b'{"readings": []}', "empty batch"),
-    ("1,001-reading batch", "city/acme/mh-1/telemetry",
-     orjson.dumps({"readings": [{"metrics": {"tilt_deg": 1.0}}] * 1001}), "at most 1000"),
-    ("batch mixed with single", "city/acme/mh-1/telemetry",
-     b'{"metrics": {"tilt_deg": 1.0}, "readings": [{"metrics": {"tilt_deg": 1.0}}]}', "batch"),
+    (
+        "1,001-reading batch",
+        "city/acme/mh-1/telemetry",
+        orjson.dumps({"readings": [{"metrics": {"tilt_deg": 1.0}}] * 1001}),
+        "at most 1000",
+    ),
+    (
+        "batch mixed with single",
+        "city/acme/mh-1/telemetry",
+        b'{"metrics": {"tilt_deg": 1.0}, "readings": [{"metrics": {"tilt_deg": 1.0}}]}',
+        "batch",
+    ),
     ("bad status", "city/acme/mh-1/status", b'{"online": "yes"}', "status must be"),
-    ("hexframe CRC", "city/oldco/mh-2/telemetry", b"A501010000000769224E800201000009C40200000000ABBB",
-     "CRC mismatch"),
+    (
+        "hexframe CRC",
+        "city/oldco/mh-2/telemetry",
+        b"A501010000000769224E800201000009C40200000000ABBB",
+        "CRC mismatch",
+    ),
     ("hexframe not hex", "city/oldco/mh-2/telemetry", reading(tilt_deg=1.0), "not ASCII hex"),
-    ("hexframe wrong kind", "city/oldco/sl-2/telemetry",
-     b"A501010000000769224E800201000009C40200000000ABBA", "registered as streetlight"),
+    (
+        "hexframe wrong kind",
+        "city/oldco/sl-2/telemetry",
+        b"A501010000000769224E800201000009C40200000000ABBA",
+        "registered as streetlight",
+    ),
 ]
 
 
@@ -97,11 +161,13 @@ async def test_bad_input_is_a_dead_letter_and_nothing_is_stored(
 
 async def test_one_bad_reading_in_a_batch_is_refused_alone(platform: Platform) -> None:
     ts = now_ms() - 10_000
-    batch = {"readings": [
-        {"ts": ts, "metrics": {"ph": 7.1}},
-        {"ts": ts + 1000, "metrics": {"ph": 99.0}},
-        {"ts": ts + 2000, "metrics": {"ph": 7.3}},
-    ]}
+    batch = {
+        "readings": [
+            {"ts": ts, "metrics": {"ph": 7.1}},
+            {"ts": ts + 1000, "metrics": {"ph": 99.0}},
+            {"ts": ts + 2000, "metrics": {"ph": 7.3}},
+        ]
+    }
     platform.publish("city/acme/wt-1/telemetry", orjson.dumps(batch))
     await platform.settle(1)
     rows = await platform.points('SELECT "ph" FROM "water"')

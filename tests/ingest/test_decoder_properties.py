@@ -21,11 +21,16 @@ def offline_ingest() -> Ingest:
     """An Ingest whose decoder runs without broker or storage (only ``handle`` is used)."""
     ingest = Ingest(Settings(), influx=None, session_factory=None, link=None)  # type: ignore[arg-type]
     ingest.devices = DeviceMap(None)
-    for i, kind in enumerate(KINDS):
+    for kind in KINDS:
         for vendor, codec in (("acme", "json"), ("oldco", "hexframe")):
             entry = DeviceEntry(
-                device_id=f"{kind}-{vendor}", vendor=vendor, kind=kind, district="yicheng",
-                report_interval_s=60, attributes={}, decommissioned=False,
+                device_id=f"{kind}-{vendor}",
+                vendor=vendor,
+                kind=kind,
+                district="yicheng",
+                report_interval_s=60,
+                attributes={},
+                decommissioned=False,
                 updated_at=dt.datetime.now(dt.UTC),
             )
             ingest.devices.devices[entry.device_id] = KnownDevice.from_entry(entry)
@@ -34,12 +39,18 @@ def offline_ingest() -> Ingest:
 
 
 INGEST = offline_ingest()
-TOPICS = [f"city/{v}/{k}-{v}/{ch}" for k in KINDS for v in ("acme", "oldco")
-          for ch in ("telemetry", "status")] + ["city/x/y/telemetry", "city/acme/a b/status"]
+TOPICS = [
+    f"city/{v}/{k}-{v}/{ch}"
+    for k in KINDS
+    for v in ("acme", "oldco")
+    for ch in ("telemetry", "status")
+] + ["city/x/y/telemetry", "city/acme/a b/status"]
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 metric_names = st.sampled_from(sorted({m.name for k in KINDS.values() for m in k.metrics}) + ["x"])
@@ -55,7 +66,7 @@ def check(topic: str, payload: bytes) -> None:
     INGEST.handle(Delivery(topic, payload, 1, 1, 0), int(time.time() * 1000))
     after = (len(batch.lines), len(batch.dead_letters), INGEST.counters.duplicates)
     assert after != before or batch.status_lines, (topic, payload)
-    for line in batch.lines[before[0]:]:
+    for line in batch.lines[before[0] :]:
         assert line.count("\n") == 1 and line.endswith("\n")
     if len(INGEST._batch.lines) > 10_000:
         INGEST._batch = type(batch)()
@@ -68,7 +79,10 @@ def test_any_bytes_give_points_or_a_dead_letter(topic: str, payload: bytes) -> N
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(TOPICS), plausible | st.fixed_dictionaries({"readings": st.lists(plausible, max_size=4)}))
+@given(
+    st.sampled_from(TOPICS),
+    plausible | st.fixed_dictionaries({"readings": st.lists(plausible, max_size=4)}),
+)
 def test_any_json_shape_gives_points_or_a_dead_letter(topic: str, document: object) -> None:
     # The stdlib encoder: it also writes huge integers and NaN/Infinity literals.
     check(topic, json.dumps(document).encode())

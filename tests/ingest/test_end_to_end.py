@@ -37,7 +37,9 @@ def sample_metrics(kind: str, rng: random.Random) -> dict[str, float | bool]:
             assert m.low is not None and m.high is not None
             lo, hi = max(m.low, -1000.0), min(m.high, 1000.0)
             value = rng.uniform(lo, hi)
-            out[m.name] = int(value) if rng.random() < 0.3 and lo <= int(value) <= hi else round(value, 3)
+            out[m.name] = (
+                int(value) if rng.random() < 0.3 and lo <= int(value) <= hi else round(value, 3)
+            )
     return out
 
 
@@ -90,7 +92,11 @@ async def test_every_kind_single_and_batched_json_and_hexframe_stored_exactly(
         for row, (ts, metrics) in zip(rows, expected, strict=True):
             point = dict(zip(columns, row, strict=True))
             assert point["time"] == ts // 1000 * 1000 if vendor == "oldco" else point["time"] == ts
-            assert (point["device_id"], point["district"], point["vendor"]) == (device, district, vendor)
+            assert (point["device_id"], point["district"], point["vendor"]) == (
+                device,
+                district,
+                vendor,
+            )
             for name, value in metrics.items():
                 if isinstance(value, bool):
                     assert point[name] is value
@@ -117,7 +123,9 @@ async def test_duplicate_seq_is_dropped_but_a_rebooted_device_is_not(platform: P
     ts = int(time.time() * 1000) - 5000
     topic = "city/acme/hy-1/telemetry"
     for seq, t in ((1, ts), (2, ts + 1000), (2, ts + 1000), (1, ts), (1, ts + 3000)):
-        platform.publish(topic, orjson.dumps({"ts": t, "seq": seq, "metrics": {"pressure_mpa": 0.3}}))
+        platform.publish(
+            topic, orjson.dumps({"ts": t, "seq": seq, "metrics": {"pressure_mpa": 0.3}})
+        )
     await platform.settle(5)
     rows = await platform.points('SELECT "pressure_mpa" FROM "hydrant"')
     assert [r[0] for r in rows] == [ts, ts + 1000, ts + 3000]

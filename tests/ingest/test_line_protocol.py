@@ -52,7 +52,7 @@ def test_values_line_protocol_cannot_hold_are_refused(value: str) -> None:
 
 
 async def test_an_injection_attempt_stays_one_point(influx: LocalInflux, influx_db: str) -> None:
-    attack = 'x tilt_deg=99 1\nmanhole,device_id=evil tilt_deg=1'
+    attack = "x tilt_deg=99 1\nmanhole,device_id=evil tilt_deg=1"
     with pytest.raises(ValueError):
         series_key("manhole", {"device_id": attack})
     sneaky = "x tilt_deg=99 1,device_id=evil"  # no newline: must stay inside the tag value
@@ -63,7 +63,9 @@ async def test_an_injection_attempt_stays_one_point(influx: LocalInflux, influx_
         assert rows[0]["series"][0]["values"] == [[1700000000000, 2.0, sneaky, "d1"]]
 
 
-async def test_query_strings_and_identifiers_are_quoted(influx: LocalInflux, influx_db: str) -> None:
+async def test_query_strings_and_identifiers_are_quoted(
+    influx: LocalInflux, influx_db: str
+) -> None:
     async with InfluxDB(influx.url, influx_db) as client:
         await client.write(b"manhole,device_id=d1 tilt_deg=1.0 1700000000000\n")
         hostile = "d1' OR device_id =~ /.*/ --"
@@ -72,6 +74,8 @@ async def test_query_strings_and_identifiers_are_quoted(influx: LocalInflux, inf
         )
         assert "series" not in rows[0]
         async with httpx.AsyncClient() as http:  # the database still holds its point
-            r = await http.get(f"{influx.url}/query", params={"db": influx_db,
-                               "q": 'SELECT count(*) FROM "manhole"'})
+            r = await http.get(
+                f"{influx.url}/query",
+                params={"db": influx_db, "q": 'SELECT count(*) FROM "manhole"'},
+            )
         assert r.json()["results"][0]["series"][0]["values"][0][1] == 1

@@ -1,0 +1,50 @@
+"""A simulated device fleet for Zhumadian: devices, their behaviour, incidents, publishing.
+
+    fleet = Fleet.generate(2000, seed=1)
+    fleet.write_csv("fleet.csv")                     # the registry, for `cityiot devices import`
+    await run_simulation("127.0.0.1", 1883, fleet, rate=500, incidents=["cover_open:2"])
+
+``iter_messages`` gives the same messages without a broker, for tests and benchmarks.
+"""
+
+from simulators.behaviour import DeviceState, Metrics, is_dark, new_state, reading, sun_times
+from simulators.fleet import CSV_COLUMNS, DEFAULT_MIX, DEFAULT_VENDORS, Fleet, SimDevice, SimVendor
+from simulators.incidents import (
+    FRAME_MALFORMED_LABELS,
+    INCIDENT_KINDS,
+    MALFORMED_LABELS,
+    Incident,
+    parse_incident,
+    plan_incident,
+)
+from simulators.messages import OK, MessageStream, Report, SimMessage, iter_messages, iter_reports
+from simulators.publisher import SimulationCounters, run_simulation
+
+__all__ = [
+    "CSV_COLUMNS",
+    "DEFAULT_MIX",
+    "DEFAULT_VENDORS",
+    "FRAME_MALFORMED_LABELS",
+    "INCIDENT_KINDS",
+    "MALFORMED_LABELS",
+    "OK",
+    "DeviceState",
+    "Fleet",
+    "Incident",
+    "MessageStream",
+    "Metrics",
+    "Report",
+    "SimDevice",
+    "SimMessage",
+    "SimVendor",
+    "SimulationCounters",
+    "is_dark",
+    "iter_messages",
+    "iter_reports",
+    "new_state",
+    "parse_incident",
+    "plan_incident",
+    "reading",
+    "run_simulation",
+    "sun_times",
+]

@@ -1,0 +1,241 @@
+"""Publishing through a real Mosquitto: everything counted arrives, exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from simulators import Fleet, Report, SimulationCounters, run_simulation
+
+MOSQUITTO = "/usr/sbin/mosquitto"
+MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"
+HOST = "127.0.0.1"
+
+pytestmark = pytest.mark.skipif(not os.path.exists(MOSQUITTO), reason="needs Mosquitto")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Broker:
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+def _start_broker(directory: Path, extra: str = "") -> Broker:
+    port = _free_port()
+    config = directory / "mosquitto.conf"
+    log = directory / "mosquitto.log"
+    config.write_text(
+        f"listener {port} {HOST}\n"
+        "persistence false\n"
+        "max_queued_messages 0\n"
+        # As root Mosquitto would switch to user "mosquitto", who cannot read tmp_path.
+        f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
+        f"{extra or 'allow_anonymous true'}\n",
+        encoding="utf-8",
+    )
+    with log.open("wb") as out:
+        process = subprocess.Popen([MOSQUITTO, "-c", str(config)], stdout=out, stderr=out)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"mosquitto exited: {log.read_text(errors='replace')}")
+        try:
+            socket.create_connection((HOST, port), timeout=0.2).close()
+            return Broker(port, process, log)
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    pytest.fail("mosquitto did not start listening within 10 s")
+
+
+def _stop_broker(broker: Broker) -> None:
+    broker.process.terminate()
+    try:
+        broker.process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        broker.process.kill()
+        broker.process.wait()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    running = _start_broker(tmp_path)
+    try:
+        yield running
+    finally:
+        _stop_broker(running)
+
+
+@dataclass
+class Subscriber:
+    """A paho client (its own network thread) that records what the broker delivers."""
+
+    port: int
+    username: str | None = None
+    password: str | None = None
+    qos: int = 1
+    received: list[tuple[str, bytes]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _subscribed: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"watcher-{id(self)}")
+        if self.username:
+            self.client.username_pw_set(self.username, self.password)
+        self.client.on_connect = lambda c, *_: c.subscribe("city/#", qos=self.qos)
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.on_message = self._on_message
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.received.append((msg.topic, bytes(msg.payload)))
+
+    def __enter__(self) -> Subscriber:
+        self.client.connect(HOST, self.port)
+        self.client.loop_start()
+        assert self._subscribed.wait(10), "the subscriber's SUBSCRIBE was not acknowledged"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def count(self, leaf: str) -> int:
+        with self._lock:
+            return sum(topic.endswith("/" + leaf) for topic, _ in self.received)
+
+    async def wait_for(self, telemetry: int, status: int, timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.count("telemetry") >= telemetry and self.count("status") >= status:
+                await asyncio.sleep(0.2)  # and nothing more comes
+                return
+            await asyncio.sleep(0.02)
+
+
+async def test_every_published_message_arrives_exactly_once(broker: Broker) -> None:
+    fleet = Fleet.generate(50, seed=3)
+    sent: list[tuple[str, bytes]] = []
+    labels: Counter[str] = Counter()
+
+    def published(report: Report) -> None:
+        sent.append((report.message.topic, report.message.payload))
+        labels[report.message.label] += 1
+
+    with Subscriber(broker.port) as watcher:
+        started = time.monotonic()
+        counters = await run_simulation(
+            HOST, broker.port, fleet, rate=200.0, seed=3, duration_s=1.0,
+            malformed_share=0.1, batch=True, on_published=published,
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+        await watcher.wait_for(counters.published, counters.status)
+        telemetry = Counter(m for m in watcher.received if m[0].endswith("/telemetry"))
+        assert watcher.count("telemetry") == counters.published == 200
+        assert watcher.count("status") == counters.status == len(fleet)
+    assert telemetry == Counter(sent)
+    assert counters.acknowledged == counters.published + counters.status
+    assert sum(counters.by_kind.values()) == sum(counters.by_vendor.values()) == 200
+    assert set(counters.by_vendor) == {v.id for v in fleet.vendors}
+    assert counters.malformed == {k: n for k, n in labels.items() if k != "ok"}
+    assert 5 < sum(counters.malformed.values()) < 40
+    assert counters.readings > counters.published > counters.batches > 0
+    assert 0.9 < elapsed < 3.0
+
+
+async def test_stop_ends_a_run_cleanly(broker: Broker) -> None:
+    fleet = Fleet.generate(30, seed=1)
+    stop = asyncio.Event()
+    counters = SimulationCounters()
+    with Subscriber(broker.port) as watcher:
+        asyncio.get_running_loop().call_later(0.6, stop.set)
+        started = time.monotonic()
+        returned = await run_simulation(
+            HOST, broker.port, fleet, rate=300.0, stop=stop, counters=counters, announce=False
+        )
+        assert time.monotonic() - started < 2.0
+        await watcher.wait_for(counters.published, 0)
+        assert returned is counters
+        assert 100 < counters.published == watcher.count("telemetry")
+        assert watcher.count("status") == 0
+
+
+async def test_keeps_up_with_thousands_of_messages_per_second(broker: Broker) -> None:
+    fleet = Fleet.generate(5000, seed=2)
+    with Subscriber(broker.port, qos=0) as watcher:
+        started = time.monotonic()
+        counters = await run_simulation(
+            HOST, broker.port, fleet, rate=3000.0, duration_s=2.0, announce=False
+        )
+        elapsed = time.monotonic() - started
+        await watcher.wait_for(counters.published, 0, timeout_s=20)
+        assert counters.published == 6000 == watcher.count("telemetry")
+    assert counters.acknowledged == 6000
+    assert elapsed < 3.5, f"6000 messages took {elapsed:.1f} s at a planned 2 s"
+
+
+async def test_vendors_publish_with_their_own_credentials(tmp_path: Path) -> None:
+    fleet = Fleet.generate(40, seed=5)
+    passwords = tmp_path / "passwd"
+    acl = tmp_path / "acl"
+    accounts = {v.id: (f"{v.id}-user", f"secret-{v.id}") for v in fleet.vendors}
+    rules = []
+    for vendor, (user, secret) in [*accounts.items(), ("city", ("watcher", "watch"))]:
+        subprocess.run([MOSQUITTO_PASSWD, "-b", *(["-c"] if not rules else []), str(passwords),
+                        user, secret], check=True, capture_output=True)  # fmt: skip
+        access = "read city/#" if user == "watcher" else f"write city/{vendor}/#"
+        rules.append(f"user {user}\ntopic {access}\n")
+    acl.write_text("\n".join(rules), encoding="utf-8")
+    broker = _start_broker(
+        tmp_path, f"allow_anonymous false\npassword_file {passwords}\nacl_file {acl}"
+    )
+    try:
+        with Subscriber(broker.port, "watcher", "watch") as watcher:
+            counters = await run_simulation(
+                HOST, broker.port, fleet, rate=200.0, duration_s=0.5, vendor_credentials=accounts
+            )
+            await watcher.wait_for(counters.published, counters.status)
+            # The broker silently drops what an account may not publish: all arrived.
+            assert watcher.count("telemetry") == counters.published == 100
+            assert watcher.count("status") == counters.status == 40
+        with pytest.raises(ConnectionError, match="refused the simulator"):
+            await run_simulation(HOST, broker.port, fleet, rate=10.0, duration_s=0.1,
+                                 username="watcher", password="wrong")  # fmt: skip
+    finally:
+        _stop_broker(broker)
+
+
+async def test_an_unreachable_broker_is_reported() -> None:
+    fleet = Fleet.generate(5, seed=1)
+    with pytest.raises(ConnectionError, match="cannot reach the MQTT broker"):
+        await run_simulation(HOST, _free_port(), fleet, rate=10.0, duration_s=0.1)
+
+
+async def test_bad_arguments_are_refused() -> None:
+    fleet = Fleet.generate(5, seed=1)
+    with pytest.raises(ValueError, match="rate"):
+        await run_simulation(HOST, 1, fleet, rate=0)
+    with pytest.raises(ValueError, match="qos"):
+        await run_simulation(HOST, 1, fleet, rate=1, qos=3)
+    with pytest.raises(ValueError, match="unknown incident"):
+        await run_simulation(HOST, 1, fleet, rate=1, incidents=["meteor"])
