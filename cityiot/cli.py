@@ -49,12 +49,22 @@ def load_settings() -> Settings:
         fail(f"invalid settings: {problems}")
 
 
-def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+def configure_logging(settings: Settings, log_file: Path | None = None) -> None:
+    """Structured lines to stderr; with ``log_file``, everything there and warnings on stderr."""
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    root = logging.getLogger()
+    root.setLevel(settings.log_level)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(fmt)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        to_file = logging.FileHandler(log_file, encoding="utf-8")
+        to_file.setFormatter(fmt)
+        root.addHandler(to_file)
+        console.setLevel(logging.WARNING)  # the live counters own the terminal
+    root.addHandler(console)
+    # One line per HTTP request to InfluxDB is noise, not news.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def run_until_signal(main: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:
@@ -90,7 +100,7 @@ def run(
     from cityiot.launcher import Launch, run_platform
 
     settings = load_settings()
-    configure_logging(settings)
+    configure_logging(settings, settings.run_dir / "cityiot.log")
     launch = Launch(
         devices=devices,
         rate=rate,

@@ -156,6 +156,7 @@ def show_where(settings: Settings, run_dir: Path, out: Console) -> None:
         f"    curl -sG {settings.influx_url}/query --data-urlencode db={db} "
         '--data-urlencode "q=SELECT count(*) FROM manhole"'
     )
+    out.print(f"  log           {run_dir / 'cityiot.log'}")
     out.print("  Ctrl-C stops everything.")
 
 

@@ -17,7 +17,16 @@ from simulators.incidents import (
     parse_incident,
     plan_incident,
 )
-from simulators.messages import OK, MessageStream, Report, SimMessage, iter_messages, iter_reports
+from simulators.messages import (
+    OK,
+    MessageStream,
+    Report,
+    SimMessage,
+    cadence_ms,
+    iter_messages,
+    iter_reports,
+    status_messages,
+)
 from simulators.publisher import SimulationCounters, run_simulation
 
 __all__ = [
@@ -38,6 +47,7 @@ __all__ = [
     "SimMessage",
     "SimVendor",
     "SimulationCounters",
+    "cadence_ms",
     "is_dark",
     "iter_messages",
     "iter_reports",
@@ -46,5 +56,6 @@ __all__ = [
     "plan_incident",
     "reading",
     "run_simulation",
+    "status_messages",
     "sun_times",
 ]

@@ -234,7 +234,8 @@ class Fleet:
     ) -> Fleet:
         """A fleet read back from a registry CSV written by :meth:`write_csv` (or alike)."""
         codecs = {v.id: v.codec for v in vendors}
-        rows = list(csv.DictReader(Path(path).read_text(encoding="utf-8").splitlines()))
+        text = Path(path).read_text(encoding="utf-8").removeprefix("\ufeff")
+        rows = list(csv.DictReader(io.StringIO(text)))
         devices = tuple(_device_from_row(row, codecs) for row in rows)
         known = {v.id for v in vendors}
         extra = sorted({d.vendor for d in devices} - known)

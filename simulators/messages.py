@@ -146,11 +146,12 @@ class MessageStream:
             return []
         return [w.name for w in windows if _covers(w, ts_ms)]
 
-    def status_messages(self, online: bool = True) -> Iterator[Report]:
-        """One ``{"online": ...}`` status message per device, in fleet order."""
-        payload = orjson.dumps({"online": online})
-        for device in self._devices:
-            yield Report(device, SimMessage(device.status_topic, payload, STATUS), 0)
+
+def status_messages(fleet: Fleet, online: bool = True) -> Iterator[Report]:
+    """One ``{"online": ...}`` message per device on its status topic, in fleet order."""
+    payload = orjson.dumps({"online": online})
+    for device in fleet.devices:
+        yield Report(device, SimMessage(device.status_topic, payload, STATUS), 0)
 
 
 def encode(device: SimDevice, readings: Sequence[tuple[int, int, Metrics]]) -> bytes:

@@ -29,12 +29,20 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from simulators.fleet import Fleet
 from simulators.incidents import Incident, parse_incident
-from simulators.messages import BATCH_SHARE, OK, MessageStream, Report, cadence_ms
+from simulators.messages import (
+    BATCH_SHARE,
+    OK,
+    MessageStream,
+    Report,
+    cadence_ms,
+    status_messages,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_BURST = 2000  # messages per turn of the event loop, so other tasks keep running
 MAX_LAG_S = 1.0  # after a longer stall the schedule moves on instead of bursting to catch up
+TICK_S = 0.005  # the shortest pause between bursts: a wake-up per few messages, not each
 
 
 @dataclass(slots=True)
@@ -62,7 +70,8 @@ class SimulationCounters:
     def record(self, report: Report) -> None:
         self.published += 1
         self.readings += report.readings
-        self.batches += report.readings > 1
+        if report.readings > 1:
+            self.batches += 1
         self.by_kind[report.device.kind] += 1
         self.by_vendor[report.device.vendor] += 1
         self.by_label[report.message.label] += 1
@@ -104,7 +113,7 @@ async def run_simulation(
     on_published: Callable[[Report], None] | None = None,
     stop: asyncio.Event | None = None,
     client_id: str | None = None,
-    max_inflight: int = 1000,
+    max_inflight: int = 0,
     max_pending: int = 20_000,
     connect_timeout_s: float = 10.0,
     drain_timeout_s: float = 10.0,
@@ -117,6 +126,9 @@ async def run_simulation(
     begins after two rounds of the fleet, so rules see normal readings first.
     ``announce`` first publishes ``{"online": true}`` on each device's status topic.
     ``counters`` (returned, and updated live) and ``on_published`` let callers watch.
+    ``max_pending`` bounds the messages awaiting the broker's acknowledgement; paho's own
+    ``max_inflight`` stays 0 (no limit) by default, because paho rescans every in-flight
+    message on each PUBACK when it has a limit, which caps it near 5,000 msg/s.
     At the end it waits up to ``drain_timeout_s`` for the broker to acknowledge everything,
     then disconnects. Raises ConnectionError when the broker cannot be reached or refuses.
     """
@@ -131,15 +143,10 @@ async def run_simulation(
     planned = [
         parse_incident(i, fleet, two_rounds_s, seed) if isinstance(i, str) else i for i in incidents
     ]
-    stream = MessageStream(
-        fleet,
-        seed,
-        _now_ms(),
-        planned,
-        malformed_share,
-        BATCH_SHARE if batch else 0.0,
-        report_every_ms=cadence_ms(fleet, rate),
-    )
+    for incident in planned:
+        incident.check(fleet)
+    if not 0.0 <= malformed_share <= 1.0:
+        raise ValueError(f"malformed_share must be between 0 and 1, got {malformed_share}")
     uplinks = _uplinks(
         fleet, mqtt_host, mqtt_port, username, password, vendor_credentials or {},
         client_id or f"cityiot-sim-{os.getpid()}-{seed}", max_inflight, counters,
@@ -152,11 +159,22 @@ async def run_simulation(
             mqtt_host, mqtt_port, len(fleet.devices), rate, len(distinct),
         )  # fmt: skip
         if announce:
-            for report in stream.status_messages(online=True):
+            for n, report in enumerate(status_messages(fleet, online=True), start=1):
                 if uplinks[report.device.vendor].publish(report.message, qos):
                     counters.status += 1
-                if counters.status % MAX_BURST == 0:
+                if n % MAX_BURST == 0:
+                    await asyncio.sleep(0)  # let the socket writer run
                     await _keep_up(distinct, max_pending, stop)
+        # Incidents count their start from here, when the readings begin.
+        stream = MessageStream(
+            fleet,
+            seed,
+            _now_ms(),
+            planned,
+            malformed_share,
+            BATCH_SHARE if batch else 0.0,
+            report_every_ms=cadence_ms(fleet, rate),
+        )
         total = None if duration_s is None else max(0, round(duration_s * rate))
         await _publish_at_rate(stream, uplinks, distinct, rate, total, qos, max_pending,
                                counters, on_published, stop)  # fmt: skip
@@ -206,7 +224,8 @@ async def _publish_at_rate(
             counters.record(report)
             if on_published is not None:
                 on_published(report)
-        await _pause(t0 + slot / rate - clock(), stop)
+        delay_s = t0 + slot / rate - clock()
+        await _pause(max(delay_s, TICK_S) if delay_s > 0 else 0.0, stop)
 
 
 async def _keep_up(
@@ -338,8 +357,9 @@ class _Uplink:
 
     async def close(self, drain_timeout_s: float) -> None:
         """Wait (bounded) for pending acknowledgements, then disconnect cleanly."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._drained.wait(), drain_timeout_s)
+        if self.connected:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), drain_timeout_s)
         if self.pending > 0:
             log.warning("event=simulator_unacknowledged count=%d broker=%s:%d",
                         self.pending, self.host, self.port)  # fmt: skip

@@ -27,7 +27,9 @@ def _device(fleet: Fleet, kind: str) -> SimDevice:
     return next(d for d in fleet if d.kind == kind)
 
 
-def _readings(fleet: Fleet, incident: Incident, hours: float) -> tuple[Readings, Readings, Readings]:
+def _readings(
+    fleet: Fleet, incident: Incident, hours: float
+) -> tuple[Readings, Readings, Readings]:
     """The incident device's readings before, during and after the incident.
 
     60 devices at 1 msg/s: each device reports every minute.
@@ -93,7 +95,9 @@ CASES: list[tuple[str, str, Check, Check]] = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("name", "kind", "fires", "normal"), CASES, ids=[c[0] + "-" + c[1] for c in CASES])
+@pytest.mark.parametrize(
+    ("name", "kind", "fires", "normal"), CASES, ids=[c[0] + "-" + c[1] for c in CASES]
+)
 def test_incident_trips_its_rule_only_while_it_lasts(
     fleet: Fleet, name: str, kind: str, fires: Check, normal: Check
 ) -> None:
@@ -144,7 +148,9 @@ def test_lamp_out_by_day_is_still_a_fault_but_nothing_should_burn() -> None:
     incident = Incident("lamp_out", (lights.devices[0].device_id,))
     for _slot, report in iter_reports(lights, noon, 100, rate=1.0, incidents=[incident]):
         assert report is not None
-        metrics = StandardJsonCodec().decode(report.message.payload, KINDS["streetlight"])[0].metrics
+        metrics = (
+            StandardJsonCodec().decode(report.message.payload, KINDS["streetlight"])[0].metrics
+        )
         assert metrics["power_on"] is False
         assert metrics["lamp_fault"] is (report.device is lights.devices[0])
 
@@ -178,7 +184,9 @@ def test_incidents_on_the_wrong_devices_are_refused() -> None:
     fleet = Fleet.generate(20, seed=1)
     light = _device(fleet, "streetlight")
     with pytest.raises(ValueError, match="applies to manhole devices"):
-        list(iter_reports(fleet, NIGHT_MS, 5, incidents=[Incident("cover_open", (light.device_id,))]))
+        list(
+            iter_reports(fleet, NIGHT_MS, 5, incidents=[Incident("cover_open", (light.device_id,))])
+        )
     with pytest.raises(ValueError, match="no device 'nobody'"):
         list(iter_reports(fleet, NIGHT_MS, 5, incidents=[Incident("silent", ("nobody",))]))
     with pytest.raises(ValueError, match="needs a water"):
