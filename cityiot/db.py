@@ -1,4 +1,5 @@
-"""The SQL store: registry (vendors, devices) and dead letters.
+"""The SQL store: registry, dead letters, alerts and their rule state, silences, the
+notification outbox, work orders and device commands.
 
 SQLAlchemy 2 async; SQLite by default, PostgreSQL when ``CITYIOT_DATABASE_URL`` says so.
 The schema is owned by Alembic (``cityiot/migrations``); ``migrate()`` brings any database
@@ -13,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -117,6 +119,132 @@ class DeadLetter(Base):
     payload: Mapped[bytes] = mapped_column(LargeBinary)  # first N bytes of the raw payload
     payload_size: Mapped[int] = mapped_column(Integer)  # size of the whole raw payload
     reason: Mapped[str] = mapped_column(Text)
+
+
+class Alert(Base):
+    """One alert of one rule on one device, through pending → firing → acknowledged → resolved.
+
+    ``open_key`` is ``rule/device_id`` while the alert is open and NULL once resolved; its
+    unique constraint is what guarantees one open alert per (rule, device), whoever
+    evaluates (NULLs never collide, on SQLite and PostgreSQL alike).
+    """
+
+    __tablename__ = "alerts"
+    __table_args__ = (Index("ix_alerts_state_severity", "state", "severity"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    rule: Mapped[str] = mapped_column(String(128), index=True)
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    district: Mapped[str] = mapped_column(String(32), index=True)
+    vendor: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())  # condition first held
+    fired_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+    acknowledged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(128), default=None)
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+    values: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    open_key: Mapped[str | None] = mapped_column(String(200), unique=True, default=None)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class RuleState(Base):
+    """Evaluation state of one rule on one device that must outlive a restart.
+
+    Written on transitions only (a ``for`` timer starting, an alert firing or clearing),
+    never per reading.
+    """
+
+    __tablename__ = "rule_states"
+
+    rule: Mapped[str] = mapped_column(String(128), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    since_ms: Mapped[int | None] = mapped_column(BigInteger, default=None)  # condition true since
+    firing: Mapped[bool] = mapped_column(default=False)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # e.g. a rate window
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class Silence(Base):
+    """Mutes notifications of alerts whose labels match every matcher, until ``ends_at``."""
+
+    __tablename__ = "silences"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # [{"label": "district", "op": "=", "value": "yicheng"}, ...]; ops: = != =~ !~
+    matchers: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    starts_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    ends_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Notification(Base):
+    """The durable outbox: one message for one channel, retried until delivered."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_due", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    receiver: Mapped[str] = mapped_column(String(128))
+    channel: Mapped[str] = mapped_column(String(128))  # the channel's name in the routing file
+    group_key: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|sent|failed
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)  # the alert group to deliver
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+
+class WorkOrder(Base):
+    """A task for a field team: dispatched → accepted → on_site → resolved → closed."""
+
+    __tablename__ = "work_orders"
+    __table_args__ = (Index("ix_work_orders_team_state", "team", "state"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    alert_id: Mapped[str] = mapped_column(ForeignKey("alerts.id"), unique=True)
+    team: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16), default="dispatched")
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    district: Mapped[str] = mapped_column(String(32), index=True)
+    severity: Mapped[str] = mapped_column(String(16))
+    title: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    accepted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+    on_site_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+    closed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+    verify_due_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())  # SLA: on site by
+    close_due_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())  # SLA: closed by
+    assignee: Mapped[str | None] = mapped_column(String(128), default=None)
+    note: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class Command(Base):
+    """A command sent to a device (linked control) and the device's acknowledgement."""
+
+    __tablename__ = "commands"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    vendor: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(64))
+    args: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    rule: Mapped[str | None] = mapped_column(String(128), default=None)
+    alert_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    sent_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    acked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+    ok: Mapped[bool | None] = mapped_column(default=None)
+    message: Mapped[str] = mapped_column(Text, default="")
 
 
 def make_engine(url: str) -> AsyncEngine:
