@@ -7,7 +7,8 @@
 ``iter_messages`` gives the same messages without a broker, for tests and benchmarks.
 """
 
-from simulators.behaviour import DeviceState, Metrics, is_dark, new_state, reading, sun_times
+from cityiot.sun import is_dark, sun_times
+from simulators.behaviour import DeviceState, Metrics, new_state, reading
 from simulators.fleet import CSV_COLUMNS, DEFAULT_MIX, DEFAULT_VENDORS, Fleet, SimDevice, SimVendor
 from simulators.incidents import (
     FRAME_MALFORMED_LABELS,
