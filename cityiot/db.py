@@ -1,4 +1,4 @@
-"""The SQL store: registry, dead letters, alerts and their rule state, silences, the
+"""The SQL store: registry, dead letters, alerts, silences, the
 notification outbox, work orders and device commands.
 
 SQLAlchemy 2 async; SQLite by default, PostgreSQL when ``CITYIOT_DATABASE_URL`` says so.
@@ -14,7 +14,6 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
-    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -148,23 +147,6 @@ class Alert(Base):
     values: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     summary: Mapped[str] = mapped_column(Text, default="")
     open_key: Mapped[str | None] = mapped_column(String(200), unique=True, default=None)
-    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
-
-
-class RuleState(Base):
-    """Evaluation state of one rule on one device that must outlive a restart.
-
-    Written on transitions only (a ``for`` timer starting, an alert firing or clearing),
-    never per reading.
-    """
-
-    __tablename__ = "rule_states"
-
-    rule: Mapped[str] = mapped_column(String(128), primary_key=True)
-    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    since_ms: Mapped[int | None] = mapped_column(BigInteger, default=None)  # condition true since
-    firing: Mapped[bool] = mapped_column(default=False)
-    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # e.g. a rate window
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ class KnownDevice:
     decommissioned: bool
     series_key: str  # kind,device_id=…,district=…,vendor=…
     status_key: str  # device_status,device_id=…,district=…,kind=…,vendor=…
+    attributes: Mapping[str, Any]  # kind-specific: depth_cm, lot_id, max_stay_min, zone
 
     @classmethod
     def from_entry(cls, e: DeviceEntry) -> KnownDevice:
@@ -45,6 +47,7 @@ class KnownDevice:
             e.decommissioned,
             series_key(e.kind, tags),
             series_key("device_status", {**tags, "kind": e.kind}),
+            dict(e.attributes or {}),
         )
 
 

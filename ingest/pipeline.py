@@ -18,7 +18,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +38,8 @@ log = logging.getLogger("cityiot.ingest")
 
 TOPICS = ("city/+/+/telemetry", "city/+/+/status")
 
-ReadingsSink = Callable[[list[Reading]], None]
+# Receives each stored batch's readings; may be a coroutine function (awaited: backpressure).
+ReadingsSink = Callable[[list[Reading]], Awaitable[None] | None]
 
 
 @dataclass(slots=True)
@@ -340,7 +341,9 @@ class Ingest:
             self.counters.last_write_ms,
         )
         if self.on_readings is not None and batch.readings:
-            self.on_readings(batch.readings)
+            handed = self.on_readings(batch.readings)
+            if handed is not None:
+                await handed
 
     async def _write_points(self, batch: Batch) -> None:
         body = "".join(batch.lines).encode()

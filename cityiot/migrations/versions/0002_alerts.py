@@ -1,4 +1,4 @@
-"""Alerts, rule state, silences, notification outbox, work orders, device commands.
+"""Alerts, silences, notification outbox, work orders, device commands.
 
 Revision ID: 0002
 Revises: 0001
@@ -85,16 +85,6 @@ def upgrade() -> None:
         batch_op.create_index("ix_notifications_due", ["status", "next_attempt_at"], unique=False)
 
     op.create_table(
-        "rule_states",
-        sa.Column("rule", sa.String(length=128), nullable=False),
-        sa.Column("device_id", sa.String(length=64), nullable=False),
-        sa.Column("since_ms", sa.BigInteger(), nullable=True),
-        sa.Column("firing", sa.Boolean(), nullable=False),
-        sa.Column("data", sa.JSON(), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("rule", "device_id", name=op.f("pk_rule_states")),
-    )
-    op.create_table(
         "silences",
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("matchers", sa.JSON(), nullable=False),
@@ -157,7 +147,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_silences_ends_at"))
 
     op.drop_table("silences")
-    op.drop_table("rule_states")
     with op.batch_alter_table("notifications", schema=None) as batch_op:
         batch_op.drop_index("ix_notifications_due")
 

@@ -1,0 +1,371 @@
+"""Rules as data: YAML files under version control, validated on load.
+
+A rule file holds a list of rules::
+
+    - id: manhole_flooding
+      kind: manhole                      # or "*": every kind that has the metrics used
+      severity: major                    # critical | major | minor | warning
+      when: water_level_cm > 0.8 * depth_cm
+      clear: water_level_cm < 0.7 * depth_cm   # hysteresis; default: "not (when)"
+      for: 2m                            # event time the condition must hold; or an
+                                         # expression in seconds: "max_stay_min * 60"
+      schedule: night                    # night | day | {hours: "22:00-06:00", weekdays: [...]}
+      summary:
+        zh: "井盖下水位 {water_level_cm} cm，超过井深 80%"
+        en: "Water {water_level_cm} cm under the cover, above 80% of the shaft depth"
+
+    - id: device_offline
+      kind: "*"
+      type: absence                      # no data for factor × report_interval_s
+      factor: 3
+
+    - id: water_burst
+      kind: water
+      type: rate                         # a drop of drop_pct % within `within`
+      metric: pressure_mpa
+      drop_pct: 30
+      within: 5m
+
+Conditions are small expressions: numbers, ``true``/``false``, the kind's metric names and
+the device's attributes (``depth_cm``, ``max_stay_min``, ``report_interval_s``, ...),
+``+ - * /``, comparisons, ``and``/``or``/``not`` and parentheses. Anything else is refused
+with the file, rule and field named. A rule may carry an ``action`` sending a command to
+the device or to its district's group of a kind (linked control)::
+
+      action: {command: switch_on, args: {dim_pct: 100}, target: group, group_kind: streetlight}
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from cityiot.catalogue import KINDS
+from rules.events import SEVERITIES
+
+RuleType = Literal["threshold", "absence", "rate"]
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_NUMERIC_ATTRIBUTES = frozenset({"report_interval_s", "lat", "lon"}) | frozenset(
+    a.name for k in KINDS.values() for a in k.attributes if a.type is not str
+)
+
+_ALLOWED_NODES = (
+    ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.UAdd,
+    ast.BinOp, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Compare, ast.Lt, ast.LtE, ast.Gt,
+    ast.GtE, ast.Eq, ast.NotEq, ast.Name, ast.Load, ast.Constant,
+)  # fmt: skip
+
+
+class RuleError(ValueError):
+    """A rule file is wrong; the message names the file, the rule and the field."""
+
+
+@dataclass(frozen=True)
+class Expression:
+    """A compiled condition or number over metrics and attributes."""
+
+    text: str
+    names: frozenset[str]
+    _code: Any = field(repr=False, compare=False)
+
+    def __call__(self, values: Mapping[str, Any]) -> Any:
+        return eval(self._code, {"__builtins__": {}}, values)  # noqa: S307 - AST whitelisted
+
+
+def compile_expression(text: str, known: frozenset[str], where: str) -> Expression:
+    """Parse ``text``, refusing any construct outside the small rule language."""
+    source = re.sub(r"\bfalse\b", "False", re.sub(r"\btrue\b", "True", str(text)))
+    try:
+        tree = ast.parse(source, mode="eval")
+    except SyntaxError as exc:
+        raise RuleError(f"{where}: {text!r} is not a valid expression ({exc.msg})") from None
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, _ALLOWED_NODES):
+            raise RuleError(
+                f"{where}: {text!r} uses {type(node).__name__}, which rules do not allow "
+                "(use metrics, attributes, numbers, + - * /, comparisons, and/or/not)"
+            )
+        if isinstance(node, ast.Constant) and not isinstance(node.value, int | float | bool):
+            raise RuleError(f"{where}: {text!r}: only numbers and true/false are allowed")
+        if isinstance(node, ast.Name):
+            if node.id not in known and node.id not in ("True", "False"):
+                raise RuleError(
+                    f"{where}: {text!r} names {node.id!r}, which is neither a metric of this "
+                    f"kind nor a device attribute; known: {', '.join(sorted(known))}"
+                )
+            names.add(node.id)
+    return Expression(text, frozenset(names), compile(tree, f"<{where}>", "eval"))
+
+
+def parse_duration(value: Any, where: str) -> float:
+    """Seconds of ``30s``, ``5m``, ``2h``, ``1d`` (or a bare number of seconds)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise RuleError(f"{where}: {value!r} is not a duration; write e.g. 30s, 5m, 2h or 1d")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When a rule applies, in Asia/Shanghai: night/day by the sun, or clock hours."""
+
+    mode: Literal["night", "day", "hours"]
+    start_min: int = 0
+    end_min: int = 0
+    weekdays: frozenset[int] = frozenset(range(7))
+
+    def active(self, ts_ms: int) -> bool:
+        from cityiot.sun import is_dark, local_date, local_hour
+
+        if self.mode == "night":
+            return is_dark(ts_ms)
+        if self.mode == "day":
+            return not is_dark(ts_ms)
+        minute = int(local_hour(ts_ms) * 60)
+        weekday = local_date(ts_ms).weekday()
+        if self.start_min <= self.end_min:
+            return weekday in self.weekdays and self.start_min <= minute < self.end_min
+        # Crosses midnight: the part after midnight belongs to the previous day's window.
+        if minute >= self.start_min:
+            return weekday in self.weekdays
+        return minute < self.end_min and (weekday - 1) % 7 in self.weekdays
+
+
+@dataclass(frozen=True)
+class Action:
+    """Linked control: a command sent when the rule fires."""
+
+    command: str
+    args: dict[str, Any]
+    target: Literal["device", "group"] = "device"
+    group_kind: str | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    kinds: frozenset[str]  # the kinds it applies to
+    type: RuleType
+    severity: str
+    summary_zh: str
+    summary_en: str
+    source: str
+    when: Expression | None = None
+    clear: Expression | None = None
+    for_s: float = 0.0
+    for_expr: Expression | None = None  # a `for` that depends on attributes
+    schedule: Schedule | None = None
+    factor: float = 3.0  # absence
+    metric: str | None = None  # rate
+    drop_pct: float = 0.0
+    within_s: float = 0.0
+    action: Action | None = None
+    names: frozenset[str] = frozenset()  # metrics and attributes it reads
+
+    def hold_s(self, values: Mapping[str, Any]) -> float | None:
+        """How long the condition must hold for this device (None: attribute missing)."""
+        if self.for_expr is None:
+            return self.for_s
+        if not self.for_expr.names <= values.keys():
+            return None
+        return float(self.for_expr(values))
+
+    def summary(self, values: Mapping[str, Any]) -> str:
+        """One line, Chinese then English, with the triggering values filled in."""
+        shown = {k: _show(v) for k, v in values.items()}
+        try:
+            return f"{self.summary_zh.format_map(shown)} / {self.summary_en.format_map(shown)}"
+        except (KeyError, ValueError, IndexError):
+            return f"{self.summary_zh} / {self.summary_en}"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _known_names(kinds: frozenset[str]) -> frozenset[str]:
+    metrics = set().union(*({m.name for m in KINDS[k].metrics} for k in kinds))
+    return frozenset(metrics) | _NUMERIC_ATTRIBUTES
+
+
+def _parse_schedule(raw: Any, where: str) -> Schedule:
+    if raw in ("night", "day"):
+        return Schedule(raw)
+    if not isinstance(raw, dict) or "hours" not in raw:
+        raise RuleError(f'{where}: use night, day, or {{hours: "22:00-06:00", weekdays: [...]}}')
+    match = re.fullmatch(r"(\d\d):(\d\d)-(\d\d):(\d\d)", str(raw["hours"]).strip())
+    if not match:
+        raise RuleError(f"{where}.hours: {raw['hours']!r} must look like 22:00-06:00")
+    h1, m1, h2, m2 = (int(g) for g in match.groups())
+    if h1 > 23 or h2 > 24 or m1 > 59 or m2 > 59:
+        raise RuleError(f"{where}.hours: {raw['hours']!r} is not a time of day")
+    days = raw.get("weekdays", list(_WEEKDAYS))
+    bad = [d for d in days if d not in _WEEKDAYS]
+    if bad:
+        raise RuleError(f"{where}.weekdays: {bad} are not weekdays; use {', '.join(_WEEKDAYS)}")
+    return Schedule(
+        "hours", h1 * 60 + m1, h2 * 60 + m2, frozenset(_WEEKDAYS.index(d) for d in days)
+    )
+
+
+_FIELDS = {
+    "id", "kind", "type", "severity", "summary", "when", "clear", "for", "schedule", "factor",
+    "metric", "drop_pct", "within", "action", "description", "source",
+}  # fmt: skip
+
+
+def parse_rule(raw: Any, source: str, index: int) -> Rule:
+    """One rule from its YAML mapping; :class:`RuleError` names file, rule and field."""
+    if not isinstance(raw, dict):
+        raise RuleError(f"{source}: rule #{index + 1} must be a mapping of fields")
+    rule_id = raw.get("id")
+    if not isinstance(rule_id, str) or not _ID.match(rule_id):
+        raise RuleError(f"{source}: rule #{index + 1}: id {rule_id!r} must be snake_case")
+    where = f"{source}: rule {rule_id}"
+    unknown = set(raw) - _FIELDS
+    if unknown:
+        raise RuleError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(_FIELDS)}")
+    kind = raw.get("kind")
+    if kind == "*":
+        kinds = frozenset(KINDS)
+    elif kind in KINDS:
+        kinds = frozenset({kind})
+    else:
+        raise RuleError(f"{where}.kind: {kind!r} is not a kind; use * or {', '.join(KINDS)}")
+    rtype = raw.get("type", "threshold")
+    if rtype not in ("threshold", "absence", "rate"):
+        raise RuleError(f"{where}.type: {rtype!r}; use threshold, absence or rate")
+    severity = raw.get("severity", "warning")
+    if severity not in SEVERITIES:
+        raise RuleError(f"{where}.severity: {severity!r}; use {', '.join(SEVERITIES)}")
+    summary = raw.get("summary") or {}
+    if not isinstance(summary, dict) or not summary.get("zh") or not summary.get("en"):
+        raise RuleError(f"{where}.summary: give both zh and en lines")
+    known = _known_names(kinds)
+    fields: dict[str, Any] = {}
+    if rtype == "threshold":
+        if "when" not in raw:
+            raise RuleError(f"{where}.when: a threshold rule needs a condition")
+        when = compile_expression(raw["when"], known, f"{where}.when")
+        clear = (
+            compile_expression(raw["clear"], known, f"{where}.clear")
+            if "clear" in raw
+            else compile_expression(f"not ({raw['when']})", known, f"{where}.when")
+        )
+        fields.update(when=when, clear=clear)
+        used = set(when.names | clear.names)
+        hold = raw.get("for", 0)
+        if isinstance(hold, str) and not _DURATION.match(hold):
+            expr = compile_expression(hold, known, f"{where}.for")
+            fields["for_expr"] = expr
+            used |= expr.names
+        else:
+            fields["for_s"] = parse_duration(hold, f"{where}.for")
+        if "schedule" in raw:
+            fields["schedule"] = _parse_schedule(raw["schedule"], f"{where}.schedule")
+        # A rule on "*" applies to the kinds that have every metric it reads.
+        kinds = frozenset(
+            k for k in kinds if used - _NUMERIC_ATTRIBUTES <= {m.name for m in KINDS[k].metrics}
+        )
+        fields["names"] = frozenset(used)
+    elif rtype == "absence":
+        factor = raw.get("factor", 3)
+        if not isinstance(factor, int | float) or isinstance(factor, bool) or factor <= 0:
+            raise RuleError(f"{where}.factor: {factor!r} must be a positive number")
+        fields["factor"] = float(factor)
+    else:
+        metric = raw.get("metric")
+        if metric not in known - _NUMERIC_ATTRIBUTES:
+            raise RuleError(f"{where}.metric: {metric!r} is not a metric of {kind}")
+        drop = raw.get("drop_pct")
+        if not isinstance(drop, int | float) or not 0 < drop < 100:
+            raise RuleError(f"{where}.drop_pct: {drop!r} must be a percentage between 0 and 100")
+        within = parse_duration(raw.get("within", "5m"), f"{where}.within")
+        if within <= 0:
+            raise RuleError(f"{where}.within: must be longer than 0")
+        fields.update(
+            metric=metric, drop_pct=float(drop), within_s=within, names=frozenset({metric})
+        )
+    if "action" in raw:
+        fields["action"] = _parse_action(raw["action"], f"{where}.action")
+    if not kinds:
+        raise RuleError(f"{where}: no kind has every metric the rule reads")
+    return Rule(
+        id=rule_id,
+        kinds=kinds,
+        type=rtype,
+        severity=severity,
+        summary_zh=str(summary["zh"]),
+        summary_en=str(summary["en"]),
+        source=source,
+        **fields,
+    )
+
+
+def _parse_action(raw: Any, where: str) -> Action:
+    if not isinstance(raw, dict) or not isinstance(raw.get("command"), str):
+        raise RuleError(f"{where}: give at least {{command: NAME}}")
+    target = raw.get("target", "device")
+    if target not in ("device", "group"):
+        raise RuleError(f"{where}.target: {target!r}; use device or group")
+    group_kind = raw.get("group_kind")
+    if target == "group" and group_kind not in KINDS:
+        raise RuleError(f"{where}.group_kind: {group_kind!r} must be a kind for a group target")
+    args = raw.get("args", {})
+    if not isinstance(args, dict):
+        raise RuleError(f"{where}.args: must be a mapping")
+    return Action(raw["command"], args, target, group_kind)
+
+
+def load_rules(path: Path) -> list[Rule]:
+    """Every rule of ``path`` (a YAML file, or a folder of them, read in name order)."""
+    files = sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml")) if path.is_dir() else [path]
+    if not files or not all(f.exists() for f in files):
+        raise RuleError(f"{path}: no rule files (*.yaml) there; set CITYIOT_RULES_PATH")
+    rules: list[Rule] = []
+    seen: dict[str, str] = {}
+    for file in files:
+        rules_in_file = parse_rule_file(file.read_text(encoding="utf-8"), str(file))
+        for rule in rules_in_file:
+            if rule.id in seen:
+                raise RuleError(f"{file}: rule {rule.id} is already defined in {seen[rule.id]}")
+            seen[rule.id] = str(file)
+        rules.extend(rules_in_file)
+    return rules
+
+
+def parse_rule_file(text: str, source: str) -> list[Rule]:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RuleError(f"{source}: not valid YAML: {exc}") from None
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise RuleError(f"{source}: a rule file is a list of rules (- id: ...)")
+    return [parse_rule(item, source, i) for i, item in enumerate(raw)]
+
+
+def by_kind(rules: list[Rule]) -> dict[str, list[Rule]]:
+    """Rules indexed by kind, so a reading meets only the rules that can use it."""
+    index: dict[str, list[Rule]] = {k: [] for k in KINDS}
+    for rule in rules:
+        for kind in rule.kinds:
+            index[kind].append(rule)
+    return index

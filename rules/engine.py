@@ -1,0 +1,224 @@
+"""The rules stage: validated readings in, alert state changes out.
+
+Readings arrive through a bounded queue (the ingest awaits :meth:`RulesEngine.submit`, so
+a slow rules stage slows intake rather than growing memory). Each transition the
+:class:`~rules.evaluation.Evaluator` returns is recorded by the
+:class:`~rules.lifecycle.AlertStore`; every resulting state change is published on
+``city/alerts/{district}/{kind}`` (QoS 1) and handed to the dispatcher (routing,
+notifications, work orders). A firing rule with an action sends its commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from cityiot.db import Alert
+from ingest.devices import DeviceMap, KnownDevice
+from ingest.validate import Reading
+from rules.definitions import Rule
+from rules.evaluation import DeviceFacts, Evaluator, Transition
+from rules.events import Clock, alert_event, alert_topic, wall_clock
+from rules.lifecycle import AlertNotFound, AlertStore
+
+log = logging.getLogger("cityiot.rules")
+
+Publish = Callable[[str, bytes], None]
+
+
+class EventSink(Protocol):
+    """Receives every alert state change (the dispatcher)."""
+
+    async def handle(self, event: dict[str, Any]) -> None: ...
+
+
+class CommandSink(Protocol):
+    async def send(
+        self,
+        device_id: str,
+        vendor: str,
+        name: str,
+        args: dict[str, Any],
+        rule: str | None = None,
+        alert_id: str | None = None,
+    ) -> str: ...
+
+
+GroupTargets = Callable[[str, str], Awaitable[list[tuple[str, str]]]]
+
+
+@dataclass(slots=True)
+class RulesCounters:
+    readings: int = 0
+    transitions: int = 0
+    events: int = 0
+    commands: int = 0
+    adopted: int = 0  # alerts another evaluator had opened first
+
+
+class RulesEngine:
+    def __init__(
+        self,
+        rules: Iterable[Rule],
+        devices: DeviceMap,
+        session_factory: Any,
+        *,
+        publish: Publish,
+        dispatcher: EventSink | None = None,
+        commands: CommandSink | None = None,
+        group_targets: GroupTargets | None = None,
+        clock: Clock = wall_clock,
+        queue_size: int = 16,
+        tick_s: float = 5.0,
+    ) -> None:
+        self.devices = devices
+        self.store = AlertStore(session_factory)
+        self.publish = publish
+        self.dispatcher = dispatcher
+        self.commands = commands
+        self.group_targets = group_targets
+        self.clock = clock
+        self.tick_s = tick_s
+        self.evaluator = Evaluator(rules, clock())
+        self.counters = RulesCounters()
+        self.queue: asyncio.Queue[list[Reading]] = asyncio.Queue(queue_size)
+        self._facts: dict[str, tuple[KnownDevice, DeviceFacts]] = {}
+
+    async def start(self) -> list[dict[str, Any]]:
+        """Rebuild evaluation state from the open alerts; returns their events."""
+        open_alerts = await self.store.open_alerts()
+        restored = self.evaluator.restore(open_alerts)
+        log.info("event=rules_started rules=%d restored=%d", len(self.evaluator.rules), restored)
+        return [alert_event(a) for a in open_alerts]
+
+    async def submit(self, readings: list[Reading]) -> None:
+        """The ingest's readings sink: waits while the queue is full."""
+        await self.queue.put(readings)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Evaluate until ``stop``, then finish what is queued."""
+        next_tick = self.clock() + self.tick_s
+        while not stop.is_set() or not self.queue.empty():
+            readings = None
+            with contextlib.suppress(TimeoutError):
+                readings = await asyncio.wait_for(self.queue.get(), 0.5)
+            if readings is not None:
+                await self.evaluate(readings)
+            if self.clock() >= next_tick:
+                next_tick = self.clock() + self.tick_s
+                await self.tick()
+
+    async def evaluate(self, readings: list[Reading]) -> None:
+        now = self.clock()
+        transitions: list[Transition] = []
+        feed = self.evaluator.feed
+        for reading in readings:
+            facts = self._facts_of(reading.device_id)
+            if facts is not None:
+                transitions += feed(facts, reading.ts_ms, reading.metrics, now)
+        self.counters.readings += len(readings)
+        if transitions:
+            await self.apply(transitions)
+
+    async def tick(self) -> None:
+        """Absence rules on the platform clock."""
+        facts = (f for d in list(self.devices.devices) if (f := self._facts_of(d)) is not None)
+        transitions = self.evaluator.tick(self.clock(), facts)
+        if transitions:
+            await self.apply(transitions)
+
+    async def apply(self, transitions: list[Transition]) -> None:
+        for t in transitions:
+            self.counters.transitions += 1
+            try:
+                alert = await self._record(t)
+            except AlertNotFound:
+                continue
+            if alert is None:
+                continue
+            await self._changed(alert)
+            if t.to == "firing" and t.rule.action is not None:
+                await self._act(t, alert)
+
+    async def acknowledge(self, alert_id: str, by: str) -> dict[str, Any]:
+        alert = await self.store.acknowledge(alert_id, by, dt.datetime.now(dt.UTC))
+        return await self._changed(alert)
+
+    # -- internals -----------------------------------------------------------------------
+
+    async def _record(self, t: Transition) -> Alert | None:
+        rule, track = t.rule, t.track
+        if t.to == "resolved":
+            if track.alert_id is None:
+                return None
+            return await self.store.resolve(track.alert_id, t.at_ms, t.values)
+        summary = rule.summary(t.values)
+        if track.alert_id is None:
+            known = self.devices.get(t.device_id)
+            if known is None:
+                return None
+            alert, created = await self.store.open(
+                rule=rule.id,
+                device_id=t.device_id,
+                kind=known.kind,
+                district=known.district,
+                vendor=known.vendor,
+                severity=rule.severity,
+                state=t.to,
+                started_ms=track.since_ms,
+                values=t.values,
+                summary=summary,
+            )
+            track.alert_id = alert.id
+            if created:
+                return alert
+            # Another evaluator opened it first: adopt it, and only move it forward.
+            self.counters.adopted += 1
+            if not (t.to == "firing" and alert.state == "pending"):
+                return None
+        return await self.store.fire(track.alert_id, t.at_ms, t.values, summary)
+
+    async def _changed(self, alert: Alert) -> dict[str, Any]:
+        event = alert_event(alert)
+        self.counters.events += 1
+        self.publish(alert_topic(event), orjson.dumps(event))
+        if self.dispatcher is not None:
+            await self.dispatcher.handle(event)
+        return event
+
+    async def _act(self, t: Transition, alert: Alert) -> None:
+        action = t.rule.action
+        known = self.devices.get(t.device_id)
+        if action is None or known is None or self.commands is None:
+            return
+        targets = [(known.device_id, known.vendor)]
+        if action.target == "group" and action.group_kind and self.group_targets is not None:
+            targets = await self.group_targets(action.group_kind, known.district)
+        for device_id, vendor in targets:
+            await self.commands.send(
+                device_id,
+                vendor,
+                action.command,
+                dict(action.args),
+                rule=t.rule.id,
+                alert_id=alert.id,
+            )
+            self.counters.commands += 1
+
+    def _facts_of(self, device_id: str) -> DeviceFacts | None:
+        known = self.devices.get(device_id)
+        if known is None:
+            return None
+        cached = self._facts.get(device_id)
+        if cached is not None and cached[0] is known:
+            return cached[1]
+        facts = DeviceFacts(device_id, known.kind, known.report_interval_s, known.attributes)
+        self._facts[device_id] = (known, facts)
+        return facts

@@ -1,0 +1,235 @@
+"""Rule evaluation: readings in, alert transitions out. Pure and synchronous — no I/O.
+
+State is kept per (rule, device) only while a rule is not idle (a ``for`` timer running,
+an alert open, a rate window filling), so an idle device costs nothing here. ``for``
+durations and rate windows run on the readings' own timestamps (event time); absence
+rules run on the platform clock (:meth:`Evaluator.tick`).
+
+The state that must outlive a restart — a ``for`` timer's start, an alert that fires —
+is exactly what the open alert rows hold, so :meth:`Evaluator.restore` rebuilds it from
+them: a timer does not start over and a firing alert is not raised twice.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from rules.definitions import Rule, by_kind
+
+To = Literal["pending", "firing", "resolved"]
+
+
+@dataclass(slots=True)
+class Track:
+    """One rule on one device while it is not idle."""
+
+    since_ms: int  # the condition has held since (event time)
+    alert_id: str | None = None
+    firing: bool = False
+    baseline: float | None = None  # rate rules: the value before the drop
+
+
+@dataclass(slots=True)
+class Transition:
+    rule: Rule
+    device_id: str
+    to: To
+    at_ms: int
+    values: dict[str, Any]
+    track: Track
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFacts:
+    """What rules read of a device besides its readings."""
+
+    device_id: str
+    kind: str
+    report_interval_s: int
+    attributes: Mapping[str, Any]
+
+
+@dataclass(slots=True)
+class _Window:
+    """Sliding maximum over ``within``: values kept in decreasing order (front = max)."""
+
+    points: deque[tuple[int, float]] = field(default_factory=deque)
+
+    def add(self, ts_ms: int, value: float, within_ms: float) -> float:
+        points = self.points
+        while points and points[-1][1] <= value:
+            points.pop()
+        points.append((ts_ms, value))
+        while points[0][0] < ts_ms - within_ms:
+            points.popleft()
+        return points[0][1]
+
+
+class Evaluator:
+    """Evaluates every rule of a reading's kind; returns the transitions to apply."""
+
+    def __init__(self, rules: Iterable[Rule], started_s: float) -> None:
+        rules = list(rules)
+        self.rules = {r.id: r for r in rules}
+        self.index = by_kind(rules)
+        self.absence = [r for r in rules if r.type == "absence"]
+        # Metrics worth remembering per kind: those a multi-metric rule reads.
+        self._remember = {
+            kind: frozenset().union(*(r.names for r in rs if r.type == "threshold"))
+            for kind, rs in self.index.items()
+        }
+        self.tracks: dict[tuple[str, str], Track] = {}
+        self.last: dict[str, dict[str, Any]] = {}
+        self.windows: dict[tuple[str, str], _Window] = {}
+        self.arrived_s: dict[str, float] = {}
+        self.started_s = started_s
+
+    def restore(self, open_alerts: Iterable[Any]) -> int:
+        """Rebuild state from open alert rows (``rule``, ``device_id``, ``id``, ``state``...)."""
+        count = 0
+        for alert in open_alerts:
+            rule = self.rules.get(alert.rule)
+            if rule is None:
+                continue
+            track = Track(
+                since_ms=int(alert.started_at.timestamp() * 1000),
+                alert_id=alert.id,
+                firing=alert.state in ("firing", "acknowledged"),
+            )
+            if rule.type == "rate" and rule.metric:
+                track.baseline = (alert.values or {}).get(f"{rule.metric}_before")
+            self.tracks[(rule.id, alert.device_id)] = track
+            count += 1
+        return count
+
+    def feed(
+        self, device: DeviceFacts, ts_ms: int, metrics: Mapping[str, Any], arrived_s: float
+    ) -> list[Transition]:
+        """Evaluate one reading of ``device``."""
+        out: list[Transition] = []
+        self.arrived_s[device.device_id] = arrived_s
+        for rule in self.absence:
+            track = self.tracks.get((rule.id, device.device_id))
+            if track is not None and track.firing:
+                del self.tracks[(rule.id, device.device_id)]
+                out.append(Transition(rule, device.device_id, "resolved", ts_ms, {}, track))
+        remember = self._remember.get(device.kind, frozenset())
+        last = self.last.get(device.device_id)
+        if remember:
+            if last is None:
+                last = self.last[device.device_id] = {}
+            for name, value in metrics.items():
+                if name in remember:
+                    last[name] = value
+        values: dict[str, Any] = {
+            **device.attributes,
+            "report_interval_s": device.report_interval_s,
+        }
+        values.update(last or metrics)
+        values.update(metrics)
+        for rule in self.index.get(device.kind, ()):
+            if rule.type == "threshold":
+                self._threshold(rule, device.device_id, ts_ms, values, out)
+            elif rule.type == "rate":
+                self._rate(rule, device.device_id, ts_ms, metrics, out)
+        return out
+
+    def tick(self, now_s: float, devices: Iterable[DeviceFacts]) -> list[Transition]:
+        """Absence rules on the platform clock: devices silent for factor × interval."""
+        out: list[Transition] = []
+        if not self.absence:
+            return out
+        now_ms = int(now_s * 1000)
+        for device in devices:
+            silent_s = now_s - self.arrived_s.get(device.device_id, self.started_s)
+            for rule in self.absence:
+                if device.kind not in rule.kinds:
+                    continue
+                key = (rule.id, device.device_id)
+                if silent_s > rule.factor * device.report_interval_s and key not in self.tracks:
+                    since_ms = now_ms - int(silent_s * 1000)
+                    track = self.tracks[key] = Track(since_ms=since_ms, firing=True)
+                    values = {
+                        "silent_s": round(silent_s),
+                        "report_interval_s": device.report_interval_s,
+                    }
+                    out.append(Transition(rule, device.device_id, "firing", now_ms, values, track))
+        return out
+
+    def _threshold(
+        self, rule: Rule, device_id: str, ts_ms: int, values: dict[str, Any], out: list[Transition]
+    ) -> None:
+        if not rule.names <= values.keys():
+            return  # the device has not reported what the rule reads
+        key = (rule.id, device_id)
+        track = self.tracks.get(key)
+        active = rule.schedule is None or rule.schedule.active(ts_ms)
+        if track is not None and track.firing:
+            assert rule.clear is not None
+            if not active or rule.clear(values):
+                del self.tracks[key]
+                out.append(
+                    Transition(rule, device_id, "resolved", ts_ms, _used(rule, values), track)
+                )
+            return
+        assert rule.when is not None
+        if not (active and rule.when(values)):
+            if track is not None:  # a pending alert whose condition stopped holding
+                del self.tracks[key]
+                out.append(
+                    Transition(rule, device_id, "resolved", ts_ms, _used(rule, values), track)
+                )
+            return
+        hold_s = rule.hold_s(values)
+        if hold_s is None:
+            return
+        if track is None:
+            track = self.tracks[key] = Track(since_ms=ts_ms)
+            if hold_s > 0:
+                out.append(
+                    Transition(rule, device_id, "pending", ts_ms, _used(rule, values), track)
+                )
+                return
+        if ts_ms - track.since_ms >= hold_s * 1000:
+            track.firing = True
+            out.append(Transition(rule, device_id, "firing", ts_ms, _used(rule, values), track))
+
+    def _rate(
+        self,
+        rule: Rule,
+        device_id: str,
+        ts_ms: int,
+        metrics: Mapping[str, Any],
+        out: list[Transition],
+    ) -> None:
+        assert rule.metric is not None
+        value = metrics.get(rule.metric)
+        if value is None or isinstance(value, bool):
+            return
+        key = (rule.id, device_id)
+        window = self.windows.get(key)
+        if window is None:
+            window = self.windows[key] = _Window()
+        peak = window.add(ts_ms, value, rule.within_s * 1000)
+        track = self.tracks.get(key)
+        if track is not None and track.firing:
+            # Resolved once the value has recovered half the drop from before it.
+            baseline = track.baseline if track.baseline is not None else peak
+            if value >= baseline * (1 - rule.drop_pct / 200):
+                del self.tracks[key]
+                out.append(
+                    Transition(rule, device_id, "resolved", ts_ms, {rule.metric: value}, track)
+                )
+            return
+        if peak > 0 and value <= peak * (1 - rule.drop_pct / 100):
+            track = self.tracks[key] = Track(since_ms=ts_ms, firing=True, baseline=peak)
+            values = {rule.metric: value, f"{rule.metric}_before": peak}
+            out.append(Transition(rule, device_id, "firing", ts_ms, values, track))
+
+
+def _used(rule: Rule, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The values the rule read: what triggered (or cleared) it."""
+    return {name: values[name] for name in sorted(rule.names) if name in values}
