@@ -11,7 +11,7 @@ import concurrent.futures
 import os
 import uuid
 import warnings
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -119,3 +119,23 @@ def postgres_url() -> Iterator[str]:
     finally:
         # FORCE (PostgreSQL 13+) ends sessions a failed test left open.
         _run_async(_postgres_admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """The URL of an empty database, SQLite or PostgreSQL; removed afterwards."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
+@pytest.fixture
+async def sessions(db_url: str) -> AsyncIterator[Any]:
+    """A session factory on the migrated database at ``db_url``."""
+    from cityiot.db import make_engine, migrate, sessionmaker
+
+    await migrate(db_url)
+    engine = make_engine(db_url)
+    try:
+        yield sessionmaker(engine)
+    finally:
+        await engine.dispose()

@@ -1,0 +1,160 @@
+"""The rules engine on the real database and broker: one alert per (rule, device) under
+concurrency, state that survives a restart, events on the MQTT alert topic."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import func, select
+
+from cityiot.db import Alert
+from cityiot.registry import import_devices, parse_device_csv
+from cityiot.services import LocalBroker
+from ingest.devices import DeviceMap
+from ingest.validate import Reading
+from rules.definitions import load_rules
+from rules.engine import RulesEngine
+from rules.lifecycle import IllegalAlertTransition
+
+CATALOGUE = Path(__file__).resolve().parents[2] / "rules" / "catalogue"
+CSV = """device_id,vendor,kind,district,lat,lon,address,report_interval_s,depth_cm
+mh-1,acme,manhole,yicheng,32.98,114.02,解放路 1 号,300,200
+"""
+CONTRACT = {"id", "rule", "device_id", "kind", "district", "vendor", "severity", "state",
+            "started_at", "resolved_at", "values", "summary"}
+
+
+class Subscriber:
+    """A paho client collecting what arrives on a topic filter."""
+
+    def __init__(self, broker: LocalBroker, topic: str) -> None:
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2)
+        self.client.on_message = self._on_message
+        self.client.connect(broker.host, broker.port)
+        self.client.subscribe(topic, qos=1)
+        self.client.loop_start()
+        time.sleep(0.2)
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, orjson.loads(msg.payload)))
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def publisher(broker: LocalBroker) -> Iterator[mqtt.Client]:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    yield client
+    client.loop_stop()
+    client.disconnect()
+
+
+async def engine_on(sessions: Any, publisher: mqtt.Client) -> RulesEngine:
+    devices = DeviceMap(sessions)
+    await devices.refresh()
+    engine = RulesEngine(
+        load_rules(CATALOGUE), devices, sessions,
+        publish=lambda topic, payload: publisher.publish(topic, payload, qos=1) and None,
+    )
+    await engine.start()
+    return engine
+
+
+@pytest.fixture
+async def registered(sessions: Any) -> Any:
+    parsed = parse_device_csv(CSV)
+    await import_devices(sessions, parsed.rows)
+    return sessions
+
+
+def flooding(ts_ms: int, level: float) -> list[Reading]:
+    return [Reading("mh-1", "manhole", ts_ms, {"water_level_cm": level})]
+
+
+async def open_alerts(sessions: Any) -> list[Alert]:
+    async with sessions() as session:
+        return list((await session.scalars(select(Alert).where(Alert.open_key.is_not(None)))).all())
+
+
+async def test_concurrent_evaluation_raises_one_alert(registered: Any, publisher: mqtt.Client) -> None:
+    engines = [await engine_on(registered, publisher) for _ in range(4)]
+    ts = int(time.time() * 1000)
+    cover = [Reading("mh-1", "manhole", ts, {"cover_open": True, "tilt_deg": 40.0})]
+    await asyncio.gather(*(e.evaluate(cover) for e in engines))
+    alerts = await open_alerts(registered)
+    assert [(a.rule, a.state) for a in alerts] == [("manhole_cover_open", "firing")]
+    assert {e.evaluator.tracks[("manhole_cover_open", "mh-1")].alert_id for e in engines} == {alerts[0].id}
+    assert sum(e.counters.adopted for e in engines) == 3
+
+
+async def test_restart_keeps_a_for_timer_and_a_firing_alert(registered: Any, publisher: mqtt.Client) -> None:
+    t0 = int(time.time() * 1000) - 600_000
+    first = await engine_on(registered, publisher)
+    await first.evaluate(flooding(t0, 170.0))
+    (pending,) = await open_alerts(registered)
+    assert pending.state == "pending"
+
+    second = await engine_on(registered, publisher)  # a restart in the middle of the `for`
+    await second.evaluate(flooding(t0 + 121_000, 171.0))
+    (fired,) = await open_alerts(registered)
+    assert (fired.id, fired.state) == (pending.id, "firing")
+    assert fired.started_at == pending.started_at  # the timer did not start over
+
+    third = await engine_on(registered, publisher)  # a restart while firing
+    before = third.counters.events
+    await third.evaluate(flooding(t0 + 200_000, 175.0))
+    async with registered() as session:
+        assert await session.scalar(select(func.count()).select_from(Alert)) == 1
+    assert third.counters.events == before  # not raised twice
+    await third.evaluate(flooding(t0 + 260_000, 100.0))
+    assert await open_alerts(registered) == []
+
+
+async def test_every_state_change_is_published_with_the_contract(
+    registered: Any, publisher: mqtt.Client, broker: LocalBroker
+) -> None:
+    subscriber = Subscriber(broker, "city/alerts/#")
+    try:
+        engine = await engine_on(registered, publisher)
+        t0 = int(time.time() * 1000) - 600_000
+        await engine.evaluate(flooding(t0, 170.0))
+        await engine.evaluate(flooding(t0 + 130_000, 172.0))
+        (alert,) = await open_alerts(registered)
+        await engine.acknowledge(alert.id, "duty-officer-li")
+        with pytest.raises(IllegalAlertTransition):
+            await engine.acknowledge(alert.id, "again")
+        await engine.evaluate(flooding(t0 + 190_000, 90.0))
+        deadline = time.monotonic() + 5
+        while len(subscriber.messages) < 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    finally:
+        subscriber.close()
+    topics = {t for t, _ in subscriber.messages}
+    events = [e for _, e in subscriber.messages]
+    assert topics == {"city/alerts/yicheng/manhole"}
+    assert [e["state"] for e in events] == ["pending", "firing", "acknowledged", "resolved"]
+    for event in events:
+        assert set(event) == CONTRACT
+        assert event["started_at"].endswith("+08:00")
+        assert event["vendor"] == "acme" and event["severity"] == "major"
+    assert events[1]["values"] == {"depth_cm": 200.0, "water_level_cm": 172.0}
+    assert "超过井深的 80%" in events[1]["summary"] and "above 80%" in events[1]["summary"]
+    resolved_at = dt.datetime.fromisoformat(events[-1]["resolved_at"])
+    assert resolved_at.timestamp() == pytest.approx((t0 + 190_000) / 1000, abs=1)
