@@ -78,7 +78,7 @@ def run_until_signal(main: Coroutine[Any, Any, None], stop: asyncio.Event) -> No
 
     try:
         asyncio.run(runner())
-    except (ConnectionError, ValueError, OSError) as exc:
+    except (ConnectionError, ValueError, OSError) as exc:  # RuleError, RoutingError are ValueErrors
         fail(str(exc))
 
 
@@ -128,6 +128,37 @@ def ingest() -> None:
             await stop.wait()
             await stage.stop()
             await task
+
+    run_until_signal(main(), stop)
+
+
+@app.command()
+def rules() -> None:
+    """The rules stage alone: reads the telemetry stream (its own persistent session),
+    evaluates rules, records alerts, notifies and opens work orders."""
+    from ingest.service import ingest_stage
+    from rules.service import rules_stage
+
+    settings = load_settings()
+    configure_logging(settings)
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        rules_stop = asyncio.Event()
+        async with (
+            ingest_stage(
+                settings, store=False, client_id=f"{settings.mqtt_client_id}-rules"
+            ) as intake,
+            rules_stage(
+                settings, intake.devices, intake.sessions, intake.link.publish, stop=rules_stop
+            ) as stage,
+        ):
+            intake.on_readings = stage.engine.submit
+            task = asyncio.create_task(intake.run())
+            await stop.wait()
+            await intake.stop()
+            await task
+            rules_stop.set()
 
     run_until_signal(main(), stop)
 

@@ -24,6 +24,7 @@ from cityiot.services import LocalBroker, LocalInflux
 from cityiot.settings import MqttTarget, Settings
 from ingest.pipeline import Ingest, IngestCounters
 from ingest.service import ingest_stage
+from rules.service import RulesStage, rules_stage
 from simulators import Fleet, run_simulation
 
 
@@ -56,7 +57,14 @@ async def run_platform(
             updates["influx_url"] = influx.url
         settings = settings.model_copy(update=updates)
         fleet = await prepare_registry(settings, launch, run_dir, out) if launch.simulate else None
-        async with ingest_stage(settings) as ingest:
+        rules_stop = asyncio.Event()
+        async with (
+            ingest_stage(settings) as ingest,
+            rules_stage(
+                settings, ingest.devices, ingest.sessions, ingest.link.publish, stop=rules_stop
+            ) as rules,
+        ):
+            ingest.on_readings = rules.engine.submit
             tasks = [asyncio.create_task(ingest.run(), name="ingest")]
             if fleet is not None:
                 tasks.append(
@@ -77,13 +85,14 @@ async def run_platform(
                 )
             show_where(settings, run_dir, out)
             try:
-                await watch(ingest, stop, tasks, out)
+                await watch(ingest, rules, stop, tasks, out)
             finally:
                 stop.set()
                 await ingest.stop()
                 for task in tasks:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+                rules_stop.set()
         out.print("stopping local services …" if updates else "stopped.")
     if updates:
         out.print("stopped.")
@@ -161,14 +170,18 @@ def show_where(settings: Settings, run_dir: Path, out: Console) -> None:
 
 
 async def watch(
-    ingest: Ingest, stop: asyncio.Event, tasks: list[asyncio.Task[None]], out: Console
+    ingest: Ingest,
+    rules: RulesStage,
+    stop: asyncio.Event,
+    tasks: list[asyncio.Task[None]],
+    out: Console,
 ) -> None:
     """Live counters (per second and totals) until ``stop`` or a stage fails."""
     last = _snapshot(ingest.counters)
     last_t = time.monotonic()
     rates = (0.0, 0.0, 0.0)
     with Live(
-        _table(ingest, rates), console=out, auto_refresh=False, redirect_stdout=False
+        _table(ingest, rules, rates), console=out, auto_refresh=False, redirect_stdout=False
     ) as live:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -179,12 +192,14 @@ async def watch(
             now, snap = time.monotonic(), _snapshot(ingest.counters)
             rates = tuple((b - a) / (now - last_t) for a, b in zip(last, snap, strict=True))  # type: ignore[assignment]
             last, last_t = snap, now
-            live.update(_table(ingest, rates), refresh=True)
+            live.update(_table(ingest, rules, rates), refresh=True)
             if not out.is_terminal and int(now) % 5 == 0:
                 c = ingest.counters
                 out.print(
                     f"received/s={rates[0]:.0f} stored/s={rates[1]:.0f} "
-                    f"rejected/s={rates[2]:.0f} stored={c.stored} rejected={c.rejected}"
+                    f"rejected/s={rates[2]:.0f} stored={c.stored} rejected={c.rejected} "
+                    f"alert_events={rules.engine.counters.events} "
+                    f"notifications_sent={rules.deliverer.counters.sent}"
                 )
 
 
@@ -192,7 +207,7 @@ def _snapshot(c: IngestCounters) -> tuple[int, int, int]:
     return (c.messages, c.stored, c.rejected)
 
 
-def _table(ingest: Ingest, rates: tuple[float, float, float]) -> Table:
+def _table(ingest: Ingest, rules: RulesStage, rates: tuple[float, float, float]) -> Table:
     c = ingest.counters
     table = Table(title="cityiot ingest", title_justify="left")
     for column in ("", "per second", "total"):
@@ -205,6 +220,14 @@ def _table(ingest: Ingest, rates: tuple[float, float, float]) -> Table:
         table.add_row(f"  {kind}", "", f"{c.stored_by_kind.get(kind, 0):,}")
     table.add_row("devices online", "", f"{len(ingest.presence.online):,}/{len(ingest.devices):,}")
     table.add_row("last write", "", f"{c.last_write_ms:.1f} ms")
+    r, d = rules.engine.counters, rules.deliverer.counters
+    table.add_row("alert events", "", f"{r.events:,}")
+    table.add_row(
+        "open alerts", "", f"{sum(1 for t in rules.engine.evaluator.tracks.values() if t.firing):,}"
+    )
+    table.add_row("notifications", "", f"{d.sent:,} sent, {d.failed:,} failed")
+    if r.commands:
+        table.add_row("commands sent", "", f"{r.commands:,}")
     if c.write_errors:
         table.add_row("[red]storage errors[/]", "", f"{c.write_errors:,}")
     return table

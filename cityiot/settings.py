@@ -33,6 +33,13 @@ class Settings(BaseSettings):
     api_port: int = 8080
     rules_path: Path = Path("rules/catalogue")
     log_level: str = "INFO"
+    # Email notification channels: the mail server they share (a channel may override).
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_from: str = "cityiot@localhost"
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_starttls: bool = False
     run_dir: Path = Path(".run")
 
     # Ingest tuning (DESIGN §8); the defaults suit one worker on a small machine.

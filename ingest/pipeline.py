@@ -86,8 +86,11 @@ class Ingest:
         *,
         on_readings: ReadingsSink | None = None,
         codecs: dict[str, Codec] | None = None,
+        store: bool = True,
     ) -> None:
         self.settings = settings
+        # False for a rules-only worker: it reads the stream, the ingest stores it.
+        self.store = store
         self.influx = influx
         self.sessions = session_factory
         self.link = link
@@ -319,6 +322,8 @@ class Ingest:
 
     async def _store(self, batch: Batch) -> None:
         started = time.perf_counter()
+        if not self.store:
+            batch.lines, batch.status_lines, batch.dead_letters = [], [], []
         if batch.lines:
             await self._write_points(batch)
         if batch.status_lines:
@@ -421,7 +426,7 @@ class Ingest:
 
     async def _flush_presence(self) -> None:
         seen, online, offline = self.presence.take_changes()
-        if not (seen or online or offline):
+        if not self.store or not (seen or online or offline):
             return
         try:
             await record_presence(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -40,10 +41,18 @@ async def prepare_influx(influx: InfluxDB, settings: Settings) -> None:
 
 @asynccontextmanager
 async def ingest_stage(
-    settings: Settings, *, on_readings: ReadingsSink | None = None
+    settings: Settings,
+    *,
+    on_readings: ReadingsSink | None = None,
+    store: bool = True,
+    client_id: str | None = None,
 ) -> AsyncIterator[Ingest]:
-    """A connected, ready :class:`Ingest`; ``await ingest.run()`` to start it."""
-    if not settings.mqtt_url or not settings.influx_url:
+    """A connected, ready :class:`Ingest`; ``await ingest.run()`` to start it.
+
+    ``store=False`` gives a reader of the stream that stores nothing (a rules-only worker,
+    with its own ``client_id`` and so its own persistent session).
+    """
+    if not settings.mqtt_url or (store and not settings.influx_url):
         raise ValueError(
             "the ingest needs CITYIOT_MQTT_URL and CITYIOT_INFLUX_URL "
             "(or use `cityiot run`, which starts local ones)"
@@ -51,12 +60,18 @@ async def ingest_stage(
     await migrate(settings.database_url)
     engine = make_engine(settings.database_url)
     try:
-        async with influx_from(settings) as influx:
-            await prepare_influx(influx, settings)
-            link = BrokerLink(MqttTarget(settings.mqtt_url), settings.mqtt_client_id, TOPICS)
-            async with link, Ingest(
-                settings, influx, sessionmaker(engine), link, on_readings=on_readings
-            ) as ingest:
-                yield ingest
+        async with contextlib.AsyncExitStack() as stack:
+            influx = None
+            if store:
+                influx = await stack.enter_async_context(influx_from(settings))
+                await prepare_influx(influx, settings)
+            link = BrokerLink(
+                MqttTarget(settings.mqtt_url), client_id or settings.mqtt_client_id, TOPICS
+            )
+            await stack.enter_async_context(link)
+            yield await stack.enter_async_context(
+                Ingest(settings, influx, sessionmaker(engine), link,  # type: ignore[arg-type]
+                       on_readings=on_readings, store=store)
+            )
     finally:
         await engine.dispose()

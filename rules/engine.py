@@ -202,14 +202,18 @@ class RulesEngine:
         if action.target == "group" and action.group_kind and self.group_targets is not None:
             targets = await self.group_targets(action.group_kind, known.district)
         for device_id, vendor in targets:
-            await self.commands.send(
-                device_id,
-                vendor,
-                action.command,
-                dict(action.args),
-                rule=t.rule.id,
-                alert_id=alert.id,
-            )
+            try:
+                await self.commands.send(
+                    device_id,
+                    vendor,
+                    action.command,
+                    dict(action.args),
+                    rule=t.rule.id,
+                    alert_id=alert.id,
+                )
+            except Exception as exc:  # one unreachable device must not stop its group's
+                log.warning("event=command_failed device=%s error=%s", device_id, exc)
+                continue
             self.counters.commands += 1
 
     def _facts_of(self, device_id: str) -> DeviceFacts | None:

@@ -1,0 +1,168 @@
+"""The rules stage assembled from settings: engine, dispatcher, durable delivery, control.
+
+In ``cityiot run`` it hangs off the ingest (readings handed over in process, alert events
+published through the ingest's MQTT link). ``cityiot rules`` runs it alone: it then takes
+readings from its own subscription (a persistent session of its own), decoded and
+validated by the same intake code, without storing them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from cityiot.settings import MqttTarget, Settings
+from ingest.devices import DeviceMap
+from rules.control import CommandSender, group_targets
+from rules.definitions import load_rules
+from rules.delivery import Deliverer, enqueue
+from rules.dispatch import Dispatcher
+from rules.engine import Publish, RulesEngine
+from rules.events import Clock, wall_clock
+from rules.notifiers import Channel, build_channel
+from rules.routing import Router, load_routing
+from rules.workorders import SlaPolicy, open_work_order
+
+log = logging.getLogger("cityiot.rules")
+
+DEFAULT_ROUTING = Path(__file__).resolve().parent / "routing.yaml"
+
+
+@dataclass
+class RulesStage:
+    engine: RulesEngine
+    dispatcher: Dispatcher
+    deliverer: Deliverer
+    commands: CommandSender
+    router: Router
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def routing_path(settings: Settings) -> Path:
+    """``routing.yaml`` beside the rule files when there is one, else the shipped one."""
+    rules_path = Path(settings.rules_path)
+    beside = (rules_path if rules_path.is_dir() else rules_path.parent) / "routing.yaml"
+    return beside if beside.exists() else DEFAULT_ROUTING
+
+
+def channels_of(
+    router: Router,
+    settings: Settings,
+    http: httpx.AsyncClient,
+    publish: Callable[[str, bytes], Awaitable[None]],
+) -> dict[str, Channel]:
+    """Every channel of the routing file, built once and shared by the deliverer."""
+    smtp: dict[str, Any] | None = None
+    if settings.smtp_host:
+        smtp = {
+            "host": settings.smtp_host,
+            "port": settings.smtp_port,
+            "from": settings.smtp_from,
+            "starttls": settings.smtp_starttls,
+        }
+        if settings.smtp_username:
+            smtp.update(username=settings.smtp_username, password=settings.smtp_password)
+    channels: dict[str, Channel] = {}
+    for receiver in router.receivers.values():
+        for config in receiver.channels:
+            deps: dict[str, Any] = {"http": http, "publish": publish}
+            if smtp is not None:
+                deps["smtp"] = smtp
+            channels[config["name"]] = build_channel(config, **deps)
+    return channels
+
+
+@asynccontextmanager
+async def rules_stage(
+    settings: Settings,
+    devices: DeviceMap,
+    session_factory: Any,
+    publish: Publish,
+    *,
+    clock: Clock = wall_clock,
+    stop: asyncio.Event,
+) -> AsyncIterator[RulesStage]:
+    """A started rules stage; its background tasks run until ``stop`` is set."""
+    rules = load_rules(Path(settings.rules_path))
+    router = load_routing(routing_path(settings))
+    for warning in router.warnings:
+        log.warning("event=routing_warning %s", warning)
+
+    async def publish_async(topic: str, payload: bytes) -> None:
+        publish(topic, payload)
+
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        deliverer = Deliverer(
+            session_factory, channels_of(router, settings, http, publish_async), clock=clock
+        )
+
+        async def enqueue_and_wake(*args: Any, **kwargs: Any) -> int:
+            row = await enqueue(*args, clock=clock, **kwargs)
+            deliverer.notify()
+            return row
+
+        sla = SlaPolicy()
+        dispatcher = Dispatcher(
+            router,
+            session_factory,
+            enqueue_and_wake,
+            clock,
+            open_work_order=lambda event, team: open_work_order(
+                session_factory, event, team, sla, clock
+            ),
+        )
+        commands = CommandSender(session_factory, lambda t, p, q: publish(t, p), clock)
+        engine = RulesEngine(
+            rules,
+            devices,
+            session_factory,
+            publish=publish,
+            dispatcher=dispatcher,
+            commands=commands,
+            group_targets=functools.partial(group_targets, session_factory),
+            clock=clock,
+        )
+        open_events = await engine.start()
+        dispatcher.restore([e for e in open_events if e["state"] in ("firing", "acknowledged")])
+        stage = RulesStage(engine, dispatcher, deliverer, commands, router)
+        target = MqttTarget(settings.mqtt_url)
+        stage.tasks = [
+            asyncio.create_task(engine.run(stop), name="rules-engine"),
+            asyncio.create_task(_dispatch_loop(dispatcher, stop), name="rules-dispatch"),
+            asyncio.create_task(deliverer.run(stop), name="rules-delivery"),
+            asyncio.create_task(
+                commands.listen_for_acks(
+                    target.host,
+                    target.port,
+                    target.username,
+                    target.password,
+                    stop,
+                    client_id=f"{settings.mqtt_client_id}-acks",  # a persistent session
+                ),
+                name="rules-acks",
+            ),
+        ]
+        try:
+            yield stage
+        finally:
+            stop.set()
+            for task in stage.tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+async def _dispatch_loop(dispatcher: Dispatcher, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        await dispatcher.tick()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+    await dispatcher.tick()
