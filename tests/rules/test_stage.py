@@ -1,0 +1,113 @@
+"""The whole chain as `cityiot run` wires it: a reading published over MQTT → ingest →
+rules → alert event on city/alerts/{district}/{kind} → routed notification delivered on the
+team's MQTT channel → work order for the team; then resolved."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+
+from cityiot.db import Alert, Notification, WorkOrder, make_engine, migrate, sessionmaker
+from cityiot.registry import import_devices, parse_device_csv, upsert_vendor
+from cityiot.services import LocalBroker, LocalInflux
+from cityiot.settings import Settings
+from ingest.service import ingest_stage
+from rules.service import rules_stage
+from tests.ingest.conftest import REGISTRY_CSV, publisher_for
+from tests.rules.test_engine import Subscriber
+
+
+async def test_a_published_reading_raises_notifies_and_dispatches(
+    broker: LocalBroker, influx: LocalInflux, influx_db: str, sqlite_url: str
+) -> None:
+    settings = Settings(
+        mqtt_url=broker.url,
+        influx_url=influx.url,
+        influx_db=influx_db,
+        database_url=sqlite_url,
+        mqtt_client_id=f"stage-{uuid.uuid4().hex[:8]}",
+        flush_interval_ms=50,
+    )
+    await migrate(sqlite_url)
+    engine = make_engine(sqlite_url)
+    sessions = sessionmaker(engine)
+    await upsert_vendor(sessions, "acme", "ACME")
+    await upsert_vendor(sessions, "oldco", "Old Co", codec="hexframe")
+    await import_devices(sessions, parse_device_csv(REGISTRY_CSV).rows)
+    subscriber = Subscriber(broker, "city/alerts/#")
+    publisher = publisher_for(broker)
+    rules_stop = asyncio.Event()
+    try:
+        async with (
+            ingest_stage(settings) as ingest,
+            rules_stage(
+                settings, ingest.devices, ingest.sessions, ingest.link.publish, stop=rules_stop
+            ) as stage,
+        ):
+            ingest.on_readings = stage.engine.submit
+            task = asyncio.create_task(ingest.run())
+            now = int(time.time() * 1000)
+            publish = publisher.publish
+            publish(
+                "city/acme/mh-1/telemetry",
+                orjson.dumps({"ts": now, "metrics": {"cover_open": True, "tilt_deg": 35.0}}),
+                qos=1,
+            )
+            await wait_until(lambda: len(topics_of(subscriber)) >= 3, 15)
+            publish(
+                "city/acme/mh-1/telemetry",
+                orjson.dumps({"ts": now + 1000, "metrics": {"cover_open": False, "tilt_deg": 1.0}}),
+                qos=1,
+            )
+            await wait_until(
+                lambda: (
+                    [
+                        e["state"]
+                        for t, e in subscriber.messages
+                        if t == "city/alerts/yicheng/manhole"
+                    ][-1:]
+                    == ["resolved"]
+                ),
+                15,
+            )
+            await ingest.stop()
+            await task
+            rules_stop.set()
+    finally:
+        subscriber.close()
+        publisher.loop_stop()
+
+    events = [e for t, e in subscriber.messages if t == "city/alerts/yicheng/manhole"]
+    assert [e["state"] for e in events] == ["firing", "resolved"]
+    assert events[0]["rule"] == "manhole_cover_open" and events[0]["severity"] == "critical"
+    team_messages = {t: e for t, e in subscriber.messages if t.startswith("city/alerts/_teams/")}
+    # The ops centre sees everything; the manhole goes to urban management too.
+    assert {"city/alerts/_teams/ops-centre", "city/alerts/_teams/urban-management"} <= set(
+        team_messages
+    )
+    message = team_messages["city/alerts/_teams/urban-management"]
+    assert message["status"] == "firing" and message["alerts"][0]["device_id"] == "mh-1"
+    async with sessions() as session:
+        (alert,) = (await session.scalars(select(Alert))).all()
+        (order,) = (await session.scalars(select(WorkOrder))).all()
+        sent = (await session.scalars(select(Notification.status))).all()
+    assert alert.state == "resolved" and alert.open_key is None
+    assert (order.alert_id, order.team, order.state) == (alert.id, "urban", "dispatched")
+    assert sent and set(sent) == {"sent"}
+    await engine.dispose()
+
+
+def topics_of(subscriber: Subscriber) -> set[str]:
+    return {t for t, _ in subscriber.messages}
+
+
+async def wait_until(done: Any, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
