@@ -32,6 +32,16 @@ app.add_typer(vendors_app, name="vendors")
 
 err = Console(stderr=True)
 
+# What `cityiot run` shows unless told otherwise: incidents from the first minute, each
+# raising its rule, with notifications and work orders (name:devices:after_s:duration_s).
+DEFAULT_INCIDENTS = (
+    "cover_open:2:20:240",
+    "leakage:1:30:240",
+    "valve_open:1:40:180",
+    "pressure_drop:1:60:300",
+    "water_quality:1:90:300",
+)
+
 
 def fail(message: str, code: int = 1) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}")
@@ -92,7 +102,11 @@ def run(
     ] = False,
     incidents: Annotated[
         list[str] | None,
-        typer.Option("--incident", help="Scripted incident for the simulator, e.g. cover_open."),
+        typer.Option(
+            "--incident",
+            help="Scripted incident, name[:devices[:after_s[:duration_s]]]; "
+            "default: a few, so alerts show. --incident none for a quiet city.",
+        ),
     ] = None,
     malformed: Annotated[float, typer.Option(help="Share of malformed simulated messages.")] = 0.0,
 ) -> None:
@@ -106,7 +120,7 @@ def run(
         rate=rate,
         seed=seed,
         simulate=not no_simulator,
-        incidents=incidents or [],
+        incidents=[] if incidents == ["none"] else incidents or list(DEFAULT_INCIDENTS),
         malformed_share=malformed,
     )
     stop = asyncio.Event()

@@ -160,6 +160,8 @@ def show_where(settings: Settings, run_dir: Path, out: Console) -> None:
     )
     out.print(f"  InfluxDB      {settings.influx_url}  database {db!r}")
     out.print(f"  registry      {settings.database_url}  (dead letters in table dead_letters)")
+    port = settings.mqtt_url.rsplit(":", 1)[-1]
+    out.print(f"  alerts        mosquitto_sub -p {port} -t 'city/alerts/#' -v")
     out.print("  query stored readings:")
     out.print(
         f"    curl -sG {settings.influx_url}/query --data-urlencode db={db} "

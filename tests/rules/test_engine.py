@@ -158,3 +158,38 @@ async def test_every_state_change_is_published_with_the_contract(
     assert "超过井深的 80%" in events[1]["summary"] and "above 80%" in events[1]["summary"]
     resolved_at = dt.datetime.fromisoformat(events[-1]["resolved_at"])
     assert resolved_at.timestamp() == pytest.approx((t0 + 190_000) / 1000, abs=1)
+
+
+async def test_a_rule_action_commands_the_district_group(
+    registered: Any, publisher: mqtt.Client
+) -> None:
+    from cityiot.db import Command
+    from rules.control import CommandSender, group_targets
+
+    extra = parse_device_csv(
+        "device_id,vendor,kind,district,lat,lon,address,report_interval_s\n"
+        "sl-1,acme,streetlight,yicheng,32.98,114.02,a,60\n"
+        "sl-2,acme,streetlight,yicheng,32.98,114.03,b,60\n"
+        "sl-3,acme,streetlight,xiping,33.38,114.03,c,60\n"
+    )
+    await import_devices(registered, extra.rows)
+    devices = DeviceMap(registered)
+    await devices.refresh()
+    sent: list[tuple[str, bytes]] = []
+    commands = CommandSender(registered, lambda t, p, q: sent.append((t, p)), time.time)
+    engine = RulesEngine(
+        load_rules(CATALOGUE), devices, registered, publish=lambda t, p: None,
+        commands=commands,
+        group_targets=lambda kind, district: group_targets(registered, kind, district),
+    )
+    await engine.start()
+    t0 = int(time.time() * 1000) - 600_000
+    dark = {"lux": 3.0, "power_on": False}
+    await engine.evaluate([Reading("sl-1", "streetlight", t0, dark)])
+    await engine.evaluate([Reading("sl-1", "streetlight", t0 + 130_000, dark)])
+    assert sorted(t for t, _ in sent) == ["city/acme/sl-1/command", "city/acme/sl-2/command"]
+    assert orjson.loads(sent[0][1])["name"] == "switch_on"
+    async with registered() as session:
+        rows = (await session.scalars(select(Command))).all()
+    assert {(c.device_id, c.rule) for c in rows} == {
+        ("sl-1", "streetlight_switch_on_when_dark"), ("sl-2", "streetlight_switch_on_when_dark")}
