@@ -12,6 +12,7 @@ fault tests need. Everything here is synchronous: call it from tests, the CLI, o
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 import pwd
@@ -76,7 +77,7 @@ def port_is_free(port: int) -> bool:
         return True
 
 
-class LocalService:
+class LocalService(abc.ABC):
     """One local server process under ``<run_dir>/<name>/``; subclasses say how to run it."""
 
     name: ClassVar[str]
@@ -107,19 +108,22 @@ class LocalService:
 
     # -- what a subclass provides -------------------------------------------------------
 
+    @abc.abstractmethod
     def _placeholders(self) -> dict[str, str]:
-        raise NotImplementedError
+        """Values for the config template's placeholders."""
 
+    @abc.abstractmethod
     def _argv(self, program: str) -> list[str]:
-        raise NotImplementedError
+        """The command line that starts the server."""
 
+    @abc.abstractmethod
     def _answers(self) -> bool:
         """True once the server serves requests on its port."""
-        raise NotImplementedError
 
     @property
+    @abc.abstractmethod
     def url(self) -> str:
-        raise NotImplementedError
+        """Where clients reach the server."""
 
     # -- public -------------------------------------------------------------------------
 
