@@ -317,50 +317,6 @@ async def transition(
     return await get_work_order(session_factory, work_order_id)
 
 
-async def accept(
-    session_factory: SessionFactory,
-    work_order_id: str,
-    clock: Clock,
-    by: str | None = None,
-    note: str | None = None,
-) -> WorkOrder:
-    """dispatched → accepted; ``by`` becomes the assignee."""
-    return await transition(session_factory, work_order_id, "accept", clock, by, note)
-
-
-async def on_site(
-    session_factory: SessionFactory,
-    work_order_id: str,
-    clock: Clock,
-    by: str | None = None,
-    note: str | None = None,
-) -> WorkOrder:
-    """accepted → on_site: the team has verified the incident on site."""
-    return await transition(session_factory, work_order_id, "on_site", clock, by, note)
-
-
-async def resolve(
-    session_factory: SessionFactory,
-    work_order_id: str,
-    clock: Clock,
-    by: str | None = None,
-    note: str | None = None,
-) -> WorkOrder:
-    """on_site → resolved: the team has fixed or made safe what it found."""
-    return await transition(session_factory, work_order_id, "resolve", clock, by, note)
-
-
-async def close(
-    session_factory: SessionFactory,
-    work_order_id: str,
-    clock: Clock,
-    by: str | None = None,
-    note: str | None = None,
-) -> WorkOrder:
-    """resolved → closed: the case is done; only possible after the on-site verification."""
-    return await transition(session_factory, work_order_id, "close", clock, by, note)
-
-
 # ---------------------------------------------------------------------------------------------
 # KPIs
 
@@ -551,13 +507,9 @@ __all__ = [
     "SlaPolicy",
     "SlaTarget",
     "WorkOrderNotFound",
-    "accept",
-    "close",
     "get_work_order",
     "kpis",
     "list_work_orders",
-    "on_site",
     "open_work_order",
-    "resolve",
     "transition",
 ]

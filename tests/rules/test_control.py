@@ -21,36 +21,13 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import select
 
-from cityiot.db import Command, Device, Vendor, make_engine, migrate, sessionmaker
+from cityiot.db import Command, Device, Vendor
 from cityiot.services import LocalBroker
 from rules.control import CommandSender, SessionFactory, group_targets
+from tests.rules.conftest import HandClock
 
 UTC = dt.UTC
 T0 = dt.datetime(2025, 11, 23, 18, 30, tzinfo=dt.timezone(dt.timedelta(hours=8)))
-
-
-class FakeClock:
-    def __init__(self, start: dt.datetime = T0) -> None:
-        self.now = start.timestamp()
-
-    def __call__(self) -> float:
-        return self.now
-
-    @property
-    def at(self) -> dt.datetime:
-        return dt.datetime.fromtimestamp(self.now, UTC)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def sessions(request: pytest.FixtureRequest) -> AsyncIterator[SessionFactory]:
-    """A session factory on a freshly migrated SQLite file or PostgreSQL database."""
-    url: str = request.getfixturevalue(f"{request.param}_url")
-    await migrate(url)
-    engine = make_engine(url)
-    try:
-        yield sessionmaker(engine)
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture
@@ -134,9 +111,9 @@ class SimulatedDevices:
 @pytest.fixture
 async def platform(
     broker: LocalBroker, sessions: SessionFactory
-) -> AsyncIterator[tuple[CommandSender, FakeClock, aiomqtt.Client]]:
+) -> AsyncIterator[tuple[CommandSender, HandClock, aiomqtt.Client]]:
     """A CommandSender publishing with aiomqtt, and its ack listener running."""
-    clock = FakeClock()
+    clock = HandClock(T0)
     stop, ready = asyncio.Event(), asyncio.Event()
     async with aiomqtt.Client(broker.host, broker.port) as client:
 
@@ -191,7 +168,7 @@ async def test_command_reaches_the_device_and_its_ack_is_recorded(
     sessions: SessionFactory,
     vendor: str,
     devices: SimulatedDevices,
-    platform: tuple[CommandSender, FakeClock, aiomqtt.Client],
+    platform: tuple[CommandSender, HandClock, aiomqtt.Client],
 ) -> None:
     sender, clock, _ = platform
     device_id = f"{vendor}-SL-1"
@@ -234,7 +211,7 @@ async def test_switching_on_a_district_group_records_each_answer(
     sessions: SessionFactory,
     vendor: str,
     devices: SimulatedDevices,
-    platform: tuple[CommandSender, FakeClock, aiomqtt.Client],
+    platform: tuple[CommandSender, HandClock, aiomqtt.Client],
 ) -> None:
     sender, _, _ = platform
     await _fleet(sessions, vendor)
@@ -256,7 +233,7 @@ async def test_switching_on_a_district_group_records_each_answer(
 async def test_bad_acks_over_mqtt_are_ignored_and_the_listener_goes_on(
     sessions: SessionFactory,
     vendor: str,
-    platform: tuple[CommandSender, FakeClock, aiomqtt.Client],
+    platform: tuple[CommandSender, HandClock, aiomqtt.Client],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     sender, _, client = platform
@@ -267,7 +244,7 @@ async def test_bad_acks_over_mqtt_are_ignored_and_the_listener_goes_on(
         sent.append(payload)
 
     # Commands recorded without a device on the line: only the acks below can touch them.
-    offline = CommandSender(sessions, no_device, FakeClock())
+    offline = CommandSender(sessions, no_device, HandClock(T0))
     mine = await offline.send(f"{vendor}-SL-1", vendor, "switch", {"on": True})
     ack = f"city/{vendor}/{vendor}-SL-1/ack"
     bad = [
@@ -305,7 +282,7 @@ async def test_record_ack_refuses_what_it_cannot_match(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="cityiot.rules.control")
     sent: list[tuple[str, bytes, int]] = []
-    clock = FakeClock()
+    clock = HandClock(T0)
     sender = CommandSender(sessions, lambda t, p, q: sent.append((t, p, q)), clock)  # sync publish
     device = f"{vendor}-SL-1"
     command_id = await sender.send(device, vendor, "dim", {"dim_pct": 40})
@@ -350,7 +327,7 @@ async def test_record_ack_never_raises_even_without_a_database(vendor: str) -> N
     def broken_session() -> None:
         raise RuntimeError("database is gone")
 
-    sender = CommandSender(broken_session, lambda *_: None, FakeClock())  # type: ignore[arg-type]
+    sender = CommandSender(broken_session, lambda *_: None, HandClock(T0))  # type: ignore[arg-type]
     payload = orjson.dumps({"id": "a" * 32, "ok": True})
     assert await sender.record_ack(f"city/{vendor}/d1/ack", payload) is False
 
@@ -358,7 +335,7 @@ async def test_record_ack_never_raises_even_without_a_database(vendor: str) -> N
 async def test_send_checks_ids_and_keeps_a_failed_publish(
     sessions: SessionFactory, vendor: str
 ) -> None:
-    sender = CommandSender(sessions, lambda *_: None, FakeClock())
+    sender = CommandSender(sessions, lambda *_: None, HandClock(T0))
     with pytest.raises(ValueError, match="vendor id 'alerts' is not valid"):
         await sender.send("SL-1", "alerts", "switch", {})
     with pytest.raises(ValueError, match="device id 'SL 1' is not valid"):
@@ -369,7 +346,7 @@ async def test_send_checks_ids_and_keeps_a_failed_publish(
     async def broker_down(topic: str, payload: bytes, qos: int) -> None:
         raise aiomqtt.MqttError("not connected")
 
-    failing = CommandSender(sessions, broker_down, FakeClock())
+    failing = CommandSender(sessions, broker_down, HandClock(T0))
     with pytest.raises(aiomqtt.MqttError):
         await failing.send("SL-1", vendor, "switch", {"on": True})
     async with sessions() as session:
@@ -385,7 +362,7 @@ async def test_ack_listener_comes_back_after_the_broker_restarts(
     own = await asyncio.to_thread(LocalBroker(tmp_path / "broker").start)
     try:
         sent: list[bytes] = []
-        sender = CommandSender(sessions, lambda t, p, q: sent.append(p), FakeClock())
+        sender = CommandSender(sessions, lambda t, p, q: sent.append(p), HandClock(T0))
         stop, ready = asyncio.Event(), asyncio.Event()
         listener = asyncio.create_task(
             sender.listen_for_acks(

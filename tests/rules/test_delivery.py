@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -23,20 +22,8 @@ from rules.delivery import (
 )
 from rules.notifiers import build_channel
 from rules.notifiers.webhook import WebhookChannel
+from tests.rules.conftest import HandClock
 from tests.rules.test_notifiers import Receiver, free_port, sample_message
-
-
-class Clock:
-    """Seconds since the epoch that move only when told to; starts at the real time."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @contextlib.asynccontextmanager
@@ -55,14 +42,9 @@ async def sessions(sqlite_url: str) -> AsyncIterator[async_sessionmaker[Any]]:
         yield factory
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def any_db_url(request: pytest.FixtureRequest) -> str:
-    return str(request.getfixturevalue(f"{request.param}_url"))
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> HandClock:
+    return HandClock()
 
 
 @pytest.fixture
@@ -92,7 +74,9 @@ def at(seconds: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(seconds, dt.UTC)
 
 
-async def put(sessions: async_sessionmaker[Any], clock: Clock, channel: str = "ops-hook") -> int:
+async def put(
+    sessions: async_sessionmaker[Any], clock: HandClock, channel: str = "ops-hook"
+) -> int:
     return await enqueue(
         sessions, "urban-management", channel, "{}:{rule=manhole_cover_open}", sample_message(),
         clock=clock,
@@ -118,7 +102,7 @@ def test_default_max_attempts_keeps_trying_for_a_day(sessions: async_sessionmake
 
 
 async def test_enqueued_message_is_delivered_once(
-    sessions: async_sessionmaker[Any], clock: Clock, receiver: Receiver
+    sessions: async_sessionmaker[Any], clock: HandClock, receiver: Receiver
 ) -> None:
     channel = WebhookChannel("ops-hook", receiver.url, secret="s")
     deliverer = Deliverer(sessions, {"ops-hook": channel}, clock=clock)
@@ -144,10 +128,10 @@ async def test_enqueued_message_is_delivered_once(
 
 
 async def test_retried_with_backoff_until_the_receiver_recovers(
-    any_db_url: str, clock: Clock, receiver: Receiver
+    db_url: str, clock: HandClock, receiver: Receiver
 ) -> None:
     receiver.answer(500, b"db down").answer(503, b"still down")
-    async with database(any_db_url) as sessions:
+    async with database(db_url) as sessions:
         channels = {"ops-hook": WebhookChannel("ops-hook", receiver.url)}
         deliverer = Deliverer(sessions, channels, clock=clock)
         row_id = await put(sessions, clock)
@@ -177,7 +161,7 @@ async def test_retried_with_backoff_until_the_receiver_recovers(
 
 
 async def test_receiver_down_then_started_gets_the_message(
-    sessions: async_sessionmaker[Any], clock: Clock
+    sessions: async_sessionmaker[Any], clock: HandClock
 ) -> None:
     port = free_port()  # nothing listens here yet
     late = Receiver(port=port, default=(200, b"{}"))
@@ -203,7 +187,7 @@ async def test_receiver_down_then_started_gets_the_message(
 
 
 async def test_refused_message_fails_at_once_with_the_error_visible(
-    sessions: async_sessionmaker[Any], clock: Clock, receiver: Receiver
+    sessions: async_sessionmaker[Any], clock: HandClock, receiver: Receiver
 ) -> None:
     receiver.answer(400, b'{"error": "unknown team"}')
     deliverer = Deliverer(
@@ -221,7 +205,7 @@ async def test_refused_message_fails_at_once_with_the_error_visible(
 
 
 async def test_gives_up_after_max_attempts(
-    sessions: async_sessionmaker[Any], clock: Clock, receiver: Receiver
+    sessions: async_sessionmaker[Any], clock: HandClock, receiver: Receiver
 ) -> None:
     receiver.default = (502, b"bad gateway")
     channels = {"ops-hook": WebhookChannel("ops-hook", receiver.url)}
@@ -239,7 +223,7 @@ async def test_gives_up_after_max_attempts(
 
 
 async def test_row_of_a_channel_no_longer_configured_fails(
-    sessions: async_sessionmaker[Any], clock: Clock, receiver: Receiver
+    sessions: async_sessionmaker[Any], clock: HandClock, receiver: Receiver
 ) -> None:
     row_id = await put(sessions, clock, channel="old-pager")
     deliverer = Deliverer(
@@ -253,7 +237,7 @@ async def test_row_of_a_channel_no_longer_configured_fails(
 
 
 async def test_a_failing_receiver_does_not_hold_up_the_others(
-    sessions: async_sessionmaker[Any], clock: Clock, receiver: Receiver
+    sessions: async_sessionmaker[Any], clock: HandClock, receiver: Receiver
 ) -> None:
     down_url = f"http://127.0.0.1:{free_port()}/hook"
     channels = {
@@ -278,7 +262,7 @@ async def test_a_failing_receiver_does_not_hold_up_the_others(
 
 
 async def test_pending_rows_are_delivered_after_a_restart(
-    sqlite_url: str, clock: Clock, receiver: Receiver
+    sqlite_url: str, clock: HandClock, receiver: Receiver
 ) -> None:
     url = f"http://127.0.0.1:{free_port()}/hook"  # the receiver is down before the crash
     async with database(sqlite_url) as sessions:
@@ -299,7 +283,7 @@ async def test_pending_rows_are_delivered_after_a_restart(
 
 
 async def test_a_crash_mid_send_is_retried_once_the_lease_ends(
-    sqlite_url: str, clock: Clock, receiver: Receiver
+    sqlite_url: str, clock: HandClock, receiver: Receiver
 ) -> None:
     receiver.answer(200, b"{}", delay_s=2.0)
     async with database(sqlite_url) as sessions:
@@ -321,7 +305,7 @@ async def test_a_crash_mid_send_is_retried_once_the_lease_ends(
 
 
 async def test_two_deliverers_send_each_row_once(
-    sessions: async_sessionmaker[Any], clock: Clock, receiver: Receiver
+    sessions: async_sessionmaker[Any], clock: HandClock, receiver: Receiver
 ) -> None:
     channels = {"ops-hook": WebhookChannel("ops-hook", receiver.url)}
     ids = [await put(sessions, clock) for _ in range(10)]

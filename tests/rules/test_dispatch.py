@@ -16,6 +16,7 @@ from rules.delivery import enqueue
 from rules.dispatch import Dispatcher
 from rules.routing import DEFAULT_ROUTING_PATH, Router, load_routing, parse_routing
 from rules.silences import SessionFactory, create_silence, expire_silence
+from tests.rules.conftest import HandClock
 
 CST = dt.timezone(dt.timedelta(hours=8))
 T0 = dt.datetime(2025, 11, 24, 10, 0, tzinfo=CST).timestamp()  # a Monday morning
@@ -59,14 +60,6 @@ ROUTING: dict[str, Any] = {
     ],
 }
 URBAN_KEY = 'route.routes[0]:{rule="manhole_cover_open",district="yicheng"}'
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Outbox:
@@ -133,7 +126,7 @@ class Rig:
 
     def __init__(self, session_factory: SessionFactory, router: Router, **options: Any) -> None:
         self.session_factory = session_factory
-        self.clock = Clock()
+        self.clock = HandClock(T0)
         self.work_orders: list[tuple[str, str]] = []
         self.fail_work_orders = False
         self.outbox = Outbox(session_factory)

@@ -25,13 +25,26 @@ from ingest.validate import Reading
 from rules.definitions import load_rules
 from rules.engine import RulesEngine
 from rules.lifecycle import IllegalAlertTransition
+from tests.rules.conftest import wait_until
 
 CATALOGUE = Path(__file__).resolve().parents[2] / "rules" / "catalogue"
 CSV = """device_id,vendor,kind,district,lat,lon,address,report_interval_s,depth_cm
 mh-1,acme,manhole,yicheng,32.98,114.02,解放路 1 号,300,200
 """
-CONTRACT = {"id", "rule", "device_id", "kind", "district", "vendor", "severity", "state",
-            "started_at", "resolved_at", "values", "summary"}
+CONTRACT = {
+    "id",
+    "rule",
+    "device_id",
+    "kind",
+    "district",
+    "vendor",
+    "severity",
+    "state",
+    "started_at",
+    "resolved_at",
+    "values",
+    "summary",
+}
 
 
 class Subscriber:
@@ -70,7 +83,9 @@ async def engine_on(sessions: Any, publisher: mqtt.Client) -> RulesEngine:
     devices = DeviceMap(sessions)
     await devices.refresh()
     engine = RulesEngine(
-        load_rules(CATALOGUE), devices, sessions,
+        load_rules(CATALOGUE),
+        devices,
+        sessions,
         publish=lambda topic, payload: publisher.publish(topic, payload, qos=1) and None,
     )
     await engine.start()
@@ -93,18 +108,24 @@ async def open_alerts(sessions: Any) -> list[Alert]:
         return list((await session.scalars(select(Alert).where(Alert.open_key.is_not(None)))).all())
 
 
-async def test_concurrent_evaluation_raises_one_alert(registered: Any, publisher: mqtt.Client) -> None:
+async def test_concurrent_evaluation_raises_one_alert(
+    registered: Any, publisher: mqtt.Client
+) -> None:
     engines = [await engine_on(registered, publisher) for _ in range(4)]
     ts = int(time.time() * 1000)
     cover = [Reading("mh-1", "manhole", ts, {"cover_open": True, "tilt_deg": 40.0})]
     await asyncio.gather(*(e.evaluate(cover) for e in engines))
     alerts = await open_alerts(registered)
     assert [(a.rule, a.state) for a in alerts] == [("manhole_cover_open", "firing")]
-    assert {e.evaluator.tracks[("manhole_cover_open", "mh-1")].alert_id for e in engines} == {alerts[0].id}
+    assert {e.evaluator.tracks[("manhole_cover_open", "mh-1")].alert_id for e in engines} == {
+        alerts[0].id
+    }
     assert sum(e.counters.adopted for e in engines) == 3
 
 
-async def test_restart_keeps_a_for_timer_and_a_firing_alert(registered: Any, publisher: mqtt.Client) -> None:
+async def test_restart_keeps_a_for_timer_and_a_firing_alert(
+    registered: Any, publisher: mqtt.Client
+) -> None:
     t0 = int(time.time() * 1000) - 600_000
     first = await engine_on(registered, publisher)
     await first.evaluate(flooding(t0, 170.0))
@@ -141,9 +162,7 @@ async def test_every_state_change_is_published_with_the_contract(
         with pytest.raises(IllegalAlertTransition):
             await engine.acknowledge(alert.id, "again")
         await engine.evaluate(flooding(t0 + 190_000, 90.0))
-        deadline = time.monotonic() + 5
-        while len(subscriber.messages) < 4 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: len(subscriber.messages) >= 4, 5)
     finally:
         subscriber.close()
     topics = {t for t, _ in subscriber.messages}
@@ -178,7 +197,10 @@ async def test_a_rule_action_commands_the_district_group(
     sent: list[tuple[str, bytes]] = []
     commands = CommandSender(registered, lambda t, p, q: sent.append((t, p)), time.time)
     engine = RulesEngine(
-        load_rules(CATALOGUE), devices, registered, publish=lambda t, p: None,
+        load_rules(CATALOGUE),
+        devices,
+        registered,
+        publish=lambda t, p: None,
         commands=commands,
         group_targets=lambda kind, district: group_targets(registered, kind, district),
     )
@@ -192,4 +214,6 @@ async def test_a_rule_action_commands_the_district_group(
     async with registered() as session:
         rows = (await session.scalars(select(Command))).all()
     assert {(c.device_id, c.rule) for c in rows} == {
-        ("sl-1", "streetlight_switch_on_when_dark"), ("sl-2", "streetlight_switch_on_when_dark")}
+        ("sl-1", "streetlight_switch_on_when_dark"),
+        ("sl-2", "streetlight_switch_on_when_dark"),
+    }

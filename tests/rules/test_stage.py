@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any
 
 import orjson
 from sqlalchemy import select
@@ -19,6 +18,7 @@ from cityiot.settings import Settings
 from ingest.service import ingest_stage
 from rules.service import rules_stage
 from tests.ingest.conftest import REGISTRY_CSV, publisher_for
+from tests.rules.conftest import wait_until
 from tests.rules.test_engine import Subscriber
 
 
@@ -104,10 +104,3 @@ async def test_a_published_reading_raises_notifies_and_dispatches(
 
 def topics_of(subscriber: Subscriber) -> set[str]:
     return {t for t, _ in subscriber.messages}
-
-
-async def wait_until(done: Any, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)

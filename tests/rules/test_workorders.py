@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import func, select, update
 
-from cityiot.db import Alert, WorkOrder, make_engine, migrate, sessionmaker
+from cityiot.db import Alert, WorkOrder
 from rules import workorders
 from rules.events import alert_event
 from rules.workorders import (
@@ -24,52 +23,19 @@ from rules.workorders import (
     SlaPolicy,
     SlaTarget,
     WorkOrderNotFound,
-    accept,
-    close,
     get_work_order,
     kpis,
     list_work_orders,
-    on_site,
     open_work_order,
-    resolve,
     transition,
 )
+from tests.rules.conftest import HandClock
 
 UTC = dt.UTC
 CST = dt.timezone(dt.timedelta(hours=8))
 T0 = dt.datetime(2025, 11, 23, 21, 0, tzinfo=CST)
 MIN = dt.timedelta(minutes=1)
 HOUR = dt.timedelta(hours=1)
-
-
-class FakeClock:
-    """Seconds since the epoch, moved by hand."""
-
-    def __init__(self, start: dt.datetime = T0) -> None:
-        self.now = start.timestamp()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, delta: dt.timedelta) -> dt.datetime:
-        self.now += delta.total_seconds()
-        return self.at
-
-    @property
-    def at(self) -> dt.datetime:
-        return dt.datetime.fromtimestamp(self.now, UTC)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def sessions(request: pytest.FixtureRequest) -> AsyncIterator[SessionFactory]:
-    """A session factory on a freshly migrated SQLite file or PostgreSQL database."""
-    url: str = request.getfixturevalue(f"{request.param}_url")
-    await migrate(url)
-    engine = make_engine(url)
-    try:
-        yield sessionmaker(engine)
-    finally:
-        await engine.dispose()
 
 
 async def _alert(
@@ -99,7 +65,7 @@ async def _alert(
     return alert_event(alert)
 
 
-async def _open(sessions: SessionFactory, clock: FakeClock, **alert: object) -> WorkOrder:
+async def _open(sessions: SessionFactory, clock: HandClock, **alert: object) -> WorkOrder:
     event = await _alert(sessions, **alert)  # type: ignore[arg-type]
     return await open_work_order(sessions, event, "drainage-yicheng", SlaPolicy(), clock)
 
@@ -113,7 +79,7 @@ async def _count(sessions: SessionFactory) -> int:
 
 
 async def test_full_lifecycle_stamps_every_step(sessions: SessionFactory) -> None:
-    clock = FakeClock()
+    clock = HandClock(T0)
     order = await _open(sessions, clock)
     assert order.state == "dispatched"
     assert order.created_at == T0
@@ -129,19 +95,21 @@ async def test_full_lifecycle_stamps_every_step(sessions: SessionFactory) -> Non
     assert order.title == "井盖打开 / manhole cover open: MH-1"
 
     t_accept = clock.advance(5 * MIN)
-    order = await accept(sessions, order.id, clock, by="zhang.wei")
+    order = await transition(sessions, order.id, "accept", clock, by="zhang.wei")
     assert (order.state, order.accepted_at, order.assignee) == ("accepted", t_accept, "zhang.wei")
 
     t_site = clock.advance(20 * MIN)
-    order = await on_site(sessions, order.id, clock, by="zhang.wei", note="cover displaced")
+    order = await transition(
+        sessions, order.id, "on_site", clock, by="zhang.wei", note="cover displaced"
+    )
     assert (order.state, order.on_site_at) == ("on_site", t_site)
 
     t_resolved = clock.advance(HOUR)
-    order = await resolve(sessions, order.id, clock, note="cover reseated and locked")
+    order = await transition(sessions, order.id, "resolve", clock, note="cover reseated and locked")
     assert (order.state, order.resolved_at) == ("resolved", t_resolved)
 
     t_closed = clock.advance(30 * MIN)
-    order = await close(sessions, order.id, clock, by="li.na")
+    order = await transition(sessions, order.id, "close", clock, by="li.na")
     assert (order.state, order.closed_at) == ("closed", t_closed)
 
     stored = await get_work_order(sessions, order.id)
@@ -176,7 +144,7 @@ SAID = {
 async def test_every_illegal_transition_is_refused_with_its_message(
     sessions: SessionFactory,
 ) -> None:
-    clock = FakeClock()
+    clock = HandClock(T0)
     order = await _open(sessions, clock)
     refused = 0
     for state in STATES:
@@ -208,7 +176,7 @@ async def test_every_illegal_transition_is_refused_with_its_message(
 async def test_close_needs_on_site_verification_even_when_the_alert_is_resolved(
     sessions: SessionFactory,
 ) -> None:
-    clock = FakeClock()
+    clock = HandClock(T0)
     order = await _open(sessions, clock)
     async with sessions() as session, session.begin():
         await session.execute(
@@ -218,18 +186,18 @@ async def test_close_needs_on_site_verification_even_when_the_alert_is_resolved(
         )
     clock.advance(10 * MIN)
     with pytest.raises(IllegalTransition, match="is dispatched; it can be accepted, not closed"):
-        await close(sessions, order.id, clock)
-    await accept(sessions, order.id, clock)
+        await transition(sessions, order.id, "close", clock)
+    await transition(sessions, order.id, "accept", clock)
     with pytest.raises(IllegalTransition, match="needs the on-site verification first"):
-        await close(sessions, order.id, clock)
+        await transition(sessions, order.id, "close", clock)
     stored = await get_work_order(sessions, order.id)
     assert (stored.state, stored.on_site_at, stored.closed_at) == ("accepted", None, None)
 
 
 async def test_unknown_work_order_and_unknown_action(sessions: SessionFactory) -> None:
-    clock = FakeClock()
+    clock = HandClock(T0)
     with pytest.raises(WorkOrderNotFound, match="work order 'nope' does not exist"):
-        await accept(sessions, "nope", clock)
+        await transition(sessions, "nope", "accept", clock)
     with pytest.raises(WorkOrderNotFound):
         await get_work_order(sessions, "nope")
     order = await _open(sessions, clock)
@@ -238,11 +206,11 @@ async def test_unknown_work_order_and_unknown_action(sessions: SessionFactory) -
 
 
 async def test_concurrent_accepts_move_the_order_once(sessions: SessionFactory) -> None:
-    clock = FakeClock()
+    clock = HandClock(T0)
     order = await _open(sessions, clock)
     results = await asyncio.gather(
-        accept(sessions, order.id, clock, by="team-a"),
-        accept(sessions, order.id, clock, by="team-b"),
+        transition(sessions, order.id, "accept", clock, by="team-a"),
+        transition(sessions, order.id, "accept", clock, by="team-b"),
         return_exceptions=True,
     )
     accepted = [r for r in results if isinstance(r, WorkOrder)]
@@ -255,7 +223,7 @@ async def test_concurrent_accepts_move_the_order_once(sessions: SessionFactory) 
 
 
 async def test_open_is_idempotent_per_alert(sessions: SessionFactory) -> None:
-    clock = FakeClock()
+    clock = HandClock(T0)
     event = await _alert(sessions)
     first = await open_work_order(sessions, event, "drainage-yicheng", SlaPolicy(), clock)
     clock.advance(HOUR)
@@ -266,7 +234,7 @@ async def test_open_is_idempotent_per_alert(sessions: SessionFactory) -> None:
 
 
 async def test_concurrent_opens_make_one_work_order(sessions: SessionFactory) -> None:
-    clock = FakeClock()
+    clock = HandClock(T0)
     event = await _alert(sessions)
     orders = await asyncio.gather(
         *(
@@ -283,7 +251,7 @@ async def test_open_that_loses_the_insert_race_returns_the_winner(
 ) -> None:
     # SQLite serialises the gather above before the insert; force the race on every database:
     # the pre-check misses the winner's row, so the unique alert_id must decide.
-    clock = FakeClock()
+    clock = HandClock(T0)
     event = await _alert(sessions)
     winner = await open_work_order(sessions, event, "drainage-yicheng", SlaPolicy(), clock)
     real = workorders._by_alert
@@ -317,7 +285,7 @@ async def test_open_for_a_missing_alert_is_refused(sessions: SessionFactory) -> 
         )
     )
     with pytest.raises(AlertNotFound, match="alert '0{32}' is not in the database"):
-        await open_work_order(sessions, event, "t", SlaPolicy(), FakeClock())
+        await open_work_order(sessions, event, "t", SlaPolicy(), HandClock(T0))
     assert await _count(sessions) == 0
 
 
@@ -336,7 +304,7 @@ async def test_open_for_a_missing_alert_is_refused(sessions: SessionFactory) -> 
 async def test_sla_clocks_per_severity(
     sessions: SessionFactory, severity: str, verify: dt.timedelta, close_: dt.timedelta
 ) -> None:
-    order = await _open(sessions, FakeClock(), severity=severity)
+    order = await _open(sessions, HandClock(T0), severity=severity)
     assert (order.verify_due_at - order.created_at, order.close_due_at - order.created_at) == (
         verify,
         close_,
@@ -358,14 +326,14 @@ def test_sla_policy_is_checked() -> None:
 
 
 async def test_list_filters_and_pages_oldest_first(sessions: SessionFactory) -> None:
-    clock = FakeClock()
+    clock = HandClock(T0)
     ids = []
     for i in range(5):
         event = await _alert(sessions, device_id=f"MH-{i}")
         team = "lights" if i % 2 else "drainage"
         ids.append((await open_work_order(sessions, event, team, SlaPolicy(), clock)).id)
         clock.advance(MIN)
-    await accept(sessions, ids[0], clock)
+    await transition(sessions, ids[0], "accept", clock)
 
     everything = await list_work_orders(sessions)
     assert [o.id for o in everything] == ids

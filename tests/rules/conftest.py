@@ -1,0 +1,36 @@
+"""What the rules tests share: a clock moved by hand, and waiting for a condition."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Callable
+
+
+class HandClock:
+    """Seconds since the epoch that move only when told to (the real time by default)."""
+
+    def __init__(self, start: float | dt.datetime | None = None) -> None:
+        if isinstance(start, dt.datetime):
+            start = start.timestamp()
+        self.now = time.time() if start is None else float(start)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, delta: float | dt.timedelta) -> dt.datetime:
+        self.now += delta.total_seconds() if isinstance(delta, dt.timedelta) else delta
+        return self.at
+
+    @property
+    def at(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.now, dt.UTC)
+
+
+async def wait_until(done: Callable[[], bool], timeout_s: float) -> None:
+    """Poll ``done`` (e.g. messages from a paho thread) until true; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, f"not done after {timeout_s} s"
+        await asyncio.sleep(0.05)
