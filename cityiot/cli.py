@@ -29,6 +29,8 @@ devices_app = typer.Typer(help="The device registry.", no_args_is_help=True)
 vendors_app = typer.Typer(help="Device vendors.", no_args_is_help=True)
 app.add_typer(devices_app, name="devices")
 app.add_typer(vendors_app, name="vendors")
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 err = Console(stderr=True)
 
@@ -290,3 +292,125 @@ def vendors_add(
     asyncio.run(main())
     print(vendor_id)
     err.print(f"vendor {vendor_id} registered (codec {codec})")
+
+
+@app.command()
+def api() -> None:
+    """The API alone (FastAPI on CITYIOT_API_HOST:CITYIOT_API_PORT, OpenAPI at /docs)."""
+    from api.server import ApiServer
+
+    settings = load_settings()
+    configure_logging(settings)
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        async with ApiServer(settings) as server:
+            err.print(f"API at {server.url}/api/v1 (docs at {server.url}/docs)")
+            waiting = asyncio.create_task(stop.wait())
+            serving = asyncio.create_task(server.wait())
+            await asyncio.wait({waiting, serving}, return_when=asyncio.FIRST_COMPLETED)
+            waiting.cancel()
+
+    run_until_signal(main(), stop)
+
+
+def _names(values: str | None) -> list[str] | None:
+    if values is None:
+        return None
+    return [v.strip() for v in values.split(",") if v.strip()]
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[
+        str, typer.Option(help="admin, operator, field, department (read-only) or vendor.")
+    ],
+    name: Annotated[str, typer.Option(help="Who holds the key, e.g. 'fire brigade'.")] = "",
+    kinds: Annotated[
+        str | None, typer.Option(help="Department keys: kinds granted, comma-separated.")
+    ] = None,
+    districts: Annotated[
+        str | None, typer.Option(help="Department keys: districts granted, comma-separated.")
+    ] = None,
+    vendor: Annotated[str | None, typer.Option(help="Vendor keys: the vendor id.")] = None,
+) -> None:
+    """Create an API key; prints the key alone on stdout (it is shown this once)."""
+    from api.keys import KeyRequestError, create_key
+    from cityiot.db import make_engine, migrate, sessionmaker
+
+    settings = load_settings()
+
+    async def main() -> tuple[Any, str]:
+        await migrate(settings.database_url)
+        engine = make_engine(settings.database_url)
+        try:
+            return await create_key(
+                sessionmaker(engine),
+                role,
+                name=name,
+                kinds=_names(kinds),
+                districts=_names(districts),
+                vendor=vendor,
+                created_by="cli",
+            )
+        finally:
+            await engine.dispose()
+
+    try:
+        row, key = asyncio.run(main())
+    except KeyRequestError as exc:
+        fail(str(exc))
+    print(key)
+    grant = ""
+    if row.kinds or row.districts:
+        grant = (
+            f" kinds={','.join(row.kinds or ['*'])} districts={','.join(row.districts or ['*'])}"
+        )
+    if row.vendor_id:
+        grant = f" vendor={row.vendor_id}"
+    err.print(f"key {row.id} created: role={row.role}{grant} (store it now; it is not shown again)")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """The API keys (ids, roles and grants; never the secrets)."""
+    from api.keys import list_keys
+    from cityiot.db import make_engine, migrate, sessionmaker
+
+    settings = load_settings()
+
+    async def main() -> list[Any]:
+        await migrate(settings.database_url)
+        engine = make_engine(settings.database_url)
+        try:
+            return await list_keys(sessionmaker(engine))
+        finally:
+            await engine.dispose()
+
+    for row in asyncio.run(main()):
+        state = "revoked" if row.revoked_at else "active"
+        grant = ",".join(row.kinds or ["*"]) + "/" + ",".join(row.districts or ["*"])
+        print(f"{row.id}\t{row.role}\t{state}\t{grant}\t{row.vendor_id or '-'}\t{row.name}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (cityiot keys list).")],
+) -> None:
+    """Revoke an API key."""
+    from api.keys import revoke_key
+    from cityiot.db import make_engine, migrate, sessionmaker
+
+    settings = load_settings()
+
+    async def main() -> Any:
+        await migrate(settings.database_url)
+        engine = make_engine(settings.database_url)
+        try:
+            return await revoke_key(sessionmaker(engine), key_id, "cli", "admin")
+        finally:
+            await engine.dispose()
+
+    if asyncio.run(main()) is None:
+        fail(f"no API key {key_id!r}; cityiot keys list shows them")
+    err.print(f"key {key_id} revoked")

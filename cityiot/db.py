@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -227,6 +228,77 @@ class Command(Base):
     acked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
     ok: Mapped[bool | None] = mapped_column(default=None)
     message: Mapped[str] = mapped_column(Text, default="")
+
+
+class LatestReading(Base):
+    """The newest value of each metric of a device, kept by the ingest (fresh within a second).
+
+    ``metrics`` maps a metric name to ``[value, ts_ms]``; the API answers
+    ``/devices/{id}/latest`` from here without asking InfluxDB.
+    """
+
+    __tablename__ = "latest_readings"
+
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    ts_ms: Mapped[int] = mapped_column(BigInteger)  # time of the newest reading
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+class MqttCredential(Base):
+    """An MQTT account issued to a vendor; the password is kept only as Mosquitto's hash."""
+
+    __tablename__ = "mqtt_credentials"
+
+    username: Mapped[str] = mapped_column(String(128), primary_key=True)
+    vendor_id: Mapped[str] = mapped_column(ForeignKey("vendors.id"), index=True)
+    password_hash: Mapped[str] = mapped_column(Text)  # Mosquitto password-file format ($7$...)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+
+class ApiKey(Base):
+    """An API key: role and grant; the secret is kept only as its SHA-256."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)  # the key's visible part
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    role: Mapped[str] = mapped_column(String(16))
+    # Grant of a department key (None: every kind / district); the vendor of a vendor key.
+    kinds: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    districts: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    vendor_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+
+class AuditEntry(Base):
+    """Who changed what, through the API or the CLI."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(128))  # "key:<id> (<name>)" or "cli"
+    role: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64))  # e.g. device.update, alert.ack
+    resource: Mapped[str] = mapped_column(String(200))  # e.g. devices/mh-0001
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class RuleOverride(Base):
+    """A rule put through the API: replaces the catalogue rule of the same id (or adds one)."""
+
+    __tablename__ = "rule_overrides"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    definition: Mapped[dict[str, Any]] = mapped_column(JSON)  # the rule's YAML mapping
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    updated_by: Mapped[str] = mapped_column(String(128), default="")
 
 
 def make_engine(url: str) -> AsyncEngine:

@@ -147,6 +147,24 @@ _HEADER_HINT = (
 )
 
 
+def parse_device(values: Mapping[str, Any]) -> tuple[DeviceRow | None, list[RowError]]:
+    """One device given as a mapping (the API's JSON), validated exactly like a CSV row.
+
+    Numbers may be numbers or text; ``None`` is an empty cell. Optional columns absent from
+    ``values`` keep their registered value on update, as in a CSV import.
+    """
+    cells = {
+        str(k): "" if v is None else (str(v) if not isinstance(v, bool) else "invalid")
+        for k, v in values.items()
+    }
+    missing = [c for c in REQUIRED_COLUMNS if c not in cells and c != "address"]
+    if missing:
+        return None, [RowError(1, c, "is required") for c in missing]
+    cells.setdefault("address", "")
+    optional = frozenset(cells) & frozenset(OPTIONAL_COLUMNS)
+    return _parse_row(1, cells, optional)
+
+
 def _check_header(columns: list[str]) -> list[RowError]:
     """Missing or repeated columns are fatal (column None); unknown ones are reported."""
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]

@@ -42,6 +42,17 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     run_dir: Path = Path(".run")
 
+    # API (issue 4): requests per second per key, with bursts up to api_rate_burst.
+    api_rate_per_s: float = Field(20.0, gt=0, description="sustained requests per second per key")
+    api_rate_burst: int = Field(100, ge=1, description="requests a key may send at once")
+    # Vendor MQTT accounts: the broker's password and ACL files the API writes, and how to
+    # make the broker reload them (SIGHUP to the pid in this file). Empty: not managed here.
+    broker_password_file: Path | None = None
+    broker_acl_file: Path | None = None
+    broker_pid_file: Path | None = None
+    # The latest-value table: the ingest writes what changed this often.
+    latest_flush_ms: int = Field(500, ge=50, le=1000)
+
     # Ingest tuning (DESIGN §8); the defaults suit one worker on a small machine.
     batch_size: int = Field(5000, ge=1, description="flush to InfluxDB at this many points")
     flush_interval_ms: int = Field(200, ge=1, description="... or after this long")

@@ -1,0 +1,106 @@
+"""Request guards: who is calling (``Authorization: Bearer <key>``), may they, and not too often.
+
+``allow("admin", "operator")`` is a dependency that returns the caller's
+:class:`~api.keys.Principal`, or answers 401 (no or unknown key), 403 (role not allowed)
+or 429 (rate limit, with ``Retry-After``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Select, false
+
+from api.context import ApiContext, context
+from api.keys import Principal
+from api.problems import Problem
+
+_bearer = HTTPBearer(auto_error=False, description="an API key: cityiot keys create --role R")
+
+
+async def caller(
+    request: Request,
+    ctx: Annotated[ApiContext, Depends(context)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None:
+        raise Problem(
+            401,
+            "this endpoint needs an API key: send Authorization: Bearer <key> "
+            "(an administrator creates keys with cityiot keys create --role R)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    now = time.monotonic()
+    principal = await ctx.keys.resolve(credentials.credentials, now)
+    if principal is None:
+        raise Problem(
+            401,
+            "the API key is unknown or revoked; ask an administrator for a new one",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+    wait = ctx.limiter.take(principal.key_id, now)
+    if wait:
+        raise Problem(
+            429,
+            f"rate limit of {ctx.settings.api_rate_per_s:g} requests/s for this key reached; "
+            f"retry in {math.ceil(wait)} s",
+            headers={"Retry-After": str(math.ceil(wait))},
+        )
+    request.state.principal = principal
+    return principal
+
+
+def allow(*roles: str) -> Callable[..., Awaitable[Principal]]:
+    """A dependency admitting keys of these roles (every role when none are named)."""
+
+    async def guard(principal: Annotated[Principal, Depends(caller)]) -> Principal:
+        if roles and principal.role not in roles:
+            raise Problem(
+                403,
+                f"a {principal.role} key may not do this; it needs a key with role "
+                f"{' or '.join(roles)}",
+            )
+        return principal
+
+    return guard
+
+
+def check_filter(principal: Principal, what: str, value: str | None, granted: Any) -> None:
+    """403 for an explicit filter outside the key's grant (``granted`` None: unrestricted)."""
+    if value is not None and granted is not None and value not in granted:
+        raise Problem(
+            403,
+            f"this key is not granted {what} {value!r}; it may read {what}s "
+            f"{', '.join(sorted(granted))}",
+        )
+
+
+def check_sees(principal: Principal, kind: str, district: str, vendor: str, what: str) -> None:
+    """403 when one item lies outside the key's grant."""
+    if not principal.sees(kind, district, vendor):
+        raise Problem(403, f"{what} is outside this key's grant {principal.grant()}")
+
+
+def scoped(
+    stmt: Select[Any],
+    principal: Principal,
+    kind: Any | None,
+    district: Any | None,
+    vendor: Any | None,
+) -> Select[Any]:
+    """``stmt`` narrowed to the key's grant, on the given columns of the queried table."""
+    # A restriction on a column the table lacks shows nothing rather than everything.
+    for granted, column in (
+        (principal.kinds, kind),
+        (principal.districts, district),
+        ({principal.vendor} if principal.vendor is not None else None, vendor),
+    ):
+        if granted is None:
+            continue
+        stmt = stmt.where(column.in_(sorted(granted)) if column is not None else false())
+    return stmt

@@ -1,0 +1,90 @@
+"""The FastAPI app: ``create_app(settings)``; ``cityiot api`` serves it, ``cityiot run`` too.
+
+The lifespan migrates the database, opens InfluxDB and the SQL store, and starts the
+stream hub (the API's own MQTT connection: alert events in for the SSE stream, ack
+events out). One router per resource, in :mod:`api.routes`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+
+from api import problems
+from api.context import ApiContext
+from api.keys import KeyRing
+from api.ratelimit import RateLimiter
+from api.routes import ROUTERS, health
+from cityiot.db import make_engine, migrate, sessionmaker
+from cityiot.settings import Settings
+
+log = logging.getLogger("cityiot.api")
+
+PREFIX = "/api/v1"
+
+DESCRIPTION = """
+The unified IoT access platform of Zhumadian's city operations centre.
+
+Every endpoint but `/healthz`, `/readyz` and `/metrics` needs an API key:
+`Authorization: Bearer cik_…` (created with `cityiot keys create --role R`).
+Roles: `admin`, `operator`, `field`, `department` (read-only, limited to the kinds and
+districts granted), `vendor` (its own devices). Lists are paginated with `limit` and
+`cursor` (`next_cursor` of the previous page). Errors are RFC 9457 problem details.
+Times are RFC 3339; series default to the time zone Asia/Shanghai.
+"""
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            app.state.ctx = await _context(settings, stack)
+            log.info("event=api_ready host=%s port=%d", settings.api_host, settings.api_port)
+            yield
+
+    app = FastAPI(
+        title="cityiot",
+        version="1.0",
+        summary="Unified IoT access platform: registry, readings, alerts, work orders",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    app.include_router(health.router)  # /healthz, /readyz, /metrics without the prefix too
+    for router in ROUTERS:
+        app.include_router(router, prefix=PREFIX)
+    return app
+
+
+async def _context(settings: Settings, stack: contextlib.AsyncExitStack) -> ApiContext:
+    from cityiot.access import BrokerAccess
+    from ingest.service import influx_from
+
+    await migrate(settings.database_url)
+    engine = make_engine(settings.database_url)
+    stack.push_async_callback(engine.dispose)
+    sessions = sessionmaker(engine)
+    influx = None
+    if settings.influx_url:
+        influx = await stack.enter_async_context(influx_from(settings))
+    ctx = ApiContext(
+        settings=settings,
+        sessions=sessions,
+        influx=influx,
+        keys=KeyRing(sessions),
+        limiter=RateLimiter(settings.api_rate_per_s, settings.api_rate_burst),
+        broker=BrokerAccess.from_settings(settings, sessions),
+    )
+    if settings.mqtt_url:
+        from api.stream import StreamHub
+
+        ctx.hub = await stack.enter_async_context(StreamHub(settings, sessions))
+    return ctx
+
+
+def openapi_of(settings: Settings) -> dict[str, Any]:
+    return create_app(settings).openapi()

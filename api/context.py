@@ -1,0 +1,35 @@
+"""What every request handler may use: settings, the SQL store, InfluxDB, keys, the stream
+hub and the broker's access files. Built once by the app's lifespan (:mod:`api.app`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Request
+
+from api.keys import KeyRing
+from api.ratelimit import RateLimiter
+from cityiot.influx import InfluxDB
+from cityiot.settings import Settings
+
+if TYPE_CHECKING:
+    from api.stream import StreamHub
+    from cityiot.access import BrokerAccess
+
+
+@dataclass
+class ApiContext:
+    settings: Settings
+    sessions: Any  # async_sessionmaker
+    influx: InfluxDB | None
+    keys: KeyRing
+    limiter: RateLimiter
+    hub: StreamHub | None = None  # MQTT: alert events in, ack events out; None without a broker
+    broker: BrokerAccess | None = None  # vendor MQTT accounts; None when not managed here
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def context(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.ctx
+    return ctx

@@ -1,0 +1,206 @@
+"""API keys: created with a role (and a grant), shown once, stored as a SHA-256 hash.
+
+A key reads ``cik_<id>_<secret>``; the id is looked up, the secret's hash compared in
+constant time. Keys are long random strings, so a fast hash is enough (no password
+stretching needed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from cityiot.catalogue import DISTRICTS, KINDS, is_valid_id
+from cityiot.db import ApiKey, AuditEntry, Vendor, utcnow
+
+ROLES = ("admin", "operator", "field", "department", "vendor")
+PREFIX = "cik_"
+
+
+class KeyRequestError(ValueError):
+    """A key that cannot be created as asked; the message says what to change."""
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a key's role and grant."""
+
+    key_id: str
+    name: str
+    role: str
+    kinds: frozenset[str] | None = None  # None: every kind
+    districts: frozenset[str] | None = None  # None: every district
+    vendor: str | None = None  # a vendor key sees only this vendor's devices
+
+    @property
+    def actor(self) -> str:
+        return f"key:{self.key_id}" + (f" ({self.name})" if self.name else "")
+
+    @property
+    def restricted(self) -> bool:
+        return self.kinds is not None or self.districts is not None or self.vendor is not None
+
+    def sees(self, kind: str | None, district: str | None, vendor: str | None = None) -> bool:
+        """Whether data of this kind, district and vendor is within the key's grant."""
+        if self.kinds is not None and kind not in self.kinds:
+            return False
+        if self.districts is not None and district not in self.districts:
+            return False
+        return self.vendor is None or vendor == self.vendor
+
+    def grant(self) -> dict[str, Any]:
+        return {
+            "kinds": sorted(self.kinds) if self.kinds is not None else None,
+            "districts": sorted(self.districts) if self.districts is not None else None,
+            "vendor": self.vendor,
+        }
+
+
+def _check_list(values: Iterable[str] | None, known: Iterable[str], what: str) -> list[str] | None:
+    if values is None:
+        return None
+    values = sorted(set(values))
+    allowed = set(known)
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise KeyRequestError(f"unknown {what} {unknown}; use {', '.join(sorted(allowed))}")
+    if not values:
+        raise KeyRequestError(f"an empty list of {what} grants nothing; omit it to grant every one")
+    return values
+
+
+async def create_key(
+    sessions: Any,
+    role: str,
+    *,
+    name: str = "",
+    kinds: Iterable[str] | None = None,
+    districts: Iterable[str] | None = None,
+    vendor: str | None = None,
+    created_by: str = "cli",
+    creator_role: str = "admin",
+) -> tuple[ApiKey, str]:
+    """A new key; returns the row and the key itself (shown once, never stored)."""
+    if role not in ROLES:
+        raise KeyRequestError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+    kind_list = _check_list(kinds, KINDS, "kinds")
+    district_list = _check_list(districts, DISTRICTS, "districts")
+    if (kind_list or district_list) and role != "department":
+        raise KeyRequestError(
+            "kinds and districts restrict department keys only; use --role department"
+        )
+    if role == "vendor":
+        if not vendor or not is_valid_id(vendor):
+            raise KeyRequestError("a vendor key needs the vendor id it belongs to (--vendor ID)")
+    elif vendor:
+        raise KeyRequestError("--vendor belongs to vendor keys only; use --role vendor")
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    row = ApiKey(
+        id=key_id,
+        secret_hash=_hash(secret),
+        name=name[:200],
+        role=role,
+        kinds=kind_list,
+        districts=district_list,
+        vendor_id=vendor if role == "vendor" else None,
+        created_by=created_by,
+    )
+    async with sessions() as session, session.begin():
+        if vendor and await session.get(Vendor, vendor) is None:
+            raise KeyRequestError(
+                f"no vendor {vendor!r}; register it first (cityiot vendors add)"
+            )
+        session.add(row)
+        session.add(
+            AuditEntry(
+                actor=created_by,
+                role=creator_role,
+                action="key.create",
+                resource=f"keys/{key_id}",
+                detail={
+                    "role": role,
+                    "name": row.name,
+                    "kinds": kind_list,
+                    "districts": district_list,
+                    "vendor": row.vendor_id,
+                },
+            )
+        )
+    return row, f"{PREFIX}{key_id}_{secret}"
+
+
+def principal_of(row: ApiKey) -> Principal:
+    return Principal(
+        key_id=row.id,
+        name=row.name,
+        role=row.role,
+        kinds=frozenset(row.kinds) if row.kinds is not None else None,
+        districts=frozenset(row.districts) if row.districts is not None else None,
+        vendor=row.vendor_id,
+    )
+
+
+class KeyRing:
+    """Resolves presented keys, remembering each answer for ``ttl_s`` (so a revocation made
+    by another process takes effect within that time; in this process, at once)."""
+
+    def __init__(self, sessions: Any, ttl_s: float = 2.0) -> None:
+        self.sessions = sessions
+        self.ttl_s = ttl_s
+        self._cache: dict[str, tuple[float, Principal | None]] = {}
+
+    async def resolve(self, presented: str, now: float) -> Principal | None:
+        cached = self._cache.get(presented)
+        if cached is not None and now - cached[0] < self.ttl_s:
+            return cached[1]
+        principal = await self._lookup(presented)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[presented] = (now, principal)
+        return principal
+
+    async def _lookup(self, presented: str) -> Principal | None:
+        if not presented.startswith(PREFIX):
+            return None
+        key_id, _, secret = presented[len(PREFIX) :].partition("_")
+        if not key_id or not secret or len(key_id) > 16:
+            return None
+        async with self.sessions() as session:
+            row = await session.get(ApiKey, key_id)
+        if row is None or row.revoked_at is not None:
+            return None
+        if not hmac.compare_digest(row.secret_hash, _hash(secret)):
+            return None
+        return principal_of(row)
+
+    def forget(self) -> None:
+        self._cache.clear()
+
+
+async def revoke_key(sessions: Any, key_id: str, by: str, role: str) -> ApiKey | None:
+    async with sessions() as session, session.begin():
+        row = await session.get(ApiKey, key_id)
+        if row is None:
+            return None
+        if row.revoked_at is None:
+            row.revoked_at = utcnow()
+            session.add(
+                AuditEntry(actor=by, role=role, action="key.revoke", resource=f"keys/{key_id}")
+            )
+    return row
+
+
+async def list_keys(sessions: Any) -> list[ApiKey]:
+    async with sessions() as session:
+        return list(await session.scalars(select(ApiKey).order_by(ApiKey.created_at)))

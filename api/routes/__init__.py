@@ -1,0 +1,39 @@
+"""One router per resource, in the order of the endpoint table (DESIGN §6)."""
+
+from __future__ import annotations
+
+from api.routes import (
+    alerts,
+    audit,
+    deadletters,
+    devices,
+    health,
+    keys,
+    parking,
+    readings,
+    rules,
+    silences,
+    stats,
+    stream,
+    vendors,
+    workorders,
+)
+
+ROUTERS = [
+    health.prefixed,
+    devices.router,
+    readings.router,
+    vendors.router,
+    alerts.router,
+    silences.router,
+    rules.router,
+    workorders.router,
+    parking.router,
+    stats.router,
+    deadletters.router,
+    stream.router,
+    keys.router,
+    audit.router,
+]
+
+__all__ = ["ROUTERS", "health"]

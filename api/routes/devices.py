@@ -1,0 +1,476 @@
+"""The device registry: ``/devices`` — list, register, read, change, decommission, CSV import.
+
+Decommissioning keeps the device's row and its whole history in InfluxDB; its data is
+refused from then on until it is recommissioned (``PATCH {"decommissioned": false}``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Request, status
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from api.access import allow, check_filter, check_sees, scoped
+from api.audit import audit
+from api.context import ApiContext, context
+from api.keys import Principal
+from api.paging import Cursor, Limit, Page, after, page_of
+from api.problems import Problem
+from cityiot.catalogue import DISTRICTS, KINDS
+from cityiot.db import Device, LatestReading, Vendor, utcnow
+from cityiot.registry import RowError, import_devices, parse_device, parse_device_csv
+from rules.events import city_time
+
+router = APIRouter(tags=["devices"])
+
+WRITERS = ("admin", "operator")
+MAX_CSV_BYTES = 20 * 1024 * 1024
+
+DeviceId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="device id")]
+Status = Literal["online", "offline", "unknown", "decommissioned"]
+
+_EXAMPLE = {
+    "id": "mh-0001",
+    "vendor": "acme",
+    "kind": "manhole",
+    "district": "yicheng",
+    "lat": 32.98,
+    "lon": 114.02,
+    "address": "驿城区解放路 1 号",
+    "install_date": "2025-06-01",
+    "report_interval_s": 300,
+    "attributes": {"depth_cm": 200},
+    "status": "online",
+    "last_seen": "2026-11-23T10:00:00+08:00",
+    "battery_pct": 87.0,
+    "decommissioned_at": None,
+    "created_at": "2026-11-01T09:00:00+08:00",
+    "updated_at": "2026-11-01T09:00:00+08:00",
+}
+
+
+class DeviceOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE]})
+
+    id: str
+    vendor: str
+    kind: str
+    district: str
+    lat: float
+    lon: float
+    address: str
+    install_date: dt.date | None
+    report_interval_s: int
+    attributes: dict[str, float | int | str]
+    status: Status = Field(description="online, offline, unknown (never heard) or decommissioned")
+    last_seen: str | None = Field(description="RFC 3339, +08:00")
+    battery_pct: float | None = Field(description="from the latest reading, when it reports one")
+    decommissioned_at: str | None
+    created_at: str
+    updated_at: str
+
+
+class DeviceIn(BaseModel):
+    """A device to register; the same fields and rules as a row of the device CSV."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "device_id": "mh-0001",
+                    "vendor": "acme",
+                    "kind": "manhole",
+                    "district": "yicheng",
+                    "lat": 32.98,
+                    "lon": 114.02,
+                    "address": "驿城区解放路 1 号",
+                    "report_interval_s": 300,
+                    "attributes": {"depth_cm": 200},
+                }
+            ]
+        },
+    )
+
+    device_id: str = Field(max_length=64)
+    vendor: str = Field(max_length=64)
+    kind: str = Field(max_length=32, description=f"one of {', '.join(KINDS)}")
+    district: str = Field(max_length=32, description=f"one of {', '.join(DISTRICTS)}")
+    lat: float
+    lon: float
+    address: str = Field("", max_length=500)
+    report_interval_s: int
+    install_date: dt.date | None = None
+    attributes: dict[str, float | int | str] = Field(
+        default_factory=dict,
+        description="kind-specific: depth_cm (manhole), lot_id and max_stay_min (parking), "
+        "zone (water)",
+    )
+
+
+class DevicePatch(BaseModel):
+    """Fields to change; absent fields stay. ``attributes`` are merged (null removes one)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"address": "驿城区解放路 3 号", "decommissioned": False}]},
+    )
+
+    district: str | None = Field(None, max_length=32)
+    lat: float | None = None
+    lon: float | None = None
+    address: str | None = Field(None, max_length=500)
+    report_interval_s: int | None = None
+    install_date: dt.date | None = None
+    attributes: dict[str, float | int | str | None] | None = None
+    decommissioned: bool | None = Field(
+        None, description="true decommissions, false brings the device back into service"
+    )
+
+
+class RowProblem(BaseModel):
+    line: int
+    column: str | None
+    message: str
+
+
+class ImportOut(BaseModel):
+    """What an import did; rows listed in ``errors`` were not imported, all others were."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "created": 2,
+                    "updated": 1,
+                    "unchanged": 0,
+                    "vendors_created": [],
+                    "errors": [
+                        {"line": 4, "column": "kind", "message": "'manhol' is not a kind; ..."}
+                    ],
+                    "warnings": [],
+                }
+            ]
+        }
+    )
+
+    created: int
+    updated: int
+    unchanged: int
+    vendors_created: list[str]
+    errors: list[RowProblem]
+    warnings: list[RowProblem]
+
+
+def device_out(device: Device, latest: LatestReading | None = None) -> dict[str, Any]:
+    battery = None
+    if latest is not None:
+        entry = (latest.metrics or {}).get("battery_pct")
+        battery = entry[0] if entry else None
+    return {
+        "id": device.id,
+        "vendor": device.vendor_id,
+        "kind": device.kind,
+        "district": device.district,
+        "lat": device.lat,
+        "lon": device.lon,
+        "address": device.address,
+        "install_date": device.install_date,
+        "report_interval_s": device.report_interval_s,
+        "attributes": dict(device.attributes or {}),
+        "status": "decommissioned" if device.decommissioned_at else device.status,
+        "last_seen": city_time(device.last_seen),
+        "battery_pct": battery,
+        "decommissioned_at": city_time(device.decommissioned_at),
+        "created_at": city_time(device.created_at),
+        "updated_at": city_time(device.updated_at),
+    }
+
+
+def _problems(errors: list[RowError]) -> list[dict[str, Any]]:
+    return [{"line": e.line, "column": e.column, "message": e.message} for e in errors]
+
+
+def _invalid(errors: list[RowError]) -> Problem:
+    detail = "; ".join(f"{e.column}: {e.message}" if e.column else e.message for e in errors)
+    return Problem(
+        422,
+        detail,
+        errors=[{"where": f"body {e.column or ''}".strip(), "message": e.message} for e in errors],
+    )
+
+
+async def visible_device(ctx: ApiContext, principal: Principal, device_id: str) -> Device:
+    """The device, or 404; 403 when it lies outside the key's grant."""
+    async with ctx.sessions() as session:
+        device = await session.get(Device, device_id)
+    if device is None:
+        raise Problem(404, f"no device {device_id!r} is registered; check the id (GET /devices)")
+    check_sees(principal, device.kind, device.district, device.vendor_id, f"device {device_id}")
+    return device
+
+
+@router.get(
+    "/devices",
+    response_model=Page[DeviceOut],
+    summary="List devices",
+    responses={403: {"description": "a filter outside the key's grant"}},
+)
+async def list_devices(
+    ctx: Annotated[ApiContext, Depends(context)],
+    principal: Annotated[Principal, Depends(allow())],
+    kind: Annotated[str | None, Query(max_length=32, description="manhole, streetlight, …")] = None,
+    district: Annotated[str | None, Query(max_length=32)] = None,
+    vendor: Annotated[str | None, Query(max_length=64)] = None,
+    status_: Annotated[
+        Status | None,
+        Query(alias="status", description="decommissioned devices are listed only with this"),
+    ] = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    """Registered devices in id order, with status, last seen and battery."""
+    check_filter(principal, "kind", kind, principal.kinds)
+    check_filter(principal, "district", district, principal.districts)
+    if principal.vendor is not None:
+        check_filter(principal, "vendor", vendor, {principal.vendor})
+    stmt = select(Device, LatestReading).outerjoin(
+        LatestReading, LatestReading.device_id == Device.id
+    )
+    stmt = scoped(stmt, principal, Device.kind, Device.district, Device.vendor_id)
+    if kind is not None:
+        stmt = stmt.where(Device.kind == kind)
+    if district is not None:
+        stmt = stmt.where(Device.district == district)
+    if vendor is not None:
+        stmt = stmt.where(Device.vendor_id == vendor)
+    if status_ == "decommissioned":
+        stmt = stmt.where(Device.decommissioned_at.is_not(None))
+    else:
+        stmt = stmt.where(Device.decommissioned_at.is_(None))
+        if status_ is not None:
+            stmt = stmt.where(Device.status == status_)
+    stmt = after(stmt, [Device.id], cursor).limit(limit + 1)
+    async with ctx.sessions() as session:
+        rows = (await session.execute(stmt)).all()
+    return page_of(rows, limit, key=lambda r: [r[0].id], convert=lambda r: device_out(r[0], r[1]))
+
+
+@router.post(
+    "/devices",
+    response_model=DeviceOut,
+    status_code=status.HTTP_201_CREATED,
+    summary="Register a device",
+    responses={409: {"description": "already registered"}, 422: {"description": "invalid"}},
+)
+async def create_device(
+    body: DeviceIn,
+    ctx: Annotated[ApiContext, Depends(context)],
+    principal: Annotated[Principal, Depends(allow(*WRITERS))],
+) -> dict[str, Any]:
+    """Register one device; validated exactly like a row of the device CSV."""
+    values = body.model_dump(exclude={"attributes"}) | body.attributes
+    row, errors = parse_device(values)
+    if row is None:
+        raise _invalid(errors)
+    async with ctx.sessions() as session:
+        if await session.get(Device, row.device_id) is not None:
+            raise Problem(
+                409,
+                f"device {row.device_id} is already registered; change it with "
+                f"PATCH /api/v1/devices/{row.device_id}",
+            )
+        if await session.get(Vendor, row.vendor) is None:
+            raise Problem(
+                422,
+                f"vendor {row.vendor!r} is not registered; create it first (POST /api/v1/vendors)",
+            )
+    report = await import_devices(ctx.sessions, [row], create_vendors=False)
+    if report.errors:
+        raise _invalid(report.errors)
+    async with ctx.sessions() as session, session.begin():
+        audit(session, principal, "device.create", f"devices/{row.device_id}", **_loggable(values))
+    return device_out(await visible_device(ctx, principal, row.device_id))
+
+
+@router.post(
+    "/devices/import",
+    response_model=ImportOut,
+    summary="Import devices from CSV",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "text/csv": {
+                    "schema": {"type": "string"},
+                    "example": "device_id,vendor,kind,district,lat,lon,address,report_interval_s,"
+                    "depth_cm\nmh-0001,acme,manhole,yicheng,32.98,114.02,解放路 1 号,300,200\n",
+                }
+            },
+        }
+    },
+    responses={413: {"description": "file too large"}, 415: {"description": "not text"}},
+)
+async def import_csv(
+    request: Request,
+    ctx: Annotated[ApiContext, Depends(context)],
+    principal: Annotated[Principal, Depends(allow(*WRITERS))],
+    create_vendors: Annotated[
+        bool, Query(description="create vendors the file names that are not registered")
+    ] = False,
+) -> dict[str, Any]:
+    """Register or update many devices (the CSV of DESIGN §7); a report row by row.
+
+    Valid rows are imported even when others are not; each bad row is listed with its line,
+    column and what to change.
+    """
+    raw = await request.body()
+    if len(raw) > MAX_CSV_BYTES:
+        raise Problem(413, f"the CSV is over {MAX_CSV_BYTES // 2**20} MiB; split it into parts")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise Problem(
+            415, "the CSV is not UTF-8 text; save it as UTF-8 and send it again"
+        ) from None
+    parsed = parse_device_csv(text)
+    report = await import_devices(ctx.sessions, parsed.rows, create_vendors)
+    errors = sorted([*parsed.errors, *report.errors], key=lambda e: e.line)
+    async with ctx.sessions() as session, session.begin():
+        audit(
+            session,
+            principal,
+            "device.import",
+            "devices",
+            created=report.created,
+            updated=report.updated,
+            errors=len(errors),
+        )
+    return {
+        "created": report.created,
+        "updated": report.updated,
+        "unchanged": report.unchanged,
+        "vendors_created": report.vendors_created,
+        "errors": _problems(errors),
+        "warnings": _problems(report.warnings),
+    }
+
+
+@router.get(
+    "/devices/{device_id}",
+    response_model=DeviceOut,
+    summary="One device",
+    responses={403: {"description": "outside the key's grant"}, 404: {"description": "unknown"}},
+)
+async def get_device(
+    device_id: DeviceId,
+    ctx: Annotated[ApiContext, Depends(context)],
+    principal: Annotated[Principal, Depends(allow())],
+) -> dict[str, Any]:
+    device = await visible_device(ctx, principal, device_id)
+    async with ctx.sessions() as session:
+        latest = await session.get(LatestReading, device_id)
+    return device_out(device, latest)
+
+
+@router.patch(
+    "/devices/{device_id}",
+    response_model=DeviceOut,
+    summary="Change a device",
+    responses={404: {"description": "unknown"}, 422: {"description": "invalid"}},
+)
+async def patch_device(
+    device_id: DeviceId,
+    body: DevicePatch,
+    ctx: Annotated[ApiContext, Depends(context)],
+    principal: Annotated[Principal, Depends(allow(*WRITERS))],
+) -> dict[str, Any]:
+    """Change registry fields (kind and vendor never change: register a new device instead)."""
+    device = await visible_device(ctx, principal, device_id)
+    changes = body.model_dump(exclude_unset=True)
+    decommission = changes.pop("decommissioned", None)
+    attributes = dict(device.attributes or {})
+    for name, value in (changes.pop("attributes", None) or {}).items():
+        if value is None:
+            attributes.pop(name, None)
+        else:
+            attributes[name] = value
+    values: dict[str, Any] = {
+        "device_id": device.id,
+        "vendor": device.vendor_id,
+        "kind": device.kind,
+        "district": device.district,
+        "lat": device.lat,
+        "lon": device.lon,
+        "address": device.address,
+        "report_interval_s": device.report_interval_s,
+        "install_date": device.install_date,
+    }
+    values.update({k: v for k, v in changes.items() if v is not None or k == "install_date"})
+    # Every attribute column the kind has: a removed one is sent as empty, so it is cleared.
+    kind = KINDS[device.kind]
+    values.update({a.name: attributes.get(a.name) for a in kind.attributes})
+    unknown = set(attributes) - {a.name for a in kind.attributes}
+    if unknown:
+        raise Problem(
+            422,
+            f"a {device.kind} has no attribute {', '.join(sorted(unknown))}; it has "
+            f"{', '.join(a.name for a in kind.attributes) or 'none'}",
+        )
+    row, errors = parse_device(values)
+    if row is None:
+        raise _invalid(errors)
+    report = await import_devices(ctx.sessions, [row], create_vendors=False)
+    if report.errors:
+        raise _invalid(report.errors)
+    async with ctx.sessions() as session, session.begin():
+        stored = await session.get(Device, device_id)
+        assert stored is not None
+        if decommission is True and stored.decommissioned_at is None:
+            stored.decommissioned_at = utcnow()
+        elif decommission is False and stored.decommissioned_at is not None:
+            stored.decommissioned_at = None
+            stored.status = "unknown"
+        stored.updated_at = utcnow()  # the ingest's registry refresh picks the change up
+        audit(
+            session,
+            principal,
+            "device.update",
+            f"devices/{device_id}",
+            **_loggable(body.model_dump(exclude_unset=True, mode="json")),
+        )
+    return await get_device(device_id, ctx, principal)
+
+
+@router.delete(
+    "/devices/{device_id}",
+    response_model=DeviceOut,
+    summary="Decommission a device",
+    responses={404: {"description": "unknown"}},
+)
+async def decommission_device(
+    device_id: DeviceId,
+    ctx: Annotated[ApiContext, Depends(context)],
+    principal: Annotated[Principal, Depends(allow(*WRITERS))],
+) -> dict[str, Any]:
+    """Take a device out of service. Its registry entry and readings are kept; its new data
+    is refused (dead letters) until ``PATCH {"decommissioned": false}``."""
+    await visible_device(ctx, principal, device_id)
+    async with ctx.sessions() as session, session.begin():
+        stored = await session.get(Device, device_id)
+        assert stored is not None
+        if stored.decommissioned_at is None:
+            stored.decommissioned_at = utcnow()
+            stored.updated_at = utcnow()
+            audit(session, principal, "device.decommission", f"devices/{device_id}")
+    return await get_device(device_id, ctx, principal)
+
+
+def _loggable(values: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: v if isinstance(v, str | int | float | bool | None) else str(v)
+        for k, v in values.items()
+    }

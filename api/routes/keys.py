@@ -1,0 +1,136 @@
+"""API keys: ``/keys`` — create (shown once), list, revoke. Administrators only."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, status
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from api.access import allow
+from api.context import ApiContext, context
+from api.keys import KeyRequestError, Principal, create_key, revoke_key
+from api.paging import Cursor, Limit, Page, after, page_of
+from api.problems import Problem
+from cityiot.db import ApiKey
+from rules.events import city_time
+
+router = APIRouter(tags=["keys"])
+
+Role = Literal["admin", "operator", "field", "department", "vendor"]
+
+
+class KeyIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "role": "department",
+                    "name": "fire brigade",
+                    "kinds": ["hydrant"],
+                    "districts": ["yicheng", "kaifaqu"],
+                }
+            ]
+        },
+    )
+
+    role: Role
+    name: str = Field("", max_length=200)
+    kinds: list[str] | None = Field(
+        None, description="department keys: kinds granted (all if absent)"
+    )
+    districts: list[str] | None = Field(None, description="department keys: districts granted")
+    vendor: str | None = Field(None, max_length=64, description="vendor keys: the vendor id")
+
+
+class KeyOut(BaseModel):
+    id: str
+    name: str
+    role: str
+    kinds: list[str] | None
+    districts: list[str] | None
+    vendor: str | None
+    created_at: str
+    created_by: str
+    revoked_at: str | None
+
+
+class NewKeyOut(KeyOut):
+    key: str = Field(description="the key itself: shown this once, only its hash is kept")
+
+
+def key_out(row: ApiKey) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "role": row.role,
+        "kinds": row.kinds,
+        "districts": row.districts,
+        "vendor": row.vendor_id,
+        "created_at": city_time(row.created_at),
+        "created_by": row.created_by,
+        "revoked_at": city_time(row.revoked_at),
+    }
+
+
+@router.post(
+    "/keys",
+    response_model=NewKeyOut,
+    status_code=status.HTTP_201_CREATED,
+    summary="Create an API key",
+    responses={422: {"description": "the grant does not fit the role"}},
+)
+async def new_key(
+    body: KeyIn,
+    ctx: Annotated[ApiContext, Depends(context)],
+    principal: Annotated[Principal, Depends(allow("admin"))],
+) -> dict[str, Any]:
+    """A new key with a role (and, for department keys, the kinds and districts granted)."""
+    try:
+        row, key = await create_key(
+            ctx.sessions,
+            body.role,
+            name=body.name,
+            kinds=body.kinds,
+            districts=body.districts,
+            vendor=body.vendor,
+            created_by=principal.actor,
+            creator_role=principal.role,
+        )
+    except KeyRequestError as exc:
+        raise Problem(422, str(exc)) from None
+    return {**key_out(row), "key": key}
+
+
+@router.get("/keys", response_model=Page[KeyOut], summary="List API keys (no secrets)")
+async def list_keys(
+    ctx: Annotated[ApiContext, Depends(context)],
+    principal: Annotated[Principal, Depends(allow("admin"))],
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    stmt = after(select(ApiKey), [ApiKey.id], cursor).limit(limit + 1)
+    async with ctx.sessions() as session:
+        rows = list(await session.scalars(stmt))
+    return page_of(rows, limit, key=lambda r: [r.id], convert=key_out)
+
+
+@router.delete(
+    "/keys/{key_id}",
+    response_model=KeyOut,
+    summary="Revoke an API key",
+    responses={404: {"description": "unknown key"}},
+)
+async def revoke(
+    key_id: Annotated[str, Path(max_length=16)],
+    ctx: Annotated[ApiContext, Depends(context)],
+    principal: Annotated[Principal, Depends(allow("admin"))],
+) -> dict[str, Any]:
+    """Revoke at once in this process (other API processes within 2 s)."""
+    row = await revoke_key(ctx.sessions, key_id, principal.actor, principal.role)
+    if row is None:
+        raise Problem(404, f"no API key {key_id!r}; GET /api/v1/keys lists them")
+    ctx.keys.forget()
+    return key_out(row)

@@ -1,0 +1,142 @@
+"""/devices: the registry through the API, with each role, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from cityiot.db import AuditEntry
+from tests.api.conftest import DEPARTMENT_SEES, Api
+
+NEW = {
+    "device_id": "mh-9",
+    "vendor": "acme",
+    "kind": "manhole",
+    "district": "yicheng",
+    "lat": 32.98,
+    "lon": 114.02,
+    "address": "驿城区 9 号",
+    "report_interval_s": 300,
+    "attributes": {"depth_cm": 180},
+}
+
+
+async def _ids(client, **params) -> set[str]:  # type: ignore[no-untyped-def]
+    r = await client.get("/api/v1/devices", params=params)
+    assert r.status_code == 200, r.text
+    return {d["id"] for d in r.json()["items"]}
+
+
+async def test_every_reading_role_lists_devices_within_its_grant(api: Api) -> None:
+    everything = {f"{p}-{n}" for p in ("mh", "sl", "hy", "wt", "pk") for n in (1, 2)}
+    for role in ("admin", "operator", "field"):
+        assert await _ids(api.client(role)) == everything
+    assert await _ids(api.client("department")) == DEPARTMENT_SEES
+    assert await _ids(api.client("vendor")) == {d for d in everything if d.endswith("-1")}
+    assert await _ids(api.client("admin"), kind="water", district="xiping") == {"wt-2"}
+
+
+async def test_department_filters_outside_the_grant_are_403(api: Api) -> None:
+    client = api.client("department")
+    for params in ({"kind": "water"}, {"district": "xiping"}):
+        r = await client.get("/api/v1/devices", params=params)
+        assert r.status_code == 403, params
+        assert "not granted" in r.json()["detail"]
+    assert await _ids(client, kind="manhole") == {"mh-1"}
+    r = await api.client("vendor").get("/api/v1/devices", params={"vendor": "oldco"})
+    assert r.status_code == 403
+
+
+async def test_single_devices_outside_the_grant_are_403_and_unknown_ones_404(api: Api) -> None:
+    dept = api.client("department")
+    assert (await dept.get("/api/v1/devices/mh-1")).json()["kind"] == "manhole"
+    for device_id in ("sl-1", "mh-2", "wt-2"):
+        assert (await dept.get(f"/api/v1/devices/{device_id}")).status_code == 403
+    assert (await api.client("vendor").get("/api/v1/devices/mh-2")).status_code == 403
+    r = await api.client().get("/api/v1/devices/nope")
+    assert r.status_code == 404 and "nope" in r.json()["detail"]
+    assert (await api.client(None).get("/api/v1/devices/mh-1")).status_code == 401
+
+
+async def test_register_a_device(api: Api) -> None:
+    r = await api.client("operator").post("/api/v1/devices", json=NEW)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["id"] == "mh-9" and body["attributes"] == {"depth_cm": 180.0}
+    assert body["status"] == "unknown" and body["last_seen"] is None
+    assert (await api.client().post("/api/v1/devices", json=NEW)).status_code == 409
+    async with api.sessions() as session:
+        entry = await session.scalar(select(AuditEntry).where(AuditEntry.action == "device.create"))
+    assert entry is not None and entry.resource == "devices/mh-9" and entry.role == "operator"
+
+
+async def test_registering_is_refused_to_readers(api: Api) -> None:
+    for role in ("field", "department", "vendor"):
+        r = await api.client(role).post("/api/v1/devices", json=NEW)
+        assert r.status_code == 403, role
+    assert (await api.client(None).post("/api/v1/devices", json=NEW)).status_code == 401
+
+
+async def test_an_invalid_device_gets_every_problem_named(api: Api) -> None:
+    bad = {**NEW, "kind": "manhol", "lat": 132.0, "device_id": "mh 9"}
+    r = await api.client().post("/api/v1/devices", json=bad)
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert "kind" in detail and "did you mean 'manhole'" in detail
+    assert "lat" in detail and "device_id" in detail
+    r = await api.client().post("/api/v1/devices", json={**NEW, "vendor": "ghost"})
+    assert r.status_code == 422 and "POST /api/v1/vendors" in r.json()["detail"]
+    r = await api.client().post("/api/v1/devices", json={**NEW, "attributes": {"depth_cm": "deep"}})
+    assert r.status_code == 422 and "depth_cm" in r.json()["detail"]
+    r = await api.client().post("/api/v1/devices", json={**NEW, "colour": "red"})
+    assert r.status_code == 422 and "colour" in r.json()["detail"]
+
+
+async def test_change_a_device_and_its_attributes(api: Api) -> None:
+    client = api.client("operator")
+    r = await client.patch(
+        "/api/v1/devices/pk-1", json={"address": "新地址", "attributes": {"max_stay_min": 30}}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["address"] == "新地址"
+    assert r.json()["attributes"] == {"lot_id": "lot-7", "max_stay_min": 30.0}
+    r = await client.patch("/api/v1/devices/pk-1", json={"attributes": {"depth_cm": 3}})
+    assert r.status_code == 422 and "no attribute depth_cm" in r.json()["detail"]
+    r = await client.patch("/api/v1/devices/pk-1", json={"kind": "water"})
+    assert r.status_code == 422
+    r = await client.patch("/api/v1/devices/pk-1", json={"report_interval_s": 0})
+    assert r.status_code == 422 and "report_interval_s" in r.json()["detail"]
+    assert (await api.client("field").patch("/api/v1/devices/pk-1", json={})).status_code == 403
+
+
+async def test_decommission_keeps_the_device_and_recommission_brings_it_back(api: Api) -> None:
+    client = api.client()
+    r = await client.delete("/api/v1/devices/sl-2")
+    assert r.status_code == 200
+    assert r.json()["status"] == "decommissioned" and r.json()["decommissioned_at"]
+    assert "sl-2" not in await _ids(client)
+    assert "sl-2" in await _ids(client, status="decommissioned")
+    assert (await client.get("/api/v1/devices/sl-2")).status_code == 200
+    r = await client.patch("/api/v1/devices/sl-2", json={"decommissioned": False})
+    assert r.json()["status"] == "unknown" and r.json()["decommissioned_at"] is None
+    assert (await api.client("department").delete("/api/v1/devices/mh-1")).status_code == 403
+
+
+async def test_csv_import_reports_row_by_row(api: Api) -> None:
+    csv = (
+        "device_id,vendor,kind,district,lat,lon,address,report_interval_s,depth_cm\n"
+        "mh-20,acme,manhole,yicheng,32.9,114.0,a,300,150\n"
+        "mh-21,acme,manhol,yicheng,32.9,114.0,b,300,150\n"
+        "mh-1,acme,manhole,yicheng,32.98,114.02,驿城区解放路 1 号,300,250\n"
+    )
+    r = await api.client("operator").post(
+        "/api/v1/devices/import", content=csv.encode(), headers={"Content-Type": "text/csv"}
+    )
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert (report["created"], report["updated"]) == (1, 1)
+    assert [(e["line"], e["column"]) for e in report["errors"]] == [(3, "kind")]
+    assert (await api.client().get("/api/v1/devices/mh-1")).json()["attributes"]["depth_cm"] == 250
+    r = await api.client().post("/api/v1/devices/import", content=b"\xff\xfe\x00bad")
+    assert r.status_code == 415 and "UTF-8" in r.json()["detail"]
+    r = await api.client("department").post("/api/v1/devices/import", content=csv.encode())
+    assert r.status_code == 403
