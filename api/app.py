@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api import problems
+from api import metrics, problems
 from api.context import ApiContext
 from api.keys import KeyRing
 from api.ratelimit import RateLimiter
@@ -54,10 +54,40 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
+    metrics.install(app)
     app.include_router(health.router)  # /healthz, /readyz, /metrics without the prefix too
     for router in ROUTERS:
-        app.include_router(router, prefix=PREFIX)
+        app.include_router(router, prefix=PREFIX, responses=problems.COMMON_RESPONSES)
+    _register_problem_schema(app)
     return app
+
+
+def _register_problem_schema(app: FastAPI) -> None:
+    """Put ProblemDoc into the OpenAPI components; every 4xx/5xx answer is one of those."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                description=app.description,
+                routes=app.routes,
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components["ProblemDoc"] = problems.ProblemDoc.model_json_schema()
+            problem = problems.COMMON_RESPONSES[422]["content"]
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    for code, response in operation.get("responses", {}).items():
+                        # Every error answer is a problem document (FastAPI's 422 says JSON).
+                        if code[0] in "45" and (code == "422" or "content" not in response):
+                            response["content"] = problem
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def _context(settings: Settings, stack: contextlib.AsyncExitStack) -> ApiContext:

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 from collections.abc import Sequence
 from typing import Annotated, Any, Generic, TypeVar
 
 import orjson
 from fastapi import Query
 from pydantic import BaseModel
-from sqlalchemy import Select, and_, or_
+from sqlalchemy import BigInteger, Select, and_, or_
 
 from api.problems import Problem
 
 T = TypeVar("T")
+# Any SELECT, whatever its columns (SQLAlchemy 2.1 types a Select by its column tuple).
+AnySelect = Select[*tuple[Any, ...]]
+S = TypeVar("S", bound=AnySelect)
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="items per page (1-1000)")]
 Cursor = Annotated[
@@ -27,13 +31,17 @@ Cursor = Annotated[
 ]
 
 
+_BAD = "cursor is not one this API gave out; pass next_cursor unchanged"
+
+
 class Page(BaseModel, Generic[T]):
     items: list[T]
     next_cursor: str | None = None
 
 
 def encode_cursor(values: Sequence[Any]) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(list(values))).decode().rstrip("=")
+    plain = [v.isoformat() if isinstance(v, dt.datetime) else v for v in values]
+    return base64.urlsafe_b64encode(orjson.dumps(plain)).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str, size: int) -> list[Any]:
@@ -43,18 +51,52 @@ def decode_cursor(cursor: str, size: int) -> list[Any]:
     except (binascii.Error, ValueError, orjson.JSONDecodeError):
         values = None
     if not isinstance(values, list) or len(values) != size:
-        raise Problem(400, "cursor is not one this API gave out; pass next_cursor unchanged")
-    if not all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in values):
-        raise Problem(400, "cursor is not one this API gave out; pass next_cursor unchanged")
+        raise Problem(400, _BAD)
+    if not all(_plausible(v) for v in values):
+        raise Problem(400, _BAD)
     return values
 
 
-def after(
-    stmt: Select[Any], columns: Sequence[Any], cursor: str | None, *, descending: bool = False
-) -> Select[Any]:
-    """``stmt`` ordered by ``columns`` and continuing after ``cursor`` (keyset pagination)."""
+def _plausible(value: Any) -> bool:
+    # What a cursor can hold: text without NUL, and 64-bit numbers.
+    if isinstance(value, str):
+        return "\x00" not in value
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63
+    return isinstance(value, float)
+
+
+def _typed(column: Any, value: Any) -> Any:
+    """A cursor value as the column compares it; 400 when it cannot be one of its values."""
+    try:
+        python_type = column.type.python_type
+    except (AttributeError, NotImplementedError):
+        return value
+    if python_type is dt.datetime:
+        try:
+            return dt.datetime.fromisoformat(value)
+        except (TypeError, ValueError):
+            raise Problem(400, _BAD) from None
+    if python_type is int:
+        limit = 2**63 if isinstance(column.type, BigInteger) else 2**31
+        if not isinstance(value, int) or not -limit <= value < limit:
+            raise Problem(400, _BAD)
+    elif python_type is str and not isinstance(value, str):
+        raise Problem(400, _BAD)
+    return value
+
+
+def after(stmt: S, columns: Sequence[Any], cursor: str | None, *, descending: bool = False) -> S:
+    """``stmt`` ordered by ``columns`` and continuing after ``cursor`` (keyset pagination).
+
+    Cursor values come from :func:`page_of`'s ``key``; datetimes travel as ISO text.
+    """
     if cursor is not None:
-        values = decode_cursor(cursor, len(columns))
+        values = [
+            _typed(c, v) for c, v in zip(columns, decode_cursor(cursor, len(columns)), strict=True)
+        ]
         # (a, b) > (x, y)  ==  a > x or (a = x and b > y), spelled out for SQLite and PostgreSQL
         clauses = []
         for i, column in enumerate(columns):

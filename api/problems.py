@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("cityiot.api")
@@ -28,6 +29,37 @@ TITLES = {
     429: "Too many requests",
     500: "Internal server error",
     503: "Service unavailable",
+}
+
+
+class ProblemDoc(BaseModel):
+    """An RFC 9457 problem document."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str = Field(description="what went wrong and what to change")
+    instance: str = Field(description="the path that was asked for")
+    errors: list[dict[str, Any]] | None = Field(None, description="each invalid field (422)")
+
+
+def _doc(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {
+            PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/ProblemDoc"}},
+        },
+    }
+
+
+# Answers any endpoint under /api/v1 may give, documented once for all.
+COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _doc("a malformed cursor or parameter"),
+    401: _doc("no API key, or an unknown or revoked one"),
+    403: _doc("the key's role or grant does not allow this"),
+    404: _doc("no such item"),
+    422: _doc("invalid parameters or body; each problem is named"),
+    429: _doc("the key's rate limit is reached; see Retry-After"),
 }
 
 
@@ -81,6 +113,16 @@ def _where(loc: tuple[Any, ...]) -> str:
 def install(app: FastAPI) -> None:
     """Route every error the app can raise to a problem document."""
 
+    @app.middleware("http")
+    async def _no_nul(request: Request, call_next: Any) -> Any:
+        # NUL cannot be stored or compared by PostgreSQL: refuse it at the door, for every
+        # parameter at once, rather than as a driver error deep inside.
+        if "%00" in request.url.query or "\x00" in request.url.path:
+            return problem_response(
+                request, 400, "a parameter contains a NUL character (%00); remove it"
+            )
+        return await call_next(request)
+
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
         return problem_response(
@@ -103,7 +145,8 @@ def install(app: FastAPI) -> None:
             detail = f"no such endpoint {request.url.path}; the API is listed at /docs"
         elif exc.status_code == 405:
             detail = f"{request.method} is not allowed on {request.url.path}; see /docs"
-        return problem_response(request, exc.status_code, detail, headers=exc.headers)
+        headers = dict(exc.headers) if exc.headers else None
+        return problem_response(request, exc.status_code, detail, headers=headers)
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:

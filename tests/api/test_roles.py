@@ -1,0 +1,122 @@
+"""Every endpoint with every role: allowed roles get past the guard, the others get 403, and
+no key gets 401. The table below must name every operation in the OpenAPI document, so a
+new endpoint cannot ship without its policy being stated here."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.api.conftest import ROLES, Api
+
+ALL = frozenset(ROLES)
+STAFF = frozenset({"admin", "operator", "field"})
+READERS = STAFF | {"department"}  # the city's own staff and departments
+MANAGERS = frozenset({"admin", "operator"})
+ADMIN = frozenset({"admin"})
+PUBLIC = frozenset()  # no key needed
+
+POLICY: dict[tuple[str, str], frozenset[str]] = {
+    ("GET", "/healthz"): PUBLIC,
+    ("GET", "/readyz"): PUBLIC,
+    ("GET", "/metrics"): PUBLIC,
+    ("GET", "/api/v1/healthz"): PUBLIC,
+    ("GET", "/api/v1/readyz"): PUBLIC,
+    ("GET", "/api/v1/devices"): ALL,
+    ("POST", "/api/v1/devices"): MANAGERS,
+    ("POST", "/api/v1/devices/import"): MANAGERS,
+    ("GET", "/api/v1/devices/{device_id}"): ALL,
+    ("PATCH", "/api/v1/devices/{device_id}"): MANAGERS,
+    ("DELETE", "/api/v1/devices/{device_id}"): MANAGERS,
+    ("GET", "/api/v1/devices/{device_id}/latest"): ALL,
+    ("GET", "/api/v1/devices/{device_id}/readings"): ALL,
+    ("GET", "/api/v1/vendors"): MANAGERS | {"vendor"},
+    ("POST", "/api/v1/vendors"): ADMIN,
+    ("GET", "/api/v1/vendors/{vendor_id}"): MANAGERS | {"vendor"},
+    ("POST", "/api/v1/vendors/{vendor_id}/credentials"): ADMIN,
+    ("GET", "/api/v1/vendors/{vendor_id}/credentials"): MANAGERS,
+    ("DELETE", "/api/v1/vendors/{vendor_id}/credentials/{username}"): ADMIN,
+    ("GET", "/api/v1/alerts"): ALL,
+    ("GET", "/api/v1/alerts/{alert_id}"): ALL,
+    ("POST", "/api/v1/alerts/{alert_id}/ack"): STAFF,
+    ("GET", "/api/v1/silences"): MANAGERS,
+    ("POST", "/api/v1/silences"): MANAGERS,
+    ("DELETE", "/api/v1/silences/{silence_id}"): MANAGERS,
+    ("GET", "/api/v1/rules"): READERS,
+    ("GET", "/api/v1/rules/{rule_id}"): READERS,
+    ("PUT", "/api/v1/rules/{rule_id}"): ADMIN,
+    ("GET", "/api/v1/workorders"): READERS,
+    ("GET", "/api/v1/workorders/{work_order_id}"): READERS,
+    ("POST", "/api/v1/workorders/{work_order_id}/accept"): STAFF,
+    ("POST", "/api/v1/workorders/{work_order_id}/on_site"): STAFF,
+    ("POST", "/api/v1/workorders/{work_order_id}/resolve"): STAFF,
+    ("POST", "/api/v1/workorders/{work_order_id}/close"): STAFF,
+    ("GET", "/api/v1/parking/availability"): READERS,
+    ("GET", "/api/v1/stats/overview"): READERS,
+    ("GET", "/api/v1/deadletters"): MANAGERS | {"vendor"},
+    ("GET", "/api/v1/deadletters/{dead_letter_id}"): MANAGERS | {"vendor"},
+    ("GET", "/api/v1/stream"): ALL,
+    ("POST", "/api/v1/keys"): ADMIN,
+    ("GET", "/api/v1/keys"): ADMIN,
+    ("DELETE", "/api/v1/keys/{key_id}"): ADMIN,
+    ("GET", "/api/v1/audit"): ADMIN,
+}
+
+# Path parameters: items every allowed role may see (acme's manhole in yicheng).
+SAMPLES = {
+    "device_id": "mh-1",
+    "vendor_id": "acme",
+    "username": "acme-nobody",
+    "alert_id": "0" * 32,
+    "silence_id": "0" * 32,
+    "rule_id": "manhole_cover_open",
+    "work_order_id": "0" * 32,
+    "dead_letter_id": "999999",
+    "key_id": "000000000000",
+}
+
+
+@pytest.fixture
+def db_url(sqlite_url: str) -> str:
+    """Roles do not depend on the database: SQLite only (the other API tests run both)."""
+    return sqlite_url
+
+
+def _operations(api: Api) -> list[tuple[str, str]]:
+    paths = api.server.app.openapi()["paths"]
+    return sorted(
+        (method.upper(), path)
+        for path, item in paths.items()
+        for method in item
+        if method in ("get", "post", "put", "patch", "delete")
+    )
+
+
+async def test_the_policy_names_every_operation(api: Api) -> None:
+    operations = set(_operations(api))
+    assert operations - set(POLICY) == set(), "state the policy of these new endpoints"
+    assert set(POLICY) - operations == set(), "these endpoints are gone: drop them here"
+
+
+@pytest.mark.parametrize("method,path", sorted(POLICY))
+async def test_each_role_on(api: Api, method: str, path: str) -> None:
+    url = path.format(**SAMPLES)
+    allowed = POLICY[(method, path)]
+    stream = path.endswith("/stream")
+
+    async def status_of(role: str | None) -> int:
+        client = api.client(role)
+        if stream:  # read the status line only: the stream itself never ends
+            async with client.stream(method, url) as response:
+                return response.status_code
+        return (await client.request(method, url)).status_code
+
+    if not allowed:
+        assert await status_of(None) == 200
+        return
+    assert await status_of(None) == 401
+    for role in ROLES:
+        status = await status_of(role)
+        if role in allowed:
+            assert status not in (401, 403), f"{role} should be allowed: {status}"
+        else:
+            assert status == 403, f"{role} should be refused: {status}"
