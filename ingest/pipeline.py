@@ -31,6 +31,7 @@ from cityiot.settings import Settings
 from ingest.broker import BrokerLink, Delivery
 from ingest.codecs import Codec, PayloadError, RawReading, default_codecs
 from ingest.devices import DeviceMap, KnownDevice
+from ingest.latest import LatestValues
 from ingest.presence import Presence
 from ingest.validate import Reading, Rejected, Validator
 
@@ -99,6 +100,8 @@ class Ingest:
         self.devices = DeviceMap(session_factory)
         self.validator = Validator(settings.retention_s, settings.future_tolerance_s)
         self.presence = Presence()
+        # The latest-value table is the storing ingest's to keep (a rules-only reader's not).
+        self.latest = LatestValues(session_factory, settings.latest_flush_ms) if store else None
         self.counters = IngestCounters()
         self._last_seq: dict[str, tuple[int, int]] = {}  # device → (seq, ts_ms)
         self._sealed: asyncio.Queue[Batch] = asyncio.Queue(maxsize=2)
@@ -126,6 +129,9 @@ class Ingest:
         """Run until :meth:`stop`; everything taken from the broker is stored before it returns."""
         writer = asyncio.create_task(self._writer(), name="ingest-writer")
         upkeep = asyncio.create_task(self._upkeep(), name="ingest-upkeep")
+        tasks = [writer, upkeep]
+        if self.latest is not None:
+            tasks.append(asyncio.create_task(self.latest.run(), name="ingest-latest"))
         try:
             await self._intake(writer)
             await self._seal()
@@ -136,11 +142,13 @@ class Ingest:
                 self.counters.rejected,
             )
         finally:
-            for task in (writer, upkeep):
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await self._flush_presence()
+            if self.latest is not None:
+                await self.latest.flush()
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -333,6 +341,8 @@ class Ingest:
                 "dead letters", add_dead_letters, self.sessions, batch.dead_letters
             )
         self.link.ack(span[0] for span in batch.spans)
+        if self.latest is not None:
+            self.latest.merge(batch.readings)
         self.counters.stored += len(batch.lines)
         by_kind = self.counters.stored_by_kind
         for reading in batch.readings:

@@ -424,10 +424,15 @@ async def kpis(
     start: dt.datetime,
     end: dt.datetime,
     team: str | None = None,
+    *,
+    kinds: Sequence[str] | frozenset[str] | None = None,
+    districts: Sequence[str] | frozenset[str] | None = None,
 ) -> Kpis:
     """The KPIs of work orders created in ``[start, end)``; see ``Kpis`` for the definitions.
 
-    Computed in the database from the timestamps (SQLite and PostgreSQL).
+    ``kinds`` / ``districts`` narrow the population to work orders of those device kinds and
+    districts (a department's grant); None: every one. Computed in the database from the
+    timestamps (SQLite and PostgreSQL).
     """
     if start.tzinfo is None or end.tzinfo is None:
         raise ValueError("start and end must be timezone-aware datetimes")
@@ -447,6 +452,10 @@ async def kpis(
     population = [wo.created_at >= start, wo.created_at < end]
     if team is not None:
         population.append(wo.team == team)
+    if kinds is not None:
+        population.append(wo.kind.in_(sorted(kinds)))
+    if districts is not None:
+        population.append(wo.district.in_(sorted(districts)))
 
     async with session_factory() as session:
         dialect = (await session.connection()).dialect.name

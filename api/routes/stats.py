@@ -1,0 +1,245 @@
+"""The city at a glance: devices online by kind, the lighting rate, open alerts, SLA KPIs.
+
+Everything is counted in SQL (registry, latest-value table, alerts, work orders) and only
+over what the key may see: a department key gets its granted kinds and districts only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
+
+from api.access import allow, scoped
+from api.context import ApiContext, context
+from api.keys import Principal
+from cityiot.catalogue import KINDS
+from cityiot.db import Alert, Device, LatestReading
+from cityiot.sun import CITY_TZ, is_dark, sun_times
+from rules.events import SEVERITIES, Clock, city_time, wall_clock
+from rules.workorders import kpis
+
+router = APIRouter(tags=["stats"])
+
+KPI_PERIOD = dt.timedelta(days=30)
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    403: {"description": "vendor keys do not see city statistics"},
+}
+
+
+class DeviceCounts(BaseModel):
+    total: int = Field(description="registered and not decommissioned")
+    online: int
+    offline: int
+    unknown: int = Field(description="never heard from since registration")
+
+
+class Lighting(BaseModel):
+    """Lighting rate = streetlights on / streetlights that should be on, at night only.
+
+    At night (the sun below the horizon in Zhumadian) every online streetlight should be on:
+    ``should_be_on`` counts them, ``on`` those whose latest ``power_on`` is true, and
+    ``rate`` = on / should_be_on (null when none should be on). By day ``rate`` is null,
+    ``is_dark`` false, and ``on`` counts lamps burning in daylight.
+    """
+
+    is_dark: bool = Field(description="the sun is down in Zhumadian now")
+    rate: float | None = Field(description="on / should_be_on at night; null by day")
+    on: int = Field(description="online streetlights whose latest power_on is true")
+    should_be_on: int = Field(description="online streetlights at night; 0 by day")
+    sunrise: str = Field(description="today's sunrise in Zhumadian (RFC 3339, +08:00)")
+    sunset: str = Field(description="today's sunset in Zhumadian (RFC 3339, +08:00)")
+
+
+class AlertCounts(BaseModel):
+    open: int = Field(description="firing and acknowledged alerts")
+    by_severity: dict[str, int] = Field(description="open alerts per severity")
+    pending: int = Field(description="alerts whose condition holds but has not lasted long enough")
+
+
+class SlaKpis(BaseModel):
+    """Work-order SLA KPIs of the orders created in the last 30 days (see the work orders
+    section of the README for the exact definitions)."""
+
+    start: str
+    end: str
+    team: str | None
+    created: int
+    by_state: dict[str, int]
+    verification_due: int
+    verified_on_time: int
+    on_time_verification_rate: float | None
+    verification_target: float
+    meets_verification_target: bool
+    closed: int
+    closed_on_time: int
+    closure_rate: float | None
+    closure_target: float
+    meets_closure_target: bool
+    mean_time_to_verify_s: float | None
+    mean_time_to_close_s: float | None
+
+
+class Overview(BaseModel):
+    """Devices, lighting, alerts and SLA KPIs, restricted to the key's grant."""
+
+    at: str = Field(description="when this was counted (RFC 3339, +08:00)")
+    devices: dict[str, DeviceCounts] = Field(description="per kind the key may see")
+    lighting: Lighting | None = Field(description="null when the key is not granted streetlights")
+    alerts: AlertCounts
+    kpis: SlaKpis
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "at": "2025-11-23T20:00:00+08:00",
+                    "devices": {
+                        "manhole": {"total": 1200, "online": 1180, "offline": 15, "unknown": 5},
+                        "streetlight": {"total": 800, "online": 790, "offline": 10, "unknown": 0},
+                    },
+                    "lighting": {
+                        "is_dark": True,
+                        "rate": 0.987,
+                        "on": 780,
+                        "should_be_on": 790,
+                        "sunrise": "2025-11-23T06:53:00+08:00",
+                        "sunset": "2025-11-23T17:15:00+08:00",
+                    },
+                    "alerts": {
+                        "open": 7,
+                        "by_severity": {"critical": 1, "major": 2, "minor": 1, "warning": 3},
+                        "pending": 2,
+                    },
+                    "kpis": {
+                        "start": "2025-10-24T20:00:00+08:00",
+                        "end": "2025-11-23T20:00:00+08:00",
+                        "team": None,
+                        "created": 40,
+                        "by_state": {
+                            "dispatched": 1,
+                            "accepted": 1,
+                            "on_site": 0,
+                            "resolved": 2,
+                            "closed": 36,
+                        },
+                        "verification_due": 39,
+                        "verified_on_time": 38,
+                        "on_time_verification_rate": 0.974,
+                        "verification_target": 0.97,
+                        "meets_verification_target": True,
+                        "closed": 36,
+                        "closed_on_time": 35,
+                        "closure_rate": 0.9,
+                        "closure_target": 0.95,
+                        "meets_closure_target": False,
+                        "mean_time_to_verify_s": 1260.0,
+                        "mean_time_to_close_s": 9800.0,
+                    },
+                }
+            ]
+        }
+    }
+
+
+@router.get(
+    "/stats/overview",
+    response_model=Overview,
+    responses=RESPONSES,
+    summary="Devices online, lighting rate, open alerts by severity, SLA KPIs",
+)
+async def overview(
+    principal: Annotated[Principal, Depends(allow("admin", "operator", "field", "department"))],
+    ctx: Annotated[ApiContext, Depends(context)],
+) -> Overview:
+    """Devices by kind and status (decommissioned excluded); the lighting rate (night
+    only); open alerts by severity (firing + acknowledged; pending apart); the SLA KPIs of
+    the work orders created in the last 30 days. A department key's answer covers only its
+    granted kinds and districts."""
+    clock: Clock = ctx.extra.get("clock", wall_clock)  # tests set the hour of day
+    now = dt.datetime.fromtimestamp(clock(), dt.UTC)
+    kinds = [k for k in KINDS if principal.kinds is None or k in principal.kinds]
+    async with ctx.sessions() as session:
+        devices = await _devices(session, principal, kinds)
+        lighting = await _lighting(session, principal, now) if "streetlight" in kinds else None
+        alerts = await _alerts(session, principal)
+    period = await kpis(
+        ctx.sessions, now - KPI_PERIOD, now, kinds=principal.kinds, districts=principal.districts
+    )
+    return Overview(
+        at=city_time(now) or "",
+        devices=devices,
+        lighting=lighting,
+        alerts=alerts,
+        kpis=SlaKpis(**period.as_dict()),
+    )
+
+
+async def _devices(session: Any, principal: Principal, kinds: list[str]) -> dict[str, DeviceCounts]:
+    stmt = (
+        select(Device.kind, Device.status, func.count())
+        .where(Device.decommissioned_at.is_(None))
+        .group_by(Device.kind, Device.status)
+    )
+    stmt = scoped(stmt, principal, Device.kind, Device.district, Device.vendor_id)
+    counts = {k: DeviceCounts(total=0, online=0, offline=0, unknown=0) for k in kinds}
+    for kind, status, count in await session.execute(stmt):
+        entry = counts.get(kind)
+        if entry is None:
+            continue
+        entry.total += count
+        if status == "online":
+            entry.online += count
+        elif status == "offline":
+            entry.offline += count
+        else:
+            entry.unknown += count
+    return counts
+
+
+async def _lighting(session: Any, principal: Principal, now: dt.datetime) -> Lighting:
+    dark = is_dark(int(now.timestamp() * 1000))
+    sunrise, sunset = sun_times(now.astimezone(CITY_TZ).date())
+    power_on = LatestReading.metrics[("power_on", 0)].as_boolean()
+    stmt = (
+        select(func.count(), func.count().filter(power_on.is_(True)))
+        .select_from(Device)
+        .outerjoin(LatestReading, LatestReading.device_id == Device.id)
+        .where(
+            Device.kind == "streetlight",
+            Device.status == "online",
+            Device.decommissioned_at.is_(None),
+        )
+    )
+    stmt = scoped(stmt, principal, Device.kind, Device.district, Device.vendor_id)
+    online, lit = (await session.execute(stmt)).one()
+    should = int(online) if dark else 0
+    return Lighting(
+        is_dark=dark,
+        rate=int(lit) / should if dark and should else None,
+        on=int(lit),
+        should_be_on=should,
+        sunrise=city_time(sunrise) or "",
+        sunset=city_time(sunset) or "",
+    )
+
+
+async def _alerts(session: Any, principal: Principal) -> AlertCounts:
+    stmt = (
+        select(Alert.state, Alert.severity, func.count())
+        .where(Alert.state.in_(("pending", "firing", "acknowledged")))
+        .group_by(Alert.state, Alert.severity)
+    )
+    stmt = scoped(stmt, principal, Alert.kind, Alert.district, Alert.vendor)
+    by_severity = dict.fromkeys(SEVERITIES, 0)
+    pending = 0
+    for state, severity, count in await session.execute(stmt):
+        if state == "pending":
+            pending += count
+        else:
+            by_severity[severity] = by_severity.get(severity, 0) + count
+    return AlertCounts(open=sum(by_severity.values()), by_severity=by_severity, pending=pending)

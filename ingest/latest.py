@@ -1,0 +1,145 @@
+"""The latest-value table: the newest value and time of each metric of each device.
+
+The ingest merges every stored batch into an in-memory map (a dict update per reading) and
+writes the devices that changed to ``latest_readings`` every ``latest_flush_ms`` with one
+upsert, so ``GET /devices/{id}/latest`` answers from SQL, also from an API running as its
+own process, without asking InfluxDB.
+
+Per metric the newer time wins: a reading uploaded late never hides a newer value. The
+first time a device is flushed after a restart its stored row is merged in, so metrics it
+sent before the restart are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import select
+
+from cityiot.db import LatestReading, utcnow
+from cityiot.registry import _dialect_insert
+from ingest.validate import Reading
+
+log = logging.getLogger("cityiot.ingest")
+
+# metric → (value, ts_ms)
+Metrics = dict[str, tuple[float | bool, int]]
+
+_LOAD_CHUNK = 500  # ids per SELECT … IN (…), well under SQLite's variable limit
+
+
+class LatestValues:
+    """The newest value of each metric per device, written to ``latest_readings``.
+
+    ``merge()`` is the hot path (called with every stored batch); ``run()`` flushes what
+    changed every ``flush_ms``; ``flush()`` writes now. A failed flush keeps its devices
+    marked changed, so the next round writes them; it never raises.
+    """
+
+    def __init__(self, session_factory: Any, flush_ms: int = 500) -> None:
+        self.sessions = session_factory
+        self.flush_s = flush_ms / 1000
+        self.devices: dict[str, Metrics] = {}
+        self._changed: set[str] = set()
+        self._loaded: set[str] = set()  # devices whose stored row has been merged in
+        self.flushes = 0
+        self.failures = 0
+
+    def merge(self, readings: Iterable[Reading]) -> None:
+        """Take readings into the map; per metric, the value with the newer time wins."""
+        devices = self.devices
+        changed = self._changed
+        for reading in readings:
+            device_id = reading.device_id
+            current = devices.get(device_id)
+            if current is None:
+                current = devices[device_id] = {}
+            ts = reading.ts_ms
+            for name, value in reading.metrics.items():
+                held = current.get(name)
+                # Equal times: the later arrival wins, as InfluxDB keeps the last write.
+                if held is None or held[1] <= ts:
+                    current[name] = (value, ts)
+            changed.add(device_id)
+
+    @property
+    def pending(self) -> int:
+        """Devices changed since the last successful flush."""
+        return len(self._changed)
+
+    async def run(self) -> None:
+        """Flush every ``flush_s`` until cancelled."""
+        while True:
+            await asyncio.sleep(self.flush_s)
+            await self.flush()
+
+    async def flush(self) -> int:
+        """Write the changed devices in one upsert; returns how many (0 also on failure)."""
+        if not self._changed:
+            return 0
+        changed, self._changed = self._changed, set()
+        started = time.perf_counter()
+        try:
+            async with self.sessions() as session, session.begin():
+                unloaded = sorted(d for d in changed if d not in self._loaded)
+                if unloaded:
+                    await self._merge_stored(session, unloaded)
+                rows = [self._row(device_id) for device_id in changed]
+                insert = _dialect_insert(session)
+                stmt = insert(LatestReading)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["device_id"],
+                    set_={
+                        "ts_ms": stmt.excluded.ts_ms,
+                        "metrics": stmt.excluded.metrics,
+                        "updated_at": stmt.excluded.updated_at,
+                    },
+                )
+                await session.execute(stmt, rows)
+            self._loaded.update(unloaded)
+        except BaseException as exc:
+            self._changed |= changed  # written next round (or by the final flush when cancelled)
+            if not isinstance(exc, Exception):
+                raise
+            # The table is a cache: keep ingesting, retry next round.
+            self.failures += 1
+            log.warning("event=latest_flush_failed devices=%d error=%s", len(changed), exc)
+            return 0
+        self.flushes += 1
+        log.debug(
+            "event=latest_flushed devices=%d ms=%.1f",
+            len(rows),
+            (time.perf_counter() - started) * 1000,
+        )
+        return len(rows)
+
+    async def _merge_stored(self, session: Any, device_ids: list[str]) -> None:
+        for start in range(0, len(device_ids), _LOAD_CHUNK):
+            chunk = device_ids[start : start + _LOAD_CHUNK]
+            stored = await session.execute(
+                select(LatestReading.device_id, LatestReading.metrics).where(
+                    LatestReading.device_id.in_(chunk)
+                )
+            )
+            for device_id, metrics in stored:
+                current = self.devices.setdefault(device_id, {})
+                for name, pair in (metrics or {}).items():
+                    if not (isinstance(pair, list) and len(pair) == 2):
+                        continue  # not written by this class: drop rather than fail forever
+                    value, ts = pair
+                    held = current.get(name)
+                    if held is None or held[1] < ts:
+                        current[name] = (value, int(ts))
+
+    def _row(self, device_id: str) -> dict[str, Any]:
+        metrics = self.devices[device_id]
+        return {
+            "device_id": device_id,
+            "ts_ms": max(ts for _, ts in metrics.values()),
+            "metrics": {name: [value, ts] for name, (value, ts) in metrics.items()},
+            "updated_at": utcnow(),
+        }

@@ -1,0 +1,173 @@
+"""The latest-value table: kept by the real ingest, fresh within a second of InfluxDB,
+newest value per metric (late readings never win), kept across a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+
+from cityiot.db import LatestReading, migrate
+from ingest.latest import LatestValues
+from ingest.service import ingest_stage
+from ingest.validate import Reading
+from tests.ingest.conftest import Platform
+
+
+async def _row(sessions: Any, device_id: str) -> LatestReading | None:
+    async with sessions() as session:
+        row: LatestReading | None = await session.get(LatestReading, device_id)
+        return row
+
+
+async def _wait_row(
+    sessions: Any, device_id: str, done: Any, timeout_s: float = 10.0
+) -> LatestReading:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        row = await _row(sessions, device_id)
+        if row is not None and done(row):
+            return row
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"latest row of {device_id} not as expected: {row and row.metrics}"
+            )
+        await asyncio.sleep(0.02)
+
+
+def _telemetry(ts_ms: int, **metrics: Any) -> bytes:
+    return orjson.dumps({"ts": ts_ms, "metrics": metrics})
+
+
+async def test_latest_row_follows_the_influxdb_write_within_a_second(platform: Platform) -> None:
+    ts = int(time.time() * 1000) - 1000
+    platform.publish("city/acme/mh-1/telemetry", _telemetry(ts, tilt_deg=3.5, cover_open=False))
+    in_influx = in_table = None
+    deadline = time.monotonic() + 10
+    while in_table is None or in_influx is None:
+        assert time.monotonic() < deadline, "the reading never arrived"
+        now = time.monotonic()
+        if in_influx is None and await platform.points(
+            'SELECT "tilt_deg" FROM "manhole" WHERE "device_id" = \'mh-1\''
+        ):
+            in_influx = now
+        if in_table is None and await _row(platform.sessions, "mh-1") is not None:
+            in_table = now
+        await asyncio.sleep(0.01)
+    assert in_table - in_influx < 1.0, f"latest row {in_table - in_influx:.2f} s after InfluxDB"
+    row = await _row(platform.sessions, "mh-1")
+    assert row is not None
+    assert row.ts_ms == ts
+    assert row.metrics == {"tilt_deg": [3.5, ts], "cover_open": [False, ts]}
+
+
+async def test_a_late_reading_never_overwrites_a_newer_value(platform: Platform) -> None:
+    now = int(time.time() * 1000)
+    platform.publish("city/acme/mh-1/telemetry", _telemetry(now, tilt_deg=5.0))
+    await platform.settle(1)
+    # Uploaded later, measured earlier: only the metric the newer reading lacks is taken.
+    platform.publish(
+        "city/acme/mh-1/telemetry", _telemetry(now - 60_000, tilt_deg=1.0, battery_pct=50)
+    )
+    row = await _wait_row(platform.sessions, "mh-1", lambda r: "battery_pct" in r.metrics)
+    assert row.metrics["tilt_deg"] == [5.0, now]
+    assert row.metrics["battery_pct"] == [50.0, now - 60_000]
+    assert row.ts_ms == now
+
+
+async def test_a_restarted_ingest_keeps_metrics_sent_before_the_restart(
+    platform: Platform,
+) -> None:
+    t0 = int(time.time() * 1000) - 10_000
+    platform.publish("city/acme/mh-1/telemetry", _telemetry(t0, tilt_deg=2.0, battery_pct=80))
+    await _wait_row(platform.sessions, "mh-1", lambda r: "battery_pct" in r.metrics)
+    await platform.ingest.stop()
+    await platform.wait_for(lambda: platform.ingest.idle)
+
+    settings = platform.settings.model_copy(
+        update={"mqtt_client_id": f"ingest-{uuid.uuid4().hex[:8]}"}
+    )
+    async with ingest_stage(settings) as ingest:
+        task = asyncio.create_task(ingest.run())
+        try:
+            assert ingest.latest is not None and not ingest.latest.devices  # a fresh memory
+            platform.publish("city/acme/mh-1/telemetry", _telemetry(t0 + 5000, tilt_deg=3.0))
+            # Late and older than the stored battery value: must not replace it.
+            platform.publish("city/acme/mh-1/telemetry", _telemetry(t0 - 60_000, battery_pct=10))
+            await _wait_row(platform.sessions, "mh-1", lambda r: r.metrics["tilt_deg"][0] == 3.0)
+            await platform.wait_for(lambda: ingest.counters.messages >= 2 and ingest.idle)
+            await ingest.latest.flush()
+        finally:
+            await ingest.stop()
+            await task
+    row = await _row(platform.sessions, "mh-1")
+    assert row is not None
+    assert row.metrics == {"tilt_deg": [3.0, t0 + 5000], "battery_pct": [80.0, t0]}
+    assert row.ts_ms == t0 + 5000
+
+
+async def test_newest_value_per_metric_and_merge_with_the_stored_row(sessions: Any) -> None:
+    first = LatestValues(sessions)
+    first.merge(
+        [
+            Reading("mh-1", "manhole", 2000, {"tilt_deg": 2.0, "cover_open": False}),
+            Reading("mh-1", "manhole", 1000, {"tilt_deg": 1.0, "battery_pct": 90.0}),
+            Reading("sl-1", "streetlight", 1500, {"power_on": True}),
+        ]
+    )
+    assert await first.flush() == 2
+    assert await first.flush() == 0  # nothing changed since
+
+    # A new process: its memory is empty, the stored row is merged in on first flush.
+    second = LatestValues(sessions)
+    second.merge([Reading("mh-1", "manhole", 1500, {"tilt_deg": 9.0, "cover_open": True})])
+    second.merge([Reading("mh-1", "manhole", 3000, {"battery_pct": 70.0})])
+    assert await second.flush() == 1
+    row = await _row(sessions, "mh-1")
+    assert row is not None
+    assert row.metrics == {
+        "tilt_deg": [2.0, 2000],
+        "cover_open": [False, 2000],
+        "battery_pct": [70.0, 3000],
+    }
+    assert row.ts_ms == 3000
+    async with sessions() as session:
+        ids = await session.scalars(
+            select(LatestReading.device_id).order_by(LatestReading.device_id)
+        )
+        assert ids.all() == ["mh-1", "sl-1"]
+
+
+async def test_a_failed_flush_is_retried_next_round(db_url: str) -> None:
+    from cityiot.db import make_engine, sessionmaker
+
+    engine = make_engine(db_url)
+    try:
+        sessions = sessionmaker(engine)
+        latest = LatestValues(sessions)
+        latest.merge([Reading("mh-1", "manhole", 1000, {"tilt_deg": 1.0})])
+        assert await latest.flush() == 0  # no table yet: the database refuses
+        assert latest.failures == 1 and latest.pending == 1
+        await migrate(db_url)
+        assert await latest.flush() == 1
+        row = await _row(sessions, "mh-1")
+        assert row is not None and row.metrics == {"tilt_deg": [1.0, 1000]}
+    finally:
+        await engine.dispose()
+
+
+def test_merging_is_cheap_on_the_hot_path() -> None:
+    latest = LatestValues(None)
+    readings = [
+        Reading(f"sl-{i % 5000}", "streetlight", 1000 + i, {"power_on": True, "power_w": 80.0})
+        for i in range(100_000)
+    ]
+    started = time.perf_counter()
+    latest.merge(readings)
+    elapsed = time.perf_counter() - started
+    assert latest.pending == 5000
+    assert elapsed < 0.5, f"merging 100,000 readings took {elapsed:.2f} s"
