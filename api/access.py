@@ -14,10 +14,11 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import Select, false
+from sqlalchemy import false
 
 from api.context import ApiContext, context
 from api.keys import Principal
+from api.paging import S
 from api.problems import Problem
 
 _bearer = HTTPBearer(auto_error=False, description="an API key: cityiot keys create --role R")
@@ -87,12 +88,12 @@ def check_sees(principal: Principal, kind: str, district: str, vendor: str, what
 
 
 def scoped(
-    stmt: Select[Any],
+    stmt: S,
     principal: Principal,
     kind: Any | None,
     district: Any | None,
     vendor: Any | None,
-) -> Select[Any]:
+) -> S:
     """``stmt`` narrowed to the key's grant, on the given columns of the queried table."""
     # A restriction on a column the table lacks shows nothing rather than everything.
     for granted, column in (

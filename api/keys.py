@@ -118,9 +118,7 @@ async def create_key(
     )
     async with sessions() as session, session.begin():
         if vendor and await session.get(Vendor, vendor) is None:
-            raise KeyRequestError(
-                f"no vendor {vendor!r}; register it first (cityiot vendors add)"
-            )
+            raise KeyRequestError(f"no vendor {vendor!r}; register it first (cityiot vendors add)")
         session.add(row)
         session.add(
             AuditEntry(

@@ -32,7 +32,7 @@ MAX_CSV_BYTES = 20 * 1024 * 1024
 DeviceId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="device id")]
 Status = Literal["online", "offline", "unknown", "decommissioned"]
 
-_EXAMPLE = {
+_EXAMPLE: dict[str, Any] = {
     "id": "mh-0001",
     "vendor": "acme",
     "kind": "manhole",
