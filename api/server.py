@@ -45,7 +45,9 @@ class ApiServer:
         self._task = asyncio.create_task(self.server.serve(), name="api")
         while not self.server.started:
             if self._task.done():
-                self._task.result()  # raise why it could not start
+                # uvicorn says SystemExit when it cannot bind; say what to change instead.
+                with contextlib.suppress(SystemExit):
+                    self._task.result()
                 raise OSError(
                     f"the API could not listen on {self.settings.api_host}:"
                     f"{self.server.config.port}; set CITYIOT_API_PORT to a free port"

@@ -294,6 +294,47 @@ def vendors_add(
     err.print(f"vendor {vendor_id} registered (codec {codec})")
 
 
+@vendors_app.command("credentials")
+def vendors_credentials(
+    vendor_id: Annotated[str, typer.Argument(help="The vendor to issue an MQTT account for.")],
+) -> None:
+    """Issue an MQTT account for a vendor; prints USERNAME PASSWORD (the password only now).
+
+    Writes the broker's password and ACL files (CITYIOT_BROKER_PASSWORD_FILE, _ACL_FILE)
+    and reloads it (CITYIOT_BROKER_PID_FILE). Revoke with DELETE
+    /api/v1/vendors/{id}/credentials/{username}.
+    """
+    from cityiot.access import BrokerAccess, BrokerAccessError, IssuedCredential, UnknownVendor
+    from cityiot.db import make_engine, migrate, sessionmaker
+
+    settings = load_settings()
+    if settings.broker_password_file is None or settings.broker_acl_file is None:
+        fail(
+            "set CITYIOT_BROKER_PASSWORD_FILE and CITYIOT_BROKER_ACL_FILE to the files Mosquitto "
+            "reads (and CITYIOT_BROKER_PID_FILE to its pid file, so it reloads at once)"
+        )
+
+    async def main() -> IssuedCredential:
+        await migrate(settings.database_url)
+        engine = make_engine(settings.database_url)
+        try:
+            access = BrokerAccess.from_settings(settings, sessionmaker(engine))
+            assert access is not None  # both files are set
+            return await access.issue(vendor_id, actor="cli")
+        finally:
+            await engine.dispose()
+
+    try:
+        issued = asyncio.run(main())
+    except UnknownVendor:
+        fail(f"no vendor {vendor_id!r}; register it first: cityiot vendors add {vendor_id}")
+    except BrokerAccessError as exc:
+        fail(str(exc))
+    print(f"{issued.username} {issued.password}")
+    reload = "broker reloaded" if issued.broker_reloaded else "reload the broker (SIGHUP) to apply"
+    err.print(f"MQTT account {issued.username} issued for vendor {vendor_id}; {reload}")
+
+
 @app.command()
 def api() -> None:
     """The API alone (FastAPI on CITYIOT_API_HOST:CITYIOT_API_PORT, OpenAPI at /docs)."""

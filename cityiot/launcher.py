@@ -1,22 +1,36 @@
 """``cityiot run``: the whole platform on one machine, with a simulated fleet.
 
 Starts a local Mosquitto and InfluxDB under the run directory unless ``CITYIOT_MQTT_URL``
-/ ``CITYIOT_INFLUX_URL`` are set, prepares the registry, runs the stages in one process
-and shows live counters until Ctrl-C; then drains the ingest and stops what it started.
+/ ``CITYIOT_INFLUX_URL`` are set, prepares the registry, runs the stages and the API in one
+process and shows live counters until Ctrl-C; then drains the ingest and stops what it
+started. The local broker runs with authentication on: the platform's own account
+(``cityiot``), one account per simulated vendor (the simulator publishes as each vendor, so
+the ACL applies), and the API manages vendors' accounts in its password and ACL files.
+Secrets stay in the run directory, readable by their owner only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import secrets
+import socket
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from api.keys import KeyRing, create_key
+from api.server import ApiServer
+from cityiot.access import PLATFORM_USER, BrokerAccess, password_matches
 from cityiot.catalogue import KINDS
 from cityiot.db import make_engine, migrate, sessionmaker
 from cityiot.registry import import_devices, parse_device_csv, upsert_vendor
@@ -26,6 +40,13 @@ from ingest.pipeline import Ingest, IngestCounters
 from ingest.service import ingest_stage
 from rules.service import RulesStage, rules_stage
 from simulators import Fleet, run_simulation
+
+# Files in the run directory; the secrets among them are readable by their owner only.
+PLATFORM_SECRET = "mqtt-platform-password"  # the broker account of ingest, rules and API
+SIMULATOR_SECRET = "mqtt-simulator-accounts.json"  # one MQTT account per simulated vendor
+ADMIN_KEY_SECRET = "admin-api-key"
+PASSWORD_FILE = "passwd"  # under <run_dir>/mosquitto/, written by cityiot.access
+ACL_FILE = "acl"
 
 
 @dataclass(frozen=True)
@@ -45,24 +66,42 @@ async def run_platform(
 ) -> None:
     run_dir = settings.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    _check_api_port(settings)
     with contextlib.ExitStack() as services:
-        updates: dict[str, str] = {}
+        updates: dict[str, object] = {}
+        # The registry first: a local broker starts on account files written from it.
+        fleet = await prepare_registry(settings, launch, run_dir, out) if launch.simulate else None
+        accounts = await prepare_access(settings, run_dir, fleet)
         if not settings.mqtt_url:
-            out.print("starting Mosquitto …")
-            broker = services.enter_context(LocalBroker(run_dir))
-            updates["mqtt_url"] = broker.url
+            out.print("starting Mosquitto (authentication on) …")
+            files = run_dir / "mosquitto"
+            broker = services.enter_context(
+                LocalBroker(
+                    run_dir,
+                    password_file=files / PASSWORD_FILE,
+                    acl_file=files / ACL_FILE,
+                    allow_anonymous=False,
+                )
+            )
+            password = quote(accounts.platform_password, safe="")
+            updates |= {
+                "mqtt_url": f"mqtt://{PLATFORM_USER}:{password}@{broker.host}:{broker.port}",
+                "broker_password_file": files / PASSWORD_FILE,
+                "broker_acl_file": files / ACL_FILE,
+                "broker_pid_file": broker.pid_path,
+            }
         if not settings.influx_url:
             out.print("starting InfluxDB …")
             influx = services.enter_context(LocalInflux(run_dir))
             updates["influx_url"] = influx.url
         settings = settings.model_copy(update=updates)
-        fleet = await prepare_registry(settings, launch, run_dir, out) if launch.simulate else None
         rules_stop = asyncio.Event()
         async with (
             ingest_stage(settings) as ingest,
             rules_stage(
                 settings, ingest.devices, ingest.sessions, ingest.link.publish, stop=rules_stop
             ) as rules,
+            ApiServer(settings) as api,
         ):
             ingest.on_readings = rules.engine.submit
             tasks = [asyncio.create_task(ingest.run(), name="ingest")]
@@ -79,11 +118,12 @@ async def run_platform(
                             None,
                             stop,
                             out,
+                            vendor_credentials=accounts.vendors or None,
                         ),
                         name="simulator",
                     )
                 )
-            show_where(settings, run_dir, out)
+            show_where(settings, run_dir, out, api.url)
             try:
                 await watch(ingest, rules, stop, tasks, out)
             finally:
@@ -96,6 +136,109 @@ async def run_platform(
         out.print("stopping local services …" if updates else "stopped.")
     if updates:
         out.print("stopped.")
+
+
+def _check_api_port(settings: Settings) -> None:
+    """Fail before starting anything when the API's port is taken (e.g. another run)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((settings.api_host, settings.api_port))
+        except OSError as exc:
+            raise OSError(
+                f"the API cannot listen on {settings.api_host}:{settings.api_port} "
+                f"({exc.strerror}); stop what uses it or set CITYIOT_API_PORT to a free port"
+            ) from None
+
+
+@dataclass(frozen=True)
+class LocalAccounts:
+    """Secrets ``cityiot run`` keeps in the run directory (mode 0600) between runs."""
+
+    platform_password: str = ""  # the broker's service account, when it starts the broker
+    vendors: dict[str, tuple[str, str]] = field(default_factory=dict)  # simulator: vendor → login
+    admin_key: str = ""
+
+
+async def prepare_access(settings: Settings, run_dir: Path, fleet: Fleet | None) -> LocalAccounts:
+    """The run's accounts: an admin API key; and, when it starts the broker, the platform's
+    account, one MQTT account per simulated vendor and the broker's password and ACL files."""
+    await migrate(settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        sessions = sessionmaker(engine)
+        admin_key = await _admin_key(sessions, run_dir)
+        if settings.mqtt_url:  # someone else's broker: its accounts are not ours to write
+            return LocalAccounts(admin_key=admin_key)
+        password = _secret(run_dir / PLATFORM_SECRET, lambda: secrets.token_urlsafe(24))
+        files = run_dir / "mosquitto"
+        # No pid file: the broker starts after this, reading the files as written.
+        access = BrokerAccess(
+            sessions, files / PASSWORD_FILE, files / ACL_FILE, None, {PLATFORM_USER: password}
+        )
+        vendors = await _simulator_accounts(access, fleet, run_dir) if fleet else {}
+        await access.sync(reload=False)
+    finally:
+        await engine.dispose()
+    return LocalAccounts(password, vendors, admin_key)
+
+
+async def _simulator_accounts(
+    access: BrokerAccess, fleet: Fleet, run_dir: Path
+) -> dict[str, tuple[str, str]]:
+    """vendor → (username, password) for the simulator; kept between runs, reissued when the
+    database no longer holds the account (e.g. after ``make clean``)."""
+    path = run_dir / SIMULATOR_SECRET
+    try:
+        kept = {v: (u, p) for v, (u, p) in json.loads(path.read_text()).items()}
+    except (OSError, ValueError, TypeError):
+        kept = {}
+    accounts: dict[str, tuple[str, str]] = {}
+    for vendor_id, _name, _codec in fleet.vendors:
+        active = {c.username: c for c in await access.credentials(vendor_id, active_only=True)}
+        username, password = kept.get(vendor_id, ("", ""))
+        row = active.get(username)
+        if row is None or not password_matches(password, row.password_hash):
+            issued = await access.issue(vendor_id, actor="cityiot run (simulator)")
+            username, password = issued.username, issued.password
+        accounts[vendor_id] = (username, password)
+    _write_secret(path, json.dumps(accounts, indent=1))
+    return accounts
+
+
+async def _admin_key(sessions: Any, run_dir: Path) -> str:
+    """The run's admin API key: kept in the run directory; created when missing or unknown."""
+    path = run_dir / ADMIN_KEY_SECRET
+    with contextlib.suppress(OSError):
+        kept = path.read_text().strip()
+        if await KeyRing(sessions, ttl_s=0).resolve(kept, time.monotonic()) is not None:
+            return kept
+    _, key = await create_key(
+        sessions, "admin", name="cityiot run (local admin)", created_by="cityiot run"
+    )
+    _write_secret(path, key + "\n")
+    return key
+
+
+def _secret(path: Path, make: Callable[[], str]) -> str:
+    """The secret kept at ``path``; made and written (0600) the first time."""
+    with contextlib.suppress(OSError):
+        kept = path.read_text().strip()
+        if kept:
+            return kept
+    value = make()
+    _write_secret(path, value + "\n")
+    return value
+
+
+def _write_secret(path: Path, text: str) -> None:
+    """Write ``path`` readable by its owner only, from its first byte."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 async def prepare_registry(
@@ -134,7 +277,10 @@ async def simulate_fleet(
     duration_s: float | None,
     stop: asyncio.Event,
     out: Console,
+    vendor_credentials: Mapping[str, tuple[str, str]] | None = None,
 ) -> None:
+    """Publish the fleet to ``settings.mqtt_url``: as each vendor with its own account when
+    ``vendor_credentials`` are given (so the broker's ACL applies), else as the URL's user."""
     target = MqttTarget(settings.mqtt_url)
     out.print(f"simulator: {len(fleet.devices)} devices at {rate:g} msg/s, seed {seed}")
     await run_simulation(
@@ -148,24 +294,45 @@ async def simulate_fleet(
         duration_s=duration_s,
         username=target.username,
         password=target.password,
+        vendor_credentials=vendor_credentials,
         stop=stop,
     )
 
 
-def show_where(settings: Settings, run_dir: Path, out: Console) -> None:
+def show_where(settings: Settings, run_dir: Path, out: Console, api_url: str) -> None:
     db = settings.influx_db
+    target = MqttTarget(settings.mqtt_url)
     out.print(f"[bold]cityiot is running[/] — run directory {run_dir}")
     out.print(
-        f"  MQTT broker   {settings.mqtt_url}  (publish to city/{{vendor}}/{{device_id}}/telemetry)"
+        f"  MQTT broker   mqtt://{target.host}:{target.port}  "
+        "(publish to city/{vendor}/{device_id}/telemetry)"
     )
+    login = ""
+    if target.username:
+        # Never print a password: point at the file holding ours, or leave a placeholder.
+        secret_file = run_dir / PLATFORM_SECRET
+        ours = target.username == PLATFORM_USER and secret_file.exists()
+        login = f" -u {target.username} -P " + (f'"$(cat {secret_file})"' if ours else "PASSWORD")
+        where = f"  (password in {secret_file})" if ours else ""
+        out.print(f"  MQTT account  {target.username}{where}")
+    if settings.broker_acl_file is not None:
+        out.print(f"  broker ACL    {settings.broker_acl_file}  (vendors: POST /api/v1/vendors)")
+    out.print(f"  API           {api_url}/api/v1  (docs {api_url}/docs)")
+    out.print(f"  admin key     {run_dir / ADMIN_KEY_SECRET}")
     out.print(f"  InfluxDB      {settings.influx_url}  database {db!r}")
     out.print(f"  registry      {settings.database_url}  (dead letters in table dead_letters)")
-    port = settings.mqtt_url.rsplit(":", 1)[-1]
-    out.print(f"  alerts        mosquitto_sub -p {port} -t 'city/alerts/#' -v")
+    out.print(
+        f"  alerts        mosquitto_sub -h {target.host} -p {target.port}{login} "
+        "-t 'city/alerts/#' -v"
+    )
     out.print("  query stored readings:")
     out.print(
         f"    curl -sG {settings.influx_url}/query --data-urlencode db={db} "
         '--data-urlencode "q=SELECT count(*) FROM manhole"'
+    )
+    out.print(
+        f'    curl -s -H "Authorization: Bearer $(cat {run_dir / ADMIN_KEY_SECRET})" '
+        f"{api_url}/api/v1/devices?limit=5"
     )
     out.print(f"  log           {run_dir / 'cityiot.log'}")
     out.print("  Ctrl-C stops everything.")

@@ -24,13 +24,22 @@ CHECKS = (
 
 @pytest.fixture
 async def api_on_sqlite(
-    sqlite_url: str, influx: LocalInflux, influx_db: str, broker: LocalBroker
+    sqlite_url: str, influx: LocalInflux, influx_db: str, broker: LocalBroker, tmp_path: Path
 ) -> AsyncIterator[Api]:
     from api.keys import create_key
     from cityiot.influx import InfluxDB
 
-    settings = api_settings(sqlite_url, influx, influx_db, broker, api_rate_per_s=10_000.0,
-                            api_rate_burst=10_000)
+    # Broker files managed (no broker reads them here): the credential endpoints answer.
+    settings = api_settings(
+        sqlite_url,
+        influx,
+        influx_db,
+        broker,
+        api_rate_per_s=10_000.0,
+        api_rate_burst=10_000,
+        broker_password_file=tmp_path / "passwd",
+        broker_acl_file=tmp_path / "acl",
+    )
     await migrate(sqlite_url)
     engine = make_engine(sqlite_url)
     sessions = sessionmaker(engine)

@@ -1,0 +1,99 @@
+"""``cityiot run`` end to end: local broker with authentication on, the simulator publishing
+as each vendor with its own account, the API in the same process."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import stat
+import time
+from pathlib import Path
+
+import httpx
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from rich.console import Console
+
+from cityiot.launcher import (
+    ADMIN_KEY_SECRET,
+    PLATFORM_SECRET,
+    SIMULATOR_SECRET,
+    Launch,
+    run_platform,
+)
+from cityiot.services import free_port
+from cityiot.settings import Settings
+
+
+def _connack(port: int, username: str | None, password: str | None) -> mqtt.ReasonCode:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{time.monotonic_ns()}")
+    if username is not None:
+        client.username_pw_set(username, password)
+    answers: list[mqtt.ReasonCode] = []
+    client.on_connect = lambda c, u, f, reason, p: answers.append(reason)
+    client.connect("127.0.0.1", port)
+    deadline = time.monotonic() + 5
+    while not answers and time.monotonic() < deadline:
+        client.loop(0.05)
+    client.disconnect()
+    assert answers, "no CONNACK"
+    return answers[0]
+
+
+async def test_run_secures_the_broker_and_serves_the_api(tmp_path: Path) -> None:
+    settings = Settings(
+        run_dir=tmp_path,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'cityiot.db'}",
+        api_port=free_port(),
+        mqtt_url="",
+        influx_url="",
+    )
+    stop = asyncio.Event()
+    screen = io.StringIO()
+    out = Console(file=screen, width=200)
+    launch = Launch(devices=20, rate=100.0, incidents=[])
+    task = asyncio.create_task(run_platform(settings, launch, stop, out))
+    try:
+        key_file = tmp_path / ADMIN_KEY_SECRET
+        api = f"http://127.0.0.1:{settings.api_port}/api/v1"
+        deadline = time.monotonic() + 60
+        async with httpx.AsyncClient(timeout=5) as http:
+            latest: dict[str, object] = {}
+            headers: dict[str, str] = {}
+            while time.monotonic() < deadline:
+                assert not task.done(), task.exception() if task.done() else None
+                fleet = (tmp_path / "fleet.csv").read_text() if key_file.exists() else ""
+                if fleet.count("\n") > 1:
+                    device = next(csv.DictReader(io.StringIO(fleet)))["device_id"]
+                    headers = {"Authorization": f"Bearer {key_file.read_text().strip()}"}
+                    try:
+                        r = await http.get(f"{api}/devices/{device}/latest", headers=headers)
+                    except httpx.TransportError:
+                        r = None
+                    if r is not None and r.status_code == 200 and r.json()["metrics"]:
+                        latest = r.json()
+                        break
+                await asyncio.sleep(0.2)
+            # Published by the simulator under its vendor's own account, stored by the ingest.
+            assert latest.get("metrics"), "no reading of the simulated fleet arrived"
+            vendors = (await http.get(f"{api}/vendors", headers=headers)).json()["items"]
+        accounts = json.loads((tmp_path / SIMULATOR_SECRET).read_text())
+        assert sorted(accounts) == sorted(v["id"] for v in vendors)
+        for name in (ADMIN_KEY_SECRET, PLATFORM_SECRET, SIMULATOR_SECRET):
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+        port = int((tmp_path / "mosquitto" / "ports").read_text().split()[0])
+        vendor, (username, password) = next(iter(accounts.items()))
+        assert username == vendor
+        assert not (await asyncio.to_thread(_connack, port, username, password)).is_failure
+        assert (await asyncio.to_thread(_connack, port, None, None)).is_failure  # anonymous
+        platform = (tmp_path / PLATFORM_SECRET).read_text().strip()
+        assert not (await asyncio.to_thread(_connack, port, "cityiot", platform)).is_failure
+        shown = screen.getvalue()
+        assert platform not in shown and password not in shown  # never printed
+        assert f'-u cityiot -P "$(cat {tmp_path / PLATFORM_SECRET})"' in shown
+        assert "/docs" in shown
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
