@@ -29,6 +29,7 @@ from rich.live import Live
 from rich.table import Table
 
 from api.keys import KeyRing, create_key
+from api.metrics import add_source, counters_source
 from api.server import ApiServer
 from cityiot.access import PLATFORM_USER, BrokerAccess, password_matches
 from cityiot.catalogue import KINDS
@@ -104,6 +105,10 @@ async def run_platform(
             ApiServer(settings) as api,
         ):
             ingest.on_readings = rules.engine.submit
+            # The stages' counters on the API's /metrics.
+            add_source(api.app.state.ctx, "ingest", counters_source(ingest.counters))
+            add_source(api.app.state.ctx, "rules", counters_source(rules.engine.counters))
+            add_source(api.app.state.ctx, "delivery", counters_source(rules.deliverer.counters))
             tasks = [asyncio.create_task(ingest.run(), name="ingest")]
             if fleet is not None:
                 tasks.append(
