@@ -61,6 +61,10 @@ class ApiServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        # Open SSE streams would hold the shutdown for seconds: end them first.
+        ctx = getattr(self.app.state, "ctx", None)
+        if ctx is not None and ctx.hub is not None:
+            ctx.hub.drain()
         self.server.should_exit = True
         if self._task is not None:
             await self._task

@@ -11,7 +11,8 @@ second, from ``Dispatcher.run``) sends what is due. For each route an alert matc
   ``repeat_interval`` has passed since its last message;
 - a resolved alert is told (status ``resolved``) when the route has ``send_resolved`` and
   the receiver had been told it was firing, then it leaves the group; an empty group ends;
-- an acknowledged alert stays in the group but is not notified again (its resolution is);
+- an acknowledged alert stays in the group but is not notified again (its resolution is),
+  also when it was acknowledged elsewhere (the API): a due group looks its alerts up first;
 - silences and maintenance windows are checked when a message is made: a muted alert is
   left out (a message with nothing left is not sent) and, if it still fires when the mute
   ends, it is notified at the group's next interval.
@@ -41,9 +42,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from cityiot.db import Silence
+from cityiot.db import Alert, Silence
 from rules.events import SEVERITIES, STATES, Clock, wall_clock
 from rules.routing import Route, Router, alert_labels
 from rules.silences import active_silences, maintenance_window, silenced_by
@@ -222,6 +224,7 @@ class Dispatcher:
                 return 0
             try:
                 silences = await active_silences(self._session_factory, now)
+                await self._note_acknowledged(due)
             except Exception as exc:  # database unreachable: what is due stays due
                 log.warning("event=silences_unreadable error=%s", exc)
                 return 0
@@ -231,6 +234,25 @@ class Dispatcher:
             for event, route in list(self._work_orders_due.values()):
                 await self._work_order(event, [route], now, silences)
             return rows
+
+    async def _note_acknowledged(self, groups: Sequence[_Group]) -> None:
+        """Alerts acknowledged by someone else (a person, through the API) since their last
+        event here: they stay in their groups but are not notified again."""
+        firing = sorted({i for g in groups for i, e in g.alerts.items() if e["state"] == "firing"})
+        if not firing:
+            return
+        acknowledged: set[str] = set()
+        async with self._session_factory() as session:
+            for start in range(0, len(firing), 500):
+                chunk = firing[start : start + 500]
+                acknowledged.update(
+                    await session.scalars(
+                        select(Alert.id).where(Alert.id.in_(chunk), Alert.state == "acknowledged")
+                    )
+                )
+        for group in groups:
+            for alert_id in acknowledged & group.alerts.keys():
+                group.alerts[alert_id] = {**group.alerts[alert_id], "state": "acknowledged"}
 
     async def run(self, every: float = 1.0) -> None:
         """Tick every ``every`` seconds until cancelled; a failed tick is logged and retried."""

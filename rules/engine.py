@@ -147,6 +147,19 @@ class RulesEngine:
             if t.to == "firing" and t.rule.action is not None:
                 await self._act(t, alert)
 
+    async def replace_rules(self, rules: Iterable[Rule]) -> None:
+        """Evaluate with ``rules`` from now on, keeping the state of the rules that stay;
+        the open alerts of a rule that is gone are resolved (nothing will clear them)."""
+        gone = self.evaluator.replace_rules(rules)
+        now_ms = int(self.clock() * 1000)
+        for rule_id, device_id, track in gone:
+            if track.alert_id is None:
+                continue
+            alert = await self.store.resolve(track.alert_id, now_ms)
+            if alert is not None:
+                log.info("event=alert_rule_removed rule=%s device=%s", rule_id, device_id)
+                await self._changed(alert)
+
     async def acknowledge(self, alert_id: str, by: str) -> dict[str, Any]:
         alert = await self.store.acknowledge(alert_id, by, dt.datetime.now(dt.UTC))
         return await self._changed(alert)

@@ -72,7 +72,14 @@ class Evaluator:
     """Evaluates every rule of a reading's kind; returns the transitions to apply."""
 
     def __init__(self, rules: Iterable[Rule], started_s: float) -> None:
-        rules = list(rules)
+        self._use(list(rules))
+        self.tracks: dict[tuple[str, str], Track] = {}
+        self.last: dict[str, dict[str, Any]] = {}
+        self.windows: dict[tuple[str, str], _Window] = {}
+        self.arrived_s: dict[str, float] = {}
+        self.started_s = started_s
+
+    def _use(self, rules: list[Rule]) -> None:
         self.rules = {r.id: r for r in rules}
         self.index = by_kind(rules)
         self.absence = [r for r in rules if r.type == "absence"]
@@ -81,11 +88,22 @@ class Evaluator:
             kind: frozenset().union(*(r.names for r in rs if r.type == "threshold"))
             for kind, rs in self.index.items()
         }
-        self.tracks: dict[tuple[str, str], Track] = {}
-        self.last: dict[str, dict[str, Any]] = {}
-        self.windows: dict[tuple[str, str], _Window] = {}
-        self.arrived_s: dict[str, float] = {}
-        self.started_s = started_s
+
+    def replace_rules(self, rules: Iterable[Rule]) -> list[tuple[str, str, Track]]:
+        """Evaluate with ``rules`` from now on (a rule reloaded after an edit).
+
+        The state of every rule that still exists is kept — a running ``for`` timer goes on,
+        a firing alert is not raised again — and judged by the rule's new definition from
+        the next reading. Returns ``(rule id, device id, track)`` of the rules that are gone,
+        whose open alerts the caller resolves.
+        """
+        self._use(list(rules))
+        gone = [(r, d, t) for (r, d), t in self.tracks.items() if r not in self.rules]
+        for rule_id, device_id, _ in gone:
+            del self.tracks[(rule_id, device_id)]
+        for key in [k for k in self.windows if k[0] not in self.rules]:
+            del self.windows[key]
+        return gone
 
     def restore(self, open_alerts: Iterable[Any]) -> int:
         """Rebuild state from open alert rows (``rule``, ``device_id``, ``id``, ``state``...)."""

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from cityiot.db import Alert
@@ -114,20 +114,26 @@ class AlertStore:
             return alert
 
     async def acknowledge(self, alert_id: str, by: str, at: dt.datetime) -> Alert:
-        """firing → acknowledged by a person; refused for pending or resolved alerts."""
-        async with self.sessions() as session:
-            alert = await session.get(Alert, alert_id)
-            if alert is None:
-                raise AlertNotFound(f"no alert {alert_id}")
-            if alert.state != "firing":
-                raise IllegalAlertTransition(
-                    f"alert {alert_id} is {alert.state}; only a firing alert can be acknowledged"
-                )
-            alert.state = "acknowledged"
-            alert.acknowledged_at = at
-            alert.acknowledged_by = by
-            await session.commit()
-            return alert
+        """firing → acknowledged by a person; refused for pending or resolved alerts.
+
+        One compare-and-set UPDATE: an evaluator resolving the alert at the same moment wins
+        or loses cleanly, never leaving a resolved alert marked acknowledged.
+        """
+        async with self.sessions() as session, session.begin():
+            result = await session.execute(
+                update(Alert)
+                .where(Alert.id == alert_id, Alert.state == "firing")
+                .values(state="acknowledged", acknowledged_at=at, acknowledged_by=by)
+                .execution_options(synchronize_session=False)
+            )
+            alert = await session.get(Alert, alert_id, populate_existing=True)
+        if alert is None:
+            raise AlertNotFound(f"no alert {alert_id}")
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise IllegalAlertTransition(
+                f"alert {alert_id} is {alert.state}; only a firing alert can be acknowledged"
+            )
+        return alert
 
     async def open_alerts(self) -> Sequence[Alert]:
         async with self.sessions() as session:

@@ -4,6 +4,11 @@ In ``cityiot run`` it hangs off the ingest (readings handed over in process, ale
 published through the ingest's MQTT link). ``cityiot rules`` runs it alone: it then takes
 readings from its own subscription (a persistent session of its own), decoded and
 validated by the same intake code, without storing them.
+
+The rules are the catalogue files (``CITYIOT_RULES_PATH``) with the rules put through the
+API (``rule_overrides``) replacing those of the same id or adding to them. The stage polls
+the overrides every few seconds and, when they change, reloads both and swaps them into the
+running evaluator, keeping the state of every rule that still exists.
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
+from cityiot.db import RuleOverride
 from cityiot.settings import MqttTarget, Settings
 from ingest.devices import DeviceMap
 from rules.control import CommandSender, group_targets
-from rules.definitions import load_rules
+from rules.definitions import Rule, RuleError, load_rules, parse_rule
 from rules.delivery import Deliverer, enqueue
 from rules.dispatch import Dispatcher
 from rules.engine import Publish, RulesEngine
@@ -35,6 +43,10 @@ from rules.workorders import SlaPolicy, open_work_order
 log = logging.getLogger("cityiot.rules")
 
 DEFAULT_ROUTING = Path(__file__).resolve().parent / "routing.yaml"
+RULES_RELOAD_S = 2.0  # how often the stage looks for rules changed through the API
+
+# Which overrides are stored: their number and newest change (a change moves either).
+OverridesVersion = tuple[int, Any]
 
 
 @dataclass
@@ -81,6 +93,70 @@ def channels_of(
     return channels
 
 
+async def overrides_version(session_factory: Any) -> OverridesVersion:
+    """The count and newest ``updated_at`` of the stored rule overrides."""
+    async with session_factory() as session:
+        row = (await session.execute(select(func.count(), func.max(RuleOverride.updated_at)))).one()
+    return int(row[0]), row[1]
+
+
+async def current_rules(settings: Settings, session_factory: Any, *, strict: bool) -> list[Rule]:
+    """The catalogue files with the API's overrides applied (same id: replaced; new: added).
+
+    A stored override that no longer parses (the catalogue changed under it) raises
+    :class:`RuleError` when ``strict``, else is logged and the file's rule stands.
+    """
+    rules = {r.id: r for r in load_rules(Path(settings.rules_path))}
+    async with session_factory() as session:
+        overrides = list(await session.scalars(select(RuleOverride).order_by(RuleOverride.id)))
+    for override in overrides:
+        try:
+            rule = parse_rule({**override.definition, "id": override.id}, "api", 0)
+        except RuleError as exc:
+            if strict:
+                raise
+            log.error("event=rule_override_invalid rule=%s error=%s", override.id, exc)
+            continue
+        rules[rule.id] = rule
+    return list(rules.values())
+
+
+async def watch_rules(
+    engine: RulesEngine,
+    settings: Settings,
+    session_factory: Any,
+    stop: asyncio.Event,
+    *,
+    every_s: float = RULES_RELOAD_S,
+    seen: OverridesVersion | None = None,
+) -> None:
+    """Until ``stop``: reload the rules into ``engine`` whenever the overrides change.
+
+    A reload that fails (an invalid override or rule file) is logged and the running rules
+    stay, until the next change.
+    """
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+        if stop.is_set():
+            return
+        try:
+            version = await overrides_version(session_factory)
+            if version == seen:
+                continue
+            rules = await current_rules(settings, session_factory, strict=True)
+        except (SQLAlchemyError, ConnectionError) as exc:  # database away: look again later
+            log.warning("event=rules_reload_deferred error=%s", exc)
+            continue
+        except (RuleError, OSError) as exc:
+            seen = version
+            log.error("event=rules_reload_failed keeping=running_rules error=%s", exc)
+            continue
+        seen = version
+        await engine.replace_rules(rules)
+        log.info("event=rules_reloaded rules=%d overrides=%d", len(rules), version[0])
+
+
 @asynccontextmanager
 async def rules_stage(
     settings: Settings,
@@ -90,9 +166,11 @@ async def rules_stage(
     *,
     clock: Clock = wall_clock,
     stop: asyncio.Event,
+    rules_reload_s: float = RULES_RELOAD_S,
 ) -> AsyncIterator[RulesStage]:
     """A started rules stage; its background tasks run until ``stop`` is set."""
-    rules = load_rules(Path(settings.rules_path))
+    seen = await overrides_version(session_factory)
+    rules = await current_rules(settings, session_factory, strict=False)
     router = load_routing(routing_path(settings))
     for warning in router.warnings:
         log.warning("event=routing_warning %s", warning)
@@ -139,6 +217,12 @@ async def rules_stage(
             asyncio.create_task(engine.run(stop), name="rules-engine"),
             asyncio.create_task(_dispatch_loop(dispatcher, stop), name="rules-dispatch"),
             asyncio.create_task(deliverer.run(stop), name="rules-delivery"),
+            asyncio.create_task(
+                watch_rules(
+                    engine, settings, session_factory, stop, every_s=rules_reload_s, seen=seen
+                ),
+                name="rules-reload",
+            ),
             asyncio.create_task(
                 commands.listen_for_acks(
                     target.host,

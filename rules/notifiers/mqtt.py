@@ -4,7 +4,7 @@ Options (routing file)::
 
     - type: mqtt
       name: urban-mqtt                 # required; the channel's name
-      topic: city/alerts/_teams/{receiver}   # optional; this default, {receiver} filled in
+      topic: cityiot/teams/{receiver}   # optional; this default, {receiver} filled in
       qos: 1                           # optional; 0, 1 or 2, default 1
       retain: false                    # optional; default false
       host: 127.0.0.1                  # optional; a broker of the channel's own
@@ -39,7 +39,7 @@ from rules.notifiers.webhook import encode
 
 Publish = Callable[[str, bytes], Awaitable[None]]
 
-DEFAULT_TOPIC = "city/alerts/_teams/{receiver}"
+DEFAULT_TOPIC = "cityiot/teams/{receiver}"
 DEFAULT_TIMEOUT_S = 10.0
 # CONNACK codes for a refused login: MQTT 3.1.1 (4, 5) and MQTT 5 (134, 135).
 AUTH_REFUSED = frozenset({4, 5, 134, 135})

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from cityiot.db import Notification, make_engine, migrate, sessionmaker
 from rules.delivery import enqueue
 from rules.dispatch import Dispatcher
+from rules.lifecycle import AlertStore
 from rules.routing import DEFAULT_ROUTING_PATH, Router, load_routing, parse_routing
 from rules.silences import SessionFactory, create_silence, expire_silence
 from tests.rules.conftest import HandClock
@@ -236,6 +237,32 @@ async def test_acknowledged_alerts_stop_repeating_but_their_resolution_is_told(
     await rig.until(10 + 12 * HOUR + 60, step=60)
     assert await rig.new() == urban("resolved", "a1:resolved")
     assert [g.alerts for g in rig.dispatcher.groups()] == [{"a2": "acknowledged"}]
+
+
+async def test_an_alert_acknowledged_through_the_api_stops_repeating_too(rig: Rig) -> None:
+    """The API acknowledges in the database; the dispatcher never saw that event."""
+    store = AlertStore(rig.session_factory)
+    rows = []
+    for n in (1, 2):
+        row, _ = await store.open(
+            rule="manhole_cover_open",
+            device_id=f"dev-{n}",
+            kind="manhole",
+            district="yicheng",
+            vendor="acme",
+            severity="critical",
+            state="firing",
+            started_ms=int(T0 * 1000),
+            values={"cover_open": True},
+            summary="井盖打开",
+        )
+        rows.append(row)
+        await rig.dispatcher.handle({**alert(row.id), "device_id": f"dev-{n}"})
+    await rig.until(10)
+    assert len(await rig.new()) == 2
+    await store.acknowledge(rows[0].id, "crew 1", dt.datetime.now(dt.UTC))
+    await rig.until(10 + 4 * HOUR, step=30)  # the repeat leaves the acknowledged one out
+    assert await rig.new() == urban("firing", f"{rows[1].id}:firing")
 
 
 async def test_resolved_alerts_are_told_once_then_leave_the_group(rig: Rig) -> None:

@@ -50,13 +50,14 @@ CONTRACT = {
 class Subscriber:
     """A paho client collecting what arrives on a topic filter."""
 
-    def __init__(self, broker: LocalBroker, topic: str) -> None:
+    def __init__(self, broker: LocalBroker, *topics: str) -> None:
         self.messages: list[tuple[str, dict[str, Any]]] = []
         self._lock = threading.Lock()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2)
         self.client.on_message = self._on_message
         self.client.connect(broker.host, broker.port)
-        self.client.subscribe(topic, qos=1)
+        for topic in topics:
+            self.client.subscribe(topic, qos=1)
         self.client.loop_start()
         time.sleep(0.2)
 

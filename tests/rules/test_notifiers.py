@@ -536,13 +536,13 @@ async def test_email_refused_recipients_and_server_down(smtp: tuple[Mailbox, int
 
 @pytest.fixture
 def team_topics(broker: LocalBroker) -> Iterator[queue.Queue[mqtt.MQTTMessage]]:
-    """Messages arriving on ``city/alerts/_teams/#``, from a real paho subscriber."""
+    """Messages arriving on ``cityiot/teams/#``, from a real paho subscriber."""
     received: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
     subscribed = threading.Event()
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"teams-{free_port()}")
     client.on_message = lambda _c, _u, msg: received.put(msg)
     client.on_subscribe = lambda *_: subscribed.set()
-    client.on_connect = lambda c, *_: c.subscribe("city/alerts/_teams/#", qos=1)
+    client.on_connect = lambda c, *_: c.subscribe("cityiot/teams/#", qos=1)
     client.connect(broker.host, broker.port)
     client.loop_start()
     try:
@@ -566,7 +566,7 @@ async def test_mqtt_publishes_on_the_team_topic(
     message = sample_message()
     await channel.send(message)
     got = await next_message(team_topics)
-    assert got.topic == "city/alerts/_teams/urban-management"
+    assert got.topic == "cityiot/teams/urban-management"
     assert got.qos == 1
     assert json.loads(got.payload) == message
 
@@ -575,11 +575,11 @@ async def test_mqtt_custom_topic(
     broker: LocalBroker, team_topics: queue.Queue[mqtt.MQTTMessage]
 ) -> None:
     channel = MqttChannel(
-        "m", topic="city/alerts/_teams/{receiver}/night", host=broker.host, port=broker.port
+        "m", topic="cityiot/teams/{receiver}/night", host=broker.host, port=broker.port
     )
     await channel.send(sample_message("resolved"))
     got = await next_message(team_topics)
-    assert got.topic == "city/alerts/_teams/urban-management/night"
+    assert got.topic == "cityiot/teams/urban-management/night"
     assert json.loads(got.payload)["status"] == "resolved"
 
 
@@ -592,7 +592,7 @@ async def test_mqtt_through_the_platform_publish_function() -> None:
     channel = build_channel({"type": "mqtt", "name": "urban-mqtt"}, publish=publish)
     await channel.send(sample_message())
     [(topic, payload)] = published
-    assert topic == "city/alerts/_teams/urban-management"
+    assert topic == "cityiot/teams/urban-management"
     assert json.loads(payload) == sample_message()
 
 

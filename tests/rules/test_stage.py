@@ -39,7 +39,8 @@ async def test_a_published_reading_raises_notifies_and_dispatches(
     await upsert_vendor(sessions, "acme", "ACME")
     await upsert_vendor(sessions, "oldco", "Old Co", codec="hexframe")
     await import_devices(sessions, parse_device_csv(REGISTRY_CSV).rows)
-    subscriber = Subscriber(broker, "city/alerts/#")
+    # Alert events (the contract topic) and team notifications (the MQTT channel's own tree).
+    subscriber = Subscriber(broker, "city/alerts/#", "cityiot/teams/#")
     publisher = publisher_for(broker)
     rules_stop = asyncio.Event()
     try:
@@ -85,12 +86,14 @@ async def test_a_published_reading_raises_notifies_and_dispatches(
     events = [e for t, e in subscriber.messages if t == "city/alerts/yicheng/manhole"]
     assert [e["state"] for e in events] == ["firing", "resolved"]
     assert events[0]["rule"] == "manhole_cover_open" and events[0]["severity"] == "critical"
-    team_messages = {t: e for t, e in subscriber.messages if t.startswith("city/alerts/_teams/")}
-    # The ops centre sees everything; the manhole goes to urban management too.
-    assert {"city/alerts/_teams/ops-centre", "city/alerts/_teams/urban-management"} <= set(
-        team_messages
+    team_messages = {t: e for t, e in subscriber.messages if t.startswith("cityiot/teams/")}
+    assert all(
+        t.startswith("city/alerts/") or t.startswith("cityiot/teams/")
+        for t, _ in subscriber.messages
     )
-    message = team_messages["city/alerts/_teams/urban-management"]
+    # The ops centre sees everything; the manhole goes to urban management too.
+    assert {"cityiot/teams/ops-centre", "cityiot/teams/urban-management"} <= set(team_messages)
+    message = team_messages["cityiot/teams/urban-management"]
     assert message["status"] == "firing" and message["alerts"][0]["device_id"] == "mh-1"
     async with sessions() as session:
         (alert,) = (await session.scalars(select(Alert))).all()

@@ -1,0 +1,106 @@
+"""The live stream: ``GET /stream`` — Server-Sent Events of alert changes (and one device's
+readings) for the console and the city brain.
+
+Events: ``ready`` first (the subscription is live), then ``alert`` (the alert event of the
+contract, one per state change) and, with ``device_id``, ``reading``; ``dropped`` last when
+the client fell too far behind. A comment line every 15 s keeps proxies from closing it.
+Every key sees only what its grant covers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Query
+from sqlalchemy import select
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from api.access import allow
+from api.context import ApiContext, context
+from api.keys import Principal
+from api.problems import Problem
+from api.routes.devices import visible_device
+from api.stream import WatchedDevice
+from cityiot.db import Vendor
+
+router = APIRouter(tags=["stream"])
+
+PING_S = 15
+SEND_TIMEOUT_S = 30.0  # a client that takes longer to accept one event is dropped
+READY_WAIT_S = 2.0  # wait this long for the broker before saying ready anyway
+
+_STREAM_EXAMPLE = (
+    'event: ready\ndata: {"device_id":null,"connected":true,'
+    '"grant":{"kinds":null,"districts":null,"vendor":null}}\n\n'
+    'event: alert\ndata: {"id":"4f1c…","rule":"manhole_cover_open","device_id":"mh-0001",'
+    '"kind":"manhole","district":"yicheng","vendor":"acme","severity":"critical",'
+    '"state":"firing","started_at":"2026-11-23T10:00:00+08:00","resolved_at":null,'
+    '"values":{"cover_open":true,"tilt_deg":31.0},"summary":"井盖打开或倾斜（倾角 31°） / '
+    'Manhole cover open or tilted (31°)"}\n\n'
+    'event: reading\ndata: {"device_id":"mh-0001","kind":"manhole",'
+    '"ts":"2026-11-23T10:00:00.000+08:00","ts_ms":1795399200000,"metrics":{"tilt_deg":31.0}}\n\n'
+)
+
+
+@router.get(
+    "/stream",
+    summary="Live stream of alert changes (Server-Sent Events)",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "an endless text/event-stream: ready, then alert (and reading) events",
+            "content": {
+                "text/event-stream": {"schema": {"type": "string"}, "example": _STREAM_EXAMPLE}
+            },
+        },
+        403: {"description": "the device is outside the key's grant"},
+        404: {"description": "no such device"},
+        503: {"description": "the API has no broker connection configured"},
+    },
+)
+async def stream(
+    ctx: Annotated[ApiContext, Depends(context)],
+    principal: Annotated[Principal, Depends(allow())],
+    device_id: Annotated[
+        str | None,
+        Query(
+            pattern=r"^[A-Za-z0-9_-]{1,64}$",
+            description="also stream this device's readings (event: reading)",
+        ),
+    ] = None,
+) -> EventSourceResponse:
+    """Alert events as they happen, filtered to the key's grant; with ``device_id``, also
+    that device's validated readings. Reconnect when the stream ends (``EventSource`` does
+    so by itself); events missed meanwhile are in ``GET /alerts``."""
+    hub = ctx.hub
+    if hub is None:
+        raise Problem(
+            503,
+            "the live stream needs the broker: start the API with CITYIOT_MQTT_URL set; "
+            "meanwhile poll GET /api/v1/alerts",
+        )
+    watched = None
+    if device_id is not None:
+        device = await visible_device(ctx, principal, device_id)
+        async with ctx.sessions() as session:
+            codec = await session.scalar(select(Vendor.codec).where(Vendor.id == device.vendor_id))
+        watched = WatchedDevice(device.id, device.vendor_id, device.kind, codec or "json")
+
+    def wants(event: dict[str, Any]) -> bool:
+        return principal.sees(event.get("kind"), event.get("district"), event.get("vendor"))
+
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        async with hub.subscribe(wants, watched) as subscription:
+            connected = await hub.wait_connected(READY_WAIT_S)
+            ready = {"device_id": device_id, "connected": connected, "grant": principal.grant()}
+            yield _event("ready", ready)
+            async for name, data in subscription:  # ends when dropped or on shutdown
+                yield _event(name, data)
+
+    return EventSourceResponse(events(), ping=PING_S, send_timeout=SEND_TIMEOUT_S)
+
+
+def _event(name: str, data: dict[str, Any]) -> ServerSentEvent:
+    return ServerSentEvent(data=orjson.dumps(data).decode(), event=name)

@@ -1,0 +1,256 @@
+"""Work orders for field teams: ``GET /workorders``, ``GET /workorders/{id}`` and
+``POST /workorders/{id}/{accept,on_site,resolve,close}``.
+
+A firing alert opens one work order for the team its route names; the team moves it
+``dispatched → accepted → on_site → resolved → closed``, each step stamped with its time
+(the SLA clocks: on site by ``verify_due_at``, closed by ``close_due_at``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Depends, Path, Query
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from api.access import allow, check_sees, scoped
+from api.context import ApiContext, context
+from api.keys import Principal
+from api.paging import Cursor, Limit, Page, encode_cursor
+from api.problems import Problem
+from api.routes.alerts import (
+    ID_PATTERN,
+    TEXT_PATTERN,
+    DistrictFilter,
+    KindFilter,
+    audited,
+    check_kind_district,
+    time_cursor,
+    time_ordered,
+)
+from cityiot.db import WorkOrder
+from rules.events import city_time, wall_clock
+from rules.workorders import TRANSITIONS, IllegalTransition, WorkOrderNotFound, transition
+
+router = APIRouter(tags=["workorders"])
+
+READERS = ("admin", "operator", "field", "department")
+MOVERS = ("admin", "operator", "field")
+
+WorkOrderId = Annotated[str, Path(pattern=ID_PATTERN, description="the work order's id")]
+State = Literal["dispatched", "accepted", "on_site", "resolved", "closed"]
+
+_EXAMPLE: dict[str, Any] = {
+    "id": "0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f",
+    "alert_id": "4f1c2a9e0b7d4e6f8a1b2c3d4e5f6a7b",
+    "team": "yicheng-roads",
+    "state": "accepted",
+    "device_id": "mh-0001",
+    "kind": "manhole",
+    "district": "yicheng",
+    "severity": "critical",
+    "title": "井盖打开或倾斜（倾角 31°） / Manhole cover open or tilted (31°)",
+    "assignee": "crew 1",
+    "note": "2026-11-23T10:02:11+08:00 accept by crew 1: on our way",
+    "created_at": "2026-11-23T10:00:05+08:00",
+    "accepted_at": "2026-11-23T10:02:11+08:00",
+    "on_site_at": None,
+    "resolved_at": None,
+    "closed_at": None,
+    "verify_due_at": "2026-11-23T10:30:05+08:00",
+    "close_due_at": "2026-11-23T14:00:05+08:00",
+    "updated_at": "2026-11-23T10:02:11+08:00",
+}
+
+
+class WorkOrderOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE]})
+
+    id: str
+    alert_id: str
+    team: str
+    state: State
+    device_id: str
+    kind: str
+    district: str
+    severity: str
+    title: str
+    assignee: str | None = Field(description="who accepted it")
+    note: str = Field(description="journal: one line per step with who and their note")
+    created_at: str = Field(description="dispatched at (RFC 3339, +08:00)")
+    accepted_at: str | None
+    on_site_at: str | None
+    resolved_at: str | None
+    closed_at: str | None
+    verify_due_at: str = Field(description="SLA: on site by")
+    close_due_at: str = Field(description="SLA: closed by")
+    updated_at: str
+
+
+class StepIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"note": "cover replaced, road safe"}]}
+    )
+
+    note: str = Field(
+        "", max_length=1000, pattern=TEXT_PATTERN, description="added to the work order's journal"
+    )
+
+
+def work_order_out(order: WorkOrder) -> dict[str, Any]:
+    return {
+        "id": order.id,
+        "alert_id": order.alert_id,
+        "team": order.team,
+        "state": order.state,
+        "device_id": order.device_id,
+        "kind": order.kind,
+        "district": order.district,
+        "severity": order.severity,
+        "title": order.title,
+        "assignee": order.assignee,
+        "note": order.note,
+        "created_at": city_time(order.created_at),
+        "accepted_at": city_time(order.accepted_at),
+        "on_site_at": city_time(order.on_site_at),
+        "resolved_at": city_time(order.resolved_at),
+        "closed_at": city_time(order.closed_at),
+        "verify_due_at": city_time(order.verify_due_at),
+        "close_due_at": city_time(order.close_due_at),
+        "updated_at": city_time(order.updated_at),
+    }
+
+
+@router.get(
+    "/workorders",
+    response_model=Page[WorkOrderOut],
+    summary="List work orders",
+    responses={403: {"description": "a filter outside the key's grant, or a vendor key"}},
+)
+async def list_workorders(
+    ctx: Annotated[ApiContext, Depends(context)],
+    principal: Annotated[Principal, Depends(allow(*READERS))],
+    team: Annotated[
+        str | None, Query(pattern=r"^[^\x00-\x1f]{1,128}$", description="the team's name")
+    ] = None,
+    state: Annotated[State | None, Query()] = None,
+    district: DistrictFilter = None,
+    kind: KindFilter = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    """Work orders in dispatch order, oldest first: the order a team works through its
+    queue (``team=…&state=dispatched`` is a team's inbox)."""
+    check_kind_district(principal, kind, district)
+    stmt = scoped(select(WorkOrder), principal, WorkOrder.kind, WorkOrder.district, None)
+    for column, value in (
+        (WorkOrder.team, team),
+        (WorkOrder.state, state),
+        (WorkOrder.district, district),
+        (WorkOrder.kind, kind),
+    ):
+        if value is not None:
+            stmt = stmt.where(column == value)
+    stmt = time_ordered(stmt, WorkOrder.created_at, WorkOrder.id, cursor, descending=False)
+    stmt = stmt.limit(limit + 1)
+    async with ctx.sessions() as session:
+        rows = list((await session.scalars(stmt)).all())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "items": [work_order_out(o) for o in rows],
+        "next_cursor": encode_cursor(time_cursor(rows[-1].created_at, rows[-1].id))
+        if more and rows
+        else None,
+    }
+
+
+async def _visible(ctx: ApiContext, principal: Principal, work_order_id: str) -> WorkOrder:
+    async with ctx.sessions() as session:
+        order = await session.get(WorkOrder, work_order_id)
+    if order is None:
+        raise Problem(
+            404, f"no work order {work_order_id!r}; check the id (GET /api/v1/workorders)"
+        )
+    check_sees(principal, order.kind, order.district, "", f"work order {work_order_id}")
+    return order
+
+
+@router.get(
+    "/workorders/{work_order_id}",
+    response_model=WorkOrderOut,
+    summary="One work order",
+    responses={
+        403: {"description": "outside the key's grant, or a vendor key"},
+        404: {"description": "no such work order"},
+    },
+)
+async def get_workorder(
+    work_order_id: WorkOrderId,
+    ctx: Annotated[ApiContext, Depends(context)],
+    principal: Annotated[Principal, Depends(allow(*READERS))],
+) -> dict[str, Any]:
+    """One work order with its SLA clocks and journal."""
+    return work_order_out(await _visible(ctx, principal, work_order_id))
+
+
+def _step(action: str) -> Callable[..., Awaitable[dict[str, Any]]]:
+    async def step(
+        work_order_id: WorkOrderId,
+        ctx: Annotated[ApiContext, Depends(context)],
+        principal: Annotated[Principal, Depends(allow(*MOVERS))],
+        body: Annotated[StepIn | None, Body()] = None,
+    ) -> dict[str, Any]:
+        note = body.note if body is not None else ""
+        by = (principal.name or principal.actor)[:128]
+        try:
+            order = await transition(
+                audited(
+                    ctx.sessions,
+                    principal,
+                    f"workorder.{action}",
+                    f"workorders/{work_order_id}",
+                    note=note,
+                ),
+                work_order_id,
+                action,
+                wall_clock,
+                by=by,
+                note=note or None,
+            )
+        except WorkOrderNotFound:
+            raise Problem(
+                404, f"no work order {work_order_id!r}; check the id (GET /api/v1/workorders)"
+            ) from None
+        except IllegalTransition as exc:
+            raise Problem(409, str(exc), state=exc.state, allowed=list(exc.allowed)) from None
+        return work_order_out(order)
+
+    step.__name__ = f"workorder_{action}"
+    step.__doc__ = (
+        f"{TRANSITIONS[action].source} → {TRANSITIONS[action].target}; stamps "
+        f"``{TRANSITIONS[action].stamp}``, records who did it and the note. Audited."
+    )
+    return step
+
+
+for _action, _summary in (
+    ("accept", "Accept a dispatched work order"),
+    ("on_site", "Report the team on site (verification)"),
+    ("resolve", "Report the fault fixed"),
+    ("close", "Close a resolved work order"),
+):
+    router.add_api_route(
+        f"/workorders/{{work_order_id}}/{_action}",
+        _step(_action),
+        methods=["POST"],
+        response_model=WorkOrderOut,
+        summary=_summary,
+        responses={
+            403: {"description": "the key's role may not move work orders"},
+            404: {"description": "no such work order"},
+            409: {"description": "the work order's state does not allow this step"},
+        },
+    )

@@ -1,0 +1,363 @@
+"""The API's own MQTT connection: alert events in for the live stream, the API's events out.
+
+``async with StreamHub(settings, sessions) as hub:`` connects (clean session, a client id
+unique to this process) and keeps reconnecting with backoff in a background task. It
+subscribes ``city/alerts/#`` and fans every alert event out to the SSE subscribers that
+want it; a device's telemetry topic is subscribed while someone watches that device, and
+its readings are decoded and validated like the ingest does before they are handed on.
+
+Each subscriber has a bounded queue: a client that does not keep up is dropped (told so
+with a last ``dropped`` event) instead of growing the API's memory. :meth:`StreamHub.publish`
+sends the API's own alert events (an acknowledgement) at QoS 1; while the broker is away
+they wait in a bounded outbox and go out on reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import datetime as dt
+import logging
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+import orjson
+
+from cityiot.catalogue import KINDS
+from cityiot.settings import MqttTarget, Settings
+from cityiot.sun import CITY_TZ
+from ingest.codecs import Codec, PayloadError, default_codecs
+from ingest.validate import Rejected, Validator
+
+log = logging.getLogger("cityiot.api.stream")
+
+ALERTS = "city/alerts/#"
+QUEUE_SIZE = 256  # events waiting for one SSE client before it is dropped as too slow
+OUTBOX_SIZE = 10_000  # API events kept while the broker is away
+INCOMING_SIZE = 10_000  # MQTT messages waiting for the fan-out
+BACKOFF_S = (0.5, 30.0)  # first and longest wait between connection attempts
+
+Wants = Callable[[dict[str, Any]], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class WatchedDevice:
+    """A device whose readings a subscriber asked for, with what decoding them needs."""
+
+    device_id: str
+    vendor: str
+    kind: str
+    codec: str = "json"
+
+    @property
+    def topic(self) -> str:
+        return f"city/{self.vendor}/{self.device_id}/telemetry"
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One SSE client: the alert events it may see and, optionally, one device's readings.
+
+    Iterate it for ``(event, data)`` pairs; iteration ends once the hub dropped it.
+    """
+
+    wants: Wants
+    device: WatchedDevice | None = None
+    queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] = field(
+        default_factory=lambda: asyncio.Queue(QUEUE_SIZE)
+    )
+    dropped: bool = False
+
+    def offer(self, event: str, data: dict[str, Any]) -> bool:
+        """Queue one event; False (and the subscription is closed) when the queue is full."""
+        if self.dropped:
+            return False
+        try:
+            self.queue.put_nowait((event, data))
+            return True
+        except asyncio.QueueFull:
+            self.dropped = True
+            # Make room for the farewell, so the client learns why its stream ends.
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queue.put_nowait(
+                ("dropped", {"reason": f"the client fell {QUEUE_SIZE} events behind; reconnect"})
+            )
+            self.queue.put_nowait(None)
+            return False
+
+    def close(self) -> None:
+        """End the iteration (the hub is shutting down)."""
+        if not self.dropped:
+            self.dropped = True
+            with contextlib.suppress(asyncio.QueueFull):
+                self.queue.put_nowait(None)
+
+    def __aiter__(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                return
+            yield item
+
+
+class StreamHub(contextlib.AbstractAsyncContextManager["StreamHub"]):
+    """Alert events (and watched devices' readings) from the broker to SSE subscribers."""
+
+    def __init__(self, settings: Settings, sessions: Any, *, connect_wait_s: float = 3.0) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.target = MqttTarget(settings.mqtt_url)
+        # Unique per process and clean: an API replica never takes over another's session.
+        self.client_id = f"cityiot-api-{os.getpid()}-{secrets.token_hex(3)}"
+        self.connect_wait_s = connect_wait_s
+        self.subscriptions: set[Subscription] = set()
+        self.codecs: dict[str, Codec] = default_codecs(settings.max_batch_readings)
+        self.validator = Validator(settings.retention_s, settings.future_tolerance_s)
+        self.outbox: collections.deque[tuple[str, bytes]] = collections.deque()
+        self.dropped_events = 0  # API events lost because the outbox overflowed
+        self._watched: dict[str, tuple[WatchedDevice, int]] = {}  # topic → (device, watchers)
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self._pending = asyncio.Event()
+        self._draining = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._chores: set[asyncio.Task[None]] = set()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the hub is connected and subscribed (for ``/readyz``)."""
+        return self._connected.is_set()
+
+    @property
+    def draining(self) -> asyncio.Event:
+        """Set when the server is shutting down: open streams end."""
+        return self._draining
+
+    async def __aenter__(self) -> StreamHub:
+        self._task = asyncio.create_task(self._run(), name="api-stream-hub")
+        # A short wait, so the first requests find it connected; a missing broker only logs.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), self.connect_wait_s)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.drain()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.outbox:
+            log.warning("event=stream_hub_unsent count=%d", len(self.outbox))
+
+    def drain(self) -> None:
+        """End every open stream (call it before stopping the HTTP server)."""
+        self._draining.set()
+        for subscription in list(self.subscriptions):
+            subscription.close()
+        self.subscriptions.clear()
+
+    # -- out --------------------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Send ``payload`` on ``topic`` at QoS 1, now or as soon as the broker is back."""
+        if len(self.outbox) >= OUTBOX_SIZE:
+            self.outbox.popleft()
+            self.dropped_events += 1
+            log.warning("event=stream_hub_outbox_full dropped=%d", self.dropped_events)
+        self.outbox.append((topic, payload))
+        self._pending.set()
+
+    # -- subscribers ------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self, wants: Wants, device: WatchedDevice | None = None
+    ) -> AsyncIterator[Subscription]:
+        """A subscription for the duration of the block; with ``device``, its readings too.
+
+        When it returns, the alert subscription is live if the hub is connected, and the
+        device's telemetry topic has been subscribed (or will be on reconnect).
+        """
+        subscription = Subscription(wants, device)
+        self.subscriptions.add(subscription)
+        if self._draining.is_set():
+            subscription.close()
+        try:
+            if device is not None:
+                await self._watch(device)
+            yield subscription
+        finally:
+            self.subscriptions.discard(subscription)
+            if device is not None:
+                await self._unwatch(device)
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), timeout_s)
+        return self.connected
+
+    async def _watch(self, device: WatchedDevice) -> None:
+        topic = device.topic
+        _, watchers = self._watched.get(topic, (device, 0))
+        self._watched[topic] = (device, watchers + 1)
+        client = self._client
+        if watchers == 0 and client is not None:
+            try:
+                await client.subscribe(topic, qos=0)
+            except aiomqtt.MqttError as exc:  # subscribed again on reconnect
+                log.warning("event=stream_watch_failed topic=%s error=%s", topic, exc)
+
+    async def _unwatch(self, device: WatchedDevice) -> None:
+        topic = device.topic
+        entry = self._watched.get(topic)
+        if entry is None:
+            return
+        if entry[1] > 1:
+            self._watched[topic] = (entry[0], entry[1] - 1)
+            return
+        del self._watched[topic]
+        client = self._client
+        if client is not None:
+            # Its own task: the stream that ended may be cancelled, this must still happen.
+            task = asyncio.create_task(self._unsubscribe(client, topic))
+            self._chores.add(task)
+            task.add_done_callback(self._chores.discard)
+
+    async def _unsubscribe(self, client: aiomqtt.Client, topic: str) -> None:
+        if topic in self._watched:  # watched again meanwhile
+            return
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.unsubscribe(topic, timeout=5.0)
+
+    # -- the connection ---------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        wait_s = BACKOFF_S[0]
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    self.target.host,
+                    self.target.port,
+                    username=self.target.username,
+                    password=self.target.password,
+                    identifier=self.client_id,
+                    clean_session=True,
+                    max_queued_incoming_messages=INCOMING_SIZE,
+                ) as client:
+                    self._client = client
+                    await client.subscribe(ALERTS, qos=1)
+                    for topic in list(self._watched):
+                        await client.subscribe(topic, qos=0)
+                    self._connected.set()
+                    wait_s = BACKOFF_S[0]
+                    log.info(
+                        "event=stream_hub_connected host=%s port=%d client_id=%s",
+                        self.target.host,
+                        self.target.port,
+                        self.client_id,
+                    )
+                    await self._serve(client)
+            except aiomqtt.MqttError as exc:
+                log.warning("event=stream_hub_disconnected retry_s=%.1f error=%s", wait_s, exc)
+            finally:
+                self._client = None
+                self._connected.clear()
+            await asyncio.sleep(wait_s)
+            wait_s = min(wait_s * 2, BACKOFF_S[1])
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """Receive and send until the connection fails (raises ``MqttError``)."""
+        sender = asyncio.create_task(self._send(client), name="api-stream-send")
+        receiver = asyncio.create_task(self._receive(client), name="api-stream-receive")
+        try:
+            done, _ = await asyncio.wait((sender, receiver), return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # re-raise why it stopped
+        finally:
+            for task in (sender, receiver):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await task
+
+    async def _send(self, client: aiomqtt.Client) -> None:
+        while True:
+            await self._pending.wait()
+            self._pending.clear()
+            while self.outbox:
+                topic, payload = self.outbox[0]
+                # Taken off the outbox only once the broker has it (PUBACK).
+                await client.publish(topic, payload, qos=1, timeout=10.0)
+                self.outbox.popleft()
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload
+            data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
+            topic = str(message.topic)
+            if topic.startswith("city/alerts/"):
+                self._alert(topic, data)
+            else:
+                self._reading(topic, data)
+
+    def _alert(self, topic: str, data: bytes) -> None:
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            log.warning("event=stream_alert_unreadable topic=%s", topic)
+            return
+        if not isinstance(event, dict) or "kind" not in event or "district" not in event:
+            log.warning("event=stream_alert_unreadable topic=%s", topic)
+            return
+        for subscription in list(self.subscriptions):
+            if subscription.wants(event) and not subscription.offer("alert", event):
+                self._dropped(subscription)
+
+    def _reading(self, topic: str, data: bytes) -> None:
+        entry = self._watched.get(topic)
+        if entry is None:
+            return
+        device = entry[0]
+        codec = self.codecs.get(device.codec)
+        if codec is None:
+            return
+        received_ms = int(time.time() * 1000)
+        try:
+            raws = codec.decode(data, KINDS[device.kind])
+            readings = [
+                self.validator.reading(device.device_id, device.kind, raw, received_ms)
+                for raw in raws
+            ]
+        except (PayloadError, Rejected, KeyError):
+            return  # the ingest dead-letters it; the stream shows only valid readings
+        for reading in readings:
+            shown = {
+                "device_id": reading.device_id,
+                "kind": reading.kind,
+                "ts": city_time_ms(reading.ts_ms),
+                "ts_ms": reading.ts_ms,
+                "metrics": reading.metrics,
+            }
+            for subscription in list(self.subscriptions):
+                watching = subscription.device is not None and subscription.device.topic == topic
+                if watching and not subscription.offer("reading", shown):
+                    self._dropped(subscription)
+
+    def _dropped(self, subscription: Subscription) -> None:
+        self.subscriptions.discard(subscription)
+        log.warning("event=stream_client_dropped reason=slow queue=%d", QUEUE_SIZE)
+
+
+def city_time_ms(ts_ms: int) -> str:
+    """RFC 3339 at +08:00, to the millisecond, of an epoch-millisecond time."""
+    when = dt.datetime.fromtimestamp(ts_ms / 1000, dt.UTC).astimezone(CITY_TZ)
+    return when.isoformat(timespec="milliseconds")

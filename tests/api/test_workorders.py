@@ -1,0 +1,158 @@
+"""Work orders through the API: who may read and move them, the lifecycle with its 409s,
+the journal and the audit log, grants and pagination."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import select
+
+from cityiot.db import AuditEntry, WorkOrder
+from rules.events import alert_event
+from rules.workorders import SlaPolicy, open_work_order
+from tests.api.conftest import ROLES, Api
+from tests.api.test_alerts import raise_alert
+
+
+async def dispatch(api: Api, device_id: str, rule: str, team: str = "roads", at: float = 0) -> str:
+    """A work order as the dispatcher opens it for a firing alert; returns its id."""
+    alert = await raise_alert(api, device_id, rule=rule)
+    clock = (lambda: at) if at else time.time
+    order = await open_work_order(api.sessions, alert_event(alert), team, SlaPolicy(), clock)
+    return order.id
+
+
+async def test_readers_list_work_orders_within_their_grant_and_vendors_are_refused(
+    api: Api,
+) -> None:
+    for device in ("mh-1", "pk-1", "sl-1", "mh-2"):
+        await dispatch(api, device, "r")
+    expected = {
+        "admin": {"mh-1", "pk-1", "sl-1", "mh-2"},
+        "operator": {"mh-1", "pk-1", "sl-1", "mh-2"},
+        "field": {"mh-1", "pk-1", "sl-1", "mh-2"},
+        "department": {"mh-1", "pk-1"},
+    }
+    for role, devices in expected.items():
+        r = await api.client(role).get("/api/v1/workorders")
+        assert r.status_code == 200, (role, r.text)
+        assert {o["device_id"] for o in r.json()["items"]} == devices, role
+    assert (await api.client("vendor").get("/api/v1/workorders")).status_code == 403
+    assert (await api.client(None).get("/api/v1/workorders")).status_code == 401
+    department = api.client("department")
+    assert (await department.get("/api/v1/workorders?district=xiping")).status_code == 403
+    assert (await department.get("/api/v1/workorders?kind=streetlight")).status_code == 403
+
+
+async def test_single_work_order_grant_and_unknown_id(api: Api) -> None:
+    inside = await dispatch(api, "mh-1", "r")
+    outside = await dispatch(api, "mh-2", "r")
+    department = api.client("department")
+    r = await department.get(f"/api/v1/workorders/{inside}")
+    assert r.status_code == 200
+    order = r.json()
+    assert order["state"] == "dispatched" and order["severity"] == "critical"
+    assert order["verify_due_at"].endswith("+08:00") and order["accepted_at"] is None
+    assert (await department.get(f"/api/v1/workorders/{outside}")).status_code == 403
+    assert (await api.client("vendor").get(f"/api/v1/workorders/{inside}")).status_code == 403
+    r = await api.client("field").get("/api/v1/workorders/nosuchorder")
+    assert r.status_code == 404 and "no work order" in r.json()["detail"]
+
+
+async def test_a_field_team_moves_a_work_order_through_its_lifecycle(api: Api) -> None:
+    order_id = await dispatch(api, "mh-1", "r")
+    field = api.client("field")
+    for role in ("department", "vendor"):
+        r = await api.client(role).post(f"/api/v1/workorders/{order_id}/accept")
+        assert r.status_code == 403, role
+    assert (await api.client(None).post(f"/api/v1/workorders/{order_id}/accept")).status_code == 401
+
+    # Closing before the on-site verification is refused, naming the state and the next step.
+    r = await field.post(f"/api/v1/workorders/{order_id}/close")
+    assert r.status_code == 409
+    problem = r.json()
+    assert problem["state"] == "dispatched" and problem["allowed"] == ["accept"]
+    assert "on-site verification" in problem["detail"]
+
+    notes = {"accept": "on our way", "on_site": "cover displaced", "resolve": "cover replaced"}
+    for action in ("accept", "on_site", "resolve", "close"):
+        body = {"note": notes[action]} if action in notes else None
+        r = await field.post(f"/api/v1/workorders/{order_id}/{action}", json=body)
+        assert r.status_code == 200, (action, r.text)
+    order = r.json()
+    assert order["state"] == "closed" and order["assignee"] == "crew 1"
+    for stamp in ("accepted_at", "on_site_at", "resolved_at", "closed_at"):
+        assert order[stamp] is not None and order[stamp].endswith("+08:00")
+    assert "accept by crew 1: on our way" in order["note"]
+    assert "resolve by crew 1: cover replaced" in order["note"]
+
+    r = await field.post(f"/api/v1/workorders/{order_id}/accept")
+    assert r.status_code == 409 and r.json()["state"] == "closed"
+    assert "nothing more can be done" in r.json()["detail"]
+    assert (await field.post("/api/v1/workorders/nosuchorder/accept")).status_code == 404
+
+    async with api.sessions() as session:
+        entries = list(
+            await session.scalars(
+                select(AuditEntry)
+                .where(AuditEntry.resource == f"workorders/{order_id}")
+                .order_by(AuditEntry.id)
+            )
+        )
+    # Exactly the four steps that happened: refusals are not audited.
+    assert [e.action for e in entries] == [
+        "workorder.accept", "workorder.on_site", "workorder.resolve", "workorder.close",
+    ]  # fmt: skip
+    assert entries[0].detail == {"note": "on our way"} and entries[0].role == "field"
+
+
+async def test_admin_and_operator_may_move_work_orders(api: Api) -> None:
+    for role in ("admin", "operator"):
+        order_id = await dispatch(api, "sl-1", f"r_{role}")
+        r = await api.client(role).post(f"/api/v1/workorders/{order_id}/accept")
+        assert r.status_code == 200 and r.json()["state"] == "accepted", role
+        async with api.sessions() as session:
+            order = await session.get(WorkOrder, order_id)
+        assert order is not None and order.state == "accepted"
+
+
+async def test_filters_and_oldest_first_pages_across_cursors(api: Api) -> None:
+    base = time.time()
+    made = [
+        await dispatch(api, "mh-1", f"r{i}", team="roads" if i % 2 else "lights", at=base + i)
+        for i in range(5)
+    ]
+    client = api.client("operator")
+    seen: list[str] = []
+    params: dict[str, Any] = {"limit": 2}
+    while True:
+        body = (await client.get("/api/v1/workorders", params=params)).json()
+        seen += [o["id"] for o in body["items"]]
+        if body["next_cursor"] is None:
+            break
+        params["cursor"] = body["next_cursor"]
+    assert seen == made  # dispatch order, no order twice
+    r = await client.get("/api/v1/workorders", params={"team": "roads"})
+    assert [o["id"] for o in r.json()["items"]] == [made[1], made[3]]
+    await client.post(f"/api/v1/workorders/{made[0]}/accept")
+    r = await client.get("/api/v1/workorders", params={"state": "accepted"})
+    assert [o["id"] for o in r.json()["items"]] == [made[0]]
+    r = await client.get("/api/v1/workorders", params={"kind": "manhole", "district": "xiping"})
+    assert r.json()["items"] == []
+    assert (await client.get("/api/v1/workorders", params={"state": "lost"})).status_code == 422
+    assert (await client.get("/api/v1/workorders", params={"cursor": "x"})).status_code == 400
+
+
+async def test_every_role_gets_the_documented_answer(api: Api) -> None:
+    order_id = await dispatch(api, "mh-1", "r")
+    answers = {}
+    for role in ROLES:
+        answers[role] = (await api.client(role).get(f"/api/v1/workorders/{order_id}")).status_code
+    assert answers == {
+        "admin": 200,
+        "operator": 200,
+        "field": 200,
+        "department": 200,
+        "vendor": 403,
+    }
