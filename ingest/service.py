@@ -70,8 +70,14 @@ async def ingest_stage(
             )
             await stack.enter_async_context(link)
             yield await stack.enter_async_context(
-                Ingest(settings, influx, sessionmaker(engine), link,  # type: ignore[arg-type]
-                       on_readings=on_readings, store=store)
+                Ingest(
+                    settings,
+                    influx,
+                    sessionmaker(engine),
+                    link,  # type: ignore[arg-type]
+                    on_readings=on_readings,
+                    store=store,
+                )
             )
     finally:
         await engine.dispose()
