@@ -109,6 +109,12 @@ async def run_platform(
             add_source(api.app.state.ctx, "ingest", counters_source(ingest.counters))
             add_source(api.app.state.ctx, "rules", counters_source(rules.engine.counters))
             add_source(api.app.state.ctx, "delivery", counters_source(rules.deliverer.counters))
+            add_source(api.app.state.ctx, "broker", counters_source(ingest.link.stats))
+            add_source(
+                api.app.state.ctx,
+                "queue",
+                lambda: {**ingest.depths(), "rules_waiting": float(rules.engine.queue.qsize())},
+            )
             tasks = [asyncio.create_task(ingest.run(), name="ingest")]
             if fleet is not None:
                 tasks.append(

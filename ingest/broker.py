@@ -157,6 +157,11 @@ class BrokerLink:
         self._wake.event.set()
 
     @property
+    def waiting(self) -> int:
+        """Deliveries received and not yet taken by ``next_batch``."""
+        return len(self._pending)
+
+    @property
     def connected(self) -> bool:
         return self._connected.is_set()
 

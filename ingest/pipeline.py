@@ -153,6 +153,16 @@ class Ingest:
     async def stop(self) -> None:
         self._stopping.set()
 
+    def depths(self) -> dict[str, float]:
+        """Queue depths and state now, for metrics (gauges)."""
+        return {
+            "batches_unstored": float(self._unstored),
+            "messages_in_batch": float(len(self._batch.spans)),
+            "deliveries_waiting": float(self.link.waiting),
+            "broker_connected": float(self.link.stats.connected),
+            "intake_paused": float(self.link.stats.paused),
+        }
+
     @property
     def idle(self) -> bool:
         """Nothing taken from the broker is waiting to be stored (and acknowledged)."""

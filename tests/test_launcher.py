@@ -79,6 +79,16 @@ async def test_run_secures_the_broker_and_serves_the_api(tmp_path: Path) -> None
             # Published by the simulator under its vendor's own account, stored by the ingest.
             assert latest.get("metrics"), "no reading of the simulated fleet arrived"
             vendors = (await http.get(f"{api}/vendors", headers=headers)).json()["items"]
+            # The stages' own counters and queue depths on the in-process API's /metrics.
+            metrics = (await http.get(api.replace("/api/v1", "/metrics"))).text
+        for name in (
+            "cityiot_ingest_stored_total",
+            "cityiot_rules_readings_total",
+            "cityiot_broker_redelivered_total",
+            "cityiot_queue_batches_unstored",
+            "cityiot_queue_rules_waiting",
+        ):
+            assert f"\n{name}" in metrics, name
         accounts = json.loads((tmp_path / SIMULATOR_SECRET).read_text())
         assert sorted(accounts) == sorted(v["id"] for v in vendors)
         for name in (ADMIN_KEY_SECRET, PLATFORM_SECRET, SIMULATOR_SECRET):
