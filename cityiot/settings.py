@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     broker_password_file: Path | None = None
     broker_acl_file: Path | None = None
     broker_pid_file: Path | None = None
+    # The spool (issue 6): where batches go while InfluxDB is down or slow; empty: run_dir/spool.
+    spool_dir: Path | None = None
+    spool_max_bytes: int = Field(1024**3, ge=64 * 1024, description="spool size cap on disk")
+    spool_fsync: bool = Field(True, description="fsync each spooled batch before acking it")
+    spool_after_s: float = Field(
+        2.0, ge=0, description="how long InfluxDB may fail before batches go to the spool"
+    )
     # The latest-value table: the ingest writes what changed this often.
     latest_flush_ms: int = Field(500, ge=50, le=1000)
 
@@ -73,6 +80,10 @@ class Settings(BaseSettings):
         if not v or not v[:-1].isdigit() or v[-1] not in "hdw":
             raise ValueError(f"CITYIOT_RETENTION must look like 400d, 52w or 720h, got {v!r}")
         return v
+
+    @property
+    def spool_path(self) -> Path:
+        return self.spool_dir if self.spool_dir is not None else self.run_dir / "spool"
 
     @property
     def retention_s(self) -> int:

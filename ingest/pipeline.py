@@ -33,6 +33,7 @@ from ingest.codecs import Codec, PayloadError, RawReading, default_codecs
 from ingest.devices import DeviceMap, KnownDevice
 from ingest.latest import LatestValues
 from ingest.presence import Presence
+from ingest.spool import Spool, SpoolError
 from ingest.validate import Reading, Rejected, Validator
 
 log = logging.getLogger("cityiot.ingest")
@@ -53,6 +54,9 @@ class IngestCounters:
     rejected: int = 0  # dead letters
     duplicates: int = 0  # readings dropped by seq
     write_errors: int = 0
+    spooled: int = 0  # points put in the spool while InfluxDB was down or behind
+    replayed: int = 0  # spooled points InfluxDB has since taken
+    spool_refusals: int = 0  # appends the spool refused (full, disk full)
     batches: int = 0
     last_write_ms: float = 0.0
     stored_by_kind: dict[str, int] = field(default_factory=dict)
@@ -88,6 +92,7 @@ class Ingest:
         on_readings: ReadingsSink | None = None,
         codecs: dict[str, Codec] | None = None,
         store: bool = True,
+        spool: Spool | None = None,
     ) -> None:
         self.settings = settings
         # False for a rules-only worker: it reads the stream, the ingest stores it.
@@ -102,6 +107,9 @@ class Ingest:
         self.presence = Presence()
         # The latest-value table is the storing ingest's to keep (a rules-only reader's not).
         self.latest = LatestValues(session_factory, settings.latest_flush_ms) if store else None
+        # Where batches go while InfluxDB is down or slow (None: wait for it, holding them).
+        self.spool = spool if store else None
+        self._spool_after_s = settings.spool_after_s
         self.counters = IngestCounters()
         self._last_seq: dict[str, tuple[int, int]] = {}  # device → (seq, ts_ms)
         self._sealed: asyncio.Queue[Batch] = asyncio.Queue(maxsize=2)
@@ -132,6 +140,8 @@ class Ingest:
         tasks = [writer, upkeep]
         if self.latest is not None:
             tasks.append(asyncio.create_task(self.latest.run(), name="ingest-latest"))
+        if self.spool is not None:
+            tasks.append(asyncio.create_task(self._replay(), name="ingest-replay"))
         try:
             await self._intake(writer)
             await self._seal()
@@ -161,6 +171,16 @@ class Ingest:
             "deliveries_waiting": float(self.link.waiting),
             "broker_connected": float(self.link.stats.connected),
             "intake_paused": float(self.link.stats.paused),
+            **(
+                {
+                    "spool_bytes": float(self.spool.bytes),
+                    "spool_batches": float(self.spool.records),
+                    "spool_max_bytes": float(self.spool.max_bytes),
+                    "spool_near_full": float(self.spool.near_full),
+                }
+                if self.spool is not None
+                else {}
+            ),
         }
 
     @property
@@ -342,10 +362,8 @@ class Ingest:
         started = time.perf_counter()
         if not self.store:
             batch.lines, batch.status_lines, batch.dead_letters = [], [], []
-        if batch.lines:
+        if batch.lines or batch.status_lines:
             await self._write_points(batch)
-        if batch.status_lines:
-            await self._retrying("points", self.influx.write, "".join(batch.status_lines).encode())
         if batch.dead_letters:
             await self._retrying(
                 "dead letters", add_dead_letters, self.sessions, batch.dead_letters
@@ -371,14 +389,109 @@ class Ingest:
                 await handed
 
     async def _write_points(self, batch: Batch) -> None:
+        """Points to InfluxDB — or, while it is down or the spool holds older batches, to the
+        spool. Returns once they are durable in one or the other (then the batch is acked)."""
+        spool = self.spool
+        if spool is not None and not spool.empty:
+            # Behind what is spooled, so replay keeps the order.
+            await self._to_spool(batch, "older batches are spooled")
+            return
         body = "".join(batch.lines).encode()
         try:
-            await self._retrying("points", self.influx.write, body)
+            if body:
+                await self._retrying(
+                    "points", self.influx.write, body, give_up_s=self._spool_after_s
+                )
+            if batch.status_lines:
+                status = "".join(batch.status_lines).encode()
+                await self._retrying(
+                    "points", self.influx.write, status, give_up_s=self._spool_after_s
+                )
         except InfluxError as exc:
+            if not exc.is_client_error:  # give_up_s ran out: InfluxDB is down or slow
+                await self._to_spool(batch, str(exc))
+                return
             # InfluxDB refused the data itself (a 4xx): find the messages it refuses and
             # dead-letter those; the rest is written.
             log.warning("event=write_refused error=%s; retrying message by message", exc)
             await self._write_one_by_one(batch)
+
+    async def _to_spool(self, batch: Batch, why: str) -> None:
+        """Append the batch's points to the spool (durable when it returns). When the spool
+        refuses (full, disk full), keep trying it and InfluxDB, acking nothing meanwhile:
+        the broker holds the messages."""
+        spool = self.spool
+        assert spool is not None
+        body = "".join(batch.lines + batch.status_lines).encode()
+        delay = 0.5
+        while True:
+            try:
+                await asyncio.to_thread(spool.append, body)
+                self.counters.spooled += len(batch.lines)
+                log.debug("event=spooled points=%d why=%s", len(batch.lines), why)
+                return
+            except SpoolError as exc:
+                self.counters.spool_refusals += 1
+                log.error("event=spool_refused retry_s=%.1f error=%s", delay, exc)
+            try:  # InfluxDB may be back before the spool has room again
+                await self.influx.write(body)
+                return
+            except InfluxError:
+                pass
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _replay(self) -> None:
+        """Send spooled batches to InfluxDB, oldest first, whenever it takes them."""
+        spool = self.spool
+        assert spool is not None
+        delay = 0.5
+        while True:
+            record = await asyncio.to_thread(spool.peek)
+            if record is None:
+                await asyncio.sleep(0.2)
+                continue
+            try:
+                await self.influx.write(record.body)
+            except InfluxError as exc:
+                if exc.is_client_error:
+                    await self._replay_one_by_one(record.body, exc)
+                else:
+                    log.warning("event=replay_waiting retry_s=%.1f error=%s", delay, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+            except Exception as exc:  # e.g. connection refused: wait for InfluxDB
+                log.warning("event=replay_waiting retry_s=%.1f error=%s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            await asyncio.to_thread(spool.consume, record)
+            self.counters.replayed += record.body.count(b"\n")
+            delay = 0.5
+
+    async def _replay_one_by_one(self, body: bytes, exc: InfluxError) -> None:
+        """A spooled batch InfluxDB refuses as data: store its points one by one; the ones
+        it refuses become dead letters (topic ``spool``)."""
+        log.warning("event=replay_refused error=%s; replaying point by point", exc)
+        refused: list[DeadLetterIn] = []
+        for line in body.splitlines(keepends=True):
+            try:
+                await self._retrying("points", self.influx.write, line)
+            except InfluxError as point_exc:
+                refused.append(
+                    DeadLetterIn(
+                        topic="spool",
+                        vendor=None,
+                        device_id=None,
+                        payload=line[: self.settings.dead_letter_payload_bytes],
+                        payload_size=len(line),
+                        reason=f"InfluxDB refused a spooled point: {point_exc}",
+                    )
+                )
+        if refused:
+            self.counters.rejected += len(refused)
+            await self._retrying("dead letters", add_dead_letters, self.sessions, refused)
 
     async def _write_one_by_one(self, batch: Batch) -> None:
         received_ms = int(time.time() * 1000)
@@ -399,14 +512,21 @@ class Ingest:
             batch.dead_letters = []
         batch.lines = [line for line in batch.lines if line]
 
-    async def _retrying(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """Call ``fn`` until it works; a refusal of the data itself (4xx) is raised at once."""
+    async def _retrying(
+        self, what: str, fn: Callable[..., Any], *args: Any, give_up_s: float | None = None
+    ) -> Any:
+        """Call ``fn`` until it works; a refusal of the data itself (4xx) is raised at once.
+
+        With ``give_up_s``, an InfluxDB still failing after that long raises its last error
+        (the caller spools the batch instead).
+        """
         delay = 0.1
+        deadline = None if give_up_s is None else time.monotonic() + give_up_s
         while True:
             try:
                 return await fn(*args)
             except InfluxError as exc:
-                if exc.is_client_error:
+                if exc.is_client_error or (deadline is not None and time.monotonic() >= deadline):
                     raise
                 error: Exception = exc
             except Exception as exc:  # the SQL store: any driver error is worth a retry

@@ -12,6 +12,7 @@ from cityiot.influx import InfluxDB, InfluxError
 from cityiot.settings import MqttTarget, Settings
 from ingest.broker import BrokerLink
 from ingest.pipeline import TOPICS, Ingest, ReadingsSink
+from ingest.spool import Spool
 
 log = logging.getLogger("cityiot.ingest")
 
@@ -37,6 +38,23 @@ async def prepare_influx(influx: InfluxDB, settings: Settings) -> None:
     except InfluxError as exc:
         # 2.x/3.x: buckets are created by their administrator, not through InfluxQL.
         log.warning("event=influx_setup_skipped reason=%s", exc)
+
+
+def open_spool(settings: Settings) -> Spool:
+    """The ingest's spool under ``CITYIOT_SPOOL_DIR`` (default ``<run dir>/spool``)."""
+    max_bytes = settings.spool_max_bytes
+    try:
+        return Spool(
+            settings.spool_path,
+            max_bytes=max_bytes,
+            segment_bytes=min(16 * 1024**2, max_bytes // 4),
+            fsync=settings.spool_fsync,
+        )
+    except OSError as exc:
+        raise OSError(
+            f"cannot open the spool at {settings.spool_path} ({exc}); another ingest may be "
+            "using it: give each ingest its own CITYIOT_SPOOL_DIR"
+        ) from exc
 
 
 @asynccontextmanager
@@ -65,6 +83,9 @@ async def ingest_stage(
             if store:
                 influx = await stack.enter_async_context(influx_from(settings))
                 await prepare_influx(influx, settings)
+            spool = None
+            if store:
+                spool = stack.enter_context(open_spool(settings))
             link = BrokerLink(
                 MqttTarget(settings.mqtt_url), client_id or settings.mqtt_client_id, TOPICS
             )
@@ -72,11 +93,12 @@ async def ingest_stage(
             yield await stack.enter_async_context(
                 Ingest(
                     settings,
-                    influx,
+                    influx,  # type: ignore[arg-type]
                     sessionmaker(engine),
-                    link,  # type: ignore[arg-type]
+                    link,
                     on_readings=on_readings,
                     store=store,
+                    spool=spool,
                 )
             )
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -82,9 +83,9 @@ async def seed_registry(sessions: Any) -> None:
 
 @pytest.fixture
 async def api(
-    db_url: str, influx: LocalInflux, influx_db: str, broker: LocalBroker
+    db_url: str, influx: LocalInflux, influx_db: str, broker: LocalBroker, tmp_path: Path
 ) -> AsyncIterator[Api]:
-    settings = api_settings(db_url, influx, influx_db, broker)
+    settings = api_settings(db_url, influx, influx_db, broker, run_dir=tmp_path)
     await migrate(db_url)
     engine = make_engine(db_url)
     sessions = sessionmaker(engine)

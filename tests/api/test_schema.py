@@ -37,6 +37,7 @@ async def api_on_sqlite(
         broker,
         api_rate_per_s=10_000.0,
         api_rate_burst=10_000,
+        run_dir=tmp_path,
         broker_password_file=tmp_path / "passwd",
         broker_acl_file=tmp_path / "acl",
     )

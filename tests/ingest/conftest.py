@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -80,9 +81,10 @@ def publisher_for(broker: LocalBroker) -> mqtt.Client:
 
 @pytest.fixture
 async def platform(
-    broker: LocalBroker, influx: LocalInflux, influx_db: str, sqlite_url: str
+    broker: LocalBroker, influx: LocalInflux, influx_db: str, sqlite_url: str, tmp_path: Path
 ) -> AsyncIterator[Platform]:
     settings = Settings(
+        run_dir=tmp_path,  # the spool lives there
         mqtt_url=broker.url,
         influx_url=influx.url,
         influx_db=influx_db,

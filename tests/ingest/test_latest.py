@@ -89,7 +89,11 @@ async def test_a_restarted_ingest_keeps_metrics_sent_before_the_restart(
     await platform.wait_for(lambda: platform.ingest.idle)
 
     settings = platform.settings.model_copy(
-        update={"mqtt_client_id": f"ingest-{uuid.uuid4().hex[:8]}"}
+        update={
+            "mqtt_client_id": f"ingest-{uuid.uuid4().hex[:8]}",
+            # The first ingest still holds its spool until the fixture ends.
+            "spool_dir": platform.settings.run_dir / "second-spool",
+        }
     )
     async with ingest_stage(settings) as ingest:
         task = asyncio.create_task(ingest.run())

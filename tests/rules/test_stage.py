@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from pathlib import Path
 
 import orjson
 from sqlalchemy import select
@@ -23,9 +24,10 @@ from tests.rules.test_engine import Subscriber
 
 
 async def test_a_published_reading_raises_notifies_and_dispatches(
-    broker: LocalBroker, influx: LocalInflux, influx_db: str, sqlite_url: str
+    broker: LocalBroker, influx: LocalInflux, influx_db: str, sqlite_url: str, tmp_path: Path
 ) -> None:
     settings = Settings(
+        run_dir=tmp_path,
         mqtt_url=broker.url,
         influx_url=influx.url,
         influx_db=influx_db,

@@ -1,0 +1,134 @@
+"""The ingest with its spool: InfluxDB down → batches spooled and acknowledged → InfluxDB
+back → replayed, every reading stored once; a full spool acknowledges nothing more."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from cityiot.db import make_engine, migrate, sessionmaker
+from cityiot.influx import InfluxDB
+from cityiot.registry import import_devices, parse_device_csv, upsert_vendor
+from cityiot.services import LocalBroker, LocalInflux
+from cityiot.settings import Settings
+from ingest.pipeline import Ingest
+from ingest.service import ingest_stage
+from tests.ingest.conftest import REGISTRY_CSV, publisher_for
+
+
+@pytest.fixture
+def own_influx(tmp_path: Path) -> LocalInflux:
+    """An InfluxDB of this test's own: it is stopped and started again."""
+    service = LocalInflux(tmp_path / "influx")
+    service.start()
+    yield service  # type: ignore[misc]
+    service.stop()
+
+
+@contextlib.asynccontextmanager
+async def _running(settings: Settings) -> AsyncIterator[Ingest]:
+    async with ingest_stage(settings) as ingest:
+        task = asyncio.create_task(ingest.run())
+        try:
+            yield ingest
+        finally:
+            await ingest.stop()
+            await task
+
+
+async def _until(check, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s} s: {what}")
+        await asyncio.sleep(0.05)
+
+
+async def _stored(influx: LocalInflux) -> int:
+    async with InfluxDB(influx.url, "city") as client:
+        try:
+            results = await client.query('SELECT count("tilt_deg") FROM "manhole"')
+        except Exception:
+            return -1
+    series = results[0].get("series", [])
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+@pytest.mark.parametrize("max_bytes", [1024**3, 64 * 1024])
+async def test_readings_survive_influxdb_down_through_the_spool(
+    broker: LocalBroker, own_influx: LocalInflux, sqlite_url: str, tmp_path: Path, max_bytes: int
+) -> None:
+    settings = Settings(
+        run_dir=tmp_path,
+        mqtt_url=broker.url,
+        influx_url=own_influx.url,
+        database_url=sqlite_url,
+        mqtt_client_id=f"spool-{uuid.uuid4().hex[:8]}",
+        flush_interval_ms=50,
+        spool_after_s=0.5,
+        spool_max_bytes=max_bytes,
+    )
+    await migrate(sqlite_url)
+    engine = make_engine(sqlite_url)
+    sessions = sessionmaker(engine)
+    await upsert_vendor(sessions, "acme", "ACME")
+    await upsert_vendor(sessions, "oldco", "Old Co", codec="hexframe")
+    await import_devices(sessions, parse_device_csv(REGISTRY_CSV).rows)
+    await engine.dispose()
+    publisher = publisher_for(broker)
+    t0 = int(time.time() * 1000) - 600_000
+    sent = 0
+
+    def publish(count: int) -> None:
+        nonlocal sent
+        for _ in range(count):
+            body = {"ts": t0 + sent, "metrics": {"tilt_deg": 1.0 + sent % 7}}
+            publisher.publish(
+                "city/acme/mh-1/telemetry", orjson.dumps(body), qos=1
+            ).wait_for_publish(5)
+            sent += 1
+
+    try:
+        async with _running(settings) as ingest:
+            publish(50)
+            await _until(
+                lambda: ingest.counters.stored >= 50 and ingest.idle, 15, "first 50 stored"
+            )
+            own_influx.stop()
+            # While InfluxDB is down, in several batches: ~50 kB, or ~125 kB for the small cap.
+            rounds = 6 if max_bytes > 1024**2 else 15
+            for _ in range(rounds):
+                publish(100)
+                await asyncio.sleep(0.2)
+            if max_bytes > 1024**2:
+                # Acknowledged: durable in the spool, not waiting on InfluxDB.
+                await _until(lambda: ingest.idle, 20, "batches spooled and acked")
+                assert ingest.counters.spooled == 600 and not ingest.spool.empty
+            else:
+                # The spool is full: nothing more acknowledged, the broker holds the rest.
+                await _until(lambda: ingest.counters.spool_refusals > 0, 30, "spool full")
+                assert not ingest.idle
+            await asyncio.to_thread(own_influx.start)
+            await _until(lambda: ingest.spool.empty and ingest.idle, 60, "spool replayed")
+            await _until_stored(own_influx, 50 + 100 * rounds)
+    finally:
+        publisher.loop_stop()
+        publisher.disconnect()
+
+
+async def _until_stored(influx: LocalInflux, expected: int) -> None:
+    deadline = time.monotonic() + 30
+    stored = await _stored(influx)
+    while stored != expected:
+        assert stored <= expected, f"{stored} stored, more than the {expected} published"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{stored} of {expected} stored")
+        await asyncio.sleep(0.2)
+        stored = await _stored(influx)
