@@ -129,9 +129,27 @@ def run(
     run_until_signal(run_platform(settings, launch, stop, err), stop)
 
 
+def serve_metrics(settings: Settings, sources: dict[str, Any]) -> None:
+    """With CITYIOT_METRICS_PORT, serve the stage's counters for Prometheus (a thread)."""
+    if settings.metrics_port is None:
+        return
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from api.metrics import StageCollector
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StageCollector(lambda: sources))  # type: ignore[arg-type]
+    start_http_server(settings.metrics_port, addr=settings.api_host, registry=registry)
+    err.print(f"metrics at http://{settings.api_host}:{settings.metrics_port}/metrics")
+
+
 @app.command()
 def ingest() -> None:
-    """The ingest stage alone: MQTT → validation → InfluxDB (needs the MQTT and InfluxDB URLs)."""
+    """The ingest stage alone: MQTT → validation → InfluxDB (needs the MQTT and InfluxDB URLs).
+
+    With CITYIOT_METRICS_PORT set, its counters, queue depths and spool are served for
+    Prometheus."""
+    from api.metrics import counters_source
     from ingest.service import ingest_stage
 
     settings = load_settings()
@@ -140,6 +158,14 @@ def ingest() -> None:
 
     async def main() -> None:
         async with ingest_stage(settings) as stage:
+            serve_metrics(
+                settings,
+                {
+                    "ingest": counters_source(stage.counters),
+                    "broker": counters_source(stage.link.stats),
+                    "queue": stage.depths,
+                },
+            )
             task = asyncio.create_task(stage.run())
             await stop.wait()
             await stage.stop()

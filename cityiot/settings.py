@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     spool_after_s: float = Field(
         2.0, ge=0, description="how long InfluxDB may fail before batches go to the spool"
     )
+    # A stage run alone (cityiot ingest / rules) serves its Prometheus metrics on this port.
+    metrics_port: int | None = Field(None, ge=1, le=65535)
     # The latest-value table: the ingest writes what changed this often.
     latest_flush_ms: int = Field(500, ge=50, le=1000)
 
