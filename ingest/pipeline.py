@@ -39,6 +39,8 @@ from ingest.validate import Reading, Rejected, Validator
 log = logging.getLogger("cityiot.ingest")
 
 TOPICS = ("city/+/+/telemetry", "city/+/+/status")
+SEQ_WINDOW = 64  # seqs remembered below a device's highest, for duplicate detection
+_SEQ_MASK = (1 << SEQ_WINDOW) - 1
 
 # Receives each stored batch's readings; may be a coroutine function (awaited: backpressure).
 ReadingsSink = Callable[[list[Reading]], Awaitable[None] | None]
@@ -111,7 +113,8 @@ class Ingest:
         self.spool = spool if store else None
         self._spool_after_s = settings.spool_after_s
         self.counters = IngestCounters()
-        self._last_seq: dict[str, tuple[int, int]] = {}  # device → (seq, ts_ms)
+        # device → (highest seq, latest ts_ms, bitmask of the seqs seen just below it)
+        self._seqs: dict[str, tuple[int, int, int]] = {}
         self._sealed: asyncio.Queue[Batch] = asyncio.Queue(maxsize=2)
         self._batch = Batch()
         self._unstored = 0  # sealed batches not yet stored
@@ -277,14 +280,9 @@ class Ingest:
 
     def _accept(self, device: KnownDevice, raw: RawReading, received_ms: int, batch: Batch) -> None:
         reading = self.validator.reading(device.device_id, device.kind, raw, received_ms)
-        if raw.seq is not None:
-            last = self._last_seq.get(device.device_id)
-            # A repeat has an old seq and an old time; a rebooted device restarts seq but
-            # not the clock, so it is not mistaken for one.
-            if last is not None and raw.seq <= last[0] and reading.ts_ms <= last[1]:
-                self.counters.duplicates += 1
-                return
-            self._last_seq[device.device_id] = (raw.seq, reading.ts_ms)
+        if raw.seq is not None and self._repeated(device.device_id, raw.seq, reading.ts_ms):
+            self.counters.duplicates += 1
+            return
         fields = ",".join(
             f"{k}={'true' if v else 'false'}" if v is True or v is False else f"{k}={v!r}"
             for k, v in reading.metrics.items()
@@ -294,6 +292,35 @@ class Ingest:
         batch.lines.append(f"{device.series_key} {fields} {reading.ts_ms}\n")
         batch.readings.append(reading)
         self.counters.readings += 1
+
+    def _repeated(self, device_id: str, seq: int, ts_ms: int) -> bool:
+        """Whether this (seq, time) of the device was seen already: a redelivery to drop.
+
+        Seqs may arrive out of order (a publisher's queued messages resent after newer ones
+        on reconnect): each of the last ``SEQ_WINDOW`` seqs below the highest is remembered
+        in a bitmask, so only a seq actually seen counts. A seq that goes back while the
+        time moves past everything seen is a rebooted device, not a repeat.
+        """
+        state = self._seqs.get(device_id)
+        if state is None:
+            self._seqs[device_id] = (seq, ts_ms, 1)
+            return False
+        top, latest, seen = state
+        if seq > top:
+            shift = seq - top
+            seen = ((seen << shift) | 1) & _SEQ_MASK if shift < SEQ_WINDOW else 1
+            self._seqs[device_id] = (seq, max(latest, ts_ms), seen)
+            return False
+        below = top - seq
+        if ts_ms > latest:  # rebooted: its seq started again
+            self._seqs[device_id] = (seq, ts_ms, 1)
+            return False
+        if below >= SEQ_WINDOW:
+            return False  # too old to tell; storing it again only rewrites the same point
+        if seen >> below & 1:
+            return True
+        self._seqs[device_id] = (top, latest, seen | 1 << below)
+        return False
 
     def _status(self, device: KnownDevice, payload: bytes, received_ms: int, batch: Batch) -> None:
         try:
