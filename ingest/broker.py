@@ -75,6 +75,7 @@ class BrokerLink:
         qos: int = 1,
         clean_session: bool = False,
         max_pending: int = 20_000,
+        max_pending_bytes: int = 32 * 1024 * 1024,
         keepalive_s: int = 30,
         reconnect_max_s: float = 10.0,
     ) -> None:
@@ -82,6 +83,9 @@ class BrokerLink:
         self.topics = list(topics)
         self.qos = qos
         self.max_pending = max_pending
+        # Also a bound in bytes: batched payloads make a message count a poor measure.
+        self.max_pending_bytes = max_pending_bytes
+        self._pending_bytes = 0
         self.keepalive_s = keepalive_s
         self.reconnect_max_s = reconnect_max_s
         self.stats = LinkStats()
@@ -180,6 +184,7 @@ class BrokerLink:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.event.wait(), timeout_s)
         batch, self._pending = self._pending, []
+        self._pending_bytes = 0
         if self.stats.paused:
             self._resume_reading()
         return batch
@@ -207,10 +212,14 @@ class BrokerLink:
         if msg.dup:
             self.stats.redelivered += 1
         self._pending.append(Delivery(msg.topic, msg.payload, msg.mid, msg.qos, self.generation))
+        self._pending_bytes += len(msg.payload)
         self.stats.received += 1
         if len(self._pending) == 1:
             self._wake.event.set()
-        if len(self._pending) >= self.max_pending and not self.stats.paused:
+        if not self.stats.paused and (
+            len(self._pending) >= self.max_pending
+            or self._pending_bytes >= self.max_pending_bytes
+        ):
             self._pause_reading()
 
     def _on_connect(

@@ -207,6 +207,13 @@ class Ingest:
                 received_ms = int(time.time() * 1000)
                 for delivery in deliveries:
                     self.handle(delivery, received_ms)
+                    # Seal as soon as the batch is full, not after the whole hand-over: with
+                    # batched payloads one hand-over can hold millions of readings.
+                    if (
+                        len(self._batch.lines) >= self.settings.batch_size
+                        or len(self._batch.spans) >= self._max_unacked
+                    ):
+                        await self._seal()
             batch = self._batch
             if batch.started and (
                 len(batch.lines) >= self.settings.batch_size
@@ -231,12 +238,21 @@ class Ingest:
         batch = self._batch
         if not batch.started:
             batch.started = time.monotonic()
-        first = len(batch.lines)
+        first, first_reading = len(batch.lines), len(batch.readings)
         self.counters.messages += 1
         try:
             self._decode(delivery, received_ms, batch)
         except (PayloadError, Rejected) as exc:
             self._dead_letter(batch, delivery, str(exc), received_ms)
+        except Exception as exc:  # a decoder bug: one odd message must not stop the ingest
+            log.exception("event=decode_crashed topic=%s", delivery.topic[:200])
+            del batch.lines[first:], batch.readings[first_reading:]
+            self._dead_letter(
+                batch,
+                delivery,
+                f"the platform could not decode this message ({exc!r:.200})",
+                received_ms,
+            )
         batch.spans.append((delivery, first, len(batch.lines)))
 
     def _decode(self, delivery: Delivery, received_ms: int, batch: Batch) -> None:
@@ -327,6 +343,8 @@ class Ingest:
             message = msgspec.json.decode(payload)
         except msgspec.DecodeError as exc:
             raise Rejected(f"status: invalid JSON: {exc}") from None
+        except UnicodeDecodeError:
+            raise Rejected("status: invalid JSON: a string is not valid UTF-8") from None
         online = message.get("online") if isinstance(message, dict) else None
         if type(online) is not bool:
             raise Rejected('status must be {"online": true} or {"online": false}')

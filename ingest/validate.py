@@ -73,6 +73,8 @@ class KindTable:
                 out[name] = value
                 continue
             if vtype is int:
+                if not -_INT_BOUND < value < _INT_BOUND:
+                    raise Rejected(f"{name} is a number too large to be a measurement")
                 value = float(value)
             elif vtype is not float:
                 raise Rejected(f"{name} must be a JSON number, got {_show(value)}")
@@ -106,6 +108,11 @@ class Validator:
             ts_ms = parse_rfc3339(ts)
         else:
             raise Rejected(f"ts must be epoch milliseconds or an RFC 3339 string, got {_show(ts)}")
+        if not -_TS_BOUND < ts_ms < _TS_BOUND:
+            raise Rejected(
+                f"ts {str(ts_ms)[:24]}{'…' if len(str(ts_ms)) > 24 else ''} is not a time; "
+                "send epoch milliseconds (13 digits today) or an RFC 3339 string"
+            )
         if ts_ms > received_ms + self.future_ms:
             ahead = (ts_ms - received_ms) / 1000
             raise Rejected(
@@ -136,6 +143,11 @@ def parse_rfc3339(text: str) -> int:
     if when.tzinfo is None:
         raise Rejected(f"ts {text[:40]!r} has no UTC offset; add one, e.g. +08:00 or Z")
     return int(when.timestamp() * 1000)
+
+
+# Beyond these, ints cannot be floats (or any plausible epoch milliseconds): refused early.
+_INT_BOUND = 10**300
+_TS_BOUND = 10**16
 
 
 def _show(value: Any) -> str:

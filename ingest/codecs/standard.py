@@ -38,6 +38,8 @@ class StandardJsonCodec:
             raise PayloadError(f"payload does not follow the access standard: {exc}") from None
         except msgspec.DecodeError as exc:
             raise PayloadError(f"invalid JSON: {exc}") from None
+        except UnicodeDecodeError:
+            raise PayloadError("invalid JSON: a string is not valid UTF-8") from None
         if env.readings is not None:
             if env.metrics is not None or env.ts is not None or env.seq is not None:
                 raise PayloadError(

@@ -3,10 +3,15 @@ order readings arrive in; a device that restarts its seq is not mistaken for one
 
 from __future__ import annotations
 
+import datetime as dt
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cityiot.registry import DeviceEntry
 from cityiot.settings import Settings
+from ingest.broker import Delivery
+from ingest.devices import KnownDevice
 from ingest.pipeline import SEQ_WINDOW, Ingest
 
 
@@ -44,3 +49,24 @@ def test_a_seq_older_than_the_window_is_stored_again_harmlessly() -> None:
     assert not ingest._repeated("d", 1 + SEQ_WINDOW + 5, 9_000)
     # Too far below to tell: stored (InfluxDB overwrites the identical point).
     assert not ingest._repeated("d", 1, 1_000)
+
+
+def test_payloads_that_once_crashed_the_decoder_are_dead_letters_with_a_reason() -> None:
+    ingest = _ingest()
+    entry = DeviceEntry(
+        "mh-1", "acme", "manhole", "yicheng", 300, {}, False, dt.datetime.now(dt.UTC)
+    )
+    ingest.devices.devices["mh-1"] = KnownDevice.from_entry(entry)
+    cases = {
+        ("telemetry", b'{"metrics": {"\xaa": 1}}'): "UTF-8",
+        ("telemetry", b'{"ts": 1' + b"0" * 400 + b', "metrics": {"tilt_deg": 1}}'): "is not a time",
+        ("telemetry", b'{"metrics": {"tilt_deg": 1' + b"0" * 400 + b"}}"): "too large",
+        ("status", b'{"\xaa": true}'): "UTF-8",
+    }
+    for (channel, payload), reason in cases.items():
+        batch = ingest._batch
+        before = len(batch.dead_letters)
+        ingest.handle(Delivery(f"city/acme/mh-1/{channel}", payload, 1, 1, 0), 1_763_856_000_000)
+        letters = batch.dead_letters[before:]
+        assert len(letters) == 1 and reason in letters[0].reason, (payload[:40], letters)
+        assert len(letters[0].reason) < 300
