@@ -104,6 +104,9 @@ class FaultProxy:
     reaches nothing), ``hang`` (``/write`` gets no answer; the connection is dropped when
     the mode changes), ``applied_hang`` (the write reaches InfluxDB, then the answer
     never comes: stored but unconfirmed). ``/query`` and ``/ping`` always pass.
+
+    :meth:`throttle` makes storage slow instead of failing: each forwarded ``/write`` is
+    held ``points / rate`` seconds (within ``min_s``..``max_s``), one at a time.
     """
 
     FORWARD = "forward"
@@ -118,6 +121,11 @@ class FaultProxy:
         self._mode = self.FORWARD
         self._cond = threading.Condition()
         self._held = 0
+        self._throttle: tuple[float, float, float] | None = None  # rate, min_s, max_s
+        self._write_lock = threading.Lock()
+        self.writes = 0  # /write requests InfluxDB accepted (204) through the proxy
+        self.points = 0
+        self.largest_write = 0  # points
         self._closed = False
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _proxy_handler(self))
         self._server.daemon_threads = True
@@ -164,10 +172,34 @@ class FaultProxy:
             finally:
                 self._held -= 1
 
+    def throttle(self, rate: float, min_s: float, max_s: float) -> None:
+        self._throttle = (rate, min_s, max_s)
+
+    def unthrottle(self) -> None:
+        self._throttle = None
+
     def forward(
         self, method: str, path: str, body: bytes, headers: dict[str, str]
     ) -> tuple[int, list[tuple[str, str]], bytes]:
-        conn = http.client.HTTPConnection(*self.upstream, timeout=30)
+        if not path.startswith("/write"):
+            return self._send(method, path, body, headers)
+        points = body.count(b"\n")
+        with self._write_lock:
+            throttle = self._throttle
+            if throttle is not None:
+                rate, min_s, max_s = throttle
+                time.sleep(min(max_s, max(min_s, points / rate)))
+            answer = self._send(method, path, body, headers)
+        if answer[0] == 204:
+            self.writes += 1
+            self.points += points
+            self.largest_write = max(self.largest_write, points)
+        return answer
+
+    def _send(
+        self, method: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        conn = http.client.HTTPConnection(*self.upstream, timeout=60)
         try:
             conn.request(method, path, body=body or None, headers=headers)
             response = conn.getresponse()

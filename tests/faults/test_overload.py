@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
 import os
 import subprocess
 import sys
@@ -21,10 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -34,6 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from cityiot.services import LocalBroker, LocalInflux, find_executable
 from simulators import Fleet, SimDevice
+from tests.faults.conftest import FaultProxy
 
 INFLUX_DB = "city"
 FLEET_SEED = 6
@@ -64,104 +61,6 @@ def _services_available() -> bool:
 
 
 pytestmark = pytest.mark.skipif(not _services_available(), reason="needs mosquitto and influxd")
-
-
-# -- the throttle -----------------------------------------------------------------------
-
-
-class ThrottleProxy:
-    """An HTTP proxy to InfluxDB that stores at most ``rate`` points per second.
-
-    Each ``/write`` is held ``points / rate`` seconds (within ``min_s``..``max_s``) before it
-    is forwarded, one at a time (storage is one slow disk); ``/ping`` and ``/query`` pass at
-    once. Set ``throttled`` to False to lift the throttle.
-    """
-
-    def __init__(self, upstream: str, rate: float, min_s: float, max_s: float) -> None:
-        parts = urlsplit(upstream)
-        self.upstream = (parts.hostname or "127.0.0.1", parts.port or 8086)
-        self.rate = rate
-        self.min_s = min_s
-        self.max_s = max_s
-        self.throttled = True
-        self.writes = 0
-        self.points = 0
-        self.largest_write = 0  # points
-        self._write_lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _throttle_handler(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def forward(
-        self, method: str, path: str, body: bytes, headers: dict[str, str]
-    ) -> tuple[int, list[tuple[str, str]], bytes]:
-        if not path.startswith("/write"):
-            return self._send(method, path, body, headers)
-        with self._write_lock:
-            if self.throttled:
-                points = body.count(b"\n")
-                time.sleep(min(self.max_s, max(self.min_s, points / self.rate)))
-            answer = self._send(method, path, body, headers)
-            if answer[0] == 204:
-                points = body.count(b"\n")
-                self.writes += 1
-                self.points += points
-                self.largest_write = max(self.largest_write, points)
-            return answer
-
-    def _send(
-        self, method: str, path: str, body: bytes, headers: dict[str, str]
-    ) -> tuple[int, list[tuple[str, str]], bytes]:
-        conn = http.client.HTTPConnection(*self.upstream, timeout=60)
-        try:
-            conn.request(method, path, body=body or None, headers=headers)
-            response = conn.getresponse()
-            return response.status, response.getheaders(), response.read()
-        finally:
-            conn.close()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
-
-
-def _throttle_handler(proxy: ThrottleProxy) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as the ingest's client expects
-
-        def do_GET(self) -> None:
-            self._handle()
-
-        def do_POST(self) -> None:
-            self._handle()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _handle(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
-            status, answer_headers, answer = proxy.forward(self.command, self.path, body, headers)
-            # The client may have given up waiting (its timeout): nothing to answer then.
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                self.send_response(status)
-                for key, value in answer_headers:
-                    if key.lower() not in _HOP_BY_HOP:
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-    return Handler
 
 
 # -- publishing -------------------------------------------------------------------------
@@ -348,7 +247,8 @@ def test_overload_keeps_memory_bounded_and_loses_nothing(tmp_path: Path) -> None
 
     broker = LocalBroker(tmp_path / "broker").start()
     influx = LocalInflux(tmp_path / "influx").start()
-    proxy = ThrottleProxy(influx.url, STORAGE_RATE, MIN_WRITE_S, MAX_WRITE_S)
+    proxy = FaultProxy(influx.url)
+    proxy.throttle(STORAGE_RATE, MIN_WRITE_S, MAX_WRITE_S)
     publishers: list[BatchPublisher] = []
     log_path = tmp_path / "ingest.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CITYIOT_")}
@@ -404,7 +304,7 @@ def test_overload_keeps_memory_bounded_and_loses_nothing(tmp_path: Path) -> None
             published = sum(p.wait_acked(30) for p in publishers)
 
             # Lift the throttle: the backlog the broker held drains at InfluxDB's own pace.
-            proxy.throttled = False
+            proxy.unthrottle()
             want: dict[str, int] = {}
             for publisher in publishers:
                 want.update(publisher.sent)
