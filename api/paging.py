@@ -15,7 +15,7 @@ from typing import Annotated, Any, Generic, TypeVar
 import orjson
 from fastapi import Query
 from pydantic import BaseModel
-from sqlalchemy import BigInteger, Select, and_, or_
+from sqlalchemy import BigInteger, DateTime, Integer, Select, String, TypeDecorator, and_, or_
 
 from api.problems import Problem
 
@@ -70,20 +70,20 @@ def _plausible(value: Any) -> bool:
 
 def _typed(column: Any, value: Any) -> Any:
     """A cursor value as the column compares it; 400 when it cannot be one of its values."""
-    try:
-        python_type = column.type.python_type
-    except (AttributeError, NotImplementedError):
-        return value
-    if python_type is dt.datetime:
+    sql_type = column.type.impl if isinstance(column.type, TypeDecorator) else column.type
+    if isinstance(sql_type, DateTime):
         try:
-            return dt.datetime.fromisoformat(value)
+            when = dt.datetime.fromisoformat(value)
         except (TypeError, ValueError):
             raise Problem(400, _BAD) from None
-    if python_type is int:
-        limit = 2**63 if isinstance(column.type, BigInteger) else 2**31
+        if when.tzinfo is None:
+            raise Problem(400, _BAD)
+        return when
+    if isinstance(sql_type, Integer):
+        limit = 2**63 if isinstance(sql_type, BigInteger) else 2**31
         if not isinstance(value, int) or not -limit <= value < limit:
             raise Problem(400, _BAD)
-    elif python_type is str and not isinstance(value, str):
+    elif isinstance(sql_type, String) and not isinstance(value, str):
         raise Problem(400, _BAD)
     return value
 

@@ -15,29 +15,26 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import APIRouter, Body, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Select, and_, event, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
+from sqlalchemy import select, update
 
 from api.access import allow, check_filter, check_sees, scoped
 from api.audit import audit
 from api.context import ApiContext, context
 from api.keys import Principal
-from api.paging import Cursor, Limit, Page, decode_cursor, encode_cursor
+from api.paging import Cursor, Limit, Page, after, page_of
+from api.params import TEXT, city_instant
 from api.problems import Problem
 from cityiot.catalogue import DISTRICTS, KINDS
 from cityiot.db import Alert, utcnow
-from cityiot.sun import CITY_TZ
 from rules.events import alert_event, alert_topic, city_time
 
 router = APIRouter(tags=["alerts"])
 
 ACKERS = ("admin", "operator", "field")
 
-# Ids are [A-Za-z0-9_-]; free text may hold anything but NUL (PostgreSQL refuses it).
+# Ids are [A-Za-z0-9_-]; free text follows api.params.TEXT.
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 RULE_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
-TEXT_PATTERN = r"^[^\x00]*$"
 
 KindFilter = Annotated[str | None, Query(max_length=32, json_schema_extra={"enum": list(KINDS)})]
 DistrictFilter = Annotated[
@@ -87,29 +84,7 @@ class AckIn(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"note": "crew 1 on the way"}]}
     )
 
-    note: str = Field(
-        "", max_length=1000, pattern=TEXT_PATTERN, description="kept in the audit log"
-    )
-
-
-def audited(sessions: Any, principal: Principal, action: str, resource: str, **detail: Any) -> Any:
-    """A session factory (an ``async_sessionmaker`` look-alike) whose sessions add one audit
-    entry to whatever they commit.
-
-    For changes made by library code that opens its own transaction: the entry is written
-    in that transaction, so it exists exactly when the change does.
-    """
-
-    def factory() -> AsyncSession:
-        session: AsyncSession = sessions()
-
-        def add_entry(_: Session) -> None:
-            audit(session, principal, action, resource, **detail)
-
-        event.listen(session.sync_session, "before_commit", add_entry, once=True)
-        return session
-
-    return factory
+    note: str = Field("", max_length=1000, pattern=TEXT, description="kept in the audit log")
 
 
 def check_kind_district(principal: Principal, kind: str | None, district: str | None) -> None:
@@ -120,46 +95,6 @@ def check_kind_district(principal: Principal, kind: str | None, district: str | 
         raise Problem(422, f"unknown district {district!r}; use one of {', '.join(DISTRICTS)}")
     check_filter(principal, "kind", kind, principal.kinds)
     check_filter(principal, "district", district, principal.districts)
-
-
-def time_ordered(
-    stmt: Select[Any], time: Any, key: Any, cursor: str | None, *, descending: bool = True
-) -> Select[Any]:
-    """``stmt`` ordered by (time, key), newest first unless not ``descending``, continuing
-    after ``cursor`` (made by :func:`time_cursor`)."""
-    if cursor is not None:
-        at_text, last = decode_cursor(cursor, 2)
-        try:
-            at = dt.datetime.fromisoformat(str(at_text))
-        except ValueError:
-            at = None
-        if at is None or at.tzinfo is None or "\x00" in str(last):
-            raise Problem(400, "cursor is not one this API gave out; pass next_cursor unchanged")
-        if descending:
-            stmt = stmt.where(or_(time < at, and_(time == at, key < str(last))))
-        else:
-            stmt = stmt.where(or_(time > at, and_(time == at, key > str(last))))
-    if descending:
-        return stmt.order_by(time.desc(), key.desc())
-    return stmt.order_by(time.asc(), key.asc())
-
-
-def time_cursor(at: dt.datetime, key: str) -> list[Any]:
-    return [at.isoformat(), key]
-
-
-def as_city(when: dt.datetime | None) -> dt.datetime | None:
-    """A time given by a caller, in UTC; without an offset it is Zhumadian's (+08:00)."""
-    if when is None:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=CITY_TZ)
-    try:
-        return when.astimezone(dt.UTC)
-    except OverflowError:
-        raise Problem(
-            422, f"{when.isoformat()} is out of range; give a time after year 1"
-        ) from None
 
 
 @router.get(
@@ -201,22 +136,15 @@ async def list_alerts(
     ):
         if value is not None:
             stmt = stmt.where(column == value)
-    since, until = as_city(since), as_city(until)
+    since, until = city_instant(since, "since"), city_instant(until, "until")
     if since is not None:
         stmt = stmt.where(Alert.started_at >= since)
     if until is not None:
         stmt = stmt.where(Alert.started_at < until)
-    stmt = time_ordered(stmt, Alert.started_at, Alert.id, cursor).limit(limit + 1)
+    stmt = after(stmt, [Alert.started_at, Alert.id], cursor, descending=True).limit(limit + 1)
     async with ctx.sessions() as session:
         rows = list((await session.scalars(stmt)).all())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return {
-        "items": [alert_event(a) for a in rows],
-        "next_cursor": encode_cursor(time_cursor(rows[-1].started_at, rows[-1].id))
-        if more and rows
-        else None,
-    }
+    return page_of(rows, limit, key=lambda a: [a.started_at, a.id], convert=alert_event)
 
 
 async def visible_alert(ctx: ApiContext, principal: Principal, alert_id: str) -> Alert:

@@ -16,8 +16,8 @@ from sqlalchemy import func, or_, select
 from api.access import allow
 from api.context import ApiContext, context
 from api.keys import Principal
-from api.paging import Cursor, Limit, Page, page_of
-from api.routes.deadletters import TEXT, instant, newest_first, time_key
+from api.paging import Cursor, Limit, Page, after, page_of
+from api.params import TEXT, city_instant
 from cityiot.db import AuditEntry
 from cityiot.sun import CITY_TZ
 
@@ -96,7 +96,7 @@ async def list_audit_entries(
     cursor: Cursor = None,
 ) -> dict[str, Any]:
     """Changes, newest first. Admin keys only."""
-    start, end = instant(since, "since"), instant(until, "until")
+    start, end = city_instant(since, "since"), city_instant(until, "until")
     stmt = select(AuditEntry)
     if actor:
         stmt = stmt.where(func.lower(AuditEntry.actor).contains(actor.lower(), autoescape=True))
@@ -118,7 +118,7 @@ async def list_audit_entries(
         stmt = stmt.where(AuditEntry.at >= start)
     if end is not None:
         stmt = stmt.where(AuditEntry.at < end)
-    stmt = newest_first(stmt, AuditEntry.at, AuditEntry.id, cursor).limit(limit + 1)
+    stmt = after(stmt, [AuditEntry.at, AuditEntry.id], cursor, descending=True).limit(limit + 1)
     async with ctx.sessions() as session:
         rows = list(await session.scalars(stmt))
-    return page_of(rows, limit, key=lambda r: time_key(r.at, r.id), convert=audit_entry_out)
+    return page_of(rows, limit, key=lambda r: [r.at, r.id], convert=audit_entry_out)

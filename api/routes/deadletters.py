@@ -14,12 +14,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import func, select
 
 from api.access import allow, check_filter, scoped
 from api.context import ApiContext, context
 from api.keys import Principal
-from api.paging import Cursor, Limit, Page, decode_cursor, page_of
+from api.paging import Cursor, Limit, Page, after, page_of
+from api.params import TEXT, city_instant
 from api.problems import Problem
 from cityiot.db import DeadLetter
 from cityiot.sun import CITY_TZ
@@ -28,9 +29,6 @@ router = APIRouter(tags=["deadletters"])
 
 READERS = ("admin", "operator", "vendor")
 MAX_ID = 2**31 - 1  # the id column is a 32-bit integer on PostgreSQL
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-TEXT = r"^[^\x00]*$"  # any text but NUL, which PostgreSQL cannot compare
-BAD_CURSOR = "cursor is not one this API gave out; pass next_cursor unchanged"
 
 IdText = Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
@@ -79,40 +77,6 @@ def dead_letter_out(row: DeadLetter) -> dict[str, Any]:
     }
 
 
-def instant(value: dt.datetime | None, name: str) -> dt.datetime | None:
-    """A query time as an aware datetime; one without an offset is taken as +08:00."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=CITY_TZ)
-    try:
-        return value.astimezone(dt.UTC)
-    except OverflowError:
-        raise Problem(
-            422, f"{name} is out of range; give a time like 2026-11-23T08:00:00+08:00"
-        ) from None
-
-
-def newest_first(stmt: Select[Any], at: Any, id_: Any, cursor: str | None) -> Select[Any]:
-    """``stmt`` ordered newest first by (time, id), continuing after ``cursor`` (from
-    :func:`time_key`); time and id together keep pages stable even for equal times."""
-    if cursor is not None:
-        micros, last_id = decode_cursor(cursor, 2)
-        if not (isinstance(micros, int) and isinstance(last_id, int) and 0 <= last_id <= MAX_ID):
-            raise Problem(400, BAD_CURSOR)
-        try:
-            when = EPOCH + dt.timedelta(microseconds=micros)
-        except OverflowError:
-            raise Problem(400, BAD_CURSOR) from None
-        stmt = stmt.where(or_(at < when, and_(at == when, id_ < last_id)))
-    return stmt.order_by(at.desc(), id_.desc())
-
-
-def time_key(when: dt.datetime, id_: int) -> list[int]:
-    """The cursor values of an item for :func:`newest_first`."""
-    return [(when - EPOCH) // dt.timedelta(microseconds=1), id_]
-
-
 @router.get(
     "/deadletters",
     response_model=Page[DeadLetterOut],
@@ -141,7 +105,7 @@ async def list_dead_letters(
     """Rejected messages, newest first. A vendor key sees only its own vendor's."""
     if principal.vendor is not None:
         check_filter(principal, "vendor", vendor, {principal.vendor})
-    start, end = instant(since, "since"), instant(until, "until")
+    start, end = city_instant(since, "since"), city_instant(until, "until")
     stmt = scoped(select(DeadLetter), principal, None, None, DeadLetter.vendor)
     if vendor is not None:
         stmt = stmt.where(DeadLetter.vendor == vendor)
@@ -153,12 +117,11 @@ async def list_dead_letters(
         stmt = stmt.where(DeadLetter.received_at < end)
     if reason:
         stmt = stmt.where(func.lower(DeadLetter.reason).contains(reason.lower(), autoescape=True))
-    stmt = newest_first(stmt, DeadLetter.received_at, DeadLetter.id, cursor).limit(limit + 1)
+    columns = [DeadLetter.received_at, DeadLetter.id]
+    stmt = after(stmt, columns, cursor, descending=True).limit(limit + 1)
     async with ctx.sessions() as session:
         rows = list(await session.scalars(stmt))
-    return page_of(
-        rows, limit, key=lambda r: time_key(r.received_at, r.id), convert=dead_letter_out
-    )
+    return page_of(rows, limit, key=lambda r: [r.received_at, r.id], convert=dead_letter_out)
 
 
 @router.get(

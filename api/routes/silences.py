@@ -16,18 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from api.access import allow
+from api.audit import audited
 from api.context import ApiContext, context
 from api.keys import Principal
-from api.paging import Cursor, Limit, Page, encode_cursor
+from api.paging import Cursor, Limit, Page, after, page_of
+from api.params import TEXT, city_instant
 from api.problems import Problem
-from api.routes.alerts import (
-    ID_PATTERN,
-    TEXT_PATTERN,
-    as_city,
-    audited,
-    time_cursor,
-    time_ordered,
-)
+from api.routes.alerts import ID_PATTERN
 from cityiot.db import Silence, utcnow
 from rules.events import city_time
 from rules.silences import OPS, MatcherError, SilenceError, create_silence, expire_silence
@@ -58,7 +53,7 @@ class MatcherModel(BaseModel):
 
     label: Literal["rule", "kind", "district", "severity", "vendor", "device_id", "team"]
     op: Literal["=", "!=", "=~", "!~"] = Field(description=" ".join(OPS))
-    value: str = Field(max_length=256, pattern=TEXT_PATTERN)
+    value: str = Field(max_length=256, pattern=TEXT)
 
 
 class SilenceIn(BaseModel):
@@ -80,7 +75,7 @@ class SilenceIn(BaseModel):
     matchers: list[MatcherModel] = Field(min_length=1, max_length=32)
     starts_at: dt.datetime | None = Field(None, description="RFC 3339; default: now")
     ends_at: dt.datetime = Field(description="RFC 3339; +08:00 when no offset is given")
-    comment: str = Field("", max_length=1000, pattern=TEXT_PATTERN)
+    comment: str = Field("", max_length=1000, pattern=TEXT)
 
 
 class SilenceOut(BaseModel):
@@ -126,17 +121,13 @@ async def list_silences(
     stmt = select(Silence)
     if not expired:
         stmt = stmt.where(Silence.ends_at > now)
-    stmt = time_ordered(stmt, Silence.created_at, Silence.id, cursor).limit(limit + 1)
+    columns = [Silence.created_at, Silence.id]
+    stmt = after(stmt, columns, cursor, descending=True).limit(limit + 1)
     async with ctx.sessions() as session:
         rows = list((await session.scalars(stmt)).all())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return {
-        "items": [silence_out(s, now) for s in rows],
-        "next_cursor": encode_cursor(time_cursor(rows[-1].created_at, rows[-1].id))
-        if more and rows
-        else None,
-    }
+    return page_of(
+        rows, limit, key=lambda s: [s.created_at, s.id], convert=lambda s: silence_out(s, now)
+    )
 
 
 @router.post(
@@ -153,8 +144,8 @@ async def add_silence(
 ) -> dict[str, Any]:
     """Mute the notifications of every alert the matchers select until ``ends_at``."""
     now = utcnow()
-    starts_at = as_city(body.starts_at) or now
-    ends_at = as_city(body.ends_at)
+    starts_at = city_instant(body.starts_at, "starts_at") or now
+    ends_at = city_instant(body.ends_at, "ends_at")
     assert ends_at is not None
     matchers = [m.model_dump() for m in body.matchers]
     try:

@@ -16,20 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from api.access import allow, check_sees, scoped
+from api.audit import audited
 from api.context import ApiContext, context
 from api.keys import Principal
-from api.paging import Cursor, Limit, Page, encode_cursor
+from api.paging import Cursor, Limit, Page, after, page_of
+from api.params import TEXT
 from api.problems import Problem
-from api.routes.alerts import (
-    ID_PATTERN,
-    TEXT_PATTERN,
-    DistrictFilter,
-    KindFilter,
-    audited,
-    check_kind_district,
-    time_cursor,
-    time_ordered,
-)
+from api.routes.alerts import ID_PATTERN, DistrictFilter, KindFilter, check_kind_district
 from cityiot.db import WorkOrder
 from rules.events import city_time, wall_clock
 from rules.workorders import TRANSITIONS, IllegalTransition, WorkOrderNotFound, transition
@@ -95,7 +88,7 @@ class StepIn(BaseModel):
     )
 
     note: str = Field(
-        "", max_length=1000, pattern=TEXT_PATTERN, description="added to the work order's journal"
+        "", max_length=1000, pattern=TEXT, description="added to the work order's journal"
     )
 
 
@@ -153,18 +146,10 @@ async def list_workorders(
     ):
         if value is not None:
             stmt = stmt.where(column == value)
-    stmt = time_ordered(stmt, WorkOrder.created_at, WorkOrder.id, cursor, descending=False)
-    stmt = stmt.limit(limit + 1)
+    stmt = after(stmt, [WorkOrder.created_at, WorkOrder.id], cursor).limit(limit + 1)
     async with ctx.sessions() as session:
         rows = list((await session.scalars(stmt)).all())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return {
-        "items": [work_order_out(o) for o in rows],
-        "next_cursor": encode_cursor(time_cursor(rows[-1].created_at, rows[-1].id))
-        if more and rows
-        else None,
-    }
+    return page_of(rows, limit, key=lambda o: [o.created_at, o.id], convert=work_order_out)
 
 
 async def _visible(ctx: ApiContext, principal: Principal, work_order_id: str) -> WorkOrder:

@@ -681,7 +681,7 @@ class FaultBench:
         )
 
 
-async def _seed_registry(database_url: str, fleet: Fleet) -> None:
+async def seed_registry(database_url: str, fleet: Fleet) -> None:
     from cityiot.db import make_engine, migrate, sessionmaker
     from cityiot.registry import import_devices, parse_device_csv, upsert_vendor
 
@@ -708,7 +708,7 @@ def fleet() -> Fleet:
 def bench(tmp_path: Path, fleet: Fleet, request: pytest.FixtureRequest) -> Iterator[FaultBench]:
     """A fresh broker, InfluxDB, proxy and seeded registry; the ingest is not started."""
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
-    asyncio.run(_seed_registry(database_url, fleet))
+    asyncio.run(seed_registry(database_url, fleet))
     bench = FaultBench(tmp_path, fleet, database_url)
     request.node.fault_logs = {
         "ingest log": tmp_path / "ingest.log",

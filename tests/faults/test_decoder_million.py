@@ -30,38 +30,14 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from cityiot.catalogue import KINDS
-from cityiot.registry import DeviceEntry
-from cityiot.settings import Settings
 from ingest.broker import Delivery
 from ingest.codecs.hexframe import KIND_CODES
 from ingest.codecs.hexframe import encode as encode_frame
-from ingest.devices import DeviceMap, KnownDevice
 from ingest.pipeline import Batch, Ingest
+from tests.ingest.conftest import OFFLINE_VENDORS, offline_ingest
 
 EXAMPLES = 1000
 PAYLOADS_PER_EXAMPLE = 1000
-VENDOR_CODECS = {"acme": "json", "oldco": "hexframe"}
-
-
-def offline_ingest() -> Ingest:
-    """An Ingest whose decoder runs without broker or storage (only ``handle`` is used)."""
-    ingest = Ingest(Settings(), influx=None, session_factory=None, link=None)  # type: ignore[arg-type]
-    ingest.devices = DeviceMap(None)
-    for kind in KINDS:
-        for vendor, codec in VENDOR_CODECS.items():
-            entry = DeviceEntry(
-                device_id=f"{kind}-{vendor}",
-                vendor=vendor,
-                kind=kind,
-                district="yicheng",
-                report_interval_s=60,
-                attributes={},
-                decommissioned=False,
-                updated_at=dt.datetime.now(dt.UTC),
-            )
-            ingest.devices.devices[entry.device_id] = KnownDevice.from_entry(entry)
-            ingest.devices.codecs[vendor] = codec
-    return ingest
 
 
 def topic(kind: str, vendor: str, channel: str = "telemetry") -> str:
@@ -78,7 +54,7 @@ JUNK_TOPICS = [
     "city//manhole-acme/telemetry",
 ]
 ALL_TOPICS = [
-    topic(k, v, ch) for k in KINDS for v in VENDOR_CODECS for ch in ("telemetry", "status")
+    topic(k, v, ch) for k in KINDS for v in OFFLINE_VENDORS for ch in ("telemetry", "status")
 ] + JUNK_TOPICS
 
 # -- what hypothesis draws --------------------------------------------------------------
@@ -229,7 +205,7 @@ def template_of(kind: str) -> st.SearchStrategy[tuple[str, bytes]]:
         st.tuples(st.just(topic(kind, "oldco")), frame_payload(kind)),
         st.tuples(st.just(topic(kind, "oldco")), json_payload(kind)),  # JSON to a frame vendor
         st.tuples(
-            st.sampled_from([topic(kind, v, "status") for v in VENDOR_CODECS]),
+            st.sampled_from([topic(kind, v, "status") for v in OFFLINE_VENDORS]),
             st.one_of(
                 st.sampled_from([b'{"online": true}', b'{"online": false}']),
                 json_values.map(lambda d: json.dumps({"online": d}).encode()),

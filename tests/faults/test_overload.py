@@ -30,7 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from cityiot.services import LocalBroker, LocalInflux, find_executable
 from simulators import Fleet, SimDevice
-from tests.faults.conftest import FaultProxy
+from tests.faults.conftest import FaultProxy, seed_registry
 
 INFLUX_DB = "city"
 FLEET_SEED = 6
@@ -186,24 +186,6 @@ class RssSampler:
 # -- the bench --------------------------------------------------------------------------
 
 
-async def _seed_registry(database_url: str, fleet: Fleet) -> None:
-    from cityiot.db import make_engine, migrate, sessionmaker
-    from cityiot.registry import import_devices, parse_device_csv, upsert_vendor
-
-    await migrate(database_url)
-    engine = make_engine(database_url)
-    try:
-        sessions = sessionmaker(engine)
-        for vendor in fleet.vendors:
-            await upsert_vendor(sessions, vendor.id, vendor.name, codec=vendor.codec)
-        parsed = parse_device_csv(fleet.csv_text())
-        assert not parsed.errors, parsed.errors[:3]
-        report = await import_devices(sessions, parsed.rows)
-        assert not report.errors, report.errors[:3]
-    finally:
-        await engine.dispose()
-
-
 def _count_by_device(influx: LocalInflux) -> dict[str, int]:
     response = httpx.post(
         f"{influx.url}/query",
@@ -241,7 +223,7 @@ def _quarters(values: list[float]) -> list[list[float]]:
 def test_overload_keeps_memory_bounded_and_loses_nothing(tmp_path: Path) -> None:
     fleet = Fleet.generate(200, FLEET_SEED)
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
-    asyncio.run(_seed_registry(database_url, fleet))
+    asyncio.run(seed_registry(database_url, fleet))
     manholes = [d for d in fleet.devices if d.kind == "manhole" and d.codec == "json"]
     assert len(manholes) >= PUBLISHERS * DEVICES_PER_PUBLISHER, len(manholes)
 

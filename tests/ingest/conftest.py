@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 import time
 import uuid
@@ -15,11 +16,13 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from cityiot.catalogue import KINDS
 from cityiot.db import make_engine, migrate, sessionmaker
 from cityiot.influx import InfluxDB
-from cityiot.registry import import_devices, parse_device_csv, upsert_vendor
+from cityiot.registry import DeviceEntry, import_devices, parse_device_csv, upsert_vendor
 from cityiot.services import LocalBroker, LocalInflux
 from cityiot.settings import Settings
+from ingest.devices import DeviceMap, KnownDevice
 from ingest.pipeline import Ingest
 from ingest.service import ingest_stage
 
@@ -36,6 +39,33 @@ hy-2,oldco,hydrant,xiping,33.38,114.04,西平县 3 号,300,,,,
 wt-2,oldco,water,xiping,33.38,114.05,西平县 4 号,60,,,,zone-b
 pk-2,oldco,parking,xiping,33.38,114.06,西平县 5 号,60,,lot-8,60,
 """
+
+
+# The vendors of the offline ingest's devices and their payload codecs.
+OFFLINE_VENDORS = {"acme": "json", "oldco": "hexframe"}
+
+
+def offline_ingest() -> Ingest:
+    """An Ingest whose decoder runs without broker or storage (only ``handle`` is used):
+    a device ``{kind}-{vendor}`` of every kind for each of ``OFFLINE_VENDORS``."""
+    ingest = Ingest(Settings(), influx=None, session_factory=None, link=None)  # type: ignore[arg-type]
+    ingest.devices = DeviceMap(None)
+    for kind in KINDS:
+        for vendor, codec in OFFLINE_VENDORS.items():
+            entry = DeviceEntry(
+                device_id=f"{kind}-{vendor}",
+                vendor=vendor,
+                kind=kind,
+                district="yicheng",
+                report_interval_s=60,
+                attributes={},
+                decommissioned=False,
+                updated_at=dt.datetime.now(dt.UTC),
+            )
+            ingest.devices.devices[entry.device_id] = KnownDevice.from_entry(entry)
+            ingest.devices.codecs[vendor] = codec
+    return ingest
+
 
 _ids = itertools.count()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import time
 
@@ -10,33 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cityiot.catalogue import KINDS
-from cityiot.registry import DeviceEntry
-from cityiot.settings import Settings
 from ingest.broker import Delivery
-from ingest.devices import DeviceMap, KnownDevice
-from ingest.pipeline import Ingest
-
-
-def offline_ingest() -> Ingest:
-    """An Ingest whose decoder runs without broker or storage (only ``handle`` is used)."""
-    ingest = Ingest(Settings(), influx=None, session_factory=None, link=None)  # type: ignore[arg-type]
-    ingest.devices = DeviceMap(None)
-    for kind in KINDS:
-        for vendor, codec in (("acme", "json"), ("oldco", "hexframe")):
-            entry = DeviceEntry(
-                device_id=f"{kind}-{vendor}",
-                vendor=vendor,
-                kind=kind,
-                district="yicheng",
-                report_interval_s=60,
-                attributes={},
-                decommissioned=False,
-                updated_at=dt.datetime.now(dt.UTC),
-            )
-            ingest.devices.devices[entry.device_id] = KnownDevice.from_entry(entry)
-            ingest.devices.codecs[vendor] = codec
-    return ingest
-
+from tests.ingest.conftest import offline_ingest
 
 INGEST = offline_ingest()
 TOPICS = [

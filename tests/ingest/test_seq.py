@@ -3,16 +3,13 @@ order readings arrive in; a device that restarts its seq is not mistaken for one
 
 from __future__ import annotations
 
-import datetime as dt
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cityiot.registry import DeviceEntry
 from cityiot.settings import Settings
 from ingest.broker import Delivery
-from ingest.devices import KnownDevice
 from ingest.pipeline import SEQ_WINDOW, Ingest
+from tests.ingest.conftest import offline_ingest
 
 
 def _ingest() -> Ingest:
@@ -52,11 +49,7 @@ def test_a_seq_older_than_the_window_is_stored_again_harmlessly() -> None:
 
 
 def test_payloads_that_once_crashed_the_decoder_are_dead_letters_with_a_reason() -> None:
-    ingest = _ingest()
-    entry = DeviceEntry(
-        "mh-1", "acme", "manhole", "yicheng", 300, {}, False, dt.datetime.now(dt.UTC)
-    )
-    ingest.devices.devices["mh-1"] = KnownDevice.from_entry(entry)
+    ingest = offline_ingest()
     cases = {
         ("telemetry", b'{"metrics": {"\xaa": 1}}'): "UTF-8",
         ("telemetry", b'{"ts": 1' + b"0" * 400 + b', "metrics": {"tilt_deg": 1}}'): "is not a time",
@@ -66,7 +59,9 @@ def test_payloads_that_once_crashed_the_decoder_are_dead_letters_with_a_reason()
     for (channel, payload), reason in cases.items():
         batch = ingest._batch
         before = len(batch.dead_letters)
-        ingest.handle(Delivery(f"city/acme/mh-1/{channel}", payload, 1, 1, 0), 1_763_856_000_000)
+        ingest.handle(
+            Delivery(f"city/acme/manhole-acme/{channel}", payload, 1, 1, 0), 1_763_856_000_000
+        )
         letters = batch.dead_letters[before:]
         assert len(letters) == 1 and reason in letters[0].reason, (payload[:40], letters)
         assert len(letters[0].reason) < 300
