@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy.engine import URL, make_url
 
 from cityiot.services import LocalBroker, LocalInflux
@@ -34,6 +36,17 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
         yield service.start()
     finally:
         service.stop()
+
+
+@pytest.fixture
+def publisher(broker: LocalBroker) -> Iterator[mqtt.Client]:
+    """A connected paho client on the session broker (its network loop running)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    yield client
+    client.loop_stop()
+    client.disconnect()
 
 
 @pytest.fixture(scope="session")

@@ -7,14 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import paho.mqtt.client as mqtt
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from api.stream import QUEUE_SIZE, StreamHub, Subscription
@@ -42,16 +41,6 @@ def alert_event(district: str, kind: str, device_id: str, vendor: str = "acme") 
         "values": {"tilt_deg": 31.0},
         "summary": "测试 / test",
     }
-
-
-@pytest.fixture
-def publisher(broker: LocalBroker) -> Iterator[mqtt.Client]:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    yield client
-    client.disconnect()
-    client.loop_stop()
 
 
 def publish(client: mqtt.Client, topic: str, payload: Any) -> None:
