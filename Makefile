@@ -26,7 +26,8 @@ $(STAMP): pyproject.toml | deps
 	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-# OS packages: Mosquitto, InfluxDB (Debian's `influxdb`) and python3-venv, only when missing.
+# OS packages: Mosquitto, InfluxDB (Debian's `influxdb`) and python3-venv, only when missing;
+# Chromium and a Chinese font for the console's browser tests (tests/console).
 # The platform starts its own broker and InfluxDB on free ports (cityiot/services.py), so the
 # system services the packages enable on install are not needed: those that this very install
 # started are stopped and disabled again.
@@ -34,6 +35,8 @@ deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null || missing="$$missing mosquitto"; \
 	command -v influxd >/dev/null || missing="$$missing influxdb"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || missing="$$missing fonts-wqy-microhei"; \
 	[ -x $(VENV)/bin/python ] || $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ] && [ -z "$(SUDO)" ]; then \

@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api import metrics, problems
+from api import console, metrics, problems
 from api.context import ApiContext
 from api.keys import KeyRing
 from api.ratelimit import RateLimiter
@@ -58,6 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)  # /healthz, /readyz, /metrics without the prefix too
     for router in ROUTERS:
         app.include_router(router, prefix=PREFIX, responses=problems.COMMON_RESPONSES)
+    app.include_router(console.router)  # the built-in console: / and /console/* (api/console)
     _register_problem_schema(app)
     return app
 

@@ -330,6 +330,14 @@ def show_where(settings: Settings, run_dir: Path, out: Console, api_url: str) ->
         out.print(f"  broker ACL    {settings.broker_acl_file}  (vendors: POST /api/v1/vendors)")
     out.print(f"  API           {api_url}/api/v1  (docs {api_url}/docs)")
     out.print(f"  admin key     {run_dir / ADMIN_KEY_SECRET}")
+    out.print(f"  console       {api_url}/  (sign in with the admin key above)")
+    key_file = run_dir / ADMIN_KEY_SECRET
+    if out.is_terminal and key_file.exists():
+        # The fragment never reaches the server; the console stores the key and drops it from
+        # the address bar. Only on a terminal: redirected output (CI logs) keeps no key.
+        out.print(f"                {api_url}/#key={key_file.read_text().strip()}", soft_wrap=True)
+    else:
+        out.print(f'                {api_url}/#key=$(cat {key_file})  (open in a browser)')
     out.print(f"  InfluxDB      {settings.influx_url}  database {db!r}")
     out.print(f"  registry      {settings.database_url}  (dead letters in table dead_letters)")
     out.print(

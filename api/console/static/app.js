@@ -1,0 +1,301 @@
+// The console: sign-in, the page frame, routing (#/, #/device/{id}, #/workorders) and the
+// state every view draws from — devices, open alerts, the overview — kept current by the
+// live stream, never by polling.
+
+import { OPEN_STATES } from "./alerts.js";
+import { Api } from "./api.js";
+import { BoardView } from "./board.js";
+import { DeviceView } from "./device.js";
+import { h, replace } from "./dom.js";
+import { I18n } from "./i18n.js";
+import { OverviewView } from "./overview.js";
+import { KEY_STORAGE, SignInView, checkKey, takeKeyFromFragment } from "./signin.js";
+import { LiveStream } from "./stream.js";
+
+const OVERVIEW_REFRESH_MS = 300; // after an alert event, at most this often
+
+class Console {
+  constructor(root, catalogue, storage) {
+    this.root = root;
+    this.catalogue = catalogue;
+    this.storage = storage;
+    this.i18n = new I18n(storage, catalogue);
+    this.api = null;
+    this.stream = null;
+    this.devices = new Map();
+    this.alerts = new Map(); // open alerts (firing, acknowledged) by id
+    this.alertEvents = null; // ids changed by events while the alert list loads
+    this.overview = null;
+    this.overviewError = null;
+    this.overviewTimer = null;
+    this.view = null;
+    this.overviewView = null;
+    this.liveState = "connecting";
+    this.liveWaitMs = 0;
+
+    this.nav = h("nav", { class: "nav" });
+    this.live = h("span", { class: "live", role: "status" });
+    this.langButton = h("button", { type: "button", class: "lang", on: { click: () => this.i18n.toggle() } });
+    this.signOutButton = h("button", { type: "button", class: "signout", on: { click: () => this.signOut() } });
+    this.brand = h("a", { class: "brand", href: "#/" });
+    this.notice = h("div", { class: "notice", role: "alert", hidden: true });
+    this.main = h("main", { id: "view" });
+    replace(
+      root,
+      h("header", { class: "bar" }, this.brand, this.nav, h("div", { class: "bar-tools" }, this.live, this.langButton, this.signOutButton)),
+      this.notice,
+      this.main,
+    );
+    this.i18n.onChange(() => this.render());
+    window.addEventListener("hashchange", () => this.route());
+  }
+
+  async boot() {
+    const fromLink = takeKeyFromFragment();
+    if (fromLink) {
+      const error = await checkKey(fromLink);
+      if (error) {
+        this.showSignIn(this.describe(error));
+        return;
+      }
+      this.storage.setItem(KEY_STORAGE, fromLink);
+    }
+    const key = this.storage.getItem(KEY_STORAGE);
+    if (key) this.start(key);
+    else this.showSignIn();
+  }
+
+  // -- signing in and out ---------------------------------------------------------------
+
+  showSignIn(message = "") {
+    this.stream?.stop();
+    this.stream = null;
+    this.api = null;
+    this.root.dataset.signedIn = "false";
+    this.show(new SignInView(this, { message, onKey: (key) => this.signIn(key) }));
+  }
+
+  signIn(key) {
+    this.storage.setItem(KEY_STORAGE, key);
+    this.start(key);
+  }
+
+  signOut(message = "") {
+    this.storage.removeItem(KEY_STORAGE);
+    this.devices.clear();
+    this.alerts.clear();
+    this.overview = null;
+    this.overviewView = null;
+    this.showSignIn(message);
+  }
+
+  start(key) {
+    this.api = new Api(key, () => this.signOut(this.i18n.t("error.401")));
+    this.root.dataset.signedIn = "true";
+    this.stream = new LiveStream(key, {
+      status: (state, waitMs) => this.setLive(state, waitMs),
+      ready: (_, reconnected) => reconnected && this.reload(),
+      alert: (event) => this.alertEvent(event),
+      reading: (reading) => this.view?.reading?.(reading),
+      refused: (status, detail) =>
+        status === 401 ? this.signOut(this.i18n.t("error.401")) : this.notify(this.i18n.t("error.403", { detail })),
+    });
+    this.route();
+    this.reload();
+  }
+
+  /** Everything the views show, fetched afresh (at sign-in, and after the stream was away). */
+  async reload() {
+    await Promise.all([this.loadDevices(), this.loadAlerts(), this.loadOverview()]);
+  }
+
+  async loadDevices() {
+    try {
+      // The list leaves decommissioned devices out unless asked for them.
+      const lists = await Promise.all([this.api.all("/devices"), this.api.all("/devices", { status: "decommissioned" })]);
+      this.devices = new Map(lists.flat().map((d) => [d.id, d]));
+      this.view?.devicesChanged?.();
+    } catch (error) {
+      this.notify(this.describe(error));
+    }
+  }
+
+  async loadAlerts() {
+    const changed = new Set();
+    this.alertEvents = changed;
+    try {
+      const lists = await Promise.all([...OPEN_STATES].map((state) => this.api.all("/alerts", { state })));
+      const fresh = new Map(lists.flat().map((a) => [a.id, a]));
+      for (const id of changed) {
+        if (this.alerts.has(id)) fresh.set(id, this.alerts.get(id));
+        else fresh.delete(id); // resolved meanwhile
+      }
+      this.alerts = fresh;
+      this.view?.alertsChanged?.();
+    } catch (error) {
+      this.notify(this.describe(error));
+    } finally {
+      if (this.alertEvents === changed) this.alertEvents = null;
+    }
+  }
+
+  async loadOverview() {
+    try {
+      this.overview = await this.api.get("/stats/overview");
+      this.overviewError = null;
+    } catch (error) {
+      if (error.unauthorized) return;
+      this.overviewError = this.describe(error);
+    }
+    this.view?.overviewChanged?.();
+  }
+
+  // -- live events ----------------------------------------------------------------------
+
+  alertEvent(event) {
+    this.upsertAlert(event);
+    this.view?.alertsChanged?.(event);
+    // The tiles count alerts: ask for them again, at most once per interval of events.
+    this.overviewTimer ??= setTimeout(() => {
+      this.overviewTimer = null;
+      this.loadOverview();
+    }, OVERVIEW_REFRESH_MS);
+  }
+
+  upsertAlert(alert) {
+    this.alertEvents?.add(alert.id);
+    if (OPEN_STATES.has(alert.state)) this.alerts.set(alert.id, alert);
+    else this.alerts.delete(alert.id);
+  }
+
+  /** Device id → severity of its open alerts (the map paints these red). */
+  alertingDevices() {
+    const alerting = new Map();
+    for (const alert of this.alerts.values()) alerting.set(alert.device_id, alert.severity);
+    return alerting;
+  }
+
+  async acknowledge(alert, button) {
+    button.disabled = true;
+    button.textContent = this.i18n.t("alerts.acking");
+    try {
+      this.alertEvent(await this.api.post(`/alerts/${encodeURIComponent(alert.id)}/ack`));
+    } catch (error) {
+      this.notify(this.describe(error));
+      if (error.status === 409) {
+        this.alertEvent(await this.api.get(`/alerts/${encodeURIComponent(alert.id)}`).catch(() => alert));
+      } else {
+        button.disabled = false;
+        button.textContent = this.i18n.t("alerts.ack");
+      }
+    }
+  }
+
+  setLive(state, waitMs = 0) {
+    this.liveState = state;
+    this.liveWaitMs = waitMs;
+    this.renderLive();
+  }
+
+  // -- pages ----------------------------------------------------------------------------
+
+  openDevice(id) {
+    location.hash = `#/device/${encodeURIComponent(id)}`;
+  }
+
+  route() {
+    if (!this.api) return;
+    const hash = location.hash;
+    const device = /^#\/device\/(.+)$/.exec(hash);
+    if (device) {
+      const id = decodeURIComponent(device[1]);
+      const view = new DeviceView(this, id);
+      this.show(view, "overview");
+      this.stream.watch(id);
+      view.load();
+    } else if (hash === "#/workorders") {
+      const view = new BoardView(this);
+      this.show(view, "workorders");
+      this.stream.watch(null);
+      view.load();
+    } else {
+      this.overviewView ??= new OverviewView(this);
+      this.show(this.overviewView, "overview");
+      this.stream.watch(null);
+    }
+  }
+
+  show(view, section = null) {
+    this.view?.destroy?.();
+    this.view = view;
+    this.section = section;
+    this.notice.hidden = true;
+    this.main.replaceChildren(view.el);
+    this.render();
+  }
+
+  render() {
+    const t = (key, params) => this.i18n.t(key, params);
+    document.documentElement.lang = this.i18n.lang === "zh" ? "zh-CN" : "en";
+    document.title = t("app.title");
+    this.brand.textContent = t("app.title");
+    this.langButton.textContent = t("lang.switch");
+    this.langButton.title = t("lang.switch.title");
+    this.signOutButton.textContent = t("nav.signout");
+    const signedIn = Boolean(this.api);
+    this.signOutButton.hidden = !signedIn;
+    this.live.hidden = !signedIn;
+    this.nav.replaceChildren(
+      ...(signedIn
+        ? [
+            ["overview", "#/", "nav.overview"],
+            ["workorders", "#/workorders", "nav.workorders"],
+          ].map(([name, href, label]) =>
+            h("a", { href, dataset: { nav: name }, "aria-current": this.section === name ? "page" : null }, t(label)),
+          )
+        : []),
+    );
+    this.renderLive();
+    this.view?.render();
+  }
+
+  renderLive() {
+    const t = (key, params) => this.i18n.t(key, params);
+    this.live.dataset.state = this.liveState;
+    this.live.title = t("live.title");
+    this.live.textContent =
+      this.liveState === "waiting" ? t("live.waiting", { s: Math.ceil(this.liveWaitMs / 1000) }) : t(`live.${this.liveState}`);
+  }
+
+  // -- messages -------------------------------------------------------------------------
+
+  /** A user-facing sentence for an API error. */
+  describe(error) {
+    const t = (key, params) => this.i18n.t(key, params);
+    if (!error.status) return t("error.network");
+    if (error.status === 401) return t("error.401");
+    if (error.status === 403) return t("error.403", { detail: error.detail });
+    return t("error.other", { status: error.status, detail: error.detail });
+  }
+
+  notify(text) {
+    this.notice.replaceChildren(
+      h("span", {}, text),
+      h("button", { type: "button", class: "dismiss", "aria-label": "×", on: { click: () => (this.notice.hidden = true) } }, "×"),
+    );
+    this.notice.hidden = false;
+  }
+}
+
+async function main() {
+  const root = document.getElementById("app");
+  let catalogue = { kinds: {}, districts: {} };
+  try {
+    catalogue = await (await fetch("/console/catalogue.json")).json();
+  } catch {
+    // names fall back to ids
+  }
+  await new Console(root, catalogue, window.localStorage).boot();
+}
+
+main();

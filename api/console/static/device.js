@@ -1,0 +1,177 @@
+// One device: what the registry knows, its latest values, its open alerts and charts of its
+// recent readings, kept live by the stream's `reading` events.
+
+import { AlertList } from "./alerts.js";
+import { h } from "./dom.js";
+import { SeriesChart } from "./chart.js";
+
+// Range → how the API is asked: raw points for the last hour, buckets beyond.
+const RANGES = [
+  { id: "1h", ms: 3600_000, every: null },
+  { id: "24h", ms: 86_400_000, every: "10m" },
+  { id: "7d", ms: 7 * 86_400_000, every: "1h" },
+];
+
+export class DeviceView {
+  constructor(app, deviceId) {
+    this.app = app;
+    this.id = deviceId;
+    this.device = null;
+    this.latest = null;
+    this.range = RANGES[0];
+    this.charts = new Map(); // metric → SeriesChart
+    this.error = null;
+    this.alerts = new AlertList({ i18n: app.i18n, onAck: (a, b) => app.acknowledge(a, b), empty: "alerts.empty" });
+    this.el = h("div", { class: "device-page", dataset: { deviceId } });
+  }
+
+  async load() {
+    const api = this.app.api;
+    const path = `/devices/${encodeURIComponent(this.id)}`;
+    try {
+      [this.device, this.latest] = await Promise.all([api.get(path), api.get(`${path}/latest`)]);
+    } catch (error) {
+      this.error = error.status === 404 ? this.app.i18n.t("device.notfound", { id: this.id }) : this.app.describe(error);
+      this.render();
+      return;
+    }
+    const kind = this.app.catalogue.kinds[this.device.kind];
+    this.charts = new Map(kind.metrics.map((m) => [m.name, new SeriesChart(m, this.app.i18n)]));
+    this.render();
+    await this.loadSeries();
+  }
+
+  async loadSeries() {
+    const range = this.range;
+    const start = new Date(Date.now() - range.ms).toISOString();
+    let series;
+    try {
+      series = await this.app.api.get(`/devices/${encodeURIComponent(this.id)}/readings`, {
+        start,
+        every: range.every ?? undefined,
+        limit: 5000,
+      });
+    } catch (error) {
+      this.app.notify(this.app.describe(error));
+      return;
+    }
+    if (range !== this.range) return; // another range was chosen meanwhile
+    for (const [name, chart] of this.charts) {
+      const points = [];
+      for (const p of series.points) if (name in p.values) points.push({ t: Date.parse(p.ts), v: p.values[name] });
+      chart.set(points, range.ms);
+    }
+    this.el.dataset.loaded = "true";
+  }
+
+  /** A live reading of this device (stream event `reading`). */
+  reading(reading) {
+    if (reading.device_id !== this.id || !this.latest) return;
+    for (const [name, value] of Object.entries(reading.metrics)) {
+      this.latest.metrics[name] = { value, ts: reading.ts };
+      this.charts.get(name)?.add(reading.ts_ms, value);
+    }
+    this.latest.ts = reading.ts;
+    this.renderLatest();
+  }
+
+  alertsChanged() {
+    this.alerts.render([...this.app.alerts.values()].filter((a) => a.device_id === this.id));
+  }
+
+  render() {
+    const { i18n } = this.app;
+    const t = (key, params) => i18n.t(key, params);
+    const back = h("a", { href: "#/", class: "back" }, t("device.back"));
+    if (this.error) {
+      this.el.replaceChildren(back, h("p", { class: "error" }, this.error));
+      return;
+    }
+    if (!this.device) {
+      this.el.replaceChildren(back);
+      return;
+    }
+    const d = this.device;
+    const state = this.app.alertingDevices().has(d.id) ? "alerting" : d.status;
+    const fact = (label, value) => h("div", {}, h("dt", {}, t(label)), h("dd", {}, value));
+    this.latestEl = h("div", { class: "latest" });
+    this.el.replaceChildren(
+      back,
+      h(
+        "section",
+        { class: "panel device-head" },
+        h("h2", {}, h("span", { class: "device-id" }, d.id), " ", h("span", { class: ["chip", `state-${state}`] }, t(`status.${state}`))),
+        h(
+          "dl",
+          { class: "facts" },
+          fact("device.kind", i18n.kind(d.kind)),
+          fact("device.district", i18n.district(d.district)),
+          fact("device.vendor", d.vendor),
+          fact("device.address", d.address || t("kpi.none")),
+          fact("device.last_seen", i18n.time(d.last_seen)),
+          fact("device.battery", d.battery_pct === null ? t("kpi.none") : `${i18n.number(d.battery_pct, 0)}%`),
+        ),
+      ),
+      h("section", { class: "panel" }, h("div", { class: "panel-head" }, h("h2", {}, t("device.latest")), h("span", { class: "live-dot" }, t("device.live"))), this.latestEl),
+      h("section", { class: "panel" }, h("div", { class: "panel-head" }, h("h2", {}, t("device.alerts"))), this.alerts.el),
+      h(
+        "section",
+        { class: "panel" },
+        h(
+          "div",
+          { class: "panel-head" },
+          h("h2", {}, t("device.charts")),
+          h(
+            "div",
+            { class: "ranges", role: "group" },
+            RANGES.map((range) =>
+              h(
+                "button",
+                {
+                  type: "button",
+                  "aria-pressed": String(range === this.range),
+                  dataset: { range: range.id },
+                  on: { click: () => this.choose(range) },
+                },
+                t(`device.range.${range.id}`),
+              ),
+            ),
+          ),
+        ),
+        h("div", { class: "charts" }, [...this.charts.values()].map((c) => c.el)),
+      ),
+    );
+    for (const chart of this.charts.values()) chart.render();
+    this.renderLatest();
+    this.alertsChanged();
+  }
+
+  renderLatest() {
+    if (!this.latestEl) return;
+    const { i18n } = this.app;
+    const metrics = Object.entries(this.latest?.metrics ?? {});
+    if (!metrics.length) {
+      this.latestEl.replaceChildren(h("p", { class: "hint" }, i18n.t("device.latest.none")));
+      return;
+    }
+    this.latestEl.replaceChildren(
+      ...metrics.map(([name, { value, ts }]) => {
+        const chart = this.charts.get(name);
+        return h(
+          "div",
+          { class: "reading", dataset: { metric: name } },
+          h("span", { class: "reading-name" }, name),
+          h("span", { class: "reading-value" }, chart ? chart.format(value) : String(value)),
+          h("time", { datetime: ts }, i18n.time(ts, { seconds: true })),
+        );
+      }),
+    );
+  }
+
+  choose(range) {
+    if (range === this.range) return;
+    this.range = range;
+    this.render();
+    this.loadSeries();
+  }
+}

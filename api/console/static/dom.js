@@ -1,0 +1,40 @@
+// Building DOM without HTML strings: every text goes in as a text node (textContent), so a
+// string from the server can never become markup.
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+function apply(el, props) {
+  for (const [name, value] of Object.entries(props ?? {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name === "class") el.setAttribute("class", Array.isArray(value) ? value.filter(Boolean).join(" ") : value);
+    else if (name === "dataset") Object.assign(el.dataset, value);
+    else if (name === "on") for (const [type, fn] of Object.entries(value)) el.addEventListener(type, fn);
+    else if (name === "text") el.textContent = String(value);
+    else el.setAttribute(name, value === true ? "" : String(value));
+  }
+  return el;
+}
+
+function append(el, children) {
+  for (const child of children.flat(Infinity)) {
+    if (child === undefined || child === null || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+/** An HTML element: h("li", {class: "alert", dataset: {id}}, "text", childNode). */
+export function h(tag, props, ...children) {
+  return append(apply(document.createElement(tag), props), children);
+}
+
+/** An SVG element, same calling convention as h(). */
+export function s(tag, props, ...children) {
+  return append(apply(document.createElementNS(SVG_NS, tag), props), children);
+}
+
+/** Replace every child of `el` with `children`. */
+export function replace(el, ...children) {
+  el.replaceChildren();
+  return append(el, children);
+}

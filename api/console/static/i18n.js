@@ -1,0 +1,273 @@
+// Every label of the console, in Chinese (the default) and English: one dictionary.
+// Kind and district names come from /console/catalogue.json (the platform's catalogue).
+
+export const LABELS = Object.freeze({
+  zh: {
+    "app.title": "驻马店城市物联网 · 运营控制台",
+    "app.short": "城市物联网",
+    "nav.overview": "总览",
+    "nav.workorders": "工单",
+    "nav.signout": "退出",
+    "lang.switch": "EN",
+    "lang.switch.title": "Switch to English",
+    "live.connecting": "连接中…",
+    "live.live": "实时",
+    "live.waiting": "{s} 秒后重连",
+    "live.title": "实时数据流（/api/v1/stream）",
+    "signin.title": "使用 API 密钥登录",
+    "signin.key": "API 密钥",
+    "signin.submit": "登录",
+    "signin.help": "本机运行 cityiot run 时，终端会打印一个带管理员密钥的控制台链接；也可用 cityiot keys create --role operator 创建密钥。密钥只保存在本浏览器中。",
+    "signin.checking": "正在验证…",
+    "error.401": "API 密钥无效或已被吊销，请使用其他密钥登录。",
+    "error.403": "此密钥无权执行该操作：{detail}",
+    "error.network": "无法连接平台 API，请检查平台是否在运行。",
+    "error.other": "请求失败（{status}）：{detail}",
+    "error.empty": "请输入 API 密钥。",
+    "kpi.online": "设备在线率",
+    "kpi.online.sub": "在线 {online} / 共 {total}",
+    "kpi.lighting": "亮灯率",
+    "kpi.lighting.day": "—，白天",
+    "kpi.lighting.sub": "亮 {on} / 应亮 {should}",
+    "kpi.lighting.daysub": "日落 {sunset}",
+    "kpi.alerts": "未处理告警",
+    "kpi.alerts.pending": "待触发 {n}",
+    "kpi.verify": "按时到场核查率",
+    "kpi.closure": "按时结案率",
+    "kpi.target": "目标 {target} · 近 30 天 {n} 单",
+    "kpi.none": "—",
+    "severity.critical": "紧急",
+    "severity.major": "重要",
+    "severity.minor": "次要",
+    "severity.warning": "提示",
+    "alert.pending": "待触发",
+    "alert.firing": "告警中",
+    "alert.acknowledged": "已确认",
+    "alert.resolved": "已恢复",
+    "alerts.title": "实时告警",
+    "alerts.empty": "当前没有未处理的告警。",
+    "alerts.ack": "确认",
+    "alerts.more": "另有 {n} 条告警未列出",
+    "alerts.acking": "确认中…",
+    "status.online": "在线",
+    "status.offline": "离线",
+    "status.unknown": "未上报",
+    "status.decommissioned": "已停用",
+    "status.alerting": "告警",
+    "map.title": "城市设备地图",
+    "map.count": "{n} 台设备",
+    "map.hint": "点击设备查看详情",
+    "map.empty": "没有可显示的设备。",
+    "device.back": "← 返回总览",
+    "device.kind": "类型",
+    "device.district": "区县",
+    "device.vendor": "厂商",
+    "device.address": "地址",
+    "device.status": "状态",
+    "device.last_seen": "最后上报",
+    "device.battery": "电量",
+    "device.latest": "最新读数",
+    "device.latest.none": "该设备尚未上报数据。",
+    "device.charts": "近期读数",
+    "device.alerts": "该设备的未处理告警",
+    "device.range.1h": "1 小时",
+    "device.range.24h": "24 小时",
+    "device.range.7d": "7 天",
+    "device.nodata": "此时段没有读数",
+    "device.live": "实时更新",
+    "device.notfound": "找不到设备 {id}。",
+    "board.title": "工单看板",
+    "board.team": "班组",
+    "board.all": "全部班组",
+    "board.empty": "暂无工单",
+    "board.verify_due": "到场期限",
+    "board.close_due": "结案期限",
+    "board.overdue": "已超时",
+    "board.assignee": "接单人",
+    "board.created": "派单",
+    "wo.dispatched": "已派单",
+    "wo.accepted": "已接单",
+    "wo.on_site": "已到场",
+    "wo.resolved": "已处置",
+    "wo.closed": "已结案",
+    "action.accept": "接单",
+    "action.on_site": "到达现场",
+    "action.resolve": "处置完成",
+    "action.close": "结案",
+    "bool.true": "是",
+    "bool.false": "否",
+  },
+  en: {
+    "app.title": "Zhumadian City IoT · Operations Console",
+    "app.short": "City IoT",
+    "nav.overview": "Overview",
+    "nav.workorders": "Work orders",
+    "nav.signout": "Sign out",
+    "lang.switch": "中文",
+    "lang.switch.title": "切换到中文",
+    "live.connecting": "Connecting…",
+    "live.live": "Live",
+    "live.waiting": "Reconnecting in {s} s",
+    "live.title": "Live stream (/api/v1/stream)",
+    "signin.title": "Sign in with an API key",
+    "signin.key": "API key",
+    "signin.submit": "Sign in",
+    "signin.help": "On this machine, cityiot run prints a console link carrying the admin key; or create a key with cityiot keys create --role operator. The key is kept in this browser only.",
+    "signin.checking": "Checking…",
+    "error.401": "The API key is unknown or revoked; sign in with another key.",
+    "error.403": "This key may not do this: {detail}",
+    "error.network": "Cannot reach the platform's API; is the platform running?",
+    "error.other": "The request failed ({status}): {detail}",
+    "error.empty": "Enter an API key.",
+    "kpi.online": "Devices online",
+    "kpi.online.sub": "{online} of {total} online",
+    "kpi.lighting": "Lighting rate",
+    "kpi.lighting.day": "—, daytime",
+    "kpi.lighting.sub": "{on} lit of {should} due",
+    "kpi.lighting.daysub": "sunset {sunset}",
+    "kpi.alerts": "Open alerts",
+    "kpi.alerts.pending": "{n} pending",
+    "kpi.verify": "Verified on site on time",
+    "kpi.closure": "Closed on time",
+    "kpi.target": "target {target} · work orders in 30 days: {n}",
+    "kpi.none": "—",
+    "severity.critical": "Critical",
+    "severity.major": "Major",
+    "severity.minor": "Minor",
+    "severity.warning": "Warning",
+    "alert.pending": "Pending",
+    "alert.firing": "Firing",
+    "alert.acknowledged": "Acknowledged",
+    "alert.resolved": "Resolved",
+    "alerts.title": "Live alerts",
+    "alerts.empty": "No open alerts.",
+    "alerts.ack": "Acknowledge",
+    "alerts.more": "{n} more alerts not listed",
+    "alerts.acking": "Acknowledging…",
+    "status.online": "Online",
+    "status.offline": "Offline",
+    "status.unknown": "Never reported",
+    "status.decommissioned": "Decommissioned",
+    "status.alerting": "Alerting",
+    "map.title": "City device map",
+    "map.count": "{n} devices",
+    "map.hint": "Click a device for its page",
+    "map.empty": "No devices to show.",
+    "device.back": "← Back to the overview",
+    "device.kind": "Kind",
+    "device.district": "District",
+    "device.vendor": "Vendor",
+    "device.address": "Address",
+    "device.status": "Status",
+    "device.last_seen": "Last seen",
+    "device.battery": "Battery",
+    "device.latest": "Latest readings",
+    "device.latest.none": "This device has not reported yet.",
+    "device.charts": "Recent readings",
+    "device.alerts": "Open alerts of this device",
+    "device.range.1h": "1 hour",
+    "device.range.24h": "24 hours",
+    "device.range.7d": "7 days",
+    "device.nodata": "No readings in this period",
+    "device.live": "Live",
+    "device.notfound": "No device {id}.",
+    "board.title": "Work-order board",
+    "board.team": "Team",
+    "board.all": "All teams",
+    "board.empty": "No work orders",
+    "board.verify_due": "On site by",
+    "board.close_due": "Closed by",
+    "board.overdue": "Overdue",
+    "board.assignee": "Taken by",
+    "board.created": "Dispatched",
+    "wo.dispatched": "Dispatched",
+    "wo.accepted": "Accepted",
+    "wo.on_site": "On site",
+    "wo.resolved": "Resolved",
+    "wo.closed": "Closed",
+    "action.accept": "Accept",
+    "action.on_site": "Arrived on site",
+    "action.resolve": "Mark fixed",
+    "action.close": "Close",
+    "bool.true": "yes",
+    "bool.false": "no",
+  },
+});
+
+export const LANGUAGES = Object.keys(LABELS);
+const STORAGE_KEY = "cityiot.lang";
+
+export class I18n {
+  /** `catalogue`: /console/catalogue.json (kind and district names in both languages). */
+  constructor(storage, catalogue) {
+    this.storage = storage;
+    this.catalogue = catalogue;
+    const kept = storage.getItem(STORAGE_KEY);
+    this.lang = LANGUAGES.includes(kept) ? kept : "zh";
+    this.listeners = new Set();
+  }
+
+  /** The label `key` with {name} placeholders filled from `params`. */
+  t(key, params = {}) {
+    const text = LABELS[this.lang][key] ?? LABELS.zh[key] ?? key;
+    return text.replace(/\{(\w+)\}/g, (_, name) => (name in params ? String(params[name]) : `{${name}}`));
+  }
+
+  kind(id) {
+    const name = this.catalogue.kinds[id]?.[this.lang] ?? id;
+    return this.lang === "en" ? name.charAt(0).toUpperCase() + name.slice(1) : name;
+  }
+
+  district(id) {
+    return this.catalogue.districts[id]?.[this.lang] ?? id;
+  }
+
+  /** The server's "中文 / English" one-liner as [this language's part, the other part]. */
+  summary(text) {
+    const cut = text.indexOf(" / ");
+    if (cut < 0) return [text, ""];
+    const zh = text.slice(0, cut);
+    const en = text.slice(cut + 3);
+    return this.lang === "zh" ? [zh, en] : [en, zh];
+  }
+
+  get locale() {
+    return this.lang === "zh" ? "zh-CN" : "en-GB";
+  }
+
+  /** An RFC 3339 time shown in Zhumadian's time (short: time of day only when today). */
+  time(value, { seconds = false } = {}) {
+    if (!value) return this.t("kpi.none");
+    const when = new Date(value);
+    if (Number.isNaN(when.getTime())) return String(value);
+    const day = (d) => d.toLocaleDateString("en-CA", { timeZone: "Asia/Shanghai" });
+    const options = { timeZone: "Asia/Shanghai", hour: "2-digit", minute: "2-digit", hourCycle: "h23" };
+    if (seconds) options.second = "2-digit";
+    if (day(when) !== day(new Date())) Object.assign(options, { month: "2-digit", day: "2-digit" });
+    return when.toLocaleString(this.locale, options);
+  }
+
+  number(value, digits = 1) {
+    return Number(value).toLocaleString(this.locale, { maximumFractionDigits: digits });
+  }
+
+  percent(rate) {
+    if (rate === null || rate === undefined) return this.t("kpi.none");
+    return `${(rate * 100).toLocaleString(this.locale, { maximumFractionDigits: 1 })}%`;
+  }
+
+  set(lang) {
+    if (!LANGUAGES.includes(lang) || lang === this.lang) return;
+    this.lang = lang;
+    this.storage.setItem(STORAGE_KEY, lang);
+    for (const listener of this.listeners) listener(lang);
+  }
+
+  toggle() {
+    this.set(this.lang === "zh" ? "en" : "zh");
+  }
+
+  onChange(listener) {
+    this.listeners.add(listener);
+  }
+}

@@ -1,0 +1,201 @@
+"""The city overview: devices online by kind and district, readings per second, open alerts."""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders import dashboard as board
+
+from cityiot.grafana.panels import (
+    bargauge_panel,
+    city_dashboard,
+    stat_panel,
+    table_panel,
+    timeseries_panel,
+    transformation,
+)
+from cityiot.grafana.queries import ColumnType, Infinity, InfluxQL
+
+UID = "cityiot-overview"
+
+# A field every full reading of the kind carries: counting it counts the kind's readings.
+READING_FIELD = {
+    "manhole": "battery_pct",
+    "streetlight": "power_w",
+    "hydrant": "pressure_mpa",
+    "water": "pressure_mpa",
+    "parking": "occupied",
+}
+
+PRESENCE = (
+    "Presence is the ingest's own: it writes a device_status point (tags device_id, kind, "
+    "district, vendor; field online) when a device comes online (first message since the "
+    "ingest started, or status online) and when it goes offline (status offline or its MQTT "
+    "will, or silence for 3 × its report interval). The panel counts each device's latest "
+    "point over all time, so it is the state now, whatever the time picker says; while the "
+    "ingest itself is down nobody marks silent devices offline."
+)
+
+ALERT_COLUMNS: tuple[tuple[str, str, ColumnType], ...] = (
+    ("started_at", "Started", "timestamp"),
+    ("severity", "Severity", "string"),
+    ("state", "State", "string"),
+    ("kind", "Kind", "string"),
+    ("district", "District", "string"),
+    ("device_id", "Device", "string"),
+    ("summary", "Summary", "string"),
+)
+
+
+def _online(group_by: str, online: bool = True) -> str:
+    state = "true" if online else "false"
+    return (
+        'SELECT count("online") AS "devices" FROM (SELECT last("online") AS "online" '
+        f'FROM "device_status" GROUP BY "device_id", {group_by}) '
+        f'WHERE "online" = {state} GROUP BY {group_by}'
+    )
+
+
+def alerts_query(state: str, limit: int = 100) -> Infinity:
+    """``GET /api/v1/alerts?state=…``: the alert events (DESIGN §5), newest first."""
+    query = Infinity("/api/v1/alerts").param("state", state).param("limit", str(limit))
+    query = query.root("items")
+    for selector, text, type_ in ALERT_COLUMNS:
+        query = query.column(selector, text, type_)
+    return query
+
+
+def overview() -> Infinity:
+    """``GET /api/v1/stats/overview``; pick the part with :meth:`Infinity.root`."""
+    return Infinity("/api/v1/stats/overview")
+
+
+def city_overview() -> board.Dashboard:
+    """Devices online by kind and district, readings per second, alerts and SLA KPIs."""
+    dashboard = city_dashboard(
+        UID,
+        "City overview 城市物联总览",
+        "Zhumadian's city IoT platform at a glance: devices online, data flow, open alerts.",
+    ).refresh("30s")
+    dashboard = dashboard.with_panel(
+        stat_panel(
+            "Devices online, by kind",
+            PRESENCE,
+            [InfluxQL(_online('"kind"')).alias("$tag_kind")],
+            span=12,
+        )
+    ).with_panel(
+        stat_panel(
+            "Devices offline, by kind",
+            "Devices whose latest presence point says offline. " + PRESENCE,
+            [InfluxQL(_online('"kind"', online=False)).alias("$tag_kind")],
+            span=12,
+            steps=((None, "green"), (1, "orange")),
+        )
+    )
+    dashboard = dashboard.with_panel(
+        table_panel(
+            "Devices online by district and kind",
+            "One row per district, one column per kind. " + PRESENCE,
+            [InfluxQL(_online('"district", "kind"')).table()],
+            span=12,
+            height=10,
+            transformations=[
+                transformation(
+                    "groupingToMatrix",
+                    {"columnField": "kind", "rowField": "district", "valueField": "devices"},
+                )
+            ],
+        )
+    ).with_panel(
+        timeseries_panel(
+            "Readings per second",
+            "Readings stored in InfluxDB per second, by kind, averaged over each interval. "
+            "A reading is counted by a field every full reading of its kind carries ("
+            + ", ".join(f"{k}: {f}" for k, f in READING_FIELD.items())
+            + "); a partial reading without it is not counted.",
+            [
+                InfluxQL(
+                    f'SELECT count("{field}") * 1000 / $__interval_ms AS "{kind}" '
+                    f'FROM "{kind}" WHERE $timeFilter GROUP BY time($__interval) fill(0)'
+                )
+                .ref_id(chr(ord("A") + i))
+                .alias(kind)
+                for i, (kind, field) in enumerate(READING_FIELD.items())
+            ],
+            unit="reqps",
+            span=12,
+            height=10,
+            stacked=True,
+        )
+    )
+    dashboard = (
+        dashboard.with_panel(
+            stat_panel(
+                "Open alerts",
+                "Firing and acknowledged alerts now (GET /api/v1/stats/overview, alerts.open), "
+                "and those pending (condition holds, waiting out the rule's for).",
+                [
+                    overview()
+                    .root("alerts")
+                    .column("open", "Open", "number")
+                    .column("pending", "Pending", "number")
+                ],
+                span=6,
+                steps=((None, "green"), (1, "red")),
+            )
+        )
+        .with_panel(
+            bargauge_panel(
+                "Open alerts by severity",
+                "Firing and acknowledged alerts per severity (GET /api/v1/stats/overview).",
+                [
+                    overview()
+                    .root("alerts.by_severity")
+                    .column("critical", "critical", "number")
+                    .column("major", "major", "number")
+                    .column("minor", "minor", "number")
+                    .column("warning", "warning", "number")
+                ],
+                span=6,
+                height=4,
+                steps=((None, "green"), (1, "orange")),
+            )
+        )
+        .with_panel(
+            stat_panel(
+                "Lighting rate",
+                "Streetlights on / streetlights that should be on, at night only (the sun "
+                "below the horizon in Zhumadian); empty by day. From GET /api/v1/stats/overview.",
+                [overview().root("lighting").column("rate", "Lighting rate", "number")],
+                unit="percentunit",
+                span=6,
+                no_value="day",
+            )
+        )
+        .with_panel(
+            stat_panel(
+                "Work orders: SLA (30 days)",
+                "On-time verification rate (target 97%) and closure rate (target 95%) of the "
+                "work orders created in the last 30 days (GET /api/v1/stats/overview, kpis).",
+                [
+                    overview()
+                    .root("kpis")
+                    .column("on_time_verification_rate", "Verified on time", "number")
+                    .column("closure_rate", "Closed", "number")
+                ],
+                unit="percentunit",
+                span=6,
+                steps=((None, "red"), (0.95, "orange"), (0.97, "green")),
+                no_value="no orders",
+            )
+        )
+    )
+    return dashboard.with_panel(
+        table_panel(
+            "Firing alerts",
+            "GET /api/v1/alerts?state=firing (newest first, 100 at most). Acknowledge them "
+            "in the console or with POST /api/v1/alerts/{id}/ack.",
+            [alerts_query("firing")],
+            span=24,
+            height=10,
+        )
+    )

@@ -1,0 +1,318 @@
+"""The built-in console (api/console) in headless Chromium against a running platform.
+
+The tests run in file order on one platform: the alert raised in one is acknowledged there
+and its work order is taken from the phone board in the next.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from playwright.async_api import expect
+from rich.console import Console
+
+from cityiot.launcher import ADMIN_KEY_SECRET, show_where
+from tests.console.conftest import ConsolePlatform, Tab, screenshot
+
+LIVE_MS = 2000  # an alert shows within 2 s of its reading, without reload
+
+# The canvas's centroid of the pixels painted in the map's alerting colour, in CSS pixels.
+FIND_ALERTING = """canvas => {
+  const map = canvas.closest('.map');
+  const hex = getComputedStyle(map).getPropertyValue('--alerting').trim();
+  const want = [1, 3, 5].map(i => parseInt(hex.slice(i, i + 2), 16));
+  const {width, height} = canvas;
+  const data = canvas.getContext('2d').getImageData(0, 0, width, height).data;
+  let sx = 0, sy = 0, n = 0;
+  for (let i = 0; i < data.length; i += 4) {
+    if (data[i] === want[0] && data[i + 1] === want[1] && data[i + 2] === want[2]) {
+      const p = i / 4; sx += p % width; sy += Math.floor(p / width); n++;
+    }
+  }
+  const ratio = width / canvas.getBoundingClientRect().width;
+  return n ? {x: sx / n / ratio, y: sy / n / ratio, pixels: n} : null;
+}"""
+
+
+async def sign_in(tab: Tab, platform: ConsolePlatform, path: str = "/") -> None:
+    """Open the console with the key in the fragment, as `cityiot run`'s link does."""
+    await tab.page.goto(f"{platform.url}{path}#key={platform.key}")
+    await expect(tab.page.locator("#app")).to_have_attribute("data-signed-in", "true")
+
+
+async def registry_count(platform: ConsolePlatform) -> int:
+    """Devices GET /devices lists (decommissioned ones are listed only when asked for)."""
+    total = 0
+    for params in ({}, {"status": "decommissioned"}):
+        body = (await platform.http.get("/devices", params={**params, "limit": 1000})).json()
+        assert body["next_cursor"] is None
+        total += len(body["items"])
+    return total
+
+
+async def test_console_files_are_served_with_types_csp_and_revalidation(
+    platform: ConsolePlatform,
+) -> None:
+    async with httpx.AsyncClient(base_url=platform.url) as http:
+        page = await http.get("/")
+        assert page.status_code == 200
+        assert page.headers["content-type"] == "text/html; charset=utf-8"
+        csp = page.headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "'unsafe-inline'" not in csp
+        assert page.headers["x-content-type-options"] == "nosniff"
+        assert page.headers["cache-control"] == "no-cache"
+        assert "<script" in page.text and "<script>" not in page.text  # no inline script
+        for name, content_type in (
+            ("app.js", "text/javascript; charset=utf-8"),
+            ("console.css", "text/css; charset=utf-8"),
+            ("icon.svg", "image/svg+xml"),
+            ("catalogue.json", "application/json"),
+        ):
+            asset = await http.get(f"/console/{name}")
+            assert asset.status_code == 200, name
+            assert asset.headers["content-type"] == content_type
+            assert "default-src 'self'" in asset.headers["content-security-policy"]
+            again = await http.get(
+                f"/console/{name}", headers={"If-None-Match": asset.headers["etag"]}
+            )
+            assert again.status_code == 304 and not again.content, name
+        catalogue = (await http.get("/console/catalogue.json")).json()
+        assert catalogue["districts"]["yicheng"] == {"zh": "驿城区", "en": "Yicheng District"}
+        for missing in ("/console/nope.js", "/console/..%2F__init__.py", "/console/index.html"):
+            assert (await http.get(missing)).status_code == 404, missing
+        # The rest of the app is undisturbed.
+        assert (await http.get("/healthz")).json() == {"status": "ok"}
+        assert (await http.get("/metrics")).status_code == 200
+        assert (await http.get("/docs")).status_code == 200
+        assert (await http.get("/api/v1/devices")).status_code == 401
+        paths = (await http.get("/openapi.json")).json()["paths"]
+        assert "/" not in paths and not any(p.startswith("/console") for p in paths)
+
+
+async def test_link_with_the_key_signs_in_and_the_map_shows_the_fleet(
+    platform: ConsolePlatform, open_tab: Any
+) -> None:
+    tab = await open_tab()
+    await sign_in(tab, platform)
+    page = tab.page
+    assert "key=" not in page.url  # dropped from the address bar at once
+    stored = await page.evaluate("localStorage.getItem('cityiot.key')")
+    assert stored == platform.key
+    count = await registry_count(platform)
+    assert count == len(platform.fleet.devices)
+    map_ = page.locator(".map")
+    await expect(map_).to_have_attribute("data-drawn", str(count))
+    await expect(map_).to_have_attribute("data-decommissioned", "2")
+    await expect(map_).to_have_attribute("data-unknown", "4")
+    await expect(map_).to_have_attribute("data-offline", "3")
+    await expect(map_).to_have_attribute("data-online", str(count - 9))
+    await expect(page.locator(".live")).to_have_attribute("data-state", "live")
+    await expect(page.locator("[data-kpi=online] .tile-value")).to_have_text(
+        f"{(count - 9) / (count - 2) * 100:.1f}%".replace(".0%", "%")
+    )
+    await expect(page.locator("[data-kpi=lighting] .tile-value")).not_to_be_empty()
+    tab.assert_clean()
+
+
+async def test_an_alert_shows_live_is_acknowledged_and_opens_its_device(
+    platform: ConsolePlatform, open_tab: Any
+) -> None:
+    tab = await open_tab()
+    page = tab.page
+    await sign_in(tab, platform)
+    await expect(page.locator(".live")).to_have_attribute("data-state", "live")
+    await expect(page.locator(".map")).to_have_attribute("data-alerting", "0")
+
+    manhole = platform.alerting_manhole()
+    row = page.locator(f'.alerts-panel [data-alert-device="{manhole.device_id}"]')
+    started = time.monotonic()
+    platform.publish(manhole, {"cover_open": True, "tilt_deg": 31.0}, int(time.time() * 1000))
+    await expect(row).to_be_visible(timeout=LIVE_MS)
+    shown_after = time.monotonic() - started
+    await expect(row).to_have_attribute("data-state", "firing")
+    await expect(row.locator(".alert-summary")).to_contain_text("井盖打开或倾斜")
+    await expect(row.locator(".alert-summary-other")).to_contain_text("Manhole cover open")
+    await expect(page.locator(".map")).to_have_attribute("data-alerting", "1", timeout=LIVE_MS)
+    await expect(page.locator("[data-kpi=alerts] [data-severity=critical]")).to_have_attribute(
+        "data-count", "1", timeout=LIVE_MS
+    )
+    alert_id = await row.get_attribute("data-alert-id")
+    assert alert_id
+    print(f"alert shown {shown_after * 1000:.0f} ms after its reading was published")
+    await screenshot(page, "console-overview")
+
+    # Acknowledge from the page: the API agrees, and the row says so.
+    await row.locator("button.ack").click()
+    await expect(row).to_have_attribute("data-state", "acknowledged", timeout=LIVE_MS)
+    alert = (await platform.http.get(f"/alerts/{alert_id}")).json()
+    assert alert["state"] == "acknowledged"
+    await expect(row.locator("button.ack")).to_have_count(0)
+
+    # The red dot on the map is the alerting manhole: clicking it opens its page.
+    canvas = page.locator("canvas.map-canvas")
+    spot = await canvas.evaluate(FIND_ALERTING)
+    assert spot, "no device painted in the alerting colour"
+    await canvas.click(position={"x": spot["x"], "y": spot["y"]})
+    await expect(page).to_have_url(f"{platform.url}/#/device/{manhole.device_id}")
+    device = page.locator(f'.device-page[data-device-id="{manhole.device_id}"]')
+    await expect(device).to_have_attribute("data-loaded", "true")
+    chart = device.locator("figure.chart[data-metric=tilt_deg]")
+    history_points = int(await chart.get_attribute("data-points") or 0)
+    assert history_points >= 25, history_points  # the hour of history, every 2 minutes
+    await expect(device.locator(f'[data-alert-id="{alert_id}"]')).to_be_visible()
+
+    # A new reading arrives through the stream's `reading` events: tile and chart move.
+    await expect(page.locator(".live")).to_have_attribute("data-state", "live")
+    platform.publish(manhole, {"cover_open": True, "tilt_deg": 42.5}, int(time.time() * 1000))
+    tile = device.locator(".reading[data-metric=tilt_deg] .reading-value")
+    await expect(tile).to_contain_text("42.5", timeout=LIVE_MS)
+    await expect(chart).to_have_attribute("data-points", str(history_points + 1))
+    await screenshot(page, "console-device")
+    tab.assert_clean()
+
+
+async def test_work_order_board_on_a_phone(platform: ConsolePlatform, open_tab: Any) -> None:
+    manhole = platform.alerting_manhole()
+    orders = (await platform.http.get("/workorders", params={"state": "dispatched"})).json()
+    order = next(o for o in orders["items"] if o["device_id"] == manhole.device_id)
+    assert order["team"] == "urban"  # routing.yaml: manholes → urban management
+
+    tab = await open_tab(viewport=(390, 844), is_mobile=True, has_touch=True, device_scale_factor=2)
+    page = tab.page
+    await sign_in(tab, platform, "/")
+    await page.locator("[data-nav=workorders]").tap()
+    card = page.locator(f'[data-workorder-id="{order["id"]}"]')
+    await expect(card).to_have_attribute("data-state", "dispatched")
+    columns = page.locator(".board .column")
+    boxes = [await columns.nth(i).bounding_box() for i in range(await columns.count())]
+    assert all(b and b["width"] > 340 for b in boxes), boxes  # stacked, full width
+    assert [b["y"] for b in boxes if b] == sorted(b["y"] for b in boxes if b)
+    accept = card.locator("button[data-action=accept]")
+    box = await accept.bounding_box()
+    assert box and box["height"] >= 44, box  # touch-sized
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+    await screenshot(page, "console-workorders-phone")
+
+    await accept.tap()
+    await expect(card).to_have_attribute("data-state", "accepted")
+    taken = (await platform.http.get(f"/workorders/{order['id']}")).json()
+    assert taken["state"] == "accepted" and taken["assignee"] == "console test admin"
+    await expect(card.locator("button[data-action=on_site]")).to_be_visible()
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+    # The overview on a phone does not scroll sideways either.
+    await page.locator("[data-nav=overview]").tap()
+    await expect(page.locator(".map")).not_to_have_attribute("data-drawn", "0")
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+    tab.assert_clean()
+
+
+async def test_language_toggle_switches_labels_and_is_remembered(
+    platform: ConsolePlatform, open_tab: Any
+) -> None:
+    tab = await open_tab()
+    page = tab.page
+    await sign_in(tab, platform)
+    nav = page.locator("[data-nav=workorders]")
+    await expect(nav).to_have_text("工单")
+    await expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
+    await expect(page.locator("[data-kpi=online] h3")).to_have_text("设备在线率")
+    await page.locator("button.lang").click()
+    await expect(nav).to_have_text("Work orders")
+    await expect(page.locator("html")).to_have_attribute("lang", "en")
+    await expect(page.locator("[data-kpi=online] h3")).to_have_text("Devices online")
+    await expect(page.locator(".legend [data-state=alerting]")).to_contain_text("Alerting")
+    await expect(page.locator(".map")).not_to_have_attribute("data-drawn", "0")
+    await screenshot(page, "console-overview-en")
+    await page.reload()
+    await expect(nav).to_have_text("Work orders")  # remembered in localStorage
+    await page.locator("button.lang").click()
+    await expect(nav).to_have_text("工单")
+    tab.assert_clean()
+
+
+async def test_a_bad_key_and_a_forbidden_view_say_what_is_wrong(
+    platform: ConsolePlatform, open_tab: Any
+) -> None:
+    tab = await open_tab()
+    page = tab.page
+    await page.goto(f"{platform.url}/#key=cik_not-a-key")
+    await expect(page.locator("#signin-message")).to_have_text(
+        "API 密钥无效或已被吊销，请使用其他密钥登录。"
+    )
+    assert "key=" not in page.url
+    assert await page.evaluate("localStorage.getItem('cityiot.key')") is None
+    # A vendor key may list its devices but not the city's statistics (403).
+    vendor = await platform.key_of("vendor", vendor=platform.alerting_manhole().vendor)
+    await page.locator("#api-key").fill(vendor)
+    await page.locator("form.signin button[type=submit]").click()
+    await expect(page.locator(".tiles-error")).to_contain_text("此密钥无权执行该操作")
+    # The browser logs each refused request (the bad key's 401, the statistics' 403): expected.
+    refused = ("status of 401 (Unauthorized)", "status of 403 (Forbidden)")
+    tab.errors = [e for e in tab.errors if not e.endswith(refused)]
+    tab.assert_clean()
+
+
+async def test_the_sse_parser_takes_events_split_anywhere(
+    platform: ConsolePlatform, open_tab: Any
+) -> None:
+    tab = await open_tab()
+    await tab.page.goto(f"{platform.url}/")
+    events = await tab.page.evaluate(
+        """async () => {
+        const {SseParser} = await import('/console/sse.js');
+        const text = ': ping\\r\\nevent: ready\\r\\ndata: {"a":1}\\r\\n\\r\\n' +
+          'event: alert\\ndata: line 1\\ndata: line 2\\n\\n' + 'data: plain\\r\\r';
+        const out = [];
+        for (const size of [1, 2, 3, 7, text.length]) {
+          const seen = [];
+          const parser = new SseParser(e => seen.push([e.event, e.data]));
+          for (let i = 0; i < text.length; i += size) parser.push(text.slice(i, i + size));
+          out.push(seen);
+        }
+        return out;
+    }"""
+    )
+    expected = [["ready", '{"a":1}'], ["alert", "line 1\nline 2"], ["message", "plain"]]
+    assert all(seen == expected for seen in events), events
+
+
+async def test_every_label_exists_in_both_languages(
+    platform: ConsolePlatform, open_tab: Any
+) -> None:
+    tab = await open_tab()
+    await tab.page.goto(f"{platform.url}/")
+    missing = await tab.page.evaluate(
+        """async () => {
+        const {LABELS} = await import('/console/i18n.js');
+        const keys = new Set(Object.values(LABELS).flatMap(Object.keys));
+        return Object.entries(LABELS).flatMap(
+          ([lang, labels]) => [...keys].filter(k => !(k in labels)).map(k => `${lang}: ${k}`));
+    }"""
+    )
+    assert not missing, missing
+
+
+def test_run_prints_the_console_address_and_a_sign_in_link(tmp_path: Path) -> None:
+    from cityiot.settings import Settings
+
+    (tmp_path / ADMIN_KEY_SECRET).write_text("cik_secret\n")
+    settings = Settings(mqtt_url="mqtt://127.0.0.1:1883", influx_url="http://127.0.0.1:8086")
+    for terminal in (True, False):
+        screen = io.StringIO()
+        show_where(
+            settings,
+            tmp_path,
+            Console(file=screen, force_terminal=terminal, color_system=None, width=300),
+            "http://127.0.0.1:8080",
+        )
+        shown = screen.getvalue()
+        assert "console       http://127.0.0.1:8080/" in shown
+        if terminal:  # a link to click, on the operator's own screen
+            assert "http://127.0.0.1:8080/#key=cik_secret" in shown
+        else:  # redirected output (logs) never holds the key
+            assert "cik_secret" not in shown
+            assert f"http://127.0.0.1:8080/#key=$(cat {tmp_path / ADMIN_KEY_SECRET})" in shown
