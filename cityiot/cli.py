@@ -7,6 +7,7 @@ a message naming what to fix.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -31,6 +32,8 @@ app.add_typer(devices_app, name="devices")
 app.add_typer(vendors_app, name="vendors")
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+grafana_app = typer.Typer(help="Grafana dashboards (cityiot/grafana).", no_args_is_help=True)
+app.add_typer(grafana_app, name="grafana")
 
 err = Console(stderr=True)
 
@@ -144,32 +147,67 @@ def serve_metrics(settings: Settings, sources: dict[str, Any]) -> None:
 
 
 @app.command()
-def ingest() -> None:
+def ingest(
+    with_rules: Annotated[
+        bool,
+        typer.Option(
+            "--rules",
+            help="Also run the rules stage in this process (a scale-out worker: "
+            "CITYIOT_SHARE_GROUP, CITYIOT_WORKERS, CITYIOT_WORKER_INDEX).",
+        ),
+    ] = False,
+) -> None:
     """The ingest stage alone: MQTT → validation → InfluxDB (needs the MQTT and InfluxDB URLs).
 
-    With CITYIOT_METRICS_PORT set, its counters, queue depths and spool are served for
-    Prometheus."""
+    With --rules it evaluates rules on what it stores, like `cityiot run`; with several
+    workers each one evaluates its own devices and forwards the others' readings to them
+    (ingest/partition.py). With CITYIOT_METRICS_PORT set, its counters, queue depths and
+    spool are served for Prometheus."""
     from api.metrics import counters_source
+    from ingest.partition import partition_stage
     from ingest.service import ingest_stage
+    from rules.service import rules_stage
 
     settings = load_settings()
     configure_logging(settings)
     stop = asyncio.Event()
 
     async def main() -> None:
-        async with ingest_stage(settings) as stage:
-            serve_metrics(
-                settings,
-                {
-                    "ingest": counters_source(stage.counters),
-                    "broker": counters_source(stage.link.stats),
-                    "queue": stage.depths,
-                },
-            )
+        rules_stop = asyncio.Event()
+        partition_stop = asyncio.Event()
+        async with contextlib.AsyncExitStack() as stack:
+            stage = await stack.enter_async_context(ingest_stage(settings))
+            partition = await stack.enter_async_context(partition_stage(settings, stage))
+            sources: dict[str, Any] = {
+                "ingest": counters_source(stage.counters),
+                "broker": counters_source(stage.link.stats),
+                "queue": stage.depths,
+                "partition": counters_source(partition.counters),
+            }
+            if with_rules:
+                rules = await stack.enter_async_context(
+                    rules_stage(
+                        settings,
+                        stage.devices,
+                        stage.sessions,
+                        stage.link.publish,
+                        stop=rules_stop,
+                        owns=partition.owns,
+                    )
+                )
+                partition.rules = rules.engine.submit
+                sources["rules"] = counters_source(rules.engine.counters)
+                sources["delivery"] = counters_source(rules.deliverer.counters)
+            serve_metrics(settings, sources)
             task = asyncio.create_task(stage.run())
+            receiving = asyncio.create_task(partition.run(partition_stop))
             await stop.wait()
             await stage.stop()
             await task
+            # After the ingest's last batches are forwarded: take what others sent us.
+            partition_stop.set()
+            await receiving
+            rules_stop.set()
 
     run_until_signal(main(), stop)
 
@@ -481,3 +519,50 @@ def keys_revoke(
     if asyncio.run(main()) is None:
         fail(f"no API key {key_id!r}; cityiot keys list shows them")
     err.print(f"key {key_id} revoked")
+
+
+@grafana_app.command("export")
+def grafana_export(
+    out: Annotated[
+        Path, typer.Option(help="Directory for the dashboard JSON files (Grafana provisioning).")
+    ] = Path("deploy/grafana/dashboards"),
+) -> None:
+    """Write every dashboard as JSON (deterministic: exporting again changes nothing)."""
+    from cityiot.grafana.export import export
+
+    try:
+        written = export(out)
+    except OSError as exc:
+        fail(f"cannot write the dashboards to {out}: {exc.strerror}")
+    for path in written:
+        print(path)
+    err.print(f"{len(written)} dashboards in {out}")
+
+
+@grafana_app.command("push")
+def grafana_push(
+    url: Annotated[str, typer.Option(help="Grafana's root URL, e.g. http://grafana:3000.")],
+    token: Annotated[
+        str,
+        typer.Option(
+            help="Service account token (role Editor) of that Grafana.",
+            envvar="CITYIOT_GRAFANA_TOKEN",
+        ),
+    ],
+    folder: Annotated[str, typer.Option(help="Folder to put them in (created if missing).")] = (
+        "cityiot"
+    ),
+) -> None:
+    """Upload every dashboard to a running Grafana (overwriting older versions)."""
+    from cityiot.grafana.push import GrafanaPushError, push
+
+    try:
+        report = push(url, token, folder)
+    except GrafanaPushError as exc:
+        fail(str(exc))
+    for warning in report.warnings:
+        err.print(f"[yellow]warning:[/] {warning}")
+    for uid, address in report.saved.items():
+        print(f"{uid}\t{address}")
+    made = "created" if report.folder_created else "existing"
+    err.print(f"{len(report.saved)} dashboards saved in folder {report.folder_uid} ({made})")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_SHARE_GROUP = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class Settings(BaseSettings):
@@ -71,6 +74,27 @@ class Settings(BaseSettings):
     dead_letter_payload_bytes: int = 4096
     registry_refresh_s: float = Field(2.0, gt=0, description="pick up registry changes this often")
 
+    # Scale-out (issue 7): several `cityiot ingest --rules` workers share the subscription.
+    share_group: str = Field(
+        "",
+        description="MQTT shared-subscription group: the ingest subscribes to "
+        "$share/<group>/city/+/+/telemetry (and status), so workers of one group split the "
+        "stream; empty: a plain subscription (one ingest)",
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="how many ingest workers share the subscription; devices are partitioned "
+        "among them (ingest/partition.py: owner()) for rule state and presence",
+    )
+    worker_index: int = Field(
+        0,
+        ge=0,
+        description="this worker's index, 0..CITYIOT_WORKERS-1; with workers > 1 its MQTT "
+        "session is <mqtt_client_id>-w<index> and its spool <run_dir>/spool-w<index>",
+    )
+
     @field_validator("log_level")
     @classmethod
     def _upper(cls, v: str) -> str:
@@ -83,9 +107,53 @@ class Settings(BaseSettings):
             raise ValueError(f"CITYIOT_RETENTION must look like 400d, 52w or 720h, got {v!r}")
         return v
 
+    @field_validator("share_group")
+    @classmethod
+    def _share_group(cls, v: str) -> str:
+        if v and not _SHARE_GROUP.fullmatch(v):
+            raise ValueError(
+                f"CITYIOT_SHARE_GROUP must be empty or [A-Za-z0-9_-]{{1,64}} (no '/', '+' or "
+                f"'#': it becomes a topic level of $share/<group>/...), got {v!r}"
+            )
+        return v
+
+    @field_validator("worker_index")
+    @classmethod
+    def _worker_index(cls, v: int, info: ValidationInfo) -> int:
+        workers = info.data.get("workers")
+        if workers is not None and v >= workers:
+            raise ValueError(
+                f"CITYIOT_WORKER_INDEX must be 0..{workers - 1} for CITYIOT_WORKERS={workers}, "
+                f"got {v}"
+            )
+        return v
+
+    @field_validator("workers")
+    @classmethod
+    def _workers_share(cls, v: int, info: ValidationInfo) -> int:
+        if v > 1 and not info.data.get("share_group"):
+            raise ValueError(
+                f"CITYIOT_WORKERS={v} needs CITYIOT_SHARE_GROUP (e.g. cityiot): without a "
+                "shared subscription every worker would store every reading"
+            )
+        return v
+
+    @property
+    def worker_client_id(self) -> str:
+        """The ingest's MQTT client id (its persistent session): ``mqtt_client_id``, with
+        ``-w<index>`` appended when there are several workers, so no two share a session."""
+        if self.workers > 1:
+            return f"{self.mqtt_client_id}-w{self.worker_index}"
+        return self.mqtt_client_id
+
     @property
     def spool_path(self) -> Path:
-        return self.spool_dir if self.spool_dir is not None else self.run_dir / "spool"
+        """``spool_dir``, else ``<run_dir>/spool`` (``spool-w<index>`` with several workers)."""
+        if self.spool_dir is not None:
+            return self.spool_dir
+        if self.workers > 1:
+            return self.run_dir / f"spool-w{self.worker_index}"
+        return self.run_dir / "spool"
 
     @property
     def retention_s(self) -> int:

@@ -11,6 +11,7 @@ from cityiot.db import make_engine, migrate, sessionmaker
 from cityiot.influx import InfluxDB, InfluxError
 from cityiot.settings import MqttTarget, Settings
 from ingest.broker import BrokerLink
+from ingest.partition import shared_topics
 from ingest.pipeline import TOPICS, Ingest, ReadingsSink
 from ingest.spool import Spool
 
@@ -69,6 +70,10 @@ async def ingest_stage(
 
     ``store=False`` gives a reader of the stream that stores nothing (a rules-only worker,
     with its own ``client_id`` and so its own persistent session).
+
+    A storing ingest with ``CITYIOT_SHARE_GROUP`` subscribes as a member of that group
+    (``$share/<group>/…``) under :attr:`Settings.worker_client_id`; a reader never joins
+    the group (it would take messages from the storing workers, which then nobody stores).
     """
     if not settings.mqtt_url or (store and not settings.influx_url):
         raise ValueError(
@@ -86,8 +91,9 @@ async def ingest_stage(
             spool = None
             if store:
                 spool = stack.enter_context(open_spool(settings))
+            topics = shared_topics(TOPICS, settings.share_group) if store else TOPICS
             link = BrokerLink(
-                MqttTarget(settings.mqtt_url), client_id or settings.mqtt_client_id, TOPICS
+                MqttTarget(settings.mqtt_url), client_id or settings.worker_client_id, topics
             )
             await stack.enter_async_context(link)
             yield await stack.enter_async_context(

@@ -77,8 +77,11 @@ class RulesEngine:
         clock: Clock = wall_clock,
         queue_size: int = 16,
         tick_s: float = 5.0,
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
         self.devices = devices
+        # Scale-out (ingest/partition.py): the devices whose state lives here; None: all.
+        self.owns = owns
         self.store = AlertStore(session_factory)
         self.publish = publish
         self.dispatcher = dispatcher
@@ -92,8 +95,11 @@ class RulesEngine:
         self._facts: dict[str, tuple[KnownDevice, DeviceFacts]] = {}
 
     async def start(self) -> list[dict[str, Any]]:
-        """Rebuild evaluation state from the open alerts; returns their events."""
+        """Rebuild evaluation state from the open alerts of the devices this engine owns;
+        returns their events."""
         open_alerts = await self.store.open_alerts()
+        if self.owns is not None:
+            open_alerts = [a for a in open_alerts if self.owns(a.device_id)]
         restored = self.evaluator.restore(open_alerts)
         log.info("event=rules_started rules=%d restored=%d", len(self.evaluator.rules), restored)
         return [alert_event(a) for a in open_alerts]
@@ -128,8 +134,12 @@ class RulesEngine:
             await self.apply(transitions)
 
     async def tick(self) -> None:
-        """Absence rules on the platform clock."""
-        facts = (f for d in list(self.devices.devices) if (f := self._facts_of(d)) is not None)
+        """Absence rules on the platform clock, for the devices this engine owns."""
+        owns = self.owns
+        ids = list(self.devices.devices)
+        if owns is not None:
+            ids = [d for d in ids if owns(d)]
+        facts = (f for d in ids if (f := self._facts_of(d)) is not None)
         transitions = self.evaluator.tick(self.clock(), facts)
         if transitions:
             await self.apply(transitions)

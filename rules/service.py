@@ -167,8 +167,13 @@ async def rules_stage(
     clock: Clock = wall_clock,
     stop: asyncio.Event,
     rules_reload_s: float = RULES_RELOAD_S,
+    owns: Callable[[str], bool] | None = None,
 ) -> AsyncIterator[RulesStage]:
-    """A started rules stage; its background tasks run until ``stop`` is set."""
+    """A started rules stage; its background tasks run until ``stop`` is set.
+
+    ``owns`` (a scale-out worker's partition): the devices whose rule state, absence checks
+    and restored alerts live in this stage; None: every device.
+    """
     seen = await overrides_version(session_factory)
     rules = await current_rules(settings, session_factory, strict=False)
     router = load_routing(routing_path(settings))
@@ -208,6 +213,7 @@ async def rules_stage(
             commands=commands,
             group_targets=functools.partial(group_targets, session_factory),
             clock=clock,
+            owns=owns,
         )
         open_events = await engine.start()
         dispatcher.restore([e for e in open_events if e["state"] in ("firing", "acknowledged")])
@@ -230,7 +236,7 @@ async def rules_stage(
                     target.username,
                     target.password,
                     stop,
-                    client_id=f"{settings.mqtt_client_id}-acks",  # a persistent session
+                    client_id=f"{settings.worker_client_id}-acks",  # a persistent session
                 ),
                 name="rules-acks",
             ),

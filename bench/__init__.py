@@ -1,0 +1,1 @@
+"""Benchmarks: cityiot ingest against a peer (Node-RED) on the same load (`cityiot bench`)."""
