@@ -12,6 +12,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -301,13 +302,27 @@ class RuleOverride(Base):
     updated_by: Mapped[str] = mapped_column(String(128), default="")
 
 
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
 def make_engine(url: str) -> AsyncEngine:
-    """An async engine for ``url``; SQLite gets WAL and a busy timeout for concurrent stages."""
+    """An async engine for ``url``; SQLite gets WAL and a busy timeout for concurrent stages.
+
+    JSON columns are serialised with orjson: the latest-value upserts write one JSON
+    document per device, and the standard library's encoder was a tenth of the ingest's
+    time at 100,000 devices.
+    """
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(
+            url,
+            connect_args={"timeout": 30},
+            json_serializer=_json_text,
+            json_deserializer=orjson.loads,
+        )
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -318,7 +333,9 @@ def make_engine(url: str) -> AsyncEngine:
             cur.close()
 
         return engine
-    return create_async_engine(url, pool_pre_ping=True)
+    return create_async_engine(
+        url, pool_pre_ping=True, json_serializer=_json_text, json_deserializer=orjson.loads
+    )
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:

@@ -29,6 +29,8 @@ from cityiot.settings import MqttTarget
 
 log = logging.getLogger("cityiot.ingest.broker")
 
+READ_BURST = 256  # packets read per socket wake-up, at most
+
 
 @dataclass(slots=True)
 class Delivery:
@@ -217,8 +219,7 @@ class BrokerLink:
         if len(self._pending) == 1:
             self._wake.event.set()
         if not self.stats.paused and (
-            len(self._pending) >= self.max_pending
-            or self._pending_bytes >= self.max_pending_bytes
+            len(self._pending) >= self.max_pending or self._pending_bytes >= self.max_pending_bytes
         ):
             self._pause_reading()
 
@@ -281,7 +282,26 @@ class BrokerLink:
         assert self._loop is not None
         self._sock = sock
         if not self.stats.paused:
-            self._loop.add_reader(sock, self._client.loop_read)
+            self._loop.add_reader(sock, self._read)
+
+    def _read(self) -> None:
+        """Read what the socket holds, up to ``READ_BURST`` packets per wake-up.
+
+        paho's ``loop_read`` takes one packet per call (when no QoS 2 flow is open); one
+        event-loop round per message cost more than the message itself. A non-blocking
+        peek says whether more is waiting.
+        """
+        sock = self._sock
+        loop_read = self._client.loop_read
+        for _ in range(READ_BURST):
+            loop_read()
+            if self.stats.paused or self._sock is not sock or sock is None:
+                return
+            try:
+                if not sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                    return  # closed: the next loop_read reports it
+            except OSError:  # BlockingIOError: nothing more now
+                return
 
     def _detach_socket(self) -> None:
         if self._sock is not None and self._loop is not None:
@@ -297,7 +317,7 @@ class BrokerLink:
 
     def _resume_reading(self) -> None:
         if self._sock is not None and self._loop is not None:
-            self._loop.add_reader(self._sock, self._client.loop_read)
+            self._loop.add_reader(self._sock, self._read)
         self.stats.paused = False
 
     async def _misc(self) -> None:

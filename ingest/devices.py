@@ -2,7 +2,9 @@
 
 Refreshed from the SQL registry every ``registry_refresh_s`` (only rows changed since the
 last refresh), so a device registered through the API or the CLI is accepted within
-seconds, also when the ingest runs as its own process.
+seconds, also when the ingest runs as its own process. "Since the last refresh" is measured
+on the wall clock, not on the newest stamp seen: after a bulk import of 100,000 devices the
+newest stamp stays put, and a margin behind it would reload the whole fleet every refresh.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class KnownDevice:
     series_key: str  # kind,device_id=…,district=…,vendor=…
     status_key: str  # device_status,device_id=…,district=…,kind=…,vendor=…
     attributes: Mapping[str, Any]  # kind-specific: depth_cm, lot_id, max_stay_min, zone
+    updated_at: dt.datetime | None = None  # the registry row's stamp when this was made
 
     @classmethod
     def from_entry(cls, e: DeviceEntry) -> KnownDevice:
@@ -48,6 +51,7 @@ class KnownDevice:
             series_key(e.kind, tags),
             series_key("device_status", {**tags, "kind": e.kind}),
             dict(e.attributes or {}),
+            e.updated_at,
         )
 
 
@@ -58,24 +62,28 @@ class DeviceMap:
         self._sessions = session_factory
         self.devices: dict[str, KnownDevice] = {}
         self.codecs: dict[str, str] = {}
-        self._watermark: dt.datetime | None = None
+        self._last_read: dt.datetime | None = None
 
     async def refresh(self) -> int:
         """Load what changed since the last refresh; returns how many devices changed."""
-        # updated_at is stamped before commit: re-read a margin so a change committed
-        # late, behind a newer stamp already seen, is not missed. Re-reading is harmless.
-        since = self._watermark - REREAD_MARGIN if self._watermark else None
+        # updated_at is stamped before commit: re-read a margin before the last refresh
+        # so a change committed late is not missed (also covers clock skew between hosts
+        # below the margin). A re-read row whose stamp we hold already is skipped.
+        started = dt.datetime.now(dt.UTC)
+        since = self._last_read - REREAD_MARGIN if self._last_read else None
         entries = await load_devices(self._sessions, since=since)
+        devices = self.devices
+        changed = 0
         for e in entries:
-            self.devices[e.device_id] = KnownDevice.from_entry(e)
-            if self._watermark is None or e.updated_at > self._watermark:
-                self._watermark = e.updated_at
+            known = devices.get(e.device_id)
+            if known is None or known.updated_at != e.updated_at:
+                devices[e.device_id] = KnownDevice.from_entry(e)
+                changed += 1
+        self._last_read = started
         self.codecs = await load_vendor_codecs(self._sessions)
         if entries and since is None:
-            log.info(
-                "event=registry_refreshed changed=%d total=%d", len(entries), len(self.devices)
-            )
-        return len(entries)
+            log.info("event=registry_refreshed changed=%d total=%d", changed, len(devices))
+        return changed
 
     def get(self, device_id: str) -> KnownDevice | None:
         return self.devices.get(device_id)

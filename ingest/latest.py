@@ -13,6 +13,7 @@ sent before the restart are kept.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Iterable
@@ -29,6 +30,8 @@ log = logging.getLogger("cityiot.ingest")
 # metric → (value, ts_ms)
 Metrics = dict[str, tuple[float | bool, int]]
 
+FLUSH_PACE = 9  # wait at least this many times the last flush's duration before the next
+FLUSH_MAX_DEVICES = 10_000  # devices written per flush, at most
 _LOAD_CHUNK = 500  # ids per SELECT … IN (…), well under SQLite's variable limit
 
 
@@ -36,8 +39,11 @@ class LatestValues:
     """The newest value of each metric per device, written to ``latest_readings``.
 
     ``merge()`` is the hot path (called with every stored batch); ``run()`` flushes what
-    changed every ``flush_ms``; ``flush()`` writes now. A failed flush keeps its devices
-    marked changed, so the next round writes them; it never raises.
+    changed every ``flush_ms``, or less often when a flush is costly (a flush may take at
+    most a tenth of the time: at 100,000 devices reporting in a burst one upsert takes
+    seconds, and writing it twice a second would starve the ingest); ``flush()`` writes
+    now. A failed flush keeps its devices marked changed, so the next round writes them;
+    it never raises.
     """
 
     def __init__(self, session_factory: Any, flush_ms: int = 500) -> None:
@@ -48,6 +54,7 @@ class LatestValues:
         self._loaded: set[str] = set()  # devices whose stored row has been merged in
         self.flushes = 0
         self.failures = 0
+        self.last_flush_s = 0.0
 
     def merge(self, readings: Iterable[Reading]) -> None:
         """Take readings into the map; per metric, the value with the newer time wins."""
@@ -72,16 +79,20 @@ class LatestValues:
         return len(self._changed)
 
     async def run(self) -> None:
-        """Flush every ``flush_s`` until cancelled."""
+        """Flush every ``flush_s`` (or nine flushes' time, when longer) until cancelled."""
         while True:
-            await asyncio.sleep(self.flush_s)
+            await asyncio.sleep(max(self.flush_s, FLUSH_PACE * self.last_flush_s))
             await self.flush()
 
     async def flush(self) -> int:
         """Write the changed devices in one upsert; returns how many (0 also on failure)."""
         if not self._changed:
             return 0
-        changed, self._changed = self._changed, set()
+        if len(self._changed) <= FLUSH_MAX_DEVICES:
+            changed, self._changed = self._changed, set()
+        else:  # a burst of new devices: the rest goes next round, no multi-second stall
+            changed = set(itertools.islice(self._changed, FLUSH_MAX_DEVICES))
+            self._changed -= changed
         started = time.perf_counter()
         try:
             async with self.sessions() as session, session.begin():
@@ -90,7 +101,7 @@ class LatestValues:
                     await self._merge_stored(session, unloaded)
                 rows = [self._row(device_id) for device_id in changed]
                 insert = _dialect_insert(session)
-                stmt = insert(LatestReading)
+                stmt = insert(LatestReading.__table__)  # Core executemany: no ORM bookkeeping
                 stmt = stmt.on_conflict_do_update(
                     index_elements=["device_id"],
                     set_={
@@ -110,11 +121,8 @@ class LatestValues:
             log.warning("event=latest_flush_failed devices=%d error=%s", len(changed), exc)
             return 0
         self.flushes += 1
-        log.debug(
-            "event=latest_flushed devices=%d ms=%.1f",
-            len(rows),
-            (time.perf_counter() - started) * 1000,
-        )
+        self.last_flush_s = time.perf_counter() - started
+        log.debug("event=latest_flushed devices=%d ms=%.1f", len(rows), self.last_flush_s * 1000)
         return len(rows)
 
     async def _merge_stored(self, session: Any, device_ids: list[str]) -> None:

@@ -31,7 +31,7 @@ from cityiot.settings import Settings
 from ingest.broker import BrokerLink, Delivery
 from ingest.codecs import Codec, PayloadError, RawReading, default_codecs
 from ingest.devices import DeviceMap, KnownDevice
-from ingest.latest import LatestValues
+from ingest.latest import FLUSH_PACE, LatestValues
 from ingest.presence import Presence
 from ingest.spool import Spool, SpoolError
 from ingest.validate import Reading, Rejected, Validator
@@ -299,10 +299,9 @@ class Ingest:
         if raw.seq is not None and self._repeated(device.device_id, raw.seq, reading.ts_ms):
             self.counters.duplicates += 1
             return
-        fields = ",".join(
-            f"{k}={'true' if v else 'false'}" if v is True or v is False else f"{k}={v!r}"
-            for k, v in reading.metrics.items()
-        )
+        # repr gives line protocol for both field types: floats as Python writes them
+        # (2.5, 1e-05) and flags as True/False, which InfluxDB reads as booleans.
+        fields = ",".join([f"{k}={v!r}" for k, v in reading.metrics.items()])
         if reading.ts_assumed:
             fields += ",ts_assumed=true"
         batch.lines.append(f"{device.series_key} {fields} {reading.ts_ms}\n")
@@ -441,17 +440,17 @@ class Ingest:
             # Behind what is spooled, so replay keeps the order.
             await self._to_spool(batch, "older batches are spooled")
             return
-        body = "".join(batch.lines).encode()
+        # One request for readings and presence points: a second round trip per batch
+        # would leave InfluxDB idle for as long.
+        body = "".join(batch.lines + batch.status_lines).encode()
+        started = time.perf_counter()
         try:
-            if body:
-                await self._retrying(
-                    "points", self.influx.write, body, give_up_s=self._spool_after_s
-                )
-            if batch.status_lines:
-                status = "".join(batch.status_lines).encode()
-                await self._retrying(
-                    "points", self.influx.write, status, give_up_s=self._spool_after_s
-                )
+            await self._retrying("points", self.influx.write, body, give_up_s=self._spool_after_s)
+            log.debug(
+                "event=influx_write bytes=%d ms=%.1f",
+                len(body),
+                (time.perf_counter() - started) * 1000,
+            )
         except InfluxError as exc:
             if not exc.is_client_error:  # give_up_s ran out: InfluxDB is down or slow
                 await self._to_spool(batch, str(exc))
@@ -460,6 +459,12 @@ class Ingest:
             # dead-letter those; the rest is written.
             log.warning("event=write_refused error=%s; retrying message by message", exc)
             await self._write_one_by_one(batch)
+            if batch.status_lines:
+                try:
+                    status = "".join(batch.status_lines).encode()
+                    await self._retrying("points", self.influx.write, status)
+                except InfluxError as status_exc:  # our own points: a bug, not the vendor's
+                    log.error("event=presence_points_refused error=%s", status_exc)
 
     async def _to_spool(self, batch: Batch, why: str) -> None:
         """Append the batch's points to the spool (durable when it returns). When the spool
@@ -586,6 +591,7 @@ class Ingest:
     async def _upkeep(self) -> None:
         refresh_every = self.settings.registry_refresh_s
         last_refresh = last_presence = time.monotonic()
+        presence_s = 0.0
         while True:
             await asyncio.sleep(min(refresh_every, 1.0))
             now = time.monotonic()
@@ -595,10 +601,12 @@ class Ingest:
                     await self.devices.refresh()
                 except Exception as exc:  # keep ingesting with the map we have
                     log.warning("event=registry_refresh_failed error=%s", exc)
-            if now - last_presence >= 5.0:
+            # Presence is state, not data: at most a tenth of the time goes to writing it.
+            if now - last_presence >= max(5.0, FLUSH_PACE * presence_s):
                 last_presence = now
                 self._sweep_silent()
                 await self._flush_presence()
+                presence_s = time.monotonic() - now
 
     def _sweep_silent(self) -> None:
         now_ms = int(time.time() * 1000)
