@@ -9,12 +9,13 @@ VENV := .venv
 # Written after a successful install; pyproject.toml newer than it means "install again".
 STAMP := $(VENV)/.installed
 RUN_ARGS ?=
+BENCH_ARGS ?=
 PYTEST_ARGS ?=
 # Debian keeps mosquitto and influxd in sbin, which a non-root PATH often lacks.
 export PATH := $(PATH):/usr/local/sbin:/usr/sbin:/sbin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || ! command -v sudo >/dev/null || echo sudo)
 
-.PHONY: venv deps run test lint clean
+.PHONY: venv deps run test lint clean bench
 
 venv: $(STAMP)
 
@@ -56,6 +57,10 @@ run: deps venv
 
 test: deps venv
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# Throughput, CPU, memory and latency next to a bare subscriber and Node-RED (README: Benchmark).
+bench: deps venv
+	$(VENV)/bin/cityiot bench $(BENCH_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

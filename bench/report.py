@@ -1,0 +1,274 @@
+"""The benchmark's results: per-system figures, the machine they were measured on, the
+table ``cityiot bench`` prints and the JSON it writes for comparison across commits."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.latency import LatencyResult, Percentiles
+
+REPORT_VERSION = 1
+
+
+@dataclass(slots=True)
+class SystemResult:
+    """One system's throughput run (and, for some, its latency run).
+
+    ``rate`` is ``sent / drain_s`` once every message was stored (received, for the
+    baseline); with a shortfall it is ``stored / drain_s`` and ``lost`` says how many are
+    missing. ``drain_s`` runs from SIGCONT to the moment InfluxDB held them all.
+    """
+
+    name: str
+    description: str
+    publish_qos: int
+    delivered_qos: int
+    workers: int
+    database: str | None
+    sent: int = 0
+    stored: int | None = None
+    lost: int = 0
+    duplicated: int = 0
+    publish_s: float | None = None
+    drain_s: float | None = None
+    rate: float | None = None
+    ratio: float | None = None
+    cpu_s: float | None = None
+    broker_cpu_s: float | None = None
+    influx_cpu_s: float | None = None
+    peak_rss_mb: float | None = None
+    end_by: str = ""  # how the end of the drain was found: sentinel, count, last_s, stall
+    timed_out: bool = False
+    error: str | None = None
+    latency: LatencyResult | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Figures are valid: no error, no timeout, nothing lost or duplicated."""
+        return self.error is None and not self.timed_out and not self.lost and not self.duplicated
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["latency"] = None if self.latency is None else self.latency.as_dict()
+        out["ok"] = self.ok
+        return out
+
+
+@dataclass(slots=True)
+class BenchReport:
+    """Everything one ``cityiot bench`` run measured, with its settings and machine."""
+
+    started_at: str
+    git: dict[str, Any]
+    settings: dict[str, Any]
+    hardware: dict[str, Any]
+    systems: list[SystemResult]
+    method: dict[str, str]
+
+    @property
+    def ok(self) -> bool:
+        return all(s.ok for s in self.systems)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "version": REPORT_VERSION,
+            "started_at": self.started_at,
+            "git": self.git,
+            "settings": self.settings,
+            "hardware": self.hardware,
+            "method": self.method,
+            "systems": [s.as_dict() for s in self.systems],
+            "ok": self.ok,
+        }
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.as_dict(), indent=2, ensure_ascii=False) + "\n")
+
+
+# -- the table ----------------------------------------------------------------------------
+
+
+def _n(value: float | None, digits: int = 0) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.0f}" if value >= 10 else f"{value:.1f}"
+
+
+def table(report: BenchReport) -> Table:
+    """Systems side by side, one figure per row."""
+    t = Table(title="cityiot bench", title_justify="left")
+    t.add_column("", style="bold", no_wrap=True)
+    for s in report.systems:
+        t.add_column(s.name, justify="right", no_wrap=True)
+    systems = report.systems
+
+    def row(label: str, cells: list[str]) -> None:
+        t.add_row(label, *cells)
+
+    def rate_cell(s: SystemResult) -> str:
+        if s.error is not None:
+            return "[red]error[/]"
+        if s.timed_out:
+            return "[red]timeout[/]"
+        return _n(s.rate)
+
+    def stored_cell(s: SystemResult) -> str:
+        if s.lost:
+            return f"[red]{_n(s.stored)} (−{s.lost:,})[/]"
+        if s.duplicated:
+            return f"[red]{_n(s.stored)} (+{s.duplicated:,})[/]"
+        return _n(s.stored)
+
+    def latency_rows(label: str, pick: Callable[[LatencyResult], Percentiles | None]) -> None:
+        found = [pick(s.latency) if s.latency is not None else None for s in systems]
+
+        def cell(p: Percentiles | None, name: str) -> str:
+            if p is None:
+                return "n/a"
+            value = getattr(p, f"{name}_ms")
+            return f"> {p.beyond_ms:,.0f}" if value is None else _ms(value)
+
+        for name in ("p50", "p95", "p99"):
+            row(f"{label} {name} ms", [cell(p, name) for p in found])
+        row(
+            "  samples (missing)",
+            [
+                "n/a" if p is None else f"{p.samples:,}" + (f" ({p.missing})" if p.missing else "")
+                for p in found
+            ],
+        )
+
+    row("readings/s stored", [rate_cell(s) for s in systems])
+    row("× baseline", [_n(s.ratio, 2) for s in systems])
+    row("stored", [stored_cell(s) for s in systems])
+    row("drain s", [_n(s.drain_s, 2 if (s.drain_s or 0) < 10 else 1) for s in systems])
+    row("CPU s system", [_n(s.cpu_s, 1) for s in systems])
+    row("CPU s broker", [_n(s.broker_cpu_s, 1) for s in systems])
+    row("CPU s InfluxDB", [_n(s.influx_cpu_s, 1) for s in systems])
+    row("peak RSS MB", [_n(s.peak_rss_mb) for s in systems])
+    latency_rows("→ stored", lambda r: r.stored)
+    latency_rows("→ alert", lambda r: r.alert)
+    return t
+
+
+def print_report(report: BenchReport, console: Console, out: Path | None = None) -> None:
+    """The table, what each system is, the machine, and where the JSON went."""
+    console.print(table(report))
+    for s in report.systems:
+        line = f"[bold]{s.name}[/]: {s.description}"
+        if s.error:
+            line += f" — [red]{s.error}[/]"
+        console.print(line, highlight=False)
+        for note in s.notes:
+            console.print(f"  [yellow]note:[/] {note}", highlight=False)
+    hw = report.hardware
+    settings = report.settings
+    console.print(
+        f"load: {settings['messages']:,} messages of {settings['devices']:,} devices "
+        f"(5 kinds, JSON, one reading each); latency: {settings['latency_rate']:,.0f} "
+        f"readings/s for {settings['latency_seconds']:g} s",
+        highlight=False,
+    )
+    console.print(
+        f"machine: {hw['cpu']} × {hw['cores']} cores, {hw['ram_gb']} GB RAM, "
+        f"{hw['os']}; Python {hw['python']}, Mosquitto {hw['mosquitto']}, "
+        f"InfluxDB {hw['influxdb']}, Node {hw.get('node') or 'n/a'}"
+        + (f", Node-RED {hw['node_red']}" if hw.get("node_red") else ""),
+        highlight=False,
+    )
+    git = report.git
+    console.print(
+        f"commit {git.get('sha') or '?'}{' (uncommitted changes)' if git.get('dirty') else ''}"
+        + (f"; results in {out}" if out else ""),
+        highlight=False,
+    )
+
+
+# -- the machine --------------------------------------------------------------------------
+
+
+def _first_line(argv: list[str]) -> str | None:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    text = (out.stdout or out.stderr).strip()
+    return text.splitlines()[0] if text else None
+
+
+def _version(text: str | None) -> str | None:
+    if text is None:
+        return None
+    found = re.search(r"v?(\d+\.\d+[\w.~+-]*)", text)
+    return found.group(1) if found else text
+
+
+def hardware(extra: dict[str, str] | None = None) -> dict[str, Any]:
+    """CPU model, cores, RAM, OS and the versions of everything the bench ran."""
+    from cityiot.services import ExecutableNotFound, find_executable
+
+    cpu = "unknown CPU"
+    ram_gb = 0.0
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram_gb = round(int(line.split()[1]) / 1024**2, 1)
+                break
+    except OSError:
+        pass
+
+    def tool(name: str, *args: str) -> str | None:
+        try:
+            return _version(_first_line([find_executable(name), *args]))
+        except ExecutableNotFound:
+            return None
+
+    node = shutil.which("node")
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_gb": ram_gb,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "mosquitto": tool("mosquitto", "-h"),
+        "influxdb": tool("influxd", "version"),
+        "node": _version(_first_line([node, "--version"])) if node else None,
+        **(extra or {}),
+    }
+
+
+def git_state(repo: Path) -> dict[str, Any]:
+    """The checkout's short commit and whether tracked files differ from it."""
+    sha = _first_line(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"])
+    status = subprocess.run(
+        ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return {"sha": sha, "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
+
+
+def utc_stamp(now: dt.datetime | None = None) -> str:
+    return (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%SZ")

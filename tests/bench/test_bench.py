@@ -1,0 +1,62 @@
+"""``cityiot bench`` end to end on a tiny configuration: real Mosquitto, InfluxDB and
+``cityiot ingest --rules`` workers. Checks the figures are complete and consistent, never
+how fast anything is (tests/bench/test_peer.py covers the Node-RED peer)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+MESSAGES = 2000
+
+
+def test_bench_runs_every_system_and_stores_every_message(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = [
+        sys.executable,
+        "-c",
+        "from cityiot.cli import app; app()",
+        "bench",
+        "--devices", "200",
+        "--messages", str(MESSAGES),
+        "--systems", "baseline,cityiot-qos1,workers",
+        "--workers", "1,2",
+        "--latency-seconds", "3",
+        "--latency-rate", "200",
+        "--timeout", "60",
+        "--out", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    report = json.loads(out.read_text())
+    systems = {s["name"]: s for s in report["systems"]}
+    assert list(systems) == ["baseline", "cityiot-qos1", "workers-1", "workers-2"]
+    for name, s in systems.items():
+        assert s["ok"], (name, s)
+        assert s["sent"] == MESSAGES
+        assert s["stored"] == MESSAGES, name
+        assert s["lost"] == 0 and s["duplicated"] == 0
+        assert s["rate"] > 0 and s["drain_s"] > 0
+        assert s["cpu_s"] > 0, name
+        assert s["broker_cpu_s"] >= 0 and s["influx_cpu_s"] >= 0
+        assert s["peak_rss_mb"] > 0
+    assert systems["baseline"]["ratio"] == 1.0
+    assert systems["workers-2"]["workers"] == 2
+    assert {s["end_by"] for n, s in systems.items() if n != "baseline"} <= {"sentinel", "count"}
+
+    latency = systems["cityiot-qos1"]["latency"]
+    assert latency["stored"]["samples"] > 0
+    assert latency["alert"]["samples"] > 0
+    assert latency["background_sent"] > 0
+    assert systems["workers-1"]["latency"] is None
+
+    assert report["settings"]["messages"] == MESSAGES
+    assert report["hardware"]["cores"] >= 1 and report["hardware"]["mosquitto"]
+    assert "readings/s stored" in done.stdout
+    for name in systems:
+        assert name in done.stdout
+    assert str(out) in done.stdout.replace("\n", "")
