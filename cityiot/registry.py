@@ -558,12 +558,12 @@ async def _vendors_for(
 ) -> set[str]:
     """The vendors among ``wanted`` that exist (after creating the missing ones if asked)."""
     known: set[str] = set()
-    for chunk in _chunks(sorted(wanted)):
+    for chunk in in_chunks(sorted(wanted)):
         known.update(await session.scalars(select(Vendor.id).where(Vendor.id.in_(chunk))))
     missing = sorted(wanted - known)
     if create and missing:
         rows = [{"id": v, "name": v, "codec": "json", "created_at": utcnow()} for v in missing]
-        await session.execute(_dialect_insert(session)(Vendor).on_conflict_do_nothing(), rows)
+        await session.execute(dialect_insert(session)(Vendor).on_conflict_do_nothing(), rows)
         report.vendors_created = missing
         known.update(missing)
     return known
@@ -572,7 +572,7 @@ async def _vendors_for(
 async def _registered(session: AsyncSession, device_ids: Sequence[str]) -> dict[str, Row[Any]]:
     columns = [getattr(Device, f) for f in ("id", "vendor_id", *_ROW_FIELDS, "decommissioned_at")]
     found: dict[str, Row[Any]] = {}
-    for chunk in _chunks(device_ids):
+    for chunk in in_chunks(device_ids):
         for row in await session.execute(select(*columns).where(Device.id.in_(chunk))):
             found[row.id] = row
     return found
@@ -634,7 +634,7 @@ async def upsert_vendor(
     _check_vendor(vendor_id, name, codec)
     async with session_factory() as session, session.begin():
         created = await session.get(Vendor, vendor_id) is None
-        stmt = _dialect_insert(session)(Vendor).values(
+        stmt = dialect_insert(session)(Vendor).values(
             id=vendor_id, name=name.strip(), codec=codec, created_at=utcnow()
         )
         await session.execute(
@@ -766,7 +766,7 @@ async def record_presence(
         if seen_params:
             await conn.execute(_SEEN, seen_params)
         for status, ids in (("offline", went_offline), ("online", went_online)):
-            for chunk in _chunks(ids):
+            for chunk in in_chunks(ids):
                 await conn.execute(_status(status, chunk))
 
 
@@ -818,12 +818,12 @@ def _aware(value: dt.datetime, name: str) -> dt.datetime:
     return value
 
 
-def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
+def in_chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
 
 
-def _dialect_insert(session: AsyncSession) -> Any:
+def dialect_insert(session: AsyncSession) -> Any:
     """The INSERT construct with ON CONFLICT of the session's database."""
     name = session.get_bind().dialect.name
     if name == "postgresql":

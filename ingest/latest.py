@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select
 
 from cityiot.db import LatestReading, utcnow
-from cityiot.registry import _dialect_insert
+from cityiot.registry import dialect_insert
 from ingest.validate import Reading
 
 log = logging.getLogger("cityiot.ingest")
@@ -100,7 +100,7 @@ class LatestValues:
                 if unloaded:
                     await self._merge_stored(session, unloaded)
                 rows = [self._row(device_id) for device_id in changed]
-                insert = _dialect_insert(session)
+                insert = dialect_insert(session)
                 stmt = insert(LatestReading.__table__)  # Core executemany: no ORM bookkeeping
                 stmt = stmt.on_conflict_do_update(
                     index_elements=["device_id"],

@@ -26,7 +26,7 @@ from ingest.validate import Reading
 from rules.definitions import Rule
 from rules.evaluation import DeviceFacts, Evaluator, Transition
 from rules.events import Clock, alert_event, alert_topic, wall_clock
-from rules.lifecycle import AlertNotFound, AlertStore
+from rules.lifecycle import AlertStore, Step, new_alert_id, new_alert_row
 
 log = logging.getLogger("cityiot.rules")
 
@@ -145,17 +145,24 @@ class RulesEngine:
             await self.apply(transitions)
 
     async def apply(self, transitions: list[Transition]) -> None:
-        for t in transitions:
-            self.counters.transitions += 1
-            try:
-                alert = await self._record(t)
-            except AlertNotFound:
+        """Record the transitions (one transaction), then publish and dispatch each change."""
+        steps: list[Step | None] = [self._step(t) for t in transitions]
+        recorded = [s for s in steps if s is not None]
+        events = iter(await self.store.record(recorded))
+        self.counters.transitions += len(transitions)
+        for t, step in zip(transitions, steps, strict=True):
+            if step is None:
                 continue
-            if alert is None:
+            event = next(events)
+            if step.new is not None:
+                if step.alert_id != step.new["id"]:
+                    self.counters.adopted += 1
+                t.track.alert_id = step.alert_id
+            if event is None:
                 continue
-            await self._changed(alert)
-            if t.to == "firing" and t.rule.action is not None:
-                await self._act(t, alert)
+            await self._emit(event)
+            if event["state"] == "firing" and t.rule.action is not None:
+                await self._act(t, event["id"])
 
     async def replace_rules(self, rules: Iterable[Rule]) -> None:
         """Evaluate with ``rules`` from now on, keeping the state of the rules that stay;
@@ -176,47 +183,50 @@ class RulesEngine:
 
     # -- internals -----------------------------------------------------------------------
 
-    async def _record(self, t: Transition) -> Alert | None:
+    def _step(self, t: Transition) -> Step | None:
+        """What recording ``t`` takes; None when there is nothing to record."""
         rule, track = t.rule, t.track
         if t.to == "resolved":
             if track.alert_id is None:
                 return None
-            return await self.store.resolve(track.alert_id, t.at_ms, t.values)
+            return Step("resolved", track.alert_id, t.at_ms, t.values)
         summary = rule.summary(t.values)
-        if track.alert_id is None:
-            known = self.devices.get(t.device_id)
-            if known is None:
-                return None
-            alert, created = await self.store.open(
-                rule=rule.id,
-                device_id=t.device_id,
-                kind=known.kind,
-                district=known.district,
-                vendor=known.vendor,
-                severity=rule.severity,
-                state=t.to,
-                started_ms=track.since_ms,
-                values=t.values,
-                summary=summary,
-            )
-            track.alert_id = alert.id
-            if created:
-                return alert
-            # Another evaluator opened it first: adopt it, and only move it forward.
-            self.counters.adopted += 1
-            if not (t.to == "firing" and alert.state == "pending"):
-                return None
-        return await self.store.fire(track.alert_id, t.at_ms, t.values, summary)
+        if track.alert_id is not None:
+            return Step("firing", track.alert_id, t.at_ms, t.values, summary)
+        known = self.devices.get(t.device_id)
+        if known is None:
+            return None
+        alert_id = new_alert_id()
+        # Set now: a later transition of this batch (pending, then firing) refers to it.
+        track.alert_id = alert_id
+        row = new_alert_row(
+            alert_id=alert_id,
+            rule=rule.id,
+            device_id=t.device_id,
+            kind=known.kind,
+            district=known.district,
+            vendor=known.vendor,
+            severity=rule.severity,
+            state=t.to,
+            started_ms=track.since_ms,
+            values=t.values,
+            summary=summary,
+        )
+        return Step(t.to, alert_id, t.at_ms, t.values, summary, new=row)
 
     async def _changed(self, alert: Alert) -> dict[str, Any]:
         event = alert_event(alert)
+        await self._emit(event)
+        return event
+
+    async def _emit(self, event: dict[str, Any]) -> None:
+        """Publish an alert state change on its topic and hand it to the dispatcher."""
         self.counters.events += 1
         self.publish(alert_topic(event), orjson.dumps(event))
         if self.dispatcher is not None:
             await self.dispatcher.handle(event)
-        return event
 
-    async def _act(self, t: Transition, alert: Alert) -> None:
+    async def _act(self, t: Transition, alert_id: str) -> None:
         action = t.rule.action
         known = self.devices.get(t.device_id)
         if action is None or known is None or self.commands is None:
@@ -232,7 +242,7 @@ class RulesEngine:
                     action.command,
                     dict(action.args),
                     rule=t.rule.id,
-                    alert_id=alert.id,
+                    alert_id=alert_id,
                 )
             except Exception as exc:  # one unreachable device must not stop its group's
                 log.warning("event=command_failed device=%s error=%s", device_id, exc)

@@ -10,12 +10,16 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from cityiot.db import Alert
+from cityiot.db import Alert, utcnow
+from cityiot.registry import dialect_insert, in_chunks
+from rules.events import alert_event
 
 
 class AlertNotFound(LookupError):
@@ -28,6 +32,65 @@ class IllegalAlertTransition(ValueError):
 
 def _ms(at_ms: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(at_ms / 1000, dt.UTC)
+
+
+def new_alert_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(slots=True)
+class Step:
+    """One alert state change for :meth:`AlertStore.record`.
+
+    ``new`` is the row of an alert to open (``pending`` or ``firing``) under ``alert_id``;
+    without it the step fires (``firing``) or resolves (``resolved``) alert ``alert_id``.
+    After recording, ``alert_id`` is the alert the step ended on: another evaluator's when
+    that one had opened it first, None when it vanished meanwhile.
+    """
+
+    to: str
+    alert_id: str | None
+    at_ms: int
+    values: dict[str, Any]
+    summary: str | None = None
+    new: dict[str, Any] | None = None
+
+
+def new_alert_row(
+    *,
+    alert_id: str,
+    rule: str,
+    device_id: str,
+    kind: str,
+    district: str,
+    vendor: str,
+    severity: str,
+    state: str,
+    started_ms: int,
+    values: dict[str, Any],
+    summary: str,
+) -> dict[str, Any]:
+    """The ``alerts`` row of an alert opened pending or firing."""
+    started = _ms(started_ms)
+    return {
+        "id": alert_id,
+        "rule": rule,
+        "device_id": device_id,
+        "kind": kind,
+        "district": district,
+        "vendor": vendor,
+        "severity": severity,
+        "state": state,
+        "started_at": started,
+        "fired_at": started if state == "firing" else None,
+        "acknowledged_at": None,
+        "acknowledged_by": None,
+        "resolved_at": None,
+        "values": values,
+        "summary": summary,
+        "open_key": f"{rule}/{device_id}",
+        "updated_at": utcnow(),
+    }
 
 
 class AlertStore:
@@ -79,6 +142,96 @@ class AlertStore:
             raise AlertNotFound(f"alert {open_key} vanished while opening")
         return existing, False
 
+    async def record(self, steps: Sequence[Step]) -> list[dict[str, Any] | None]:
+        """Record ``steps`` in order, in one transaction; returns the alert event of each
+        (None for a step that changed nothing: already firing, resolved, or opened first by
+        another evaluator — which the step then adopts, moving it to firing if it must).
+
+        One commit for a whole batch of readings' transitions: a commit per alert capped the
+        ingest at a few thousand readings/s when every parked car opened a pending alert.
+        Opens are one multi-row INSERT … ON CONFLICT (open_key) DO NOTHING, so the database
+        still guarantees one open alert per (rule, device).
+        """
+        events: list[dict[str, Any] | None] = [None] * len(steps)
+        async with self.sessions() as session, session.begin():
+            start = 0
+            while start < len(steps):
+                # A round ends before a key opened earlier in it (opened, resolved, opened
+                # again within one batch): its INSERT must follow the resolve.
+                keys: set[str] = set()
+                end = start
+                while end < len(steps):
+                    new = steps[end].new
+                    if new is not None:
+                        if new["open_key"] in keys:
+                            break
+                        keys.add(new["open_key"])
+                    end += 1
+                await self._record_round(session, steps, start, end, events)
+                start = end
+        return events
+
+    async def _record_round(
+        self,
+        session: AsyncSession,
+        steps: Sequence[Step],
+        start: int,
+        end: int,
+        events: list[dict[str, Any] | None],
+    ) -> None:
+        await session.flush()  # the previous round's resolves free their open keys first
+        round_ = steps[start:end]
+        created: set[str] = set()
+        opens = {s.new["open_key"]: s for s in round_ if s.new is not None}
+        if opens:
+            insert = dialect_insert(session)(Alert.__table__)
+            rows_in: list[dict[str, Any]] = [s.new for s in opens.values() if s.new is not None]
+            await session.execute(
+                insert.on_conflict_do_nothing(index_elements=["open_key"]), rows_in
+            )
+            holder: dict[str, str] = {}
+            for chunk in in_chunks(sorted(opens)):
+                rows = await session.execute(
+                    select(Alert.open_key, Alert.id).where(Alert.open_key.in_(chunk))
+                )
+                holder.update({str(key): alert_id for key, alert_id in rows})
+            for key, step in opens.items():
+                ours = step.alert_id
+                if holder.get(key) == ours:
+                    created.add(ours)  # type: ignore[arg-type]
+                    continue
+                # Opened first elsewhere: adopt that alert (None: resolved meanwhile).
+                theirs = holder.get(key)
+                for later in round_:
+                    if later.alert_id == ours:
+                        later.alert_id = theirs
+        # Rows to move on: all but those just inserted by an open step of this round.
+        wanted = {
+            s.alert_id
+            for s in round_
+            if s.alert_id is not None and (s.new is None or s.alert_id not in created)
+        }
+        alerts: dict[str, Alert] = {}
+        for chunk in in_chunks(sorted(wanted)):
+            found = await session.scalars(select(Alert).where(Alert.id.in_(chunk)))
+            alerts.update({alert.id: alert for alert in found})
+        for offset, s in enumerate(round_):
+            if s.alert_id is None:
+                continue  # opened elsewhere and resolved meanwhile
+            if s.new is not None and s.alert_id in created:
+                events[start + offset] = alert_event(Alert(**s.new))
+                continue
+            alert = alerts.get(s.alert_id)
+            if alert is None:
+                continue
+            if s.to == "resolved":
+                if alert.state != "resolved":
+                    _resolve(alert, s.at_ms, s.values)
+                    events[start + offset] = alert_event(alert)
+            elif s.to == "firing" and alert.state == "pending":
+                _fire(alert, s.at_ms, s.values, s.summary or alert.summary)
+                events[start + offset] = alert_event(alert)
+
     async def fire(
         self, alert_id: str, at_ms: int, values: dict[str, Any], summary: str
     ) -> Alert | None:
@@ -87,10 +240,7 @@ class AlertStore:
             alert = await session.get(Alert, alert_id)
             if alert is None or alert.state != "pending":
                 return None
-            alert.state = "firing"
-            alert.fired_at = _ms(at_ms)
-            alert.values = values
-            alert.summary = summary
+            _fire(alert, at_ms, values, summary)
             await session.commit()
             return alert
 
@@ -105,11 +255,7 @@ class AlertStore:
             alert = await session.get(Alert, alert_id)
             if alert is None or alert.state == "resolved":
                 return None
-            alert.state = "resolved"
-            alert.resolved_at = max(_ms(at_ms), alert.started_at)
-            alert.open_key = None
-            if values:
-                alert.values = {**(alert.values or {}), **values}
+            _resolve(alert, at_ms, values)
             await session.commit()
             return alert
 
@@ -143,3 +289,18 @@ class AlertStore:
     async def get(self, alert_id: str) -> Alert | None:
         async with self.sessions() as session:
             return await session.get(Alert, alert_id)
+
+
+def _fire(alert: Alert, at_ms: int, values: dict[str, Any], summary: str) -> None:
+    alert.state = "firing"
+    alert.fired_at = _ms(at_ms)
+    alert.values = values
+    alert.summary = summary
+
+
+def _resolve(alert: Alert, at_ms: int, values: dict[str, Any] | None) -> None:
+    alert.state = "resolved"
+    alert.resolved_at = max(_ms(at_ms), alert.started_at)
+    alert.open_key = None
+    if values:
+        alert.values = {**(alert.values or {}), **values}

@@ -113,6 +113,54 @@ async def test_concurrent_evaluation_raises_one_alert(
     assert sum(e.counters.adopted for e in engines) == 3
 
 
+async def test_one_batch_opens_fires_resolves_and_reopens_in_order(
+    registered: Any, publisher: mqtt.Client, broker: LocalBroker
+) -> None:
+    """A batch's transitions go to the database in one transaction and come out in order:
+    pending → firing → resolved → pending again for one (rule, device) in one batch."""
+    subscriber = Subscriber(broker, "city/alerts/#")
+    try:
+        engine = await engine_on(registered, publisher)
+        t0 = int(time.time() * 1000) - 600_000
+        batch = (
+            flooding(t0, 170.0)
+            + flooding(t0 + 121_000, 171.0)
+            + flooding(t0 + 150_000, 90.0)
+            + flooding(t0 + 160_000, 175.0)
+        )
+        await engine.evaluate(batch)
+        await wait_until(lambda: len(subscriber.messages) >= 4, 5)
+    finally:
+        subscriber.close()
+    states = [(e["state"], e["values"]["water_level_cm"]) for _, e in subscriber.messages]
+    assert states == [("pending", 170.0), ("firing", 171.0), ("resolved", 90.0), ("pending", 175.0)]
+    events = [e for _, e in subscriber.messages]
+    assert events[0]["id"] == events[1]["id"] == events[2]["id"] != events[3]["id"]
+    async with registered() as session:
+        rows = {a.id: (a.state, a.open_key) for a in await session.scalars(select(Alert))}
+    assert rows == {
+        events[0]["id"]: ("resolved", None),
+        events[3]["id"]: ("pending", "manhole_flooding/mh-1"),
+    }
+    assert engine.evaluator.tracks[("manhole_flooding", "mh-1")].alert_id == events[3]["id"]
+
+
+async def test_a_batch_adopts_an_alert_opened_by_another_evaluator(
+    registered: Any, publisher: mqtt.Client
+) -> None:
+    t0 = int(time.time() * 1000) - 600_000
+    first, second = await engine_on(registered, publisher), await engine_on(registered, publisher)
+    await first.evaluate(flooding(t0, 170.0))
+    (pending,) = await open_alerts(registered)
+    # The second evaluator never saw the first reading: it opens, finds the row, adopts it,
+    # and in the same batch moves it to firing.
+    await second.evaluate(flooding(t0 + 1_000, 170.0) + flooding(t0 + 122_000, 171.0))
+    (fired,) = await open_alerts(registered)
+    assert (fired.id, fired.state) == (pending.id, "firing")
+    assert second.counters.adopted == 1
+    assert second.evaluator.tracks[("manhole_flooding", "mh-1")].alert_id == pending.id
+
+
 async def test_restart_keeps_a_for_timer_and_a_firing_alert(
     registered: Any, publisher: mqtt.Client
 ) -> None:
