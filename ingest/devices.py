@@ -34,6 +34,7 @@ class KnownDevice:
     report_interval_s: int
     decommissioned: bool
     series_key: str  # kind,device_id=…,district=…,vendor=…
+    series_bytes: bytes  # the series key, encoded: the start of each of its points
     status_key: str  # device_status,device_id=…,district=…,kind=…,vendor=…
     attributes: Mapping[str, Any]  # kind-specific: depth_cm, lot_id, max_stay_min, zone
     updated_at: dt.datetime | None = None  # the registry row's stamp when this was made
@@ -41,6 +42,7 @@ class KnownDevice:
     @classmethod
     def from_entry(cls, e: DeviceEntry) -> KnownDevice:
         tags = {"device_id": e.device_id, "district": e.district, "vendor": e.vendor}
+        key = series_key(e.kind, tags)
         return cls(
             e.device_id,
             e.vendor,
@@ -48,7 +50,8 @@ class KnownDevice:
             e.district,
             e.report_interval_s,
             e.decommissioned,
-            series_key(e.kind, tags),
+            key,
+            key.encode(),
             series_key("device_status", {**tags, "kind": e.kind}),
             dict(e.attributes or {}),
             e.updated_at,

@@ -68,8 +68,8 @@ class IngestCounters:
 class Batch:
     """Points, dead letters and the deliveries they came from, stored and acked together."""
 
-    lines: list[str] = field(default_factory=list)
-    status_lines: list[str] = field(default_factory=list)  # device_status points
+    lines: list[bytes] = field(default_factory=list)  # line protocol, one point each
+    status_lines: list[bytes] = field(default_factory=list)  # device_status points
     # (delivery, index of its first line, one past its last line)
     spans: list[tuple[Delivery, int, int]] = field(default_factory=list)
     dead_letters: list[DeadLetterIn] = field(default_factory=list)
@@ -292,19 +292,23 @@ class Ingest:
                 reason = f"readings[{index}]: {exc}"
                 self._dead_letter(batch, delivery, reason, received_ms, self._encode.encode(raw))
         if self.presence.seen(device.device_id, received_ms, device.report_interval_s):
-            batch.status_lines.append(f"{device.status_key} online=true {received_ms}\n")
+            batch.status_lines.append(f"{device.status_key} online=true {received_ms}\n".encode())
 
     def _accept(self, device: KnownDevice, raw: RawReading, received_ms: int, batch: Batch) -> None:
         reading = self.validator.reading(device.device_id, device.kind, raw, received_ms)
         if raw.seq is not None and self._repeated(device.device_id, raw.seq, reading.ts_ms):
             self.counters.duplicates += 1
             return
-        # repr gives line protocol for both field types: floats as Python writes them
-        # (2.5, 1e-05) and flags as True/False, which InfluxDB reads as booleans.
-        fields = ",".join([f"{k}={v!r}" for k, v in reading.metrics.items()])
+        # The metrics as JSON are line protocol's field set but for the punctuation: JSON
+        # numbers are line-protocol floats (validation made every number a float) and
+        # true/false its booleans; names are catalogue identifiers (no quote, colon or
+        # comma). One encode and two replaces cost a fifth of formatting field by field.
+        fields = (
+            self._encode.encode(reading.metrics)[2:-1].replace(b'":', b"=").replace(b',"', b",")
+        )
         if reading.ts_assumed:
-            fields += ",ts_assumed=true"
-        batch.lines.append(f"{device.series_key} {fields} {reading.ts_ms}\n")
+            fields += b",ts_assumed=true"
+        batch.lines.append(b"%s %s %d\n" % (device.series_bytes, fields, reading.ts_ms))
         batch.readings.append(reading)
         self.counters.readings += 1
 
@@ -348,9 +352,8 @@ class Ingest:
         if type(online) is not bool:
             raise Rejected('status must be {"online": true} or {"online": false}')
         if self.presence.says(device.device_id, online, received_ms, device.report_interval_s):
-            batch.status_lines.append(
-                f"{device.status_key} online={'true' if online else 'false'} {received_ms}\n"
-            )
+            flag = "true" if online else "false"
+            batch.status_lines.append(f"{device.status_key} online={flag} {received_ms}\n".encode())
 
     def _why_unknown(self, vendor: str, device_id: str, device: KnownDevice | None) -> str:
         if not is_valid_id(vendor):
@@ -442,7 +445,7 @@ class Ingest:
             return
         # One request for readings and presence points: a second round trip per batch
         # would leave InfluxDB idle for as long.
-        body = "".join(batch.lines + batch.status_lines).encode()
+        body = b"".join(batch.lines + batch.status_lines)
         started = time.perf_counter()
         try:
             await self._retrying("points", self.influx.write, body, give_up_s=self._spool_after_s)
@@ -461,7 +464,7 @@ class Ingest:
             await self._write_one_by_one(batch)
             if batch.status_lines:
                 try:
-                    status = "".join(batch.status_lines).encode()
+                    status = b"".join(batch.status_lines)
                     await self._retrying("points", self.influx.write, status)
                 except InfluxError as status_exc:  # our own points: a bug, not the vendor's
                     log.error("event=presence_points_refused error=%s", status_exc)
@@ -472,7 +475,7 @@ class Ingest:
         the broker holds the messages."""
         spool = self.spool
         assert spool is not None
-        body = "".join(batch.lines + batch.status_lines).encode()
+        body = b"".join(batch.lines + batch.status_lines)
         delay = 0.5
         while True:
             try:
@@ -549,12 +552,10 @@ class Ingest:
             if first == last:
                 continue
             try:
-                await self._retrying(
-                    "points", self.influx.write, "".join(batch.lines[first:last]).encode()
-                )
+                await self._retrying("points", self.influx.write, b"".join(batch.lines[first:last]))
             except InfluxError as exc:
                 self._dead_letter(batch, delivery, f"InfluxDB refused: {exc}", received_ms)
-                batch.lines[first:last] = [""] * (last - first)
+                batch.lines[first:last] = [b""] * (last - first)
         if batch.dead_letters:
             await self._retrying(
                 "dead letters", add_dead_letters, self.sessions, batch.dead_letters
@@ -615,7 +616,7 @@ class Ingest:
             device = self.devices.get(device_id)
             if device is not None:
                 batch.started = batch.started or time.monotonic()
-                batch.status_lines.append(f"{device.status_key} online=false {now_ms}\n")
+                batch.status_lines.append(f"{device.status_key} online=false {now_ms}\n".encode())
 
     async def _flush_presence(self) -> None:
         seen, online, offline = self.presence.take_changes()

@@ -125,14 +125,21 @@ class Schedule:
     start_min: int = 0
     end_min: int = 0
     weekdays: frozenset[int] = frozenset(range(7))
+    # Darkness by the minute: the sun's position costs more than the rest of a reading's
+    # evaluation, and readings arrive near "now", so a handful of minutes are in use.
+    _dark: dict[int, bool] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def active(self, ts_ms: int) -> bool:
         from cityiot.sun import is_dark, local_date, local_hour
 
-        if self.mode == "night":
-            return is_dark(ts_ms)
-        if self.mode == "day":
-            return not is_dark(ts_ms)
+        if self.mode != "hours":
+            minute = ts_ms // 60_000
+            dark = self._dark.get(minute)
+            if dark is None:
+                if len(self._dark) > 4096:
+                    self._dark.clear()
+                dark = self._dark[minute] = is_dark(minute * 60_000 + 30_000)
+            return dark if self.mode == "night" else not dark
         minute = int(local_hour(ts_ms) * 60)
         weekday = local_date(ts_ms).weekday()
         if self.start_min <= self.end_min:

@@ -298,7 +298,7 @@ def feed(ingest: Ingest, tally: Tally, delivery: Delivery, received_ms: int) -> 
     added_status = len(batch.status_lines) - status
     added_duplicates = ingest.counters.duplicates - duplicates
     for line in batch.lines[lines:]:
-        assert line.count("\n") == 1 and line.endswith("\n"), (delivery, line)
+        assert line.count(b"\n") == 1 and line.endswith(b"\n"), (delivery, line)
     for letter in batch.dead_letters[dead:]:
         # The ingest's last-resort guard turns a decoder crash into this dead letter: none
         # may be needed — every bad payload must be refused with its own reason.

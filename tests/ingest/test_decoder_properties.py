@@ -41,7 +41,7 @@ def check(topic: str, payload: bytes) -> None:
     after = (len(batch.lines), len(batch.dead_letters), INGEST.counters.duplicates)
     assert after != before or batch.status_lines, (topic, payload)
     for line in batch.lines[before[0] :]:
-        assert line.count("\n") == 1 and line.endswith("\n")
+        assert line.count(b"\n") == 1 and line.endswith(b"\n")
     if len(INGEST._batch.lines) > 10_000:
         INGEST._batch = type(batch)()
 
