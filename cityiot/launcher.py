@@ -337,7 +337,7 @@ def show_where(settings: Settings, run_dir: Path, out: Console, api_url: str) ->
         # the address bar. Only on a terminal: redirected output (CI logs) keeps no key.
         out.print(f"                {api_url}/#key={key_file.read_text().strip()}", soft_wrap=True)
     else:
-        out.print(f'                {api_url}/#key=$(cat {key_file})  (open in a browser)')
+        out.print(f"                {api_url}/#key=$(cat {key_file})  (open in a browser)")
     out.print(f"  InfluxDB      {settings.influx_url}  database {db!r}")
     out.print(f"  registry      {settings.database_url}  (dead letters in table dead_letters)")
     out.print(

@@ -65,6 +65,7 @@ class DeviceMap:
         self._sessions = session_factory
         self.devices: dict[str, KnownDevice] = {}
         self.codecs: dict[str, str] = {}
+        self.version = 0  # moves whenever a device is added or changed
         self._last_read: dt.datetime | None = None
 
     async def refresh(self) -> int:
@@ -82,6 +83,7 @@ class DeviceMap:
             if known is None or known.updated_at != e.updated_at:
                 devices[e.device_id] = KnownDevice.from_entry(e)
                 changed += 1
+        self.version += changed
         self._last_read = started
         self.codecs = await load_vendor_codecs(self._sessions)
         if entries and since is None:

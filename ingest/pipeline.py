@@ -216,7 +216,8 @@ class Ingest:
                         await self._seal()
             batch = self._batch
             if batch.started and (
-                len(batch.lines) >= self.settings.batch_size
+                self._unstored == 0  # the writer is idle: store now, for latency
+                or len(batch.lines) >= self.settings.batch_size
                 or len(batch.spans) >= self._max_unacked
                 or time.monotonic() - batch.started >= self._flush_s
             ):

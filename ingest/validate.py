@@ -55,11 +55,33 @@ class KindTable:
             for m in kind.metrics
         }
         self.known = ", ".join(self.specs)
+        self.bounds = {
+            name: (spec.low, spec.high)
+            for name, spec in self.specs.items()
+            if isinstance(spec, _FloatSpec)
+        }
+        self.flags = frozenset(name for name, spec in self.specs.items() if spec is _BOOL)
 
     def check(self, metrics: dict[str, Any]) -> dict[str, float | bool]:
         """The metrics with numbers as floats, or :class:`Rejected` naming the first fault."""
         if not metrics:
             raise Rejected("reading has no metrics")
+        # Fast path: floats in range and flags, as nearly every device sends them, pass as
+        # they are; anything else (ints to convert, or a fault to name) takes the full check.
+        bounds = self.bounds
+        for name, value in metrics.items():
+            vtype = type(value)
+            if vtype is float:
+                low_high = bounds.get(name)
+                if low_high is not None and low_high[0] <= value <= low_high[1]:
+                    continue
+            elif vtype is bool and name in self.flags:
+                continue
+            return self.converted(metrics)
+        return metrics
+
+    def converted(self, metrics: dict[str, Any]) -> dict[str, float | bool]:
+        """A copy with numbers as floats, or :class:`Rejected` naming the first fault."""
         out: dict[str, float | bool] = {}
         specs = self.specs
         for name, value in metrics.items():

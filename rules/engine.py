@@ -93,6 +93,7 @@ class RulesEngine:
         self.counters = RulesCounters()
         self.queue: asyncio.Queue[list[Reading]] = asyncio.Queue(queue_size)
         self._facts: dict[str, tuple[KnownDevice, DeviceFacts]] = {}
+        self._ticked_version = -1  # the registry's version at the last full absence scan
 
     async def start(self) -> list[dict[str, Any]]:
         """Rebuild evaluation state from the open alerts of the devices this engine owns;
@@ -134,13 +135,21 @@ class RulesEngine:
             await self.apply(transitions)
 
     async def tick(self) -> None:
-        """Absence rules on the platform clock, for the devices this engine owns."""
+        """Absence rules on the platform clock, for the devices this engine owns.
+
+        The scan over every device is skipped until the evaluator's next possible silence,
+        unless the registry changed meanwhile (a new device may be due sooner).
+        """
+        now = self.clock()
+        if now < self.evaluator.next_due_s and self.devices.version == self._ticked_version:
+            return
+        self._ticked_version = self.devices.version
         owns = self.owns
         ids = list(self.devices.devices)
         if owns is not None:
             ids = [d for d in ids if owns(d)]
         facts = (f for d in ids if (f := self._facts_of(d)) is not None)
-        transitions = self.evaluator.tick(self.clock(), facts)
+        transitions = self.evaluator.tick(now, facts)
         if transitions:
             await self.apply(transitions)
 

@@ -78,6 +78,7 @@ class Evaluator:
         self.windows: dict[tuple[str, str], _Window] = {}
         self.arrived_s: dict[str, float] = {}
         self.started_s = started_s
+        self.next_due_s = started_s  # see tick()
 
     def _use(self, rules: list[Rule]) -> None:
         self.rules = {r.id: r for r in rules}
@@ -98,6 +99,7 @@ class Evaluator:
         whose open alerts the caller resolves.
         """
         self._use(list(rules))
+        self.next_due_s = float("-inf")  # an absence rule may have changed: scan again
         gone = [(r, d, t) for (r, d), t in self.tracks.items() if r not in self.rules]
         for rule_id, device_id, _ in gone:
             del self.tracks[(rule_id, device_id)]
@@ -156,18 +158,28 @@ class Evaluator:
         return out
 
     def tick(self, now_s: float, devices: Iterable[DeviceFacts]) -> list[Transition]:
-        """Absence rules on the platform clock: devices silent for factor × interval."""
+        """Absence rules on the platform clock: devices silent for factor × interval.
+
+        Also sets :attr:`next_due_s`, the earliest moment another device can fall silent
+        (readings only move it later): until then a tick over the same devices finds nothing.
+        """
         out: list[Transition] = []
+        self.next_due_s = float("inf")
         if not self.absence:
             return out
         now_ms = int(now_s * 1000)
+        next_due = float("inf")
         for device in devices:
-            silent_s = now_s - self.arrived_s.get(device.device_id, self.started_s)
+            arrived = self.arrived_s.get(device.device_id, self.started_s)
+            silent_s = now_s - arrived
             for rule in self.absence:
                 if device.kind not in rule.kinds:
                     continue
                 key = (rule.id, device.device_id)
-                if silent_s > rule.factor * device.report_interval_s and key not in self.tracks:
+                limit_s = rule.factor * device.report_interval_s
+                if silent_s <= limit_s:
+                    next_due = min(next_due, arrived + limit_s)
+                elif key not in self.tracks:
                     since_ms = now_ms - int(silent_s * 1000)
                     track = self.tracks[key] = Track(since_ms=since_ms, firing=True)
                     values = {
