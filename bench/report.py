@@ -78,6 +78,7 @@ class BenchReport:
     hardware: dict[str, Any]
     systems: list[SystemResult]
     method: dict[str, str]
+    rule_state: dict[str, Any] | None = None  # bench/state.py: bytes per device
 
     @property
     def ok(self) -> bool:
@@ -92,6 +93,7 @@ class BenchReport:
             "hardware": self.hardware,
             "method": self.method,
             "systems": [s.as_dict() for s in self.systems],
+            "rule_state": self.rule_state,
             "ok": self.ok,
         }
 
@@ -180,6 +182,14 @@ def print_report(report: BenchReport, console: Console, out: Path | None = None)
             console.print(f"  [yellow]note:[/] {note}", highlight=False)
     hw = report.hardware
     settings = report.settings
+    state = report.rule_state
+    if state:
+        console.print(
+            f"rule state: {state['bytes_per_device']:,.0f} bytes per device at "
+            f"{state['devices']:,} devices ({state['readings']:,} readings fed; "
+            f"{state['open_tracks']:,} rules not idle at the end), measured with tracemalloc",
+            highlight=False,
+        )
     console.print(
         f"load: {settings['messages']:,} messages of {settings['devices']:,} devices "
         f"(5 kinds, JSON, one reading each); latency: {settings['latency_rate']:,.0f} "

@@ -66,7 +66,8 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH_HOME = REPO / ".bench"
 BROKER_TEMPLATE = Path(__file__).resolve().parent / "mosquitto.conf"
 
-SYSTEMS = ("baseline", "cityiot-qos0", "cityiot-qos1", "peer", "workers")
+SYSTEMS = ("baseline", "influxdb", "cityiot-qos0", "cityiot-qos1", "peer", "workers")
+DIRECT_BATCH = 5000  # points per request of the influxdb column, as the ingest's batches
 SENTINELS = 16  # the backlog's last messages, one each from these devices
 SAMPLE_DEVICES = 50  # fleet devices whose points give a cheap progress estimate
 PROBES = 4  # probe manholes for publish → stored
@@ -103,6 +104,7 @@ class BenchOptions:
     timeout_s: float = 300.0
     out: Path | None = None
     keep: bool = False
+    state_devices: int = 1_000_000  # rule state measured at this many devices (0: not)
 
     def check(self) -> None:
         """Raise ``BenchError`` naming the option to change when one is out of range."""
@@ -122,6 +124,8 @@ class BenchOptions:
             raise BenchError("--latency-seconds must be ≥ 1 and --latency-rate ≥ 0")
         if self.timeout_s <= 0:
             raise BenchError(f"--timeout must be positive, not {self.timeout_s}")
+        if self.state_devices < 0:
+            raise BenchError(f"--state-devices must be 0 (skip) or more, not {self.state_devices}")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -133,6 +137,7 @@ class BenchOptions:
             "latency_rate": self.latency_rate,
             "skip_latency": self.skip_latency,
             "timeout_s": self.timeout_s,
+            "state_devices": self.state_devices,
         }
 
 
@@ -175,6 +180,19 @@ def system_specs(options: BenchOptions) -> list[SystemSpec]:
                     "baseline",
                     "bench.baseline, a bare paho subscriber that receives and parses the JSON, "
                     "nothing more; QoS 0; done at its own last message",
+                    0,
+                    0,
+                )
+            )
+        elif name == "influxdb":
+            specs.append(
+                SystemSpec(
+                    name,
+                    "influxdb",
+                    "InfluxDB alone: the backlog as the ingest's own line protocol, posted "
+                    f"in {DIRECT_BATCH:,}-point requests over one keep-alive connection, no "
+                    "MQTT: the most this InfluxDB stores of these points, the ceiling of every "
+                    "storing column",
                     0,
                     0,
                 )
@@ -395,6 +413,44 @@ def import_registry(url: str, fleet: Fleet, csv_path: Path) -> None:
             f"cityiot devices import {csv_path} failed with code {done.returncode}:\n"
             f"{done.stderr[-2000:]}"
         )
+
+
+def line_protocol(backlog: Sequence[Message], devices: dict[str, SimDevice]) -> list[bytes]:
+    """The backlog as the ingest writes it (its own decoder, validator and line encoder),
+    in request bodies of ``DIRECT_BATCH`` points."""
+    from cityiot.registry import DeviceEntry
+    from cityiot.settings import Settings
+    from ingest.broker import Delivery
+    from ingest.devices import DeviceMap, KnownDevice
+    from ingest.pipeline import Ingest
+
+    ingest = Ingest(Settings(), influx=None, session_factory=None, link=None)  # type: ignore[arg-type]
+    ingest.devices = DeviceMap(None)
+    now_ms = int(time.time() * 1000)
+    bodies: list[bytes] = []
+    for m in backlog:
+        device_id = m.topic.split("/")[2]
+        if device_id not in ingest.devices.devices:
+            d = devices[device_id]
+            entry = DeviceEntry(
+                device_id=device_id,
+                vendor=d.vendor,
+                kind=d.kind,
+                district=d.district,
+                report_interval_s=d.report_interval_s,
+                attributes={},
+                decommissioned=False,
+                updated_at=dt.datetime.now(dt.UTC),
+            )
+            ingest.devices.devices[device_id] = KnownDevice.from_entry(entry)
+            ingest.devices.codecs[d.vendor] = "json"
+        ingest.handle(Delivery(m.topic, m.payload, 0, 0, 0), now_ms)
+        if len(ingest._batch.lines) >= DIRECT_BATCH:
+            bodies.append(b"".join(ingest._batch.lines))
+            ingest._batch = type(ingest._batch)()
+    if ingest._batch.lines:
+        bodies.append(b"".join(ingest._batch.lines))
+    return bodies
 
 
 def restamp(batch: list[Message], shift_ms: int) -> None:
@@ -665,6 +721,8 @@ class BenchRun:
         try:
             if spec.kind == "baseline":
                 self.throughput_baseline(spec, result)
+            elif spec.kind == "influxdb":
+                self.throughput_influx(spec, result)
             elif spec.kind == "peer":
                 self.throughput_peer(spec, result)
             else:
@@ -823,6 +881,34 @@ class BenchRun:
         finally:
             _stop_processes([process])
             forget_sessions(self.broker.host, self.broker.port, [client_id])
+
+    def throughput_influx(self, spec: SystemSpec, result: SystemResult) -> None:
+        """The backlog's points posted straight to InfluxDB: its ceiling on this machine."""
+        assert result.database is not None
+        self.influx_query(f'CREATE DATABASE "{result.database}"')
+        self.say(f"{spec.name}: encoding the backlog as line protocol…")
+        devices = {d.device_id: d for d in (*self.payloads.fleet.devices, *self.payloads.sentinels)}
+        bodies = line_protocol(self.payloads.backlog(), devices)
+        result.sent = len(self.payloads.messages)
+        start = self.mark([])
+        t0 = time.time()
+        with httpx.Client(base_url=self.influx.url, timeout=120.0) as client:
+            for i, body in enumerate(bodies):
+                response = client.post(
+                    "/write", params={"db": result.database, "precision": "ms"}, content=body
+                )
+                if response.status_code != 204:
+                    raise BenchError(f"InfluxDB refused a write: {response.text[:200]}")
+                if i % 10 == 0:
+                    self.say(f"{spec.name}: {i * DIRECT_BATCH:,} of {result.sent:,} posted…")
+        end_mark = self.mark([])
+        counter = StoredCounter(self.influx.url, result.database, self.payloads)
+        try:
+            stored = counter.exact()
+        finally:
+            counter.close()
+        self._drained(result, t0, start, Drained(end_mark.at, stored, "posted", end_mark))
+        result.cpu_s = None  # the bench's own posting is not a system's cost
 
     def throughput_cityiot(self, spec: SystemSpec, result: SystemResult) -> None:
         assert result.database is not None
@@ -1004,7 +1090,9 @@ def run_bench(
         with contextlib.ExitStack() as stack:
             run.prepare(stack)
             # The baseline and the peer use no registry: they run while the import settles.
-            order = sorted(specs, key=lambda s: {"baseline": 0, "peer": 1}.get(s.kind, 2))
+            order = sorted(
+                specs, key=lambda s: {"baseline": 0, "influxdb": 1, "peer": 2}.get(s.kind, 3)
+            )
             for spec in order:
                 results[spec.name] = run.run_system(spec)
             if not options.skip_latency:
@@ -1019,6 +1107,15 @@ def run_bench(
     finally:
         if not options.keep:
             shutil.rmtree(run_dir, ignore_errors=True)
+    rule_state = None
+    if options.state_devices:
+        from bench.state import measure_rule_state
+
+        rule_state = measure_rule_state(options.state_devices, say=say)
+        log(
+            f"rule state: {rule_state.bytes_per_device:,.0f} bytes per device at "
+            f"{rule_state.devices:,} devices"
+        )
     systems = [results[s.name] for s in specs]
     baseline = results.get("baseline")
     if baseline is not None and baseline.rate:
@@ -1039,6 +1136,7 @@ def run_bench(
         },
         hardware=hardware(extra),
         systems=systems,
+        rule_state=rule_state.as_dict() if rule_state else None,
         method={
             "throughput": "SIGSTOP the subscribed system, publish the backlog at the run's "
             "QoS, SIGCONT (t0); rate = messages / (t_end - t0), t_end = when InfluxDB's "

@@ -286,8 +286,11 @@ def bench(
     devices: Annotated[int, typer.Option(help="Fleet size (all five kinds).")] = 100_000,
     messages: Annotated[int, typer.Option(help="Backlog each system drains.")] = 500_000,
     systems: Annotated[
-        str, typer.Option(help="Comma list of baseline,cityiot-qos0,cityiot-qos1,peer,workers.")
-    ] = "baseline,cityiot-qos0,cityiot-qos1,peer,workers",
+        str,
+        typer.Option(
+            help="Comma list of baseline,influxdb,cityiot-qos0,cityiot-qos1,peer,workers."
+        ),
+    ] = "baseline,influxdb,cityiot-qos0,cityiot-qos1,peer,workers",
     workers: Annotated[str, typer.Option(help="Worker counts of the workers system.")] = "1,2,3",
     latency_seconds: Annotated[float, typer.Option(help="Length of each latency run.")] = 15.0,
     latency_rate: Annotated[
@@ -302,6 +305,9 @@ def bench(
     keep: Annotated[
         bool, typer.Option("--keep", help="Keep .bench/runs/<time>/ and its databases.")
     ] = False,
+    state_devices: Annotated[
+        int, typer.Option(help="Measure rule state per device at this many devices (0: skip).")
+    ] = 1_000_000,
 ) -> None:
     """Throughput, CPU, memory and latency of the platform next to a bare subscriber and
     Node-RED, on a local Mosquitto and InfluxDB it starts itself; prints a table and writes
@@ -322,6 +328,7 @@ def bench(
             timeout_s=timeout,
             out=out,
             keep=keep,
+            state_devices=state_devices,
         )
         options.check()
         with err.status("starting…") as status:

@@ -33,6 +33,7 @@ Metrics = dict[str, tuple[float | bool, int]]
 FLUSH_PACE = 9  # wait at least this many times the last flush's duration before the next
 FLUSH_MAX_DEVICES = 10_000  # devices written per flush, at most
 _LOAD_CHUNK = 500  # ids per SELECT … IN (…), well under SQLite's variable limit
+_STATEMENT_ROWS = 1000  # rows per upsert statement
 
 
 class LatestValues:
@@ -99,7 +100,8 @@ class LatestValues:
                 unloaded = sorted(d for d in changed if d not in self._loaded)
                 if unloaded:
                     await self._merge_stored(session, unloaded)
-                rows = [self._row(device_id) for device_id in changed]
+                now = utcnow()
+                rows = [self._row(device_id, now) for device_id in changed]
                 insert = dialect_insert(session)
                 stmt = insert(LatestReading.__table__)  # Core executemany: no ORM bookkeeping
                 stmt = stmt.on_conflict_do_update(
@@ -110,7 +112,9 @@ class LatestValues:
                         "updated_at": stmt.excluded.updated_at,
                     },
                 )
-                await session.execute(stmt, rows)
+                # In slices: each one's parameters are prepared on the event loop's thread.
+                for start in range(0, len(rows), _STATEMENT_ROWS):
+                    await session.execute(stmt, rows[start : start + _STATEMENT_ROWS])
             self._loaded.update(unloaded)
         except BaseException as exc:
             self._changed |= changed  # written next round (or by the final flush when cancelled)
@@ -143,11 +147,11 @@ class LatestValues:
                     if held is None or held[1] < ts:
                         current[name] = (value, int(ts))
 
-    def _row(self, device_id: str) -> dict[str, Any]:
+    def _row(self, device_id: str, now: Any) -> dict[str, Any]:
         metrics = self.devices[device_id]
         return {
             "device_id": device_id,
             "ts_ms": max(ts for _, ts in metrics.values()),
             "metrics": {name: [value, ts] for name, (value, ts) in metrics.items()},
-            "updated_at": utcnow(),
+            "updated_at": now,
         }

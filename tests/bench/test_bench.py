@@ -22,11 +22,12 @@ def test_bench_runs_every_system_and_stores_every_message(tmp_path: Path) -> Non
         "bench",
         "--devices", "200",
         "--messages", str(MESSAGES),
-        "--systems", "baseline,cityiot-qos1,workers",
+        "--systems", "baseline,influxdb,cityiot-qos1,workers",
         "--workers", "1,2",
         "--latency-seconds", "3",
         "--latency-rate", "200",
         "--timeout", "60",
+        "--state-devices", "3000",
         "--out", str(out),
     ]  # fmt: skip
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=180)
@@ -34,25 +35,37 @@ def test_bench_runs_every_system_and_stores_every_message(tmp_path: Path) -> Non
 
     report = json.loads(out.read_text())
     systems = {s["name"]: s for s in report["systems"]}
-    assert list(systems) == ["baseline", "cityiot-qos1", "workers-1", "workers-2"]
+    assert list(systems) == ["baseline", "influxdb", "cityiot-qos1", "workers-1", "workers-2"]
     for name, s in systems.items():
         assert s["ok"], (name, s)
         assert s["sent"] == MESSAGES
         assert s["stored"] == MESSAGES, name
         assert s["lost"] == 0 and s["duplicated"] == 0
         assert s["rate"] > 0 and s["drain_s"] > 0
-        assert s["cpu_s"] > 0, name
         assert s["broker_cpu_s"] >= 0 and s["influx_cpu_s"] >= 0
-        assert s["peak_rss_mb"] > 0
+        if name != "influxdb":  # the bench itself posts there: no system process
+            assert s["cpu_s"] > 0, name
+            assert s["peak_rss_mb"] > 0
+    assert systems["influxdb"]["influx_cpu_s"] > 0 and systems["influxdb"]["end_by"] == "posted"
     assert systems["baseline"]["ratio"] == 1.0
     assert systems["workers-2"]["workers"] == 2
-    assert {s["end_by"] for n, s in systems.items() if n != "baseline"} <= {"sentinel", "count"}
+    assert {
+        s["end_by"] for s in systems.values() if s["name"].startswith(("cityiot", "workers"))
+    } <= {
+        "sentinel",
+        "count",
+    }
 
     latency = systems["cityiot-qos1"]["latency"]
     assert latency["stored"]["samples"] > 0
     assert latency["alert"]["samples"] > 0
     assert latency["background_sent"] > 0
     assert systems["workers-1"]["latency"] is None
+
+    state = report["rule_state"]
+    assert state["devices"] == 3000 and state["readings"] == 6000
+    assert 0 < state["bytes_per_device"] == round(state["bytes_total"] / 3000, 1)
+    assert "bytes per device at 3,000 devices" in done.stdout
 
     assert report["settings"]["messages"] == MESSAGES
     assert report["hardware"]["cores"] >= 1 and report["hardware"]["mosquitto"]
