@@ -437,16 +437,8 @@ class BrokerLink:
                 reason = _CONNACK_REFUSED.get(code, f"code {code}")
                 log.error("event=mqtt_refused reason=%s", reason)
                 raise ConnectionError(f"broker refused the connection: {reason}")
-            mid = self._mid() or 65535  # an id no publish holds (or, at worst, a PUBACK's)
-            waiter: asyncio.Future[bytes] = loop.create_future()
-            session.subacks[mid] = waiter
-            body = b"".join(_string(t) + bytes([self.qos]) for t in self.topics)
-            session.write(_packet(0x82, mid.to_bytes(2, "big") + body))
-            codes = await asyncio.wait_for(waiter, 10.0)
-            refused = [t for t, c in zip(self.topics, codes, strict=False) if c == 0x80]
-            if refused:
-                # Not fatal (the ACL may allow it later): say it plainly.
-                log.error("event=mqtt_subscription_refused topics=%s", ",".join(refused))
+            if self.topics:  # a publishing-only link subscribes to nothing
+                await self._subscribe(session)
             # What we published and the broker never confirmed goes again, flagged DUP.
             for out_mid, (topic, payload) in list(self._outgoing.items()):
                 session.write(_packet(0x3A, _string(topic) + out_mid.to_bytes(2, "big") + payload))
@@ -467,6 +459,18 @@ class BrokerLink:
         )
         self._connected.set()
         return session
+
+    async def _subscribe(self, session: _Session) -> None:
+        mid = self._mid() or 65535  # an id no publish holds (or, at worst, a PUBACK's)
+        waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        session.subacks[mid] = waiter
+        body = b"".join(_string(t) + bytes([self.qos]) for t in self.topics)
+        session.write(_packet(0x82, mid.to_bytes(2, "big") + body))
+        codes = await asyncio.wait_for(waiter, 10.0)
+        refused = [t for t, c in zip(self.topics, codes, strict=False) if c == 0x80]
+        if refused:
+            # Not fatal (the ACL may allow it later): say it plainly.
+            log.error("event=mqtt_subscription_refused topics=%s", ",".join(refused))
 
     async def _keep_connected(self) -> None:
         delay = 0.2

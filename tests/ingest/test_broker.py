@@ -1,0 +1,128 @@
+"""The ingest's MQTT link (ingest/broker.py): its packet parser on byte streams cut anywhere,
+and on the real Mosquitto a persistent session's backlog, acks, and our QoS 1 publishes."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from cityiot.services import LocalBroker
+from cityiot.settings import MqttTarget
+from ingest.broker import BrokerLink, Delivery, _packet, _Session, _string
+from tests.rules.conftest import wait_until
+
+
+def publish_packet(topic: str, payload: bytes, qos: int, mid: int = 0, dup: bool = False) -> bytes:
+    first = 0x30 | (0x08 if dup else 0) | (qos << 1)
+    body = _string(topic) + (mid.to_bytes(2, "big") if qos else b"") + payload
+    return _packet(first, body)
+
+
+STREAM = [
+    ("city/acme/mh-1/telemetry", b'{"metrics":{"tilt_deg":2.5}}', 1, 7, False),
+    ("city/acme/mh-2/status", b'{"online":true}', 0, 0, False),
+    ("city/acme/mh-1/telemetry", b"x" * 20_000, 1, 8, True),  # 3-byte remaining length
+    ("city/acme/\u4e95\u76d6-3/telemetry", b"", 1, 65535, False),  # empty payload, UTF-8 topic
+    ("city/acme/wt-1/telemetry", b"y" * 200_000, 1, 1, False),
+]
+
+
+async def test_the_parser_gives_the_same_deliveries_however_the_stream_is_cut() -> None:
+    data = b"".join(publish_packet(*p) for p in STREAM) + b"\xd0\x00"  # and a PINGRESP
+    expected = [Delivery(t, p, m, q, 0) for t, p, q, m, _ in STREAM]
+    for size in (1, 2, 3, 7, 1000, len(data)):
+        link = BrokerLink(MqttTarget("mqtt://127.0.0.1:1"), "parser", ["city/#"])
+        session = _Session(link)
+        session.ping_sent = 1.0
+        for start in range(0, len(data), size):
+            session.data_received(data[start : start + size])
+        assert link._pending == expected, size
+        assert session.rest == b"" and session.ping_sent is None
+        assert link.stats.received == len(STREAM) and link.stats.redelivered == 1
+
+
+async def test_a_malformed_stream_closes_the_connection_with_a_reason() -> None:
+    link = BrokerLink(MqttTarget("mqtt://127.0.0.1:1"), "parser", ["city/#"])
+    session = _Session(link)
+    session.data_received(b"\x30\xff\xff\xff\xff\x01")  # a 5-byte remaining length
+    assert "malformed remaining length" in session.error
+    session = _Session(link)
+    session.data_received(b"\xf0\x00")  # AUTH: not MQTT 3.1.1
+    assert "unexpected MQTT packet type 15" in session.error
+
+
+async def test_a_persistent_sessions_backlog_is_delivered_and_acked_on_reconnect(
+    broker: LocalBroker,
+) -> None:
+    """Messages queued while the ingest was away arrive in the very read after CONNACK:
+    they must belong to the new connection, so that their acks are sent (not skipped as
+    stale) and the broker does not deliver them a third time."""
+    target = MqttTarget(broker.url)
+    topic = f"city/acme/backlog-{time.time_ns()}/telemetry"
+    client_id = f"link-test-{time.time_ns()}"
+    async with BrokerLink(target, client_id, [topic]):
+        pass  # the session and its subscription now exist at the broker
+    sender = mqtt.Client(CallbackAPIVersion.VERSION2)
+    sender.connect(broker.host, broker.port)
+    sender.loop_start()
+    try:
+        infos = [sender.publish(topic, f"{i}".encode(), qos=1) for i in range(500)]
+        for info in infos:
+            info.wait_for_publish(5)
+    finally:
+        sender.loop_stop()
+        sender.disconnect()
+
+    got: list[Delivery] = []
+    async with BrokerLink(target, client_id, [topic]) as link:
+        deadline = time.monotonic() + 10
+        while len(got) < 500 and time.monotonic() < deadline:
+            got += await link.next_batch(0.5)
+        link.ack(got)
+        assert link.stats.acked == 500 and link.stats.stale_acks == 0
+        await asyncio.sleep(0.3)  # the acks reach the broker before the link closes
+    assert sorted(int(d.payload) for d in got) == list(range(500))
+
+    async with BrokerLink(target, client_id, [topic]) as again:
+        assert await again.next_batch(1.0) == []  # nothing redelivered: all were acked
+
+
+async def test_our_qos1_publishes_reach_a_subscriber(broker: LocalBroker) -> None:
+    topic = f"city/alerts/yicheng/manhole-{time.time_ns()}"
+    seen: list[bytes] = []
+    lock = threading.Lock()
+
+    def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with lock:
+            seen.append(msg.payload)
+
+    listener = mqtt.Client(CallbackAPIVersion.VERSION2)
+    listener.on_message = on_message
+    listener.connect(broker.host, broker.port)
+    listener.subscribe(topic, qos=1)
+    listener.loop_start()
+    try:
+        await asyncio.sleep(0.3)
+        async with BrokerLink(MqttTarget(broker.url), f"pub-{time.time_ns()}", []) as link:
+            for i in range(300):
+                link.publish(topic, f"event-{i}".encode())
+            await wait_until(lambda: not link._outgoing, 5)  # every one acknowledged
+        await wait_until(lambda: len(seen) >= 300, 5)
+    finally:
+        listener.loop_stop()
+        listener.disconnect()
+    assert seen == [f"event-{i}".encode() for i in range(300)]
+
+
+async def test_a_refused_login_says_why(broker: LocalBroker) -> None:
+    """The session broker allows anonymous clients; a wrong client id length is refused."""
+    link = BrokerLink(MqttTarget(broker.url), "", ["city/#"], clean_session=False)
+    with pytest.raises(ConnectionError, match="cannot connect to the MQTT broker"):
+        await link.connect(timeout_s=1.5)
+    assert "identifier rejected" in link.stats.last_error
