@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -82,8 +83,16 @@ def configure_logging(settings: Settings, log_file: Path | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+# The garbage collector's young generation is collected after this many new objects, not
+# Python's 700: a stage allocates a few objects per message and keeps little (almost no
+# cycles), while each collection also walks objects that outlive it. Measured on the
+# ingest's decoder with 100,000 devices in memory: 8.5 → 6.2 µs a message.
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
 def run_until_signal(main: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:
     """Run ``main`` until it ends; SIGINT/SIGTERM set ``stop`` so it can finish cleanly."""
+    gc.set_threshold(*GC_THRESHOLDS)
 
     async def runner() -> None:
         loop = asyncio.get_running_loop()
