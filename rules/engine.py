@@ -31,6 +31,7 @@ from rules.lifecycle import AlertStore, Step, new_alert_id, new_alert_row
 log = logging.getLogger("cityiot.rules")
 
 Publish = Callable[[str, bytes], None]
+YIELD_EVERY = 1000  # readings evaluated between two turns of the event loop (about 8 ms)
 
 
 class EventSink(Protocol):
@@ -117,6 +118,10 @@ class RulesEngine:
             with contextlib.suppress(TimeoutError):
                 readings = await asyncio.wait_for(self.queue.get(), 0.5)
             if readings is not None:
+                # Everything queued meanwhile too: one evaluation and one transaction for
+                # all of it, so small batches at a high rate cannot outrun the database.
+                while not self.queue.empty():
+                    readings = readings + self.queue.get_nowait()
                 await self.evaluate(readings)
             if self.clock() >= next_tick:
                 next_tick = self.clock() + self.tick_s
@@ -126,10 +131,12 @@ class RulesEngine:
         now = self.clock()
         transitions: list[Transition] = []
         feed = self.evaluator.feed
-        for reading in readings:
+        for index, reading in enumerate(readings, 1):
             facts = self._facts_of(reading.device_id)
             if facts is not None:
                 transitions += feed(facts, reading.ts_ms, reading.metrics, now)
+            if index % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # let the intake and the writers run meanwhile
         self.counters.readings += len(readings)
         if transitions:
             await self.apply(transitions)
