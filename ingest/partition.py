@@ -160,7 +160,7 @@ class PartitionCounters:
 
 
 class Partitioner:
-    """Routes each stored batch's readings to the worker owning their devices.
+    """Routes each sealed batch's readings to the worker owning their devices.
 
     Hang :meth:`on_readings` on the ingest (``ingest.on_readings``) and set :attr:`rules` to
     the rules engine's ``submit``; run :meth:`run` to receive what other workers forward.
@@ -195,7 +195,7 @@ class Partitioner:
 
     async def on_readings(self, readings: list[Reading]) -> None:
         """The ingest's sink: own devices' readings to the rules engine, the others published
-        to their owners, one QoS 1 message per owner (after the batch is stored and acked)."""
+        to their owners, one QoS 1 message per owner (as the batch goes to be stored)."""
         workers = self.partition.workers
         if workers == 1:
             if self.rules is not None:

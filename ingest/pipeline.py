@@ -1,11 +1,13 @@
 """The ingest: MQTT deliveries → decoded, validated readings → InfluxDB, rejects → dead letters.
 
-Two tasks joined by a bounded queue:
+Tasks joined by a bounded queue:
 
 - *intake* takes batches of deliveries from the broker link, turns each into line-protocol
-  points or dead letters, and seals a :class:`Batch` when it is big or old enough;
-- *writer* stores a sealed batch (points to InfluxDB, dead letters to SQL) and only then
-  acknowledges its deliveries to the broker (at-least-once), then hands its readings on.
+  points or dead letters, and seals a :class:`Batch` when it is big or old enough (or a
+  writer is idle), handing its readings to the rules as it does;
+- *writers* (``WRITES_IN_FLIGHT`` of them) store sealed batches (points to InfluxDB, dead
+  letters to SQL) and only then acknowledge their deliveries to the broker
+  (at-least-once), in sealing order.
 
 When storage lags, the queue fills, intake stops taking deliveries, the link stops
 reading its socket, and the broker holds the rest: memory stays bounded.
@@ -45,7 +47,7 @@ SEQ_WINDOW = 64  # seqs remembered below a device's highest, for duplicate detec
 WRITES_IN_FLIGHT = 3
 _SEQ_MASK = (1 << SEQ_WINDOW) - 1
 
-# Receives each stored batch's readings; may be a coroutine function (awaited: backpressure).
+# Receives each sealed batch's readings; may be a coroutine function (awaited: backpressure).
 ReadingsSink = Callable[[list[Reading]], Awaitable[None] | None]
 
 
@@ -84,8 +86,8 @@ class Batch:
 class Ingest:
     """The ingest stage: ``async with Ingest(...) as ingest: await ingest.run()``.
 
-    ``on_readings`` receives every stored batch's validated readings (the rules engine and
-    the latest-value cache hang here).
+    ``on_readings`` receives every batch's validated readings as the batch goes to be stored
+    (the rules engine hangs here, or the scale-out partitioner in front of it).
     """
 
     def __init__(
@@ -236,9 +238,13 @@ class Ingest:
                 await self._seal()
 
     async def _seal(self) -> None:
-        """Hand the current batch to the writer; waits while the writer is two batches behind.
+        """Hand the current batch's readings to ``on_readings`` and the batch to the writers;
+        waits while the rules or the writers are behind.
 
         That wait is the backpressure: intake takes nothing more from the broker meanwhile.
+        The rules see a batch while it is being stored, not after: an InfluxDB that is slow
+        or down delays no alert. Their state changes are idempotent, so a reading the
+        broker delivers again (not yet acked at a crash) only meets the same state again.
         """
         if not self._batch.started:
             return
@@ -246,6 +252,10 @@ class Ingest:
         batch.number = self._sealed_count
         self._sealed_count += 1
         self._unstored += 1
+        if self.on_readings is not None and batch.readings:
+            handed = self.on_readings(batch.readings)
+            if handed is not None:
+                await handed
         await self._sealed.put(batch)
 
     def handle(self, delivery: Delivery, received_ms: int) -> None:
@@ -442,7 +452,7 @@ class Ingest:
                 self._turn.notify_all()
 
     async def _hand_on(self, batch: Batch, started: float) -> None:
-        """Acknowledge a stored batch, count it, and give its readings to ``on_readings``."""
+        """Acknowledge a stored batch and count it."""
         self.link.ack(span[0] for span in batch.spans)
         if self.latest is not None:
             self.latest.merge(batch.readings)
@@ -458,10 +468,6 @@ class Ingest:
             len(batch.dead_letters),
             self.counters.last_write_ms,
         )
-        if self.on_readings is not None and batch.readings:
-            handed = self.on_readings(batch.readings)
-            if handed is not None:
-                await handed
 
     async def _write_points(self, batch: Batch) -> None:
         """Points to InfluxDB — or, while it is down or the spool holds older batches, to the

@@ -26,7 +26,7 @@ from ingest.validate import Reading
 from rules.definitions import Rule
 from rules.evaluation import DeviceFacts, Evaluator, Transition
 from rules.events import Clock, alert_event, alert_topic, wall_clock
-from rules.lifecycle import AlertStore, Step, new_alert_id, new_alert_row
+from rules.lifecycle import AlertStore, Step, new_alert_id, new_alert_row, open_key
 
 log = logging.getLogger("cityiot.rules")
 
@@ -202,13 +202,14 @@ class RulesEngine:
     def _step(self, t: Transition) -> Step | None:
         """What recording ``t`` takes; None when there is nothing to record."""
         rule, track = t.rule, t.track
+        key = open_key(rule.id, t.device_id)
         if t.to == "resolved":
             if track.alert_id is None:
                 return None
-            return Step("resolved", track.alert_id, t.at_ms, t.values)
+            return Step("resolved", key, track.alert_id, t.at_ms, t.values)
         summary = rule.summary(t.values)
         if track.alert_id is not None:
-            return Step("firing", track.alert_id, t.at_ms, t.values, summary)
+            return Step("firing", key, track.alert_id, t.at_ms, t.values, summary)
         known = self.devices.get(t.device_id)
         if known is None:
             return None
@@ -228,7 +229,7 @@ class RulesEngine:
             values=t.values,
             summary=summary,
         )
-        return Step(t.to, alert_id, t.at_ms, t.values, summary, new=row)
+        return Step(t.to, key, alert_id, t.at_ms, t.values, summary, new=row)
 
     async def _changed(self, alert: Alert) -> dict[str, Any]:
         event = alert_event(alert)

@@ -34,6 +34,11 @@ def _ms(at_ms: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(at_ms / 1000, dt.UTC)
 
 
+def open_key(rule: str, device_id: str) -> str:
+    """What ``alerts.open_key`` holds while the alert of ``rule`` on ``device_id`` is open."""
+    return f"{rule}/{device_id}"
+
+
 def new_alert_id() -> str:
     return uuid.uuid4().hex
 
@@ -49,6 +54,7 @@ class Step:
     """
 
     to: str
+    key: str  # the (rule, device) as ``alerts.open_key`` holds it: ``rule/device_id``
     alert_id: str | None
     at_ms: int
     values: dict[str, Any]
@@ -58,7 +64,7 @@ class Step:
 
 def new_alert_row(
     *,
-    alert_id: str,
+    alert_id: str | None = None,
     rule: str,
     device_id: str,
     kind: str,
@@ -70,10 +76,10 @@ def new_alert_row(
     values: dict[str, Any],
     summary: str,
 ) -> dict[str, Any]:
-    """The ``alerts`` row of an alert opened pending or firing."""
+    """The ``alerts`` row of an alert opened pending or firing (a new id unless given)."""
     started = _ms(started_ms)
     return {
-        "id": alert_id,
+        "id": alert_id or new_alert_id(),
         "rule": rule,
         "device_id": device_id,
         "kind": kind,
@@ -88,7 +94,7 @@ def new_alert_row(
         "resolved_at": None,
         "values": values,
         "summary": summary,
-        "open_key": f"{rule}/{device_id}",
+        "open_key": open_key(rule, device_id),
         "updated_at": utcnow(),
     }
 
@@ -97,38 +103,11 @@ class AlertStore:
     def __init__(self, session_factory: Any) -> None:
         self.sessions = session_factory
 
-    async def open(
-        self,
-        *,
-        rule: str,
-        device_id: str,
-        kind: str,
-        district: str,
-        vendor: str,
-        severity: str,
-        state: str,
-        started_ms: int,
-        values: dict[str, Any],
-        summary: str,
-    ) -> tuple[Alert, bool]:
-        """Open the alert (pending or firing); (alert, False) when one is already open."""
-        open_key = f"{rule}/{device_id}"
-        started = _ms(started_ms)
-        alert = Alert(
-            id=uuid.uuid4().hex,
-            rule=rule,
-            device_id=device_id,
-            kind=kind,
-            district=district,
-            vendor=vendor,
-            severity=severity,
-            state=state,
-            started_at=started,
-            fired_at=started if state == "firing" else None,
-            values=values,
-            summary=summary,
-            open_key=open_key,
-        )
+    async def open(self, row: dict[str, Any]) -> tuple[Alert, bool]:
+        """Open the alert of ``row`` (:func:`new_alert_row`, pending or firing) in its own
+        transaction; (the open alert, False) when one is already open for its rule and device."""
+        key = row["open_key"]
+        alert = Alert(**row)
         async with self.sessions() as session:
             session.add(alert)
             try:
@@ -137,9 +116,9 @@ class AlertStore:
             except IntegrityError:
                 await session.rollback()
         async with self.sessions() as session:
-            existing = await session.scalar(select(Alert).where(Alert.open_key == open_key))
+            existing = await session.scalar(select(Alert).where(Alert.open_key == key))
         if existing is None:  # resolved in between: the caller may try again
-            raise AlertNotFound(f"alert {open_key} vanished while opening")
+            raise AlertNotFound(f"alert {key} vanished while opening")
         return existing, False
 
     async def record(self, steps: Sequence[Step]) -> list[dict[str, Any] | None]:
@@ -156,16 +135,17 @@ class AlertStore:
         async with self.sessions() as session, session.begin():
             start = 0
             while start < len(steps):
-                # A round ends before a key opened earlier in it (opened, resolved, opened
-                # again within one batch): its INSERT must follow the resolve.
+                # A round's opens are inserted before its other steps are applied, so it
+                # ends before an open of a (rule, device) that an earlier step of the round
+                # touches (resolved, then opened again within one batch): that INSERT must
+                # follow the resolve, which frees the key.
                 keys: set[str] = set()
                 end = start
                 while end < len(steps):
-                    new = steps[end].new
-                    if new is not None:
-                        if new["open_key"] in keys:
-                            break
-                        keys.add(new["open_key"])
+                    key = steps[end].key
+                    if steps[end].new is not None and key in keys:
+                        break
+                    keys.add(key)
                     end += 1
                 await self._record_round(session, steps, start, end, events)
                 start = end

@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from cityiot.db import Alert, AuditEntry, Silence
 from cityiot.services import LocalBroker
-from rules.lifecycle import AlertStore
+from rules.lifecycle import AlertStore, new_alert_row
 from tests.api.conftest import ROLES, Api
 from tests.rules.conftest import wait_until
 
@@ -48,16 +48,18 @@ async def raise_alert(
     kind, district, vendor = DEVICES[device_id]
     store = AlertStore(api.sessions)
     alert, created = await store.open(
-        rule=rule,
-        device_id=device_id,
-        kind=kind,
-        district=district,
-        vendor=vendor,
-        severity=severity,
-        state="firing" if state == "resolved" else state,
-        started_ms=started_ms,
-        values={"tilt_deg": 31.0},
-        summary="井盖打开 / Manhole cover open",
+        new_alert_row(
+            rule=rule,
+            device_id=device_id,
+            kind=kind,
+            district=district,
+            vendor=vendor,
+            severity=severity,
+            state="firing" if state == "resolved" else state,
+            started_ms=started_ms,
+            values={"tilt_deg": 31.0},
+            summary="井盖打开 / Manhole cover open",
+        )
     )
     assert created
     if state == "resolved":

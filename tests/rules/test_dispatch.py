@@ -14,7 +14,7 @@ from sqlalchemy import select
 from cityiot.db import Notification, make_engine, migrate, sessionmaker
 from rules.delivery import enqueue
 from rules.dispatch import Dispatcher
-from rules.lifecycle import AlertStore
+from rules.lifecycle import AlertStore, new_alert_row
 from rules.routing import DEFAULT_ROUTING_PATH, Router, load_routing, parse_routing
 from rules.silences import SessionFactory, create_silence, expire_silence
 from tests.rules.conftest import HandClock
@@ -245,16 +245,18 @@ async def test_an_alert_acknowledged_through_the_api_stops_repeating_too(rig: Ri
     rows = []
     for n in (1, 2):
         row, _ = await store.open(
-            rule="manhole_cover_open",
-            device_id=f"dev-{n}",
-            kind="manhole",
-            district="yicheng",
-            vendor="acme",
-            severity="critical",
-            state="firing",
-            started_ms=int(T0 * 1000),
-            values={"cover_open": True},
-            summary="井盖打开",
+            new_alert_row(
+                rule="manhole_cover_open",
+                device_id=f"dev-{n}",
+                kind="manhole",
+                district="yicheng",
+                vendor="acme",
+                severity="critical",
+                state="firing",
+                started_ms=int(T0 * 1000),
+                values={"cover_open": True},
+                summary="井盖打开",
+            )
         )
         rows.append(row)
         await rig.dispatcher.handle({**alert(row.id), "device_id": f"dev-{n}"})

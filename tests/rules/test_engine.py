@@ -145,6 +145,35 @@ async def test_one_batch_opens_fires_resolves_and_reopens_in_order(
     assert engine.evaluator.tracks[("manhole_flooding", "mh-1")].alert_id == events[3]["id"]
 
 
+async def test_a_batch_that_resolves_an_alert_and_raises_it_again_records_both(
+    registered: Any, publisher: mqtt.Client, broker: LocalBroker
+) -> None:
+    """The cover closes and opens again within one batch: the new alert's INSERT must wait
+    for the old one's resolve, which frees the (rule, device) key."""
+    subscriber = Subscriber(broker, "city/alerts/#")
+    try:
+        engine = await engine_on(registered, publisher)
+        ts = int(time.time() * 1000) - 60_000
+
+        def cover(at: int, is_open: bool, tilt: float) -> Reading:
+            return Reading("mh-1", "manhole", at, {"cover_open": is_open, "tilt_deg": tilt})
+
+        await engine.evaluate([cover(ts, True, 40.0)])
+        await engine.evaluate([cover(ts + 100, False, 1.0), cover(ts + 200, True, 41.0)])
+        await wait_until(lambda: len(subscriber.messages) >= 3, 5)
+    finally:
+        subscriber.close()
+    events = [e for _, e in subscriber.messages]
+    assert [(e["state"], e["values"]["tilt_deg"]) for e in events] == [
+        ("firing", 40.0),
+        ("resolved", 1.0),
+        ("firing", 41.0),
+    ]
+    assert events[0]["id"] == events[1]["id"] != events[2]["id"]
+    (open_now,) = await open_alerts(registered)
+    assert (open_now.id, open_now.state) == (events[2]["id"], "firing")
+
+
 async def test_a_batch_adopts_an_alert_opened_by_another_evaluator(
     registered: Any, publisher: mqtt.Client
 ) -> None:
