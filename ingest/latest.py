@@ -13,6 +13,7 @@ sent before the restart are kept.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 import logging
 import time
@@ -147,7 +148,7 @@ class LatestValues:
                     if held is None or held[1] < ts:
                         current[name] = (value, int(ts))
 
-    def _row(self, device_id: str, now: Any) -> dict[str, Any]:
+    def _row(self, device_id: str, now: dt.datetime) -> dict[str, Any]:
         metrics = self.devices[device_id]
         return {
             "device_id": device_id,

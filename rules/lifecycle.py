@@ -162,7 +162,7 @@ class AlertStore:
         await session.flush()  # the previous round's resolves free their open keys first
         round_ = steps[start:end]
         created: set[str] = set()
-        opens = {s.new["open_key"]: s for s in round_ if s.new is not None}
+        opens = {s.key: s for s in round_ if s.new is not None}
         if opens:
             insert = dialect_insert(session)(Alert.__table__)
             rows_in: list[dict[str, Any]] = [s.new for s in opens.values() if s.new is not None]
@@ -211,18 +211,6 @@ class AlertStore:
             elif s.to == "firing" and alert.state == "pending":
                 _fire(alert, s.at_ms, s.values, s.summary or alert.summary)
                 events[start + offset] = alert_event(alert)
-
-    async def fire(
-        self, alert_id: str, at_ms: int, values: dict[str, Any], summary: str
-    ) -> Alert | None:
-        """pending → firing; None when it is not pending (already firing, or resolved)."""
-        async with self.sessions() as session:
-            alert = await session.get(Alert, alert_id)
-            if alert is None or alert.state != "pending":
-                return None
-            _fire(alert, at_ms, values, summary)
-            await session.commit()
-            return alert
 
     async def resolve(
         self,
