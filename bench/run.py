@@ -16,7 +16,8 @@ system in turn on the same payloads:
   ``/proc/<pid>/stat`` between t0 and t_end, for the system's processes, the broker and
   InfluxDB; peak RSS is the system's VmHWM.
 - **latency** (bench/latency.py): the system running live under background load, probes
-  timed from publish to stored and to the alert event.
+  timed from publish to stored and to the alert event, after a warm-up in which every fleet
+  device reports once (its series exist, as in a running city).
 
 Each system writes to a database of its own (dropped after its run), gets fresh event times
 and client ids, and its broker sessions are removed after it stops.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 import os
 import random
 import select
@@ -1022,8 +1024,11 @@ class BenchRun:
         probes = [bench_device(f"bench-probe-{i}") for i in range(PROBES)]
         alarms = [bench_device(f"bench-alarm-{i}") for i in range(ALARMS)]
         needed = int(o.latency_rate * o.latency_seconds * 1.1) + 1000
-        self.say(f"{spec.name}: latency — preparing {needed:,} background messages…")
-        stream = self.payloads.stream(needed)
+        fleet = len(self.payloads.fleet)
+        self.say(f"{spec.name}: latency — preparing {fleet + needed:,} messages…")
+        # The fleet round-robin: one reading per device first (the warm-up), then the load.
+        stream = self.payloads.stream(fleet + needed)
+        warm_up = list(itertools.islice(stream, fleet))
 
         def measure(with_alerts: bool) -> LatencyResult:
             self.say(
@@ -1047,13 +1052,41 @@ class BenchRun:
             if spec.kind == "peer":
                 self.influx_query(f'CREATE DATABASE "{database}"')
                 with self.peer(spec, database, self.run_dir / f"latency-{spec.name}"):
+                    self.warm_up(spec, database, warm_up)
                     return measure(with_alerts=False)
             self.settle()
             client_id = f"bench-{self.run_id}-latency-{spec.name}"
             with self.cityiot(spec, database, client_id, self.run_dir / f"latency-{spec.name}"):
+                self.warm_up(spec, database, warm_up)
                 return measure(with_alerts=True)
         finally:
             self.drop(database)
+
+    def warm_up(self, spec: SystemSpec, database: str, messages: list[Message]) -> None:
+        """Every fleet device reports once through the running system, and InfluxDB holds
+        it all, before the latency is probed: a running city's series exist. Without it the
+        run would measure InfluxDB creating 100,000 series (a cold start, once per city)."""
+        self.say(f"{spec.name}: latency — warm-up, one reading from each of {len(messages):,}…")
+        publisher = Publisher(
+            self.broker.host, self.broker.port, client_id=f"bench-{self.run_id}-warm-up"
+        )
+        try:
+            publisher.publish_all(messages, qos=spec.publish_qos)
+        finally:
+            publisher.close()
+        counter = StoredCounter(self.influx.url, database, self.payloads)
+        try:
+            deadline = time.monotonic() + self.options.timeout_s
+            while (stored := counter.exact()) < len(messages):
+                if time.monotonic() > deadline:
+                    raise BenchError(
+                        f"{spec.name}: the warm-up stored {stored:,} of {len(messages):,} "
+                        f"readings in {self.options.timeout_s:g} s"
+                    )
+                self.say(f"{spec.name}: latency — warm-up, {stored:,} stored")
+                time.sleep(COUNT_POLL_S)
+        finally:
+            counter.close()
 
 
 def _read_line(process: subprocess.Popen[str], deadline: float) -> str | None:
@@ -1148,7 +1181,8 @@ def run_bench(
             "wait4 rusage minus t0)",
             "peak_rss": "VmHWM of the system's process at t_end (max over workers; "
             "baseline: polled every 50 ms until its last message)",
-            "latency": "background load via Publisher.publish_at (QoS 0), probes every 20 ms "
+            "latency": "after a warm-up (one reading per fleet device, waited for until stored), "
+            "background load via Publisher.publish_at (QoS 0), probes every 20 ms "
             "at QoS 1 with ts = publish time; stored = first poll (every ~8 ms) that returns "
             "the point; alert = arrival of the matching event on city/alerts/#",
         },

@@ -8,7 +8,11 @@ to the head revision.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
+import weakref
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -340,6 +344,66 @@ def make_engine(url: str) -> AsyncEngine:
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def driver_time(value: dt.datetime, dialect: Dialect) -> Any:
+    """``value`` as :class:`UTCDateTime` hands it to the driver, for :func:`execute_rows`:
+    UTC text on SQLite (the format SQLAlchemy stores and compares), aware elsewhere."""
+    value = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    if dialect.name == "sqlite":  # as SQLAlchemy writes it: 2026-12-02 13:00:00.000000
+        return value.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+    return value
+
+
+async def execute_rows(session: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    """Run ``sql`` (``?`` placeholders) for each of ``rows``, straight through the driver.
+
+    For the ingest's bulk writes (latest values, last seen), where SQLAlchemy's per-row
+    parameter processing cost five times what SQLite itself did (17 µs against 3 µs a
+    row). The values must be what the driver takes: times from :func:`driver_time`, JSON
+    as text.
+    """
+    conn = await session.connection()
+    if conn.dialect.paramstyle == "numeric_dollar":  # asyncpg: $1, $2, …
+        parts = sql.split("?")
+        sql = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+    await conn.exec_driver_sql(sql, rows)
+
+
+# SQLite engine → (event loop, the lock its writers take turns on)
+_WRITE_TURNS: weakref.WeakKeyDictionary[Any, tuple[Any, asyncio.Lock]] = weakref.WeakKeyDictionary()
+
+
+@contextlib.asynccontextmanager
+async def write_turn(session_factory: Any) -> AsyncIterator[None]:
+    """Hold this process's turn to write to the database behind ``session_factory``.
+
+    SQLite lets one connection write at a time, and a connection that finds the database
+    locked sleeps in SQLite's busy handler, waking after 1, 2, 5 … up to 100 ms to try
+    again: an alert waiting behind a stream of latest-value writes could wait seconds.
+    Writers of one process that take their turn here are served in arrival order as soon
+    as the lock is free. Other processes still meet the busy timeout. PostgreSQL locks
+    rows, not the database: no turn is taken there.
+    """
+    engine = getattr(session_factory, "kw", {}).get("bind")
+    if engine is None or engine.dialect.name != "sqlite":
+        yield
+        return
+    key = engine.sync_engine
+    loop = asyncio.get_running_loop()
+    held = _WRITE_TURNS.get(key)
+    if held is None or held[0] is not loop:  # a lock serves the loop it was made on
+        held = _WRITE_TURNS[key] = (loop, asyncio.Lock())
+    async with held[1]:
+        yield
+
+
+@contextlib.asynccontextmanager
+async def writing(session_factory: Any) -> AsyncIterator[Any]:
+    """A session in a transaction, in this process's :func:`write_turn`; committed on
+    leaving, rolled back on an exception."""
+    async with write_turn(session_factory), session_factory() as session, session.begin():
+        yield session
 
 
 async def migrate(url: str) -> None:

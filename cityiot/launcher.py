@@ -113,7 +113,7 @@ async def run_platform(
             add_source(
                 api.app.state.ctx,
                 "queue",
-                lambda: {**ingest.depths(), "rules_waiting": float(rules.engine.queue.qsize())},
+                lambda: {**ingest.depths(), "rules_waiting": float(len(rules.engine.waiting))},
             )
             tasks = [asyncio.create_task(ingest.run(), name="ingest")]
             if fleet is not None:

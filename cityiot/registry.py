@@ -19,12 +19,20 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Row, Table, bindparam, insert, or_, select, update
+from sqlalchemy import Row, Table, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cityiot.catalogue import DISTRICTS, KINDS, RESERVED_VENDORS, Attribute, is_valid_id
-from cityiot.db import DeadLetter, Device, Vendor, utcnow
+from cityiot.db import (
+    DeadLetter,
+    Device,
+    Vendor,
+    driver_time,
+    execute_rows,
+    utcnow,
+    writing,
+)
 
 SessionFactory = async_sessionmaker[AsyncSession]
 AttributeValue = float | int | str
@@ -52,6 +60,8 @@ MAX_TEXT_ATTRIBUTE_CHARS = 200
 MAX_REPORT_INTERVAL_S = 31 * 86400
 _CHUNK = 500  # ids per IN (...) query, well under SQLite's and asyncpg's parameter limits
 _STATEMENT_ROWS = 1000  # rows per executemany in bulk writes: each a short hold of the loop
+# Last-seen times per transaction: a few ms of SQLite each, the write turn's longest hold.
+_PRESENCE_ROWS = 2000
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -500,7 +510,7 @@ async def import_devices(
     """
     report = ImportReport()
     rows = _first_of_each(rows, report)
-    async with session_factory() as session, session.begin():
+    async with writing(session_factory) as session:
         vendors = await _vendors_for(session, {r.vendor for r in rows}, create_vendors, report)
         registered = await _registered(session, [r.device_id for r in rows])
         now = utcnow()
@@ -633,7 +643,7 @@ async def upsert_vendor(
     Raises ValueError, with what to change, for an invalid id, name or codec.
     """
     _check_vendor(vendor_id, name, codec)
-    async with session_factory() as session, session.begin():
+    async with writing(session_factory) as session:
         created = await session.get(Vendor, vendor_id) is None
         stmt = dialect_insert(session)(Vendor).values(
             id=vendor_id, name=name.strip(), codec=codec, created_at=utcnow()
@@ -730,14 +740,9 @@ async def load_devices(
 
 
 _devices = cast(Table, Device.__table__)
-# Core statements, setting updated_at to itself: presence is not a registry change, and
-# bumping updated_at would make every ingest refresh reload every device.
-_SEEN = (
-    update(_devices)
-    .where(_devices.c.id == bindparam("b_id"))
-    .where(or_(_devices.c.last_seen.is_(None), _devices.c.last_seen < bindparam("b_seen")))
-    .values(last_seen=bindparam("b_seen"), updated_at=_devices.c.updated_at)
-)
+# Through the driver (db.execute_rows), not touching updated_at: presence is not a registry
+# change, and bumping updated_at would make every ingest refresh reload every device.
+_SEEN = "UPDATE devices SET last_seen = ? WHERE id = ? AND (last_seen IS NULL OR last_seen < ?)"
 
 
 def _status(status: str, device_ids: Sequence[str]) -> Any:
@@ -754,23 +759,26 @@ async def record_presence(
     offline: Iterable[str],
     online: Iterable[str],
 ) -> None:
-    """Write last-seen times and status changes of many devices in one transaction.
+    """Write last-seen times and status changes of many devices, a slice of at most
+    ``_PRESENCE_ROWS`` per transaction, each in this process's write turn (an alert
+    recorded meanwhile waits for one slice, not for 100,000 rows). Each write may be
+    repeated: a failed call is retried whole.
 
     ``last_seen`` only moves forward; ``updated_at`` is left alone. Unknown ids are ignored.
     """
-    seen_params = [{"b_id": d, "b_seen": _aware(at, "seen")} for d, at in seen.items()]
-    went_offline, went_online = sorted(offline), sorted(online)
-    if not (seen_params or went_offline or went_online):
-        return
-    async with session_factory() as session, session.begin():
-        conn = await session.connection()
-        # In slices: the parameters of each statement are prepared on the event loop's
-        # thread, and 100,000 at once held the ingest up for a third of a second.
-        for start in range(0, len(seen_params), _STATEMENT_ROWS):
-            await conn.execute(_SEEN, seen_params[start : start + _STATEMENT_ROWS])
-        for status, ids in (("offline", went_offline), ("online", went_online)):
-            for chunk in in_chunks(ids):
-                await conn.execute(_status(status, chunk))
+    times = [(d, _aware(at, "seen")) for d, at in seen.items()]
+    for start in range(0, len(times), _PRESENCE_ROWS):
+        async with writing(session_factory) as session:
+            dialect = session.get_bind().dialect
+            rows = []
+            for device_id, at in times[start : start + _PRESENCE_ROWS]:
+                value = driver_time(at, dialect)
+                rows.append((value, device_id, value))
+            await execute_rows(session, _SEEN, rows)
+    for status, ids in (("offline", sorted(offline)), ("online", sorted(online))):
+        for chunk in in_chunks(ids):
+            async with writing(session_factory) as session:
+                await session.execute(_status(status, chunk))
 
 
 # --- Dead letters ----------------------------------------------------------------------
@@ -807,7 +815,7 @@ async def add_dead_letters(
         }
         for d in letters
     ]
-    async with session_factory() as session, session.begin():
+    async with writing(session_factory) as session:
         conn = await session.connection()
         await conn.execute(insert(cast(Table, DeadLetter.__table__)), params)
 

@@ -1,9 +1,9 @@
 """The latest-value table: the newest value and time of each metric of each device.
 
 The ingest merges every stored batch into an in-memory map (a dict update per reading) and
-writes the devices that changed to ``latest_readings`` every ``latest_flush_ms`` with one
-upsert, so ``GET /devices/{id}/latest`` answers from SQL, also from an API running as its
-own process, without asking InfluxDB.
+writes the devices that changed to ``latest_readings`` every ``latest_flush_ms`` in upserts
+of 2,000 rows, so ``GET /devices/{id}/latest`` answers from SQL, also from an API running as
+its own process, without asking InfluxDB.
 
 Per metric the newer time wins: a reading uploaded late never hides a newer value. The
 first time a device is flushed after a restart its stored row is merged in, so metrics it
@@ -13,17 +13,16 @@ sent before the restart are kept.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import itertools
 import logging
 import time
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 from sqlalchemy import select
 
-from cityiot.db import LatestReading, utcnow
-from cityiot.registry import dialect_insert
+from cityiot.db import LatestReading, driver_time, execute_rows, utcnow, writing
 from ingest.validate import Reading
 
 log = logging.getLogger("cityiot.ingest")
@@ -34,7 +33,7 @@ Metrics = dict[str, tuple[float | bool, int]]
 FLUSH_PACE = 9  # wait at least this many times the last flush's duration before the next
 FLUSH_MAX_DEVICES = 10_000  # devices written per flush, at most
 _LOAD_CHUNK = 500  # ids per SELECT … IN (…), well under SQLite's variable limit
-_STATEMENT_ROWS = 1000  # rows per upsert statement
+_STATEMENT_ROWS = 2000  # rows per upsert, each its own transaction (a few ms of SQLite)
 
 
 class LatestValues:
@@ -42,7 +41,7 @@ class LatestValues:
 
     ``merge()`` is the hot path (called with every stored batch); ``run()`` flushes what
     changed every ``flush_ms``, or less often when a flush is costly (a flush may take at
-    most a tenth of the time: at 100,000 devices reporting in a burst one upsert takes
+    most a tenth of the time: at 100,000 devices reporting in a burst a flush takes
     seconds, and writing it twice a second would starve the ingest); ``flush()`` writes
     now. A failed flush keeps its devices marked changed, so the next round writes them;
     it never raises.
@@ -87,7 +86,8 @@ class LatestValues:
             await self.flush()
 
     async def flush(self) -> int:
-        """Write the changed devices in one upsert; returns how many (0 also on failure)."""
+        """Write the changed devices, 2,000 rows per upsert and transaction; returns how many
+        (0 also on failure)."""
         if not self._changed:
             return 0
         if len(self._changed) <= FLUSH_MAX_DEVICES:
@@ -97,26 +97,22 @@ class LatestValues:
             self._changed -= changed
         started = time.perf_counter()
         try:
-            async with self.sessions() as session, session.begin():
-                unloaded = sorted(d for d in changed if d not in self._loaded)
-                if unloaded:
+            unloaded = sorted(d for d in changed if d not in self._loaded)
+            if unloaded:
+                async with self.sessions() as session:
                     await self._merge_stored(session, unloaded)
-                now = utcnow()
-                rows = [self._row(device_id, now) for device_id in changed]
-                insert = dialect_insert(session)
-                stmt = insert(LatestReading.__table__)  # Core executemany: no ORM bookkeeping
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=["device_id"],
-                    set_={
-                        "ts_ms": stmt.excluded.ts_ms,
-                        "metrics": stmt.excluded.metrics,
-                        "updated_at": stmt.excluded.updated_at,
-                    },
-                )
-                # In slices: each one's parameters are prepared on the event loop's thread.
-                for start in range(0, len(rows), _STATEMENT_ROWS):
-                    await session.execute(stmt, rows[start : start + _STATEMENT_ROWS])
-            self._loaded.update(unloaded)
+                self._loaded.update(unloaded)
+            rows = [self._row(device_id) for device_id in changed]
+            # One transaction per slice, each in its own write turn: an alert waits for
+            # one slice at most, not for the whole flush (SQLite has one writer at a time).
+            for start in range(0, len(rows), _STATEMENT_ROWS):
+                async with writing(self.sessions) as session:
+                    now = driver_time(utcnow(), session.get_bind().dialect)
+                    await execute_rows(
+                        session,
+                        _UPSERT,
+                        [(*row, now) for row in rows[start : start + _STATEMENT_ROWS]],
+                    )
         except BaseException as exc:
             self._changed |= changed  # written next round (or by the final flush when cancelled)
             if not isinstance(exc, Exception):
@@ -148,11 +144,19 @@ class LatestValues:
                     if held is None or held[1] < ts:
                         current[name] = (value, int(ts))
 
-    def _row(self, device_id: str, now: dt.datetime) -> dict[str, Any]:
+    def _row(self, device_id: str) -> tuple[str, int, str]:
+        """(device_id, ts_ms, metrics as JSON text) of the device's row."""
         metrics = self.devices[device_id]
-        return {
-            "device_id": device_id,
-            "ts_ms": max(ts for _, ts in metrics.values()),
-            "metrics": {name: [value, ts] for name, (value, ts) in metrics.items()},
-            "updated_at": now,
-        }
+        return (
+            device_id,
+            max(ts for _, ts in metrics.values()),
+            orjson.dumps({name: [value, ts] for name, (value, ts) in metrics.items()}).decode(),
+        )
+
+
+# Upsert of one row of ``latest_readings`` (the same on SQLite and PostgreSQL).
+_UPSERT = (
+    "INSERT INTO latest_readings (device_id, ts_ms, metrics, updated_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (device_id) DO UPDATE SET ts_ms = excluded.ts_ms, "
+    "metrics = excluded.metrics, updated_at = excluded.updated_at"
+)

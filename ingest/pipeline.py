@@ -45,6 +45,12 @@ SEQ_WINDOW = 64  # seqs remembered below a device's highest, for duplicate detec
 # Batches written to InfluxDB at once: InfluxDB works on one write per core, and while one
 # request is parsed there the next can be on its way (a direct test on 2 cores: +25 %).
 WRITES_IN_FLIGHT = 3
+# Readings reach the rules as they arrive, not when their batch is stored: in slices of this
+# many, or what came within RULES_EVERY_S. A batch waits while InfluxDB is slow (a cache
+# snapshot takes seconds on a small machine); an alert does not wait with it.
+RULES_SLICE = 1000
+RULES_EVERY_S = 0.010
+YIELD_EVERY = 256  # messages handled between two turns of the event loop (a few ms)
 _SEQ_MASK = (1 << SEQ_WINDOW) - 1
 
 # Receives each sealed batch's readings; may be a coroutine function (awaited: backpressure).
@@ -81,13 +87,14 @@ class Batch:
     readings: list[Reading] = field(default_factory=list)
     started: float = 0.0
     number: int = 0  # in sealing order: acks and readings are handed on in this order
+    ruled: int = 0  # readings handed to the rules already
 
 
 class Ingest:
     """The ingest stage: ``async with Ingest(...) as ingest: await ingest.run()``.
 
-    ``on_readings`` receives every batch's validated readings as the batch goes to be stored
-    (the rules engine hangs here, or the scale-out partitioner in front of it).
+    ``on_readings`` receives the validated readings as they arrive, in slices, before they
+    are stored (the rules engine hangs here, or the scale-out partitioner in front of it).
     """
 
     def __init__(
@@ -130,6 +137,7 @@ class Ingest:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._flush_s = settings.flush_interval_ms / 1000
+        self._ruled_at = 0.0  # when readings were last handed to the rules
         # Seal at this many messages too: the broker's in-flight window (40,000 in
         # deploy/local/mosquitto.conf) must hold the batches being written, the two queued
         # and this one (3 + 2 + 1 of 5,000), or it, not storage, caps the rate.
@@ -216,11 +224,15 @@ class Ingest:
             timeout = self._flush_s
             if self._batch.started:
                 timeout = max(0.0, self._batch.started + self._flush_s - time.monotonic())
+            if self._batch.ruled < len(self._batch.readings):
+                timeout = min(timeout, max(0.0, self._ruled_at + RULES_EVERY_S - time.monotonic()))
             deliveries = await link.next_batch(min(timeout, 0.5))
             if deliveries:
                 received_ms = int(time.time() * 1000)
-                for delivery in deliveries:
+                for index, delivery in enumerate(deliveries, 1):
                     self.handle(delivery, received_ms)
+                    if index % YIELD_EVERY == 0:
+                        await asyncio.sleep(0)  # the rules' database turns wait meanwhile
                     # Seal as soon as the batch is full, not after the whole hand-over: with
                     # batched payloads one hand-over can hold millions of readings.
                     if (
@@ -228,23 +240,29 @@ class Ingest:
                         or len(self._batch.spans) >= self._max_unacked
                     ):
                         await self._seal()
+                    elif len(self._batch.readings) - self._batch.ruled >= RULES_SLICE:
+                        await self._to_rules(self._batch)
             batch = self._batch
             if batch.started and (
                 self._unstored < WRITES_IN_FLIGHT  # a writer is idle: store now, for latency
                 or len(batch.lines) >= self.settings.batch_size
                 or len(batch.spans) >= self._max_unacked
-                or time.monotonic() - batch.started >= self._flush_s
+                # Old enough, unless the writers' queue is full: then it grows (to its size
+                # limit) rather than stop the intake, and the rules go on getting readings.
+                or (time.monotonic() - batch.started >= self._flush_s and not self._sealed.full())
             ):
                 await self._seal()
+            elif (
+                batch.ruled < len(batch.readings)
+                and time.monotonic() - self._ruled_at >= RULES_EVERY_S
+            ):
+                await self._to_rules(batch)
 
     async def _seal(self) -> None:
-        """Hand the current batch's readings to ``on_readings`` and the batch to the writers;
-        waits while the rules or the writers are behind.
+        """Hand the rest of the current batch's readings to ``on_readings`` and the batch to
+        the writers; waits while the rules or the writers are behind.
 
         That wait is the backpressure: intake takes nothing more from the broker meanwhile.
-        The rules see a batch while it is being stored, not after: an InfluxDB that is slow
-        or down delays no alert. Their state changes are idempotent, so a reading the
-        broker delivers again (not yet acked at a crash) only meets the same state again.
         """
         if not self._batch.started:
             return
@@ -252,11 +270,26 @@ class Ingest:
         batch.number = self._sealed_count
         self._sealed_count += 1
         self._unstored += 1
-        if self.on_readings is not None and batch.readings:
-            handed = self.on_readings(batch.readings)
-            if handed is not None:
-                await handed
+        await self._to_rules(batch)
         await self._sealed.put(batch)
+
+    async def _to_rules(self, batch: Batch) -> None:
+        """Hand ``batch``'s readings not handed yet to ``on_readings`` (waits while the
+        rules are behind).
+
+        The rules see readings before they are stored: an InfluxDB that is slow or down
+        delays no alert. Their state changes are idempotent, so a reading the broker
+        delivers again (not yet acked at a crash) only meets the same state again.
+        """
+        readings = batch.readings
+        if self.on_readings is None or batch.ruled == len(readings):
+            return
+        fresh = readings[batch.ruled :]  # a copy: an open batch's list grows on
+        batch.ruled = len(readings)
+        self._ruled_at = time.monotonic()
+        handed = self.on_readings(fresh)
+        if handed is not None:
+            await handed
 
     def handle(self, delivery: Delivery, received_ms: int) -> None:
         """Turn one delivery into points (or dead letters) in the current batch."""

@@ -25,7 +25,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cityiot.catalogue import KINDS, RESERVED_VENDORS, is_valid_id
-from cityiot.db import Command, Device
+from cityiot.db import Command, Device, writing
 from rules.events import Clock
 
 log = logging.getLogger("cityiot.rules.control")
@@ -83,7 +83,7 @@ class CommandSender:
         command_id = uuid.uuid4().hex
         arguments = dict(args or {})
         payload = orjson.dumps({"id": command_id, "name": name, "args": arguments})
-        async with self._sessions() as session, session.begin():
+        async with writing(self._sessions) as session:
             session.add(
                 Command(
                     id=command_id,
@@ -102,7 +102,7 @@ class CommandSender:
             if inspect.isawaitable(result):
                 await result
         except Exception as exc:
-            async with self._sessions() as session, session.begin():
+            async with writing(self._sessions) as session:
                 await session.execute(
                     update(Command)
                     .where(Command.id == command_id)
@@ -169,7 +169,7 @@ class CommandSender:
             return False
         if not isinstance(message, str):
             message = orjson.dumps(message).decode()
-        async with self._sessions() as session, session.begin():
+        async with writing(self._sessions) as session:
             result = await session.execute(
                 update(Command)
                 .where(

@@ -29,7 +29,7 @@ from typing import Any, cast
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cityiot.db import Notification
+from cityiot.db import Notification, writing
 from rules.notifiers import Channel, DeliveryError, NotificationMessage
 
 log = logging.getLogger("cityiot.rules.delivery")
@@ -94,7 +94,7 @@ async def enqueue(
     Call the deliverer's ``notify()`` afterwards to have it sent without waiting for a poll.
     """
     row = outbox_row(receiver, channel, group_key, message, clock())
-    async with session_factory() as session, session.begin():
+    async with writing(session_factory) as session:
         session.add(row)
     return row.id
 
@@ -202,7 +202,7 @@ class Deliverer:
     async def _claim(self, now: float) -> list[_Due]:
         lease_until = utc(now + self.lease_s)
         claimed = []
-        async with self.sessions() as session, session.begin():
+        async with writing(self.sessions) as session:
             rows = await session.scalars(
                 select(Notification)
                 .where(Notification.status == "pending", Notification.next_attempt_at <= utc(now))
@@ -260,7 +260,7 @@ class Deliverer:
                 return
 
     async def _update(self, row_id: int, **values: Any) -> None:
-        async with self.sessions() as session, session.begin():
+        async with writing(self.sessions) as session:
             await session.execute(
                 update(Notification)
                 .where(Notification.id == row_id)
@@ -303,7 +303,7 @@ class Deliverer:
         if not items:
             return
         now = utc(self.clock())
-        async with self.sessions() as session, session.begin():
+        async with writing(self.sessions) as session:
             await session.execute(
                 update(Notification)
                 .where(Notification.id.in_([i.id for i in items]), Notification.status == "pending")

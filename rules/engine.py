@@ -1,6 +1,6 @@
 """The rules stage: validated readings in, alert state changes out.
 
-Readings arrive through a bounded queue (the ingest awaits :meth:`RulesEngine.submit`, so
+Readings arrive through a bounded buffer (the ingest awaits :meth:`RulesEngine.submit`, so
 a slow rules stage slows intake rather than growing memory). Each transition the
 :class:`~rules.evaluation.Evaluator` returns is recorded by the
 :class:`~rules.lifecycle.AlertStore`; every resulting state change is published on
@@ -32,6 +32,7 @@ log = logging.getLogger("cityiot.rules")
 
 Publish = Callable[[str, bytes], None]
 YIELD_EVERY = 1000  # readings evaluated between two turns of the event loop (about 8 ms)
+MAX_WAITING = 50_000  # readings submitted and not evaluated yet; submit() waits beyond it
 
 
 class EventSink(Protocol):
@@ -76,7 +77,7 @@ class RulesEngine:
         commands: CommandSink | None = None,
         group_targets: GroupTargets | None = None,
         clock: Clock = wall_clock,
-        queue_size: int = 16,
+        max_waiting: int = MAX_WAITING,
         tick_s: float = 5.0,
         owns: Callable[[str], bool] | None = None,
     ) -> None:
@@ -92,7 +93,13 @@ class RulesEngine:
         self.tick_s = tick_s
         self.evaluator = Evaluator(rules, clock())
         self.counters = RulesCounters()
-        self.queue: asyncio.Queue[list[Reading]] = asyncio.Queue(queue_size)
+        # Readings submitted since the last evaluation; bounded by ``max_waiting``, however
+        # the ingest slices them (a slice every 10 ms must not fill a queue of slices).
+        self.waiting: list[Reading] = []
+        self.max_waiting = max_waiting
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
         self._facts: dict[str, tuple[KnownDevice, DeviceFacts]] = {}
         self._ticked_version = -1  # the registry's version at the last full absence scan
 
@@ -107,21 +114,26 @@ class RulesEngine:
         return [alert_event(a) for a in open_alerts]
 
     async def submit(self, readings: list[Reading]) -> None:
-        """The ingest's readings sink: waits while the queue is full."""
-        await self.queue.put(readings)
+        """The ingest's readings sink: waits while ``max_waiting`` readings wait already."""
+        while len(self.waiting) >= self.max_waiting:
+            self._room.clear()
+            await self._room.wait()
+        self.waiting += readings
+        self._arrived.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Evaluate until ``stop``, then finish what is queued."""
+        """Evaluate until ``stop``, then finish what is waiting."""
         next_tick = self.clock() + self.tick_s
-        while not stop.is_set() or not self.queue.empty():
-            readings = None
-            with contextlib.suppress(TimeoutError):
-                readings = await asyncio.wait_for(self.queue.get(), 0.5)
-            if readings is not None:
-                # Everything queued meanwhile too: one evaluation and one transaction for
-                # all of it, so small batches at a high rate cannot outrun the database.
-                while not self.queue.empty():
-                    readings = readings + self.queue.get_nowait()
+        while not stop.is_set() or self.waiting:
+            if not self.waiting:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), 0.5)
+            self._arrived.clear()
+            # Everything submitted meanwhile: one evaluation and one transaction for all of
+            # it, so small slices at a high rate cannot outrun the database.
+            readings, self.waiting = self.waiting, []
+            self._room.set()
+            if readings:
                 await self.evaluate(readings)
             if self.clock() >= next_tick:
                 next_tick = self.clock() + self.tick_s
@@ -166,6 +178,7 @@ class RulesEngine:
         recorded = [s for s in steps if s is not None]
         events = iter(await self.store.record(recorded))
         self.counters.transitions += len(transitions)
+        changes: list[tuple[Transition, dict[str, Any]]] = []
         for t, step in zip(transitions, steps, strict=True):
             if step is None:
                 continue
@@ -174,9 +187,14 @@ class RulesEngine:
                 if step.alert_id != step.new["id"]:
                     self.counters.adopted += 1
                 t.track.alert_id = step.alert_id
-            if event is None:
-                continue
-            await self._emit(event)
+            if event is not None:
+                self._publish(event)
+                changes.append((t, event))
+        # Every change is on its topic before any is dispatched: the operations centre
+        # hears of an alert without waiting for the work orders of the batch's others.
+        for t, event in changes:
+            if self.dispatcher is not None:
+                await self.dispatcher.handle(event)
             if event["state"] == "firing" and t.rule.action is not None:
                 await self._act(t, event["id"])
 
@@ -238,10 +256,13 @@ class RulesEngine:
 
     async def _emit(self, event: dict[str, Any]) -> None:
         """Publish an alert state change on its topic and hand it to the dispatcher."""
-        self.counters.events += 1
-        self.publish(alert_topic(event), orjson.dumps(event))
+        self._publish(event)
         if self.dispatcher is not None:
             await self.dispatcher.handle(event)
+
+    def _publish(self, event: dict[str, Any]) -> None:
+        self.counters.events += 1
+        self.publish(alert_topic(event), orjson.dumps(event))
 
     async def _act(self, t: Transition, alert_id: str) -> None:
         action = t.rule.action

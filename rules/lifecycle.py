@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cityiot.db import Alert, utcnow
+from cityiot.db import Alert, utcnow, write_turn, writing
 from cityiot.registry import dialect_insert, in_chunks
 from rules.events import alert_event
 
@@ -108,7 +108,7 @@ class AlertStore:
         transaction; (the open alert, False) when one is already open for its rule and device."""
         key = row["open_key"]
         alert = Alert(**row)
-        async with self.sessions() as session:
+        async with write_turn(self.sessions), self.sessions() as session:
             session.add(alert)
             try:
                 await session.commit()
@@ -132,7 +132,7 @@ class AlertStore:
         still guarantees one open alert per (rule, device).
         """
         events: list[dict[str, Any] | None] = [None] * len(steps)
-        async with self.sessions() as session, session.begin():
+        async with writing(self.sessions) as session:
             start = 0
             while start < len(steps):
                 # A round's opens are inserted before its other steps are applied, so it
@@ -219,7 +219,7 @@ class AlertStore:
         values: dict[str, Any] | None = None,
     ) -> Alert | None:
         """Any open state → resolved; None when it was resolved already."""
-        async with self.sessions() as session:
+        async with write_turn(self.sessions), self.sessions() as session:
             alert = await session.get(Alert, alert_id)
             if alert is None or alert.state == "resolved":
                 return None

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cityiot.catalogue import DISTRICTS, KINDS
-from cityiot.db import Silence
+from cityiot.db import Silence, writing
 from cityiot.sun import CITY_TZ
 from rules.events import SEVERITIES
 
@@ -202,7 +202,7 @@ async def create_silence(
         created_by=created_by,
         comment=comment,
     )
-    async with session_factory() as session, session.begin():
+    async with writing(session_factory) as session:
         session.add(silence)
     log.info(
         "event=silence_created id=%s matchers=%s ends_at=%s by=%s",
@@ -222,7 +222,7 @@ async def expire_silence(
     Returns the silence, unchanged if it had already ended, or None if there is no such id.
     """
     when = _as_datetime(now, "now")
-    async with session_factory() as session, session.begin():
+    async with writing(session_factory) as session:
         silence = await session.get(Silence, silence_id)
         if silence is None:
             return None

@@ -24,7 +24,7 @@ from sqlalchemy import ColumnElement, and_, case, extract, func, or_, select, up
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from cityiot.db import WorkOrder
+from cityiot.db import WorkOrder, writing
 from rules.events import SEVERITIES, Clock, city_time
 
 log = logging.getLogger("cityiot.rules.workorders")
@@ -200,7 +200,7 @@ async def open_work_order(
         updated_at=now,
     )
     try:
-        async with session_factory() as session, session.begin():
+        async with writing(session_factory) as session:
             session.add(order)
     except IntegrityError as exc:
         # Another caller opened it first (unique alert_id) or the alert is missing (FK).
@@ -290,7 +290,7 @@ async def transition(
     if step is None:
         raise ValueError(f"unknown work order action {action!r}: use one of {', '.join(ACTIONS)}")
     now = _now(clock)
-    async with session_factory() as session, session.begin():
+    async with writing(session_factory) as session:
         order = await session.get(WorkOrder, work_order_id)
         if order is None:
             raise WorkOrderNotFound(work_order_id)

@@ -1,0 +1,53 @@
+"""Writers of one process take turns on SQLite, in arrival order; PostgreSQL needs no turn."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+from cityiot.db import DeadLetter, write_turn
+from cityiot.registry import DeadLetterIn, SessionFactory, add_dead_letters
+
+
+async def test_writers_take_turns_in_arrival_order_on_sqlite(
+    sessions: SessionFactory, db_url: str
+) -> None:
+    order: list[str] = []
+
+    async def writer(name: str, hold_s: float) -> None:
+        async with write_turn(sessions):
+            order.append(f"{name} in")
+            async with sessions() as session, session.begin():
+                session.add(
+                    DeadLetter(
+                        topic=name,
+                        vendor=None,
+                        device_id=None,
+                        payload=b"{}",
+                        payload_size=2,
+                        reason="test",
+                        received_at=dt.datetime.now(dt.UTC),
+                    )
+                )
+                await session.flush()  # the write lock is held from here to the commit
+                await asyncio.sleep(hold_s)
+            order.append(f"{name} out")
+
+    await asyncio.gather(writer("a", 0.2), writer("b", 0.0), writer("c", 0.0))
+    if db_url.startswith("sqlite"):
+        assert order == ["a in", "a out", "b in", "b out", "c in", "c out"]
+    else:  # row locks only: all three write at once, the short ones finish first
+        assert order[:3] == ["a in", "b in", "c in"]
+        assert order[-1] == "a out"
+
+
+async def test_a_turn_is_released_when_its_transaction_fails(sessions: SessionFactory) -> None:
+    try:
+        async with write_turn(sessions):
+            raise RuntimeError("the writer failed")
+    except RuntimeError:
+        pass
+    letter = DeadLetterIn("t", None, None, b"x", 1, "test")
+    await asyncio.wait_for(add_dead_letters(sessions, [letter]), 10)
+    async with sessions() as session:
+        assert await session.get(DeadLetter, 1) is not None
