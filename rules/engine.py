@@ -5,7 +5,9 @@ a slow rules stage slows intake rather than growing memory). Each transition the
 :class:`~rules.evaluation.Evaluator` returns is recorded by the
 :class:`~rules.lifecycle.AlertStore`; every resulting state change is published on
 ``city/alerts/{district}/{kind}`` (QoS 1) and handed to the dispatcher (routing,
-notifications, work orders). A firing rule with an action sends its commands.
+notifications, work orders). A firing rule with an action sends its commands. While
+:meth:`RulesEngine.run` runs, dispatch and actions follow in order in a task of their own:
+the next readings' alerts never wait for a work order to be written.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ log = logging.getLogger("cityiot.rules")
 Publish = Callable[[str, bytes], None]
 YIELD_EVERY = 1000  # readings evaluated between two turns of the event loop (about 8 ms)
 MAX_WAITING = 50_000  # readings submitted and not evaluated yet; submit() waits beyond it
+MAX_FOLLOW_UPS = 10_000  # alert changes published and not yet dispatched; apply() waits beyond
 
 
 class EventSink(Protocol):
@@ -100,6 +103,9 @@ class RulesEngine:
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
+        # While run() runs: the changes to dispatch (and act on), taken by a task of their
+        # own so that work orders and notifications never hold up the next evaluation.
+        self._follow_ups: asyncio.Queue[tuple[Transition | None, dict[str, Any]]] | None = None
         self._facts: dict[str, tuple[KnownDevice, DeviceFacts]] = {}
         self._ticked_version = -1  # the registry's version at the last full absence scan
 
@@ -122,7 +128,19 @@ class RulesEngine:
         self._arrived.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Evaluate until ``stop``, then finish what is waiting."""
+        """Evaluate until ``stop``, then finish what is waiting (dispatch included)."""
+        self._follow_ups = asyncio.Queue(MAX_FOLLOW_UPS)
+        follower = asyncio.create_task(self._follow(self._follow_ups), name="rules-follow-ups")
+        try:
+            await self._evaluate_until(stop)
+            await self._follow_ups.join()
+        finally:
+            self._follow_ups = None
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+
+    async def _evaluate_until(self, stop: asyncio.Event) -> None:
         next_tick = self.clock() + self.tick_s
         while not stop.is_set() or self.waiting:
             if not self.waiting:
@@ -193,10 +211,7 @@ class RulesEngine:
         # Every change is on its topic before any is dispatched: the operations centre
         # hears of an alert without waiting for the work orders of the batch's others.
         for t, event in changes:
-            if self.dispatcher is not None:
-                await self.dispatcher.handle(event)
-            if event["state"] == "firing" and t.rule.action is not None:
-                await self._act(t, event["id"])
+            await self._follow_up(t, event)
 
     async def replace_rules(self, rules: Iterable[Rule]) -> None:
         """Evaluate with ``rules`` from now on, keeping the state of the rules that stay;
@@ -250,15 +265,35 @@ class RulesEngine:
         return Step(t.to, key, alert_id, t.at_ms, t.values, summary, new=row)
 
     async def _changed(self, alert: Alert) -> dict[str, Any]:
+        """Publish an alert state change on its topic and dispatch it."""
         event = alert_event(alert)
-        await self._emit(event)
+        self._publish(event)
+        await self._follow_up(None, event)
         return event
 
-    async def _emit(self, event: dict[str, Any]) -> None:
-        """Publish an alert state change on its topic and hand it to the dispatcher."""
-        self._publish(event)
+    async def _follow_up(self, t: Transition | None, event: dict[str, Any]) -> None:
+        """Dispatch ``event`` and run ``t``'s action if it fires: queued in order while
+        :meth:`run` runs, at once otherwise."""
+        if self._follow_ups is not None:
+            await self._follow_ups.put((t, event))
+            return
+        await self._dispatch(t, event)
+
+    async def _follow(self, queue: asyncio.Queue[tuple[Transition | None, dict[str, Any]]]) -> None:
+        while True:
+            t, event = await queue.get()
+            try:
+                await self._dispatch(t, event)
+            except Exception:  # one change's follow-up failing must not stop the others'
+                log.exception("event=alert_dispatch_failed alert=%s", event.get("id"))
+            finally:
+                queue.task_done()
+
+    async def _dispatch(self, t: Transition | None, event: dict[str, Any]) -> None:
         if self.dispatcher is not None:
             await self.dispatcher.handle(event)
+        if t is not None and event["state"] == "firing" and t.rule.action is not None:
+            await self._act(t, event["id"])
 
     def _publish(self, event: dict[str, Any]) -> None:
         self.counters.events += 1

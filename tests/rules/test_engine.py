@@ -284,3 +284,53 @@ async def test_a_rule_action_commands_the_district_group(
         ("sl-1", "streetlight_switch_on_when_dark"),
         ("sl-2", "streetlight_switch_on_when_dark"),
     }
+
+
+class StalledDispatcher:
+    """Takes alert changes, in order, only once ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.handled: list[tuple[str, str]] = []
+
+    async def handle(self, event: dict[str, Any]) -> None:
+        await self.release.wait()
+        self.handled.append((event["device_id"], event["state"]))
+
+
+async def test_a_slow_dispatch_holds_up_no_alert(registered: Any) -> None:
+    """While run() runs, work orders and notifications follow in a task of their own: the
+    next readings' alerts are published without waiting for them, and every change is
+    still dispatched, in order, before run() returns."""
+    extra = parse_device_csv(
+        "device_id,vendor,kind,district,lat,lon,address,report_interval_s,depth_cm\n"
+        "mh-2,acme,manhole,yicheng,32.98,114.03,b,300,200\n"
+    )
+    await import_devices(registered, extra.rows)
+    devices = DeviceMap(registered)
+    await devices.refresh()
+    published: list[str] = []
+    dispatcher = StalledDispatcher()
+    engine = RulesEngine(
+        load_rules(CATALOGUE),
+        devices,
+        registered,
+        publish=lambda topic, payload: published.append(orjson.loads(payload)["device_id"]),
+        dispatcher=dispatcher,
+    )
+    await engine.start()
+    stop = asyncio.Event()
+    running = asyncio.create_task(engine.run(stop))
+    ts = int(time.time() * 1000)
+    for device in ("mh-1", "mh-2"):
+        await engine.submit(
+            [Reading(device, "manhole", ts, {"cover_open": True, "tilt_deg": 40.0})]
+        )
+        await wait_until(lambda d=device: d in published, 10)  # type: ignore[misc]
+    assert published == ["mh-1", "mh-2"] and dispatcher.handled == []
+    stop.set()
+    await asyncio.sleep(0.6)
+    assert not running.done()  # run() waits for the dispatch of what it published
+    dispatcher.release.set()
+    await asyncio.wait_for(running, 10)
+    assert dispatcher.handled == [("mh-1", "firing"), ("mh-2", "firing")]
