@@ -5,17 +5,15 @@ they arrive, before their batch is sealed, and each reading once."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import time
 
 import orjson
 
-from cityiot.registry import DeviceEntry
 from cityiot.settings import MqttTarget, Settings
 from ingest.broker import BrokerLink, Delivery
-from ingest.devices import DeviceMap, KnownDevice
 from ingest.pipeline import WRITES_IN_FLIGHT, Batch, Ingest
 from ingest.validate import Reading
+from tests.ingest.conftest import offline_ingest
 
 
 def _ingest(acked: list[int], handed: list[str]) -> Ingest:
@@ -73,29 +71,21 @@ class _Link:
 async def test_the_rules_get_readings_before_their_batch_is_sealed() -> None:
     """With every writer busy (InfluxDB slow), readings still reach the rules at once."""
     handed: list[str] = []
-    ingest = Ingest(
-        Settings(flush_interval_ms=60_000), influx=None, session_factory=None,  # type: ignore[arg-type]
-        link=_Link([]), store=False,  # type: ignore[arg-type]
-        on_readings=lambda readings: handed.extend(r.device_id for r in readings),
-    )  # fmt: skip
-    ingest.devices = DeviceMap(None)
-    for n in range(3):
-        entry = DeviceEntry(
-            device_id=f"mh-{n}",
-            vendor="acme",
-            kind="manhole",
-            district="yicheng",
-            report_interval_s=60,
-            attributes={},
-            decommissioned=False,
-            updated_at=dt.datetime.now(dt.UTC),
-        )
-        ingest.devices.devices[entry.device_id] = KnownDevice.from_entry(entry)
-    ingest.devices.codecs["acme"] = "json"
+    ingest = offline_ingest()  # manhole-acme among its devices, JSON
+    ingest.on_readings = lambda readings: handed.extend(r.device_id for r in readings)
+    ingest._flush_s = 60.0  # no batch is old enough to be sealed for its age
     now_ms = int(time.time() * 1000)
-    payload = orjson.dumps({"ts": now_ms, "metrics": {"tilt_deg": 1.0}})
     ingest.link = _Link(  # type: ignore[assignment]
-        [Delivery(f"city/acme/mh-{n}/telemetry", payload, n + 1, 1, 1) for n in range(3)]
+        [
+            Delivery(
+                "city/acme/manhole-acme/telemetry",
+                orjson.dumps({"ts": now_ms + n, "metrics": {"tilt_deg": 1.0 + n}}),
+                n + 1,
+                1,
+                1,
+            )
+            for n in range(3)
+        ]
     )
     ingest._unstored = WRITES_IN_FLIGHT  # every writer busy: nothing is sealed
     intake = asyncio.create_task(ingest._intake([]))
@@ -104,10 +94,10 @@ async def test_the_rules_get_readings_before_their_batch_is_sealed() -> None:
             if len(handed) == 3:
                 break
             await asyncio.sleep(0.01)
-        assert handed == ["mh-0", "mh-1", "mh-2"]
+        assert handed == ["manhole-acme"] * 3
         assert ingest._sealed.qsize() == 0 and len(ingest._batch.spans) == 3  # not stored yet
         await ingest._seal()  # sealing hands on only what the rules have not had
-        assert handed == ["mh-0", "mh-1", "mh-2"] and ingest._sealed.qsize() == 1
+        assert handed == ["manhole-acme"] * 3 and ingest._sealed.qsize() == 1
     finally:
         await ingest.stop()
         await asyncio.wait_for(intake, 1)
