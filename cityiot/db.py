@@ -41,6 +41,11 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """``value`` in UTC; a naive datetime is taken to be UTC."""
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
 class UTCDateTime(TypeDecorator[dt.datetime]):
     """Timezone-aware UTC datetimes in and out, also on SQLite (which stores them naive).
 
@@ -53,7 +58,7 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
     def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
         if value is None:
             return None
-        value = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+        value = as_utc(value)
         # SQLite compares the stored text: one offset-free format keeps the order right.
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
@@ -349,7 +354,7 @@ def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:
 def driver_time(value: dt.datetime, dialect: Dialect) -> Any:
     """``value`` as :class:`UTCDateTime` hands it to the driver, for :func:`execute_rows`:
     UTC text on SQLite (the format SQLAlchemy stores and compares), aware elsewhere."""
-    value = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    value = as_utc(value)
     if dialect.name == "sqlite":  # as SQLAlchemy writes it: 2026-12-02 13:00:00.000000
         return value.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
     return value
