@@ -360,6 +360,11 @@ def driver_time(value: dt.datetime, dialect: Dialect) -> Any:
     return value
 
 
+# Rows per transaction of a bulk write through execute_rows (latest values, last seen): a
+# few ms of SQLite each, so a writer waiting for its write_turn waits for one slice at most.
+ROWS_PER_TURN = 2000
+
+
 async def execute_rows(session: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
     """Run ``sql`` (``?`` placeholders) for each of ``rows``, straight through the driver.
 

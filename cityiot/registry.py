@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cityiot.catalogue import DISTRICTS, KINDS, RESERVED_VENDORS, Attribute, is_valid_id
 from cityiot.db import (
+    ROWS_PER_TURN,
     DeadLetter,
     Device,
     Vendor,
@@ -60,8 +61,6 @@ MAX_TEXT_ATTRIBUTE_CHARS = 200
 MAX_REPORT_INTERVAL_S = 31 * 86400
 _CHUNK = 500  # ids per IN (...) query, well under SQLite's and asyncpg's parameter limits
 _STATEMENT_ROWS = 1000  # rows per executemany in bulk writes: each a short hold of the loop
-# Last-seen times per transaction: a few ms of SQLite each, the write turn's longest hold.
-_PRESENCE_ROWS = 2000
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -760,18 +759,18 @@ async def record_presence(
     online: Iterable[str],
 ) -> None:
     """Write last-seen times and status changes of many devices, a slice of at most
-    ``_PRESENCE_ROWS`` per transaction, each in this process's write turn (an alert
+    ``ROWS_PER_TURN`` per transaction, each in this process's write turn (an alert
     recorded meanwhile waits for one slice, not for 100,000 rows). Each write may be
     repeated: a failed call is retried whole.
 
     ``last_seen`` only moves forward; ``updated_at`` is left alone. Unknown ids are ignored.
     """
     times = [(d, _aware(at, "seen")) for d, at in seen.items()]
-    for start in range(0, len(times), _PRESENCE_ROWS):
+    for start in range(0, len(times), ROWS_PER_TURN):
         async with writing(session_factory) as session:
             dialect = session.get_bind().dialect
             rows = []
-            for device_id, at in times[start : start + _PRESENCE_ROWS]:
+            for device_id, at in times[start : start + ROWS_PER_TURN]:
                 value = driver_time(at, dialect)
                 rows.append((value, device_id, value))
             await execute_rows(session, _SEEN, rows)

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from sqlalchemy import select
 
-from cityiot.db import LatestReading, driver_time, execute_rows, utcnow, writing
+from cityiot.db import ROWS_PER_TURN, LatestReading, driver_time, execute_rows, utcnow, writing
 from ingest.validate import Reading
 
 log = logging.getLogger("cityiot.ingest")
@@ -33,7 +33,6 @@ Metrics = dict[str, tuple[float | bool, int]]
 FLUSH_PACE = 9  # wait at least this many times the last flush's duration before the next
 FLUSH_MAX_DEVICES = 10_000  # devices written per flush, at most
 _LOAD_CHUNK = 500  # ids per SELECT … IN (…), well under SQLite's variable limit
-_STATEMENT_ROWS = 2000  # rows per upsert, each its own transaction (a few ms of SQLite)
 
 
 class LatestValues:
@@ -105,13 +104,13 @@ class LatestValues:
             rows = [self._row(device_id) for device_id in changed]
             # One transaction per slice, each in its own write turn: an alert waits for
             # one slice at most, not for the whole flush (SQLite has one writer at a time).
-            for start in range(0, len(rows), _STATEMENT_ROWS):
+            for start in range(0, len(rows), ROWS_PER_TURN):
                 async with writing(self.sessions) as session:
                     now = driver_time(utcnow(), session.get_bind().dialect)
                     await execute_rows(
                         session,
                         _UPSERT,
-                        [(*row, now) for row in rows[start : start + _STATEMENT_ROWS]],
+                        [(*row, now) for row in rows[start : start + ROWS_PER_TURN]],
                     )
         except BaseException as exc:
             self._changed |= changed  # written next round (or by the final flush when cancelled)
