@@ -28,6 +28,12 @@ T = TypeVar("T")
 DEFAULT_TEST_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` first: spread over ``make test``'s workers (pytest-xdist), the
+    minute-long ones start at once instead of ending a run the others finished long ago."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
     """A running Mosquitto for the whole session (anonymous, persistence on)."""

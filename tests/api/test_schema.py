@@ -55,6 +55,7 @@ async def api_on_sqlite(
         await engine.dispose()
 
 
+@pytest.mark.slow
 async def test_no_5xx_and_every_answer_matches_the_schema(
     api_on_sqlite: Api, tmp_path: Path
 ) -> None:

@@ -9,10 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 MESSAGES = 2000
 
 
+@pytest.mark.slow
 def test_bench_runs_every_system_and_stores_every_message(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     argv = [

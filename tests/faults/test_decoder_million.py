@@ -26,6 +26,7 @@ import struct
 import time
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -313,6 +314,7 @@ def feed(ingest: Ingest, tally: Tally, delivery: Delivery, received_ms: int) -> 
         tally.status_quiet += 1
 
 
+@pytest.mark.slow
 def test_a_million_payloads_give_points_or_dead_letters() -> None:
     ingest = offline_ingest()
     tally = Tally()

@@ -98,6 +98,7 @@ def test_readings_reordered_by_a_reconnect_are_kept(bench: FaultBench) -> None:
     bench.wait_until_stored(expected, timeout_s=10)
 
 
+@pytest.mark.slow
 def test_influx_stopped_for_30_s(bench: FaultBench) -> None:
     """InfluxDB stopped for 30 s (connection refused), then started on the same data."""
     started = time.monotonic()
@@ -114,6 +115,7 @@ def test_influx_stopped_for_30_s(bench: FaultBench) -> None:
     assert "event=store_failed" in bench.ingest_log()
 
 
+@pytest.mark.slow
 def test_influx_answers_500_then_hangs(bench: FaultBench) -> None:
     """InfluxDB (through the proxy) answers 500 for 10 s, then does not answer for 10 s."""
     started = time.monotonic()
@@ -133,6 +135,7 @@ def test_influx_answers_500_then_hangs(bench: FaultBench) -> None:
     print(f"proxy={dict(proxy.stats)}")
 
 
+@pytest.mark.slow
 def test_ingest_killed_mid_batch_and_restarted(bench: FaultBench) -> None:
     """SIGKILL three times: while batches flow; while a write hangs unapplied; while a
     write was applied but its answer never came. Each restart resumes the session, the
@@ -205,6 +208,7 @@ def tear_last_segment(spool_dir: Path) -> int:
     return len(torn)
 
 
+@pytest.mark.slow
 @needs_spool
 def test_spool_torn_tail_after_crash(bench: FaultBench) -> None:
     """InfluxDB down → the ingest spools and acks → SIGKILL → the last segment ends in a
@@ -231,6 +235,7 @@ def test_spool_torn_tail_after_crash(bench: FaultBench) -> None:
 FULL = re.compile(r"spool[ _]full|spool \S+ is full", re.IGNORECASE)
 
 
+@pytest.mark.slow
 @needs_spool
 def test_spool_size_cap_reached(bench: FaultBench) -> None:
     """A tiny CITYIOT_SPOOL_MAX_BYTES with InfluxDB down: a clear ``spool full`` error,
@@ -273,6 +278,7 @@ def small_tmpfs(path: Path, size: str) -> Iterator[None]:
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+@pytest.mark.slow
 @needs_spool
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 def test_spool_disk_full(bench: FaultBench) -> None:

@@ -220,6 +220,7 @@ def _quarters(values: list[float]) -> list[list[float]]:
     return [values[:n], values[n : 2 * n], values[2 * n : 3 * n], values[3 * n :]]
 
 
+@pytest.mark.slow
 def test_overload_keeps_memory_bounded_and_loses_nothing(tmp_path: Path) -> None:
     fleet = Fleet.generate(200, FLEET_SEED)
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
