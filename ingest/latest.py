@@ -17,6 +17,7 @@ import itertools
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -27,12 +28,31 @@ from ingest.validate import Reading
 
 log = logging.getLogger("cityiot.ingest")
 
-# metric → (value, ts_ms)
-Metrics = dict[str, tuple[float | bool, int]]
-
 FLUSH_PACE = 9  # wait at least this many times the last flush's duration before the next
 FLUSH_MAX_DEVICES = 10_000  # devices written per flush, at most
 _LOAD_CHUNK = 500  # ids per SELECT … IN (…), well under SQLite's variable limit
+
+
+@dataclass(slots=True)
+class _Latest:
+    """One device's newest value and its time, per metric."""
+
+    values: dict[str, float | bool] = field(default_factory=dict)
+    times: dict[str, int] = field(default_factory=dict)
+    newest: int = -1  # the newest time of any metric
+
+    def take(self, metrics: dict[str, float | bool], ts: int) -> None:
+        if ts >= self.newest:  # in order, as nearly always: two dict updates, in C
+            self.values.update(metrics)
+            self.times.update(dict.fromkeys(metrics, ts))
+            self.newest = ts
+            return
+        times = self.times
+        for name, value in metrics.items():
+            # Equal times: the later arrival wins, as InfluxDB keeps the last write.
+            if times.get(name, -1) <= ts:
+                self.values[name] = value
+                times[name] = ts
 
 
 class LatestValues:
@@ -49,7 +69,7 @@ class LatestValues:
     def __init__(self, session_factory: Any, flush_ms: int = 500) -> None:
         self.sessions = session_factory
         self.flush_s = flush_ms / 1000
-        self.devices: dict[str, Metrics] = {}
+        self.devices: dict[str, _Latest] = {}
         self._changed: set[str] = set()
         self._loaded: set[str] = set()  # devices whose stored row has been merged in
         self.flushes = 0
@@ -64,13 +84,8 @@ class LatestValues:
             device_id = reading.device_id
             current = devices.get(device_id)
             if current is None:
-                current = devices[device_id] = {}
-            ts = reading.ts_ms
-            for name, value in reading.metrics.items():
-                held = current.get(name)
-                # Equal times: the later arrival wins, as InfluxDB keeps the last write.
-                if held is None or held[1] <= ts:
-                    current[name] = (value, ts)
+                current = devices[device_id] = _Latest()
+            current.take(reading.metrics, reading.ts_ms)
             changed.add(device_id)
 
     @property
@@ -101,17 +116,16 @@ class LatestValues:
                 async with self.sessions() as session:
                     await self._merge_stored(session, unloaded)
                 self._loaded.update(unloaded)
-            rows = [self._row(device_id) for device_id in changed]
             # One transaction per slice, each in its own write turn: an alert waits for
             # one slice at most, not for the whole flush (SQLite has one writer at a time).
-            for start in range(0, len(rows), ROWS_PER_TURN):
+            # Rows are made a slice at a time too: 10,000 at once would hold the event
+            # loop (and every alert's next database round trip) for tens of ms.
+            ids = list(changed)
+            for start in range(0, len(ids), ROWS_PER_TURN):
                 async with writing(self.sessions) as session:
                     now = driver_time(utcnow(), session.get_bind().dialect)
-                    await execute_rows(
-                        session,
-                        _UPSERT,
-                        [(*row, now) for row in rows[start : start + ROWS_PER_TURN]],
-                    )
+                    rows = [(*self._row(d), now) for d in ids[start : start + ROWS_PER_TURN]]
+                    await execute_rows(session, _UPSERT, rows)
         except BaseException as exc:
             self._changed |= changed  # written next round (or by the final flush when cancelled)
             if not isinstance(exc, Exception):
@@ -122,8 +136,8 @@ class LatestValues:
             return 0
         self.flushes += 1
         self.last_flush_s = time.perf_counter() - started
-        log.debug("event=latest_flushed devices=%d ms=%.1f", len(rows), self.last_flush_s * 1000)
-        return len(rows)
+        log.debug("event=latest_flushed devices=%d ms=%.1f", len(ids), self.last_flush_s * 1000)
+        return len(ids)
 
     async def _merge_stored(self, session: Any, device_ids: list[str]) -> None:
         for start in range(0, len(device_ids), _LOAD_CHUNK):
@@ -134,22 +148,28 @@ class LatestValues:
                 )
             )
             for device_id, metrics in stored:
-                current = self.devices.setdefault(device_id, {})
+                current = self.devices.get(device_id)
+                if current is None:
+                    current = self.devices[device_id] = _Latest()
                 for name, pair in (metrics or {}).items():
                     if not (isinstance(pair, list) and len(pair) == 2):
                         continue  # not written by this class: drop rather than fail forever
-                    value, ts = pair
-                    held = current.get(name)
-                    if held is None or held[1] < ts:
-                        current[name] = (value, int(ts))
+                    value, ts = pair[0], int(pair[1])
+                    if current.times.get(name, -1) < ts:  # what came since the restart wins
+                        current.values[name] = value
+                        current.times[name] = ts
+                        current.newest = max(current.newest, ts)
 
     def _row(self, device_id: str) -> tuple[str, int, str]:
         """(device_id, ts_ms, metrics as JSON text) of the device's row."""
-        metrics = self.devices[device_id]
+        latest = self.devices[device_id]
+        times = latest.times
         return (
             device_id,
-            max(ts for _, ts in metrics.values()),
-            orjson.dumps({name: [value, ts] for name, (value, ts) in metrics.items()}).decode(),
+            max(times.values()),
+            orjson.dumps(
+                {name: [value, times[name]] for name, value in latest.values.items()}
+            ).decode(),
         )
 
 

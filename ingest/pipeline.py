@@ -18,8 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import logging
+import operator
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +30,7 @@ from typing import Any
 import msgspec
 
 from cityiot.catalogue import KINDS, is_valid_id
+from cityiot.db import ROWS_PER_TURN
 from cityiot.influx import InfluxDB, InfluxError
 from cityiot.registry import DeadLetterIn, add_dead_letters, record_presence
 from cityiot.settings import Settings
@@ -50,8 +54,11 @@ WRITES_IN_FLIGHT = 3
 # snapshot takes seconds on a small machine); an alert does not wait with it.
 RULES_SLICE = 1000
 RULES_EVERY_S = 0.010
-YIELD_EVERY = 256  # messages handled between two turns of the event loop (a few ms)
+# Messages handled between two turns of the event loop (about 4 ms): every await of the
+# rules' database round trips waits for a turn, and an alert's recording takes several.
+YIELD_EVERY = 128
 _SEQ_MASK = (1 << SEQ_WINDOW) - 1
+_KIND_OF = operator.attrgetter("kind")
 
 # Receives each sealed batch's readings; may be a coroutine function (awaited: backpressure).
 ReadingsSink = Callable[[list[Reading]], Awaitable[None] | None]
@@ -72,7 +79,7 @@ class IngestCounters:
     spool_refusals: int = 0  # appends the spool refused (full, disk full)
     batches: int = 0
     last_write_ms: float = 0.0
-    stored_by_kind: dict[str, int] = field(default_factory=dict)
+    stored_by_kind: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass(slots=True)
@@ -318,7 +325,7 @@ class Ingest:
         if len(parts) != 4:
             raise Rejected(f"topic {delivery.topic[:200]!r} is not city/{{vendor}}/{{device_id}}/…")
         _, vendor, device_id, channel = parts
-        device = self.devices.get(device_id)
+        device = self.devices.devices.get(device_id)
         if device is None or device.vendor != vendor:
             raise Rejected(self._why_unknown(vendor, device_id, device))
         if device.decommissioned:
@@ -490,9 +497,7 @@ class Ingest:
         if self.latest is not None:
             self.latest.merge(batch.readings)
         self.counters.stored += len(batch.lines)
-        by_kind = self.counters.stored_by_kind
-        for reading in batch.readings:
-            by_kind[reading.kind] = by_kind.get(reading.kind, 0) + 1
+        self.counters.stored_by_kind.update(map(_KIND_OF, batch.readings))
         self.counters.batches += 1
         self.counters.last_write_ms = (time.perf_counter() - started) * 1000
         log.debug(
@@ -690,12 +695,13 @@ class Ingest:
         if not self.store or not (seen or online or offline):
             return
         try:
-            await record_presence(
-                self.sessions,
-                {d: _ms_to_dt(ms) for d, ms in seen.items()},
-                offline=offline,
-                online=online,
-            )
+            # A slice at a time: 100,000 devices' times made at once would hold the event
+            # loop (and every alert's next database round trip) for a tenth of a second.
+            items = iter(seen.items())
+            while chunk := list(itertools.islice(items, ROWS_PER_TURN)):
+                times = {d: _ms_to_dt(ms) for d, ms in chunk}
+                await record_presence(self.sessions, times, offline=(), online=())
+            await record_presence(self.sessions, {}, offline=offline, online=online)
         except Exception as exc:  # presence is state, not data: the next round retries
             log.warning("event=presence_flush_failed error=%s", exc)
             self.presence.dirty_seen.update(seen)

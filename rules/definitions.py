@@ -47,6 +47,7 @@ from typing import Any, Literal
 import yaml
 
 from cityiot.catalogue import KINDS
+from cityiot.sun import is_dark, local_date, local_hour
 from rules.events import SEVERITIES
 
 RuleType = Literal["threshold", "absence", "rate"]
@@ -69,6 +70,9 @@ class RuleError(ValueError):
     """A rule file is wrong; the message names the file, the rule and the field."""
 
 
+_NO_BUILTINS: dict[str, Any] = {"__builtins__": {}}  # an expression's globals: nothing
+
+
 @dataclass(frozen=True)
 class Expression:
     """A compiled condition or number over metrics and attributes."""
@@ -78,7 +82,7 @@ class Expression:
     _code: Any = field(repr=False, compare=False)
 
     def __call__(self, values: Mapping[str, Any]) -> Any:
-        return eval(self._code, {"__builtins__": {}}, values)  # noqa: S307 - AST whitelisted
+        return eval(self._code, _NO_BUILTINS, values)  # noqa: S307 - AST whitelisted
 
 
 def compile_expression(text: str, known: frozenset[str], where: str) -> Expression:
@@ -130,8 +134,6 @@ class Schedule:
     _dark: dict[int, bool] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def active(self, ts_ms: int) -> bool:
-        from cityiot.sun import is_dark, local_date, local_hour
-
         if self.mode != "hours":
             minute = ts_ms // 60_000
             dark = self._dark.get(minute)

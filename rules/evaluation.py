@@ -50,6 +50,13 @@ class DeviceFacts:
     kind: str
     report_interval_s: int
     attributes: Mapping[str, Any]
+    # What every rule of the device reads besides its metrics: the attributes and
+    # report_interval_s, made once instead of with each reading.
+    base: Mapping[str, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        base = {**self.attributes, "report_interval_s": self.report_interval_s}
+        object.__setattr__(self, "base", base)
 
 
 @dataclass(slots=True)
@@ -136,6 +143,7 @@ class Evaluator:
             if track is not None and track.firing:
                 del self.tracks[(rule.id, device.device_id)]
                 out.append(Transition(rule, device.device_id, "resolved", ts_ms, {}, track))
+                self.next_due_s = float("-inf")  # it can fall silent again: scan next tick
         remember = self._remember.get(device.kind, frozenset())
         last = self.last.get(device.device_id)
         if remember:
@@ -144,12 +152,7 @@ class Evaluator:
             for name, value in metrics.items():
                 if name in remember:
                     last[name] = value
-        values: dict[str, Any] = {
-            **device.attributes,
-            "report_interval_s": device.report_interval_s,
-        }
-        values.update(last or metrics)
-        values.update(metrics)
+        values: dict[str, Any] = {**device.base, **(last or metrics), **metrics}
         for rule in self.index.get(device.kind, ()):
             if rule.type == "threshold":
                 self._threshold(rule, device.device_id, ts_ms, values, out)
@@ -165,8 +168,16 @@ class Evaluator:
         """
         out: list[Transition] = []
         self.next_due_s = float("inf")
+        due = self.scan(now_s, devices, out)
+        self.next_due_s = min(self.next_due_s, due)
+        return out
+
+    def scan(self, now_s: float, devices: Iterable[DeviceFacts], out: list[Transition]) -> float:
+        """:meth:`tick` over some of the devices: their transitions are appended to ``out``;
+        returns the earliest moment one of them can fall silent (``next_due_s`` is the
+        caller's to set, once every device has been scanned)."""
         if not self.absence:
-            return out
+            return float("inf")
         now_ms = int(now_s * 1000)
         next_due = float("inf")
         for device in devices:
@@ -187,7 +198,7 @@ class Evaluator:
                         "report_interval_s": device.report_interval_s,
                     }
                     out.append(Transition(rule, device.device_id, "firing", now_ms, values, track))
-        return out
+        return next_due
 
     def _threshold(
         self, rule: Rule, device_id: str, ts_ms: int, values: dict[str, Any], out: list[Transition]

@@ -334,3 +334,49 @@ async def test_a_slow_dispatch_holds_up_no_alert(registered: Any) -> None:
     dispatcher.release.set()
     await asyncio.wait_for(running, 10)
     assert dispatcher.handled == [("mh-1", "firing"), ("mh-2", "firing")]
+
+
+async def test_absence_is_checked_on_every_due_tick_and_again_after_a_recovery(
+    registered: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running engine scans for silence whenever a device can have fallen silent, not
+    only on its first tick; a device heard from again can fall silent again. The scan runs
+    in slices (one device each here), readings evaluated between them."""
+    import rules.engine
+
+    monkeypatch.setattr(rules.engine, "TICK_SLICE", 1)
+    second = "mh-2,acme,manhole,yicheng,32.98,114.02,解放路 2 号,300,200\n"
+    await import_devices(registered, parse_device_csv(CSV + second).rows)
+    now = [1_000_000.0]
+    devices = DeviceMap(registered)
+    await devices.refresh()
+    engine = RulesEngine(
+        load_rules(CATALOGUE),
+        devices,
+        registered,
+        publish=lambda _topic, _payload: None,
+        clock=lambda: now[0],
+    )
+    await engine.start()
+    limit_s = 3 * 300  # factor 3 × the report interval
+
+    def offline() -> list[str]:
+        tracks = engine.evaluator.tracks.items()
+        return sorted(d for (rule, d), t in tracks if rule == "device_offline" and t.firing)
+
+    await engine.tick()  # the first tick: nobody is silent yet
+    now[0] += limit_s / 2
+    await engine.tick()
+    assert offline() == []
+    now[0] += limit_s / 2 + 1
+    await engine.tick()  # due now: found on this tick, not only on a first one
+    assert offline() == ["mh-1", "mh-2"]
+    assert sorted(a.device_id for a in await open_alerts(registered)) == ["mh-1", "mh-2"]
+
+    # mh-1 heard from again: resolved; silent for as long again: raised again.
+    await engine.evaluate(flooding(int(now[0] * 1000), 10.0))
+    assert offline() == ["mh-2"]
+    now[0] += limit_s + 1
+    await engine.tick()
+    assert offline() == ["mh-1", "mh-2"]
+    assert sorted(a.device_id for a in await open_alerts(registered)) == ["mh-1", "mh-2"]
