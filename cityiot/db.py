@@ -9,8 +9,11 @@ to the head revision.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
+import itertools
+import re
 import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -362,38 +365,93 @@ def driver_time(value: dt.datetime, dialect: Dialect) -> Any:
 
 # Rows per transaction of a bulk write through execute_rows (latest values, last seen): a
 # few ms of SQLite each, so a writer waiting for its write_turn waits for one slice at most.
-ROWS_PER_TURN = 2000
+ROWS_PER_TURN = 500
 
 
-async def execute_rows(session: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
+async def execute_rows(
+    session: Any, sql: str, rows: list[tuple[Any, ...]], *, sqlite_sql: str | None = None
+) -> None:
     """Run ``sql`` (``?`` placeholders) for each of ``rows``, straight through the driver.
 
     For the ingest's bulk writes (latest values, last seen), where SQLAlchemy's per-row
     parameter processing cost five times what SQLite itself did (17 µs against 3 µs a
     row). The values must be what the driver takes: times from :func:`driver_time`, JSON
     as text.
+
+    On SQLite the rows go ``VALUES_PER_STATEMENT`` at a time in one statement (``sqlite_sql``
+    when given, else ``sql``, its one ``VALUES (?, …)`` group repeated): one call into the
+    driver's thread, which gives up the GIL around each statement it steps, instead of one
+    per row.
     """
     conn = await session.connection()
+    if conn.dialect.name == "sqlite":
+        head, group, tail = _VALUES_GROUP.split(sqlite_sql or sql, maxsplit=1)
+        for start in range(0, len(rows), VALUES_PER_STATEMENT):
+            chunk = rows[start : start + VALUES_PER_STATEMENT]
+            many = f"{head}VALUES {', '.join([group] * len(chunk))}{tail}"
+            await conn.exec_driver_sql(many, tuple(itertools.chain.from_iterable(chunk)))
+        return
     if conn.dialect.paramstyle == "numeric_dollar":  # asyncpg: $1, $2, …
         parts = sql.split("?")
         sql = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
     await conn.exec_driver_sql(sql, rows)
 
 
-# SQLite engine → (event loop, the lock its writers take turns on)
-_WRITE_TURNS: weakref.WeakKeyDictionary[Any, tuple[Any, asyncio.Lock]] = weakref.WeakKeyDictionary()
+VALUES_PER_STATEMENT = 500  # rows of one SQLite statement (4 values each: under its 32,766)
+_VALUES_GROUP = re.compile(r"VALUES (\((?:\?, )*\?\))")
+
+
+class _Turns:
+    """One writer at a time; the urgent ones (alerts) before the others, each kind in
+    arrival order."""
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.urgent: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.others: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self, urgent: bool) -> None:
+        if not self.busy and not self.urgent and not self.others:
+            self.busy = True
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self.urgent if urgent else self.others
+        queue.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed the turn as it was cancelled: pass it on
+            elif waiter in queue:
+                queue.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        """Hand the turn to the next waiter (it is busy on their behalf), or free it."""
+        for queue in (self.urgent, self.others):
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
+        self.busy = False
+
+
+# SQLite engine → (event loop, the turns its writers take)
+_WRITE_TURNS: weakref.WeakKeyDictionary[Any, tuple[Any, _Turns]] = weakref.WeakKeyDictionary()
 
 
 @contextlib.asynccontextmanager
-async def write_turn(session_factory: Any) -> AsyncIterator[None]:
+async def write_turn(session_factory: Any, *, urgent: bool = False) -> AsyncIterator[None]:
     """Hold this process's turn to write to the database behind ``session_factory``.
 
     SQLite lets one connection write at a time, and a connection that finds the database
     locked sleeps in SQLite's busy handler, waking after 1, 2, 5 … up to 100 ms to try
     again: an alert waiting behind a stream of latest-value writes could wait seconds.
-    Writers of one process that take their turn here are served in arrival order as soon
-    as the lock is free. Other processes still meet the busy timeout. PostgreSQL locks
-    rows, not the database: no turn is taken there.
+    Writers of one process that take their turn here are served as soon as the turn is
+    free: ``urgent`` ones (alert state changes) first, then the others (latest values,
+    presence, work orders), each in arrival order. Other processes still meet the busy
+    timeout. PostgreSQL locks rows, not the database: no turn is taken there.
     """
     engine = getattr(session_factory, "kw", {}).get("bind")
     if engine is None or engine.dialect.name != "sqlite":
@@ -402,17 +460,25 @@ async def write_turn(session_factory: Any) -> AsyncIterator[None]:
     key = engine.sync_engine
     loop = asyncio.get_running_loop()
     held = _WRITE_TURNS.get(key)
-    if held is None or held[0] is not loop:  # a lock serves the loop it was made on
-        held = _WRITE_TURNS[key] = (loop, asyncio.Lock())
-    async with held[1]:
+    if held is None or held[0] is not loop:  # turns serve the loop they were made on
+        held = _WRITE_TURNS[key] = (loop, _Turns())
+    turns = held[1]
+    await turns.acquire(urgent)
+    try:
         yield
+    finally:
+        turns.release()
 
 
 @contextlib.asynccontextmanager
-async def writing(session_factory: Any) -> AsyncIterator[Any]:
+async def writing(session_factory: Any, *, urgent: bool = False) -> AsyncIterator[Any]:
     """A session in a transaction, in this process's :func:`write_turn`; committed on
     leaving, rolled back on an exception."""
-    async with write_turn(session_factory), session_factory() as session, session.begin():
+    async with (
+        write_turn(session_factory, urgent=urgent),
+        session_factory() as session,
+        session.begin(),
+    ):
         yield session
 
 

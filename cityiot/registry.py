@@ -742,6 +742,11 @@ _devices = cast(Table, Device.__table__)
 # Through the driver (db.execute_rows), not touching updated_at: presence is not a registry
 # change, and bumping updated_at would make every ingest refresh reload every device.
 _SEEN = "UPDATE devices SET last_seen = ? WHERE id = ? AND (last_seen IS NULL OR last_seen < ?)"
+# The same for many rows in one statement (SQLite names a VALUES list's columns column1 …).
+_SEEN_SQLITE = (
+    "UPDATE devices SET last_seen = v.column1 FROM (VALUES (?, ?, ?)) AS v "
+    "WHERE devices.id = v.column2 AND (devices.last_seen IS NULL OR devices.last_seen < v.column3)"
+)
 
 
 def _status(status: str, device_ids: Sequence[str]) -> Any:
@@ -773,7 +778,7 @@ async def record_presence(
             for device_id, at in times[start : start + ROWS_PER_TURN]:
                 value = driver_time(at, dialect)
                 rows.append((value, device_id, value))
-            await execute_rows(session, _SEEN, rows)
+            await execute_rows(session, _SEEN, rows, sqlite_sql=_SEEN_SQLITE)
     for status, ids in (("offline", sorted(offline)), ("online", sorted(online))):
         for chunk in in_chunks(ids):
             async with writing(session_factory) as session:

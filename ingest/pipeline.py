@@ -59,6 +59,10 @@ RULES_EVERY_S = 0.010
 YIELD_EVERY = 128
 _SEQ_MASK = (1 << SEQ_WINDOW) - 1
 _KIND_OF = operator.attrgetter("kind")
+# Devices' last-seen times go to the registry this often (status changes at every round, a
+# few s): a fleet of 100,000 reporting devices is 100,000 rows each time, and the write
+# turns they take are the ones an alert's recording waits for.
+SEEN_EVERY_S = 30.0
 
 # Receives each sealed batch's readings; may be a coroutine function (awaited: backpressure).
 ReadingsSink = Callable[[list[Reading]], Awaitable[None] | None]
@@ -663,7 +667,7 @@ class Ingest:
 
     async def _upkeep(self) -> None:
         refresh_every = self.settings.registry_refresh_s
-        last_refresh = last_presence = time.monotonic()
+        last_refresh = last_presence = last_seen = time.monotonic()
         presence_s = 0.0
         while True:
             await asyncio.sleep(min(refresh_every, 1.0))
@@ -678,7 +682,10 @@ class Ingest:
             if now - last_presence >= max(5.0, FLUSH_PACE * presence_s):
                 last_presence = now
                 self._sweep_silent()
-                await self._flush_presence()
+                with_seen = now - last_seen >= SEEN_EVERY_S
+                if with_seen:
+                    last_seen = now
+                await self._flush_presence(with_seen)
                 presence_s = time.monotonic() - now
 
     def _sweep_silent(self) -> None:
@@ -690,8 +697,8 @@ class Ingest:
                 batch.started = batch.started or time.monotonic()
                 batch.status_lines.append(f"{device.status_key} online=false {now_ms}\n".encode())
 
-    async def _flush_presence(self) -> None:
-        seen, online, offline = self.presence.take_changes()
+    async def _flush_presence(self, with_seen: bool = True) -> None:
+        seen, online, offline = self.presence.take_changes(with_seen)
         if not self.store or not (seen or online or offline):
             return
         try:

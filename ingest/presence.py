@@ -49,10 +49,14 @@ class Presence:
             self._set(d, False)
         return gone
 
-    def take_changes(self) -> tuple[dict[str, int], set[str], set[str]]:
-        """(last seen, went online, went offline) since the last call."""
-        changes = (self.dirty_seen, self.went_online, self.went_offline)
-        self.dirty_seen, self.went_online, self.went_offline = {}, set(), set()
+    def take_changes(self, seen: bool = True) -> tuple[dict[str, int], set[str], set[str]]:
+        """(last seen, went online, went offline) since the last call; without ``seen``,
+        the last-seen times stay for a later call (an empty dict in their place)."""
+        dirty_seen: dict[str, int] = {}
+        if seen:
+            dirty_seen, self.dirty_seen = self.dirty_seen, {}
+        changes = (dirty_seen, self.went_online, self.went_offline)
+        self.went_online, self.went_offline = set(), set()
         return changes
 
     def _set(self, device_id: str, online: bool) -> None:

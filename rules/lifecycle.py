@@ -132,7 +132,7 @@ class AlertStore:
         still guarantees one open alert per (rule, device).
         """
         events: list[dict[str, Any] | None] = [None] * len(steps)
-        async with writing(self.sessions) as session:
+        async with writing(self.sessions, urgent=True) as session:
             start = 0
             while start < len(steps):
                 # A round's opens are inserted before its other steps are applied, so it

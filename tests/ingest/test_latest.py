@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from cityiot.db import LatestReading, migrate
 from ingest.latest import LatestValues
@@ -144,6 +144,23 @@ async def test_newest_value_per_metric_and_merge_with_the_stored_row(sessions: A
             select(LatestReading.device_id).order_by(LatestReading.device_id)
         )
         assert ids.all() == ["mh-1", "sl-1"]
+
+
+async def test_a_flush_of_many_devices_writes_every_row(sessions: Any) -> None:
+    """More devices than one statement takes (SQLite: 500 rows each), a late reading among
+    them: every row is written, each with its newest value per metric."""
+    latest = LatestValues(sessions)
+    latest.merge(
+        [Reading(f"sl-{i}", "streetlight", 1000 + i, {"power_on": True}) for i in range(1234)]
+    )
+    latest.merge([Reading("sl-7", "streetlight", 5, {"power_on": False, "lux": 3.0})])
+    assert await latest.flush() == 1234
+    async with sessions() as session:
+        count = await session.scalar(select(func.count()).select_from(LatestReading))
+    assert count == 1234
+    row = await _row(sessions, "sl-7")
+    assert row is not None and row.ts_ms == 1007
+    assert row.metrics == {"power_on": [True, 1007], "lux": [3.0, 5]}
 
 
 async def test_a_failed_flush_is_retried_next_round(db_url: str) -> None:

@@ -105,6 +105,13 @@ async def test_record_presence_handles_many_devices(sessions: SessionFactory) ->
     await record_presence(sessions, dict.fromkeys(ids, now), set(), ids)
     presence = await _presence(sessions)
     assert all(presence[d] == ("online", now) for d in ids)
+    # Again, in statements of many rows: only later times move, unknown ids are ignored.
+    earlier, later = now - dt.timedelta(seconds=5), now + dt.timedelta(seconds=5)
+    seen = {**dict.fromkeys(ids, earlier), "SL-1234": later, "NOPE": later}
+    await record_presence(sessions, seen, set(), set())
+    presence = await _presence(sessions)
+    assert presence["SL-1234"] == ("online", later) and "NOPE" not in presence
+    assert all(presence[d] == ("online", now) for d in ids - {"SL-1234"})
 
 
 async def test_upsert_vendor_creates_then_updates(sessions: SessionFactory) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
+import pytest
+
 from cityiot.db import DeadLetter, write_turn
 from cityiot.registry import DeadLetterIn, SessionFactory, add_dead_letters
 
@@ -51,3 +53,34 @@ async def test_a_turn_is_released_when_its_transaction_fails(sessions: SessionFa
     await asyncio.wait_for(add_dead_letters(sessions, [letter]), 10)
     async with sessions() as session:
         assert await session.get(DeadLetter, 1) is not None
+
+
+async def test_an_urgent_writer_goes_before_the_waiting_others_and_a_cancelled_one_passes_on(
+    sessions: SessionFactory, db_url: str
+) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL takes no turns (the test above shows it)")
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def writer(name: str, urgent: bool = False, hold: asyncio.Event | None = None) -> None:
+        async with write_turn(sessions, urgent=urgent):
+            order.append(name)
+            if hold is not None:
+                await hold.wait()
+
+    first = asyncio.create_task(writer("bulk-1", hold=release))
+    await asyncio.sleep(0.01)  # bulk-1 holds the turn
+    queued = [asyncio.create_task(writer(f"bulk-{k}")) for k in (2, 3)]
+    cancelled = asyncio.create_task(writer("alert-cancelled", urgent=True))
+    await asyncio.sleep(0.01)
+    alert = asyncio.create_task(writer("alert", urgent=True))
+    await asyncio.sleep(0.01)
+    cancelled.cancel()
+    release.set()
+    await asyncio.gather(first, *queued, alert)
+    assert cancelled.cancelled()
+    assert order == ["bulk-1", "alert", "bulk-2", "bulk-3"]
+    async with write_turn(sessions):  # free again
+        order.append("after")
+    assert order[-1] == "after"
