@@ -2,7 +2,7 @@
 
 The ingest merges every stored batch into an in-memory map (a dict update per reading) and
 writes the devices that changed to ``latest_readings`` every ``latest_flush_ms`` in upserts
-of 2,000 rows, so ``GET /devices/{id}/latest`` answers from SQL, also from an API running as
+of 500 rows, so ``GET /devices/{id}/latest`` answers from SQL, also from an API running as
 its own process, without asking InfluxDB.
 
 Per metric the newer time wins: a reading uploaded late never hides a newer value. The
@@ -100,7 +100,7 @@ class LatestValues:
             await self.flush()
 
     async def flush(self) -> int:
-        """Write the changed devices, 2,000 rows per upsert and transaction; returns how many
+        """Write the changed devices, 500 rows per upsert and transaction; returns how many
         (0 also on failure)."""
         if not self._changed:
             return 0

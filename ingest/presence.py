@@ -2,7 +2,8 @@
 
 A device is online when it says so (``status`` topic, also its MQTT will) or sends data;
 offline when it says so or stays silent for 3 × its report interval. Transitions are
-kept in memory and written to the registry in bulk every few seconds.
+kept in memory and written to the registry in bulk: status changes every few seconds,
+last-seen times every 30 s (ingest/pipeline.py, SEEN_EVERY_S).
 """
 
 from __future__ import annotations
