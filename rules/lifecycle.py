@@ -166,11 +166,16 @@ class AlertStore:
         if opens:
             insert = dialect_insert(session)(Alert.__table__)
             rows_in: list[dict[str, Any]] = [s.new for s in opens.values() if s.new is not None]
-            await session.execute(
-                insert.on_conflict_do_nothing(index_elements=["open_key"]), rows_in
+            # RETURNING names the rows inserted; only keys held by an alert opened elsewhere
+            # need a look-up (each statement is several round trips to the driver).
+            inserted = await session.execute(
+                insert.on_conflict_do_nothing(index_elements=["open_key"]).returning(
+                    Alert.open_key, Alert.id
+                ),
+                rows_in,
             )
-            holder: dict[str, str] = {}
-            for chunk in in_chunks(sorted(opens)):
+            holder: dict[str, str] = {str(key): alert_id for key, alert_id in inserted}
+            for chunk in in_chunks(sorted(k for k in opens if k not in holder)):
                 rows = await session.execute(
                     select(Alert.open_key, Alert.id).where(Alert.open_key.in_(chunk))
                 )
