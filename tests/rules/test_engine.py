@@ -23,6 +23,7 @@ from ingest.devices import DeviceMap
 from ingest.validate import Reading
 from rules.definitions import load_rules
 from rules.engine import RulesEngine
+from rules.events import Clock, wall_clock
 from rules.lifecycle import IllegalAlertTransition
 from tests.rules.conftest import wait_until
 
@@ -69,15 +70,19 @@ class Subscriber:
         self.client.disconnect()
 
 
-async def engine_on(sessions: Any, publisher: mqtt.Client) -> RulesEngine:
+async def engine_on(
+    sessions: Any, publisher: mqtt.Client | None, *, clock: Clock = wall_clock
+) -> RulesEngine:
+    """A started engine with the catalogue's rules; its events go to ``publisher`` (or
+    nowhere)."""
     devices = DeviceMap(sessions)
     await devices.refresh()
-    engine = RulesEngine(
-        load_rules(CATALOGUE),
-        devices,
-        sessions,
-        publish=lambda topic, payload: publisher.publish(topic, payload, qos=1) and None,
-    )
+
+    def publish(topic: str, payload: bytes) -> None:
+        if publisher is not None:
+            publisher.publish(topic, payload, qos=1)
+
+    engine = RulesEngine(load_rules(CATALOGUE), devices, sessions, publish=publish, clock=clock)
     await engine.start()
     return engine
 
@@ -348,16 +353,7 @@ async def test_absence_is_checked_on_every_due_tick_and_again_after_a_recovery(
     second = "mh-2,acme,manhole,yicheng,32.98,114.02,解放路 2 号,300,200\n"
     await import_devices(registered, parse_device_csv(CSV + second).rows)
     now = [1_000_000.0]
-    devices = DeviceMap(registered)
-    await devices.refresh()
-    engine = RulesEngine(
-        load_rules(CATALOGUE),
-        devices,
-        registered,
-        publish=lambda _topic, _payload: None,
-        clock=lambda: now[0],
-    )
-    await engine.start()
+    engine = await engine_on(registered, None, clock=lambda: now[0])
     limit_s = 3 * 300  # factor 3 × the report interval
 
     def offline() -> list[str]:
