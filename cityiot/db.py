@@ -397,7 +397,7 @@ async def execute_rows(
     await conn.exec_driver_sql(sql, rows)
 
 
-VALUES_PER_STATEMENT = 500  # rows of one SQLite statement (4 values each: under its 32,766)
+VALUES_PER_STATEMENT = 500  # rows of one SQLite statement (3 or 4 values each: under its 32,766)
 _VALUES_GROUP = re.compile(r"VALUES (\((?:\?, )*\?\))")
 
 
