@@ -2,14 +2,24 @@
 
 That pair is served by InfluxDB 1.x, by 2.x (v1 compatibility) and by 3.x, so one tested
 path serves every version a city may run (DESIGN §3). There is no maintained async client
-for the v1 API, so this is a thin layer over one keep-alive ``httpx.AsyncClient``.
+for the v1 API, so this is a thin layer over keep-alive HTTP: writes go through an
+``httpcore`` connection pool, everything else through an ``httpx.AsyncClient``.
+
+Why writes skip httpx: each httpx response holds its body stream and the stream holds the
+response, a reference cycle that only the garbage collector frees. At a few hundred writes
+a second that left ~40 objects of cyclic garbage per write, and every few seconds a
+collection of 40,000–50,000 of them stopped the ingest for 50–160 ms, which went straight
+into the alert latency's p99. ``httpcore`` (the transport under httpx, from the same
+maintainers) leaves none.
 """
 
 from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlencode
 
+import httpcore
 import httpx
 import orjson
 
@@ -110,6 +120,12 @@ class InfluxDB:
             timeout=httpx.Timeout(timeout_s),
             limits=httpx.Limits(max_connections=4, max_keepalive_connections=4),
         )
+        self._writes = httpcore.AsyncConnectionPool(max_connections=4, max_keepalive_connections=4)
+        self._write_headers = [(b"Content-Type", b"text/plain; charset=utf-8")]
+        self._write_headers += [(k.encode(), v.encode()) for k, v in headers.items()]
+        self._write_timeout = {"connect": timeout_s, "read": timeout_s, "write": timeout_s}
+        self._write_timeout["pool"] = timeout_s
+        self._write_urls: dict[str, str] = {}
 
     async def __aenter__(self) -> InfluxDB:
         return self
@@ -119,6 +135,7 @@ class InfluxDB:
 
     async def close(self) -> None:
         await self._http.aclose()
+        await self._writes.aclose()
 
     async def ping(self) -> bool:
         try:
@@ -129,17 +146,26 @@ class InfluxDB:
 
     async def write(self, body: bytes, precision: str = "ms") -> None:
         """Write line protocol. Raises :class:`InfluxError` unless every point was accepted."""
-        params: dict[str, str] = {"db": self.database, "precision": precision, **self._auth}
-        if self.retention_policy:
-            params["rp"] = self.retention_policy
+        url = self._write_urls.get(precision)
+        if url is None:
+            params: dict[str, str] = {"db": self.database, "precision": precision, **self._auth}
+            if self.retention_policy:
+                params["rp"] = self.retention_policy
+            url = self._write_urls[precision] = f"{self.url}/write?{urlencode(params)}"
         try:
-            response = await self._http.post("/write", params=params, content=body)
-        except httpx.HTTPError as exc:
+            response = await self._writes.request(
+                "POST",
+                url,
+                headers=self._write_headers,
+                content=body,
+                extensions={"timeout": self._write_timeout},
+            )
+        except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as exc:
             raise InfluxError(f"InfluxDB at {self.url} not reachable: {exc!r}") from exc
-        if response.status_code != 204:
+        if response.status != 204:
             raise InfluxError(
-                f"InfluxDB refused the write ({response.status_code}): {_error_text(response)}",
-                response.status_code,
+                f"InfluxDB refused the write ({response.status}): {_error_of(response.content)}",
+                response.status,
             )
 
     async def query(
@@ -198,7 +224,14 @@ class InfluxDB:
 
 
 def _error_text(response: httpx.Response) -> str:
+    return _error_of(response.content)
+
+
+def _error_of(content: bytes) -> str:
+    """InfluxDB's ``{"error": …}`` message, or the start of whatever else it answered."""
+    text = content[:500].decode(errors="replace")
     try:
-        return str(orjson.loads(response.content).get("error", response.text))
+        message = orjson.loads(content)
     except orjson.JSONDecodeError:
-        return response.text[:500]
+        return text
+    return str(message.get("error", text)) if isinstance(message, dict) else text

@@ -22,6 +22,7 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import Row, Table, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from cityiot.catalogue import DISTRICTS, KINDS, RESERVED_VENDORS, Attribute, is_valid_id
 from cityiot.db import (
@@ -29,9 +30,10 @@ from cityiot.db import (
     DeadLetter,
     Device,
     Vendor,
+    dialect_of,
     driver_time,
-    execute_rows,
     utcnow,
+    write_rows,
     writing,
 )
 
@@ -771,14 +773,13 @@ async def record_presence(
     ``last_seen`` only moves forward; ``updated_at`` is left alone. Unknown ids are ignored.
     """
     times = [(d, _aware(at, "seen")) for d, at in seen.items()]
+    dialect = dialect_of(session_factory)
     for start in range(0, len(times), ROWS_PER_TURN):
-        async with writing(session_factory) as session:
-            dialect = session.get_bind().dialect
-            rows = []
-            for device_id, at in times[start : start + ROWS_PER_TURN]:
-                value = driver_time(at, dialect)
-                rows.append((value, device_id, value))
-            await execute_rows(session, _SEEN, rows, sqlite_sql=_SEEN_SQLITE)
+        rows = []
+        for device_id, at in times[start : start + ROWS_PER_TURN]:
+            value = driver_time(at, dialect)
+            rows.append((value, device_id, value))
+        await write_rows(session_factory, _SEEN, rows, sqlite_sql=_SEEN_SQLITE)
     for status, ids in (("offline", sorted(offline)), ("online", sorted(online))):
         for chunk in in_chunks(ids):
             async with writing(session_factory) as session:
@@ -838,7 +839,7 @@ def in_chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
         yield items[start : start + _CHUNK]
 
 
-def dialect_insert(session: AsyncSession) -> Any:
+def dialect_insert(session: AsyncSession | Session) -> Any:
     """The INSERT construct with ON CONFLICT of the session's database."""
     name = session.get_bind().dialect.name
     if name == "postgresql":

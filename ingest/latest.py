@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from sqlalchemy import select
 
-from cityiot.db import ROWS_PER_TURN, LatestReading, driver_time, execute_rows, utcnow, writing
+from cityiot.db import ROWS_PER_TURN, LatestReading, dialect_of, driver_time, utcnow, write_rows
 from ingest.validate import Reading
 
 log = logging.getLogger("cityiot.ingest")
@@ -121,11 +121,11 @@ class LatestValues:
             # Rows are made a slice at a time too: 10,000 at once would hold the event
             # loop (and every alert's next database round trip) for tens of ms.
             ids = list(changed)
+            dialect = dialect_of(self.sessions)
             for start in range(0, len(ids), ROWS_PER_TURN):
-                async with writing(self.sessions) as session:
-                    now = driver_time(utcnow(), session.get_bind().dialect)
-                    rows = [(*self._row(d), now) for d in ids[start : start + ROWS_PER_TURN]]
-                    await execute_rows(session, _UPSERT, rows)
+                now = driver_time(utcnow(), dialect)
+                rows = [(*self._row(d), now) for d in ids[start : start + ROWS_PER_TURN]]
+                await write_rows(self.sessions, _UPSERT, rows)
         except BaseException as exc:
             self._changed |= changed  # written next round (or by the final flush when cancelled)
             if not isinstance(exc, Exception):

@@ -8,18 +8,25 @@ the loser of the race adopts the winner's alert.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
 
-from cityiot.db import Alert, utcnow, write_turn, writing
+from cityiot.db import Alert, direct_sessions, utcnow, write_turn
 from cityiot.registry import dialect_insert, in_chunks
 from rules.events import alert_event
+
+log = logging.getLogger("cityiot.rules")
+
+# Steps recorded on the event loop's thread at most (a fraction of a ms each): a larger
+# batch (an absence scan finding a district silent) goes through the async session.
+DIRECT_MAX_STEPS = 200
 
 
 class AlertNotFound(LookupError):
@@ -130,92 +137,25 @@ class AlertStore:
         ingest at a few thousand readings/s when every parked car opened a pending alert.
         Opens are one multi-row INSERT … ON CONFLICT (open_key) DO NOTHING, so the database
         still guarantees one open alert per (rule, device).
-        """
-        events: list[dict[str, Any] | None] = [None] * len(steps)
-        async with writing(self.sessions, urgent=True) as session:
-            start = 0
-            while start < len(steps):
-                # A round's opens are inserted before its other steps are applied, so it
-                # ends before an open of a (rule, device) that an earlier step of the round
-                # touches (resolved, then opened again within one batch): that INSERT must
-                # follow the resolve, which frees the key.
-                keys: set[str] = set()
-                end = start
-                while end < len(steps):
-                    key = steps[end].key
-                    if steps[end].new is not None and key in keys:
-                        break
-                    keys.add(key)
-                    end += 1
-                await self._record_round(session, steps, start, end, events)
-                start = end
-        return events
 
-    async def _record_round(
-        self,
-        session: AsyncSession,
-        steps: Sequence[Step],
-        start: int,
-        end: int,
-        events: list[dict[str, Any] | None],
-    ) -> None:
-        await session.flush()  # the previous round's resolves free their open keys first
-        round_ = steps[start:end]
-        created: set[str] = set()
-        opens = {s.key: s for s in round_ if s.new is not None}
-        if opens:
-            insert = dialect_insert(session)(Alert.__table__)
-            rows_in: list[dict[str, Any]] = [s.new for s in opens.values() if s.new is not None]
-            # RETURNING names the rows inserted; only keys held by an alert opened elsewhere
-            # need a look-up (each statement is several round trips to the driver).
-            inserted = await session.execute(
-                insert.on_conflict_do_nothing(index_elements=["open_key"]).returning(
-                    Alert.open_key, Alert.id
-                ),
-                rows_in,
-            )
-            holder: dict[str, str] = {str(key): alert_id for key, alert_id in inserted}
-            for chunk in in_chunks(sorted(k for k in opens if k not in holder)):
-                rows = await session.execute(
-                    select(Alert.open_key, Alert.id).where(Alert.open_key.in_(chunk))
-                )
-                holder.update({str(key): alert_id for key, alert_id in rows})
-            for key, step in opens.items():
-                ours = step.alert_id
-                if holder.get(key) == ours:
-                    created.add(ours)  # type: ignore[arg-type]
-                    continue
-                # Opened first elsewhere: adopt that alert (None: resolved meanwhile).
-                theirs = holder.get(key)
-                for later in round_:
-                    if later.alert_id == ours:
-                        later.alert_id = theirs
-        # Rows to move on: all but those just inserted by an open step of this round.
-        wanted = {
-            s.alert_id
-            for s in round_
-            if s.alert_id is not None and (s.new is None or s.alert_id not in created)
-        }
-        alerts: dict[str, Alert] = {}
-        for chunk in in_chunks(sorted(wanted)):
-            found = await session.scalars(select(Alert).where(Alert.id.in_(chunk)))
-            alerts.update({alert.id: alert for alert in found})
-        for offset, s in enumerate(round_):
-            if s.alert_id is None:
-                continue  # opened elsewhere and resolved meanwhile
-            if s.new is not None and s.alert_id in created:
-                events[start + offset] = alert_event(Alert(**s.new))
-                continue
-            alert = alerts.get(s.alert_id)
-            if alert is None:
-                continue
-            if s.to == "resolved":
-                if alert.state != "resolved":
-                    _resolve(alert, s.at_ms, s.values)
-                    events[start + offset] = alert_event(alert)
-            elif s.to == "firing" and alert.state == "pending":
-                _fire(alert, s.at_ms, s.values, s.summary or alert.summary)
-                events[start + offset] = alert_event(alert)
+        On SQLite a batch of up to ``DIRECT_MAX_STEPS`` is written on the event loop's own
+        thread (:func:`~cityiot.db.direct_sessions`): an alert reaches its topic without
+        waiting for the loop to come round between statements. When another process holds
+        the database, or the batch is larger, it goes through the async session.
+        """
+        async with write_turn(self.sessions, urgent=True):
+            direct = direct_sessions(self.sessions) if len(steps) <= DIRECT_MAX_STEPS else None
+            if direct is not None:
+                ids = [s.alert_id for s in steps]
+                try:
+                    with direct.begin() as session:
+                        return _record(session, steps)
+                except OperationalError as exc:  # locked by another process: wait for it
+                    log.info("event=alert_record_deferred steps=%d reason=%s", len(steps), exc)
+                    for step, alert_id in zip(steps, ids, strict=True):
+                        step.alert_id = alert_id  # as before the attempt, which rolled back
+            async with self.sessions() as session, session.begin():
+                return await session.run_sync(_record, steps)
 
     async def resolve(
         self,
@@ -262,6 +202,94 @@ class AlertStore:
     async def get(self, alert_id: str) -> Alert | None:
         async with self.sessions() as session:
             return await session.get(Alert, alert_id)
+
+
+def _record(session: Session, steps: Sequence[Step]) -> list[dict[str, Any] | None]:
+    """:meth:`AlertStore.record`'s work, in ``session``'s transaction."""
+    events: list[dict[str, Any] | None] = [None] * len(steps)
+    start = 0
+    while start < len(steps):
+        # A round's opens are inserted before its other steps are applied, so it ends
+        # before an open of a (rule, device) that an earlier step of the round touches
+        # (resolved, then opened again within one batch): that INSERT must follow the
+        # resolve, which frees the key.
+        keys: set[str] = set()
+        end = start
+        while end < len(steps):
+            key = steps[end].key
+            if steps[end].new is not None and key in keys:
+                break
+            keys.add(key)
+            end += 1
+        _record_round(session, steps, start, end, events)
+        start = end
+    return events
+
+
+def _record_round(
+    session: Session,
+    steps: Sequence[Step],
+    start: int,
+    end: int,
+    events: list[dict[str, Any] | None],
+) -> None:
+    session.flush()  # the previous round's resolves free their open keys first
+    round_ = steps[start:end]
+    created: set[str] = set()
+    opens = {s.key: s for s in round_ if s.new is not None}
+    if opens:
+        insert = dialect_insert(session)(Alert.__table__)
+        rows_in: list[dict[str, Any]] = [s.new for s in opens.values() if s.new is not None]
+        # RETURNING names the rows inserted; only keys held by an alert opened elsewhere
+        # need a look-up (each statement is several round trips to the driver).
+        inserted = session.execute(
+            insert.on_conflict_do_nothing(index_elements=["open_key"]).returning(
+                Alert.open_key, Alert.id
+            ),
+            rows_in,
+        )
+        holder: dict[str, str] = {str(key): alert_id for key, alert_id in inserted}
+        for chunk in in_chunks(sorted(k for k in opens if k not in holder)):
+            rows = session.execute(
+                select(Alert.open_key, Alert.id).where(Alert.open_key.in_(chunk))
+            )
+            holder.update({str(key): alert_id for key, alert_id in rows})
+        for key, step in opens.items():
+            ours = step.alert_id
+            if holder.get(key) == ours:
+                created.add(ours)  # type: ignore[arg-type]
+                continue
+            # Opened first elsewhere: adopt that alert (None: resolved meanwhile).
+            theirs = holder.get(key)
+            for later in round_:
+                if later.alert_id == ours:
+                    later.alert_id = theirs
+    # Rows to move on: all but those just inserted by an open step of this round.
+    wanted = {
+        s.alert_id
+        for s in round_
+        if s.alert_id is not None and (s.new is None or s.alert_id not in created)
+    }
+    alerts: dict[str, Alert] = {}
+    for chunk in in_chunks(sorted(wanted)):
+        found = session.scalars(select(Alert).where(Alert.id.in_(chunk)))
+        alerts.update({alert.id: alert for alert in found})
+    for offset, s in enumerate(round_):
+        if s.alert_id is None:
+            continue  # opened elsewhere and resolved meanwhile
+        if s.new is not None and s.alert_id in created:
+            events[start + offset] = alert_event(Alert(**s.new))
+            continue
+        alert = alerts.get(s.alert_id)
+        if alert is None:
+            continue
+        if s.to == "resolved":
+            if alert.state != "resolved":
+                _resolve(alert, s.at_ms, s.values)
+                events[start + offset] = alert_event(alert)
+        elif s.to == "firing" and alert.state == "pending":
+            _fire(alert, s.at_ms, s.values, s.summary or alert.summary)
+            events[start + offset] = alert_event(alert)
 
 
 def _fire(alert: Alert, at_ms: int, values: dict[str, Any], summary: str) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import sqlite3
 
 import pytest
+from sqlalchemy import select
 
-from cityiot.db import DeadLetter, write_turn
+from cityiot.db import DeadLetter, write_rows, write_turn
 from cityiot.registry import DeadLetterIn, SessionFactory, add_dead_letters
 
 
@@ -84,3 +86,49 @@ async def test_an_urgent_writer_goes_before_the_waiting_others_and_a_cancelled_o
     async with write_turn(sessions):  # free again
         order.append("after")
     assert order[-1] == "after"
+
+
+# As the ingest's bulk writes are made for SQLite: one VALUES group, repeated per row.
+RENAME = (
+    "UPDATE dead_letters SET reason = v.column1 FROM (VALUES (?, ?)) AS v "
+    "WHERE dead_letters.id = v.column2"
+)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_bulk_write_on_sqlite_holds_the_turn_only_while_sqlite_works(
+    sessions: SessionFactory,
+) -> None:
+    """``write_rows`` runs on the loop's own thread: nothing else of the loop runs (and so
+    no alert waits) between taking the turn and committing."""
+    await add_dead_letters(sessions, [DeadLetterIn("t", None, None, b"x", 1, "t")] * 1200)
+    rows = [(f"letter {k}", k) for k in range(1, 1201)]  # three statements of ≤ 500 rows
+    others_ran = asyncio.Event()
+    asyncio.get_running_loop().call_soon(others_ran.set)
+    await write_rows(sessions, RENAME, rows)
+    assert not others_ran.is_set()
+    async with sessions() as session:
+        reasons = list(await session.scalars(select(DeadLetter.reason).order_by(DeadLetter.id)))
+    assert reasons == [f"letter {k}" for k in range(1, 1201)]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_bulk_write_waits_for_another_process_without_stopping_the_loop(
+    sessions: SessionFactory, db_url: str
+) -> None:
+    await add_dead_letters(sessions, [DeadLetterIn("t", None, None, b"x", 1, "test")])
+    other = sqlite3.connect(db_url.split("///", 1)[1], isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("UPDATE dead_letters SET reason = 'theirs' WHERE id = 1")
+    writing = asyncio.create_task(write_rows(sessions, RENAME, [("ours", 1)]))
+    ticks = 0
+    for _ in range(30):
+        await asyncio.sleep(0.01)
+        ticks += 1
+    assert not writing.done() and ticks == 30
+    other.execute("COMMIT")
+    other.close()
+    await asyncio.wait_for(writing, 30)
+    async with sessions() as session:
+        letter = await session.get(DeadLetter, 1)
+    assert letter is not None and letter.reason == "ours"

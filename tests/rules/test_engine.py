@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -376,3 +377,50 @@ async def test_absence_is_checked_on_every_due_tick_and_again_after_a_recovery(
     await engine.tick()
     assert offline() == ["mh-1", "mh-2"]
     assert sorted(a.device_id for a in await open_alerts(registered)) == ["mh-1", "mh-2"]
+
+
+def cover_opened(ts_ms: int) -> list[Reading]:
+    return [Reading("mh-1", "manhole", ts_ms, {"cover_open": True, "tilt_deg": 40.0})]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_on_sqlite_an_alert_is_recorded_and_published_within_one_turn_of_the_loop(
+    registered: Any,
+) -> None:
+    """Recorded on the loop's own thread: no statement waits for the busy loop to come
+    round (through the async driver each would), so the event is out before anything else
+    the loop has to do runs."""
+    published: list[str] = []
+    engine = await engine_on(registered, None)
+    engine.publish = lambda topic, payload: published.append(orjson.loads(payload)["state"])
+    others_ran = asyncio.Event()
+    asyncio.get_running_loop().call_soon(others_ran.set)
+    await engine.evaluate(cover_opened(int(time.time() * 1000)))
+    assert published == ["firing"]
+    assert not others_ran.is_set()
+    (alert,) = await open_alerts(registered)
+    assert (alert.rule, alert.state) == ("manhole_cover_open", "firing")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_an_alert_waits_for_another_process_writing_to_sqlite_and_is_recorded_after(
+    registered: Any, db_url: str
+) -> None:
+    """Another process holding SQLite's write lock: recording falls back to the async
+    session, which waits for the lock without stopping the loop, then records the alert."""
+    other = sqlite3.connect(db_url.split("///", 1)[1], isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("UPDATE devices SET address = 'moved' WHERE id = 'mh-1'")
+    engine = await engine_on(registered, None)
+    recording = asyncio.create_task(engine.evaluate(cover_opened(int(time.time() * 1000))))
+    ticks = 0
+    for _ in range(30):
+        await asyncio.sleep(0.01)
+        ticks += 1
+    assert not recording.done() and ticks == 30  # the loop ran on meanwhile
+    other.execute("COMMIT")
+    other.close()
+    await asyncio.wait_for(recording, 30)
+    (alert,) = await open_alerts(registered)
+    assert alert.state == "firing"
+    assert engine.evaluator.tracks[("manhole_cover_open", "mh-1")].alert_id == alert.id
