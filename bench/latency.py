@@ -14,14 +14,18 @@ publish one reading every ``interval_s`` (QoS 1) with ``ts`` = the publish time,
   by device, state (firing / resolved) and the ``tilt_deg`` the event carries, unique per
   probe; the latency is the event's arrival minus the probe's publish time.
 
-Every clock here is this machine's ``time.time()``: publisher, poller and subscriber are
-threads of one process.
+Every clock here is this machine's ``time.time()``. The probe publisher, the poller and the
+subscriber are threads of this process; the background load runs in a process of its own
+(:func:`_load_process`), so the time it spends encoding and sending 10,000 messages a second
+is not time the subscriber waits for the interpreter before it can stamp an arrival.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
+import multiprocessing
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -158,13 +162,18 @@ def measure_latency(
         name="bench-latency-poller",
         daemon=True,
     )
-    load = Publisher(host, port, client_id=f"{client_prefix}-load")
-    sent = [0]
-
-    def background_load() -> None:
-        sent[0] = load.publish_at(background, rate, seconds)
-
-    loader = threading.Thread(target=background_load, name="bench-latency-load", daemon=True)
+    # The load's messages are made here (the caller's iterator) and handed over whole.
+    backlog = list(itertools.islice(background, math.ceil(rate * seconds) + 1))
+    context = multiprocessing.get_context("spawn")
+    go, sent = context.Event(), context.Value("q", -1)
+    loader = context.Process(
+        target=_load_process,
+        args=(host, port, f"{client_prefix}-load", backlog, rate, seconds, go, sent),
+        name="bench-latency-load",
+        daemon=True,
+    )
+    loader.start()
+    del backlog
     seq = 0
     try:
         # Close any cover left open, so the first alarm probe of each manhole fires.
@@ -177,7 +186,7 @@ def measure_latency(
             info.wait_for_publish(10)
         seq += 1
         poller.start()
-        loader.start()
+        go.set()
         started = time.monotonic()
         tick = 0
         flips = 0
@@ -211,6 +220,8 @@ def measure_latency(
             # Probes of one device stay ≥ 1 ms apart, so (device, ts) is unique.
             time.sleep(max(0.0, started + tick * interval_s - time.monotonic()))
         loader.join(seconds + 30)
+        if sent.value < 0:
+            raise ConnectionError(f"the background load stopped (exit code {loader.exitcode})")
         deadline = time.monotonic() + GRACE_S
         while time.monotonic() < deadline:
             with lock:
@@ -222,7 +233,8 @@ def measure_latency(
         stop_polling.set()
         if poller.is_alive():
             poller.join(5)
-        load.close()
+        if loader.is_alive():
+            loader.kill()
         for client in (sender, subscriber):
             client.disconnect()
             client.loop_stop()
@@ -235,10 +247,30 @@ def measure_latency(
         stored=_percentiles(stored_probes, waited_until),
         alert=_percentiles(alert_probes, waited_until) if alarms else None,
         background_rate=rate,
-        background_sent=sent[0],
+        background_sent=sent.value,
         seconds=seconds,
         probes=len(stored_probes),
     )
+
+
+def _load_process(
+    host: str,
+    port: int,
+    client_id: str,
+    backlog: list[Message],
+    rate: float,
+    seconds: float,
+    go: Any,
+    sent: Any,
+) -> None:
+    """The background load, in a process of its own: connects, waits for ``go``, then
+    publishes ``backlog`` at ``rate`` for ``seconds``; ``sent`` gets how many it sent."""
+    load = Publisher(host, port, client_id=client_id)
+    try:
+        go.wait()
+        sent.value = load.publish_at(iter(backlog), rate, seconds)
+    finally:
+        load.close()
 
 
 def _percentiles(probes: Sequence[_Probe], waited_until: float) -> Percentiles:
