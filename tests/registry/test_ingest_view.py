@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from cityiot.db import DeadLetter, Device
 from cityiot.registry import (
@@ -84,6 +84,46 @@ async def test_record_presence_does_not_bump_updated_at(sessions: SessionFactory
         "MH-1": ("online", t1),
         "MH-2": ("unknown", None),
         "SL-1": ("offline", t1),
+    }
+
+
+async def test_record_presence_rewrites_only_rows_whose_status_changes(
+    sessions: SessionFactory,
+) -> None:
+    # After a restart every device "comes online" again; rows already online stay as they
+    # are (SQLite: no UPDATE reaches them; PostgreSQL: no new row version, same xmin).
+    await _fleet(sessions)
+    await record_presence(sessions, {}, set(), {"MH-1", "SL-1"})
+    async with sessions() as session, session.begin():
+        sqlite = session.bind.dialect.name == "sqlite"
+        if sqlite:
+            await session.execute(text("CREATE TABLE status_writes (device_id TEXT)"))
+            await session.execute(
+                text(
+                    "CREATE TRIGGER count_status AFTER UPDATE OF status ON devices "
+                    "BEGIN INSERT INTO status_writes VALUES (new.id); END"
+                )
+            )
+
+    async def versions() -> dict[str, str]:
+        async with sessions() as session:
+            if sqlite:
+                rows = await session.execute(
+                    text("SELECT device_id, count(*) FROM status_writes GROUP BY device_id")
+                )
+            else:
+                rows = await session.execute(text("SELECT id, xmin::text FROM devices"))
+            return {r[0]: str(r[1]) for r in rows}
+
+    before = await versions()
+    await record_presence(sessions, {}, {"MH-2"}, {"MH-1", "SL-1"})
+    after = await versions()
+    changed = {d for d in after if after[d] != before.get(d)}
+    assert changed == {"MH-2"}
+    assert {d: s for d, (s, _) in (await _presence(sessions)).items()} == {
+        "MH-1": "online",
+        "MH-2": "offline",
+        "SL-1": "online",
     }
 
 
