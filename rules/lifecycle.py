@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from cityiot.db import Alert, direct_sessions, utcnow, write_turn
 from cityiot.registry import dialect_insert, in_chunks
-from rules.events import alert_event
+from rules.events import alert_event, row_event
 
 log = logging.getLogger("cityiot.rules")
 
@@ -278,7 +278,7 @@ def _record_round(
         if s.alert_id is None:
             continue  # opened elsewhere and resolved meanwhile
         if s.new is not None and s.alert_id in created:
-            events[start + offset] = alert_event(Alert(**s.new))
+            events[start + offset] = row_event(s.new)
             continue
         alert = alerts.get(s.alert_id)
         if alert is None:
