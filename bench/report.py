@@ -55,6 +55,19 @@ class SystemResult:
     error: str | None = None
     latency: LatencyResult | None = None
     notes: list[str] = field(default_factory=list)
+    rounds: list[dict[str, Any]] = field(default_factory=list)  # with --rounds: each round's
+
+    def round_figures(self) -> dict[str, Any]:
+        """This run's throughput figures, as one of several rounds."""
+        return {
+            "rate": self.rate,
+            "drain_s": self.drain_s,
+            "cpu_s": self.cpu_s,
+            "broker_cpu_s": self.broker_cpu_s,
+            "influx_cpu_s": self.influx_cpu_s,
+            "stored": self.stored,
+            "ok": self.ok,
+        }
 
     @property
     def ok(self) -> bool:
@@ -131,6 +144,12 @@ def table(report: BenchReport) -> Table:
             return "[red]timeout[/]"
         return _n(s.rate)
 
+    def rounds_cell(s: SystemResult) -> str:
+        rates = [r["rate"] for r in s.rounds if r["rate"] is not None]
+        if len(rates) < 2:
+            return "–"
+        return f"{min(rates) / 1000:,.1f}–{max(rates) / 1000:,.1f}k"
+
     def stored_cell(s: SystemResult) -> str:
         if s.lost:
             return f"[red]{_n(s.stored)} (−{s.lost:,})[/]"
@@ -158,6 +177,8 @@ def table(report: BenchReport) -> Table:
         )
 
     row("readings/s stored", [rate_cell(s) for s in systems])
+    if any(len(s.rounds) > 1 for s in systems):
+        row("  rounds' range", [rounds_cell(s) for s in systems])
     row("× baseline", [_n(s.ratio, 2) for s in systems])
     row("stored", [stored_cell(s) for s in systems])
     row("drain s", [_n(s.drain_s, 2 if (s.drain_s or 0) < 10 else 1) for s in systems])

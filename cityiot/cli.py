@@ -317,6 +317,12 @@ def bench(
     state_devices: Annotated[
         int, typer.Option(help="Measure rule state per device at this many devices (0: skip).")
     ] = 1_000_000,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            help="Throughput runs of each system, interleaved; the table shows the median one."
+        ),
+    ] = 1,
 ) -> None:
     """Throughput, CPU, memory and latency of the platform next to a bare subscriber and
     Node-RED, on a local Mosquitto and InfluxDB it starts itself; prints a table and writes
@@ -338,6 +344,7 @@ def bench(
             out=out,
             keep=keep,
             state_devices=state_devices,
+            rounds=rounds,
         )
         options.check()
         with err.status("starting…") as status:

@@ -1,0 +1,76 @@
+"""``cityiot bench --rounds``: which round stands for a system, and the rounds end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.report import SystemResult
+from bench.run import representative
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _round(rate: float, lost: int = 0) -> SystemResult:
+    result = SystemResult("cityiot-qos0", "test", 0, 0, 1, "bench_cityiot_qos0")
+    result.sent = 1000
+    result.stored = 1000 - lost
+    result.lost = lost
+    result.rate = rate
+    result.drain_s = 1000 / rate
+    return result
+
+
+def test_the_median_round_stands_for_the_system_with_every_round_kept() -> None:
+    rounds = [_round(30_000), _round(10_000), _round(20_000)]
+    chosen = representative(rounds)
+    assert chosen is rounds[2]
+    assert [r["rate"] for r in chosen.rounds] == [30_000, 10_000, 20_000]
+    assert all(r["ok"] for r in chosen.rounds)
+    assert chosen.notes == ["round 3 of 3 shown; rates of all rounds: 30,000, 10,000, 20,000"]
+    # An even count: the lower of the two middle rounds.
+    assert representative([_round(4.0), _round(1.0), _round(3.0), _round(2.0)]).rate == 2.0
+
+
+def test_a_round_that_lost_readings_is_never_outvoted() -> None:
+    rounds = [_round(30_000), _round(25_000, lost=3), _round(20_000)]
+    chosen = representative(rounds)
+    assert chosen is rounds[1] and not chosen.ok
+    assert [r["ok"] for r in chosen.rounds] == [True, False, True]
+
+
+def test_one_round_is_reported_as_before() -> None:
+    only = _round(12_345)
+    assert representative([only]) is only
+    assert only.rounds == [] and only.notes == []
+
+
+def test_rounds_run_interleaved_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = [
+        sys.executable, "-c", "from cityiot.cli import app; app()", "bench",
+        "--devices", "100", "--messages", "500", "--systems", "baseline,influxdb",
+        "--rounds", "2", "--skip-latency", "--state-devices", "0", "--timeout", "60",
+        "--out", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["settings"]["rounds"] == 2
+    for system in report["systems"]:
+        assert len(system["rounds"]) == 2, system["name"]
+        assert system["rate"] in [r["rate"] for r in system["rounds"]]
+        assert all(r["ok"] and r["stored"] == 500 for r in system["rounds"])
+    assert "rounds' range" in done.stdout
+    # Interleaved: baseline, influxdb, then both again.
+    order = [line.split(":")[0] for line in done.stderr.splitlines() if " readings/s, " in line]
+    assert order == ["baseline", "influxdb", "baseline", "influxdb"], done.stderr[-2000:]
+
+
+def test_rounds_below_one_are_refused() -> None:
+    argv = [sys.executable, "-c", "from cityiot.cli import app; app()", "bench", "--rounds", "0"]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "--rounds must be 1 or more, not 0" in done.stderr
