@@ -262,7 +262,8 @@ class LatestReading(Base):
     device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     ts_ms: Mapped[int] = mapped_column(BigInteger)  # time of the newest reading
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    # Not indexed: nothing queries by it, and the ingest rewrites it with every reading.
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class MqttCredential(Base):

@@ -68,3 +68,27 @@ async def test_alembic_command_line_uses_the_database_url(
     state = await _inspect(url)
     assert state["revision"] == _head()
     assert state["diffs"] == []
+
+
+def _latest_indexes(conn: Connection) -> set[str]:
+    return {str(i["name"]) for i in inspect(conn).get_indexes("latest_readings")}
+
+
+async def test_latest_readings_loses_its_updated_at_index_and_gets_it_back_on_downgrade(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CITYIOT_DATABASE_URL", db_url)
+    config = Config(str(SCRIPT_LOCATION / "alembic.ini"))
+    engine = make_engine(db_url)
+    try:
+        await asyncio.to_thread(command.upgrade, config, "0003")
+        async with engine.connect() as conn:
+            assert "ix_latest_readings_updated_at" in await conn.run_sync(_latest_indexes)
+        await asyncio.to_thread(command.upgrade, config, "0004")
+        async with engine.connect() as conn:
+            assert "ix_latest_readings_updated_at" not in await conn.run_sync(_latest_indexes)
+        await asyncio.to_thread(command.downgrade, config, "0003")
+        async with engine.connect() as conn:
+            assert "ix_latest_readings_updated_at" in await conn.run_sync(_latest_indexes)
+    finally:
+        await engine.dispose()
