@@ -45,20 +45,11 @@ def alert_event(alert: Alert) -> dict[str, Any]:
 def row_event(row: dict[str, Any]) -> dict[str, Any]:
     """:func:`alert_event` of an ``alerts`` row as a dict (an alert just opened): making
     the ORM object only to read it back cost more than the rest of recording an open."""
-    return {
-        "id": row["id"],
-        "rule": row["rule"],
-        "device_id": row["device_id"],
-        "kind": row["kind"],
-        "district": row["district"],
-        "vendor": row["vendor"],
-        "severity": row["severity"],
-        "state": row["state"],
-        "started_at": city_time(row["started_at"]),
-        "resolved_at": city_time(row["resolved_at"]),
-        "values": dict(row["values"] or {}),
-        "summary": row["summary"],
-    }
+    event = {name: row[name] for name in _EVENT_COLUMNS}
+    event["started_at"] = city_time(row["started_at"])
+    event["resolved_at"] = city_time(row["resolved_at"])
+    event["values"] = dict(row["values"] or {})
+    return event
 
 
 def alert_topic(event: dict[str, Any]) -> str:
