@@ -79,6 +79,8 @@ ALARMS = 4  # probe manholes for publish → alert
 REGISTRY_SETTLE_S = 12.0
 POLL_S = 0.25  # cheap sentinel/progress queries
 COUNT_POLL_S = 0.5  # exact counts, heavier
+QUIET_CPU = 0.2  # after the warm-up: idle below a fifth of a core …
+QUIET_MAX_S = 60.0  # … waited for this long at most
 STALL_S = 20.0  # no progress this long: the rest is lost
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30.0
@@ -1057,14 +1059,36 @@ class BenchRun:
                 self.influx_query(f'CREATE DATABASE "{database}"')
                 with self.peer(spec, database, self.run_dir / f"latency-{spec.name}"):
                     self.warm_up(spec, database, warm_up)
+                    self.quiet([])
                     return measure(with_alerts=False)
             self.settle()
             client_id = f"bench-{self.run_id}-latency-{spec.name}"
-            with self.cityiot(spec, database, client_id, self.run_dir / f"latency-{spec.name}"):
+            with self.cityiot(
+                spec, database, client_id, self.run_dir / f"latency-{spec.name}"
+            ) as processes:
                 self.warm_up(spec, database, warm_up)
+                self.quiet([p.pid for p in processes])
                 return measure(with_alerts=True)
         finally:
             self.drop(database)
+
+    def quiet(self, pids: Sequence[int]) -> None:
+        """Wait until InfluxDB and ``pids`` are idle (together under ``QUIET_CPU`` of a core
+        for a second; at most ``QUIET_MAX_S``): after the warm-up InfluxDB compacts the
+        100,000 new series' data and the system writes 100,000 devices' latest values and
+        presence, and a latency run started then would measure that, not a running city."""
+        assert self.influx.pid is not None
+        watched = [self.influx.pid, *pids]
+        deadline = time.monotonic() + QUIET_MAX_S
+        before = sum(cpu_seconds(p) for p in watched)
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            now = sum(cpu_seconds(p) for p in watched)
+            used, before = now - before, now
+            if used < QUIET_CPU:
+                return
+            self.say(f"latency — waiting for InfluxDB and the system to go idle ({used:.0%} CPU)")
+        self.say(f"latency — still busy after {QUIET_MAX_S:g} s; measuring anyway")
 
     def warm_up(self, spec: SystemSpec, database: str, messages: list[Message]) -> None:
         """Every fleet device reports once through the running system, and InfluxDB holds

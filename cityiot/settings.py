@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     future_tolerance_s: int = 300
     dead_letter_payload_bytes: int = 4096
     registry_refresh_s: float = Field(2.0, gt=0, description="pick up registry changes this often")
+    gc_full_every_s: float = Field(
+        600.0,
+        ge=0,
+        description="a full garbage collection this often; Python collects only the young "
+        "generation by itself in between (cityiot/gcpolicy.py); 0: Python's own schedule",
+    )
 
     # Scale-out (issue 7): several `cityiot ingest --rules` workers share the subscription.
     share_group: str = Field(

@@ -498,10 +498,17 @@ class Ingest:
     async def _hand_on(self, batch: Batch, started: float) -> None:
         """Acknowledge a stored batch and count it."""
         self.link.ack(span[0] for span in batch.spans)
-        if self.latest is not None:
-            self.latest.merge(batch.readings)
+        readings = batch.readings
+        # In slices, with a turn of the loop between them: a batch of 5,000 readings merged
+        # at once held the loop (and the alerts of readings arriving meanwhile) for 60-90 ms.
+        for start in range(0, len(readings), RULES_SLICE):
+            part = readings[start : start + RULES_SLICE]
+            if self.latest is not None:
+                self.latest.merge(part)
+            self.counters.stored_by_kind.update(map(_KIND_OF, part))
+            if start + RULES_SLICE < len(readings):
+                await asyncio.sleep(0)
         self.counters.stored += len(batch.lines)
-        self.counters.stored_by_kind.update(map(_KIND_OF, batch.readings))
         self.counters.batches += 1
         self.counters.last_write_ms = (time.perf_counter() - started) * 1000
         log.debug(

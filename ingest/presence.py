@@ -22,10 +22,16 @@ class Presence:
     dirty_seen: dict[str, int] = field(default_factory=dict)
     went_online: set[str] = field(default_factory=set)
     went_offline: set[str] = field(default_factory=set)
+    # No online device's deadline is earlier: until then a sweep has nothing to look at (a
+    # look at 100,000 devices held the event loop for 20-100 ms every few seconds).
+    next_due_ms: float = float("inf")
 
     def seen(self, device_id: str, at_ms: int, interval_s: int) -> bool:
         """Record traffic; True when the device just came online."""
-        self.deadline_ms[device_id] = at_ms + SILENCE_FACTOR * 1000 * interval_s
+        deadline = at_ms + SILENCE_FACTOR * 1000 * interval_s
+        self.deadline_ms[device_id] = deadline
+        if deadline < self.next_due_ms:
+            self.next_due_ms = deadline
         self.dirty_seen[device_id] = at_ms
         if device_id in self.online:
             return False
@@ -44,10 +50,13 @@ class Presence:
 
     def silent(self, now_ms: int) -> list[str]:
         """Devices that have just gone silent for too long; they are now offline."""
+        if now_ms <= self.next_due_ms:
+            return []
         deadline = self.deadline_ms
         gone = [d for d in self.online if deadline[d] < now_ms]
         for d in gone:
             self._set(d, False)
+        self.next_due_ms = min((deadline[d] for d in self.online), default=float("inf"))
         return gone
 
     def take_changes(self, seen: bool = True) -> tuple[dict[str, int], set[str], set[str]]:

@@ -28,8 +28,9 @@ from typing import Any, cast
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
-from cityiot.db import Notification, writing
+from cityiot.db import Notification, write_now, writing
 from rules.notifiers import Channel, DeliveryError, NotificationMessage
 
 log = logging.getLogger("cityiot.rules.delivery")
@@ -200,31 +201,35 @@ class Deliverer:
         return len(due)
 
     async def _claim(self, now: float) -> list[_Due]:
+        return await write_now(
+            self.sessions, lambda session: self._claim_in(session, now), what="outbox claim"
+        )
+
+    def _claim_in(self, session: Session, now: float) -> list[_Due]:
         lease_until = utc(now + self.lease_s)
         claimed = []
-        async with writing(self.sessions) as session:
-            rows = await session.scalars(
-                select(Notification)
-                .where(Notification.status == "pending", Notification.next_attempt_at <= utc(now))
-                .order_by(Notification.next_attempt_at, Notification.id)
-                .limit(self.batch_size)
-            )
-            for row in rows.all():
-                # Conditional: another deliverer may have claimed it since our select.
-                result = await session.execute(
-                    update(Notification)
-                    .where(
-                        Notification.id == row.id,
-                        Notification.status == "pending",
-                        Notification.next_attempt_at <= utc(now),
-                    )
-                    .values(next_attempt_at=lease_until)
-                    .execution_options(synchronize_session=False)
+        rows = session.scalars(
+            select(Notification)
+            .where(Notification.status == "pending", Notification.next_attempt_at <= utc(now))
+            .order_by(Notification.next_attempt_at, Notification.id)
+            .limit(self.batch_size)
+        )
+        for row in rows.all():
+            # Conditional: another deliverer may have claimed it since our select.
+            result = session.execute(
+                update(Notification)
+                .where(
+                    Notification.id == row.id,
+                    Notification.status == "pending",
+                    Notification.next_attempt_at <= utc(now),
                 )
-                if cast(Any, result).rowcount == 1:
-                    claimed.append(
-                        _Due(row.id, row.channel, row.receiver, dict(row.payload), row.attempts)
-                    )
+                .values(next_attempt_at=lease_until)
+                .execution_options(synchronize_session=False)
+            )
+            if cast(Any, result).rowcount == 1:
+                claimed.append(
+                    _Due(row.id, row.channel, row.receiver, dict(row.payload), row.attempts)
+                )
         return claimed
 
     async def _deliver_channel(self, name: str, items: list[_Due]) -> None:
@@ -260,13 +265,13 @@ class Deliverer:
                 return
 
     async def _update(self, row_id: int, **values: Any) -> None:
-        async with writing(self.sessions) as session:
-            await session.execute(
-                update(Notification)
-                .where(Notification.id == row_id)
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            )
+        statement = (
+            update(Notification)
+            .where(Notification.id == row_id)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        await write_now(self.sessions, lambda session: session.execute(statement), what="outbox")
 
     async def _sent(self, item: _Due) -> None:
         now = self.clock()
@@ -302,11 +307,10 @@ class Deliverer:
     async def _release(self, items: list[_Due]) -> None:
         if not items:
             return
-        now = utc(self.clock())
-        async with writing(self.sessions) as session:
-            await session.execute(
-                update(Notification)
-                .where(Notification.id.in_([i.id for i in items]), Notification.status == "pending")
-                .values(next_attempt_at=now)
-                .execution_options(synchronize_session=False)
-            )
+        statement = (
+            update(Notification)
+            .where(Notification.id.in_([i.id for i in items]), Notification.status == "pending")
+            .values(next_attempt_at=utc(self.clock()))
+            .execution_options(synchronize_session=False)
+        )
+        await write_now(self.sessions, lambda session: session.execute(statement), what="outbox")

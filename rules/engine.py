@@ -200,6 +200,9 @@ class RulesEngine:
             next_due = min(next_due, evaluator.scan(now, facts, transitions))
             if transitions:
                 await self.apply(transitions)
+            # A turn of the loop, so readings arrive meanwhile (without it the whole scan,
+            # 0.3–0.5 s at 100,000 devices, held every alert), then evaluate them.
+            await asyncio.sleep(0)
             await self._evaluate_waiting()
         evaluator.next_due_s = min(evaluator.next_due_s, next_due)
 

@@ -15,18 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from cityiot.db import Alert, direct_sessions, utcnow, write_turn
+from cityiot.db import Alert, utcnow, write_now, write_turn
 from cityiot.registry import dialect_insert, in_chunks
 from rules.events import alert_event, row_event
 
 log = logging.getLogger("cityiot.rules")
-
-# Steps recorded on the event loop's thread at most (a fraction of a ms each): a larger
-# batch (an absence scan finding a district silent) goes through the async session.
-DIRECT_MAX_STEPS = 200
 
 
 class AlertNotFound(LookupError):
@@ -138,24 +134,25 @@ class AlertStore:
         Opens are one multi-row INSERT … ON CONFLICT (open_key) DO NOTHING, so the database
         still guarantees one open alert per (rule, device).
 
-        On SQLite a batch of up to ``DIRECT_MAX_STEPS`` is written on the event loop's own
-        thread (:func:`~cityiot.db.direct_sessions`): an alert reaches its topic without
-        waiting for the loop to come round between statements. When another process holds
-        the database, or the batch is larger, it goes through the async session.
+        On SQLite the transaction is one hand-over to the database's writer thread
+        (:func:`~cityiot.db.write_now`): an alert reaches its topic without waiting for the
+        loop to come round between statements. When another process holds the database it
+        goes through the async session.
         """
-        async with write_turn(self.sessions, urgent=True):
-            direct = direct_sessions(self.sessions) if len(steps) <= DIRECT_MAX_STEPS else None
-            if direct is not None:
-                ids = [s.alert_id for s in steps]
-                try:
-                    with direct.begin() as session:
-                        return _record(session, steps)
-                except OperationalError as exc:  # locked by another process: wait for it
-                    log.info("event=alert_record_deferred steps=%d reason=%s", len(steps), exc)
-                    for step, alert_id in zip(steps, ids, strict=True):
-                        step.alert_id = alert_id  # as before the attempt, which rolled back
-            async with self.sessions() as session, session.begin():
-                return await session.run_sync(_record, steps)
+        ids = [s.alert_id for s in steps]
+
+        async def through_driver(session: Any) -> list[dict[str, Any] | None]:
+            for step, alert_id in zip(steps, ids, strict=True):
+                step.alert_id = alert_id  # as before the attempt, which rolled back
+            return await session.run_sync(_record, steps)
+
+        return await write_now(
+            self.sessions,
+            lambda session: _record(session, steps),
+            through_driver,
+            urgent=True,
+            what=f"{len(steps)} alert steps",
+        )
 
     async def resolve(
         self,

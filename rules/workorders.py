@@ -24,7 +24,7 @@ from sqlalchemy import ColumnElement, and_, case, extract, func, or_, select, up
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from cityiot.db import WorkOrder, writing
+from cityiot.db import WorkOrder, write_now, writing
 from rules.events import SEVERITIES, Clock, city_time
 
 log = logging.getLogger("cityiot.rules.workorders")
@@ -200,8 +200,9 @@ async def open_work_order(
         updated_at=now,
     )
     try:
-        async with writing(session_factory) as session:
-            session.add(order)
+        # In the writer thread on SQLite: one hand-over, so an alert waiting for its write
+        # turn behind this order waits a fraction of a ms, not several trips through the loop.
+        await write_now(session_factory, lambda session: session.add(order), what="work order")
     except IntegrityError as exc:
         # Another caller opened it first (unique alert_id) or the alert is missing (FK).
         existing = await _by_alert(session_factory, alert_id)

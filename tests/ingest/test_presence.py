@@ -18,3 +18,28 @@ def test_last_seen_times_wait_for_their_round_status_changes_do_not() -> None:
     assert seen == {"mh-1": 2000, "mh-2": 3000}  # kept from the round before, newest time
     assert online == {"mh-2"} and offline == set()
     assert presence.take_changes() == ({}, set(), set())
+
+
+class _CountingOnline(set[str]):
+    """The online set, counting how often a sweep walks it."""
+
+    walks = 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        type(self).walks += 1
+        return super().__iter__()
+
+
+def test_a_sweep_looks_at_the_devices_only_once_one_can_be_due() -> None:
+    presence = Presence(online=_CountingOnline())
+    presence.seen("slow", 0, 600)  # due at 1,800,000 ms
+    presence.seen("fast", 0, 60)  # due at 180,000 ms
+    assert presence.silent(100_000) == [] and _CountingOnline.walks == 0  # nobody can be due
+    assert presence.silent(180_000) == []  # due, not past it
+    assert presence.silent(180_001) == ["fast"]
+    walks = _CountingOnline.walks
+    assert presence.silent(1_000_000) == [] and _CountingOnline.walks == walks  # "slow" only
+    presence.seen("fast", 1_000_000, 60)  # back, due at 1,180,000: sooner than "slow"
+    assert presence.silent(1_180_001) == ["fast"]
+    assert presence.silent(1_800_001) == ["slow"]
+    assert presence.silent(10**9) == [] and presence.online == set()

@@ -384,22 +384,54 @@ def cover_opened(ts_ms: int) -> list[Reading]:
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-async def test_on_sqlite_an_alert_is_recorded_and_published_within_one_turn_of_the_loop(
-    registered: Any,
+async def test_on_sqlite_an_alert_is_recorded_in_one_hand_over_to_the_writer_thread(
+    registered: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Recorded on the loop's own thread: no statement waits for the busy loop to come
-    round (through the async driver each would), so the event is out before anything else
-    the loop has to do runs."""
+    """The whole transaction runs in the database's writer thread, in one hand-over: no
+    statement waits for the busy loop to come round (through the async driver each would),
+    and the loop never waits for SQLite's disk writes."""
+    import rules.lifecycle
+
+    threads: list[str] = []
+    record = rules.lifecycle._record
+
+    def spy(session: Any, steps: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return record(session, steps)
+
+    monkeypatch.setattr(rules.lifecycle, "_record", spy)
     published: list[str] = []
     engine = await engine_on(registered, None)
     engine.publish = lambda topic, payload: published.append(orjson.loads(payload)["state"])
-    others_ran = asyncio.Event()
-    asyncio.get_running_loop().call_soon(others_ran.set)
     await engine.evaluate(cover_opened(int(time.time() * 1000)))
     assert published == ["firing"]
-    assert not others_ran.is_set()
+    assert len(threads) == 1 and threads[0].startswith("cityiot-sqlite")
+    assert threads[0] != threading.main_thread().name
     (alert,) = await open_alerts(registered)
     assert (alert.rule, alert.state) == ("manhole_cover_open", "firing")
+
+
+async def test_an_absence_scan_gives_the_loop_a_turn_between_slices(
+    registered: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Readings arrive while the fleet is scanned for silence: each slice ends with a turn
+    of the loop, also when nothing was found and nothing was waiting."""
+    import rules.engine
+
+    monkeypatch.setattr(rules.engine, "TICK_SLICE", 1)
+    engine = await engine_on(registered, None)
+    turns: list[int] = []
+    loop = asyncio.get_running_loop()
+
+    def count() -> None:
+        turns.append(1)
+        if len(turns) < 100:
+            loop.call_soon(count)
+
+    loop.call_soon(count)
+    await engine.tick()  # the first scan: nobody is silent, no reading waiting
+    assert engine.counters.transitions == 0
+    assert len(turns) >= 1  # without a turn per slice, the scan ran to the end first
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
