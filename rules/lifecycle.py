@@ -134,7 +134,7 @@ class AlertStore:
         Opens are one multi-row INSERT … ON CONFLICT (open_key) DO NOTHING, so the database
         still guarantees one open alert per (rule, device).
 
-        On SQLite the transaction is one hand-over to the database's writer thread
+        On SQLite the transaction runs on the event loop's own thread
         (:func:`~cityiot.db.write_now`): an alert reaches its topic without waiting for the
         loop to come round between statements. When another process holds the database it
         goes through the async session.

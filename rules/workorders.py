@@ -200,8 +200,8 @@ async def open_work_order(
         updated_at=now,
     )
     try:
-        # In the writer thread on SQLite: one hand-over, so an alert waiting for its write
-        # turn behind this order waits a fraction of a ms, not several trips through the loop.
+        # On the loop's thread on SQLite (write_now): an alert waiting for its write turn
+        # behind this order waits a fraction of a ms, not several trips through the loop.
         await write_now(session_factory, lambda session: session.add(order), what="work order")
     except IntegrityError as exc:
         # Another caller opened it first (unique alert_id) or the alert is missing (FK).
