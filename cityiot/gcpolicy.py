@@ -38,8 +38,8 @@ log = logging.getLogger("cityiot.gc")
 # allocates a few objects per message and keeps little. Python's 700, with the older
 # generations collected by themselves, cost the decoder 8.5 µs a message with 100,000
 # devices in memory (50,000: 6.2 µs). With the older generations on the schedule, a young
-# collection walks only what is young: at 50,000 one took 20–50 ms of the loop under the
-# bench's latency load, at 10,000 it takes a fifth of that.
+# collection walks only what is young: at 50,000 one took 5–100 ms of the loop (wall time,
+# under the bench's latency load), at 10,000 mostly under 20 ms (the longest 31–42).
 YOUNG_THRESHOLD = 10_000
 # Older generations: collected by Python only past this many younger collections (never).
 NEVER = 1 << 30
