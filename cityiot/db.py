@@ -561,6 +561,7 @@ async def writing(session_factory: Any, *, urgent: bool = False) -> AsyncIterato
 # SQLite engine → sessions of a synchronous engine on the same file, used on the loop's thread
 _DIRECT: weakref.WeakKeyDictionary[Any, sync_sessionmaker[Session]] = weakref.WeakKeyDictionary()
 
+
 def direct_sessions(session_factory: Any) -> sync_sessionmaker[Session] | None:
     """Synchronous sessions on the SQLite file behind ``session_factory``, for a short write
     made on the event loop's own thread while holding :func:`write_turn` (:func:`write_now`);
