@@ -442,6 +442,7 @@ async def write_now(
     fallback: Callable[[Any], Awaitable[T]] | None = None,
     *,
     urgent: bool = False,
+    direct: bool = True,
     what: str = "write",
 ) -> T:
     """``work(session)`` in a transaction of its own, in this process's :func:`write_turn`.
@@ -451,13 +452,14 @@ async def write_now(
     instead of a trip through the busy loop per statement. When another process holds the
     database (that connection never waits for a lock), and on PostgreSQL, it runs through
     the async session: ``fallback(session)`` when given, else ``work`` through
-    ``run_sync``. ``work`` must be safe to run again after a rollback.
+    ``run_sync``; so does a write too large to hold the loop for (``direct=False``).
+    ``work`` must be safe to run again after a rollback.
     """
     async with write_turn(session_factory, urgent=urgent):
-        direct = direct_sessions(session_factory)
-        if direct is not None:
+        sessions = direct_sessions(session_factory) if direct else None
+        if sessions is not None:
             try:
-                with direct.begin() as session:
+                with sessions.begin() as session:
                     return work(session)
             except OperationalError as exc:  # locked by another process: wait for it
                 log.info("event=write_deferred what=%s reason=%s", what, exc)
@@ -572,7 +574,8 @@ def direct_sessions(session_factory: Any) -> sync_sessionmaker[Session] | None:
     cost several ms, so an alert recorded in four of them reached its topic 40–70 ms late.
     Done here, one alert is a fraction of a ms of SQLite that the loop waits for instead.
     (A writer thread, one hand-over per transaction, was tried twice: the hand-overs of
-    the GIL cost more than they saved, alert p50 21–47 ms against 11–17.) The connection
+    the GIL cost more than they saved; in an interleaved A/B, alert p50 26.9 and 58.0 ms
+    against 15.5 and 21.1.) The connection
     never waits for a lock (busy timeout 0: a writer of another process makes it fail at
     once, and the caller falls back to the async session) and never checkpoints the WAL
     (the async connections do).

@@ -24,6 +24,10 @@ from rules.events import alert_event, row_event
 
 log = logging.getLogger("cityiot.rules")
 
+# Steps recorded on the event loop's thread at most (a fraction of a ms each): a larger
+# batch (an absence scan finding a district silent) goes through the async session.
+DIRECT_MAX_STEPS = 200
+
 
 class AlertNotFound(LookupError):
     pass
@@ -134,10 +138,10 @@ class AlertStore:
         Opens are one multi-row INSERT … ON CONFLICT (open_key) DO NOTHING, so the database
         still guarantees one open alert per (rule, device).
 
-        On SQLite the transaction runs on the event loop's own thread
+        On SQLite a batch of up to ``DIRECT_MAX_STEPS`` runs on the event loop's own thread
         (:func:`~cityiot.db.write_now`): an alert reaches its topic without waiting for the
-        loop to come round between statements. When another process holds the database it
-        goes through the async session.
+        loop to come round between statements. When another process holds the database, or
+        the batch is larger, it goes through the async session.
         """
         ids = [s.alert_id for s in steps]
 
@@ -151,6 +155,7 @@ class AlertStore:
             lambda session: _record(session, steps),
             through_driver,
             urgent=True,
+            direct=len(steps) <= DIRECT_MAX_STEPS,
             what=f"{len(steps)} alert steps",
         )
 

@@ -447,3 +447,30 @@ async def test_an_alert_waits_for_another_process_writing_to_sqlite_and_is_recor
     (alert,) = await open_alerts(registered)
     assert alert.state == "firing"
     assert engine.evaluator.tracks[("manhole_cover_open", "mh-1")].alert_id == alert.id
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_on_sqlite_a_large_batch_of_steps_goes_through_the_async_session(
+    registered: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a batch of up to DIRECT_MAX_STEPS holds the loop while SQLite works; a larger
+    one (an absence scan finding a district silent) is recorded through aiosqlite."""
+    import rules.lifecycle
+
+    monkeypatch.setattr(rules.lifecycle, "DIRECT_MAX_STEPS", 0)
+    drivers: list[str] = []
+    record = rules.lifecycle._record
+
+    def spy(session: Any, steps: Any) -> Any:
+        drivers.append(session.get_bind().url.drivername)
+        return record(session, steps)
+
+    monkeypatch.setattr(rules.lifecycle, "_record", spy)
+    published: list[str] = []
+    engine = await engine_on(registered, None)
+    engine.publish = lambda topic, payload: published.append(orjson.loads(payload)["state"])
+    await engine.evaluate(cover_opened(int(time.time() * 1000)))
+    assert published == ["firing"]
+    assert drivers == ["sqlite+aiosqlite"]
+    (alert,) = await open_alerts(registered)
+    assert (alert.rule, alert.state) == ("manhole_cover_open", "firing")
