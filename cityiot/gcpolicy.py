@@ -20,8 +20,8 @@ So, while a stage runs (:func:`collect_on_schedule`):
   start, also freezes what is alive then (``gc.freeze``: the registry and the modules, never
   walked again), so the later ones walk only what was made since.
 
-``CITYIOT_GC_FULL_EVERY_S=0`` leaves Python's own collector in charge (its thresholds
-raised for the young generation, as before this policy).
+``CITYIOT_GC_FULL_EVERY_S=0`` leaves Python's own collector in charge of every generation
+(with the young one at ``YOUNG_THRESHOLD``, not Python's 700).
 """
 
 from __future__ import annotations

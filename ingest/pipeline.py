@@ -57,6 +57,7 @@ RULES_EVERY_S = 0.010
 # Messages handled between two turns of the event loop (about 4 ms): every await of the
 # rules' database round trips waits for a turn, and an alert's recording takes several.
 YIELD_EVERY = 128
+HAND_ON_SLICE = 1000  # a stored batch's readings merged into the latest values at a time
 _SEQ_MASK = (1 << SEQ_WINDOW) - 1
 _KIND_OF = operator.attrgetter("kind")
 # Devices' last-seen times go to the registry this often (status changes at every round, a
@@ -501,12 +502,12 @@ class Ingest:
         readings = batch.readings
         # In slices, with a turn of the loop between them: a batch of 5,000 readings merged
         # at once held the loop (and the alerts of readings arriving meanwhile) for 60-90 ms.
-        for start in range(0, len(readings), RULES_SLICE):
-            part = readings[start : start + RULES_SLICE]
+        for start in range(0, len(readings), HAND_ON_SLICE):
+            part = readings[start : start + HAND_ON_SLICE]
             if self.latest is not None:
                 self.latest.merge(part)
             self.counters.stored_by_kind.update(map(_KIND_OF, part))
-            if start + RULES_SLICE < len(readings):
+            if start + HAND_ON_SLICE < len(readings):
                 await asyncio.sleep(0)
         self.counters.stored += len(batch.lines)
         self.counters.batches += 1

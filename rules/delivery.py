@@ -265,12 +265,15 @@ class Deliverer:
                 return
 
     async def _update(self, row_id: int, **values: Any) -> None:
-        statement = (
+        await self._execute(
             update(Notification)
             .where(Notification.id == row_id)
             .values(**values)
             .execution_options(synchronize_session=False)
         )
+
+    async def _execute(self, statement: Any) -> None:
+        """One statement on the outbox, in a transaction of its own (:func:`write_now`)."""
         await write_now(self.sessions, lambda session: session.execute(statement), what="outbox")
 
     async def _sent(self, item: _Due) -> None:
@@ -307,10 +310,9 @@ class Deliverer:
     async def _release(self, items: list[_Due]) -> None:
         if not items:
             return
-        statement = (
+        await self._execute(
             update(Notification)
             .where(Notification.id.in_([i.id for i in items]), Notification.status == "pending")
             .values(next_attempt_at=utc(self.clock()))
             .execution_options(synchronize_session=False)
         )
-        await write_now(self.sessions, lambda session: session.execute(statement), what="outbox")
