@@ -1,13 +1,14 @@
 """The ingest: MQTT deliveries → decoded, validated readings → InfluxDB, rejects → dead letters.
 
-Tasks joined by a bounded queue:
+Tasks joined by a bounded queue (:class:`~ingest.writequeue.WriteQueue`):
 
 - *intake* takes batches of deliveries from the broker link, turns each into line-protocol
   points or dead letters, and seals a :class:`Batch` when it is big or old enough (or a
   writer is idle), handing its readings to the rules as it does;
 - *writers* (``WRITES_IN_FLIGHT`` of them) store sealed batches (points to InfluxDB, dead
-  letters to SQL) and only then acknowledge their deliveries to the broker
-  (at-least-once), in sealing order.
+  letters to SQL; the batches queued behind one another together, up to one full batch)
+  and only then acknowledge their deliveries to the broker (at-least-once), in sealing
+  order.
 
 When storage lags, the queue fills, intake stops taking deliveries, the link stops
 reading its socket, and the broker holds the rest: memory stays bounded.
@@ -41,6 +42,7 @@ from ingest.latest import FLUSH_PACE, LatestValues
 from ingest.presence import Presence
 from ingest.spool import Spool, SpoolError
 from ingest.validate import Reading, Rejected, Validator
+from ingest.writequeue import WriteQueue
 
 log = logging.getLogger("cityiot.ingest")
 
@@ -49,6 +51,10 @@ SEQ_WINDOW = 64  # seqs remembered below a device's highest, for duplicate detec
 # Batches written to InfluxDB at once: InfluxDB works on one write per core, and while one
 # request is parsed there the next can be on its way (a direct test on 2 cores: +25 %).
 WRITES_IN_FLIGHT = 3
+# Sealed batches may wait for a writer up to this many full batches' worth of readings and
+# of messages. Four: the broker's in-flight window (40,000 in deploy/local/mosquitto.conf)
+# then holds the batches being written, those queued and the open one (3 + 4 + 1 of 5,000).
+QUEUED_BATCHES = 4
 # Readings reach the rules as they arrive, not when their batch is stored: in slices of this
 # many, or what came within RULES_EVERY_S. A batch waits while InfluxDB is slow (a cache
 # snapshot takes seconds on a small machine); an alert does not wait with it.
@@ -100,6 +106,27 @@ class Batch:
     started: float = 0.0
     number: int = 0  # in sealing order: acks and readings are handed on in this order
     ruled: int = 0  # readings handed to the rules already
+    count: int = 1  # sealed batches this one stands for (several, merged for one write)
+
+    @classmethod
+    def merged(cls, batches: list[Batch]) -> Batch:
+        """One batch of consecutive sealed ``batches``, to be written and acked as one."""
+        if len(batches) == 1:
+            return batches[0]
+        merged = cls(
+            started=min(b.started for b in batches),
+            number=batches[0].number,
+            count=sum(b.count for b in batches),
+        )
+        for batch in batches:
+            offset = len(merged.lines)
+            merged.lines += batch.lines
+            merged.status_lines += batch.status_lines
+            merged.spans += [(d, first + offset, last + offset) for d, first, last in batch.spans]
+            merged.dead_letters += batch.dead_letters
+            merged.readings += batch.readings
+        merged.ruled = len(merged.readings)
+        return merged
 
 
 class Ingest:
@@ -140,9 +167,19 @@ class Ingest:
         self.counters = IngestCounters()
         # device → (highest seq, latest ts_ms, bitmask of the seqs seen just below it)
         self._seqs: dict[str, tuple[int, int, int]] = {}
-        self._sealed: asyncio.Queue[Batch] = asyncio.Queue(maxsize=2)
+        # Seal at this many messages too: the broker's in-flight window (40,000 in
+        # deploy/local/mosquitto.conf) must hold the batches being written, those queued
+        # and this one (see QUEUED_BATCHES), or it, not storage, caps the rate.
+        self._max_unacked = max(1, min(settings.batch_size, 5000))
+        self._sealed = WriteQueue(
+            max_lines=QUEUED_BATCHES * max(1, settings.batch_size),
+            max_messages=QUEUED_BATCHES * self._max_unacked,
+            merge_lines=max(1, settings.batch_size),
+            merge_messages=self._max_unacked,
+        )
         self._batch = Batch()
         self._unstored = 0  # sealed batches not yet stored
+        self._writing = 0  # writers storing a batch now
         self._sealed_count = 0
         self._handed_on = 0  # batches whose acks and readings have been handed on
         self._turn = asyncio.Condition()
@@ -150,10 +187,6 @@ class Ingest:
         self._tasks: list[asyncio.Task[None]] = []
         self._flush_s = settings.flush_interval_ms / 1000
         self._ruled_at = 0.0  # when readings were last handed to the rules
-        # Seal at this many messages too: the broker's in-flight window (40,000 in
-        # deploy/local/mosquitto.conf) must hold the batches being written, the two queued
-        # and this one (3 + 2 + 1 of 5,000), or it, not storage, caps the rate.
-        self._max_unacked = max(1, min(settings.batch_size, 5000))
         self._encode = msgspec.json.Encoder()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -256,12 +289,13 @@ class Ingest:
                         await self._to_rules(self._batch)
             batch = self._batch
             if batch.started and (
-                self._unstored < WRITES_IN_FLIGHT  # a writer is idle: store now, for latency
+                # A writer is idle: store now, for latency.
+                self._writing + len(self._sealed) < WRITES_IN_FLIGHT
                 or len(batch.lines) >= self.settings.batch_size
                 or len(batch.spans) >= self._max_unacked
                 # Old enough, unless the writers' queue is full: then it grows (to its size
                 # limit) rather than stop the intake, and the rules go on getting readings.
-                or (time.monotonic() - batch.started >= self._flush_s and not self._sealed.full())
+                or (time.monotonic() - batch.started >= self._flush_s and self._sealed.has_room)
             ):
                 await self._seal()
             elif (
@@ -470,10 +504,14 @@ class Ingest:
 
     async def _writer(self) -> None:
         while True:
-            batch = await self._sealed.get()
-            await self._store(batch)
-            self._unstored -= 1
-            self._sealed.task_done()
+            batch = Batch.merged(await self._sealed.take())
+            self._writing += 1
+            try:
+                await self._store(batch)
+            finally:
+                self._writing -= 1
+            self._unstored -= batch.count
+            await self._sealed.done(batch.count)
 
     async def _store(self, batch: Batch) -> None:
         started = time.perf_counter()
@@ -493,7 +531,7 @@ class Ingest:
             await self._hand_on(batch, started)
         finally:
             async with self._turn:
-                self._handed_on += 1
+                self._handed_on += batch.count
                 self._turn.notify_all()
 
     async def _hand_on(self, batch: Batch, started: float) -> None:
@@ -510,7 +548,7 @@ class Ingest:
             if start + HAND_ON_SLICE < len(readings):
                 await asyncio.sleep(0)
         self.counters.stored += len(batch.lines)
-        self.counters.batches += 1
+        self.counters.batches += batch.count
         self.counters.last_write_ms = (time.perf_counter() - started) * 1000
         log.debug(
             "event=stored points=%d dead_letters=%d ms=%.1f",

@@ -13,6 +13,7 @@ from cityiot.settings import MqttTarget, Settings
 from ingest.broker import BrokerLink, Delivery
 from ingest.pipeline import WRITES_IN_FLIGHT, Batch, Ingest
 from ingest.validate import Reading
+from ingest.writequeue import WriteQueue
 from tests.ingest.conftest import offline_ingest
 
 
@@ -52,7 +53,7 @@ async def test_the_rules_get_a_batch_as_it_is_sealed() -> None:
     ingest = _ingest([], handed)
     ingest._batch = _batch(0)
     await ingest._seal()
-    assert handed == ["d0"] and ingest._sealed.qsize() == 1  # before any write
+    assert handed == ["d0"] and len(ingest._sealed) == 1  # before any write
 
 
 class _Link:
@@ -87,7 +88,7 @@ async def test_the_rules_get_readings_before_their_batch_is_sealed() -> None:
             for n in range(3)
         ]
     )
-    ingest._unstored = WRITES_IN_FLIGHT  # every writer busy: nothing is sealed
+    ingest._writing = WRITES_IN_FLIGHT  # every writer busy: nothing is sealed
     intake = asyncio.create_task(ingest._intake([]))
     try:
         for _ in range(100):
@@ -95,9 +96,79 @@ async def test_the_rules_get_readings_before_their_batch_is_sealed() -> None:
                 break
             await asyncio.sleep(0.01)
         assert handed == ["manhole-acme"] * 3
-        assert ingest._sealed.qsize() == 0 and len(ingest._batch.spans) == 3  # not stored yet
+        assert len(ingest._sealed) == 0 and len(ingest._batch.spans) == 3  # not stored yet
         await ingest._seal()  # sealing hands on only what the rules have not had
-        assert handed == ["manhole-acme"] * 3 and ingest._sealed.qsize() == 1
+        assert handed == ["manhole-acme"] * 3 and len(ingest._sealed) == 1
     finally:
         await ingest.stop()
         await asyncio.wait_for(intake, 1)
+
+
+def _small(number: int, readings: int) -> Batch:
+    """A batch sealed on time: ``readings`` messages of one reading each."""
+    batch = Batch(number=number, started=1.0)
+    for k in range(readings):
+        mid = number * 100 + k
+        delivery = Delivery(f"city/acme/d{mid}/telemetry", b"{}", mid, 1, 1)
+        batch.spans.append((delivery, k, k + 1))
+        batch.lines.append(b"manhole,device_id=d%d tilt_deg=1 %d\n" % (mid, mid))
+        batch.readings.append(Reading(f"d{mid}", "manhole", mid, {"tilt_deg": 1.0}))
+    batch.ruled = readings
+    return batch
+
+
+async def test_the_queue_is_bounded_by_readings_not_by_batches() -> None:
+    """Small batches (sealed on time while InfluxDB is slow) do not stop the intake early."""
+    queue = WriteQueue(max_lines=20, max_messages=100, merge_lines=10, merge_messages=10)
+    for number in range(10):  # 10 batches of 2: the queue holds 20 readings
+        await asyncio.wait_for(queue.put(_small(number, 2)), 1)
+    assert not queue.has_room and queue.lines == 20
+    put = asyncio.create_task(queue.put(_small(10, 2)))
+    await asyncio.sleep(0.05)
+    assert not put.done()  # full: the intake waits (backpressure)
+    assert [b.number for b in await queue.take()] == [0, 1, 2, 3, 4]  # 10 readings: one write
+    await asyncio.wait_for(put, 1)
+    assert queue.lines == 12 and len(queue) == 6
+
+
+async def test_a_batch_bigger_than_the_bound_still_goes_into_an_empty_queue() -> None:
+    queue = WriteQueue(max_lines=5, max_messages=5, merge_lines=5, merge_messages=5)
+    await asyncio.wait_for(queue.put(_small(0, 8)), 1)
+    assert [b.number for b in await queue.take()] == [0]  # and is written alone
+
+
+async def test_merged_batches_are_written_and_acknowledged_as_one_in_sealing_order() -> None:
+    acked: list[int] = []
+    ingest = _ingest(acked, [])
+    batches = [_small(n, 3) for n in range(4)]
+    merged = Batch.merged(batches)
+    assert merged.count == 4 and merged.number == 0 and len(merged.lines) == 12
+    assert merged.lines == [line for batch in batches for line in batch.lines]
+    # Each delivery still spans its own line, now at its place in the merged request.
+    assert [(d.mid, first, last) for d, first, last in merged.spans] == [
+        (n * 100 + k, n * 3 + k, n * 3 + k + 1) for n in range(4) for k in range(3)
+    ]
+    later = _small(4, 1)  # sealed after the four: waits for the merged write's turn
+    later_stored = asyncio.create_task(ingest._store(later))
+    await asyncio.sleep(0.05)
+    assert not later_stored.done() and acked == []
+    await ingest._store(merged)
+    await asyncio.wait_for(later_stored, 1)
+    assert acked == [0, 1, 2, 100, 101, 102, 200, 201, 202, 300, 301, 302, 400]
+    assert ingest.counters.batches == 5 and ingest.counters.stored_by_kind["manhole"] == 13
+
+
+async def test_writers_take_what_piled_up_behind_a_slow_write_together() -> None:
+    """The writer loop: batches queued while every writer was busy go out merged, acked once."""
+    acked: list[int] = []
+    ingest = _ingest(acked, [])
+    for number in range(5):
+        ingest._unstored += 1
+        await ingest._sealed.put(_small(number, 2))
+    writer = asyncio.create_task(ingest._writer())
+    try:
+        await asyncio.wait_for(ingest._sealed.join(), 1)
+    finally:
+        writer.cancel()
+    assert acked == [0, 1, 100, 101, 200, 201, 300, 301, 400, 401]
+    assert ingest._unstored == 0 and ingest.counters.batches == 5 and ingest.idle
