@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -34,6 +35,10 @@ log = logging.getLogger("cityiot.rules")
 
 Publish = Callable[[str, bytes], None]
 YIELD_EVERY = 250  # readings evaluated between two turns of the event loop (a few ms)
+# A batch's alert changes are recorded together, but not later than this after the last
+# recording (s), however large the batch: a firing among the first readings of 1,000
+# waited for the other 999 (15-40 ms under load).
+APPLY_EVERY_S = 0.010
 TICK_SLICE = 2000  # devices scanned for silence between two turns of the event loop
 MAX_WAITING = 50_000  # readings submitted and not evaluated yet; submit() waits beyond it
 MAX_FOLLOW_UPS = 10_000  # alert changes published and not yet dispatched; apply() waits beyond
@@ -165,11 +170,17 @@ class RulesEngine:
         now = self.clock()
         transitions: list[Transition] = []
         feed = self.evaluator.feed
+        applied_at = time.monotonic()
         for index, reading in enumerate(readings, 1):
             facts = self._facts_of(reading.device_id)
             if facts is not None:
                 transitions += feed(facts, reading.ts_ms, reading.metrics, now)
             if index % YIELD_EVERY == 0:
+                # What changed so far is recorded and published without waiting for the
+                # rest of a large batch (one transaction per APPLY_EVERY_S at most).
+                if transitions and time.monotonic() - applied_at >= APPLY_EVERY_S:
+                    await self.apply(transitions)
+                    transitions, applied_at = [], time.monotonic()
                 await asyncio.sleep(0)  # let the intake and the writers run meanwhile
         self.counters.readings += len(readings)
         if transitions:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import orjson
 
 from cityiot.settings import MqttTarget, Settings
 from ingest.broker import BrokerLink, Delivery
-from ingest.pipeline import WRITES_IN_FLIGHT, Batch, Ingest
+from ingest.pipeline import SEAL_IDLE_S, WRITES_IN_FLIGHT, Batch, Ingest
 from ingest.validate import Reading
 from ingest.writequeue import WriteQueue
 from tests.ingest.conftest import offline_ingest
@@ -172,3 +173,46 @@ async def test_writers_take_what_piled_up_behind_a_slow_write_together() -> None
         writer.cancel()
     assert acked == [0, 1, 100, 101, 200, 201, 300, 301, 400, 401]
     assert ingest._unstored == 0 and ingest.counters.batches == 5 and ingest.idle
+
+
+async def _until(check: Callable[[], bool], within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.002)
+    return True
+
+
+async def test_a_batch_waits_while_a_write_is_out_and_goes_once_nothing_is() -> None:
+    """Sealed when nothing is being written (after SEAL_IDLE_S), not while a write is out:
+    what arrives meanwhile goes to InfluxDB in one request, not one per idle writer."""
+    ingest = offline_ingest()
+    ingest._flush_s = 60.0  # never sealed for its age here
+    now_ms = int(time.time() * 1000)
+    ingest.link = _Link(  # type: ignore[assignment]
+        [
+            Delivery(
+                "city/acme/manhole-acme/telemetry",
+                orjson.dumps({"ts": now_ms + n, "metrics": {"tilt_deg": 1.0}}),
+                n + 1,
+                1,
+                1,
+            )
+            for n in range(3)
+        ]
+    )
+    ingest._writing = 1  # one write out
+    intake = asyncio.create_task(ingest._intake([]))
+    try:
+        assert await _until(lambda: len(ingest._batch.spans) == 3, 1)
+        await asyncio.sleep(10 * SEAL_IDLE_S)
+        assert len(ingest._sealed) == 0  # a writer is idle, but a write is out: it waits
+        ingest._writing = 0  # the write came back (it wakes no one: the intake looks again)
+        started = time.monotonic()
+        assert await _until(lambda: len(ingest._sealed) == 1, 1)
+        assert time.monotonic() - started < 5 * SEAL_IDLE_S
+        assert [len(b.spans) for b in ingest._sealed._batches] == [3]  # the three together
+    finally:
+        await ingest.stop()
+        await asyncio.wait_for(intake, 1)

@@ -474,3 +474,31 @@ async def test_on_sqlite_a_large_batch_of_steps_goes_through_the_async_session(
     assert drivers == ["sqlite+aiosqlite"]
     (alert,) = await open_alerts(registered)
     assert (alert.rule, alert.state) == ("manhole_cover_open", "firing")
+
+
+async def test_a_firing_early_in_a_large_batch_is_published_before_the_rest_is_evaluated(
+    registered: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large batch's changes are recorded every APPLY_EVERY_S, not only at its end."""
+    import rules.engine
+
+    monkeypatch.setattr(rules.engine, "APPLY_EVERY_S", 0.0)
+    engine = await engine_on(registered, None)
+    fed = 0
+    feed = engine.evaluator.feed
+
+    def counting(*args: Any) -> Any:
+        nonlocal fed
+        fed += 1
+        return feed(*args)
+
+    engine.evaluator.feed = counting  # type: ignore[method-assign,assignment]
+    published: list[tuple[str, int]] = []
+    engine.publish = lambda topic, payload: published.append((orjson.loads(payload)["state"], fed))
+    now = int(time.time() * 1000)
+    rest = [Reading("mh-1", "manhole", now + k, {"battery_pct": 80.0}) for k in range(1, 1000)]
+    await engine.evaluate(cover_opened(now) + rest)
+    assert fed == 1000
+    assert published == [("firing", rules.engine.YIELD_EVERY)]  # after the first slice
+    (alert,) = await open_alerts(registered)
+    assert alert.state == "firing"
