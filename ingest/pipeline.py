@@ -55,7 +55,7 @@ WRITES_IN_FLIGHT = 3
 # (s). Sealing whenever one of the writers was idle sent InfluxDB 150-270 requests a second
 # of 50-100 points at 10,000 readings/s, each an HTTP round trip here and a WAL fsync
 # there; now what arrives while a write is out, or within these 20 ms, goes together: in
-# the bench's latency runs 270-290 points a request, the ingest's CPU 0.51-0.56 of a core
+# the bench's latency runs 265-290 points a request, the ingest's CPU 0.51-0.56 of a core
 # instead of 0.73-0.75 and InfluxDB's 0.36-0.37 instead of 0.42-0.44. It costs a reading
 # stored in a quiet hour these 20 ms (publish → stored p50 25-28 ms instead of 15-17).
 SEAL_IDLE_S = 0.020
