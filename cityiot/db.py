@@ -15,6 +15,7 @@ import datetime as dt
 import itertools
 import logging
 import re
+import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -417,7 +418,7 @@ def _sqlite_statements(
 
 async def write_rows(
     session_factory: Any, sql: str, rows: list[tuple[Any, ...]], *, sqlite_sql: str | None = None
-) -> None:
+) -> float:
     """:func:`execute_rows` in a transaction of its own, in this process's :func:`write_turn`.
 
     On SQLite the statements run on the event loop's own thread (:func:`write_now`): the
@@ -425,6 +426,9 @@ async def write_rows(
     loop, so an alert waiting behind a bulk write waits that long at most. The loop gets a
     turn after each call: a free write turn is taken without one, and a flush of 100,000
     rows, called slice after slice, held the loop for a second.
+
+    Returns how long the write took (s), that turn of the loop not counted: what callers
+    that pace themselves by their own cost count.
     """
 
     def direct(session: Session) -> None:
@@ -435,8 +439,11 @@ async def write_rows(
     async def through_driver(session: Any) -> None:
         await execute_rows(session, sql, rows, sqlite_sql=sqlite_sql)
 
+    started = time.perf_counter()
     await write_now(session_factory, direct, through_driver, what=f"{len(rows)} rows")
+    took = time.perf_counter() - started
     await asyncio.sleep(0)  # the readings and alerts that came meanwhile go first
+    return took
 
 
 async def write_now(

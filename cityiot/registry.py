@@ -767,26 +767,29 @@ async def record_presence(
     seen: Mapping[str, dt.datetime],
     offline: Iterable[str],
     online: Iterable[str],
-) -> None:
+) -> float:
     """Write last-seen times and status changes of many devices, a slice of at most
     ``ROWS_PER_TURN`` per transaction, each in this process's write turn (an alert
     recorded meanwhile waits for one slice, not for 100,000 rows). Each write may be
     repeated: a failed call is retried whole.
 
     ``last_seen`` only moves forward; ``updated_at`` is left alone. Unknown ids are ignored.
+    Returns the seconds spent writing (:func:`write_rows`).
     """
     times = [(d, _aware(at, "seen")) for d, at in seen.items()]
     dialect = dialect_of(session_factory)
+    took = 0.0
     for start in range(0, len(times), ROWS_PER_TURN):
         rows = []
         for device_id, at in times[start : start + ROWS_PER_TURN]:
             value = driver_time(at, dialect)
             rows.append((value, device_id, value))
-        await write_rows(session_factory, _SEEN, rows, sqlite_sql=_SEEN_SQLITE)
+        took += await write_rows(session_factory, _SEEN, rows, sqlite_sql=_SEEN_SQLITE)
     for status, ids in (("offline", sorted(offline)), ("online", sorted(online))):
         for start in range(0, len(ids), ROWS_PER_TURN):
             rows = [(status, d, status) for d in ids[start : start + ROWS_PER_TURN]]
-            await write_rows(session_factory, _STATUS, rows, sqlite_sql=_STATUS_SQLITE)
+            took += await write_rows(session_factory, _STATUS, rows, sqlite_sql=_STATUS_SQLITE)
+    return took
 
 
 # --- Dead letters ----------------------------------------------------------------------

@@ -740,11 +740,11 @@ class Ingest:
             if now - last_presence >= max(5.0, FLUSH_PACE * presence_s):
                 last_presence = now
                 self._sweep_silent()
+                presence_s = time.monotonic() - now
                 with_seen = now - last_seen >= SEEN_EVERY_S
                 if with_seen:
                     last_seen = now
-                await self._flush_presence(with_seen)
-                presence_s = time.monotonic() - now
+                presence_s += await self._flush_presence(with_seen)
 
     def _sweep_silent(self) -> None:
         now_ms = int(time.time() * 1000)
@@ -755,23 +755,29 @@ class Ingest:
                 batch.started = batch.started or time.monotonic()
                 batch.status_lines.append(f"{device.status_key} online=false {now_ms}\n".encode())
 
-    async def _flush_presence(self, with_seen: bool = True) -> None:
+    async def _flush_presence(self, with_seen: bool = True) -> float:
+        """Write presence to the registry; returns the seconds it was busy doing so (the
+        turns of the loop between its slices not counted)."""
         seen, online, offline = self.presence.take_changes(with_seen)
+        busy = 0.0
         if not self.store or not (seen or online or offline):
-            return
+            return busy
         try:
             # A slice at a time: 100,000 devices' times made at once would hold the event
             # loop (and every alert's next database round trip) for a tenth of a second.
             items = iter(seen.items())
             while chunk := list(itertools.islice(items, ROWS_PER_TURN)):
+                built = time.perf_counter()
                 times = {d: _ms_to_dt(ms) for d, ms in chunk}
-                await record_presence(self.sessions, times, offline=(), online=())
-            await record_presence(self.sessions, {}, offline=offline, online=online)
+                busy += time.perf_counter() - built
+                busy += await record_presence(self.sessions, times, offline=(), online=())
+            busy += await record_presence(self.sessions, {}, offline=offline, online=online)
         except Exception as exc:  # presence is state, not data: the next round retries
             log.warning("event=presence_flush_failed error=%s", exc)
             self.presence.dirty_seen.update(seen)
             self.presence.went_online |= online
             self.presence.went_offline |= offline
+        return busy
 
 
 def _ms_to_dt(ms: int) -> dt.datetime:

@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import orjson
+import pytest
 from sqlalchemy import func, select
 
 from cityiot.db import LatestReading, migrate
@@ -161,6 +162,33 @@ async def test_a_flush_of_many_devices_writes_every_row(sessions: Any) -> None:
     row = await _row(sessions, "sl-7")
     assert row is not None and row.ts_ms == 1007
     assert row.metrics == {"power_on": [True, 1007], "lux": [3.0, 5]}
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_flush_is_paced_by_its_own_cost_not_by_what_runs_between_its_slices(
+    sessions: Any,
+) -> None:
+    """The next flush waits FLUSH_PACE times the last one's cost: the turns of the loop
+    between its slices (other work, here a neighbour holding the loop 0.2 s each turn)
+    are not that cost, or a busy ingest would keep the table seconds behind."""
+    latest = LatestValues(sessions)
+    latest.merge([Reading(f"sl-{i}", "streetlight", 1000 + i, {"lux": 1.0}) for i in range(1200)])
+    assert await latest.flush() == 1200  # the first: the stored rows are read too
+    latest.merge([Reading(f"sl-{i}", "streetlight", 2000 + i, {"lux": 2.0}) for i in range(1200)])
+
+    async def neighbour() -> None:
+        while True:
+            time.sleep(0.2)  # noqa: ASYNC251 -- holds the loop, as a long step of a task would
+            await asyncio.sleep(0)
+
+    busy = asyncio.create_task(neighbour())
+    started = time.perf_counter()
+    try:
+        assert await latest.flush() == 1200  # three slices, a turn of the loop after each
+    finally:
+        busy.cancel()
+    assert time.perf_counter() - started >= 0.4  # the neighbour ran between the slices
+    assert latest.last_flush_s < 0.2
 
 
 async def test_a_failed_flush_is_retried_next_round(db_url: str) -> None:
