@@ -179,10 +179,11 @@ class Ingest:
         # deploy/local/mosquitto.conf) must hold the batches being written, those queued
         # and this one (see QUEUED_BATCHES), or it, not storage, caps the rate.
         self._max_unacked = max(1, min(settings.batch_size, 5000))
+        full_batch = max(1, settings.batch_size)  # readings
         self._sealed = WriteQueue(
-            max_lines=QUEUED_BATCHES * max(1, settings.batch_size),
+            max_lines=QUEUED_BATCHES * full_batch,
             max_messages=QUEUED_BATCHES * self._max_unacked,
-            merge_lines=max(1, settings.batch_size),
+            merge_lines=full_batch,
             merge_messages=self._max_unacked,
         )
         self._batch = Batch()
