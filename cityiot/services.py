@@ -279,8 +279,9 @@ class LocalService(abc.ABC):
                     f"{self.name} exited with code {code} while starting on port "
                     f"{self._ports[0]}: see {self.log_path}\n{self._log_tail(log_start)}"
                 )
-            # Answering while our process is alive: ports were checked free, so it is ours.
-            if self._answers():
+            # Something answers: ours only if our process holds the listening socket (another
+            # run may have taken the same free port a moment before us; ours then fails).
+            if self._answers() and _listens(self._process.pid, self._ports[0]):
                 return None
             if time.monotonic() > deadline:
                 self.kill()
@@ -319,6 +320,29 @@ class LocalService(abc.ABC):
             if sig != signal.SIGCONT and not _alive(pid):
                 break
         self.pid_path.unlink(missing_ok=True)
+
+
+def _listens(pid: int, port: int) -> bool:
+    """True when process ``pid`` holds a socket listening on TCP ``port``.
+
+    Read from /proc (Linux); where /proc is missing it cannot be told, and the answer is True.
+    """
+    if not Path("/proc/net/tcp").exists():
+        return True
+    inodes: set[str] = set()
+    try:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(FileNotFoundError), open(table, encoding="ascii") as f:
+                next(f, None)  # the header
+                for line in f:
+                    fields = line.split()
+                    # local address "0100007F:1F90", state 0A = LISTEN, inode in column 10
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(f"socket:[{fields[9]}]")
+        fds = Path(f"/proc/{pid}/fd")
+        return any(os.readlink(fd) in inodes for fd in fds.iterdir())
+    except OSError:  # the process ended meanwhile, or its fds are not ours to read
+        return False
 
 
 def _alive(pid: int) -> bool:

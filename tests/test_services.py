@@ -214,6 +214,23 @@ def test_port_held_by_another_process_is_replaced(tmp_path: Path) -> None:
                 assert not probe.reason.is_failure
 
 
+def test_port_taken_by_another_server_while_starting_is_not_mistaken_for_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two runs pick the same free port; the other's server binds it first and answers there.
+    with LocalBroker(tmp_path / "other") as other:
+        chosen = iter([[other.port]])
+        real_choice = LocalBroker._choose_ports
+        monkeypatch.setattr(
+            LocalBroker, "_choose_ports", lambda self: next(chosen, None) or real_choice(self)
+        )
+        with LocalBroker(tmp_path / "ours") as ours:
+            assert ours.port != other.port
+            assert ours.running and ours.pid is not None
+            assert services._listens(ours.pid, ours.port)
+            assert not services._listens(ours.pid, other.port)
+
+
 def test_leftover_process_of_a_crashed_run_is_ended(tmp_path: Path) -> None:
     orphaned = LocalBroker(tmp_path).start()  # its owner "crashes": never stopped
     try:
