@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -349,3 +350,23 @@ async def test_run_polls_for_rows_due_later(
         await task
     assert (await row(sessions, row_id)).attempts == 2
     assert deliverer.counters.retries == 1
+
+
+async def test_enqueue_on_sqlite_commits_before_the_loop_comes_round(
+    sessions: async_sessionmaker[Any], sqlite_url: str
+) -> None:
+    """An outbox row is written on the loop's own thread: the write turn is not held across
+    turns of a busy loop, where an alert's recording would wait behind it."""
+    seen: list[int] = []
+
+    def look() -> None:  # what another reader of the file sees at the loop's next turn
+        other = sqlite3.connect(sqlite_url.split("///", 1)[1])
+        seen.append(other.execute("SELECT count(*) FROM notifications").fetchone()[0])
+        other.close()
+
+    asyncio.get_running_loop().call_soon(look)
+    row_id = await enqueue(sessions, "urban-management", "ops-hook", "g", sample_message())
+    assert seen == []  # the loop did not come round while the row was written
+    await asyncio.sleep(0)
+    assert seen == [1]
+    assert (await row(sessions, row_id)).status == "pending"
