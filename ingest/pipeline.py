@@ -31,7 +31,7 @@ from typing import Any
 import msgspec
 
 from cityiot.catalogue import KINDS, is_valid_id
-from cityiot.db import ROWS_PER_TURN
+from cityiot.db import CHECKPOINT_EVERY_S, ROWS_PER_TURN, checkpoint
 from cityiot.influx import InfluxDB, InfluxError
 from cityiot.registry import DeadLetterIn, add_dead_letters, record_presence
 from cityiot.settings import Settings
@@ -220,6 +220,8 @@ class Ingest:
             tasks.append(asyncio.create_task(self.latest.run(), name="ingest-latest"))
         if self.spool is not None:
             tasks.append(asyncio.create_task(self._replay(), name="ingest-replay"))
+        if self.store:
+            tasks.append(asyncio.create_task(self._checkpoints(), name="ingest-checkpoints"))
         try:
             await self._intake(writers)
             await self._seal()
@@ -747,6 +749,16 @@ class Ingest:
                     last_seen = now
                 presence_s += await self._flush_presence(with_seen)
 
+    async def _checkpoints(self) -> None:
+        """The registry's write-ahead log (SQLite) copied back into the database every
+        ``CHECKPOINT_EVERY_S``, so that it starts over instead of growing (:func:`checkpoint`)."""
+        while True:
+            await asyncio.sleep(CHECKPOINT_EVERY_S)
+            try:
+                await checkpoint(self.sessions)
+            except Exception as exc:  # the next round tries again
+                log.warning("event=checkpoint_failed error=%s", exc)
+
     def _sweep_silent(self) -> None:
         now_ms = int(time.time() * 1000)
         batch = self._batch
@@ -766,10 +778,12 @@ class Ingest:
         try:
             # A slice at a time: 100,000 devices' times made at once would hold the event
             # loop (and every alert's next database round trip) for a tenth of a second.
-            items = iter(seen.items())
-            while chunk := list(itertools.islice(items, ROWS_PER_TURN)):
+            built = time.perf_counter()
+            ids = iter(self.devices.in_table_order(seen))
+            busy += time.perf_counter() - built
+            while chunk := list(itertools.islice(ids, ROWS_PER_TURN)):
                 built = time.perf_counter()
-                times = {d: _ms_to_dt(ms) for d, ms in chunk}
+                times = {d: _ms_to_dt(seen[d]) for d in chunk}
                 busy += time.perf_counter() - built
                 busy += await record_presence(self.sessions, times, offline=(), online=())
             busy += await record_presence(self.sessions, {}, offline=offline, online=online)

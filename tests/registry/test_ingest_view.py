@@ -20,6 +20,7 @@ from cityiot.registry import (
     record_presence,
     upsert_vendor,
 )
+from ingest.devices import DeviceMap
 
 FLEET = """device_id,vendor,kind,district,lat,lon,address,report_interval_s,depth_cm
 MH-1,acme,manhole,yicheng,32.98,114.02,Jiefang Rd,,180
@@ -183,3 +184,22 @@ async def test_dead_letters_are_stored(sessions: SessionFactory) -> None:
         ("city/x", None, None, b"\x00" * 16, 1_000_000, "topic outside city/..."),
     ]
     assert all(d.received_at == at for d in stored)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_device_map_orders_ids_as_the_table_holds_them(sessions: SessionFactory) -> None:
+    fleet = """device_id,vendor,kind,district,lat,lon,address,report_interval_s,depth_cm
+Z-9,acme,manhole,yicheng,32.98,114.02,,,180
+A-1,acme,manhole,yicheng,32.98,114.02,,,180
+M-5,acme,manhole,yicheng,32.98,114.02,,,180
+"""
+    await _fleet(sessions, fleet)
+    devices = DeviceMap(sessions)
+    await devices.refresh()
+    assert devices.in_table_order({"M-5", "GONE", "Z-9", "A-1"}) == ["Z-9", "A-1", "M-5", "GONE"]
+    # A device changed later keeps its place; one added later comes last, as its row does.
+    await _fleet(sessions, fleet.replace("Z-9,acme,manhole,yicheng,32.98,114.02,,,180", "Z-9,acme,manhole,yicheng,32.98,114.02,,600,180") + "B-2,acme,manhole,yicheng,32.98,114.02,,,180\n")  # fmt: skip
+    devices._last_read = None  # a full reload, as at a restart
+    await devices.refresh()
+    assert devices.devices["Z-9"].report_interval_s == 600
+    assert devices.in_table_order({"B-2", "A-1", "Z-9"}) == ["Z-9", "A-1", "B-2"]

@@ -7,9 +7,9 @@ import datetime as dt
 import sqlite3
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from cityiot.db import DeadLetter, write_rows, write_turn
+from cityiot.db import DeadLetter, checkpoint, write_rows, write_turn
 from cityiot.registry import DeadLetterIn, SessionFactory, add_dead_letters
 
 
@@ -154,3 +154,30 @@ async def test_a_bulk_write_waits_for_another_process_without_stopping_the_loop(
     async with sessions() as session:
         letter = await session.get(DeadLetter, 1)
     assert letter is not None and letter.reason == "ours"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_checkpoint_lets_the_write_ahead_log_start_over(sessions: SessionFactory) -> None:
+    """The ingest's writes go through connections that never checkpoint: without
+    ``checkpoint`` the log only grows. After it, the next write starts the log over."""
+    await add_dead_letters(sessions, [DeadLetterIn("t", None, None, b"x", 1, "t")] * 1200)
+    rows = [(f"letter {k} " + "x" * 200, k) for k in range(1, 1201)]
+    for _ in range(5):
+        await write_rows(sessions, RENAME, rows)
+    first = await checkpoint(sessions)
+    assert first is not None
+    frames, copied = first
+    assert frames > 50 and copied == frames  # all of it is in the database file now
+    await write_rows(sessions, RENAME, [("changed", k) for k in range(1, 11)])  # starts over
+    second = await checkpoint(sessions)
+    assert second is not None and second[0] < frames / 10
+    async with sessions() as session:
+        count = await session.scalar(
+            select(func.count()).select_from(DeadLetter).where(DeadLetter.reason.like("letter %"))
+        )
+    assert count == 1190
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_no_checkpoint_on_postgresql(sessions: SessionFactory) -> None:
+    assert await checkpoint(sessions) is None
