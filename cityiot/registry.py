@@ -778,6 +778,9 @@ async def record_presence(
     repeated: a failed call is retried whole.
 
     ``last_seen`` only moves forward; ``updated_at`` is left alone. Unknown ids are ignored.
+    Rows are written in the order given: in the table's order (the ingest's
+    :meth:`~ingest.devices.DeviceMap.in_table_order`) each page is written once, not once
+    per row.
     Returns the seconds spent writing (:func:`write_rows`).
     """
     times = [(d, _aware(at, "seen")) for d, at in seen.items()]
@@ -789,7 +792,7 @@ async def record_presence(
             value = driver_time(at, dialect)
             rows.append((value, device_id, value))
         took += await write_rows(session_factory, _SEEN, rows, sqlite_sql=_SEEN_SQLITE)
-    for status, ids in (("offline", sorted(offline)), ("online", sorted(online))):
+    for status, ids in (("offline", list(offline)), ("online", list(online))):
         for start in range(0, len(ids), ROWS_PER_TURN):
             rows = [(status, d, status) for d in ids[start : start + ROWS_PER_TURN]]
             took += await write_rows(session_factory, _STATUS, rows, sqlite_sql=_STATUS_SQLITE)

@@ -98,6 +98,8 @@ class DeviceMap:
         seen for 100,000 devices took 0.26 s and 31 MB of SQLite's write-ahead log in table
         order against 1.05 s and 447 MB in the order they reported.
         """
+        if not ids:
+            return []
         ordered = [d for d in self.devices if d in ids]
         if len(ordered) < len(ids):  # not (or no longer) in the map: at the end
             ordered += [d for d in ids if d not in self.devices]

@@ -786,7 +786,13 @@ class Ingest:
                 times = {d: _ms_to_dt(seen[d]) for d in chunk}
                 busy += time.perf_counter() - built
                 busy += await record_presence(self.sessions, times, offline=(), online=())
-            busy += await record_presence(self.sessions, {}, offline=offline, online=online)
+            built = time.perf_counter()
+            went_offline = self.devices.in_table_order(offline)
+            went_online = self.devices.in_table_order(online)
+            busy += time.perf_counter() - built
+            busy += await record_presence(
+                self.sessions, {}, offline=went_offline, online=went_online
+            )
         except Exception as exc:  # presence is state, not data: the next round retries
             log.warning("event=presence_flush_failed error=%s", exc)
             self.presence.dirty_seen.update(seen)
