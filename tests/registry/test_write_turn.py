@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import sqlite3
 
 import pytest
@@ -181,3 +182,36 @@ async def test_a_checkpoint_lets_the_write_ahead_log_start_over(sessions: Sessio
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 async def test_no_checkpoint_on_postgresql(sessions: SessionFactory) -> None:
     assert await checkpoint(sessions) is None
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_checkpoint_while_writers_go_on_still_lets_the_log_start_over(
+    sessions: SessionFactory, db_url: str
+) -> None:
+    """Writes come between the passes; the log still starts over (when the passes alongside
+    never find it still, the last one is made in the write turn, which the writer waits for)."""
+    await add_dead_letters(sessions, [DeadLetterIn("t", None, None, b"x", 1, "t")] * 1200)
+    rows = [(f"letter {k} " + "x" * 200, k) for k in range(1, 1201)]
+    for _ in range(5):
+        await write_rows(sessions, RENAME, rows)
+    wal = db_url.split("///", 1)[1] + "-wal"
+    frames_before = (await asyncio.to_thread(os.path.getsize, wal) - 32) // (4096 + 24)
+    stop = asyncio.Event()
+    writes = 0
+
+    async def writer() -> None:
+        nonlocal writes
+        while not stop.is_set():
+            writes += 1
+            await write_rows(sessions, RENAME, [(f"write {writes}", 1 + writes % 1200)])
+            await asyncio.sleep(0.001)
+
+    writing = asyncio.create_task(writer())
+    await asyncio.sleep(0.05)
+    result = await checkpoint(sessions)
+    stop.set()
+    await writing
+    assert frames_before > 100 and writes > 10
+    assert result is not None and result[0] == result[1]  # all of the log was copied
+    after = await checkpoint(sessions)  # what the writer added since: the log started over
+    assert after is not None and after[0] < frames_before / 10
