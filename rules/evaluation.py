@@ -91,6 +91,18 @@ class Evaluator:
         self.rules = {r.id: r for r in rules}
         self.index = by_kind(rules)
         self.absence = [r for r in rules if r.type == "absence"]
+        # Per kind, each threshold rule with what its common case reads (the names it
+        # needs, its condition, its schedule), and the rate rules: a reading is judged by
+        # these without a call per rule until a rule's condition holds or it has a track.
+        self._thresholds = {
+            kind: [
+                (r, r.id, r.names, r.when.bare(), r.schedule)
+                for r in rs
+                if r.type == "threshold" and r.when is not None
+            ]
+            for kind, rs in self.index.items()
+        }
+        self._rates = {kind: [r for r in rs if r.type == "rate"] for kind, rs in self.index.items()}
         # Metrics worth remembering per kind: those a multi-metric rule reads.
         self._remember = {
             kind: frozenset().union(*(r.names for r in rs if r.type == "threshold"))
@@ -153,11 +165,19 @@ class Evaluator:
                 if name in remember:
                     last[name] = value
         values: dict[str, Any] = {**device.base, **(last or metrics), **metrics}
-        for rule in self.index.get(device.kind, ()):
-            if rule.type == "threshold":
-                self._threshold(rule, device.device_id, ts_ms, values, out)
-            elif rule.type == "rate":
-                self._rate(rule, device.device_id, ts_ms, metrics, out)
+        device_id = device.device_id
+        tracks = self.tracks
+        present = values.keys()
+        for rule, rule_id, names, when, schedule in self._thresholds.get(device.kind, ()):
+            if not names <= present:
+                continue  # the device has not reported what the rule reads
+            if (rule_id, device_id) not in tracks and (
+                (schedule is not None and not schedule.active(ts_ms)) or not when(values)
+            ):
+                continue  # the common case: nothing pending, nothing to start
+            self._threshold(rule, device_id, ts_ms, values, out)
+        for rule in self._rates.get(device.kind, ()):
+            self._rate(rule, device_id, ts_ms, metrics, out)
         return out
 
     def tick(self, now_s: float, devices: Iterable[DeviceFacts]) -> list[Transition]:
