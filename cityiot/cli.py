@@ -189,6 +189,7 @@ def ingest(
     (ingest/partition.py). With CITYIOT_METRICS_PORT set, its counters, queue depths and
     spool are served for Prometheus."""
     from api.metrics import counters_source
+    from cityiot.gcpolicy import settle
     from ingest.partition import partition_stage
     from ingest.service import ingest_stage
     from rules.service import rules_stage
@@ -224,6 +225,7 @@ def ingest(
                 sources["rules"] = counters_source(rules.engine.counters)
                 sources["delivery"] = counters_source(rules.deliverer.counters)
             serve_metrics(settings, sources)
+            settle(settings.gc_full_every_s)  # registry and rule state loaded: before readings
             task = asyncio.create_task(stage.run())
             receiving = asyncio.create_task(partition.run(partition_stop))
             await stop.wait()
@@ -241,6 +243,7 @@ def ingest(
 def rules() -> None:
     """The rules stage alone: reads the telemetry stream (its own persistent session),
     evaluates rules, records alerts, notifies and opens work orders."""
+    from cityiot.gcpolicy import settle
     from ingest.service import ingest_stage
     from rules.service import rules_stage
 
@@ -259,6 +262,7 @@ def rules() -> None:
             ) as stage,
         ):
             intake.on_readings = stage.engine.submit
+            settle(settings.gc_full_every_s)  # registry and rule state loaded: before readings
             task = asyncio.create_task(intake.run())
             await stop.wait()
             await intake.stop()

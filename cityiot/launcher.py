@@ -34,6 +34,7 @@ from api.server import ApiServer
 from cityiot.access import PLATFORM_USER, BrokerAccess, password_matches
 from cityiot.catalogue import KINDS
 from cityiot.db import make_engine, migrate, sessionmaker
+from cityiot.gcpolicy import settle
 from cityiot.registry import import_devices, parse_device_csv, upsert_vendor
 from cityiot.services import LocalBroker, LocalInflux
 from cityiot.settings import MqttTarget, Settings
@@ -115,6 +116,7 @@ async def run_platform(
                 "queue",
                 lambda: {**ingest.depths(), "rules_waiting": float(len(rules.engine.waiting))},
             )
+            settle(settings.gc_full_every_s)  # registry and rule state loaded: before readings
             tasks = [asyncio.create_task(ingest.run(), name="ingest")]
             if fleet is not None:
                 tasks.append(

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cityiot.gcpolicy import NEVER, YOUNG_THRESHOLD, collect_on_schedule, young_only
+from cityiot.gcpolicy import NEVER, YOUNG_THRESHOLD, collect_on_schedule, settle, young_only
 
 
 @pytest.fixture
@@ -83,3 +83,27 @@ async def test_the_schedule_collects_everything_and_freezes_once(
 async def test_no_schedule_when_python_collects_by_itself() -> None:
     stop = asyncio.Event()
     await asyncio.wait_for(collect_on_schedule(stop, 0), 0.5)  # returns at once
+
+
+def test_settle_collects_and_freezes_what_a_stage_keeps(
+    collector_state: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="cityiot.gc")
+    young_only(600)
+    gc.collect()
+    kept = [_Node() for _ in range(1000)]  # what a stage loaded and keeps
+    _cycles(500)  # and the garbage its loading left
+    settle(600)
+    assert gc.get_freeze_count() >= len(kept)
+    line = next(r.getMessage() for r in caplog.records if "event=gc_settled" in r.getMessage())
+    assert int(line.split("freed=")[1].split()[0]) >= 1000  # the 500 pairs, at least
+    assert not any(isinstance(o, _Node) and o.other is not None for o in gc.get_objects())
+
+
+def test_settle_does_nothing_when_python_collects_by_itself(collector_state: None) -> None:
+    young_only(0)
+    gc.collect()
+    _cycles(10)
+    settle(0)
+    assert gc.get_freeze_count() == 0
+    assert gc.collect() >= 20  # the pairs were left to Python's collector
