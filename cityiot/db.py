@@ -602,15 +602,12 @@ def direct_sessions(session_factory: Any) -> sync_sessionmaker[Session] | None:
     once, and the caller falls back to the async session) and never checkpoints the WAL
     (the async connections do).
     """
-    engine = getattr(session_factory, "kw", {}).get("bind")
-    if engine is None or engine.dialect.name != "sqlite":
+    if _sqlite_file(session_factory) is None:
         return None
+    engine = session_factory.kw["bind"]
     key = engine.sync_engine
     made = _DIRECT.get(key)
     if made is None:
-        database = engine.url.database
-        if not database or database == ":memory:":
-            return None
         direct: Engine = create_engine(
             engine.url.set(drivername="sqlite+pysqlite"),
             connect_args={"timeout": 0, "check_same_thread": False},
@@ -624,6 +621,18 @@ def direct_sessions(session_factory: Any) -> sync_sessionmaker[Session] | None:
         )
         made = _DIRECT[key] = sync_sessionmaker(direct, expire_on_commit=False)
     return made
+
+
+def _sqlite_file(session_factory: Any) -> str | None:
+    """The path of the SQLite file behind ``session_factory``; None on PostgreSQL and for
+    an in-memory database."""
+    engine = getattr(session_factory, "kw", {}).get("bind")
+    if engine is None or engine.dialect.name != "sqlite":
+        return None
+    database: str | None = engine.url.database
+    if not database or database == ":memory:":
+        return None
+    return database
 
 
 CHECKPOINT_EVERY_S = 5.0  # how often a process's writer checkpoints the SQLite WAL
@@ -645,11 +654,8 @@ async def checkpoint(session_factory: Any) -> tuple[int, int] | None:
     that pass ends with an fsync, 10–45 ms in the bench's latency runs, which an alert
     would wait for.
     """
-    engine = getattr(session_factory, "kw", {}).get("bind")
-    if engine is None or engine.dialect.name != "sqlite":
-        return None
-    database = engine.url.database
-    if not database or database == ":memory:":
+    database = _sqlite_file(session_factory)
+    if database is None:
         return None
 
     def run() -> tuple[int, int]:
@@ -662,28 +668,28 @@ async def checkpoint(session_factory: Any) -> tuple[int, int] | None:
 
     started = time.perf_counter()
     first = last = await asyncio.to_thread(run)
-    for tries in range(1, CHECKPOINT_TRIES + 1):
+    passes, in_turn_ms = 1, 0.0
+    while True:
         again = await asyncio.to_thread(run)
+        passes += 1
         if again[0] == again[1] == last[0]:  # nothing written since the last pass began
-            log.debug(
-                "event=wal_checkpoint frames=%d passes=%d ms=%.1f",
-                first[0],
-                tries + 1,
-                (time.perf_counter() - started) * 1000,
-            )
-            return again
+            break
         last = again
-    async with write_turn(session_factory):
-        turn = time.perf_counter()
-        last = await asyncio.to_thread(run)
+        if passes > CHECKPOINT_TRIES:
+            async with write_turn(session_factory):
+                turn = time.perf_counter()
+                again = await asyncio.to_thread(run)
+                in_turn_ms = (time.perf_counter() - turn) * 1000
+            passes += 1
+            break
     log.debug(
         "event=wal_checkpoint frames=%d passes=%d ms=%.1f in_write_turn_ms=%.1f",
         first[0],
-        CHECKPOINT_TRIES + 2,
+        passes,
         (time.perf_counter() - started) * 1000,
-        (time.perf_counter() - turn) * 1000,
+        in_turn_ms,
     )
-    return last
+    return again
 
 
 async def migrate(url: str) -> None:

@@ -90,19 +90,25 @@ class DeviceMap:
             log.info("event=registry_refreshed changed=%d total=%d", changed, len(devices))
         return changed
 
-    def in_table_order(self, ids: Collection[str]) -> list[str]:
-        """``ids`` in the order the registry's table holds the devices (on SQLite, as
-        :func:`~cityiot.registry.load_devices` reads them; devices added later last).
+    def in_table_order(self, *groups: Collection[str]) -> list[list[str]]:
+        """Each of ``groups`` of ids in the order the registry's table holds the devices (on
+        SQLite, as :func:`~cityiot.registry.load_devices` reads them; devices added later
+        last), all in one walk of the map.
 
         An update of many devices in this order touches each page of the table once: last
         seen for 100,000 devices took 0.26 s and 31 MB of SQLite's write-ahead log in table
         order against 1.05 s and 447 MB in the order they reported.
         """
-        if not ids:
-            return []
-        ordered = [d for d in self.devices if d in ids]
-        if len(ordered) < len(ids):  # not (or no longer) in the map: at the end
-            ordered += [d for d in ids if d not in self.devices]
+        ordered: list[list[str]] = [[] for _ in groups]
+        wanted = [(ids, out) for ids, out in zip(groups, ordered, strict=True) if ids]
+        if wanted:
+            for device_id in self.devices:
+                for ids, out in wanted:
+                    if device_id in ids:
+                        out.append(device_id)
+        for ids, out in wanted:
+            if len(out) < len(ids):  # not (or no longer) in the map: at the end
+                out += [d for d in ids if d not in self.devices]
         return ordered
 
     def get(self, device_id: str) -> KnownDevice | None:

@@ -779,17 +779,14 @@ class Ingest:
             # A slice at a time: 100,000 devices' times made at once would hold the event
             # loop (and every alert's next database round trip) for a tenth of a second.
             built = time.perf_counter()
-            ids = iter(self.devices.in_table_order(seen))
+            in_order, went_offline, went_online = self.devices.in_table_order(seen, offline, online)
+            ids = iter(in_order)
             busy += time.perf_counter() - built
             while chunk := list(itertools.islice(ids, ROWS_PER_TURN)):
                 built = time.perf_counter()
                 times = {d: _ms_to_dt(seen[d]) for d in chunk}
                 busy += time.perf_counter() - built
                 busy += await record_presence(self.sessions, times, offline=(), online=())
-            built = time.perf_counter()
-            went_offline = self.devices.in_table_order(offline)
-            went_online = self.devices.in_table_order(online)
-            busy += time.perf_counter() - built
             busy += await record_presence(
                 self.sessions, {}, offline=went_offline, online=went_online
             )

@@ -196,10 +196,15 @@ M-5,acme,manhole,yicheng,32.98,114.02,,,180
     await _fleet(sessions, fleet)
     devices = DeviceMap(sessions)
     await devices.refresh()
-    assert devices.in_table_order({"M-5", "GONE", "Z-9", "A-1"}) == ["Z-9", "A-1", "M-5", "GONE"]
+    assert devices.in_table_order({"M-5", "GONE", "Z-9", "A-1"}) == [["Z-9", "A-1", "M-5", "GONE"]]
+    assert devices.in_table_order({"M-5", "Z-9"}, set(), {"A-1", "Z-9"}) == [
+        ["Z-9", "M-5"],
+        [],
+        ["Z-9", "A-1"],
+    ]
     # A device changed later keeps its place; one added later comes last, as its row does.
     await _fleet(sessions, fleet.replace("Z-9,acme,manhole,yicheng,32.98,114.02,,,180", "Z-9,acme,manhole,yicheng,32.98,114.02,,600,180") + "B-2,acme,manhole,yicheng,32.98,114.02,,,180\n")  # fmt: skip
     devices._last_read = None  # a full reload, as at a restart
     await devices.refresh()
     assert devices.devices["Z-9"].report_interval_s == 600
-    assert devices.in_table_order({"B-2", "A-1", "Z-9"}) == ["Z-9", "A-1", "B-2"]
+    assert devices.in_table_order({"B-2", "A-1", "Z-9"}) == [["Z-9", "A-1", "B-2"]]
