@@ -766,6 +766,14 @@ _STATUS_SQLITE = (
 )
 
 
+async def online_devices(session_factory: SessionFactory) -> list[str]:
+    """Ids of the devices the registry holds online (not decommissioned): what a restarted
+    ingest's presence takes over."""
+    query = select(Device.id).where(Device.status == "online", Device.decommissioned_at.is_(None))
+    async with session_factory() as session:
+        return list((await session.execute(query)).scalars())
+
+
 async def record_presence(
     session_factory: SessionFactory,
     seen: Mapping[str, dt.datetime],

@@ -136,6 +136,9 @@ class PartitionedPresence(Presence):
         self.dirty_seen[device_id] = at_ms
         return False
 
+    def resume(self, device_id: str, now_ms: int, interval_s: int) -> bool:
+        return self.owns(device_id) and super().resume(device_id, now_ms, interval_s)
+
     def says(self, device_id: str, online: bool, at_ms: int, interval_s: int) -> bool:
         if self.owns(device_id):
             return super().says(device_id, online, at_ms, interval_s)

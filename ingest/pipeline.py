@@ -33,7 +33,7 @@ import msgspec
 from cityiot.catalogue import KINDS, is_valid_id
 from cityiot.db import CHECKPOINT_EVERY_S, ROWS_PER_TURN, checkpoint
 from cityiot.influx import InfluxDB, InfluxError
-from cityiot.registry import DeadLetterIn, add_dead_letters, record_presence
+from cityiot.registry import DeadLetterIn, add_dead_letters, online_devices, record_presence
 from cityiot.settings import Settings
 from ingest.broker import BrokerLink, Delivery
 from ingest.codecs import Codec, PayloadError, RawReading, default_codecs
@@ -210,6 +210,8 @@ class Ingest:
 
     async def run(self) -> None:
         """Run until :meth:`stop`; everything taken from the broker is stored before it returns."""
+        if self.store:
+            await self._resume_presence()
         writers = [
             asyncio.create_task(self._writer(), name=f"ingest-writer-{k}")
             for k in range(WRITES_IN_FLIGHT)
@@ -242,6 +244,18 @@ class Ingest:
 
     async def stop(self) -> None:
         self._stopping.set()
+
+    async def _resume_presence(self) -> None:
+        """Take over the devices the registry holds online (of this worker's, with several):
+        a restart writes no "came online" for each of them, and one that fell silent while no
+        ingest ran goes offline 3 × its report interval from now."""
+        now_ms = int(time.time() * 1000)
+        resumed = 0
+        for device_id in await online_devices(self.sessions):
+            device = self.devices.get(device_id)
+            if device is not None and not device.decommissioned:
+                resumed += self.presence.resume(device_id, now_ms, device.report_interval_s)
+        log.info("event=presence_resumed online=%d", resumed)
 
     def depths(self) -> dict[str, float]:
         """Queue depths and state now, for metrics (gauges)."""

@@ -4,6 +4,10 @@ A device is online when it says so (``status`` topic, also its MQTT will) or sen
 offline when it says so or stays silent for 3 × its report interval. Transitions are
 kept in memory and written to the registry in bulk: status changes every few seconds,
 last-seen times every 30 s (ingest/pipeline.py, SEEN_EVERY_S).
+
+A restarted ingest takes over the devices the registry holds online (:meth:`Presence.resume`):
+their first message is no transition, and one that stays silent for 3 × its interval after
+the restart (it may have died while no ingest ran) goes offline.
 """
 
 from __future__ import annotations
@@ -36,6 +40,19 @@ class Presence:
         if device_id in self.online:
             return False
         self._set(device_id, True)
+        return True
+
+    def resume(self, device_id: str, now_ms: int, interval_s: int) -> bool:
+        """Take over a device the registry holds online (an earlier ingest saw it): online
+        without a transition, silent once 3 × its interval pass from ``now_ms`` without
+        traffic. True when it is tracked here."""
+        if device_id in self.online:
+            return False
+        self.online.add(device_id)
+        deadline = now_ms + SILENCE_FACTOR * 1000 * interval_s
+        self.deadline_ms[device_id] = deadline
+        if deadline < self.next_due_ms:
+            self.next_due_ms = deadline
         return True
 
     def says(self, device_id: str, online: bool, at_ms: int, interval_s: int) -> bool:

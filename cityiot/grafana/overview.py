@@ -27,11 +27,12 @@ READING_FIELD = {
 
 PRESENCE = (
     "Presence is the ingest's own: it writes a device_status point (tags device_id, kind, "
-    "district, vendor; field online) when a device comes online (first message since the "
-    "ingest started, or status online) and when it goes offline (status offline or its MQTT "
-    "will, or silence for 3 × its report interval). The panel counts each device's latest "
-    "point over all time, so it is the state now, whatever the time picker says; while the "
-    "ingest itself is down nobody marks silent devices offline."
+    "district, vendor; field online) when a device comes online (first message, or status "
+    "online; a device online before an ingest restart stays online) and when it goes offline "
+    "(status offline or its MQTT will, or silence for 3 × its report interval). The panel "
+    "counts each device's latest point over all time, so it is the state now, whatever the "
+    "time picker says; while the ingest itself is down nobody marks silent devices offline "
+    "(a restarted ingest does, 3 report intervals after it starts)."
 )
 
 ALERT_COLUMNS: tuple[tuple[str, str, ColumnType], ...] = (

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
+import uuid
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from cityiot.catalogue import KINDS
-from cityiot.db import DeadLetter
+from cityiot.db import DeadLetter, Device
 from ingest.codecs.hexframe import encode
+from ingest.service import ingest_stage
 from tests.ingest.conftest import Platform
 
 DEVICES = {  # device → (vendor, kind, district)
@@ -140,3 +143,58 @@ async def test_status_messages_and_traffic_track_presence(platform: Platform) ->
     assert "sl-1" not in platform.ingest.presence.online
     rows = await platform.points('SELECT "online" FROM "device_status" GROUP BY "device_id"')
     assert sorted(r[1] for r in rows) == [False, True]
+
+
+async def test_a_restarted_ingest_takes_over_the_presence_the_registry_holds(
+    platform: Platform,
+) -> None:
+    """No second "came online" for a device online before the restart; a device online in the
+    registry that stays silent after it (it may have died while no ingest ran) goes offline."""
+    platform.publish("city/acme/wt-1/telemetry", b'{"metrics": {"ph": 7.2}}')
+    await platform.settle(1)
+    await platform.ingest.stop()
+    await _until_status(platform, "wt-1", "online")  # the stopping ingest's last flush
+    async with platform.sessions() as session:  # pk-1: online, reporting every second
+        await session.execute(
+            update(Device).where(Device.id == "pk-1").values(status="online", report_interval_s=1)
+        )
+        await session.commit()
+
+    settings = platform.settings.model_copy(
+        update={
+            "mqtt_client_id": f"ingest-{uuid.uuid4().hex[:8]}",
+            "spool_dir": platform.settings.run_dir / "second-spool",
+        }
+    )
+    async with ingest_stage(settings) as ingest:
+        task = asyncio.create_task(ingest.run())
+        try:
+            await platform.wait_for(lambda: {"wt-1", "pk-1"} <= ingest.presence.online)
+            platform.publish("city/acme/wt-1/telemetry", b'{"metrics": {"ph": 7.3}}')
+            await platform.wait_for(lambda: ingest.counters.stored == 1 and ingest.idle)
+            await _until_status(platform, "pk-1", "offline")  # 3 × 1 s, then a sweep
+            assert "wt-1" in ingest.presence.online
+        finally:
+            await ingest.stop()
+            await task
+
+    results = await platform.influx.query(
+        'SELECT "online" FROM "device_status" GROUP BY "device_id"'
+    )
+    points = {s["tags"]["device_id"]: [v[1] for v in s["values"]] for s in results[0]["series"]}
+    assert points == {"wt-1": [True], "pk-1": [False]}
+    assert await _status(platform, "wt-1") == "online"
+
+
+async def _status(platform: Platform, device_id: str) -> str:
+    async with platform.sessions() as session:
+        status = await session.scalar(select(Device.status).where(Device.id == device_id))
+    assert status is not None
+    return status
+
+
+async def _until_status(platform: Platform, device_id: str, status: str) -> None:
+    deadline = time.monotonic() + 20
+    while (now := await _status(platform, device_id)) != status:
+        assert time.monotonic() < deadline, f"{device_id} still {now}, not {status}"
+        await asyncio.sleep(0.1)

@@ -43,3 +43,17 @@ def test_a_sweep_looks_at_the_devices_only_once_one_can_be_due() -> None:
     assert presence.silent(1_180_001) == ["fast"]
     assert presence.silent(1_800_001) == ["slow"]
     assert presence.silent(10**9) == [] and presence.online == set()
+
+
+def test_a_resumed_device_is_online_without_a_change_and_goes_silent_from_the_resume() -> None:
+    presence = Presence()
+    assert presence.resume("mh-1", 10_000, 60) is True  # online in the registry
+    assert presence.resume("mh-1", 20_000, 60) is False  # already tracked
+    assert presence.seen("mh-1", 30_000, 60) is False  # its first message: no transition
+    assert presence.take_changes() == ({"mh-1": 30_000}, set(), set())
+
+    assert presence.resume("sl-1", 10_000, 60) is True  # never heard from again
+    assert presence.silent(190_000) == []  # 3 × 60 s after the resume, not past it
+    assert presence.silent(190_001) == ["sl-1"]
+    assert presence.take_changes() == ({}, set(), {"sl-1"})
+    assert presence.online == {"mh-1"}

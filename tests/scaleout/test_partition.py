@@ -153,6 +153,13 @@ def test_presence_is_kept_by_the_owner_only() -> None:
     assert presence.silent(1000 + 3 * 60_000 + 1) == ["mh-1"]  # only its own go silent
 
 
+def test_a_restarted_worker_takes_over_only_its_own_devices_presence() -> None:
+    presence = PartitionedPresence(Partition(3, 2).owns)  # owns mh-1, not sl-1
+    assert presence.resume("mh-1", 1000, 60) is True
+    assert presence.resume("sl-1", 1000, 60) is False  # its owner's to watch
+    assert presence.online == {"mh-1"} and presence.deadline_ms == {"mh-1": 181_000}
+
+
 def test_a_forwarded_batch_survives_the_wire() -> None:
     message = Forwarded(
         readings=[
