@@ -183,6 +183,31 @@ def test_influx_write_and_query(influx: LocalInflux, influx_db: str) -> None:
     assert body["results"][0]["series"][0]["values"] == [[1763856000000, 2.5]]
 
 
+def _environ(pid: int | None) -> dict[str, str]:
+    assert pid is not None
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+def test_influx_runs_with_its_collector_tuned_unless_the_operator_says_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INFLUXDB_HTTP_BIND_ADDRESS", "127.0.0.1:1")  # would override the file
+    monkeypatch.delenv("GOGC", raising=False)
+    monkeypatch.delenv("GOMEMLIMIT", raising=False)
+    with LocalInflux(tmp_path / "tuned") as influx:
+        env = _environ(influx.pid)
+        assert env["GOGC"] == services.INFLUX_GOGC == "400"
+        assert env["GOMEMLIMIT"] == f"{services.influx_memory_limit() >> 20}MiB"
+        assert services.influx_memory_limit() >= 1 << 30
+        assert "INFLUXDB_HTTP_BIND_ADDRESS" not in env
+    monkeypatch.setenv("GOGC", "150")
+    monkeypatch.setenv("GOMEMLIMIT", "3GiB")
+    with LocalInflux(tmp_path / "operator") as influx:
+        env = _environ(influx.pid)
+        assert (env["GOGC"], env["GOMEMLIMIT"]) == ("150", "3GiB")
+
+
 def test_influx_restart_keeps_port_and_data(own_influx: LocalInflux) -> None:
     influx_query(own_influx, 'CREATE DATABASE "city"')
     assert write_and_count(own_influx, "city", "manhole,device_id=m-1 tilt_deg=1 1000") == 1
