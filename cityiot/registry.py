@@ -791,13 +791,17 @@ async def record_presence(
     per row.
     Returns the seconds spent writing (:func:`write_rows`).
     """
-    times = [(d, _aware(at, "seen")) for d, at in seen.items()]
+    times = list(seen.items())
     dialect = dialect_of(session_factory)
+    # Each distinct time converted once: the devices of one intake batch share their time.
+    values: dict[dt.datetime, Any] = {}
     took = 0.0
     for start in range(0, len(times), ROWS_PER_TURN):
         rows = []
         for device_id, at in times[start : start + ROWS_PER_TURN]:
-            value = driver_time(at, dialect)
+            value = values.get(at)
+            if value is None:
+                value = values[at] = driver_time(_aware(at, "seen"), dialect)
             rows.append((value, device_id, value))
         took += await write_rows(session_factory, _SEEN, rows, sqlite_sql=_SEEN_SQLITE)
     for status, ids in (("offline", list(offline)), ("online", list(online))):
