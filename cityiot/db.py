@@ -600,7 +600,7 @@ def direct_sessions(session_factory: Any) -> sync_sessionmaker[Session] | None:
     against 15.5 and 21.1.) The connection
     never waits for a lock (busy timeout 0: a writer of another process makes it fail at
     once, and the caller falls back to the async session) and never checkpoints the WAL
-    (the async connections do).
+    (the async connections do). Disposing of the async engine disposes of this one too.
     """
     if _sqlite_file(session_factory) is None:
         return None
@@ -619,6 +619,9 @@ def direct_sessions(session_factory: Any) -> sync_sessionmaker[Session] | None:
             "connect",
             lambda conn, record: _sqlite_pragmas(conn, record, "wal_autocheckpoint=0"),
         )
+        # Closed with the async engine: the last connection to close checkpoints the log
+        # and removes it; left open, a cleanly stopped run left its -wal file behind.
+        event.listen(key, "engine_disposed", lambda _engine: direct.dispose())
         made = _DIRECT[key] = sync_sessionmaker(direct, expire_on_commit=False)
     return made
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import sqlite3
@@ -10,7 +11,15 @@ import sqlite3
 import pytest
 from sqlalchemy import func, select
 
-from cityiot.db import DeadLetter, checkpoint, write_rows, write_turn
+from cityiot.db import (
+    DeadLetter,
+    checkpoint,
+    make_engine,
+    migrate,
+    sessionmaker,
+    write_rows,
+    write_turn,
+)
 from cityiot.registry import DeadLetterIn, SessionFactory, add_dead_letters
 
 
@@ -177,6 +186,26 @@ async def test_a_checkpoint_lets_the_write_ahead_log_start_over(sessions: Sessio
             select(func.count()).select_from(DeadLetter).where(DeadLetter.reason.like("letter %"))
         )
     assert count == 1190
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_disposing_of_the_engine_closes_the_direct_connections_and_the_log(
+    db_url: str,
+) -> None:
+    """A cleanly stopped process leaves no -wal file: the direct (loop-thread) connections
+    close with the engine, and the last one to close folds the log into the database."""
+    await migrate(db_url)
+    engine = make_engine(db_url)
+    sessions = sessionmaker(engine)
+    await add_dead_letters(sessions, [DeadLetterIn("t", None, None, b"x", 1, "t")] * 10)
+    await write_rows(sessions, RENAME, [("direct", k) for k in range(1, 11)])  # loop thread
+    path = db_url.split("///", 1)[1]
+    assert await asyncio.to_thread(os.path.exists, path + "-wal")
+    await engine.dispose()
+    assert not await asyncio.to_thread(os.path.exists, path + "-wal")
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        reasons = conn.execute("SELECT DISTINCT reason FROM dead_letters").fetchall()
+    assert reasons == [("direct",)]
 
 
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
