@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import itertools
 import time
@@ -95,6 +96,25 @@ class Platform:
         c = self.ingest.counters
         await self.wait_for(lambda: c.messages >= target, timeout_s)
         await self.wait_for(lambda: self.ingest.idle, timeout_s)
+
+    @contextlib.asynccontextmanager
+    async def restarted(self) -> AsyncIterator[Ingest]:
+        """Another ingest on the same broker, InfluxDB and registry, as after a restart,
+        running; stopped (drained) when the block ends. It has a spool of its own: the first
+        ingest holds its spool until the fixture ends."""
+        settings = self.settings.model_copy(
+            update={
+                "mqtt_client_id": f"ingest-{uuid.uuid4().hex[:8]}",
+                "spool_dir": self.settings.run_dir / "second-spool",
+            }
+        )
+        async with ingest_stage(settings) as ingest:
+            task = asyncio.create_task(ingest.run())
+            try:
+                yield ingest
+            finally:
+                await ingest.stop()
+                await task
 
     async def points(self, q: str) -> list[list[Any]]:
         results = await self.influx.query(q)

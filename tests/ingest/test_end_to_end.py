@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import uuid
 
 import orjson
 from sqlalchemy import select, update
@@ -13,7 +12,6 @@ from sqlalchemy import select, update
 from cityiot.catalogue import KINDS
 from cityiot.db import DeadLetter, Device
 from ingest.codecs.hexframe import encode
-from ingest.service import ingest_stage
 from tests.ingest.conftest import Platform
 
 DEVICES = {  # device → (vendor, kind, district)
@@ -160,23 +158,12 @@ async def test_a_restarted_ingest_takes_over_the_presence_the_registry_holds(
         )
         await session.commit()
 
-    settings = platform.settings.model_copy(
-        update={
-            "mqtt_client_id": f"ingest-{uuid.uuid4().hex[:8]}",
-            "spool_dir": platform.settings.run_dir / "second-spool",
-        }
-    )
-    async with ingest_stage(settings) as ingest:
-        task = asyncio.create_task(ingest.run())
-        try:
-            await platform.wait_for(lambda: {"wt-1", "pk-1"} <= ingest.presence.online)
-            platform.publish("city/acme/wt-1/telemetry", b'{"metrics": {"ph": 7.3}}')
-            await platform.wait_for(lambda: ingest.counters.stored == 1 and ingest.idle)
-            await _until_status(platform, "pk-1", "offline")  # 3 × 1 s, then a sweep
-            assert "wt-1" in ingest.presence.online
-        finally:
-            await ingest.stop()
-            await task
+    async with platform.restarted() as ingest:
+        await platform.wait_for(lambda: {"wt-1", "pk-1"} <= ingest.presence.online)
+        platform.publish("city/acme/wt-1/telemetry", b'{"metrics": {"ph": 7.3}}')
+        await platform.wait_for(lambda: ingest.counters.stored == 1 and ingest.idle)
+        await _until_status(platform, "pk-1", "offline")  # 3 × 1 s, then a sweep
+        assert "wt-1" in ingest.presence.online
 
     results = await platform.influx.query(
         'SELECT "online" FROM "device_status" GROUP BY "device_id"'

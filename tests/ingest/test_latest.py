@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -14,7 +13,6 @@ from sqlalchemy import func, select
 
 from cityiot.db import LatestReading, migrate
 from ingest.latest import LatestValues
-from ingest.service import ingest_stage
 from ingest.validate import Reading
 from tests.ingest.conftest import Platform
 
@@ -89,26 +87,14 @@ async def test_a_restarted_ingest_keeps_metrics_sent_before_the_restart(
     await platform.ingest.stop()
     await platform.wait_for(lambda: platform.ingest.idle)
 
-    settings = platform.settings.model_copy(
-        update={
-            "mqtt_client_id": f"ingest-{uuid.uuid4().hex[:8]}",
-            # The first ingest still holds its spool until the fixture ends.
-            "spool_dir": platform.settings.run_dir / "second-spool",
-        }
-    )
-    async with ingest_stage(settings) as ingest:
-        task = asyncio.create_task(ingest.run())
-        try:
-            assert ingest.latest is not None and not ingest.latest.devices  # a fresh memory
-            platform.publish("city/acme/mh-1/telemetry", _telemetry(t0 + 5000, tilt_deg=3.0))
-            # Late and older than the stored battery value: must not replace it.
-            platform.publish("city/acme/mh-1/telemetry", _telemetry(t0 - 60_000, battery_pct=10))
-            await _wait_row(platform.sessions, "mh-1", lambda r: r.metrics["tilt_deg"][0] == 3.0)
-            await platform.wait_for(lambda: ingest.counters.messages >= 2 and ingest.idle)
-            await ingest.latest.flush()
-        finally:
-            await ingest.stop()
-            await task
+    async with platform.restarted() as ingest:
+        assert ingest.latest is not None and not ingest.latest.devices  # a fresh memory
+        platform.publish("city/acme/mh-1/telemetry", _telemetry(t0 + 5000, tilt_deg=3.0))
+        # Late and older than the stored battery value: must not replace it.
+        platform.publish("city/acme/mh-1/telemetry", _telemetry(t0 - 60_000, battery_pct=10))
+        await _wait_row(platform.sessions, "mh-1", lambda r: r.metrics["tilt_deg"][0] == 3.0)
+        await platform.wait_for(lambda: ingest.counters.messages >= 2 and ingest.idle)
+        await ingest.latest.flush()
     row = await _row(platform.sessions, "mh-1")
     assert row is not None
     assert row.metrics == {"tilt_deg": [3.0, t0 + 5000], "battery_pct": [80.0, t0]}
