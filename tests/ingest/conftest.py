@@ -108,18 +108,25 @@ class Platform:
                 "spool_dir": self.settings.run_dir / "second-spool",
             }
         )
-        async with ingest_stage(settings) as ingest:
-            task = asyncio.create_task(ingest.run())
-            try:
-                yield ingest
-            finally:
-                await ingest.stop()
-                await task
+        async with running_ingest(settings) as ingest:
+            yield ingest
 
     async def points(self, q: str) -> list[list[Any]]:
         results = await self.influx.query(q)
         series = results[0].get("series", [])
         return [row for s in series for row in s["values"]]
+
+
+@contextlib.asynccontextmanager
+async def running_ingest(settings: Settings) -> AsyncIterator[Ingest]:
+    """An ingest with ``settings``, running; stopped (drained) when the block ends."""
+    async with ingest_stage(settings) as ingest:
+        task = asyncio.create_task(ingest.run())
+        try:
+            yield ingest
+        finally:
+            await ingest.stop()
+            await task
 
 
 def publisher_for(broker: LocalBroker) -> mqtt.Client:

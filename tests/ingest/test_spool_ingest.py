@@ -4,10 +4,8 @@ back → replayed, every reading stored once; a full spool acknowledges nothing 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -18,9 +16,7 @@ from cityiot.influx import InfluxDB
 from cityiot.registry import import_devices, parse_device_csv, upsert_vendor
 from cityiot.services import LocalBroker, LocalInflux
 from cityiot.settings import Settings
-from ingest.pipeline import Ingest
-from ingest.service import ingest_stage
-from tests.ingest.conftest import REGISTRY_CSV, publisher_for
+from tests.ingest.conftest import REGISTRY_CSV, publisher_for, running_ingest
 
 
 @pytest.fixture
@@ -30,17 +26,6 @@ def own_influx(tmp_path: Path) -> LocalInflux:
     service.start()
     yield service  # type: ignore[misc]
     service.stop()
-
-
-@contextlib.asynccontextmanager
-async def _running(settings: Settings) -> AsyncIterator[Ingest]:
-    async with ingest_stage(settings) as ingest:
-        task = asyncio.create_task(ingest.run())
-        try:
-            yield ingest
-        finally:
-            await ingest.stop()
-            await task
 
 
 async def _until(check, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -96,7 +81,7 @@ async def test_readings_survive_influxdb_down_through_the_spool(
             sent += 1
 
     try:
-        async with _running(settings) as ingest:
+        async with running_ingest(settings) as ingest:
             publish(50)
             await _until(
                 lambda: ingest.counters.stored >= 50 and ingest.idle, 15, "first 50 stored"
