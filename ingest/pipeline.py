@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import itertools
 import logging
 import operator
@@ -795,11 +796,10 @@ class Ingest:
             built = time.perf_counter()
             in_order, went_offline, went_online = self.devices.in_table_order(seen, offline, online)
             ids = iter(in_order)
-            stamps = _Stamps()
             busy += time.perf_counter() - built
             while chunk := list(itertools.islice(ids, ROWS_PER_TURN)):
                 built = time.perf_counter()
-                times = {d: stamps[seen[d]] for d in chunk}
+                times = {d: _ms_to_dt(seen[d]) for d in chunk}
                 busy += time.perf_counter() - built
                 busy += await record_presence(self.sessions, times, offline=(), online=())
             busy += await record_presence(
@@ -813,14 +813,8 @@ class Ingest:
         return busy
 
 
+# Each time made once: the devices of one intake batch share their receive time, so
+# 100,000 last-seen times hold a few thousand distinct ones.
+@functools.lru_cache(maxsize=16_384)
 def _ms_to_dt(ms: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
-
-
-class _Stamps(dict[int, dt.datetime]):
-    """Epoch ms → aware datetime, each made once (the devices of one intake batch share
-    their receive time: 100,000 last-seen times hold a few thousand distinct ones)."""
-
-    def __missing__(self, ms: int) -> dt.datetime:
-        value = self[ms] = _ms_to_dt(ms)
-        return value
