@@ -313,8 +313,11 @@ class BrokerLink:
             if timeout_s is None:
                 await self._wake.wait()
             else:
+                # asyncio.timeout, not wait_for: wait_for wraps the wait in a task of its own,
+                # and a message then reaches the intake three turns of a busy loop later.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout_s)
+                    async with asyncio.timeout(timeout_s):
+                        await self._wake.wait()
         batch, self._pending = self._pending, []
         self._pending_bytes = 0
         if self.stats.paused:

@@ -57,6 +57,32 @@ async def test_a_malformed_stream_closes_the_connection_with_a_reason() -> None:
     assert "unexpected MQTT packet type 15" in session.error
 
 
+async def turns_until_done(task: asyncio.Task[Any], limit: int = 20) -> int:
+    """How many turns of the event loop ``task`` takes to finish from here."""
+    for turn in range(1, limit + 1):
+        await asyncio.sleep(0)
+        if task.done():
+            return turn
+    raise AssertionError(f"still waiting after {limit} turns of the loop")
+
+
+async def test_a_waiting_intake_gets_what_arrives_in_the_loops_next_turn() -> None:
+    """next_batch with a timeout wakes one turn after a message is parsed: each turn of a
+    busy loop is milliseconds that every alert would wait (asyncio.wait_for took three)."""
+    link = BrokerLink(MqttTarget("mqtt://127.0.0.1:1"), "parser", ["city/#"])
+    session = _Session(link)
+    waiting = asyncio.create_task(link.next_batch(timeout_s=5.0))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    session.data_received(publish_packet(*STREAM[0]))
+    assert await turns_until_done(waiting) == 1
+    assert [d.topic for d in waiting.result()] == [STREAM[0][0]]
+    started = time.monotonic()
+    assert await link.next_batch(timeout_s=0.05) == []  # the timeout still ends the wait
+    assert time.monotonic() - started >= 0.04
+
+
 async def test_a_persistent_sessions_backlog_is_delivered_and_acked_on_reconnect(
     broker: LocalBroker,
 ) -> None:

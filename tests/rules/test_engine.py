@@ -402,6 +402,33 @@ async def test_on_sqlite_an_alert_is_recorded_and_published_within_one_turn_of_t
     assert (alert.rule, alert.state) == ("manhole_cover_open", "firing")
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_submitted_readings_are_evaluated_at_once_and_recorded_in_the_next_turn(
+    registered: Any,
+) -> None:
+    """submit() evaluates in the caller's turn of the loop (a firing waits for no queue of
+    readings); run() is woken in the loop's next turn and records it then."""
+    published: list[str] = []
+    engine = await engine_on(registered, None)
+    engine.publish = lambda topic, payload: published.append(orjson.loads(payload)["state"])
+    stop = asyncio.Event()
+    running = asyncio.create_task(engine.run(stop))
+    for _ in range(5):
+        await asyncio.sleep(0)  # run() is waiting now
+    others_ran = asyncio.Event()
+    asyncio.get_running_loop().call_soon(others_ran.set)
+    await engine.submit(cover_opened(int(time.time() * 1000)))
+    assert not others_ran.is_set()  # evaluated without a turn of the loop
+    assert engine.counters.readings == 1 and [t.to for t in engine.waiting] == ["firing"]
+    assert published == []
+    await asyncio.sleep(0)
+    assert published == ["firing"] and engine.waiting == []
+    stop.set()
+    await asyncio.wait_for(running, 10)
+    (alert,) = await open_alerts(registered)
+    assert (alert.rule, alert.state) == ("manhole_cover_open", "firing")
+
+
 async def test_an_absence_scan_gives_the_loop_a_turn_between_slices(
     registered: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
