@@ -2,8 +2,8 @@
 
 The ingest merges every stored batch into an in-memory map (a dict update per reading) and
 writes the devices that changed to ``latest_readings`` every ``latest_flush_ms`` in upserts
-of 500 rows, so ``GET /devices/{id}/latest`` answers from SQL, also from an API running as
-its own process, without asking InfluxDB.
+of ``ROWS_PER_TURN`` (200) rows, so ``GET /devices/{id}/latest`` answers from SQL, also from
+an API running as its own process, without asking InfluxDB.
 
 Per metric the newer time wins: a reading uploaded late never hides a newer value. The
 first time a device is flushed after a restart its stored row is merged in, so metrics it
@@ -100,8 +100,8 @@ class LatestValues:
             await self.flush()
 
     async def flush(self) -> int:
-        """Write the changed devices, 500 rows per upsert and transaction; returns how many
-        (0 also on failure)."""
+        """Write the changed devices, ``ROWS_PER_TURN`` rows per upsert and transaction;
+        returns how many (0 also on failure)."""
         if not self._changed:
             return 0
         if len(self._changed) <= FLUSH_MAX_DEVICES:
