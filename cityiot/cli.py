@@ -14,7 +14,7 @@ import logging.handlers
 import queue
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -95,11 +95,25 @@ def configure_logging(settings: Settings, log_file: Path | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop a long-running stage runs on: libuv's through uvloop (the default),
+    or None for Python's own.
+
+    uvloop's transports, timers and callbacks are C: in interleaved bench drains the
+    ingest spent about 4 % less CPU on the same readings (see the README's benchmark)."""
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
+
+
 def run_until_signal(
     main: Coroutine[Any, Any, None], stop: asyncio.Event, settings: Settings
 ) -> None:
     """Run ``main`` until it ends; SIGINT/SIGTERM set ``stop`` so it can finish cleanly.
-    The garbage collector follows cityiot/gcpolicy.py meanwhile."""
+    The garbage collector follows cityiot/gcpolicy.py meanwhile, on the event loop that
+    ``CITYIOT_EVENT_LOOP`` names (uvloop by default)."""
     from cityiot.gcpolicy import collect_on_schedule, young_only
 
     young_only(settings.gc_full_every_s)
@@ -117,7 +131,8 @@ def run_until_signal(
                 await collector
 
     try:
-        asyncio.run(runner())
+        with asyncio.Runner(loop_factory=event_loop_factory(settings.event_loop)) as loop:
+            loop.run(runner())
     except (ConnectionError, ValueError, OSError) as exc:  # RuleError, RoutingError are ValueErrors
         fail(str(exc))
 

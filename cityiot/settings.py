@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, ValidationInfo, field_validator
@@ -73,6 +74,11 @@ class Settings(BaseSettings):
     future_tolerance_s: int = 300
     dead_letter_payload_bytes: int = 4096
     registry_refresh_s: float = Field(2.0, gt=0, description="pick up registry changes this often")
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop",
+        description="the event loop of the long-running stages: uvloop (libuv) or Python's "
+        "own asyncio loop",
+    )
     gc_full_every_s: float = Field(
         600.0,
         ge=0,

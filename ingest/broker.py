@@ -25,6 +25,7 @@ import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 from cityiot.settings import MqttTarget
 
@@ -104,8 +105,8 @@ class _Session(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not subclasses of asyncio.Transport, but have its methods.
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.error:
