@@ -275,6 +275,11 @@ class RulesEngine:
         """Evaluate with ``rules`` from now on, keeping the state of the rules that stay;
         the open alerts of a rule that is gone are resolved (nothing will clear them)."""
         gone = self.evaluator.replace_rules(rules)
+        if gone and self.waiting:
+            # Evaluated before the change and not recorded yet: a gone rule's changes go with
+            # it (a firing recorded now would stay open, nothing left to clear it).
+            kept = self.evaluator.rules
+            self.waiting = [t for t in self.waiting if t.rule.id in kept]
         now_ms = int(self.clock() * 1000)
         for rule_id, device_id, track in gone:
             if track.alert_id is None:

@@ -429,6 +429,23 @@ async def test_submitted_readings_are_evaluated_at_once_and_recorded_in_the_next
     assert (alert.rule, alert.state) == ("manhole_cover_open", "firing")
 
 
+async def test_a_change_evaluated_before_its_rule_is_removed_is_not_recorded_after(
+    registered: Any,
+) -> None:
+    """A firing waiting to be recorded when its rule goes away (a reload) goes with the
+    rule: recorded, it would stay open with nothing left to resolve it."""
+    engine = await engine_on(registered, None)
+    await engine.submit(cover_opened(int(time.time() * 1000)))
+    assert [t.rule.id for t in engine.waiting] == ["manhole_cover_open"]
+    kept = [r for r in load_rules(CATALOGUE) if r.id != "manhole_cover_open"]
+    await engine.replace_rules(kept)
+    assert engine.waiting == []
+    stop = asyncio.Event()
+    stop.set()
+    await asyncio.wait_for(engine.run(stop), 10)
+    assert await open_alerts(registered) == []
+
+
 async def test_an_absence_scan_gives_the_loop_a_turn_between_slices(
     registered: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
