@@ -41,6 +41,10 @@ YIELD_EVERY = 250  # readings evaluated between two turns of the event loop (abo
 # this after the last recording (s), however large the batch: a firing among the first
 # readings of 1,000 waited for the other 999 (15-40 ms under load).
 APPLY_EVERY_S = 0.010
+# run() records what submit() evaluated at once after a quiet spell, but not within this
+# long (s) of its last recording while changes keep coming: a transaction (and a commit)
+# per turn of the loop took 12 % of the ingest's time in a drain.
+RECORD_EVERY_S = 0.005
 TICK_SLICE = 2000  # devices scanned for silence between two turns of the event loop
 MAX_WAITING = 50_000  # alert changes evaluated and not recorded yet; submit() waits beyond it
 MAX_FOLLOW_UPS = 10_000  # alert changes published and not yet dispatched; apply() waits beyond
@@ -116,6 +120,7 @@ class RulesEngine:
         self._follow_ups: asyncio.Queue[tuple[Transition | None, dict[str, Any]]] | None = None
         self._facts: dict[str, tuple[KnownDevice, DeviceFacts]] = {}
         self._ticked_version = -1  # the registry's version at the last full absence scan
+        self._recorded_at = float("-inf")  # when run() last recorded (time.monotonic())
 
     async def start(self) -> list[dict[str, Any]]:
         """Rebuild evaluation state from the open alerts of the devices this engine owns;
@@ -169,7 +174,11 @@ class RulesEngine:
                     async with asyncio.timeout(0.5):
                         await self._arrived.wait()
             self._arrived.clear()
+            early = self._recorded_at + RECORD_EVERY_S - time.monotonic()
+            if early > 0 and self.waiting and not stop.is_set():
+                await asyncio.sleep(early)  # what comes meanwhile goes in the same transaction
             await self._apply_waiting()
+            self._recorded_at = time.monotonic()
             if self.clock() >= next_tick:
                 next_tick = self.clock() + self.tick_s
                 await self.tick()

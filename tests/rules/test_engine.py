@@ -429,6 +429,46 @@ async def test_submitted_readings_are_evaluated_at_once_and_recorded_in_the_next
     assert (alert.rule, alert.state) == ("manhole_cover_open", "firing")
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_changes_that_keep_coming_are_recorded_together_not_a_transaction_each(
+    registered: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a quiet spell a change is recorded in the loop's next turn; one that follows
+    within RECORD_EVERY_S waits for it, with whatever else comes meanwhile."""
+    import rules.engine
+
+    monkeypatch.setattr(rules.engine, "RECORD_EVERY_S", 1.0)
+    published: list[str] = []
+    engine = await engine_on(registered, None)
+    engine.publish = lambda topic, payload: published.append(orjson.loads(payload)["state"])
+    recordings: list[int] = []
+    apply = engine.apply
+
+    async def counting(transitions: Any) -> None:
+        recordings.append(len(transitions))
+        await apply(transitions)
+
+    engine.apply = counting  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    running = asyncio.create_task(engine.run(stop))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    ts = int(time.time() * 1000)
+    await engine.submit(cover_opened(ts))
+    await asyncio.sleep(0)
+    assert published == ["firing"] and recordings == [1]
+    closed = {"cover_open": False, "tilt_deg": 1.0}
+    await engine.submit([Reading("mh-1", "manhole", ts + 100, closed)])
+    await engine.submit(cover_opened(ts + 200))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert published == ["firing"]  # within RECORD_EVERY_S of the last recording: waits
+    await wait_until(lambda: len(published) == 3, 10)
+    assert published == ["firing", "resolved", "firing"] and recordings == [1, 2]
+    stop.set()
+    await asyncio.wait_for(running, 10)
+
+
 async def test_a_change_evaluated_before_its_rule_is_removed_is_not_recorded_after(
     registered: Any,
 ) -> None:
