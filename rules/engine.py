@@ -19,7 +19,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -37,10 +37,6 @@ log = logging.getLogger("cityiot.rules")
 
 Publish = Callable[[str, bytes], None]
 YIELD_EVERY = 250  # readings evaluated between two turns of the event loop (about 1 ms)
-# evaluate() (without run()) records a batch's alert changes together, but not later than
-# this after the last recording (s), however large the batch: a firing among the first
-# readings of 1,000 waited for the other 999 (15-40 ms under load).
-APPLY_EVERY_S = 0.010
 # run() records what submit() evaluated at once after a quiet spell, but not within this
 # long (s) of its last recording while changes keep coming: a transaction (and a commit)
 # per turn of the loop took 12 % of the ingest's time in a drain.
@@ -141,9 +137,11 @@ class RulesEngine:
         loop's tasks in between: under 10,000 readings/s a firing waited 6 ms for its
         evaluation at the median and 53 ms at the 99th percentile in a queue of readings.
         """
-        for index, found in enumerate(self._evaluated(readings)):
-            if index:
+        now = self.clock()
+        for start in range(0, len(readings), YIELD_EVERY):
+            if start:
                 await asyncio.sleep(0)  # the recording of the changes so far, the writers
+            found = self._feed(readings[start : start + YIELD_EVERY], now)
             if found:
                 self.waiting += found
                 self._arrived.set()
@@ -195,36 +193,27 @@ class RulesEngine:
         if transitions:
             await self.apply(transitions)
 
-    def _evaluated(self, readings: list[Reading]) -> Iterator[list[Transition]]:
-        """Feed ``readings`` to the evaluator, :data:`YIELD_EVERY` at a time: each slice's
-        transitions (the caller takes a turn of the loop between slices)."""
-        now = self.clock()
+    def _feed(self, readings: list[Reading], now: float) -> list[Transition]:
+        """Feed ``readings`` to the evaluator; returns the transitions."""
         feed = self.evaluator.feed
         facts_of = self._facts_of
-        for start in range(0, len(readings), YIELD_EVERY):
-            transitions: list[Transition] = []
-            for reading in readings[start : start + YIELD_EVERY]:
-                facts = facts_of(reading.device_id)
-                if facts is not None:
-                    transitions += feed(facts, reading.ts_ms, reading.metrics, now)
-            self.counters.readings += min(YIELD_EVERY, len(readings) - start)
-            yield transitions
+        transitions: list[Transition] = []
+        for reading in readings:
+            facts = facts_of(reading.device_id)
+            if facts is not None:
+                transitions += feed(facts, reading.ts_ms, reading.metrics, now)
+        self.counters.readings += len(readings)
+        return transitions
 
     async def evaluate(self, readings: list[Reading]) -> None:
-        """Evaluate ``readings`` and record what changed before returning (without
-        :meth:`run`): what changed so far is recorded and published every
-        :data:`APPLY_EVERY_S`, without waiting for the rest of a large batch."""
-        transitions: list[Transition] = []
-        applied_at = time.monotonic()
-        for index, found in enumerate(self._evaluated(readings)):
-            if index:
+        """Evaluate ``readings`` and record what changed before returning: what
+        :meth:`submit` and :meth:`run` do together, for a caller without ``run()``."""
+        now = self.clock()
+        for start in range(0, len(readings), YIELD_EVERY):
+            if start:
                 await asyncio.sleep(0)  # let the intake and the writers run meanwhile
-            transitions += found
-            if transitions and time.monotonic() - applied_at >= APPLY_EVERY_S:
-                await self.apply(transitions)
-                transitions, applied_at = [], time.monotonic()
-        if transitions:
-            await self.apply(transitions)
+            self.waiting += self._feed(readings[start : start + YIELD_EVERY], now)
+        await self._apply_waiting()
 
     async def tick(self) -> None:
         """Absence rules on the platform clock, for the devices this engine owns.
