@@ -39,6 +39,7 @@ class SystemResult:
     workers: int
     database: str | None
     sent: int = 0
+    warmed: int = 0  # warm-up readings stored before t0, left out of every figure
     stored: int | None = None
     lost: int = 0
     duplicated: int = 0
@@ -213,7 +214,14 @@ def print_report(report: BenchReport, console: Console, out: Path | None = None)
         )
     console.print(
         f"load: {settings['messages']:,} messages of {settings['devices']:,} devices "
-        f"(5 kinds, JSON, one reading each); latency: {settings['latency_rate']:,.0f} "
+        f"(5 kinds, JSON, one reading each); "
+        + (
+            "cold: no warm-up"
+            if settings.get("cold")
+            else "warm: before each storing system's drain, one reading per device stored "
+            "(not counted)"
+        )
+        + f"; latency: {settings['latency_rate']:,.0f} "
         f"readings/s for {settings['latency_seconds']:g} s",
         highlight=False,
     )

@@ -110,6 +110,7 @@ class BenchOptions:
     keep: bool = False
     state_devices: int = 1_000_000  # rule state measured at this many devices (0: not)
     rounds: int = 1  # throughput runs of every system, interleaved; the median one is shown
+    cold: bool = False  # throughput without the warm-up: a city's first minutes
 
     def check(self) -> None:
         """Raise ``BenchError`` naming the option to change when one is out of range."""
@@ -146,6 +147,7 @@ class BenchOptions:
             "timeout_s": self.timeout_s,
             "state_devices": self.state_devices,
             "rounds": self.rounds,
+            "cold": self.cold,
         }
 
 
@@ -512,6 +514,11 @@ class Payloads:
         self.start_ms = start
         return self.messages
 
+    def warm_up(self) -> list[Message]:
+        """One reading from each fleet device, a step before the current backlog's first
+        (call :meth:`backlog` first): the throughput runs' warm-up."""
+        return messages(self.fleet, len(self.fleet), self.start_ms - STEP_MS, seed=8)
+
     def stream(self, count: int) -> Iterator[Message]:
         """``count`` fleet messages with fresh event times, for background load."""
         if count <= len(self.messages) - len(self.sentinels):
@@ -546,6 +553,15 @@ class StoredCounter:
         ]
         self._cheap = ";".join(cheap)
         self._exact = ";".join(f'SELECT count("{f}") FROM "{k}"' for k, f in COUNT_FIELD.items())
+        self._before = 0
+        self._before_cheap = [0] * len(cheap)
+
+    def exclude_present(self) -> int:
+        """Count from now on: the points stored so far (a warm-up's, returned) are left out
+        of :meth:`exact` and :meth:`cheap`."""
+        self._before_cheap = self._query(self._cheap)
+        self._before = sum(self._query(self._exact))
+        return self._before
 
     def _query(self, q: str) -> list[int]:
         response = self.http.post("/query", data={"db": self.database, "q": q})
@@ -560,11 +576,11 @@ class StoredCounter:
 
     def exact(self) -> int:
         """Every point of the five kinds in the system's database."""
-        return sum(self._query(self._exact))
+        return sum(self._query(self._exact)) - self._before
 
     def cheap(self) -> tuple[int, int]:
         """(sentinels stored, an estimate of all stored from the sample devices)."""
-        counts = self._query(self._cheap)
+        counts = [n - b for n, b in zip(self._query(self._cheap), self._before_cheap, strict=True)]
         p = self.payloads
         fleet_messages = len(p.messages) - self.sentinels
         estimate = sum(counts[1:]) * fleet_messages // max(1, p.sample_expected)
@@ -798,19 +814,24 @@ class BenchRun:
     def _drain_stored(
         self, spec: SystemSpec, result: SystemResult, pids: list[int], backlog: list[Message]
     ) -> None:
-        """SIGSTOP, backlog, SIGCONT, wait until InfluxDB holds it; CPU and final count."""
+        """Warm-up (unless --cold), SIGSTOP, backlog, SIGCONT, wait until InfluxDB holds
+        it; CPU and final count."""
         assert result.database is not None
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
-        try:
-            self._publish(spec, backlog, result)
-            start = self.mark(pids)
-            t0 = time.time()
-        finally:
-            for pid in pids:
-                os.kill(pid, signal.SIGCONT)
         counter = StoredCounter(self.influx.url, result.database, self.payloads)
         try:
+            if not self.options.cold:
+                self.warm_up(spec, result.database, self.payloads.warm_up())
+                self.quiet(pids)
+                result.warmed = counter.exclude_present()
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                self._publish(spec, backlog, result)
+                start = self.mark(pids)
+                t0 = time.time()
+            finally:
+                for pid in pids:
+                    os.kill(pid, signal.SIGCONT)
             end = wait_stored(
                 counter,
                 result.sent,
@@ -898,23 +919,31 @@ class BenchRun:
         devices = {d.device_id: d for d in (*self.payloads.fleet.devices, *self.payloads.sentinels)}
         bodies = line_protocol(self.payloads.backlog(), devices)
         result.sent = len(self.payloads.messages)
-        start = self.mark([])
-        t0 = time.time()
-        with httpx.Client(base_url=self.influx.url, timeout=120.0) as client:
-            for i, body in enumerate(bodies):
-                response = client.post(
-                    "/write", params={"db": result.database, "precision": "ms"}, content=body
-                )
-                if response.status_code != 204:
-                    raise BenchError(f"InfluxDB refused a write: {response.text[:200]}")
-                if i % 10 == 0:
-                    self.say(f"{spec.name}: {i * DIRECT_BATCH:,} of {result.sent:,} posted…")
-        end_mark = self.mark([])
         counter = StoredCounter(self.influx.url, result.database, self.payloads)
-        try:
-            stored = counter.exact()
-        finally:
-            counter.close()
+        with httpx.Client(base_url=self.influx.url, timeout=120.0) as client:
+
+            def post(bodies: list[bytes], what: str) -> None:
+                for i, body in enumerate(bodies):
+                    response = client.post(
+                        "/write", params={"db": result.database, "precision": "ms"}, content=body
+                    )
+                    if response.status_code != 204:
+                        raise BenchError(f"InfluxDB refused a write: {response.text[:200]}")
+                    if i % 10 == 0:
+                        self.say(f"{spec.name}: {what}, {i * DIRECT_BATCH:,} posted…")
+
+            try:
+                if not self.options.cold:
+                    post(line_protocol(self.payloads.warm_up(), devices), "warm-up")
+                    self.quiet([])
+                    result.warmed = counter.exclude_present()
+                start = self.mark([])
+                t0 = time.time()
+                post(bodies, f"{result.sent:,} points")
+                end_mark = self.mark([])
+                stored = counter.exact()
+            finally:
+                counter.close()
         self._drained(result, t0, start, Drained(end_mark.at, stored, "posted", end_mark))
         result.cpu_s = None  # the bench's own posting is not a system's cost
 
@@ -1076,7 +1105,7 @@ class BenchRun:
         """Wait until InfluxDB and ``pids`` are idle (together under ``QUIET_CPU`` of a core
         for a second; at most ``QUIET_MAX_S``): after the warm-up InfluxDB compacts the
         100,000 new series' data and the system writes 100,000 devices' latest values and
-        presence, and a latency run started then would measure that, not a running city."""
+        presence, and a run started then would measure that, not a running city."""
         assert self.influx.pid is not None
         watched = [self.influx.pid, *pids]
         deadline = time.monotonic() + QUIET_MAX_S
@@ -1087,14 +1116,15 @@ class BenchRun:
             used, before = now - before, now
             if used < QUIET_CPU:
                 return
-            self.say(f"latency — waiting for InfluxDB and the system to go idle ({used:.0%} CPU)")
-        self.say(f"latency — still busy after {QUIET_MAX_S:g} s; measuring anyway")
+            self.say(f"waiting for InfluxDB and the system to go idle ({used:.0%} CPU)")
+        self.say(f"still busy after {QUIET_MAX_S:g} s; measuring anyway")
 
     def warm_up(self, spec: SystemSpec, database: str, messages: list[Message]) -> None:
         """Every fleet device reports once through the running system, and InfluxDB holds
-        it all, before the latency is probed: a running city's series exist. Without it the
-        run would measure InfluxDB creating 100,000 series (a cold start, once per city)."""
-        self.say(f"{spec.name}: latency — warm-up, one reading from each of {len(messages):,}…")
+        it all, before a throughput or latency run: a running city's series exist and its
+        devices are online. Without it the run would measure InfluxDB creating 100,000 series
+        and the system marking 100,000 devices online (a cold start, once per city)."""
+        self.say(f"{spec.name}: warm-up, one reading from each of {len(messages):,}…")
         publisher = Publisher(
             self.broker.host, self.broker.port, client_id=f"bench-{self.run_id}-warm-up"
         )
@@ -1111,7 +1141,7 @@ class BenchRun:
                         f"{spec.name}: the warm-up stored {stored:,} of {len(messages):,} "
                         f"readings in {self.options.timeout_s:g} s"
                     )
-                self.say(f"{spec.name}: latency — warm-up, {stored:,} stored")
+                self.say(f"{spec.name}: warm-up, {stored:,} stored")
                 time.sleep(COUNT_POLL_S)
         finally:
             counter.close()
@@ -1224,7 +1254,9 @@ def run_bench(
         systems=systems,
         rule_state=rule_state.as_dict() if rule_state else None,
         method={
-            "throughput": "SIGSTOP the subscribed system, publish the backlog at the run's "
+            "throughput": "unless cold: a warm-up (one reading per fleet device, waited for "
+            "until stored, then until InfluxDB and the system are idle; not counted); "
+            "SIGSTOP the subscribed system, publish the backlog at the run's "
             "QoS, SIGCONT (t0); rate = messages / (t_end - t0), t_end = when InfluxDB's "
             "count reached the number sent (baseline: its last message)",
             "end_by": "sentinel: the last 16 messages' devices all stored, exact count "

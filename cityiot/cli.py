@@ -359,6 +359,14 @@ def bench(
             help="Throughput runs of each system, interleaved; the table shows the median one."
         ),
     ] = 1,
+    cold: Annotated[
+        bool,
+        typer.Option(
+            "--cold",
+            help="No warm-up before each throughput run: measure a city's first minutes "
+            "(every series created, every device coming online).",
+        ),
+    ] = False,
 ) -> None:
     """Throughput, CPU, memory and latency of the platform next to a bare subscriber and
     Node-RED, on a local Mosquitto and InfluxDB it starts itself; prints a table and writes
@@ -381,6 +389,7 @@ def bench(
             keep=keep,
             state_devices=state_devices,
             rounds=rounds,
+            cold=cold,
         )
         options.check()
         with err.status("starting…") as status:

@@ -42,6 +42,8 @@ def test_bench_runs_every_system_and_stores_every_message(tmp_path: Path) -> Non
     for name, s in systems.items():
         assert s["ok"], (name, s)
         assert s["sent"] == MESSAGES
+        # One warm-up reading per device before the drain, stored and left out of it.
+        assert s["warmed"] == (0 if name == "baseline" else 200), name
         assert s["stored"] == MESSAGES, name
         assert s["lost"] == 0 and s["duplicated"] == 0
         assert s["rate"] > 0 and s["drain_s"] > 0
@@ -70,7 +72,8 @@ def test_bench_runs_every_system_and_stores_every_message(tmp_path: Path) -> Non
     assert 0 < state["bytes_per_device"] == round(state["bytes_total"] / 3000, 1)
     assert "bytes per device at 3,000 devices" in done.stdout
 
-    assert report["settings"]["messages"] == MESSAGES
+    assert report["settings"]["messages"] == MESSAGES and report["settings"]["cold"] is False
+    assert "warm: before each storing system's drain" in done.stdout
     assert report["hardware"]["cores"] >= 1 and report["hardware"]["mosquitto"]
     assert "readings/s stored" in done.stdout
     for name in systems:

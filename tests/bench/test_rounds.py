@@ -53,16 +53,18 @@ def test_rounds_run_interleaved_end_to_end(tmp_path: Path) -> None:
         sys.executable, "-c", "from cityiot.cli import app; app()", "bench",
         "--devices", "100", "--messages", "500", "--systems", "baseline,influxdb",
         "--rounds", "2", "--skip-latency", "--state-devices", "0", "--timeout", "60",
-        "--out", str(out),
+        "--cold", "--out", str(out),
     ]  # fmt: skip
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert report["settings"]["rounds"] == 2
+    assert report["settings"]["rounds"] == 2 and report["settings"]["cold"] is True
+    assert "cold: no warm-up" in done.stdout
     for system in report["systems"]:
         assert len(system["rounds"]) == 2, system["name"]
         assert system["rate"] in [r["rate"] for r in system["rounds"]]
         assert all(r["ok"] and r["stored"] == 500 for r in system["rounds"])
+        assert system["warmed"] == 0  # --cold
     assert "rounds' range" in done.stdout
     # Interleaved: baseline, influxdb, then both again.
     order = [line.split(":")[0] for line in done.stderr.splitlines() if " readings/s, " in line]
