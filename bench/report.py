@@ -67,6 +67,8 @@ class SystemResult:
             "broker_cpu_s": self.broker_cpu_s,
             "influx_cpu_s": self.influx_cpu_s,
             "stored": self.stored,
+            "cpu_us_per_reading": self.cpu_us_per_reading,
+            "cores_busy": self.cores_busy,
             "ok": self.ok,
         }
 
@@ -75,8 +77,33 @@ class SystemResult:
         """Figures are valid: no error, no timeout, nothing lost or duplicated."""
         return self.error is None and not self.timed_out and not self.lost and not self.duplicated
 
+    @property
+    def machine_cpu_s(self) -> float | None:
+        """CPU seconds of the drain on the measured processes together: the system's (the
+        bench's own posting for the influxdb column, not measured, counts as none), the
+        broker's and InfluxDB's."""
+        if self.drain_s is None or self.broker_cpu_s is None or self.influx_cpu_s is None:
+            return None
+        return (self.cpu_s or 0.0) + self.broker_cpu_s + self.influx_cpu_s
+
+    @property
+    def cpu_us_per_reading(self) -> float | None:
+        """:attr:`machine_cpu_s` per reading drained, in µs: what storing one costs the
+        machine, comparable across systems and machines where rates are not."""
+        total = self.machine_cpu_s
+        readings = min(self.sent, self.stored or 0)
+        return None if total is None or not readings else round(total / readings * 1e6, 1)
+
+    @property
+    def cores_busy(self) -> float | None:
+        """:attr:`machine_cpu_s` ÷ drain time: how many cores the drain kept busy."""
+        total = self.machine_cpu_s
+        return None if total is None or not self.drain_s else round(total / self.drain_s, 2)
+
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        out["cpu_us_per_reading"] = self.cpu_us_per_reading
+        out["cores_busy"] = self.cores_busy
         out["latency"] = None if self.latency is None else self.latency.as_dict()
         out["ok"] = self.ok
         return out
@@ -186,6 +213,8 @@ def table(report: BenchReport) -> Table:
     row("CPU s system", [_n(s.cpu_s, 1) for s in systems])
     row("CPU s broker", [_n(s.broker_cpu_s, 1) for s in systems])
     row("CPU s InfluxDB", [_n(s.influx_cpu_s, 1) for s in systems])
+    row("CPU µs / reading, all", [_n(s.cpu_us_per_reading, 1) for s in systems])
+    row("cores busy", [_n(s.cores_busy, 2) for s in systems])
     row("peak RSS MB", [_n(s.peak_rss_mb) for s in systems])
     latency_rows("→ stored", lambda r: r.stored)
     latency_rows("→ alert", lambda r: r.alert)

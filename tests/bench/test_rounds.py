@@ -47,6 +47,24 @@ def test_one_round_is_reported_as_before() -> None:
     assert only.rounds == [] and only.notes == []
 
 
+def test_cpu_per_reading_and_cores_busy_count_the_system_broker_and_influxdb() -> None:
+    result = _round(20_000)  # 1,000 readings in 0.05 s
+    result.cpu_s, result.broker_cpu_s, result.influx_cpu_s = 0.03, 0.005, 0.015
+    assert result.cpu_us_per_reading == 50.0  # 0.05 CPU-s / 1,000
+    assert result.cores_busy == 1.0  # 0.05 CPU-s in 0.05 s
+    figures = result.as_dict()
+    assert figures["cpu_us_per_reading"] == 50.0 and figures["cores_busy"] == 1.0
+    assert result.round_figures()["cpu_us_per_reading"] == 50.0
+
+    result.cpu_s = None  # the influxdb column: the bench posts, no system process
+    assert result.cpu_us_per_reading == 20.0
+    short = _round(20_000, lost=200)  # per reading stored, not sent
+    short.cpu_s, short.broker_cpu_s, short.influx_cpu_s = 0.04, 0.0, 0.0
+    assert short.cpu_us_per_reading == 50.0
+    unmeasured = _round(20_000)  # no CPU marks: no figure rather than a wrong one
+    assert unmeasured.cpu_us_per_reading is None and unmeasured.cores_busy is None
+
+
 def test_rounds_run_interleaved_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     argv = [
