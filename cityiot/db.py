@@ -703,4 +703,9 @@ async def migrate(url: str) -> None:
     """Bring the database at ``url`` (SQLite or PostgreSQL) to the newest schema; idempotent."""
     from cityiot.migrations import upgrade_to_head  # Alembic loads only when migrating
 
-    await upgrade_to_head(url)
+    engine = make_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade_to_head)
+    finally:
+        await engine.dispose()

@@ -184,7 +184,7 @@ class Ingest:
         # and this one (see QUEUED_BATCHES), or it, not storage, caps the rate.
         self._max_unacked = max(1, min(settings.batch_size, 5000))
         full_batch = max(1, settings.batch_size)  # readings
-        self._sealed = WriteQueue(
+        self._sealed: WriteQueue[Batch] = WriteQueue(
             max_lines=QUEUED_BATCHES * full_batch,
             max_messages=QUEUED_BATCHES * self._max_unacked,
             merge_lines=full_batch,

@@ -14,13 +14,25 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from ingest.pipeline import Batch
+from collections.abc import Sized
+from typing import Generic, Protocol, TypeVar
 
 
-class WriteQueue:
+class Sealed(Protocol):
+    """What the queue reads of a batch (``ingest.pipeline.Batch``): its points and its
+    messages, counted."""
+
+    @property
+    def lines(self) -> Sized: ...
+
+    @property
+    def spans(self) -> Sized: ...
+
+
+Batch = TypeVar("Batch", bound=Sealed)
+
+
+class WriteQueue(Generic[Batch]):
     """FIFO of sealed batches; ``put`` waits while the queue holds ``max_lines`` readings
     or ``max_messages`` messages (a batch always fits into an empty queue)."""
 
