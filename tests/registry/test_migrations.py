@@ -56,6 +56,16 @@ async def test_migrate_is_idempotent(db_url: str) -> None:
     assert state["revision"] == _head()
 
 
+@pytest.mark.postgres
+async def test_stages_starting_together_all_migrate_one_postgresql(postgres_url: str) -> None:
+    """``cityiot run`` starts its stages at once and each migrates: the advisory lock makes
+    the others wait for the first instead of creating the same tables beside it."""
+    await asyncio.gather(*(migrate(postgres_url) for _ in range(4)))
+    state = await _inspect(postgres_url)
+    assert state["diffs"] == []
+    assert state["revision"] == _head()
+
+
 async def test_alembic_command_line_uses_the_database_url(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
