@@ -107,6 +107,54 @@ class Settings(BaseSettings):
         "session is <mqtt_client_id>-w<index> and its spool <run_dir>/spool-w<index>",
     )
 
+    # Hardening (issue 22): what one caller, vendor or stranger may cost the platform.
+    api_max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="largest request body the API reads (413 past it); read only after the "
+        "caller's key is checked",
+    )
+    api_max_import_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="largest CSV body of POST /devices/import (413 past it), read streamed",
+    )
+    api_max_connections: int = Field(
+        1000, ge=1, description="open HTTP connections the API serves at once (503 past it)"
+    )
+    api_header_timeout_s: float = Field(
+        10.0, gt=0, description="time a client has to send a request's headers (and body)"
+    )
+    api_anonymous_rate_per_s: float = Field(
+        10.0,
+        gt=0,
+        description="requests per second per client address before its key is known "
+        "(unauthenticated or bad keys)",
+    )
+    api_anonymous_rate_burst: int = Field(
+        50, ge=1, description="requests a client address may send at once before auth"
+    )
+    api_trusted_hosts: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="Host header values the API answers (e.g. iot.city.gov.cn); '*': any, "
+        "but redirects never carry the Host header either way",
+    )
+    dead_letter_max_rows: int = Field(
+        200_000, ge=100, description="dead letters kept; the oldest are pruned past it"
+    )
+    dead_letter_max_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=64 * 1024,
+        description="stored bytes of dead-letter payloads kept; the oldest pruned past it",
+    )
+    dead_letter_rate_per_s: float = Field(
+        20.0,
+        gt=0,
+        description="dead letters stored per second per vendor (bursts up to "
+        "dead_letter_rate_burst); beyond it they are counted, not stored",
+    )
+    dead_letter_rate_burst: int = Field(200, ge=1)
+
     @field_validator("log_level")
     @classmethod
     def _upper(cls, v: str) -> str:
