@@ -295,6 +295,9 @@ class ApiKey(Base):
     kinds: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     districts: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     vendor_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    # The field teams (routing file's receivers) whose work orders and alerts a field key
+    # acts on; None for other roles and for field keys made before teams existed.
+    teams: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     created_by: Mapped[str] = mapped_column(String(128), default="")
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)

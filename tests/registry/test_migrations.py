@@ -102,3 +102,37 @@ async def test_latest_readings_loses_its_updated_at_index_and_gets_it_back_on_do
             assert "ix_latest_readings_updated_at" in await conn.run_sync(_latest_indexes)
     finally:
         await engine.dispose()
+
+
+def _api_key_columns(conn: Connection) -> set[str]:
+    return {c["name"] for c in inspect(conn).get_columns("api_keys")}
+
+
+async def test_api_keys_get_teams_and_keys_made_before_keep_none(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy import text
+
+    monkeypatch.setenv("CITYIOT_DATABASE_URL", db_url)
+    config = Config(str(SCRIPT_LOCATION / "alembic.ini"))
+    engine = make_engine(db_url)
+    try:
+        await asyncio.to_thread(command.upgrade, config, "0004")
+        async with engine.begin() as conn:
+            assert "teams" not in await conn.run_sync(_api_key_columns)
+            await conn.execute(
+                text(
+                    "INSERT INTO api_keys (id, secret_hash, name, role, created_at, created_by) "
+                    "VALUES ('old', 'x', 'legacy crew', 'field', CURRENT_TIMESTAMP, 'cli')"
+                )
+            )
+        await asyncio.to_thread(command.upgrade, config, "0005")
+        async with engine.connect() as conn:
+            assert "teams" in await conn.run_sync(_api_key_columns)
+            legacy = (await conn.execute(text("SELECT teams FROM api_keys"))).scalar_one()
+            assert legacy is None  # a legacy field key: no team until replaced
+        await asyncio.to_thread(command.downgrade, config, "0004")
+        async with engine.connect() as conn:
+            assert "teams" not in await conn.run_sync(_api_key_columns)
+    finally:
+        await engine.dispose()
