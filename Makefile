@@ -31,7 +31,8 @@ $(STAMP): pyproject.toml | deps
 	touch $@
 
 # OS packages: Mosquitto, InfluxDB (Debian's `influxdb`) and python3-venv, only when missing;
-# Chromium and a Chinese font for the console's browser tests (tests/console).
+# Chromium and a Chinese font for the console's browser tests (tests/console); a C compiler
+# and Mosquitto's plugin headers for the broker's client-id plugin (cityiot/broker_plugin).
 # The platform starts its own broker and InfluxDB on free ports (cityiot/services.py), so the
 # system services the packages enable on install are not needed: those that this very install
 # started are stopped and disabled again.
@@ -39,6 +40,10 @@ deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null || missing="$$missing mosquitto"; \
 	command -v influxd >/dev/null || missing="$$missing influxdb"; \
+	command -v cc >/dev/null || missing="$$missing gcc"; \
+	[ -e /usr/include/stdio.h ] || missing="$$missing libc6-dev"; \
+	[ -e /usr/include/mosquitto_broker.h ] || missing="$$missing mosquitto-dev"; \
+	[ -e /usr/include/mosquitto.h ] || missing="$$missing libmosquitto-dev"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	[ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || missing="$$missing fonts-wqy-microhei"; \
 	[ -x $(VENV)/bin/python ] || $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \

@@ -4,8 +4,9 @@ Each vendor account may publish only ``city/{vendor}/+/telemetry``, ``/status`` 
 ``/ack`` and read only ``city/{vendor}/+/command``; the platform's own service account
 (the user of ``CITYIOT_MQTT_URL``) may do everything. :class:`BrokerAccess` issues and
 revokes accounts (the password is shown once; the database keeps only Mosquitto's hash),
-renders Mosquitto's ``password_file`` and ``acl_file`` from the active accounts, replaces
-them atomically and sends the broker SIGHUP.
+renders Mosquitto's ``password_file`` and ``acl_file`` from the active accounts, and beside
+them the vendor map (``<password_file>.vendors``: username and vendor id, for the client-id
+plugin's ``vendor_map``), replaces them atomically and sends the broker SIGHUP.
 
 Verified against Mosquitto 2.0.11 (``tests/test_broker_access.py``): the hashes below are
 accepted as ``mosquitto_passwd`` writes them, and on SIGHUP the broker re-reads both files
@@ -94,6 +95,16 @@ def render_acl(platform_users: Iterable[str], vendor_accounts: Iterable[tuple[st
     return _HEADER + "\n".join(blocks)
 
 
+def vendor_map_path(password_file: Path) -> Path:
+    """The vendor map written beside ``password_file`` (cityiot/broker_plugin/README.md)."""
+    return password_file.with_name(password_file.name + ".vendors")
+
+
+def render_vendor_map(vendor_accounts: Iterable[tuple[str, str]]) -> str:
+    """The client-id plugin's ``vendor_map`` text: ``username vendor_id`` per line."""
+    return _HEADER + "".join(f"{user} {vendor_id}\n" for user, vendor_id in vendor_accounts)
+
+
 class BrokerAccessError(RuntimeError):
     """The broker's files could not be written; the message says what to fix."""
 
@@ -143,6 +154,7 @@ class BrokerAccess:
         self.sessions = sessions
         self.password_file = Path(password_file)
         self.acl_file = Path(acl_file)
+        self.vendor_map = vendor_map_path(self.password_file)
         self.pid_file = Path(pid_file) if pid_file is not None else None
         self.broker_url = broker_url
         # Hashed once: the files stay byte-identical between renders with no change.
@@ -351,10 +363,10 @@ class BrokerAccess:
         ).all()
         vendors = [(r.username, r.password_hash) for r in rows if r.username not in self._platform]
         passwords = render_password_file([*sorted(self._platform.items()), *vendors])
-        acl = render_acl(
-            self.platform_users,
-            [(r.username, r.vendor_id) for r in rows if r.username not in self._platform],
-        )
+        accounts = [(r.username, r.vendor_id) for r in rows if r.username not in self._platform]
+        acl = render_acl(self.platform_users, accounts)
+        # The map first: an account can log in only once it is in the password file.
+        await asyncio.to_thread(_replace, self.vendor_map, render_vendor_map(accounts))
         await asyncio.to_thread(_replace, self.password_file, passwords)
         await asyncio.to_thread(_replace, self.acl_file, acl)
         self._writes += 1

@@ -15,6 +15,7 @@ maintainers) leaves none.
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Any
 from urllib.parse import urlencode
@@ -113,7 +114,10 @@ class InfluxDB:
         self.database = database
         self.retention_policy = retention_policy
         headers = {"Authorization": f"Token {token}"} if token else {}
-        self._auth = {"u": username, "p": password} if username else {}
+        if username and not token:
+            # Basic auth: InfluxDB 1.x reads u/p only from the URL, where proxies log them.
+            basic = base64.b64encode(f"{username}:{password}".encode()).decode()
+            headers["Authorization"] = f"Basic {basic}"
         self._http = httpx.AsyncClient(
             base_url=self.url,
             headers=headers,
@@ -148,7 +152,7 @@ class InfluxDB:
         """Write line protocol. Raises :class:`InfluxError` unless every point was accepted."""
         url = self._write_urls.get(precision)
         if url is None:
-            params: dict[str, str] = {"db": self.database, "precision": precision, **self._auth}
+            params: dict[str, str] = {"db": self.database, "precision": precision}
             if self.retention_policy:
                 params["rp"] = self.retention_policy
             url = self._write_urls[precision] = f"{self.url}/write?{urlencode(params)}"
@@ -177,7 +181,6 @@ class InfluxDB:
         Timestamps come back as epoch milliseconds.
         """
         data: dict[str, str] = {"q": q, "db": database or self.database, "epoch": "ms"}
-        data.update(self._auth)
         if params:
             data["params"] = orjson.dumps(params).decode()
         try:

@@ -68,6 +68,7 @@ async def run_platform(
 ) -> None:
     run_dir = settings.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    _owner_only(run_dir)
     _check_api_port(settings)
     with contextlib.ExitStack() as services:
         updates: dict[str, object] = {}
@@ -83,6 +84,10 @@ async def run_platform(
                     password_file=files / PASSWORD_FILE,
                     acl_file=files / ACL_FILE,
                     allow_anonymous=False,
+                    max_payload_bytes=settings.max_payload_bytes,
+                    # The platform's client ids (e.g. cityiot-ingest) for its own account only.
+                    reserved_prefixes=sorted({PLATFORM_USER, settings.mqtt_client_id}),
+                    platform_users=[PLATFORM_USER],
                 )
             )
             password = quote(accounts.platform_password, safe="")
@@ -93,9 +98,13 @@ async def run_platform(
                 "broker_pid_file": broker.pid_path,
             }
         if not settings.influx_url:
-            out.print("starting InfluxDB …")
-            influx = services.enter_context(LocalInflux(run_dir))
-            updates["influx_url"] = influx.url
+            out.print("starting InfluxDB (authentication on) …")
+            influx = services.enter_context(LocalInflux(run_dir, auth=True))
+            updates |= {
+                "influx_url": influx.url,
+                "influx_user": influx.username,
+                "influx_password": influx.password,
+            }
         settings = settings.model_copy(update=updates)
         rules_stop = asyncio.Event()
         async with (
@@ -244,6 +253,15 @@ def _secret(path: Path, make: Callable[[], str]) -> str:
     return value
 
 
+def _owner_only(run_dir: Path) -> None:
+    """The run dir 0700 and the files the platform keeps at its top 0600, also when an
+    earlier run (or another umask) left them open to other users."""
+    run_dir.chmod(0o700)
+    for path in run_dir.glob("cityiot.*"):  # the SQLite database (-wal, -shm) and the log
+        if path.is_file():
+            path.chmod(0o600)
+
+
 def _write_secret(path: Path, text: str) -> None:
     """Write ``path`` readable by its owner only, from its first byte."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -347,8 +365,13 @@ def show_where(settings: Settings, run_dir: Path, out: Console, api_url: str) ->
         "-t 'city/alerts/#' -v"
     )
     out.print("  query stored readings:")
+    influx_secret = run_dir / "influxdb" / "admin-password"  # LocalInflux's, when it started it
+    influx_login = ""
+    if settings.influx_user:
+        secret = f"$(cat {influx_secret})" if influx_secret.exists() else "PASSWORD"
+        influx_login = f'-u "{settings.influx_user}:{secret}" '
     out.print(
-        f"    curl -sG {settings.influx_url}/query --data-urlencode db={db} "
+        f"    curl -sG {influx_login}{settings.influx_url}/query --data-urlencode db={db} "
         '--data-urlencode "q=SELECT count(*) FROM manhole"'
     )
     out.print(

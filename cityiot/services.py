@@ -13,16 +13,21 @@ fault tests need. Everything here is synchronous: call it from tests, the CLI, o
 from __future__ import annotations
 
 import abc
+import base64
 import contextlib
+import hashlib
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from string import Template
 from types import TracebackType
@@ -326,6 +331,16 @@ class LocalService(abc.ABC):
         self.pid_path.unlink(missing_ok=True)
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write ``path`` readable by its owner only, from its first byte."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def _listens(pid: int, port: int) -> bool:
     """True when process ``pid`` holds a socket listening on TCP ``port``.
 
@@ -357,12 +372,74 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+# The broker plugin that keeps the platform's client ids to the platform's accounts
+# (cityiot/broker_plugin/README.md): package data, so an installed cityiot finds it too.
+PLUGIN_SOURCE = Path(__file__).resolve().parent / "broker_plugin" / "cityiot_clientid.c"
+_PLUGIN_PACKAGES = "gcc libc6-dev mosquitto-dev libmosquitto-dev"
+
+
+def plugin_cache_dir() -> Path:
+    """Where compiled plugins are kept: ``$XDG_CACHE_HOME/cityiot`` (default ~/.cache)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cityiot"
+
+
+def clientid_plugin(cache_dir: Path | None = None, source: Path = PLUGIN_SOURCE) -> Path:
+    """The compiled client-id plugin (a ``.so`` for Mosquitto's ``plugin`` line).
+
+    Built with ``cc -shared -fPIC`` on first use and kept under ``cache_dir`` by the source's
+    hash, so a changed source is built again and concurrent callers never see half a file.
+    Raises ServiceError naming the Debian packages when the compiler or headers are missing.
+    """
+    try:
+        code = source.read_bytes()
+    except OSError as exc:
+        raise ServiceError(f"broker plugin source {source} unreadable ({exc.strerror})") from None
+    directory = cache_dir or plugin_cache_dir()
+    target = directory / f"cityiot_clientid-{hashlib.sha256(code).hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None:
+        raise ServiceError(
+            "no C compiler to build the broker's client-id plugin: "
+            f"install one with `apt-get install {_PLUGIN_PACKAGES}` (or run `make deps`)"
+        )
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ServiceError(
+            f"cannot create {directory} for the broker plugin ({exc.strerror}); "
+            "set XDG_CACHE_HOME to a writable directory"
+        ) from None
+    tmp = directory / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}"
+    argv = [compiler, "-shared", "-fPIC", "-O2", "-o", str(tmp), str(source)]
+    try:
+        built = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+        if built.returncode != 0:
+            headers = "mosquitto" in built.stderr and "No such file" in built.stderr
+            hint = "the Mosquitto headers are missing" if headers else "compiling failed"
+            raise ServiceError(
+                f"cannot build the broker plugin {source}: {hint}; install "
+                f"`apt-get install {_PLUGIN_PACKAGES}` (or run `make deps`)\n"
+                f"{built.stderr.strip()[-1500:]}"
+            )
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
 class LocalBroker(LocalService):
     """Mosquitto 2 on 127.0.0.1, persistence on (QoS 1 sessions survive restarts).
 
     Anonymous by default; given ``password_file`` (``mosquitto_passwd`` format) anonymous
     clients are refused unless ``allow_anonymous`` says otherwise; ``acl_file`` restricts
-    topics.
+    topics. With a ``password_file`` (or ``guard_client_ids=True``) the client-id plugin
+    loads: client ids starting with one of ``reserved_prefixes`` are refused to all but
+    ``platform_users``; with ``vendor_map`` a vendor's ids must start with its vendor id; and
+    telemetry is never retained. ``max_payload_bytes`` becomes ``message_size_limit`` (None:
+    no limit). The log is rotated at start when over ``log_max_bytes`` (see ``rotate_log``).
     """
 
     name = "mosquitto"
@@ -377,6 +454,13 @@ class LocalBroker(LocalService):
         password_file: Path | None = None,
         acl_file: Path | None = None,
         allow_anonymous: bool | None = None,
+        max_payload_bytes: int | None = None,
+        guard_client_ids: bool | None = None,
+        reserved_prefixes: Sequence[str] = ("cityiot",),
+        platform_users: Sequence[str] = ("cityiot",),
+        vendor_map: Path | None = None,
+        plugin_cache_dir: Path | None = None,
+        log_max_bytes: int = 16 << 20,
         ready_timeout_s: float = 30.0,
         template: Path | None = None,
     ) -> None:
@@ -384,6 +468,31 @@ class LocalBroker(LocalService):
         self.password_file = password_file
         self.acl_file = acl_file
         self.allow_anonymous = password_file is None if allow_anonymous is None else allow_anonymous
+        self.max_payload_bytes = max_payload_bytes
+        # Anonymous test brokers let clients take any id, the ingest's included.
+        guard = password_file is not None if guard_client_ids is None else guard_client_ids
+        self.guard_client_ids = guard
+        self.reserved_prefixes = list(reserved_prefixes)
+        self.platform_users = list(platform_users)
+        self.vendor_map = vendor_map
+        self._plugin_cache_dir = plugin_cache_dir
+        self.log_max_bytes = log_max_bytes
+
+    def start(self) -> Self:
+        if not self.running and self.log_path.exists():
+            with contextlib.suppress(OSError):
+                if self.log_path.stat().st_size > self.log_max_bytes:
+                    self.log_path.replace(self.log_path.with_name(self.log_path.name + ".1"))
+        return super().start()
+
+    def rotate_log(self) -> None:
+        """Move the log to ``<log>.1`` (one old file kept) and make Mosquitto reopen it.
+
+        SIGHUP makes Mosquitto 2.0 reopen its log, and re-read its password and ACL files,
+        which is harmless."""
+        self.log_path.replace(self.log_path.with_name(self.log_path.name + ".1"))
+        if self.running and self._process is not None:
+            self._process.send_signal(signal.SIGHUP)
 
     @property
     def url(self) -> str:
@@ -399,6 +508,15 @@ class LocalBroker(LocalService):
             auth.append(f"password_file {Path(self.password_file).resolve()}")
         if self.acl_file is not None:
             auth.append(f"acl_file {Path(self.acl_file).resolve()}")
+        plugin = []
+        if self.guard_client_ids:
+            plugin = [
+                f"plugin {clientid_plugin(self._plugin_cache_dir)}",
+                f"plugin_opt_reserved_prefixes {','.join(self.reserved_prefixes)}",
+                f"plugin_opt_platform_users {','.join(self.platform_users)}",
+            ]
+            if self.vendor_map is not None:
+                plugin.append(f"plugin_opt_vendor_map {Path(self.vendor_map).resolve()}")
         return {
             "port": str(self.port),
             # As root Mosquitto would drop to user "mosquitto", who cannot write our run dir.
@@ -407,6 +525,8 @@ class LocalBroker(LocalService):
             "log_file": str(self.log_path),
             "allow_anonymous": "true" if self.allow_anonymous else "false",
             "auth": "\n".join(auth),
+            "plugin": "\n".join(plugin),
+            "max_payload": str(self.max_payload_bytes or 0),
         }
 
     def _argv(self, program: str) -> list[str]:
@@ -440,12 +560,91 @@ def influx_memory_limit() -> int:
 
 
 class LocalInflux(LocalService):
-    """InfluxDB 1.x on 127.0.0.1: HTTP API on ``port``, RPC (backup/restore) on ``rpc_port``."""
+    """InfluxDB 1.x on 127.0.0.1: HTTP API on ``port``, RPC (backup/restore) on ``rpc_port``.
+
+    With ``auth=True`` every request but ``/ping`` needs credentials: an admin user
+    (``username``) whose generated password is kept in ``<dir>/admin-password`` (0600) and
+    reused, and created on the first start. Without, no credentials are asked (the tests'
+    shared instance).
+    """
 
     name = "influxdb"
     executable = "influxd"
     template_name = "influxdb.conf"
     port_count = 2
+    admin_user = "admin"
+
+    def __init__(
+        self,
+        run_dir: Path,
+        port: int | None = None,
+        *,
+        auth: bool = False,
+        ready_timeout_s: float = 30.0,
+        template: Path | None = None,
+    ) -> None:
+        super().__init__(run_dir, port, ready_timeout_s=ready_timeout_s, template=template)
+        self.auth = auth
+        self.password_path = self.dir / "admin-password"
+
+    @property
+    def username(self) -> str:
+        """The admin user's name; empty without auth."""
+        return self.admin_user if self.auth else ""
+
+    @property
+    def password(self) -> str:
+        """The admin user's password (read from ``password_path``); empty without auth."""
+        if not self.auth:
+            return ""
+        try:
+            return self.password_path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ServiceError(
+                f"{self.password_path} unreadable ({exc.strerror}): start() makes it"
+            ) from None
+
+    def start(self) -> Self:
+        if self.running:
+            return self
+        if self.auth:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if not self.password_path.exists():
+                _write_private(self.password_path, secrets.token_urlsafe(24) + "\n")
+        super().start()
+        if self.auth:
+            self._ensure_admin()
+        return self
+
+    def _query(self, q: str, credentials: bool) -> tuple[int, str]:
+        request = urllib.request.Request(
+            f"{self.url}/query", urllib.parse.urlencode({"q": q}).encode()
+        )
+        if credentials:
+            basic = base64.b64encode(f"{self.admin_user}:{self.password}".encode()).decode()
+            request.add_header("Authorization", f"Basic {basic}")
+        try:
+            with urllib.request.urlopen(request, timeout=10.0) as response:
+                return int(response.status), response.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode("utf-8", "replace")
+
+    def _ensure_admin(self) -> None:
+        """The admin user exists and our password is its password (else ServiceError)."""
+        status, text = self._query("SHOW USERS", credentials=True)
+        if status == 200 and '"error"' not in text:
+            return
+        # No user yet: InfluxDB lets anyone create the first admin, and only that.
+        password = self.password.replace("\\", "\\\\").replace("'", "\\'")
+        create = f"CREATE USER {self.admin_user} WITH PASSWORD '{password}' WITH ALL PRIVILEGES"
+        status, text = self._query(create, credentials=False)
+        if status == 200 and '"error"' not in text:
+            return
+        raise ServiceError(
+            f"InfluxDB in {self.dir} has users but refuses the password in {self.password_path} "
+            f"(HTTP {status}); put the admin's password there, or remove {self.dir} to start "
+            "with empty data"
+        )
 
     @property
     def url(self) -> str:
@@ -466,6 +665,7 @@ class LocalInflux(LocalService):
             "meta_dir": toml(self.dir / "meta"),
             "data_dir": toml(self.dir / "data"),
             "wal_dir": toml(self.dir / "wal"),
+            "auth_enabled": "true" if self.auth else "false",
         }
 
     def _argv(self, program: str) -> list[str]:

@@ -66,6 +66,9 @@ class LinkStats:
     connected: bool = False
     paused: bool = False
     dropped_publishes: int = 0  # ours not kept: 65,535 were already awaiting the broker
+    # Reconnects that found no persistent session: another client took our client id, or
+    # the broker lost its state; what was queued for us meanwhile is gone.
+    sessions_lost: int = 0
 
 
 class MqttProtocolError(ConnectionError):
@@ -257,6 +260,7 @@ class BrokerLink:
         self._outgoing: dict[int, tuple[str, bytes]] = {}
         self._next_mid = 0
         self._task: asyncio.Task[None] | None = None
+        self._had_session = False  # the broker has accepted us once: a session must be there
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -390,6 +394,20 @@ class BrokerLink:
 
     # -- internals -----------------------------------------------------------------------
 
+    def _session_lost(self) -> None:
+        self.stats.sessions_lost += 1
+        log.error(
+            "event=mqtt_session_lost client_id=%s broker=%s:%s sessions_lost=%d detail=%s",
+            self.client_id,
+            self.target.host,
+            self.target.port,
+            self.stats.sessions_lost,
+            "the broker answered session_present=0 on a reconnect: messages queued for this "
+            "client id while it was away are lost. Either another client connected with this "
+            "client id (check the broker log for it and that only the platform's account may "
+            "use it) or the broker lost its persistence (check persistence_location)",
+        )
+
     def _mid(self) -> int | None:
         """A free packet id; None when all 65,535 await the broker (down for long)."""
         if len(self._outgoing) >= 65534:
@@ -453,6 +471,10 @@ class BrokerLink:
             raise
         self.stats.connects += 1
         self.stats.connected = True
+        if not self.clean_session:
+            if self._had_session and not present:
+                self._session_lost()
+            self._had_session = True
         if self.stats.paused:
             self._pause_reading()
         log.info(

@@ -149,7 +149,7 @@ async def run_simulation(
         raise ValueError(f"malformed_share must be between 0 and 1, got {malformed_share}")
     uplinks = _uplinks(
         fleet, mqtt_host, mqtt_port, username, password, vendor_credentials or {},
-        client_id or f"cityiot-sim-{os.getpid()}-{seed}", max_inflight, counters,
+        client_id or f"sim-{os.getpid()}-{seed}", max_inflight, counters,
     )  # fmt: skip
     distinct = list({id(u): u for u in uplinks.values()}.values())
     try:
@@ -278,8 +278,10 @@ def _uplinks(
     for vendor in sorted({d.vendor for d in fleet.devices}):
         if vendor in vendor_credentials:
             user, secret = vendor_credentials[vendor]
+            # The vendor's id first: the broker may confine a vendor's client ids to it, and
+            # refuses the platform's prefix (`cityiot`) to vendor accounts.
             uplinks[vendor] = _Uplink(
-                host, port, f"{client_id}-{vendor}", user, secret, max_inflight, counters
+                host, port, f"{vendor}-{client_id}", user, secret, max_inflight, counters
             )
         else:
             if shared is None:
