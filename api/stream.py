@@ -10,6 +10,11 @@ Each subscriber has a bounded queue: a client that does not keep up is dropped (
 with a last ``dropped`` event) instead of growing the API's memory. :meth:`StreamHub.publish`
 sends the API's own alert events (an acknowledgement) at QoS 1; while the broker is away
 they wait in a bounded outbox and go out on reconnect.
+
+No message can stop the hub: payloads go through the ingest's own size and depth limits, a
+message that still makes handling fail is counted and skipped, and should the background
+task end all the same it is restarted with backoff, logged with its traceback and counted
+(:meth:`StreamHub.metrics`). A retained telemetry message is a replay, never shown as live.
 """
 
 from __future__ import annotations
@@ -27,12 +32,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiomqtt
-import orjson
 
 from cityiot.catalogue import KINDS
 from cityiot.settings import MqttTarget, Settings
 from cityiot.sun import CITY_TZ
-from ingest.codecs import Codec, PayloadError, default_codecs
+from ingest.codecs import Codec, PayloadError, default_codecs, load_json
 from ingest.validate import Rejected, Validator
 
 log = logging.getLogger("cityiot.api.stream")
@@ -82,15 +86,21 @@ class Subscription:
             self.queue.put_nowait((event, data))
             return True
         except asyncio.QueueFull:
-            self.dropped = True
-            # Make room for the farewell, so the client learns why its stream ends.
-            while not self.queue.empty():
-                self.queue.get_nowait()
-            self.queue.put_nowait(
-                ("dropped", {"reason": f"the client fell {QUEUE_SIZE} events behind; reconnect"})
+            self.finish(
+                "dropped", {"reason": f"the client fell {QUEUE_SIZE} events behind; reconnect"}
             )
-            self.queue.put_nowait(None)
             return False
+
+    def finish(self, event: str, data: dict[str, Any]) -> None:
+        """End the iteration with a last ``event`` saying why, in place of what still waits."""
+        if self.dropped:
+            return
+        self.dropped = True
+        # Make room for the farewell, so the client learns why its stream ends.
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait((event, data))
+        self.queue.put_nowait(None)
 
     def close(self) -> None:
         """End the iteration (the hub is shutting down)."""
@@ -121,10 +131,15 @@ class StreamHub(contextlib.AbstractAsyncContextManager["StreamHub"]):
         self.client_id = f"cityiot-api-{os.getpid()}-{secrets.token_hex(3)}"
         self.connect_wait_s = connect_wait_s
         self.subscriptions: set[Subscription] = set()
-        self.codecs: dict[str, Codec] = default_codecs(settings.max_batch_readings)
+        self.codecs: dict[str, Codec] = default_codecs(
+            settings.max_batch_readings, settings.max_payload_bytes
+        )
         self.validator = Validator(settings.retention_s, settings.future_tolerance_s)
         self.outbox: collections.deque[tuple[str, bytes]] = collections.deque()
         self.dropped_events = 0  # API events lost because the outbox overflowed
+        self.restarts = 0  # times the background task ended by surprise and was restarted
+        self.unreadable: collections.Counter[str] = collections.Counter()  # refused, by topic kind
+        self.message_errors: collections.Counter[str] = collections.Counter()  # by exception
         self._watched: dict[str, tuple[WatchedDevice, int]] = {}  # topic → (device, watchers)
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
@@ -144,7 +159,7 @@ class StreamHub(contextlib.AbstractAsyncContextManager["StreamHub"]):
         return self._draining
 
     async def __aenter__(self) -> StreamHub:
-        self._task = asyncio.create_task(self._run(), name="api-stream-hub")
+        self._task = asyncio.create_task(self._supervise(), name="api-stream-hub")
         # A short wait, so the first requests find it connected; a missing broker only logs.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._connected.wait(), self.connect_wait_s)
@@ -158,6 +173,17 @@ class StreamHub(contextlib.AbstractAsyncContextManager["StreamHub"]):
                 await self._task
         if self.outbox:
             log.warning("event=stream_hub_unsent count=%d", len(self.outbox))
+
+    def metrics(self) -> dict[str, int]:
+        """Counters for ``/metrics`` (``cityiot_api_stream_*``)."""
+        return {
+            "connected": int(self.connected),
+            "restarts_total": self.restarts,
+            "message_errors_total": sum(self.message_errors.values()),
+            "unreadable_messages_total": sum(self.unreadable.values()),
+            "dropped_events_total": self.dropped_events,
+            "subscribers": len(self.subscriptions),
+        }
 
     def drain(self) -> None:
         """End every open stream (call it before stopping the HTTP server)."""
@@ -241,6 +267,28 @@ class StreamHub(contextlib.AbstractAsyncContextManager["StreamHub"]):
 
     # -- the connection ---------------------------------------------------------------------
 
+    async def _supervise(self) -> None:
+        """Run the connection loop (it never returns) for good: should it end by surprise,
+        log the traceback, count it and restart it with backoff."""
+        wait_s = BACKOFF_S[0]
+        while True:
+            started = time.monotonic()
+            try:
+                await self._run()
+            except Exception as exc:
+                self.restarts += 1
+                if time.monotonic() - started > BACKOFF_S[1]:  # it had been running well
+                    wait_s = BACKOFF_S[0]
+                log.error(
+                    "event=stream_hub_restarting restarts=%d retry_s=%.1f error=%r",
+                    self.restarts,
+                    wait_s,
+                    exc,
+                    exc_info=exc,
+                )
+            await asyncio.sleep(wait_s)
+            wait_s = min(wait_s * 2, BACKOFF_S[1])
+
     async def _run(self) -> None:
         wait_s = BACKOFF_S[0]
         while True:
@@ -296,29 +344,53 @@ class StreamHub(contextlib.AbstractAsyncContextManager["StreamHub"]):
             while self.outbox:
                 topic, payload = self.outbox[0]
                 # Taken off the outbox only once the broker has it (PUBACK).
-                await client.publish(topic, payload, qos=1, timeout=10.0)
+                try:
+                    await client.publish(topic, payload, qos=1, timeout=10.0)
+                except (ValueError, TypeError) as exc:  # never sendable: drop it, keep the rest
+                    self.message_errors[type(exc).__name__] += 1
+                    log.error("event=stream_hub_unsendable topic=%s error=%s", topic[:200], exc)
                 self.outbox.popleft()
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
-            payload = message.payload
-            data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
             topic = str(message.topic)
-            if topic.startswith("city/alerts/"):
-                self._alert(topic, data)
-            else:
-                self._reading(topic, data)
+            try:
+                self._handle(topic, message)
+            except Exception as exc:  # one odd message must not end the stream for everyone
+                self._failed(topic, exc)
+
+    def _handle(self, topic: str, message: aiomqtt.Message) -> None:
+        payload = message.payload
+        data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
+        if topic.startswith("city/alerts/"):
+            self._alert(topic, data)
+        elif not message.retain:  # a retained reading is the broker's replay, not live
+            self._reading(topic, data)
+
+    def _failed(self, topic: str, exc: Exception) -> None:
+        kind = type(exc).__name__
+        self.message_errors[kind] += 1
+        if self.message_errors[kind] == 1:  # the traceback once per kind, then only counted
+            log.error(
+                "event=stream_message_failed topic=%s error=%s", topic[:200], kind, exc_info=exc
+            )
+        else:
+            log.debug("event=stream_message_failed topic=%s error=%s", topic[:200], kind)
 
     def _alert(self, topic: str, data: bytes) -> None:
         try:
-            event = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            log.warning("event=stream_alert_unreadable topic=%s", topic)
+            event = load_json(data, self.settings.max_payload_bytes)
+        except PayloadError as exc:
+            self._unreadable("alert", topic, str(exc))
             return
-        if not isinstance(event, dict) or "kind" not in event or "district" not in event:
-            log.warning("event=stream_alert_unreadable topic=%s", topic)
+        if not isinstance(event, dict) or not all(
+            isinstance(event.get(name), str) for name in ("kind", "district")
+        ):
+            self._unreadable("alert", topic, "not an alert event (need string kind and district)")
             return
         for subscription in list(self.subscriptions):
+            if subscription.dropped:  # ended (e.g. its key was revoked); leaving shortly
+                continue
             if subscription.wants(event) and not subscription.offer("alert", event):
                 self._dropped(subscription)
 
@@ -337,8 +409,10 @@ class StreamHub(contextlib.AbstractAsyncContextManager["StreamHub"]):
                 self.validator.reading(device.device_id, device.kind, raw, received_ms)
                 for raw in raws
             ]
-        except (PayloadError, Rejected, KeyError):
-            return  # the ingest dead-letters it; the stream shows only valid readings
+        except (PayloadError, Rejected, KeyError) as exc:
+            # The ingest dead-letters it; the stream shows only valid readings.
+            self._unreadable("telemetry", topic, str(exc))
+            return
         for reading in readings:
             shown = {
                 "device_id": reading.device_id,
@@ -349,8 +423,18 @@ class StreamHub(contextlib.AbstractAsyncContextManager["StreamHub"]):
             }
             for subscription in list(self.subscriptions):
                 watching = subscription.device is not None and subscription.device.topic == topic
-                if watching and not subscription.offer("reading", shown):
+                if (
+                    watching
+                    and not subscription.dropped
+                    and not subscription.offer("reading", shown)
+                ):
                     self._dropped(subscription)
+
+    def _unreadable(self, what: str, topic: str, reason: str) -> None:
+        self.unreadable[what] += 1
+        # Only the rules publish alerts, so an unreadable one is news; bad readings are not.
+        level = logging.WARNING if what == "alert" else logging.DEBUG
+        log.log(level, "event=stream_unreadable topic=%s reason=%s", topic[:200], reason[:200])
 
     def _dropped(self, subscription: Subscription) -> None:
         self.subscriptions.discard(subscription)

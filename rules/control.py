@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cityiot.catalogue import KINDS, RESERVED_VENDORS, is_valid_id
 from cityiot.db import Command, Device, writing
+from ingest.codecs import PayloadError, load_json
 from rules.events import Clock
 
 log = logging.getLogger("cityiot.rules.control")
@@ -152,9 +153,11 @@ class CommandSender:
             return False
         vendor, device_id = parts[1], parts[2]
         try:
-            body = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            log.warning("event=ack_ignored reason=malformed_json topic=%s", topic[:200])
+            body = load_json(payload)  # the ingest's size and depth limits
+        except PayloadError as exc:
+            log.warning(
+                "event=ack_ignored reason=malformed_json topic=%s error=%s", topic[:200], exc
+            )
             return False
         if not isinstance(body, dict):
             log.warning("event=ack_ignored reason=not_an_object topic=%s", topic[:200])

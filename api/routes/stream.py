@@ -3,17 +3,21 @@ readings) for the console and the city brain.
 
 Events: ``ready`` first (the subscription is live), then ``alert`` (the alert event of the
 contract, one per state change) and, with ``device_id``, ``reading``; ``dropped`` last when
-the client fell too far behind. A comment line every 15 s keeps proxies from closing it.
-Every key sees only what its grant covers.
+the client fell too far behind, ``revoked`` last when the stream's key was revoked (checked
+every second while the stream is open). A comment line every 15 s keeps proxies from
+closing it. Every key sees only what its grant covers.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import select
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
@@ -22,14 +26,18 @@ from api.context import ApiContext, context
 from api.keys import Principal
 from api.problems import Problem
 from api.routes.devices import visible_device
-from api.stream import WatchedDevice
+from api.stream import Subscription, WatchedDevice
 from cityiot.db import Vendor
+
+log = logging.getLogger("cityiot.api.stream")
 
 router = APIRouter(tags=["stream"])
 
 PING_S = 15
 SEND_TIMEOUT_S = 30.0  # a client that takes longer to accept one event is dropped
 READY_WAIT_S = 2.0  # wait this long for the broker before saying ready anyway
+KEY_CHECK_S = 1.0  # an open stream re-checks its key this often: a revocation ends it
+REVOKED = {"reason": "the API key was revoked; ask an administrator for a new key"}
 
 _STREAM_EXAMPLE = (
     'event: ready\ndata: {"device_id":null,"connected":true,'
@@ -61,6 +69,7 @@ _STREAM_EXAMPLE = (
     },
 )
 async def stream(
+    request: Request,
     ctx: Annotated[ApiContext, Depends(context)],
     principal: Annotated[Principal, Depends(allow())],
     device_id: Annotated[
@@ -91,15 +100,45 @@ async def stream(
     def wants(event: dict[str, Any]) -> bool:
         return principal.sees(event.get("kind"), event.get("district"), event.get("vendor"))
 
+    # allow() took the key from this header, so it is there and well formed.
+    presented = request.headers.get("authorization", "").partition(" ")[2].strip()
+
     async def events() -> AsyncIterator[ServerSentEvent]:
         async with hub.subscribe(wants, watched) as subscription:
-            connected = await hub.wait_connected(READY_WAIT_S)
-            ready = {"device_id": device_id, "connected": connected, "grant": principal.grant()}
-            yield _event("ready", ready)
-            async for name, data in subscription:  # ends when dropped or on shutdown
-                yield _event(name, data)
+            guard = asyncio.create_task(_end_when_revoked(ctx, presented, subscription))
+            try:
+                connected = await hub.wait_connected(READY_WAIT_S)
+                grant = principal.grant()
+                yield _event(
+                    "ready", {"device_id": device_id, "connected": connected, "grant": grant}
+                )
+                async for name, data in subscription:  # ends when dropped, revoked or on shutdown
+                    try:
+                        event = _event(name, data)
+                    except TypeError as exc:  # e.g. an integer beyond 64 bits: skip the event
+                        log.warning("event=stream_event_unsendable name=%s error=%s", name, exc)
+                        continue
+                    yield event
+            finally:
+                guard.cancel()
 
     return EventSourceResponse(events(), ping=PING_S, send_timeout=SEND_TIMEOUT_S)
+
+
+async def _end_when_revoked(ctx: ApiContext, presented: str, subscription: Subscription) -> None:
+    """End ``subscription`` with a last ``revoked`` event once ``presented`` no longer
+    resolves: revoked through the API (at once) or by the CLI in the database (within the
+    key cache's time to live)."""
+    while not subscription.dropped:
+        await asyncio.sleep(KEY_CHECK_S)
+        try:
+            principal = await ctx.keys.resolve(presented, time.monotonic())
+        except Exception as exc:  # the database is away: keep the stream, ask again next time
+            log.warning("event=stream_key_check_failed error=%s", type(exc).__name__)
+            continue
+        if principal is None:
+            log.info("event=stream_ended reason=key_revoked")
+            subscription.finish("revoked", REVOKED)
 
 
 def _event(name: str, data: dict[str, Any]) -> ServerSentEvent:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from cityiot.catalogue import Kind
-from ingest.codecs.base import PayloadError, RawReading
+from ingest.codecs.base import MAX_PAYLOAD_BYTES, PayloadError, RawReading, load_json
 from ingest.codecs.hexframe import HexFrameCodec
 from ingest.codecs.standard import StandardJsonCodec
 
@@ -21,14 +21,15 @@ class Codec(Protocol):
     name: str
 
     def decode(self, payload: bytes, kind: Kind) -> list[RawReading]:
-        """Raise :class:`PayloadError` with a reason a vendor can act on when it cannot."""
+        """Raise :class:`PayloadError` with a reason a vendor can act on when it cannot
+        (also for a payload over the size limit or nested too deep: never another error)."""
         ...
 
 
-def default_codecs(max_batch: int = 1000) -> dict[str, Codec]:
-    """The codecs the platform ships, by name."""
-    codecs: list[Codec] = [StandardJsonCodec(max_batch), HexFrameCodec()]
+def default_codecs(max_batch: int = 1000, max_bytes: int = MAX_PAYLOAD_BYTES) -> dict[str, Codec]:
+    """The codecs the platform ships, by name; each refuses a payload over ``max_bytes``."""
+    codecs: list[Codec] = [StandardJsonCodec(max_batch, max_bytes), HexFrameCodec(max_bytes)]
     return {c.name: c for c in codecs}
 
 
-__all__ = ["Codec", "PayloadError", "RawReading", "default_codecs"]
+__all__ = ["Codec", "PayloadError", "RawReading", "default_codecs", "load_json"]

@@ -28,7 +28,7 @@ import struct
 from collections.abc import Mapping
 
 from cityiot.catalogue import KINDS, Kind
-from ingest.codecs.base import PayloadError, RawReading
+from ingest.codecs.base import MAX_PAYLOAD_BYTES, PayloadError, RawReading, check_size
 
 START = 0xA5
 VERSION = 0x01
@@ -61,7 +61,11 @@ def encode(kind: str, metrics: Mapping[str, float | bool], ts_ms: int | None, se
 class HexFrameCodec:
     name = "hexframe"
 
+    def __init__(self, max_bytes: int = MAX_PAYLOAD_BYTES) -> None:
+        self.max_bytes = max_bytes
+
     def decode(self, payload: bytes, kind: Kind) -> list[RawReading]:
+        check_size(payload, self.max_bytes)
         try:
             frame = bytes.fromhex(payload.decode("ascii"))
         except (UnicodeDecodeError, ValueError):

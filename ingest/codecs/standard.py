@@ -14,7 +14,7 @@ from __future__ import annotations
 import msgspec
 
 from cityiot.catalogue import Kind
-from ingest.codecs.base import PayloadError, RawReading
+from ingest.codecs.base import MAX_PAYLOAD_BYTES, TOO_DEEP, PayloadError, RawReading, check_size
 
 
 class _Envelope(msgspec.Struct, forbid_unknown_fields=True):
@@ -27,11 +27,13 @@ class _Envelope(msgspec.Struct, forbid_unknown_fields=True):
 class StandardJsonCodec:
     name = "json"
 
-    def __init__(self, max_batch: int = 1000) -> None:
+    def __init__(self, max_batch: int = 1000, max_bytes: int = MAX_PAYLOAD_BYTES) -> None:
         self.max_batch = max_batch
+        self.max_bytes = max_bytes
         self._decoder = msgspec.json.Decoder(_Envelope)
 
     def decode(self, payload: bytes, kind: Kind) -> list[RawReading]:
+        check_size(payload, self.max_bytes)
         try:
             env = self._decoder.decode(payload)
         except msgspec.ValidationError as exc:  # a subclass of DecodeError: test it first
@@ -40,6 +42,8 @@ class StandardJsonCodec:
             raise PayloadError(f"invalid JSON: {exc}") from None
         except UnicodeDecodeError:
             raise PayloadError("invalid JSON: a string is not valid UTF-8") from None
+        except RecursionError:  # the decoder's own guard; shallower nesting fails validation
+            raise PayloadError(TOO_DEEP) from None
         if env.readings is not None:
             if env.metrics is not None or env.ts is not None or env.seq is not None:
                 raise PayloadError(
