@@ -37,7 +37,7 @@ from cityiot.influx import InfluxDB, InfluxError
 from cityiot.registry import DeadLetterIn, add_dead_letters, online_devices, record_presence
 from cityiot.settings import Settings
 from ingest.broker import BrokerLink, Delivery
-from ingest.codecs import Codec, PayloadError, RawReading, default_codecs
+from ingest.codecs import Codec, PayloadError, RawReading, default_codecs, load_json
 from ingest.devices import DeviceMap, KnownDevice
 from ingest.latest import FLUSH_PACE, LatestValues
 from ingest.presence import Presence
@@ -167,7 +167,9 @@ class Ingest:
         self.sessions = session_factory
         self.link = link
         self.on_readings = on_readings
-        self.codecs = codecs or default_codecs(settings.max_batch_readings)
+        self.codecs = codecs or default_codecs(
+            settings.max_batch_readings, settings.max_payload_bytes
+        )
         self.devices = DeviceMap(session_factory)
         self.validator = Validator(settings.retention_s, settings.future_tolerance_s)
         self.presence = Presence()
@@ -480,11 +482,9 @@ class Ingest:
 
     def _status(self, device: KnownDevice, payload: bytes, received_ms: int, batch: Batch) -> None:
         try:
-            message = msgspec.json.decode(payload)
-        except msgspec.DecodeError as exc:
-            raise Rejected(f"status: invalid JSON: {exc}") from None
-        except UnicodeDecodeError:
-            raise Rejected("status: invalid JSON: a string is not valid UTF-8") from None
+            message = load_json(payload, self.settings.max_payload_bytes)
+        except PayloadError as exc:
+            raise Rejected(f"status: {exc}") from None
         online = message.get("online") if isinstance(message, dict) else None
         if type(online) is not bool:
             raise Rejected('status must be {"online": true} or {"online": false}')
