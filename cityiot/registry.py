@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Row, Table, insert, literal_column, select, update
+from sqlalchemy import Row, Table, delete, func, insert, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
@@ -63,6 +63,7 @@ MAX_TEXT_ATTRIBUTE_CHARS = 200
 MAX_REPORT_INTERVAL_S = 31 * 86400
 _CHUNK = 500  # ids per IN (...) query, well under SQLite's and asyncpg's parameter limits
 _STATEMENT_ROWS = 1000  # rows per executemany in bulk writes: each a short hold of the loop
+PRUNE_CHUNK = 2000  # dead letters deleted per transaction: each a short hold of the write turn
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -848,6 +849,59 @@ async def add_dead_letters(
     async with writing(session_factory) as session:
         conn = await session.connection()
         await conn.execute(insert(cast(Table, DeadLetter.__table__)), params)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterCaps:
+    """How many dead letters are kept: at most ``max_rows`` rows and ``max_bytes`` bytes of
+    stored payload; the oldest go first."""
+
+    max_rows: int
+    max_bytes: int
+
+
+async def prune_dead_letters(session_factory: SessionFactory, caps: DeadLetterCaps) -> int:
+    """Delete the oldest dead letters beyond ``caps``; returns how many were deleted.
+
+    Ids only grow, so the newest ``max_rows`` all lie above ``newest id - max_rows`` (fewer
+    when a rolled-back insert left a gap). The byte cutoff is found by a running sum of
+    ``length(payload)`` from the newest down, read outside the write turn; the deletes go
+    ``PRUNE_CHUNK`` rows a transaction, so no alert waits behind one large delete. SQLite
+    reuses the pages freed for later rows, so its file stops growing at about the caps.
+    """
+    async with session_factory() as session:
+        newest = await session.scalar(select(func.max(DeadLetter.id)))
+        if newest is None:
+            return 0
+        cutoff = newest - caps.max_rows  # ids up to here go
+        newer = (
+            select(
+                DeadLetter.id.label("id"),
+                func.sum(func.length(DeadLetter.payload))
+                .over(order_by=DeadLetter.id.desc())
+                .label("newer_bytes"),
+            )
+            .where(DeadLetter.id > cutoff)
+            .subquery()
+        )
+        over_bytes = await session.scalar(
+            select(func.max(newer.c.id)).where(newer.c.newer_bytes > caps.max_bytes)
+        )
+    if over_bytes is not None:
+        cutoff = max(cutoff, over_bytes)
+    deleted = 0
+    table = cast(Table, DeadLetter.__table__)
+    oldest_first = select(table.c.id).where(table.c.id <= cutoff).order_by(table.c.id)
+    while True:
+        async with writing(session_factory) as session:
+            conn = await session.connection()
+            result = await conn.execute(
+                delete(table).where(table.c.id.in_(oldest_first.limit(PRUNE_CHUNK)))
+            )
+        deleted += result.rowcount
+        if result.rowcount < PRUNE_CHUNK:
+            break
+    return deleted
 
 
 # --- Small pieces ----------------------------------------------------------------------

@@ -34,10 +34,23 @@ import msgspec
 from cityiot.catalogue import KINDS, is_valid_id
 from cityiot.db import CHECKPOINT_EVERY_S, ROWS_PER_TURN, checkpoint
 from cityiot.influx import InfluxDB, InfluxError
-from cityiot.registry import DeadLetterIn, add_dead_letters, online_devices, record_presence
+from cityiot.registry import (
+    DeadLetterCaps,
+    DeadLetterIn,
+    add_dead_letters,
+    online_devices,
+    prune_dead_letters,
+    record_presence,
+)
 from cityiot.settings import Settings
 from ingest.broker import BrokerLink, Delivery
 from ingest.codecs import Codec, PayloadError, RawReading, default_codecs, load_json
+from ingest.dead_letter_limit import (
+    OTHER_VENDORS,
+    DeadLetterLimit,
+    DroppedSummary,
+    reason_pattern,
+)
 from ingest.devices import DeviceMap, KnownDevice
 from ingest.latest import FLUSH_PACE, LatestValues
 from ingest.presence import Presence
@@ -82,6 +95,10 @@ _KIND_OF = operator.attrgetter("kind")
 # few s): a fleet of 100,000 reporting devices is 100,000 rows each time, and the write
 # turns they take are the ones an alert's recording waits for.
 SEEN_EVERY_S = 30.0
+# The dead-letter table is pruned to its caps whenever a twentieth of them was stored since
+# the last prune: the table stays within 5 % over, and the byte count is read that rarely.
+PRUNE_SLICES = 20
+PRUNE_RETRY_S = 5.0
 
 # Receives each sealed batch's readings; may be a coroutine function (awaited: backpressure).
 ReadingsSink = Callable[[list[Reading]], Awaitable[None] | None]
@@ -94,7 +111,7 @@ class IngestCounters:
     messages: int = 0  # deliveries taken from the broker
     readings: int = 0  # readings accepted (stored or about to be)
     stored: int = 0  # points InfluxDB confirmed
-    rejected: int = 0  # dead letters
+    rejected: int = 0  # rejected messages: dead letters stored or dropped over the rate
     duplicates: int = 0  # readings dropped by seq
     write_errors: int = 0
     spooled: int = 0  # points put in the spool while InfluxDB was down or behind
@@ -103,6 +120,9 @@ class IngestCounters:
     batches: int = 0
     last_write_ms: float = 0.0
     stored_by_kind: Counter[str] = field(default_factory=Counter)
+    # Dead letters not stored: over their vendor's rate (dead_letter_rate_per_s).
+    dead_letters_dropped_by_vendor: Counter[str] = field(default_factory=Counter)
+    dead_letters_pruned: int = 0  # the oldest, deleted to keep the table within its caps
 
 
 @dataclass(slots=True)
@@ -203,6 +223,15 @@ class Ingest:
         self._flush_s = settings.flush_interval_ms / 1000
         self._ruled_at = 0.0  # when readings were last handed to the rules
         self._encode = msgspec.json.Encoder()
+        self.dead_letter_limit = DeadLetterLimit(
+            settings.dead_letter_rate_per_s, settings.dead_letter_rate_burst
+        )
+        self._dead_letter_caps = DeadLetterCaps(
+            settings.dead_letter_max_rows, settings.dead_letter_max_bytes
+        )
+        self._unpruned = (0, 0)  # dead letters and payload bytes stored since the last prune
+        self._prune_wanted = asyncio.Event()
+        self._pruning = False
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -230,6 +259,7 @@ class Ingest:
             tasks.append(asyncio.create_task(self._replay(), name="ingest-replay"))
         if self.store:
             tasks.append(asyncio.create_task(self._checkpoints(), name="ingest-checkpoints"))
+            tasks.append(asyncio.create_task(self._prune(), name="ingest-dead-letter-prune"))
         try:
             await self._intake(writers)
             await self._seal()
@@ -287,6 +317,12 @@ class Ingest:
     def idle(self) -> bool:
         """Nothing taken from the broker is waiting to be stored (and acknowledged)."""
         return not self._batch.started and self._unstored == 0
+
+    @property
+    def pruned(self) -> bool:
+        """No prune of the dead-letter table is due or under way: the dead letters stored
+        so far have been held against the caps."""
+        return not self._pruning and not self._prune_wanted.is_set()
 
     # -- intake ------------------------------------------------------------------------
 
@@ -497,14 +533,12 @@ class Ingest:
             return f"topic vendor id {vendor[:80]!r} is not valid: use [A-Za-z0-9_-]{{1,64}}"
         if not is_valid_id(device_id):
             return f"topic device id {device_id[:80]!r} is not valid: use [A-Za-z0-9_-]{{1,64}}"
-        if device is None:
-            return (
-                f"unknown device {device_id}: register it first "
-                "(cityiot devices import FILE.csv or POST /api/v1/devices)"
-            )
+        # The same words whether the device is missing or another vendor's: a vendor must
+        # not learn other vendors' device ids, nor who owns them, from its dead letters.
         return (
-            f"device {device_id} belongs to vendor {device.vendor}, "
-            f"not to {vendor}: publish under city/{device.vendor}/{device_id}/…"
+            f"device {device_id} is not registered to vendor {vendor}: register it "
+            "(cityiot devices import FILE.csv or POST /api/v1/devices), or check the device "
+            "id in the topic"
         )
 
     def _dead_letter(
@@ -519,6 +553,13 @@ class Ingest:
         parts = delivery.topic.split("/")
         vendor = parts[1][:64] if len(parts) > 1 else None
         device_id = parts[2][:64] if len(parts) > 2 else None
+        self.counters.rejected += 1
+        # Only registered vendors have a bucket of their own: a topic cannot add one.
+        bucket = vendor if vendor is not None and vendor in self.devices.codecs else OTHER_VENDORS
+        pattern = reason_pattern(reason, device_id)
+        if not self.dead_letter_limit.take(bucket, pattern, time.monotonic()):
+            self.counters.dead_letters_dropped_by_vendor[bucket] += 1
+            return
         batch.dead_letters.append(
             DeadLetterIn(
                 topic=delivery.topic[:1024],
@@ -530,8 +571,48 @@ class Ingest:
                 received_at=_ms_to_dt(received_ms),
             )
         )
-        self.counters.rejected += 1
         log.debug("event=rejected topic=%s reason=%s", delivery.topic[:200], reason)
+
+    def _summarise_dropped(self) -> None:
+        """One dead letter for each vendor whose dead letters were dropped over its rate in
+        the last ``summary_every_s``: how many, and why (the reasons stay visible)."""
+        summaries = self.dead_letter_limit.due(time.monotonic())
+        if not summaries:
+            return
+        received_at = _ms_to_dt(int(time.time() * 1000))
+        batch = self._batch
+        batch.started = batch.started or time.monotonic()
+        for summary in summaries:
+            batch.dead_letters.append(self._summary_letter(summary, received_at))
+
+    def _summary_letter(self, summary: DroppedSummary, received_at: dt.datetime) -> DeadLetterIn:
+        vendor = None if summary.bucket == OTHER_VENDORS else summary.bucket
+        who = "of unregistered vendors" if vendor is None else f"of vendor {vendor}"
+        top, top_count = summary.reasons[0] if summary.reasons else ("(not tallied)", 0)
+        limit = self.dead_letter_limit
+        reason = (
+            f"{summary.dropped} more dead letters {who} were not stored in the last "
+            f"{summary.window_s:.0f} s: over the limit of {limit.rate_per_s:g} a second in "
+            f"bursts of {limit.burst} (CITYIOT_DEAD_LETTER_RATE_PER_S, "
+            f"CITYIOT_DEAD_LETTER_RATE_BURST); most common reason ({top_count}×): {top}; "
+            "the payload counts each reason"
+        )
+        tally = {
+            "not_stored": summary.dropped,
+            "window_s": round(summary.window_s, 1),
+            "reasons": dict(summary.reasons),
+            "other_reasons": summary.other_reasons,
+        }
+        payload = self._encode.encode(tally)
+        return DeadLetterIn(
+            topic="city/#" if vendor is None else f"city/{vendor}/#",
+            vendor=vendor,
+            device_id=None,
+            payload=payload[: self.settings.dead_letter_payload_bytes],
+            payload_size=len(payload),
+            reason=reason,
+            received_at=received_at,
+        )
 
     # -- writer ------------------------------------------------------------------------
 
@@ -553,9 +634,7 @@ class Ingest:
         if batch.lines or batch.status_lines:
             await self._write_points(batch)
         if batch.dead_letters:
-            await self._retrying(
-                "dead letters", add_dead_letters, self.sessions, batch.dead_letters
-            )
+            await self._add_dead_letters(batch.dead_letters)
         # Stored; the rest in sealing order, so the rules see each device's readings as
         # they arrived even when a later batch's write finished first.
         async with self._turn:
@@ -699,7 +778,7 @@ class Ingest:
                 )
         if refused:
             self.counters.rejected += len(refused)
-            await self._retrying("dead letters", add_dead_letters, self.sessions, refused)
+            await self._add_dead_letters(refused)
 
     async def _write_one_by_one(self, batch: Batch) -> None:
         received_ms = int(time.time() * 1000)
@@ -712,11 +791,20 @@ class Ingest:
                 self._dead_letter(batch, delivery, f"InfluxDB refused: {exc}", received_ms)
                 batch.lines[first:last] = [b""] * (last - first)
         if batch.dead_letters:
-            await self._retrying(
-                "dead letters", add_dead_letters, self.sessions, batch.dead_letters
-            )
+            await self._add_dead_letters(batch.dead_letters)
             batch.dead_letters = []
         batch.lines = [line for line in batch.lines if line]
+
+    async def _add_dead_letters(self, letters: list[DeadLetterIn]) -> None:
+        """Store ``letters`` (retrying until the database takes them); a prune is due once
+        a slice of the table's caps has been stored since the last one."""
+        await self._retrying("dead letters", add_dead_letters, self.sessions, letters)
+        rows, size = self._unpruned
+        rows, size = rows + len(letters), size + sum(len(d.payload) for d in letters)
+        self._unpruned = (rows, size)
+        caps = self._dead_letter_caps
+        if rows * PRUNE_SLICES >= caps.max_rows or size * PRUNE_SLICES >= caps.max_bytes:
+            self._prune_wanted.set()
 
     async def _retrying(
         self, what: str, fn: Callable[..., Any], *args: Any, give_up_s: float | None = None
@@ -751,6 +839,7 @@ class Ingest:
         while True:
             await asyncio.sleep(min(refresh_every, 1.0))
             now = time.monotonic()
+            self._summarise_dropped()
             if now - last_refresh >= refresh_every:
                 last_refresh = now
                 try:
@@ -776,6 +865,28 @@ class Ingest:
                 await checkpoint(self.sessions)
             except Exception as exc:  # the next round tries again
                 log.warning("event=checkpoint_failed error=%s", exc)
+
+    async def _prune(self) -> None:
+        """Keep the dead-letter table within its caps (:func:`prune_dead_letters`): at start
+        (it may hold more from before), then whenever :meth:`_add_dead_letters` asks."""
+        while True:
+            self._prune_wanted.clear()
+            self._unpruned = (0, 0)
+            self._pruning = True
+            try:
+                pruned = await prune_dead_letters(self.sessions, self._dead_letter_caps)
+            except Exception as exc:  # the table grows a little more until the next try
+                log.warning(
+                    "event=dead_letter_prune_failed retry_s=%.0f error=%s", PRUNE_RETRY_S, exc
+                )
+                await asyncio.sleep(PRUNE_RETRY_S)
+                continue
+            finally:
+                self._pruning = False
+            self.counters.dead_letters_pruned += pruned
+            if pruned:
+                log.info("event=dead_letters_pruned rows=%d", pruned)
+            await self._prune_wanted.wait()
 
     def _sweep_silent(self) -> None:
         now_ms = int(time.time() * 1000)

@@ -49,7 +49,9 @@ OFFLINE_VENDORS = {"acme": "json", "oldco": "hexframe"}
 def offline_ingest() -> Ingest:
     """An Ingest whose decoder runs without broker or storage (only ``handle`` is used):
     a device ``{kind}-{vendor}`` of every kind for each of ``OFFLINE_VENDORS``."""
-    ingest = Ingest(Settings(), influx=None, session_factory=None, link=None)  # type: ignore[arg-type]
+    # No dead-letter rate limit: the decoder's tests count every dead letter it makes.
+    unlimited = Settings(dead_letter_rate_burst=2**62)
+    ingest = Ingest(unlimited, influx=None, session_factory=None, link=None)  # type: ignore[arg-type]
     ingest.devices = DeviceMap(None)
     for kind in KINDS:
         for vendor, codec in OFFLINE_VENDORS.items():
@@ -137,8 +139,20 @@ def publisher_for(broker: LocalBroker) -> mqtt.Client:
 
 
 @pytest.fixture
+def platform_settings() -> dict[str, Any]:
+    """Settings of the ``platform`` fixture's ingest beyond its own; a test module may
+    override this fixture."""
+    return {}
+
+
+@pytest.fixture
 async def platform(
-    broker: LocalBroker, influx: LocalInflux, influx_db: str, sqlite_url: str, tmp_path: Path
+    broker: LocalBroker,
+    influx: LocalInflux,
+    influx_db: str,
+    sqlite_url: str,
+    tmp_path: Path,
+    platform_settings: dict[str, Any],
 ) -> AsyncIterator[Platform]:
     settings = Settings(
         run_dir=tmp_path,  # the spool lives there
@@ -149,6 +163,7 @@ async def platform(
         mqtt_client_id=f"ingest-{uuid.uuid4().hex[:8]}",
         flush_interval_ms=50,
         registry_refresh_s=0.5,
+        **platform_settings,
     )
     await migrate(sqlite_url)
     engine = make_engine(sqlite_url)
