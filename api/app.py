@@ -114,6 +114,7 @@ async def _context(settings: Settings, stack: contextlib.AsyncExitStack) -> ApiC
         from api.stream import StreamHub
 
         ctx.hub = await stack.enter_async_context(StreamHub(settings, sessions))
+        metrics.add_source(ctx, "api_stream", ctx.hub.metrics)
     return ctx
 
 
