@@ -24,6 +24,7 @@ from sqlalchemy import select
 from cityiot.db import Command, Device, Vendor
 from cityiot.services import LocalBroker
 from rules.control import CommandSender, SessionFactory, group_targets
+from tests.payloads import HOSTILE
 from tests.rules.conftest import HandClock
 
 UTC = dt.UTC
@@ -272,6 +273,30 @@ async def test_bad_acks_over_mqtt_are_ignored_and_the_listener_goes_on(
     for reason in ("unknown_command", "other_device", "malformed_json", "not_an_object"):
         assert f"reason={reason}" in reasons
     assert reasons.count("reason=missing_id_or_ok") == 2
+
+
+async def test_hostile_acks_over_mqtt_are_refused_and_the_listener_goes_on(
+    sessions: SessionFactory,
+    vendor: str,
+    platform: tuple[CommandSender, HandClock, aiomqtt.Client],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sender, _, client = platform
+    caplog.set_level(logging.WARNING, logger="cityiot.rules.control")
+    offline = CommandSender(sessions, lambda topic, payload, qos: None, HandClock(T0))
+    mine = await offline.send(f"{vendor}-SL-1", vendor, "switch", {"on": True})
+    ack = f"city/{vendor}/{vendor}-SL-1/ack"
+    for _, payload in HOSTILE:
+        await client.publish(ack, payload, qos=1)
+    await client.publish(ack, orjson.dumps({"id": mine, "ok": True, "message": "on"}), qos=1)
+
+    async def acked() -> bool:
+        return (await _command(sessions, mine)).acked_at is not None
+
+    await _eventually(acked)  # in order after the hostile ones: the listener survived them
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "nested deeper than 32 levels" in messages and "exceeds" in messages
+    assert "ack_not_recorded" not in messages  # each refused for its payload, none crashed
 
 
 # --- record_ack directly --------------------------------------------------------------------
