@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -315,3 +317,81 @@ def test_start_failure_names_the_log_file(tmp_path: Path) -> None:
 def test_port_before_start_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ServiceError, match="start"):
         _ = LocalInflux(tmp_path).port
+
+
+async def _store_and_count(influx: LocalInflux) -> int:
+    from cityiot.influx import InfluxDB
+
+    async with InfluxDB(
+        influx.url, "city", username=influx.username, password=influx.password
+    ) as client:
+        await client.setup("1d")
+        now_ms = int(time.time() * 1000)
+        await client.write(f"manhole,device_id=mh-1 tilt_deg=2.5 {now_ms}".encode())
+        results = await client.query("SELECT count(tilt_deg) FROM manhole")
+    return int(results[0]["series"][0]["values"][0][1])
+
+
+def test_influx_with_auth_refuses_requests_without_credentials(tmp_path: Path) -> None:
+    """``cityiot run``'s InfluxDB: an admin with a generated password kept 0600, which the
+    platform's client sends; nothing but /ping answers without it, also after a restart."""
+    secured = LocalInflux(tmp_path, auth=True)
+    for starts in (1, 2):  # the second start finds the admin and its password
+        with secured:
+            assert secured.username == "admin" and len(secured.password) >= 24
+            assert stat.S_IMODE(secured.password_path.stat().st_mode) == 0o600
+            query = {"q": "SHOW DATABASES"}
+            response = httpx.post(f"{secured.url}/query", data=query, timeout=TIMEOUT_S)
+            assert response.status_code == 401
+            write = httpx.post(f"{secured.url}/write?db=city", content=b"m v=1 1", timeout=10)
+            assert write.status_code == 401
+            wrong = httpx.post(
+                f"{secured.url}/query", data=query, auth=("admin", "wrong"), timeout=TIMEOUT_S
+            )
+            assert wrong.status_code == 401
+            assert httpx.get(f"{secured.url}/ping", timeout=TIMEOUT_S).status_code == 204
+            assert asyncio.run(_store_and_count(secured)) == starts  # one point per start
+    assert LocalInflux(tmp_path).username == ""  # without auth: no credentials at all
+
+
+def test_plugin_build_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    with pytest.raises(ServiceError, match=r"apt-get install gcc libc6-dev mosquitto-dev"):
+        services.clientid_plugin(tmp_path / "cache")
+    monkeypatch.delenv("CC")
+    source = tmp_path / "plugin.c"
+    source.write_text("#include <mosquitto_no_such_header.h>\n")
+    with pytest.raises(ServiceError, match=r"Mosquitto headers are missing; install") as err:
+        services.clientid_plugin(tmp_path / "cache", source=source)
+    assert "libmosquitto-dev" in str(err.value)
+    assert not list((tmp_path / "cache").iterdir())  # no half-built file left
+
+
+def test_the_plugin_is_built_once_per_source(tmp_path: Path) -> None:
+    built = services.clientid_plugin(tmp_path)
+    assert built.parent == tmp_path and built.suffix == ".so"
+    mtime = built.stat().st_mtime_ns
+    assert services.clientid_plugin(tmp_path) == built and built.stat().st_mtime_ns == mtime
+
+
+def test_broker_log_is_rotated(tmp_path: Path) -> None:
+    broker = LocalBroker(tmp_path, log_max_bytes=10_000)
+    old = broker.log_path.with_name(broker.log_path.name + ".1")
+    with broker:
+        broker.rotate_log()  # moved aside; SIGHUP makes Mosquitto open a new one
+        assert old.exists()
+        deadline = time.monotonic() + TIMEOUT_S
+        while not broker.log_path.exists():
+            assert time.monotonic() < deadline, "Mosquitto did not reopen its log"
+            time.sleep(0.05)
+        with Mqtt(broker, "rotated") as client:
+            assert not client.reason.is_failure
+        deadline = time.monotonic() + TIMEOUT_S
+        while "rotated" not in broker.log_path.read_text():
+            assert time.monotonic() < deadline, "nothing logged to the new file"
+            time.sleep(0.05)
+    with broker.log_path.open("a") as log:
+        log.write("x" * 10_001)
+    with broker:  # over log_max_bytes at start: moved aside
+        assert "x" * 10_001 in old.read_text()
+        assert "x" * 10_001 not in broker.log_path.read_text()

@@ -12,6 +12,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from api.metrics import counters_source
 from cityiot.services import LocalBroker
 from cityiot.settings import MqttTarget
 from ingest.broker import BrokerLink, Delivery, _packet, _Session, _string
@@ -152,3 +153,45 @@ async def test_a_refused_login_says_why(broker: LocalBroker) -> None:
     with pytest.raises(ConnectionError, match="cannot connect to the MQTT broker"):
         await link.connect(timeout_s=1.5)
     assert "identifier rejected" in link.stats.last_error
+
+
+def take_over(broker: LocalBroker, client_id: str) -> None:
+    """Connect with ``client_id`` and a clean session (what a takeover does), then leave."""
+    other = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    answered = threading.Event()
+    other.on_connect = lambda *a: answered.set()
+    other.connect(broker.host, broker.port)
+    other.loop_start()
+    try:
+        assert answered.wait(5), "no CONNACK"
+    finally:
+        other.disconnect()
+        other.loop_stop()
+
+
+async def test_a_lost_session_is_logged_and_counted(
+    broker: LocalBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another client with our id and a clean session wipes our persistent session: on its
+    reconnect the link sees session_present 0, says so at ERROR and counts it (/metrics)."""
+    client_id = f"link-lost-{time.time_ns()}"
+    async with BrokerLink(MqttTarget(broker.url), client_id, ["city/#"]) as link:
+        assert link.stats.sessions_lost == 0  # a first connect has no session to lose
+        await asyncio.to_thread(take_over, broker, client_id)
+        await wait_until(lambda: link.stats.connects >= 2 and link.connected, 15)
+        assert link.stats.disconnects == 1 and link.stats.sessions_lost == 1
+        assert counters_source(link.stats)()["sessions_lost_total"] == 1
+    lines = [r for r in caplog.records if "event=mqtt_session_lost" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelname == "ERROR"
+    assert f"client_id={client_id}" in lines[0].getMessage()
+    assert "another client connected with this client id" in lines[0].getMessage()
+
+
+async def test_a_kept_session_is_not_reported_lost(broker: LocalBroker) -> None:
+    """A reconnect that finds its session (broker restarted with its persistence) is fine."""
+    client_id = f"link-kept-{time.time_ns()}"
+    async with BrokerLink(MqttTarget(broker.url), client_id, ["city/#"]) as link:
+        assert link._session is not None and link._session.transport is not None
+        link._session.abort("test: connection cut")  # the broker keeps the session
+        await wait_until(lambda: link.stats.connects >= 2 and link.connected, 15)
+        assert link.stats.disconnects == 1 and link.stats.sessions_lost == 0
