@@ -27,6 +27,10 @@ class KeyRequestError(ValueError):
     """A key that cannot be created as asked; the message says what to change."""
 
 
+class LastAdminKey(ValueError):
+    """Revoking this key would leave no active admin key; the message says what to do."""
+
+
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -41,6 +45,9 @@ class Principal:
     kinds: frozenset[str] | None = None  # None: every kind
     districts: frozenset[str] | None = None  # None: every district
     vendor: str | None = None  # a vendor key sees only this vendor's devices
+    # Field keys (and people of role field): the teams whose work orders and alerts they act
+    # on; None for other roles, and for field keys made before keys carried teams.
+    teams: frozenset[str] | None = None
 
     @property
     def actor(self) -> str:
@@ -58,12 +65,26 @@ class Principal:
             return False
         return self.vendor is None or vendor == self.vendor
 
+    @property
+    def team_bound(self) -> bool:
+        """Whether work orders and acknowledgements are limited to the caller's teams."""
+        return self.role == "field"
+
+    def acts_for(self, teams: Iterable[str | None]) -> bool:
+        """Whether an item routed to any of ``teams`` is the caller's to act on."""
+        if not self.team_bound:
+            return True
+        return self.teams is not None and any(t in self.teams for t in teams)
+
     def grant(self) -> dict[str, Any]:
-        return {
+        grant: dict[str, Any] = {
             "kinds": sorted(self.kinds) if self.kinds is not None else None,
             "districts": sorted(self.districts) if self.districts is not None else None,
             "vendor": self.vendor,
         }
+        if self.teams is not None:
+            grant["teams"] = sorted(self.teams)
+        return grant
 
 
 def _check_list(values: Iterable[str] | None, known: Iterable[str], what: str) -> list[str] | None:
@@ -87,12 +108,19 @@ async def create_key(
     kinds: Iterable[str] | None = None,
     districts: Iterable[str] | None = None,
     vendor: str | None = None,
+    teams: Iterable[str] | None = None,
+    known_teams: Iterable[str] = (),
     created_by: str = "cli",
     creator_role: str = "admin",
 ) -> tuple[ApiKey, str]:
-    """A new key; returns the row and the key itself (shown once, never stored)."""
+    """A new key; returns the row and the key itself (shown once, never stored).
+
+    A field key names at least one of ``known_teams`` (the routing file's teams); no other
+    role carries teams.
+    """
     if role not in ROLES:
         raise KeyRequestError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+    team_list = check_teams(role, teams, known_teams)
     kind_list = _check_list(kinds, KINDS, "kinds")
     district_list = _check_list(districts, DISTRICTS, "districts")
     if (kind_list or district_list) and role != "department":
@@ -114,6 +142,7 @@ async def create_key(
         kinds=kind_list,
         districts=district_list,
         vendor_id=vendor if role == "vendor" else None,
+        teams=team_list,
         created_by=created_by,
     )
     async with sessions() as session, session.begin():
@@ -132,10 +161,33 @@ async def create_key(
                     "kinds": kind_list,
                     "districts": district_list,
                     "vendor": row.vendor_id,
+                    "teams": team_list,
                 },
             )
         )
     return row, f"{PREFIX}{key_id}_{secret}"
+
+
+def check_teams(
+    role: str, teams: Iterable[str] | None, known_teams: Iterable[str]
+) -> list[str] | None:
+    """The teams a key of ``role`` carries, checked against the routing file's teams."""
+    team_list = sorted(set(teams)) if teams is not None else None
+    known = ", ".join(sorted(set(known_teams))) or "none: the routing file names no team"
+    if role != "field":
+        if team_list:
+            raise KeyRequestError("teams belong to field keys only; use --role field")
+        return None
+    if not team_list:
+        raise KeyRequestError(
+            f"a field key acts for a team; name at least one with --team (teams: {known})"
+        )
+    unknown = [t for t in team_list if t not in set(known_teams)]
+    if unknown:
+        raise KeyRequestError(
+            f"unknown team(s) {', '.join(unknown)}; the routing file's teams are {known}"
+        )
+    return team_list
 
 
 def principal_of(row: ApiKey) -> Principal:
@@ -146,6 +198,7 @@ def principal_of(row: ApiKey) -> Principal:
         kinds=frozenset(row.kinds) if row.kinds is not None else None,
         districts=frozenset(row.districts) if row.districts is not None else None,
         vendor=row.vendor_id,
+        teams=frozenset(row.teams) if row.teams is not None else None,
     )
 
 
@@ -187,10 +240,25 @@ class KeyRing:
 
 
 async def revoke_key(sessions: Any, key_id: str, by: str, role: str) -> ApiKey | None:
+    """Revoke a key (None: no such key); raises :class:`LastAdminKey` rather than revoke
+    the last active admin key, which would lock every administrator out of the API."""
     async with sessions() as session, session.begin():
         row = await session.get(ApiKey, key_id)
         if row is None:
             return None
+        if row.revoked_at is None and row.role == "admin":
+            # Locked rows (PostgreSQL): two admins revoking each other's keys cannot both win.
+            active = await session.scalars(
+                select(ApiKey.id)
+                .where(ApiKey.role == "admin", ApiKey.revoked_at.is_(None))
+                .with_for_update()
+            )
+            if set(active) <= {key_id}:
+                raise LastAdminKey(
+                    f"key {key_id} is the last active admin key; create another admin key "
+                    "first (POST /api/v1/keys with role admin, or cityiot keys create --role "
+                    "admin), then revoke this one"
+                )
         if row.revoked_at is None:
             row.revoked_at = utcnow()
             session.add(

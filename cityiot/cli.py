@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import logging
 import logging.handlers
+import os
 import queue
 import signal
 import sys
@@ -159,6 +160,9 @@ def run(
     from cityiot.launcher import Launch, run_platform
 
     settings = load_settings()
+    # Owner only: the database, log and secrets in the run dir, and the local broker's and
+    # InfluxDB's files (the children inherit it); they all run as this user.
+    os.umask(0o077)
     configure_logging(settings, settings.run_dir / "cityiot.log")
     launch = Launch(
         devices=devices,
@@ -563,12 +567,32 @@ def keys_create(
         str | None, typer.Option(help="Department keys: districts granted, comma-separated.")
     ] = None,
     vendor: Annotated[str | None, typer.Option(help="Vendor keys: the vendor id.")] = None,
+    team: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--team",
+            help="Field keys: a team of the routing file it acts for; repeat or comma-separate.",
+        ),
+    ] = None,
 ) -> None:
     """Create an API key; prints the key alone on stdout (it is shown this once)."""
     from api.keys import KeyRequestError, create_key
+    from api.teams import known_teams
     from cityiot.db import make_engine, migrate, sessionmaker
+    from rules.routing import RoutingError, load_routing
+    from rules.service import routing_path
 
     settings = load_settings()
+    teams = _names(",".join(team)) if team else None
+    known: list[str] = []
+    if role == "field":
+        # Only the teams matter here, not the channels dropped for unset variables.
+        logging.getLogger("cityiot.rules.routing").setLevel(logging.ERROR)
+        try:
+            router = load_routing(routing_path(settings))
+        except RoutingError as exc:
+            fail(f"the routing file names the teams and cannot be read; fix it: {exc}")
+        known = known_teams(router)
 
     async def main() -> tuple[Any, str]:
         await migrate(settings.database_url)
@@ -581,6 +605,8 @@ def keys_create(
                 kinds=_names(kinds),
                 districts=_names(districts),
                 vendor=vendor,
+                teams=teams,
+                known_teams=known,
                 created_by="cli",
             )
         finally:
@@ -598,6 +624,8 @@ def keys_create(
         )
     if row.vendor_id:
         grant = f" vendor={row.vendor_id}"
+    if row.teams:
+        grant = f" teams={','.join(row.teams)}"
     err.print(f"key {row.id} created: role={row.role}{grant} (store it now; it is not shown again)")
 
 
@@ -627,8 +655,8 @@ def keys_list() -> None:
 def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="The key's id (cityiot keys list).")],
 ) -> None:
-    """Revoke an API key."""
-    from api.keys import revoke_key
+    """Revoke an API key (never the last active admin key)."""
+    from api.keys import LastAdminKey, revoke_key
     from cityiot.db import make_engine, migrate, sessionmaker
 
     settings = load_settings()
@@ -641,7 +669,11 @@ def keys_revoke(
         finally:
             await engine.dispose()
 
-    if asyncio.run(main()) is None:
+    try:
+        revoked = asyncio.run(main())
+    except LastAdminKey as exc:
+        fail(str(exc))
+    if revoked is None:
         fail(f"no API key {key_id!r}; cityiot keys list shows them")
     err.print(f"key {key_id} revoked")
 

@@ -61,6 +61,7 @@ _KNOWN_COLUMNS = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
 MAX_ADDRESS_CHARS = 500
 MAX_TEXT_ATTRIBUTE_CHARS = 200
 MAX_REPORT_INTERVAL_S = 31 * 86400
+FIRST_INSTALL_DATE = dt.date(1900, 1, 1)
 _CHUNK = 500  # ids per IN (...) query, well under SQLite's and asyncpg's parameter limits
 _STATEMENT_ROWS = 1000  # rows per executemany in bulk writes: each a short hold of the loop
 PRUNE_CHUNK = 2000  # dead letters deleted per transaction: each a short hold of the write turn
@@ -434,12 +435,22 @@ def _interval(value: str, kind: str | None) -> int:
 def _install_date(value: str) -> dt.date | None:
     if not value:
         return None
+    day: dt.date | None = None
     try:
         if _DATE.fullmatch(value):
-            return dt.date.fromisoformat(value)
+            day = dt.date.fromisoformat(value)
     except ValueError:
         pass
-    raise _Invalid(f"{_show(value)} is not a date; write YYYY-MM-DD, e.g. 2024-03-01")
+    if day is None:
+        raise _Invalid(f"{_show(value)} is not a date; write YYYY-MM-DD, e.g. 2024-03-01")
+    # UTC's date plus a day: in the city (+08:00) it may already be the next date.
+    latest = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)
+    if not FIRST_INSTALL_DATE <= day <= latest:
+        raise _Invalid(
+            f"{value} is out of range; an install date lies between "
+            f"{FIRST_INSTALL_DATE.isoformat()} and tomorrow ({latest.isoformat()})"
+        )
+    return day
 
 
 def _attribute(

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _SHARE_GROUP = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -32,7 +32,9 @@ class Settings(BaseSettings):
     influx_user: str = ""
     influx_password: str = ""
     retention: str = Field("400d", description="retention policy duration (InfluxQL duration)")
-    database_url: str = "sqlite+aiosqlite:///.run/cityiot.db"
+    database_url: str = Field(
+        "", description="empty: sqlite+aiosqlite:///<run_dir>/cityiot.db (SQLite in the run dir)"
+    )
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     rules_path: Path = Path("rules/catalogue")
@@ -197,6 +199,12 @@ class Settings(BaseSettings):
                 "shared subscription every worker would store every reading"
             )
         return v
+
+    @model_validator(mode="after")
+    def _database_in_run_dir(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite+aiosqlite:///{self.run_dir / 'cityiot.db'}"
+        return self
 
     @property
     def worker_client_id(self) -> str:

@@ -107,3 +107,68 @@ async def test_run_secures_the_broker_and_serves_the_api(tmp_path: Path) -> None
     finally:
         stop.set()
         await asyncio.wait_for(task, 60)
+
+
+async def test_cityiot_run_keeps_its_files_in_the_run_dir_for_its_owner_only(
+    tmp_path: Path,
+) -> None:
+    """Issue 22, finding 14: ``cityiot run`` wrote ``./.run/cityiot.db`` although
+    CITYIOT_RUN_DIR was set, and the database and the log with mode 0644."""
+    import os
+    import signal
+    import sys
+
+    run_dir, cwd = tmp_path / "run", tmp_path / "elsewhere"
+    cwd.mkdir()
+    run_dir.mkdir(mode=0o755)  # left open by an earlier run or another umask
+    (run_dir / "cityiot.log").write_text("an earlier run's log\n")
+    (run_dir / "cityiot.log").chmod(0o644)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CITYIOT_")}
+    env |= {
+        "CITYIOT_RUN_DIR": str(run_dir),
+        "CITYIOT_API_PORT": str(port),
+        # Its default is relative to the working directory.
+        "CITYIOT_RULES_PATH": str(Path(__file__).parents[1] / "rules" / "catalogue"),
+    }
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "cityiot"),
+        "run",
+        "--devices",
+        "20",
+        "--rate",
+        "20",
+        "--incident",
+        "none",
+        cwd=cwd,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        async with httpx.AsyncClient(timeout=5) as http:
+            while time.monotonic() < deadline:
+                assert process.returncode is None, "cityiot run ended early"
+                try:
+                    if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.3)
+            else:
+                raise AssertionError("the API of cityiot run never became ready")
+        assert not (cwd / ".run").exists()  # nothing outside the run dir
+        assert (run_dir / "cityiot.db").is_file()
+        assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+        written = [p for p in run_dir.iterdir() if p.is_file() and not p.name.startswith(".")]
+        names = {p.name for p in written}
+        assert {"cityiot.db", "cityiot.log", ADMIN_KEY_SECRET, "fleet.csv"} <= names
+        for path in written:  # the database with its -wal and -shm, the log, the secrets
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
+        for path in (run_dir / "mosquitto", run_dir / "influxdb"):
+            assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path.name
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGINT)
+            await asyncio.wait_for(process.wait(), 60)

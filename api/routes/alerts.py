@@ -9,7 +9,6 @@ default: pending, firing, acknowledged and resolved alerts are all rows; filter 
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -22,8 +21,9 @@ from api.audit import audit
 from api.context import ApiContext, context
 from api.keys import Principal
 from api.paging import Cursor, Limit, Page, after, page_of
-from api.params import TEXT, city_instant
+from api.params import TEXT, Instant, city_instant
 from api.problems import Problem
+from api.teams import alert_teams, require_teams, routing
 from cityiot.catalogue import DISTRICTS, KINDS
 from cityiot.db import Alert, utcnow
 from rules.events import alert_event, alert_topic, city_time
@@ -113,9 +113,9 @@ async def list_alerts(
     rule: Annotated[str | None, Query(pattern=RULE_PATTERN, description="rule id")] = None,
     device_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
     since: Annotated[
-        dt.datetime | None, Query(description="started at or after (RFC 3339; +08:00 if no offset)")
+        Instant | None, Query(description="started at or after (RFC 3339; +08:00 if no offset)")
     ] = None,
-    until: Annotated[dt.datetime | None, Query(description="started before (RFC 3339)")] = None,
+    until: Annotated[Instant | None, Query(description="started before (RFC 3339)")] = None,
     limit: Limit = 100,
     cursor: Cursor = None,
 ) -> dict[str, Any]:
@@ -197,7 +197,10 @@ def _not_firing(alert: Alert) -> Problem:
     response_model=AlertOut,
     summary="Acknowledge a firing alert",
     responses={
-        403: {"description": "the key's role may not acknowledge"},
+        403: {
+            "description": "the key's role may not acknowledge, or (field keys) the alert "
+            "is routed to another team"
+        },
         404: {"description": "no such alert"},
         409: {"description": "the alert is not firing (pending, acknowledged or resolved)"},
     },
@@ -211,16 +214,26 @@ async def acknowledge(
     """firing → acknowledged: someone is on it. Published on the alert topic and audited.
 
     Acknowledging stops repeated notifications; the alert still resolves by itself when its
-    condition clears.
+    condition clears. A field key acknowledges the alerts routed to its teams only.
     """
     note = body.note if body is not None else ""
     now = utcnow()
     by = principal.actor[:128]
+    require_teams(principal)
+    router = routing(ctx) if principal.team_bound else None
     async with ctx.sessions() as session, session.begin():
         alert = await session.get(Alert, alert_id)
         if alert is None:
             raise Problem(404, f"no alert {alert_id!r}; check the id (GET /api/v1/alerts)")
         check_sees(principal, alert.kind, alert.district, alert.vendor, f"alert {alert_id}")
+        if router is not None:
+            teams = alert_teams(router, alert)
+            if not principal.acts_for(teams):
+                raise Problem(
+                    403,
+                    f"alert {alert_id} is routed to team {', '.join(sorted(teams)) or 'none'}; "
+                    f"this key acts for {', '.join(sorted(principal.teams or ()))} only",
+                )
         if alert.state != "firing":
             raise _not_firing(alert)
         # Compare-and-set on the state: the rules engine may resolve it at the same moment.

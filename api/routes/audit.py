@@ -6,7 +6,6 @@ acks, silences, rules, work orders) writes one entry in the same transaction as 
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
@@ -17,7 +16,7 @@ from api.access import allow
 from api.context import ApiContext, context
 from api.keys import Principal
 from api.paging import Cursor, Limit, Page, after, page_of
-from api.params import TEXT, city_instant
+from api.params import TEXT, Instant, city_instant
 from cityiot.db import AuditEntry
 from cityiot.sun import CITY_TZ
 
@@ -89,9 +88,9 @@ async def list_audit_entries(
         ),
     ] = None,
     since: Annotated[
-        dt.datetime | None, Query(description="at or after (RFC 3339; no offset: +08:00)")
+        Instant | None, Query(description="at or after (RFC 3339; no offset: +08:00)")
     ] = None,
-    until: Annotated[dt.datetime | None, Query(description="before (RFC 3339)")] = None,
+    until: Annotated[Instant | None, Query(description="before (RFC 3339)")] = None,
     limit: Limit = 100,
     cursor: Cursor = None,
 ) -> dict[str, Any]:

@@ -9,7 +9,6 @@ a vendor key only those published under its own vendor id; department and field 
 from __future__ import annotations
 
 import base64
-import datetime as dt
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
@@ -20,7 +19,7 @@ from api.access import allow, check_filter, scoped
 from api.context import ApiContext, context
 from api.keys import Principal
 from api.paging import Cursor, Limit, Page, after, page_of
-from api.params import TEXT, city_instant
+from api.params import TEXT, Instant, city_instant
 from api.problems import Problem
 from cityiot.db import DeadLetter
 from cityiot.sun import CITY_TZ
@@ -92,9 +91,9 @@ async def list_dead_letters(
     vendor: IdText = None,
     device_id: IdText = None,
     since: Annotated[
-        dt.datetime | None, Query(description="received at or after (RFC 3339; no offset: +08:00)")
+        Instant | None, Query(description="received at or after (RFC 3339; no offset: +08:00)")
     ] = None,
-    until: Annotated[dt.datetime | None, Query(description="received before (RFC 3339)")] = None,
+    until: Annotated[Instant | None, Query(description="received before (RFC 3339)")] = None,
     reason: Annotated[
         str | None,
         Query(max_length=200, pattern=TEXT, description="text the reason contains (any case)"),

@@ -10,7 +10,16 @@ import datetime as dt
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 from sqlalchemy import select
 
 from api.access import allow, check_filter, check_sees, scoped
@@ -21,7 +30,15 @@ from api.paging import Cursor, Limit, Page, after, page_of
 from api.problems import Problem
 from cityiot.catalogue import DISTRICTS, KINDS
 from cityiot.db import Device, LatestReading, Vendor, utcnow
-from cityiot.registry import RowError, import_devices, parse_device, parse_device_csv
+from cityiot.registry import (
+    FIRST_INSTALL_DATE,
+    MAX_ADDRESS_CHARS,
+    MAX_REPORT_INTERVAL_S,
+    RowError,
+    import_devices,
+    parse_device,
+    parse_device_csv,
+)
 from rules.events import city_time
 
 router = APIRouter(tags=["devices"])
@@ -31,6 +48,35 @@ MAX_CSV_BYTES = 20 * 1024 * 1024
 
 DeviceId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="device id")]
 Status = Literal["online", "offline", "unknown", "decommissioned"]
+
+
+def _written_date(value: Any) -> Any:
+    # Pydantic reads a bare number as Unix seconds; a date must be written as one.
+    if value is None or isinstance(value, dt.date | str):
+        return value
+    raise ValueError("not a date; write YYYY-MM-DD, e.g. 2024-03-01")
+
+
+# Strict numbers: JSON true/false are not 1/0 here (lon: false once stored 0.0). The ranges
+# are the registry's (checked there, with every problem of a device named at once).
+Latitude = Annotated[float, Field(strict=True, json_schema_extra={"minimum": -90, "maximum": 90})]
+Longitude = Annotated[
+    float, Field(strict=True, json_schema_extra={"minimum": -180, "maximum": 180})
+]
+Interval = Annotated[
+    int,
+    Field(
+        strict=True,
+        description="seconds",
+        json_schema_extra={"minimum": 1, "maximum": MAX_REPORT_INTERVAL_S},
+    ),
+]
+InstallDate = Annotated[
+    dt.date,
+    BeforeValidator(_written_date),
+    Field(description=f"YYYY-MM-DD, from {FIRST_INSTALL_DATE.isoformat()} to tomorrow"),
+]
+AttributeValue = StrictFloat | StrictInt | StrictStr
 
 _EXAMPLE: dict[str, Any] = {
     "id": "mh-0001",
@@ -99,12 +145,12 @@ class DeviceIn(BaseModel):
     vendor: str = Field(max_length=64)
     kind: str = Field(max_length=32, description=f"one of {', '.join(KINDS)}")
     district: str = Field(max_length=32, description=f"one of {', '.join(DISTRICTS)}")
-    lat: float
-    lon: float
-    address: str = Field("", max_length=500)
-    report_interval_s: int
-    install_date: dt.date | None = None
-    attributes: dict[str, float | int | str] = Field(
+    lat: Latitude
+    lon: Longitude
+    address: str = Field("", max_length=MAX_ADDRESS_CHARS)
+    report_interval_s: Interval
+    install_date: InstallDate | None = None
+    attributes: dict[str, AttributeValue] = Field(
         default_factory=dict,
         description="kind-specific: depth_cm (manhole), lot_id and max_stay_min (parking), "
         "zone (water)",
@@ -120,13 +166,13 @@ class DevicePatch(BaseModel):
     )
 
     district: str | None = Field(None, max_length=32)
-    lat: float | None = None
-    lon: float | None = None
-    address: str | None = Field(None, max_length=500)
-    report_interval_s: int | None = None
-    install_date: dt.date | None = None
-    attributes: dict[str, float | int | str | None] | None = None
-    decommissioned: bool | None = Field(
+    lat: Latitude | None = None
+    lon: Longitude | None = None
+    address: str | None = Field(None, max_length=MAX_ADDRESS_CHARS)
+    report_interval_s: Interval | None = None
+    install_date: InstallDate | None = None
+    attributes: dict[str, AttributeValue | None] | None = None
+    decommissioned: StrictBool | None = Field(
         None, description="true decommissions, false brings the device back into service"
     )
 
@@ -312,7 +358,12 @@ async def create_device(
             },
         }
     },
-    responses={413: {"description": "file too large"}, 415: {"description": "not text"}},
+    responses={
+        403: {"description": "create_vendors by a key that is not an admin's"},
+        413: {"description": "file too large"},
+        415: {"description": "not text"},
+        422: {"description": "not a device CSV: no header line naming its columns"},
+    },
 )
 async def import_csv(
     request: Request,
@@ -337,6 +388,8 @@ async def import_csv(
             415, "the CSV is not UTF-8 text; save it as UTF-8 and send it again"
         ) from None
     parsed = parse_device_csv(text)
+    if not parsed.rows and parsed.errors and all(e.line == 1 for e in parsed.errors):
+        raise _invalid(parsed.errors)  # no device CSV at all: nothing to report row by row
     report = await import_devices(ctx.sessions, parsed.rows, create_vendors)
     errors = sorted([*parsed.errors, *report.errors], key=lambda e: e.line)
     async with ctx.sessions() as session, session.begin():

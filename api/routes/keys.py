@@ -10,15 +10,17 @@ from sqlalchemy import select
 
 from api.access import allow
 from api.context import ApiContext, context
-from api.keys import KeyRequestError, Principal, create_key, revoke_key
+from api.keys import KeyRequestError, LastAdminKey, Principal, create_key, revoke_key
 from api.paging import Cursor, Limit, Page, after, page_of
 from api.problems import Problem
+from api.teams import known_teams, routing
 from cityiot.db import ApiKey
 from rules.events import city_time
 
 router = APIRouter(tags=["keys"])
 
 Role = Literal["admin", "operator", "field", "department", "vendor"]
+TEAM_PATTERN = r"^[^\x00-\x1f]{1,128}$"  # as the routing file's names: no control characters
 
 
 class KeyIn(BaseModel):
@@ -43,6 +45,12 @@ class KeyIn(BaseModel):
     )
     districts: list[str] | None = Field(None, description="department keys: districts granted")
     vendor: str | None = Field(None, max_length=64, description="vendor keys: the vendor id")
+    teams: list[Annotated[str, Field(pattern=TEAM_PATTERN)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=32,
+        description="field keys (required): the teams of the routing file it acts for",
+    )
 
 
 class KeyOut(BaseModel):
@@ -52,6 +60,7 @@ class KeyOut(BaseModel):
     kinds: list[str] | None
     districts: list[str] | None
     vendor: str | None
+    teams: list[str] | None = Field(description="field keys: the teams it acts for")
     created_at: str
     created_by: str
     revoked_at: str | None
@@ -69,6 +78,7 @@ def key_out(row: ApiKey) -> dict[str, Any]:
         "kinds": row.kinds,
         "districts": row.districts,
         "vendor": row.vendor_id,
+        "teams": row.teams,
         "created_at": city_time(row.created_at),
         "created_by": row.created_by,
         "revoked_at": city_time(row.revoked_at),
@@ -87,7 +97,9 @@ async def new_key(
     ctx: Annotated[ApiContext, Depends(context)],
     principal: Annotated[Principal, Depends(allow("admin"))],
 ) -> dict[str, Any]:
-    """A new key with a role (and, for department keys, the kinds and districts granted)."""
+    """A new key with a role (and, for department keys, the kinds and districts granted;
+    for field keys, the teams it acts for)."""
+    teams = known_teams(routing(ctx)) if body.role == "field" else ()
     try:
         row, key = await create_key(
             ctx.sessions,
@@ -96,6 +108,8 @@ async def new_key(
             kinds=body.kinds,
             districts=body.districts,
             vendor=body.vendor,
+            teams=body.teams,
+            known_teams=teams,
             created_by=principal.actor,
             creator_role=principal.role,
         )
@@ -121,7 +135,10 @@ async def list_keys(
     "/keys/{key_id}",
     response_model=KeyOut,
     summary="Revoke an API key",
-    responses={404: {"description": "unknown key"}},
+    responses={
+        404: {"description": "unknown key"},
+        409: {"description": "the last active admin key"},
+    },
 )
 async def revoke(
     key_id: Annotated[str, Path(max_length=16)],
@@ -129,7 +146,10 @@ async def revoke(
     principal: Annotated[Principal, Depends(allow("admin"))],
 ) -> dict[str, Any]:
     """Revoke at once in this process (other API processes within 2 s)."""
-    row = await revoke_key(ctx.sessions, key_id, principal.actor, principal.role)
+    try:
+        row = await revoke_key(ctx.sessions, key_id, principal.actor, principal.role)
+    except LastAdminKey as exc:
+        raise Problem(409, str(exc)) from None
     if row is None:
         raise Problem(404, f"no API key {key_id!r}; GET /api/v1/keys lists them")
     ctx.keys.forget()

@@ -263,6 +263,8 @@ async def list_rules(
 ) -> dict[str, Any]:
     """Every rule in id order: the catalogue files with the rules put through the API on
     top (``source`` says which). A department key sees the rules of its granted kinds."""
+    if kind is not None and kind not in KINDS:
+        raise Problem(422, f"unknown kind {kind[:32]!r}; use one of {', '.join(KINDS)}")
     entries = sorted(
         (e for e in (await catalogue(ctx)).values() if _granted(principal, e)),
         key=lambda e: e.rule.id,

@@ -20,7 +20,7 @@ from api.audit import audited
 from api.context import ApiContext, context
 from api.keys import Principal
 from api.paging import Cursor, Limit, Page, after, page_of
-from api.params import TEXT, city_instant
+from api.params import TEXT, Instant, city_instant
 from api.problems import Problem
 from api.routes.alerts import ID_PATTERN
 from cityiot.db import Silence, utcnow
@@ -73,8 +73,8 @@ class SilenceIn(BaseModel):
     )
 
     matchers: list[MatcherModel] = Field(min_length=1, max_length=32)
-    starts_at: dt.datetime | None = Field(None, description="RFC 3339; default: now")
-    ends_at: dt.datetime = Field(description="RFC 3339; +08:00 when no offset is given")
+    starts_at: Instant | None = Field(None, description="RFC 3339; default: now")
+    ends_at: Instant = Field(description="RFC 3339; +08:00 when no offset is given")
     comment: str = Field("", max_length=1000, pattern=TEXT)
 
 

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from api.access import allow, check_sees, scoped
+from api.access import allow, check_filter, check_sees, scoped
 from api.audit import audited
 from api.context import ApiContext, context
 from api.keys import Principal
@@ -23,6 +23,7 @@ from api.paging import Cursor, Limit, Page, after, page_of
 from api.params import TEXT
 from api.problems import Problem
 from api.routes.alerts import ID_PATTERN, DistrictFilter, KindFilter, check_kind_district
+from api.teams import require_teams
 from cityiot.db import WorkOrder
 from rules.events import city_time, wall_clock
 from rules.workorders import TRANSITIONS, IllegalTransition, WorkOrderNotFound, transition
@@ -120,7 +121,12 @@ def work_order_out(order: WorkOrder) -> dict[str, Any]:
     "/workorders",
     response_model=Page[WorkOrderOut],
     summary="List work orders",
-    responses={403: {"description": "a filter outside the key's grant, or a vendor key"}},
+    responses={
+        403: {
+            "description": "a filter outside the key's grant or teams, a field key without a "
+            "team, or a vendor key"
+        }
+    },
 )
 async def list_workorders(
     ctx: Annotated[ApiContext, Depends(context)],
@@ -135,9 +141,13 @@ async def list_workorders(
     cursor: Cursor = None,
 ) -> dict[str, Any]:
     """Work orders in dispatch order, oldest first: the order a team works through its
-    queue (``team=…&state=dispatched`` is a team's inbox)."""
+    queue (``team=…&state=dispatched`` is a team's inbox). A field key sees its teams' only."""
     check_kind_district(principal, kind, district)
     stmt = scoped(select(WorkOrder), principal, WorkOrder.kind, WorkOrder.district, None)
+    if principal.team_bound:
+        require_teams(principal)
+        check_filter(principal, "team", team, principal.teams)
+        stmt = stmt.where(WorkOrder.team.in_(sorted(principal.teams or ())))
     for column, value in (
         (WorkOrder.team, team),
         (WorkOrder.state, state),
@@ -153,9 +163,11 @@ async def list_workorders(
 
 
 async def _visible(ctx: ApiContext, principal: Principal, work_order_id: str) -> WorkOrder:
+    """The work order, or 404 (also for another team's, to a field key)."""
+    require_teams(principal)
     async with ctx.sessions() as session:
         order = await session.get(WorkOrder, work_order_id)
-    if order is None:
+    if order is None or not principal.acts_for([order.team]):
         raise Problem(
             404, f"no work order {work_order_id!r}; check the id (GET /api/v1/workorders)"
         )
@@ -190,6 +202,7 @@ def _step(action: str) -> Callable[..., Awaitable[dict[str, Any]]]:
     ) -> dict[str, Any]:
         note = body.note if body is not None else ""
         by = (principal.name or principal.actor)[:128]
+        await _visible(ctx, principal, work_order_id)  # a field key moves its teams' only
         try:
             order = await transition(
                 audited(
@@ -235,7 +248,7 @@ for _action, _summary in (
         summary=_summary,
         responses={
             403: {"description": "the key's role may not move work orders"},
-            404: {"description": "no such work order"},
+            404: {"description": "no such work order, or another team's (field keys)"},
             409: {"description": "the work order's state does not allow this step"},
         },
     )

@@ -26,6 +26,9 @@ DEPARTMENT_KINDS = ("manhole", "parking")
 DEPARTMENT_DISTRICTS = ("yicheng",)
 DEPARTMENT_SEES = {"mh-1", "pk-1"}
 VENDOR = "acme"  # the vendor key's vendor: devices *-1 (oldco owns *-2)
+# The field key's teams (rules/routing.yaml): ops hears of every alert, urban of manholes
+# and streetlights.
+FIELD_TEAMS = ("ops", "urban")
 ROLES = ("admin", "operator", "field", "department", "vendor")
 
 
@@ -100,7 +103,9 @@ async def api(
             harness.keys = {
                 "admin": await harness.key("admin", name="test admin"),
                 "operator": await harness.key("operator", name="ops desk"),
-                "field": await harness.key("field", name="crew 1"),
+                "field": await harness.key(
+                    "field", name="crew 1", teams=FIELD_TEAMS, known_teams=FIELD_TEAMS
+                ),
                 "department": await harness.key(
                     "department",
                     name="urban management",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from cityiot.db import AuditEntry
+from cityiot.db import AuditEntry, Device, Vendor
 from tests.api.conftest import DEPARTMENT_SEES, Api
 
 NEW = {
@@ -140,3 +140,107 @@ async def test_csv_import_reports_row_by_row(api: Api) -> None:
     assert r.status_code == 415 and "UTF-8" in r.json()["detail"]
     r = await api.client("department").post("/api/v1/devices/import", content=csv.encode())
     assert r.status_code == 403
+
+
+async def _stored(api: Api, device_id: str) -> Device:
+    async with api.sessions() as session:
+        device = await session.get(Device, device_id)
+    assert device is not None
+    return device
+
+
+async def test_non_numbers_and_out_of_range_coordinates_are_refused(api: Api) -> None:
+    """Issue 22, finding 16: ``PATCH {"lon": false}`` stored 0.0."""
+    client = api.client("operator")
+    before = await _stored(api, "mh-1")
+    for change in (
+        {"lon": False},
+        {"lat": True},
+        {"lat": "32.9"},
+        {"lat": 90.5},
+        {"lon": -181},
+        {"report_interval_s": True},
+        {"report_interval_s": 60.0},
+        {"decommissioned": "yes"},
+        {"decommissioned": 1},
+        {"attributes": {"depth_cm": True}},
+    ):
+        r = await client.patch("/api/v1/devices/mh-1", json=change)
+        assert r.status_code == 422, (change, r.text)
+        assert next(iter(change)) in r.text, change
+    after = await _stored(api, "mh-1")
+    assert (after.lat, after.lon, after.report_interval_s, after.decommissioned_at) == (
+        before.lat,
+        before.lon,
+        before.report_interval_s,
+        None,
+    )
+    r = await client.post("/api/v1/devices", json={**NEW, "lon": False})
+    assert r.status_code == 422 and "lon" in r.text
+    # JSON integers are numbers: whole degrees are fine.
+    r = await client.patch("/api/v1/devices/mh-1", json={"lat": 33, "lon": 114})
+    assert r.status_code == 200, r.text
+    assert (r.json()["lat"], r.json()["lon"]) == (33.0, 114.0)
+
+
+async def test_install_dates_lie_between_1900_and_tomorrow(api: Api) -> None:
+    """Issue 22, finding 16: install_date 3843-08-14 was accepted."""
+    client = api.client("operator")
+    for day in ("3843-08-14", "1899-12-31"):
+        r = await client.patch("/api/v1/devices/mh-1", json={"install_date": day})
+        assert r.status_code == 422, r.text
+        assert "between 1900-01-01 and tomorrow" in r.json()["detail"]
+        r = await client.post("/api/v1/devices", json={**NEW, "install_date": day})
+        assert r.status_code == 422 and "between 1900-01-01 and tomorrow" in r.json()["detail"]
+    r = await client.patch("/api/v1/devices/mh-1", json={"install_date": 0})  # not 1970-01-01
+    assert r.status_code == 422 and "YYYY-MM-DD" in r.text
+    assert (await _stored(api, "mh-1")).install_date is None
+    csv = (
+        "device_id,vendor,kind,district,lat,lon,address,report_interval_s,depth_cm,install_date\n"
+        "mh-30,acme,manhole,yicheng,32.9,114.0,a,300,150,3843-08-14\n"
+    )
+    r = await client.post(
+        "/api/v1/devices/import", content=csv.encode(), headers={"Content-Type": "text/csv"}
+    )
+    assert r.status_code == 200 and r.json()["created"] == 0
+    assert [(e["line"], e["column"]) for e in r.json()["errors"]] == [(2, "install_date")]
+    r = await client.patch("/api/v1/devices/mh-1", json={"install_date": "2024-03-01"})
+    assert r.status_code == 200 and r.json()["install_date"] == "2024-03-01"
+
+
+async def test_only_an_admin_creates_vendors_through_the_import(api: Api) -> None:
+    """Issue 22, finding 11: an operator key created vendors through
+    ``POST /devices/import?create_vendors=true`` although ``POST /vendors`` refuses it."""
+    csv = (
+        "device_id,vendor,kind,district,lat,lon,address,report_interval_s,depth_cm\n"
+        "mh-40,newco,manhole,yicheng,32.9,114.0,a,300,150\n"
+    )
+    url = "/api/v1/devices/import?create_vendors=true"
+    headers = {"Content-Type": "text/csv"}
+    assert (
+        await api.client("operator").post("/api/v1/vendors", json={"id": "newco", "name": "New Co"})
+    ).status_code == 403
+    r = await api.client("operator").post(url, content=csv.encode(), headers=headers)
+    assert r.status_code == 403
+    assert "admin" in r.json()["detail"] and "POST /api/v1/vendors" in r.json()["detail"]
+    async with api.sessions() as session:
+        assert await session.get(Vendor, "newco") is None
+        assert await session.get(Device, "mh-40") is None
+    # Without create_vendors the operator imports, and the unknown vendor is a row error.
+    r = await api.client("operator").post(
+        "/api/v1/devices/import", content=csv.encode(), headers=headers
+    )
+    assert r.status_code == 200 and r.json()["created"] == 0
+    assert r.json()["errors"][0]["column"] == "vendor"
+    r = await api.client("admin").post(url, content=csv.encode(), headers=headers)
+    assert r.status_code == 200 and r.json()["vendors_created"] == ["newco"]
+
+
+async def test_a_body_that_is_no_device_csv_is_refused(api: Api) -> None:
+    client = api.client("operator")
+    for body in (b"", b"{}", b"\n\n"):
+        r = await client.post(
+            "/api/v1/devices/import", content=body, headers={"Content-Type": "text/csv"}
+        )
+        assert r.status_code == 422, (body, r.text)
+        assert "the first line must name the columns device_id,vendor" in r.json()["detail"]

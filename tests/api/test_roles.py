@@ -120,3 +120,22 @@ async def test_each_role_on(api: Api, method: str, path: str) -> None:
             assert status not in (401, 403), f"{role} should be allowed: {status}"
         else:
             assert status == 403, f"{role} should be refused: {status}"
+
+
+async def test_the_last_active_admin_key_cannot_be_revoked(api: Api) -> None:
+    """Issue 22, finding 16: an admin could revoke its own last admin key, locking every
+    administrator out of the API."""
+    admin = api.client()
+    own = next(k for k in (await admin.get("/api/v1/keys")).json()["items"] if k["role"] == "admin")
+    r = await admin.delete(f"/api/v1/keys/{own['id']}")
+    assert r.status_code == 409
+    assert "last active admin key" in r.json()["detail"]
+    assert "create another admin key first" in r.json()["detail"]
+    assert (await admin.get("/api/v1/keys")).status_code == 200  # still works
+    r = await admin.post("/api/v1/keys", json={"role": "admin", "name": "second admin"})
+    assert r.status_code == 201
+    second = api.client(key=r.json()["key"])
+    assert (await second.delete(f"/api/v1/keys/{own['id']}")).status_code == 200
+    r = await second.delete(f"/api/v1/keys/{r.json()['id']}")
+    assert r.status_code == 409 and "last active admin key" in r.json()["detail"]
+    assert (await second.get("/api/v1/keys")).status_code == 200

@@ -15,7 +15,7 @@ from tests.api.conftest import ROLES, Api
 from tests.api.test_alerts import raise_alert
 
 
-async def dispatch(api: Api, device_id: str, rule: str, team: str = "roads", at: float = 0) -> str:
+async def dispatch(api: Api, device_id: str, rule: str, team: str = "urban", at: float = 0) -> str:
     """A work order as the dispatcher opens it for a firing alert; returns its id."""
     alert = await raise_alert(api, device_id, rule=rule)
     clock = (lambda: at) if at else time.time
@@ -120,7 +120,7 @@ async def test_admin_and_operator_may_move_work_orders(api: Api) -> None:
 async def test_filters_and_oldest_first_pages_across_cursors(api: Api) -> None:
     base = time.time()
     made = [
-        await dispatch(api, "mh-1", f"r{i}", team="roads" if i % 2 else "lights", at=base + i)
+        await dispatch(api, "mh-1", f"r{i}", team="urban" if i % 2 else "water", at=base + i)
         for i in range(5)
     ]
     client = api.client("operator")
@@ -133,7 +133,7 @@ async def test_filters_and_oldest_first_pages_across_cursors(api: Api) -> None:
             break
         params["cursor"] = body["next_cursor"]
     assert seen == made  # dispatch order, no order twice
-    r = await client.get("/api/v1/workorders", params={"team": "roads"})
+    r = await client.get("/api/v1/workorders", params={"team": "urban"})
     assert [o["id"] for o in r.json()["items"]] == [made[1], made[3]]
     await client.post(f"/api/v1/workorders/{made[0]}/accept")
     r = await client.get("/api/v1/workorders", params={"state": "accepted"})
