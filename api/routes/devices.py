@@ -378,6 +378,12 @@ async def import_csv(
     Valid rows are imported even when others are not; each bad row is listed with its line,
     column and what to change.
     """
+    if create_vendors and principal.role != "admin":
+        raise Problem(
+            403,
+            "only an admin key may create vendors (an admin registers them with POST "
+            "/api/v1/vendors); import without create_vendors once the vendors exist",
+        )
     raw = await request.body()
     if len(raw) > MAX_CSV_BYTES:
         raise Problem(413, f"the CSV is over {MAX_CSV_BYTES // 2**20} MiB; split it into parts")
