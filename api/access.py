@@ -81,10 +81,11 @@ def check_filter(principal: Principal, what: str, value: str | None, granted: An
         )
 
 
-def check_sees(principal: Principal, kind: str, district: str, vendor: str, what: str) -> None:
-    """403 when one item lies outside the key's grant."""
+def check_sees(principal: Principal, kind: str, district: str, vendor: str, missing: str) -> None:
+    """404 with ``missing``, the route's answer for an item that does not exist, when one
+    item lies outside the key's grant: a key learns nothing of what it may not see."""
     if not principal.sees(kind, district, vendor):
-        raise Problem(403, f"{what} is outside this key's grant {principal.grant()}")
+        raise Problem(404, missing)
 
 
 def scoped(

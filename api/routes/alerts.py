@@ -147,13 +147,21 @@ async def list_alerts(
     return page_of(rows, limit, key=lambda a: [a.started_at, a.id], convert=alert_event)
 
 
+def missing_alert(alert_id: str) -> str:
+    """The 404 detail for an alert that does not exist and for one the key may not see."""
+    return (
+        f"no alert {alert_id!r} among the alerts this key may see; "
+        "check the id (GET /api/v1/alerts)"
+    )
+
+
 async def visible_alert(ctx: ApiContext, principal: Principal, alert_id: str) -> Alert:
-    """The alert, or 404; 403 when it lies outside the key's grant."""
+    """The alert, or 404 when it does not exist or lies outside the key's grant (alike)."""
     async with ctx.sessions() as session:
         alert = await session.get(Alert, alert_id)
     if alert is None:
-        raise Problem(404, f"no alert {alert_id!r}; check the id (GET /api/v1/alerts)")
-    check_sees(principal, alert.kind, alert.district, alert.vendor, f"alert {alert_id}")
+        raise Problem(404, missing_alert(alert_id))
+    check_sees(principal, alert.kind, alert.district, alert.vendor, missing_alert(alert_id))
     return alert
 
 
@@ -161,10 +169,7 @@ async def visible_alert(ctx: ApiContext, principal: Principal, alert_id: str) ->
     "/alerts/{alert_id}",
     response_model=AlertOut,
     summary="One alert",
-    responses={
-        403: {"description": "outside the key's grant"},
-        404: {"description": "no such alert"},
-    },
+    responses={404: {"description": "no such alert, or one outside the key's grant (alike)"}},
 )
 async def get_alert(
     alert_id: AlertId,
@@ -224,8 +229,8 @@ async def acknowledge(
     async with ctx.sessions() as session, session.begin():
         alert = await session.get(Alert, alert_id)
         if alert is None:
-            raise Problem(404, f"no alert {alert_id!r}; check the id (GET /api/v1/alerts)")
-        check_sees(principal, alert.kind, alert.district, alert.vendor, f"alert {alert_id}")
+            raise Problem(404, missing_alert(alert_id))
+        check_sees(principal, alert.kind, alert.district, alert.vendor, missing_alert(alert_id))
         if router is not None:
             teams = alert_teams(router, alert)
             if not principal.acts_for(teams):

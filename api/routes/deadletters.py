@@ -128,8 +128,8 @@ async def list_dead_letters(
     response_model=DeadLetterOut,
     summary="One rejected message",
     responses={
-        403: {"description": "a role without access, or another vendor's dead letter"},
-        404: {"description": "no such dead letter"},
+        403: {"description": "a role without access"},
+        404: {"description": "no such dead letter, or another vendor's (alike)"},
     },
 )
 async def get_dead_letter(
@@ -139,14 +139,11 @@ async def get_dead_letter(
 ) -> dict[str, Any]:
     async with ctx.sessions() as session:
         row = await session.get(DeadLetter, dead_letter_id)
-    if row is None:
+    # Another vendor's dead letter is answered like a missing one: its id tells nothing.
+    if row is None or (principal.vendor is not None and row.vendor != principal.vendor):
         raise Problem(
-            404, f"no dead letter {dead_letter_id}; list them with GET /api/v1/deadletters"
-        )
-    if principal.vendor is not None and row.vendor != principal.vendor:
-        raise Problem(
-            403,
-            f"dead letter {dead_letter_id} was not published under vendor {principal.vendor}; "
-            "a vendor key sees only its own",
+            404,
+            f"no dead letter {dead_letter_id} among those this key may see; list them with "
+            "GET /api/v1/deadletters",
         )
     return dead_letter_out(row)

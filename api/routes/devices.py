@@ -249,13 +249,22 @@ def _invalid(errors: list[RowError]) -> Problem:
     )
 
 
+def missing_device(device_id: str) -> str:
+    """The 404 detail for a device that does not exist and for one the key may not see:
+    the same words, so that a key cannot tell them apart."""
+    return (
+        f"no device {device_id[:80]!r} among the devices this key may see; "
+        "check the id (GET /api/v1/devices)"
+    )
+
+
 async def visible_device(ctx: ApiContext, principal: Principal, device_id: str) -> Device:
-    """The device, or 404; 403 when it lies outside the key's grant."""
+    """The device, or 404 when it does not exist or lies outside the key's grant (alike)."""
     async with ctx.sessions() as session:
         device = await session.get(Device, device_id)
     if device is None:
-        raise Problem(404, f"no device {device_id!r} is registered; check the id (GET /devices)")
-    check_sees(principal, device.kind, device.district, device.vendor_id, f"device {device_id}")
+        raise Problem(404, missing_device(device_id))
+    check_sees(principal, device.kind, device.district, device.vendor_id, missing_device(device_id))
     return device
 
 
@@ -422,7 +431,7 @@ async def import_csv(
     "/devices/{device_id}",
     response_model=DeviceOut,
     summary="One device",
-    responses={403: {"description": "outside the key's grant"}, 404: {"description": "unknown"}},
+    responses={404: {"description": "no such device, or one outside the key's grant (alike)"}},
 )
 async def get_device(
     device_id: DeviceId,

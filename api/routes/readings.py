@@ -25,6 +25,7 @@ from api.access import allow, check_sees
 from api.context import ApiContext, context
 from api.keys import Principal
 from api.problems import Problem
+from api.routes.devices import missing_device
 from cityiot.catalogue import KINDS, is_valid_id
 from cityiot.db import Device, LatestReading
 from cityiot.influx import InfluxDB, InfluxError, quote_ident, quote_string
@@ -51,8 +52,8 @@ _PLUS_AS_SPACE = re.compile(r" (\d{2}:?\d{2})$")
 
 # 401, 422 and 429 are documented for every endpoint by the app; these say more.
 RESPONSES: dict[int | str, dict[str, Any]] = {
-    403: {"description": "the key's role or grant does not cover this device"},
-    404: {"description": "no device with this id"},
+    403: {"description": "the key's role does not read devices"},
+    404: {"description": "no such device, or one outside the key's grant (alike)"},
 }
 SERIES_RESPONSES: dict[int | str, dict[str, Any]] = {
     **RESPONSES,
@@ -341,8 +342,8 @@ async def _device(session: Any, device_id: str, principal: Principal) -> Device:
     # An id that cannot exist is not looked up: 404 whatever it holds.
     device = await session.get(Device, device_id) if is_valid_id(device_id) else None
     if device is None:
-        raise Problem(404, f"no device {device_id[:80]!r}; list devices with GET /api/v1/devices")
-    check_sees(principal, device.kind, device.district, device.vendor_id, f"device {device.id}")
+        raise Problem(404, missing_device(device_id))
+    check_sees(principal, device.kind, device.district, device.vendor_id, missing_device(device_id))
     return device  # type: ignore[no-any-return]
 
 

@@ -63,8 +63,7 @@ _STREAM_EXAMPLE = (
                 "text/event-stream": {"schema": {"type": "string"}, "example": _STREAM_EXAMPLE}
             },
         },
-        403: {"description": "the device is outside the key's grant"},
-        404: {"description": "no such device"},
+        404: {"description": "no such device, or one outside the key's grant (alike)"},
         503: {"description": "the API has no broker connection configured"},
     },
 )

@@ -171,7 +171,13 @@ async def _visible(ctx: ApiContext, principal: Principal, work_order_id: str) ->
         raise Problem(
             404, f"no work order {work_order_id!r}; check the id (GET /api/v1/workorders)"
         )
-    check_sees(principal, order.kind, order.district, "", f"work order {work_order_id}")
+    check_sees(
+        principal,
+        order.kind,
+        order.district,
+        "",
+        f"no work order {work_order_id!r}; check the id (GET /api/v1/workorders)",
+    )
     return order
 
 
@@ -180,8 +186,8 @@ async def _visible(ctx: ApiContext, principal: Principal, work_order_id: str) ->
     response_model=WorkOrderOut,
     summary="One work order",
     responses={
-        403: {"description": "outside the key's grant, or a vendor key"},
-        404: {"description": "no such work order"},
+        403: {"description": "a vendor key"},
+        404: {"description": "no such work order, or one outside the key's grant (alike)"},
     },
 )
 async def get_workorder(

@@ -320,7 +320,10 @@ async def test_roles_and_grants(api: Api, path: str) -> None:
         assert (await get(role, "mh-1")).status_code == 200, role
     for role in ("admin", "operator", "field"):
         assert (await get(role, "sl-2")).status_code == 200, role
-    assert "outside this key's grant" in problem(await get("department", "sl-1"), 403)
-    problem(await get("department", "mh-2"), 403)  # granted kind, other district
-    problem(await get("vendor", "mh-2"), 403)  # another vendor's device
+    # Outside the grant reads exactly like a device that does not exist (issue 22, finding 10).
+    for role, device in (("department", "sl-1"), ("department", "mh-2"), ("vendor", "mh-2")):
+        outside, missing = await get(role, device), await get(role, "nope")
+        problem(outside, 404), problem(missing, 404)
+        assert outside.text.replace(device, "ID") == missing.text.replace("nope", "ID")
+    assert "among the devices this key may see" in problem(await get("vendor", "mh-2"), 404)
     problem(await get(None, "mh-1"), 401)

@@ -176,3 +176,16 @@ async def test_one_bad_reading_in_a_batch_is_refused_alone(platform: Platform) -
         (letter,) = (await session.scalars(select(DeadLetter))).all()
     assert letter.reason.startswith("readings[1]: ph=99 is outside the physical range")
     assert orjson.loads(letter.payload)["metrics"] == {"ph": 99.0}
+
+
+async def test_another_vendors_device_reads_like_a_missing_one(platform: Platform) -> None:
+    """Issue 22, finding 10: oldco's dead letters must not tell it that mh-1 exists, nor
+    that acme owns it."""
+    platform.publish("city/oldco/mh-1/telemetry", reading(tilt_deg=1.0))  # acme's device
+    platform.publish("city/oldco/mh-404/telemetry", reading(tilt_deg=1.0))  # no such device
+    await platform.settle(2)
+    async with platform.sessions() as session:
+        theirs, missing = (await session.scalars(select(DeadLetter).order_by(DeadLetter.id))).all()
+    assert theirs.reason.replace("mh-1", "ID") == missing.reason.replace("mh-404", "ID")
+    assert "acme" not in theirs.reason
+    assert theirs.reason.startswith("device mh-1 is not registered to vendor oldco")
