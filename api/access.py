@@ -17,11 +17,54 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import false
 
 from api.context import ApiContext, context
-from api.keys import Principal
+from api.keys import MAX_KEY_CHARS, Principal
 from api.paging import S
 from api.problems import Problem
 
 _bearer = HTTPBearer(auto_error=False, description="an API key: cityiot keys create --role R")
+
+
+async def authenticate(ctx: ApiContext, presented: str | None, client: str) -> Principal:
+    """The principal of the key ``presented`` by ``client`` (an address), or a Problem: 401
+    (no, unknown or revoked key) or 429 (this address sends too many requests without a
+    valid key). Each lookup is charged to the address before it is made (the lookup is what
+    a stranger costs us) and refunded when the key is real."""
+    now = time.monotonic()
+    if presented is not None:
+        known = ctx.keys.cached(presented, now)
+        if known is not None:
+            return known
+    wait = ctx.anonymous.take(client, now)
+    if wait:
+        raise Problem(
+            429,
+            f"over {ctx.settings.api_anonymous_rate_per_s:g} requests/s from {client} without "
+            f"a valid API key; retry in {math.ceil(wait)} s with a valid key",
+            headers={"Retry-After": str(math.ceil(wait))},
+        )
+    if presented is None:
+        raise Problem(
+            401,
+            "this endpoint needs an API key: send Authorization: Bearer <key> "
+            "(an administrator creates keys with cityiot keys create --role R)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if len(presented) > MAX_KEY_CHARS:
+        raise Problem(
+            401,
+            f"the API key is longer than any key the platform issues ({MAX_KEY_CHARS} "
+            "characters at most); send the key exactly as cityiot keys create printed it",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+    principal = await ctx.keys.resolve(presented, now)
+    if principal is None:
+        raise Problem(
+            401,
+            "the API key is unknown or revoked; ask an administrator for a new one",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+    ctx.anonymous.refund(client)  # charged before the lookup; a real key costs nothing
+    return principal
 
 
 async def caller(
@@ -29,22 +72,10 @@ async def caller(
     ctx: Annotated[ApiContext, Depends(context)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    if credentials is None:
-        raise Problem(
-            401,
-            "this endpoint needs an API key: send Authorization: Bearer <key> "
-            "(an administrator creates keys with cityiot keys create --role R)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    now = time.monotonic()
-    principal = await ctx.keys.resolve(credentials.credentials, now)
-    if principal is None:
-        raise Problem(
-            401,
-            "the API key is unknown or revoked; ask an administrator for a new one",
-            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-        )
-    wait = ctx.limiter.take(principal.key_id, now)
+    client = request.client.host if request.client else "unknown"
+    presented = credentials.credentials if credentials is not None else None
+    principal = await authenticate(ctx, presented, client)
+    wait = ctx.limiter.take(principal.key_id, time.monotonic())
     if wait:
         raise Problem(
             429,

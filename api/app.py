@@ -12,11 +12,18 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.routing import Match
 
 from api import console, metrics, problems
+from api.console import docs
 from api.context import ApiContext
 from api.keys import KeyRing
+from api.limits import BodyLimits, EdgeCounters
+from api.metrics import MetricsSource, add_source, counters_source
 from api.ratelimit import RateLimiter
 from api.routes import ROUTERS, health
 from cityiot.db import make_engine, migrate, sessionmaker
@@ -42,7 +49,7 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            app.state.ctx = await _context(settings, stack)
+            app.state.ctx = await _context(settings, stack, app.state.edge_counters)
             log.info("event=api_ready host=%s port=%d", settings.api_host, settings.api_port)
             yield
 
@@ -52,15 +59,47 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Unified IoT access platform: registry, readings, alerts, work orders",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served from our own origin, under a CSP: api/console/docs
+        redoc_url=None,
+        redirect_slashes=False,  # Starlette builds those redirects from the Host header
     )
+    app.state.edge_counters = edge = EdgeCounters()
     problems.install(app)
-    metrics.install(app)
+    _no_redirects(app)
+    app.add_middleware(BodyLimits, settings=settings, counters=edge, context=lambda: app.state.ctx)
+    metrics.install(app)  # outside BodyLimits: its refusals are counted as requests too
+    if settings.api_trusted_hosts != ["*"]:
+        app.add_middleware(
+            TrustedHostMiddleware, allowed_hosts=settings.api_trusted_hosts, www_redirect=False
+        )
     app.include_router(health.router)  # /healthz, /readyz, /metrics without the prefix too
     for router in ROUTERS:
         app.include_router(router, prefix=PREFIX, responses=problems.COMMON_RESPONSES)
     app.include_router(console.router)  # the built-in console: / and /console/* (api/console)
+    app.include_router(docs.router)  # /docs and /redoc
     _register_problem_schema(app)
     return app
+
+
+def _no_redirects(app: FastAPI) -> None:
+    """A path that differs from an endpoint's by a trailing slash is answered 404 naming the
+    endpoint (never a redirect: it would carry the request's Host header)."""
+    fallback = app.exception_handlers[HTTPException]
+
+    async def not_found(request: Request, exc: Exception) -> Any:
+        path = request.url.path
+        other = path[:-1] if path.endswith("/") and path != "/" else f"{path}/"
+        scope = {**request.scope, "path": other}
+        if isinstance(exc, HTTPException) and exc.detail == "Not Found":
+            for route in app.router.routes:
+                if route.matches(scope)[0] is not Match.NONE:
+                    return problems.problem_response(
+                        request, 404, f"no such endpoint {path}; did you mean {other}?"
+                    )
+        response: JSONResponse = await fallback(request, exc)
+        return response
+
+    app.add_exception_handler(404, not_found)
 
 
 def _register_problem_schema(app: FastAPI) -> None:
@@ -91,7 +130,24 @@ def _register_problem_schema(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-async def _context(settings: Settings, stack: contextlib.AsyncExitStack) -> ApiContext:
+def _edge_source(edge: EdgeCounters, ctx: ApiContext) -> MetricsSource:
+    """``cityiot_api_edge_*``: what the edge refused, and the anonymous rate limit's."""
+    counters = counters_source(edge)
+
+    def read() -> dict[str, Any]:
+        return {
+            **counters(),
+            "anonymous_rate_limited_total": ctx.anonymous.refused,
+            "anonymous_buckets": len(ctx.anonymous),
+            "cached_keys": len(ctx.keys),
+        }
+
+    return read
+
+
+async def _context(
+    settings: Settings, stack: contextlib.AsyncExitStack, edge: EdgeCounters
+) -> ApiContext:
     from cityiot.access import BrokerAccess
     from ingest.service import influx_from
 
@@ -108,8 +164,10 @@ async def _context(settings: Settings, stack: contextlib.AsyncExitStack) -> ApiC
         influx=influx,
         keys=KeyRing(sessions),
         limiter=RateLimiter(settings.api_rate_per_s, settings.api_rate_burst),
+        anonymous=RateLimiter(settings.api_anonymous_rate_per_s, settings.api_anonymous_rate_burst),
         broker=BrokerAccess.from_settings(settings, sessions),
     )
+    add_source(ctx, "api_edge", _edge_source(edge, ctx))
     if settings.mqtt_url:
         from api.stream import StreamHub
 

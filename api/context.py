@@ -1,5 +1,5 @@
-"""What every request handler may use: settings, the SQL store, InfluxDB, keys, the stream
-hub and the broker's access files. Built once by the app's lifespan (:mod:`api.app`)."""
+"""What every request handler may use: settings, the SQL store, InfluxDB, keys, rate limits,
+the stream hub and the broker's access files. Built once by the app's lifespan (:mod:`api.app`)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ class ApiContext:
     sessions: Any  # async_sessionmaker
     influx: InfluxDB | None
     keys: KeyRing
-    limiter: RateLimiter
+    limiter: RateLimiter  # per key
+    anonymous: RateLimiter  # per client address, for requests without a valid key
     hub: StreamHub | None = None  # MQTT: alert events in, ack events out; None without a broker
     broker: BrokerAccess | None = None  # vendor MQTT accounts; None when not managed here
     extra: dict[str, Any] = field(default_factory=dict)

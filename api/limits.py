@@ -1,0 +1,202 @@
+"""The API's edge: what a request may cost before the platform knows who sent it.
+
+:class:`BodyLimits` is a pure ASGI middleware in front of every route. For a request that
+carries a body it
+
+- answers 413 at once when ``Content-Length`` exceeds the cap of its path
+  (``api_max_import_bytes`` for ``POST /api/v1/devices/import``, ``api_max_body_bytes``
+  for every other path), and cuts a body sent without a length (chunked) at that cap;
+- on paths that need a key (under ``/api/v1`` but not in :data:`PUBLIC_PATHS` or
+  :data:`PUBLIC_PREFIXES`), checks the key first (:func:`api.access.authenticate`) and
+  answers 401 or 429 without reading a byte of the body.
+
+Refusals close the connection, so the unread body is never read. The server reads at most
+a small buffer ahead of the app (uvicorn pauses reading until the app asks for more), so
+an unread body costs no memory. What the edge refuses is counted in :class:`EdgeCounters`
+(``cityiot_api_edge_*`` at ``/metrics``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.access import authenticate
+from api.context import ApiContext
+from api.problems import PROBLEM_JSON, TITLES, Problem
+from cityiot.settings import Settings
+
+API_PREFIX = "/api/v1"
+IMPORT_PATH = f"{API_PREFIX}/devices/import"  # the CSV import: its own, larger cap
+# Paths under the prefix that take a body without an API key (they check their own token
+# or password); everything else under the prefix needs a key before its body is read.
+PUBLIC_PATHS: frozenset[str] = frozenset({f"{API_PREFIX}/session"})
+PUBLIC_PREFIXES: tuple[str, ...] = (f"{API_PREFIX}/intake/",)
+
+CLOSE = {"Connection": "close"}  # the rest of a refused body is never read
+
+
+@dataclass
+class EdgeCounters:
+    """What the edge refused, since the process started."""
+
+    body_too_large: int = 0  # 413: over the path's cap
+    body_refused_unauthenticated: int = 0  # 401/429 before the body was read
+    connections_refused: int = 0  # all connections busy with requests: closed at once
+    connections_evicted: int = 0  # idle or still sending headers, closed for a new one
+    connections_timed_out: int = 0  # headers (or the body) not sent in time
+
+
+def needs_key(path: str) -> bool:
+    """Whether a request to ``path`` must show an API key before its body is read."""
+    if not (path == API_PREFIX or path.startswith(f"{API_PREFIX}/")):
+        return False
+    return path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES)
+
+
+def body_cap(settings: Settings, method: str, path: str) -> int:
+    """The largest body a request to ``path`` may send."""
+    if method == "POST" and path == IMPORT_PATH:
+        return settings.api_max_import_bytes
+    return settings.api_max_body_bytes
+
+
+def too_large(cap: int) -> str:
+    if cap >= 2**20:
+        size = f"{cap / 2**20:g} MiB"
+    else:
+        size = f"{cap / 2**10:g} KiB" if cap >= 2**10 else f"{cap} bytes"
+    return f"the request body is over {size}, the most this endpoint reads; send less"
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def bearer_token(scope: Scope) -> str | None:
+    """The key of ``Authorization: Bearer <key>``, or None."""
+    value = _header(scope, b"authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.decode("latin-1").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+class BodyLimits:
+    """Caps request bodies and checks the key before reading one (see the module)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: Settings,
+        counters: EdgeCounters,
+        context: Callable[[], ApiContext],
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.counters = counters
+        self.context = context
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length_header = _header(scope, b"content-length")
+        chunked = _header(scope, b"transfer-encoding") is not None
+        length = int(length_header) if length_header and length_header.isdigit() else 0
+        if not chunked and length == 0:
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        cap = body_cap(self.settings, scope["method"], path)
+        if length > cap:
+            self.counters.body_too_large += 1
+            await _problem(scope, send, 413, too_large(cap))
+            return
+        if needs_key(path):
+            try:
+                await authenticate(self.context(), bearer_token(scope), client_address(scope))
+            except Problem as refused:
+                self.counters.body_refused_unauthenticated += 1
+                await _problem(scope, send, refused.status, refused.detail, refused.headers)
+                return
+        cut = _BodyCap(scope, receive, send, cap, self.counters)
+        try:
+            await self.app(scope, cut.receive, cut.send)
+        except Exception:
+            if not cut.answered:  # after our 413, what the app makes of the cut is moot
+                raise
+
+
+class _BodyCut(Exception):
+    """The body passed its cap; the 413 is already sent."""
+
+
+class _BodyCap:
+    """``receive`` and ``send`` of one request whose body (sent without a length, or longer
+    than it said) is stopped at ``cap``: 413 at once, then the app's reading fails and
+    whatever it would answer is dropped."""
+
+    def __init__(
+        self, scope: Scope, receive: Receive, send: Send, cap: int, counters: EdgeCounters
+    ) -> None:
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self.cap = cap
+        self.counters = counters
+        self.read = 0
+        self.started = False
+        self.answered = False
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self.read += len(message.get("body", b""))
+            if self.read > self.cap:
+                self.counters.body_too_large += 1
+                if not self.started:
+                    self.answered = True
+                    await _problem(self.scope, self._send, 413, too_large(self.cap))
+                raise _BodyCut(too_large(self.cap))
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self.answered:
+            return
+        self.started = True
+        await self._send(message)
+
+
+async def _problem(
+    scope: Scope, send: Send, status: int, detail: str, headers: dict[str, str] | None = None
+) -> None:
+    """A problem document (as :mod:`api.problems` writes them), closing the connection."""
+    body = orjson.dumps(
+        {
+            "type": "about:blank",
+            "title": TITLES.get(status, "Error"),
+            "status": status,
+            "detail": detail,
+            "instance": scope["path"],
+        }
+    )
+    raw_headers = [
+        (b"content-type", PROBLEM_JSON.encode()),
+        (b"content-length", str(len(body)).encode()),
+        *((k.lower().encode(), v.encode()) for k, v in {**(headers or {}), **CLOSE}.items()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})
