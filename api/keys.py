@@ -202,23 +202,44 @@ def principal_of(row: ApiKey) -> Principal:
     )
 
 
-class KeyRing:
-    """Resolves presented keys, remembering each answer for ``ttl_s`` (so a revocation made
-    by another process takes effect within that time; in this process, at once)."""
+# Issued keys are about 60 characters; anything much longer is refused before any lookup.
+MAX_KEY_CHARS = 200
 
-    def __init__(self, sessions: Any, ttl_s: float = 2.0) -> None:
+
+class KeyRing:
+    """Resolves presented keys, remembering keys that resolve for ``ttl_s`` (so a revocation
+    made by another process takes effect within that time; in this process, at once).
+
+    Only real keys are remembered, at most ``max_cached`` of them (least recently used go
+    first): strings that resolve to no one are looked up each time, so made-up keys cannot
+    fill the memory. Keys over :data:`MAX_KEY_CHARS` are refused unread.
+    """
+
+    def __init__(self, sessions: Any, ttl_s: float = 2.0, max_cached: int = 10_000) -> None:
         self.sessions = sessions
         self.ttl_s = ttl_s
-        self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self.max_cached = max_cached
+        self._cache: dict[str, tuple[float, Principal]] = {}  # insertion order: LRU first
+
+    def cached(self, presented: str, now: float) -> Principal | None:
+        """The principal of a key that resolved within ``ttl_s``, without a lookup."""
+        hit = self._cache.pop(presented, None)
+        if hit is None or now - hit[0] >= self.ttl_s:
+            return None
+        self._cache[presented] = hit  # most recently used last
+        return hit[1]
 
     async def resolve(self, presented: str, now: float) -> Principal | None:
-        cached = self._cache.get(presented)
-        if cached is not None and now - cached[0] < self.ttl_s:
-            return cached[1]
+        known = self.cached(presented, now)
+        if known is not None:
+            return known
+        if len(presented) > MAX_KEY_CHARS:
+            return None
         principal = await self._lookup(presented)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[presented] = (now, principal)
+        if principal is not None:
+            self._cache[presented] = (now, principal)
+            while len(self._cache) > self.max_cached:
+                del self._cache[next(iter(self._cache))]
         return principal
 
     async def _lookup(self, presented: str) -> Principal | None:
@@ -234,6 +255,9 @@ class KeyRing:
         if not hmac.compare_digest(row.secret_hash, _hash(secret)):
             return None
         return principal_of(row)
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
     def forget(self) -> None:
         self._cache.clear()

@@ -6,6 +6,7 @@ refused from then on until it is recommissioned (``PATCH {"decommissioned": fals
 
 from __future__ import annotations
 
+import codecs
 import datetime as dt
 from typing import Annotated, Any, Literal
 
@@ -44,7 +45,6 @@ from rules.events import city_time
 router = APIRouter(tags=["devices"])
 
 WRITERS = ("admin", "operator")
-MAX_CSV_BYTES = 20 * 1024 * 1024
 
 DeviceId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="device id")]
 Status = Literal["online", "offline", "unknown", "decommissioned"]
@@ -393,15 +393,29 @@ async def import_csv(
             "only an admin key may create vendors (an admin registers them with POST "
             "/api/v1/vendors); import without create_vendors once the vendors exist",
         )
-    raw = await request.body()
-    if len(raw) > MAX_CSV_BYTES:
-        raise Problem(413, f"the CSV is over {MAX_CSV_BYTES // 2**20} MiB; split it into parts")
+    # Read as it comes, decoded piece by piece: never the bytes and the text at once.
+    cap = ctx.settings.api_max_import_bytes
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    parts: list[str] = []
+    size = 0
     try:
-        text = raw.decode("utf-8-sig")
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise Problem(
+                    413,
+                    f"the CSV is over {cap / 2**20:g} MiB (CITYIOT_API_MAX_IMPORT_BYTES); "
+                    "split it into parts",
+                    headers={"Connection": "close"},  # the rest is not read
+                )
+            parts.append(decoder.decode(chunk))
+        parts.append(decoder.decode(b"", final=True))
     except UnicodeDecodeError:
         raise Problem(
             415, "the CSV is not UTF-8 text; save it as UTF-8 and send it again"
         ) from None
+    text = "".join(parts)
+    del parts
     parsed = parse_device_csv(text)
     if not parsed.rows and parsed.errors and all(e.line == 1 for e in parsed.errors):
         raise _invalid(parsed.errors)  # no device CSV at all: nothing to report row by row
