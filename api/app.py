@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.routing import Match
@@ -96,8 +95,7 @@ def _no_redirects(app: FastAPI) -> None:
                     return problems.problem_response(
                         request, 404, f"no such endpoint {path}; did you mean {other}?"
                     )
-        response: JSONResponse = await fallback(request, exc)
-        return response
+        return await fallback(request, exc)  # type: ignore[misc]  # problems' are async
 
     app.add_exception_handler(404, not_found)
 
