@@ -120,7 +120,6 @@ async def create_key(
     """
     if role not in ROLES:
         raise KeyRequestError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
-    team_list = check_teams(role, teams, known_teams)
     kind_list = _check_list(kinds, KINDS, "kinds")
     district_list = _check_list(districts, DISTRICTS, "districts")
     if (kind_list or district_list) and role != "department":
@@ -132,6 +131,7 @@ async def create_key(
             raise KeyRequestError("a vendor key needs the vendor id it belongs to (--vendor ID)")
     elif vendor:
         raise KeyRequestError("--vendor belongs to vendor keys only; use --role vendor")
+    team_list = check_teams(role, teams, known_teams)
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     row = ApiKey(
