@@ -3,7 +3,16 @@
 Newest first. A payload is stored cut to ``CITYIOT_DEAD_LETTER_PAYLOAD_BYTES`` (``truncated``
 says so); it is served as text (UTF-8, undecodable bytes replaced by U+FFFD) and as base64,
 so binary frames can be inspected exactly. Admin and operator keys see every dead letter,
-a vendor key only those published under its own vendor id; department and field keys none.
+a vendor key only those published under its own vendor id (another vendor's id answers 404,
+like a missing one); department and field keys none.
+
+The store is bounded: a vendor's dead letters are stored at most
+``CITYIOT_DEAD_LETTER_RATE_PER_S`` a second (bursts of ``CITYIOT_DEAD_LETTER_RATE_BURST``);
+beyond it they are counted (``cityiot_ingest_dead_letters_dropped_by_vendor_total``) and
+summed up in one dead letter per vendor and interval (topic ``city/{vendor}/#``, no device id:
+how many, the most common reason, and every reason's count in its payload). The oldest are
+pruned past ``CITYIOT_DEAD_LETTER_MAX_ROWS`` rows or ``CITYIOT_DEAD_LETTER_MAX_BYTES`` of
+stored payload (``cityiot_ingest_dead_letters_pruned_total``).
 """
 
 from __future__ import annotations
