@@ -86,8 +86,8 @@ async def test_a_flood_of_dead_letters_is_capped_per_vendor_and_valid_readings_a
     flooded_s = time.monotonic() - started
 
     # Every reading of the other vendor is stored.
-    rows = await platform.points('SELECT "tilt_deg" FROM "manhole" WHERE "vendor" = \'acme\'')
-    assert len(rows) == VALID
+    points = await platform.points('SELECT "tilt_deg" FROM "manhole" WHERE "vendor" = \'acme\'')
+    assert len(points) == VALID
 
     # Every message was acknowledged on the connection it came on: none is left queued.
     assert ingest.link.stats.acked - acked_before == FLOOD + VALID
