@@ -402,7 +402,7 @@ class NodeRedPeer:
         by_id["peer-broker"].update(
             broker=self.mqtt_host,
             port=str(self.mqtt_port),
-            clientid=f"cityiot-bench-peer-{nonce}",
+            clientid=f"bench-peer-{nonce}",
             cleansession=True,
         )
         by_id["peer-influxdb"].update(
@@ -495,7 +495,7 @@ class NodeRedPeer:
                 probe.loop_stop()
 
     def _probe_client(self, nonce: str) -> mqtt.Client:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"cityiot-bench-probe-{nonce}")
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-probe-{nonce}")
         if self.mqtt_username is not None:
             client.username_pw_set(self.mqtt_username, self.mqtt_password)
         try:

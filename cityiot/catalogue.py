@@ -14,6 +14,8 @@ MetricType = Literal["float", "bool"]
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 RESERVED_VENDORS = frozenset({"alerts"})
+# The platform's own MQTT client ids start with this; the broker refuses them to vendors.
+RESERVED_VENDOR_PREFIX = "cityiot"
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +177,18 @@ DISTRICTS: dict[str, District] = {
 
 # Attributes every device carries, whatever its kind (DESIGN §4).
 COMMON_ATTRIBUTES = ("district", "lat", "lon", "address", "install_date", "report_interval_s")
+
+
+def reserved_vendor(value: str) -> str | None:
+    """Why ``value`` may not be a vendor id, or None when it may."""
+    if value in RESERVED_VENDORS:
+        return f"{value!r} is reserved for the platform's alert topics; choose another id"
+    if value.lower().startswith(RESERVED_VENDOR_PREFIX):
+        return (
+            f"{value!r} starts with {RESERVED_VENDOR_PREFIX!r}, which the platform's own MQTT "
+            "clients use (the broker refuses such client ids to vendors); choose another id"
+        )
+    return None
 
 
 def is_valid_id(value: str) -> bool:

@@ -463,13 +463,16 @@ def vendors_add(
     ] = "json",
 ) -> None:
     """Register a vendor (or update its name and codec)."""
-    from cityiot.catalogue import RESERVED_VENDORS, is_valid_id
+    from cityiot.catalogue import is_valid_id, reserved_vendor
     from cityiot.db import make_engine, migrate, sessionmaker
     from cityiot.registry import upsert_vendor
     from ingest.codecs import default_codecs
 
-    if not is_valid_id(vendor_id) or vendor_id in RESERVED_VENDORS:
-        fail(f"vendor id {vendor_id!r} is not allowed: use [A-Za-z0-9_-]{{1,64}}, not 'alerts'")
+    if not is_valid_id(vendor_id):
+        fail(f"vendor id {vendor_id!r} is not allowed: use [A-Za-z0-9_-]{{1,64}}")
+    problem = reserved_vendor(vendor_id)
+    if problem is not None:
+        fail(f"vendor id {problem}")
     if codec not in default_codecs():
         fail(f"unknown codec {codec!r}; available: {', '.join(default_codecs())}")
     settings = load_settings()

@@ -84,7 +84,7 @@ async def run_platform(
                     password_file=files / PASSWORD_FILE,
                     acl_file=files / ACL_FILE,
                     allow_anonymous=False,
-                    max_payload_bytes=settings.max_payload_bytes,
+                    max_payload_bytes=settings.broker_message_size_limit,
                     # The platform's client ids (e.g. cityiot-ingest) for its own account only.
                     reserved_prefixes=sorted({PLATFORM_USER, settings.mqtt_client_id}),
                     platform_users=[PLATFORM_USER],

@@ -24,7 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from cityiot.catalogue import DISTRICTS, KINDS, RESERVED_VENDORS, Attribute, is_valid_id
+from cityiot.catalogue import DISTRICTS, KINDS, Attribute, is_valid_id, reserved_vendor
 from cityiot.db import (
     ROWS_PER_TURN,
     DeadLetter,
@@ -347,10 +347,9 @@ def _id(value: str, column: str) -> str:
 
 def _vendor(value: str) -> str:
     vendor = _id(value, "vendor")
-    if vendor in RESERVED_VENDORS:
-        raise _Invalid(
-            f"{_show(vendor)} is reserved for the platform's alert topics; use the vendor's own id"
-        )
+    problem = reserved_vendor(vendor)
+    if problem is not None:
+        raise _Invalid(problem)
     return vendor
 
 
@@ -676,11 +675,9 @@ def _check_vendor(vendor_id: str, name: str, codec: str) -> None:
             f"vendor id {_show(vendor_id)} is not valid; use 1 to 64 letters "
             "A-Z a-z, digits, '_' or '-'"
         )
-    if vendor_id in RESERVED_VENDORS:
-        raise ValueError(
-            f"vendor id {_show(vendor_id)} is reserved for the platform's alert "
-            "topics; choose another id"
-        )
+    problem = reserved_vendor(vendor_id)
+    if problem is not None:
+        raise ValueError(f"vendor id {problem}")
     if not name.strip() or len(name.strip()) > 200 or _control_character(name):
         raise ValueError("vendor name must be 1 to 200 characters without control characters")
     if not is_valid_id(codec):

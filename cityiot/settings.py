@@ -215,6 +215,13 @@ class Settings(BaseSettings):
         return self.mqtt_client_id
 
     @property
+    def broker_message_size_limit(self) -> int:
+        """The broker's ``message_size_limit``: four times the payload cap, so a message a
+        little over the cap still reaches the ingest and becomes a dead letter saying what to
+        change, while one of megabytes never leaves the broker."""
+        return 4 * self.max_payload_bytes
+
+    @property
     def spool_path(self) -> Path:
         """``spool_dir``, else ``<run_dir>/spool`` (``spool-w<index>`` with several workers)."""
         if self.spool_dir is not None:

@@ -27,8 +27,11 @@ from cityiot.services import free_port
 from cityiot.settings import Settings
 
 
-def _connack(port: int, username: str | None, password: str | None) -> mqtt.ReasonCode:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{time.monotonic_ns()}")
+def _connack(
+    port: int, username: str | None, password: str | None, client_id: str = ""
+) -> mqtt.ReasonCode:
+    client_id = client_id or f"probe-{time.monotonic_ns()}"
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
     if username is not None:
         client.username_pw_set(username, password)
     answers: list[mqtt.ReasonCode] = []
@@ -98,6 +101,11 @@ async def test_run_secures_the_broker_and_serves_the_api(tmp_path: Path) -> None
         assert username == vendor
         assert not (await asyncio.to_thread(_connack, port, username, password)).is_failure
         assert (await asyncio.to_thread(_connack, port, None, None)).is_failure  # anonymous
+        # A vendor account may not take the ingest's client id (its session would be lost).
+        taken = await asyncio.to_thread(_connack, port, username, password, "cityiot-ingest")
+        assert taken.is_failure
+        conf = (tmp_path / "mosquitto" / "mosquitto.conf").read_text()
+        assert f"\nmessage_size_limit {settings.broker_message_size_limit}\n" in conf
         platform = (tmp_path / PLATFORM_SECRET).read_text().strip()
         assert not (await asyncio.to_thread(_connack, port, "cityiot", platform)).is_failure
         shown = screen.getvalue()

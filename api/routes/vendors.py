@@ -22,7 +22,7 @@ from api.keys import Principal
 from api.paging import Cursor, Limit, Page, after, page_of
 from api.problems import PROBLEM_JSON, Problem
 from cityiot.access import BrokerAccess, BrokerAccessError, UnknownVendor, vendor_topics
-from cityiot.catalogue import RESERVED_VENDORS
+from cityiot.catalogue import reserved_vendor
 from cityiot.db import MqttCredential, Vendor
 from ingest.codecs import default_codecs
 from rules.events import city_time
@@ -104,10 +104,9 @@ class VendorIn(BaseModel):
     @field_validator("id")
     @classmethod
     def _not_reserved(cls, value: str) -> str:
-        if value in RESERVED_VENDORS:
-            raise ValueError(
-                f"{value!r} is reserved for the platform's alert topics; choose another"
-            )
+        problem = reserved_vendor(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("name")

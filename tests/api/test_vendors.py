@@ -114,6 +114,9 @@ async def test_registering_a_vendor(api: Api) -> None:
         assert (await api.client(role).post(V, json={**body, "id": f"x{role}"})).status_code == 403
     for bad, words in (
         ({**body, "id": "alerts"}, "reserved"),
+        # The broker keeps client ids starting with cityiot to the platform's own account.
+        ({**body, "id": "cityiot-fake"}, "platform's own MQTT clients"),
+        ({**body, "id": "CityIoT"}, "platform's own MQTT clients"),
         ({**body, "id": "has space"}, "body id"),
         ({**body, "id": "c2", "codec": "morse"}, "unknown codec 'morse'"),
         ({**body, "id": "c3", "name": "two\nlines"}, "printable"),

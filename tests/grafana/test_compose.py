@@ -95,7 +95,13 @@ def test_broker_and_platform_agree_on_the_access_files() -> None:
     )
     assert conf["allow_anonymous"] == "false"
     mosquitto = SERVICES["mosquitto"]
-    assert mosquitto["image"].startswith("eclipse-mosquitto:2")
+    # Built on eclipse-mosquitto 2 with the client-id plugin, which the config loads.
+    dockerfile = DEPLOY.parent / mosquitto["build"]["dockerfile"]
+    assert "ARG MOSQUITTO_IMAGE=eclipse-mosquitto:2" in dockerfile.read_text("utf-8")
+    plugin = conf["plugin"]
+    assert plugin.endswith("/cityiot_clientid.so")
+    assert plugin in dockerfile.read_text("utf-8")
+    assert conf["plugin_opt_platform_users"] == "cityiot"
     shared = {v.split(":")[0]: v.split(":")[1] for v in mosquitto["volumes"]}
     broker_dir = shared["broker-access"]
     api = SERVICES["api"]

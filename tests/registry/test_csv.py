@@ -138,6 +138,7 @@ def test_unknown_column_is_reported_and_rows_still_parse() -> None:
         ({"device_id": "M" * 65}, "device_id", "is not a valid id"),
         ({"vendor": "acme/x"}, "vendor", "is not a valid id"),
         ({"vendor": "alerts"}, "vendor", "'alerts' is reserved"),
+        ({"vendor": "cityiot-x"}, "vendor", "'cityiot-x' starts with 'cityiot'"),
         ({"kind": "manhol"}, "kind", "'manhol' is not a kind; use one of manhole, streetlight"),
         (
             {"district": "yichen"},

@@ -161,6 +161,8 @@ async def test_upsert_vendor_creates_then_updates(sessions: SessionFactory) -> N
     assert await load_vendor_codecs(sessions) == {"hexco": "json"}
     with pytest.raises(ValueError, match="reserved"):
         await upsert_vendor(sessions, "alerts", "x")
+    with pytest.raises(ValueError, match="starts with 'cityiot'"):
+        await upsert_vendor(sessions, "cityiot-ingest", "x")
     with pytest.raises(ValueError, match="not valid"):
         await upsert_vendor(sessions, "a b", "x")
     with pytest.raises(ValueError, match="vendor name"):
