@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import secrets
 import socket
 import time
@@ -36,7 +35,7 @@ from cityiot.catalogue import KINDS
 from cityiot.db import make_engine, migrate, sessionmaker
 from cityiot.gcpolicy import settle
 from cityiot.registry import import_devices, parse_device_csv, upsert_vendor
-from cityiot.services import LocalBroker, LocalInflux
+from cityiot.services import LocalBroker, LocalInflux, write_private
 from cityiot.settings import MqttTarget, Settings
 from ingest.pipeline import Ingest, IngestCounters
 from ingest.service import ingest_stage
@@ -224,7 +223,7 @@ async def _simulator_accounts(
             issued = await access.issue(vendor_id, actor="cityiot run (simulator)")
             username, password = issued.username, issued.password
         accounts[vendor_id] = (username, password)
-    _write_secret(path, json.dumps(accounts, indent=1))
+    write_private(path, json.dumps(accounts, indent=1))
     return accounts
 
 
@@ -238,7 +237,7 @@ async def _admin_key(sessions: Any, run_dir: Path) -> str:
     _, key = await create_key(
         sessions, "admin", name="cityiot run (local admin)", created_by="cityiot run"
     )
-    _write_secret(path, key + "\n")
+    write_private(path, key + "\n")
     return key
 
 
@@ -249,7 +248,7 @@ def _secret(path: Path, make: Callable[[], str]) -> str:
         if kept:
             return kept
     value = make()
-    _write_secret(path, value + "\n")
+    write_private(path, value + "\n")
     return value
 
 
@@ -260,16 +259,6 @@ def _owner_only(run_dir: Path) -> None:
     for path in run_dir.glob("cityiot.*"):  # the SQLite database (-wal, -shm) and the log
         if path.is_file():
             path.chmod(0o600)
-
-
-def _write_secret(path: Path, text: str) -> None:
-    """Write ``path`` readable by its owner only, from its first byte."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 async def prepare_registry(

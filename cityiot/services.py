@@ -331,7 +331,7 @@ class LocalService(abc.ABC):
         self.pid_path.unlink(missing_ok=True)
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Write ``path`` readable by its owner only, from its first byte."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
@@ -610,7 +610,7 @@ class LocalInflux(LocalService):
         if self.auth:
             self.dir.mkdir(parents=True, exist_ok=True)
             if not self.password_path.exists():
-                _write_private(self.password_path, secrets.token_urlsafe(24) + "\n")
+                write_private(self.password_path, secrets.token_urlsafe(24) + "\n")
         super().start()
         if self.auth:
             self._ensure_admin()
