@@ -27,6 +27,7 @@ from api.ratelimit import RateLimiter
 from api.routes import ROUTERS, health
 from cityiot.db import make_engine, migrate, sessionmaker
 from cityiot.settings import Settings
+from cityiot.version import platform_version
 
 log = logging.getLogger("cityiot.api")
 
@@ -54,7 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(
         title="cityiot",
-        version="1.0",
+        version=platform_version(),
         summary="Unified IoT access platform: registry, readings, alerts, work orders",
         description=DESCRIPTION,
         lifespan=lifespan,

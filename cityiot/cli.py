@@ -38,6 +38,8 @@ keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 grafana_app = typer.Typer(help="Grafana dashboards (cityiot/grafana).", no_args_is_help=True)
 app.add_typer(grafana_app, name="grafana")
+docs_app = typer.Typer(help="Docs generated from the code.", no_args_is_help=True)
+app.add_typer(docs_app, name="docs")
 
 err = Console(stderr=True)
 
@@ -55,6 +57,26 @@ DEFAULT_INCIDENTS = (
 def fail(message: str, code: int = 1) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
+
+
+def show_version(value: bool) -> None:
+    if value:
+        from cityiot.version import platform_version
+
+        print(f"cityiot {platform_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=show_version, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Options of `cityiot` itself; --version is handled (and ends) in its own callback."""
 
 
 def load_settings() -> Settings:
@@ -726,3 +748,44 @@ def grafana_push(
         print(f"{uid}\t{address}")
     made = "created" if report.folder_created else "existing"
     err.print(f"{len(report.saved)} dashboards saved in folder {report.folder_uid} ({made})")
+
+
+@docs_app.command("access-standard")
+def docs_access_standard(
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Change nothing; exit 1 naming each page whose tables are stale."
+        ),
+    ] = False,
+    docs_dir: Annotated[
+        Path, typer.Option(help="Folder holding access-standard.zh.md and access-standard.en.md.")
+    ] = Path("docs"),
+) -> None:
+    """Write the kinds' metric and attribute tables into the vendors' access standard pages
+    (between <!-- metrics:begin --> and <!-- metrics:end -->), from cityiot/catalogue.py."""
+    from cityiot.accessdoc import AccessDocError, refresh
+
+    def say(text: str) -> None:
+        # One line each, never wrapped: CI logs and scripts look for the paths.
+        err.print(text, soft_wrap=True, markup=False, highlight=False)
+
+    try:
+        states = refresh(docs_dir, write=not check)
+    except AccessDocError as exc:
+        say(f"error: {exc}")
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        say(f"error: cannot write the access standard pages in {docs_dir}: {exc}")
+        raise typer.Exit(1) from None
+    stale = [state.path for state in states if not state.current]
+    if check:
+        for path in stale:
+            say(f"{path} is stale: run cityiot docs access-standard")
+        if stale:
+            raise typer.Exit(1)
+        say(f"{len(states)} pages up to date")
+        return
+    for path in stale:
+        print(path)
+    say(f"{len(stale)} of {len(states)} pages rewritten")
