@@ -200,12 +200,12 @@ async def test_revoked_credentials_are_refused_and_a_live_connection_is_cut(
     live = secured.client(acme.username, acme.password).connect()
     other = secured.client(oldco.username, oldco.password).connect()
     assert live.connected.is_set() and other.connected.is_set()
-    started = time.monotonic()
+    assert not live.dropped.is_set()
     revocation = await secured.access.revoke("acme", acme.username, actor="test")
     assert revocation is not None and revocation.changed and revocation.broker_reloaded
-    # Mosquitto 2.0 re-checks connected clients on reload and drops the revoked one.
-    assert await asyncio.to_thread(live.dropped.wait, 2.0), "revoked client still connected"
-    assert time.monotonic() - started < 2.0
+    # Mosquitto 2.0 re-checks connected clients on reload and drops the revoked one. A safety
+    # net: nothing else drops it this soon (paho's keepalive is 60 s, the broker's cut 90 s).
+    assert await asyncio.to_thread(live.dropped.wait, 10.0), "revoked client still connected"
     again = secured.client(acme.username, acme.password).connect()
     assert again.connack.is_failure and not again.connected.is_set()
     assert not other.dropped.is_set()  # other vendors keep their connections

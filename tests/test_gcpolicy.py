@@ -5,11 +5,21 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from cityiot.gcpolicy import NEVER, YOUNG_THRESHOLD, collect_on_schedule, settle, young_only
+
+WAIT_S = 10.0  # a safety net: the tests wait for each collection, not for a time
+
+
+async def _until(done: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not done():
+        assert time.monotonic() < deadline, f"not done after {WAIT_S} s"
+        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -64,17 +74,20 @@ async def test_the_schedule_collects_everything_and_freezes_once(
     stop = asyncio.Event()
     young_only(0.2)
     gc.collect()
+
+    def full_collections() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "event=gc_full" in r.getMessage()]
+
     task = asyncio.create_task(collect_on_schedule(stop, 0.2, first_s=0.05))
     _cycles(1000)
-    await asyncio.sleep(0.12)  # the first collection has run: it froze what was alive
+    await _until(lambda: len(full_collections()) >= 1)  # the first: it froze what was alive
     frozen = gc.get_freeze_count()
     assert frozen > 0
     _cycles(1000)
-    await asyncio.sleep(0.3)  # the next one collects, and freezes nothing more
+    await _until(lambda: len(full_collections()) >= 2)  # the next collects, freezes nothing more
     stop.set()
-    await asyncio.wait_for(task, 1)
-    lines = [r.getMessage() for r in caplog.records if "event=gc_full" in r.getMessage()]
-    assert len(lines) >= 2
+    await asyncio.wait_for(task, WAIT_S)
+    lines = full_collections()
     freed = [int(line.split("freed=")[1].split()[0]) for line in lines]
     assert freed[0] >= 2000 and freed[1] >= 2000  # each 1,000 pairs of garbage, at least
     assert gc.get_freeze_count() <= frozen  # frozen objects may die, none are added
@@ -82,7 +95,9 @@ async def test_the_schedule_collects_everything_and_freezes_once(
 
 async def test_no_schedule_when_python_collects_by_itself() -> None:
     stop = asyncio.Event()
-    await asyncio.wait_for(collect_on_schedule(stop, 0), 0.5)  # returns at once
+    schedule = collect_on_schedule(stop, 0)
+    with pytest.raises(StopIteration):  # returns at once: done without waiting once
+        schedule.send(None)
 
 
 def test_settle_collects_and_freezes_what_a_stage_keeps(

@@ -98,7 +98,10 @@ async def test_readyz_is_503_naming_influxdb_while_it_hangs_or_is_stopped(
             assert body["checks"]["influxdb"]["status"] == "down"
             assert "influxdb: no answer within 2 s" in body["detail"]
             assert body["checks"]["database"]["status"] == "up"
-            assert took < 4, "each check is time-boxed"
+            assert body["checks"]["influxdb"]["ms"] >= 2000  # the box ran out: no early answer
+            # A safety net far under the client's 30 s: a hung InfluxDB never answers, so the
+            # 503 naming the 2 s box is the proof that each check is time-boxed.
+            assert took < 10, "each check is time-boxed"
 
             assert (await ready_within(client, 10)).status_code == 200  # back once it answers
 

@@ -17,6 +17,25 @@ from ingest.validate import Reading
 from ingest.writequeue import WriteQueue
 from tests.ingest.conftest import offline_ingest
 
+# A safety net for what comes within a few turns of the loop; the tests count the turns.
+WAIT_S = 10.0
+# Turns of the loop a waiting task gets to show it does not go on (a count, not a time).
+TURNS = 20
+
+
+async def _turns(n: int = TURNS) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def _until(check: Callable[[], bool], within_s: float = WAIT_S) -> bool:
+    deadline = time.monotonic() + within_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.002)
+    return True
+
 
 def _ingest(acked: list[int], handed: list[str]) -> Ingest:
     link = BrokerLink(MqttTarget("mqtt://127.0.0.1:1"), "order", ["city/#"])  # never connected
@@ -40,11 +59,11 @@ async def test_later_batches_wait_their_turn_to_be_acknowledged() -> None:
     batches = [_batch(n) for n in range(WRITES_IN_FLIGHT + 1)]
     # The last sealed finishes first: it must not be acknowledged before the others.
     last = asyncio.create_task(ingest._store(batches[-1]))
-    await asyncio.sleep(0.05)
+    await _turns()
     assert not last.done() and acked == []
     for batch in batches[:-1]:
         await ingest._store(batch)
-    await asyncio.wait_for(last, 1)
+    await asyncio.wait_for(last, WAIT_S)
     assert acked == list(range(WRITES_IN_FLIGHT + 1))
     assert ingest.counters.batches == WRITES_IN_FLIGHT + 1
 
@@ -58,12 +77,15 @@ async def test_the_rules_get_a_batch_as_it_is_sealed() -> None:
 
 
 class _Link:
-    """Hands the intake the given deliveries once, then nothing."""
+    """Hands the intake the given deliveries once, then nothing; counts the intake's looks
+    (one ``next_batch`` per turn of its loop)."""
 
     def __init__(self, deliveries: list[Delivery]) -> None:
         self.deliveries = deliveries
+        self.looks = 0
 
     async def next_batch(self, timeout_s: float | None = None) -> list[Delivery]:
+        self.looks += 1
         taken, self.deliveries = self.deliveries, []
         if not taken:
             await asyncio.sleep(min(timeout_s or 0.01, 0.01))
@@ -73,11 +95,17 @@ class _Link:
 async def test_the_rules_get_readings_before_their_batch_is_sealed() -> None:
     """With every writer busy (InfluxDB slow), readings still reach the rules at once."""
     handed: list[str] = []
+    handed_at: list[int] = []  # the intake's look in which each slice was handed on
     ingest = offline_ingest()  # manhole-acme among its devices, JSON
-    ingest.on_readings = lambda readings: handed.extend(r.device_id for r in readings)
+
+    def to_rules(readings: list[Reading]) -> None:
+        handed.extend(r.device_id for r in readings)
+        handed_at.append(link.looks)
+
+    ingest.on_readings = to_rules
     ingest._flush_s = 60.0  # no batch is old enough to be sealed for its age
     now_ms = int(time.time() * 1000)
-    ingest.link = _Link(  # type: ignore[assignment]
+    ingest.link = link = _Link(  # type: ignore[assignment]
         [
             Delivery(
                 "city/acme/manhole-acme/telemetry",
@@ -92,17 +120,14 @@ async def test_the_rules_get_readings_before_their_batch_is_sealed() -> None:
     ingest._writing = WRITES_IN_FLIGHT  # every writer busy: nothing is sealed
     intake = asyncio.create_task(ingest._intake([]))
     try:
-        for _ in range(100):
-            if len(handed) == 3:
-                break
-            await asyncio.sleep(0.01)
-        assert handed == ["manhole-acme"] * 3
+        assert await _until(lambda: len(handed) == 3)
+        assert handed == ["manhole-acme"] * 3 and handed_at == [1]  # in the look they came in
         assert len(ingest._sealed) == 0 and len(ingest._batch.spans) == 3  # not stored yet
         await ingest._seal()  # sealing hands on only what the rules have not had
         assert handed == ["manhole-acme"] * 3 and len(ingest._sealed) == 1
     finally:
         await ingest.stop()
-        await asyncio.wait_for(intake, 1)
+        await asyncio.wait_for(intake, WAIT_S)
 
 
 def _small(number: int, readings: int) -> Batch:
@@ -122,19 +147,19 @@ async def test_the_queue_is_bounded_by_readings_not_by_batches() -> None:
     """Small batches (sealed on time while InfluxDB is slow) do not stop the intake early."""
     queue = WriteQueue(max_lines=20, max_messages=100, merge_lines=10, merge_messages=10)
     for number in range(10):  # 10 batches of 2: the queue holds 20 readings
-        await asyncio.wait_for(queue.put(_small(number, 2)), 1)
+        await asyncio.wait_for(queue.put(_small(number, 2)), WAIT_S)
     assert not queue.has_room and queue.lines == 20
     put = asyncio.create_task(queue.put(_small(10, 2)))
-    await asyncio.sleep(0.05)
+    await _turns()
     assert not put.done()  # full: the intake waits (backpressure)
     assert [b.number for b in await queue.take()] == [0, 1, 2, 3, 4]  # 10 readings: one write
-    await asyncio.wait_for(put, 1)
+    await asyncio.wait_for(put, WAIT_S)
     assert queue.lines == 12 and len(queue) == 6
 
 
 async def test_a_batch_bigger_than_the_bound_still_goes_into_an_empty_queue() -> None:
     queue = WriteQueue(max_lines=5, max_messages=5, merge_lines=5, merge_messages=5)
-    await asyncio.wait_for(queue.put(_small(0, 8)), 1)
+    await asyncio.wait_for(queue.put(_small(0, 8)), WAIT_S)
     assert [b.number for b in await queue.take()] == [0]  # and is written alone
 
 
@@ -151,10 +176,10 @@ async def test_merged_batches_are_written_and_acknowledged_as_one_in_sealing_ord
     ]
     later = _small(4, 1)  # sealed after the four: waits for the merged write's turn
     later_stored = asyncio.create_task(ingest._store(later))
-    await asyncio.sleep(0.05)
+    await _turns()
     assert not later_stored.done() and acked == []
     await ingest._store(merged)
-    await asyncio.wait_for(later_stored, 1)
+    await asyncio.wait_for(later_stored, WAIT_S)
     assert acked == [0, 1, 2, 100, 101, 102, 200, 201, 202, 300, 301, 302, 400]
     assert ingest.counters.batches == 5 and ingest.counters.stored_by_kind["manhole"] == 13
 
@@ -168,20 +193,11 @@ async def test_writers_take_what_piled_up_behind_a_slow_write_together() -> None
         await ingest._sealed.put(_small(number, 2))
     writer = asyncio.create_task(ingest._writer())
     try:
-        await asyncio.wait_for(ingest._sealed.join(), 1)
+        await asyncio.wait_for(ingest._sealed.join(), WAIT_S)
     finally:
         writer.cancel()
     assert acked == [0, 1, 100, 101, 200, 201, 300, 301, 400, 401]
     assert ingest._unstored == 0 and ingest.counters.batches == 5 and ingest.idle
-
-
-async def _until(check: Callable[[], bool], within_s: float) -> bool:
-    deadline = time.monotonic() + within_s
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.002)
-    return True
 
 
 async def test_a_batch_waits_while_a_write_is_out_and_goes_once_nothing_is() -> None:
@@ -190,7 +206,7 @@ async def test_a_batch_waits_while_a_write_is_out_and_goes_once_nothing_is() -> 
     ingest = offline_ingest()
     ingest._flush_s = 60.0  # never sealed for its age here
     now_ms = int(time.time() * 1000)
-    ingest.link = _Link(  # type: ignore[assignment]
+    ingest.link = link = _Link(  # type: ignore[assignment]
         [
             Delivery(
                 "city/acme/manhole-acme/telemetry",
@@ -202,17 +218,28 @@ async def test_a_batch_waits_while_a_write_is_out_and_goes_once_nothing_is() -> 
             for n in range(3)
         ]
     )
+    sealed_at: list[int] = []  # the intake's look in which each batch was sealed
+    seal = ingest._seal
+
+    async def counted_seal() -> None:
+        sealed_at.append(link.looks)
+        await seal()
+
+    ingest._seal = counted_seal  # type: ignore[method-assign]
     ingest._writing = 1  # one write out
     intake = asyncio.create_task(ingest._intake([]))
     try:
-        assert await _until(lambda: len(ingest._batch.spans) == 3, 1)
-        await asyncio.sleep(10 * SEAL_IDLE_S)
-        assert len(ingest._sealed) == 0  # a writer is idle, but a write is out: it waits
+        assert await _until(lambda: len(ingest._batch.spans) == 3)
+        assert await _until(lambda: time.monotonic() - ingest._batch.started >= SEAL_IDLE_S)
+        old_enough = link.looks
+        # Each look after this one sees the batch SEAL_IDLE_S old, a writer idle, a write out.
+        assert await _until(lambda: link.looks >= old_enough + 3)
+        assert sealed_at == [] and len(ingest._sealed) == 0  # it waits
         ingest._writing = 0  # the write came back (it wakes no one: the intake looks again)
-        started = time.monotonic()
-        assert await _until(lambda: len(ingest._sealed) == 1, 1)
-        assert time.monotonic() - started < 5 * SEAL_IDLE_S
+        came_back = link.looks
+        assert await _until(lambda: len(ingest._sealed) == 1)
+        assert sealed_at in ([came_back], [came_back + 1])  # the look under way, or the next
         assert [len(b.spans) for b in ingest._sealed._batches] == [3]  # the three together
     finally:
         await ingest.stop()
-        await asyncio.wait_for(intake, 1)
+        await asyncio.wait_for(intake, WAIT_S)

@@ -286,7 +286,7 @@ async def test_pending_rows_are_delivered_after_a_restart(
 async def test_a_crash_mid_send_is_retried_once_the_lease_ends(
     sqlite_url: str, clock: HandClock, receiver: Receiver
 ) -> None:
-    receiver.answer(200, b"{}", delay_s=2.0)
+    receiver.answer(200, b"{}", delay_s=10.0)  # the crash comes first, however busy the machine
     async with database(sqlite_url) as sessions:
         channels = {"ops-hook": WebhookChannel("ops-hook", receiver.url)}
         crashing = Deliverer(sessions, channels, clock=clock, send_timeout_s=30)
@@ -330,7 +330,7 @@ async def test_run_wakes_on_notify_and_stops_on_request(
     await eventually(lambda: deliverer.counters.sent == 1)
     assert len(receiver.requests) == 1
     stop.set()
-    async with asyncio.timeout(2):
+    async with asyncio.timeout(10):  # a safety net, well under the 60 s poll it would sleep
         await task
 
 

@@ -160,22 +160,33 @@ async def test_every_published_message_arrives_exactly_once(broker: Broker) -> N
     assert counters.malformed == {k: n for k, n in labels.items() if k != "ok"}
     assert 5 < sum(counters.malformed.values()) < 40
     assert counters.readings > counters.published > counters.batches > 0
-    assert 0.9 < elapsed < 3.0
+    # Paced over its second, not sent in a burst (a load only makes it later); that it ends
+    # then is the exact count above. The upper bound is a safety net under the drain timeout.
+    assert 0.9 < elapsed < 10.0
 
 
 async def test_stop_ends_a_run_cleanly(broker: Broker) -> None:
     fleet = Fleet.generate(30, seed=1)
     stop = asyncio.Event()
     counters = SimulationCounters()
+    published_at_stop: list[int] = []
+
+    def stopping() -> None:
+        published_at_stop.append(counters.published)
+        stop.set()
+
     with Subscriber(broker.port) as watcher:
-        asyncio.get_running_loop().call_later(0.6, stop.set)
+        asyncio.get_running_loop().call_later(0.6, stopping)
         started = time.monotonic()
         returned = await run_simulation(
             HOST, broker.port, fleet, rate=300.0, stop=stop, counters=counters, announce=False
         )
-        assert time.monotonic() - started < 2.0
+        # A safety net under the drain timeout; the counts below show it stopped at once.
+        assert time.monotonic() - started < 10.0
         await watcher.wait_for(counters.published, 0)
         assert returned is counters
+        assert published_at_stop == [counters.published]  # nothing more after the stop
+        assert counters.acknowledged == counters.published  # drained, not timed out
         assert 100 < counters.published == watcher.count("telemetry")
         assert watcher.count("status") == 0
 
