@@ -383,7 +383,7 @@ def driver_time(value: dt.datetime, dialect: Dialect) -> Any:
     """``value`` as :class:`UTCDateTime` hands it to the driver, for :func:`execute_rows`:
     UTC text on SQLite (the format SQLAlchemy stores and compares), aware elsewhere."""
     value = as_utc(value)
-    if dialect.name == "sqlite":  # as SQLAlchemy writes it: 2026-12-02 13:00:00.000000
+    if dialect.name == "sqlite":  # as SQLAlchemy writes it: YYYY-MM-DD HH:MM:SS.ffffff
         return value.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
     return value
 

@@ -259,20 +259,32 @@ async def test_bad_acks_over_mqtt_are_ignored_and_the_listener_goes_on(
         (ack, orjson.dumps({"id": mine, "ok": "yes"})),  # ok must be a boolean
         (ack, orjson.dumps({"ok": True})),
     ]
-    for topic, payload in bad:
-        await client.publish(topic, payload, qos=1)
-    await client.publish(ack, orjson.dumps({"id": mine, "ok": True, "message": "on"}), qos=1)
-
-    async def acked() -> bool:
-        return (await _command(sessions, mine)).acked_at is not None
-
-    await _eventually(acked)  # in order after the bad ones: the listener survived them
+    await _survives(client, sessions, bad, ack, mine)
     row = await _command(sessions, mine)
     assert (row.ok, row.message) == (True, "on")
     reasons = " ".join(r.getMessage() for r in caplog.records)
     for reason in ("unknown_command", "other_device", "malformed_json", "not_an_object"):
         assert f"reason={reason}" in reasons
     assert reasons.count("reason=missing_id_or_ok") == 2
+
+
+async def _survives(
+    client: aiomqtt.Client,
+    sessions: SessionFactory,
+    bad: list[tuple[str, bytes]],
+    ack: str,
+    command_id: str,
+) -> None:
+    """Publish ``bad`` then a good ack of ``command_id``; wait until that ack is recorded,
+    which comes in order after the bad ones: the listener survived them."""
+    for topic, payload in bad:
+        await client.publish(topic, payload, qos=1)
+    await client.publish(ack, orjson.dumps({"id": command_id, "ok": True, "message": "on"}), qos=1)
+
+    async def acked() -> bool:
+        return (await _command(sessions, command_id)).acked_at is not None
+
+    await _eventually(acked)
 
 
 async def test_hostile_acks_over_mqtt_are_refused_and_the_listener_goes_on(
@@ -286,14 +298,7 @@ async def test_hostile_acks_over_mqtt_are_refused_and_the_listener_goes_on(
     offline = CommandSender(sessions, lambda topic, payload, qos: None, HandClock(T0))
     mine = await offline.send(f"{vendor}-SL-1", vendor, "switch", {"on": True})
     ack = f"city/{vendor}/{vendor}-SL-1/ack"
-    for _, payload in HOSTILE:
-        await client.publish(ack, payload, qos=1)
-    await client.publish(ack, orjson.dumps({"id": mine, "ok": True, "message": "on"}), qos=1)
-
-    async def acked() -> bool:
-        return (await _command(sessions, mine)).acked_at is not None
-
-    await _eventually(acked)  # in order after the hostile ones: the listener survived them
+    await _survives(client, sessions, [(ack, payload) for _, payload in HOSTILE], ack, mine)
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "nested deeper than 32 levels" in messages and "exceeds" in messages
     assert "ack_not_recorded" not in messages  # each refused for its payload, none crashed
