@@ -32,8 +32,8 @@ $(STAMP): pyproject.toml | deps
 
 # OS packages: Mosquitto, InfluxDB (Debian's `influxdb`) and python3-venv, only when missing;
 # Chromium and a Chinese font for the console's browser tests (tests/console); a C compiler
-# and Mosquitto's plugin headers for the broker's client-id plugin (cityiot/broker_plugin).
-# The platform starts its own broker and InfluxDB on free ports (cityiot/services.py), so the
+# and Mosquitto's plugin headers for the broker's client-id plugin (cityiot/platform/broker_plugin).
+# The platform starts its own broker and InfluxDB on free ports (cityiot/platform/local_services.py), so the
 # system services the packages enable on install are not needed: those that this very install
 # started are stopped and disabled again.
 deps:
@@ -68,7 +68,7 @@ test: deps venv
 
 # Throughput, CPU, memory and latency next to a bare subscriber and Node-RED (README: Benchmark).
 bench: deps venv
-	$(VENV)/bin/cityiot bench $(BENCH_ARGS)
+	$(VENV)/bin/python -m bench $(BENCH_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

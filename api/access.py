@@ -1,7 +1,7 @@
 """Request guards: who is calling (``Authorization: Bearer <key>``), may they, and not too often.
 
 ``allow("admin", "operator")`` is a dependency that returns the caller's
-:class:`~api.keys.Principal`, or answers 401 (no or unknown key), 403 (role not allowed)
+:class:`~cityiot.api.keys.Principal`, or answers 401 (no or unknown key), 403 (role not allowed)
 or 429 (rate limit, with ``Retry-After``).
 """
 
@@ -16,10 +16,10 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import false
 
-from api.context import ApiContext, context
-from api.keys import MAX_KEY_CHARS, Principal
-from api.paging import S
-from api.problems import Problem
+from cityiot.api.context import ApiContext, context
+from cityiot.api.keys import MAX_KEY_CHARS, Principal
+from cityiot.api.paging import S
+from cityiot.api.problems import Problem
 
 _bearer = HTTPBearer(auto_error=False, description="an API key: cityiot keys create --role R")
 

@@ -2,7 +2,7 @@
 
 The lifespan migrates the database, opens InfluxDB and the SQL store, and starts the
 stream hub (the API's own MQTT connection: alert events in for the SSE stream, ack
-events out). One router per resource, in :mod:`api.routes`.
+events out). One router per resource, in :mod:`cityiot.api.routes`.
 """
 
 from __future__ import annotations
@@ -17,17 +17,17 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.routing import Match
 
-from api import console, metrics, problems
-from api.console import docs
-from api.context import ApiContext
-from api.keys import KeyRing
-from api.limits import BodyLimits, EdgeCounters
-from api.metrics import MetricsSource, add_source, counters_source
-from api.ratelimit import RateLimiter
-from api.routes import ROUTERS, health
-from cityiot.db import make_engine, migrate, sessionmaker
-from cityiot.settings import Settings
-from cityiot.version import platform_version
+from cityiot.api import console, metrics, problems
+from cityiot.api.console import docs
+from cityiot.api.context import ApiContext
+from cityiot.api.keys import KeyRing
+from cityiot.api.limits import BodyLimits, EdgeCounters
+from cityiot.api.metrics import MetricsSource, add_source, counters_source
+from cityiot.api.ratelimit import RateLimiter
+from cityiot.api.routes import ROUTERS, health
+from cityiot.domain.settings import Settings
+from cityiot.domain.version import platform_version
+from cityiot.storage.db import make_engine, migrate, sessionmaker
 
 log = logging.getLogger("cityiot.api")
 
@@ -147,8 +147,8 @@ def _edge_source(edge: EdgeCounters, ctx: ApiContext) -> MetricsSource:
 async def _context(
     settings: Settings, stack: contextlib.AsyncExitStack, edge: EdgeCounters
 ) -> ApiContext:
-    from cityiot.access import BrokerAccess
-    from ingest.service import influx_from
+    from cityiot.ingest.service import influx_from
+    from cityiot.storage.broker_access import BrokerAccess
 
     await migrate(settings.database_url)
     engine = make_engine(settings.database_url)
@@ -168,7 +168,7 @@ async def _context(
     )
     add_source(ctx, "api_edge", _edge_source(edge, ctx))
     if settings.mqtt_url:
-        from api.stream import StreamHub
+        from cityiot.api.stream import StreamHub
 
         ctx.hub = await stack.enter_async_context(StreamHub(settings, sessions))
         metrics.add_source(ctx, "api_stream", ctx.hub.metrics)

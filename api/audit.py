@@ -8,8 +8,8 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from api.keys import Principal
-from cityiot.db import AuditEntry
+from cityiot.api.keys import Principal
+from cityiot.storage.db import AuditEntry
 
 
 def audit(

@@ -1,5 +1,6 @@
 """What every request handler may use: settings, the SQL store, InfluxDB, keys, rate limits,
-the stream hub and the broker's access files. Built once by the app's lifespan (:mod:`api.app`)."""
+the stream hub and the broker's access files. Built once by the app's lifespan
+(:mod:`cityiot.api.app`)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
-from api.keys import KeyRing
-from api.ratelimit import RateLimiter
-from cityiot.influx import InfluxDB
-from cityiot.settings import Settings
+from cityiot.api.keys import KeyRing
+from cityiot.api.ratelimit import RateLimiter
+from cityiot.domain.settings import Settings
+from cityiot.storage.influx import InfluxDB
 
 if TYPE_CHECKING:
-    from api.stream import StreamHub
-    from cityiot.access import BrokerAccess
+    from cityiot.api.stream import StreamHub
+    from cityiot.storage.broker_access import BrokerAccess
 
 
 @dataclass

@@ -16,8 +16,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from cityiot.catalogue import DISTRICTS, KINDS, is_valid_id
-from cityiot.db import ApiKey, AuditEntry, Vendor, utcnow
+from cityiot.domain.catalogue import DISTRICTS, KINDS, is_valid_id
+from cityiot.storage.db import ApiKey, AuditEntry, Vendor, utcnow
 
 ROLES = ("admin", "operator", "field", "department", "vendor")
 PREFIX = "cik_"

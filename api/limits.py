@@ -7,7 +7,7 @@ carries a body it
   (``api_max_import_bytes`` for ``POST /api/v1/devices/import``, ``api_max_body_bytes``
   for every other path), and cuts a body sent without a length (chunked) at that cap;
 - on paths that need a key (under ``/api/v1`` but not in :data:`PUBLIC_PATHS` or
-  :data:`PUBLIC_PREFIXES`), checks the key first (:func:`api.access.authenticate`) and
+  :data:`PUBLIC_PREFIXES`), checks the key first (:func:`cityiot.api.access.authenticate`) and
   answers 401 or 429 without reading a byte of the body.
 
 Refusals close the connection, so the unread body is never read. The server reads at most
@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.access import authenticate
-from api.context import ApiContext
-from api.problems import PROBLEM_JSON, TITLES, Problem
-from cityiot.settings import Settings
+from cityiot.api.access import authenticate
+from cityiot.api.context import ApiContext
+from cityiot.api.problems import PROBLEM_JSON, TITLES, Problem
+from cityiot.domain.settings import Settings
 
 API_PREFIX = "/api/v1"
 IMPORT_PATH = f"{API_PREFIX}/devices/import"  # the CSV import: its own, larger cap
@@ -183,7 +183,7 @@ class _BodyCap:
 async def _problem(
     scope: Scope, send: Send, status: int, detail: str, headers: dict[str, str] | None = None
 ) -> None:
-    """A problem document (as :mod:`api.problems` writes them), closing the connection."""
+    """A problem document (as :mod:`cityiot.api.problems` writes them), closing the connection."""
     body = orjson.dumps(
         {
             "type": "about:blank",

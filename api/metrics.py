@@ -2,7 +2,7 @@
 
 Each app has its own registry (:class:`PlatformMetrics`, kept in ``app.state.metrics``), so
 two apps in one process never share or clash. ``install(app)`` adds the registry and the
-request-timing middleware; call it once from :func:`api.app.create_app`.
+request-timing middleware; call it once from :func:`cityiot.api.app.create_app`.
 
 What it measures:
 
@@ -45,7 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from api.context import ApiContext
+    from cityiot.api.context import ApiContext
 
 log = logging.getLogger("cityiot.api")
 

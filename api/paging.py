@@ -17,7 +17,7 @@ from fastapi import Query
 from pydantic import BaseModel
 from sqlalchemy import BigInteger, DateTime, Integer, Select, String, TypeDecorator, and_, or_
 
-from api.problems import Problem
+from cityiot.api.problems import Problem
 
 T = TypeVar("T")
 # Any SELECT, whatever its columns (SQLAlchemy 2.1 types a Select by its column tuple).

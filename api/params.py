@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator
 
-from api.problems import Problem
-from cityiot.sun import CITY_TZ
+from cityiot.api.problems import Problem
+from cityiot.domain.sun import CITY_TZ
 
 # Free text: anything but NUL, which PostgreSQL can neither store nor compare.
 TEXT = r"^[^\x00]*$"

@@ -24,10 +24,10 @@ import orjson
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from api.app import create_app
-from api.limits import EdgeCounters
-from api.problems import PROBLEM_JSON
-from cityiot.settings import Settings
+from cityiot.api.app import create_app
+from cityiot.api.limits import EdgeCounters
+from cityiot.api.problems import PROBLEM_JSON
+from cityiot.domain.settings import Settings
 
 log = logging.getLogger("cityiot.api")
 

@@ -33,11 +33,11 @@ from typing import Any
 
 import aiomqtt
 
-from cityiot.catalogue import KINDS
-from cityiot.settings import MqttTarget, Settings
-from cityiot.sun import CITY_TZ
-from ingest.codecs import Codec, PayloadError, default_codecs, load_json
-from ingest.validate import Rejected, Validator
+from cityiot.domain.catalogue import KINDS
+from cityiot.domain.settings import MqttTarget, Settings
+from cityiot.domain.sun import CITY_TZ
+from cityiot.ingest.codecs import Codec, PayloadError, default_codecs, load_json
+from cityiot.ingest.validate import Rejected, Validator
 
 log = logging.getLogger("cityiot.api.stream")
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import cast
 
-from api.context import ApiContext
-from api.keys import Principal
-from api.problems import Problem
-from cityiot.db import Alert
-from rules.routing import Router, RoutingError, alert_labels, load_routing
-from rules.service import routing_path
+from cityiot.api.context import ApiContext
+from cityiot.api.keys import Principal
+from cityiot.api.problems import Problem
+from cityiot.rules.routing import Router, RoutingError, alert_labels, load_routing
+from cityiot.rules.service import routing_path
+from cityiot.storage.db import Alert
 
 
 def routing(ctx: ApiContext) -> Router:

@@ -38,7 +38,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.load import Message, Publisher
-from simulators.fleet import SimDevice
+from cityiot.simulators.fleet import SimDevice
 
 ALERT_TOPICS = "city/alerts/#"
 # How long probes not seen yet are waited for once probing stops: a system behind its load

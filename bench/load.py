@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import orjson
 
-from simulators.behaviour import new_state, reading
-from simulators.fleet import DEFAULT_VENDORS, Fleet, SimDevice
+from cityiot.simulators.behaviour import new_state, reading
+from cityiot.simulators.fleet import DEFAULT_VENDORS, Fleet, SimDevice
 
 # A field every reading of the kind carries: counting it counts the kind's points.
 COUNT_FIELD = {

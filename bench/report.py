@@ -290,7 +290,7 @@ def _version(text: str | None) -> str | None:
 
 def hardware(extra: dict[str, str] | None = None) -> dict[str, Any]:
     """CPU model, cores, RAM, OS and the versions of everything the bench ran."""
-    from cityiot.services import ExecutableNotFound, find_executable
+    from cityiot.platform.local_services import ExecutableNotFound, find_executable
 
     cpu = "unknown CPU"
     ram_gb = 0.0

@@ -60,9 +60,9 @@ from bench.load import (
 )
 from bench.peer import PeerError
 from bench.report import BenchReport, SystemResult, git_state, hardware, utc_stamp
-from cityiot.services import LocalBroker, LocalInflux
-from simulators.behaviour import new_state, reading
-from simulators.fleet import Fleet, SimDevice
+from cityiot.platform.local_services import LocalBroker, LocalInflux
+from cityiot.simulators.behaviour import new_state, reading
+from cityiot.simulators.fleet import Fleet, SimDevice
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_HOME = REPO / ".bench"
@@ -346,7 +346,7 @@ def _set_connected(_c: mqtt.Client, connected: threading.Event, *_: object) -> N
 
 def _session_ids(client_id: str, workers: int) -> list[str]:
     """The persistent MQTT sessions ``cityiot ingest --rules`` workers open: the ingest's
-    (cityiot/settings.py), the rules stage's command acks (rules/service.py) and, with
+    (cityiot/domain/settings.py), the rules stage's command acks (rules/service.py) and, with
     several workers, the partition's forwarding (ingest/partition.py)."""
     if workers == 1:
         return [client_id, f"{client_id}-acks"]
@@ -410,7 +410,7 @@ def import_registry(url: str, fleet: Fleet, csv_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CITYIOT_")}
     env["CITYIOT_DATABASE_URL"] = url
     done = subprocess.run(
-        [sys.executable, "-c", "from cityiot.cli import app; app()", "devices", "import"]
+        [sys.executable, "-m", "cityiot", "devices", "import"]
         + [str(csv_path)],
         env=env,
         cwd=REPO,
@@ -428,11 +428,11 @@ def import_registry(url: str, fleet: Fleet, csv_path: Path) -> None:
 def line_protocol(backlog: Sequence[Message], devices: dict[str, SimDevice]) -> list[bytes]:
     """The backlog as the ingest writes it (its own decoder, validator and line encoder),
     in request bodies of ``DIRECT_BATCH`` points."""
-    from cityiot.registry import DeviceEntry
-    from cityiot.settings import Settings
-    from ingest.broker import Delivery
-    from ingest.devices import DeviceMap, KnownDevice
-    from ingest.pipeline import Ingest
+    from cityiot.domain.settings import Settings
+    from cityiot.ingest.broker import Delivery
+    from cityiot.ingest.devices import DeviceMap, KnownDevice
+    from cityiot.ingest.pipeline import Ingest
+    from cityiot.storage.registry import DeviceEntry
 
     ingest = Ingest(Settings(), influx=None, session_factory=None, link=None)  # type: ignore[arg-type]
     ingest.devices = DeviceMap(None)
@@ -976,7 +976,7 @@ class BenchRun:
     ) -> Iterator[list[subprocess.Popen[bytes]]]:
         """``spec.workers`` ``cityiot ingest --rules`` processes, subscribed and ready, with
         their run dir and logs in ``work`` (a fresh one: readiness is read from the logs)."""
-        from ingest.partition import start_workers
+        from cityiot.ingest.partition import start_workers
 
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)

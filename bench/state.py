@@ -4,7 +4,7 @@ The engine keeps, per device, the facts rules read (a small object sharing the r
 attributes), the time of its last reading (absence rules), the last values of the metrics
 that multi-metric rules combine, and, only while a rule is not idle, its timer or rate
 window. Measured with ``tracemalloc`` around feeding every device of a large fleet its
-readings through the real :class:`~rules.engine.RulesEngine` and its evaluator; the
+readings through the real :class:`~cityiot.rules.engine.RulesEngine` and its evaluator; the
 registry map the engine reads (shared with the ingest) is built before and not counted.
 """
 
@@ -18,16 +18,15 @@ import time
 import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-from cityiot.registry import DeviceEntry
-from ingest.devices import DeviceMap, KnownDevice
-from rules.definitions import load_rules
-from rules.engine import RulesEngine
-from simulators.behaviour import new_state, reading
-from simulators.fleet import Fleet
+from cityiot.ingest.devices import DeviceMap, KnownDevice
+from cityiot.rules.definitions import SHIPPED_CATALOGUE as CATALOGUE
+from cityiot.rules.definitions import load_rules
+from cityiot.rules.engine import RulesEngine
+from cityiot.simulators.behaviour import new_state, reading
+from cityiot.simulators.fleet import Fleet
+from cityiot.storage.registry import DeviceEntry
 
-CATALOGUE = Path(__file__).resolve().parent.parent / "rules" / "catalogue"
 TEMPLATES = 10_000  # distinct simulated devices; the rest are copies under new ids
 STEP_MS = 60_000
 

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import cast
 
-from cityiot.settings import MqttTarget
+from cityiot.domain.settings import MqttTarget
 
 log = logging.getLogger("cityiot.ingest.broker")
 

@@ -15,8 +15,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cityiot.influx import series_key
-from cityiot.registry import DeviceEntry, load_devices, load_vendor_codecs
+from cityiot.storage.influx import series_key
+from cityiot.storage.registry import DeviceEntry, load_devices, load_vendor_codecs
 
 log = logging.getLogger("cityiot.ingest.devices")
 
@@ -92,7 +92,7 @@ class DeviceMap:
 
     def in_table_order(self, *groups: Collection[str]) -> list[list[str]]:
         """Each of ``groups`` of ids in the order the registry's table holds the devices (on
-        SQLite, as :func:`~cityiot.registry.load_devices` reads them; devices added later
+        SQLite, as :func:`~cityiot.storage.registry.load_devices` reads them; devices added later
         last), all in one walk of the map.
 
         An update of many devices in this order touches each page of the table once: last

@@ -23,8 +23,15 @@ from typing import Any
 import orjson
 from sqlalchemy import select
 
-from cityiot.db import ROWS_PER_TURN, LatestReading, dialect_of, driver_time, utcnow, write_rows
-from ingest.validate import Reading
+from cityiot.ingest.validate import Reading
+from cityiot.storage.db import (
+    ROWS_PER_TURN,
+    LatestReading,
+    dialect_of,
+    driver_time,
+    utcnow,
+    write_rows,
+)
 
 log = logging.getLogger("cityiot.ingest")
 

@@ -40,12 +40,12 @@ from pathlib import Path
 
 import msgspec
 
-from cityiot.influx import InfluxError
-from cityiot.settings import MqttTarget, Settings
-from ingest.broker import BrokerLink, Delivery
-from ingest.pipeline import Ingest
-from ingest.presence import Presence
-from ingest.validate import Reading
+from cityiot.domain.settings import MqttTarget, Settings
+from cityiot.ingest.broker import BrokerLink, Delivery
+from cityiot.ingest.pipeline import Ingest
+from cityiot.ingest.presence import Presence
+from cityiot.ingest.validate import Reading
+from cityiot.storage.influx import InfluxError
 
 log = logging.getLogger("cityiot.ingest.partition")
 
@@ -404,7 +404,7 @@ def start_workers(
     With ``log_dir`` its output is appended to ``worker-<k>.log`` there, else it goes to this
     process's stderr. Stop them with SIGTERM (each drains what it took before exiting).
     """
-    argv = [sys.executable, "-c", "from cityiot.cli import app; app()", "ingest"]
+    argv = [sys.executable, "-m", "cityiot", "ingest"]
     if rules:
         argv.append("--rules")
     processes = []

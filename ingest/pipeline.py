@@ -1,6 +1,6 @@
 """The ingest: MQTT deliveries → decoded, validated readings → InfluxDB, rejects → dead letters.
 
-Tasks joined by a bounded queue (:class:`~ingest.writequeue.WriteQueue`):
+Tasks joined by a bounded queue (:class:`~cityiot.ingest.writequeue.WriteQueue`):
 
 - *intake* takes batches of deliveries from the broker link, turns each into line-protocol
   points or dead letters, and seals a :class:`Batch` when it is big or old enough (or
@@ -31,10 +31,25 @@ from typing import Any
 
 import msgspec
 
-from cityiot.catalogue import KINDS, is_valid_id
-from cityiot.db import CHECKPOINT_EVERY_S, ROWS_PER_TURN, checkpoint
-from cityiot.influx import InfluxDB, InfluxError
-from cityiot.registry import (
+from cityiot.domain.catalogue import KINDS, is_valid_id
+from cityiot.domain.settings import Settings
+from cityiot.ingest.broker import BrokerLink, Delivery
+from cityiot.ingest.codecs import Codec, PayloadError, RawReading, default_codecs, load_json
+from cityiot.ingest.dead_letter_limit import (
+    OTHER_VENDORS,
+    DeadLetterLimit,
+    DroppedSummary,
+    reason_pattern,
+)
+from cityiot.ingest.devices import DeviceMap, KnownDevice
+from cityiot.ingest.latest import FLUSH_PACE, LatestValues
+from cityiot.ingest.presence import Presence
+from cityiot.ingest.spool import Spool, SpoolError
+from cityiot.ingest.validate import Reading, Rejected, Validator
+from cityiot.ingest.writequeue import WriteQueue
+from cityiot.storage.db import CHECKPOINT_EVERY_S, ROWS_PER_TURN, checkpoint
+from cityiot.storage.influx import InfluxDB, InfluxError
+from cityiot.storage.registry import (
     DeadLetterCaps,
     DeadLetterIn,
     add_dead_letters,
@@ -42,21 +57,6 @@ from cityiot.registry import (
     prune_dead_letters,
     record_presence,
 )
-from cityiot.settings import Settings
-from ingest.broker import BrokerLink, Delivery
-from ingest.codecs import Codec, PayloadError, RawReading, default_codecs, load_json
-from ingest.dead_letter_limit import (
-    OTHER_VENDORS,
-    DeadLetterLimit,
-    DroppedSummary,
-    reason_pattern,
-)
-from ingest.devices import DeviceMap, KnownDevice
-from ingest.latest import FLUSH_PACE, LatestValues
-from ingest.presence import Presence
-from ingest.spool import Spool, SpoolError
-from ingest.validate import Reading, Rejected, Validator
-from ingest.writequeue import WriteQueue
 
 log = logging.getLogger("cityiot.ingest")
 
@@ -74,8 +74,9 @@ WRITES_IN_FLIGHT = 3
 # stored in a quiet hour these 20 ms (publish → stored p50 25-28 ms instead of 15-17).
 SEAL_IDLE_S = 0.020
 # Sealed batches may wait for a writer up to this many full batches' worth of readings and
-# of messages. Four: the broker's in-flight window (40,000 in deploy/local/mosquitto.conf)
-# then holds the batches being written, those queued and the open one (3 + 4 + 1 of 5,000).
+# of messages. Four: the broker's in-flight window (40,000 in the local mosquitto.conf
+# template) then holds the batches being written, those queued and the open one
+# (3 + 4 + 1 of 5,000).
 QUEUED_BATCHES = 4
 # Readings reach the rules as they arrive, not when their batch is stored: in slices of this
 # many, or what came within RULES_EVERY_S. A batch waits while InfluxDB is slow (a cache
@@ -201,8 +202,8 @@ class Ingest:
         self.counters = IngestCounters()
         # device → (highest seq, latest ts_ms, bitmask of the seqs seen just below it)
         self._seqs: dict[str, tuple[int, int, int]] = {}
-        # Seal at this many messages too: the broker's in-flight window (40,000 in
-        # deploy/local/mosquitto.conf) must hold the batches being written, those queued
+        # Seal at this many messages too: the broker's in-flight window (40,000 in the
+        # local mosquitto.conf template) must hold the batches being written, those queued
         # and this one (see QUEUED_BATCHES), or it, not storage, caps the rate.
         self._max_unacked = max(1, min(settings.batch_size, 5000))
         full_batch = max(1, settings.batch_size)  # readings

@@ -7,13 +7,13 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from cityiot.db import make_engine, migrate, sessionmaker
-from cityiot.influx import InfluxDB, InfluxError
-from cityiot.settings import MqttTarget, Settings
-from ingest.broker import BrokerLink
-from ingest.partition import shared_topics
-from ingest.pipeline import TOPICS, Ingest, ReadingsSink
-from ingest.spool import Spool
+from cityiot.domain.settings import MqttTarget, Settings
+from cityiot.ingest.broker import BrokerLink
+from cityiot.ingest.partition import shared_topics
+from cityiot.ingest.pipeline import TOPICS, Ingest, ReadingsSink
+from cityiot.ingest.spool import Spool
+from cityiot.storage.db import make_engine, migrate, sessionmaker
+from cityiot.storage.influx import InfluxDB, InfluxError
 
 log = logging.getLogger("cityiot.ingest")
 

@@ -10,8 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from cityiot.catalogue import KINDS, Kind
-from ingest.codecs.base import RawReading
+from cityiot.domain.catalogue import KINDS, Kind
+from cityiot.ingest.codecs.base import RawReading
 
 
 class Rejected(ValueError):

@@ -19,7 +19,7 @@ from typing import Generic, Protocol, TypeVar
 
 
 class Sealed(Protocol):
-    """What the queue reads of a batch (``ingest.pipeline.Batch``): its points and its
+    """What the queue reads of a batch (``cityiot.ingest.pipeline.Batch``): its points and its
     messages, counted."""
 
     @property

@@ -24,10 +24,10 @@ import orjson
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from cityiot.catalogue import KINDS, RESERVED_VENDORS, is_valid_id
-from cityiot.db import Command, Device, writing
-from ingest.codecs import PayloadError, load_json
-from rules.events import Clock
+from cityiot.domain.catalogue import KINDS, RESERVED_VENDORS, is_valid_id
+from cityiot.ingest.codecs import PayloadError, load_json
+from cityiot.rules.events import Clock
+from cityiot.storage.db import Command, Device, writing
 
 log = logging.getLogger("cityiot.rules.control")
 

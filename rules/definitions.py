@@ -47,9 +47,9 @@ from typing import Any, Literal
 
 import yaml
 
-from cityiot.catalogue import KINDS
-from cityiot.sun import is_dark, local_date, local_hour
-from rules.events import SEVERITIES
+from cityiot.domain.catalogue import KINDS
+from cityiot.domain.sun import is_dark, local_date, local_hour
+from cityiot.rules.events import SEVERITIES
 
 RuleType = Literal["threshold", "absence", "rate"]
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
@@ -346,6 +346,15 @@ def _parse_action(raw: Any, where: str) -> Action:
     if not isinstance(args, dict):
         raise RuleError(f"{where}.args: must be a mapping")
     return Action(raw["command"], args, target, group_kind)
+
+
+# The rule catalogue shipped with cityiot (package data), used when CITYIOT_RULES_PATH is unset.
+SHIPPED_CATALOGUE = Path(__file__).resolve().parent / "catalogue"
+
+
+def catalogue_path(rules_path: Path | None) -> Path:
+    """The rule files to read: ``CITYIOT_RULES_PATH``, else the shipped catalogue."""
+    return Path(rules_path) if rules_path is not None else SHIPPED_CATALOGUE
 
 
 def load_rules(path: Path) -> list[Rule]:

@@ -30,8 +30,8 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from cityiot.db import Notification, write_now
-from rules.notifiers import Channel, DeliveryError, NotificationMessage
+from cityiot.rules.notifiers import Channel, DeliveryError, NotificationMessage
+from cityiot.storage.db import Notification, write_now
 
 log = logging.getLogger("cityiot.rules.delivery")
 

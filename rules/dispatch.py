@@ -45,10 +45,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from cityiot.db import Alert, Silence
-from rules.events import SEVERITIES, STATES, Clock, wall_clock
-from rules.routing import Route, Router, alert_labels
-from rules.silences import active_silences, maintenance_window, silenced_by
+from cityiot.rules.events import SEVERITIES, STATES, Clock, wall_clock
+from cityiot.rules.routing import Route, Router, alert_labels
+from cityiot.rules.silences import active_silences, maintenance_window, silenced_by
+from cityiot.storage.db import Alert, Silence
 
 log = logging.getLogger("cityiot.rules.dispatch")
 

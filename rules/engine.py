@@ -2,10 +2,10 @@
 
 The ingest hands its readings to :meth:`RulesEngine.submit`, which evaluates them at once,
 in the ingest's own turn of the event loop: a reading that fires waits for no queue of
-readings before it. Each transition the :class:`~rules.evaluation.Evaluator` returns
+readings before it. Each transition the :class:`~cityiot.rules.evaluation.Evaluator` returns
 waits, in order, in a bounded buffer (``submit`` waits while it is full, so a slow
 database slows intake rather than growing memory) until :meth:`RulesEngine.run` records
-it with the :class:`~rules.lifecycle.AlertStore`; every resulting state change is
+it with the :class:`~cityiot.rules.lifecycle.AlertStore`; every resulting state change is
 published on ``city/alerts/{district}/{kind}`` (QoS 1) and handed to the dispatcher
 (routing, notifications, work orders). A firing rule with an action sends its commands.
 While :meth:`RulesEngine.run` runs, dispatch and actions follow in order in a task of
@@ -25,13 +25,13 @@ from typing import Any, Protocol
 
 import orjson
 
-from cityiot.db import Alert
-from ingest.devices import DeviceMap, KnownDevice
-from ingest.validate import Reading
-from rules.definitions import Rule
-from rules.evaluation import DeviceFacts, Evaluator, Transition
-from rules.events import Clock, alert_event, alert_topic, wall_clock
-from rules.lifecycle import AlertStore, Step, new_alert_id, new_alert_row, open_key
+from cityiot.ingest.devices import DeviceMap, KnownDevice
+from cityiot.ingest.validate import Reading
+from cityiot.rules.definitions import Rule
+from cityiot.rules.evaluation import DeviceFacts, Evaluator, Transition
+from cityiot.rules.events import Clock, alert_event, alert_topic, wall_clock
+from cityiot.rules.lifecycle import AlertStore, Step, new_alert_id, new_alert_row, open_key
+from cityiot.storage.db import Alert
 
 log = logging.getLogger("cityiot.rules")
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from rules.definitions import Rule, by_kind
+from cityiot.rules.definitions import Rule, by_kind
 
 To = Literal["pending", "firing", "resolved"]
 

@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cityiot.db import Alert
-from cityiot.sun import CITY_TZ
+from cityiot.domain.sun import CITY_TZ
+from cityiot.storage.db import Alert
 
 SEVERITIES = ("critical", "major", "minor", "warning")
 STATES = ("pending", "firing", "acknowledged", "resolved")

@@ -18,9 +18,9 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from cityiot.db import Alert, utcnow, write_now, write_turn
-from cityiot.registry import dialect_insert, in_chunks
-from rules.events import alert_event, row_event
+from cityiot.rules.events import alert_event, row_event
+from cityiot.storage.db import Alert, utcnow, write_now, write_turn
+from cityiot.storage.registry import dialect_insert, in_chunks
 
 log = logging.getLogger("cityiot.rules")
 
@@ -139,7 +139,7 @@ class AlertStore:
         still guarantees one open alert per (rule, device).
 
         On SQLite a batch of up to ``DIRECT_MAX_STEPS`` runs on the event loop's own thread
-        (:func:`~cityiot.db.write_now`): an alert reaches its topic without waiting for the
+        (:func:`~cityiot.storage.db.write_now`): an alert reaches its topic without waiting for the
         loop to come round between statements. When another process holds the database, or
         the batch is larger, it goes through the async session.
         """

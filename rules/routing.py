@@ -72,8 +72,8 @@ from pydantic import (
     model_validator,
 )
 
-from rules.events import SEVERITIES
-from rules.silences import (
+from cityiot.rules.events import SEVERITIES
+from cityiot.rules.silences import (
     LABELS,
     WEEKDAYS,
     MaintenanceWindow,

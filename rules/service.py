@@ -27,18 +27,18 @@ import httpx
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from cityiot.db import RuleOverride
-from cityiot.settings import MqttTarget, Settings
-from ingest.devices import DeviceMap
-from rules.control import CommandSender, group_targets
-from rules.definitions import Rule, RuleError, load_rules, parse_rule
-from rules.delivery import Deliverer, enqueue
-from rules.dispatch import Dispatcher
-from rules.engine import Publish, RulesEngine
-from rules.events import Clock, wall_clock
-from rules.notifiers import Channel, build_channel
-from rules.routing import Router, load_routing
-from rules.workorders import SlaPolicy, open_work_order
+from cityiot.domain.settings import MqttTarget, Settings
+from cityiot.ingest.devices import DeviceMap
+from cityiot.rules.control import CommandSender, group_targets
+from cityiot.rules.definitions import Rule, RuleError, catalogue_path, load_rules, parse_rule
+from cityiot.rules.delivery import Deliverer, enqueue
+from cityiot.rules.dispatch import Dispatcher
+from cityiot.rules.engine import Publish, RulesEngine
+from cityiot.rules.events import Clock, wall_clock
+from cityiot.rules.notifiers import Channel, build_channel
+from cityiot.rules.routing import Router, load_routing
+from cityiot.rules.workorders import SlaPolicy, open_work_order
+from cityiot.storage.db import RuleOverride
 
 log = logging.getLogger("cityiot.rules")
 
@@ -61,6 +61,8 @@ class RulesStage:
 
 def routing_path(settings: Settings) -> Path:
     """``routing.yaml`` beside the rule files when there is one, else the shipped one."""
+    if settings.rules_path is None:
+        return DEFAULT_ROUTING
     rules_path = Path(settings.rules_path)
     beside = (rules_path if rules_path.is_dir() else rules_path.parent) / "routing.yaml"
     return beside if beside.exists() else DEFAULT_ROUTING
@@ -106,7 +108,7 @@ async def current_rules(settings: Settings, session_factory: Any, *, strict: boo
     A stored override that no longer parses (the catalogue changed under it) raises
     :class:`RuleError` when ``strict``, else is logged and the file's rule stands.
     """
-    rules = {r.id: r for r in load_rules(Path(settings.rules_path))}
+    rules = {r.id: r for r in load_rules(catalogue_path(settings.rules_path))}
     async with session_factory() as session:
         overrides = list(await session.scalars(select(RuleOverride).order_by(RuleOverride.id)))
     for override in overrides:

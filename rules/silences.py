@@ -25,10 +25,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from cityiot.catalogue import DISTRICTS, KINDS
-from cityiot.db import Silence, writing
-from cityiot.sun import CITY_TZ
-from rules.events import SEVERITIES
+from cityiot.domain.catalogue import DISTRICTS, KINDS
+from cityiot.domain.sun import CITY_TZ
+from cityiot.rules.events import SEVERITIES
+from cityiot.storage.db import Silence, writing
 
 log = logging.getLogger("cityiot.rules.silences")
 

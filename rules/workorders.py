@@ -24,8 +24,8 @@ from sqlalchemy import ColumnElement, and_, case, extract, func, or_, select, up
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from cityiot.db import WorkOrder, write_now, writing
-from rules.events import SEVERITIES, Clock, city_time
+from cityiot.rules.events import SEVERITIES, Clock, city_time
+from cityiot.storage.db import WorkOrder, write_now, writing
 
 log = logging.getLogger("cityiot.rules.workorders")
 

@@ -7,10 +7,17 @@
 ``iter_messages`` gives the same messages without a broker, for tests and benchmarks.
 """
 
-from cityiot.sun import is_dark, sun_times
-from simulators.behaviour import DeviceState, Metrics, new_state, reading
-from simulators.fleet import CSV_COLUMNS, DEFAULT_MIX, DEFAULT_VENDORS, Fleet, SimDevice, SimVendor
-from simulators.incidents import (
+from cityiot.domain.sun import is_dark, sun_times
+from cityiot.simulators.behaviour import DeviceState, Metrics, new_state, reading
+from cityiot.simulators.fleet import (
+    CSV_COLUMNS,
+    DEFAULT_MIX,
+    DEFAULT_VENDORS,
+    Fleet,
+    SimDevice,
+    SimVendor,
+)
+from cityiot.simulators.incidents import (
     FRAME_MALFORMED_LABELS,
     INCIDENT_KINDS,
     MALFORMED_LABELS,
@@ -18,7 +25,7 @@ from simulators.incidents import (
     parse_incident,
     plan_incident,
 )
-from simulators.messages import (
+from cityiot.simulators.messages import (
     OK,
     MessageStream,
     Report,
@@ -28,7 +35,7 @@ from simulators.messages import (
     iter_reports,
     status_messages,
 )
-from simulators.publisher import SimulationCounters, run_simulation
+from cityiot.simulators.publisher import SimulationCounters, run_simulation
 
 __all__ = [
     "CSV_COLUMNS",

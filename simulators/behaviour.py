@@ -5,7 +5,7 @@ time ``ts_ms``. It depends only on its arguments: the device, the time, the devi
 :class:`DeviceState` (which it advances: energy and volume accumulate, batteries drain,
 cars come and go) and the random generator. The same device, times and generator state
 give the same readings. Normal behaviour stays clear of every alert threshold of the
-default rule catalogue; incidents (``simulators.incidents``) are what trips them.
+default rule catalogue; incidents (``cityiot.simulators.incidents``) are what trips them.
 
 Time of day is Zhumadian's (Asia/Shanghai, UTC+8, no daylight saving time); daylight
 follows the sun at the device's own latitude and longitude.
@@ -19,13 +19,13 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from cityiot.sun import (
+from cityiot.domain.sun import (
     UTC_OFFSET_S,
     local_date,
     local_hour,
     solar_elevation_deg,
 )
-from simulators.fleet import SimDevice
+from cityiot.simulators.fleet import SimDevice
 
 Metrics = dict[str, float | bool]
 

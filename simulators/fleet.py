@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from cityiot.catalogue import DISTRICTS, KINDS
+from cityiot.domain.catalogue import DISTRICTS, KINDS
 
 
 class SimVendor(NamedTuple):

@@ -17,10 +17,10 @@ from typing import Any
 
 import orjson
 
-from cityiot.catalogue import KINDS
-from ingest.codecs.hexframe import encode as encode_frame
-from simulators.behaviour import Metrics
-from simulators.fleet import Fleet, SimDevice
+from cityiot.domain.catalogue import KINDS
+from cityiot.ingest.codecs.hexframe import encode as encode_frame
+from cityiot.simulators.behaviour import Metrics
+from cityiot.simulators.fleet import Fleet, SimDevice
 
 _BATTERY_KINDS = tuple(k for k, spec in KINDS.items() if spec.metric("battery_pct") is not None)
 

@@ -14,10 +14,10 @@ from typing import NamedTuple
 
 import orjson
 
-from ingest.codecs.hexframe import encode as encode_frame
-from simulators.behaviour import DeviceState, Metrics, new_state, reading
-from simulators.fleet import Fleet, SimDevice
-from simulators.incidents import (
+from cityiot.ingest.codecs.hexframe import encode as encode_frame
+from cityiot.simulators.behaviour import DeviceState, Metrics, new_state, reading
+from cityiot.simulators.fleet import Fleet, SimDevice
+from cityiot.simulators.incidents import (
     Incident,
     apply_incident,
     malformed_labels,

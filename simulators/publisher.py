@@ -1,6 +1,6 @@
 """Publish the simulated fleet to a real MQTT broker at a steady overall rate.
 
-``run_simulation`` takes report slots from a :class:`~simulators.messages.MessageStream`
+``run_simulation`` takes report slots from a :class:`~cityiot.simulators.messages.MessageStream`
 round-robin over the fleet, so each device reports every ``len(fleet) / rate`` seconds
 with the current time as its readings' ``ts``. It publishes without waiting for each
 PUBACK: paho-mqtt runs on this event loop (its socket is watched with ``add_reader`` /
@@ -27,9 +27,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from simulators.fleet import Fleet
-from simulators.incidents import Incident, parse_incident
-from simulators.messages import (
+from cityiot.simulators.fleet import Fleet
+from cityiot.simulators.incidents import Incident, parse_incident
+from cityiot.simulators.messages import (
     BATCH_SHARE,
     OK,
     MessageStream,
@@ -122,7 +122,7 @@ async def run_simulation(
 
     Runs ``duration_s`` seconds (exactly ``round(duration_s * rate)`` report slots) or,
     when None, until ``stop`` is set. ``incidents`` are :class:`Incident` objects or specs
-    like ``cover_open:2:60:600`` (see ``simulators.incidents``); a spec without a start
+    like ``cover_open:2:60:600`` (see ``cityiot.simulators.incidents``); a spec without a start
     begins after two rounds of the fleet, so rules see normal readings first.
     ``announce`` first publishes ``{"online": true}`` on each device's status topic.
     ``counters`` (returned, and updated live) and ``on_published`` let callers watch.

@@ -21,7 +21,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy.engine import URL, make_url
 
-from cityiot.services import LocalBroker, LocalInflux
+from cityiot.platform.local_services import LocalBroker, LocalInflux
 
 T = TypeVar("T")
 
@@ -150,7 +150,7 @@ def db_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 async def sessions(db_url: str) -> AsyncIterator[Any]:
     """A session factory on the migrated database at ``db_url``."""
-    from cityiot.db import make_engine, migrate, sessionmaker
+    from cityiot.storage.db import make_engine, migrate, sessionmaker
 
     await migrate(db_url)
     engine = make_engine(db_url)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cityiot.accessdoc import BEGIN, END, PAGES, AccessDocError, refresh, rewrite
-from cityiot.catalogue import KINDS
+from cityiot.cli.accessdoc import BEGIN, END, PAGES, AccessDocError, refresh, rewrite
+from cityiot.domain.catalogue import KINDS
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 CITYIOT = str(Path(sys.executable).parent / "cityiot")
@@ -28,7 +28,7 @@ def docs_command(*args: str) -> subprocess.CompletedProcess[str]:
 def test_committed_pages_are_current() -> None:
     done = docs_command("--check", "--docs-dir", str(DOCS))
     assert done.returncode == 0, (
-        f"{done.stderr}\nthe pages' tables differ from cityiot/catalogue.py: run "
+        f"{done.stderr}\nthe pages' tables differ from cityiot/domain/catalogue.py: run "
         "cityiot docs access-standard and commit docs/access-standard.*.md"
     )
     assert all(state.current for state in refresh(DOCS, write=False))

@@ -22,16 +22,16 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import select
 
-from cityiot.access import (
+from cityiot.platform.local_services import LocalBroker
+from cityiot.storage.broker_access import (
     BrokerAccess,
     BrokerAccessError,
     UnknownVendor,
     mosquitto_hash,
     password_matches,
 )
-from cityiot.db import AuditEntry, make_engine, migrate, sessionmaker
-from cityiot.registry import upsert_vendor
-from cityiot.services import LocalBroker
+from cityiot.storage.db import AuditEntry, make_engine, migrate, sessionmaker
+from cityiot.storage.registry import upsert_vendor
 
 PLATFORM_PASSWORD = "platform-secret"
 

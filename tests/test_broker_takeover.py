@@ -1,4 +1,4 @@
-"""The broker keeps the platform's client ids to the platform (cityiot/broker_plugin), drops
+"""The broker keeps the platform's client ids to the platform (cityiot/platform/broker_plugin), drops
 messages over the payload cap and never retains telemetry: a real Mosquitto started on the
 files BrokerAccess writes, with the real ingest storing into the real InfluxDB."""
 
@@ -19,13 +19,13 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cityiot.access import BrokerAccess, IssuedCredential
-from cityiot.db import make_engine, migrate, sessionmaker
-from cityiot.influx import InfluxDB
-from cityiot.registry import import_devices, parse_device_csv, upsert_vendor
-from cityiot.services import LocalBroker, LocalInflux
-from cityiot.settings import Settings
-from ingest.broker import _packet, _string
+from cityiot.domain.settings import Settings
+from cityiot.ingest.broker import _packet, _string
+from cityiot.platform.local_services import LocalBroker, LocalInflux
+from cityiot.storage.broker_access import BrokerAccess, IssuedCredential
+from cityiot.storage.db import make_engine, migrate, sessionmaker
+from cityiot.storage.influx import InfluxDB
+from cityiot.storage.registry import import_devices, parse_device_csv, upsert_vendor
 from tests.ingest.conftest import REGISTRY_CSV, running_ingest
 from tests.rules.conftest import wait_until
 

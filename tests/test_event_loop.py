@@ -1,4 +1,4 @@
-"""The event loop of the long-running commands (``CITYIOT_EVENT_LOOP``, cityiot/cli.py)."""
+"""The event loop of the long-running commands (``CITYIOT_EVENT_LOOP``, cityiot/cli/)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import uvloop
 from pydantic import ValidationError
 
 from cityiot.cli import run_until_signal
-from cityiot.settings import Settings
+from cityiot.domain.settings import Settings
 
 
 @pytest.fixture
 def thresholds() -> Iterator[None]:
-    """run_until_signal sets the collector's thresholds (cityiot/gcpolicy.py): put them back."""
+    """run_until_signal sets the collector's thresholds (cityiot/platform/gcpolicy.py): put them back."""
     before = gc.get_threshold()
     yield
     gc.set_threshold(*before)

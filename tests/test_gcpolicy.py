@@ -1,4 +1,4 @@
-"""The garbage-collection policy of long-running stages (cityiot/gcpolicy.py)."""
+"""The garbage-collection policy of long-running stages (cityiot/platform/gcpolicy.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,13 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from cityiot.gcpolicy import NEVER, YOUNG_THRESHOLD, collect_on_schedule, settle, young_only
+from cityiot.platform.gcpolicy import (
+    NEVER,
+    YOUNG_THRESHOLD,
+    collect_on_schedule,
+    settle,
+    young_only,
+)
 
 WAIT_S = 10.0  # a safety net: the tests wait for each collection, not for a time
 

@@ -16,15 +16,15 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from rich.console import Console
 
-from cityiot.launcher import (
+from cityiot.domain.settings import Settings
+from cityiot.platform.launcher import (
     ADMIN_KEY_SECRET,
     PLATFORM_SECRET,
     SIMULATOR_SECRET,
     Launch,
     run_platform,
 )
-from cityiot.services import free_port
-from cityiot.settings import Settings
+from cityiot.platform.local_services import free_port
 
 
 def _connack(

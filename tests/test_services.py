@@ -20,7 +20,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cityiot import services
-from cityiot.services import (
+from cityiot.platform.local_services import (
     ExecutableNotFound,
     LocalBroker,
     LocalInflux,
@@ -320,7 +320,7 @@ def test_port_before_start_is_a_clear_error(tmp_path: Path) -> None:
 
 
 async def _store_and_count(influx: LocalInflux) -> int:
-    from cityiot.influx import InfluxDB
+    from cityiot.storage.influx import InfluxDB
 
     async with InfluxDB(
         influx.url, "city", username=influx.username, password=influx.password

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from api.app import create_app
-from cityiot.settings import Settings
-from cityiot.version import platform_version
+from cityiot.api.app import create_app
+from cityiot.domain.settings import Settings
+from cityiot.domain.version import platform_version
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 

@@ -21,8 +21,8 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from api.problems import Problem
-from cityiot.catalogue import DISTRICTS, KINDS
+from cityiot.api.problems import Problem
+from cityiot.domain.catalogue import DISTRICTS, KINDS
 
 STATIC = Path(__file__).resolve().parent / "static"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from api.routes import (
+from cityiot.api.routes import (
     alerts,
     audit,
     deadletters,

@@ -16,17 +16,17 @@ from fastapi import APIRouter, Body, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, update
 
-from api.access import allow, check_filter, check_sees, scoped
-from api.audit import audit
-from api.context import ApiContext, context
-from api.keys import Principal
-from api.paging import Cursor, Limit, Page, after, page_of
-from api.params import TEXT, Instant, city_instant
-from api.problems import Problem
-from api.teams import alert_teams, require_teams, routing
-from cityiot.catalogue import DISTRICTS, KINDS
-from cityiot.db import Alert, utcnow
-from rules.events import alert_event, alert_topic, city_time
+from cityiot.api.access import allow, check_filter, check_sees, scoped
+from cityiot.api.audit import audit
+from cityiot.api.context import ApiContext, context
+from cityiot.api.keys import Principal
+from cityiot.api.paging import Cursor, Limit, Page, after, page_of
+from cityiot.api.params import TEXT, Instant, city_instant
+from cityiot.api.problems import Problem
+from cityiot.api.teams import alert_teams, require_teams, routing
+from cityiot.domain.catalogue import DISTRICTS, KINDS
+from cityiot.rules.events import alert_event, alert_topic, city_time
+from cityiot.storage.db import Alert, utcnow
 
 router = APIRouter(tags=["alerts"])
 

@@ -12,13 +12,13 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, or_, select
 
-from api.access import allow
-from api.context import ApiContext, context
-from api.keys import Principal
-from api.paging import Cursor, Limit, Page, after, page_of
-from api.params import TEXT, Instant, city_instant
-from cityiot.db import AuditEntry
-from cityiot.sun import CITY_TZ
+from cityiot.api.access import allow
+from cityiot.api.context import ApiContext, context
+from cityiot.api.keys import Principal
+from cityiot.api.paging import Cursor, Limit, Page, after, page_of
+from cityiot.api.params import TEXT, Instant, city_instant
+from cityiot.domain.sun import CITY_TZ
+from cityiot.storage.db import AuditEntry
 
 router = APIRouter(tags=["audit"])
 

@@ -24,14 +24,14 @@ from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
-from api.access import allow, check_filter, scoped
-from api.context import ApiContext, context
-from api.keys import Principal
-from api.paging import Cursor, Limit, Page, after, page_of
-from api.params import TEXT, Instant, city_instant
-from api.problems import Problem
-from cityiot.db import DeadLetter
-from cityiot.sun import CITY_TZ
+from cityiot.api.access import allow, check_filter, scoped
+from cityiot.api.context import ApiContext, context
+from cityiot.api.keys import Principal
+from cityiot.api.paging import Cursor, Limit, Page, after, page_of
+from cityiot.api.params import TEXT, Instant, city_instant
+from cityiot.api.problems import Problem
+from cityiot.domain.sun import CITY_TZ
+from cityiot.storage.db import DeadLetter
 
 router = APIRouter(tags=["deadletters"])
 

@@ -23,15 +23,16 @@ from pydantic import (
 )
 from sqlalchemy import select
 
-from api.access import allow, check_filter, check_sees, scoped
-from api.audit import audit
-from api.context import ApiContext, context
-from api.keys import Principal
-from api.paging import Cursor, Limit, Page, after, page_of
-from api.problems import Problem
-from cityiot.catalogue import DISTRICTS, KINDS
-from cityiot.db import Device, LatestReading, Vendor, utcnow
-from cityiot.registry import (
+from cityiot.api.access import allow, check_filter, check_sees, scoped
+from cityiot.api.audit import audit
+from cityiot.api.context import ApiContext, context
+from cityiot.api.keys import Principal
+from cityiot.api.paging import Cursor, Limit, Page, after, page_of
+from cityiot.api.problems import Problem
+from cityiot.domain.catalogue import DISTRICTS, KINDS
+from cityiot.rules.events import city_time
+from cityiot.storage.db import Device, LatestReading, Vendor, utcnow
+from cityiot.storage.registry import (
     FIRST_INSTALL_DATE,
     MAX_ADDRESS_CHARS,
     MAX_REPORT_INTERVAL_S,
@@ -40,7 +41,6 @@ from cityiot.registry import (
     parse_device,
     parse_device_csv,
 )
-from rules.events import city_time
 
 router = APIRouter(tags=["devices"])
 

@@ -7,7 +7,7 @@ Prometheus expect); ``prefixed`` serves ``/healthz`` and ``/readyz`` under ``/ap
 - ``/readyz``: the database, InfluxDB and the broker answer (readiness); 200, or 503 naming
   each dependency that failed and why. Each check gets at most ``CHECK_TIMEOUT_S``, and
   the checks run side by side, so the answer comes within that time.
-- ``/metrics``: Prometheus metrics of the platform itself (:mod:`api.metrics`).
+- ``/metrics``: Prometheus metrics of the platform itself (:mod:`cityiot.api.metrics`).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 
-from api.context import ApiContext, context
-from api.metrics import PlatformMetrics
-from api.problems import PROBLEM_JSON, Problem
+from cityiot.api.context import ApiContext, context
+from cityiot.api.metrics import PlatformMetrics
+from cityiot.api.problems import PROBLEM_JSON, Problem
 
 log = logging.getLogger("cityiot.api")
 

@@ -8,14 +8,14 @@ from fastapi import APIRouter, Depends, Path, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from api.access import allow
-from api.context import ApiContext, context
-from api.keys import KeyRequestError, LastAdminKey, Principal, create_key, revoke_key
-from api.paging import Cursor, Limit, Page, after, page_of
-from api.problems import Problem
-from api.teams import known_teams, routing
-from cityiot.db import ApiKey
-from rules.events import city_time
+from cityiot.api.access import allow
+from cityiot.api.context import ApiContext, context
+from cityiot.api.keys import KeyRequestError, LastAdminKey, Principal, create_key, revoke_key
+from cityiot.api.paging import Cursor, Limit, Page, after, page_of
+from cityiot.api.problems import Problem
+from cityiot.api.teams import known_teams, routing
+from cityiot.rules.events import city_time
+from cityiot.storage.db import ApiKey
 
 router = APIRouter(tags=["keys"])
 

@@ -13,13 +13,13 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import and_, case, false, func, select, true
 
-from api.access import allow, check_filter, scoped
-from api.context import ApiContext, context
-from api.keys import Principal
-from api.problems import Problem
-from cityiot.catalogue import DISTRICTS
-from cityiot.db import Device, LatestReading
-from rules.events import city_time
+from cityiot.api.access import allow, check_filter, scoped
+from cityiot.api.context import ApiContext, context
+from cityiot.api.keys import Principal
+from cityiot.api.problems import Problem
+from cityiot.domain.catalogue import DISTRICTS
+from cityiot.rules.events import city_time
+from cityiot.storage.db import Device, LatestReading
 
 router = APIRouter(tags=["parking"])
 

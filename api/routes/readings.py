@@ -21,15 +21,15 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, Field
 
-from api.access import allow, check_sees
-from api.context import ApiContext, context
-from api.keys import Principal
-from api.problems import Problem
-from api.routes.devices import missing_device
-from cityiot.catalogue import KINDS, is_valid_id
-from cityiot.db import Device, LatestReading
-from cityiot.influx import InfluxDB, InfluxError, quote_ident, quote_string
-from cityiot.sun import CITY_TZ
+from cityiot.api.access import allow, check_sees
+from cityiot.api.context import ApiContext, context
+from cityiot.api.keys import Principal
+from cityiot.api.problems import Problem
+from cityiot.api.routes.devices import missing_device
+from cityiot.domain.catalogue import KINDS, is_valid_id
+from cityiot.domain.sun import CITY_TZ
+from cityiot.storage.db import Device, LatestReading
+from cityiot.storage.influx import InfluxDB, InfluxError, quote_ident, quote_string
 
 log = logging.getLogger("cityiot.api")
 

@@ -21,16 +21,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from api.access import allow
-from api.audit import audit
-from api.context import ApiContext, context
-from api.keys import Principal
-from api.paging import Cursor, Limit, Page, decode_cursor, encode_cursor
-from api.problems import Problem
-from cityiot.catalogue import KINDS
-from cityiot.db import RuleOverride, utcnow
-from rules.definitions import Rule, RuleError, load_rules, parse_rule
-from rules.events import city_time
+from cityiot.api.access import allow
+from cityiot.api.audit import audit
+from cityiot.api.context import ApiContext, context
+from cityiot.api.keys import Principal
+from cityiot.api.paging import Cursor, Limit, Page, decode_cursor, encode_cursor
+from cityiot.api.problems import Problem
+from cityiot.domain.catalogue import KINDS
+from cityiot.rules.definitions import Rule, RuleError, catalogue_path, load_rules, parse_rule
+from cityiot.rules.events import city_time
+from cityiot.storage.db import RuleOverride, utcnow
 
 router = APIRouter(tags=["rules"])
 
@@ -136,7 +136,7 @@ def _rule_files(path: FilePath) -> list[FilePath]:
 
 async def catalogue(ctx: ApiContext) -> dict[str, Entry]:
     """Every rule by id: the files' rules, with the API's overrides applied."""
-    path = FilePath(ctx.settings.rules_path)
+    path = catalogue_path(ctx.settings.rules_path)
     try:
         parsed = load_rules(path)
         definitions: dict[str, dict[str, Any]] = {}

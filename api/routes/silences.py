@@ -15,17 +15,17 @@ from fastapi import APIRouter, Depends, Path, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from api.access import allow
-from api.audit import audited
-from api.context import ApiContext, context
-from api.keys import Principal
-from api.paging import Cursor, Limit, Page, after, page_of
-from api.params import TEXT, Instant, city_instant
-from api.problems import Problem
-from api.routes.alerts import ID_PATTERN
-from cityiot.db import Silence, utcnow
-from rules.events import city_time
-from rules.silences import OPS, MatcherError, SilenceError, create_silence, expire_silence
+from cityiot.api.access import allow
+from cityiot.api.audit import audited
+from cityiot.api.context import ApiContext, context
+from cityiot.api.keys import Principal
+from cityiot.api.paging import Cursor, Limit, Page, after, page_of
+from cityiot.api.params import TEXT, Instant, city_instant
+from cityiot.api.problems import Problem
+from cityiot.api.routes.alerts import ID_PATTERN
+from cityiot.rules.events import city_time
+from cityiot.rules.silences import OPS, MatcherError, SilenceError, create_silence, expire_silence
+from cityiot.storage.db import Silence, utcnow
 
 router = APIRouter(tags=["silences"])
 

@@ -13,14 +13,14 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
-from api.access import allow, scoped
-from api.context import ApiContext, context
-from api.keys import Principal
-from cityiot.catalogue import KINDS
-from cityiot.db import Alert, Device, LatestReading
-from cityiot.sun import CITY_TZ, is_dark, sun_times
-from rules.events import SEVERITIES, Clock, city_time, wall_clock
-from rules.workorders import kpis
+from cityiot.api.access import allow, scoped
+from cityiot.api.context import ApiContext, context
+from cityiot.api.keys import Principal
+from cityiot.domain.catalogue import KINDS
+from cityiot.domain.sun import CITY_TZ, is_dark, sun_times
+from cityiot.rules.events import SEVERITIES, Clock, city_time, wall_clock
+from cityiot.rules.workorders import kpis
+from cityiot.storage.db import Alert, Device, LatestReading
 
 router = APIRouter(tags=["stats"])
 

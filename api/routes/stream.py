@@ -21,13 +21,13 @@ from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import select
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from api.access import allow
-from api.context import ApiContext, context
-from api.keys import Principal
-from api.problems import Problem
-from api.routes.devices import visible_device
-from api.stream import Subscription, WatchedDevice
-from cityiot.db import Vendor
+from cityiot.api.access import allow
+from cityiot.api.context import ApiContext, context
+from cityiot.api.keys import Principal
+from cityiot.api.problems import Problem
+from cityiot.api.routes.devices import visible_device
+from cityiot.api.stream import Subscription, WatchedDevice
+from cityiot.storage.db import Vendor
 
 log = logging.getLogger("cityiot.api.stream")
 

@@ -2,7 +2,7 @@
 
 An account's password is shown once, in the answer that issues it; the database keeps
 only Mosquitto's hash. Issuing and revoking rewrite the broker's password and ACL files
-and reload it (:mod:`cityiot.access`), so a revoked account is refused at once.
+and reload it (:mod:`cityiot.storage.broker_access`), so a revoked account is refused at once.
 Administrators change; operators read; a vendor key reads its own vendor's record only.
 """
 
@@ -15,17 +15,22 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from api.access import allow
-from api.audit import audit
-from api.context import ApiContext, context
-from api.keys import Principal
-from api.paging import Cursor, Limit, Page, after, page_of
-from api.problems import PROBLEM_JSON, Problem
-from cityiot.access import BrokerAccess, BrokerAccessError, UnknownVendor, vendor_topics
-from cityiot.catalogue import reserved_vendor
-from cityiot.db import MqttCredential, Vendor
-from ingest.codecs import default_codecs
-from rules.events import city_time
+from cityiot.api.access import allow
+from cityiot.api.audit import audit
+from cityiot.api.context import ApiContext, context
+from cityiot.api.keys import Principal
+from cityiot.api.paging import Cursor, Limit, Page, after, page_of
+from cityiot.api.problems import PROBLEM_JSON, Problem
+from cityiot.domain.catalogue import reserved_vendor
+from cityiot.ingest.codecs import default_codecs
+from cityiot.rules.events import city_time
+from cityiot.storage.broker_access import (
+    BrokerAccess,
+    BrokerAccessError,
+    UnknownVendor,
+    vendor_topics,
+)
+from cityiot.storage.db import MqttCredential, Vendor
 
 router = APIRouter(tags=["vendors"])
 

@@ -15,18 +15,18 @@ from fastapi import APIRouter, Body, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from api.access import allow, check_filter, check_sees, scoped
-from api.audit import audited
-from api.context import ApiContext, context
-from api.keys import Principal
-from api.paging import Cursor, Limit, Page, after, page_of
-from api.params import TEXT
-from api.problems import Problem
-from api.routes.alerts import ID_PATTERN, DistrictFilter, KindFilter, check_kind_district
-from api.teams import require_teams
-from cityiot.db import WorkOrder
-from rules.events import city_time, wall_clock
-from rules.workorders import TRANSITIONS, IllegalTransition, WorkOrderNotFound, transition
+from cityiot.api.access import allow, check_filter, check_sees, scoped
+from cityiot.api.audit import audited
+from cityiot.api.context import ApiContext, context
+from cityiot.api.keys import Principal
+from cityiot.api.paging import Cursor, Limit, Page, after, page_of
+from cityiot.api.params import TEXT
+from cityiot.api.problems import Problem
+from cityiot.api.routes.alerts import ID_PATTERN, DistrictFilter, KindFilter, check_kind_district
+from cityiot.api.teams import require_teams
+from cityiot.rules.events import city_time, wall_clock
+from cityiot.rules.workorders import TRANSITIONS, IllegalTransition, WorkOrderNotFound, transition
+from cityiot.storage.db import WorkOrder
 
 router = APIRouter(tags=["workorders"])
 

@@ -12,7 +12,7 @@ from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.models import common as viz
 from grafana_foundation_sdk.models import dashboard as model
 
-from cityiot.catalogue import KINDS
+from cityiot.domain.catalogue import KINDS
 from cityiot.grafana.overview import ALERT_COLUMNS
 from cityiot.grafana.panels import city_dashboard, table_panel, thresholds, timeseries_panel
 from cityiot.grafana.queries import Infinity, InfluxQL, influx_source

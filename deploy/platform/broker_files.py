@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from cityiot.access import BrokerAccess
-from cityiot.db import make_engine, migrate, sessionmaker
-from cityiot.settings import Settings
+from cityiot.domain.settings import Settings
+from cityiot.storage.broker_access import BrokerAccess
+from cityiot.storage.db import make_engine, migrate, sessionmaker
 
 
 async def main() -> int:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from cityiot.catalogue import Kind
-from ingest.codecs.base import MAX_PAYLOAD_BYTES, PayloadError, RawReading, load_json
-from ingest.codecs.hexframe import HexFrameCodec
-from ingest.codecs.standard import StandardJsonCodec
+from cityiot.domain.catalogue import Kind
+from cityiot.ingest.codecs.base import MAX_PAYLOAD_BYTES, PayloadError, RawReading, load_json
+from cityiot.ingest.codecs.hexframe import HexFrameCodec
+from cityiot.ingest.codecs.standard import StandardJsonCodec
 
 
 class Codec(Protocol):

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from cityiot.settings import Settings
+from cityiot.domain.settings import Settings
 
 MAX_JSON_DEPTH = 32  # arrays and objects inside each other; the access standard needs 4
 MAX_PAYLOAD_BYTES: int = Settings.model_fields["max_payload_bytes"].default

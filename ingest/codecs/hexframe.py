@@ -27,8 +27,8 @@ import binascii
 import struct
 from collections.abc import Mapping
 
-from cityiot.catalogue import KINDS, Kind
-from ingest.codecs.base import MAX_PAYLOAD_BYTES, PayloadError, RawReading, check_size
+from cityiot.domain.catalogue import KINDS, Kind
+from cityiot.ingest.codecs.base import MAX_PAYLOAD_BYTES, PayloadError, RawReading, check_size
 
 START = 0xA5
 VERSION = 0x01

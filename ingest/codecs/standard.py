@@ -13,8 +13,14 @@ from __future__ import annotations
 
 import msgspec
 
-from cityiot.catalogue import Kind
-from ingest.codecs.base import MAX_PAYLOAD_BYTES, TOO_DEEP, PayloadError, RawReading, check_size
+from cityiot.domain.catalogue import Kind
+from cityiot.ingest.codecs.base import (
+    MAX_PAYLOAD_BYTES,
+    TOO_DEEP,
+    PayloadError,
+    RawReading,
+    check_size,
+)
 
 
 class _Envelope(msgspec.Struct, forbid_unknown_fields=True):

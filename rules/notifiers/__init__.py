@@ -3,7 +3,7 @@
 A channel knows nothing of rules, routing or retries: it is built from its entry in the
 routing file (``{"type": "webhook", "name": "ops-hook", ...options}``) and exposes
 ``async def send(message) -> None``, which returns once the receiver accepted the message
-and raises :class:`DeliveryError` otherwise. The outbox (``rules.delivery``) decides what
+and raises :class:`DeliveryError` otherwise. The outbox (``cityiot.rules.delivery``) decides what
 to do with a failure.
 
 The notification message (stored as ``Notification.payload``)::
@@ -166,7 +166,7 @@ def build_channel(config: Mapping[str, Any], **deps: Any) -> Channel:
     Raises ``ValueError`` naming the channel and the bad or missing option.
     """
     # Imported here: the channel modules import DeliveryError and ChannelOptions from us.
-    from rules.notifiers import dingtalk, email, mqtt, webhook, wecom
+    from cityiot.rules.notifiers import dingtalk, email, mqtt, webhook, wecom
 
     if not isinstance(config, Mapping):
         raise ValueError(f"channel config must be a mapping, got {type(config).__name__}")

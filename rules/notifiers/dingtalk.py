@@ -39,8 +39,8 @@ from typing import Any
 
 import httpx
 
-from rules.notifiers import ChannelOptions, NotificationMessage, render
-from rules.notifiers.webhook import DEFAULT_TIMEOUT_S, check_errcode, encode, post_json
+from cityiot.rules.notifiers import ChannelOptions, NotificationMessage, render
+from cityiot.rules.notifiers.webhook import DEFAULT_TIMEOUT_S, check_errcode, encode, post_json
 
 DEFAULT_URL = "https://oapi.dingtalk.com/robot/send"
 TEXT_LIMIT_BYTES = 18_000  # DingTalk's limit is about 20 000 bytes

@@ -36,7 +36,7 @@ from typing import Any
 
 import aiosmtplib
 
-from rules.notifiers import ChannelOptions, DeliveryError, NotificationMessage, render
+from cityiot.rules.notifiers import ChannelOptions, DeliveryError, NotificationMessage, render
 
 DEFAULT_TIMEOUT_S = 30.0
 

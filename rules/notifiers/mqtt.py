@@ -34,8 +34,8 @@ from typing import Any
 
 import aiomqtt
 
-from rules.notifiers import ChannelOptions, DeliveryError, NotificationMessage
-from rules.notifiers.webhook import encode
+from cityiot.rules.notifiers import ChannelOptions, DeliveryError, NotificationMessage
+from cityiot.rules.notifiers.webhook import encode
 
 Publish = Callable[[str, bytes], Awaitable[None]]
 

@@ -9,7 +9,7 @@ Options (routing file)::
       timeout_s: 10                    # optional; whole request, default 10
       headers: {X-Team: drainage}      # optional; extra request headers
 
-The body is the notification message (see ``rules.notifiers``) as UTF-8 JSON, with
+The body is the notification message (see ``cityiot.rules.notifiers``) as UTF-8 JSON, with
 ``Content-Type: application/json``. Every request carries ``X-Cityiot-Timestamp`` (Unix
 seconds); with a secret, also ``X-Cityiot-Signature: sha256=<hex>``, the HMAC-SHA256 with
 the secret as key of ``f"{timestamp}.{body}"`` — the timestamp header, a dot, and the raw
@@ -40,7 +40,7 @@ from typing import Any
 
 import httpx
 
-from rules.notifiers import ChannelOptions, DeliveryError, NotificationMessage
+from cityiot.rules.notifiers import ChannelOptions, DeliveryError, NotificationMessage
 
 RETRYABLE_STATUS = frozenset({408, 429})
 DEFAULT_TIMEOUT_S = 10.0

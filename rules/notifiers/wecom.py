@@ -29,8 +29,8 @@ from typing import Any
 
 import httpx
 
-from rules.notifiers import ChannelOptions, NotificationMessage, render
-from rules.notifiers.webhook import DEFAULT_TIMEOUT_S, check_errcode, encode, post_json
+from cityiot.rules.notifiers import ChannelOptions, NotificationMessage, render
+from cityiot.rules.notifiers.webhook import DEFAULT_TIMEOUT_S, check_errcode, encode, post_json
 
 DEFAULT_URL = "https://qyapi.weixin.qq.com/cgi-bin/webhook/send"
 CONTENT_LIMIT_BYTES = 4096

@@ -14,9 +14,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import select
 
-from cityiot.db import Alert, AuditEntry, Silence
-from cityiot.services import LocalBroker
-from rules.lifecycle import AlertStore, new_alert_row
+from cityiot.platform.local_services import LocalBroker
+from cityiot.rules.lifecycle import AlertStore, new_alert_row
+from cityiot.storage.db import Alert, AuditEntry, Silence
 from tests.api.conftest import ROLES, Api
 from tests.rules.conftest import wait_until
 

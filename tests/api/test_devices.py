@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from cityiot.db import AuditEntry, Device, Vendor
+from cityiot.storage.db import AuditEntry, Device, Vendor
 from tests.api.conftest import DEPARTMENT_SEES, Api
 
 NEW = {

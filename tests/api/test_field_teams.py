@@ -11,10 +11,10 @@ from pathlib import Path
 
 from sqlalchemy import update
 
-from cityiot.db import Alert, ApiKey, WorkOrder
-from rules.events import alert_event
-from rules.lifecycle import AlertStore, new_alert_row
-from rules.workorders import SlaPolicy, open_work_order
+from cityiot.rules.events import alert_event
+from cityiot.rules.lifecycle import AlertStore, new_alert_row
+from cityiot.rules.workorders import SlaPolicy, open_work_order
+from cityiot.storage.db import Alert, ApiKey, WorkOrder
 from tests.api.conftest import Api
 from tests.api.test_alerts import NOW_MS
 

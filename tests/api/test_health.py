@@ -13,15 +13,15 @@ import httpx
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.app import create_app
-from api.keys import create_key
-from api.metrics import add_source, counters_source, install
-from api.server import ApiServer
-from cityiot.db import migrate
-from cityiot.services import LocalBroker, LocalInflux
-from cityiot.settings import Settings
-from ingest.pipeline import IngestCounters
-from rules.engine import RulesCounters
+from cityiot.api.app import create_app
+from cityiot.api.keys import create_key
+from cityiot.api.metrics import add_source, counters_source, install
+from cityiot.api.server import ApiServer
+from cityiot.domain.settings import Settings
+from cityiot.ingest.pipeline import IngestCounters
+from cityiot.platform.local_services import LocalBroker, LocalInflux
+from cityiot.rules.engine import RulesCounters
+from cityiot.storage.db import migrate
 from tests.api.conftest import Api, api_settings
 
 

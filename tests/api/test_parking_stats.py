@@ -9,10 +9,10 @@ from typing import Any
 
 from sqlalchemy import update
 
-from cityiot.db import Alert, Device, WorkOrder
-from cityiot.registry import import_devices, parse_device_csv
-from ingest.latest import LatestValues
-from ingest.validate import Reading
+from cityiot.ingest.latest import LatestValues
+from cityiot.ingest.validate import Reading
+from cityiot.storage.db import Alert, Device, WorkOrder
+from cityiot.storage.registry import import_devices, parse_device_csv
 from tests.api.conftest import Api
 
 CITY = dt.timezone(dt.timedelta(hours=8))

@@ -14,11 +14,11 @@ from urllib.parse import quote
 import orjson
 import pytest
 
-from api.server import ApiServer
-from cityiot.services import LocalBroker, free_port
-from ingest.latest import LatestValues
-from ingest.service import ingest_stage
-from ingest.validate import Reading
+from cityiot.api.server import ApiServer
+from cityiot.ingest.latest import LatestValues
+from cityiot.ingest.service import ingest_stage
+from cityiot.ingest.validate import Reading
+from cityiot.platform.local_services import LocalBroker, free_port
 from tests.api.conftest import Api
 from tests.ingest.conftest import publisher_for
 

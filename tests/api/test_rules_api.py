@@ -6,22 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from cityiot.db import AuditEntry, RuleOverride, utcnow
-from ingest.devices import DeviceMap
-from ingest.validate import Reading
-from rules.definitions import RuleError, load_rules
-from rules.engine import RulesEngine
-from rules.service import current_rules, watch_rules
+from cityiot.ingest.devices import DeviceMap
+from cityiot.ingest.validate import Reading
+from cityiot.rules.definitions import SHIPPED_CATALOGUE, RuleError, load_rules
+from cityiot.rules.engine import RulesEngine
+from cityiot.rules.service import current_rules, watch_rules
+from cityiot.storage.db import AuditEntry, RuleOverride, utcnow
 from tests.api.conftest import ROLES, Api
 from tests.rules.conftest import wait_until
 
-CATALOGUE = load_rules(Path("rules/catalogue"))
+CATALOGUE = load_rules(SHIPPED_CATALOGUE)
 STRICTER = {
     "kind": "manhole",
     "severity": "critical",

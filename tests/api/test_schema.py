@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from api.keys import create_key
-from api.server import ApiServer
-from cityiot.db import make_engine, migrate, sessionmaker
-from cityiot.services import LocalBroker, LocalInflux
+from cityiot.api.keys import create_key
+from cityiot.api.server import ApiServer
+from cityiot.platform.local_services import LocalBroker, LocalInflux
+from cityiot.storage.db import make_engine, migrate, sessionmaker
 from tests.api.conftest import Api, api_settings, seed_registry
 
 CHECKS = (
@@ -27,7 +27,7 @@ CHECKS = (
 async def api_on_sqlite(
     sqlite_url: str, influx: LocalInflux, influx_db: str, broker: LocalBroker, tmp_path: Path
 ) -> AsyncIterator[Api]:
-    from cityiot.influx import InfluxDB
+    from cityiot.storage.influx import InfluxDB
 
     # Broker files managed (no broker reads them here): the credential endpoints answer.
     settings = api_settings(

@@ -16,10 +16,10 @@ import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from api.stream import QUEUE_SIZE, StreamHub, Subscription
-from cityiot.services import LocalBroker, free_port
-from cityiot.settings import Settings
-from ingest.codecs.hexframe import encode
+from cityiot.api.stream import QUEUE_SIZE, StreamHub, Subscription
+from cityiot.domain.settings import Settings
+from cityiot.ingest.codecs.hexframe import encode
+from cityiot.platform.local_services import LocalBroker, free_port
 from tests.api.conftest import Api
 from tests.api.test_alerts import CONTRACT_KEYS, raise_alert
 from tests.rules.conftest import wait_until

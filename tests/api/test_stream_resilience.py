@@ -16,10 +16,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from api.keys import create_key, revoke_key
-from api.stream import StreamHub, WatchedDevice, city_time_ms
-from cityiot.services import LocalBroker, free_port
-from cityiot.settings import Settings
+from cityiot.api.keys import create_key, revoke_key
+from cityiot.api.stream import StreamHub, WatchedDevice, city_time_ms
+from cityiot.domain.settings import Settings
+from cityiot.platform.local_services import LocalBroker, free_port
 from tests.api.conftest import DEPARTMENT_DISTRICTS, DEPARTMENT_KINDS, Api
 from tests.api.test_stream import Events, alert_event, publish, stream
 from tests.payloads import HOSTILE

@@ -16,12 +16,12 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import select
 
-from api.server import ApiServer
-from cityiot.access import BrokerAccess
-from cityiot.db import AuditEntry
-from cityiot.registry import import_devices, parse_device_csv
-from cityiot.services import LocalBroker, free_port
-from ingest.service import ingest_stage
+from cityiot.api.server import ApiServer
+from cityiot.ingest.service import ingest_stage
+from cityiot.platform.local_services import LocalBroker, free_port
+from cityiot.storage.broker_access import BrokerAccess
+from cityiot.storage.db import AuditEntry
+from cityiot.storage.registry import import_devices, parse_device_csv
 from tests.api.conftest import Api
 
 V = "/api/v1/vendors"

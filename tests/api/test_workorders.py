@@ -8,9 +8,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from cityiot.db import AuditEntry, WorkOrder
-from rules.events import alert_event
-from rules.workorders import SlaPolicy, open_work_order
+from cityiot.rules.events import alert_event
+from cityiot.rules.workorders import SlaPolicy, open_work_order
+from cityiot.storage.db import AuditEntry, WorkOrder
 from tests.api.conftest import ROLES, Api
 from tests.api.test_alerts import raise_alert
 

@@ -20,8 +20,7 @@ def test_bench_runs_every_system_and_stores_every_message(tmp_path: Path) -> Non
     out = tmp_path / "bench.json"
     argv = [
         sys.executable,
-        "-c",
-        "from cityiot.cli import app; app()",
+        "-m",
         "bench",
         "--devices", "200",
         "--messages", str(MESSAGES),

@@ -28,8 +28,8 @@ from bench.peer import (
     ensure_installed,
     installed_versions,
 )
-from cityiot.access import mosquitto_hash
-from cityiot.services import LocalBroker, LocalInflux, free_port
+from cityiot.platform.local_services import LocalBroker, LocalInflux, free_port
+from cityiot.storage.broker_access import mosquitto_hash
 
 KINDS = ("manhole", "streetlight", "hydrant", "water", "parking")
 VENDORS = ("acme", "zhongke")

@@ -68,7 +68,7 @@ def test_cpu_per_reading_and_cores_busy_count_the_system_broker_and_influxdb() -
 def test_rounds_run_interleaved_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     argv = [
-        sys.executable, "-c", "from cityiot.cli import app; app()", "bench",
+        sys.executable, "-m", "bench",
         "--devices", "100", "--messages", "500", "--systems", "baseline,influxdb",
         "--rounds", "2", "--skip-latency", "--state-devices", "0", "--timeout", "60",
         "--cold", "--out", str(out),
@@ -90,7 +90,7 @@ def test_rounds_run_interleaved_end_to_end(tmp_path: Path) -> None:
 
 
 def test_rounds_below_one_are_refused() -> None:
-    argv = [sys.executable, "-c", "from cityiot.cli import app; app()", "bench", "--rounds", "0"]
+    argv = [sys.executable, "-m", "bench", "--rounds", "0"]
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert "--rounds must be 1 or more, not 0" in done.stderr

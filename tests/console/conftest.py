@@ -26,18 +26,18 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
-from api.keys import create_key
-from api.server import ApiServer
-from cityiot.db import make_engine, migrate, sessionmaker
-from cityiot.registry import import_devices, parse_device_csv, upsert_vendor
-from cityiot.services import LocalBroker, LocalInflux, free_port
-from cityiot.settings import Settings
-from ingest.service import ingest_stage
-from rules.service import rules_stage
-from simulators import Fleet
-from simulators.behaviour import new_state, reading
-from simulators.fleet import SimDevice
-from simulators.messages import encode
+from cityiot.api.keys import create_key
+from cityiot.api.server import ApiServer
+from cityiot.domain.settings import Settings
+from cityiot.ingest.service import ingest_stage
+from cityiot.platform.local_services import LocalBroker, LocalInflux, free_port
+from cityiot.rules.service import rules_stage
+from cityiot.simulators import Fleet
+from cityiot.simulators.behaviour import new_state, reading
+from cityiot.simulators.fleet import SimDevice
+from cityiot.simulators.messages import encode
+from cityiot.storage.db import make_engine, migrate, sessionmaker
+from cityiot.storage.registry import import_devices, parse_device_csv, upsert_vendor
 from tests.ingest.conftest import publisher_for
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -15,7 +15,7 @@ import httpx
 from playwright.async_api import expect
 from rich.console import Console
 
-from cityiot.launcher import ADMIN_KEY_SECRET, show_where
+from cityiot.platform.launcher import ADMIN_KEY_SECRET, show_where
 from tests.console.conftest import ConsolePlatform, Tab, screenshot
 
 # A safety net for what the stream pushes (the console polls nothing); the pages loaded
@@ -302,7 +302,7 @@ async def test_every_label_exists_in_both_languages(
 
 
 def test_run_prints_the_console_address_and_a_sign_in_link(tmp_path: Path) -> None:
-    from cityiot.settings import Settings
+    from cityiot.domain.settings import Settings
 
     (tmp_path / ADMIN_KEY_SECRET).write_text("cik_secret\n")
     settings = Settings(mqtt_url="mqtt://127.0.0.1:1883", influx_url="http://127.0.0.1:8086")

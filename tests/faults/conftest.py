@@ -36,10 +36,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from cityiot.services import LocalBroker, LocalInflux, free_port
-from simulators import Fleet, SimDevice, new_state, reading
-from simulators.behaviour import DeviceState
-from simulators.messages import encode
+from cityiot.platform.local_services import LocalBroker, LocalInflux, free_port
+from cityiot.simulators import Fleet, SimDevice, new_state, reading
+from cityiot.simulators.behaviour import DeviceState
+from cityiot.simulators.messages import encode
 
 FLEET_SIZE = 200  # all five kinds, all four simulated vendors (one speaks hex frames)
 FLEET_SEED = 6
@@ -58,9 +58,9 @@ COUNTED_FIELD = {
 
 def spool_available() -> bool:
     """True once the ingest has a spool it is configured by (``CITYIOT_SPOOL_DIR`` …)."""
-    if importlib.util.find_spec("ingest.spool") is None:
+    if importlib.util.find_spec("cityiot.ingest.spool") is None:
         return False
-    from cityiot.settings import Settings
+    from cityiot.domain.settings import Settings
 
     return "spool_dir" in Settings.model_fields
 
@@ -444,7 +444,7 @@ class IngestProcess:
             log.write(f"---- start {self.starts + 1} ----\n".encode())
             log.flush()
             self.process = subprocess.Popen(
-                [sys.executable, "-c", "from cityiot.cli import app; app()", "ingest"],
+                [sys.executable, "-m", "cityiot", "ingest"],
                 env=self.env,
                 cwd=self.cwd,
                 stdin=subprocess.DEVNULL,
@@ -682,8 +682,8 @@ class FaultBench:
 
 
 async def seed_registry(database_url: str, fleet: Fleet) -> None:
-    from cityiot.db import make_engine, migrate, sessionmaker
-    from cityiot.registry import import_devices, parse_device_csv, upsert_vendor
+    from cityiot.storage.db import make_engine, migrate, sessionmaker
+    from cityiot.storage.registry import import_devices, parse_device_csv, upsert_vendor
 
     await migrate(database_url)
     engine = make_engine(database_url)

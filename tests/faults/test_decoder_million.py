@@ -30,11 +30,11 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from cityiot.catalogue import KINDS
-from ingest.broker import Delivery
-from ingest.codecs.hexframe import KIND_CODES
-from ingest.codecs.hexframe import encode as encode_frame
-from ingest.pipeline import Batch, Ingest
+from cityiot.domain.catalogue import KINDS
+from cityiot.ingest.broker import Delivery
+from cityiot.ingest.codecs.hexframe import KIND_CODES
+from cityiot.ingest.codecs.hexframe import encode as encode_frame
+from cityiot.ingest.pipeline import Batch, Ingest
 from tests.ingest.conftest import OFFLINE_VENDORS, offline_ingest
 
 EXAMPLES = 1000

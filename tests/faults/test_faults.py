@@ -20,8 +20,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from simulators import new_state, reading
-from simulators.messages import encode
+from cityiot.simulators import new_state, reading
+from cityiot.simulators.messages import encode
 from tests.faults.conftest import (
     COUNTED_FIELD,
     FaultBench,
@@ -183,7 +183,7 @@ def spool_bytes(spool_dir: Path) -> int:
 
 
 def spool_records(spool_dir: Path) -> int:
-    from ingest.spool import MAGIC
+    from cityiot.ingest.spool import MAGIC
 
     return sum(p.read_bytes().count(MAGIC) for p in spool_segments(spool_dir))
 
@@ -197,7 +197,7 @@ def tear_last_segment(spool_dir: Path) -> int:
     its own messages were never acked and the broker still holds them). Returns the
     number of torn bytes.
     """
-    from ingest.spool import HEADER_BYTES
+    from cityiot.ingest.spool import HEADER_BYTES
 
     last = spool_segments(spool_dir)[-1]
     data = last.read_bytes()

@@ -28,8 +28,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from cityiot.services import LocalBroker, LocalInflux, find_executable
-from simulators import Fleet, SimDevice
+from cityiot.platform.local_services import LocalBroker, LocalInflux, find_executable
+from cityiot.simulators import Fleet, SimDevice
 from tests.faults.conftest import FaultProxy, seed_registry
 
 INFLUX_DB = "city"
@@ -247,7 +247,7 @@ def test_overload_keeps_memory_bounded_and_loses_nothing(tmp_path: Path) -> None
     try:
         with log_path.open("ab") as log:
             ingest = subprocess.Popen(
-                [sys.executable, "-c", "from cityiot.cli import app; app()", "ingest"],
+                [sys.executable, "-m", "cityiot", "ingest"],
                 env=env,
                 cwd=tmp_path,
                 stdin=subprocess.DEVNULL,

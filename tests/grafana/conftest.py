@@ -24,13 +24,13 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cityiot.db import make_engine, migrate, sessionmaker
-from cityiot.registry import import_devices, parse_device_csv, upsert_vendor
-from cityiot.services import LocalBroker, LocalInflux
-from cityiot.settings import Settings
-from ingest.service import ingest_stage
-from rules.service import rules_stage
-from simulators import Fleet, SimDevice, iter_reports, plan_incident
+from cityiot.domain.settings import Settings
+from cityiot.ingest.service import ingest_stage
+from cityiot.platform.local_services import LocalBroker, LocalInflux
+from cityiot.rules.service import rules_stage
+from cityiot.simulators import Fleet, SimDevice, iter_reports, plan_incident
+from cityiot.storage.db import make_engine, migrate, sessionmaker
+from cityiot.storage.registry import import_devices, parse_device_csv, upsert_vendor
 
 FLEET_SIZE = 40
 FLEET_SEED = 7

@@ -12,11 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
-from api.keys import create_key
-from api.server import ApiServer
-from cityiot.db import make_engine, sessionmaker
+from cityiot.api.keys import create_key
+from cityiot.api.server import ApiServer
 from cityiot.grafana.export import dashboards, render
-from cityiot.services import free_port
+from cityiot.platform.local_services import free_port
+from cityiot.storage.db import make_engine, sessionmaker
 from tests.grafana.conftest import City, grafana_query, influx_results
 
 

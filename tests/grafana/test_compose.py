@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from cityiot.access import PLATFORM_USER
-from cityiot.settings import MqttTarget, Settings
+from cityiot.domain.settings import MqttTarget, Settings
+from cityiot.storage.broker_access import PLATFORM_USER
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 COMPOSE: dict[str, Any] = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text("utf-8"))

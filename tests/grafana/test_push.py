@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from cityiot.cli import app
 from cityiot.grafana.export import dashboards
 from cityiot.grafana.push import GrafanaPushError, folder_uid, push
-from cityiot.services import free_port
+from cityiot.platform.local_services import free_port
 
 TOKEN = "glsa_good_token"
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from cityiot.catalogue import KINDS
+from cityiot.domain.catalogue import KINDS
 from cityiot.grafana.export import dashboards, render
 from tests.grafana.conftest import City, grafana_query, influx_results
 

@@ -17,15 +17,15 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cityiot.catalogue import KINDS
-from cityiot.db import make_engine, migrate, sessionmaker
-from cityiot.influx import InfluxDB
-from cityiot.registry import DeviceEntry, import_devices, parse_device_csv, upsert_vendor
-from cityiot.services import LocalBroker, LocalInflux
-from cityiot.settings import Settings
-from ingest.devices import DeviceMap, KnownDevice
-from ingest.pipeline import Ingest
-from ingest.service import ingest_stage
+from cityiot.domain.catalogue import KINDS
+from cityiot.domain.settings import Settings
+from cityiot.ingest.devices import DeviceMap, KnownDevice
+from cityiot.ingest.pipeline import Ingest
+from cityiot.ingest.service import ingest_stage
+from cityiot.platform.local_services import LocalBroker, LocalInflux
+from cityiot.storage.db import make_engine, migrate, sessionmaker
+from cityiot.storage.influx import InfluxDB
+from cityiot.storage.registry import DeviceEntry, import_devices, parse_device_csv, upsert_vendor
 
 # One device of each kind for vendor "acme" (JSON), and for "oldco" (the hexframe codec).
 REGISTRY_CSV = """device_id,vendor,kind,district,lat,lon,address,report_interval_s,depth_cm,lot_id,max_stay_min,zone

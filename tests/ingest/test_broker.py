@@ -12,10 +12,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from api.metrics import counters_source
-from cityiot.services import LocalBroker
-from cityiot.settings import MqttTarget
-from ingest.broker import BrokerLink, Delivery, _packet, _Session, _string
+from cityiot.api.metrics import counters_source
+from cityiot.domain.settings import MqttTarget
+from cityiot.ingest.broker import BrokerLink, Delivery, _packet, _Session, _string
+from cityiot.platform.local_services import LocalBroker
 from tests.rules.conftest import wait_until
 
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text
 
-from api.metrics import PlatformMetrics, counters_source
-from cityiot.db import DeadLetter
-from ingest.pipeline import PRUNE_SLICES
+from cityiot.api.metrics import PlatformMetrics, counters_source
+from cityiot.ingest.pipeline import PRUNE_SLICES
+from cityiot.storage.db import DeadLetter
 from tests.ingest.conftest import Platform
 from tests.ingest.test_dead_letter_flood import publish_all
 

@@ -13,9 +13,9 @@ import pytest
 from paho.mqtt.client import MQTTMessageInfo
 from sqlalchemy import select
 
-from api.metrics import PlatformMetrics, counters_source
-from cityiot.db import DeadLetter
-from ingest.dead_letter_limit import OTHER_VENDORS
+from cityiot.api.metrics import PlatformMetrics, counters_source
+from cityiot.ingest.dead_letter_limit import OTHER_VENDORS
+from cityiot.storage.db import DeadLetter
 from tests.ingest.conftest import Platform
 
 RATE_PER_S = 5.0

@@ -8,8 +8,8 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cityiot.catalogue import KINDS
-from ingest.broker import Delivery
+from cityiot.domain.catalogue import KINDS
+from cityiot.ingest.broker import Delivery
 from tests.ingest.conftest import offline_ingest
 
 INGEST = offline_ingest()

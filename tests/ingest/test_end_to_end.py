@@ -9,9 +9,9 @@ import time
 import orjson
 from sqlalchemy import select, update
 
-from cityiot.catalogue import KINDS
-from cityiot.db import DeadLetter, Device
-from ingest.codecs.hexframe import encode
+from cityiot.domain.catalogue import KINDS
+from cityiot.ingest.codecs.hexframe import encode
+from cityiot.storage.db import DeadLetter, Device
 from tests.ingest.conftest import Platform
 
 DEVICES = {  # device → (vendor, kind, district)

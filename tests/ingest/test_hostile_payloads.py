@@ -10,10 +10,10 @@ import orjson
 import pytest
 from sqlalchemy import select
 
-from cityiot.catalogue import KINDS
-from cityiot.db import DeadLetter
-from ingest.codecs import PayloadError, default_codecs, load_json
-from ingest.codecs.base import MAX_JSON_DEPTH, TOO_DEEP
+from cityiot.domain.catalogue import KINDS
+from cityiot.ingest.codecs import PayloadError, default_codecs, load_json
+from cityiot.ingest.codecs.base import MAX_JSON_DEPTH, TOO_DEEP
+from cityiot.storage.db import DeadLetter
 from tests.ingest.conftest import Platform
 from tests.payloads import DEEP, HOSTILE
 

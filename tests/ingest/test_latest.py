@@ -11,9 +11,9 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
-from cityiot.db import ROWS_PER_TURN, LatestReading, migrate
-from ingest.latest import LatestValues
-from ingest.validate import Reading
+from cityiot.ingest.latest import LatestValues
+from cityiot.ingest.validate import Reading
+from cityiot.storage.db import ROWS_PER_TURN, LatestReading, migrate
 from tests.ingest.conftest import Platform
 
 
@@ -196,7 +196,7 @@ async def test_a_flush_is_paced_by_its_own_cost_not_by_what_runs_between_its_sli
 
 
 async def test_a_failed_flush_is_retried_next_round(db_url: str) -> None:
-    from cityiot.db import make_engine, sessionmaker
+    from cityiot.storage.db import make_engine, sessionmaker
 
     engine = make_engine(db_url)
     try:

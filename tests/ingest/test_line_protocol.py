@@ -8,7 +8,8 @@ import socket
 import httpx
 import pytest
 
-from cityiot.influx import (
+from cityiot.platform.local_services import LocalInflux
+from cityiot.storage.influx import (
     InfluxDB,
     InfluxError,
     escape_tag,
@@ -17,7 +18,6 @@ from cityiot.influx import (
     quote_string,
     series_key,
 )
-from cityiot.services import LocalInflux
 
 AWKWARD = [
     "plain",

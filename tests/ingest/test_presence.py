@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ingest.presence import Presence
+from cityiot.ingest.presence import Presence
 
 
 def test_last_seen_times_wait_for_their_round_status_changes_do_not() -> None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cityiot.settings import Settings
-from ingest.broker import Delivery
-from ingest.pipeline import SEQ_WINDOW, Ingest
+from cityiot.domain.settings import Settings
+from cityiot.ingest.broker import Delivery
+from cityiot.ingest.pipeline import SEQ_WINDOW, Ingest
 from tests.ingest.conftest import offline_ingest
 
 

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest import spool as spool_module
-from ingest.spool import HEADER_BYTES, Spool, SpoolError, SpoolFull, encode_record
+from cityiot.ingest import spool as spool_module
+from cityiot.ingest.spool import HEADER_BYTES, Spool, SpoolError, SpoolFull, encode_record
 
 LOGGER = "cityiot.ingest.spool"
 

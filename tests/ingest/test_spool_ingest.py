@@ -11,11 +11,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from cityiot.db import make_engine, migrate, sessionmaker
-from cityiot.influx import InfluxDB
-from cityiot.registry import import_devices, parse_device_csv, upsert_vendor
-from cityiot.services import LocalBroker, LocalInflux
-from cityiot.settings import Settings
+from cityiot.domain.settings import Settings
+from cityiot.platform.local_services import LocalBroker, LocalInflux
+from cityiot.storage.db import make_engine, migrate, sessionmaker
+from cityiot.storage.influx import InfluxDB
+from cityiot.storage.registry import import_devices, parse_device_csv, upsert_vendor
 from tests.ingest.conftest import REGISTRY_CSV, publisher_for, running_ingest
 
 

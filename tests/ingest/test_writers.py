@@ -10,11 +10,11 @@ from collections.abc import Callable
 
 import orjson
 
-from cityiot.settings import MqttTarget, Settings
-from ingest.broker import BrokerLink, Delivery
-from ingest.pipeline import SEAL_IDLE_S, WRITES_IN_FLIGHT, Batch, Ingest
-from ingest.validate import Reading
-from ingest.writequeue import WriteQueue
+from cityiot.domain.settings import MqttTarget, Settings
+from cityiot.ingest.broker import BrokerLink, Delivery
+from cityiot.ingest.pipeline import SEAL_IDLE_S, WRITES_IN_FLIGHT, Batch, Ingest
+from cityiot.ingest.validate import Reading
+from cityiot.ingest.writequeue import WriteQueue
 from tests.ingest.conftest import offline_ingest
 
 # A safety net for what comes within a few turns of the loop; the tests count the turns.

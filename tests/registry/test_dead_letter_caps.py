@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from cityiot.db import DeadLetter
-from cityiot.registry import (
+from cityiot.storage.db import DeadLetter
+from cityiot.storage.registry import (
     PRUNE_CHUNK,
     DeadLetterCaps,
     DeadLetterIn,

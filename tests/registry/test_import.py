@@ -6,8 +6,8 @@ import datetime as dt
 
 from sqlalchemy import select, update
 
-from cityiot.db import Device, Vendor
-from cityiot.registry import (
+from cityiot.storage.db import Device, Vendor
+from cityiot.storage.registry import (
     ImportReport,
     SessionFactory,
     import_devices,

@@ -7,8 +7,9 @@ import datetime as dt
 import pytest
 from sqlalchemy import select, text
 
-from cityiot.db import DeadLetter, Device
-from cityiot.registry import (
+from cityiot.ingest.devices import DeviceMap
+from cityiot.storage.db import DeadLetter, Device
+from cityiot.storage.registry import (
     DeadLetterIn,
     DeviceEntry,
     SessionFactory,
@@ -20,7 +21,6 @@ from cityiot.registry import (
     record_presence,
     upsert_vendor,
 )
-from ingest.devices import DeviceMap
 
 FLEET = """device_id,vendor,kind,district,lat,lon,address,report_interval_s,depth_cm
 MH-1,acme,manhole,yicheng,32.98,114.02,Jiefang Rd,,180

@@ -14,8 +14,8 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect
 
-from cityiot.db import Base, make_engine, migrate
-from cityiot.migrations import SCRIPT_LOCATION, alembic_config
+from cityiot.storage.db import Base, make_engine, migrate
+from cityiot.storage.migrations import SCRIPT_LOCATION, alembic_config
 
 
 def _state(conn: Connection) -> dict[str, Any]:
@@ -69,7 +69,7 @@ async def test_stages_starting_together_all_migrate_one_postgresql(postgres_url:
 async def test_alembic_command_line_uses_the_database_url(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What a developer runs: ``alembic -c cityiot/migrations/alembic.ini upgrade head``."""
+    """What a developer runs: ``alembic -c cityiot/storage/migrations/alembic.ini upgrade head``."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
     monkeypatch.setenv("CITYIOT_DATABASE_URL", url)
     config = Config(str(SCRIPT_LOCATION / "alembic.ini"))

@@ -11,7 +11,7 @@ import sqlite3
 import pytest
 from sqlalchemy import func, select
 
-from cityiot.db import (
+from cityiot.storage.db import (
     DeadLetter,
     checkpoint,
     make_engine,
@@ -20,7 +20,7 @@ from cityiot.db import (
     write_rows,
     write_turn,
 )
-from cityiot.registry import DeadLetterIn, SessionFactory, add_dead_letters
+from cityiot.storage.registry import DeadLetterIn, SessionFactory, add_dead_letters
 
 
 async def test_writers_take_turns_in_arrival_order_on_sqlite(

@@ -9,17 +9,17 @@ from typing import Any
 
 import pytest
 
-from cityiot.registry import DeviceEntry
-from cityiot.settings import Settings
-from cityiot.sun import CITY_TZ
-from ingest.broker import Delivery
-from ingest.devices import DeviceMap, KnownDevice
-from ingest.pipeline import Ingest
-from rules.definitions import RuleError, load_rules, parse_rule_file
-from rules.evaluation import DeviceFacts, Evaluator, Transition
-from simulators import Fleet
-from simulators.incidents import INCIDENT_KINDS, Incident
-from simulators.messages import iter_messages
+from cityiot.domain.settings import Settings
+from cityiot.domain.sun import CITY_TZ
+from cityiot.ingest.broker import Delivery
+from cityiot.ingest.devices import DeviceMap, KnownDevice
+from cityiot.ingest.pipeline import Ingest
+from cityiot.rules.definitions import RuleError, load_rules, parse_rule_file
+from cityiot.rules.evaluation import DeviceFacts, Evaluator, Transition
+from cityiot.simulators import Fleet
+from cityiot.simulators.incidents import INCIDENT_KINDS, Incident
+from cityiot.simulators.messages import iter_messages
+from cityiot.storage.registry import DeviceEntry
 
 CATALOGUE = Path(__file__).resolve().parents[2] / "rules" / "catalogue"
 FLEET = Fleet.generate(60, seed=3)

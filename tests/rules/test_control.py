@@ -21,9 +21,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import select
 
-from cityiot.db import Command, Device, Vendor
-from cityiot.services import LocalBroker
-from rules.control import CommandSender, SessionFactory, group_targets
+from cityiot.platform.local_services import LocalBroker
+from cityiot.rules.control import CommandSender, SessionFactory, group_targets
+from cityiot.storage.db import Command, Device, Vendor
 from tests.payloads import HOSTILE
 from tests.rules.conftest import HandClock
 

@@ -13,16 +13,16 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from cityiot.db import Notification, make_engine, migrate, sessionmaker
-from rules.delivery import (
+from cityiot.rules.delivery import (
     BACKOFF_CAP_S,
     Deliverer,
     attempts_within,
     backoff_s,
     enqueue,
 )
-from rules.notifiers import build_channel
-from rules.notifiers.webhook import WebhookChannel
+from cityiot.rules.notifiers import build_channel
+from cityiot.rules.notifiers.webhook import WebhookChannel
+from cityiot.storage.db import Notification, make_engine, migrate, sessionmaker
 from tests.rules.conftest import HandClock
 from tests.rules.test_notifiers import Receiver, free_port, sample_message
 

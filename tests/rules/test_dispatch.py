@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from cityiot.db import Notification, make_engine, migrate, sessionmaker
-from rules.delivery import enqueue
-from rules.dispatch import Dispatcher
-from rules.lifecycle import AlertStore, new_alert_row
-from rules.routing import DEFAULT_ROUTING_PATH, Router, load_routing, parse_routing
-from rules.silences import SessionFactory, create_silence, expire_silence
+from cityiot.rules.delivery import enqueue
+from cityiot.rules.dispatch import Dispatcher
+from cityiot.rules.lifecycle import AlertStore, new_alert_row
+from cityiot.rules.routing import DEFAULT_ROUTING_PATH, Router, load_routing, parse_routing
+from cityiot.rules.silences import SessionFactory, create_silence, expire_silence
+from cityiot.storage.db import Notification, make_engine, migrate, sessionmaker
 from tests.rules.conftest import HandClock
 
 CST = dt.timezone(dt.timedelta(hours=8))

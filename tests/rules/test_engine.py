@@ -17,15 +17,17 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func, select
 
-from cityiot.db import Alert
-from cityiot.registry import import_devices, parse_device_csv
-from cityiot.services import LocalBroker
-from ingest.devices import DeviceMap
-from ingest.validate import Reading
-from rules.definitions import load_rules
-from rules.engine import RulesEngine
-from rules.events import Clock, wall_clock
-from rules.lifecycle import IllegalAlertTransition
+from cityiot.ingest.devices import DeviceMap
+from cityiot.ingest.validate import Reading
+from cityiot.platform.local_services import LocalBroker
+from cityiot.rules import engine as engine_module
+from cityiot.rules import lifecycle as lifecycle_module
+from cityiot.rules.definitions import load_rules
+from cityiot.rules.engine import RulesEngine
+from cityiot.rules.events import Clock, wall_clock
+from cityiot.rules.lifecycle import IllegalAlertTransition
+from cityiot.storage.db import Alert
+from cityiot.storage.registry import import_devices, parse_device_csv
 from tests.rules.conftest import wait_until
 
 CATALOGUE = Path(__file__).resolve().parents[2] / "rules" / "catalogue"
@@ -255,8 +257,8 @@ async def test_every_state_change_is_published_with_the_contract(
 async def test_a_rule_action_commands_the_district_group(
     registered: Any, publisher: mqtt.Client
 ) -> None:
-    from cityiot.db import Command
-    from rules.control import CommandSender, group_targets
+    from cityiot.rules.control import CommandSender, group_targets
+    from cityiot.storage.db import Command
 
     extra = parse_device_csv(
         "device_id,vendor,kind,district,lat,lon,address,report_interval_s\n"
@@ -348,9 +350,8 @@ async def test_absence_is_checked_on_every_due_tick_and_again_after_a_recovery(
     """A running engine scans for silence whenever a device can have fallen silent, not
     only on its first tick; a device heard from again can fall silent again. The scan runs
     in slices (one device each here), readings evaluated between them."""
-    import rules.engine
 
-    monkeypatch.setattr(rules.engine, "TICK_SLICE", 1)
+    monkeypatch.setattr(engine_module, "TICK_SLICE", 1)
     second = "mh-2,acme,manhole,yicheng,32.98,114.02,解放路 2 号,300,200\n"
     await import_devices(registered, parse_device_csv(CSV + second).rows)
     now = [1_000_000.0]
@@ -435,9 +436,8 @@ async def test_changes_that_keep_coming_are_recorded_together_not_a_transaction_
 ) -> None:
     """After a quiet spell a change is recorded in the loop's next turn; one that follows
     within RECORD_EVERY_S waits for it, with whatever else comes meanwhile."""
-    import rules.engine
 
-    monkeypatch.setattr(rules.engine, "RECORD_EVERY_S", 1.0)
+    monkeypatch.setattr(engine_module, "RECORD_EVERY_S", 1.0)
     published: list[str] = []
     engine = await engine_on(registered, None)
     engine.publish = lambda topic, payload: published.append(orjson.loads(payload)["state"])
@@ -491,9 +491,8 @@ async def test_an_absence_scan_gives_the_loop_a_turn_between_slices(
 ) -> None:
     """Readings arrive while the fleet is scanned for silence: each slice ends with a turn
     of the loop, also when nothing was found and nothing was waiting."""
-    import rules.engine
 
-    monkeypatch.setattr(rules.engine, "TICK_SLICE", 1)
+    monkeypatch.setattr(engine_module, "TICK_SLICE", 1)
     engine = await engine_on(registered, None)
     turns: list[int] = []
     loop = asyncio.get_running_loop()
@@ -539,17 +538,16 @@ async def test_on_sqlite_a_large_batch_of_steps_goes_through_the_async_session(
 ) -> None:
     """Only a batch of up to DIRECT_MAX_STEPS holds the loop while SQLite works; a larger
     one (an absence scan finding a district silent) is recorded through aiosqlite."""
-    import rules.lifecycle
 
-    monkeypatch.setattr(rules.lifecycle, "DIRECT_MAX_STEPS", 0)
+    monkeypatch.setattr(lifecycle_module, "DIRECT_MAX_STEPS", 0)
     drivers: list[str] = []
-    record = rules.lifecycle._record
+    record = lifecycle_module._record
 
     def spy(session: Any, steps: Any) -> Any:
         drivers.append(session.get_bind().url.drivername)
         return record(session, steps)
 
-    monkeypatch.setattr(rules.lifecycle, "_record", spy)
+    monkeypatch.setattr(lifecycle_module, "_record", spy)
     published: list[str] = []
     engine = await engine_on(registered, None)
     engine.publish = lambda topic, payload: published.append(orjson.loads(payload)["state"])
@@ -566,7 +564,6 @@ async def test_a_firing_early_in_a_large_batch_is_published_before_the_rest_is_e
 ) -> None:
     """A large batch is evaluated a slice at a time with a turn of the loop between, in
     which run() records and publishes what the slices so far changed."""
-    import rules.engine
 
     engine = await engine_on(registered, None)
     fed = 0
@@ -588,7 +585,7 @@ async def test_a_firing_early_in_a_large_batch_is_published_before_the_rest_is_e
     rest = [Reading("mh-1", "manhole", now + k, {"battery_pct": 80.0}) for k in range(1, 1000)]
     await engine.submit(cover_opened(now) + rest)
     assert fed == 1000
-    assert published == [("firing", rules.engine.YIELD_EVERY)]  # after the first slice
+    assert published == [("firing", engine_module.YIELD_EVERY)]  # after the first slice
     stop.set()
     await asyncio.wait_for(running, 10)
     (alert,) = await open_alerts(registered)

@@ -29,13 +29,13 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cityiot.services import LocalBroker
-from rules.notifiers import DeliveryError, NotificationMessage, build_channel, render
-from rules.notifiers.dingtalk import DingTalkChannel
-from rules.notifiers.email import EmailChannel
-from rules.notifiers.mqtt import MqttChannel
-from rules.notifiers.webhook import WebhookChannel
-from rules.notifiers.wecom import CONTENT_LIMIT_BYTES, WeComChannel
+from cityiot.platform.local_services import LocalBroker
+from cityiot.rules.notifiers import DeliveryError, NotificationMessage, build_channel, render
+from cityiot.rules.notifiers.dingtalk import DingTalkChannel
+from cityiot.rules.notifiers.email import EmailChannel
+from cityiot.rules.notifiers.mqtt import MqttChannel
+from cityiot.rules.notifiers.webhook import WebhookChannel
+from cityiot.rules.notifiers.wecom import CONTENT_LIMIT_BYTES, WeComChannel
 
 ROBOT_OK = b'{"errcode":0,"errmsg":"ok"}'
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from rules.routing import (
+from cityiot.rules.routing import (
     DEFAULT_ROUTING_PATH,
     Router,
     RoutingError,
@@ -241,7 +241,7 @@ def test_default_file_routes_every_kind_to_its_team() -> None:
 
 
 def test_default_channels_are_accepted_by_the_notifiers() -> None:
-    from rules.notifiers import build_channel
+    from cityiot.rules.notifiers import build_channel
 
     async def publish(topic: str, payload: bytes) -> None:
         pass

@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 
-from cityiot.db import make_engine, migrate, sessionmaker
-from rules.routing import parse_routing
-from rules.silences import (
+from cityiot.rules.routing import parse_routing
+from cityiot.rules.silences import (
     Matcher,
     MatcherError,
     SessionFactory,
@@ -25,6 +24,7 @@ from rules.silences import (
     parse_matchers,
     silenced_by,
 )
+from cityiot.storage.db import make_engine, migrate, sessionmaker
 
 CST = dt.timezone(dt.timedelta(hours=8))
 T0 = dt.datetime(2025, 11, 24, 10, 0, tzinfo=CST)  # a Monday morning in Zhumadian

@@ -12,12 +12,12 @@ from pathlib import Path
 import orjson
 from sqlalchemy import select
 
-from cityiot.db import Alert, Notification, WorkOrder, make_engine, migrate, sessionmaker
-from cityiot.registry import import_devices, parse_device_csv, upsert_vendor
-from cityiot.services import LocalBroker, LocalInflux
-from cityiot.settings import Settings
-from ingest.service import ingest_stage
-from rules.service import rules_stage
+from cityiot.domain.settings import Settings
+from cityiot.ingest.service import ingest_stage
+from cityiot.platform.local_services import LocalBroker, LocalInflux
+from cityiot.rules.service import rules_stage
+from cityiot.storage.db import Alert, Notification, WorkOrder, make_engine, migrate, sessionmaker
+from cityiot.storage.registry import import_devices, parse_device_csv, upsert_vendor
 from tests.ingest.conftest import REGISTRY_CSV, publisher_for
 from tests.rules.conftest import wait_until
 from tests.rules.test_engine import Subscriber

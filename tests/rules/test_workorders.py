@@ -10,10 +10,9 @@ import uuid
 import pytest
 from sqlalchemy import func, select, update
 
-from cityiot.db import Alert, WorkOrder
-from rules import workorders
-from rules.events import alert_event
-from rules.workorders import (
+from cityiot.rules import workorders
+from cityiot.rules.events import alert_event
+from cityiot.rules.workorders import (
     CLOSURE_TARGET,
     STATES,
     VERIFICATION_TARGET,
@@ -29,6 +28,7 @@ from rules.workorders import (
     open_work_order,
     transition,
 )
+from cityiot.storage.db import Alert, WorkOrder
 from tests.rules.conftest import HandClock
 
 UTC = dt.UTC

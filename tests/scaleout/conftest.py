@@ -1,7 +1,7 @@
 """A scale-out cluster: a Mosquitto of its own, the session's InfluxDB, a SQLite registry and
 three ``cityiot ingest --rules`` workers as subprocesses sharing one subscription.
 
-The workers are started by :func:`ingest.partition.start_workers` (the benchmark's way too),
+The workers are started by :func:`cityiot.ingest.partition.start_workers` (the benchmark's way too),
 each serving its counters on a metrics port of its own, so the tests read what each one
 stored, forwarded and evaluated. The cluster lives for the module: each test publishes
 for devices of its own (prefix ``so1-``, ``so2-``, ``so3-``) and compares counter deltas.
@@ -28,8 +28,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cityiot.services import LocalBroker, LocalInflux, free_port
-from ingest.partition import owner, start_workers
+from cityiot.ingest.partition import owner, start_workers
+from cityiot.platform.local_services import LocalBroker, LocalInflux, free_port
 
 WORKERS = 3
 REPO = Path(__file__).resolve().parents[2]
@@ -82,8 +82,8 @@ def registry_csv() -> str:
 
 
 async def seed_registry(database_url: str) -> None:
-    from cityiot.db import make_engine, migrate, sessionmaker
-    from cityiot.registry import import_devices, parse_device_csv, upsert_vendor
+    from cityiot.storage.db import make_engine, migrate, sessionmaker
+    from cityiot.storage.registry import import_devices, parse_device_csv, upsert_vendor
 
     await migrate(database_url)
     engine = make_engine(database_url)

@@ -15,11 +15,9 @@ import msgspec
 import pytest
 from pydantic import ValidationError
 
-from cityiot.db import make_engine, migrate, sessionmaker
-from cityiot.registry import import_devices, parse_device_csv
-from cityiot.settings import Settings
-from ingest.devices import DeviceMap
-from ingest.partition import (
+from cityiot.domain.settings import Settings
+from cityiot.ingest.devices import DeviceMap
+from cityiot.ingest.partition import (
     Forwarded,
     Partition,
     PartitionedPresence,
@@ -29,11 +27,13 @@ from ingest.partition import (
     shared_topics,
     worker_env,
 )
-from ingest.pipeline import TOPICS
-from ingest.validate import Reading
-from rules.definitions import parse_rule
-from rules.engine import RulesEngine
-from rules.lifecycle import AlertStore
+from cityiot.ingest.pipeline import TOPICS
+from cityiot.ingest.validate import Reading
+from cityiot.rules.definitions import parse_rule
+from cityiot.rules.engine import RulesEngine
+from cityiot.rules.lifecycle import AlertStore
+from cityiot.storage.db import make_engine, migrate, sessionmaker
+from cityiot.storage.registry import import_devices, parse_device_csv
 from tests.rules.conftest import HandClock
 
 # Fixed forever: a change would move every device's rule state to another worker.

@@ -14,10 +14,10 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cityiot.access import mosquitto_hash, render_acl, render_password_file
-from cityiot.services import LocalBroker
-from ingest.partition import owner, rules_topic, shared_topics
-from ingest.pipeline import TOPICS
+from cityiot.ingest.partition import owner, rules_topic, shared_topics
+from cityiot.ingest.pipeline import TOPICS
+from cityiot.platform.local_services import LocalBroker
+from cityiot.storage.broker_access import mosquitto_hash, render_acl, render_password_file
 from tests.scaleout.conftest import (
     FLEETS,
     KINDS,

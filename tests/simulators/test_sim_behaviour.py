@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from cityiot.catalogue import KINDS
-from cityiot.sun import CITY_TZ, local_hour, solar_elevation_deg
-from simulators import Fleet, Metrics, SimDevice, is_dark, new_state, reading, sun_times
+from cityiot.domain.catalogue import KINDS
+from cityiot.domain.sun import CITY_TZ, local_hour, solar_elevation_deg
+from cityiot.simulators import Fleet, Metrics, SimDevice, is_dark, new_state, reading, sun_times
 
 FIVE_MIN_MS = 5 * 60_000
 

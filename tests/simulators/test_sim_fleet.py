@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from cityiot.catalogue import DISTRICTS, KINDS, is_valid_id
-from simulators import CSV_COLUMNS, DEFAULT_MIX, Fleet
-from simulators.fleet import AREA_LAT, AREA_LON, VENDOR_KINDS
+from cityiot.domain.catalogue import DISTRICTS, KINDS, is_valid_id
+from cityiot.simulators import CSV_COLUMNS, DEFAULT_MIX, Fleet
+from cityiot.simulators.fleet import AREA_LAT, AREA_LON, VENDOR_KINDS
 
 URBAN = {"yicheng", "kaifaqu", "gaoxinqu", "shifanqu"}
 
@@ -119,7 +119,7 @@ def test_csv_reads_back_as_the_same_fleet(tmp_path: Path) -> None:
 
 
 def test_csv_passes_the_registry_import_checks() -> None:
-    registry = pytest.importorskip("cityiot.registry")
+    registry = pytest.importorskip("cityiot.storage.registry")
     parsed = registry.parse_device_csv(Fleet.generate(500, seed=4).csv_text())
     assert parsed.errors == []
     assert len(parsed.rows) == 500

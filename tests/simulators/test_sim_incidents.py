@@ -6,11 +6,18 @@ from collections.abc import Callable
 
 import pytest
 
-from cityiot.catalogue import KINDS
-from ingest.codecs.hexframe import HexFrameCodec
-from ingest.codecs.standard import StandardJsonCodec
-from simulators import INCIDENT_KINDS, Fleet, Incident, SimDevice, iter_reports, plan_incident
-from simulators.incidents import parse_incident
+from cityiot.domain.catalogue import KINDS
+from cityiot.ingest.codecs.hexframe import HexFrameCodec
+from cityiot.ingest.codecs.standard import StandardJsonCodec
+from cityiot.simulators import (
+    INCIDENT_KINDS,
+    Fleet,
+    Incident,
+    SimDevice,
+    iter_reports,
+    plan_incident,
+)
+from cityiot.simulators.incidents import parse_incident
 
 NIGHT_MS = 1_763_902_800_000  # 2025-11-23 21:00 in Zhumadian
 AFTER_S = 600.0

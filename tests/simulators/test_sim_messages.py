@@ -9,11 +9,11 @@ from collections import Counter, defaultdict
 import orjson
 import pytest
 
-from cityiot.catalogue import KINDS
-from ingest.codecs.base import PayloadError, RawReading
-from ingest.codecs.hexframe import HexFrameCodec
-from ingest.codecs.standard import StandardJsonCodec
-from simulators import (
+from cityiot.domain.catalogue import KINDS
+from cityiot.ingest.codecs.base import PayloadError, RawReading
+from cityiot.ingest.codecs.hexframe import HexFrameCodec
+from cityiot.ingest.codecs.standard import StandardJsonCodec
+from cityiot.simulators import (
     FRAME_MALFORMED_LABELS,
     MALFORMED_LABELS,
     OK,
@@ -24,8 +24,8 @@ from simulators import (
     new_state,
     reading,
 )
-from simulators.incidents import FUTURE_MS, UNKNOWN_METRIC
-from simulators.messages import encode
+from cityiot.simulators.incidents import FUTURE_MS, UNKNOWN_METRIC
+from cityiot.simulators.messages import encode
 
 START_MS = 1_763_856_000_000  # 2025-11-23 08:00 in Zhumadian
 JSON_CODEC = StandardJsonCodec()

@@ -15,8 +15,8 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from api.console import CONTENT_TYPES, SECURITY_HEADERS, Asset
-from api.problems import Problem
+from cityiot.api.console import CONTENT_TYPES, SECURITY_HEADERS, Asset
+from cityiot.api.problems import Problem
 
 HERE = Path(__file__).resolve().parent
 ASSETS = "/docs/assets"

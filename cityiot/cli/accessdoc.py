@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from cityiot.catalogue import COMMON_ATTRIBUTES, KINDS, Attribute, Kind, Metric
-from ingest.codecs.hexframe import KIND_CODES
+from cityiot.domain.catalogue import COMMON_ATTRIBUTES, KINDS, Attribute, Kind, Metric
+from cityiot.ingest.codecs.hexframe import KIND_CODES
 
 Language = Literal["zh", "en"]
 
@@ -94,7 +94,7 @@ def _zh(name: str) -> str:
     title = ZH_TITLES.get(name)
     if title is None:
         raise AccessDocError(
-            f"{name!r} has no Chinese title; add it to ZH_TITLES in cityiot/accessdoc.py"
+            f"{name!r} has no Chinese title; add it to ZH_TITLES in cityiot/cli/accessdoc.py"
         )
     return title
 
@@ -173,7 +173,8 @@ def render(lang: Language) -> str:
     """The generated block of the page in ``lang``, markers excluded, ending in a newline."""
     if lang == "zh":
         lines = [
-            "<!-- 由 `cityiot docs access-standard` 从 cityiot/catalogue.py 生成，请勿手改。 -->",
+            "<!-- 由 `cityiot docs access-standard` 从 cityiot/domain/catalogue.py 生成，"
+            "请勿手改。 -->",
             "",
             "所有设备都有的登记属性：",
             "",
@@ -181,7 +182,7 @@ def render(lang: Language) -> str:
         lines += [f"- `{name}`：{_zh(name)}" for name in COMMON_ATTRIBUTES]
     else:
         lines = [
-            "<!-- Generated from cityiot/catalogue.py by `cityiot docs access-standard`; "
+            "<!-- Generated from cityiot/domain/catalogue.py by `cityiot docs access-standard`; "
             "do not edit by hand. -->",
             "",
             "Registry attributes every device has:",

@@ -27,26 +27,26 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from api.keys import KeyRing, create_key
-from api.metrics import add_source, counters_source
-from api.server import ApiServer
-from cityiot.access import PLATFORM_USER, BrokerAccess, password_matches
-from cityiot.catalogue import KINDS
-from cityiot.db import make_engine, migrate, sessionmaker
-from cityiot.gcpolicy import settle
-from cityiot.registry import import_devices, parse_device_csv, upsert_vendor
-from cityiot.services import LocalBroker, LocalInflux, write_private
-from cityiot.settings import MqttTarget, Settings
-from ingest.pipeline import Ingest, IngestCounters
-from ingest.service import ingest_stage
-from rules.service import RulesStage, rules_stage
-from simulators import Fleet, run_simulation
+from cityiot.api.keys import KeyRing, create_key
+from cityiot.api.metrics import add_source, counters_source
+from cityiot.api.server import ApiServer
+from cityiot.domain.catalogue import KINDS
+from cityiot.domain.settings import MqttTarget, Settings
+from cityiot.ingest.pipeline import Ingest, IngestCounters
+from cityiot.ingest.service import ingest_stage
+from cityiot.platform.gcpolicy import settle
+from cityiot.platform.local_services import LocalBroker, LocalInflux, write_private
+from cityiot.rules.service import RulesStage, rules_stage
+from cityiot.simulators import Fleet, run_simulation
+from cityiot.storage.broker_access import PLATFORM_USER, BrokerAccess, password_matches
+from cityiot.storage.db import make_engine, migrate, sessionmaker
+from cityiot.storage.registry import import_devices, parse_device_csv, upsert_vendor
 
 # Files in the run directory; the secrets among them are readable by their owner only.
 PLATFORM_SECRET = "mqtt-platform-password"  # the broker account of ingest, rules and API
 SIMULATOR_SECRET = "mqtt-simulator-accounts.json"  # one MQTT account per simulated vendor
 ADMIN_KEY_SECRET = "admin-api-key"
-PASSWORD_FILE = "passwd"  # under <run_dir>/mosquitto/, written by cityiot.access
+PASSWORD_FILE = "passwd"  # under <run_dir>/mosquitto/, written by cityiot.storage.broker_access
 ACL_FILE = "acl"
 
 

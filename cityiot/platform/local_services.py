@@ -33,7 +33,7 @@ from string import Template
 from types import TracebackType
 from typing import ClassVar, Self
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "deploy" / "local"
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 HOST = "127.0.0.1"
 # Debian keeps daemons in sbin, which a non-root PATH often lacks.
 _SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
@@ -373,7 +373,7 @@ def _alive(pid: int) -> bool:
 
 
 # The broker plugin that keeps the platform's client ids to the platform's accounts
-# (cityiot/broker_plugin/README.md): package data, so an installed cityiot finds it too.
+# (cityiot/platform/broker_plugin/README.md): package data, so an installed cityiot finds it too.
 PLUGIN_SOURCE = Path(__file__).resolve().parent / "broker_plugin" / "cityiot_clientid.c"
 _PLUGIN_PACKAGES = "gcc libc6-dev mosquitto-dev libmosquitto-dev"
 

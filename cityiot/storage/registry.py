@@ -24,8 +24,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from cityiot.catalogue import DISTRICTS, KINDS, Attribute, is_valid_id, reserved_vendor
-from cityiot.db import (
+from cityiot.domain.catalogue import DISTRICTS, KINDS, Attribute, is_valid_id, reserved_vendor
+from cityiot.storage.db import (
     ROWS_PER_TURN,
     DeadLetter,
     Device,
@@ -796,7 +796,7 @@ async def record_presence(
 
     ``last_seen`` only moves forward; ``updated_at`` is left alone. Unknown ids are ignored.
     Rows are written in the order given: in the table's order (the ingest's
-    :meth:`~ingest.devices.DeviceMap.in_table_order`) each page is written once, not once
+    :meth:`~cityiot.ingest.devices.DeviceMap.in_table_order`) each page is written once, not once
     per row.
     Returns the seconds spent writing (:func:`write_rows`).
     """

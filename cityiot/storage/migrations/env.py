@@ -10,7 +10,7 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import Connection
 
-from cityiot.db import Base, make_engine
+from cityiot.storage.db import Base, make_engine
 
 config = context.config
 target_metadata = Base.metadata
@@ -31,7 +31,7 @@ def _configure(connection: Connection) -> None:
 def _url() -> str:
     url = config.get_main_option("sqlalchemy.url") or os.environ.get("CITYIOT_DATABASE_URL")
     if not url:
-        from cityiot.settings import Settings
+        from cityiot.domain.settings import Settings
 
         url = Settings.model_validate({}).database_url
     return url

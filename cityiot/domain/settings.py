@@ -37,7 +37,9 @@ class Settings(BaseSettings):
     )
     api_host: str = "127.0.0.1"
     api_port: int = 8080
-    rules_path: Path = Path("rules/catalogue")
+    rules_path: Path | None = Field(
+        None, description="a rule file or a folder of them; empty: the shipped catalogue"
+    )
     log_level: str = "INFO"
     # Email notification channels: the mail server they share (a channel may override).
     smtp_host: str = ""
@@ -85,7 +87,7 @@ class Settings(BaseSettings):
         600.0,
         ge=0,
         description="a full garbage collection this often; Python collects only the young "
-        "generation by itself in between (cityiot/gcpolicy.py); 0: Python's own schedule",
+        "generation by itself in between (cityiot/platform/gcpolicy.py); 0: Python's own schedule",
     )
 
     # Scale-out (issue 7): several `cityiot ingest --rules` workers share the subscription.
@@ -156,6 +158,11 @@ class Settings(BaseSettings):
         "dead_letter_rate_burst); beyond it they are counted, not stored",
     )
     dead_letter_rate_burst: int = Field(200, ge=1)
+
+    @field_validator("rules_path", mode="before")
+    @classmethod
+    def _empty_path_is_default(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("log_level")
     @classmethod

@@ -2,7 +2,7 @@
 notification outbox, work orders and device commands.
 
 SQLAlchemy 2 async; SQLite by default, PostgreSQL when ``CITYIOT_DATABASE_URL`` says so.
-The schema is owned by Alembic (``cityiot/migrations``); ``migrate()`` brings any database
+The schema is owned by Alembic (``cityiot/storage/migrations``); ``migrate()`` brings any database
 to the head revision.
 """
 
@@ -704,7 +704,7 @@ async def checkpoint(session_factory: Any) -> tuple[int, int] | None:
 
 async def migrate(url: str) -> None:
     """Bring the database at ``url`` (SQLite or PostgreSQL) to the newest schema; idempotent."""
-    from cityiot.migrations import upgrade_to_head  # Alembic loads only when migrating
+    from cityiot.storage.migrations import upgrade_to_head  # Alembic loads only when migrating
 
     engine = make_engine(url)
     try:

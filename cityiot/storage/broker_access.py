@@ -36,10 +36,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cityiot.db import AuditEntry, MqttCredential, Vendor, utcnow
-from cityiot.settings import MqttTarget, Settings
+from cityiot.domain.settings import MqttTarget, Settings
+from cityiot.storage.db import AuditEntry, MqttCredential, Vendor, utcnow
 
-log = logging.getLogger("cityiot.access")
+log = logging.getLogger("cityiot.storage.broker_access")
 
 # mosquitto_passwd's defaults in Mosquitto 2.0: PBKDF2-SHA512, 101 iterations, 12-byte salt.
 HASH_ITERATIONS = 101
@@ -96,7 +96,7 @@ def render_acl(platform_users: Iterable[str], vendor_accounts: Iterable[tuple[st
 
 
 def vendor_map_path(password_file: Path) -> Path:
-    """The vendor map written beside ``password_file`` (cityiot/broker_plugin/README.md)."""
+    """The vendor map written beside ``password_file`` (see the broker plugin's README)."""
     return password_file.with_name(password_file.name + ".vendors")
 
 

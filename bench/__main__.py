@@ -1,0 +1,99 @@
+"""``python -m bench`` (``make bench``): the benchmark, run from the checkout.
+
+It lives outside the installed package: a city installs cityiot, not its benchmark or its
+peer (Node-RED).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+err = Console(stderr=True)
+
+
+def bench(
+    devices: Annotated[int, typer.Option(help="Fleet size (all five kinds).")] = 100_000,
+    messages: Annotated[int, typer.Option(help="Backlog each system drains.")] = 500_000,
+    systems: Annotated[
+        str,
+        typer.Option(
+            help="Comma list of baseline,influxdb,cityiot-qos0,cityiot-qos1,peer,workers."
+        ),
+    ] = "baseline,influxdb,cityiot-qos0,cityiot-qos1,peer,workers",
+    workers: Annotated[str, typer.Option(help="Worker counts of the workers system.")] = "1,2,3",
+    latency_seconds: Annotated[float, typer.Option(help="Length of each latency run.")] = 15.0,
+    latency_rate: Annotated[
+        float, typer.Option(help="Background load during latency runs, readings/s.")
+    ] = 10_000.0,
+    skip_latency: Annotated[bool, typer.Option("--skip-latency", help="Throughput only.")] = False,
+    timeout: Annotated[float, typer.Option(help="Longest a system may take to drain, s.")] = 300.0,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="JSON results file; default .bench/results/<UTC time>-<commit>.json."),
+    ] = None,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep .bench/runs/<time>/ and its databases.")
+    ] = False,
+    state_devices: Annotated[
+        int, typer.Option(help="Measure rule state per device at this many devices (0: skip).")
+    ] = 1_000_000,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            help="Throughput runs of each system, interleaved; the table shows the median one."
+        ),
+    ] = 1,
+    cold: Annotated[
+        bool,
+        typer.Option(
+            "--cold",
+            help="No warm-up before each throughput run: measure a city's first minutes "
+            "(every series created, every device coming online).",
+        ),
+    ] = False,
+) -> None:
+    """Throughput, CPU, memory and latency of the platform next to a bare subscriber and
+    Node-RED, on a local Mosquitto and InfluxDB it starts itself; prints a table and writes
+    the figures as JSON. Exits 1 when a system failed, timed out, lost or duplicated."""
+    from bench.report import print_report
+    from bench.run import BenchError, BenchOptions, parse_systems, parse_workers, run_bench
+    from cityiot.platform.local_services import ServiceError
+
+    try:
+        options = BenchOptions(
+            devices=devices,
+            messages=messages,
+            systems=parse_systems(systems),
+            workers=parse_workers(workers),
+            latency_seconds=latency_seconds,
+            latency_rate=latency_rate,
+            skip_latency=skip_latency,
+            timeout_s=timeout,
+            out=out,
+            keep=keep,
+            state_devices=state_devices,
+            rounds=rounds,
+            cold=cold,
+        )
+        options.check()
+        with err.status("starting…") as status:
+            report, written = run_bench(
+                options, lambda text: status.update(text), lambda text: err.print(text)
+            )
+    except (BenchError, ServiceError) as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 160)
+    print_report(report, console, written)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    typer.run(bench)

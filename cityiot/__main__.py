@@ -1,0 +1,5 @@
+"""``python -m cityiot``: the same command as the ``cityiot`` script."""
+
+from cityiot.cli import app
+
+app()

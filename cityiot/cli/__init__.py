@@ -1,0 +1,10 @@
+"""``cityiot``: the one console script (docs/design.md §7).
+
+Scriptable: results on stdout, details and progress on stderr, errors exit non-zero with
+a message naming what to fix. One module per group of commands.
+"""
+
+from cityiot.cli import docs, grafana, keys, registry, stages
+from cityiot.cli.app import app
+
+__all__ = ["app", "docs", "grafana", "keys", "registry", "stages"]

@@ -1,0 +1,138 @@
+"""``cityiot devices import`` and ``cityiot vendors``: the registry from the command line."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cityiot.cli.app import devices_app, vendors_app
+from cityiot.cli.common import err, fail, load_settings
+
+
+@devices_app.command("import")
+def devices_import(
+    file: Annotated[Path, typer.Argument(help="CSV: device_id,vendor,kind,district,lat,lon,...")],
+    create_vendors: Annotated[
+        bool, typer.Option(help="Create vendors the file names that are not registered yet.")
+    ] = True,
+) -> None:
+    """Register or update devices from a CSV file; every bad row is reported with its line."""
+    from cityiot.storage.db import make_engine, migrate, sessionmaker
+    from cityiot.storage.registry import import_devices, parse_device_csv
+
+    settings = load_settings()
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror}")
+    except UnicodeDecodeError:
+        fail(f"{file} is not UTF-8 text; save the CSV as UTF-8")
+    parsed = parse_device_csv(text)
+    for problem in parsed.errors:
+        err.print(f"[yellow]{file}:{problem}[/]")
+
+    async def main() -> Any:
+        await migrate(settings.database_url)
+        engine = make_engine(settings.database_url)
+        try:
+            return await import_devices(sessionmaker(engine), parsed.rows, create_vendors)
+        finally:
+            await engine.dispose()
+
+    report = asyncio.run(main())
+    for problem in report.errors:
+        err.print(f"[yellow]{file}:{problem}[/]")
+    for warning in report.warnings:
+        err.print(f"{file}:{warning}")
+    errors = len(parsed.errors) + len(report.errors)
+    print(
+        f"created={report.created} updated={report.updated} unchanged={report.unchanged} "
+        f"errors={errors}"
+    )
+    if errors:
+        raise typer.Exit(2)
+
+
+@vendors_app.command("add")
+def vendors_add(
+    vendor_id: Annotated[str, typer.Argument(help="Vendor id: [A-Za-z0-9_-]{1,64}.")],
+    name: Annotated[str, typer.Option(help="Display name.")] = "",
+    codec: Annotated[
+        str, typer.Option(help="Payload codec of its devices: json or hexframe.")
+    ] = "json",
+) -> None:
+    """Register a vendor (or update its name and codec)."""
+    from cityiot.domain.catalogue import is_valid_id, reserved_vendor
+    from cityiot.ingest.codecs import default_codecs
+    from cityiot.storage.db import make_engine, migrate, sessionmaker
+    from cityiot.storage.registry import upsert_vendor
+
+    if not is_valid_id(vendor_id):
+        fail(f"vendor id {vendor_id!r} is not allowed: use [A-Za-z0-9_-]{{1,64}}")
+    problem = reserved_vendor(vendor_id)
+    if problem is not None:
+        fail(f"vendor id {problem}")
+    if codec not in default_codecs():
+        fail(f"unknown codec {codec!r}; available: {', '.join(default_codecs())}")
+    settings = load_settings()
+
+    async def main() -> None:
+        await migrate(settings.database_url)
+        engine = make_engine(settings.database_url)
+        try:
+            await upsert_vendor(sessionmaker(engine), vendor_id, name or vendor_id, codec=codec)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+    print(vendor_id)
+    err.print(f"vendor {vendor_id} registered (codec {codec})")
+
+
+@vendors_app.command("credentials")
+def vendors_credentials(
+    vendor_id: Annotated[str, typer.Argument(help="The vendor to issue an MQTT account for.")],
+) -> None:
+    """Issue an MQTT account for a vendor; prints USERNAME PASSWORD (the password only now).
+
+    Writes the broker's password and ACL files (CITYIOT_BROKER_PASSWORD_FILE, _ACL_FILE)
+    and reloads it (CITYIOT_BROKER_PID_FILE). Revoke with DELETE
+    /api/v1/vendors/{id}/credentials/{username}.
+    """
+    from cityiot.storage.broker_access import (
+        BrokerAccess,
+        BrokerAccessError,
+        IssuedCredential,
+        UnknownVendor,
+    )
+    from cityiot.storage.db import make_engine, migrate, sessionmaker
+
+    settings = load_settings()
+    if settings.broker_password_file is None or settings.broker_acl_file is None:
+        fail(
+            "set CITYIOT_BROKER_PASSWORD_FILE and CITYIOT_BROKER_ACL_FILE to the files Mosquitto "
+            "reads (and CITYIOT_BROKER_PID_FILE to its pid file, so it reloads at once)"
+        )
+
+    async def main() -> IssuedCredential:
+        await migrate(settings.database_url)
+        engine = make_engine(settings.database_url)
+        try:
+            access = BrokerAccess.from_settings(settings, sessionmaker(engine))
+            assert access is not None  # both files are set
+            return await access.issue(vendor_id, actor="cli")
+        finally:
+            await engine.dispose()
+
+    try:
+        issued = asyncio.run(main())
+    except UnknownVendor:
+        fail(f"no vendor {vendor_id!r}; register it first: cityiot vendors add {vendor_id}")
+    except BrokerAccessError as exc:
+        fail(str(exc))
+    print(f"{issued.username} {issued.password}")
+    reload = "broker reloaded" if issued.broker_reloaded else "reload the broker (SIGHUP) to apply"
+    err.print(f"MQTT account {issued.username} issued for vendor {vendor_id}; {reload}")

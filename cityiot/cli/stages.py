@@ -1,0 +1,223 @@
+"""The long-running commands: ``run`` (everything), ``ingest``, ``rules``, ``simulate``, ``api``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cityiot.cli.app import app
+from cityiot.cli.common import err, fail, load_settings, run_until_signal, serve_metrics
+from cityiot.platform.logs import configure_logging
+
+# What `cityiot run` shows unless told otherwise: incidents from the first minute, each
+# raising its rule, with notifications and work orders (name:devices:after_s:duration_s).
+DEFAULT_INCIDENTS = (
+    "cover_open:2:20:240",
+    "leakage:1:30:240",
+    "valve_open:1:40:180",
+    "pressure_drop:1:60:300",
+    "water_quality:1:90:300",
+)
+
+
+@app.command()
+def run(
+    devices: Annotated[int, typer.Option(help="Simulated devices.")] = 2000,
+    rate: Annotated[float, typer.Option(help="Simulated messages per second.")] = 500.0,
+    seed: Annotated[int, typer.Option(help="Simulator seed (same seed, same fleet).")] = 1,
+    no_simulator: Annotated[
+        bool, typer.Option("--no-simulator", help="Run the platform without the simulated fleet.")
+    ] = False,
+    incidents: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--incident",
+            help="Scripted incident, name[:devices[:after_s[:duration_s]]]; "
+            "default: a few, so alerts show. --incident none for a quiet city.",
+        ),
+    ] = None,
+    malformed: Annotated[float, typer.Option(help="Share of malformed simulated messages.")] = 0.0,
+) -> None:
+    """All stages in one process; starts a local broker and InfluxDB unless URLs are given."""
+    from cityiot.platform.launcher import Launch, run_platform
+
+    settings = load_settings()
+    # Owner only: the database, log and secrets in the run dir, and the local broker's and
+    # InfluxDB's files (the children inherit it); they all run as this user.
+    os.umask(0o077)
+    configure_logging(settings, settings.run_dir / "cityiot.log")
+    launch = Launch(
+        devices=devices,
+        rate=rate,
+        seed=seed,
+        simulate=not no_simulator,
+        incidents=[] if incidents == ["none"] else incidents or list(DEFAULT_INCIDENTS),
+        malformed_share=malformed,
+    )
+    stop = asyncio.Event()
+    run_until_signal(run_platform(settings, launch, stop, err), stop, settings)
+
+
+@app.command()
+def ingest(
+    with_rules: Annotated[
+        bool,
+        typer.Option(
+            "--rules",
+            help="Also run the rules stage in this process (a scale-out worker: "
+            "CITYIOT_SHARE_GROUP, CITYIOT_WORKERS, CITYIOT_WORKER_INDEX).",
+        ),
+    ] = False,
+) -> None:
+    """The ingest stage alone: MQTT → validation → InfluxDB (needs the MQTT and InfluxDB URLs).
+
+    With --rules it evaluates rules on what it stores, like `cityiot run`; with several
+    workers each one evaluates its own devices and forwards the others' readings to them
+    (ingest/partition.py). With CITYIOT_METRICS_PORT set, its counters, queue depths and
+    spool are served for Prometheus."""
+    from cityiot.api.metrics import counters_source
+    from cityiot.ingest.partition import partition_stage
+    from cityiot.ingest.service import ingest_stage
+    from cityiot.platform.gcpolicy import settle
+    from cityiot.rules.service import rules_stage
+
+    settings = load_settings()
+    configure_logging(settings)
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        rules_stop = asyncio.Event()
+        partition_stop = asyncio.Event()
+        async with contextlib.AsyncExitStack() as stack:
+            stage = await stack.enter_async_context(ingest_stage(settings))
+            partition = await stack.enter_async_context(partition_stage(settings, stage))
+            sources: dict[str, Any] = {
+                "ingest": counters_source(stage.counters),
+                "broker": counters_source(stage.link.stats),
+                "queue": stage.depths,
+                "partition": counters_source(partition.counters),
+            }
+            if with_rules:
+                rules = await stack.enter_async_context(
+                    rules_stage(
+                        settings,
+                        stage.devices,
+                        stage.sessions,
+                        stage.link.publish,
+                        stop=rules_stop,
+                        owns=partition.owns,
+                    )
+                )
+                partition.rules = rules.engine.submit
+                sources["rules"] = counters_source(rules.engine.counters)
+                sources["delivery"] = counters_source(rules.deliverer.counters)
+            serve_metrics(settings, sources)
+            settle(settings.gc_full_every_s)  # registry and rule state loaded: before readings
+            task = asyncio.create_task(stage.run())
+            receiving = asyncio.create_task(partition.run(partition_stop))
+            await stop.wait()
+            await stage.stop()
+            await task
+            # After the ingest's last batches are forwarded: take what others sent us.
+            partition_stop.set()
+            await receiving
+            rules_stop.set()
+
+    run_until_signal(main(), stop, settings)
+
+
+@app.command()
+def rules() -> None:
+    """The rules stage alone: reads the telemetry stream (its own persistent session),
+    evaluates rules, records alerts, notifies and opens work orders."""
+    from cityiot.ingest.service import ingest_stage
+    from cityiot.platform.gcpolicy import settle
+    from cityiot.rules.service import rules_stage
+
+    settings = load_settings()
+    configure_logging(settings)
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        rules_stop = asyncio.Event()
+        async with (
+            ingest_stage(
+                settings, store=False, client_id=f"{settings.mqtt_client_id}-rules"
+            ) as intake,
+            rules_stage(
+                settings, intake.devices, intake.sessions, intake.link.publish, stop=rules_stop
+            ) as stage,
+        ):
+            intake.on_readings = stage.engine.submit
+            settle(settings.gc_full_every_s)  # registry and rule state loaded: before readings
+            task = asyncio.create_task(intake.run())
+            await stop.wait()
+            await intake.stop()
+            await task
+            rules_stop.set()
+
+    run_until_signal(main(), stop, settings)
+
+
+@app.command()
+def simulate(
+    devices: Annotated[int, typer.Option(help="Number of simulated devices.")] = 1000,
+    rate: Annotated[float, typer.Option(help="Messages per second, whole fleet.")] = 200.0,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same fleet.")] = 1,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    csv: Annotated[
+        Path | None,
+        typer.Option(help="Write the fleet's registry CSV here (and exit if no broker)."),
+    ] = None,
+    incidents: Annotated[
+        list[str] | None, typer.Option("--incident", help="Scripted incident, e.g. cover_open.")
+    ] = None,
+    malformed: Annotated[float, typer.Option(help="Share of malformed messages, 0..1.")] = 0.0,
+) -> None:
+    """Publish a simulated fleet to CITYIOT_MQTT_URL (and/or write its registry CSV)."""
+    from cityiot.platform.launcher import simulate_fleet
+    from cityiot.simulators import Fleet
+
+    settings = load_settings()
+    configure_logging(settings)
+    fleet = Fleet.generate(devices, seed)
+    if csv is not None:
+        fleet.write_csv(csv)
+        err.print(f"wrote {len(fleet.devices)} devices to {csv}")
+    if not settings.mqtt_url:
+        if csv is None:
+            fail("set CITYIOT_MQTT_URL to publish (or give --csv to only write the registry CSV)")
+        return
+    stop = asyncio.Event()
+    run_until_signal(
+        simulate_fleet(
+            settings, fleet, rate, seed, incidents or [], malformed, duration, stop, err
+        ),
+        stop,
+        settings,
+    )
+
+
+@app.command()
+def api() -> None:
+    """The API alone (FastAPI on CITYIOT_API_HOST:CITYIOT_API_PORT, OpenAPI at /docs)."""
+    from cityiot.api.server import ApiServer
+
+    settings = load_settings()
+    configure_logging(settings)
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        async with ApiServer(settings) as server:
+            err.print(f"API at {server.url}/api/v1 (docs at {server.url}/docs)")
+            waiting = asyncio.create_task(stop.wait())
+            serving = asyncio.create_task(server.wait())
+            await asyncio.wait({waiting, serving}, return_when=asyncio.FIRST_COMPLETED)
+            waiting.cancel()
+
+    run_until_signal(main(), stop, settings)

@@ -1,0 +1,34 @@
+"""The installed layout of the package, assembled from the checkout's folders."""
+
+from __future__ import annotations
+
+import shutil
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def package_dirs() -> dict[str, Path]:
+    """Installed package name → the checkout folder it is built from (pyproject's mapping)."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    setuptools = config["tool"]["setuptools"]
+    mapping: dict[str, str] = setuptools["package-dir"]
+    dirs: dict[str, Path] = {}
+    for package in setuptools["packages"]:
+        root = max(
+            (name for name in mapping if package == name or package.startswith(name + ".")), key=len
+        )
+        rest = package[len(root) :].lstrip(".").replace(".", "/")
+        dirs[package] = REPO / mapping[root] / rest
+    return dirs
+
+
+def assemble(target: Path) -> Path:
+    """Copy every package's Python files to where an installation puts them; returns ``target``."""
+    for package, folder in package_dirs().items():
+        into = target / package.replace(".", "/")
+        into.mkdir(parents=True, exist_ok=True)
+        for source in folder.glob("*.py"):
+            shutil.copy2(source, into / source.name)
+    return target
