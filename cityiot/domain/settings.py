@@ -41,6 +41,11 @@ class Settings(BaseSettings):
         None, description="a rule file or a folder of them; empty: the shipped catalogue"
     )
     log_level: str = "INFO"
+    log_format: Literal["auto", "json", "logfmt", "console"] = Field(
+        "auto",
+        description="log lines as json, logfmt or console text; auto: console on a terminal, "
+        "json otherwise (a pipe, a journal, the log file of `cityiot run`)",
+    )
     # Email notification channels: the mail server they share (a channel may override).
     smtp_host: str = ""
     smtp_port: int = 25
@@ -168,6 +173,11 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, v: str) -> str:
         return v.upper()
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, v: object) -> object:
+        return v.lower() if isinstance(v, str) else v
 
     @field_validator("retention")
     @classmethod

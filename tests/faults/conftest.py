@@ -539,6 +539,7 @@ class FaultBench:
             CITYIOT_DATABASE_URL=self.database_url,
             CITYIOT_RUN_DIR=str(self.run_dir),
             CITYIOT_LOG_LEVEL="INFO",
+            CITYIOT_LOG_FORMAT="logfmt",  # the tests look for event=… in the log
             CITYIOT_FLUSH_INTERVAL_MS="100",
             CITYIOT_API_HOST="127.0.0.1",
             CITYIOT_METRICS_PORT=str(self.metrics_port),

@@ -243,6 +243,7 @@ def test_overload_keeps_memory_bounded_and_loses_nothing(tmp_path: Path) -> None
         CITYIOT_DATABASE_URL=database_url,
         CITYIOT_RUN_DIR=str(tmp_path / "run"),
         CITYIOT_LOG_LEVEL="INFO",
+        CITYIOT_LOG_FORMAT="logfmt",  # the test waits for event=ingest_starting in the log
     )
     try:
         with log_path.open("ab") as log:

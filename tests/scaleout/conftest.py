@@ -319,6 +319,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, influx: LocalInflux) -> It
         CITYIOT_RUN_DIR=str(tmp / "run"),
         CITYIOT_RULES_PATH=str(rules_dir),
         CITYIOT_LOG_LEVEL="INFO",
+        CITYIOT_LOG_FORMAT="logfmt",  # the workers are waited for by event=… in their logs
         CITYIOT_FLUSH_INTERVAL_MS="100",
         CITYIOT_API_HOST="127.0.0.1",
         CITYIOT_SPOOL_FSYNC="false",
