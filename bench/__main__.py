@@ -59,8 +59,9 @@ def bench(
     """Throughput, CPU, memory and latency of the platform next to a bare subscriber and
     Node-RED, on a local Mosquitto and InfluxDB it starts itself; prints a table and writes
     the figures as JSON. Exits 1 when a system failed, timed out, lost or duplicated."""
+    from bench.options import BenchError, BenchOptions, parse_systems, parse_workers
     from bench.report import print_report
-    from bench.run import BenchError, BenchOptions, parse_systems, parse_workers, run_bench
+    from bench.run import run_bench
     from cityiot.platform.local_services import ServiceError
 
     try:

@@ -1,0 +1,88 @@
+"""What a bench run is asked to do: its options, checked, and the error that says which one
+to change."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH_HOME = REPO / ".bench"
+
+SYSTEMS = ("baseline", "influxdb", "cityiot-qos0", "cityiot-qos1", "peer", "workers")
+SENTINELS = 16  # the backlog's last messages, one each from these devices
+
+
+class BenchError(RuntimeError):
+    """The bench could not run; the message says what to change."""
+
+
+@dataclass(frozen=True, slots=True)
+class BenchOptions:
+    """What ``cityiot bench`` runs (its command-line options)."""
+
+    devices: int = 100_000
+    messages: int = 500_000
+    systems: tuple[str, ...] = SYSTEMS
+    workers: tuple[int, ...] = (1, 2, 3)
+    latency_seconds: float = 15.0
+    latency_rate: float = 10_000.0
+    skip_latency: bool = False
+    timeout_s: float = 300.0
+    out: Path | None = None
+    keep: bool = False
+    state_devices: int = 1_000_000  # rule state measured at this many devices (0: not)
+    rounds: int = 1  # throughput runs of every system, interleaved; the median one is shown
+    cold: bool = False  # throughput without the warm-up: a city's first minutes
+
+    def check(self) -> None:
+        """Raise ``BenchError`` naming the option to change when one is out of range."""
+        if self.devices < 1:
+            raise BenchError(f"--devices must be at least 1, not {self.devices}")
+        if self.messages < 2 * SENTINELS:
+            raise BenchError(f"--messages must be at least {2 * SENTINELS}, not {self.messages}")
+        unknown = [s for s in self.systems if s not in SYSTEMS]
+        if unknown or not self.systems:
+            raise BenchError(
+                f"--systems: unknown {', '.join(unknown) or '(none given)'}; "
+                f"choose from {','.join(SYSTEMS)}"
+            )
+        if "workers" in self.systems and (not self.workers or min(self.workers) < 1):
+            raise BenchError("--workers must list worker counts of 1 or more, e.g. 1,2,3")
+        if self.latency_seconds < 1 or self.latency_rate < 0:
+            raise BenchError("--latency-seconds must be ≥ 1 and --latency-rate ≥ 0")
+        if self.timeout_s <= 0:
+            raise BenchError(f"--timeout must be positive, not {self.timeout_s}")
+        if self.state_devices < 0:
+            raise BenchError(f"--state-devices must be 0 (skip) or more, not {self.state_devices}")
+        if self.rounds < 1:
+            raise BenchError(f"--rounds must be 1 or more, not {self.rounds}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "devices": self.devices,
+            "messages": self.messages,
+            "systems": list(self.systems),
+            "workers": list(self.workers),
+            "latency_seconds": self.latency_seconds,
+            "latency_rate": self.latency_rate,
+            "skip_latency": self.skip_latency,
+            "timeout_s": self.timeout_s,
+            "state_devices": self.state_devices,
+            "rounds": self.rounds,
+            "cold": self.cold,
+        }
+
+
+def parse_systems(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def parse_workers(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        raise BenchError(
+            f"--workers must be a comma list of numbers like 1,2,3, not {text!r}"
+        ) from None
