@@ -27,7 +27,7 @@ from cityiot.api.ratelimit import RateLimiter
 from cityiot.api.routes import ROUTERS, health
 from cityiot.domain.settings import Settings
 from cityiot.domain.version import platform_version
-from cityiot.storage.db import make_engine, migrate, sessionmaker
+from cityiot.storage.engine import make_engine, migrate, sessionmaker
 
 log = logging.getLogger("cityiot.api")
 

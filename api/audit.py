@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from cityiot.api.keys import Principal
-from cityiot.storage.db import AuditEntry
+from cityiot.storage.tables.audit import AuditEntry
 
 
 def audit(

@@ -17,7 +17,10 @@ from typing import Any
 from sqlalchemy import select
 
 from cityiot.domain.catalogue import DISTRICTS, KINDS, is_valid_id
-from cityiot.storage.db import ApiKey, AuditEntry, Vendor, utcnow
+from cityiot.storage.tables.audit import AuditEntry
+from cityiot.storage.tables.keys import ApiKey
+from cityiot.storage.tables.registry import Vendor
+from cityiot.storage.utc import utcnow
 
 ROLES = ("admin", "operator", "field", "department", "vendor")
 PREFIX = "cik_"

@@ -13,7 +13,7 @@ from cityiot.api.keys import Principal
 from cityiot.api.problems import Problem
 from cityiot.rules.routing import Router, RoutingError, alert_labels, load_routing
 from cityiot.rules.service import routing_path
-from cityiot.storage.db import Alert
+from cityiot.storage.tables.alerts import Alert
 
 
 def routing(ctx: ApiContext) -> Router:

@@ -24,14 +24,10 @@ import orjson
 from sqlalchemy import select
 
 from cityiot.ingest.validate import Reading
-from cityiot.storage.db import (
-    ROWS_PER_TURN,
-    LatestReading,
-    dialect_of,
-    driver_time,
-    utcnow,
-    write_rows,
-)
+from cityiot.storage.engine import dialect_of
+from cityiot.storage.tables.registry import LatestReading
+from cityiot.storage.utc import utcnow
+from cityiot.storage.writes import ROWS_PER_TURN, driver_time, write_rows
 
 log = logging.getLogger("cityiot.ingest")
 

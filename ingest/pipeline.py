@@ -47,16 +47,16 @@ from cityiot.ingest.presence import Presence
 from cityiot.ingest.spool import Spool, SpoolError
 from cityiot.ingest.validate import Reading, Rejected, Validator
 from cityiot.ingest.writequeue import WriteQueue
-from cityiot.storage.db import CHECKPOINT_EVERY_S, ROWS_PER_TURN, checkpoint
-from cityiot.storage.influx import InfluxDB, InfluxError
-from cityiot.storage.registry import (
+from cityiot.storage.deadletters import (
     DeadLetterCaps,
     DeadLetterIn,
     add_dead_letters,
-    online_devices,
     prune_dead_letters,
-    record_presence,
 )
+from cityiot.storage.influx import InfluxDB, InfluxError
+from cityiot.storage.registry import online_devices, record_presence
+from cityiot.storage.wal import CHECKPOINT_EVERY_S, checkpoint
+from cityiot.storage.writes import ROWS_PER_TURN
 
 log = logging.getLogger("cityiot.ingest")
 

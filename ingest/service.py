@@ -12,7 +12,7 @@ from cityiot.ingest.broker import BrokerLink
 from cityiot.ingest.partition import shared_topics
 from cityiot.ingest.pipeline import TOPICS, Ingest, ReadingsSink
 from cityiot.ingest.spool import Spool
-from cityiot.storage.db import make_engine, migrate, sessionmaker
+from cityiot.storage.engine import make_engine, migrate, sessionmaker
 from cityiot.storage.influx import InfluxDB, InfluxError
 
 log = logging.getLogger("cityiot.ingest")

@@ -27,7 +27,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from cityiot.domain.catalogue import KINDS, RESERVED_VENDORS, is_valid_id
 from cityiot.ingest.codecs import PayloadError, load_json
 from cityiot.rules.events import Clock
-from cityiot.storage.db import Command, Device, writing
+from cityiot.storage.tables.control import Command
+from cityiot.storage.tables.registry import Device
+from cityiot.storage.writes import writing
 
 log = logging.getLogger("cityiot.rules.control")
 

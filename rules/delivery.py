@@ -31,7 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from cityiot.rules.notifiers import Channel, DeliveryError, NotificationMessage
-from cityiot.storage.db import Notification, write_now
+from cityiot.storage.tables.alerts import Notification
+from cityiot.storage.writes import write_now
 
 log = logging.getLogger("cityiot.rules.delivery")
 

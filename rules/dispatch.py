@@ -48,7 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from cityiot.rules.events import SEVERITIES, STATES, Clock, wall_clock
 from cityiot.rules.routing import Route, Router, alert_labels
 from cityiot.rules.silences import active_silences, maintenance_window, silenced_by
-from cityiot.storage.db import Alert, Silence
+from cityiot.storage.tables.alerts import Alert, Silence
 
 log = logging.getLogger("cityiot.rules.dispatch")
 

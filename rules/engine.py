@@ -31,7 +31,7 @@ from cityiot.rules.definitions import Rule
 from cityiot.rules.evaluation import DeviceFacts, Evaluator, Transition
 from cityiot.rules.events import Clock, alert_event, alert_topic, wall_clock
 from cityiot.rules.lifecycle import AlertStore, Step, new_alert_id, new_alert_row, open_key
-from cityiot.storage.db import Alert
+from cityiot.storage.tables.alerts import Alert
 
 log = logging.getLogger("cityiot.rules")
 

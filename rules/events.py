@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cityiot.domain.sun import CITY_TZ
-from cityiot.storage.db import Alert
+from cityiot.storage.tables.alerts import Alert
 
 SEVERITIES = ("critical", "major", "minor", "warning")
 STATES = ("pending", "firing", "acknowledged", "resolved")

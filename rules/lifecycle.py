@@ -19,8 +19,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cityiot.rules.events import alert_event, row_event
-from cityiot.storage.db import Alert, utcnow, write_now, write_turn
 from cityiot.storage.registry import dialect_insert, in_chunks
+from cityiot.storage.tables.alerts import Alert
+from cityiot.storage.utc import utcnow
+from cityiot.storage.writes import write_now, write_turn
 
 log = logging.getLogger("cityiot.rules")
 
@@ -139,8 +141,8 @@ class AlertStore:
         still guarantees one open alert per (rule, device).
 
         On SQLite a batch of up to ``DIRECT_MAX_STEPS`` runs on the event loop's own thread
-        (:func:`~cityiot.storage.db.write_now`): an alert reaches its topic without waiting for the
-        loop to come round between statements. When another process holds the database, or
+        (:func:`~cityiot.storage.writes.write_now`): an alert reaches its topic without waiting
+        for the loop to come round between statements. When another process holds the database, or
         the batch is larger, it goes through the async session.
         """
         ids = [s.alert_id for s in steps]

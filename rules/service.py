@@ -38,7 +38,7 @@ from cityiot.rules.events import Clock, wall_clock
 from cityiot.rules.notifiers import Channel, build_channel
 from cityiot.rules.routing import Router, load_routing
 from cityiot.rules.workorders import SlaPolicy, open_work_order
-from cityiot.storage.db import RuleOverride
+from cityiot.storage.tables.rules import RuleOverride
 
 log = logging.getLogger("cityiot.rules")
 

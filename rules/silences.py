@@ -28,7 +28,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from cityiot.domain.catalogue import DISTRICTS, KINDS
 from cityiot.domain.sun import CITY_TZ
 from cityiot.rules.events import SEVERITIES
-from cityiot.storage.db import Silence, writing
+from cityiot.storage.tables.alerts import Silence
+from cityiot.storage.writes import writing
 
 log = logging.getLogger("cityiot.rules.silences")
 

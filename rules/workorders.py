@@ -25,7 +25,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cityiot.rules.events import SEVERITIES, Clock, city_time
-from cityiot.storage.db import WorkOrder, write_now, writing
+from cityiot.storage.tables.workorders import WorkOrder
+from cityiot.storage.writes import write_now, writing
 
 log = logging.getLogger("cityiot.rules.workorders")
 

@@ -150,7 +150,7 @@ def db_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 async def sessions(db_url: str) -> AsyncIterator[Any]:
     """A session factory on the migrated database at ``db_url``."""
-    from cityiot.storage.db import make_engine, migrate, sessionmaker
+    from cityiot.storage.engine import make_engine, migrate, sessionmaker
 
     await migrate(db_url)
     engine = make_engine(db_url)

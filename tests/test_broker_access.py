@@ -30,8 +30,9 @@ from cityiot.storage.broker_access import (
     mosquitto_hash,
     password_matches,
 )
-from cityiot.storage.db import AuditEntry, make_engine, migrate, sessionmaker
+from cityiot.storage.engine import make_engine, migrate, sessionmaker
 from cityiot.storage.registry import upsert_vendor
+from cityiot.storage.tables.audit import AuditEntry
 
 PLATFORM_PASSWORD = "platform-secret"
 

@@ -26,7 +26,8 @@ from cityiot.api.problems import Problem
 from cityiot.api.teams import alert_teams, require_teams, routing
 from cityiot.domain.catalogue import DISTRICTS, KINDS
 from cityiot.rules.events import alert_event, alert_topic, city_time
-from cityiot.storage.db import Alert, utcnow
+from cityiot.storage.tables.alerts import Alert
+from cityiot.storage.utc import utcnow
 
 router = APIRouter(tags=["alerts"])
 

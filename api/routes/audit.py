@@ -18,7 +18,7 @@ from cityiot.api.keys import Principal
 from cityiot.api.paging import Cursor, Limit, Page, after, page_of
 from cityiot.api.params import TEXT, Instant, city_instant
 from cityiot.domain.sun import CITY_TZ
-from cityiot.storage.db import AuditEntry
+from cityiot.storage.tables.audit import AuditEntry
 
 router = APIRouter(tags=["audit"])
 

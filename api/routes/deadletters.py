@@ -31,7 +31,7 @@ from cityiot.api.paging import Cursor, Limit, Page, after, page_of
 from cityiot.api.params import TEXT, Instant, city_instant
 from cityiot.api.problems import Problem
 from cityiot.domain.sun import CITY_TZ
-from cityiot.storage.db import DeadLetter
+from cityiot.storage.tables.deadletters import DeadLetter
 
 router = APIRouter(tags=["deadletters"])
 

@@ -31,16 +31,17 @@ from cityiot.api.paging import Cursor, Limit, Page, after, page_of
 from cityiot.api.problems import Problem
 from cityiot.domain.catalogue import DISTRICTS, KINDS
 from cityiot.rules.events import city_time
-from cityiot.storage.db import Device, LatestReading, Vendor, utcnow
-from cityiot.storage.registry import (
+from cityiot.storage.device_csv import (
     FIRST_INSTALL_DATE,
     MAX_ADDRESS_CHARS,
     MAX_REPORT_INTERVAL_S,
     RowError,
-    import_devices,
     parse_device,
     parse_device_csv,
 )
+from cityiot.storage.registry import import_devices
+from cityiot.storage.tables.registry import Device, LatestReading, Vendor
+from cityiot.storage.utc import utcnow
 
 router = APIRouter(tags=["devices"])
 

@@ -15,7 +15,7 @@ from cityiot.api.paging import Cursor, Limit, Page, after, page_of
 from cityiot.api.problems import Problem
 from cityiot.api.teams import known_teams, routing
 from cityiot.rules.events import city_time
-from cityiot.storage.db import ApiKey
+from cityiot.storage.tables.keys import ApiKey
 
 router = APIRouter(tags=["keys"])
 

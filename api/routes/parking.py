@@ -19,7 +19,7 @@ from cityiot.api.keys import Principal
 from cityiot.api.problems import Problem
 from cityiot.domain.catalogue import DISTRICTS
 from cityiot.rules.events import city_time
-from cityiot.storage.db import Device, LatestReading
+from cityiot.storage.tables.registry import Device, LatestReading
 
 router = APIRouter(tags=["parking"])
 

@@ -28,8 +28,8 @@ from cityiot.api.problems import Problem
 from cityiot.api.routes.devices import missing_device
 from cityiot.domain.catalogue import KINDS, is_valid_id
 from cityiot.domain.sun import CITY_TZ
-from cityiot.storage.db import Device, LatestReading
 from cityiot.storage.influx import InfluxDB, InfluxError, quote_ident, quote_string
+from cityiot.storage.tables.registry import Device, LatestReading
 
 log = logging.getLogger("cityiot.api")
 

@@ -30,7 +30,8 @@ from cityiot.api.problems import Problem
 from cityiot.domain.catalogue import KINDS
 from cityiot.rules.definitions import Rule, RuleError, catalogue_path, load_rules, parse_rule
 from cityiot.rules.events import city_time
-from cityiot.storage.db import RuleOverride, utcnow
+from cityiot.storage.tables.rules import RuleOverride
+from cityiot.storage.utc import utcnow
 
 router = APIRouter(tags=["rules"])
 

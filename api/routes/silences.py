@@ -25,7 +25,8 @@ from cityiot.api.problems import Problem
 from cityiot.api.routes.alerts import ID_PATTERN
 from cityiot.rules.events import city_time
 from cityiot.rules.silences import OPS, MatcherError, SilenceError, create_silence, expire_silence
-from cityiot.storage.db import Silence, utcnow
+from cityiot.storage.tables.alerts import Silence
+from cityiot.storage.utc import utcnow
 
 router = APIRouter(tags=["silences"])
 

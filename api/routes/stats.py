@@ -20,7 +20,8 @@ from cityiot.domain.catalogue import KINDS
 from cityiot.domain.sun import CITY_TZ, is_dark, sun_times
 from cityiot.rules.events import SEVERITIES, Clock, city_time, wall_clock
 from cityiot.rules.workorders import kpis
-from cityiot.storage.db import Alert, Device, LatestReading
+from cityiot.storage.tables.alerts import Alert
+from cityiot.storage.tables.registry import Device, LatestReading
 
 router = APIRouter(tags=["stats"])
 

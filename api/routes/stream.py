@@ -27,7 +27,7 @@ from cityiot.api.keys import Principal
 from cityiot.api.problems import Problem
 from cityiot.api.routes.devices import visible_device
 from cityiot.api.stream import Subscription, WatchedDevice
-from cityiot.storage.db import Vendor
+from cityiot.storage.tables.registry import Vendor
 
 log = logging.getLogger("cityiot.api.stream")
 

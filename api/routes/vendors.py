@@ -30,7 +30,7 @@ from cityiot.storage.broker_access import (
     UnknownVendor,
     vendor_topics,
 )
-from cityiot.storage.db import MqttCredential, Vendor
+from cityiot.storage.tables.registry import MqttCredential, Vendor
 
 router = APIRouter(tags=["vendors"])
 

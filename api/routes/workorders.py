@@ -26,7 +26,7 @@ from cityiot.api.routes.alerts import ID_PATTERN, DistrictFilter, KindFilter, ch
 from cityiot.api.teams import require_teams
 from cityiot.rules.events import city_time, wall_clock
 from cityiot.rules.workorders import TRANSITIONS, IllegalTransition, WorkOrderNotFound, transition
-from cityiot.storage.db import WorkOrder
+from cityiot.storage.tables.workorders import WorkOrder
 
 router = APIRouter(tags=["workorders"])
 

@@ -44,7 +44,7 @@ def keys_create(
     from cityiot.api.teams import known_teams
     from cityiot.rules.routing import RoutingError, load_routing
     from cityiot.rules.service import routing_path
-    from cityiot.storage.db import make_engine, migrate, sessionmaker
+    from cityiot.storage.engine import make_engine, migrate, sessionmaker
 
     settings = load_settings()
     teams = _names(",".join(team)) if team else None
@@ -97,7 +97,7 @@ def keys_create(
 def keys_list() -> None:
     """The API keys (ids, roles and grants; never the secrets)."""
     from cityiot.api.keys import list_keys
-    from cityiot.storage.db import make_engine, migrate, sessionmaker
+    from cityiot.storage.engine import make_engine, migrate, sessionmaker
 
     settings = load_settings()
 
@@ -121,7 +121,7 @@ def keys_revoke(
 ) -> None:
     """Revoke an API key (never the last active admin key)."""
     from cityiot.api.keys import LastAdminKey, revoke_key
-    from cityiot.storage.db import make_engine, migrate, sessionmaker
+    from cityiot.storage.engine import make_engine, migrate, sessionmaker
 
     settings = load_settings()
 

@@ -20,8 +20,9 @@ def devices_import(
     ] = True,
 ) -> None:
     """Register or update devices from a CSV file; every bad row is reported with its line."""
-    from cityiot.storage.db import make_engine, migrate, sessionmaker
-    from cityiot.storage.registry import import_devices, parse_device_csv
+    from cityiot.storage.device_csv import parse_device_csv
+    from cityiot.storage.engine import make_engine, migrate, sessionmaker
+    from cityiot.storage.registry import import_devices
 
     settings = load_settings()
     try:
@@ -67,7 +68,7 @@ def vendors_add(
     """Register a vendor (or update its name and codec)."""
     from cityiot.domain.catalogue import is_valid_id, reserved_vendor
     from cityiot.ingest.codecs import default_codecs
-    from cityiot.storage.db import make_engine, migrate, sessionmaker
+    from cityiot.storage.engine import make_engine, migrate, sessionmaker
     from cityiot.storage.registry import upsert_vendor
 
     if not is_valid_id(vendor_id):
@@ -108,7 +109,7 @@ def vendors_credentials(
         IssuedCredential,
         UnknownVendor,
     )
-    from cityiot.storage.db import make_engine, migrate, sessionmaker
+    from cityiot.storage.engine import make_engine, migrate, sessionmaker
 
     settings = load_settings()
     if settings.broker_password_file is None or settings.broker_acl_file is None:

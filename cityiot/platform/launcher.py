@@ -39,8 +39,9 @@ from cityiot.platform.local_services import LocalBroker, LocalInflux, write_priv
 from cityiot.rules.service import RulesStage, rules_stage
 from cityiot.simulators import Fleet, run_simulation
 from cityiot.storage.broker_access import PLATFORM_USER, BrokerAccess, password_matches
-from cityiot.storage.db import make_engine, migrate, sessionmaker
-from cityiot.storage.registry import import_devices, parse_device_csv, upsert_vendor
+from cityiot.storage.device_csv import parse_device_csv
+from cityiot.storage.engine import make_engine, migrate, sessionmaker
+from cityiot.storage.registry import import_devices, upsert_vendor
 
 # Files in the run directory; the secrets among them are readable by their owner only.
 PLATFORM_SECRET = "mqtt-platform-password"  # the broker account of ingest, rules and API

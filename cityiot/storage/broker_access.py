@@ -37,7 +37,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cityiot.domain.settings import MqttTarget, Settings
-from cityiot.storage.db import AuditEntry, MqttCredential, Vendor, utcnow
+from cityiot.storage.tables.audit import AuditEntry
+from cityiot.storage.tables.registry import MqttCredential, Vendor
+from cityiot.storage.utc import utcnow
 
 log = logging.getLogger("cityiot.storage.broker_access")
 

@@ -15,7 +15,7 @@ import sys
 
 from cityiot.domain.settings import Settings
 from cityiot.storage.broker_access import BrokerAccess
-from cityiot.storage.db import make_engine, migrate, sessionmaker
+from cityiot.storage.engine import make_engine, migrate, sessionmaker
 
 
 async def main() -> int:

@@ -15,9 +15,10 @@ from cityiot.api.keys import create_key
 from cityiot.api.server import ApiServer
 from cityiot.domain.settings import Settings
 from cityiot.platform.local_services import LocalBroker, LocalInflux, free_port
-from cityiot.storage.db import make_engine, migrate, sessionmaker
+from cityiot.storage.device_csv import parse_device_csv
+from cityiot.storage.engine import make_engine, migrate, sessionmaker
 from cityiot.storage.influx import InfluxDB
-from cityiot.storage.registry import import_devices, parse_device_csv, upsert_vendor
+from cityiot.storage.registry import import_devices, upsert_vendor
 from tests.ingest.conftest import REGISTRY_CSV
 
 # The department key's grant: manholes and parking, in yicheng only. In REGISTRY_CSV that

@@ -16,7 +16,8 @@ from sqlalchemy import select
 
 from cityiot.platform.local_services import LocalBroker
 from cityiot.rules.lifecycle import AlertStore, new_alert_row
-from cityiot.storage.db import Alert, AuditEntry, Silence
+from cityiot.storage.tables.alerts import Alert, Silence
+from cityiot.storage.tables.audit import AuditEntry
 from tests.api.conftest import ROLES, Api
 from tests.rules.conftest import wait_until
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from cityiot.storage.registry import DeadLetterIn, add_dead_letters
+from cityiot.storage.deadletters import DeadLetterIn, add_dead_letters
 from tests.api.conftest import Api
 
 T0 = dt.datetime(2026, 11, 23, 2, 0, tzinfo=dt.UTC)  # 10:00 in Zhumadian

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from cityiot.storage.db import AuditEntry, Device, Vendor
+from cityiot.storage.tables.audit import AuditEntry
+from cityiot.storage.tables.registry import Device, Vendor
 from tests.api.conftest import DEPARTMENT_SEES, Api
 
 NEW = {

@@ -30,7 +30,7 @@ from cityiot.api.keys import create_key
 from cityiot.api.ratelimit import RateLimiter
 from cityiot.api.server import ApiServer
 from cityiot.platform.local_services import LocalBroker, LocalInflux, free_port
-from cityiot.storage.db import make_engine, migrate, sessionmaker
+from cityiot.storage.engine import make_engine, migrate, sessionmaker
 from tests.api.conftest import Api, seed_registry
 from tests.console.conftest import CHROMIUM, CHROMIUM_ARGS, require_chromium
 

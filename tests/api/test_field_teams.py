@@ -14,7 +14,9 @@ from sqlalchemy import update
 from cityiot.rules.events import alert_event
 from cityiot.rules.lifecycle import AlertStore, new_alert_row
 from cityiot.rules.workorders import SlaPolicy, open_work_order
-from cityiot.storage.db import Alert, ApiKey, WorkOrder
+from cityiot.storage.tables.alerts import Alert
+from cityiot.storage.tables.keys import ApiKey
+from cityiot.storage.tables.workorders import WorkOrder
 from tests.api.conftest import Api
 from tests.api.test_alerts import NOW_MS
 

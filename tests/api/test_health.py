@@ -21,7 +21,7 @@ from cityiot.domain.settings import Settings
 from cityiot.ingest.pipeline import IngestCounters
 from cityiot.platform.local_services import LocalBroker, LocalInflux
 from cityiot.rules.engine import RulesCounters
-from cityiot.storage.db import migrate
+from cityiot.storage.engine import migrate
 from tests.api.conftest import Api, api_settings
 
 

@@ -11,8 +11,11 @@ from sqlalchemy import update
 
 from cityiot.ingest.latest import LatestValues
 from cityiot.ingest.validate import Reading
-from cityiot.storage.db import Alert, Device, WorkOrder
-from cityiot.storage.registry import import_devices, parse_device_csv
+from cityiot.storage.device_csv import parse_device_csv
+from cityiot.storage.registry import import_devices
+from cityiot.storage.tables.alerts import Alert
+from cityiot.storage.tables.registry import Device
+from cityiot.storage.tables.workorders import WorkOrder
 from tests.api.conftest import Api
 
 CITY = dt.timezone(dt.timedelta(hours=8))

@@ -16,7 +16,9 @@ from cityiot.ingest.validate import Reading
 from cityiot.rules.definitions import SHIPPED_CATALOGUE, RuleError, load_rules
 from cityiot.rules.engine import RulesEngine
 from cityiot.rules.service import current_rules, watch_rules
-from cityiot.storage.db import AuditEntry, RuleOverride, utcnow
+from cityiot.storage.tables.audit import AuditEntry
+from cityiot.storage.tables.rules import RuleOverride
+from cityiot.storage.utc import utcnow
 from tests.api.conftest import ROLES, Api
 from tests.rules.conftest import wait_until
 

@@ -14,7 +14,7 @@ import pytest
 from cityiot.api.keys import create_key
 from cityiot.api.server import ApiServer
 from cityiot.platform.local_services import LocalBroker, LocalInflux
-from cityiot.storage.db import make_engine, migrate, sessionmaker
+from cityiot.storage.engine import make_engine, migrate, sessionmaker
 from tests.api.conftest import Api, api_settings, seed_registry
 
 CHECKS = (

@@ -20,8 +20,9 @@ from cityiot.api.server import ApiServer
 from cityiot.ingest.service import ingest_stage
 from cityiot.platform.local_services import LocalBroker, free_port
 from cityiot.storage.broker_access import BrokerAccess
-from cityiot.storage.db import AuditEntry
-from cityiot.storage.registry import import_devices, parse_device_csv
+from cityiot.storage.device_csv import parse_device_csv
+from cityiot.storage.registry import import_devices
+from cityiot.storage.tables.audit import AuditEntry
 from tests.api.conftest import Api
 
 V = "/api/v1/vendors"

@@ -10,7 +10,8 @@ from sqlalchemy import select
 
 from cityiot.rules.events import alert_event
 from cityiot.rules.workorders import SlaPolicy, open_work_order
-from cityiot.storage.db import AuditEntry, WorkOrder
+from cityiot.storage.tables.audit import AuditEntry
+from cityiot.storage.tables.workorders import WorkOrder
 from tests.api.conftest import ROLES, Api
 from tests.api.test_alerts import raise_alert
 

@@ -36,8 +36,9 @@ from cityiot.simulators import Fleet
 from cityiot.simulators.behaviour import new_state, reading
 from cityiot.simulators.fleet import SimDevice
 from cityiot.simulators.messages import encode
-from cityiot.storage.db import make_engine, migrate, sessionmaker
-from cityiot.storage.registry import import_devices, parse_device_csv, upsert_vendor
+from cityiot.storage.device_csv import parse_device_csv
+from cityiot.storage.engine import make_engine, migrate, sessionmaker
+from cityiot.storage.registry import import_devices, upsert_vendor
 from tests.ingest.conftest import publisher_for
 
 CHROMIUM = Path("/usr/bin/chromium")

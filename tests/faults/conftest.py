@@ -683,8 +683,9 @@ class FaultBench:
 
 
 async def seed_registry(database_url: str, fleet: Fleet) -> None:
-    from cityiot.storage.db import make_engine, migrate, sessionmaker
-    from cityiot.storage.registry import import_devices, parse_device_csv, upsert_vendor
+    from cityiot.storage.device_csv import parse_device_csv
+    from cityiot.storage.engine import make_engine, migrate, sessionmaker
+    from cityiot.storage.registry import import_devices, upsert_vendor
 
     await migrate(database_url)
     engine = make_engine(database_url)

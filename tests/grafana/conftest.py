@@ -29,8 +29,9 @@ from cityiot.ingest.service import ingest_stage
 from cityiot.platform.local_services import LocalBroker, LocalInflux
 from cityiot.rules.service import rules_stage
 from cityiot.simulators import Fleet, SimDevice, iter_reports, plan_incident
-from cityiot.storage.db import make_engine, migrate, sessionmaker
-from cityiot.storage.registry import import_devices, parse_device_csv, upsert_vendor
+from cityiot.storage.device_csv import parse_device_csv
+from cityiot.storage.engine import make_engine, migrate, sessionmaker
+from cityiot.storage.registry import import_devices, upsert_vendor
 
 FLEET_SIZE = 40
 FLEET_SEED = 7

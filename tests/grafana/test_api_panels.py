@@ -16,7 +16,7 @@ from cityiot.api.keys import create_key
 from cityiot.api.server import ApiServer
 from cityiot.grafana.export import dashboards, render
 from cityiot.platform.local_services import free_port
-from cityiot.storage.db import make_engine, sessionmaker
+from cityiot.storage.engine import make_engine, sessionmaker
 from tests.grafana.conftest import City, grafana_query, influx_results
 
 

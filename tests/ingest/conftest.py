@@ -23,9 +23,10 @@ from cityiot.ingest.devices import DeviceMap, KnownDevice
 from cityiot.ingest.pipeline import Ingest
 from cityiot.ingest.service import ingest_stage
 from cityiot.platform.local_services import LocalBroker, LocalInflux
-from cityiot.storage.db import make_engine, migrate, sessionmaker
+from cityiot.storage.device_csv import parse_device_csv
+from cityiot.storage.engine import make_engine, migrate, sessionmaker
 from cityiot.storage.influx import InfluxDB
-from cityiot.storage.registry import DeviceEntry, import_devices, parse_device_csv, upsert_vendor
+from cityiot.storage.registry import DeviceEntry, import_devices, upsert_vendor
 
 # One device of each kind for vendor "acme" (JSON), and for "oldco" (the hexframe codec).
 REGISTRY_CSV = """device_id,vendor,kind,district,lat,lon,address,report_interval_s,depth_cm,lot_id,max_stay_min,zone

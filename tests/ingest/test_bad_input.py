@@ -8,7 +8,7 @@ import orjson
 import pytest
 from sqlalchemy import select
 
-from cityiot.storage.db import DeadLetter
+from cityiot.storage.tables.deadletters import DeadLetter
 from tests.ingest.conftest import Platform
 
 

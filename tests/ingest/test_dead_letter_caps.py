@@ -11,7 +11,7 @@ from sqlalchemy import func, select, text
 
 from cityiot.api.metrics import PlatformMetrics, counters_source
 from cityiot.ingest.pipeline import PRUNE_SLICES
-from cityiot.storage.db import DeadLetter
+from cityiot.storage.tables.deadletters import DeadLetter
 from tests.ingest.conftest import Platform
 from tests.ingest.test_dead_letter_flood import publish_all
 

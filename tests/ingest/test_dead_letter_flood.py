@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from cityiot.api.metrics import PlatformMetrics, counters_source
 from cityiot.ingest.dead_letter_limit import OTHER_VENDORS
-from cityiot.storage.db import DeadLetter
+from cityiot.storage.tables.deadletters import DeadLetter
 from tests.ingest.conftest import Platform
 
 RATE_PER_S = 5.0

@@ -11,7 +11,8 @@ from sqlalchemy import select, update
 
 from cityiot.domain.catalogue import KINDS
 from cityiot.ingest.codecs.hexframe import encode
-from cityiot.storage.db import DeadLetter, Device
+from cityiot.storage.tables.deadletters import DeadLetter
+from cityiot.storage.tables.registry import Device
 from tests.ingest.conftest import Platform
 
 DEVICES = {  # device → (vendor, kind, district)

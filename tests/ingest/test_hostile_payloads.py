@@ -13,7 +13,7 @@ from sqlalchemy import select
 from cityiot.domain.catalogue import KINDS
 from cityiot.ingest.codecs import PayloadError, default_codecs, load_json
 from cityiot.ingest.codecs.base import MAX_JSON_DEPTH, TOO_DEEP
-from cityiot.storage.db import DeadLetter
+from cityiot.storage.tables.deadletters import DeadLetter
 from tests.ingest.conftest import Platform
 from tests.payloads import DEEP, HOSTILE
 

@@ -13,7 +13,9 @@ from sqlalchemy import func, select
 
 from cityiot.ingest.latest import LatestValues
 from cityiot.ingest.validate import Reading
-from cityiot.storage.db import ROWS_PER_TURN, LatestReading, migrate
+from cityiot.storage.engine import migrate
+from cityiot.storage.tables.registry import LatestReading
+from cityiot.storage.writes import ROWS_PER_TURN
 from tests.ingest.conftest import Platform
 
 
@@ -196,7 +198,7 @@ async def test_a_flush_is_paced_by_its_own_cost_not_by_what_runs_between_its_sli
 
 
 async def test_a_failed_flush_is_retried_next_round(db_url: str) -> None:
-    from cityiot.storage.db import make_engine, sessionmaker
+    from cityiot.storage.engine import make_engine, sessionmaker
 
     engine = make_engine(db_url)
     try:

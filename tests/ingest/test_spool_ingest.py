@@ -13,9 +13,10 @@ import pytest
 
 from cityiot.domain.settings import Settings
 from cityiot.platform.local_services import LocalBroker, LocalInflux
-from cityiot.storage.db import make_engine, migrate, sessionmaker
+from cityiot.storage.device_csv import parse_device_csv
+from cityiot.storage.engine import make_engine, migrate, sessionmaker
 from cityiot.storage.influx import InfluxDB
-from cityiot.storage.registry import import_devices, parse_device_csv, upsert_vendor
+from cityiot.storage.registry import import_devices, upsert_vendor
 from tests.ingest.conftest import REGISTRY_CSV, publisher_for, running_ingest
 
 

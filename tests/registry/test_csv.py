@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cityiot.storage.registry import REQUIRED_COLUMNS, RowError, parse_device_csv
+from cityiot.storage.device_csv import REQUIRED_COLUMNS, RowError, parse_device_csv
 
 HEADER = (
     "device_id,vendor,kind,district,lat,lon,address,report_interval_s,"

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from cityiot.storage.db import DeadLetter
-from cityiot.storage.registry import (
+from cityiot.storage.deadletters import (
     PRUNE_CHUNK,
     DeadLetterCaps,
     DeadLetterIn,
-    SessionFactory,
     add_dead_letters,
     prune_dead_letters,
 )
+from cityiot.storage.engine import SessionFactory
+from cityiot.storage.tables.deadletters import DeadLetter
 
 NO_BYTE_CAP = 2**40
 

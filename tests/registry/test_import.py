@@ -6,15 +6,10 @@ import datetime as dt
 
 from sqlalchemy import select, update
 
-from cityiot.storage.db import Device, Vendor
-from cityiot.storage.registry import (
-    ImportReport,
-    SessionFactory,
-    import_devices,
-    load_devices,
-    load_vendor_codecs,
-    parse_device_csv,
-)
+from cityiot.storage.device_csv import parse_device_csv
+from cityiot.storage.engine import SessionFactory
+from cityiot.storage.registry import ImportReport, import_devices, load_devices, load_vendor_codecs
+from cityiot.storage.tables.registry import Device, Vendor
 
 HEADER = (
     "device_id,vendor,kind,district,lat,lon,address,report_interval_s,"

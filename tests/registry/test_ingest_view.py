@@ -8,19 +8,19 @@ import pytest
 from sqlalchemy import select, text
 
 from cityiot.ingest.devices import DeviceMap
-from cityiot.storage.db import DeadLetter, Device
+from cityiot.storage.deadletters import DeadLetterIn, add_dead_letters
+from cityiot.storage.device_csv import parse_device_csv
+from cityiot.storage.engine import SessionFactory
 from cityiot.storage.registry import (
-    DeadLetterIn,
     DeviceEntry,
-    SessionFactory,
-    add_dead_letters,
     import_devices,
     load_devices,
     load_vendor_codecs,
-    parse_device_csv,
     record_presence,
     upsert_vendor,
 )
+from cityiot.storage.tables.deadletters import DeadLetter
+from cityiot.storage.tables.registry import Device
 
 FLEET = """device_id,vendor,kind,district,lat,lon,address,report_interval_s,depth_cm
 MH-1,acme,manhole,yicheng,32.98,114.02,Jiefang Rd,,180

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,9 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect
 
-from cityiot.storage.db import Base, make_engine, migrate
+from cityiot.storage.engine import make_engine, migrate
 from cityiot.storage.migrations import SCRIPT_LOCATION, alembic_config
+from cityiot.storage.tables.base import Base
 
 
 def _state(conn: Connection) -> dict[str, Any]:
@@ -46,6 +49,20 @@ async def test_migrate_builds_the_models_schema(db_url: str) -> None:
     assert state["diffs"] == []
     assert state["revision"] == _head()
     assert {"vendors", "devices", "dead_letters"} <= state["tables"]
+
+
+async def test_the_tables_alembic_compares_are_the_migrated_tables(db_url: str) -> None:
+    """``env.py`` imports ``Base`` alone; that must load every table module, or autogenerate
+    would see the tables it does not know as dropped."""
+    probe = "from cityiot.storage.tables.base import Base; print(*sorted(Base.metadata.tables))"
+    command_line = [sys.executable, "-c", probe]
+    done = await asyncio.to_thread(
+        subprocess.run, command_line, capture_output=True, text=True, check=True
+    )
+    await migrate(db_url)
+    state = await _inspect(db_url)
+    assert set(done.stdout.split()) == state["tables"] - {"alembic_version"}
+    assert set(Base.metadata.tables) == state["tables"] - {"alembic_version"}
 
 
 async def test_migrate_is_idempotent(db_url: str) -> None:

@@ -11,16 +11,11 @@ import sqlite3
 import pytest
 from sqlalchemy import func, select
 
-from cityiot.storage.db import (
-    DeadLetter,
-    checkpoint,
-    make_engine,
-    migrate,
-    sessionmaker,
-    write_rows,
-    write_turn,
-)
-from cityiot.storage.registry import DeadLetterIn, SessionFactory, add_dead_letters
+from cityiot.storage.deadletters import DeadLetterIn, add_dead_letters
+from cityiot.storage.engine import SessionFactory, make_engine, migrate, sessionmaker
+from cityiot.storage.tables.deadletters import DeadLetter
+from cityiot.storage.wal import checkpoint
+from cityiot.storage.writes import write_rows, write_turn
 
 
 async def test_writers_take_turns_in_arrival_order_on_sqlite(

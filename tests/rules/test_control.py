@@ -23,7 +23,8 @@ from sqlalchemy import select
 
 from cityiot.platform.local_services import LocalBroker
 from cityiot.rules.control import CommandSender, SessionFactory, group_targets
-from cityiot.storage.db import Command, Device, Vendor
+from cityiot.storage.tables.control import Command
+from cityiot.storage.tables.registry import Device, Vendor
 from tests.payloads import HOSTILE
 from tests.rules.conftest import HandClock
 

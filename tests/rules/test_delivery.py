@@ -22,7 +22,8 @@ from cityiot.rules.delivery import (
 )
 from cityiot.rules.notifiers import build_channel
 from cityiot.rules.notifiers.webhook import WebhookChannel
-from cityiot.storage.db import Notification, make_engine, migrate, sessionmaker
+from cityiot.storage.engine import make_engine, migrate, sessionmaker
+from cityiot.storage.tables.alerts import Notification
 from tests.rules.conftest import HandClock
 from tests.rules.test_notifiers import Receiver, free_port, sample_message
 

@@ -16,7 +16,8 @@ from cityiot.rules.dispatch import Dispatcher
 from cityiot.rules.lifecycle import AlertStore, new_alert_row
 from cityiot.rules.routing import DEFAULT_ROUTING_PATH, Router, load_routing, parse_routing
 from cityiot.rules.silences import SessionFactory, create_silence, expire_silence
-from cityiot.storage.db import Notification, make_engine, migrate, sessionmaker
+from cityiot.storage.engine import make_engine, migrate, sessionmaker
+from cityiot.storage.tables.alerts import Notification
 from tests.rules.conftest import HandClock
 
 CST = dt.timezone(dt.timedelta(hours=8))

@@ -26,8 +26,9 @@ from cityiot.rules.definitions import load_rules
 from cityiot.rules.engine import RulesEngine
 from cityiot.rules.events import Clock, wall_clock
 from cityiot.rules.lifecycle import IllegalAlertTransition
-from cityiot.storage.db import Alert
-from cityiot.storage.registry import import_devices, parse_device_csv
+from cityiot.storage.device_csv import parse_device_csv
+from cityiot.storage.registry import import_devices
+from cityiot.storage.tables.alerts import Alert
 from tests.rules.conftest import wait_until
 
 CATALOGUE = Path(__file__).resolve().parents[2] / "rules" / "catalogue"
@@ -258,7 +259,7 @@ async def test_a_rule_action_commands_the_district_group(
     registered: Any, publisher: mqtt.Client
 ) -> None:
     from cityiot.rules.control import CommandSender, group_targets
-    from cityiot.storage.db import Command
+    from cityiot.storage.tables.control import Command
 
     extra = parse_device_csv(
         "device_id,vendor,kind,district,lat,lon,address,report_interval_s\n"

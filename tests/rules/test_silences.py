@@ -24,7 +24,7 @@ from cityiot.rules.silences import (
     parse_matchers,
     silenced_by,
 )
-from cityiot.storage.db import make_engine, migrate, sessionmaker
+from cityiot.storage.engine import make_engine, migrate, sessionmaker
 
 CST = dt.timezone(dt.timedelta(hours=8))
 T0 = dt.datetime(2025, 11, 24, 10, 0, tzinfo=CST)  # a Monday morning in Zhumadian

@@ -16,8 +16,11 @@ from cityiot.domain.settings import Settings
 from cityiot.ingest.service import ingest_stage
 from cityiot.platform.local_services import LocalBroker, LocalInflux
 from cityiot.rules.service import rules_stage
-from cityiot.storage.db import Alert, Notification, WorkOrder, make_engine, migrate, sessionmaker
-from cityiot.storage.registry import import_devices, parse_device_csv, upsert_vendor
+from cityiot.storage.device_csv import parse_device_csv
+from cityiot.storage.engine import make_engine, migrate, sessionmaker
+from cityiot.storage.registry import import_devices, upsert_vendor
+from cityiot.storage.tables.alerts import Alert, Notification
+from cityiot.storage.tables.workorders import WorkOrder
 from tests.ingest.conftest import REGISTRY_CSV, publisher_for
 from tests.rules.conftest import wait_until
 from tests.rules.test_engine import Subscriber

@@ -28,7 +28,8 @@ from cityiot.rules.workorders import (
     open_work_order,
     transition,
 )
-from cityiot.storage.db import Alert, WorkOrder
+from cityiot.storage.tables.alerts import Alert
+from cityiot.storage.tables.workorders import WorkOrder
 from tests.rules.conftest import HandClock
 
 UTC = dt.UTC

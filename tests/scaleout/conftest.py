@@ -82,8 +82,9 @@ def registry_csv() -> str:
 
 
 async def seed_registry(database_url: str) -> None:
-    from cityiot.storage.db import make_engine, migrate, sessionmaker
-    from cityiot.storage.registry import import_devices, parse_device_csv, upsert_vendor
+    from cityiot.storage.device_csv import parse_device_csv
+    from cityiot.storage.engine import make_engine, migrate, sessionmaker
+    from cityiot.storage.registry import import_devices, upsert_vendor
 
     await migrate(database_url)
     engine = make_engine(database_url)

@@ -32,8 +32,9 @@ from cityiot.ingest.validate import Reading
 from cityiot.rules.definitions import parse_rule
 from cityiot.rules.engine import RulesEngine
 from cityiot.rules.lifecycle import AlertStore
-from cityiot.storage.db import make_engine, migrate, sessionmaker
-from cityiot.storage.registry import import_devices, parse_device_csv
+from cityiot.storage.device_csv import parse_device_csv
+from cityiot.storage.engine import make_engine, migrate, sessionmaker
+from cityiot.storage.registry import import_devices
 from tests.rules.conftest import HandClock
 
 # Fixed forever: a change would move every device's rule state to another worker.

@@ -1,8 +1,9 @@
 """Alembic migrations of the SQL store, shipped inside the package.
 
-``upgrade_to_head(connection)`` (run by ``cityiot.storage.db.migrate``) needs no ``alembic.ini``:
-the configuration is built in code. Developers writing a new revision use the ini beside
-this file: ``alembic -c cityiot/storage/migrations/alembic.ini revision --autogenerate -m "..."``.
+``upgrade_to_head(connection)`` (run by ``cityiot.storage.engine.migrate``) needs no
+``alembic.ini``: the configuration is built in code. Developers writing a new revision
+use the ini beside this file:
+``alembic -c cityiot/storage/migrations/alembic.ini revision --autogenerate -m "..."``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import Connection
 
-from cityiot.storage.db import Base, make_engine
+from cityiot.storage.engine import make_engine
+from cityiot.storage.tables.base import Base  # loads every table module (storage.tables)
 
 config = context.config
 target_metadata = Base.metadata

@@ -1,0 +1,76 @@
+"""The rules stage's alert tables: alerts, silences and the notification outbox."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import JSON, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from cityiot.storage.tables.base import Base, UTCDateTime
+from cityiot.storage.utc import utcnow
+
+
+class Alert(Base):
+    """One alert of one rule on one device, through pending → firing → acknowledged → resolved.
+
+    ``open_key`` is ``rule/device_id`` while the alert is open and NULL once resolved; its
+    unique constraint is what guarantees one open alert per (rule, device), whoever
+    evaluates (NULLs never collide, on SQLite and PostgreSQL alike).
+    """
+
+    __tablename__ = "alerts"
+    __table_args__ = (Index("ix_alerts_state_severity", "state", "severity"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    rule: Mapped[str] = mapped_column(String(128), index=True)
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    district: Mapped[str] = mapped_column(String(32), index=True)
+    vendor: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())  # condition first held
+    fired_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+    acknowledged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(128), default=None)
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+    values: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    open_key: Mapped[str | None] = mapped_column(String(200), unique=True, default=None)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class Silence(Base):
+    """Mutes notifications of alerts whose labels match every matcher, until ``ends_at``."""
+
+    __tablename__ = "silences"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # [{"label": "district", "op": "=", "value": "yicheng"}, ...]; ops: = != =~ !~
+    matchers: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    starts_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    ends_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Notification(Base):
+    """The durable outbox: one message for one channel, retried until delivered."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_due", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    receiver: Mapped[str] = mapped_column(String(128))
+    channel: Mapped[str] = mapped_column(String(128))  # the channel's name in the routing file
+    group_key: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|sent|failed
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)  # the alert group to deliver
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
