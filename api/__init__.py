@@ -1,1 +1,1 @@
-"""The FastAPI service (DESIGN §6): registry, vendors, readings, alerts, work orders."""
+"""The FastAPI service (docs/design.md §6): registry, vendors, readings, alerts, work orders."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-SILENCE_FACTOR = 3  # DESIGN §5: offline after 3 × report_interval_s without data
+SILENCE_FACTOR = 3  # docs/design.md §5: offline after 3 × report_interval_s without data
 
 
 @dataclass(slots=True)

@@ -1,2 +1,2 @@
 """Rules engine: rule definitions, evaluation state, alert lifecycle, routing, notifiers,
-work orders (DESIGN §5). Built in a later issue; the ingest already hands it validated readings."""
+work orders and linked control (docs/design.md §5), fed the ingest's validated readings."""

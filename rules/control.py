@@ -1,5 +1,5 @@
 """Linked control: rule actions that command devices, and the devices' acknowledgements
-(DESIGN §4).
+(docs/design.md §4).
 
 A command goes to ``city/{vendor}/{device_id}/command`` as
 ``{"id": "<uuid hex>", "name": "...", "args": {...}}`` at QoS 1; the device answers on

@@ -1,5 +1,5 @@
 """The notification outbox: every message a channel must deliver is a ``Notification`` row,
-retried with backoff until delivered, refused, or given up on (DESIGN §5).
+retried with backoff until delivered, refused, or given up on (docs/design.md §5).
 
 Being in SQL, a message not delivered before a crash or restart is delivered afterwards:
 ``enqueue`` commits the row, and any ``Deliverer`` on the same database picks it up.
@@ -106,7 +106,7 @@ async def enqueue(
 
     # On the loop's own thread (write_now): through the async session every statement and
     # the commit waited for a turn of the busy loop while holding the write turn, and an
-    # alert's recording queued behind it (220 ms seen in the bench's latency run).
+    # alert's recording queued behind it.
     return await write_now(session_factory, add, what="outbox row")
 
 

@@ -39,7 +39,7 @@ Publish = Callable[[str, bytes], None]
 YIELD_EVERY = 250  # readings evaluated between two turns of the event loop (about 1 ms)
 # run() records what submit() evaluated at once after a quiet spell, but not within this
 # long (s) of its last recording while changes keep coming: a transaction (and a commit)
-# per turn of the loop took 12 % of the ingest's time in a drain.
+# per turn of the loop costs the ingest a share of its time that shows in a drain.
 RECORD_EVERY_S = 0.005
 TICK_SLICE = 2000  # devices scanned for silence between two turns of the event loop
 MAX_WAITING = 50_000  # alert changes evaluated and not recorded yet; submit() waits beyond it

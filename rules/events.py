@@ -1,5 +1,5 @@
 """The alert event: the one object the MQTT alert topic, ``GET /alerts`` and every notifier
-carry (DESIGN §5, contract).
+carry (docs/design.md §5, contract).
 
 ``{"id", "rule", "device_id", "kind", "district", "vendor", "severity", "state",
 "started_at", "resolved_at", "values", "summary"}`` — times in RFC 3339 at +08:00.

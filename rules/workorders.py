@@ -1,5 +1,5 @@
 """Work orders: the field team's task for a firing alert, its SLA clocks and the KPIs over any
-period (DESIGN §5).
+period (docs/design.md §5).
 
 Lifecycle, strictly in order (the API exposes ``POST /workorders/{id}/{action}``)::
 
@@ -34,7 +34,7 @@ SessionFactory = async_sessionmaker[AsyncSession]
 
 STATES = ("dispatched", "accepted", "on_site", "resolved", "closed")
 
-# The city's targets for city-management cases (DESIGN §1).
+# The city's targets for city-management cases (docs/design.md §1).
 VERIFICATION_TARGET = 0.97  # on-time verification rate
 CLOSURE_TARGET = 0.95  # closure rate
 

@@ -210,7 +210,7 @@ class Fleet:
         return "json"
 
     def csv_text(self) -> str:
-        """The registry CSV (DESIGN §7 columns, then ``install_date``)."""
+        """The registry CSV (docs/design.md §7 columns, then ``install_date``)."""
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)

@@ -1,7 +1,7 @@
 """Scripted incidents and malformed messages: what the platform must catch.
 
 An :class:`Incident` makes chosen devices misbehave for a time span, with values the
-default rule catalogue (DESIGN §5) would alert on. Malformed payloads, each labelled,
+default rule catalogue (docs/design.md §5) would alert on. Malformed payloads, each labelled,
 exercise the ingest's rejection and dead-letter path.
 
 Incident specs on the command line read ``name[:devices[:after_s[:duration_s]]]``, e.g.

@@ -1,4 +1,4 @@
-"""Shared fixtures: real Mosquitto and InfluxDB processes, fresh databases (DESIGN §3).
+"""Shared fixtures: real Mosquitto and InfluxDB processes, fresh databases (docs/design.md §3).
 
 Processes are session-scoped and started synchronously, each in its own tmp dir (parallel
 safe); databases are per test. Everything is cleaned up even when a test fails.

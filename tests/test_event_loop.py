@@ -10,7 +10,7 @@ import pytest
 import uvloop
 from pydantic import ValidationError
 
-from cityiot.cli import run_until_signal
+from cityiot.cli.common import run_until_signal
 from cityiot.domain.settings import Settings
 
 

@@ -19,7 +19,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cityiot import services
+from cityiot.platform import local_services as services
 from cityiot.platform.local_services import (
     ExecutableNotFound,
     LocalBroker,

@@ -1,4 +1,4 @@
-"""One router per resource, in the order of the endpoint table (DESIGN §6)."""
+"""One router per resource, in the order of the endpoint table (docs/design.md §6)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Alerts: ``GET /alerts``, ``GET /alerts/{id}``, ``POST /alerts/{id}/ack``.
 
-Every alert is served as the alert event of the contract (DESIGN §5) — the same object the
+Every alert is served as the alert event of the contract (docs/design.md §5) — the same object the
 MQTT alert topic carries. Lists are newest first (by ``started_at``) and exclude nothing by
 default: pending, firing, acknowledged and resolved alerts are all rows; filter with
 ``state=firing`` and the like. An acknowledgement is published on
@@ -62,7 +62,7 @@ ALERT_EXAMPLE: dict[str, Any] = {
 
 
 class AlertOut(BaseModel):
-    """The alert event (DESIGN §5, contract): the object the MQTT alert topic carries."""
+    """The alert event (docs/design.md §5, contract): the object the MQTT alert topic carries."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [ALERT_EXAMPLE]})
 

@@ -383,7 +383,7 @@ async def import_csv(
         bool, Query(description="create vendors the file names that are not registered")
     ] = False,
 ) -> dict[str, Any]:
-    """Register or update many devices (the CSV of DESIGN §7); a report row by row.
+    """Register or update many devices (the CSV of docs/design.md §7); a report row by row.
 
     Valid rows are imported even when others are not; each bad row is listed with its line,
     column and what to change.

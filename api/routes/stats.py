@@ -64,7 +64,7 @@ class AlertCounts(BaseModel):
 
 class SlaKpis(BaseModel):
     """Work-order SLA KPIs of the orders created in the last 30 days (see the work orders
-    section of the README for the exact definitions)."""
+    section of docs/rules.md for the exact definitions)."""
 
     start: str
     end: str

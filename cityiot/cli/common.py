@@ -38,7 +38,7 @@ def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | N
     or None for Python's own.
 
     uvloop's transports, timers and callbacks are C: in interleaved bench drains the
-    ingest spent about 4 % less CPU on the same readings (see the README's benchmark)."""
+    ingest spent less CPU on the same readings (docs/benchmark.md)."""
     if name == "uvloop":
         import uvloop
 

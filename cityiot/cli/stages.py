@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -80,53 +79,19 @@ def ingest(
     workers each one evaluates its own devices and forwards the others' readings to them
     (ingest/partition.py). With CITYIOT_METRICS_PORT set, its counters, queue depths and
     spool are served for Prometheus."""
-    from cityiot.api.metrics import counters_source
-    from cityiot.ingest.partition import partition_stage
-    from cityiot.ingest.service import ingest_stage
     from cityiot.platform.gcpolicy import settle
-    from cityiot.rules.service import rules_stage
+    from cityiot.platform.wiring import platform
 
     settings = load_settings()
     configure_logging(settings)
     stop = asyncio.Event()
 
     async def main() -> None:
-        rules_stop = asyncio.Event()
-        partition_stop = asyncio.Event()
-        async with contextlib.AsyncExitStack() as stack:
-            stage = await stack.enter_async_context(ingest_stage(settings))
-            partition = await stack.enter_async_context(partition_stage(settings, stage))
-            sources: dict[str, Any] = {
-                "ingest": counters_source(stage.counters),
-                "broker": counters_source(stage.link.stats),
-                "queue": stage.depths,
-                "partition": counters_source(partition.counters),
-            }
-            if with_rules:
-                rules = await stack.enter_async_context(
-                    rules_stage(
-                        settings,
-                        stage.devices,
-                        stage.sessions,
-                        stage.link.publish,
-                        stop=rules_stop,
-                        owns=partition.owns,
-                    )
-                )
-                partition.rules = rules.engine.submit
-                sources["rules"] = counters_source(rules.engine.counters)
-                sources["delivery"] = counters_source(rules.deliverer.counters)
-            serve_metrics(settings, sources)
+        async with platform(settings, rules=with_rules) as running:
+            serve_metrics(settings, running.sources())
             settle(settings.gc_full_every_s)  # registry and rule state loaded: before readings
-            task = asyncio.create_task(stage.run())
-            receiving = asyncio.create_task(partition.run(partition_stop))
+            running.start()
             await stop.wait()
-            await stage.stop()
-            await task
-            # After the ingest's last batches are forwarded: take what others sent us.
-            partition_stop.set()
-            await receiving
-            rules_stop.set()
 
     run_until_signal(main(), stop, settings)
 

@@ -1,6 +1,6 @@
 """The sensor catalogue: kinds, their metrics (type, unit, physical range) and attributes.
 
-This is the access standard of DESIGN §4 in code. Validation tables in the ingest are
+This is the access standard of docs/design.md §4 in code. Validation tables in the ingest are
 compiled from it once; nothing else in the platform spells a metric name by hand.
 """
 
@@ -175,7 +175,7 @@ DISTRICTS: dict[str, District] = {
     )
 }
 
-# Attributes every device carries, whatever its kind (DESIGN §4).
+# Attributes every device carries, whatever its kind (docs/design.md §4).
 COMMON_ATTRIBUTES = ("district", "lat", "lon", "address", "install_date", "report_interval_s")
 
 

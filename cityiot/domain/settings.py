@@ -14,7 +14,7 @@ _SHARE_GROUP = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class Settings(BaseSettings):
-    """Everything configurable, with the defaults of DESIGN §7.
+    """Everything configurable, with the defaults of docs/design.md §7.
 
     ``mqtt_url`` and ``influx_url`` left empty mean "start local ones" for ``cityiot run``;
     the single-stage commands need them set.
@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     # The latest-value table: the ingest writes what changed this often.
     latest_flush_ms: int = Field(500, ge=50, le=1000)
 
-    # Ingest tuning (DESIGN §8); the defaults suit one worker on a small machine.
+    # Ingest tuning (docs/design.md §8); the defaults suit one worker on a small machine.
     batch_size: int = Field(5000, ge=1, description="flush to InfluxDB at this many points")
     flush_interval_ms: int = Field(200, ge=1, description="... or after this long")
     max_payload_bytes: int = Field(256 * 1024, ge=64)

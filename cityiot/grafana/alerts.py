@@ -1,7 +1,7 @@
 """Alerts over the API: open alerts by severity, firing, acknowledged, pending, resolved.
 
 Every panel is a ``GET /api/v1/alerts`` (or ``/stats/overview``) through the Infinity data
-source, so it shows what the platform's alert store holds (DESIGN §5), with the key's grant.
+source, so it shows what the platform's alert store holds (docs/design.md §5), with the key's grant.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def _online(group_by: str, online: bool = True) -> str:
 
 
 def alerts_query(state: str, limit: int = 100) -> Infinity:
-    """``GET /api/v1/alerts?state=…``: the alert events (DESIGN §5), newest first."""
+    """``GET /api/v1/alerts?state=…``: the alert events (docs/design.md §5), newest first."""
     query = Infinity("/api/v1/alerts").param("state", state).param("limit", str(limit))
     query = query.root("items")
     for selector, text, type_ in ALERT_COLUMNS:

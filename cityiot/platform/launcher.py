@@ -28,15 +28,14 @@ from rich.live import Live
 from rich.table import Table
 
 from cityiot.api.keys import KeyRing, create_key
-from cityiot.api.metrics import add_source, counters_source
-from cityiot.api.server import ApiServer
 from cityiot.domain.catalogue import KINDS
 from cityiot.domain.settings import MqttTarget, Settings
 from cityiot.ingest.pipeline import Ingest, IngestCounters
-from cityiot.ingest.service import ingest_stage
 from cityiot.platform.gcpolicy import settle
 from cityiot.platform.local_services import LocalBroker, LocalInflux, write_private
-from cityiot.rules.service import RulesStage, rules_stage
+from cityiot.platform.redact import redact_text
+from cityiot.platform.wiring import platform
+from cityiot.rules.service import RulesStage
 from cityiot.simulators import Fleet, run_simulation
 from cityiot.storage.broker_access import PLATFORM_USER, BrokerAccess, password_matches
 from cityiot.storage.device_csv import parse_device_csv
@@ -106,27 +105,11 @@ async def run_platform(
                 "influx_password": influx.password,
             }
         settings = settings.model_copy(update=updates)
-        rules_stop = asyncio.Event()
-        async with (
-            ingest_stage(settings) as ingest,
-            rules_stage(
-                settings, ingest.devices, ingest.sessions, ingest.link.publish, stop=rules_stop
-            ) as rules,
-            ApiServer(settings) as api,
-        ):
-            ingest.on_readings = rules.engine.submit
-            # The stages' counters on the API's /metrics.
-            add_source(api.app.state.ctx, "ingest", counters_source(ingest.counters))
-            add_source(api.app.state.ctx, "rules", counters_source(rules.engine.counters))
-            add_source(api.app.state.ctx, "delivery", counters_source(rules.deliverer.counters))
-            add_source(api.app.state.ctx, "broker", counters_source(ingest.link.stats))
-            add_source(
-                api.app.state.ctx,
-                "queue",
-                lambda: {**ingest.depths(), "rules_waiting": float(len(rules.engine.waiting))},
-            )
+        async with platform(settings, rules=True, api=True) as running:
+            ingest, rules, api = running.ingest, running.rules, running.api
+            assert rules is not None and api is not None
             settle(settings.gc_full_every_s)  # registry and rule state loaded: before readings
-            tasks = [asyncio.create_task(ingest.run(), name="ingest")]
+            tasks = [running.start()]
             if fleet is not None:
                 tasks.append(
                     asyncio.create_task(
@@ -150,11 +133,10 @@ async def run_platform(
                 await watch(ingest, rules, stop, tasks, out)
             finally:
                 stop.set()
-                await ingest.stop()
+                await running.stop()
                 for task in tasks:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
-                rules_stop.set()
         out.print("stopping local services …" if updates else "stopped.")
     if updates:
         out.print("stopped.")
@@ -348,8 +330,9 @@ def show_where(settings: Settings, run_dir: Path, out: Console, api_url: str) ->
         out.print(f"                {api_url}/#key={key_file.read_text().strip()}", soft_wrap=True)
     else:
         out.print(f"                {api_url}/#key=$(cat {key_file})  (open in a browser)")
-    out.print(f"  InfluxDB      {settings.influx_url}  database {db!r}")
-    out.print(f"  registry      {settings.database_url}  (dead letters in table dead_letters)")
+    out.print(f"  InfluxDB      {redact_text(settings.influx_url)}  database {db!r}")
+    registry = redact_text(settings.database_url)
+    out.print(f"  registry      {registry}  (dead letters in table dead_letters)")
     out.print(
         f"  alerts        mosquitto_sub -h {target.host} -p {target.port}{login} "
         "-t 'city/alerts/#' -v"

@@ -1,4 +1,4 @@
-"""Local Mosquitto and InfluxDB processes for ``cityiot run`` and the tests (DESIGN §3).
+"""Local Mosquitto and InfluxDB processes for ``cityiot run`` and the tests (docs/design.md §3).
 
 Each service lives entirely under ``<run_dir>/<name>/``: rendered config, data, log, pid
 file and the ports it last used. ``start()`` reuses that data (so ``make run`` keeps its
@@ -541,11 +541,9 @@ class LocalBroker(LocalService):
 
 
 # InfluxDB is a Go program: its heap is collected whenever it has grown by GOGC % since the
-# last collection. At Go's default (100) a drain of 600,000 points took InfluxDB 14.9 CPU-s
-# (mean of four runs after the first; paced at 30,000 points/s on 2 cores), at 200 12.0 and
-# at 400 10.2: a third less, with a peak RSS of 2.6 GB instead of 1.1. On two cores shared
-# with the ingest that is CPU the ingest gets (README, Benchmark). GOMEMLIMIT bounds the
-# cost: near it Go collects more often, whatever GOGC says.
+# last collection. Collecting four times less often costs it a third less CPU in a drain, CPU
+# the ingest gets on a shared machine, for a larger peak heap (figures: the CHANGELOG and
+# docs/benchmark.md). GOMEMLIMIT bounds that: near it Go collects more often, whatever GOGC says.
 INFLUX_GOGC = "400"
 
 

@@ -1,4 +1,4 @@
-"""Vendor MQTT accounts, enforced by the broker (DESIGN §4).
+"""Vendor MQTT accounts, enforced by the broker (docs/design.md §4).
 
 Each vendor account may publish only ``city/{vendor}/+/telemetry``, ``/status`` and
 ``/ack`` and read only ``city/{vendor}/+/command``; the platform's own service account

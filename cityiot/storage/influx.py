@@ -1,7 +1,7 @@
 """InfluxDB through its v1 HTTP API: line protocol to ``/write``, InfluxQL on ``/query``.
 
 That pair is served by InfluxDB 1.x, by 2.x (v1 compatibility) and by 3.x, so one tested
-path serves every version a city may run (DESIGN §3). There is no maintained async client
+path serves every version a city may run (docs/design.md §3). There is no maintained async client
 for the v1 API, so this is a thin layer over keep-alive HTTP: writes go through an
 ``httpcore`` connection pool, everything else through an ``httpx.AsyncClient``.
 

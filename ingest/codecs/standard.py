@@ -1,4 +1,4 @@
-"""``json``: the access standard's own payload (DESIGN §4).
+"""``json``: the access standard's own payload (docs/design.md §4).
 
 Single reading::
 

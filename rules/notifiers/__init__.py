@@ -1,4 +1,4 @@
-"""Notifier channels: each turns one notification message into one request (DESIGN §5).
+"""Notifier channels: each turns one notification message into one request (docs/design.md §5).
 
 A channel knows nothing of rules, routing or retries: it is built from its entry in the
 routing file (``{"type": "webhook", "name": "ops-hook", ...options}``) and exposes

@@ -27,11 +27,9 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from cityiot.api.keys import create_key
-from cityiot.api.server import ApiServer
 from cityiot.domain.settings import Settings
-from cityiot.ingest.service import ingest_stage
 from cityiot.platform.local_services import LocalBroker, LocalInflux, free_port
-from cityiot.rules.service import rules_stage
+from cityiot.platform.wiring import platform as start_platform
 from cityiot.simulators import Fleet
 from cityiot.simulators.behaviour import new_state, reading
 from cityiot.simulators.fleet import SimDevice
@@ -160,22 +158,18 @@ async def platform(
     assert not (await import_devices(sessions, parsed.rows)).errors
     _, key = await create_key(sessions, "admin", name="console test admin")
     publisher = publisher_for(broker)
-    rules_stop = asyncio.Event()
     try:
         async with (
-            ingest_stage(settings) as ingest,
-            rules_stage(
-                settings, ingest.devices, ingest.sessions, ingest.link.publish, stop=rules_stop
-            ) as rules,
-            ApiServer(settings) as api,
+            start_platform(settings, rules=True, api=True) as running,
             httpx.AsyncClient(
-                base_url=f"{api.url}/api/v1",
+                base_url=f"{running.api.url}/api/v1",  # type: ignore[union-attr]
                 headers={"Authorization": f"Bearer {key}"},
                 timeout=10.0,
             ) as http,
         ):
-            ingest.on_readings = rules.engine.submit
-            task = asyncio.create_task(ingest.run(), name="console-test-ingest")
+            api = running.api
+            assert api is not None
+            running.start()
             harness = ConsolePlatform(api.url, key, settings, sessions, fleet, publisher, http)
             try:
                 for device in fleet.devices[SILENT : SILENT + DECOMMISSIONED]:
@@ -198,9 +192,7 @@ async def platform(
                 await _eventually(settled, 20, f"{expected} devices online and {OFFLINE} offline")
                 yield harness
             finally:
-                await ingest.stop()
-                await task
-                rules_stop.set()
+                await running.stop()
     finally:
         publisher.loop_stop()
         publisher.disconnect()

@@ -25,9 +25,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cityiot.domain.settings import Settings
-from cityiot.ingest.service import ingest_stage
 from cityiot.platform.local_services import LocalBroker, LocalInflux
-from cityiot.rules.service import rules_stage
+from cityiot.platform.wiring import platform
 from cityiot.simulators import Fleet, SimDevice, iter_reports, plan_incident
 from cityiot.storage.device_csv import parse_device_csv
 from cityiot.storage.engine import make_engine, migrate, sessionmaker
@@ -138,16 +137,11 @@ async def city(
     )
     publisher.connect(broker.host, broker.port)
     publisher.loop_start()
-    rules_stop = asyncio.Event()
     try:
-        async with (
-            ingest_stage(settings) as ingest,
-            rules_stage(
-                settings, ingest.devices, ingest.sessions, ingest.link.publish, stop=rules_stop
-            ) as rules,
-        ):
-            ingest.on_readings = rules.engine.submit
-            task = asyncio.create_task(ingest.run())
+        async with platform(settings, rules=True) as running:
+            ingest, rules = running.ingest, running.rules
+            assert rules is not None
+            running.start()
             sent = [publisher.publish(m.topic, m.payload, qos=1) for m in messages]
             sent.append(
                 publisher.publish(signed_off.status_topic, orjson.dumps({"online": False}), qos=1)
@@ -157,9 +151,6 @@ async def city(
             await _until(lambda: ingest.counters.messages >= len(sent) and ingest.idle)
             await _until(lambda: rules.engine.counters.readings >= ingest.counters.readings)
             assert ingest.counters.rejected == 0, "the simulator's messages must all be valid"
-            await ingest.stop()
-            await task
-            rules_stop.set()
     finally:
         publisher.loop_stop()
         publisher.disconnect()

@@ -1,4 +1,4 @@
-"""Device CSV parsing (DESIGN §7): good files, and every kind of bad row."""
+"""Device CSV parsing (docs/design.md §7): good files, and every kind of bad row."""
 
 from __future__ import annotations
 

@@ -67,10 +67,10 @@ def replay(start: dt.datetime, hours: float, incidents: list[Any]) -> list[Trans
     slots = int(hours * 3600 * rate)
     next_tick_ms = start_ms + 5000
     for message in iter_messages(FLEET, start_ms, slots, seed=5, rate=rate, incidents=incidents):
-        decoder._batch.readings.clear()
+        decoder.intake.batch.readings.clear()
         decoder.handle(Delivery(message.topic, message.payload, 0, 0, 0), start_ms + slots * 1000)
-        assert not decoder._batch.dead_letters, decoder._batch.dead_letters[-1].reason
-        for r in decoder._batch.readings:
+        assert not decoder.intake.batch.dead_letters, decoder.intake.batch.dead_letters[-1].reason
+        for r in decoder.intake.batch.readings:
             while r.ts_ms >= next_tick_ms:  # the platform clock follows the replay
                 out += evaluator.tick(next_tick_ms / 1000, facts.values())
                 next_tick_ms += 5000

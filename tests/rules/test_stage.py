@@ -4,7 +4,6 @@ team's MQTT channel → work order for the team; then resolved."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from pathlib import Path
@@ -13,9 +12,8 @@ import orjson
 from sqlalchemy import select
 
 from cityiot.domain.settings import Settings
-from cityiot.ingest.service import ingest_stage
 from cityiot.platform.local_services import LocalBroker, LocalInflux
-from cityiot.rules.service import rules_stage
+from cityiot.platform.wiring import platform
 from cityiot.storage.device_csv import parse_device_csv
 from cityiot.storage.engine import make_engine, migrate, sessionmaker
 from cityiot.storage.registry import import_devices, upsert_vendor
@@ -47,16 +45,9 @@ async def test_a_published_reading_raises_notifies_and_dispatches(
     # Alert events (the contract topic) and team notifications (the MQTT channel's own tree).
     subscriber = Subscriber(broker, "city/alerts/#", "cityiot/teams/#")
     publisher = publisher_for(broker)
-    rules_stop = asyncio.Event()
     try:
-        async with (
-            ingest_stage(settings) as ingest,
-            rules_stage(
-                settings, ingest.devices, ingest.sessions, ingest.link.publish, stop=rules_stop
-            ) as stage,
-        ):
-            ingest.on_readings = stage.engine.submit
-            task = asyncio.create_task(ingest.run())
+        async with platform(settings, rules=True) as running:
+            running.start()
             now = int(time.time() * 1000)
             publish = publisher.publish
             publish(
@@ -81,9 +72,6 @@ async def test_a_published_reading_raises_notifies_and_dispatches(
                 ),
                 15,
             )
-            await ingest.stop()
-            await task
-            rules_stop.set()
     finally:
         subscriber.close()
         publisher.loop_stop()

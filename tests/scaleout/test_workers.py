@@ -1,6 +1,6 @@
 """Three ``cityiot ingest --rules`` workers sharing one subscription on a real Mosquitto and
 InfluxDB: every reading stored exactly once, nothing lost when a worker is SIGKILLed, and a
-device's rule state in one worker only (DESIGN §9)."""
+device's rule state in one worker only (docs/design.md §9)."""
 
 from __future__ import annotations
 

@@ -55,7 +55,7 @@ def test_every_value_has_the_catalogue_type_and_range(fleet: Fleet, day: dt.date
 
 
 def test_normal_behaviour_stays_clear_of_the_alert_thresholds(fleet: Fleet) -> None:
-    """What the default rule catalogue (DESIGN §5) alerts on never happens without an incident."""
+    """What the default rule catalogue (docs/design.md §5) alerts on never happens without an incident."""
     occupied_since: dict[str, int] = {}
     pressures: dict[str, list[tuple[int, float]]] = {}
     for device, ts, m in _run(fleet, _ms(dt.date(2025, 11, 20), 0), 48):

@@ -1,4 +1,4 @@
-"""The simulated fleet: deterministic, well-formed, and its registry CSV as DESIGN §7 says."""
+"""The simulated fleet: deterministic, well-formed, and its registry CSV as docs/design.md §7 says."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Scripted incidents produce exactly what the default rules (DESIGN §5) would catch."""
+"""Scripted incidents produce exactly what the default rules (docs/design.md §5) would catch."""
 
 from __future__ import annotations
 
