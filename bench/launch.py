@@ -80,6 +80,7 @@ class Launcher:
             CITYIOT_RUN_DIR=str(work),
             CITYIOT_MQTT_CLIENT_ID=client_id,
             CITYIOT_RULES_PATH=str(REPO / "rules" / "catalogue"),
+            CITYIOT_LOG_FORMAT="logfmt",  # readiness is read as event=… in the workers' logs
         )
         self.say(f"{spec.name}: starting {spec.workers} × cityiot ingest --rules…")
         processes = start_workers(
