@@ -109,7 +109,7 @@ class _Probe:
 
 
 def probe_payload(ts_ms: int, seq: int, tilt_deg: float, cover_open: bool) -> bytes:
-    """A full, valid manhole reading (DESIGN §4) with the given cover state."""
+    """A full, valid manhole reading (docs/design.md §4) with the given cover state."""
     return orjson.dumps(
         {
             "ts": ts_ms,

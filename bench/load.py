@@ -1,7 +1,7 @@
 """The benchmark's load: a fleet of JSON devices, their payloads, and a fast publisher.
 
 Every system in a run receives the same messages: one reading per message
-(``{"ts", "seq", "metrics"}``, DESIGN §4), produced by the simulator's device behaviour
+(``{"ts", "seq", "metrics"}``, docs/design.md §4), produced by the simulator's device behaviour
 for a deterministic fleet, with distinct timestamps per device so that no point in
 InfluxDB overwrites another and the stored count is exact.
 """
