@@ -47,7 +47,7 @@ $(RUN_STAMP): pyproject.toml | deps-run
 # OS packages, only when missing. Running: Mosquitto, InfluxDB (Debian's `influxdb`),
 # python3-venv, a C compiler and Mosquitto's plugin headers for the broker's client-id plugin
 # (cityiot/platform/broker_plugin). Testing adds Chromium and a Chinese font for the
-# console's browser tests (tests/console). The platform starts its own broker and InfluxDB
+# console's browser tests (tests/api/console). The platform starts its own broker and InfluxDB
 # on free ports (cityiot/platform/local_services.py), so the system services the packages
 # enable on install are not needed: those that this very install started are stopped and
 # disabled again.

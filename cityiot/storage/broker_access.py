@@ -8,7 +8,7 @@ renders Mosquitto's ``password_file`` and ``acl_file`` from the active accounts,
 them the vendor map (``<password_file>.vendors``: username and vendor id, for the client-id
 plugin's ``vendor_map``), replaces them atomically and sends the broker SIGHUP.
 
-Verified against Mosquitto 2.0.11 (``tests/test_broker_access.py``): the hashes below are
+Verified against Mosquitto 2.0.11 (``tests/storage/test_broker_access.py``): the hashes below are
 accepted as ``mosquitto_passwd`` writes them, and on SIGHUP the broker re-reads both files
 and disconnects a connected client whose account is gone, within about 0.1 s; a client
 still listed is judged by the new ACL from its next message on.

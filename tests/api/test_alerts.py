@@ -19,7 +19,7 @@ from cityiot.rules.lifecycle import AlertStore, new_alert_row
 from cityiot.storage.tables.alerts import Alert, Silence
 from cityiot.storage.tables.audit import AuditEntry
 from tests.api.conftest import ROLES, Api
-from tests.rules.conftest import wait_until
+from tests.waiting import until
 
 # device → (kind, district, vendor), as in tests/ingest/conftest.py::REGISTRY_CSV
 DEVICES = {
@@ -229,7 +229,7 @@ async def test_ack_by_each_allowed_role_publishes_the_contract_event_and_audits(
             if topic == "city/alerts/yicheng/manhole" and e["state"] == "acknowledged"
         }
 
-    await wait_until(lambda: len(published()) == 3, 5.0)
+    await until(lambda: len(published()) == 3, 5.0)
     for role in ("admin", "operator", "field"):
         event = published()[alerts[role].id]
         assert set(event) == CONTRACT_KEYS

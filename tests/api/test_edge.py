@@ -32,7 +32,7 @@ from cityiot.api.server import ApiServer
 from cityiot.platform.local_services import LocalBroker, LocalInflux, free_port
 from cityiot.storage.engine import make_engine, migrate, sessionmaker
 from tests.api.conftest import Api, seed_registry
-from tests.console.conftest import CHROMIUM, CHROMIUM_ARGS, require_chromium
+from tests.api.console.conftest import CHROMIUM, CHROMIUM_ARGS, require_chromium
 
 MiB = 1024 * 1024
 ATTACK_BYTES = 300 * MiB  # the red team's body

@@ -20,7 +20,7 @@ from cityiot.storage.tables.audit import AuditEntry
 from cityiot.storage.tables.rules import RuleOverride
 from cityiot.storage.utc import utcnow
 from tests.api.conftest import ROLES, Api
-from tests.rules.conftest import wait_until
+from tests.waiting import until
 
 CATALOGUE = load_rules(SHIPPED_CATALOGUE)
 STRICTER = {
@@ -152,7 +152,7 @@ async def test_a_running_rules_engine_uses_a_rule_put_through_the_api(api: Api) 
 
         r = await api.client("admin").put("/api/v1/rules/manhole_cover_open", json=STRICTER)
         assert r.status_code == 200
-        await wait_until(lambda: engine.evaluator.rules["manhole_cover_open"].source == "api", 5.0)
+        await until(lambda: engine.evaluator.rules["manhole_cover_open"].source == "api", 5.0)
         assert ("manhole_methane", "mh-1") in engine.evaluator.tracks  # its timer goes on
 
         await engine.evaluate(

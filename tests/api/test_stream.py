@@ -22,7 +22,7 @@ from cityiot.ingest.codecs.hexframe import encode
 from cityiot.platform.local_services import LocalBroker, free_port
 from tests.api.conftest import Api
 from tests.api.test_alerts import CONTRACT_KEYS, raise_alert
-from tests.rules.conftest import wait_until
+from tests.waiting import until
 
 
 def alert_event(district: str, kind: str, device_id: str, vendor: str = "acme") -> dict[str, Any]:
@@ -154,7 +154,7 @@ async def test_a_device_stream_carries_its_decoded_readings(
         assert name == "reading" and data["metrics"] == {"tilt_deg": 2.5, "cover_open": False}
     # Closed streams leave nothing behind: no subscriber, no device topic subscribed.
     hub = api.server.app.state.ctx.hub
-    await wait_until(lambda: not hub.subscriptions and not hub._watched, 5.0)
+    await until(lambda: not hub.subscriptions and not hub._watched, 5.0)
 
 
 async def test_a_device_stream_outside_the_grant_is_404_like_an_unknown_one(api: Api) -> None:
@@ -222,10 +222,10 @@ async def test_the_hubs_events_wait_for_the_broker_and_go_out_on_reconnect(tmp_p
             await asyncio.sleep(0.3)
             assert list(hub.outbox) == [("city/alerts/yicheng/manhole", payload)]
             own.start()  # the same port and data
-            await wait_until(lambda: hub.connected and not hub.outbox, 10.0)
+            await until(lambda: hub.connected and not hub.outbox, 10.0)
         client, received = watcher()
         try:
-            await wait_until(lambda: received == [payload], 5.0)
+            await until(lambda: received == [payload], 5.0)
         finally:
             client.disconnect()
             client.loop_stop()

@@ -23,7 +23,7 @@ from cityiot.platform.local_services import LocalBroker, free_port
 from tests.api.conftest import DEPARTMENT_DISTRICTS, DEPARTMENT_KINDS, Api
 from tests.api.test_stream import Events, alert_event, publish, stream
 from tests.payloads import HOSTILE
-from tests.rules.conftest import wait_until
+from tests.waiting import until
 
 # Passes the grant filters but cannot be sent as JSON: the stream must skip it, not end.
 BEYOND_64_BITS = (
@@ -95,8 +95,8 @@ async def test_a_hub_task_that_dies_is_restarted_logged_and_counted(
     settings = Settings.model_validate({"mqtt_url": broker.url})
     caplog.set_level(logging.ERROR, logger="cityiot.api.stream")
     async with CrashingOnce(settings, None, connect_wait_s=5.0) as hub:
-        await wait_until(lambda: hub.restarts == 1, 10.0)
-        await wait_until(lambda: hub.connected, 10.0)
+        await until(lambda: hub.restarts == 1, 10.0)
+        await until(lambda: hub.connected, 10.0)
         assert hub.metrics()["restarts_total"] == 1
         async with hub.subscribe(lambda event: True) as subscription:
             event = alert_event("yicheng", "manhole", "mh-1")

@@ -16,7 +16,7 @@ from cityiot.api.metrics import counters_source
 from cityiot.domain.settings import MqttTarget
 from cityiot.ingest.broker import BrokerLink, Delivery, _packet, _Session, _string
 from cityiot.platform.local_services import LocalBroker
-from tests.rules.conftest import wait_until
+from tests.waiting import until
 
 
 def publish_packet(topic: str, payload: bytes, qos: int, mid: int = 0, dup: bool = False) -> bytes:
@@ -139,8 +139,8 @@ async def test_our_qos1_publishes_reach_a_subscriber(broker: LocalBroker) -> Non
         async with BrokerLink(MqttTarget(broker.url), f"pub-{time.time_ns()}", []) as link:
             for i in range(300):
                 link.publish(topic, f"event-{i}".encode())
-            await wait_until(lambda: not link._outgoing, 5)  # every one acknowledged
-        await wait_until(lambda: len(seen) >= 300, 5)
+            await until(lambda: not link._outgoing, 5)  # every one acknowledged
+        await until(lambda: len(seen) >= 300, 5)
     finally:
         listener.loop_stop()
         listener.disconnect()
@@ -178,7 +178,7 @@ async def test_a_lost_session_is_logged_and_counted(
     async with BrokerLink(MqttTarget(broker.url), client_id, ["city/#"]) as link:
         assert link.stats.sessions_lost == 0  # a first connect has no session to lose
         await asyncio.to_thread(take_over, broker, client_id)
-        await wait_until(lambda: link.stats.connects >= 2 and link.connected, 15)
+        await until(lambda: link.stats.connects >= 2 and link.connected, 15)
         assert link.stats.disconnects == 1 and link.stats.sessions_lost == 1
         assert counters_source(link.stats)()["sessions_lost_total"] == 1
     lines = [r for r in caplog.records if "event=mqtt_session_lost" in r.getMessage()]
@@ -193,5 +193,5 @@ async def test_a_kept_session_is_not_reported_lost(broker: LocalBroker) -> None:
     async with BrokerLink(MqttTarget(broker.url), client_id, ["city/#"]) as link:
         assert link._session is not None and link._session.transport is not None
         link._session.abort("test: connection cut")  # the broker keeps the session
-        await wait_until(lambda: link.stats.connects >= 2 and link.connected, 15)
+        await until(lambda: link.stats.connects >= 2 and link.connected, 15)
         assert link.stats.disconnects == 1 and link.stats.sessions_lost == 0

@@ -30,6 +30,20 @@ def test_every_package_folder_exists_and_is_a_package() -> None:
         assert (folder / "__init__.py").is_file(), f"{package}: {folder} is not a package"
 
 
+def test_every_package_in_the_folders_is_listed() -> None:
+    """A new package folder the build does not list would be missing from the wheel."""
+    listed = set(package_dirs().values())
+    roots = {
+        folder
+        for package, folder in package_dirs().items()
+        if "." not in package.removeprefix("cityiot.") or package == "cityiot"
+    }
+    found = {init.parent for root in roots for init in root.rglob("__init__.py")}
+    assert found - listed == set(), (
+        f"add these to [tool.setuptools] packages: {sorted(found - listed)}"
+    )
+
+
 def test_no_import_runs_up_a_floor(tmp_path: Path) -> None:
     done = lint(assemble(tmp_path / "site"))
     assert done.returncode == 0, done.stdout + done.stderr

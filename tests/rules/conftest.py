@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
-from collections.abc import Callable
 
 
 class HandClock:
@@ -26,11 +24,3 @@ class HandClock:
     @property
     def at(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.now, dt.UTC)
-
-
-async def wait_until(done: Callable[[], bool], timeout_s: float) -> None:
-    """Poll ``done`` (e.g. messages from a paho thread) until true; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        assert time.monotonic() < deadline, f"not done after {timeout_s} s"
-        await asyncio.sleep(0.05)

@@ -29,7 +29,7 @@ from cityiot.rules.lifecycle import IllegalAlertTransition
 from cityiot.storage.device_csv import parse_device_csv
 from cityiot.storage.registry import import_devices
 from cityiot.storage.tables.alerts import Alert
-from tests.rules.conftest import wait_until
+from tests.waiting import until
 
 CATALOGUE = Path(__file__).resolve().parents[2] / "rules" / "catalogue"
 CSV = """device_id,vendor,kind,district,lat,lon,address,report_interval_s,depth_cm
@@ -138,7 +138,7 @@ async def test_one_batch_opens_fires_resolves_and_reopens_in_order(
             + flooding(t0 + 160_000, 175.0)
         )
         await engine.evaluate(batch)
-        await wait_until(lambda: len(subscriber.messages) >= 4, 5)
+        await until(lambda: len(subscriber.messages) >= 4, 5)
     finally:
         subscriber.close()
     states = [(e["state"], e["values"]["water_level_cm"]) for _, e in subscriber.messages]
@@ -169,7 +169,7 @@ async def test_a_batch_that_resolves_an_alert_and_raises_it_again_records_both(
 
         await engine.evaluate([cover(ts, True, 40.0)])
         await engine.evaluate([cover(ts + 100, False, 1.0), cover(ts + 200, True, 41.0)])
-        await wait_until(lambda: len(subscriber.messages) >= 3, 5)
+        await until(lambda: len(subscriber.messages) >= 3, 5)
     finally:
         subscriber.close()
     events = [e for _, e in subscriber.messages]
@@ -238,7 +238,7 @@ async def test_every_state_change_is_published_with_the_contract(
         with pytest.raises(IllegalAlertTransition):
             await engine.acknowledge(alert.id, "again")
         await engine.evaluate(flooding(t0 + 190_000, 90.0))
-        await wait_until(lambda: len(subscriber.messages) >= 4, 5)
+        await until(lambda: len(subscriber.messages) >= 4, 5)
     finally:
         subscriber.close()
     topics = {t for t, _ in subscriber.messages}
@@ -335,7 +335,7 @@ async def test_a_slow_dispatch_holds_up_no_alert(registered: Any) -> None:
         await engine.submit(
             [Reading(device, "manhole", ts, {"cover_open": True, "tilt_deg": 40.0})]
         )
-        await wait_until(lambda d=device: d in published, 10)  # type: ignore[misc]
+        await until(lambda d=device: d in published, 10)  # type: ignore[misc]
     assert published == ["mh-1", "mh-2"] and dispatcher.handled == []
     stop.set()
     await asyncio.sleep(0.6)
@@ -464,7 +464,7 @@ async def test_changes_that_keep_coming_are_recorded_together_not_a_transaction_
     for _ in range(5):
         await asyncio.sleep(0)
     assert published == ["firing"]  # within RECORD_EVERY_S of the last recording: waits
-    await wait_until(lambda: len(published) == 3, 10)
+    await until(lambda: len(published) == 3, 10)
     assert published == ["firing", "resolved", "firing"] and recordings == [1, 2]
     stop.set()
     await asyncio.wait_for(running, 10)

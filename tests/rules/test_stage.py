@@ -20,8 +20,8 @@ from cityiot.storage.registry import import_devices, upsert_vendor
 from cityiot.storage.tables.alerts import Alert, Notification
 from cityiot.storage.tables.workorders import WorkOrder
 from tests.ingest.conftest import REGISTRY_CSV, publisher_for
-from tests.rules.conftest import wait_until
 from tests.rules.test_engine import Subscriber
+from tests.waiting import until
 
 
 async def test_a_published_reading_raises_notifies_and_dispatches(
@@ -55,13 +55,13 @@ async def test_a_published_reading_raises_notifies_and_dispatches(
                 orjson.dumps({"ts": now, "metrics": {"cover_open": True, "tilt_deg": 35.0}}),
                 qos=1,
             )
-            await wait_until(lambda: len(topics_of(subscriber)) >= 3, 15)
+            await until(lambda: len(topics_of(subscriber)) >= 3, 15)
             publish(
                 "city/acme/mh-1/telemetry",
                 orjson.dumps({"ts": now + 1000, "metrics": {"cover_open": False, "tilt_deg": 1.0}}),
                 qos=1,
             )
-            await wait_until(
+            await until(
                 lambda: (
                     [
                         e["state"]

@@ -9,7 +9,6 @@ driven by Playwright's Python API: no browser is downloaded.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import shutil
@@ -38,6 +37,7 @@ from cityiot.storage.device_csv import parse_device_csv
 from cityiot.storage.engine import make_engine, migrate, sessionmaker
 from cityiot.storage.registry import import_devices, upsert_vendor
 from tests.ingest.conftest import publisher_for
+from tests.waiting import until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -50,7 +50,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ARTIFACTS = ROOT / "test-artifacts" / "console"
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
@@ -96,17 +96,6 @@ class ConsolePlatform:
     async def key_of(self, role: str, **grant: Any) -> str:
         _, key = await create_key(self.sessions, role, name=f"console test {role}", **grant)
         return key
-
-
-async def _eventually(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        await asyncio.sleep(0.1)
 
 
 async def _history(platform: ConsolePlatform) -> None:
@@ -189,7 +178,7 @@ async def platform(
                     ).json()
                     return len(online["items"]) == expected and len(offline["items"]) == OFFLINE
 
-                await _eventually(settled, 20, f"{expected} devices online and {OFFLINE} offline")
+                await until(settled, 20, f"{expected} devices online and {OFFLINE} offline")
                 yield harness
             finally:
                 await running.stop()
@@ -280,7 +269,7 @@ async def open_tab(browser: Any) -> AsyncIterator[Callable[..., Any]]:
 
 async def screenshot(page: Any, name: str) -> Path:
     """Save the page as ``test-artifacts/console/{name}.png``; with
-    ``CITYIOT_UPDATE_SCREENSHOTS=1`` also as the README's ``docs/screenshots/{name}.png``."""
+    ``CITYIOT_UPDATE_SCREENSHOTS=1`` also as ``docs/screenshots/{name}.png``, which the operators' guides show."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     await page.screenshot(path=str(path))

@@ -137,7 +137,7 @@ async def test_cityiot_run_keeps_its_files_in_the_run_dir_for_its_owner_only(
         "CITYIOT_RUN_DIR": str(run_dir),
         "CITYIOT_API_PORT": str(port),
         # Its default is relative to the working directory.
-        "CITYIOT_RULES_PATH": str(Path(__file__).parents[1] / "rules" / "catalogue"),
+        "CITYIOT_RULES_PATH": str(Path(__file__).parents[2] / "rules" / "catalogue"),
     }
     process = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).parent / "cityiot"),

@@ -28,7 +28,7 @@ from cityiot.storage.engine import make_engine, migrate, sessionmaker
 from cityiot.storage.influx import InfluxDB
 from cityiot.storage.registry import import_devices, upsert_vendor
 from tests.ingest.conftest import REGISTRY_CSV, running_ingest
-from tests.rules.conftest import wait_until
+from tests.waiting import until
 
 PLATFORM_PASSWORD = "platform-secret"
 MAX_PAYLOAD = 4096
@@ -210,8 +210,8 @@ async def test_a_vendor_cannot_take_the_ingests_client_id(guarded: Guarded) -> N
                 vendor.publish("city/acme/mh-1/telemetry", orjson.dumps(payload))
         finally:
             await asyncio.to_thread(attacker.join)
-        await wait_until(lambda: ingest.counters.stored >= messages, 60)
-        await wait_until(lambda: ingest.idle, 30)
+        await until(lambda: ingest.counters.stored >= messages, 60)
+        await until(lambda: ingest.idle, 30)
         assert len(codes) == attempts and set(codes) == {5}  # every one: not authorised
         assert stats.disconnects == 0 and stats.sessions_lost == 0 and stats.connects == 1
         assert ingest.counters.stored == messages
@@ -236,7 +236,7 @@ async def test_the_platform_may_use_any_id_and_vendors_their_own(guarded: Guarde
     watcher.subscribe("city/#")
     vendor = guarded.client("acme-pump-7", acme.username, acme.password)
     vendor.publish("city/acme/mh-1/telemetry", b'{"metrics": {"tilt_deg": 1.5}}')
-    await wait_until(lambda: bool(watcher.payloads("city/acme/mh-1/telemetry")), 10)
+    await until(lambda: bool(watcher.payloads("city/acme/mh-1/telemetry")), 10)
 
 
 async def test_vendor_confinement_keeps_each_vendor_to_its_own_prefix(tmp_path: Path) -> None:
@@ -254,14 +254,10 @@ async def test_vendor_confinement_keeps_each_vendor_to_its_own_prefix(tmp_path: 
             # A second account of acme, issued while the broker runs: SIGHUP re-reads the map.
             second = await access.issue("acme")
             assert second.username == "acme-2" and second.broker_reloaded
-            await wait_until(
-                lambda: connack(port, "acme-x", second.username, second.password) == 0, 10
-            )
+            await until(lambda: connack(port, "acme-x", second.username, second.password) == 0, 10)
             assert connack(port, "oldco-x", second.username, second.password) == 5
             oldco = await access.issue("oldco")
-            await wait_until(
-                lambda: connack(port, "oldco-a", oldco.username, oldco.password) == 0, 10
-            )
+            await until(lambda: connack(port, "oldco-a", oldco.username, oldco.password) == 0, 10)
             assert connack(port, "acme-a", oldco.username, oldco.password) == 5
     finally:
         await engine.dispose()
@@ -280,8 +276,8 @@ async def test_a_message_over_the_cap_is_dropped_and_the_platform_goes_on(
         vendor.publish(topic, big)
         vendor.publish(topic, small)
         # In order from one client: once the small one is there, the big one never comes.
-        await wait_until(lambda: bool(watcher.payloads(topic)), 10)
-        await wait_until(lambda: ingest.counters.stored >= 1, 30)
+        await until(lambda: bool(watcher.payloads(topic)), 10)
+        await until(lambda: ingest.counters.stored >= 1, 30)
         assert watcher.payloads(topic) == [small]
         assert ingest.counters.messages == 1 and ingest.counters.rejected == 0
         assert ingest.link.stats.disconnects == 0
@@ -294,14 +290,14 @@ async def test_telemetry_is_delivered_but_never_retained(guarded: Guarded) -> No
     reading = b'{"metrics": {"tilt_deg": 3.0}}'
     vendor.publish("city/acme/mh-1/telemetry", reading, retain=True)
     vendor.publish("city/acme/mh-1/status", b'{"online": true}', retain=True)  # still retained
-    await wait_until(lambda: bool(live.payloads("city/acme/mh-1/status")), 10)
+    await until(lambda: bool(live.payloads("city/acme/mh-1/status")), 10)
     assert live.payloads("city/acme/mh-1/telemetry") == [reading]
     late = guarded.platform()
     late.subscribe("city/acme/#")
     # A marker published after the subscription arrives after anything retained would have.
     live_only = b'{"metrics": {"tilt_deg": 4.0}}'
     vendor.publish("city/acme/mh-1/telemetry", live_only)
-    await wait_until(lambda: bool(late.payloads("city/acme/mh-1/telemetry")), 10)
+    await until(lambda: bool(late.payloads("city/acme/mh-1/telemetry")), 10)
     assert late.payloads("city/acme/mh-1/telemetry") == [live_only]
     assert late.payloads("city/acme/mh-1/status") == [b'{"online": true}']
     retained = [m for m in late.messages if m.retain]

@@ -16,7 +16,7 @@ from playwright.async_api import expect
 from rich.console import Console
 
 from cityiot.platform.launcher import ADMIN_KEY_SECRET, show_where
-from tests.console.conftest import ConsolePlatform, Tab, screenshot
+from tests.api.console.conftest import ConsolePlatform, Tab, screenshot
 
 # A safety net for what the stream pushes (the console polls nothing); the pages loaded
 # meanwhile are counted: none. How fast it shows is printed, and is the benchmark's.

@@ -12,7 +12,7 @@ import pytest
 from cityiot.cli.accessdoc import BEGIN, END, PAGES, AccessDocError, refresh, rewrite
 from cityiot.domain.catalogue import KINDS
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 CITYIOT = str(Path(sys.executable).parent / "cityiot")
 
 

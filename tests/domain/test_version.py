@@ -14,7 +14,7 @@ from cityiot.api.app import create_app
 from cityiot.domain.settings import Settings
 from cityiot.domain.version import platform_version
 
-PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
 def project_version() -> str:
