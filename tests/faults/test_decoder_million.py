@@ -31,10 +31,11 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from cityiot.domain.catalogue import KINDS
+from cityiot.ingest.batches import Batch
 from cityiot.ingest.broker import Delivery
 from cityiot.ingest.codecs.hexframe import KIND_CODES
 from cityiot.ingest.codecs.hexframe import encode as encode_frame
-from cityiot.ingest.pipeline import Batch, Ingest
+from cityiot.ingest.pipeline import Ingest
 from tests.ingest.conftest import OFFLINE_VENDORS, offline_ingest
 
 EXAMPLES = 1000
@@ -290,7 +291,7 @@ class Tally:
 
 
 def feed(ingest: Ingest, tally: Tally, delivery: Delivery, received_ms: int) -> None:
-    batch = ingest._batch
+    batch = ingest.intake.batch
     lines, dead, status = len(batch.lines), len(batch.dead_letters), len(batch.status_lines)
     duplicates = ingest.counters.duplicates
     ingest.handle(delivery, received_ms)  # must not raise, whatever the payload
@@ -335,7 +336,7 @@ def test_a_million_payloads_give_points_or_dead_letters() -> None:
     @given(templates, st.integers(0, 2**32 - 1))
     def feed_an_example(pool: list[tuple[str, bytes]], seed: int) -> None:
         rng = random.Random(seed)
-        ingest._batch = Batch()
+        ingest.intake.batch = Batch()
         tally.examples += 1
         received_ms = int(time.time() * 1000)
         for mid in range(PAYLOADS_PER_EXAMPLE):

@@ -35,15 +35,15 @@ plausible = st.fixed_dictionaries(
 
 
 def check(topic: str, payload: bytes) -> None:
-    batch = INGEST._batch
+    batch = INGEST.intake.batch
     before = (len(batch.lines), len(batch.dead_letters), INGEST.counters.duplicates)
     INGEST.handle(Delivery(topic, payload, 1, 1, 0), int(time.time() * 1000))
     after = (len(batch.lines), len(batch.dead_letters), INGEST.counters.duplicates)
     assert after != before or batch.status_lines, (topic, payload)
     for line in batch.lines[before[0] :]:
         assert line.count(b"\n") == 1 and line.endswith(b"\n")
-    if len(INGEST._batch.lines) > 10_000:
-        INGEST._batch = type(batch)()
+    if len(INGEST.intake.batch.lines) > 10_000:
+        INGEST.intake.batch = type(batch)()
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])

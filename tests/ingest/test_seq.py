@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from cityiot.domain.settings import Settings
 from cityiot.ingest.broker import Delivery
-from cityiot.ingest.pipeline import SEQ_WINDOW, Ingest
+from cityiot.ingest.intake import SEQ_WINDOW
+from cityiot.ingest.pipeline import Ingest
 from tests.ingest.conftest import offline_ingest
 
 
@@ -26,26 +27,26 @@ def test_out_of_order_seqs_are_kept_and_only_true_repeats_dropped(
 ) -> None:
     ingest = _ingest()
     t0 = 1_763_856_000_000
-    kept = [s for s in order if not ingest._repeated("d", s, t0 + s * 1000)]
+    kept = [s for s in order if not ingest.intake._repeated("d", s, t0 + s * 1000)]
     assert kept == order  # every first arrival is stored, in any order
     for s in repeats:  # a redelivery carries the same seq and time
-        assert ingest._repeated("d", s, t0 + s * 1000)
+        assert ingest.intake._repeated("d", s, t0 + s * 1000)
 
 
 def test_a_rebooted_device_starts_its_seq_again() -> None:
     ingest = _ingest()
-    assert not ingest._repeated("d", 500, 10_000)
-    assert not ingest._repeated("d", 1, 20_000)  # seq back to 1, time moved on
-    assert not ingest._repeated("d", 2, 21_000)
-    assert ingest._repeated("d", 1, 20_000)
+    assert not ingest.intake._repeated("d", 500, 10_000)
+    assert not ingest.intake._repeated("d", 1, 20_000)  # seq back to 1, time moved on
+    assert not ingest.intake._repeated("d", 2, 21_000)
+    assert ingest.intake._repeated("d", 1, 20_000)
 
 
 def test_a_seq_older_than_the_window_is_stored_again_harmlessly() -> None:
     ingest = _ingest()
-    assert not ingest._repeated("d", 1, 1_000)
-    assert not ingest._repeated("d", 1 + SEQ_WINDOW + 5, 9_000)
+    assert not ingest.intake._repeated("d", 1, 1_000)
+    assert not ingest.intake._repeated("d", 1 + SEQ_WINDOW + 5, 9_000)
     # Too far below to tell: stored (InfluxDB overwrites the identical point).
-    assert not ingest._repeated("d", 1, 1_000)
+    assert not ingest.intake._repeated("d", 1, 1_000)
 
 
 def test_payloads_that_once_crashed_the_decoder_are_dead_letters_with_a_reason() -> None:
@@ -57,7 +58,7 @@ def test_payloads_that_once_crashed_the_decoder_are_dead_letters_with_a_reason()
         ("status", b'{"\xaa": true}'): "UTF-8",
     }
     for (channel, payload), reason in cases.items():
-        batch = ingest._batch
+        batch = ingest.intake.batch
         before = len(batch.dead_letters)
         ingest.handle(
             Delivery(f"city/acme/manhole-acme/{channel}", payload, 1, 1, 0), 1_763_856_000_000

@@ -11,8 +11,10 @@ from collections.abc import Callable
 import orjson
 
 from cityiot.domain.settings import MqttTarget, Settings
+from cityiot.ingest.batches import SEAL_IDLE_S, Batch
 from cityiot.ingest.broker import BrokerLink, Delivery
-from cityiot.ingest.pipeline import SEAL_IDLE_S, WRITES_IN_FLIGHT, Batch, Ingest
+from cityiot.ingest.pipeline import Ingest
+from cityiot.ingest.storing import WRITES_IN_FLIGHT
 from cityiot.ingest.validate import Reading
 from cityiot.ingest.writequeue import WriteQueue
 from tests.ingest.conftest import offline_ingest
@@ -58,11 +60,11 @@ async def test_later_batches_wait_their_turn_to_be_acknowledged() -> None:
     ingest = _ingest(acked, [])
     batches = [_batch(n) for n in range(WRITES_IN_FLIGHT + 1)]
     # The last sealed finishes first: it must not be acknowledged before the others.
-    last = asyncio.create_task(ingest._store(batches[-1]))
+    last = asyncio.create_task(ingest.storing.store(batches[-1]))
     await _turns()
     assert not last.done() and acked == []
     for batch in batches[:-1]:
-        await ingest._store(batch)
+        await ingest.storing.store(batch)
     await asyncio.wait_for(last, WAIT_S)
     assert acked == list(range(WRITES_IN_FLIGHT + 1))
     assert ingest.counters.batches == WRITES_IN_FLIGHT + 1
@@ -71,9 +73,9 @@ async def test_later_batches_wait_their_turn_to_be_acknowledged() -> None:
 async def test_the_rules_get_a_batch_as_it_is_sealed() -> None:
     handed: list[str] = []
     ingest = _ingest([], handed)
-    ingest._batch = _batch(0)
-    await ingest._seal()
-    assert handed == ["d0"] and len(ingest._sealed) == 1  # before any write
+    ingest.intake.batch = _batch(0)
+    await ingest.intake.seal()
+    assert handed == ["d0"] and len(ingest.sealed.queue) == 1  # before any write
 
 
 class _Link:
@@ -103,7 +105,7 @@ async def test_the_rules_get_readings_before_their_batch_is_sealed() -> None:
         handed_at.append(link.looks)
 
     ingest.on_readings = to_rules
-    ingest._flush_s = 60.0  # no batch is old enough to be sealed for its age
+    ingest.intake._flush_s = 60.0  # no batch is old enough to be sealed for its age
     now_ms = int(time.time() * 1000)
     ingest.link = link = _Link(  # type: ignore[assignment]
         [
@@ -117,14 +119,16 @@ async def test_the_rules_get_readings_before_their_batch_is_sealed() -> None:
             for n in range(3)
         ]
     )
-    ingest._writing = WRITES_IN_FLIGHT  # every writer busy: nothing is sealed
-    intake = asyncio.create_task(ingest._intake([]))
+    ingest.sealed.writing = WRITES_IN_FLIGHT  # every writer busy: nothing is sealed
+    intake = asyncio.create_task(ingest.intake.run([]))
     try:
         assert await _until(lambda: len(handed) == 3)
         assert handed == ["manhole-acme"] * 3 and handed_at == [1]  # in the look they came in
-        assert len(ingest._sealed) == 0 and len(ingest._batch.spans) == 3  # not stored yet
-        await ingest._seal()  # sealing hands on only what the rules have not had
-        assert handed == ["manhole-acme"] * 3 and len(ingest._sealed) == 1
+        assert (
+            len(ingest.sealed.queue) == 0 and len(ingest.intake.batch.spans) == 3
+        )  # not stored yet
+        await ingest.intake.seal()  # sealing hands on only what the rules have not had
+        assert handed == ["manhole-acme"] * 3 and len(ingest.sealed.queue) == 1
     finally:
         await ingest.stop()
         await asyncio.wait_for(intake, WAIT_S)
@@ -175,10 +179,10 @@ async def test_merged_batches_are_written_and_acknowledged_as_one_in_sealing_ord
         (n * 100 + k, n * 3 + k, n * 3 + k + 1) for n in range(4) for k in range(3)
     ]
     later = _small(4, 1)  # sealed after the four: waits for the merged write's turn
-    later_stored = asyncio.create_task(ingest._store(later))
+    later_stored = asyncio.create_task(ingest.storing.store(later))
     await _turns()
     assert not later_stored.done() and acked == []
-    await ingest._store(merged)
+    await ingest.storing.store(merged)
     await asyncio.wait_for(later_stored, WAIT_S)
     assert acked == [0, 1, 2, 100, 101, 102, 200, 201, 202, 300, 301, 302, 400]
     assert ingest.counters.batches == 5 and ingest.counters.stored_by_kind["manhole"] == 13
@@ -189,22 +193,22 @@ async def test_writers_take_what_piled_up_behind_a_slow_write_together() -> None
     acked: list[int] = []
     ingest = _ingest(acked, [])
     for number in range(5):
-        ingest._unstored += 1
-        await ingest._sealed.put(_small(number, 2))
-    writer = asyncio.create_task(ingest._writer())
+        ingest.sealed.unstored += 1
+        await ingest.sealed.queue.put(_small(number, 2))
+    writer = asyncio.create_task(ingest.storing.writer())
     try:
-        await asyncio.wait_for(ingest._sealed.join(), WAIT_S)
+        await asyncio.wait_for(ingest.sealed.queue.join(), WAIT_S)
     finally:
         writer.cancel()
     assert acked == [0, 1, 100, 101, 200, 201, 300, 301, 400, 401]
-    assert ingest._unstored == 0 and ingest.counters.batches == 5 and ingest.idle
+    assert ingest.sealed.unstored == 0 and ingest.counters.batches == 5 and ingest.idle
 
 
 async def test_a_batch_waits_while_a_write_is_out_and_goes_once_nothing_is() -> None:
     """Sealed when nothing is being written (after SEAL_IDLE_S), not while a write is out:
     what arrives meanwhile goes to InfluxDB in one request, not one per idle writer."""
     ingest = offline_ingest()
-    ingest._flush_s = 60.0  # never sealed for its age here
+    ingest.intake._flush_s = 60.0  # never sealed for its age here
     now_ms = int(time.time() * 1000)
     ingest.link = link = _Link(  # type: ignore[assignment]
         [
@@ -219,27 +223,27 @@ async def test_a_batch_waits_while_a_write_is_out_and_goes_once_nothing_is() -> 
         ]
     )
     sealed_at: list[int] = []  # the intake's look in which each batch was sealed
-    seal = ingest._seal
+    seal = ingest.intake.seal
 
     async def counted_seal() -> None:
         sealed_at.append(link.looks)
         await seal()
 
-    ingest._seal = counted_seal  # type: ignore[method-assign]
-    ingest._writing = 1  # one write out
-    intake = asyncio.create_task(ingest._intake([]))
+    ingest.intake.seal = counted_seal  # type: ignore[method-assign]
+    ingest.sealed.writing = 1  # one write out
+    intake = asyncio.create_task(ingest.intake.run([]))
     try:
-        assert await _until(lambda: len(ingest._batch.spans) == 3)
-        assert await _until(lambda: time.monotonic() - ingest._batch.started >= SEAL_IDLE_S)
+        assert await _until(lambda: len(ingest.intake.batch.spans) == 3)
+        assert await _until(lambda: time.monotonic() - ingest.intake.batch.started >= SEAL_IDLE_S)
         old_enough = link.looks
         # Each look after this one sees the batch SEAL_IDLE_S old, a writer idle, a write out.
         assert await _until(lambda: link.looks >= old_enough + 3)
-        assert sealed_at == [] and len(ingest._sealed) == 0  # it waits
-        ingest._writing = 0  # the write came back (it wakes no one: the intake looks again)
+        assert sealed_at == [] and len(ingest.sealed.queue) == 0  # it waits
+        ingest.sealed.writing = 0  # the write came back (it wakes no one: the intake looks again)
         came_back = link.looks
-        assert await _until(lambda: len(ingest._sealed) == 1)
+        assert await _until(lambda: len(ingest.sealed.queue) == 1)
         assert sealed_at in ([came_back], [came_back + 1])  # the look under way, or the next
-        assert [len(b.spans) for b in ingest._sealed._batches] == [3]  # the three together
+        assert [len(b.spans) for b in ingest.sealed.queue._batches] == [3]  # the three together
     finally:
         await ingest.stop()
         await asyncio.wait_for(intake, WAIT_S)
