@@ -49,11 +49,11 @@ def line_protocol(backlog: Sequence[Message], devices: dict[str, SimDevice]) -> 
             ingest.devices.devices[device_id] = KnownDevice.from_entry(entry)
             ingest.devices.codecs[d.vendor] = "json"
         ingest.handle(Delivery(m.topic, m.payload, 0, 0, 0), now_ms)
-        if len(ingest._batch.lines) >= DIRECT_BATCH:
-            bodies.append(b"".join(ingest._batch.lines))
-            ingest._batch = type(ingest._batch)()
-    if ingest._batch.lines:
-        bodies.append(b"".join(ingest._batch.lines))
+        if len(ingest.intake.batch.lines) >= DIRECT_BATCH:
+            bodies.append(b"".join(ingest.intake.batch.lines))
+            ingest.intake.batch = type(ingest.intake.batch)()
+    if ingest.intake.batch.lines:
+        bodies.append(b"".join(ingest.intake.batch.lines))
     return bodies
 
 

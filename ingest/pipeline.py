@@ -162,15 +162,6 @@ class Ingest:
     def dead_letter_limit(self) -> DeadLetterLimit:
         return self.intake.dead_letter_limit
 
-    @property
-    def _batch(self) -> Batch:
-        """The open batch (bench/ reads and replaces it; new code: ``intake.batch``)."""
-        return self.intake.batch
-
-    @_batch.setter
-    def _batch(self, batch: Batch) -> None:
-        self.intake.batch = batch
-
     # -- lifecycle ---------------------------------------------------------------------
 
     async def __aenter__(self) -> Ingest:
