@@ -32,3 +32,9 @@ def assemble(target: Path) -> Path:
         for source in folder.glob("*.py"):
             shutil.copy2(source, into / source.name)
     return target
+
+
+if __name__ == "__main__":  # make lint: type-check the package as it is installed
+    import sys
+
+    print(assemble(Path(sys.argv[1])))
