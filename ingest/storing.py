@@ -24,7 +24,7 @@ from cityiot.storage.influx import InfluxDB, InfluxError
 log = logging.getLogger("cityiot.ingest")
 
 # Batches written to InfluxDB at once: InfluxDB works on one write per core, and while one
-# request is parsed there the next can be on its way (a direct test on 2 cores: +25 %).
+# request is parsed there the next can be on its way.
 WRITES_IN_FLIGHT = 3
 HAND_ON_SLICE = 1000  # a stored batch's readings merged into the latest values at a time
 _KIND_OF = operator.attrgetter("kind")
@@ -107,8 +107,8 @@ class Store:
         """Acknowledge a stored batch and count it."""
         self.link.ack(span[0] for span in batch.spans)
         readings = batch.readings
-        # In slices, with a turn of the loop between them: a batch of 5,000 readings merged
-        # at once held the loop (and the alerts of readings arriving meanwhile) for 60-90 ms.
+        # In slices, with a turn of the loop between them: a whole batch merged at once holds
+        # the loop, and the alerts of readings arriving meanwhile.
         for start in range(0, len(readings), HAND_ON_SLICE):
             part = readings[start : start + HAND_ON_SLICE]
             if self.latest is not None:

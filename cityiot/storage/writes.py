@@ -41,10 +41,8 @@ def driver_time(value: dt.datetime, dialect: Dialect) -> Any:
 
 # Rows per transaction of a bulk write through execute_rows (latest values, last seen): a
 # few ms of SQLite each, so a writer waiting for its write_turn waits for one slice at most,
-# and a reading arriving meanwhile for one slice of the loop. At 500 rows (5-6 ms a slice)
-# the slices were half of the loop's turns over 5 ms at 10,000 readings/s; at 200, alert
-# p95 / p99 25, 27 / 43, 48 -> 14, 12 / 24, 20 ms in two interleaved pairs of 60 s runs,
-# for about 2 % more of the ingest's CPU in drains (within their noise).
+# and a reading arriving meanwhile for one slice of the loop. Larger slices made long turns
+# of the loop and late alerts; smaller ones cost CPU (the measurements: git log -S ROWS_PER_TURN).
 ROWS_PER_TURN = 200
 
 
