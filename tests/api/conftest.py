@@ -15,11 +15,9 @@ from cityiot.api.keys import create_key
 from cityiot.api.server import ApiServer
 from cityiot.domain.settings import Settings
 from cityiot.platform.local_services import LocalBroker, LocalInflux, free_port
-from cityiot.storage.device_csv import parse_device_csv
-from cityiot.storage.engine import make_engine, migrate, sessionmaker
 from cityiot.storage.influx import InfluxDB
-from cityiot.storage.registry import import_devices, upsert_vendor
 from tests.ingest.conftest import REGISTRY_CSV
+from tests.seeding import open_seeded
 
 # The department key's grant: manholes and parking, in yicheng only. In REGISTRY_CSV that
 # is mh-1 and pk-1; every other device is outside it.
@@ -76,13 +74,7 @@ def api_settings(
     )
 
 
-async def seed_registry(sessions: Any) -> None:
-    await upsert_vendor(sessions, "acme", "Acme Sensors")
-    await upsert_vendor(sessions, "oldco", "Old Co", codec="hexframe")
-    parsed = parse_device_csv(REGISTRY_CSV)
-    assert not parsed.errors
-    report = await import_devices(sessions, parsed.rows)
-    assert not report.errors
+REGISTRY_VENDORS = (("acme", "Acme Sensors", "json"), ("oldco", "Old Co", "hexframe"))
 
 
 @pytest.fixture
@@ -90,10 +82,7 @@ async def api(
     db_url: str, influx: LocalInflux, influx_db: str, broker: LocalBroker, tmp_path: Path
 ) -> AsyncIterator[Api]:
     settings = api_settings(db_url, influx, influx_db, broker, run_dir=tmp_path)
-    await migrate(db_url)
-    engine = make_engine(db_url)
-    sessions = sessionmaker(engine)
-    await seed_registry(sessions)
+    engine, sessions = await open_seeded(db_url, REGISTRY_CSV, REGISTRY_VENDORS)
     try:
         async with (
             InfluxDB(influx.url, influx_db) as client,

@@ -30,9 +30,10 @@ from cityiot.api.keys import create_key
 from cityiot.api.ratelimit import RateLimiter
 from cityiot.api.server import ApiServer
 from cityiot.platform.local_services import LocalBroker, LocalInflux, free_port
-from cityiot.storage.engine import make_engine, migrate, sessionmaker
-from tests.api.conftest import Api, seed_registry
+from tests.api.conftest import REGISTRY_VENDORS, Api
 from tests.api.console.conftest import CHROMIUM, CHROMIUM_ARGS, require_chromium
+from tests.ingest.conftest import REGISTRY_CSV
+from tests.seeding import open_seeded
 
 MiB = 1024 * 1024
 ATTACK_BYTES = 300 * MiB  # the red team's body
@@ -79,11 +80,8 @@ def db_url(sqlite_url: str) -> str:
 
 
 async def _seed(db_url: str) -> str:
-    await migrate(db_url)
-    engine = make_engine(db_url)
+    engine, sessions = await open_seeded(db_url, REGISTRY_CSV, REGISTRY_VENDORS)
     try:
-        sessions = sessionmaker(engine)
-        await seed_registry(sessions)
         _, key = await create_key(sessions, "admin", name="edge test")
         return key
     finally:

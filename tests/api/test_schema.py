@@ -14,8 +14,9 @@ import pytest
 from cityiot.api.keys import create_key
 from cityiot.api.server import ApiServer
 from cityiot.platform.local_services import LocalBroker, LocalInflux
-from cityiot.storage.engine import make_engine, migrate, sessionmaker
-from tests.api.conftest import Api, api_settings, seed_registry
+from tests.api.conftest import REGISTRY_VENDORS, Api, api_settings
+from tests.ingest.conftest import REGISTRY_CSV
+from tests.seeding import open_seeded
 
 CHECKS = (
     "not_a_server_error,status_code_conformance,content_type_conformance,"
@@ -41,10 +42,7 @@ async def api_on_sqlite(
         broker_password_file=tmp_path / "passwd",
         broker_acl_file=tmp_path / "acl",
     )
-    await migrate(sqlite_url)
-    engine = make_engine(sqlite_url)
-    sessions = sessionmaker(engine)
-    await seed_registry(sessions)
+    engine, sessions = await open_seeded(sqlite_url, REGISTRY_CSV, REGISTRY_VENDORS)
     try:
         async with InfluxDB(influx.url, influx_db) as client, ApiServer(settings) as server:
             await client.setup(settings.retention)

@@ -40,6 +40,8 @@ from cityiot.platform.local_services import LocalBroker, LocalInflux, free_port
 from cityiot.simulators import Fleet, SimDevice, new_state, reading
 from cityiot.simulators.behaviour import DeviceState
 from cityiot.simulators.messages import encode
+from tests.seeding import seed_registry
+from tests.waiting import wait_for
 
 FLEET_SIZE = 200  # all five kinds, all four simulated vendors (one speaks hex frames)
 FLEET_SEED = 6
@@ -80,18 +82,6 @@ class Deadline:
     def check(self, detail: Callable[[], str] = lambda: "") -> None:
         if self.passed:
             pytest.fail(f"{self.what}: not done within {self.seconds:g} s. {detail()}")
-
-
-def wait_for(
-    done: Callable[[], bool], seconds: float, what: str, detail: Callable[[], str] = lambda: ""
-) -> float:
-    """Poll ``done`` until true; fail with ``what`` after ``seconds``. Returns the wait."""
-    started = time.monotonic()
-    deadline = Deadline(seconds, what)
-    while not done():
-        deadline.check(detail)
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 # -- the fault proxy --------------------------------------------------------------------
@@ -682,25 +672,6 @@ class FaultBench:
         )
 
 
-async def seed_registry(database_url: str, fleet: Fleet) -> None:
-    from cityiot.storage.device_csv import parse_device_csv
-    from cityiot.storage.engine import make_engine, migrate, sessionmaker
-    from cityiot.storage.registry import import_devices, upsert_vendor
-
-    await migrate(database_url)
-    engine = make_engine(database_url)
-    try:
-        sessions = sessionmaker(engine)
-        for vendor in fleet.vendors:
-            await upsert_vendor(sessions, vendor.id, vendor.name, codec=vendor.codec)
-        parsed = parse_device_csv(fleet.csv_text())
-        assert not parsed.errors, parsed.errors[:3]
-        report = await import_devices(sessions, parsed.rows)
-        assert not report.errors, report.errors[:3]
-    finally:
-        await engine.dispose()
-
-
 @pytest.fixture(scope="module")
 def fleet() -> Fleet:
     return Fleet.generate(FLEET_SIZE, FLEET_SEED)
@@ -710,7 +681,7 @@ def fleet() -> Fleet:
 def bench(tmp_path: Path, fleet: Fleet, request: pytest.FixtureRequest) -> Iterator[FaultBench]:
     """A fresh broker, InfluxDB, proxy and seeded registry; the ingest is not started."""
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
-    asyncio.run(seed_registry(database_url, fleet))
+    asyncio.run(seed_registry(database_url, fleet.csv_text(), fleet.vendors))
     bench = FaultBench(tmp_path, fleet, database_url)
     request.node.fault_logs = {
         "ingest log": tmp_path / "ingest.log",

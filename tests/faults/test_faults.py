@@ -28,8 +28,8 @@ from tests.faults.conftest import (
     FaultProxy,
     SteadyPublisher,
     spool_available,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 needs_spool = pytest.mark.skipif(
     not spool_available(), reason="the spool is not wired into the ingest yet"

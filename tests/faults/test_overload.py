@@ -30,7 +30,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from cityiot.platform.local_services import LocalBroker, LocalInflux, find_executable
 from cityiot.simulators import Fleet, SimDevice
-from tests.faults.conftest import FaultProxy, seed_registry
+from tests.faults.conftest import FaultProxy
+from tests.seeding import seed_registry
+from tests.waiting import until_sync
 
 INFLUX_DB = "city"
 FLEET_SEED = 6
@@ -224,7 +226,7 @@ def _quarters(values: list[float]) -> list[list[float]]:
 def test_overload_keeps_memory_bounded_and_loses_nothing(tmp_path: Path) -> None:
     fleet = Fleet.generate(200, FLEET_SEED)
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
-    asyncio.run(seed_registry(database_url, fleet))
+    asyncio.run(seed_registry(database_url, fleet.csv_text(), fleet.vendors))
     manholes = [d for d in fleet.devices if d.kind == "manhole" and d.codec == "json"]
     assert len(manholes) >= PUBLISHERS * DEVICES_PER_PUBLISHER, len(manholes)
 
@@ -256,11 +258,12 @@ def test_overload_keeps_memory_bounded_and_loses_nothing(tmp_path: Path) -> None
                 stderr=subprocess.STDOUT,
             )
         with _running(ingest):
-            deadline = time.monotonic() + 30
-            while "event=ingest_starting" not in log_path.read_text(errors="replace"):
+
+            def started() -> bool:
                 assert ingest.poll() is None, log_path.read_text(errors="replace")[-3000:]
-                assert time.monotonic() < deadline, "the ingest did not start within 30 s"
-                time.sleep(0.1)
+                return "event=ingest_starting" in log_path.read_text(errors="replace")
+
+            until_sync(started, 30, "the ingest starting", every_s=0.1)
             time.sleep(1.0)  # subscribed (the ingest logs mqtt_connected, then subscribes)
 
             origin_ms = int(time.time() * 1000) - 3_600_000

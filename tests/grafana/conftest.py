@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -28,9 +27,8 @@ from cityiot.domain.settings import Settings
 from cityiot.platform.local_services import LocalBroker, LocalInflux
 from cityiot.platform.wiring import platform
 from cityiot.simulators import Fleet, SimDevice, iter_reports, plan_incident
-from cityiot.storage.device_csv import parse_device_csv
-from cityiot.storage.engine import make_engine, migrate, sessionmaker
-from cityiot.storage.registry import import_devices, upsert_vendor
+from tests.seeding import seed_registry
+from tests.waiting import until
 
 FLEET_SIZE = 40
 FLEET_SEED = 7
@@ -116,7 +114,7 @@ async def city(
         registry_refresh_s=0.5,
     )
     fleet = Fleet.generate(FLEET_SIZE, FLEET_SEED)
-    await _register(fleet, database_url)
+    await seed_registry(database_url, fleet.csv_text(), fleet.vendors)
 
     start_ms, end_ms = evening_window(dt.datetime.now(dt.UTC))
     incidents = [plan_incident(fleet, name, 1, 0.0, None, seed=FLEET_SEED) for name in INCIDENTS]
@@ -148,8 +146,16 @@ async def city(
             )
             for info in sent:
                 await asyncio.to_thread(info.wait_for_publish, 10)
-            await _until(lambda: ingest.counters.messages >= len(sent) and ingest.idle)
-            await _until(lambda: rules.engine.counters.readings >= ingest.counters.readings)
+            await until(
+                lambda: ingest.counters.messages >= len(sent) and ingest.idle,
+                20.0,
+                "every message taken and stored",
+            )
+            await until(
+                lambda: rules.engine.counters.readings >= ingest.counters.readings,
+                20.0,
+                "every reading through the rules",
+            )
             assert ingest.counters.rejected == 0, "the simulator's messages must all be valid"
     finally:
         publisher.loop_stop()
@@ -163,28 +169,6 @@ async def city(
         signed_off=signed_off,
         readings=ingest.counters.readings,
     )
-
-
-async def _register(fleet: Fleet, database_url: str) -> None:
-    await migrate(database_url)
-    engine = make_engine(database_url)
-    try:
-        sessions = sessionmaker(engine)
-        for vendor in fleet.vendors:
-            await upsert_vendor(sessions, vendor.id, vendor.name, codec=vendor.codec)
-        parsed = parse_device_csv(fleet.csv_text())
-        assert not parsed.errors
-        report = await import_devices(sessions, parsed.rows)
-        assert not report.errors
-    finally:
-        await engine.dispose()
-
-
-async def _until(done: Any, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        assert time.monotonic() < deadline, f"not done after {timeout_s} s"
-        await asyncio.sleep(0.02)
 
 
 # -- what Grafana does to a query before sending it --------------------------------------

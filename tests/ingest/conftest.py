@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import itertools
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -23,10 +22,10 @@ from cityiot.ingest.devices import DeviceMap, KnownDevice
 from cityiot.ingest.pipeline import Ingest
 from cityiot.ingest.service import ingest_stage
 from cityiot.platform.local_services import LocalBroker, LocalInflux
-from cityiot.storage.device_csv import parse_device_csv
-from cityiot.storage.engine import make_engine, migrate, sessionmaker
 from cityiot.storage.influx import InfluxDB
-from cityiot.storage.registry import DeviceEntry, import_devices, upsert_vendor
+from cityiot.storage.registry import DeviceEntry
+from tests.seeding import open_seeded
+from tests.waiting import until
 
 # One device of each kind for vendor "acme" (JSON), and for "oldco" (the hexframe codec).
 REGISTRY_CSV = """device_id,vendor,kind,district,lat,lon,address,report_interval_s,depth_cm,lot_id,max_stay_min,zone
@@ -87,11 +86,7 @@ class Platform:
         info.wait_for_publish(5)
 
     async def wait_for(self, done: Callable[[], bool], timeout_s: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not done():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not done after {timeout_s} s: {self.ingest.counters}")
-            await asyncio.sleep(0.02)
+        await until(done, timeout_s, lambda: f"done; counters {self.ingest.counters}")
 
     async def settle(self, messages: int, timeout_s: float = 15.0) -> None:
         """Wait until ``messages`` more deliveries are taken and every batch is stored."""
@@ -166,14 +161,11 @@ async def platform(
         registry_refresh_s=0.5,
         **platform_settings,
     )
-    await migrate(sqlite_url)
-    engine = make_engine(sqlite_url)
-    sessions = sessionmaker(engine)
-    await upsert_vendor(sessions, "acme", "ACME Sensors")
-    await upsert_vendor(sessions, "oldco", "Old Co (legacy frames)", codec="hexframe")
-    parsed = parse_device_csv(REGISTRY_CSV)
-    assert not parsed.errors
-    await import_devices(sessions, parsed.rows)
+    engine, sessions = await open_seeded(
+        sqlite_url,
+        REGISTRY_CSV,
+        [("acme", "ACME Sensors", "json"), ("oldco", "Old Co (legacy frames)", "hexframe")],
+    )
     publisher = publisher_for(broker)
     async with ingest_stage(settings) as ingest, InfluxDB(influx.url, influx_db) as client:
         task = asyncio.create_task(ingest.run())

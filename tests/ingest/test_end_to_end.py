@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 
@@ -14,6 +13,7 @@ from cityiot.ingest.codecs.hexframe import encode
 from cityiot.storage.tables.deadletters import DeadLetter
 from cityiot.storage.tables.registry import Device
 from tests.ingest.conftest import Platform
+from tests.waiting import until
 
 DEVICES = {  # device → (vendor, kind, district)
     "mh-1": ("acme", "manhole", "yicheng"),
@@ -182,7 +182,10 @@ async def _status(platform: Platform, device_id: str) -> str:
 
 
 async def _until_status(platform: Platform, device_id: str, status: str) -> None:
-    deadline = time.monotonic() + 20
-    while (now := await _status(platform, device_id)) != status:
-        assert time.monotonic() < deadline, f"{device_id} still {now}, not {status}"
-        await asyncio.sleep(0.1)
+    now = [""]  # the last status, for the message
+
+    async def reached() -> bool:
+        now[0] = await _status(platform, device_id)
+        return now[0] == status
+
+    await until(reached, 20, lambda: f"{device_id} still {now[0]}, not {status}", 0.1)

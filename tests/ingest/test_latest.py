@@ -17,6 +17,7 @@ from cityiot.storage.engine import migrate
 from cityiot.storage.tables.registry import LatestReading
 from cityiot.storage.writes import ROWS_PER_TURN
 from tests.ingest.conftest import Platform
+from tests.waiting import until
 
 
 async def _row(sessions: Any, device_id: str) -> LatestReading | None:
@@ -28,16 +29,17 @@ async def _row(sessions: Any, device_id: str) -> LatestReading | None:
 async def _wait_row(
     sessions: Any, device_id: str, done: Any, timeout_s: float = 10.0
 ) -> LatestReading:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        row = await _row(sessions, device_id)
-        if row is not None and done(row):
-            return row
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"latest row of {device_id} not as expected: {row and row.metrics}"
-            )
-        await asyncio.sleep(0.02)
+    last: list[LatestReading | None] = [None]  # the last row read, for the message
+
+    async def expected() -> LatestReading | None:
+        last[0] = row = await _row(sessions, device_id)
+        return row if row is not None and done(row) else None
+
+    return await until(
+        expected,
+        timeout_s,
+        lambda: f"latest row of {device_id} as expected: {last[0] and last[0].metrics}",
+    )
 
 
 def _telemetry(ts_ms: int, **metrics: Any) -> bytes:

@@ -13,11 +13,10 @@ import pytest
 
 from cityiot.domain.settings import Settings
 from cityiot.platform.local_services import LocalBroker, LocalInflux
-from cityiot.storage.device_csv import parse_device_csv
-from cityiot.storage.engine import make_engine, migrate, sessionmaker
 from cityiot.storage.influx import InfluxDB
-from cityiot.storage.registry import import_devices, upsert_vendor
 from tests.ingest.conftest import REGISTRY_CSV, publisher_for, running_ingest
+from tests.seeding import seed_registry
+from tests.waiting import until
 
 
 @pytest.fixture
@@ -27,14 +26,6 @@ def own_influx(tmp_path: Path) -> LocalInflux:
     service.start()
     yield service  # type: ignore[misc]
     service.stop()
-
-
-async def _until(check, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        await asyncio.sleep(0.05)
 
 
 async def _stored(influx: LocalInflux) -> int:
@@ -61,13 +52,9 @@ async def test_readings_survive_influxdb_down_through_the_spool(
         spool_after_s=0.5,
         spool_max_bytes=max_bytes,
     )
-    await migrate(sqlite_url)
-    engine = make_engine(sqlite_url)
-    sessions = sessionmaker(engine)
-    await upsert_vendor(sessions, "acme", "ACME")
-    await upsert_vendor(sessions, "oldco", "Old Co", codec="hexframe")
-    await import_devices(sessions, parse_device_csv(REGISTRY_CSV).rows)
-    await engine.dispose()
+    await seed_registry(
+        sqlite_url, REGISTRY_CSV, [("acme", "ACME", "json"), ("oldco", "Old Co", "hexframe")]
+    )
     publisher = publisher_for(broker)
     t0 = int(time.time() * 1000) - 600_000
     sent = 0
@@ -84,8 +71,8 @@ async def test_readings_survive_influxdb_down_through_the_spool(
     try:
         async with running_ingest(settings) as ingest:
             publish(50)
-            await _until(
-                lambda: ingest.counters.stored >= 50 and ingest.idle, 15, "first 50 stored"
+            await until(
+                lambda: ingest.counters.stored >= 50 and ingest.idle, 15, "first 50 stored", 0.05
             )
             own_influx.stop()
             # While InfluxDB is down, in several batches: ~50 kB, or ~125 kB for the small cap.
@@ -95,14 +82,14 @@ async def test_readings_survive_influxdb_down_through_the_spool(
                 await asyncio.sleep(0.2)
             if max_bytes > 1024**2:
                 # Acknowledged: durable in the spool, not waiting on InfluxDB.
-                await _until(lambda: ingest.idle, 20, "batches spooled and acked")
+                await until(lambda: ingest.idle, 20, "batches spooled and acked", 0.05)
                 assert ingest.counters.spooled == 600 and not ingest.spool.empty
             else:
                 # The spool is full: nothing more acknowledged, the broker holds the rest.
-                await _until(lambda: ingest.counters.spool_refusals > 0, 30, "spool full")
+                await until(lambda: ingest.counters.spool_refusals > 0, 30, "spool full", 0.05)
                 assert not ingest.idle
             await asyncio.to_thread(own_influx.start)
-            await _until(lambda: ingest.spool.empty and ingest.idle, 60, "spool replayed")
+            await until(lambda: ingest.spool.empty and ingest.idle, 60, "spool replayed", 0.05)
             await _until_stored(own_influx, 50 + 100 * rounds)
     finally:
         publisher.loop_stop()
@@ -110,11 +97,11 @@ async def test_readings_survive_influxdb_down_through_the_spool(
 
 
 async def _until_stored(influx: LocalInflux, expected: int) -> None:
-    deadline = time.monotonic() + 30
-    stored = await _stored(influx)
-    while stored != expected:
-        assert stored <= expected, f"{stored} stored, more than the {expected} published"
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{stored} of {expected} stored")
-        await asyncio.sleep(0.2)
-        stored = await _stored(influx)
+    stored = [0]  # the last count, for the message
+
+    async def all_stored() -> bool:
+        stored[0] = await _stored(influx)
+        assert stored[0] <= expected, f"{stored[0]} stored, more than the {expected} published"
+        return stored[0] == expected
+
+    await until(all_stored, 30, lambda: f"{stored[0]} of {expected} stored", 0.2)

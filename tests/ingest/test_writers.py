@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 import orjson
 
@@ -18,6 +17,7 @@ from cityiot.ingest.storing import WRITES_IN_FLIGHT
 from cityiot.ingest.validate import Reading
 from cityiot.ingest.writequeue import WriteQueue
 from tests.ingest.conftest import offline_ingest
+from tests.waiting import until
 
 # A safety net for what comes within a few turns of the loop; the tests count the turns.
 WAIT_S = 10.0
@@ -28,15 +28,6 @@ TURNS = 20
 async def _turns(n: int = TURNS) -> None:
     for _ in range(n):
         await asyncio.sleep(0)
-
-
-async def _until(check: Callable[[], bool], within_s: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + within_s
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.002)
-    return True
 
 
 def _ingest(acked: list[int], handed: list[str]) -> Ingest:
@@ -122,7 +113,7 @@ async def test_the_rules_get_readings_before_their_batch_is_sealed() -> None:
     ingest.sealed.writing = WRITES_IN_FLIGHT  # every writer busy: nothing is sealed
     intake = asyncio.create_task(ingest.intake.run([]))
     try:
-        assert await _until(lambda: len(handed) == 3)
+        await until(lambda: len(handed) == 3, WAIT_S, "three batches handed", 0.002)
         assert handed == ["manhole-acme"] * 3 and handed_at == [1]  # in the look they came in
         assert (
             len(ingest.sealed.queue) == 0 and len(ingest.intake.batch.spans) == 3
@@ -233,15 +224,20 @@ async def test_a_batch_waits_while_a_write_is_out_and_goes_once_nothing_is() -> 
     ingest.sealed.writing = 1  # one write out
     intake = asyncio.create_task(ingest.intake.run([]))
     try:
-        assert await _until(lambda: len(ingest.intake.batch.spans) == 3)
-        assert await _until(lambda: time.monotonic() - ingest.intake.batch.started >= SEAL_IDLE_S)
+        await until(lambda: len(ingest.intake.batch.spans) == 3, WAIT_S, "three spans", 0.002)
+        await until(
+            lambda: time.monotonic() - ingest.intake.batch.started >= SEAL_IDLE_S,
+            WAIT_S,
+            "the batch old enough to seal",
+            0.002,
+        )
         old_enough = link.looks
         # Each look after this one sees the batch SEAL_IDLE_S old, a writer idle, a write out.
-        assert await _until(lambda: link.looks >= old_enough + 3)
+        await until(lambda: link.looks >= old_enough + 3, WAIT_S, "three more looks", 0.002)
         assert sealed_at == [] and len(ingest.sealed.queue) == 0  # it waits
         ingest.sealed.writing = 0  # the write came back (it wakes no one: the intake looks again)
         came_back = link.looks
-        assert await _until(lambda: len(ingest.sealed.queue) == 1)
+        await until(lambda: len(ingest.sealed.queue) == 1, WAIT_S, "one batch sealed", 0.002)
         assert sealed_at in ([came_back], [came_back + 1])  # the look under way, or the next
         assert [len(b.spans) for b in ingest.sealed.queue._batches] == [3]  # the three together
     finally:

@@ -23,11 +23,9 @@ from cityiot.domain.settings import Settings
 from cityiot.ingest.broker import _packet, _string
 from cityiot.platform.local_services import LocalBroker, LocalInflux
 from cityiot.storage.broker_access import BrokerAccess, IssuedCredential
-from cityiot.storage.device_csv import parse_device_csv
-from cityiot.storage.engine import make_engine, migrate, sessionmaker
 from cityiot.storage.influx import InfluxDB
-from cityiot.storage.registry import import_devices, upsert_vendor
 from tests.ingest.conftest import REGISTRY_CSV, running_ingest
+from tests.seeding import open_seeded
 from tests.waiting import until
 
 PLATFORM_PASSWORD = "platform-secret"
@@ -120,14 +118,9 @@ class Guarded:
 
 async def guarded_broker(tmp_path: Path, **options: Any) -> tuple[LocalBroker, BrokerAccess, Any]:
     url = f"sqlite+aiosqlite:///{tmp_path / 'cityiot.db'}"
-    await migrate(url)
-    engine = make_engine(url)
-    sessions = sessionmaker(engine)
-    await upsert_vendor(sessions, "acme", "ACME Sensors")
-    await upsert_vendor(sessions, "oldco", "Old Co", codec="hexframe")
-    parsed = parse_device_csv(REGISTRY_CSV)
-    assert not parsed.errors
-    await import_devices(sessions, parsed.rows)
+    engine, sessions = await open_seeded(
+        url, REGISTRY_CSV, [("acme", "ACME Sensors", "json"), ("oldco", "Old Co", "hexframe")]
+    )
     files = tmp_path / "broker-access"
     broker = LocalBroker(
         tmp_path,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -17,15 +16,9 @@ from cityiot.platform.gcpolicy import (
     settle,
     young_only,
 )
+from tests.waiting import until
 
 WAIT_S = 10.0  # a safety net: the tests wait for each collection, not for a time
-
-
-async def _until(done: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not done():
-        assert time.monotonic() < deadline, f"not done after {WAIT_S} s"
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -86,11 +79,13 @@ async def test_the_schedule_collects_everything_and_freezes_once(
 
     task = asyncio.create_task(collect_on_schedule(stop, 0.2, first_s=0.05))
     _cycles(1000)
-    await _until(lambda: len(full_collections()) >= 1)  # the first: it froze what was alive
+    # The first full collection: it froze what was alive.
+    await until(lambda: len(full_collections()) >= 1, WAIT_S, "a first full collection", 0.01)
     frozen = gc.get_freeze_count()
     assert frozen > 0
     _cycles(1000)
-    await _until(lambda: len(full_collections()) >= 2)  # the next collects, freezes nothing more
+    # The next collects, freezes nothing more.
+    await until(lambda: len(full_collections()) >= 2, WAIT_S, "a second full collection", 0.01)
     stop.set()
     await asyncio.wait_for(task, WAIT_S)
     lines = full_collections()

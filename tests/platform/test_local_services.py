@@ -27,6 +27,7 @@ from cityiot.platform.local_services import (
     ServiceError,
     find_executable,
 )
+from tests.waiting import until_sync
 
 TIMEOUT_S = 10.0
 
@@ -380,16 +381,15 @@ def test_broker_log_is_rotated(tmp_path: Path) -> None:
     with broker:
         broker.rotate_log()  # moved aside; SIGHUP makes Mosquitto open a new one
         assert old.exists()
-        deadline = time.monotonic() + TIMEOUT_S
-        while not broker.log_path.exists():
-            assert time.monotonic() < deadline, "Mosquitto did not reopen its log"
-            time.sleep(0.05)
+        until_sync(broker.log_path.exists, TIMEOUT_S, "Mosquitto reopening its log", 0.05)
         with Mqtt(broker, "rotated") as client:
             assert not client.reason.is_failure
-        deadline = time.monotonic() + TIMEOUT_S
-        while "rotated" not in broker.log_path.read_text():
-            assert time.monotonic() < deadline, "nothing logged to the new file"
-            time.sleep(0.05)
+        until_sync(
+            lambda: "rotated" in broker.log_path.read_text(),
+            TIMEOUT_S,
+            "the connection logged to the new file",
+            0.05,
+        )
     with broker.log_path.open("a") as log:
         log.write("x" * 10_001)
     with broker:  # over log_max_bytes at start: moved aside

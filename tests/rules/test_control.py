@@ -8,9 +8,8 @@ import datetime as dt
 import logging
 import queue
 import threading
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from cityiot.storage.tables.control import Command
 from cityiot.storage.tables.registry import Device, Vendor
 from tests.payloads import HOSTILE
 from tests.rules.conftest import HandClock
+from tests.waiting import until
 
 UTC = dt.UTC
 T0 = dt.datetime(2025, 11, 23, 18, 30, tzinfo=dt.timezone(dt.timedelta(hours=8)))
@@ -71,14 +71,6 @@ async def _command(sessions: SessionFactory, command_id: str) -> Command:
         row = await session.get(Command, command_id)
     assert row is not None
     return row
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout_s} s")
-        await asyncio.sleep(0.02)
 
 
 class SimulatedDevices:
@@ -192,7 +184,7 @@ async def test_command_reaches_the_device_and_its_ack_is_recorded(
     async def acked() -> bool:
         return (await _command(sessions, command_id)).acked_at is not None
 
-    await _eventually(acked)
+    await until(acked, 10.0, "the command acknowledged")
     row = await _command(sessions, command_id)
     assert (row.device_id, row.vendor, row.name, row.args) == (
         device_id,
@@ -227,7 +219,7 @@ async def test_switching_on_a_district_group_records_each_answer(
             rows = await session.execute(select(Command.acked_at).where(Command.id.in_(ids)))
             return all(acked is not None for (acked,) in rows)
 
-    await _eventually(all_acked)
+    await until(all_acked, 10.0, "every command acknowledged")
     answers = {(r.device_id, r.ok, r.message) for r in [await _command(sessions, i) for i in ids]}
     assert answers == {(f"{vendor}-SL-1", True, "done"), (f"{vendor}-SL-2", False, "relay stuck")}
 
@@ -285,7 +277,7 @@ async def _survives(
     async def acked() -> bool:
         return (await _command(sessions, command_id)).acked_at is not None
 
-    await _eventually(acked)
+    await until(acked, 10.0, "the command acknowledged")
 
 
 async def test_hostile_acks_over_mqtt_are_refused_and_the_listener_goes_on(
@@ -416,7 +408,7 @@ async def test_ack_listener_comes_back_after_the_broker_restarts(
         async def acked() -> bool:
             return (await _command(sessions, command_id)).acked_at is not None
 
-        await _eventually(acked)
+        await until(acked, 10.0, "the command acknowledged")
         stop.set()
         await asyncio.wait_for(listener, 10)
     finally:

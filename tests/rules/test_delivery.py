@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -26,6 +26,7 @@ from cityiot.storage.engine import make_engine, migrate, sessionmaker
 from cityiot.storage.tables.alerts import Notification
 from tests.rules.conftest import HandClock
 from tests.rules.test_notifiers import Receiver, free_port, sample_message
+from tests.waiting import until
 
 
 @contextlib.asynccontextmanager
@@ -63,13 +64,6 @@ async def row(sessions: async_sessionmaker[Any], row_id: int) -> Notification:
         found = await session.get(Notification, row_id)
         assert found is not None
         return found
-
-
-async def eventually(done: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Wait until ``done()`` holds: the state is another task's or a server thread's."""
-    async with asyncio.timeout(timeout_s):
-        while not done():  # noqa: ASYNC110 - nothing to await but the state itself
-            await asyncio.sleep(0.01)
 
 
 def at(seconds: float) -> dt.datetime:
@@ -293,7 +287,8 @@ async def test_a_crash_mid_send_is_retried_once_the_lease_ends(
         crashing = Deliverer(sessions, channels, clock=clock, send_timeout_s=30)
         row_id = await put(sessions, clock)
         task = asyncio.create_task(crashing.deliver_due())
-        await eventually(lambda: bool(receiver.requests))  # out; dies before the answer
+        # Out; it dies before the answer.
+        await until(lambda: receiver.requests, 5.0, "the request at the receiver", 0.01)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -328,7 +323,7 @@ async def test_run_wakes_on_notify_and_stops_on_request(
     await asyncio.sleep(0.1)  # the first pass found nothing; now it waits up to 60 s
     await enqueue(sessions, "urban-management", "ops-hook", "g", sample_message())
     deliverer.notify()
-    await eventually(lambda: deliverer.counters.sent == 1)
+    await until(lambda: deliverer.counters.sent == 1, 5.0, "the notified row sent", 0.01)
     assert len(receiver.requests) == 1
     stop.set()
     async with asyncio.timeout(10):  # a safety net, well under the 60 s poll it would sleep
@@ -345,7 +340,7 @@ async def test_run_polls_for_rows_due_later(
     row_id = await enqueue(sessions, "urban-management", "ops-hook", "g", sample_message())
     task = asyncio.create_task(deliverer.run(stop))  # no notify: the poll finds it, and the retry
     try:
-        await eventually(lambda: deliverer.counters.sent == 1)
+        await until(lambda: deliverer.counters.sent == 1, 5.0, "the polled row sent", 0.01)
     finally:
         stop.set()
         await task

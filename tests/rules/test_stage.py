@@ -14,13 +14,11 @@ from sqlalchemy import select
 from cityiot.domain.settings import Settings
 from cityiot.platform.local_services import LocalBroker, LocalInflux
 from cityiot.platform.wiring import platform
-from cityiot.storage.device_csv import parse_device_csv
-from cityiot.storage.engine import make_engine, migrate, sessionmaker
-from cityiot.storage.registry import import_devices, upsert_vendor
 from cityiot.storage.tables.alerts import Alert, Notification
 from cityiot.storage.tables.workorders import WorkOrder
 from tests.ingest.conftest import REGISTRY_CSV, publisher_for
 from tests.rules.test_engine import Subscriber
+from tests.seeding import open_seeded
 from tests.waiting import until
 
 
@@ -36,12 +34,9 @@ async def test_a_published_reading_raises_notifies_and_dispatches(
         mqtt_client_id=f"stage-{uuid.uuid4().hex[:8]}",
         flush_interval_ms=50,
     )
-    await migrate(sqlite_url)
-    engine = make_engine(sqlite_url)
-    sessions = sessionmaker(engine)
-    await upsert_vendor(sessions, "acme", "ACME")
-    await upsert_vendor(sessions, "oldco", "Old Co", codec="hexframe")
-    await import_devices(sessions, parse_device_csv(REGISTRY_CSV).rows)
+    engine, sessions = await open_seeded(
+        sqlite_url, REGISTRY_CSV, [("acme", "ACME", "json"), ("oldco", "Old Co", "hexframe")]
+    )
     # Alert events (the contract topic) and team notifications (the MQTT channel's own tree).
     subscriber = Subscriber(broker, "city/alerts/#", "cityiot/teams/#")
     publisher = publisher_for(broker)

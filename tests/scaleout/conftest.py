@@ -17,7 +17,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from cityiot.ingest.partition import owner, start_workers
 from cityiot.platform.local_services import LocalBroker, LocalInflux, free_port
+from tests.seeding import seed_registry
+from tests.waiting import wait_for
 
 WORKERS = 3
 REPO = Path(__file__).resolve().parents[2]
@@ -79,36 +81,6 @@ def registry_csv() -> str:
         depth = "200" if kind == "manhole" else ""
         rows.append(f"{device_id},acme,{kind},yicheng,32.98,114.02,驿城区 1 号,300,{depth}")
     return "\n".join(rows) + "\n"
-
-
-async def seed_registry(database_url: str) -> None:
-    from cityiot.storage.device_csv import parse_device_csv
-    from cityiot.storage.engine import make_engine, migrate, sessionmaker
-    from cityiot.storage.registry import import_devices, upsert_vendor
-
-    await migrate(database_url)
-    engine = make_engine(database_url)
-    try:
-        sessions = sessionmaker(engine)
-        await upsert_vendor(sessions, "acme", "ACME Sensors")
-        parsed = parse_device_csv(registry_csv())
-        assert not parsed.errors, parsed.errors[:3]
-        report = await import_devices(sessions, parsed.rows)
-        assert not report.errors, report.errors[:3]
-    finally:
-        await engine.dispose()
-
-
-def wait_for(
-    done: Callable[[], bool], seconds: float, what: str, detail: Callable[[], str] = lambda: ""
-) -> float:
-    """Poll ``done`` until true; fail naming ``what`` after ``seconds``. Returns the wait."""
-    started = time.monotonic()
-    while not done():
-        if time.monotonic() - started > seconds:
-            pytest.fail(f"{what}: not done within {seconds:g} s. {detail()}")
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 _METRIC_LINE = re.compile(r"^(cityiot_[a-z_]+) ([0-9.e+-]+)$", re.MULTILINE)
@@ -305,7 +277,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, influx: LocalInflux) -> It
     influx_db = f"scaleout_{uuid.uuid4().hex[:10]}"
     _create_db(influx.url, influx_db)
     database_url = f"sqlite+aiosqlite:///{tmp / 'registry.db'}"
-    asyncio.run(seed_registry(database_url))
+    asyncio.run(seed_registry(database_url, registry_csv(), [("acme", "ACME Sensors", "json")]))
     rules_dir = tmp / "rules"
     rules_dir.mkdir()
     (rules_dir / "scaleout.yaml").write_text(RULES_YAML, encoding="utf-8")

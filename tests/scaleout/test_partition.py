@@ -32,10 +32,8 @@ from cityiot.ingest.validate import Reading
 from cityiot.rules.definitions import parse_rule
 from cityiot.rules.engine import RulesEngine
 from cityiot.rules.lifecycle import AlertStore
-from cityiot.storage.device_csv import parse_device_csv
-from cityiot.storage.engine import make_engine, migrate, sessionmaker
-from cityiot.storage.registry import import_devices
 from tests.rules.conftest import HandClock
+from tests.seeding import open_seeded
 
 # Fixed forever: a change would move every device's rule state to another worker.
 EXPECTED = {
@@ -198,11 +196,8 @@ async def test_an_engine_ticks_and_restores_its_own_devices_only(tmp_path: Path)
     device only, and after a restart each restores only its own open alert."""
     assert (owner("hy-1", 2), owner("mh-1", 2)) == (0, 1)
     url = f"sqlite+aiosqlite:///{tmp_path / 'cityiot.db'}"
-    await migrate(url)
-    engine = make_engine(url)
+    engine, sessions = await open_seeded(url, CSV)
     try:
-        sessions = sessionmaker(engine)
-        await import_devices(sessions, parse_device_csv(CSV).rows)
         devices = DeviceMap(sessions)
         await devices.refresh()
         clock = HandClock()

@@ -28,8 +28,8 @@ from tests.scaleout.conftest import (
     AlertWatcher,
     Cluster,
     Publisher,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 
 def origin_ms() -> int:

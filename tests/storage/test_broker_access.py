@@ -10,7 +10,6 @@ import shutil
 import stat
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from cityiot.storage.broker_access import (
 from cityiot.storage.engine import make_engine, migrate, sessionmaker
 from cityiot.storage.registry import upsert_vendor
 from cityiot.storage.tables.audit import AuditEntry
+from tests.waiting import until
 
 PLATFORM_PASSWORD = "platform-secret"
 
@@ -83,10 +83,12 @@ class Client:
         return [t for t, _ in self.messages]
 
     async def receive(self, topic: str, timeout_s: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while topic not in self.topics():
-            assert time.monotonic() < deadline, f"{topic} never arrived; got {self.topics()}"
-            await asyncio.sleep(0.01)
+        await until(
+            lambda: topic in self.topics(),
+            timeout_s,
+            lambda: f"{topic} arriving; got {self.topics()}",
+            0.01,
+        )
 
     def close(self) -> None:
         self._client.disconnect()

@@ -33,10 +33,8 @@ from cityiot.simulators import Fleet
 from cityiot.simulators.behaviour import new_state, reading
 from cityiot.simulators.fleet import SimDevice
 from cityiot.simulators.messages import encode
-from cityiot.storage.device_csv import parse_device_csv
-from cityiot.storage.engine import make_engine, migrate, sessionmaker
-from cityiot.storage.registry import import_devices, upsert_vendor
 from tests.ingest.conftest import publisher_for
+from tests.seeding import open_seeded
 from tests.waiting import until
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -137,14 +135,7 @@ async def platform(
         registry_refresh_s=0.5,
     )
     fleet = Fleet.generate(FLEET_SIZE, FLEET_SEED)
-    await migrate(settings.database_url)
-    engine = make_engine(settings.database_url)
-    sessions = sessionmaker(engine)
-    for vendor_id, name, codec in fleet.vendors:
-        await upsert_vendor(sessions, vendor_id, name, codec=codec)
-    parsed = parse_device_csv(fleet.csv_text())
-    assert not parsed.errors, parsed.errors[:3]
-    assert not (await import_devices(sessions, parsed.rows)).errors
+    engine, sessions = await open_seeded(settings.database_url, fleet.csv_text(), fleet.vendors)
     _, key = await create_key(sessions, "admin", name="console test admin")
     publisher = publisher_for(broker)
     try:
