@@ -5,14 +5,25 @@ from __future__ import annotations
 import shutil
 import tomllib
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def package_dirs() -> dict[str, Path]:
-    """Installed package name → the checkout folder it is built from (pyproject's mapping)."""
+def _setuptools() -> dict[str, Any]:
     config = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
-    setuptools = config["tool"]["setuptools"]
+    return config["tool"]["setuptools"]  # type: ignore[no-any-return]
+
+
+def mapped_roots() -> dict[str, Path]:
+    """The build's mapping: installed package → the checkout folder holding it and its
+    subpackages (``cityiot.ingest`` → ``ingest/``)."""
+    return {package: REPO / folder for package, folder in _setuptools()["package-dir"].items()}
+
+
+def package_dirs() -> dict[str, Path]:
+    """Every listed package → the checkout folder it is built from."""
+    setuptools = _setuptools()
     mapping: dict[str, str] = setuptools["package-dir"]
     dirs: dict[str, Path] = {}
     for package in setuptools["packages"]:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.packaging.layout import REPO, assemble, package_dirs
+from tests.packaging.layout import REPO, assemble, mapped_roots, package_dirs
 
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
@@ -33,12 +33,7 @@ def test_every_package_folder_exists_and_is_a_package() -> None:
 def test_every_package_in_the_folders_is_listed() -> None:
     """A new package folder the build does not list would be missing from the wheel."""
     listed = set(package_dirs().values())
-    roots = {
-        folder
-        for package, folder in package_dirs().items()
-        if "." not in package.removeprefix("cityiot.") or package == "cityiot"
-    }
-    found = {init.parent for root in roots for init in root.rglob("__init__.py")}
+    found = {init.parent for root in mapped_roots().values() for init in root.rglob("__init__.py")}
     assert found - listed == set(), (
         f"add these to [tool.setuptools] packages: {sorted(found - listed)}"
     )

@@ -18,7 +18,7 @@ import pytest
 
 from cityiot.platform.launcher import ADMIN_KEY_SECRET
 from cityiot.platform.local_services import free_port
-from tests.packaging.layout import REPO, package_dirs
+from tests.packaging.layout import REPO, mapped_roots
 
 READY_WAIT_S = 180  # a safety net: the test waits for readiness, not for a time
 
@@ -52,21 +52,12 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def shipped_data() -> set[str]:
     """Where every non-Python file of the package folders lands in an installation."""
-    roots = {
-        package: folder
-        for package, folder in package_dirs().items()
-        if package == "cityiot" or "." not in package.removeprefix("cityiot.")
-    }
     shipped = set()
     for name in source_files():
         path = REPO / name
         if path.suffix in (".py", ".pyc"):
             continue
-        for package, folder in roots.items():
-            if package == "cityiot" and any(
-                path.is_relative_to(other) for p, other in roots.items() if p != "cityiot"
-            ):
-                continue
+        for package, folder in mapped_roots().items():  # disjoint folders: one at most
             if path.is_relative_to(folder):
                 shipped.add(package.replace(".", "/") + "/" + path.relative_to(folder).as_posix())
     return shipped
