@@ -1,6 +1,8 @@
-"""Validation of raw readings against the sensor catalogue, compiled once per kind.
+"""Validation of raw readings against the kinds in force, compiled once per kind.
 
 A reading is accepted whole or rejected with a reason; it is never stored half-parsed.
+When a kind changes (a file, or ``PUT /kinds``), the tables are compiled again before the
+next reading is checked.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from cityiot.domain.catalogue import KINDS, Kind
+from cityiot.domain.catalogue import MODEL, Kind, Metric
 from cityiot.ingest.codecs.base import RawReading
 
 
@@ -28,6 +30,12 @@ class _FloatSpec:
 _BOOL = object()  # marker: the metric is a flag
 
 
+@dataclass(frozen=True, slots=True)
+class _EnumSpec:
+    values: frozenset[str]
+    shown: str
+
+
 @dataclass(slots=True)
 class Reading:
     """A validated reading, as the rules engine and the latest-value cache receive it."""
@@ -35,7 +43,7 @@ class Reading:
     device_id: str
     kind: str
     ts_ms: int
-    metrics: dict[str, float | bool]
+    metrics: dict[str, float | bool | str]
     ts_assumed: bool = False  # no ts was sent: the platform's receive time stands in
 
 
@@ -44,16 +52,7 @@ class KindTable:
 
     def __init__(self, kind: Kind) -> None:
         self.kind = kind.name
-        self.specs: dict[str, object] = {
-            m.name: _BOOL
-            if m.type == "bool"
-            else _FloatSpec(
-                m.low if m.low is not None else -math.inf,
-                m.high if m.high is not None else math.inf,
-                m.unit,
-            )
-            for m in kind.metrics
-        }
+        self.specs: dict[str, object] = {m.name: _spec(m) for m in kind.metrics}
         self.known = ", ".join(self.specs)
         self.bounds = {
             name: (spec.low, spec.high)
@@ -61,8 +60,11 @@ class KindTable:
             if isinstance(spec, _FloatSpec)
         }
         self.flags = frozenset(name for name, spec in self.specs.items() if spec is _BOOL)
+        self.words = {
+            name: spec.values for name, spec in self.specs.items() if isinstance(spec, _EnumSpec)
+        }
 
-    def check(self, metrics: dict[str, Any]) -> dict[str, float | bool]:
+    def check(self, metrics: dict[str, Any]) -> dict[str, float | bool | str]:
         """The metrics with numbers as floats, or :class:`Rejected` naming the first fault."""
         if not metrics:
             raise Rejected("reading has no metrics")
@@ -77,12 +79,14 @@ class KindTable:
                     continue
             elif vtype is bool and name in self.flags:
                 continue
+            elif vtype is str and value in self.words.get(name, ()):
+                continue
             return self.converted(metrics)
         return metrics
 
-    def converted(self, metrics: dict[str, Any]) -> dict[str, float | bool]:
+    def converted(self, metrics: dict[str, Any]) -> dict[str, float | bool | str]:
         """A copy with numbers as floats, or :class:`Rejected` naming the first fault."""
-        out: dict[str, float | bool] = {}
+        out: dict[str, float | bool | str] = {}
         specs = self.specs
         for name, value in metrics.items():
             spec = specs.get(name)
@@ -92,6 +96,11 @@ class KindTable:
             if spec is _BOOL:
                 if vtype is not bool:
                     raise Rejected(f"{name} must be true or false, got {_show(value)}")
+                out[name] = value
+                continue
+            if isinstance(spec, _EnumSpec):
+                if vtype is not str or value not in spec.values:
+                    raise Rejected(f"{name} must be one of {spec.shown}, got {_show(value)}")
                 out[name] = value
                 continue
             if vtype is int:
@@ -116,9 +125,16 @@ class Validator:
     """Checks readings of every kind; timestamps against a window around the receive time."""
 
     def __init__(self, retention_s: int, future_tolerance_s: int = 300) -> None:
-        self.tables = {name: KindTable(kind) for name, kind in KINDS.items()}
+        self.tables: dict[str, KindTable] = {}
+        self.generation = -1
+        self.compile()
         self.retention_ms = retention_s * 1000
         self.future_ms = future_tolerance_s * 1000
+
+    def compile(self) -> None:
+        """The tables of the kinds in force now."""
+        self.generation = MODEL.generation()
+        self.tables = {name: KindTable(kind) for name, kind in MODEL.kinds.items()}
 
     def timestamp(self, ts: int | str | None, received_ms: int) -> tuple[int, bool]:
         """(epoch ms, assumed): the reading's own time, or the receive time when absent."""
@@ -150,8 +166,25 @@ class Validator:
 
     def reading(self, device_id: str, kind: str, raw: RawReading, received_ms: int) -> Reading:
         ts_ms, assumed = self.timestamp(raw.ts, received_ms)
-        metrics = self.tables[kind].check(raw.metrics)
+        if self.generation != MODEL.generation():
+            self.compile()
+        table = self.tables.get(kind)
+        if table is None:
+            raise Rejected(f"kind {kind!r} is not a kind the platform knows; see GET /kinds")
+        metrics = table.check(raw.metrics)
         return Reading(device_id, kind, ts_ms, metrics, assumed)
+
+
+def _spec(metric: Metric) -> object:
+    if metric.type == "bool":
+        return _BOOL
+    if metric.type == "enum":
+        return _EnumSpec(frozenset(metric.values), ", ".join(metric.values))
+    return _FloatSpec(
+        metric.low if metric.low is not None else -math.inf,
+        metric.high if metric.high is not None else math.inf,
+        metric.unit,
+    )
 
 
 def parse_rfc3339(text: str) -> int:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cityiot.domain.sun import (
-    UTC_OFFSET_S,
+    utc_offset_s,
     local_date,
     local_hour,
     solar_elevation_deg,
@@ -179,7 +179,7 @@ def _streetlight(
         current = power / voltage
         leakage = state.leakage_base_ma + rng.gauss(0, 0.2)
     state.energy_kwh += power * elapsed_s / 3_600_000
-    day = (ts_ms // 1000 + UTC_OFFSET_S) // 86400
+    day = (ts_ms // 1000 + utc_offset_s(ts_ms)) // 86400
     if day != state.sky_day:
         state.sky_day, state.sky_clearness = day, rng.uniform(0.25, 1.0)
     return {

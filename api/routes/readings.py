@@ -69,7 +69,7 @@ DeviceId = Annotated[str, Path(description="the device's id", examples=["mh-0001
 
 
 class LatestValue(BaseModel):
-    value: float | bool = Field(description="the metric's newest value")
+    value: float | bool | str = Field(description="the metric's newest value")
     ts: str = Field(description="when it was measured (RFC 3339, +08:00)")
 
 
@@ -107,7 +107,9 @@ class Latest(BaseModel):
 
 class SeriesPoint(BaseModel):
     ts: str = Field(description="the point's time, or its bucket's start, in the requested tz")
-    values: dict[str, float | bool] = Field(description="metric → value; absent: no value")
+    values: dict[str, float | bool | str] = Field(
+        description="metric → value; absent: no value"
+    )
 
 
 class Series(BaseModel):
@@ -382,7 +384,7 @@ def _metrics(kind: str, asked: list[str] | None, agg: Aggregate | None) -> list[
     catalogue = KINDS[kind]
     if not asked:
         numeric_only = agg in ("mean", "min", "max")
-        return [m.name for m in catalogue.metrics if not (numeric_only and m.type == "bool")]
+        return [m.name for m in catalogue.metrics if not (numeric_only and m.type != "float")]
     names: list[str] = []
     for item in asked:
         for name in item.split(","):
@@ -403,11 +405,13 @@ def _aggregates(kind: str, names: list[str], agg: Aggregate | None) -> dict[str,
     catalogue = KINDS[kind]
     out: dict[str, Aggregate] = {}
     for name in names:
-        flag = catalogue.metric(name).type == "bool"  # type: ignore[union-attr]
+        mtype = catalogue.metric(name).type  # type: ignore[union-attr]
+        flag = mtype != "float"
         if flag and agg not in (None, "last"):
+            what = "a flag (true/false)" if mtype == "bool" else "an enum (a word)"
             raise Problem(
                 422,
-                f"{name} is a flag (true/false): it can only be aggregated with last, not "
+                f"{name} is {what}: it can only be aggregated with last, not "
                 f"{agg}; use agg=last or ask for it separately",
             )
         out[name] = agg or ("last" if flag else "mean")

@@ -12,6 +12,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
+from cityiot.domain.catalogue import MODEL, ModelError
 from cityiot.domain.settings import Settings
 
 err = Console(stderr=True)
@@ -23,14 +24,21 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def load_settings() -> Settings:
+    """The settings, with the kinds and the city they name loaded: a broken setting, kind
+    file or city file ends the command with what to change."""
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         problems = "; ".join(
             f"CITYIOT_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
             for e in exc.errors()
         )
         fail(f"invalid settings: {problems}")
+    try:
+        MODEL.use(settings)
+    except ModelError as exc:
+        fail(f"invalid kind or city file: {exc}")
+    return settings
 
 
 def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

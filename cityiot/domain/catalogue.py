@@ -1,16 +1,47 @@
-"""The sensor catalogue: kinds, their metrics (type, unit, physical range) and attributes.
+"""The live thing model: the kinds (docs/design.md §4a) and the city a process runs with.
 
-This is the access standard of docs/design.md §4 in code. Validation tables in the ingest are
-compiled from it once; nothing else in the platform spells a metric name by hand.
+Kinds and the city are data: YAML files shipped as package data (``cityiot/domain/kinds/``,
+``cityiot/domain/city.yaml``), a folder of kind files named by ``CITYIOT_KINDS_PATH``, a
+city file named by ``CITYIOT_CITY_PATH``, and kinds changed through ``PUT /kinds/{kind}``
+(kept in the database). :data:`MODEL` holds what is in force; :data:`KINDS` and
+:data:`DISTRICTS` are its live mappings, changed in place by :meth:`ThingModel.refresh`, and
+:meth:`ThingModel.generation` counts the changes so that compiled tables (validation,
+rules) know when to rebuild. Nothing else in the platform spells a kind or metric by hand.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-MetricType = Literal["float", "bool"]
+from cityiot.domain.city import City, District, read_city
+from cityiot.domain.thingmodel import (
+    COMMON_ATTRIBUTES,
+    Attribute,
+    Kind,
+    Metric,
+    MetricType,
+    ModelError,
+    incompatibilities,
+    parse_kind,
+    read_kind_folder,
+)
+
+if TYPE_CHECKING:
+    from cityiot.domain.settings import Settings
+
+__all__ = [
+    "COMMON_ATTRIBUTES", "DISTRICTS", "KINDS", "MODEL", "Attribute", "City", "District", "Kind",
+    "Metric", "MetricType", "ModelError", "ThingModel",
+]  # fmt: skip
+
+log = logging.getLogger(__name__)
+
+SHIPPED_KINDS = Path(__file__).with_name("kinds")
+SHIPPED_CITY = Path(__file__).with_name("city.yaml")
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 RESERVED_VENDORS = frozenset({"alerts"})
@@ -18,165 +49,147 @@ RESERVED_VENDORS = frozenset({"alerts"})
 RESERVED_VENDOR_PREFIX = "cityiot"
 
 
-@dataclass(frozen=True, slots=True)
-class Metric:
-    """One measured quantity of a kind. Floats carry an inclusive physical range."""
-
-    name: str
-    type: MetricType
-    unit: str
-    low: float | None = None
-    high: float | None = None
-    description: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Attribute:
-    """A registry attribute specific to one kind (``depth_cm`` for manholes, ...)."""
-
-    name: str
-    type: type[int] | type[float] | type[str]
-    description: str
-    required: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Kind:
-    """A kind of city device: its metrics, its default report interval and attributes."""
-
-    name: str
-    title_zh: str
-    title_en: str
-    metrics: tuple[Metric, ...]
-    report_interval_s: int
-    attributes: tuple[Attribute, ...] = field(default=())
-
-    def metric(self, name: str) -> Metric | None:
-        for m in self.metrics:
-            if m.name == name:
-                return m
-        return None
-
-
-def _f(name: str, unit: str, low: float, high: float, description: str = "") -> Metric:
-    return Metric(name, "float", unit, float(low), float(high), description)
-
-
-def _b(name: str, description: str = "") -> Metric:
-    return Metric(name, "bool", "", None, None, description)
-
-
-_BATTERY = _f("battery_pct", "%", 0, 100, "remaining battery")
-_RSSI = _f("rssi_dbm", "dBm", -150, 0, "radio signal strength (NB-IoT/LoRa)")
-
-KINDS: dict[str, Kind] = {
-    k.name: k
-    for k in (
-        Kind(
-            "manhole",
-            "井盖",
-            "manhole cover",
-            (
-                _f("tilt_deg", "°", 0, 90, "cover tilt from horizontal"),
-                _b("cover_open", "cover lifted off its frame"),
-                _f("water_level_cm", "cm", 0, 2000, "water level in the shaft, from the bottom"),
-                _f("gas_ch4_ppm", "ppm", 0, 100_000, "methane concentration"),
-                _BATTERY,
-                _RSSI,
-            ),
-            report_interval_s=300,
-            attributes=(Attribute("depth_cm", float, "shaft depth, cover to bottom"),),
-        ),
-        Kind(
-            "streetlight",
-            "路灯",
-            "streetlight",
-            (
-                _b("power_on", "lamp switched on"),
-                _f("dim_pct", "%", 0, 100, "dimming level"),
-                _f("voltage_v", "V", 0, 500, "supply voltage"),
-                _f("current_a", "A", 0, 100, "lamp current"),
-                _f("power_w", "W", 0, 10_000, "active power"),
-                _f("energy_kwh", "kWh", 0, 10_000_000, "cumulative energy"),
-                _f("lux", "lx", 0, 200_000, "ambient illuminance"),
-                _f("leakage_ma", "mA", 0, 10_000, "earth leakage current"),
-                _b("lamp_fault", "driver reports a failed lamp"),
-            ),
-            report_interval_s=60,
-        ),
-        Kind(
-            "hydrant",
-            "消火栓",
-            "fire hydrant",
-            (
-                _f("pressure_mpa", "MPa", -0.1, 4, "static water pressure (gauge)"),
-                _b("valve_open", "outlet valve opened"),
-                _f("flow_lps", "L/s", 0, 500, "outflow"),
-                _f("tilt_deg", "°", 0, 90, "body tilt (knocked by a vehicle)"),
-                _f("temperature_c", "°C", -50, 80, "body temperature (freeze risk)"),
-                _BATTERY,
-            ),
-            report_interval_s=300,
-        ),
-        Kind(
-            "water",
-            "供水管网",
-            "water network",
-            (
-                _f("pressure_mpa", "MPa", -0.1, 4, "pipe pressure (gauge)"),
-                _f("flow_m3h", "m³/h", -100_000, 100_000, "flow; negative is reverse flow"),
-                _f("volume_m3", "m³", 0, 1e12, "cumulative volume"),
-                _f("ph", "pH", 0, 14, "acidity"),
-                _f("turbidity_ntu", "NTU", 0, 4_000, "turbidity"),
-                _f("chlorine_mgl", "mg/L", 0, 20, "free residual chlorine"),
-                _BATTERY,
-            ),
-            report_interval_s=60,
-            attributes=(Attribute("zone", str, "pressure zone / district metered area"),),
-        ),
-        Kind(
-            "parking",
-            "停车位",
-            "parking space",
-            (_b("occupied", "a vehicle is on the space"), _BATTERY, _RSSI),
-            report_interval_s=60,
-            attributes=(
-                Attribute("lot_id", str, "parking lot or street section the space belongs to"),
-                Attribute("max_stay_min", float, "longest allowed stay, minutes"),
-            ),
-        ),
+def _stamp(folder: Path | None) -> tuple[tuple[str, float, int], ...]:
+    """What a folder of kind files looks like now (names, times, sizes): a change to it
+    makes :meth:`ThingModel.refresh` read it again."""
+    if folder is None or not folder.is_dir():
+        return ()
+    return tuple(
+        sorted(
+            (p.name, p.stat().st_mtime, p.stat().st_size)
+            for p in folder.iterdir()
+            if p.suffix in (".yaml", ".yml")
+        )
     )
-}
 
 
-@dataclass(frozen=True, slots=True)
-class District:
-    id: str
-    name_zh: str
-    name_en: str
+class ThingModel:
+    """The kinds and the city in force in this process.
+
+    Layers, each replacing the one below for a kind of the same id when the change is
+    compatible: the shipped kind files, the files of ``CITYIOT_KINDS_PATH``, and the kinds
+    changed through the API (the database's copy, passed to :meth:`refresh`). Kinds are
+    never taken away while the process runs: a stored reading's kind stays known.
+    """
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, Kind] = {}
+        self.districts: dict[str, District] = {}
+        self.city: City = read_city(SHIPPED_CITY)
+        self._generation = 0
+        self._folder: Path | None = None
+        self._folder_stamp: tuple[tuple[str, float, int], ...] = ()
+        self._files: dict[str, Kind] = {}
+        self._overrides: dict[str, Kind] = {}
+        self._override_specs: dict[str, Mapping[str, Any]] = {}
+
+    def generation(self) -> int:
+        """A number that grows whenever a kind or the city changes."""
+        return self._generation
+
+    def configure(self, kinds_path: Path | None, city_path: Path | None) -> None:
+        """Load the shipped kinds, ``kinds_path``'s and the city: at start-up, where a broken
+        file stops the process (:class:`ModelError` names file, kind, field and the fix)."""
+        self.city = read_city(city_path) if city_path is not None else read_city(SHIPPED_CITY)
+        self.districts.clear()
+        self.districts.update(self.city.districts)
+        self._folder = kinds_path
+        self._folder_stamp = _stamp(kinds_path)
+        self._files = self._read_files()
+        self._overrides = {}
+        self._override_specs = {}
+        self.kinds.clear()
+        self.kinds.update(self._files)
+        self._generation += 1
+
+    def use(self, settings: Settings) -> None:
+        """:meth:`configure` with the settings' ``kinds_path`` and ``city_path``."""
+        self.configure(settings.kinds_path, settings.city_path)
+
+    def _read_files(self) -> dict[str, Kind]:
+        kinds = read_kind_folder(SHIPPED_KINDS)
+        if self._folder is None:
+            return kinds
+        for name, kind in read_kind_folder(self._folder).items():
+            shipped = kinds.get(name)
+            problems = incompatibilities(shipped, kind) if shipped is not None else []
+            if problems:
+                raise ModelError(
+                    f"{kind.source}: kind {name} changes the shipped kind incompatibly: "
+                    + "; ".join(problems)
+                )
+            kinds[name] = kind
+        return kinds
+
+    def check_change(self, spec: Any, source: str = "api") -> Kind:
+        """The kind ``spec`` describes, when it may replace the one in force (or is new);
+        :class:`ModelError` for a broken spec, :class:`IncompatibleChange` for a change that
+        stored data or devices forbid."""
+        kind = parse_kind(spec, source)
+        current = self.kinds.get(kind.name)
+        if current is not None:
+            problems = incompatibilities(current, kind)
+            if problems:
+                raise IncompatibleChange(kind.name, problems)
+        return kind
+
+    def refresh(self, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
+        """Take in changed kind files and the API's kinds (``overrides``: kind → spec, as
+        stored); the kinds that changed. A change that is broken or incompatible is logged
+        and skipped: the running model stays as it is."""
+        if overrides is not None and overrides != self._override_specs:
+            parsed: dict[str, Kind] = {}
+            for name, spec in overrides.items():
+                try:
+                    parsed[name] = parse_kind(spec, "api")
+                except ModelError as exc:
+                    log.error("event=kind_override_refused kind=%s error=%s", name, exc)
+            self._overrides = parsed
+            self._override_specs = dict(overrides)
+        stamp = _stamp(self._folder)
+        if stamp != self._folder_stamp:
+            self._folder_stamp = stamp
+            try:
+                self._files = self._read_files()
+            except ModelError as exc:
+                log.error("event=kind_files_refused keeping=running_kinds error=%s", exc)
+        return self._merge()
+
+    def _merge(self) -> list[str]:
+        changed: list[str] = []
+        for name, kind in {**self._files, **self._overrides}.items():
+            current = self.kinds.get(name)
+            if current == kind:
+                continue
+            problems = incompatibilities(current, kind) if current is not None else []
+            if problems:
+                log.error(
+                    "event=kind_change_refused kind=%s source=%s error=%s",
+                    name, kind.source, "; ".join(problems),
+                )  # fmt: skip
+                continue
+            self.kinds[name] = kind
+            changed.append(name)
+        if changed:
+            self._generation += 1
+            log.info("event=kinds_changed kinds=%s", ",".join(changed))
+        return changed
 
 
-DISTRICTS: dict[str, District] = {
-    d.id: d
-    for d in (
-        District("yicheng", "驿城区", "Yicheng District"),
-        District("kaifaqu", "经济开发区", "Economic Development Zone"),
-        District("gaoxinqu", "高新区", "High-tech Zone"),
-        District("shifanqu", "城乡一体化示范区", "Urban-Rural Integration Demonstration Zone"),
-        District("xiping", "西平县", "Xiping County"),
-        District("shangcai", "上蔡县", "Shangcai County"),
-        District("pingyu", "平舆县", "Pingyu County"),
-        District("zhengyang", "正阳县", "Zhengyang County"),
-        District("queshan", "确山县", "Queshan County"),
-        District("biyang", "泌阳县", "Biyang County"),
-        District("runan", "汝南县", "Runan County"),
-        District("suiping", "遂平县", "Suiping County"),
-        District("xincai", "新蔡县", "Xincai County"),
-    )
-}
+class IncompatibleChange(ValueError):
+    """A kind change that stored data or registered devices forbid; ``problems`` name the
+    metric or attribute and why."""
 
-# Attributes every device carries, whatever its kind (docs/design.md §4).
-COMMON_ATTRIBUTES = ("district", "lat", "lon", "address", "install_date", "report_interval_s")
+    def __init__(self, kind: str, problems: list[str]) -> None:
+        super().__init__(f"kind {kind}: " + "; ".join(problems))
+        self.kind = kind
+        self.problems = problems
+
+
+MODEL = ThingModel()
+MODEL.configure(None, None)
+KINDS: dict[str, Kind] = MODEL.kinds
+DISTRICTS: dict[str, District] = MODEL.districts
 
 
 def reserved_vendor(value: str) -> str | None:

@@ -40,6 +40,14 @@ class Settings(BaseSettings):
     rules_path: Path | None = Field(
         None, description="a rule file or a folder of them; empty: the shipped catalogue"
     )
+    kinds_path: Path | None = Field(
+        None,
+        description="a folder of kind files (docs/design.md §4a) adding kinds or changing a "
+        "shipped one compatibly; empty: the shipped kinds only",
+    )
+    city_path: Path | None = Field(
+        None, description="the city file (city.yaml); empty: the shipped city, Zhumadian"
+    )
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "logfmt", "console"] = Field(
         "auto",
@@ -164,7 +172,7 @@ class Settings(BaseSettings):
     )
     dead_letter_rate_burst: int = Field(200, ge=1)
 
-    @field_validator("rules_path", mode="before")
+    @field_validator("rules_path", "kinds_path", "city_path", mode="before")
     @classmethod
     def _empty_path_is_default(cls, value: object) -> object:
         return None if value == "" else value

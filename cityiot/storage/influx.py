@@ -75,8 +75,11 @@ def series_key(measurement: str, tags: dict[str, str]) -> str:
     return ",".join(parts)
 
 
-def format_field(name: str, value: float | bool) -> str:
-    """One ``name=value`` field: floats in shortest round-trip form, flags as true/false."""
+def format_field(name: str, value: float | bool | str) -> str:
+    """One ``name=value`` field: floats in shortest round-trip form, flags as true/false,
+    enum words as string fields."""
+    if isinstance(value, str):
+        return f'{name}="' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if value is True:
         return f"{name}=true"
     if value is False:
