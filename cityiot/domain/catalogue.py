@@ -82,6 +82,7 @@ class ThingModel:
         self._files: dict[str, Kind] = {}
         self._overrides: dict[str, Kind] = {}
         self._override_specs: dict[str, Mapping[str, Any]] = {}
+        self._refused: dict[str, Kind] = {}  # logged once, not at every refresh
 
     def generation(self) -> int:
         """A number that grows whenever a kind or the city changes."""
@@ -163,10 +164,12 @@ class ThingModel:
                 continue
             problems = incompatibilities(current, kind) if current is not None else []
             if problems:
-                log.error(
-                    "event=kind_change_refused kind=%s source=%s error=%s",
-                    name, kind.source, "; ".join(problems),
-                )  # fmt: skip
+                if self._refused.get(name) != kind:
+                    self._refused[name] = kind
+                    log.error(
+                        "event=kind_change_refused kind=%s source=%s error=%s",
+                        name, kind.source, "; ".join(problems),
+                    )  # fmt: skip
                 continue
             self.kinds[name] = kind
             changed.append(name)

@@ -128,7 +128,8 @@ def _read_boundaries(
         except OSError as exc:
             raise ModelError(f"{where}: cannot read {path} ({exc.strerror})") from None
         except json.JSONDecodeError as exc:
-            raise ModelError(f"{where}: {path} is not JSON ({exc.msg}, line {exc.lineno})") from None
+            problem = f"{exc.msg}, line {exc.lineno}"
+            raise ModelError(f"{where}: {path} is not JSON ({problem})") from None
     if not isinstance(value, Mapping) or value.get("type") != "FeatureCollection":
         raise ModelError(f"{where}: must be a GeoJSON FeatureCollection (a file name or inline)")
     for i, feature in enumerate(value.get("features") or ()):

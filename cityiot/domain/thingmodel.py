@@ -101,7 +101,7 @@ class Kind:
 
 def _titles(raw: Any, where: str) -> tuple[str, str]:
     if not isinstance(raw, Mapping):
-        raise ModelError(f"{where}: title is missing; write title: {{zh: 中文名, en: English name}}")
+        raise ModelError(f"{where}: title is missing; write title: {{zh: 中文名, en: English}}")
     zh, en = raw.get("zh"), raw.get("en")
     for lang, value in (("zh", zh), ("en", en)):
         if not isinstance(value, str) or not value.strip():
@@ -223,9 +223,7 @@ def parse_kind(raw: Any, source: str) -> Kind:
     attrs_raw = raw.get("attributes") or {}
     if not isinstance(attrs_raw, Mapping):
         raise ModelError(f"{where}: attributes: must be a mapping of name → {{type, title}}")
-    attributes = tuple(
-        _parse_attribute(n, a, f"{where}: attributes") for n, a in attrs_raw.items()
-    )
+    attributes = tuple(_parse_attribute(n, a, f"{where}: attributes") for n, a in attrs_raw.items())
     clash = sorted({m.name for m in metrics} & {a.name for a in attributes})
     if clash:
         raise ModelError(
