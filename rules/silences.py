@@ -18,7 +18,7 @@ import datetime as dt
 import logging
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,11 +42,12 @@ WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_CREATED_BY_CHARS = 128
 MAX_MATCHERS = 32
 
-# Labels whose values are a closed set: an equality matcher on them must name a member.
-CLOSED_LABELS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "kind": ("a kind", tuple(KINDS)),
-    "district": ("a district", tuple(DISTRICTS)),
-    "severity": ("a severity", SEVERITIES),
+# Labels whose values are a closed set: an equality matcher on them must name a member
+# (of the kinds and districts in force when it is made).
+CLOSED_LABELS: dict[str, tuple[str, Callable[[], Iterable[str]]]] = {
+    "kind": ("a kind", lambda: KINDS),
+    "district": ("a district", lambda: DISTRICTS),
+    "severity": ("a severity", lambda: SEVERITIES),
 }
 
 
@@ -65,7 +66,8 @@ class SilenceError(ValueError):
 def check_label_value(label: str, value: str) -> None:
     """Refuse a value a closed label (kind, district, severity) can never have."""
     if label in CLOSED_LABELS:
-        what, members = CLOSED_LABELS[label]
+        what, current = CLOSED_LABELS[label]
+        members = tuple(current())
         if value not in members:
             raise MatcherError(f"{value!r} is not {what} ({', '.join(members)})", "value")
 

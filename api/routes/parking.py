@@ -17,7 +17,7 @@ from cityiot.api.access import allow, check_filter, scoped
 from cityiot.api.context import ApiContext, context
 from cityiot.api.keys import Principal
 from cityiot.api.problems import Problem
-from cityiot.domain.catalogue import DISTRICTS
+from cityiot.domain.catalogue import DISTRICTS, KINDS
 from cityiot.rules.events import city_time
 from cityiot.storage.tables.registry import Device, LatestReading
 
@@ -110,9 +110,11 @@ async def availability(
 ) -> Availability:
     """Each parking sensor is one space: ``free`` when its newest ``occupied`` is false,
     ``occupied`` when true, ``unknown`` when it never reported or its device is offline
-    (a stale value is not trusted). Department keys need the parking kind and see only
-    their districts."""
-    check_filter(principal, "kind", "parking", principal.kinds)
+    (a stale value is not trusted). Parking spaces are the devices of :func:`parking_kinds`.
+    Department keys need such a kind and see only their districts."""
+    kinds = parking_kinds()
+    if principal.kinds is not None and kinds and not set(kinds) & set(principal.kinds):
+        check_filter(principal, "kind", kinds[0], principal.kinds)
     if district is not None and district not in DISTRICTS:
         raise Problem(422, f"unknown district {district!r}; use one of {', '.join(DISTRICTS)}")
     check_filter(principal, "district", district, principal.districts)
@@ -129,7 +131,7 @@ async def availability(
     stmt = (
         select(Device.district, lot, func.count(), spaces(false()), spaces(true()))
         .outerjoin(LatestReading, LatestReading.device_id == Device.id)
-        .where(Device.kind == "parking", Device.decommissioned_at.is_(None))
+        .where(Device.kind.in_(kinds), Device.decommissioned_at.is_(None))
         .group_by(Device.district, lot)
     )
     stmt = scoped(stmt, principal, Device.kind, Device.district, Device.vendor_id)
@@ -173,6 +175,18 @@ async def availability(
         districts=list(by_district.values()),
         overall=overall,
     )
+
+
+def parking_kinds() -> list[str]:
+    """The kinds whose devices are parking spaces, by their model: a flag ``occupied`` and
+    a ``lot_id`` attribute (the shipped parking sensor, and any a city adds like it)."""
+    return [
+        kind.name
+        for kind in KINDS.values()
+        if (metric := kind.metric("occupied")) is not None
+        and metric.type == "bool"
+        and kind.attribute("lot_id") is not None
+    ]
 
 
 def _add(into: Spaces, item: Spaces) -> None:

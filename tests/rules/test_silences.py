@@ -101,7 +101,8 @@ def test_all_matchers_must_hold_and_absent_labels_are_empty() -> None:
         ),
         (
             [m("kind", "!=", "lamp")],
-            "matchers[0].value: 'lamp' is not a kind (manhole, streetlight, hydrant, water, parking)",
+            "matchers[0].value: 'lamp' is not a kind (drainage, gas, hydrant, manhole, parking, "
+            "streetlight, tunnel, water, waterlogging)",
         ),
         (
             [{"label": "device_id", "op": "=", "value": 42}],
