@@ -12,14 +12,18 @@ from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.models import common as viz
 from grafana_foundation_sdk.models import dashboard as model
 
-from cityiot.domain.catalogue import KINDS
+from cityiot.domain.catalogue import MODEL
 from cityiot.grafana.overview import ALERT_COLUMNS
 from cityiot.grafana.panels import city_dashboard, table_panel, thresholds, timeseries_panel
 from cityiot.grafana.queries import Infinity, InfluxQL, influx_source
 
 UID = "cityiot-device"
 THIS_DEVICE = '"device_id" =~ /^$device_id$/'
-KIND_MEASUREMENTS = "/^(" + "|".join(KINDS) + ")$/"
+
+
+def kind_measurements() -> str:
+    """A regex of the measurements holding readings: the kinds the model holds now."""
+    return "/^(" + "|".join(MODEL.kinds) + ")$/"
 
 
 def _variables() -> list[cogbuilder.Builder[model.VariableModel]]:
@@ -48,7 +52,7 @@ def _variables() -> list[cogbuilder.Builder[model.VariableModel]]:
         .label("Kind")
         .description("The measurement holding the device's readings (its kind).")
         .datasource(influx_source())
-        .query(f"SHOW MEASUREMENTS WITH MEASUREMENT =~ {KIND_MEASUREMENTS} WHERE {THIS_DEVICE}")
+        .query(f"SHOW MEASUREMENTS WITH MEASUREMENT =~ {kind_measurements()} WHERE {THIS_DEVICE}")
         .refresh(model.VariableRefresh.ON_DASHBOARD_LOAD)
         .hide(model.VariableHide.HIDE_VARIABLE)
     )
@@ -126,8 +130,8 @@ def device_drilldown() -> board.Dashboard:
         .with_panel(
             timeseries_panel(
                 "Numeric readings",
-                "Mean of every numeric metric of the device per interval (flags are in the "
-                "table below). Click a legend entry to show it alone.",
+                "Mean of every numeric metric of the device per interval (flags and states are "
+                "in the table below). Click a legend entry to show it alone.",
                 [
                     InfluxQL(
                         f'SELECT mean(*) FROM "$kind" WHERE {THIS_DEVICE} AND $timeFilter '

@@ -8,7 +8,6 @@ export byte for byte.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +20,22 @@ from cityiot.grafana.queries import register
 # Where the repository keeps them (deploy/grafana/dashboards/), relative to its root.
 DEFAULT_DIR = Path("deploy/grafana/dashboards")
 
-BUILDERS: tuple[Callable[[], Any], ...] = (
-    overview.city_overview,
-    kinds.manholes,
-    kinds.streetlights,
-    kinds.hydrants,
-    kinds.water,
-    kinds.parking,
-    devices.device_drilldown,
-    alerts.alerts,
-)
+
+def builders() -> list[Any]:
+    """The builders of the set: the overview, one per kind in the model, the drill-down and
+    the alerts."""
+    return [
+        overview.city_overview(),
+        *kinds.kind_dashboards(),
+        devices.device_drilldown(),
+        alerts.alerts(),
+    ]
 
 
 def dashboards() -> list[Dashboard]:
-    """Every dashboard, built afresh, in a fixed order; panels numbered 1, 2, ... in order."""
-    built = [build().build() for build in BUILDERS]
+    """Every dashboard, built afresh from the model in force, in a fixed order; panels
+    numbered 1, 2, ... in order."""
+    built = [builder.build() for builder in builders()]
     for dashboard in built:
         for number, panel in enumerate(dashboard.panels or [], start=1):
             panel.id_val = number

@@ -1,21 +1,38 @@
-"""One dashboard per kind of device: manholes, streetlights, hydrants, water, parking.
+"""One dashboard per kind in the model (docs/design.md §4a), the city's own kinds included.
 
-Every InfluxQL query is filtered by the dashboard's ``$district`` variable. "Now" panels take
-each device's last reading in the time range (``last()`` grouped by device) and then keep
-the devices past a threshold; the thresholds are the default rule catalogue's
-(``rules/catalogue/*.yaml``) and, for drinking water, GB 5749-2022's limits.
+Everything on a kind's dashboard comes from its kind file: the title (English and Chinese),
+the ``$district`` variable, and panels by metric type, titled with the metric's Chinese
+title and unit (the English title, the name and the range are in the description):
+
+- a "now" stat: devices reporting, and per flag the devices whose last reading says true;
+- a map of the devices (positions from the API) with their latest readings, coloured by the
+  first numeric metric, beside a table of every device's latest readings;
+- per ``float`` metric, the mean per district over time, with the lowest and highest reading
+  of the chosen districts as two dashed lines, in the metric's unit;
+- per ``bool`` metric, the devices per district whose last reading in each interval was true;
+- per ``enum`` metric, the devices whose last reading in each interval had each value.
+
+Every InfluxQL query is filtered by ``$district``. "Now" panels take each device's last
+reading in the time range (``last()`` grouped by device), so a device that stopped reporting
+keeps its last state; widen the range to see older ones.
 """
 
 from __future__ import annotations
 
-from grafana_foundation_sdk.builders import common, geomap
+from typing import Any
+
+from grafana_foundation_sdk.builders import common, geomap, stat, table, timeseries
 from grafana_foundation_sdk.builders import dashboard as board
 from grafana_foundation_sdk.models import common as viz
 from grafana_foundation_sdk.models import dashboard as model
 from grafana_foundation_sdk.models import geomap as geomap_model
 
+from cityiot.domain.catalogue import MODEL
+from cityiot.domain.thingmodel import Kind, Metric
+from cityiot.grafana import alerts, devices
+from cityiot.grafana.overview import UID as OVERVIEW_UID
+from cityiot.grafana.overview import headline
 from cityiot.grafana.panels import (
-    bargauge_panel,
     city_dashboard,
     district_variable,
     source_of,
@@ -26,263 +43,169 @@ from cityiot.grafana.panels import (
     transformation,
 )
 from cityiot.grafana.queries import Infinity, InfluxQL
+from cityiot.grafana.units import grafana_unit
+from cityiot.storage.influx import quote_ident, quote_string
 
 IN_DISTRICT = '"district" =~ /^$district$/'
 WINDOW = f"$timeFilter AND {IN_DISTRICT}"
-
-# Thresholds, as the default rules and the drinking-water standard set them.
-COVER_TILT_DEG = 15  # manhole_cover_open
-LEAKAGE_MA = 30  # streetlight_leakage
-HYDRANT_MIN_MPA = 0.14  # hydrant_low_pressure
-HYDRANT_TILT_DEG = 10  # hydrant_knocked
-METHANE_PPM = 5000  # manhole_methane
-PH_RANGE = (6.5, 8.5)  # GB 5749-2022
-TURBIDITY_MAX_NTU = 1.0
-CHLORINE_MIN_MGL = 0.05
+# The uids of the set's other dashboards: a kind named like one gets a longer uid.
+OTHER_UIDS = frozenset({OVERVIEW_UID, devices.UID, alerts.UID})
 
 NOW_NOTE = (
     " Each device's last reading in the time range counts, so a device that stopped "
     "reporting keeps its last state; widen the range to see older ones."
 )
+# Table cells of a flag, in the screens' words.
+FLAG_TEXT = {"true": "是 yes", "false": "否 no"}
 
 
-def _last(kind: str, fields: tuple[str, ...], group_by: str = '"device_id", "district"') -> str:
-    """Each device's last value of ``fields`` in the range, grouped by ``group_by``."""
-    picks = ", ".join(f'last("{f}") AS "{f}"' for f in fields)
-    return f'SELECT {picks} FROM "{kind}" WHERE {WINDOW} GROUP BY {group_by}'
+def uid(kind: str) -> str:
+    """The kind's dashboard uid: ``cityiot-{kind}`` (stable, so provisioning replaces it)."""
+    plain = f"cityiot-{kind}"
+    return f"cityiot-kind-{kind}" if plain in OTHER_UIDS else plain
 
 
-def _now_table(kind: str, fields: tuple[str, ...], condition: str) -> InfluxQL:
-    """The devices whose last reading in the range meets ``condition``, one row each."""
-    return InfluxQL(f"SELECT * FROM ({_last(kind, fields)}) WHERE {condition}").table()
+def title(kind: Kind) -> str:
+    """``Manhole cover 井盖``: English then Chinese, as the set's other dashboards."""
+    return f"{kind.title_en[:1].upper()}{kind.title_en[1:]} {kind.title_zh}"
 
 
-def _per_district(aggregate: str, kind: str) -> InfluxQL:
-    """``aggregate`` (e.g. ``max("tilt_deg")``) per district and interval."""
+def _ref(index: int) -> str:
+    """Query ids A, B, ..., Z, A1, B1, ...: unique however many queries a panel has."""
+    return chr(ord("A") + index % 26) + (str(index // 26) if index >= 26 else "")
+
+
+def _last_of_each(kind: Kind) -> InfluxQL:
+    """Every device's last value of every metric in the range, one row per device."""
+    picks = ", ".join(f"last({quote_ident(m.name)}) AS {quote_ident(m.name)}" for m in kind.metrics)
     return InfluxQL(
-        f'SELECT {aggregate} FROM "{kind}" WHERE {WINDOW} '
-        'GROUP BY time($__interval), "district" fill(none)'
-    ).alias("$tag_district")
+        f"SELECT {picks} FROM {quote_ident(kind.name)} WHERE {WINDOW} "
+        'GROUP BY "device_id", "district"'
+    ).table()
 
 
-def _devices_per_district(kind: str, field: str, condition: str | None) -> InfluxQL:
-    """How many devices per district and interval had ``condition`` in their last reading.
-
-    ``condition`` None counts the devices that reported at all.
-    """
+def _devices_now(kind: Kind, metric: Metric, condition: str | None) -> InfluxQL:
+    """How many devices' last ``metric`` in the range meets ``condition`` (None: any)."""
+    field = quote_ident(metric.name)
     inner = (
-        f'SELECT last("{field}") AS "{field}" FROM "{kind}" WHERE {WINDOW} '
+        f"SELECT last({field}) AS {field} FROM {quote_ident(kind.name)} WHERE {WINDOW} "
+        'GROUP BY "device_id"'
+    )
+    where = f" WHERE {condition}" if condition else ""
+    return InfluxQL(f"SELECT count({field}) FROM ({inner}){where}")
+
+
+def _devices_per_interval(
+    kind: Kind, metric: Metric, condition: str, by_district: bool
+) -> InfluxQL:
+    """How many devices had ``condition`` in their last reading of each interval, per
+    district (``by_district``) or for the chosen districts together."""
+    field = quote_ident(metric.name)
+    inner = (
+        f"SELECT last({field}) AS {field} FROM {quote_ident(kind.name)} WHERE {WINDOW} "
         'GROUP BY time($__interval), "device_id", "district"'
     )
-    where = f"({condition}) AND $timeFilter" if condition else "$timeFilter"
-    return InfluxQL(
-        f'SELECT count("{field}") FROM ({inner}) WHERE {where} '
-        'GROUP BY time($__interval), "district" fill(0)'
-    ).alias("$tag_district")
+    group = 'time($__interval), "district"' if by_district else "time($__interval)"
+    query = InfluxQL(
+        f"SELECT count({field}) FROM ({inner}) WHERE ({condition}) AND $timeFilter "
+        f"GROUP BY {group} fill(0)"
+    )
+    return query.alias("$tag_district") if by_district else query
 
 
-def manholes() -> board.Dashboard:
-    """Covers open or tilted, water level and methane in the shafts."""
-    cover = '"cover_open" = true OR "tilt_deg" > ' + str(COVER_TILT_DEG)
-    return (
-        city_dashboard(
-            "cityiot-manhole",
-            "Manhole covers 井盖",
-            "Smart manhole covers: lifted or tilted covers (fall hazard), water in the shaft, "
-            "methane.",
-        )
-        .with_variable(district_variable("manhole"))
-        .with_panel(
-            stat_panel(
-                "Covers open or tilted now",
-                f"Covers whose last reading says cover_open, or tilt over {COVER_TILT_DEG}° "
-                "(rule manhole_cover_open)." + NOW_NOTE,
-                [
-                    InfluxQL(
-                        'SELECT count("tilt_deg") AS "covers" FROM ('
-                        + _last("manhole", ("cover_open", "tilt_deg"), '"device_id"')
-                        + f") WHERE {cover}"
-                    )
-                ],
-                span=6,
-                steps=((None, "green"), (1, "red")),
-            )
-        )
-        .with_panel(
-            table_panel(
-                f"Covers open or tilted (> {COVER_TILT_DEG}°)",
-                "One row per cover: its last cover_open and tilt_deg in the range." + NOW_NOTE,
-                [_now_table("manhole", ("cover_open", "tilt_deg"), cover)],
-                span=18,
-                height=8,
-            )
-        )
-        .with_panel(
-            timeseries_panel(
-                "Covers open or tilted, per district",
-                "Covers per district whose last reading in each interval was open or tilted "
-                f"over {COVER_TILT_DEG}°.",
-                [
-                    InfluxQL(
-                        'SELECT count("tilt_deg") FROM ('
-                        'SELECT last("cover_open") AS "cover_open", last("tilt_deg") AS "tilt_deg" '
-                        f'FROM "manhole" WHERE {WINDOW} '
-                        'GROUP BY time($__interval), "device_id", "district") '
-                        f"WHERE ({cover}) AND $timeFilter "
-                        'GROUP BY time($__interval), "district" fill(0)'
-                    ).alias("$tag_district")
-                ],
-                span=12,
-                bars=True,
-                stacked=True,
-            )
-        )
-        .with_panel(
-            timeseries_panel(
-                "Water level, highest per district (cm)",
-                "Highest water_level_cm of any shaft in the district. The flooding rule "
-                "compares each shaft with 80% of its own depth_cm (a registry attribute, not "
-                "in InfluxDB): those alerts are on the Alerts dashboard.",
-                [_per_district('max("water_level_cm")', "manhole")],
-                unit="lengthcm",
-                span=12,
-            )
-        )
-        .with_panel(
-            table_panel(
-                "Highest water levels now",
-                "The 10 shafts with the highest last water_level_cm in the range." + NOW_NOTE,
-                [
-                    InfluxQL(
-                        'SELECT top("water_level_cm", "device_id", "district", 10) '
-                        'AS "water_level_cm" FROM (' + _last("manhole", ("water_level_cm",)) + ")"
-                    ).table()
-                ],
-                span=12,
-            )
-        )
-        .with_panel(
-            timeseries_panel(
-                "Methane, highest per district (ppm)",
-                f"Highest gas_ch4_ppm of any shaft; the rule alarms over {METHANE_PPM} ppm "
-                "(10% of the lower explosive limit).",
-                [_per_district('max("gas_ch4_ppm")', "manhole")],
-                unit="ppm",
-                span=12,
-                steps=((None, "green"), (METHANE_PPM, "red")),
-            )
-        )
+def _aggregate(kind: Kind, aggregate: str, by_district: bool) -> InfluxQL:
+    """``aggregate`` (e.g. ``mean("tilt_deg")``) per interval, per district or overall."""
+    group = 'time($__interval), "district"' if by_district else "time($__interval)"
+    query = InfluxQL(
+        f"SELECT {aggregate} FROM {quote_ident(kind.name)} WHERE {WINDOW} "
+        f"GROUP BY {group} fill(none)"
+    )
+    return query.alias("$tag_district") if by_district else query
+
+
+def _by_name(name: str) -> model.MatcherConfig:
+    return model.MatcherConfig(id_val="byName", options=name)
+
+
+def _field_config(metric: Metric) -> list[model.DynamicConfigValue]:
+    """A metric's column as screens show it: its Chinese label, its unit, flags in words."""
+    config = [model.DynamicConfigValue("displayName", metric.label("zh"))]
+    if metric.type == "float":
+        config.append(model.DynamicConfigValue("unit", grafana_unit(metric.unit)))
+    if metric.type == "bool":
+        options = {
+            value: {"text": text, "index": i} for i, (value, text) in enumerate(FLAG_TEXT.items())
+        }
+        config.append(model.DynamicConfigValue("mappings", [{"type": "value", "options": options}]))
+    return config
+
+
+def _device_columns() -> list[tuple[model.MatcherConfig, list[model.DynamicConfigValue]]]:
+    """The device and district columns: named in Chinese, the device linked to its drill-down."""
+    drilldown = (
+        f"/d/{devices.UID}?var-district=${{__data.fields.district}}"
+        "&var-device_id=${__value.raw}&${__url_time_range}"
+    )
+    return [
+        (
+            _by_name("device_id"),
+            [
+                model.DynamicConfigValue("displayName", "设备 device"),
+                model.DynamicConfigValue(
+                    "links", [{"title": "设备详情 device drill-down", "url": drilldown}]
+                ),
+            ],
+        ),
+        (_by_name("district"), [model.DynamicConfigValue("displayName", "区县 district")]),
+    ]
+
+
+def _now_stat(kind: Kind) -> stat.Panel:
+    """Devices reporting, and per flag the devices whose last reading says true."""
+    queries = [_devices_now(kind, headline(kind), None).ref_id("A").alias("上报设备 reporting")]
+    flags = [m for m in kind.metrics if m.type == "bool"]
+    for i, metric in enumerate(flags, start=1):
+        condition = f"{quote_ident(metric.name)} = true"
+        queries.append(_devices_now(kind, metric, condition).ref_id(_ref(i)).alias(metric.title_zh))
+    told = "".join(f"; {m.title_en} ({m.name}) true" for m in flags)
+    return stat_panel(
+        "当前设备数",
+        f"Devices now: reporting (with a {headline(kind).name} in the range){told}." + NOW_NOTE,
+        queries,
+        span=24,
     )
 
 
-def streetlights() -> board.Dashboard:
-    """Lighting rate, lamps on, power and energy, faults and earth leakage."""
-    faulty = f'"lamp_fault" = true OR "leakage_ma" > {LEAKAGE_MA}'
-    return (
-        city_dashboard(
-            "cityiot-streetlight",
-            "Streetlights 路灯",
-            "Streetlights: lighting rate at night, lamps on, power and energy, faults.",
-        )
-        .with_variable(district_variable("streetlight"))
-        .with_panel(
-            stat_panel(
-                "Lighting rate now (whole city)",
-                "Streetlights on / streetlights that should be on, counted by the platform at "
-                "night (sun below the horizon in Zhumadian) from each lamp's latest power_on; "
-                "empty by day. GET /api/v1/stats/overview, lighting. Not filtered by district.",
-                [
-                    Infinity("/api/v1/stats/overview")
-                    .root("lighting")
-                    .column("rate", "rate", "number")
-                ],
-                unit="percentunit",
-                span=6,
-                steps=((None, "red"), (0.9, "orange"), (0.98, "green")),
-                no_value="day",
+def _latest_table(kind: Kind) -> table.Panel:
+    """One row per device: its last value of every metric."""
+    order = {"device_id": 0, "district": 1} | {m.name: i for i, m in enumerate(kind.metrics, 2)}
+    panel = table_panel(
+        "各设备最新读数",
+        "Latest readings: every device's last value of each metric in the range, columns "
+        "titled in Chinese with the unit; click a device for its drill-down." + NOW_NOTE,
+        [_last_of_each(kind)],
+        span=12,
+        height=12,
+        transformations=[
+            transformation(
+                "organize",
+                {"excludeByName": {"Time": True}, "indexByName": order, "renameByName": {}},
             )
-        )
-        .with_panel(
-            timeseries_panel(
-                "Lamps on and lamps reporting",
-                "Per interval: lamps whose last reading had power_on, and lamps that reported "
-                "at all. At night the two should meet (see the lighting rate).",
-                [
-                    _devices_per_district("streetlight", "power_on", '"power_on" = true')
-                    .ref_id("A")
-                    .alias("$tag_district on"),
-                    _devices_per_district("streetlight", "power_on", None)
-                    .ref_id("B")
-                    .alias("$tag_district reporting"),
-                ],
-                span=18,
-            )
-        )
-        .with_panel(
-            timeseries_panel(
-                "Power drawn, per district (kW)",
-                "Sum over the district's lamps of each lamp's mean power_w in the interval.",
-                [
-                    InfluxQL(
-                        'SELECT sum("w") / 1000 FROM (SELECT mean("power_w") AS "w" '
-                        f'FROM "streetlight" WHERE {WINDOW} '
-                        'GROUP BY time($__interval), "device_id", "district") '
-                        'WHERE $timeFilter GROUP BY time($__interval), "district" fill(none)'
-                    ).alias("$tag_district")
-                ],
-                unit="kwatt",
-                span=12,
-                stacked=True,
-            )
-        )
-        .with_panel(
-            bargauge_panel(
-                "Energy used in the time range, per district (kWh)",
-                "Sum over the district's lamps of the rise of each lamp's energy_kwh meter "
-                "within the time range.",
-                [
-                    InfluxQL(
-                        'SELECT sum("kwh") FROM (SELECT spread("energy_kwh") AS "kwh" '
-                        f'FROM "streetlight" WHERE {WINDOW} GROUP BY "device_id", "district") '
-                        'GROUP BY "district"'
-                    ).alias("$tag_district")
-                ],
-                unit="kwatth",
-                span=12,
-            )
-        )
-        .with_panel(
-            table_panel(
-                "Faulty lamps now",
-                f"Lamps whose last reading reports lamp_fault, or earth leakage over {LEAKAGE_MA} "
-                "mA (rule streetlight_leakage)." + NOW_NOTE,
-                [
-                    _now_table(
-                        "streetlight", ("lamp_fault", "leakage_ma", "power_on", "power_w"), faulty
-                    )
-                ],
-                span=12,
-            )
-        )
-        .with_panel(
-            timeseries_panel(
-                "Earth leakage, highest per district (mA)",
-                f"Highest leakage_ma of any lamp; the rule alarms over {LEAKAGE_MA} mA.",
-                [_per_district('max("leakage_ma")', "streetlight")],
-                unit="mamp",
-                span=12,
-                steps=((None, "green"), (LEAKAGE_MA, "red")),
-            )
-        )
+        ],
     )
+    for matcher, config in _device_columns():
+        panel = panel.with_override(matcher, config)
+    for metric in kind.metrics:
+        panel = panel.with_override(_by_name(metric.name), _field_config(metric))
+    return panel
 
 
-def _hydrant_map() -> geomap.Panel:
-    """Hydrants where they stand (API), coloured by their last pressure (InfluxDB)."""
+def _map(kind: Kind) -> geomap.Panel:
+    """The devices where they stand (API), with their latest readings (InfluxDB)."""
     positions = (
         Infinity("/api/v1/devices")
         .ref_id("positions")
-        .param("kind", "hydrant")
+        .param("kind", kind.name)
         .param("limit", "1000")
         .cursor_pages(5)
         .root("items")
@@ -292,19 +215,19 @@ def _hydrant_map() -> geomap.Panel:
         .column("address", "address")
         .column("status", "status")
     )
-    pressure = (
-        InfluxQL(
-            'SELECT last("pressure_mpa") AS "pressure_mpa" FROM "hydrant" '
-            f'WHERE {WINDOW} GROUP BY "device_id"'
+    queries = [positions, _last_of_each(kind).ref_id("latest")]
+    numeric = next((m for m in kind.metrics if m.type == "float"), None)
+    colour: dict[str, Any] = {"fixed": "dark-green"}
+    coloured_by = ""
+    if numeric is not None:
+        colour["field"] = numeric.name
+        coloured_by = (
+            f" Colour: the last {numeric.title_en} ({numeric.name}), green low to red high."
         )
-        .ref_id("pressure")
-        .table()
-    )
-    queries = [positions, pressure]
     layer = (
         common.MapLayerOptions()
         .type("markers")
-        .name("Hydrants")
+        .name(kind.title_zh)
         .location(
             common.FrameGeometrySource()
             .mode(viz.FrameGeometrySourceMode.COORDS)
@@ -316,7 +239,7 @@ def _hydrant_map() -> geomap.Panel:
             {
                 "showLegend": True,
                 "style": {
-                    "color": {"field": "pressure_mpa", "fixed": "dark-green"},
+                    "color": colour,
                     "opacity": 0.8,
                     "size": {"fixed": 6},
                     "symbol": {"fixed": "img/icons/marker/circle.svg", "mode": "fixed"},
@@ -324,14 +247,17 @@ def _hydrant_map() -> geomap.Panel:
             }
         )
     )
-    return (
+    city = MODEL.city
+    # The SDK types the centre as int; Grafana's map view takes any number (33.0, 114.02).
+    view = geomap.MapViewConfig().id("coords").lat(city.lat).lon(city.lon)  # type: ignore[arg-type]
+    panel = (
         geomap.Panel()
-        .title("Hydrant pressure map")
+        .title(f"{kind.title_zh}分布图")
         .description(
-            "Positions come from the registry through the API (GET /api/v1/devices?kind=hydrant, "
-            "following next_cursor for up to 5 pages of 1,000: InfluxDB holds no lat/lon), "
-            "joined on device_id with each hydrant's last pressure_mpa in the range "
-            f"(InfluxDB). Red: below {HYDRANT_MIN_MPA} MPa. Hydrants without a reading in the "
+            f"Map of the {kind.title_en} devices: positions from the registry through the API "
+            f"(GET /api/v1/devices?kind={kind.name}, following next_cursor for up to 5 pages of "
+            "1,000: InfluxDB holds no lat/lon), joined on device_id with each device's latest "
+            f"readings in the range (InfluxDB).{coloured_by} Devices without a reading in the "
             "range, or outside $district, are not drawn."
         )
         .datasource(source_of(queries))
@@ -339,234 +265,115 @@ def _hydrant_map() -> geomap.Panel:
         .with_transformation(
             transformation("joinByField", {"byField": "device_id", "mode": "inner"})
         )
-        .unit("suffix: MPa")
-        .thresholds(thresholds(((None, "red"), (HYDRANT_MIN_MPA, "green"))))
-        .color_scheme(board.FieldColor().mode(model.FieldColorModeId.THRESHOLDS))
-        .span(24)
-        .height(14)
-        .view(geomap.MapViewConfig().id("coords").lat(33).lon(114).zoom(9))
+        .thresholds(thresholds(((None, "green"),)))
+        .color_scheme(board.FieldColor().mode(model.FieldColorModeId.CONTINUOUS_GR_YL_RD))
+        .span(12)
+        .height(12)
+        .view(view.zoom(9))
         .controls(geomap.ControlsOptions().show_zoom(True).mouse_wheel_zoom(True))
         .basemap(common.MapLayerOptions().type("default").name("Basemap"))
         .layers([layer])
         .tooltip(geomap.TooltipOptions().mode(geomap_model.TooltipMode.DETAILS))
     )
+    for matcher, config in _device_columns():
+        panel = panel.with_override(matcher, config)
+    for metric in kind.metrics:
+        panel = panel.with_override(_by_name(metric.name), _field_config(metric))
+    return panel
 
 
-def hydrants() -> board.Dashboard:
-    """Pressure map, lowest pressure, valves opened, hydrants knocked, outflow, frost."""
-    attention = (
-        f'"valve_open" = true OR "tilt_deg" > {HYDRANT_TILT_DEG} '
-        f'OR "pressure_mpa" < {HYDRANT_MIN_MPA}'
+def _about(metric: Metric) -> str:
+    """The kind file's description of ``metric`` as a sentence, or nothing."""
+    text = metric.description.strip().rstrip(".")
+    return f" {text[:1].upper()}{text[1:]}." if text else ""
+
+
+def _dashed(colour: str) -> list[model.DynamicConfigValue]:
+    return [
+        model.DynamicConfigValue("custom.lineStyle", {"dash": [10, 10], "fill": "dash"}),
+        model.DynamicConfigValue("custom.fillOpacity", 0),
+        model.DynamicConfigValue("color", {"fixedColor": colour, "mode": "fixed"}),
+    ]
+
+
+def _float_panel(kind: Kind, metric: Metric) -> timeseries.Panel:
+    # The kind file does not say which extreme matters (a low pressure, a high level), so
+    # every number shows the district means and, dashed, the lowest and highest reading.
+    field = quote_ident(metric.name)
+    unit = f" {metric.unit}" if metric.unit else ""
+    panel = timeseries_panel(
+        metric.label("zh"),
+        f"{metric.label('en')}, {metric.name}: the mean per district and interval; dashed, "
+        f"the lowest (blue) and highest (red) reading of the chosen districts. Physical range "
+        f"{metric.low:g} to {metric.high:g}{unit}.{_about(metric)}",
+        [
+            _aggregate(kind, f"mean({field})", by_district=True).ref_id("A"),
+            _aggregate(kind, f"min({field})", by_district=False).ref_id("min").alias("最低 lowest"),
+            _aggregate(kind, f"max({field})", by_district=False)
+            .ref_id("max")
+            .alias("最高 highest"),
+        ],
+        unit=grafana_unit(metric.unit),
+        span=12,
     )
-    return (
+    for ref, colour in (("min", "blue"), ("max", "red")):
+        panel = panel.with_override(
+            model.MatcherConfig(id_val="byFrameRefID", options=ref), _dashed(colour)
+        )
+    return panel
+
+
+def _flag_panel(kind: Kind, metric: Metric) -> timeseries.Panel:
+    return timeseries_panel(
+        f"{metric.title_zh}（设备数）",
+        f"{metric.title_en}, {metric.name}: devices per district whose last reading in each "
+        f"interval said true.{_about(metric)}",
+        [_devices_per_interval(kind, metric, f"{quote_ident(metric.name)} = true", True)],
+        span=12,
+        bars=True,
+        stacked=True,
+    )
+
+
+def _enum_panel(kind: Kind, metric: Metric) -> timeseries.Panel:
+    field = quote_ident(metric.name)
+    return timeseries_panel(
+        f"{metric.title_zh}（按状态的设备数）",
+        f"{metric.title_en}, {metric.name}: devices of the chosen districts whose last reading "
+        f"in each interval had each value ({', '.join(metric.values)}).{_about(metric)}",
+        [
+            _devices_per_interval(kind, metric, f"{field} = {quote_string(value)}", False)
+            .ref_id(_ref(i))
+            .alias(value)
+            for i, value in enumerate(metric.values)
+        ],
+        span=12,
+        bars=True,
+        stacked=True,
+    )
+
+
+METRIC_PANELS = {"float": _float_panel, "bool": _flag_panel, "enum": _enum_panel}
+
+
+def kind_dashboard(kind: Kind) -> board.Dashboard:
+    """The dashboard of ``kind``, from its kind file alone."""
+    dashboard = (
         city_dashboard(
-            "cityiot-hydrant",
-            "Fire hydrants 消火栓",
-            "Fire hydrants: pressure on the map, valves opened, hydrants knocked by vehicles.",
+            uid(kind.name),
+            title(kind),
+            kind.description or f"{kind.title_en[:1].upper()}{kind.title_en[1:]}.",
         )
-        .with_variable(district_variable("hydrant"))
-        .with_panel(_hydrant_map())
-        .with_panel(
-            timeseries_panel(
-                "Pressure, lowest per district (MPa)",
-                f"Lowest pressure_mpa of any hydrant; the rule alarms below {HYDRANT_MIN_MPA} MPa "
-                "for 5 minutes (too little for the fire brigade's pumps).",
-                [_per_district('min("pressure_mpa")', "hydrant")],
-                unit="suffix: MPa",
-                span=12,
-                steps=((None, "red"), (HYDRANT_MIN_MPA, "green")),
-            )
-        )
-        .with_panel(
-            table_panel(
-                "Hydrants needing attention now",
-                f"Valve open (possible unauthorised use), body tilted over {HYDRANT_TILT_DEG}° "
-                f"(knocked), or pressure below {HYDRANT_MIN_MPA} MPa in the last reading."
-                + NOW_NOTE,
-                [
-                    _now_table(
-                        "hydrant", ("valve_open", "tilt_deg", "pressure_mpa", "flow_lps"), attention
-                    )
-                ],
-                span=12,
-            )
-        )
-        .with_panel(
-            timeseries_panel(
-                "Outflow, highest per district (L/s)",
-                "Highest flow_lps of any hydrant: water drawn through an opened valve.",
-                [_per_district('max("flow_lps")', "hydrant")],
-                unit="suffix: L/s",
-                span=12,
-            )
-        )
-        .with_panel(
-            timeseries_panel(
-                "Body temperature, lowest per district (°C)",
-                "Lowest temperature_c of any hydrant: below 0 °C the barrel may freeze.",
-                [_per_district('min("temperature_c")', "hydrant")],
-                unit="celsius",
-                span=12,
-                steps=((None, "blue"), (0, "green")),
-            )
-        )
+        .with_variable(district_variable(kind.name))
+        .with_panel(_now_stat(kind))
+        .with_panel(_map(kind))
+        .with_panel(_latest_table(kind))
     )
+    for metric in kind.metrics:
+        dashboard = dashboard.with_panel(METRIC_PANELS[metric.type](kind, metric))
+    return dashboard
 
 
-def water() -> board.Dashboard:
-    """Network pressure and flow; quality against the drinking-water limits."""
-    low, high = PH_RANGE
-    off_limits = (
-        f'"ph" < {low} OR "ph" > {high} OR "turbidity_ntu" > {TURBIDITY_MAX_NTU} '
-        f'OR "chlorine_mgl" < {CHLORINE_MIN_MGL}'
-    )
-    return (
-        city_dashboard(
-            "cityiot-water",
-            "Water network 供水管网",
-            "The water network: pressure, flow, and quality against GB 5749-2022 (pH "
-            f"{low}–{high}, turbidity ≤ {TURBIDITY_MAX_NTU:g} NTU, free chlorine ≥ "
-            f"{CHLORINE_MIN_MGL} mg/L).",
-        )
-        .with_variable(district_variable("water"))
-        .with_panel(
-            timeseries_panel(
-                "Pressure, mean per district (MPa)",
-                "Mean pipe pressure_mpa. A drop of more than 30% within 5 minutes raises the "
-                "burst alert (rule water_pressure_drop).",
-                [_per_district('mean("pressure_mpa")', "water")],
-                unit="suffix: MPa",
-                span=12,
-            )
-        )
-        .with_panel(
-            timeseries_panel(
-                "Flow, per district (m³/h)",
-                "Sum over the district's meters of each meter's mean flow_m3h in the interval; "
-                "negative is reverse flow.",
-                [
-                    InfluxQL(
-                        'SELECT sum("f") FROM (SELECT mean("flow_m3h") AS "f" '
-                        f'FROM "water" WHERE {WINDOW} '
-                        'GROUP BY time($__interval), "device_id", "district") '
-                        'WHERE $timeFilter GROUP BY time($__interval), "district" fill(none)'
-                    ).alias("$tag_district")
-                ],
-                unit="suffix: m³/h",
-                span=12,
-                stacked=True,
-            )
-        )
-        .with_panel(
-            timeseries_panel(
-                f"pH, lowest and highest per district (limits {low}–{high})",
-                f"Lowest and highest ph of any meter; outside {low}–{high} breaks GB 5749-2022.",
-                [
-                    _per_district('min("ph")', "water").ref_id("A").alias("$tag_district min"),
-                    _per_district('max("ph")', "water").ref_id("B").alias("$tag_district max"),
-                ],
-                unit="none",
-                span=8,
-                steps=((None, "red"), (low, "green"), (high, "red")),
-            )
-        )
-        .with_panel(
-            timeseries_panel(
-                f"Turbidity, highest per district (limit {TURBIDITY_MAX_NTU:g} NTU)",
-                f"Highest turbidity_ntu of any meter; over {TURBIDITY_MAX_NTU:g} NTU breaks "
-                "GB 5749-2022.",
-                [_per_district('max("turbidity_ntu")', "water")],
-                unit="suffix: NTU",
-                span=8,
-                steps=((None, "green"), (TURBIDITY_MAX_NTU, "red")),
-                min_value=0,
-            )
-        )
-        .with_panel(
-            timeseries_panel(
-                f"Free chlorine, lowest per district (limit {CHLORINE_MIN_MGL} mg/L)",
-                f"Lowest chlorine_mgl of any meter; under {CHLORINE_MIN_MGL} mg/L at the tap "
-                "breaks GB 5749-2022.",
-                [_per_district('min("chlorine_mgl")', "water")],
-                unit="suffix: mg/L",
-                span=8,
-                steps=((None, "red"), (CHLORINE_MIN_MGL, "green")),
-                min_value=0,
-            )
-        )
-        .with_panel(
-            table_panel(
-                "Meters out of limits now",
-                "Meters whose last reading breaks a drinking-water limit." + NOW_NOTE,
-                [
-                    _now_table(
-                        "water", ("ph", "turbidity_ntu", "chlorine_mgl", "pressure_mpa"), off_limits
-                    )
-                ],
-                span=24,
-            )
-        )
-    )
-
-
-def parking() -> board.Dashboard:
-    """Occupancy by lot and district now (API), occupied spaces over time (InfluxDB)."""
-    spaces = (
-        ("total", "Spaces"),
-        ("occupied", "Occupied"),
-        ("free", "Free"),
-        ("unknown", "Unknown"),
-    )
-    lots = Infinity("/api/v1/parking/availability").root("lots").column("lot_id", "Lot")
-    lots = lots.column("district", "District")
-    by_district = Infinity("/api/v1/parking/availability").root("districts")
-    by_district = by_district.column("district", "District")
-    for selector, text in spaces:
-        lots = lots.column(selector, text, "number")
-        by_district = by_district.column(selector, text, "number")
-    availability = (
-        " Counted now by the platform (GET /api/v1/parking/availability) from each sensor's "
-        "latest occupied; unknown: never reported or offline. Lots are the registry's lot_id "
-        "(not an InfluxDB tag), so this is the whole city: filter the table by district."
-    )
-    return (
-        city_dashboard(
-            "cityiot-parking",
-            "Parking 停车位",
-            "Parking spaces: occupancy by lot and district now, occupied spaces over time.",
-        )
-        .with_variable(district_variable("parking"))
-        .with_panel(
-            table_panel(
-                "Spaces by lot now", "One row per lot." + availability, [lots], span=14, height=10
-            )
-        )
-        .with_panel(
-            bargauge_panel(
-                "Occupied spaces by district now",
-                "Occupied spaces per district." + availability,
-                [by_district],
-                span=10,
-                height=10,
-                all_values=True,
-            )
-        )
-        .with_panel(
-            timeseries_panel(
-                "Occupied spaces, per district",
-                "Spaces whose last reading in each interval said occupied.",
-                [_devices_per_district("parking", "occupied", '"occupied" = true')],
-                span=12,
-                stacked=True,
-            )
-        )
-        .with_panel(
-            timeseries_panel(
-                "Spaces reporting, per district",
-                "Spaces that reported in each interval (the occupancy's denominator).",
-                [_devices_per_district("parking", "occupied", None)],
-                span=12,
-                stacked=True,
-            )
-        )
-    )
+def kind_dashboards() -> list[board.Dashboard]:
+    """One dashboard per kind the model holds now, in the model's order."""
+    return [kind_dashboard(kind) for kind in MODEL.kinds.values()]

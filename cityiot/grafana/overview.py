@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from grafana_foundation_sdk.builders import dashboard as board
+from typing import Protocol, Self, TypeVar
 
+from grafana_foundation_sdk.builders import dashboard as board
+from grafana_foundation_sdk.models import dashboard as model
+
+from cityiot.domain.catalogue import MODEL
+from cityiot.domain.thingmodel import Kind, Metric
 from cityiot.grafana.panels import (
     bargauge_panel,
     city_dashboard,
@@ -13,17 +18,9 @@ from cityiot.grafana.panels import (
     transformation,
 )
 from cityiot.grafana.queries import ColumnType, Infinity, InfluxQL
+from cityiot.storage.influx import quote_ident
 
 UID = "cityiot-overview"
-
-# A field every full reading of the kind carries: counting it counts the kind's readings.
-READING_FIELD = {
-    "manhole": "battery_pct",
-    "streetlight": "power_w",
-    "hydrant": "pressure_mpa",
-    "water": "pressure_mpa",
-    "parking": "occupied",
-}
 
 PRESENCE = (
     "Presence is the ingest's own: it writes a device_status point (tags device_id, kind, "
@@ -44,6 +41,31 @@ ALERT_COLUMNS: tuple[tuple[str, str, ColumnType], ...] = (
     ("device_id", "Device", "string"),
     ("summary", "Summary", "string"),
 )
+
+
+def headline(kind: Kind) -> Metric:
+    """The kind's headline metric: the first of its kind file, its principal quantity, which
+    every full reading carries (counting it counts the kind's readings)."""
+    return kind.metrics[0]
+
+
+class _Overridable(Protocol):
+    def with_override(
+        self, matcher: model.MatcherConfig, properties: list[model.DynamicConfigValue]
+    ) -> Self: ...
+
+
+Panel = TypeVar("Panel", bound=_Overridable)
+
+
+def kind_titles(panel: Panel) -> Panel:
+    """Series and columns named by a kind id (``$tag_kind``) shown with the kind's titles."""
+    for kind in MODEL.kinds.values():
+        panel = panel.with_override(
+            model.MatcherConfig(id_val="byName", options=kind.name),
+            [model.DynamicConfigValue("displayName", f"{kind.title_zh} {kind.title_en}")],
+        )
+    return panel
 
 
 def _online(group_by: str, online: bool = True) -> str:
@@ -71,61 +93,72 @@ def overview() -> Infinity:
 
 def city_overview() -> board.Dashboard:
     """Devices online by kind and district, readings per second, alerts and SLA KPIs."""
+    city = MODEL.city
+    kinds = list(MODEL.kinds.values())
     dashboard = city_dashboard(
         UID,
         "City overview 城市物联总览",
-        "Zhumadian's city IoT platform at a glance: devices online, data flow, open alerts.",
+        f"{city.name_en}'s city IoT platform at a glance: devices online, data flow, open alerts.",
     ).refresh("30s")
     dashboard = dashboard.with_panel(
-        stat_panel(
-            "Devices online, by kind",
-            PRESENCE,
-            [InfluxQL(_online('"kind"')).alias("$tag_kind")],
-            span=12,
+        kind_titles(
+            stat_panel(
+                "Devices online, by kind",
+                PRESENCE,
+                [InfluxQL(_online('"kind"')).alias("$tag_kind")],
+                span=12,
+            )
         )
     ).with_panel(
-        stat_panel(
-            "Devices offline, by kind",
-            "Devices whose latest presence point says offline. " + PRESENCE,
-            [InfluxQL(_online('"kind"', online=False)).alias("$tag_kind")],
-            span=12,
-            steps=((None, "green"), (1, "orange")),
+        kind_titles(
+            stat_panel(
+                "Devices offline, by kind",
+                "Devices whose latest presence point says offline. " + PRESENCE,
+                [InfluxQL(_online('"kind"', online=False)).alias("$tag_kind")],
+                span=12,
+                steps=((None, "green"), (1, "orange")),
+            )
         )
     )
     dashboard = dashboard.with_panel(
-        table_panel(
-            "Devices online by district and kind",
-            "One row per district, one column per kind. " + PRESENCE,
-            [InfluxQL(_online('"district", "kind"')).table()],
-            span=12,
-            height=10,
-            transformations=[
-                transformation(
-                    "groupingToMatrix",
-                    {"columnField": "kind", "rowField": "district", "valueField": "devices"},
-                )
-            ],
+        kind_titles(
+            table_panel(
+                "Devices online by district and kind",
+                "One row per district, one column per kind. " + PRESENCE,
+                [InfluxQL(_online('"district", "kind"')).table()],
+                span=12,
+                height=10,
+                transformations=[
+                    transformation(
+                        "groupingToMatrix",
+                        {"columnField": "kind", "rowField": "district", "valueField": "devices"},
+                    )
+                ],
+            )
         )
     ).with_panel(
-        timeseries_panel(
-            "Readings per second",
-            "Readings stored in InfluxDB per second, by kind, averaged over each interval. "
-            "A reading is counted by a field every full reading of its kind carries ("
-            + ", ".join(f"{k}: {f}" for k, f in READING_FIELD.items())
-            + "); a partial reading without it is not counted.",
-            [
-                InfluxQL(
-                    f'SELECT count("{field}") * 1000 / $__interval_ms AS "{kind}" '
-                    f'FROM "{kind}" WHERE $timeFilter GROUP BY time($__interval) fill(0)'
-                )
-                .ref_id(chr(ord("A") + i))
-                .alias(kind)
-                for i, (kind, field) in enumerate(READING_FIELD.items())
-            ],
-            unit="reqps",
-            span=12,
-            height=10,
-            stacked=True,
+        kind_titles(
+            timeseries_panel(
+                "Readings per second",
+                "Readings stored in InfluxDB per second, by kind, averaged over each interval. "
+                "A reading is counted by its kind's headline metric, the first of its kind file ("
+                + ", ".join(f"{k.name}: {headline(k).name}" for k in kinds)
+                + "); a partial reading without it is not counted.",
+                [
+                    InfluxQL(
+                        f"SELECT count({quote_ident(headline(k).name)}) * 1000 / $__interval_ms "
+                        f"AS {quote_ident(k.name)} FROM {quote_ident(k.name)} WHERE $timeFilter "
+                        "GROUP BY time($__interval) fill(0)"
+                    )
+                    .ref_id(k.name)
+                    .alias(k.name)
+                    for k in kinds
+                ],
+                unit="reqps",
+                span=12,
+                height=10,
+                stacked=True,
+            )
         )
     )
     dashboard = (
@@ -165,7 +198,9 @@ def city_overview() -> board.Dashboard:
             stat_panel(
                 "Lighting rate",
                 "Streetlights on / streetlights that should be on, at night only (the sun "
-                "below the horizon in Zhumadian); empty by day. From GET /api/v1/stats/overview.",
+                "below the horizon in "
+                + city.name_en
+                + "); empty by day. From GET /api/v1/stats/overview.",
                 [overview().root("lighting").column("rate", "Lighting rate", "number")],
                 unit="percentunit",
                 span=6,

@@ -16,6 +16,7 @@ from grafana_foundation_sdk.cog import variants as cogvariants
 from grafana_foundation_sdk.models import common as viz
 from grafana_foundation_sdk.models import dashboard as model
 
+from cityiot.domain.catalogue import MODEL
 from cityiot.grafana.queries import (
     InfinityQuery,
     InfluxQLQuery,
@@ -186,13 +187,13 @@ def transformation(id_: str, options: dict[str, object]) -> model.DataTransforme
 
 
 def city_dashboard(uid: str, title: str, description: str) -> board.Dashboard:
-    """A dashboard of the ``cityiot`` set: Zhumadian's time zone, last 6 h, links to the rest."""
+    """A dashboard of the ``cityiot`` set: the city's time zone, last 6 h, links to the rest."""
     return (
         board.Dashboard(title)
         .uid(uid)
         .description(description)
         .tags(["cityiot"])
-        .timezone("Asia/Shanghai")
+        .timezone(MODEL.city.timezone)
         .time("now-6h", "now")
         .refresh("1m")
         .tooltip(model.DashboardCursorSync.CROSSHAIR)

@@ -14,7 +14,9 @@ import pytest
 
 from cityiot.api.keys import create_key
 from cityiot.api.server import ApiServer
+from cityiot.domain.catalogue import KINDS, MODEL
 from cityiot.grafana.export import dashboards, render
+from cityiot.grafana.kinds import uid as kind_uid
 from cityiot.platform.local_services import free_port
 from cityiot.storage.engine import make_engine, sessionmaker
 from tests.grafana.conftest import City, grafana_query, influx_results
@@ -34,6 +36,7 @@ def _api_targets() -> list[tuple[str, str, dict[str, Any]]]:
 TARGETS = _api_targets()
 # Lists that may be empty in a fresh city (nothing waits out a rule's for, nothing resolved).
 MAY_BE_EMPTY = {"Pending [A]", "Resolved [A]"}
+KIND_OF = {kind_uid(kind): kind for kind in KINDS}
 
 
 class ApiClient:
@@ -83,11 +86,10 @@ async def api(city: City) -> AsyncIterator[ApiClient]:
 
 
 def test_panels_use_the_api_on_the_dashboards_that_need_it() -> None:
+    # Every kind's map takes the positions from the registry.
     assert {uid for uid, _t, _q in TARGETS} == {
         "cityiot-overview",
-        "cityiot-streetlight",
-        "cityiot-hydrant",
-        "cityiot-parking",
+        *KIND_OF,
         "cityiot-device",
         "cityiot-alerts",
     }
@@ -116,7 +118,8 @@ async def test_api_panel_answer_has_the_rows_and_columns_it_selects(
     api: ApiClient, uid: str, title: str, target: dict[str, Any]
 ) -> None:
     answer, rows = await api.rows(target)
-    if title not in MAY_BE_EMPTY:
+    fleet_has_kind = uid not in KIND_OF or api.city.districts(KIND_OF[uid])
+    if title not in MAY_BE_EMPTY and fleet_has_kind:
         assert rows, f"{uid} / {title}: no rows at {target['root_selector']!r}"
     for row in rows:
         assert isinstance(row, dict)
@@ -132,29 +135,38 @@ async def test_api_panel_answer_has_the_rows_and_columns_it_selects(
         assert target["pagination_param_cursor_extraction_path"] == "next_cursor"
 
 
-async def test_hydrant_map_join_finds_positions_for_the_pressures(api: ApiClient) -> None:
-    """The geomap joins the API's positions with InfluxDB's pressures on device_id."""
-    (panel,) = [t for u, t, _ in TARGETS if u == "cityiot-hydrant"]
-    positions = next(q for u, t, q in TARGETS if t == panel)
-    _, rows = await api.rows(positions)
-    id_column = next(c for c in positions["columns"] if c["selector"] == "id")
-    assert id_column["text"] == "device_id"
-    by_id = {r["id"]: r for r in rows}
-    data = json.loads(render(next(d for d in dashboards() if d.uid == "cityiot-hydrant")))
-    pressure = next(t for p in data["panels"] for t in p["targets"] if t["refId"] == "pressure")
-    assert _join_options(data) == {"byField": "device_id", "mode": "inner"}
+async def test_kind_maps_join_positions_with_the_latest_readings(api: ApiClient) -> None:
+    """Each kind's map joins the API's positions with InfluxDB's latest readings on
+    device_id: every device of the fleet that reported has a position in the city."""
     city = api.city
-    q = grafana_query(pressure["query"], {"district": ".*"}, city.start_ms, city.end_ms + 1)
-    series = influx_results(city.settings, q)["results"][0]["series"]
-    hydrants = {s["tags"]["device_id"] for s in series}
-    assert hydrants == {d.device_id for d in city.fleet.devices if d.kind == "hydrant"}
-    assert hydrants <= set(by_id), "every hydrant with a pressure has a position"
-    for device_id in hydrants:
-        assert 32 < by_id[device_id]["lat"] < 34 and 113 < by_id[device_id]["lon"] < 115
+    for uid, kind in KIND_OF.items():
+        data = json.loads(render(next(d for d in dashboards() if d.uid == uid)))
+        (panel,) = [p for p in data["panels"] if p["type"] == "geomap"]
+        assert _join_options(panel) == {"byField": "device_id", "mode": "inner"}
+        targets = {t["refId"]: t for t in panel["targets"]}
+        positions = targets["positions"]
+        assert ("kind", kind) in [
+            (p["key"], p["value"]) for p in positions["url_options"]["params"]
+        ]
+        id_column = next(c for c in positions["columns"] if c["selector"] == "id")
+        assert id_column["text"] == "device_id"
+        _, rows = await api.rows(positions)
+        by_id = {r["id"]: r for r in rows}
+        fleet = {d.device_id for d in city.fleet.devices if d.kind == kind}
+        assert set(by_id) == fleet, uid
+        q = grafana_query(
+            targets["latest"]["query"], {"district": ".*"}, city.start_ms, city.end_ms + 1
+        )
+        series = influx_results(city.settings, q)["results"][0].get("series", [])
+        reported = {s["tags"]["device_id"] for s in series}
+        assert reported == fleet, uid
+        centre = MODEL.city
+        for device_id in reported:
+            assert abs(by_id[device_id]["lat"] - centre.lat) < 1, device_id
+            assert abs(by_id[device_id]["lon"] - centre.lon) < 1, device_id
 
 
-def _join_options(data: dict[str, Any]) -> dict[str, Any]:
-    (geomap,) = [p for p in data["panels"] if p["type"] == "geomap"]
+def _join_options(geomap: dict[str, Any]) -> dict[str, Any]:
     (join,) = geomap["transformations"]
     assert join["id"] == "joinByField"
     options: dict[str, Any] = join["options"]

@@ -12,6 +12,7 @@ from grafana_foundation_sdk.models.dashboard import Panel
 from typer.testing import CliRunner
 
 from cityiot.cli import app
+from cityiot.domain.catalogue import MODEL
 from cityiot.grafana.export import dashboards, export, file_name, load, render
 from cityiot.grafana.queries import (
     API_UID,
@@ -22,15 +23,10 @@ from cityiot.grafana.queries import (
 )
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-UIDS = {
-    "cityiot-overview",
-    "cityiot-manhole",
-    "cityiot-streetlight",
-    "cityiot-hydrant",
-    "cityiot-water",
-    "cityiot-parking",
-    "cityiot-device",
-    "cityiot-alerts",
+# The shipped kinds' dashboards keep the uids they had (cityiot-<kind>): a provisioned
+# dashboard is replaced by its new version, not joined by a second one.
+UIDS = {"cityiot-overview", "cityiot-device", "cityiot-alerts"} | {
+    f"cityiot-{kind}" for kind in MODEL.kinds
 }
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from cityiot.domain.catalogue import KINDS
 from cityiot.grafana.export import dashboards, render
+from cityiot.grafana.kinds import uid as kind_uid
 from tests.grafana.conftest import City, grafana_query, influx_results
 
 
@@ -40,7 +41,7 @@ def _variables() -> dict[str, dict[str, Any]]:
 
 TARGETS = _influx_targets()
 VARIABLES = _variables()
-KIND_OF = {f"cityiot-{kind}": kind for kind in KINDS}
+KIND_OF = {kind_uid(kind): kind for kind in KINDS}
 
 
 def _choices(city: City, uid: str) -> dict[str, str | list[str]]:
@@ -65,11 +66,7 @@ def _series(city: City, query: str, choices: dict[str, str | list[str]]) -> list
 
 
 def test_there_are_queries_on_every_dashboard_with_influx_data() -> None:
-    assert {uid for uid, _t, _q in TARGETS} == {
-        "cityiot-overview",
-        *(f"cityiot-{k}" for k in KINDS),
-        "cityiot-device",
-    }
+    assert {uid for uid, _t, _q in TARGETS} == {"cityiot-overview", *KIND_OF, "cityiot-device"}
     assert len(TARGETS) >= 30
 
 
@@ -80,9 +77,14 @@ def test_panel_query_returns_the_series_its_panel_draws(
     city: City, uid: str, title: str, target: dict[str, Any]
 ) -> None:
     series = _series(city, target["query"], _choices(city, uid))
+    if uid in KIND_OF and not city.districts(KIND_OF[uid]):
+        return  # a kind the evening's fleet has no device of: InfluxDB took the query
+    if ") WHERE " in target["query"]:
+        return  # devices meeting a condition (a flag true, a state): none is an answer too
     assert series, f"{uid} / {title}: no series for {target['query']}"
     values = [v for s in series for row in s["values"] for v in row[1:]]
-    assert any(v not in (None, 0, False) for v in values), f"{uid} / {title}: only empty values"
+    # A quantity may be 0 all evening (no rain, no outflow): a value, not an empty panel.
+    assert any(v is not None for v in values), f"{uid} / {title}: only empty values"
     for s in series:
         assert s["columns"][0] == "time"
         if "$tag_" in target.get("alias", ""):
@@ -105,7 +107,7 @@ def _aliases(query: str) -> list[str]:
     return [part.split('"')[1] for part in head.split(" AS ")[1:]]
 
 
-@pytest.mark.parametrize("uid", [f"cityiot-{k}" for k in KINDS])
+@pytest.mark.parametrize("uid", sorted(KIND_OF))
 def test_district_variable_lists_the_kinds_districts(city: City, uid: str) -> None:
     variable = VARIABLES[f"{uid}/district"]
     series = _series(city, variable["query"], {})
@@ -116,8 +118,9 @@ def test_district_variable_lists_the_kinds_districts(city: City, uid: str) -> No
 
 def test_single_district_choice_narrows_the_kind_panels(city: City) -> None:
     device = city.incidents["valve_open"]
+    board = kind_uid(device.kind)
     for uid, title, target in TARGETS:
-        if uid != "cityiot-hydrant":
+        if uid != board:
             continue
         series = _series(city, target["query"], {"district": device.district})
         districts = {s.get("tags", {}).get("district") for s in series} - {None}
@@ -129,9 +132,9 @@ def test_single_district_choice_narrows_the_kind_panels(city: City) -> None:
             for row in s["values"]
         }
         assert districts <= {device.district}, title
-    several = sorted(city.districts("hydrant"))[:2]
+    several = sorted(city.districts(device.kind))[:2]
     for uid, _title, target in TARGETS:
-        if uid == "cityiot-hydrant":
+        if uid == board:
             _series(city, target["query"], {"district": several})  # (a|b) parses and runs
 
 
@@ -150,7 +153,7 @@ def test_drilldown_variables_chain_district_device_kind(city: City) -> None:
     kinds = _series(
         city, VARIABLES["cityiot-device/kind"]["query"], {"device_id": device.device_id}
     )
-    assert [row[0] for s in kinds for row in s["values"]] == ["manhole"]
+    assert [row[0] for s in kinds for row in s["values"]] == [device.kind]
 
 
 def test_devices_online_and_offline_match_the_fleet(city: City) -> None:
@@ -163,20 +166,28 @@ def test_devices_online_and_offline_match_the_fleet(city: City) -> None:
             expected[d.kind] = expected.get(d.kind, 0) + 1
     assert counted == expected
     offline = _series(city, by_title["Devices offline, by kind [A]"]["query"], {})
-    assert {s["tags"]["kind"]: s["values"][0][1] for s in offline} == {"parking": 1}
+    assert {s["tags"]["kind"]: s["values"][0][1] for s in offline} == {city.signed_off.kind: 1}
 
 
-def test_now_tables_find_the_incident_devices(city: City) -> None:
-    tables = {
-        ("cityiot-manhole", "cover_open"): "Covers open or tilted (> 15°) [A]",
-        ("cityiot-streetlight", "leakage"): "Faulty lamps now [A]",
-        ("cityiot-streetlight", "lamp_out"): "Faulty lamps now [A]",
-        ("cityiot-hydrant", "valve_open"): "Hydrants needing attention now [A]",
-        ("cityiot-hydrant", "hydrant_knocked"): "Hydrants needing attention now [A]",
-        ("cityiot-water", "water_quality"): "Meters out of limits now [A]",
-    }
-    queries = {(u, t): q for u, t, q in TARGETS}
-    for (uid, incident), title in tables.items():
-        series = _series(city, queries[(uid, title)]["query"], {"district": ".*"})
-        rows = [dict(zip(s["columns"], row, strict=True)) for s in series for row in s["values"]]
-        assert city.incidents[incident].device_id in {r["device_id"] for r in rows}, (uid, title)
+def test_latest_tables_hold_every_device_of_the_kind(city: City) -> None:
+    """Each kind's table of latest readings: one row per device of the fleet, placed in its
+    district, every metric of the kind a column with a value."""
+    tables = {u: q for u, t, q in TARGETS if t == "各设备最新读数 [A]"}
+    assert set(tables) == set(KIND_OF)
+    for uid, target in tables.items():
+        kind = KINDS[KIND_OF[uid]]
+        fleet = {d.device_id: d.district for d in city.fleet.devices if d.kind == kind.name}
+        if not fleet:
+            continue
+        series = _series(city, target["query"], {"district": ".*"})
+        rows = [
+            {**s["tags"], **dict(zip(s["columns"], row, strict=True))}
+            for s in series
+            for row in s["values"]
+        ]
+        assert {r["device_id"]: r["district"] for r in rows} == fleet, uid
+        for metric in kind.metrics:
+            assert any(r[metric.name] is not None for r in rows), (uid, metric.name)
+        for incident, device in city.incidents.items():
+            if device.kind == kind.name:
+                assert device.device_id in {r["device_id"] for r in rows}, incident
