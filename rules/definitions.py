@@ -27,10 +27,13 @@ A rule file holds a list of rules::
       within: 5m
 
 Conditions are small expressions: numbers, ``true``/``false``, the kind's metric names and
-the device's attributes (``depth_cm``, ``max_stay_min``, ``report_interval_s``, ...),
-``+ - * /``, comparisons, ``and``/``or``/``not`` and parentheses. Anything else is refused
-with the file, rule and field named. A rule may carry an ``action`` sending a command to
-the device or to its district's group of a kind (linked control)::
+the device's numeric attributes (``depth_cm``, ``max_stay_min``, ``report_interval_s``, ...),
+``+ - * /``, comparisons, ``and``/``or``/``not`` and parentheses. An enum metric is compared
+with ``==`` or ``!=`` to one of its values, written as a string: ``alarm_state == "fault"``.
+Anything else is refused with the file, rule and field named. The names come from the kinds
+in force (:data:`~cityiot.domain.catalogue.MODEL`) when the rule is loaded, so a kind added
+at run time can have rules. A rule may carry an ``action`` sending a command to the device or
+to its district's group of a kind (linked control)::
 
       action: {command: switch_on, args: {dim_pct: 100}, target: group, group_kind: streetlight}
 """
@@ -40,14 +43,14 @@ from __future__ import annotations
 import ast
 import functools
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from cityiot.domain.catalogue import KINDS
+from cityiot.domain.catalogue import MODEL, Kind
 from cityiot.domain.sun import is_dark, local_date, local_hour
 from cityiot.rules.events import SEVERITIES
 
@@ -56,9 +59,8 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_NUMERIC_ATTRIBUTES = frozenset({"report_interval_s", "lat", "lon"}) | frozenset(
-    a.name for k in KINDS.values() for a in k.attributes if a.type is not str
-)
+# Attributes every device has that rules can compute with (docs/design.md §4).
+COMMON_NUMBERS = frozenset({"report_interval_s", "lat", "lon"})
 
 _ALLOWED_NODES = (
     ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.UAdd,
@@ -81,6 +83,10 @@ class Expression:
     text: str
     names: frozenset[str]
     _code: Any = field(repr=False, compare=False)
+    # The names read as numbers or true/false, and the (enum metric, value) comparisons:
+    # what a kind must have for the expression to apply to it.
+    numbers: frozenset[str] = frozenset()
+    enum_tests: frozenset[tuple[str, str]] = frozenset()
 
     def __call__(self, values: Mapping[str, Any]) -> Any:
         return eval(self._code, _NO_BUILTINS, values)  # noqa: S307 - AST whitelisted
@@ -91,30 +97,141 @@ class Expression:
         return functools.partial(eval, self._code, _NO_BUILTINS)
 
 
-def compile_expression(text: str, known: frozenset[str], where: str) -> Expression:
-    """Parse ``text``, refusing any construct outside the small rule language."""
+@dataclass(frozen=True)
+class Vocabulary:
+    """What a rule's expressions may name: float and bool metrics and numeric attributes
+    (``numbers``), and enum metrics with their values (``enums``)."""
+
+    numbers: frozenset[str]
+    enums: Mapping[str, tuple[str, ...]]
+
+    @classmethod
+    def of(cls, kinds: Iterable[Kind]) -> Vocabulary:
+        """The names of ``kinds`` together (a ``"*"`` rule's): a name that is an enum in one
+        kind and a number in another is both, and its use decides which kinds a rule keeps."""
+        numbers = set(COMMON_NUMBERS)
+        enums: dict[str, list[str]] = {}
+        for kind in kinds:
+            for m in kind.metrics:
+                if m.type == "enum":
+                    known = enums.setdefault(m.name, [])
+                    known += [v for v in m.values if v not in known]
+                else:
+                    numbers.add(m.name)
+            numbers.update(a.name for a in kind.attributes if a.type is not str)
+        return cls(frozenset(numbers), {n: tuple(v) for n, v in enums.items()})
+
+    def known(self) -> list[str]:
+        return sorted(self.numbers | self.enums.keys())
+
+    def fits(self, expression: Expression) -> bool:
+        """Whether ``expression`` reads only what these names offer, as their types allow."""
+        return expression.numbers <= self.numbers and all(
+            value in self.enums.get(name, ()) for name, value in expression.enum_tests
+        )
+
+
+def _is_text(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, str)
+
+
+def _values_of(name: str, vocabulary: Vocabulary) -> str:
+    return ", ".join(f'"{v}"' for v in vocabulary.enums[name])
+
+
+def _enum_tests(
+    tree: ast.AST, text: str, vocabulary: Vocabulary, where: str
+) -> tuple[set[tuple[str, str]], set[int]]:
+    """The ``metric == "value"`` comparisons of ``tree`` (checked against the enum's
+    values) and the ids of the nodes they use."""
+    tests: set[tuple[str, str]] = set()
+    used: set[int] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Compare):
+            continue
+        operands = [node.left, *node.comparators]
+        if not any(_is_text(o) for o in operands):
+            continue
+        example = 'write e.g. alarm_state == "fault"'
+        if len(operands) != 2 or not isinstance(node.ops[0], ast.Eq | ast.NotEq):
+            raise RuleError(
+                f"{where}: {text!r}: a string is compared with == or != to an enum metric, "
+                f"one value at a time; ordering does not apply to enum values ({example})"
+            )
+        text_node, other = operands if _is_text(operands[0]) else operands[::-1]
+        assert isinstance(text_node, ast.Constant)
+        if not isinstance(other, ast.Name):
+            raise RuleError(
+                f"{where}: {text!r}: a string is only compared to an enum metric ({example})"
+            )
+        name, value = other.id, str(text_node.value)
+        if name not in vocabulary.enums:
+            what = "a number or true/false" if name in vocabulary.numbers else "not known here"
+            raise RuleError(
+                f"{where}: {text!r}: {name!r} is {what}, not an enum metric, so it cannot be "
+                f"compared with the string {value!r}; enum metrics: "
+                f"{', '.join(sorted(vocabulary.enums)) or 'none'}"
+            )
+        if value not in vocabulary.enums[name]:
+            raise RuleError(
+                f"{where}: {text!r}: {value!r} is not a value of the metric {name}; "
+                f"its values: {_values_of(name, vocabulary)}"
+            )
+        tests.add((name, value))
+        used.update((id(text_node), id(other)))
+    return tests, used
+
+
+def compile_expression(text: str, vocabulary: Vocabulary, where: str) -> Expression:
+    """Parse ``text``, refusing any construct outside the small rule language and any name
+    ``vocabulary`` does not offer, or uses against its type."""
     source = re.sub(r"\bfalse\b", "False", re.sub(r"\btrue\b", "True", str(text)))
     try:
         tree = ast.parse(source, mode="eval")
     except SyntaxError as exc:
         raise RuleError(f"{where}: {text!r} is not a valid expression ({exc.msg})") from None
-    names: set[str] = set()
     for node in ast.walk(tree):
         if not isinstance(node, _ALLOWED_NODES):
             raise RuleError(
                 f"{where}: {text!r} uses {type(node).__name__}, which rules do not allow "
                 "(use metrics, attributes, numbers, + - * /, comparisons, and/or/not)"
             )
-        if isinstance(node, ast.Constant) and not isinstance(node.value, int | float | bool):
-            raise RuleError(f"{where}: {text!r}: only numbers and true/false are allowed")
-        if isinstance(node, ast.Name):
-            if node.id not in known and node.id not in ("True", "False"):
-                raise RuleError(
-                    f"{where}: {text!r} names {node.id!r}, which is neither a metric of this "
-                    f"kind nor a device attribute; known: {', '.join(sorted(known))}"
-                )
-            names.add(node.id)
-    return Expression(text, frozenset(names), compile(tree, f"<{where}>", "eval"))
+        if isinstance(node, ast.Constant) and not isinstance(node.value, int | float | bool | str):
+            raise RuleError(f"{where}: {text!r}: only numbers, true/false and enum values")
+    enum_tests, in_tests = _enum_tests(tree, text, vocabulary, where)
+    numbers: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in in_tests:
+            continue
+        if _is_text(node):
+            raise RuleError(
+                f"{where}: {text!r}: a string is only compared with == or != to an enum "
+                'metric (write e.g. alarm_state == "fault")'
+            )
+        if not isinstance(node, ast.Name):
+            continue
+        if node.id in vocabulary.numbers:
+            numbers.add(node.id)
+        elif node.id in vocabulary.enums:
+            raise RuleError(
+                f"{where}: {text!r}: {node.id} is an enum metric (values "
+                f"{_values_of(node.id, vocabulary)}); compare it with == or != to one of its "
+                f'values, e.g. {node.id} == "{vocabulary.enums[node.id][0]}": arithmetic, '
+                "ordering and truth do not apply to it"
+            )
+        else:
+            raise RuleError(
+                f"{where}: {text!r} names {node.id!r}, which is neither a metric of this "
+                f"kind nor a device attribute; known: {', '.join(vocabulary.known())}"
+            )
+    names = frozenset(numbers) | frozenset(name for name, _ in enum_tests)
+    return Expression(
+        text,
+        names,
+        compile(tree, f"<{where}>", "eval"),
+        numbers=frozenset(numbers),
+        enum_tests=frozenset(enum_tests),
+    )
 
 
 def parse_duration(value: Any, where: str) -> float:
@@ -214,11 +331,6 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def _known_names(kinds: frozenset[str]) -> frozenset[str]:
-    metrics = set().union(*({m.name for m in KINDS[k].metrics} for k in kinds))
-    return frozenset(metrics) | _NUMERIC_ATTRIBUTES
-
-
 def _parse_schedule(raw: Any, where: str) -> Schedule:
     if raw in ("night", "day"):
         return Schedule(raw)
@@ -256,13 +368,7 @@ def parse_rule(raw: Any, source: str, index: int) -> Rule:
     unknown = set(raw) - _FIELDS
     if unknown:
         raise RuleError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(_FIELDS)}")
-    kind = raw.get("kind")
-    if kind == "*":
-        kinds = frozenset(KINDS)
-    elif kind in KINDS:
-        kinds = frozenset({kind})
-    else:
-        raise RuleError(f"{where}.kind: {kind!r} is not a kind; use * or {', '.join(KINDS)}")
+    kinds = _kinds_of(raw.get("kind"), where)
     rtype = raw.get("type", "threshold")
     if rtype not in ("threshold", "absence", "rate"):
         raise RuleError(f"{where}.type: {rtype!r}; use threshold, absence or rate")
@@ -272,33 +378,36 @@ def parse_rule(raw: Any, source: str, index: int) -> Rule:
     summary = raw.get("summary") or {}
     if not isinstance(summary, dict) or not summary.get("zh") or not summary.get("en"):
         raise RuleError(f"{where}.summary: give both zh and en lines")
-    known = _known_names(kinds)
+    vocabulary = Vocabulary.of(kinds.values())
     fields: dict[str, Any] = {}
     if rtype == "threshold":
         if "when" not in raw:
             raise RuleError(f"{where}.when: a threshold rule needs a condition")
-        when = compile_expression(raw["when"], known, f"{where}.when")
+        when = compile_expression(raw["when"], vocabulary, f"{where}.when")
         clear = (
-            compile_expression(raw["clear"], known, f"{where}.clear")
+            compile_expression(raw["clear"], vocabulary, f"{where}.clear")
             if "clear" in raw
-            else compile_expression(f"not ({raw['when']})", known, f"{where}.when")
+            else compile_expression(f"not ({raw['when']})", vocabulary, f"{where}.when")
         )
         fields.update(when=when, clear=clear)
-        used = set(when.names | clear.names)
+        expressions = [when, clear]
         hold = raw.get("for", 0)
         if isinstance(hold, str) and not _DURATION.match(hold):
-            expr = compile_expression(hold, known, f"{where}.for")
+            expr = compile_expression(hold, vocabulary, f"{where}.for")
             fields["for_expr"] = expr
-            used |= expr.names
+            expressions.append(expr)
         else:
             fields["for_s"] = parse_duration(hold, f"{where}.for")
         if "schedule" in raw:
             fields["schedule"] = _parse_schedule(raw["schedule"], f"{where}.schedule")
-        # A rule on "*" applies to the kinds that have every metric it reads.
-        kinds = frozenset(
-            k for k in kinds if used - _NUMERIC_ATTRIBUTES <= {m.name for m in KINDS[k].metrics}
-        )
-        fields["names"] = frozenset(used)
+        # A rule on "*" applies to the kinds that have everything it reads, of its type.
+        fitting = {name: Vocabulary.of([kind]) for name, kind in kinds.items()}
+        kinds = {
+            name: kind
+            for name, kind in kinds.items()
+            if all(fitting[name].fits(e) for e in expressions)
+        }
+        fields["names"] = frozenset().union(*(e.names for e in expressions))
     elif rtype == "absence":
         factor = raw.get("factor", 3)
         if not isinstance(factor, int | float) or isinstance(factor, bool) or factor <= 0:
@@ -306,8 +415,13 @@ def parse_rule(raw: Any, source: str, index: int) -> Rule:
         fields["factor"] = float(factor)
     else:
         metric = raw.get("metric")
-        if metric not in known - _NUMERIC_ATTRIBUTES:
-            raise RuleError(f"{where}.metric: {metric!r} is not a metric of {kind}")
+        numbers = sorted({m.name for k in kinds.values() for m in k.metrics if m.type == "float"})
+        kinds = {name: kind for name, kind in kinds.items() if _is_number_metric(kind, metric)}
+        if not kinds:
+            raise RuleError(
+                f"{where}.metric: {metric!r} is not a number metric of {raw.get('kind')}; "
+                f"use one of {', '.join(numbers)}"
+            )
         drop = raw.get("drop_pct")
         if not isinstance(drop, int | float) or not 0 < drop < 100:
             raise RuleError(f"{where}.drop_pct: {drop!r} must be a percentage between 0 and 100")
@@ -323,7 +437,7 @@ def parse_rule(raw: Any, source: str, index: int) -> Rule:
         raise RuleError(f"{where}: no kind has every metric the rule reads")
     return Rule(
         id=rule_id,
-        kinds=kinds,
+        kinds=frozenset(kinds),
         type=rtype,
         severity=severity,
         summary_zh=str(summary["zh"]),
@@ -333,6 +447,22 @@ def parse_rule(raw: Any, source: str, index: int) -> Rule:
     )
 
 
+def _kinds_of(kind: Any, where: str) -> dict[str, Kind]:
+    """The kinds in force a rule's ``kind`` names: one, or every kind for ``"*"``."""
+    if kind == "*":
+        return dict(MODEL.kinds)
+    if isinstance(kind, str) and kind in MODEL.kinds:
+        return {kind: MODEL.kinds[kind]}
+    raise RuleError(
+        f"{where}.kind: {kind!r} is not a kind; use * or one of {', '.join(sorted(MODEL.kinds))}"
+    )
+
+
+def _is_number_metric(kind: Kind, name: Any) -> bool:
+    metric = kind.metric(name) if isinstance(name, str) else None
+    return metric is not None and metric.type == "float"
+
+
 def _parse_action(raw: Any, where: str) -> Action:
     if not isinstance(raw, dict) or not isinstance(raw.get("command"), str):
         raise RuleError(f"{where}: give at least {{command: NAME}}")
@@ -340,7 +470,7 @@ def _parse_action(raw: Any, where: str) -> Action:
     if target not in ("device", "group"):
         raise RuleError(f"{where}.target: {target!r}; use device or group")
     group_kind = raw.get("group_kind")
-    if target == "group" and group_kind not in KINDS:
+    if target == "group" and group_kind not in MODEL.kinds:
         raise RuleError(f"{where}.group_kind: {group_kind!r} must be a kind for a group target")
     args = raw.get("args", {})
     if not isinstance(args, dict):
@@ -388,8 +518,8 @@ def parse_rule_file(text: str, source: str) -> list[Rule]:
 
 def by_kind(rules: list[Rule]) -> dict[str, list[Rule]]:
     """Rules indexed by kind, so a reading meets only the rules that can use it."""
-    index: dict[str, list[Rule]] = {k: [] for k in KINDS}
+    index: dict[str, list[Rule]] = {k: [] for k in MODEL.kinds}
     for rule in rules:
         for kind in rule.kinds:
-            index[kind].append(rule)
+            index.setdefault(kind, []).append(rule)
     return index

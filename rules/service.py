@@ -6,9 +6,11 @@ readings from its own subscription (a persistent session of its own), decoded an
 validated by the same intake code, without storing them.
 
 The rules are the catalogue files (``CITYIOT_RULES_PATH``) with the rules put through the
-API (``rule_overrides``) replacing those of the same id or adding to them. The stage polls
-the overrides every few seconds and, when they change, reloads both and swaps them into the
-running evaluator, keeping the state of every rule that still exists.
+API (``rule_overrides``) replacing those of the same id or adding to them. Every few seconds
+the stage takes changed kinds into the model (``refresh_kinds``: kinds put through the API,
+changed kind files) and, when the overrides, the kinds or the rule files changed, reloads the
+rules and swaps them into the running evaluator, keeping the state of every rule that still
+exists: a rule refused for a metric its kind lacked loads once the kind has it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import httpx
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from cityiot.domain.catalogue import MODEL
 from cityiot.domain.settings import MqttTarget, Settings
 from cityiot.ingest.devices import DeviceMap
 from cityiot.rules.control import CommandSender, group_targets
@@ -38,6 +41,7 @@ from cityiot.rules.events import Clock, wall_clock
 from cityiot.rules.notifiers import Channel, build_channel
 from cityiot.rules.routing import Router, load_routing
 from cityiot.rules.workorders import SlaPolicy, open_work_order
+from cityiot.storage.kinds import refresh_kinds
 from cityiot.storage.tables.rules import RuleOverride
 
 log = logging.getLogger("cityiot.rules")
@@ -123,6 +127,42 @@ async def current_rules(settings: Settings, session_factory: Any, *, strict: boo
     return list(rules.values())
 
 
+def files_stamp(path: Path) -> tuple[tuple[str, int, int], ...]:
+    """What the rule files look like now (names, times, sizes): a change reloads them."""
+    try:
+        files = sorted(path.iterdir()) if path.is_dir() else [path]
+        return tuple(
+            (f.name, f.stat().st_mtime_ns, f.stat().st_size)
+            for f in files
+            if f.suffix in (".yaml", ".yml")
+        )
+    except OSError:  # being replaced: the next round looks again
+        return ()
+
+
+@dataclass(frozen=True)
+class RulesVersion:
+    """What the running rules were made from: the overrides, the kinds' generation and the
+    rule files. Any of them changing reloads the rules."""
+
+    overrides: OverridesVersion
+    kinds: int
+    files: tuple[tuple[str, int, int], ...]
+
+
+async def rules_version(settings: Settings, session_factory: Any) -> RulesVersion:
+    """The version of what the rules are made from now (after taking in changed kinds)."""
+    try:
+        await refresh_kinds(session_factory)
+    except OSError as exc:  # a kind file being replaced: the next round looks again
+        log.warning("event=kinds_refresh_deferred error=%s", exc)
+    return RulesVersion(
+        await overrides_version(session_factory),
+        MODEL.generation(),
+        files_stamp(catalogue_path(settings.rules_path)),
+    )
+
+
 async def watch_rules(
     engine: RulesEngine,
     settings: Settings,
@@ -130,20 +170,23 @@ async def watch_rules(
     stop: asyncio.Event,
     *,
     every_s: float = RULES_RELOAD_S,
-    seen: OverridesVersion | None = None,
+    seen: RulesVersion | None = None,
 ) -> None:
-    """Until ``stop``: reload the rules into ``engine`` whenever the overrides change.
+    """Until ``stop``: take changed kinds into the model, and reload the rules into
+    ``engine`` whenever the overrides, the kinds or the rule files differ from ``seen``.
+    Looks every ``every_s``, or ``registry_refresh_s`` when that is shorter.
 
     A reload that fails (an invalid override or rule file) is logged and the running rules
     stay, until the next change.
     """
+    every_s = min(every_s, settings.registry_refresh_s)
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every_s)
         if stop.is_set():
             return
         try:
-            version = await overrides_version(session_factory)
+            version = await rules_version(settings, session_factory)
             if version == seen:
                 continue
             rules = await current_rules(settings, session_factory, strict=True)
@@ -156,7 +199,10 @@ async def watch_rules(
             continue
         seen = version
         await engine.replace_rules(rules)
-        log.info("event=rules_reloaded rules=%d overrides=%d", len(rules), version[0])
+        log.info(
+            "event=rules_reloaded rules=%d overrides=%d kinds_generation=%d",
+            len(rules), version.overrides[0], version.kinds,
+        )  # fmt: skip
 
 
 @asynccontextmanager
@@ -176,7 +222,7 @@ async def rules_stage(
     ``owns`` (a scale-out worker's partition): the devices whose rule state, absence checks
     and restored alerts live in this stage; None: every device.
     """
-    seen = await overrides_version(session_factory)
+    seen = await rules_version(settings, session_factory)  # the API's kinds before their rules
     rules = await current_rules(settings, session_factory, strict=False)
     router = load_routing(routing_path(settings))
     for warning in router.warnings:
@@ -227,7 +273,12 @@ async def rules_stage(
             asyncio.create_task(deliverer.run(stop), name="rules-delivery"),
             asyncio.create_task(
                 watch_rules(
-                    engine, settings, session_factory, stop, every_s=rules_reload_s, seen=seen
+                    engine,
+                    settings,
+                    session_factory,
+                    stop,
+                    every_s=rules_reload_s,
+                    seen=seen,
                 ),
                 name="rules-reload",
             ),

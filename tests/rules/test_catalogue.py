@@ -118,8 +118,9 @@ def test_each_incident_raises_its_rules_and_they_resolve_after_it(name: str) -> 
     incident = incident_on(name, kind, after_s, duration_s)
     if name == "overstay":  # hold the space well past its own limit
         device = next(d for d in FLEET.devices if d.device_id in incident.device_ids)
-        assert device.max_stay_min is not None
-        duration_s = int(device.max_stay_min * 60) + 1800
+        max_stay_min = device.attributes.get("max_stay_min")
+        assert isinstance(max_stay_min, int | float), device.attributes
+        duration_s = int(max_stay_min * 60) + 1800
         incident = incident_on(name, kind, after_s, duration_s)
     hours = (after_s + duration_s) / 3600 + 1
     seen = alerts_of(replay(start, hours, [incident]))

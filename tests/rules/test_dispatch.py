@@ -435,6 +435,40 @@ async def test_the_shipped_routing_tells_ops_and_the_team(session_factory: Sessi
     assert rig.work_orders == [("a1", "urban")]
 
 
+async def test_the_shipped_routing_sends_lifeline_alerts_to_their_teams(
+    session_factory: SessionFactory,
+) -> None:
+    router = load_routing(DEFAULT_ROUTING_PATH, env={})  # the MQTT channels need no secret
+    rig = Rig(session_factory, router)
+    events = [
+        alert("u1", kind="waterlogging", rule="underpass_closing", severity="critical"),
+        alert("d1", kind="drainage", rule="drainage_fill_high", severity="minor"),
+        alert("g1", kind="gas", rule="gas_methane_first_alarm", severity="major"),
+        alert("t1", kind="tunnel", rule="tunnel_h2s", severity="critical"),
+    ]
+    for event in events:
+        await rig.dispatcher.handle(event)
+    await rig.until(10)
+    told = {
+        (r.receiver, r.channel, tuple(a["id"] for a in r.payload["alerts"]))
+        for r in await rig.outbox.rows()
+    }
+    assert told >= {
+        ("flood-control", "flood-mqtt", ("u1",)),
+        ("flood-control", "flood-mqtt", ("d1",)),
+        ("gas-company", "gas-mqtt", ("g1",)),
+        ("tunnel-operator", "tunnel-mqtt", ("t1",)),
+    }, told
+    assert {r for r, _, _ in told} == {
+        "ops-centre",
+        "flood-control",
+        "gas-company",
+        "tunnel-operator",
+    }
+    # Critical and major alerts open work orders for the team; a minor fill ratio does not.
+    assert sorted(rig.work_orders) == [("g1", "gas"), ("t1", "tunnel"), ("u1", "flood")]
+
+
 async def test_bad_events_are_refused(rig: Rig) -> None:
     with pytest.raises(ValueError, match="alert event lacks severity, state"):
         await rig.dispatcher.handle(

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from cityiot.domain.catalogue import KINDS
 from cityiot.rules.routing import (
     DEFAULT_ROUTING_PATH,
     Router,
@@ -31,6 +32,10 @@ ALL_SECRETS = {
     "CITYIOT_WATER_EMAIL_TO": "dispatch@water.example",
     "CITYIOT_FIRE_WECOM_KEY": "wecom-fire-key",
     "CITYIOT_TRAFFIC_WEBHOOK_URL": "https://traffic.example/hook",
+    "CITYIOT_FLOOD_WECOM_KEY": "wecom-flood-key",
+    "CITYIOT_GAS_DINGTALK_TOKEN": "gas-dt-token",
+    "CITYIOT_GAS_DINGTALK_SECRET": "gas-dt-secret",
+    "CITYIOT_TUNNEL_WEBHOOK_URL": "https://tunnel.example/hook",
     "CITYIOT_SMTP_HOST": "smtp.example",
     "CITYIOT_SMTP_FROM": "cityiot@zhumadian.example",
 }
@@ -217,6 +222,11 @@ def test_default_file_routes_every_kind_to_its_team() -> None:
         "water": "water-company",
         "hydrant": "fire-brigade",
         "parking": "traffic-police",
+        # The 2022 plan's lifeline kinds: flood prevention, the gas company, the tunnel operator.
+        "waterlogging": "flood-control",
+        "drainage": "flood-control",
+        "gas": "gas-company",
+        "tunnel": "tunnel-operator",
     }
     for kind, team_receiver in expected.items():
         for severity in ("critical", "major", "minor", "warning"):
@@ -238,6 +248,24 @@ def test_default_file_routes_every_kind_to_its_team() -> None:
     assert water[1]["secret"] == "dt-secret"
     ops = router.receivers["ops-centre"].channels
     assert [c["type"] for c in ops] == ["mqtt", "webhook", "email"]
+    teams = {name: r.team for name, r in router.receivers.items()}
+    assert teams["flood-control"] == "flood" and teams["gas-company"] == "gas"
+    assert teams["tunnel-operator"] == "tunnel"
+    assert router.receivers["gas-company"].channels[1]["secret"] == "gas-dt-secret"
+
+
+@pytest.mark.parametrize(
+    ("kind", "severity", "repeat_s"),
+    [("waterlogging", "critical", 1800), ("drainage", "minor", 4 * 3600), ("gas", "critical", 1800),
+     ("tunnel", "critical", 1800), ("tunnel", "major", 4 * 3600)],
+)  # fmt: skip
+def test_critical_lifeline_alerts_are_repeated_every_half_hour(
+    kind: str, severity: str, repeat_s: float
+) -> None:
+    routes = load_routing(DEFAULT_ROUTING_PATH, env=ALL_SECRETS).match(
+        labels(kind=kind, severity=severity)
+    )
+    assert routes[1].repeat_interval == repeat_s, (kind, severity)
 
 
 def test_default_channels_are_accepted_by_the_notifiers() -> None:
@@ -252,7 +280,7 @@ def test_default_channels_are_accepted_by_the_notifiers() -> None:
         for receiver in router.receivers.values()
         for config in receiver.channels
     ]
-    assert len(built) == 12
+    assert len(built) == 18
 
 
 def test_channels_with_unset_variables_are_dropped_with_a_warning(
@@ -268,8 +296,11 @@ def test_channels_with_unset_variables_are_dropped_with_a_warning(
         "water-company": ["water-mqtt"],  # dingtalk lacks its secret
         "fire-brigade": ["fire-mqtt"],
         "traffic-police": ["traffic-mqtt"],
+        "flood-control": ["flood-mqtt"],
+        "gas-company": ["gas-mqtt"],
+        "tunnel-operator": ["tunnel-mqtt"],
     }
-    assert len(router.warnings) == 6
+    assert len(router.warnings) == 9
     dingtalk = next(w for w in router.warnings if "water-dingtalk" in w)
     assert "CITYIOT_WATER_DINGTALK_SECRET" in dingtalk and "DINGTALK_TOKEN" not in dingtalk
     logged = [r.getMessage() for r in caplog.records]
@@ -320,8 +351,7 @@ def _set(document: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
         (
             "route.routes.1.match",
             {"kind": "manhol"},
-            "route.routes[1].match.kind: 'manhol' is not a kind "
-            "(manhole, streetlight, hydrant, water, parking)",
+            f"route.routes[1].match.kind: 'manhol' is not a kind ({', '.join(KINDS)})",
         ),
         (
             "route.routes.1.match",
