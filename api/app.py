@@ -1,12 +1,14 @@
 """The FastAPI app: ``create_app(settings)``; ``cityiot api`` serves it, ``cityiot run`` too.
 
-The lifespan migrates the database, opens InfluxDB and the SQL store, and starts the
-stream hub (the API's own MQTT connection: alert events in for the SSE stream, ack
-events out). One router per resource, in :mod:`cityiot.api.routes`.
+The lifespan migrates the database, opens InfluxDB and the SQL store, takes in the kinds
+put through the API and keeps taking their changes every ``CITYIOT_REGISTRY_REFRESH_S``, and
+starts the stream hub (the API's own MQTT connection: alert events in for the SSE stream,
+ack events out). One router per resource, in :mod:`cityiot.api.routes`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -28,6 +30,7 @@ from cityiot.api.routes import ROUTERS, health
 from cityiot.domain.settings import Settings
 from cityiot.domain.version import platform_version
 from cityiot.storage.engine import make_engine, migrate, sessionmaker
+from cityiot.storage.kinds import refresh_kinds
 
 log = logging.getLogger("cityiot.api")
 
@@ -144,6 +147,23 @@ def _edge_source(edge: EdgeCounters, ctx: ApiContext) -> MetricsSource:
     return read
 
 
+async def _refresh_kinds_every(period_s: float, sessions: Any) -> None:
+    """Take kind changes (another API process's PUT, a changed file of
+    ``CITYIOT_KINDS_PATH``) into this process's model every ``period_s``."""
+    while True:
+        await asyncio.sleep(period_s)
+        try:
+            await refresh_kinds(sessions)
+        except Exception as exc:  # keep serving with the kinds in force; the next round retries
+            log.warning("event=kinds_refresh_failed error=%s", exc)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def _context(
     settings: Settings, stack: contextlib.AsyncExitStack, edge: EdgeCounters
 ) -> ApiContext:
@@ -154,6 +174,11 @@ async def _context(
     engine = make_engine(settings.database_url)
     stack.push_async_callback(engine.dispose)
     sessions = sessionmaker(engine)
+    await refresh_kinds(sessions)  # kinds put through the API before this process started
+    refresher = asyncio.create_task(
+        _refresh_kinds_every(settings.registry_refresh_s, sessions), name="api-kinds-refresh"
+    )
+    stack.push_async_callback(_cancel, refresher)
     influx = None
     if settings.influx_url:
         influx = await stack.enter_async_context(influx_from(settings))

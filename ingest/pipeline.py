@@ -165,6 +165,8 @@ class Ingest:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def __aenter__(self) -> Ingest:
+        # The kinds put through the API before the start: their readings are not refused.
+        await self.upkeep.refresh_kinds()
         await self.devices.refresh()
         log.info("event=ingest_starting devices=%d", len(self.devices))
         return self

@@ -1,6 +1,6 @@
-"""Upkeep beside the stream: the registry's device map refreshed, presence swept and written
-to the registry, the SQLite write-ahead log checkpointed, the dead-letter table kept within
-its caps, and dead-letter summaries made on time.
+"""Upkeep beside the stream: the kinds and the registry's device map refreshed, presence
+swept and written to the registry, the SQLite write-ahead log checkpointed, the dead-letter
+table kept within its caps, and dead-letter summaries made on time.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from cityiot.ingest.batches import IngestCounters
 from cityiot.ingest.intake import Intake, ms_to_dt
 from cityiot.ingest.latest import FLUSH_PACE
 from cityiot.storage.deadletters import DeadLetterCaps, DeadLetterIn, prune_dead_letters
+from cityiot.storage.kinds import refresh_kinds
 from cityiot.storage.registry import online_devices, record_presence
 from cityiot.storage.wal import CHECKPOINT_EVERY_S, checkpoint
 from cityiot.storage.writes import ROWS_PER_TURN
@@ -87,7 +88,8 @@ class Upkeep:
         log.info("event=presence_resumed online=%d", resumed)
 
     async def run(self) -> None:
-        """Refresh the device map, summarise dropped dead letters, sweep and write presence."""
+        """Refresh the kinds and the device map, summarise dropped dead letters, sweep and
+        write presence."""
         refresh_every = self.settings.registry_refresh_s
         last_refresh = last_presence = last_seen = time.monotonic()
         presence_s = 0.0
@@ -97,6 +99,8 @@ class Upkeep:
             self.intake.summarise_dropped()
             if now - last_refresh >= refresh_every:
                 last_refresh = now
+                # Kinds first: a device of a new kind then meets its kind's validation table.
+                await self.refresh_kinds()
                 try:
                     await self.intake.devices.refresh()
                 except Exception as exc:  # keep ingesting with the map we have
@@ -110,6 +114,14 @@ class Upkeep:
                 if with_seen:
                     last_seen = now
                 presence_s += await self.flush_presence(with_seen)
+
+    async def refresh_kinds(self) -> None:
+        """Take kinds put through the API and changed kind files into the model; the
+        validator recompiles its tables at the next reading (``MODEL.generation()``)."""
+        try:
+            await refresh_kinds(self.sessions)
+        except Exception as exc:  # keep validating with the kinds in force
+            log.warning("event=kinds_refresh_failed error=%s", exc)
 
     async def checkpoints(self) -> None:
         """The registry's write-ahead log (SQLite) copied back into the database every

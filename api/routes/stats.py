@@ -1,7 +1,9 @@
 """The city at a glance: devices online by kind, the lighting rate, open alerts, SLA KPIs.
 
 Everything is counted in SQL (registry, latest-value table, alerts, work orders) and only
-over what the key may see: a department key gets its granted kinds and districts only.
+over what the key may see: a department key gets its granted kinds and districts only. The
+kinds come from the model (docs/design.md §4a): the lights of the lighting rate are the
+devices of every kind with a bool metric ``power_on``.
 """
 
 from __future__ import annotations
@@ -40,20 +42,22 @@ class DeviceCounts(BaseModel):
 
 
 class Lighting(BaseModel):
-    """Lighting rate = streetlights on / streetlights that should be on, at night only.
+    """Lighting rate = lights on / lights that should be on, at night only.
 
-    At night (the sun below the horizon in Zhumadian) every online streetlight should be on:
-    ``should_be_on`` counts them, ``on`` those whose latest ``power_on`` is true, and
-    ``rate`` = on / should_be_on (null when none should be on). By day ``rate`` is null,
-    ``is_dark`` false, and ``on`` counts lamps burning in daylight.
+    The lights are the devices of every kind that has a bool metric ``power_on`` (the
+    shipped streetlights, and any kind an operator adds with one). At night (the sun below
+    the horizon at the city's centre) every online light should be on: ``should_be_on``
+    counts them, ``on`` those whose latest ``power_on`` is true, and ``rate`` = on /
+    should_be_on (null when none should be on). By day ``rate`` is null, ``is_dark`` false,
+    and ``on`` counts lamps burning in daylight.
     """
 
-    is_dark: bool = Field(description="the sun is down in Zhumadian now")
+    is_dark: bool = Field(description="the sun is down in the city now")
     rate: float | None = Field(description="on / should_be_on at night; null by day")
-    on: int = Field(description="online streetlights whose latest power_on is true")
-    should_be_on: int = Field(description="online streetlights at night; 0 by day")
-    sunrise: str = Field(description="today's sunrise in Zhumadian (RFC 3339, +08:00)")
-    sunset: str = Field(description="today's sunset in Zhumadian (RFC 3339, +08:00)")
+    on: int = Field(description="online lights whose latest power_on is true")
+    should_be_on: int = Field(description="online lights at night; 0 by day")
+    sunrise: str = Field(description="today's sunrise in the city (RFC 3339, its offset)")
+    sunset: str = Field(description="today's sunset in the city (RFC 3339, its offset)")
 
 
 class AlertCounts(BaseModel):
@@ -90,7 +94,9 @@ class Overview(BaseModel):
 
     at: str = Field(description="when this was counted (RFC 3339, +08:00)")
     devices: dict[str, DeviceCounts] = Field(description="per kind the key may see")
-    lighting: Lighting | None = Field(description="null when the key is not granted streetlights")
+    lighting: Lighting | None = Field(
+        description="null when no kind the key is granted has a bool metric power_on"
+    )
     alerts: AlertCounts
     kpis: SlaKpis
 
@@ -164,9 +170,10 @@ async def overview(
     clock: Clock = ctx.extra.get("clock", wall_clock)  # tests set the hour of day
     now = dt.datetime.fromtimestamp(clock(), dt.UTC)
     kinds = [k for k in KINDS if principal.kinds is None or k in principal.kinds]
+    lights = lighting_kinds(kinds)
     async with ctx.sessions() as session:
         devices = await _devices(session, principal, kinds)
-        lighting = await _lighting(session, principal, now) if "streetlight" in kinds else None
+        lighting = await _lighting(session, principal, now, lights) if lights else None
         alerts = await _alerts(session, principal)
     period = await kpis(
         ctx.sessions, now - KPI_PERIOD, now, kinds=principal.kinds, districts=principal.districts
@@ -202,7 +209,19 @@ async def _devices(session: Any, principal: Principal, kinds: list[str]) -> dict
     return counts
 
 
-async def _lighting(session: Any, principal: Principal, now: dt.datetime) -> Lighting:
+def lighting_kinds(kinds: list[str]) -> list[str]:
+    """Those of ``kinds`` whose devices are lights: a bool metric ``power_on``."""
+    lights = []
+    for name in kinds:
+        metric = KINDS[name].metric("power_on")
+        if metric is not None and metric.type == "bool":
+            lights.append(name)
+    return lights
+
+
+async def _lighting(
+    session: Any, principal: Principal, now: dt.datetime, lights: list[str]
+) -> Lighting:
     dark = is_dark(int(now.timestamp() * 1000))
     sunrise, sunset = sun_times(now.astimezone(CITY_TZ).date())
     power_on = LatestReading.metrics[("power_on", 0)].as_boolean()
@@ -211,7 +230,7 @@ async def _lighting(session: Any, principal: Principal, now: dt.datetime) -> Lig
         .select_from(Device)
         .outerjoin(LatestReading, LatestReading.device_id == Device.id)
         .where(
-            Device.kind == "streetlight",
+            Device.kind.in_(lights),
             Device.status == "online",
             Device.decommissioned_at.is_(None),
         )
