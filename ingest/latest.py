@@ -40,11 +40,11 @@ _LOAD_CHUNK = 500  # ids per SELECT … IN (…), well under SQLite's variable l
 class _Latest:
     """One device's newest value and its time, per metric."""
 
-    values: dict[str, float | bool] = field(default_factory=dict)
+    values: dict[str, float | bool | str] = field(default_factory=dict)
     times: dict[str, int] = field(default_factory=dict)
     newest: int = -1  # the newest time of any metric
 
-    def take(self, metrics: dict[str, float | bool], ts: int) -> None:
+    def take(self, metrics: dict[str, float | bool | str], ts: int) -> None:
         if ts >= self.newest:  # in order, as nearly always: two dict updates, in C
             self.values.update(metrics)
             self.times.update(dict.fromkeys(metrics, ts))

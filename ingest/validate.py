@@ -77,9 +77,9 @@ class KindTable:
                 low_high = bounds.get(name)
                 if low_high is not None and low_high[0] <= value <= low_high[1]:
                     continue
-            elif vtype is bool and name in self.flags:
-                continue
-            elif vtype is str and value in self.words.get(name, ()):
+            elif (vtype is bool and name in self.flags) or (
+                vtype is str and value in self.words.get(name, ())
+            ):
                 continue
             return self.converted(metrics)
         return metrics
