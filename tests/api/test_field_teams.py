@@ -119,12 +119,12 @@ async def test_a_field_key_names_known_teams_and_other_roles_none(api: Api) -> N
     r = await admin.post("/api/v1/keys", json={"role": "field", "name": "crew"})
     assert r.status_code == 422
     assert (
-        "--team" in r.json()["detail"] and "fire, ops, traffic, urban, water" in r.json()["detail"]
+        "--team" in r.json()["detail"] and "fire, flood, gas, ops, traffic, tunnel, urban, water" in r.json()["detail"]
     )
     r = await admin.post("/api/v1/keys", json={"role": "field", "teams": ["roads", "urban"]})
     assert r.status_code == 422
     assert (
-        "roads" in r.json()["detail"] and "fire, ops, traffic, urban, water" in r.json()["detail"]
+        "roads" in r.json()["detail"] and "fire, flood, gas, ops, traffic, tunnel, urban, water" in r.json()["detail"]
     )
     r = await admin.post("/api/v1/keys", json={"role": "operator", "teams": ["urban"]})
     assert r.status_code == 422 and "field keys only" in r.json()["detail"]
@@ -190,6 +190,6 @@ async def test_cli_creates_a_field_key_with_its_teams(tmp_path: Path) -> None:
     assert "teams=fire,urban,water" in err
     code, out, err = await keys_create("--role", "field")
     assert code != 0 and out == ""
-    assert "--team" in err and "fire, ops, traffic, urban, water" in err
+    assert "--team" in err and "fire, flood, gas, ops, traffic, tunnel, urban, water" in err
     code, _, err = await keys_create("--role", "field", "--team", "roads")
     assert code != 0 and "unknown team(s) roads" in err
