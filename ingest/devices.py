@@ -36,7 +36,7 @@ class KnownDevice:
     series_key: str  # kind,device_id=…,district=…,vendor=…
     series_bytes: bytes  # the series key, encoded: the start of each of its points
     status_key: str  # device_status,device_id=…,district=…,kind=…,vendor=…
-    attributes: Mapping[str, Any]  # kind-specific: depth_cm, lot_id, max_stay_min, zone
+    attributes: Mapping[str, Any]  # its kind's registry attributes (the kind file's)
     updated_at: dt.datetime | None = None  # the registry row's stamp when this was made
 
     @classmethod

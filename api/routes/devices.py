@@ -29,7 +29,7 @@ from cityiot.api.context import ApiContext, context
 from cityiot.api.keys import Principal
 from cityiot.api.paging import Cursor, Limit, Page, after, page_of
 from cityiot.api.problems import Problem
-from cityiot.domain.catalogue import DISTRICTS, KINDS
+from cityiot.domain.catalogue import KINDS
 from cityiot.rules.events import city_time
 from cityiot.storage.device_csv import (
     FIRST_INSTALL_DATE,
@@ -144,8 +144,10 @@ class DeviceIn(BaseModel):
 
     device_id: str = Field(max_length=64)
     vendor: str = Field(max_length=64)
-    kind: str = Field(max_length=32, description=f"one of {', '.join(KINDS)}")
-    district: str = Field(max_length=32, description=f"one of {', '.join(DISTRICTS)}")
+    kind: str = Field(max_length=32, description="a kind's id (GET /api/v1/kinds lists them)")
+    district: str = Field(
+        max_length=32, description="one of the city's district ids (a wrong one is told them)"
+    )
     lat: Latitude
     lon: Longitude
     address: str = Field("", max_length=MAX_ADDRESS_CHARS)
@@ -153,8 +155,8 @@ class DeviceIn(BaseModel):
     install_date: InstallDate | None = None
     attributes: dict[str, AttributeValue] = Field(
         default_factory=dict,
-        description="kind-specific: depth_cm (manhole), lot_id and max_stay_min (parking), "
-        "zone (water)",
+        description="the kind's own registry attributes by name (GET /api/v1/kinds/{kind}, "
+        "attributes); a name the kind lacks is refused, a required one must be given",
     )
 
 
@@ -278,7 +280,9 @@ async def visible_device(ctx: ApiContext, principal: Principal, device_id: str) 
 async def list_devices(
     ctx: Annotated[ApiContext, Depends(context)],
     principal: Annotated[Principal, Depends(allow())],
-    kind: Annotated[str | None, Query(max_length=32, description="manhole, streetlight, …")] = None,
+    kind: Annotated[
+        str | None, Query(max_length=32, description="a kind's id (GET /api/v1/kinds)")
+    ] = None,
     district: Annotated[str | None, Query(max_length=32)] = None,
     vendor: Annotated[str | None, Query(max_length=64)] = None,
     status_: Annotated[
@@ -328,8 +332,8 @@ async def create_device(
     principal: Annotated[Principal, Depends(allow(*WRITERS))],
 ) -> dict[str, Any]:
     """Register one device; validated exactly like a row of the device CSV."""
-    values = body.model_dump(exclude={"attributes"}) | body.attributes
-    row, errors = parse_device(values)
+    values = body.model_dump(exclude={"attributes"})
+    row, errors = parse_device(values, body.attributes)
     if row is None:
         raise _invalid(errors)
     async with ctx.sessions() as session:
@@ -348,7 +352,13 @@ async def create_device(
     if report.errors:
         raise _invalid(report.errors)
     async with ctx.sessions() as session, session.begin():
-        audit(session, principal, "device.create", f"devices/{row.device_id}", **_loggable(values))
+        audit(
+            session,
+            principal,
+            "device.create",
+            f"devices/{row.device_id}",
+            **_loggable(values | body.attributes),
+        )
     return device_out(await visible_device(ctx, principal, row.device_id))
 
 
@@ -493,17 +503,11 @@ async def patch_device(
         "install_date": device.install_date,
     }
     values.update({k: v for k, v in changes.items() if v is not None or k == "install_date"})
-    # Every attribute column the kind has: a removed one is sent as empty, so it is cleared.
-    kind = KINDS[device.kind]
-    values.update({a.name: attributes.get(a.name) for a in kind.attributes})
-    unknown = set(attributes) - {a.name for a in kind.attributes}
-    if unknown:
-        raise Problem(
-            422,
-            f"a {device.kind} has no attribute {', '.join(sorted(unknown))}; it has "
-            f"{', '.join(a.name for a in kind.attributes) or 'none'}",
-        )
-    row, errors = parse_device(values)
+    # Every attribute the kind has (the model in force now): a removed one is sent as empty,
+    # so it is cleared; one the kind lacks is an error naming it.
+    kind = KINDS.get(device.kind)
+    present = dict.fromkeys(a.name for a in kind.attributes) if kind is not None else {}
+    row, errors = parse_device(values, present | attributes)
     if row is None:
         raise _invalid(errors)
     report = await import_devices(ctx.sessions, [row], create_vendors=False)

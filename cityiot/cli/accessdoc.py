@@ -1,9 +1,10 @@
 """The generated part of the vendors' access standard pages (docs/access-standard.*.md).
 
-Every kind's metrics (type, unit, physical range, meaning) and attributes are rendered from
-the catalogue between the pages' marker comments, so the pages never list a metric the
-ingest does not know, nor miss one it does. ``cityiot docs access-standard`` writes them;
-``--check`` tells which page is stale.
+Every kind in force (the shipped kind files and ``CITYIOT_KINDS_PATH``'s), its metrics (type,
+unit, physical range or values, Chinese and English titles, hexframe codes), attributes and
+report interval, and the city's districts, are rendered from the model between the pages'
+marker comments: the pages never list a metric the ingest does not know, nor miss one it
+does. ``cityiot docs access-standard`` writes them; ``--check`` tells which page is stale.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from cityiot.domain.catalogue import COMMON_ATTRIBUTES, KINDS, Attribute, Kind, Metric
-from cityiot.ingest.codecs.hexframe import KIND_CODES
+from cityiot.domain.catalogue import COMMON_ATTRIBUTES, MODEL, Attribute, Kind, Metric
+from cityiot.ingest.codecs.hexframe import TABLE, FrameKind
 
 Language = Literal["zh", "en"]
 
@@ -21,82 +22,66 @@ BEGIN = "<!-- metrics:begin -->"
 END = "<!-- metrics:end -->"
 PAGES: dict[Language, str] = {"zh": "access-standard.zh.md", "en": "access-standard.en.md"}
 
-# Chinese titles of metrics and attributes; the catalogue has English descriptions only
-# (a later issue moves titles into the kinds' own files).
-ZH_TITLES: dict[str, str] = {
-    # metrics
-    "tilt_deg": "倾斜角",
-    "cover_open": "井盖打开",
-    "water_level_cm": "井内水位",
-    "gas_ch4_ppm": "甲烷浓度",
-    "battery_pct": "剩余电量",
-    "rssi_dbm": "信号强度",
-    "power_on": "灯已开启",
-    "dim_pct": "调光比例",
-    "voltage_v": "电压",
-    "current_a": "电流",
-    "power_w": "有功功率",
-    "energy_kwh": "累计电能",
-    "lux": "环境照度",
-    "leakage_ma": "漏电电流",
-    "lamp_fault": "灯具故障",
-    "pressure_mpa": "水压（表压）",
-    "valve_open": "出水阀打开",
-    "flow_lps": "出水流量",
-    "temperature_c": "栓体温度",
-    "flow_m3h": "瞬时流量（负值为反向）",
-    "volume_m3": "累计水量",
-    "ph": "pH 值",
-    "turbidity_ntu": "浊度",
-    "chlorine_mgl": "余氯",
-    "occupied": "车位有车",
-    # attributes, kind-specific and common
-    "depth_cm": "井深（井盖到井底）",
-    "zone": "供水分区 / 计量分区",
-    "lot_id": "所属停车场或路段",
-    "max_stay_min": "最长停放时间（分钟）",
-    "district": "所在区县",
-    "lat": "纬度",
-    "lon": "经度",
-    "address": "地址",
-    "install_date": "安装日期",
-    "report_interval_s": "上报间隔（秒）",
-}
-
-_COMMON_EN: dict[str, str] = {
-    "district": "district id (yicheng, xiping, …)",
-    "lat": "latitude",
-    "lon": "longitude",
-    "address": "street address",
-    "install_date": "installation date",
-    "report_interval_s": "report interval, seconds (the kind's default unless set)",
+# The attributes every device has are the registry's own, not a kind's: their titles live here.
+COMMON_TITLES: dict[str, tuple[str, str]] = {
+    "district": ("所在区县（下表之一）", "district id (one of the table below)"),
+    "lat": ("纬度", "latitude"),
+    "lon": ("经度", "longitude"),
+    "address": ("地址", "street address"),
+    "install_date": ("安装日期", "installation date"),
+    "report_interval_s": (
+        "上报间隔（秒）",
+        "report interval, seconds (the kind's default unless set)",
+    ),
 }
 
 _TYPE_WORDS: dict[Language, dict[str, str]] = {
-    "zh": {"float": "数值", "bool": "布尔", "int": "整数", "str": "文本"},
-    "en": {"float": "number", "bool": "true/false", "int": "integer", "str": "text"},
+    "zh": {"float": "数值", "bool": "开关量", "enum": "枚举", "int": "整数", "str": "文本"},
+    "en": {
+        "float": "number",
+        "bool": "true/false",
+        "enum": "enum",
+        "int": "integer",
+        "str": "text",
+    },
+}
+
+_TYPES: dict[Language, list[str]] = {
+    "zh": [
+        "指标类型：",
+        "",
+        "- **数值**：JSON 数字，必须在物理范围内（含端点）；整数也接受，按小数存储。",
+        "- **开关量**：JSON `true` / `false`。",
+        "- **枚举**：JSON 字符串，必须是所列取值之一（区分大小写），按 InfluxDB 字符串字段存储。"
+        "hexframe 帧中为该取值在 hexframe 码表中的序号（从 0 起）× 1000。",
+        "",
+        "属性类型：文本、数值（大于 0 的数）、整数（大于 0 的整数）。",
+    ],
+    "en": [
+        "Metric types:",
+        "",
+        "- **number**: a JSON number inside the physical range (inclusive); an integer is "
+        "accepted and stored as a decimal.",
+        "- **true/false**: JSON `true` / `false`.",
+        "- **enum**: a JSON string, one of the values listed (case matters), stored as an "
+        "InfluxDB string field. In a hexframe frame it is the value's index in the hexframe "
+        "code table (from 0) × 1000.",
+        "",
+        "Attribute types: text, number (greater than 0), integer (a whole number greater than 0).",
+    ],
 }
 
 
 class AccessDocError(ValueError):
-    """A page or the catalogue cannot be rendered; the message says what to change."""
+    """A page or the model cannot be rendered; the message says what to change."""
 
 
 @dataclass(frozen=True, slots=True)
 class PageState:
-    """One page: its path and whether its generated part matches the catalogue."""
+    """One page: its path and whether its generated part matches the model."""
 
     path: Path
     current: bool
-
-
-def _zh(name: str) -> str:
-    title = ZH_TITLES.get(name)
-    if title is None:
-        raise AccessDocError(
-            f"{name!r} has no Chinese title; add it to ZH_TITLES in cityiot/cli/accessdoc.py"
-        )
-    return title
 
 
 def _number(value: float) -> str:
@@ -106,66 +91,129 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def _range(metric: Metric) -> str:
+    if metric.type == "enum":
+        return ", ".join(f"`{v}`" for v in metric.values)
     if metric.type == "bool" or metric.low is None or metric.high is None:
         return "—"
     return f"{_number(metric.low)} … {_number(metric.high)}"
 
 
-def _metric_row(lang: Language, code: int, metric: Metric) -> str:
-    type_word = _TYPE_WORDS[lang][metric.type]
-    unit = metric.unit or "—"
-    meaning = _zh(metric.name) if lang == "zh" else metric.description
-    cells = [f"`{metric.name}`", meaning, type_word, unit, _range(metric), str(code)]
+def _metric_row(lang: Language, metric: Metric, frame: FrameKind | None) -> str:
+    coded = frame.by_name.get(metric.name) if frame is not None else None
+    code = str(coded.code) if coded is not None else "—"
+    unit = _cell(metric.unit) if metric.unit else "—"
+    kind_word = _TYPE_WORDS[lang][metric.type]
+    if lang == "zh":
+        cells = [metric.title_zh, metric.title_en]
+    else:
+        cells = [metric.title_en, metric.title_zh, metric.description]
+    cells = [f"`{metric.name}`", *map(_cell, cells), kind_word, unit, _range(metric), code]
     return "| " + " | ".join(cells) + " |"
 
 
 def _attribute_row(lang: Language, attribute: Attribute) -> str:
     type_word = _TYPE_WORDS[lang][attribute.type.__name__]
-    meaning = _zh(attribute.name) if lang == "zh" else attribute.description
     required = {"zh": ("是", "否"), "en": ("yes", "no")}[lang][0 if attribute.required else 1]
-    return f"| `{attribute.name}` | {meaning} | {type_word} | {required} |"
+    if lang == "zh":
+        cells = [attribute.title_zh, attribute.title_en]
+    else:
+        cells = [attribute.title_en, attribute.title_zh, attribute.description]
+    cells = [f"`{attribute.name}`", *map(_cell, cells), type_word, required]
+    return "| " + " | ".join(cells) + " |"
 
 
 def _kind_section(lang: Language, kind: Kind) -> list[str]:
-    code = KIND_CODES.get(kind.name)
+    frame = TABLE.by_name.get(kind.name)
     if lang == "zh":
+        codes = (
+            f"hexframe 设备类型码 {frame.code}"
+            if frame is not None
+            else "不支持 hexframe（请用 JSON）"
+        )
         lines = [
-            f"### `{kind.name}` {kind.title_zh}",
+            f"### `{kind.name}` {kind.title_zh}（{kind.title_en}）",
             "",
-            f"默认上报间隔 {kind.report_interval_s} 秒；hexframe 设备类型码 {code or '—'}。",
+            f"默认上报间隔 {kind.report_interval_s} 秒；{codes}。",
             "",
-            "| 指标 | 含义 | 类型 | 单位 | 物理范围（含端点） | hexframe 指标码 |",
-            "|---|---|---|---|---|---|",
+            "| 指标 | 名称 | English | 类型 | 单位 | 物理范围（含端点）或取值 | hexframe 指标码 |",
+            "|---|---|---|---|---|---|---|",
         ]
     else:
-        lines = [
-            f"### `{kind.name}` — {kind.title_en}",
+        codes = (
+            f"hexframe kind code {frame.code}"
+            if frame is not None
+            else "no hexframe codes (send JSON)"
+        )
+        lines = [f"### `{kind.name}` — {kind.title_en} ({kind.title_zh})", ""]
+        if kind.description:
+            lines += [kind.description, ""]
+        lines += [
+            f"Default report interval {kind.report_interval_s} s; {codes}.",
             "",
-            f"Default report interval {kind.report_interval_s} s; hexframe kind code "
-            f"{code or '—'}.",
-            "",
-            "| metric | meaning | type | unit | physical range (inclusive) "
-            "| hexframe metric code |",
-            "|---|---|---|---|---|---|",
+            "| metric | title | 中文 | meaning | type | unit "
+            "| physical range (inclusive) or values | hexframe metric code |",
+            "|---|---|---|---|---|---|---|---|",
         ]
-    # hexframe's metric code is the metric's 1-based position in its kind (its decoder's rule).
-    lines += [_metric_row(lang, i + 1, m) for i, m in enumerate(kind.metrics)]
+    lines += [_metric_row(lang, m, frame) for m in kind.metrics]
     lines.append("")
     if not kind.attributes:
         lines.append("本类设备没有特有属性。" if lang == "zh" else "No kind-specific attributes.")
+    elif lang == "zh":
+        lines += [
+            "特有属性（设备登记 CSV 中的同名列）：",
+            "",
+            "| 属性 | 名称 | English | 类型 | 必填 |",
+            "|---|---|---|---|---|",
+        ]
     else:
-        if lang == "zh":
-            lines += ["特有属性：", "", "| 属性 | 含义 | 类型 | 必填 |", "|---|---|---|---|"]
-        else:
-            lines += [
-                "Kind-specific attributes:",
-                "",
-                "| attribute | meaning | type | required |",
-                "|---|---|---|---|",
-            ]
-        lines += [_attribute_row(lang, a) for a in kind.attributes]
+        lines += [
+            "Kind-specific attributes (the device CSV's columns of the same name):",
+            "",
+            "| attribute | title | 中文 | meaning | type | required |",
+            "|---|---|---|---|---|---|",
+        ]
+    lines += [_attribute_row(lang, a) for a in kind.attributes]
     lines.append("")
+    return lines
+
+
+def _common(lang: Language) -> list[str]:
+    missing = [name for name in COMMON_ATTRIBUTES if name not in COMMON_TITLES]
+    if missing:
+        raise AccessDocError(
+            f"{', '.join(missing)} has no title; add it to COMMON_TITLES in "
+            "cityiot/cli/accessdoc.py"
+        )
+    index = 0 if lang == "zh" else 1
+    sep = "：" if lang == "zh" else ": "
+    return [f"- `{name}`{sep}{COMMON_TITLES[name][index]}" for name in COMMON_ATTRIBUTES]
+
+
+def _districts(lang: Language) -> list[str]:
+    city = MODEL.city
+    if lang == "zh":
+        lines = [
+            f"{city.name_zh}的区县（`district` 的取值）：",
+            "",
+            "| 区县标识 | 名称 | English |",
+            "|---|---|---|",
+        ]
+    else:
+        lines = [
+            f"The districts of {city.name_en} (the values of `district`):",
+            "",
+            "| district id | name | 中文 |",
+            "|---|---|---|",
+        ]
+    for d in city.districts.values():
+        first, second = (d.name_zh, d.name_en) if lang == "zh" else (d.name_en, d.name_zh)
+        lines.append(f"| `{d.id}` | {_cell(first)} | {_cell(second)} |")
     return lines
 
 
@@ -173,25 +221,30 @@ def render(lang: Language) -> str:
     """The generated block of the page in ``lang``, markers excluded, ending in a newline."""
     if lang == "zh":
         lines = [
-            "<!-- 由 `cityiot docs access-standard` 从 cityiot/domain/catalogue.py 生成，"
+            "<!-- 由 `cityiot docs access-standard` 从设备类型文件（cityiot/domain/kinds/、"
+            "CITYIOT_KINDS_PATH）和城市文件（cityiot/domain/city.yaml 或 CITYIOT_CITY_PATH）生成，"
             "请勿手改。 -->",
             "",
             "所有设备都有的登记属性：",
             "",
         ]
-        lines += [f"- `{name}`：{_zh(name)}" for name in COMMON_ATTRIBUTES]
     else:
         lines = [
-            "<!-- Generated from cityiot/domain/catalogue.py by `cityiot docs access-standard`; "
-            "do not edit by hand. -->",
+            "<!-- Generated by `cityiot docs access-standard` from the kind files "
+            "(cityiot/domain/kinds/, CITYIOT_KINDS_PATH) and the city file "
+            "(cityiot/domain/city.yaml or CITYIOT_CITY_PATH); do not edit by hand. -->",
             "",
             "Registry attributes every device has:",
             "",
         ]
-        lines += [f"- `{name}`: {_COMMON_EN[name]}" for name in COMMON_ATTRIBUTES]
+    lines += _common(lang)
     lines.append("")
-    for kind in KINDS.values():
-        lines += _kind_section(lang, kind)
+    lines += _districts(lang)
+    lines.append("")
+    lines += _TYPES[lang]
+    lines.append("")
+    for name in sorted(MODEL.kinds):
+        lines += _kind_section(lang, MODEL.kinds[name])
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cityiot.cli.app import docs_app
-from cityiot.cli.common import err
+from cityiot.cli.common import err, load_settings
 
 
 @docs_app.command("access-standard")
@@ -23,9 +23,12 @@ def docs_access_standard(
         Path, typer.Option(help="Folder holding access-standard.zh.md and access-standard.en.md.")
     ] = Path("docs"),
 ) -> None:
-    """Write the kinds' metric and attribute tables into the vendors' access standard pages
-    (between <!-- metrics:begin --> and <!-- metrics:end -->), from cityiot/domain/catalogue.py."""
+    """Write the kinds' metric and attribute tables and the city's districts into the vendors'
+    access standard pages (between <!-- metrics:begin --> and <!-- metrics:end -->), from the
+    kinds and the city in force (shipped, CITYIOT_KINDS_PATH, CITYIOT_CITY_PATH)."""
     from cityiot.cli.accessdoc import AccessDocError, refresh
+
+    load_settings()
 
     def say(text: str) -> None:
         # One line each, never wrapped: CI logs and scripts look for the paths.

@@ -14,7 +14,13 @@ from cityiot.cli.common import err, fail, load_settings
 
 @devices_app.command("import")
 def devices_import(
-    file: Annotated[Path, typer.Argument(help="CSV: device_id,vendor,kind,district,lat,lon,...")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV: device_id,vendor,kind,district,lat,lon,address,report_interval_s, then "
+            "the kinds' attribute columns (GET /api/v1/kinds)."
+        ),
+    ],
     create_vendors: Annotated[
         bool, typer.Option(help="Create vendors the file names that are not registered yet.")
     ] = True,
@@ -32,8 +38,13 @@ def devices_import(
     except UnicodeDecodeError:
         fail(f"{file} is not UTF-8 text; save the CSV as UTF-8")
     parsed = parse_device_csv(text)
+
+    def say(line: str, style: str | None = None) -> None:
+        # One line per problem, never wrapped, never read as markup: scripts grep them.
+        err.print(line, style=style, soft_wrap=True, markup=False, highlight=False)
+
     for problem in parsed.errors:
-        err.print(f"[yellow]{file}:{problem}[/]")
+        say(f"{file}:{problem}", "yellow")
 
     async def main() -> Any:
         await migrate(settings.database_url)
@@ -45,9 +56,9 @@ def devices_import(
 
     report = asyncio.run(main())
     for problem in report.errors:
-        err.print(f"[yellow]{file}:{problem}[/]")
+        say(f"{file}:{problem}", "yellow")
     for warning in report.warnings:
-        err.print(f"{file}:{warning}")
+        say(f"{file}:{warning}")
     errors = len(parsed.errors) + len(report.errors)
     print(
         f"created={report.created} updated={report.updated} unchanged={report.unchanged} "

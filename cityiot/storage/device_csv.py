@@ -13,10 +13,18 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, TypeVar
 
-from cityiot.domain.catalogue import DISTRICTS, KINDS, Attribute, is_valid_id, reserved_vendor
+from cityiot.domain.catalogue import (
+    DISTRICTS,
+    KINDS,
+    MODEL,
+    Attribute,
+    Kind,
+    is_valid_id,
+    reserved_vendor,
+)
 
 AttributeValue = float | int | str
 
@@ -30,13 +38,41 @@ REQUIRED_COLUMNS = (
     "address",
     "report_interval_s",
 )
-# Attribute column → the kinds that have it, with its definition there.
-ATTRIBUTE_COLUMNS: dict[str, dict[str, Attribute]] = {}
-for _owner in KINDS.values():
-    for _attribute_def in _owner.attributes:
-        ATTRIBUTE_COLUMNS.setdefault(_attribute_def.name, {})[_owner.name] = _attribute_def
-OPTIONAL_COLUMNS = (*ATTRIBUTE_COLUMNS, "install_date")
-_KNOWN_COLUMNS = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
+# Optional for every kind: the other common attributes are required columns.
+COMMON_OPTIONAL = ("install_date",)
+
+
+@dataclass(frozen=True, slots=True)
+class CsvModel:
+    """What a device CSV is checked against: the kinds in force and the columns they allow.
+
+    ``attributes`` maps each kind-specific attribute column to the kinds that have it, with
+    its definition there; ``optional`` lists them, then ``install_date``.
+    """
+
+    kinds: Mapping[str, Kind]
+    attributes: Mapping[str, Mapping[str, Attribute]]
+    optional: tuple[str, ...]
+    known: frozenset[str]
+
+
+@lru_cache(maxsize=2)
+def _columns_of(generation: int) -> CsvModel:
+    """The CSV model of the model's ``generation`` (the cache key: KINDS changes in place)."""
+    attributes: dict[str, dict[str, Attribute]] = {}
+    for kind in KINDS.values():
+        for attribute in kind.attributes:
+            attributes.setdefault(attribute.name, {})[kind.name] = attribute
+    optional = (*attributes, *COMMON_OPTIONAL)
+    known = frozenset((*REQUIRED_COLUMNS, *optional))
+    return CsvModel(dict(KINDS), attributes, optional, known)
+
+
+def csv_model() -> CsvModel:
+    """The kinds in force now and their columns: a kind added while the process runs is
+    importable at once, with its attribute columns."""
+    return _columns_of(MODEL.generation())
+
 
 MAX_ADDRESS_CHARS = 500
 MAX_TEXT_ATTRIBUTE_CHARS = 200
@@ -104,12 +140,13 @@ def parse_device_csv(text: str) -> CsvImport:
     except csv.Error as exc:
         return CsvImport([], [RowError(1, None, f"the header is not readable as CSV ({exc})")])
     if header is None or not any(name.strip() for name in header):
-        return CsvImport([], [RowError(1, None, f"the header line is empty; {_HEADER_HINT}")])
+        return CsvImport([], [RowError(1, None, f"the header line is empty; {_header_hint()}")])
     columns = [name.strip().lower() for name in header]
-    errors = _check_header(columns)
+    known = csv_model()  # one model for the whole file, even if a kind changes meanwhile
+    errors = _check_header(columns, known)
     if any(e.column is None for e in errors):  # columns missing or repeated: rows unreadable
         return CsvImport([], errors)
-    optional = frozenset(columns) & frozenset(OPTIONAL_COLUMNS)
+    optional = frozenset(columns) & frozenset(known.optional)
     rows: list[DeviceRow] = []
     lines_of: dict[str, list[int]] = {}  # device_id → its lines, valid rows or not
     for line, record in _records(reader, errors):
@@ -118,7 +155,7 @@ def parse_device_csv(text: str) -> CsvImport:
             continue
         cells = dict(zip(columns, record, strict=True))
         lines_of.setdefault(cells["device_id"].strip(), []).append(line)
-        row, row_errors = _parse_row(line, cells, optional)
+        row, row_errors = _parse_row(line, cells, optional, known)
         errors.extend(row_errors)
         if row is not None:
             rows.append(row)
@@ -129,35 +166,64 @@ def parse_device_csv(text: str) -> CsvImport:
     return CsvImport([r for r in rows if r.device_id not in repeated], errors)
 
 
-_HEADER_HINT = (
-    f"the first line must name the columns {','.join(REQUIRED_COLUMNS)} "
-    f"(then any of {', '.join(OPTIONAL_COLUMNS)})"
-)
+def _header_hint() -> str:
+    return (
+        f"the first line must name the columns {','.join(REQUIRED_COLUMNS)} "
+        f"(then any of {', '.join(csv_model().optional)})"
+    )
 
 
-def parse_device(values: Mapping[str, Any]) -> tuple[DeviceRow | None, list[RowError]]:
+def _cell(value: Any) -> str:
+    return "" if value is None else (str(value) if not isinstance(value, bool) else "invalid")
+
+
+def parse_device(
+    values: Mapping[str, Any], attributes: Mapping[str, Any] | None = None
+) -> tuple[DeviceRow | None, list[RowError]]:
     """One device given as a mapping (the API's JSON), validated exactly like a CSV row.
 
     Numbers may be numbers or text; ``None`` is an empty cell. Optional columns absent from
-    ``values`` keep their registered value on update, as in a CSV import.
+    ``values`` keep their registered value on update, as in a CSV import. ``attributes``
+    are the kind-specific ones, by name: a name the device's kind does not have is an
+    error naming it and the kind's attributes.
     """
-    cells = {
-        str(k): "" if v is None else (str(v) if not isinstance(v, bool) else "invalid")
-        for k, v in values.items()
-    }
+    cells = {str(k): _cell(v) for k, v in values.items()}
     missing = [c for c in REQUIRED_COLUMNS if c not in cells and c != "address"]
     if missing:
         return None, [RowError(1, c, "is required") for c in missing]
     cells.setdefault("address", "")
-    optional = frozenset(cells) & frozenset(OPTIONAL_COLUMNS)
-    return _parse_row(1, cells, optional)
+    errors: list[RowError] = []
+    known = csv_model()
+    kind = known.kinds.get(cells["kind"].strip())
+    for name, value in (attributes or {}).items():
+        if kind is None:  # the kind's own error says what to write
+            continue
+        if kind.attribute(name) is None:
+            errors.append(RowError(1, name, _no_such_attribute(name, kind)))
+        else:
+            cells[name] = _cell(value)
+    optional = frozenset(cells) & frozenset(known.optional)
+    row, row_errors = _parse_row(1, cells, optional, known, hint="add it to attributes")
+    errors += row_errors
+    return (row, []) if row is not None and not errors else (None, errors)
 
 
-def _check_header(columns: list[str]) -> list[RowError]:
+def _no_such_attribute(name: str, kind: Kind) -> str:
+    return f"a {kind.name} has no attribute {name}; {_attributes_of(kind)}"
+
+
+def _attributes_of(kind: Kind) -> str:
+    names = [a.name for a in kind.attributes]
+    if not names:
+        return f"a {kind.name} has no kind-specific attributes"
+    return f"a {kind.name} has {', '.join(names)}"
+
+
+def _check_header(columns: list[str], known: CsvModel) -> list[RowError]:
     """Missing or repeated columns are fatal (column None); unknown ones are reported."""
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
-        return [RowError(1, None, f"the header lacks {', '.join(missing)}; {_HEADER_HINT}")]
+        return [RowError(1, None, f"the header lacks {', '.join(missing)}; {_header_hint()}")]
     repeated = sorted({c for c in columns if columns.count(c) > 1})
     if repeated:
         return [
@@ -167,16 +233,15 @@ def _check_header(columns: list[str]) -> list[RowError]:
                 f"the header names {', '.join(repeated)} more than once; keep one column of each",
             )
         ]
-    known = _KNOWN_COLUMNS
     return [
         RowError(
             1,
             name or "(empty)",
-            f"unknown column {quoted(name)}, ignored; remove it or "
-            f"use one of {', '.join(OPTIONAL_COLUMNS)}{_did_you_mean(name, known)}",
+            f"unknown column {quoted(name)}, ignored; remove it or use one of "
+            f"{', '.join(known.optional)}{_did_you_mean(name, known.known)}",
         )
         for name in columns
-        if name not in known
+        if name not in known.known
     ]
 
 
@@ -227,11 +292,16 @@ _T = TypeVar("_T")
 
 
 def _parse_row(
-    line: int, raw: Mapping[str, str], optional: frozenset[str]
+    line: int,
+    raw: Mapping[str, str],
+    optional: frozenset[str],
+    known: CsvModel,
+    hint: str = "add the column",
 ) -> tuple[DeviceRow | None, list[RowError]]:
-    """One record (column → text) as a typed row, or None and what is wrong with it."""
+    """One record (column → text) as a typed row, or None and what is wrong with it;
+    ``hint`` says how to add a missing required attribute."""
     errors: list[RowError] = []
-    cells = _clean_cells(line, raw, errors)
+    cells = _clean_cells(line, raw, errors, known.known)
 
     def check(column: str, parse: Callable[[str], _T]) -> _T | None:
         if column not in cells:  # absent from the file, or already reported
@@ -242,7 +312,8 @@ def _parse_row(
             errors.append(RowError(line, column, str(exc)))
             return None
 
-    kind = check("kind", _kind)
+    kind = check("kind", partial(_kind, kinds=known.kinds))
+    spec = known.kinds[kind] if kind is not None else None
     values: dict[str, Any] = {
         "device_id": check("device_id", lambda v: _id(v, "device_id")),
         "vendor": check("vendor", _vendor),
@@ -251,22 +322,18 @@ def _parse_row(
         "lat": check("lat", _latitude),
         "lon": check("lon", _longitude),
         "address": check("address", _address),
-        "report_interval_s": check("report_interval_s", lambda v: _interval(v, kind)),
+        "report_interval_s": check("report_interval_s", partial(_interval, kind=spec)),
         "install_date": check("install_date", _install_date),
     }
     attributes: dict[str, AttributeValue] = {}
-    if kind is not None:
-        for column, owners in ATTRIBUTE_COLUMNS.items():
-            attr = owners.get(kind)
+    if spec is not None:
+        for column, owners in known.attributes.items():
+            attr = owners.get(spec.name)
             if attr is not None and attr.required and column not in raw:
                 errors.append(
-                    RowError(
-                        line,
-                        column,
-                        f"a {kind} needs {column} ({attr.description}); add the column",
-                    )
+                    RowError(line, column, f"a {kind} needs {column} ({attr.description}); {hint}")
                 )
-            value = check(column, partial(_attribute, column=column, kind=kind, owners=owners))
+            value = check(column, partial(_attribute, column=column, kind=spec, owners=owners))
             if value is not None:
                 attributes[column] = value
     if errors:
@@ -274,11 +341,13 @@ def _parse_row(
     return DeviceRow(line, **values, attributes=attributes, optional_columns=optional), []
 
 
-def _clean_cells(line: int, raw: Mapping[str, str], errors: list[RowError]) -> dict[str, str]:
+def _clean_cells(
+    line: int, raw: Mapping[str, str], errors: list[RowError], known: frozenset[str]
+) -> dict[str, str]:
     """The known columns' values, stripped; values with control characters are reported."""
     cells: dict[str, str] = {}
     for column, value in raw.items():
-        if column not in _KNOWN_COLUMNS:
+        if column not in known:
             continue
         control = control_character(value)
         if control:
@@ -327,26 +396,26 @@ def _vendor(value: str) -> str:
     return vendor
 
 
-def _kind(value: str) -> str:
-    if value not in KINDS:
+def _kind(value: str, kinds: Mapping[str, Kind]) -> str:
+    if value not in kinds:
         raise _Invalid(
-            f"{quoted(value)} is not a kind; use one of {', '.join(KINDS)}"
-            f"{_did_you_mean(value, KINDS)}"
+            f"{quoted(value)} is not a kind; use one of {', '.join(kinds)}"
+            f"{_did_you_mean(value, kinds)} (GET /api/v1/kinds describes each)"
         )
     return value
 
 
-_DISTRICT_ALIASES = {
-    alias: d.id for d in DISTRICTS.values() for alias in (d.name_zh, d.name_en.lower())
-}
-
-
 def _district(value: str) -> str:
     if value not in DISTRICTS:
-        alias = _DISTRICT_ALIASES.get(value.lower())
+        aliases = {
+            alias: d.id for d in DISTRICTS.values() for alias in (d.name_zh, d.name_en.lower())
+        }
+        alias = aliases.get(value.lower())
         hint = f" (did you mean '{alias}'?)" if alias else _did_you_mean(value, DISTRICTS)
+        city = MODEL.city
         raise _Invalid(
-            f"{quoted(value)} is not a district; use one of {', '.join(DISTRICTS)}{hint}"
+            f"{quoted(value)} is not a district of {city.name_en} ({city.name_zh}); "
+            f"use one of {', '.join(DISTRICTS)}{hint}"
         )
     return value
 
@@ -368,7 +437,12 @@ def _decimal(value: str, what: str, example: str) -> float:
 def _latitude(value: str) -> float:
     lat = _decimal(value, "the latitude in decimal degrees", "32.98")
     if not -90 <= lat <= 90:
-        swapped = " (about 33 in Zhumadian): are lat and lon swapped?" if abs(lat) <= 180 else ""
+        city = MODEL.city
+        swapped = (
+            f" (about {city.lat:.0f} in {city.name_en}): are lat and lon swapped?"
+            if abs(lat) <= 180
+            else ""
+        )
         raise _Invalid(f"{lat:g} is outside -90..90; lat is the north-south coordinate{swapped}")
     return lat
 
@@ -378,7 +452,7 @@ def _longitude(value: str) -> float:
     if not -180 <= lon <= 180:
         raise _Invalid(
             f"{lon:g} is outside -180..180; lon is the east-west coordinate "
-            "(about 114 in Zhumadian)"
+            f"(about {MODEL.city.lon:.0f} in {MODEL.city.name_en})"
         )
     return lon
 
@@ -389,11 +463,11 @@ def _address(value: str) -> str:
     return value
 
 
-def _interval(value: str, kind: str | None) -> int:
-    default = KINDS[kind].report_interval_s if kind else 0  # an unknown kind is reported already
+def _interval(value: str, kind: Kind | None) -> int:
+    default = kind.report_interval_s if kind else 0  # an unknown kind is reported already
     if not value:
         return default
-    hint = f", or leave it empty for the {kind} default ({default})" if kind else ""
+    hint = f", or leave it empty for the {kind.name} default ({default})" if kind else ""
     try:
         seconds = int(value)
     except ValueError:
@@ -429,19 +503,21 @@ def _install_date(value: str) -> dt.date | None:
 
 
 def _attribute(
-    value: str, column: str, kind: str | None, owners: Mapping[str, Attribute]
+    value: str, column: str, kind: Kind, owners: Mapping[str, Attribute]
 ) -> AttributeValue | None:
-    attr = owners.get(kind or "")
+    """The typed value of a kind-specific attribute column (None: empty). Numbers are
+    positive quantities (depths, durations, limits, pressures)."""
+    attr = owners.get(kind.name)
     if attr is None:
         if value:
             raise _Invalid(
-                f"is an attribute of {' and '.join(owners)} devices, not of a {kind}; "
-                "leave it empty on this row"
+                f"is an attribute of {' and '.join(owners)} devices, not of a {kind.name} "
+                f"({_attributes_of(kind)}); leave it empty on this row"
             )
         return None
     if not value:
         if attr.required:
-            raise _Invalid(f"is empty; a {kind} needs {column} ({attr.description})")
+            raise _Invalid(f"is empty; a {kind.name} needs {column} ({attr.description})")
         return None
     if attr.type is str:
         if len(value) > MAX_TEXT_ATTRIBUTE_CHARS:

@@ -17,9 +17,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from cityiot.domain.catalogue import is_valid_id, reserved_vendor
+from cityiot.domain.catalogue import KINDS, is_valid_id, reserved_vendor
 from cityiot.storage.device_csv import (
-    ATTRIBUTE_COLUMNS,
     AttributeValue,
     DeviceRow,
     RowError,
@@ -182,12 +181,16 @@ def _new_device(row: DeviceRow, now: dt.datetime) -> dict[str, Any]:
 
 
 def _merged(row: DeviceRow, current: Row[Any]) -> dict[str, Any]:
-    """The row's values; optional columns the file lacked keep their registered value."""
+    """The row's values; optional columns the file lacked keep their registered value (an
+    attribute only while the row's kind has it)."""
     values = {f: getattr(row, f) for f in _ROW_FIELDS}
+    kind = KINDS.get(row.kind)
     kept = {
         name: value
         for name, value in (current.attributes or {}).items()
-        if name not in row.optional_columns and row.kind in ATTRIBUTE_COLUMNS.get(name, {})
+        if name not in row.optional_columns
+        and kind is not None
+        and kind.attribute(name) is not None
     }
     values["attributes"] = kept | row.attributes
     if "install_date" not in row.optional_columns:

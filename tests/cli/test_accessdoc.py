@@ -1,7 +1,8 @@
-"""The vendors' access standard pages: their metric tables match the catalogue."""
+"""The vendors' access standard pages: their tables match the kinds and the city in force."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 
 from cityiot.cli.accessdoc import BEGIN, END, PAGES, AccessDocError, refresh, rewrite
 from cityiot.domain.catalogue import KINDS
+from tests.operator_files import write_city, write_kind
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 CITYIOT = str(Path(sys.executable).parent / "cityiot")
@@ -28,7 +30,7 @@ def docs_command(*args: str) -> subprocess.CompletedProcess[str]:
 def test_committed_pages_are_current() -> None:
     done = docs_command("--check", "--docs-dir", str(DOCS))
     assert done.returncode == 0, (
-        f"{done.stderr}\nthe pages' tables differ from cityiot/domain/catalogue.py: run "
+        f"{done.stderr}\nthe pages' tables differ from the kind and city files: run "
         "cityiot docs access-standard and commit docs/access-standard.*.md"
     )
     assert all(state.current for state in refresh(DOCS, write=False))
@@ -84,3 +86,49 @@ def test_a_page_without_markers_is_refused(tmp_path: Path) -> None:
     done = docs_command("--docs-dir", str(tmp_path))
     assert done.returncode == 1
     assert "access-standard.zh.md needs exactly one" in done.stderr
+
+
+def test_enum_metrics_show_their_values_and_hexframe_codes() -> None:
+    zh = (DOCS / PAGES["zh"]).read_text(encoding="utf-8")
+    en = (DOCS / PAGES["en"]).read_text(encoding="utf-8")
+    gas = KINDS["gas"].metric("alarm_state")
+    assert gas is not None and gas.type == "enum"
+    values = ", ".join(f"`{v}`" for v in gas.values)
+    assert f"| `alarm_state` | 报警状态 | alarm state | 枚举 | — | {values} | 5 |" in zh
+    assert f"| alarm state | 报警状态 | {gas.description} | enum | — | {values} | 5 |" in en
+    assert "### `gas` 燃气管网（town gas）" in zh and "hexframe 设备类型码 8" in zh
+    assert "| `yicheng` | 驿城区 | Yicheng District |" in zh
+    assert "| `yicheng` | Yicheng District | 驿城区 |" in en
+
+
+def test_an_operators_kind_and_city_are_documented(tmp_path: Path) -> None:
+    for name in PAGES.values():
+        shutil.copy(DOCS / name, tmp_path / name)
+    kinds, city = tmp_path / "kinds", write_city(tmp_path / "city")
+    write_kind(kinds)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CITYIOT_")}
+    env |= {"CITYIOT_KINDS_PATH": str(kinds), "CITYIOT_CITY_PATH": str(city)}
+    done = subprocess.run(
+        [CITYIOT, "docs", "access-standard", "--docs-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    zh = (tmp_path / PAGES["zh"]).read_text(encoding="utf-8")
+    en = (tmp_path / PAGES["en"]).read_text(encoding="utf-8")
+    assert "### `noise` 环境噪声（environmental noise）" in zh
+    assert "默认上报间隔 60 秒；不支持 hexframe（请用 JSON）。" in zh
+    assert "| `laeq_db` | 等效声级 | equivalent level | 数值 | dB(A) | 20 … 140 | — |" in zh
+    assert "| `period` | 时段 | period | 枚举 | — | `day`, `night` | — |" in zh
+    assert "| `zone_class` | 声环境功能区 | noise zone class | 文本 | 是 |" in zh
+    assert "| `microphones` | 传声器数量 | microphones | 整数 | 否 |" in zh
+    assert "### `noise` — environmental noise (环境噪声)" in en
+    assert "no hexframe codes (send JSON)" in en
+    assert "信阳市的区县" in zh and "The districts of Xinyang" in en
+    assert "| `shihe` | 浉河区 | Shihe District |" in zh
+    assert "| `pingqiao` | Pingqiao District | 平桥区 |" in en
+    assert "`yicheng`" not in zh.split(BEGIN)[1].split(END)[0]
+    # The committed pages document the shipped model: these ones differ from it.
+    assert docs_command("--check", "--docs-dir", str(tmp_path)).returncode == 1

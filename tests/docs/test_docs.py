@@ -34,6 +34,8 @@ PAGES = (
     "docs/access-standard.en.md",
     "docs/operators-guide.zh.md",
     "docs/operators-guide.en.md",
+    "docs/kinds.zh.md",
+    "docs/kinds.en.md",
     "docs/api.md",
     "docs/rules.md",
     "docs/deployment.md",
