@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from cityiot.domain.catalogue import MODEL, ModelError
 from cityiot.domain.settings import Settings
@@ -19,7 +20,9 @@ err = Console(stderr=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}")
+    """End the command with ``message`` on stderr, as written: not read as markup (a kind
+    file's ``[low, high]``), not wrapped (scripts grep it)."""
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 

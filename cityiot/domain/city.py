@@ -19,7 +19,8 @@ import yaml
 
 from cityiot.domain.thingmodel import ModelError
 
-DISTRICT_ID = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+# At most 32 characters: the registry's column for a device's district.
+DISTRICT_ID = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _FIELDS = {"name", "timezone", "center", "districts", "boundaries"}
 
 
@@ -104,7 +105,7 @@ def parse_city(raw: Any, source: str, folder: Path | None = None) -> City:
     for did, names in raw_districts.items():
         if not isinstance(did, str) or not DISTRICT_ID.fullmatch(did):
             raise ModelError(
-                f"{source}: districts: id {did!r} must match [a-z][a-z0-9_-]{{0,63}} "
+                f"{source}: districts: id {did!r} must match [a-z][a-z0-9_-]{{0,31}} "
                 "(it is an MQTT topic level and an InfluxDB tag)"
             )
         dzh, den = _names(names, f"{source}: districts.{did}")

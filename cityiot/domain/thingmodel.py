@@ -31,6 +31,8 @@ METRIC_ID = re.compile(r"[a-z][a-z0-9_]{0,63}")
 ENUM_VALUE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # Names a device carries whatever its kind (docs/design.md §4): no kind may redefine them.
 COMMON_ATTRIBUTES = ("district", "lat", "lon", "address", "install_date", "report_interval_s")
+# A device's own fields, which are also the registry's CSV columns: no attribute may take them.
+DEVICE_FIELDS = ("device_id", "vendor", "kind", *COMMON_ATTRIBUTES)
 _KIND_FIELDS = {"kind", "title", "report_interval_s", "metrics", "attributes", "description"}
 _METRIC_FIELDS = {"type", "unit", "range", "values", "title", "description"}
 _ATTRIBUTE_FIELDS = {"type", "required", "title", "description"}
@@ -178,7 +180,7 @@ def _parse_metric(name: Any, raw: Any, where: str) -> Metric:
 def _parse_attribute(name: Any, raw: Any, where: str) -> Attribute:
     if not isinstance(name, str) or not METRIC_ID.fullmatch(name):
         raise ModelError(f"{where}: attribute name {name!r} must match [a-z][a-z0-9_]{{0,63}}")
-    if name in COMMON_ATTRIBUTES:
+    if name in DEVICE_FIELDS:
         raise ModelError(
             f"{where}.{name}: every device already has {name}; remove it from the kind"
         )

@@ -110,6 +110,7 @@ def test_the_contracts_example_parses_with_every_type() -> None:
         ("metrics.laeq_db.scale", 2, "unknown field(s) ['scale']"),
         ("attributes.limit_db.type", "number", "use one of str, float, int"),
         ("attributes.district", {"type": "str", "title": {"zh": "a", "en": "b"}}, "already has"),
+        ("attributes.vendor", {"type": "str", "title": {"zh": "a", "en": "b"}}, "already has"),
         ("attributes.alarm", {"type": "str", "title": {"zh": "a", "en": "b"}}, "both a metric"),
     ],
 )

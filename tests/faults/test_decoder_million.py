@@ -89,6 +89,8 @@ def metric_value(kind: str, name: str) -> st.SearchStrategy[object]:
     metric = next(m for m in KINDS[kind].metrics if m.name == name)
     if metric.type == "bool":
         return st.booleans() | json_scalars
+    if metric.type == "enum":
+        return st.sampled_from(metric.values) | json_scalars
     assert metric.low is not None and metric.high is not None
     in_range = st.floats(metric.low, metric.high, allow_nan=False)
     return st.one_of(in_range, in_range, st.integers(), st.floats(), json_values)
@@ -110,12 +112,14 @@ def reading_of(kind: str) -> st.SearchStrategy[dict[str, object]]:
 
 def valid_metrics(
     kind: str, ceiling: float = float("inf")
-) -> st.SearchStrategy[dict[str, float | bool]]:
+) -> st.SearchStrategy[dict[str, float | bool | str]]:
     """Metrics the catalogue accepts: known names, values in range (and under ``ceiling``)."""
-    values: dict[str, st.SearchStrategy[float | bool]] = {}
+    values: dict[str, st.SearchStrategy[float | bool | str]] = {}
     for m in KINDS[kind].metrics:
         if m.type == "bool":
             values[m.name] = st.booleans()
+        elif m.type == "enum":
+            values[m.name] = st.sampled_from(m.values)
         else:
             assert m.low is not None and m.high is not None
             values[m.name] = st.floats(m.low, min(m.high, ceiling), allow_nan=False)
