@@ -2,8 +2,12 @@
 
 ``router`` answers ``GET /`` with the console's page and ``GET /console/{file}`` with its
 assets, read once from ``static/`` at import (a handful of small files; nothing to build).
-The console talks to ``/api/v1`` with the API key the user signs in with; these files
-need no key, hold no data and name no third-party host.
+``/console/catalogue.json`` is the console's reference data (kinds, metrics, attributes,
+the city and its districts, with their titles), built from the live thing model and built
+again whenever the model's generation moves, so a kind changed while the platform runs
+reaches the console at its next look. The console talks to ``/api/v1`` with the API key the
+user signs in with; these files need no key, hold no device data and name no third-party
+host.
 
 Every answer carries a strict Content-Security-Policy (only our own origin, no inline
 script or style), ``nosniff`` and an ETag; browsers revalidate (``no-cache``) so a new
@@ -22,7 +26,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from cityiot.api.problems import Problem
-from cityiot.domain.catalogue import DISTRICTS, KINDS
+from cityiot.domain.catalogue import MODEL, Attribute, Kind, Metric, ThingModel
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -72,39 +76,99 @@ def _etags(header: str) -> set[str]:
     return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
 
 
-def catalogue() -> dict[str, Any]:
-    """Kinds (titles, metrics with units), districts (names): the console's reference data,
-    from the same catalogue the ingest validates against."""
+CATALOGUE = "catalogue.json"
+
+
+def _titles(zh: str, en: str) -> dict[str, str]:
+    return {"zh": zh, "en": en}
+
+
+def _metric(metric: Metric) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": metric.name,
+        "type": metric.type,
+        "unit": metric.unit,
+        "title": _titles(metric.title_zh, metric.title_en),
+        "description": metric.description,
+    }
+    if metric.type == "float":
+        out["range"] = [metric.low, metric.high]
+    if metric.type == "enum":
+        out["values"] = list(metric.values)
+    return out
+
+
+def _attribute(attribute: Attribute) -> dict[str, Any]:
     return {
-        "kinds": {
-            kind.name: {
-                "zh": kind.title_zh,
-                "en": kind.title_en,
-                "metrics": [
-                    {"name": m.name, "type": m.type, "unit": m.unit, "description": m.description}
-                    for m in kind.metrics
-                ],
-            }
-            for kind in KINDS.values()
-        },
-        "districts": {d.id: {"zh": d.name_zh, "en": d.name_en} for d in DISTRICTS.values()},
+        "name": attribute.name,
+        "type": attribute.type.__name__,
+        "required": attribute.required,
+        "title": _titles(attribute.title_zh, attribute.title_en),
+        "description": attribute.description,
     }
 
 
+def _kind(kind: Kind) -> dict[str, Any]:
+    return {
+        "title": _titles(kind.title_zh, kind.title_en),
+        "description": kind.description,
+        "report_interval_s": kind.report_interval_s,
+        "metrics": [_metric(m) for m in kind.metrics],
+        "attributes": [_attribute(a) for a in kind.attributes],
+    }
+
+
+def catalogue(model: ThingModel = MODEL) -> dict[str, Any]:
+    """The console's reference data, from the thing model in force: per kind its titles,
+    report interval, metrics (type, unit, titles, range or values) and attributes; the city
+    (names, time zone, centre) and its districts' names. The console shows these titles,
+    never the raw names."""
+    city = model.city
+    return {
+        "city": {
+            "name": _titles(city.name_zh, city.name_en),
+            "timezone": city.timezone,
+            "center": [city.lat, city.lon],
+        },
+        "districts": {d.id: _titles(d.name_zh, d.name_en) for d in model.districts.values()},
+        "kinds": {name: _kind(kind) for name, kind in model.kinds.items()},
+    }
+
+
+class ReferenceData:
+    """``catalogue.json`` as an :class:`Asset`, built again when the model's generation moves.
+
+    Its ETag is the body's hash: it changes with every change the console can see, and
+    API processes that hold the same model answer the same tag."""
+
+    def __init__(self, model: ThingModel = MODEL) -> None:
+        self.model = model
+        self._built: tuple[int, Asset] | None = None
+
+    def asset(self) -> Asset:
+        generation = self.model.generation()
+        if self._built is None or self._built[0] != generation:
+            body = orjson.dumps(catalogue(self.model))
+            self._built = (generation, Asset.of(body, CONTENT_TYPES[".json"]))
+        return self._built[1]
+
+
 def load_assets(folder: Path = STATIC) -> dict[str, Asset]:
-    """Every servable file under ``folder`` by its name, plus ``catalogue.json``."""
-    assets = {
+    """Every servable file under ``folder`` by its name."""
+    return {
         path.name: Asset.of(path.read_bytes(), CONTENT_TYPES[path.suffix])
         for path in sorted(folder.iterdir())
         if path.is_file() and path.suffix in CONTENT_TYPES
     }
-    assets["catalogue.json"] = Asset.of(orjson.dumps(catalogue()), CONTENT_TYPES[".json"])
-    return assets
 
 
-def make_router(assets: dict[str, Asset] | None = None) -> APIRouter:
-    """The console's routes: ``/`` (the page) and ``/console/{name}`` (its files)."""
+def make_router(
+    assets: dict[str, Asset] | None = None, reference: ReferenceData | None = None
+) -> APIRouter:
+    """The console's routes: ``/`` (the page) and ``/console/{name}`` (its files and the
+    live ``catalogue.json``)."""
     files = load_assets() if assets is None else assets
+    live = ReferenceData() if reference is None else reference
     page = files["index.html"]
     console = APIRouter(tags=["console"], include_in_schema=False)
 
@@ -114,6 +178,8 @@ def make_router(assets: dict[str, Asset] | None = None) -> APIRouter:
 
     @console.get("/console/{name}")
     async def asset(name: str, request: Request) -> Response:
+        if name == CATALOGUE:
+            return live.asset().response(request)
         found = files.get(name)
         if found is None or name == "index.html":
             raise Problem(404, f"the console has no file {name!r}; open / for the console")

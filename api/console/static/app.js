@@ -1,10 +1,12 @@
 // The console: sign-in, the page frame, routing (#/, #/device/{id}, #/workorders) and the
 // state every view draws from — devices, open alerts, the overview — kept current by the
-// live stream, never by polling.
+// live stream, never by polling; the reference data (names of kinds, metrics, districts)
+// is looked at again every minute and when something unknown turns up.
 
 import { OPEN_STATES } from "./alerts.js";
 import { Api } from "./api.js";
 import { BoardView } from "./board.js";
+import { Catalogue } from "./catalogue.js";
 import { DeviceView } from "./device.js";
 import { h, replace } from "./dom.js";
 import { I18n } from "./i18n.js";
@@ -47,6 +49,10 @@ class Console {
       this.main,
     );
     this.i18n.onChange(() => this.render());
+    catalogue.onChange(() => {
+      this.view?.catalogueChanged?.();
+      this.render();
+    });
     window.addEventListener("hashchange", () => this.route());
   }
 
@@ -106,7 +112,7 @@ class Console {
 
   /** Everything the views show, fetched afresh (at sign-in, and after the stream was away). */
   async reload() {
-    await Promise.all([this.loadDevices(), this.loadAlerts(), this.loadOverview()]);
+    await Promise.all([this.loadDevices(), this.loadAlerts(), this.loadOverview(), this.catalogue.refresh()]);
   }
 
   async loadDevices() {
@@ -237,8 +243,8 @@ class Console {
   render() {
     const t = (key, params) => this.i18n.t(key, params);
     document.documentElement.lang = this.i18n.lang === "zh" ? "zh-CN" : "en";
-    document.title = t("app.title");
-    this.brand.textContent = t("app.title");
+    document.title = this.i18n.appTitle();
+    this.brand.textContent = this.i18n.appTitle();
     this.langButton.textContent = t("lang.switch");
     this.langButton.title = t("lang.switch.title");
     this.signOutButton.textContent = t("nav.signout");
@@ -289,12 +295,9 @@ class Console {
 
 async function main() {
   const root = document.getElementById("app");
-  let catalogue = { kinds: {}, districts: {} };
-  try {
-    catalogue = await (await fetch("/console/catalogue.json")).json();
-  } catch {
-    // names fall back to ids
-  }
+  const catalogue = new Catalogue();
+  await catalogue.load(); // on failure names fall back to ids until the next look
+  catalogue.start();
   await new Console(root, catalogue, window.localStorage).boot();
 }
 

@@ -1,5 +1,6 @@
 // One device: what the registry knows, its latest values, its open alerts and charts of its
-// recent readings, kept live by the stream's `reading` events.
+// recent readings, kept live by the stream's `reading` events. Metrics and attributes are
+// shown by their titles (with units) from the reference data, in the model's order.
 
 import { AlertList } from "./alerts.js";
 import { h } from "./dom.js";
@@ -35,10 +36,31 @@ export class DeviceView {
       this.render();
       return;
     }
-    const kind = this.app.catalogue.kinds[this.device.kind];
-    this.charts = new Map(kind.metrics.map((m) => [m.name, new SeriesChart(m, this.app.i18n)]));
+    this.buildCharts();
     this.render();
     await this.loadSeries();
+  }
+
+  /** The metrics charted: the kind's, in its order; while the kind is unknown, those reported. */
+  metricNames() {
+    const kind = this.app.catalogue.kind(this.device.kind);
+    const names = kind ? kind.metrics.map((m) => m.name) : [];
+    for (const name of Object.keys(this.latest?.metrics ?? {})) if (!names.includes(name)) names.push(name);
+    return names;
+  }
+
+  /** One chart per metric, kept when the metric was charted already. */
+  buildCharts() {
+    const old = this.charts;
+    this.charts = new Map(
+      this.metricNames().map((name) => [name, old.get(name) ?? new SeriesChart(this.device.kind, name, this.app.i18n)]),
+    );
+    return this.charts.size !== old.size || [...this.charts.keys()].some((name) => !old.has(name));
+  }
+
+  /** The reference data changed (a kind was added or changed): new metrics get their charts. */
+  catalogueChanged() {
+    if (this.device && this.buildCharts()) this.loadSeries();
   }
 
   async loadSeries() {
@@ -69,7 +91,9 @@ export class DeviceView {
     if (reading.device_id !== this.id || !this.latest) return;
     for (const [name, value] of Object.entries(reading.metrics)) {
       this.latest.metrics[name] = { value, ts: reading.ts };
-      this.charts.get(name)?.add(reading.ts_ms, value);
+      const chart = this.charts.get(name);
+      if (chart) chart.add(reading.ts_ms, value);
+      else this.app.catalogue.metric(this.device.kind, name); // unknown here: look again
     }
     this.latest.ts = reading.ts;
     this.renderLatest();
@@ -93,7 +117,7 @@ export class DeviceView {
     }
     const d = this.device;
     const state = this.app.alertingDevices().has(d.id) ? "alerting" : d.status;
-    const fact = (label, value) => h("div", {}, h("dt", {}, t(label)), h("dd", {}, value));
+    const fact = (label, value, attribute) => h("div", { dataset: attribute ? { attribute } : null }, h("dt", {}, label), h("dd", {}, value));
     this.latestEl = h("div", { class: "latest" });
     this.el.replaceChildren(
       back,
@@ -104,12 +128,13 @@ export class DeviceView {
         h(
           "dl",
           { class: "facts" },
-          fact("device.kind", i18n.kind(d.kind)),
-          fact("device.district", i18n.district(d.district)),
-          fact("device.vendor", d.vendor),
-          fact("device.address", d.address || t("kpi.none")),
-          fact("device.last_seen", i18n.time(d.last_seen)),
-          fact("device.battery", d.battery_pct === null ? t("kpi.none") : `${i18n.number(d.battery_pct, 0)}%`),
+          fact(t("device.kind"), i18n.kind(d.kind)),
+          fact(t("device.district"), i18n.district(d.district)),
+          fact(t("device.vendor"), d.vendor),
+          fact(t("device.address"), d.address || t("kpi.none")),
+          fact(t("device.last_seen"), i18n.time(d.last_seen)),
+          fact(t("device.battery"), d.battery_pct === null ? t("kpi.none") : `${i18n.number(d.battery_pct, 0)}%`),
+          this.attributeNames().map((name) => fact(i18n.attribute(d.kind, name), attributeValue(i18n, d.attributes[name]), name)),
         ),
       ),
       h("section", { class: "panel" }, h("div", { class: "panel-head" }, h("h2", {}, t("device.latest")), h("span", { class: "live-dot" }, t("device.live"))), this.latestEl),
@@ -146,22 +171,32 @@ export class DeviceView {
     this.alertsChanged();
   }
 
+  /** The device's registry attributes: the kind's in its order, then any other it carries. */
+  attributeNames() {
+    const carried = Object.keys(this.device?.attributes ?? {});
+    const kind = this.app.catalogue.kind(this.device?.kind);
+    const names = (kind?.attributes ?? []).map((a) => a.name).filter((name) => carried.includes(name));
+    return [...names, ...carried.filter((name) => !names.includes(name))];
+  }
+
   renderLatest() {
     if (!this.latestEl) return;
-    const { i18n } = this.app;
-    const metrics = Object.entries(this.latest?.metrics ?? {});
-    if (!metrics.length) {
+    const { i18n, catalogue } = this.app;
+    const latest = this.latest?.metrics ?? {};
+    const names = this.metricNames().filter((name) => name in latest);
+    if (!names.length) {
       this.latestEl.replaceChildren(h("p", { class: "hint" }, i18n.t("device.latest.none")));
       return;
     }
+    const kind = this.device.kind;
     this.latestEl.replaceChildren(
-      ...metrics.map(([name, { value, ts }]) => {
-        const chart = this.charts.get(name);
+      ...names.map((name) => {
+        const { value, ts } = latest[name];
         return h(
           "div",
           { class: "reading", dataset: { metric: name } },
-          h("span", { class: "reading-name" }, name),
-          h("span", { class: "reading-value" }, chart ? chart.format(value) : String(value)),
+          h("span", { class: "reading-name" }, i18n.metric(kind, name)),
+          h("span", { class: "reading-value" }, i18n.value(catalogue.metric(kind, name), value)),
           h("time", { datetime: ts }, i18n.time(ts, { seconds: true })),
         );
       }),
@@ -174,4 +209,9 @@ export class DeviceView {
     this.render();
     this.loadSeries();
   }
+}
+
+function attributeValue(i18n, value) {
+  if (value === null || value === undefined || value === "") return i18n.t("kpi.none");
+  return typeof value === "number" ? i18n.number(value, 2) : String(value);
 }

@@ -1,9 +1,11 @@
 // Every label of the console, in Chinese (the default) and English: one dictionary.
-// Kind and district names come from /console/catalogue.json (the platform's catalogue).
+// The names of kinds, metrics, attributes, districts and the city come from the platform's
+// reference data (catalogue.js): shown by their titles, a raw name only while unknown.
 
 export const LABELS = Object.freeze({
   zh: {
-    "app.title": "驻马店城市物联网 · 运营控制台",
+    "app.title": "城市物联网 · 运营控制台",
+    "app.title.city": "{city}物联网 · 运营控制台",
     "app.short": "城市物联网",
     "nav.overview": "总览",
     "nav.workorders": "工单",
@@ -58,6 +60,9 @@ export const LABELS = Object.freeze({
     "map.count": "{n} 台设备",
     "map.hint": "点击设备查看详情",
     "map.empty": "没有可显示的设备。",
+    "map.kinds": "全部类型",
+    "map.kind": "设备类型",
+    "map.kind.count": "{kind}（{n}）",
     "device.back": "← 返回总览",
     "device.kind": "类型",
     "device.district": "区县",
@@ -98,7 +103,8 @@ export const LABELS = Object.freeze({
     "bool.false": "否",
   },
   en: {
-    "app.title": "Zhumadian City IoT · Operations Console",
+    "app.title": "City IoT · Operations Console",
+    "app.title.city": "{city} City IoT · Operations Console",
     "app.short": "City IoT",
     "nav.overview": "Overview",
     "nav.workorders": "Work orders",
@@ -153,6 +159,9 @@ export const LABELS = Object.freeze({
     "map.count": "{n} devices",
     "map.hint": "Click a device for its page",
     "map.empty": "No devices to show.",
+    "map.kinds": "All kinds",
+    "map.kind": "Device kind",
+    "map.kind.count": "{kind} ({n})",
     "device.back": "← Back to the overview",
     "device.kind": "Kind",
     "device.district": "District",
@@ -196,9 +205,10 @@ export const LABELS = Object.freeze({
 
 export const LANGUAGES = Object.keys(LABELS);
 const STORAGE_KEY = "cityiot.lang";
+const TIGHT_UNITS = new Set(["°", "%"]);
 
 export class I18n {
-  /** `catalogue`: /console/catalogue.json (kind and district names in both languages). */
+  /** `catalogue`: the platform's reference data (catalogue.js), names in both languages. */
   constructor(storage, catalogue) {
     this.storage = storage;
     this.catalogue = catalogue;
@@ -213,13 +223,45 @@ export class I18n {
     return text.replace(/\{(\w+)\}/g, (_, name) => (name in params ? String(params[name]) : `{${name}}`));
   }
 
+  /** A {zh, en} title in this language (the other one when this one is missing). */
+  title(titles) {
+    return titles?.[this.lang] || titles?.zh || titles?.en || "";
+  }
+
+  /** The console's title, with the city's name once it is known. */
+  appTitle() {
+    const city = this.title(this.catalogue.city?.name);
+    return city ? this.t("app.title.city", { city }) : this.t("app.title");
+  }
+
+  /** A kind's title (English capitalised, as a heading); its id while unknown. */
   kind(id) {
-    const name = this.catalogue.kinds[id]?.[this.lang] ?? id;
+    const name = this.title(this.catalogue.kind(id)?.title) || String(id ?? "");
     return this.lang === "en" ? name.charAt(0).toUpperCase() + name.slice(1) : name;
   }
 
   district(id) {
-    return this.catalogue.districts[id]?.[this.lang] ?? id;
+    return this.title(this.catalogue.district(id)) || String(id ?? "");
+  }
+
+  /** A metric's title with its unit, as screens show it: 倾角 (°), tilt (°); its name while unknown. */
+  metric(kindId, name) {
+    return metricLabel(this.catalogue.metric(kindId, name), this.lang) ?? name;
+  }
+
+  /** A registry attribute's title; its name while unknown. */
+  attribute(kindId, name) {
+    return this.title(this.catalogue.attribute(kindId, name)?.title) || name;
+  }
+
+  /** A metric's value: flags as 是/否 (yes/no), enum values as they are, numbers with the unit. */
+  value(metric, v) {
+    if (typeof v === "boolean" || metric?.type === "bool") return this.t(v ? "bool.true" : "bool.false");
+    if (typeof v !== "number") return String(v);
+    const unit = metric?.unit ?? "";
+    // Degrees and percent follow the number closely (42.5°, 95%); other units after a space.
+    const gap = unit && !TIGHT_UNITS.has(unit) ? " " : "";
+    return `${this.number(v, 2)}${gap}${unit}`;
   }
 
   /** The server's "中文 / English" one-liner as [this language's part, the other part]. */
@@ -231,17 +273,23 @@ export class I18n {
     return this.lang === "zh" ? [zh, en] : [en, zh];
   }
 
+  /** The city's time zone (the browser's own until the reference data is in). */
+  get zone() {
+    return this.catalogue.city?.timezone || undefined;
+  }
+
   get locale() {
     return this.lang === "zh" ? "zh-CN" : "en-GB";
   }
 
-  /** An RFC 3339 time shown in Zhumadian's time (short: time of day only when today). */
+  /** An RFC 3339 time shown in the city's time (short: time of day only when today). */
   time(value, { seconds = false } = {}) {
     if (!value) return this.t("kpi.none");
     const when = new Date(value);
     if (Number.isNaN(when.getTime())) return String(value);
-    const day = (d) => d.toLocaleDateString("en-CA", { timeZone: "Asia/Shanghai" });
-    const options = { timeZone: "Asia/Shanghai", hour: "2-digit", minute: "2-digit", hourCycle: "h23" };
+    const timeZone = this.zone;
+    const day = (d) => d.toLocaleDateString("en-CA", { timeZone });
+    const options = { timeZone, hour: "2-digit", minute: "2-digit", hourCycle: "h23" };
     if (seconds) options.second = "2-digit";
     if (day(when) !== day(new Date())) Object.assign(options, { month: "2-digit", day: "2-digit" });
     return when.toLocaleString(this.locale, options);
@@ -270,4 +318,11 @@ export class I18n {
   onChange(listener) {
     this.listeners.add(listener);
   }
+}
+
+/** A metric's title in `lang` with its unit (倾角 (°)), or null for an unknown metric. */
+export function metricLabel(metric, lang) {
+  if (!metric) return null;
+  const title = metric.title?.[lang] || metric.title?.zh || metric.name;
+  return metric.unit ? `${title} (${metric.unit})` : title;
 }

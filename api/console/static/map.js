@@ -1,6 +1,7 @@
 // The city map: every device at its lat/lon on a canvas, coloured by state, district names at
-// the centroid of their devices. No tiles: the map needs no outside server, and a canvas
-// draws a city's hundred thousand points where one SVG node per device would not.
+// the centroid of their devices, a filter by kind (titles and counts). No tiles: the map needs
+// no outside server, and a canvas draws a city's hundred thousand points where one SVG node
+// per device would not.
 
 import { h } from "./dom.js";
 
@@ -10,8 +11,9 @@ const GRID_STEPS = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2];
 const PAD = 28; // px around the devices
 const HIT_PX = 9;
 
-/** The projection of lat/lon into a w×h box: equirectangular, lon scaled by cos(lat). */
-export function projection(devices, width, height) {
+/** The projection of lat/lon into a w×h box: equirectangular, lon scaled by cos(lat). With no
+ * device, the box around `center` ([lat, lon], the city's centre). */
+export function projection(devices, width, height, center = [0, 0]) {
   let [w, e, s, n] = [Infinity, -Infinity, Infinity, -Infinity];
   for (const d of devices) {
     w = Math.min(w, d.lon);
@@ -19,7 +21,7 @@ export function projection(devices, width, height) {
     s = Math.min(s, d.lat);
     n = Math.max(n, d.lat);
   }
-  if (!Number.isFinite(w)) [w, e, s, n] = [113.6, 114.6, 32.8, 33.3]; // Zhumadian
+  if (!Number.isFinite(w)) [w, e, s, n] = [center[1] - 0.5, center[1] + 0.5, center[0] - 0.25, center[0] + 0.25];
   const span = Math.max(e - w, n - s, 0.01);
   const cx = (w + e) / 2;
   const cy = (s + n) / 2;
@@ -40,7 +42,13 @@ export class CityMap {
   constructor({ i18n, onOpen }) {
     this.i18n = i18n;
     this.onOpen = onOpen;
-    this.devices = [];
+    this.all = []; // every device with a position
+    this.devices = []; // those of the chosen kind
+    this.kind = ""; // "": every kind
+    this.kindOptions = "";
+    this.kindSelect = h("select", { class: "kind-select", on: { change: (e) => this.chooseKind(e.currentTarget.value) } });
+    this.kindLabel = h("span", {});
+    this.filter = h("label", { class: "kind-filter" }, this.kindLabel, this.kindSelect);
     this.alerting = new Map(); // device id → severity of its worst open alert
     this.points = [];
     this.canvas = h("canvas", { class: "map-canvas", role: "img" });
@@ -58,8 +66,37 @@ export class CityMap {
   }
 
   setDevices(devices) {
-    this.devices = devices.filter((d) => Number.isFinite(d.lat) && Number.isFinite(d.lon));
+    this.all = devices.filter((d) => Number.isFinite(d.lat) && Number.isFinite(d.lon));
+    this.filterDevices();
+  }
+
+  chooseKind(kind) {
+    this.kind = kind;
+    this.filterDevices();
+  }
+
+  filterDevices() {
+    this.devices = this.kind ? this.all.filter((d) => d.kind === this.kind) : this.all;
+    this.el.dataset.kind = this.kind;
     this.schedule();
+  }
+
+  /** The kind filter's choices: every kind on the map by its title and count, in the model's order. */
+  renderKinds() {
+    const counts = new Map();
+    for (const d of this.all) counts.set(d.kind, (counts.get(d.kind) ?? 0) + 1);
+    if (this.kind && !counts.has(this.kind)) counts.set(this.kind, 0);
+    const order = this.i18n.catalogue.kindIds();
+    const rank = (kind) => (order.includes(kind) ? order.indexOf(kind) : order.length);
+    const kinds = [...counts.keys()].sort((a, b) => rank(a) - rank(b) || (a < b ? -1 : 1));
+    const t = this.i18n;
+    const options = [["", t.t("map.kinds")], ...kinds.map((kind) => [kind, t.t("map.kind.count", { kind: t.kind(kind), n: counts.get(kind) })])];
+    this.kindLabel.textContent = t.t("map.kind");
+    const key = JSON.stringify(options);
+    if (key === this.kindOptions) return; // unchanged: an open list stays open
+    this.kindOptions = key;
+    this.kindSelect.replaceChildren(...options.map(([value, label]) => h("option", { value }, label)));
+    this.kindSelect.value = this.kind;
   }
 
   setAlerting(alerting) {
@@ -92,7 +129,7 @@ export class CityMap {
     ctx.fillStyle = colour("map-bg");
     ctx.fillRect(0, 0, width, height);
 
-    const project = projection(this.devices, width, height);
+    const project = projection(this.devices, width, height, this.i18n.catalogue.city?.center);
     this.grid(ctx, project, width, height, colour("map-grid"), colour("map-label"));
 
     const byState = Object.fromEntries(STATES.map((state) => [state, []]));
@@ -127,6 +164,7 @@ export class CityMap {
     const counts = Object.fromEntries(STATES.map((state) => [state, byState[state].length]));
     Object.assign(this.el.dataset, { drawn: String(n), ...mapCounts(counts) });
     this.canvas.setAttribute("aria-label", `${this.i18n.t("map.title")}: ${this.i18n.t("map.count", { n })}`);
+    this.renderKinds();
     this.legend.replaceChildren(
       ...STATES.map((state) =>
         h(

@@ -21,7 +21,7 @@ export class OverviewView {
       h(
         "div",
         { class: "overview-main" },
-        h("section", { class: "panel map-panel" }, h("div", { class: "panel-head" }, this.mapTitle, this.mapHint), this.map.el, this.map.legend),
+        h("section", { class: "panel map-panel" }, h("div", { class: "panel-head" }, this.mapTitle, this.map.filter, this.mapHint), this.map.el, this.map.legend),
         h("section", { class: "panel alerts-panel" }, h("div", { class: "panel-head" }, this.alertsTitle), this.alerts.el),
       ),
     );

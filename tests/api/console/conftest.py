@@ -26,6 +26,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from cityiot.api.keys import create_key
+from cityiot.domain.catalogue import MODEL
 from cityiot.domain.settings import Settings
 from cityiot.platform.local_services import LocalBroker, LocalInflux, free_port
 from cityiot.platform.wiring import platform as start_platform
@@ -84,7 +85,9 @@ class ConsolePlatform:
     def alerting_manhole(self) -> SimDevice:
         """The manhole (JSON vendor, with history) whose cover the tests open."""
         return next(
-            d for d in self.reporting if d.kind == "manhole" and d.codec == "json" and d.depth_cm
+            d
+            for d in self.reporting
+            if d.kind == "manhole" and d.codec == "json" and d.attribute("depth_cm")
         )
 
     @property
@@ -174,6 +177,8 @@ async def platform(
             finally:
                 await running.stop()
     finally:
+        # Kinds a test added while the platform ran leave with it (the model is the process's).
+        MODEL.use(settings)
         publisher.loop_stop()
         publisher.disconnect()
         await engine.dispose()
