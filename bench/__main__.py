@@ -16,7 +16,7 @@ err = Console(stderr=True)
 
 
 def bench(
-    devices: Annotated[int, typer.Option(help="Fleet size (all five kinds).")] = 100_000,
+    devices: Annotated[int, typer.Option(help="Fleet size (every kind in force).")] = 100_000,
     messages: Annotated[int, typer.Option(help="Backlog each system drains.")] = 500_000,
     systems: Annotated[
         str,

@@ -17,23 +17,19 @@ from dataclasses import dataclass
 
 import orjson
 
+from cityiot.domain.catalogue import KINDS
 from cityiot.simulators.behaviour import new_state, reading
 from cityiot.simulators.fleet import DEFAULT_VENDORS, Fleet, SimDevice
 
-# A field every reading of the kind carries: counting it counts the kind's points.
-COUNT_FIELD = {
-    "manhole": "battery_pct",
-    "streetlight": "power_on",
-    "hydrant": "battery_pct",
-    "water": "battery_pct",
-    "parking": "battery_pct",
-}
+# A field every reading of the kind carries (the simulator sends every metric): counting it
+# counts the kind's points.
+COUNT_FIELD = {kind: spec.metrics[0].name for kind, spec in KINDS.items()}
 # Messages of one device are this far apart in event time.
 STEP_MS = 1000
 
 
 def bench_fleet(devices: int, seed: int = 7) -> Fleet:
-    """``devices`` devices of all five kinds from the JSON-speaking vendors only (the peer
+    """``devices`` devices of every kind from the JSON-speaking vendors only (the peer
     and the baseline parse JSON; a hex-frame vendor would not be the same load)."""
     return Fleet.generate(devices, seed, vendors=[v for v in DEFAULT_VENDORS if v.codec == "json"])
 

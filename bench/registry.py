@@ -38,7 +38,7 @@ def bench_device(device_id: str) -> SimDevice:
         address="驻马店市驿城区基准测试路 1 号",
         install_date=dt.date(2025, 1, 1),
         report_interval_s=300,
-        depth_cm=200.0,
+        attribute_values=(("depth_cm", 200.0),),
     )
 
 

@@ -74,7 +74,7 @@ class StoredCounter:
         return counts
 
     def exact(self) -> int:
-        """Every point of the five kinds in the system's database."""
+        """Every point of every kind in the system's database."""
         return sum(self._query(self._exact)) - self._before
 
     def cheap(self) -> tuple[int, int]:

@@ -1,27 +1,42 @@
-"""A simulated device fleet for Zhumadian: devices, their behaviour, incidents, publishing.
+"""A simulated device fleet of the city: devices of every kind in force, their behaviour,
+incidents, commands, publishing.
 
     fleet = Fleet.generate(2000, seed=1)
     fleet.write_csv("fleet.csv")                     # the registry, for `cityiot devices import`
-    await run_simulation("127.0.0.1", 1883, fleet, rate=500, incidents=["cover_open:2"])
+    await run_simulation("127.0.0.1", 1883, fleet, rate=500, incidents=["rainstorm:1"])
 
 ``iter_messages`` gives the same messages without a broker, for tests and benchmarks.
 """
 
 from cityiot.domain.sun import is_dark, sun_times
-from cityiot.simulators.behaviour import DeviceState, Metrics, new_state, reading
+from cityiot.simulators.behaviour import (
+    BEHAVIOURS,
+    Behaviour,
+    DeviceState,
+    Metrics,
+    behaviour_of,
+    new_state,
+    normal_band,
+    reading,
+)
+from cityiot.simulators.commands import ACTUATIONS, obey
 from cityiot.simulators.fleet import (
-    CSV_COLUMNS,
-    DEFAULT_MIX,
     DEFAULT_VENDORS,
     Fleet,
     SimDevice,
     SimVendor,
+    codec_carries,
+    csv_columns,
+    default_mix,
+    default_supply,
 )
 from cityiot.simulators.incidents import (
     FRAME_MALFORMED_LABELS,
     INCIDENT_KINDS,
     MALFORMED_LABELS,
+    SCENARIOS,
     Incident,
+    Scenario,
     parse_incident,
     plan_incident,
 )
@@ -38,28 +53,38 @@ from cityiot.simulators.messages import (
 from cityiot.simulators.publisher import SimulationCounters, run_simulation
 
 __all__ = [
-    "CSV_COLUMNS",
-    "DEFAULT_MIX",
+    "ACTUATIONS",
+    "BEHAVIOURS",
     "DEFAULT_VENDORS",
     "FRAME_MALFORMED_LABELS",
     "INCIDENT_KINDS",
     "MALFORMED_LABELS",
     "OK",
+    "SCENARIOS",
+    "Behaviour",
     "DeviceState",
     "Fleet",
     "Incident",
     "MessageStream",
     "Metrics",
     "Report",
+    "Scenario",
     "SimDevice",
     "SimMessage",
     "SimVendor",
     "SimulationCounters",
+    "behaviour_of",
     "cadence_ms",
+    "codec_carries",
+    "csv_columns",
+    "default_mix",
+    "default_supply",
     "is_dark",
     "iter_messages",
     "iter_reports",
     "new_state",
+    "normal_band",
+    "obey",
     "parse_incident",
     "plan_incident",
     "reading",

@@ -1,4 +1,4 @@
-"""How each kind of device behaves: its readings over the day, the seasons and its life.
+"""How devices behave: their readings over the day, the seasons and their life.
 
 ``reading(device, ts_ms, state, rng)`` gives one full set of a device's metrics at event
 time ``ts_ms``. It depends only on its arguments: the device, the time, the device's own
@@ -7,8 +7,16 @@ cars come and go) and the random generator. The same device, times and generator
 give the same readings. Normal behaviour stays clear of every alert threshold of the
 default rule catalogue; incidents (``cityiot.simulators.incidents``) are what trips them.
 
-Time of day is Zhumadian's (Asia/Shanghai, UTC+8, no daylight saving time); daylight
-follows the sun at the device's own latitude and longitude.
+A kind's behaviour is chosen by the metrics it has, never by its id: a kind with
+``power_on`` and ``lux`` burns like a streetlight, one with ``occupied`` fills like a parking
+space (:data:`BEHAVIOURS`). Every metric a behaviour does not give follows the generic one,
+from the kind's model alone: a float wanders inside its normal band (:func:`normal_band`),
+a flag stays false, an enum keeps its first value, a battery drains and a radio signal
+jitters. So a kind an operator adds gets plausible readings with no code. Flags and enums a
+command set (``cityiot.simulators.commands``) hold until another command changes them.
+
+Time of day is the city's (its time zone); daylight follows the sun at the device's own
+latitude and longitude.
 """
 
 from __future__ import annotations
@@ -16,18 +24,20 @@ from __future__ import annotations
 import datetime as dt
 import math
 import random
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
+from cityiot.domain.catalogue import KINDS, Kind, Metric
 from cityiot.domain.sun import (
-    utc_offset_s,
     local_date,
     local_hour,
     solar_elevation_deg,
+    utc_offset_s,
 )
 from cityiot.simulators.fleet import SimDevice
 
-Metrics = dict[str, float | bool]
+Value = float | bool | str
+Metrics = dict[str, Value]
 
 
 # Water demand by hour of day, as a share of the daily mean: night minimum at 2–5 am,
@@ -43,6 +53,10 @@ _PARKING_OCCUPANCY = (
 )  # fmt: skip
 _PARKING_RECHECK_MS = 45 * 60_000  # a free space's arrival rate is re-read this often
 _MINUTE_MS = 60_000
+# A generic float moves this share of its normal band per reading, at most.
+_WALK_STEP = 0.05
+# Fresh air (GB 50838-2015 §7.5 alarms below 19.5 %).
+_AIR_O2_PCT = 20.9
 
 
 @dataclass(slots=True)
@@ -59,14 +73,14 @@ class DeviceState:
     battery_pct: float = 100.0
     battery_drain_per_day: float = 0.04
     rssi_base_dbm: float = -90.0
-    # streetlight
+    # lamps
     rated_w: float = 120.0
     switch_elevation_deg: float = -1.0
     energy_kwh: float = 0.0
     leakage_base_ma: float = 1.0
     sky_day: int = -1
     sky_clearness: float = 1.0
-    # water and hydrant
+    # water mains and hydrants
     pressure_base_mpa: float = 0.3
     flow_base_m3h: float = 10.0
     volume_m3: float = 0.0
@@ -74,14 +88,63 @@ class DeviceState:
     turbidity_base_ntu: float = 0.2
     chlorine_base_mgl: float = 0.5
     temperature_offset_c: float = 0.0
-    # manhole and hydrant
+    # shafts and bodies that tilt; gas in shafts and tunnels
     tilt_base_deg: float = 0.5
     water_share: float = 0.1
     gas_base_ppm: float = 5.0
-    # parking
+    gas_base_lel_pct: float = 0.5
+    # parking spaces
     occupied: bool = False
     next_change_ms: int | None = None
     recheck: bool = False
+    # drains, gas pipes, tunnel compartments
+    fill_base_pct: float = 28.0
+    velocity_base_ms: float = 0.8
+    design_kpa: float = 200.0
+    humidity_base_pct: float = 65.0
+    sump_base_cm: float = 15.0
+    # the generic behaviour's floats, by metric
+    walk: dict[str, float] = field(default_factory=dict)
+    # flags and enums set by commands (metric → value), until another command changes them
+    actuators: dict[str, Value] = field(default_factory=dict)
+    kind: Kind | None = None  # the kind version the behaviour was chosen for
+    behaviour: Behaviour | None = None
+
+
+_Start = Callable[[SimDevice, DeviceState, random.Random, int], None]
+_Step = Callable[[SimDevice, int, float, DeviceState, random.Random], Metrics]
+
+
+@dataclass(frozen=True, slots=True)
+class Behaviour:
+    """How devices of a kind that has all of ``needs`` behave.
+
+    ``start(device, state, rng, age_days)`` gives a new device its character; ``step``
+    gives the metrics it knows at a time (the kind's other metrics are generic).
+    """
+
+    name: str
+    needs: frozenset[str]
+    start: _Start
+    step: _Step
+
+
+def behaviour_of(kind: Kind) -> Behaviour | None:
+    """The first of :data:`BEHAVIOURS` whose metrics the kind has; None: all generic."""
+    names = {m.name for m in kind.metrics}
+    return next((b for b in BEHAVIOURS if b.needs <= names), None)
+
+
+def normal_band(metric: Metric) -> tuple[float, float]:
+    """Where a float wanders in normal operation, well inside its physical range: the
+    lower fifth to two fifths of it; for a signed quantity (flow, velocity: the range spans
+    zero), a small forward value."""
+    low = metric.low if metric.low is not None else 0.0
+    high = metric.high if metric.high is not None else 100.0
+    if low < 0 < high:
+        return 0.05 * high, 0.2 * high
+    span = high - low
+    return low + 0.2 * span, low + 0.4 * span
 
 
 def new_state(device: SimDevice, report_every_ms: float = 60_000.0) -> DeviceState:
@@ -100,24 +163,12 @@ def new_state(device: SimDevice, report_every_ms: float = 60_000.0) -> DeviceSta
         rssi_base_dbm=rng.uniform(-108.0, -72.0),
         tilt_base_deg=rng.uniform(0.1, 1.5),
     )
-    if device.kind == "streetlight":
-        state.rated_w = float(rng.randrange(100, 151, 10))
-        state.switch_elevation_deg = rng.uniform(-2.0, -0.5)
-        state.energy_kwh = age_days * state.rated_w * 11.5 / 1000 * rng.uniform(0.9, 1.1)
-        state.leakage_base_ma = rng.uniform(0.5, 3.0)
-    elif device.kind == "water":
-        state.pressure_base_mpa = rng.uniform(0.29, 0.34)
-        state.flow_base_m3h = rng.uniform(5.0, 80.0)
-        state.volume_m3 = age_days * 24 * state.flow_base_m3h * rng.uniform(0.85, 0.95)
-        state.ph_base = rng.uniform(7.2, 7.8)
-        state.turbidity_base_ntu = rng.uniform(0.08, 0.3)
-        state.chlorine_base_mgl = rng.uniform(0.4, 0.7)
-    elif device.kind == "hydrant":
-        state.pressure_base_mpa = rng.uniform(0.28, 0.33)
-        state.temperature_offset_c = rng.uniform(-1.0, 1.0)
-    elif device.kind == "manhole":
-        state.water_share = rng.uniform(0.03, 0.25)
-        state.gas_base_ppm = rng.uniform(0.0, 20.0)
+    kind = KINDS.get(device.kind)
+    if kind is not None:
+        state.kind = kind
+        state.behaviour = behaviour_of(kind)
+        if state.behaviour is not None:
+            state.behaviour.start(device, state, rng, age_days)
     return state
 
 
@@ -127,9 +178,48 @@ def reading(device: SimDevice, ts_ms: int, state: DeviceState, rng: random.Rando
     state.battery_pct = max(
         0.0, state.battery_pct - state.battery_drain_per_day * elapsed_s / 86400
     )
-    metrics = _BEHAVIOURS[device.kind](device, ts_ms, elapsed_s, state, rng)
+    kind = KINDS[device.kind]
+    if state.kind is not kind:  # the kind changed while running: its behaviour may too
+        state.kind = kind
+        state.behaviour = behaviour_of(kind)
+    behaviour = state.behaviour
+    known = behaviour.step(device, ts_ms, elapsed_s, state, rng) if behaviour else {}
+    metrics: Metrics = {}
+    for metric in kind.metrics:
+        value = known.get(metric.name)
+        metrics[metric.name] = value if value is not None else _generic(metric, state, rng)
+    for name, value in state.actuators.items():
+        if name in metrics:
+            metrics[name] = value
     state.last_ts_ms = ts_ms
     return metrics
+
+
+def _generic(metric: Metric, state: DeviceState, rng: random.Random) -> Value:
+    """A metric's value from its model alone."""
+    if metric.type == "bool":
+        return False
+    if metric.type == "enum":
+        return metric.values[0]
+    low = metric.low if metric.low is not None else -math.inf
+    high = metric.high if metric.high is not None else math.inf
+    if metric.unit == "%" and "battery" in metric.name:
+        return round(_clamp(state.battery_pct, low, high), 1)
+    if metric.unit == "dBm":
+        return round(_clamp(state.rssi_base_dbm + rng.gauss(0, 2.5), low, high), 1)
+    band_low, band_high = normal_band(metric)
+    value = state.walk.get(metric.name)
+    if value is None:
+        value = rng.uniform(band_low, band_high)
+    else:  # a bounded random walk, reflected at the band's edges
+        value += rng.uniform(-_WALK_STEP, _WALK_STEP) * (band_high - band_low)
+        if value < band_low:
+            value = 2 * band_low - value
+        elif value > band_high:
+            value = 2 * band_high - value
+        value = _clamp(value, band_low, band_high)
+    state.walk[metric.name] = value
+    return round(value, 3)
 
 
 def _by_hour(table: tuple[float, ...], hour: float) -> float:
@@ -139,10 +229,15 @@ def _by_hour(table: tuple[float, ...], hour: float) -> float:
     return table[i] * (1 - frac) + table[(i + 1) % 24] * frac
 
 
+def _season(ts_ms: int) -> float:
+    """-1 in mid-January to +1 in mid-July."""
+    doy = local_date(ts_ms).timetuple().tm_yday
+    return -math.cos(2 * math.pi * (doy - 20) / 365)
+
+
 def _air_temperature_c(ts_ms: int) -> float:
     """Zhumadian's typical air temperature: about 2 °C in January, 27 °C in July."""
-    doy = local_date(ts_ms).timetuple().tm_yday
-    season = 14.6 - 12.9 * math.cos(2 * math.pi * (doy - 20) / 365)
+    season = 14.6 + 12.9 * _season(ts_ms)
     return season + 4.5 * math.cos(2 * math.pi * (local_hour(ts_ms) - 14.5) / 24)
 
 
@@ -157,10 +252,21 @@ def _battery_and_signal(state: DeviceState, rng: random.Random) -> Metrics:
     }
 
 
-# --- kinds -----------------------------------------------------------------------------
+def _no_character(device: SimDevice, state: DeviceState, rng: random.Random, age: int) -> None:
+    """A behaviour whose devices differ only in the common character (battery, radio)."""
 
 
-def _streetlight(
+# --- lamps (power_on, lux) ---------------------------------------------------------------
+
+
+def _lamp_start(device: SimDevice, state: DeviceState, rng: random.Random, age_days: int) -> None:
+    state.rated_w = float(rng.randrange(100, 151, 10))
+    state.switch_elevation_deg = rng.uniform(-2.0, -0.5)
+    state.energy_kwh = age_days * state.rated_w * 11.5 / 1000 * rng.uniform(0.9, 1.1)
+    state.leakage_base_ma = rng.uniform(0.5, 3.0)
+
+
+def _lamp(
     device: SimDevice, ts_ms: int, elapsed_s: float, state: DeviceState, rng: random.Random
 ) -> Metrics:
     elevation = solar_elevation_deg(ts_ms, device.lat, device.lon)
@@ -204,7 +310,19 @@ def _ambient_lux(elevation_deg: float, clearness: float) -> float:
     return 400.5 + 110_000 * math.sin(math.radians(elevation_deg)) * clearness
 
 
-def _water(
+# --- water mains (volume_m3, ph) ---------------------------------------------------------
+
+
+def _main_start(device: SimDevice, state: DeviceState, rng: random.Random, age_days: int) -> None:
+    state.pressure_base_mpa = rng.uniform(0.29, 0.34)
+    state.flow_base_m3h = rng.uniform(5.0, 80.0)
+    state.volume_m3 = age_days * 24 * state.flow_base_m3h * rng.uniform(0.85, 0.95)
+    state.ph_base = rng.uniform(7.2, 7.8)
+    state.turbidity_base_ntu = rng.uniform(0.08, 0.3)
+    state.chlorine_base_mgl = rng.uniform(0.4, 0.7)
+
+
+def _main(
     device: SimDevice, ts_ms: int, elapsed_s: float, state: DeviceState, rng: random.Random
 ) -> Metrics:
     demand = _by_hour(_WATER_DEMAND, local_hour(ts_ms))
@@ -222,6 +340,16 @@ def _water(
         "chlorine_mgl": round(_clamp(state.chlorine_base_mgl + rng.gauss(0, 0.02), 0.3, 0.8), 3),
         "battery_pct": round(state.battery_pct, 1),
     }
+
+
+# --- hydrants (valve_open, flow_lps) -----------------------------------------------------
+
+
+def _hydrant_start(
+    device: SimDevice, state: DeviceState, rng: random.Random, age_days: int
+) -> None:
+    state.pressure_base_mpa = rng.uniform(0.28, 0.33)
+    state.temperature_offset_c = rng.uniform(-1.0, 1.0)
 
 
 def _hydrant(
@@ -242,10 +370,18 @@ def _hydrant(
     }
 
 
-def _manhole(
+# --- shafts under a cover (cover_open, water_level_cm) -----------------------------------
+
+
+def _shaft_start(device: SimDevice, state: DeviceState, rng: random.Random, age_days: int) -> None:
+    state.water_share = rng.uniform(0.03, 0.25)
+    state.gas_base_ppm = rng.uniform(0.0, 20.0)
+
+
+def _shaft(
     device: SimDevice, ts_ms: int, elapsed_s: float, state: DeviceState, rng: random.Random
 ) -> Metrics:
-    depth = device.depth_cm or 200.0
+    depth = device.number("depth_cm", 200.0)
     # Sewer flow rises with the city's water use.
     demand = _by_hour(_WATER_DEMAND, local_hour(ts_ms))
     level = depth * state.water_share * (0.8 + 0.2 * demand) + rng.gauss(0, 0.5)
@@ -258,10 +394,13 @@ def _manhole(
     }
 
 
-def _parking(
+# --- parking spaces (occupied) -----------------------------------------------------------
+
+
+def _space(
     device: SimDevice, ts_ms: int, elapsed_s: float, state: DeviceState, rng: random.Random
 ) -> Metrics:
-    max_stay_ms = (device.max_stay_min or 120.0) * _MINUTE_MS
+    max_stay_ms = device.number("max_stay_min", 120.0) * _MINUTE_MS
     if state.next_change_ms is None:
         state.occupied = rng.random() < _by_hour(_PARKING_OCCUPANCY, local_hour(ts_ms))
         if state.occupied:
@@ -279,6 +418,13 @@ def _parking(
             state.occupied = True
             state.next_change_ms = at + _stay_ms(max_stay_ms, rng)
     return {"occupied": state.occupied, **_battery_and_signal(state, rng)}
+
+
+def vacate(device: SimDevice, state: DeviceState, at_ms: int, rng: random.Random) -> None:
+    """The car on a space leaves at ``at_ms`` (an overstay ends): the space reads free at
+    least until its next report, so the rules see the stay end."""
+    state.occupied = False
+    _wait_for_next_car(state, at_ms, device.number("max_stay_min", 120.0) * _MINUTE_MS, rng)
 
 
 def _mean_stay_ms(max_stay_ms: float) -> float:
@@ -307,11 +453,121 @@ def _wait_for_next_car(
     state.next_change_ms = at_ms + min(gap, recheck_ms)
 
 
-_Behaviour = Callable[[SimDevice, int, float, DeviceState, random.Random], Metrics]
-_BEHAVIOURS: Mapping[str, _Behaviour] = {
-    "streetlight": _streetlight,
-    "water": _water,
-    "hydrant": _hydrant,
-    "manhole": _manhole,
-    "parking": _parking,
-}
+# --- road low points (water_depth_cm, rainfall_mmh) --------------------------------------
+
+
+def _low_point(
+    device: SimDevice, ts_ms: int, elapsed_s: float, state: DeviceState, rng: random.Random
+) -> Metrics:
+    # Dry weather: no rain, no standing water (a rainstorm is an incident).
+    return {"water_depth_cm": 0.0, "rainfall_mmh": 0.0}
+
+
+# --- drains and sewers (fill_pct, level_cm) ----------------------------------------------
+
+
+def _drain_start(device: SimDevice, state: DeviceState, rng: random.Random, age_days: int) -> None:
+    state.fill_base_pct = rng.uniform(25.0, 33.0)
+    state.velocity_base_ms = rng.uniform(0.6, 1.1)
+
+
+def _drain(
+    device: SimDevice, ts_ms: int, elapsed_s: float, state: DeviceState, rng: random.Random
+) -> Metrics:
+    # Dry-weather flow follows the city's water use; the pipe runs 20–40 % full.
+    demand = _by_hour(_WATER_DEMAND, local_hour(ts_ms))
+    fill = _clamp(state.fill_base_pct + 6.0 * (demand - 1) + rng.gauss(0, 0.5), 20.5, 39.5)
+    diameter_m = device.number("pipe_diameter_mm", 600.0) / 1000
+    velocity = state.velocity_base_ms * (0.8 + 0.2 * demand) * (1 + rng.gauss(0, 0.02))
+    return {
+        "fill_pct": round(fill, 1),
+        "level_cm": round(fill / 100 * diameter_m * 100, 1),
+        "velocity_ms": round(velocity, 3),
+        "flow_m3h": round(velocity * _wetted_area_m2(diameter_m, fill / 100) * 3600, 2),
+        "overflow": False,
+    }
+
+
+def _wetted_area_m2(diameter_m: float, fill: float) -> float:
+    """Cross-section of water in a round pipe filled to ``fill`` of its diameter."""
+    r = diameter_m / 2
+    theta = 2 * math.acos(_clamp(1 - 2 * fill, -1.0, 1.0))
+    return r * r * (theta - math.sin(theta)) / 2
+
+
+# --- gas pipes (pressure_kpa, ch4_lel_pct) -----------------------------------------------
+
+
+def _pipe_start(device: SimDevice, state: DeviceState, rng: random.Random, age_days: int) -> None:
+    state.design_kpa = device.number("design_pressure_kpa", 200.0)
+    state.gas_base_lel_pct = rng.uniform(0.0, 1.0)
+    state.temperature_offset_c = rng.uniform(-1.0, 1.0)
+
+
+def _pipe(
+    device: SimDevice, ts_ms: int, elapsed_s: float, state: DeviceState, rng: random.Random
+) -> Metrics:
+    # Pressure sags a little at the hours of high demand; no methane beyond a trace.
+    demand = _by_hour(_WATER_DEMAND, local_hour(ts_ms))
+    pressure = state.design_kpa * (1 - 0.02 * (demand - 1) + rng.gauss(0, 0.004))
+    ground = 0.5 * _air_temperature_c(ts_ms) + 8.0 + state.temperature_offset_c
+    return {
+        "pressure_kpa": round(max(pressure, 0.0), 2),
+        "ch4_lel_pct": round(_clamp(state.gas_base_lel_pct + abs(rng.gauss(0, 0.3)), 0.0, 2.0), 2),
+        "temperature_c": round(ground + rng.gauss(0, 0.2), 1),
+    }
+
+
+# --- utility tunnel compartments (o2_pct, h2s_ppm) ---------------------------------------
+
+
+def _compartment_start(
+    device: SimDevice, state: DeviceState, rng: random.Random, age_days: int
+) -> None:
+    state.humidity_base_pct = rng.uniform(55.0, 75.0)
+    state.sump_base_cm = rng.uniform(5.0, 25.0)
+    state.temperature_offset_c = rng.uniform(-1.0, 1.0)
+    state.gas_base_lel_pct = rng.uniform(0.0, 1.0)
+
+
+def _compartment(
+    device: SimDevice, ts_ms: int, elapsed_s: float, state: DeviceState, rng: random.Random
+) -> Metrics:
+    # Underground, ventilated: 15–30 °C over the year, fresh air, fans on low, doors shut.
+    temperature = 22.5 + 6.0 * _season(ts_ms) + state.temperature_offset_c + rng.gauss(0, 0.2)
+    metrics: Metrics = {
+        "o2_pct": round(_clamp(rng.gauss(_AIR_O2_PCT, 0.03), 20.7, 21.1), 2),
+        "h2s_ppm": round(_clamp(abs(rng.gauss(0.3, 0.2)), 0.0, 1.0), 2),
+        "ch4_lel_pct": round(_clamp(state.gas_base_lel_pct + abs(rng.gauss(0, 0.3)), 0.0, 2.0), 2),
+        "temperature_c": round(_clamp(temperature, 15.0, 30.0), 1),
+        "humidity_pct": round(_clamp(state.humidity_base_pct + rng.gauss(0, 1.0), 40.0, 85.0), 1),
+        "sump_level_cm": round(_clamp(state.sump_base_cm + rng.gauss(0, 0.5), 0.0, 40.0), 1),
+        "door_open": False,
+    }
+    ventilation = state.kind.metric("ventilation") if state.kind is not None else None
+    if ventilation is not None and "low" in ventilation.values:
+        metrics["ventilation"] = "low"
+    return metrics
+
+
+# Most specific first: a kind takes the first whose metrics it has.
+BEHAVIOURS: tuple[Behaviour, ...] = (
+    Behaviour("lamp", frozenset({"power_on", "lux", "power_w"}), _lamp_start, _lamp),
+    Behaviour("water main", frozenset({"volume_m3", "ph", "pressure_mpa"}), _main_start, _main),
+    Behaviour(
+        "fire hydrant",
+        frozenset({"valve_open", "flow_lps", "pressure_mpa"}),
+        _hydrant_start,
+        _hydrant,
+    ),
+    Behaviour("shaft", frozenset({"cover_open", "water_level_cm"}), _shaft_start, _shaft),
+    Behaviour("parking space", frozenset({"occupied"}), _no_character, _space),
+    Behaviour(
+        "road low point", frozenset({"water_depth_cm", "rainfall_mmh"}), _no_character, _low_point
+    ),
+    Behaviour("drain", frozenset({"fill_pct", "level_cm"}), _drain_start, _drain),
+    Behaviour("gas pipe", frozenset({"pressure_kpa", "ch4_lel_pct"}), _pipe_start, _pipe),
+    Behaviour(
+        "tunnel compartment", frozenset({"o2_pct", "h2s_ppm"}), _compartment_start, _compartment
+    ),
+)

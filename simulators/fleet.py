@@ -4,6 +4,10 @@
 the same seed gives the same devices and the same registry CSV, byte for byte. Device ``i``
 depends only on the seed and ``i`` (and the kind mix), so a fleet of 1,000 starts with the
 fleet of 100 of the same seed.
+
+Everything follows the model in force (``cityiot.domain.catalogue.MODEL``): the kinds, with
+every kind's registry attributes filled from their types, and the city's districts. A kind
+an operator adds in ``CITYIOT_KINDS_PATH`` joins the fleet like a shipped one.
 """
 
 from __future__ import annotations
@@ -12,12 +16,17 @@ import csv
 import datetime as dt
 import io
 import random
+import re
+import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from cityiot.domain.catalogue import DISTRICTS, KINDS
+from cityiot.domain.catalogue import DISTRICTS, KINDS, MODEL, Attribute, Kind, Metric
+from cityiot.ingest.codecs.hexframe import encode as encode_frame
+
+AttributeValue = float | int | str
 
 
 class SimVendor(NamedTuple):
@@ -35,35 +44,14 @@ DEFAULT_VENDORS: tuple[SimVendor, ...] = (
     # Older NB-IoT devices that send compact hex frames (ingest/codecs/hexframe.py).
     SimVendor("henan-legacy", "河南豫南传感 (旧型号)", "hexframe"),
 )
-
-# Which kinds each vendor supplies; a vendor missing here supplies every kind.
-# The legacy frames carry value × 1000 in an int32, too small for a water meter's volume.
-VENDOR_KINDS: Mapping[str, tuple[str, ...]] = {
-    "hikvision-iot": ("parking", "streetlight", "manhole"),
-    "huawei-nb": ("manhole", "streetlight", "hydrant", "water", "parking"),
-    "zte-city": ("streetlight", "water", "hydrant"),
-    "henan-legacy": ("manhole", "hydrant", "parking"),
-}
-
-DEFAULT_MIX: Mapping[str, float] = {
-    "streetlight": 0.30,
-    "parking": 0.25,
-    "manhole": 0.20,
-    "water": 0.15,
-    "hydrant": 0.10,
-}
-
-KIND_PREFIX: Mapping[str, str] = {
-    "manhole": "mh",
-    "streetlight": "sl",
-    "hydrant": "hy",
-    "water": "wm",
-    "parking": "pk",
-}
+# Vendors that make each kind, taken round-robin from those whose codec can carry it.
+MAKERS_PER_KIND = 2
 
 # The area the city's maps show. County seats outside it are pulled to its edge.
 AREA_LAT = (32.8, 33.3)
 AREA_LON = (113.6, 114.6)
+# Another city's devices stay within this of its centre (degrees).
+_OTHER_CITY_REACH_DEG = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +63,8 @@ class _Place:
     urban: bool
 
 
+# Where Zhumadian's districts lie and how many devices each has; a district of another
+# city file is placed around the city's centre.
 _PLACES: Mapping[str, _Place] = {
     "yicheng": _Place(33.000, 114.030, 0.022, 30, True),
     "kaifaqu": _Place(32.975, 113.980, 0.014, 15, True),
@@ -102,20 +92,75 @@ _COUNTY_STREETS = (
 )  # fmt: skip
 _LOT_NAMES = ("路侧泊位", "公共停车场", "商业中心停车场", "医院停车场", "市场停车场", "小区外泊位")
 _MAX_STAYS_MIN = (60.0, 120.0, 120.0, 180.0, 240.0)
+_PIPE_DIAMETERS_MM = (300.0, 400.0, 500.0, 600.0, 800.0, 1000.0, 1200.0, 1500.0)
+# Design pressure by pressure class, kPa (GB 50028-2006 §6.1.6: low < 10, medium 10–400,
+# high 400–4000); a class this table lacks gets the medium range.
+_DESIGN_KPA = {"low": (2.0, 3.5), "medium": (100.0, 400.0), "high": (800.0, 2500.0)}
 _INSTALLED_FROM = dt.date(2018, 3, 1)
 _INSTALLED_DAYS = (dt.date(2025, 9, 30) - _INSTALLED_FROM).days
 
-CSV_COLUMNS = (
+CSV_COMMON_COLUMNS = (
     "device_id", "vendor", "kind", "district", "lat", "lon", "address", "report_interval_s",
-    "depth_cm", "lot_id", "max_stay_min", "zone", "install_date",
 )  # fmt: skip
+
+
+def csv_columns(kinds: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The registry CSV's columns (docs/design.md §7): the common ones, the attributes of
+    ``kinds`` (default: every kind in force, by id), then ``install_date``."""
+    names = sorted(KINDS) if kinds is None else sorted(set(kinds))
+    attributes = dict.fromkeys(a.name for k in names for a in KINDS[k].attributes)
+    return (*CSV_COMMON_COLUMNS, *attributes, "install_date")
+
+
+def default_mix() -> dict[str, float]:
+    """Every kind in force, in equal shares, by kind id."""
+    return dict.fromkeys(sorted(KINDS), 1.0)
+
+
+def codec_carries(codec: str, kind: Kind) -> bool:
+    """Whether devices speaking ``codec`` can send every metric of ``kind`` at any value.
+
+    JSON carries anything. The legacy hex frame carries the kinds and metrics of its code
+    table, each number × 1000 in an int32 (a water meter's volume range does not fit).
+    """
+    if codec != "hexframe":
+        return True
+    try:
+        for metric in kind.metrics:
+            for value in _extremes(metric):
+                encode_frame(kind.name, {metric.name: value}, None, 0)
+    except (KeyError, ValueError, struct.error):  # no code for it, or it does not fit
+        return False
+    return True
+
+
+def _extremes(metric: Metric) -> tuple[float | bool | str, ...]:
+    if metric.type == "float":
+        return (metric.low or 0.0, metric.high or 0.0)
+    if metric.type == "enum":
+        return metric.values
+    return (False, True)
+
+
+def default_supply(
+    vendors: Sequence[SimVendor], kinds: Sequence[str] | None = None
+) -> dict[str, tuple[str, ...]]:
+    """Which kinds each vendor makes: the ``i``-th kind by id is made by
+    :data:`MAKERS_PER_KIND` vendors, round-robin from the ``i``-th on among those whose
+    codec can carry it."""
+    made: dict[str, list[str]] = {v.id: [] for v in vendors}
+    for i, kind in enumerate(sorted(KINDS) if kinds is None else sorted(kinds)):
+        able = [v for v in vendors if codec_carries(v.codec, KINDS[kind])]
+        for k in range(min(MAKERS_PER_KIND, len(able))):
+            made[able[(i + k) % len(able)].id].append(kind)
+    return {vendor: tuple(kinds_made) for vendor, kinds_made in made.items()}
 
 
 @dataclass(frozen=True, slots=True)
 class SimDevice:
     """One simulated device as the registry knows it, plus the codec its vendor speaks.
 
-    Kind-specific attributes are None on devices of other kinds.
+    ``attribute_values`` are its kind's registry attributes, (name, value) in the kind's order.
     """
 
     device_id: str
@@ -128,21 +173,24 @@ class SimDevice:
     install_date: dt.date
     report_interval_s: int
     codec: str = "json"
-    depth_cm: float | None = None
-    lot_id: str | None = None
-    max_stay_min: float | None = None
-    zone: str | None = None
+    attribute_values: tuple[tuple[str, AttributeValue], ...] = ()
 
     @property
-    def attributes(self) -> dict[str, float | str]:
+    def attributes(self) -> dict[str, AttributeValue]:
         """The kind-specific registry attributes this device has."""
-        values = {
-            "depth_cm": self.depth_cm,
-            "lot_id": self.lot_id,
-            "max_stay_min": self.max_stay_min,
-            "zone": self.zone,
-        }
-        return {name: value for name, value in values.items() if value is not None}
+        return dict(self.attribute_values)
+
+    def attribute(self, name: str) -> AttributeValue | None:
+        """One kind-specific attribute, or None when the device has none of that name."""
+        for key, value in self.attribute_values:
+            if key == name:
+                return value
+        return None
+
+    def number(self, name: str, default: float) -> float:
+        """A numeric attribute as a float, or ``default`` when absent or not a number."""
+        value = self.attribute(name)
+        return float(value) if isinstance(value, int | float) else default
 
     @property
     def telemetry_topic(self) -> str:
@@ -151,6 +199,14 @@ class SimDevice:
     @property
     def status_topic(self) -> str:
         return f"city/{self.vendor}/{self.device_id}/status"
+
+    @property
+    def command_topic(self) -> str:
+        return f"city/{self.vendor}/{self.device_id}/command"
+
+    @property
+    def ack_topic(self) -> str:
+        return f"city/{self.vendor}/{self.device_id}/ack"
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,24 +224,30 @@ class Fleet:
         seed: int = 1,
         mix: Mapping[str, float] | None = None,
         vendors: Sequence[SimVendor] = DEFAULT_VENDORS,
-        supply: Mapping[str, Sequence[str]] = VENDOR_KINDS,
+        supply: Mapping[str, Sequence[str]] | None = None,
     ) -> Fleet:
-        """``devices`` devices, kinds in proportion to ``mix`` (default :data:`DEFAULT_MIX`).
+        """``devices`` devices, kinds in proportion to ``mix`` (default :func:`default_mix`:
+        every kind in force, equal shares).
 
-        ``supply`` says which kinds each vendor makes (a vendor absent from it makes all).
+        ``supply`` says which kinds each vendor makes (default :func:`default_supply`; a
+        vendor absent from it makes all).
         """
         if devices < 0:
             raise ValueError(f"devices must be 0 or more, got {devices}")
-        mix = dict(DEFAULT_MIX if mix is None else mix)
+        mix = default_mix() if mix is None else dict(mix)
         unknown = sorted(set(mix) - set(KINDS))
         if unknown:
             raise ValueError(
-                f"unknown kinds in the mix: {', '.join(unknown)}; use {', '.join(KINDS)}"
+                f"unknown kinds in the mix: {', '.join(unknown)}; use {', '.join(sorted(KINDS))}"
             )
         if not any(share > 0 for share in mix.values()) or any(s < 0 for s in mix.values()):
-            raise ValueError("the kind mix needs positive shares, e.g. {'manhole': 1.0}")
+            example = next(iter(sorted(KINDS)), "kind")
+            raise ValueError(f"the kind mix needs positive shares, e.g. {{{example!r}: 1.0}}")
         if not vendors:
             raise ValueError("a fleet needs at least one vendor")
+        if not DISTRICTS:
+            raise ValueError("the city has no districts; add some to its city file")
+        supply = default_supply(vendors) if supply is None else supply
         makers = {
             kind: [v for v in vendors if kind in supply.get(v.id, tuple(KINDS))] for kind in mix
         }
@@ -193,7 +255,10 @@ class Fleet:
         if missing:
             raise ValueError(f"no vendor supplies {', '.join(missing)}; add one to the supply map")
         kinds = _kind_sequence(mix, devices)
-        fleet = tuple(_device(seed, i, kind, makers[kind]) for i, kind in enumerate(kinds))
+        layout = _Layout.of_city()
+        fleet = tuple(
+            _device(seed, i, KINDS[kind], makers[kind], layout) for i, kind in enumerate(kinds)
+        )
         return cls(devices=fleet, vendors=tuple(vendors), seed=seed)
 
     def __len__(self) -> int:
@@ -209,17 +274,27 @@ class Fleet:
                 return vendor.codec
         return "json"
 
+    @property
+    def csv_columns(self) -> tuple[str, ...]:
+        """The columns of :meth:`csv_text`: those of the kinds in the fleet."""
+        return csv_columns([d.kind for d in self.devices])
+
     def csv_text(self) -> str:
-        """The registry CSV (docs/design.md §7 columns, then ``install_date``)."""
+        """The registry CSV (docs/design.md §7): the common columns, the attribute columns of
+        the fleet's kinds, then ``install_date``."""
+        columns = self.csv_columns
+        attribute_columns = columns[len(CSV_COMMON_COLUMNS) : -1]
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(CSV_COLUMNS)
+        writer.writerow(columns)
         for d in self.devices:
+            values = d.attributes
             writer.writerow(
                 (
                     d.device_id, d.vendor, d.kind, d.district, f"{d.lat:.6f}", f"{d.lon:.6f}",
-                    d.address, d.report_interval_s, _number(d.depth_cm), d.lot_id or "",
-                    _number(d.max_stay_min), d.zone or "", d.install_date.isoformat(),
+                    d.address, d.report_interval_s,
+                    *(_cell(values.get(name)) for name in attribute_columns),
+                    d.install_date.isoformat(),
                 )
             )  # fmt: skip
         return out.getvalue()
@@ -257,37 +332,163 @@ def _kind_sequence(mix: Mapping[str, float], count: int) -> list[str]:
     return kinds
 
 
-def _device(seed: int, index: int, kind: str, makers: Sequence[SimVendor]) -> SimDevice:
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """The city's districts as the fleet spreads over them."""
+
+    city_zh: str
+    places: Mapping[str, _Place]
+    lat_bounds: tuple[float, float]
+    lon_bounds: tuple[float, float]
+
+    @classmethod
+    def of_city(cls) -> _Layout:
+        city = MODEL.city
+        places = {d: _PLACES.get(d) or _place_near(city.lat, city.lon, d) for d in DISTRICTS}
+        if all(d in _PLACES for d in DISTRICTS):
+            lat_bounds, lon_bounds = AREA_LAT, AREA_LON
+        else:
+            reach = _OTHER_CITY_REACH_DEG
+            lat_bounds = (city.lat - reach, city.lat + reach)
+            lon_bounds = (city.lon - reach, city.lon + reach)
+        return cls(city.name_zh, places, lat_bounds, lon_bounds)
+
+    def position(
+        self, rng: random.Random, lat: float, lon: float, spread: float
+    ) -> tuple[float, float]:
+        (lat0, lat1), (lon0, lon1) = self.lat_bounds, self.lon_bounds
+        lat = min(max(rng.gauss(lat, spread), lat0 + 0.001), lat1 - 0.001)
+        lon = min(max(rng.gauss(lon, spread), lon0 + 0.001), lon1 - 0.001)
+        return round(lat, 6), round(lon, 6)
+
+    def street_address(self, rng: random.Random, district: str) -> str:
+        streets = _CITY_STREETS if self.places[district].urban else _COUNTY_STREETS
+        name = DISTRICTS[district].name_zh
+        return f"{self.city_zh}{name}{rng.choice(streets)}{rng.randint(1, 480)}号"
+
+
+def _place_near(lat: float, lon: float, district: str) -> _Place:
+    """A district of another city: somewhere near the centre, the same for the same id."""
+    rng = random.Random(f"cityiot-district:{district}")
+    return _Place(
+        round(lat + rng.uniform(-0.15, 0.15), 4), round(lon + rng.uniform(-0.15, 0.15), 4),
+        0.012, 5, True,
+    )  # fmt: skip
+
+
+def _device_id(kind: str, district: str, index: int) -> str:
+    """``{kind}-{district}-{index}``, within the access standard's 64 characters."""
+    return f"{kind}-{district[: 64 - len(kind) - 8]}-{index:06d}"
+
+
+def _device(
+    seed: int, index: int, kind: Kind, makers: Sequence[SimVendor], layout: _Layout
+) -> SimDevice:
     rng = random.Random(f"cityiot-fleet:{seed}:{index}")
-    district = rng.choices(list(_PLACES), weights=[p.weight for p in _PLACES.values()])[0]
-    place = _PLACES[district]
+    districts = list(layout.places)
+    district = rng.choices(districts, weights=[layout.places[d].weight for d in districts])[0]
+    place = layout.places[district]
     vendor = rng.choice(makers)
-    lat, lon = _position(rng, place.lat, place.lon, place.spread_deg)
-    address = _street_address(rng, district)
-    attributes: dict[str, Any] = {}
-    if kind == "manhole":
-        attributes["depth_cm"] = float(rng.randrange(120, 401, 10))
-    elif kind == "parking":
-        lot = _lot(seed, district, rng.randrange(12 if place.urban else 4))
-        lat, lon = _position(rng, lot.lat, lot.lon, 0.0002)
-        address = f"{lot.address}{lot.name}{rng.randint(1, 300)}号泊位"
-        attributes["lot_id"] = lot.lot_id
-        attributes["max_stay_min"] = lot.max_stay_min
-    elif kind == "water":
-        attributes["zone"] = f"{district}-dma{rng.randint(1, 8 if place.urban else 3):02d}"
+    lat, lon = layout.position(rng, place.lat, place.lon, place.spread_deg)
+    address = layout.street_address(rng, district)
+    values: dict[str, AttributeValue] = {}
+    for attribute in kind.attributes:
+        if attribute.name in values:  # set with another (a parking lot's limit)
+            continue
+        if attribute.name == "lot_id":
+            lot = _lot(seed, district, rng.randrange(12 if place.urban else 4), layout)
+            lat, lon = layout.position(rng, lot.lat, lot.lon, 0.0002)
+            address = f"{lot.address}{lot.name}{rng.randint(1, 300)}号泊位"
+            values["lot_id"] = lot.lot_id
+            if kind.attribute("max_stay_min") is not None:
+                values["max_stay_min"] = lot.max_stay_min
+            continue
+        values[attribute.name] = _attribute_value(rng, kind, attribute, district, place, values)
     return SimDevice(
-        device_id=f"{KIND_PREFIX[kind]}-{district}-{index:06d}",
+        device_id=_device_id(kind.name, district, index),
         vendor=vendor.id,
-        kind=kind,
+        kind=kind.name,
         district=district,
         lat=lat,
         lon=lon,
         address=address,
         install_date=_INSTALLED_FROM + dt.timedelta(days=rng.randrange(_INSTALLED_DAYS)),
-        report_interval_s=KINDS[kind].report_interval_s,
+        report_interval_s=kind.report_interval_s,
         codec=vendor.codec,
-        **attributes,
+        attribute_values=tuple((a.name, values[a.name]) for a in kind.attributes),
     )
+
+
+def _attribute_value(
+    rng: random.Random,
+    kind: Kind,
+    attribute: Attribute,
+    district: str,
+    place: _Place,
+    values: Mapping[str, AttributeValue],
+) -> AttributeValue:
+    """A plausible value: the attributes the shipped kinds know by name, else one from the
+    attribute's type (a string from the choices its description lists)."""
+    name = attribute.name
+    if name == "depth_cm":
+        return float(rng.randrange(120, 401, 10))
+    if name == "zone":
+        return f"{district}-dma{rng.randint(1, 8 if place.urban else 3):02d}"
+    if name == "max_stay_min":
+        return rng.choice(_MAX_STAYS_MIN)
+    if name == "pipe_diameter_mm":
+        return rng.choice(_PIPE_DIAMETERS_MM)
+    if name == "well_depth_cm":
+        return float(rng.randrange(200, 601, 10))
+    if name == "warning_cm":
+        return rng.choice((10.0, 15.0, 15.0, 20.0))
+    if name == "design_pressure_kpa":
+        low, high = _DESIGN_KPA.get(str(values.get("pressure_class", "")), _DESIGN_KPA["medium"])
+        return round(rng.uniform(low, high), 1)
+    if attribute.type is str:
+        choices = _choices(attribute.description)
+        if choices:
+            # The first listed is the commonest.
+            return rng.choices(choices, weights=[2, *[1] * (len(choices) - 1)])[0]
+        return f"{name}-{rng.randint(1, 20)}"
+    if attribute.type is int:
+        return rng.randint(1, 100)
+    return _number_like(rng, kind, name)
+
+
+def _number_like(rng: random.Random, kind: Kind, name: str) -> float:
+    """A float attribute: when a metric has the same unit suffix (``limit_db`` and
+    ``laeq_db``), a value above that metric's normal band (a limit); else 1–100."""
+    suffix = name.rsplit("_", 1)[-1] if "_" in name else None
+    for metric in kind.metrics:
+        if (
+            suffix is not None
+            and metric.type == "float"
+            and metric.name.endswith("_" + suffix)
+            and metric.low is not None
+            and metric.high is not None
+        ):
+            span = metric.high - metric.low
+            return round(metric.low + span * rng.uniform(0.6, 0.8), 1)
+    return round(rng.uniform(1.0, 100.0), 1)
+
+
+_LIST = re.compile(r"^\s*([\w -]+(?:,\s*[\w -]+)*)\s+or\s+([\w -]+?)\s*$")
+
+
+def _choices(description: str) -> list[str]:
+    """The values a description lists, ``"a, b or c"`` (a note in brackets dropped), as
+    identifiers; none when it is not such a list."""
+    text = re.sub(r"\([^)]*\)", "", description).strip().rstrip(".")
+    found = _LIST.match(text)
+    if found is None:
+        return []
+    items = [i.strip() for i in found.group(1).split(",")] + [found.group(2).strip()]
+    if all(" " not in i for i in items[:-1]):
+        items[-1] = items[-1].split()[0]  # "gas, power or combined compartment": the noun
+    if any(len(i.split()) > 3 for i in items):
+        return []
+    return [re.sub(r"[\s-]+", "_", i.lower()) for i in items]
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,60 +501,52 @@ class _Lot:
     max_stay_min: float
 
 
-def _lot(seed: int, district: str, number: int) -> _Lot:
+def _lot(seed: int, district: str, number: int, layout: _Layout) -> _Lot:
     """A parking lot: the same seed, district and number always give the same lot."""
     lot_id = f"{district}-p{number:02d}"
     rng = random.Random(f"cityiot-lot:{seed}:{lot_id}")
-    place = _PLACES[district]
-    lat, lon = _position(rng, place.lat, place.lon, place.spread_deg)
+    place = layout.places[district]
+    lat, lon = layout.position(rng, place.lat, place.lon, place.spread_deg)
     return _Lot(
         lot_id=lot_id,
         name=rng.choice(_LOT_NAMES),
-        address=_street_address(rng, district),
+        address=layout.street_address(rng, district),
         lat=lat,
         lon=lon,
         max_stay_min=rng.choice(_MAX_STAYS_MIN),
     )
 
 
-def _position(rng: random.Random, lat: float, lon: float, spread: float) -> tuple[float, float]:
-    lat = min(max(rng.gauss(lat, spread), AREA_LAT[0] + 0.001), AREA_LAT[1] - 0.001)
-    lon = min(max(rng.gauss(lon, spread), AREA_LON[0] + 0.001), AREA_LON[1] - 0.001)
-    return round(lat, 6), round(lon, 6)
-
-
-def _street_address(rng: random.Random, district: str) -> str:
-    streets = _CITY_STREETS if _PLACES[district].urban else _COUNTY_STREETS
-    return f"驻马店市{DISTRICTS[district].name_zh}{rng.choice(streets)}{rng.randint(1, 480)}号"
-
-
-def _number(value: float | None) -> str:
+def _cell(value: AttributeValue | None) -> str:
     if value is None:
         return ""
-    return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value)
 
 
 def _device_from_row(row: Mapping[str, str], codecs: Mapping[str, str]) -> SimDevice:
-    def decimal(name: str) -> float | None:
-        text = (row.get(name) or "").strip()
-        return float(text) if text else None
-
-    kind = row["kind"]
+    kind_id = row["kind"]
+    kind = KINDS.get(kind_id)
     installed = (row.get("install_date") or "").strip()
     interval = (row.get("report_interval_s") or "").strip()
+    values: list[tuple[str, AttributeValue]] = []
+    for attribute in kind.attributes if kind is not None else ():
+        text = (row.get(attribute.name) or "").strip()
+        if text:
+            values.append((attribute.name, attribute.type(text)))
+    if not interval and kind is None:
+        raise ValueError(f"device {row['device_id']}: unknown kind {kind_id!r} and no interval")
     return SimDevice(
         device_id=row["device_id"],
         vendor=row["vendor"],
-        kind=kind,
+        kind=kind_id,
         district=row["district"],
         lat=float(row["lat"]),
         lon=float(row["lon"]),
         address=row.get("address", ""),
         install_date=dt.date.fromisoformat(installed) if installed else _INSTALLED_FROM,
-        report_interval_s=int(interval) if interval else KINDS[kind].report_interval_s,
+        report_interval_s=int(interval) if interval else KINDS[kind_id].report_interval_s,
         codec=codecs.get(row["vendor"], "json"),
-        depth_cm=decimal("depth_cm"),
-        lot_id=(row.get("lot_id") or "").strip() or None,
-        max_stay_min=decimal("max_stay_min"),
-        zone=(row.get("zone") or "").strip() or None,
+        attribute_values=tuple(values),
     )

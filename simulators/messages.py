@@ -4,28 +4,37 @@ A :class:`MessageStream` walks the fleet round-robin, one report slot per call: 
 device's readings (through ``behaviour``), changed by the incidents active on it, encoded
 in its vendor's codec, or replaced by a labelled malformed payload. ``iter_messages`` runs
 one on simulated time: the same fleet, seed and start time give the same messages.
+:meth:`MessageStream.command` carries out a command sent to one of its devices and gives
+the device's ack (``cityiot.simulators.commands``).
 """
 
 from __future__ import annotations
 
+import logging
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 import orjson
 
+from cityiot.domain.catalogue import KINDS
 from cityiot.ingest.codecs.hexframe import encode as encode_frame
 from cityiot.simulators.behaviour import DeviceState, Metrics, new_state, reading
+from cityiot.simulators.commands import obey
 from cityiot.simulators.fleet import Fleet, SimDevice
 from cityiot.simulators.incidents import (
+    SCENARIOS,
     Incident,
     apply_incident,
     malformed_labels,
     malformed_payload,
 )
 
+log = logging.getLogger(__name__)
+
 OK = "ok"  # the label of a well-formed message
 STATUS = "status"
+ACK = "ack"
 BATCH_SHARE = 0.1  # share of a JSON device's messages sent as a batch, when batches are on
 MAX_BATCH = 6
 
@@ -50,6 +59,12 @@ class _Window(NamedTuple):
     name: str
     start_ms: int
     end_ms: int | None
+
+    def progress(self, ts_ms: int) -> float:
+        """How far through the incident ``ts_ms`` is, 0 to 1 (0 for one without an end)."""
+        if self.end_ms is None:
+            return 0.0
+        return (ts_ms - self.start_ms) / (self.end_ms - self.start_ms)
 
 
 class MessageStream:
@@ -86,8 +101,9 @@ class MessageStream:
         self._devices = fleet.devices
         self._states: list[DeviceState | None] = [None] * len(fleet.devices)
         self._slot = 0
-        index = {d.device_id: i for i, d in enumerate(fleet.devices)}
+        self._index = index = {d.device_id: i for i, d in enumerate(fleet.devices)}
         self._windows: dict[int, list[_Window]] = {}
+        self._over: set[tuple[int, _Window]] = set()  # incidents whose aftermath is done
         for incident in incidents:
             incident.check(fleet)
             start, end = incident.window_ms(origin_ms)
@@ -105,17 +121,18 @@ class MessageStream:
         i = self._slot % len(self._devices)
         self._slot += 1
         device = self._devices[i]
-        state = self._states[i]
-        if state is None:
-            state = self._states[i] = new_state(device, self.report_every_ms)
-        if "silent" in self._active(i, now_ms):
+        state = self._state(i)
+        active = self._active(i, now_ms)
+        if i in self._windows:
+            self._aftermath(i, device, state, now_ms)
+        if any(SCENARIOS[w.name].effect is None for w in active):
             return None
         rng = self._rng
         topic = device.telemetry_topic
         if self.malformed_share and rng.random() < self.malformed_share:
             label = rng.choice(malformed_labels(device))
             metrics = reading(device, now_ms, state, rng)
-            metrics = _with_incidents(device, metrics, self._active(i, now_ms), rng)
+            metrics = _with_incidents(device, metrics, active, now_ms, rng)
             state.seq += 1
             payload = malformed_payload(label, device, metrics, now_ms, state.seq, rng)
             return Report(device, SimMessage(topic, payload, label), 1)
@@ -133,18 +150,67 @@ class MessageStream:
         readings: list[tuple[int, int, Metrics]] = []
         for ts in times:
             metrics = _with_incidents(
-                device, reading(device, ts, state, rng), self._active(i, ts), rng
+                device, reading(device, ts, state, rng), self._active(i, ts), ts, rng
             )
             state.seq += 1
             readings.append((ts, state.seq, metrics))
         return Report(device, SimMessage(topic, encode(device, readings), OK), len(readings))
 
-    def _active(self, index: int, ts_ms: int) -> list[str]:
-        """Names of the incidents on device ``index`` at ``ts_ms``."""
+    def command(self, topic: str, payload: bytes) -> SimMessage | None:
+        """Carry out the command ``payload`` that arrived on ``topic``
+        (``city/{vendor}/{device_id}/command``): the device's ack, or None for a message
+        that is no command of one of the fleet's devices (logged)."""
+        parts = topic.split("/")
+        index = self._index.get(parts[2]) if len(parts) == 4 and parts[3] == "command" else None
+        if index is None or self._devices[index].vendor != parts[1]:
+            log.warning("event=simulator_command_ignored reason=unknown_device topic=%s", topic)
+            return None
+        device = self._devices[index]
+        try:
+            command = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            command = None
+        command_id = command.get("id") if isinstance(command, dict) else None
+        if not isinstance(command_id, str):
+            log.warning("event=simulator_command_ignored reason=no_id topic=%s", topic)
+            return None
+        assert isinstance(command, dict)
+        name, args = command.get("name"), command.get("args") or {}
+        if not isinstance(name, str) or not isinstance(args, Mapping):
+            ok, message = False, 'a command is {"id": "...", "name": "...", "args": {...}}'
+        else:
+            ok, message = obey(KINDS[device.kind], self._state(index), name, args)
+        if ok:  # "sign_on=true barrier_closed=true" as one logfmt value
+            log.info("event=simulator_command device=%s name=%s ok=true sets=%s",
+                     device.device_id, name, message.replace(" ", ","))  # fmt: skip
+        else:
+            log.warning("event=simulator_command device=%s name=%s ok=false reason: %s",
+                        device.device_id, name, message)  # fmt: skip
+        answer = orjson.dumps({"id": command_id, "ok": ok, "message": message})
+        return SimMessage(device.ack_topic, answer, ACK)
+
+    def _aftermath(self, index: int, device: SimDevice, state: DeviceState, now_ms: int) -> None:
+        """Once an incident on the device has ended, what it leaves behind (once)."""
+        for window in self._windows[index]:
+            if window.end_ms is None or window.end_ms > now_ms or (index, window) in self._over:
+                continue
+            self._over.add((index, window))
+            aftermath = SCENARIOS[window.name].aftermath
+            if aftermath is not None:
+                aftermath(device, state, window.end_ms, self._rng)
+
+    def _state(self, index: int) -> DeviceState:
+        state = self._states[index]
+        if state is None:
+            state = self._states[index] = new_state(self._devices[index], self.report_every_ms)
+        return state
+
+    def _active(self, index: int, ts_ms: int) -> list[_Window]:
+        """The incidents on device ``index`` at ``ts_ms``."""
         windows = self._windows.get(index)
         if not windows:
             return []
-        return [w.name for w in windows if _covers(w, ts_ms)]
+        return [w for w in windows if _covers(w, ts_ms)]
 
 
 def status_messages(fleet: Fleet, online: bool = True) -> Iterator[Report]:
@@ -231,10 +297,10 @@ def _covers(window: _Window, ts_ms: int) -> bool:
 
 
 def _with_incidents(
-    device: SimDevice, metrics: Metrics, active: list[str], rng: random.Random
+    device: SimDevice, metrics: Metrics, active: list[_Window], ts_ms: int, rng: random.Random
 ) -> Metrics:
-    for name in active:
-        changed = apply_incident(name, device, metrics, rng)
+    for window in active:
+        changed = apply_incident(window.name, device, metrics, rng, window.progress(ts_ms))
         if changed is not None:
             metrics = changed
     return metrics

@@ -8,7 +8,9 @@ PUBACK: paho-mqtt runs on this event loop (its socket is watched with ``add_read
 and the pace only slows when the broker falls ``max_pending`` messages behind.
 
 One MQTT connection serves the whole fleet, or one per vendor when ``vendor_credentials``
-are given (the broker's ACL lets a vendor account publish only under its own topics).
+are given (the broker's ACL lets a vendor account publish only under its own topics). Each
+connection also listens on its vendors' ``city/{vendor}/+/command`` topics: a device carries
+out a command and answers on its ``/ack`` topic (docs/design.md §4).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class SimulationCounters:
     silenced: int = 0  # report slots skipped by a `silent` incident
     failed: int = 0  # messages the client refused (QoS 0 while disconnected)
     reconnects: int = 0
+    commands: int = 0  # commands received for the fleet's devices, each answered with an ack
     by_kind: Counter[str] = field(default_factory=Counter)
     by_vendor: Counter[str] = field(default_factory=Counter)
     by_label: Counter[str] = field(default_factory=Counter)
@@ -87,6 +90,7 @@ class SimulationCounters:
             "silenced": self.silenced,
             "failed": self.failed,
             "reconnects": self.reconnects,
+            "commands": self.commands,
             "by_kind": dict(self.by_kind),
             "by_vendor": dict(self.by_vendor),
             "malformed": self.malformed,
@@ -152,6 +156,7 @@ async def run_simulation(
         client_id or f"sim-{os.getpid()}-{seed}", max_inflight, counters,
     )  # fmt: skip
     distinct = list({id(u): u for u in uplinks.values()}.values())
+    announcements: list[asyncio.TimerHandle] = []
     try:
         await asyncio.gather(*(u.connect(connect_timeout_s) for u in distinct))
         log.info(
@@ -175,13 +180,54 @@ async def run_simulation(
             BATCH_SHARE if batch else 0.0,
             report_every_ms=cadence_ms(fleet, rate),
         )
+        _listen_for_commands(stream, uplinks, counters)
+        announcements.extend(_announce_incidents(planned))
         total = None if duration_s is None else max(0, round(duration_s * rate))
         await _publish_at_rate(stream, uplinks, distinct, rate, total, qos, max_pending,
                                counters, on_published, stop)  # fmt: skip
     finally:
+        for handle in announcements:
+            handle.cancel()
         await asyncio.gather(*(u.close(drain_timeout_s) for u in distinct))
         log.info("event=simulator_stopped %s", _log_fields(counters))
     return counters
+
+
+def _listen_for_commands(
+    stream: MessageStream, uplinks: Mapping[str, _Uplink], counters: SimulationCounters
+) -> None:
+    """Each vendor's connection takes the commands to its devices and publishes the acks."""
+
+    def answer(uplink: _Uplink, topic: str, payload: bytes) -> None:
+        ack = stream.command(topic, payload)
+        if ack is not None:
+            counters.commands += 1
+            if not uplink.publish(ack, 1):
+                counters.failed += 1
+
+    for vendor, uplink in uplinks.items():
+        uplink.listen(f"city/{vendor}/+/command", answer)
+
+
+def _announce_incidents(planned: Sequence[Incident]) -> list[asyncio.TimerHandle]:
+    """Log each incident, by its Chinese and English names, when planned, when it begins
+    and when it ends."""
+    loop = asyncio.get_running_loop()
+    handles: list[asyncio.TimerHandle] = []
+    for incident in planned:
+        scenario = incident.scenario
+        fields = (
+            f'name={incident.name} title_zh="{scenario.title_zh}" '
+            f'title_en="{scenario.title_en}" devices={",".join(incident.device_ids)}'
+        )
+        lasts = incident.lasts_s
+        log.info("event=incident_planned %s after_s=%g lasts_s=%s",
+                 fields, incident.after_s, "end" if lasts is None else f"{lasts:g}")  # fmt: skip
+        began, ended = "event=incident_began %s", "event=incident_ended %s"
+        handles.append(loop.call_later(incident.after_s, log.info, began, fields))
+        if lasts is not None:
+            handles.append(loop.call_later(incident.after_s + lasts, log.info, ended, fields))
+    return handles
 
 
 async def _publish_at_rate(
@@ -316,6 +362,8 @@ class _Uplink:
         self._drained.set()
         self._connack: asyncio.Future[None] | None = None
         self._closing = False
+        self._subscriptions: list[str] = []  # topic filters, subscribed on every connection
+        self._on_command: Callable[[_Uplink, str, bytes], None] | None = None
         self._watch: asyncio.Task[None] | None = None
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311
@@ -327,6 +375,7 @@ class _Uplink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_socket_register_write
@@ -341,6 +390,14 @@ class _Uplink:
     def pending(self) -> int:
         """Messages handed over but not yet acknowledged."""
         return self.sent - self.acked
+
+    def listen(self, topic_filter: str, handler: Callable[[_Uplink, str, bytes], None]) -> None:
+        """Subscribe to ``topic_filter`` (QoS 1), now and after every reconnection; each
+        message goes to ``handler(uplink, topic, payload)``."""
+        self._subscriptions.append(topic_filter)
+        self._on_command = handler
+        if self.connected:
+            self._client.subscribe(topic_filter, 1)
 
     async def connect(self, timeout_s: float) -> None:
         await self._connect(timeout_s)
@@ -445,6 +502,8 @@ class _Uplink:
                 )
             return
         self._connected.set()
+        for topic_filter in self._subscriptions:
+            self._client.subscribe(topic_filter, 1)
         if future is not None and not future.done():
             future.set_result(None)
 
@@ -467,6 +526,10 @@ class _Uplink:
         self._counters.acknowledged += 1
         if self.acked >= self.sent:
             self._drained.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if self._on_command is not None:
+            self._in_loop(self._on_command, self, message.topic, bytes(message.payload))
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         self._in_loop(self._loop.add_reader, sock.fileno(), self._readable)

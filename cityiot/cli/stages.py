@@ -14,13 +14,17 @@ from cityiot.cli.common import err, fail, load_settings, run_until_signal, serve
 from cityiot.platform.logs import configure_logging
 
 # What `cityiot run` shows unless told otherwise: incidents from the first minute, each
-# raising its rule, with notifications and work orders (name:devices:after_s:duration_s).
+# raising its rule, with notifications and work orders (name:devices:after_s:duration_s);
+# then the city-lifeline ones, each rising past its alarm levels and recovering.
 DEFAULT_INCIDENTS = (
     "cover_open:2:20:240",
     "leakage:1:30:240",
     "valve_open:1:40:180",
     "pressure_drop:1:60:300",
     "water_quality:1:90:300",
+    "rainstorm:1:60:900",
+    "gas_leak:1:100:900",
+    "tunnel_air:1:140:900",
 )
 
 
@@ -140,7 +144,12 @@ def simulate(
         typer.Option(help="Write the fleet's registry CSV here (and exit if no broker)."),
     ] = None,
     incidents: Annotated[
-        list[str] | None, typer.Option("--incident", help="Scripted incident, e.g. cover_open.")
+        list[str] | None,
+        typer.Option(
+            "--incident",
+            help="Scripted incident, name[:devices[:after_s[:duration_s]]], e.g. cover_open or "
+            "rainstorm:1:60:900 (an unknown name is answered with the list).",
+        ),
     ] = None,
     malformed: Annotated[float, typer.Option(help="Share of malformed messages, 0..1.")] = 0.0,
 ) -> None:

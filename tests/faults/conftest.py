@@ -36,6 +36,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from cityiot.domain.catalogue import KINDS
 from cityiot.platform.local_services import LocalBroker, LocalInflux, free_port
 from cityiot.simulators import Fleet, SimDevice, new_state, reading
 from cityiot.simulators.behaviour import DeviceState
@@ -43,19 +44,13 @@ from cityiot.simulators.messages import encode
 from tests.seeding import seed_registry
 from tests.waiting import wait_for
 
-FLEET_SIZE = 200  # all five kinds, all four simulated vendors (one speaks hex frames)
+FLEET_SIZE = 200  # every kind, all four simulated vendors (one speaks hex frames)
 FLEET_SEED = 6
 RATE = 500.0  # messages per second, one reading each
 INFLUX_DB = "city"
 INGEST_CLIENT_ID = "fault-ingest"  # stable: the restarted ingest resumes its session
 # One field every reading of a kind carries (the simulator always sends every metric).
-COUNTED_FIELD = {
-    "manhole": "tilt_deg",
-    "streetlight": "power_on",
-    "hydrant": "pressure_mpa",
-    "water": "pressure_mpa",
-    "parking": "occupied",
-}
+COUNTED_FIELD = {kind: spec.metrics[0].name for kind, spec in KINDS.items()}
 
 
 def spool_available() -> bool:

@@ -1,16 +1,33 @@
-"""Device behaviour over simulated days: every value legal, the day's rhythm visible, no alarms."""
+"""Device behaviour over simulated days: every value legal, the day's rhythm visible, no alarms;
+any kind's readings (one an operator added too) from its model alone."""
 
 from __future__ import annotations
 
 import datetime as dt
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import yaml
 
-from cityiot.domain.catalogue import KINDS
+from cityiot.domain.catalogue import KINDS, MODEL, Kind
 from cityiot.domain.sun import CITY_TZ, local_hour, solar_elevation_deg
-from cityiot.simulators import Fleet, Metrics, SimDevice, is_dark, new_state, reading, sun_times
+from cityiot.domain.thingmodel import kind_spec
+from cityiot.ingest.codecs.base import RawReading
+from cityiot.ingest.validate import Validator
+from cityiot.simulators import (
+    Fleet,
+    Metrics,
+    SimDevice,
+    behaviour_of,
+    is_dark,
+    new_state,
+    normal_band,
+    reading,
+    sun_times,
+)
+from tests.simulators.rulecheck import RuleCheck
 
 FIVE_MIN_MS = 5 * 60_000
 
@@ -46,6 +63,8 @@ def test_every_value_has_the_catalogue_type_and_range(fleet: Fleet, day: dt.date
             value = metrics[metric.name]
             if metric.type == "bool":
                 assert type(value) is bool, (metric.name, value)
+            elif metric.type == "enum":
+                assert value in metric.values, (metric.name, value)
             else:
                 assert type(value) is float, (metric.name, value)
                 assert metric.low is not None and metric.high is not None
@@ -61,8 +80,7 @@ def test_normal_behaviour_stays_clear_of_the_alert_thresholds(fleet: Fleet) -> N
     for device, ts, m in _run(fleet, _ms(dt.date(2025, 11, 20), 0), 48):
         if device.kind == "manhole":
             assert m["cover_open"] is False and float(m["tilt_deg"]) <= 2.0
-            assert device.depth_cm is not None
-            assert float(m["water_level_cm"]) < 0.5 * device.depth_cm
+            assert float(m["water_level_cm"]) < 0.5 * device.number("depth_cm", 0)
             assert float(m["gas_ch4_ppm"]) <= 100
         elif device.kind == "streetlight":
             assert float(m["leakage_ma"]) < 10 and m["lamp_fault"] is False
@@ -83,10 +101,25 @@ def test_normal_behaviour_stays_clear_of_the_alert_thresholds(fleet: Fleet) -> N
         elif device.kind == "parking":
             if m["occupied"]:
                 since = occupied_since.setdefault(device.device_id, ts)
-                assert device.max_stay_min is not None
-                assert ts - since <= device.max_stay_min * 60_000
+                assert ts - since <= device.number("max_stay_min", 0) * 60_000
             else:
                 occupied_since.pop(device.device_id, None)
+        elif device.kind == "waterlogging":  # dry weather
+            assert m["water_depth_cm"] == 0.0 and m["rainfall_mmh"] == 0.0
+            assert m["sign_on"] is False and m["barrier_closed"] is False
+        elif device.kind == "drainage":
+            assert 20 <= float(m["fill_pct"]) <= 40 and m["overflow"] is False
+            assert float(m["level_cm"]) < 0.5 * device.number("well_depth_cm", 0)
+            assert float(m["flow_m3h"]) > 0 and float(m["velocity_ms"]) > 0
+        elif device.kind == "gas":
+            design = device.number("design_pressure_kpa", 0)
+            assert 0.9 * design <= float(m["pressure_kpa"]) <= 1.1 * design
+            assert 0 <= float(m["ch4_lel_pct"]) <= 2
+            assert m["alarm_state"] == "normal" and m["valve_closed"] is False
+        elif device.kind == "tunnel":
+            assert 20.5 <= float(m["o2_pct"]) <= 21.3 and 0 <= float(m["h2s_ppm"]) <= 1
+            assert 15 <= float(m["temperature_c"]) <= 30 and float(m["ch4_lel_pct"]) <= 2
+            assert m["ventilation"] == "low" and m["door_open"] is False
         if "battery_pct" in m:
             assert float(m["battery_pct"]) >= 20
     for series in pressures.values():  # no "burst": 30% drop within 5 minutes
@@ -200,3 +233,107 @@ def test_readings_depend_only_on_their_inputs() -> None:
     run_a = list(_run(devices, _ms(dt.date(2025, 5, 5), 6), 3, seed=9))
     run_b = list(_run(devices, _ms(dt.date(2025, 5, 5), 6), 3, seed=9))
     assert run_a == run_b
+
+
+@pytest.fixture(scope="module")
+def validator() -> Validator:
+    return Validator(retention_s=400 * 86400)
+
+
+def _validated(validator: Validator, device: SimDevice, ts: int, metrics: Metrics) -> None:
+    """The ingest takes the reading whole, unchanged."""
+    raw = RawReading(metrics=dict(metrics), ts=ts, seq=None)
+    checked = validator.reading(device.device_id, device.kind, raw, received_ms=ts)
+    assert checked.metrics == metrics
+
+
+@pytest.mark.parametrize("day", [dt.date(2025, 1, 15), dt.date(2025, 7, 15)])
+def test_no_default_rule_fires_in_normal_operation(
+    fleet: Fleet, validator: Validator, day: dt.date
+) -> None:
+    """The shipped rule catalogue, as the rules stage runs it, over a day of every kind."""
+    check = RuleCheck()
+    seen: set[str] = set()
+    for device, ts, metrics in _run(fleet, _ms(day, 0), 24):
+        _validated(validator, device, ts, metrics)
+        assert check.feed(device, ts, metrics) == [], (device.device_id, ts, metrics)
+        seen.add(device.kind)
+    assert seen == set(KINDS)
+    assert all(check.rules_of(k) for k in KINDS), "every kind has default rules to stay clear of"
+
+
+def test_any_kind_behaves_from_its_model_alone(added_kind: Kind, validator: Validator) -> None:
+    """A kind no code knows: floats wander inside their normal band, flags stay false,
+    enums keep their first value, the battery drains; the ingest takes every reading."""
+    assert behaviour_of(added_kind) is None
+    fleet = Fleet.generate(30, seed=5, mix={added_kind.name: 1.0})
+    first: dict[str, Metrics] = {}
+    last: dict[str, Metrics] = {}
+    series: dict[tuple[str, str], list[float]] = {}
+    for device, ts, m in _run(fleet, _ms(dt.date(2025, 4, 1), 0), 72, step_ms=120_000):
+        _validated(validator, device, ts, m)
+        first.setdefault(device.device_id, m)
+        last[device.device_id] = m
+        assert set(m) == {metric.name for metric in added_kind.metrics}
+        for metric in added_kind.metrics:
+            value = m[metric.name]
+            if metric.type == "bool":
+                assert value is False
+            elif metric.type == "enum":
+                assert value == metric.values[0]
+            elif metric.name == "battery_pct":
+                assert 20 < float(value) <= 100
+            else:
+                low, high = normal_band(metric)
+                assert low <= float(value) <= high, (metric.name, value)
+                series.setdefault((device.device_id, metric.name), []).append(float(value))
+    # A signed quantity (wind, flow) wanders on the forward side, small.
+    wind = added_kind.metric("wind_ms")
+    assert wind is not None and normal_band(wind) == (3.0, 12.0)
+    # A bounded random walk: small steps, and over three days most of its band.
+    for (device_id, name), values in series.items():
+        walked = added_kind.metric(name)
+        assert walked is not None
+        low, high = normal_band(walked)
+        steps = [abs(b - a) for a, b in zip(values, values[1:], strict=False)]
+        assert max(steps) <= 0.05 * (high - low) + 0.001, (device_id, name)
+        assert max(values) - min(values) > 0.5 * (high - low), (device_id, name)
+    for device in fleet:
+        drained = float(first[device.device_id]["battery_pct"]) - float(
+            last[device.device_id]["battery_pct"]
+        )
+        assert 0 < drained < 0.5
+
+
+def test_a_behaviour_is_chosen_by_metrics_not_by_kind() -> None:
+    chosen = {name: behaviour_of(kind) for name, kind in KINDS.items()}
+    assert all(b is not None for b in chosen.values()), "every shipped kind has its behaviour"
+    for name, behaviour in chosen.items():
+        assert behaviour is not None and behaviour.needs <= {m.name for m in KINDS[name].metrics}
+    assert len({b.name for b in chosen.values() if b}) == len(KINDS)
+
+
+def test_a_kind_changed_while_running_is_followed_from_the_next_reading(
+    tmp_path: Path, validator: Validator
+) -> None:
+    """A compatible change (a metric added to a shipped kind) shows in the device's next
+    reading; what the device had (its counters, its battery) goes on."""
+    lamp_kind = next(k for k in KINDS.values() if k.metric("energy_kwh") and k.metric("lux"))
+    lamp = Fleet.generate(3, seed=2, mix={lamp_kind.name: 1.0}).devices[0]
+    state, rng = new_state(lamp), random.Random(4)
+    start = _ms(dt.date(2025, 11, 20), 20)
+    before = reading(lamp, start, state, rng)
+    spec = kind_spec(lamp_kind)
+    spec["metrics"]["pole_tilt_deg"] = {
+        "type": "float", "unit": "°", "range": [0, 90], "title": {"zh": "灯杆倾角", "en": "pole tilt"},
+    }  # fmt: skip
+    (tmp_path / f"{lamp_kind.name}.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True))
+    MODEL.configure(tmp_path, None)
+    try:
+        after = reading(lamp, start + FIVE_MIN_MS, state, rng)
+        _validated(validator, lamp, start + FIVE_MIN_MS, after)
+    finally:
+        MODEL.configure(None, None)
+    assert set(after) == set(before) | {"pole_tilt_deg"}
+    assert 18 <= float(after["pole_tilt_deg"]) <= 36  # its normal band: 1/5 to 2/5 of 0–90
+    assert after["power_on"] is True and float(after["energy_kwh"]) > float(before["energy_kwh"])

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
+import orjson
 import pytest
+import yaml
 
-from cityiot.domain.catalogue import KINDS
+from cityiot.domain.catalogue import KINDS, MODEL
 from cityiot.ingest.codecs.hexframe import HexFrameCodec
 from cityiot.ingest.codecs.standard import StandardJsonCodec
 from cityiot.simulators import (
@@ -18,6 +21,7 @@ from cityiot.simulators import (
     plan_incident,
 )
 from cityiot.simulators.incidents import parse_incident
+from tests.simulators.rulecheck import RuleCheck
 
 NIGHT_MS = 1_763_902_800_000  # 2025-11-23 21:00 in Zhumadian
 AFTER_S = 600.0
@@ -72,8 +76,8 @@ CASES: list[tuple[str, str, Check, Check]] = [
      lambda d, m: m["cover_open"] is True and _f(m, "tilt_deg") > 15,
      lambda d, m: m["cover_open"] is False and _f(m, "tilt_deg") < 15),
     ("flooding", "manhole",
-     lambda d, m: _f(m, "water_level_cm") > 0.8 * (d.depth_cm or 0),
-     lambda d, m: _f(m, "water_level_cm") < 0.8 * (d.depth_cm or 0)),
+     lambda d, m: _f(m, "water_level_cm") > 0.8 * d.number("depth_cm", 0),
+     lambda d, m: _f(m, "water_level_cm") < 0.8 * d.number("depth_cm", 0)),
     ("pressure_drop", "hydrant",
      lambda d, m: _f(m, "pressure_mpa") < 0.14,
      lambda d, m: _f(m, "pressure_mpa") > 0.14),
@@ -130,12 +134,12 @@ def test_pressure_drop_is_a_burst_within_five_minutes(fleet: Fleet) -> None:
 
 def test_overstay_holds_the_space_past_its_limit(fleet: Fleet) -> None:
     space = _device(fleet, "parking")
-    assert space.max_stay_min is not None
-    duration_s = space.max_stay_min * 60 + 1200
+    max_stay_min = space.number("max_stay_min", 0)
+    duration_s = max_stay_min * 60 + 1200
     incident = Incident("overstay", (space.device_id,), AFTER_S, duration_s)
     _before, during, _after = _readings(fleet, incident, hours=(AFTER_S + duration_s) / 3600 + 0.2)
     assert all(m["occupied"] is True for _ts, m in during)
-    assert during[-1][0] - during[0][0] > space.max_stay_min * 60_000
+    assert during[-1][0] - during[0][0] > max_stay_min * 60_000
 
 
 def test_a_silent_device_stops_publishing_and_comes_back(fleet: Fleet) -> None:
@@ -200,3 +204,168 @@ def test_incidents_on_the_wrong_devices_are_refused() -> None:
         plan_incident(Fleet.generate(5, mix={"manhole": 1.0}), "water_quality")
     with pytest.raises(ValueError, match="duration_s"):
         Incident("silent", (light.device_id,), 0, 0)
+
+
+# --- the city-lifeline incidents: courses past their alarm levels, judged by the rules ---
+
+COURSE_RATE = 4.0  # 60 devices at 4 msg/s: each reports every 15 s
+
+
+def _course(
+    fleet: Fleet, name: str, kind: str, after_s: float = AFTER_S
+) -> tuple[SimDevice, Readings, Readings, Readings, RuleCheck]:
+    """The incident's device's readings before, during and after its whole course (its
+    scenario's own length), each also fed to the default rules."""
+    device = _device(fleet, kind)
+    incident = Incident(name, (device.device_id,), after_s)
+    assert incident.lasts_s is not None
+    start = NIGHT_MS + after_s * 1000
+    end = start + incident.lasts_s * 1000
+    slots = int((after_s + incident.lasts_s + 600) * COURSE_RATE)
+    parts: tuple[Readings, Readings, Readings] = ([], [], [])
+    check = RuleCheck()
+    codec = HexFrameCodec() if device.codec == "hexframe" else StandardJsonCodec()
+    for _slot_ms, report in iter_reports(fleet, NIGHT_MS, slots, rate=COURSE_RATE,
+                                         incidents=[incident]):  # fmt: skip
+        if report is None or report.device.device_id != device.device_id:
+            continue
+        for r in codec.decode(report.message.payload, KINDS[kind]):
+            assert isinstance(r.ts, int)
+            check.feed(device, r.ts, r.metrics)
+            parts[0 if r.ts < start else 1 if r.ts < end else 2].append((r.ts, r.metrics))
+    return device, *parts, check
+
+
+def _first(readings: Readings, holds: Callable[[dict[str, object]], bool]) -> int:
+    """The index of the first reading for which ``holds`` is true (fails if none)."""
+    found = next((i for i, (_ts, m) in enumerate(readings) if holds(m)), None)
+    assert found is not None, "never happened"
+    return found
+
+
+def _fired(check: RuleCheck, start: int, end: int) -> list[str]:
+    return [rule for ts, rule, _device in check.fired if start <= ts < end]
+
+
+def test_a_rainstorm_floods_the_underpass_past_warning_and_closing_then_recedes(
+    fleet: Fleet,
+) -> None:
+    device, before, during, after, check = _course(fleet, "rainstorm", "waterlogging")
+    assert len(before) >= 39 and len(during) >= 79 and len(after) >= 39
+    depth = [_f(m, "water_depth_cm") for _ts, m in during]
+    rain_starts = _first(during, lambda m: _f(m, "rainfall_mmh") > 10)
+    warning = _first(during, lambda m: _f(m, "water_depth_cm") > 15)
+    closing = _first(during, lambda m: _f(m, "water_depth_cm") > 27)
+    peak = depth.index(max(depth))
+    below_closing = peak + _first(during[peak:], lambda m: _f(m, "water_depth_cm") < 27)
+    below_warning = peak + _first(during[peak:], lambda m: _f(m, "water_depth_cm") < 10)
+    assert rain_starts < warning < closing < peak < below_closing < below_warning
+    assert 30 < max(depth) < 45
+    # Above the closing depth for minutes, not a moment: the rule's `for: 1m` is met.
+    assert during[below_closing][0] - during[closing][0] > 5 * 60_000
+    assert depth[-1] == 0.0 and _f(during[-1][1], "rainfall_mmh") == 0.0
+    assert all(_f(m, "water_depth_cm") == 0 and _f(m, "rainfall_mmh") == 0
+               for _ts, m in before + after)  # fmt: skip
+    # The station reports its sign and barrier as they are: only a command changes them.
+    assert all(m["sign_on"] is False and m["barrier_closed"] is False for _ts, m in during)
+    # The default rules fire in that order, a minute after each depth is passed.
+    rules = _fired(check, during[0][0], during[-1][0] + 1)
+    assert rules == ["underpass_ponding", "underpass_closing"]
+    ponding_at = next(ts for ts, rule, _d in check.fired if rule == "underpass_ponding")
+    closing_at = next(ts for ts, rule, _d in check.fired if rule == "underpass_closing")
+    assert during[warning][0] + 60_000 <= ponding_at < during[closing][0] + 60_000 <= closing_at
+    assert _fired(check, 0, during[0][0]) == [] and _fired(check, after[0][0], 2**62) == []
+
+
+def test_a_gas_leak_passes_both_alarm_levels_and_clears_after_the_valve_closes(
+    fleet: Fleet,
+) -> None:
+    device, before, during, after, check = _course(fleet, "gas_leak", "gas")
+    assert len(during) >= 79
+    methane = [_f(m, "ch4_lel_pct") for _ts, m in during]
+    first_alarm = _first(during, lambda m: _f(m, "ch4_lel_pct") >= 20)
+    second_alarm = _first(during, lambda m: _f(m, "ch4_lel_pct") >= 50)
+    closed = _first(during, lambda m: m["valve_closed"] is True)
+    peak = methane.index(max(methane))
+    cleared = closed + _first(during[closed:], lambda m: _f(m, "ch4_lel_pct") < 20)
+    assert 0 < first_alarm < second_alarm < closed < cleared
+    assert second_alarm <= peak <= closed + 2
+    assert max(methane) > 60 and methane[-1] < 2
+    # The detector's state follows, in order: normal, low, high, then back down.
+    states = [str(m["alarm_state"]) for _ts, m in during]
+    changes = [s for i, s in enumerate(states) if i == 0 or s != states[i - 1]]
+    assert changes == ["normal", "low", "high", "low", "normal"]
+    # Once closed, the valve stays closed to the end of the incident.
+    assert all(m["valve_closed"] is True for _ts, m in during[closed:])
+    assert all(m["valve_closed"] is False and m["alarm_state"] == "normal"
+               and _f(m, "ch4_lel_pct") <= 2 for _ts, m in before + after)  # fmt: skip
+    rules = _fired(check, during[0][0], during[-1][0] + 1)
+    assert rules[:2] == ["gas_methane_first_alarm", "gas_methane_second_alarm"]
+    assert _fired(check, 0, during[0][0]) == [] and _fired(check, after[0][0], 2**62) == []
+
+
+def test_a_tunnel_loses_oxygen_and_gains_hydrogen_sulphide_then_recovers(fleet: Fleet) -> None:
+    device, before, during, after, check = _course(fleet, "tunnel_air", "tunnel")
+    assert len(during) >= 79
+    h2s_alarm = _first(during, lambda m: _f(m, "h2s_ppm") >= 10)
+    o2_low = _first(during, lambda m: _f(m, "o2_pct") < 19.5)
+    fans_high = _first(during, lambda m: m["ventilation"] == "high")
+    worst = min(range(len(during)), key=lambda i: _f(during[i][1], "o2_pct"))
+    recovered = worst + _first(during[worst:], lambda m: _f(m, "o2_pct") > 20.5)
+    assert fans_high <= min(h2s_alarm, o2_low) + 2 and max(h2s_alarm, o2_low) < worst < recovered
+    assert _f(during[worst][1], "o2_pct") < 18.5
+    assert max(_f(m, "h2s_ppm") for _ts, m in during) > 20
+    # The fans stay on high until the air is back, then return to normal ventilation.
+    assert all(m["ventilation"] == "high" for _ts, m in during[fans_high:recovered])
+    assert during[-1][1]["ventilation"] == "low"
+    assert all(m["ventilation"] == "low" and _f(m, "o2_pct") > 20.5 and _f(m, "h2s_ppm") <= 1
+               for _ts, m in before + after)  # fmt: skip
+    rules = set(_fired(check, during[0][0], during[-1][0] + 1))
+    assert rules == {"tunnel_oxygen_low", "tunnel_h2s"}
+    assert _fired(check, 0, during[0][0]) == [] and _fired(check, after[0][0], 2**62) == []
+
+
+def test_lifeline_incidents_choose_devices_by_their_metrics(fleet: Fleet) -> None:
+    for name, needs in (
+        ("rainstorm", {"water_depth_cm", "rainfall_mmh"}),
+        ("gas_leak", {"ch4_lel_pct", "pressure_kpa"}),
+        ("tunnel_air", {"o2_pct", "h2s_ppm"}),
+    ):
+        kinds = INCIDENT_KINDS[name]
+        assert kinds == tuple(sorted(k for k, spec in KINDS.items()
+                                     if needs <= {m.name for m in spec.metrics}))  # fmt: skip
+        incident = plan_incident(fleet, name, devices=3, seed=2)
+        assert {d.kind for d in fleet if d.device_id in incident.device_ids} <= set(kinds)
+        assert incident.duration_s is None and incident.lasts_s == 1200.0
+
+
+def test_a_rainstorm_floods_a_kind_an_operator_added(tmp_path: Path) -> None:
+    """Any kind with the metrics a scenario needs suffers it, shipped or not."""
+    spec = {
+        "kind": "garage_flood",
+        "title": {"zh": "地下车库积水", "en": "garage flooding"},
+        "report_interval_s": 60,
+        "metrics": {
+            "water_depth_cm": {"type": "float", "unit": "cm", "range": [0, 300],
+                               "title": {"zh": "积水深度", "en": "water depth"}},
+            "rainfall_mmh": {"type": "float", "unit": "mm/h", "range": [0, 300],
+                             "title": {"zh": "降雨强度", "en": "rainfall"}},
+            "pump_on": {"type": "bool", "title": {"zh": "水泵", "en": "pump on"}},
+        },
+    }  # fmt: skip
+    (tmp_path / "garage_flood.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True))
+    MODEL.configure(tmp_path, None)
+    try:
+        assert "garage_flood" in INCIDENT_KINDS["rainstorm"]
+        garages = Fleet.generate(10, seed=1, mix={"garage_flood": 1.0})
+        garage = garages.devices[0]
+        incident = Incident("rainstorm", (garage.device_id,), 0.0)
+        depths = [  # 10 devices at 1 msg/s: the garage reports every 10 s, for 1,300 s
+            _f(orjson.loads(report.message.payload)["metrics"], "water_depth_cm")
+            for _t, report in iter_reports(garages, NIGHT_MS, 1300, rate=1.0, incidents=[incident])
+            if report is not None and report.device is garage
+        ]
+    finally:
+        MODEL.configure(None, None)
+    assert len(depths) == 130
+    assert max(depths) > 27 and depths[0] == 0.0 and depths[-1] == 0.0

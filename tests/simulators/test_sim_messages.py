@@ -19,12 +19,13 @@ from cityiot.simulators import (
     OK,
     Fleet,
     SimDevice,
+    default_supply,
     iter_messages,
     iter_reports,
     new_state,
     reading,
 )
-from cityiot.simulators.incidents import FUTURE_MS, UNKNOWN_METRIC
+from cityiot.simulators.incidents import FUTURE_MS, UNKNOWN_METRIC, unknown_metric
 from cityiot.simulators.messages import encode
 
 START_MS = 1_763_856_000_000  # 2025-11-23 08:00 in Zhumadian
@@ -63,6 +64,11 @@ def _problems(device: SimDevice, r: RawReading, sent_ms: int) -> list[str]:
         elif metric.type == "bool":
             if not isinstance(value, bool):
                 found.append(f"type {name}")
+        elif metric.type == "enum":
+            if not isinstance(value, str):
+                found.append(f"type {name}")
+            elif value not in metric.values:
+                found.append(f"range {name}")
         elif isinstance(value, bool) or not isinstance(value, int | float):
             found.append(f"type {name}")
         elif not metric.low <= value <= metric.high:  # type: ignore[operator]
@@ -114,7 +120,9 @@ def test_json_payload_shape(fleet: Fleet) -> None:
 
 def test_hex_frames_decode_to_the_same_metrics(fleet: Fleet) -> None:
     legacy = [d for d in fleet if d.codec == "hexframe"]
-    assert {d.kind for d in legacy} == {"manhole", "hydrant", "parking"}
+    (frames,) = [v.id for v in fleet.vendors if v.codec == "hexframe"]
+    assert {d.kind for d in legacy} == set(default_supply(fleet.vendors)[frames])
+    assert any(m.type == "enum" for d in legacy for m in KINDS[d.kind].metrics)
     rng = random.Random(3)
     for device in legacy:
         state = new_state(device)
@@ -127,8 +135,10 @@ def test_hex_frames_decode_to_the_same_metrics(fleet: Fleet) -> None:
             assert decoded.ts == ts // 1000 * 1000 and decoded.seq == k + 1
             assert set(decoded.metrics) == set(metrics)
             for name, value in metrics.items():
-                if isinstance(value, bool):
-                    assert decoded.metrics[name] is value
+                if isinstance(value, bool | str):
+                    assert decoded.metrics[name] == value and type(decoded.metrics[name]) is type(
+                        value
+                    )
                 else:
                     assert decoded.metrics[name] == pytest.approx(value, abs=0.001)
 
@@ -187,11 +197,12 @@ def test_malformed_messages_fail_as_labelled(fleet: Fleet) -> None:
             problems = _problems(device, r, slot_ms)
             assert len(problems) == 1, (label, problems)
             if label == "wrong_type":
-                (value,) = [v for v in r.metrics.values() if isinstance(v, str)]
-                float(value)  # a number, sent as a string
                 assert problems[0].startswith("type ")
+                value = r.metrics[problems[0].removeprefix("type ")]
+                float(str(value))  # a number, sent as a string
             elif label == "unknown_metric":
-                assert problems == [f"unknown {UNKNOWN_METRIC}"]
+                assert problems == [f"unknown {unknown_metric(KINDS[device.kind])}"]
+                assert UNKNOWN_METRIC in problems[0]
             elif label == "out_of_range":
                 assert problems[0].startswith("range ")
             elif label == "future_ts":

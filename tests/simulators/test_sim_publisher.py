@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import pwd
 import socket
@@ -14,11 +15,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cityiot.simulators import Fleet, Report, SimulationCounters, run_simulation
+from cityiot.domain.catalogue import KINDS
+from cityiot.ingest.codecs.hexframe import HexFrameCodec
+from cityiot.ingest.codecs.standard import StandardJsonCodec
+from cityiot.simulators import Fleet, Report, SimDevice, SimulationCounters, run_simulation
+from tests.waiting import until
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"
@@ -124,6 +130,10 @@ class Subscriber:
         with self._lock:
             return sum(topic.endswith("/" + leaf) for topic, _ in self.received)
 
+    def messages(self) -> list[tuple[str, bytes]]:
+        with self._lock:
+            return list(self.received)
+
     async def wait_for(self, telemetry: int, status: int, timeout_s: float = 10.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -224,8 +234,12 @@ def secured_broker(tmp_path: Path) -> Iterator[SecuredBroker]:
             check=True,
             capture_output=True,
         )
-        access = "read city/#" if user == "watcher" else f"write city/{vendor}/#"
-        rules.append(f"user {user}\ntopic {access}\n")
+        if user == "watcher":  # the platform's side: reads everything, sends commands
+            access = ["readwrite city/#"]
+        else:  # a vendor account, as the platform's ACL has it (docs/design.md §4)
+            access = [f"write city/{vendor}/+/{leaf}" for leaf in ("telemetry", "status", "ack")]
+            access.append(f"read city/{vendor}/+/command")
+        rules.append(f"user {user}\n" + "".join(f"topic {a}\n" for a in access))
     acl.write_text("\n".join(rules), encoding="utf-8")
     broker = _start_broker(
         tmp_path, f"allow_anonymous false\npassword_file {passwords}\nacl_file {acl}"
@@ -268,3 +282,127 @@ async def test_bad_arguments_are_refused() -> None:
         await run_simulation(HOST, 1, fleet, rate=1, qos=3)
     with pytest.raises(ValueError, match="unknown incident"):
         await run_simulation(HOST, 1, fleet, rate=1, incidents=["meteor"])
+
+
+def _metrics(device: SimDevice, payload: bytes) -> dict[str, object]:
+    codec = HexFrameCodec() if device.codec == "hexframe" else StandardJsonCodec()
+    (reading,) = codec.decode(payload, KINDS[device.kind])
+    return reading.metrics
+
+
+async def _command(
+    watcher: Subscriber, device: SimDevice, command_id: str, name: str
+) -> tuple[dict[str, object], dict[str, object]]:
+    """Send a command to ``device`` as the platform does (QoS 1); its ack, and the device's
+    first reading after the ack."""
+    body = orjson.dumps({"id": command_id, "name": name, "args": {}})
+    watcher.client.publish(device.command_topic, body, qos=1)
+
+    def ack_index() -> int | None:
+        for i, (topic, payload) in enumerate(watcher.messages()):
+            if topic == device.ack_topic and orjson.loads(payload)["id"] == command_id:
+                return i + 1  # 1-based: 0 would read as "not yet"
+        return None
+
+    at = await until(ack_index, what=f"the ack of {name}") - 1
+    ack = orjson.loads(watcher.messages()[at][1])
+
+    def next_reading() -> bytes | None:
+        later = watcher.messages()[at + 1 :]
+        return next((p for t, p in later if t == device.telemetry_topic), None)
+
+    payload = await until(next_reading, what=f"a reading of {device.device_id} after {name}")
+    return ack, _metrics(device, payload)
+
+
+async def test_a_device_obeys_commands_and_acks_them(broker: Broker) -> None:
+    """A road-ponding station's warning sign and barrier follow the platform's commands."""
+    station = next(k for k in KINDS.values() if k.metric("sign_on") and k.metric("barrier_closed"))
+    fleet = Fleet.generate(3, seed=2, mix={station.name: 1.0})
+    device = fleet.devices[1]
+    counters = SimulationCounters()
+    stop = asyncio.Event()
+    with Subscriber(broker.port) as watcher:
+        run = asyncio.create_task(
+            run_simulation(HOST, broker.port, fleet, rate=30.0, stop=stop, counters=counters,
+                           announce=False)
+        )  # fmt: skip
+        try:
+            # The simulator subscribes before its first reading: from then on, commands reach it.
+            await until(lambda: watcher.count("telemetry") > 0, what="the first reading")
+            ack, metrics = await _command(watcher, device, "c1", "show_warning")
+            assert ack == {"id": "c1", "ok": True, "message": "sign_on=true"}
+            assert metrics["sign_on"] is True and metrics["barrier_closed"] is False
+            ack, metrics = await _command(watcher, device, "c2", "close_road")
+            assert ack["ok"] is True
+            assert metrics["sign_on"] is True and metrics["barrier_closed"] is True
+            ack, metrics = await _command(watcher, device, "c3", "reopen")
+            assert ack["ok"] is True
+            assert metrics["sign_on"] is False and metrics["barrier_closed"] is False
+            # What it cannot do is answered too, and changes nothing.
+            ack, metrics = await _command(watcher, device, "c4", "launch_rocket")
+            assert ack["ok"] is False and "unknown command 'launch_rocket'" in str(ack["message"])
+            assert "close_road" in str(ack["message"])
+            assert metrics["sign_on"] is False and metrics["barrier_closed"] is False
+            # The other stations were not commanded.
+            others = [
+                _metrics(d, p)
+                for t, p in watcher.messages()[-30:]
+                for d in fleet.devices[:1]
+                if t == d.telemetry_topic
+            ]
+            assert others and all(m["sign_on"] is False for m in others)
+        finally:
+            stop.set()
+            await run
+    assert counters.commands == 4
+
+
+async def test_commands_reach_a_vendor_through_its_own_account(
+    secured_broker: SecuredBroker,
+) -> None:
+    station = next(k for k in KINDS.values() if k.metric("sign_on"))
+    fleet = Fleet.generate(4, seed=3, mix={station.name: 1.0})
+    device = fleet.devices[0]
+    port = secured_broker.broker.port
+    stop = asyncio.Event()
+    with Subscriber(port, "watcher", "watch") as watcher:
+        run = asyncio.create_task(
+            run_simulation(HOST, port, fleet, rate=20.0, stop=stop, announce=False,
+                           vendor_credentials=secured_broker.accounts)
+        )  # fmt: skip
+        try:
+            await until(lambda: watcher.count("telemetry") > 0, what="the first reading")
+            ack, metrics = await _command(watcher, device, "v1", "close_road")
+            assert ack == {"id": "v1", "ok": True, "message": "sign_on=true barrier_closed=true"}
+            assert metrics["barrier_closed"] is True
+        finally:
+            stop.set()
+            await run
+
+
+async def test_incidents_are_logged_by_their_names(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    fleet = Fleet.generate(len(KINDS), seed=1)
+    caplog.set_level(logging.INFO, logger="cityiot.simulators.publisher")
+    stop = asyncio.Event()
+    run = asyncio.create_task(
+        run_simulation(HOST, broker.port, fleet, rate=40.0, stop=stop, announce=False,
+                       incidents=["gas_leak:1:0:0.2"])
+    )  # fmt: skip
+
+    def logged(event: str) -> str | None:
+        lines = [r.getMessage() for r in caplog.records]
+        return next((line for line in lines if line.startswith(f"event={event} ")), None)
+
+    try:
+        ended = await until(lambda: logged("incident_ended"), what="the incident's end")
+    finally:
+        stop.set()
+        await run
+    planned, began = logged("incident_planned"), logged("incident_began")
+    assert planned is not None and began is not None
+    names = 'name=gas_leak title_zh="燃气管道泄漏" title_en="gas leak near a pipe"'
+    assert all(names in line for line in (planned, began, ended))
+    assert "after_s=0 lasts_s=0.2" in planned
