@@ -107,9 +107,7 @@ class Latest(BaseModel):
 
 class SeriesPoint(BaseModel):
     ts: str = Field(description="the point's time, or its bucket's start, in the requested tz")
-    values: dict[str, float | bool | str] = Field(
-        description="metric → value; absent: no value"
-    )
+    values: dict[str, float | bool | str] = Field(description="metric → value; absent: no value")
 
 
 class Series(BaseModel):

@@ -119,12 +119,14 @@ async def test_a_field_key_names_known_teams_and_other_roles_none(api: Api) -> N
     r = await admin.post("/api/v1/keys", json={"role": "field", "name": "crew"})
     assert r.status_code == 422
     assert (
-        "--team" in r.json()["detail"] and "fire, flood, gas, ops, traffic, tunnel, urban, water" in r.json()["detail"]
+        "--team" in r.json()["detail"]
+        and "fire, flood, gas, ops, traffic, tunnel, urban, water" in r.json()["detail"]
     )
     r = await admin.post("/api/v1/keys", json={"role": "field", "teams": ["roads", "urban"]})
     assert r.status_code == 422
     assert (
-        "roads" in r.json()["detail"] and "fire, flood, gas, ops, traffic, tunnel, urban, water" in r.json()["detail"]
+        "roads" in r.json()["detail"]
+        and "fire, flood, gas, ops, traffic, tunnel, urban, water" in r.json()["detail"]
     )
     r = await admin.post("/api/v1/keys", json={"role": "operator", "teams": ["urban"]})
     assert r.status_code == 422 and "field keys only" in r.json()["detail"]
