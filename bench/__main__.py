@@ -47,6 +47,14 @@ def bench(
             help="Throughput runs of each system, interleaved; the table shows the median one."
         ),
     ] = 1,
+    mix: Annotated[
+        str,
+        typer.Option(
+            help="Kinds of the fleet and their shares, kind=share,… (e.g. the five of the "
+            "access standard: streetlight=0.3,parking=0.25,manhole=0.2,water=0.15,hydrant=0.1); "
+            "empty: every kind in force, equal shares."
+        ),
+    ] = "",
     cold: Annotated[
         bool,
         typer.Option(
@@ -59,7 +67,13 @@ def bench(
     """Throughput, CPU, memory and latency of the platform next to a bare subscriber and
     Node-RED, on a local Mosquitto and InfluxDB it starts itself; prints a table and writes
     the figures as JSON. Exits 1 when a system failed, timed out, lost or duplicated."""
-    from bench.options import BenchError, BenchOptions, parse_systems, parse_workers
+    from bench.options import (
+        BenchError,
+        BenchOptions,
+        parse_mix,
+        parse_systems,
+        parse_workers,
+    )
     from bench.report import print_report
     from bench.run import run_bench
     from cityiot.platform.local_services import ServiceError
@@ -79,6 +93,7 @@ def bench(
             state_devices=state_devices,
             rounds=rounds,
             cold=cold,
+            mix=parse_mix(mix),
         )
         options.check()
         with err.status("starting…") as status:

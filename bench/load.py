@@ -12,7 +12,7 @@ import contextlib
 import random
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -28,10 +28,12 @@ COUNT_FIELD = {kind: spec.metrics[0].name for kind, spec in KINDS.items()}
 STEP_MS = 1000
 
 
-def bench_fleet(devices: int, seed: int = 7) -> Fleet:
-    """``devices`` devices of every kind from the JSON-speaking vendors only (the peer
-    and the baseline parse JSON; a hex-frame vendor would not be the same load)."""
-    return Fleet.generate(devices, seed, vendors=[v for v in DEFAULT_VENDORS if v.codec == "json"])
+def bench_fleet(devices: int, seed: int = 7, mix: Mapping[str, float] | None = None) -> Fleet:
+    """``devices`` devices of the kinds in ``mix`` (default: every kind, equal shares) from
+    the JSON-speaking vendors only (the peer and the baseline parse JSON; a hex-frame vendor
+    would not be the same load)."""
+    json_vendors = [v for v in DEFAULT_VENDORS if v.codec == "json"]
+    return Fleet.generate(devices, seed, mix=mix or None, vendors=json_vendors)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ class BenchOptions:
     state_devices: int = 1_000_000  # rule state measured at this many devices (0: not)
     rounds: int = 1  # throughput runs of every system, interleaved; the median one is shown
     cold: bool = False  # throughput without the warm-up: a city's first minutes
+    mix: tuple[tuple[str, float], ...] = ()  # kind → share of the fleet; empty: every kind
 
     def check(self) -> None:
         """Raise ``BenchError`` naming the option to change when one is out of range."""
@@ -58,6 +59,13 @@ class BenchOptions:
             raise BenchError(f"--state-devices must be 0 (skip) or more, not {self.state_devices}")
         if self.rounds < 1:
             raise BenchError(f"--rounds must be 1 or more, not {self.rounds}")
+        from cityiot.domain.catalogue import KINDS
+
+        unknown_kinds = [k for k, _ in self.mix if k not in KINDS]
+        if unknown_kinds:
+            raise BenchError(
+                f"--mix: unknown kind(s) {', '.join(unknown_kinds)}; use {', '.join(KINDS)}"
+            )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +80,7 @@ class BenchOptions:
             "state_devices": self.state_devices,
             "rounds": self.rounds,
             "cold": self.cold,
+            "mix": dict(self.mix),
         }
 
 
@@ -86,3 +95,21 @@ def parse_workers(text: str) -> tuple[int, ...]:
         raise BenchError(
             f"--workers must be a comma list of numbers like 1,2,3, not {text!r}"
         ) from None
+
+
+def parse_mix(text: str) -> tuple[tuple[str, float], ...]:
+    """``kind=share,…`` (``streetlight=0.3,parking=0.25``); empty: every kind, equal shares."""
+    mix: list[tuple[str, float]] = []
+    for item in (i.strip() for i in text.split(",") if i.strip()):
+        kind, _, share = item.partition("=")
+        try:
+            value = float(share)
+        except ValueError:
+            value = -1.0
+        if not kind.strip() or value <= 0:
+            raise BenchError(
+                f"--mix must be a comma list of kind=share with positive shares, like "
+                f"streetlight=0.3,parking=0.25, not {text!r}"
+            )
+        mix.append((kind.strip(), value))
+    return tuple(mix)

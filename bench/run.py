@@ -66,7 +66,7 @@ class BenchRun:
         """Broker, InfluxDB, the registry and the payloads; the services stop with ``stack``."""
         services = Services(run_dir, say, keep=options.keep)
         services.start(stack)
-        fleet = bench_fleet(options.devices)
+        fleet = bench_fleet(options.devices, mix=dict(options.mix))
         sentinels = [bench_device(f"bench-sentinel-{i:02d}") for i in range(SENTINELS)]
         extras = [
             *sentinels,
