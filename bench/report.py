@@ -243,7 +243,7 @@ def print_report(report: BenchReport, console: Console, out: Path | None = None)
         )
     console.print(
         f"load: {settings['messages']:,} messages of {settings['devices']:,} devices "
-        f"(5 kinds, JSON, one reading each); "
+        f"({len(settings.get('kinds', ())) or '?'} kinds, JSON, one reading each); "
         + (
             "cold: no warm-up"
             if settings.get("cold")

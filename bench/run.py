@@ -43,6 +43,7 @@ from bench.services import BROKER_TEMPLATE, Services
 from bench.stored import STALL_S
 from bench.systems import SYSTEM_ERRORS, system_specs
 from bench.throughput import Throughput
+from cityiot.domain.catalogue import KINDS
 from cityiot.simulators.fleet import Fleet
 
 
@@ -175,6 +176,7 @@ def run_bench(
         git=git,
         settings={
             **options.as_dict(),
+            "kinds": sorted(dict(options.mix) or KINDS),
             "sentinels": SENTINELS,
             "registry_settle_s": REGISTRY_SETTLE_S,
             "stall_s": STALL_S,
