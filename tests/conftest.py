@@ -21,6 +21,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy.engine import URL, make_url
 
+from cityiot.domain.catalogue import MODEL, ThingModel
 from cityiot.platform.local_services import LocalBroker, LocalInflux
 
 T = TypeVar("T")
@@ -32,6 +33,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked ``slow`` first: spread over ``make test``'s workers (pytest-xdist), the
     minute-long ones start at once instead of ending a run the others finished long ago."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture
+def live_model() -> Iterator[ThingModel]:
+    """The process's model, which the test may change: the shipped kinds and city again
+    after it."""
+    try:
+        yield MODEL
+    finally:
+        MODEL.configure(None, None)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ the model running with them for the length of a block."""
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,22 @@ NOISE: dict[str, Any] = {
         "microphones": {"type": "int", "title": {"zh": "传声器数量", "en": "microphones"}},
     },
 }
+
+
+def changed(path: str, value: Any, spec: dict[str, Any] = NOISE) -> dict[str, Any]:
+    """A copy of ``spec`` with the field at the dotted ``path`` set to ``value`` (None
+    deletes it): a test's variant of the operator's kind."""
+    out = copy.deepcopy(spec)
+    *parents, last = path.split(".")
+    node = out
+    for key in parents:
+        node = node[key]
+    if value is None:
+        del node[last]
+    else:
+        node[last] = value
+    return out
+
 
 # Another city with two districts (CITYIOT_CITY_PATH).
 XINYANG = """\

@@ -7,7 +7,6 @@ the model."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,39 +17,17 @@ from cityiot.ingest.validate import Reading
 from cityiot.storage.kinds import kind_overrides, save_kind
 from tests.api.conftest import ROLES, Api
 from tests.api.test_parking_stats import NIGHT, at, latest, set_status
+from tests.operator_files import changed
 from tests.waiting import until
 
-# A kind of the design's example (docs/design.md §4a), put through the API.
-NOISE: dict[str, Any] = {
-    "title": {"zh": "环境噪声", "en": "environmental noise"},
-    "report_interval_s": 60,
-    "metrics": {
-        "laeq_db": {
-            "type": "float",
-            "unit": "dB(A)",
-            "range": [20, 140],
-            "title": {"zh": "等效声级", "en": "equivalent level"},
-        },
-        "alarm": {"type": "bool", "title": {"zh": "超标报警", "en": "limit alarm"}},
-        "period": {
-            "type": "enum",
-            "values": ["day", "night"],
-            "title": {"zh": "时段", "en": "period"},
-        },
-    },
-    "attributes": {"limit_db": {"type": "float", "title": {"zh": "限值", "en": "limit"}}},
-}
+# The design's example kind (docs/design.md §4a) as a PUT body: the path names the kind.
+NOISE = changed("kind", None)
 # The shipped kind the changes below are made to: it has float, bool and enum metrics.
 CHANGED = "gas"
 
 
-@pytest.fixture(autouse=True)
-def shipped_model() -> Iterator[None]:
-    """The kinds put in a test leave with it (the API serves this process's model)."""
-    try:
-        yield
-    finally:
-        MODEL.configure(None, None)
+# The kinds a test puts leave with it (the API serves this process's model).
+pytestmark = pytest.mark.usefixtures("live_model")
 
 
 async def get_kind(api: Api, kind: str, role: str = "admin") -> dict[str, Any]:
@@ -247,15 +224,7 @@ async def test_an_incompatible_change_is_a_409_naming_the_metric_and_changes_not
 async def test_a_broken_kind_is_a_422_naming_the_field(
     api: Api, path: str, change: Any, says: str
 ) -> None:
-    spec = copy.deepcopy(NOISE)
-    *parents, last = path.split(".")
-    node = spec
-    for name in parents:
-        node = node[name]
-    if change is None:
-        del node[last]
-    else:
-        node[last] = change
+    spec = changed(path, change, NOISE)
     r = await api.client("admin").put("/api/v1/kinds/noise", json=spec)
     assert r.status_code == 422, r.text
     assert says in r.json()["detail"], r.json()["detail"]

@@ -7,7 +7,6 @@ import copy
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,57 +23,7 @@ from cityiot.domain.thingmodel import (
     parse_kind,
     read_kind_file,
 )
-
-NOISE: dict[str, Any] = {
-    "kind": "noise",
-    "title": {"zh": "环境噪声", "en": "environmental noise"},
-    "report_interval_s": 60,
-    "metrics": {
-        "laeq_db": {
-            "type": "float",
-            "unit": "dB(A)",
-            "range": [20, 140],
-            "title": {"zh": "等效声级", "en": "equivalent level"},
-        },
-        "alarm": {"type": "bool", "title": {"zh": "超标报警", "en": "limit alarm"}},
-        "period": {
-            "type": "enum",
-            "values": ["day", "night"],
-            "title": {"zh": "时段", "en": "period"},
-        },
-    },
-    "attributes": {
-        "limit_db": {"type": "float", "title": {"zh": "限值", "en": "limit"}},
-        "zone_class": {
-            "type": "str",
-            "required": True,
-            "title": {"zh": "声环境功能区", "en": "noise zone class"},
-        },
-    },
-}
-
-
-@pytest.fixture
-def model() -> Iterator[None]:
-    """The live model, put back to the shipped kinds and city afterwards."""
-    try:
-        yield
-    finally:
-        MODEL.configure(None, None)
-
-
-def changed(path: str, value: Any) -> dict[str, Any]:
-    """NOISE with the field at the dotted ``path`` set to ``value`` (None deletes it)."""
-    spec = copy.deepcopy(NOISE)
-    *parents, last = path.split(".")
-    node = spec
-    for key in parents:
-        node = node[key]
-    if value is None:
-        del node[last]
-    else:
-        node[last] = value
-    return spec
+from tests.operator_files import NOISE, changed, write_kind
 
 
 def test_the_contracts_example_parses_with_every_type() -> None:
@@ -87,6 +36,7 @@ def test_the_contracts_example_parses_with_every_type() -> None:
     assert period is not None and period.values == ("day", "night")
     zone = kind.attribute("zone_class")
     assert zone is not None and zone.required and zone.type is str
+    assert [a.type for a in kind.attributes] == [float, str, int]
     assert parse_kind(kind_spec(kind), "noise.yaml") == kind  # the spec round-trips
 
 
@@ -183,10 +133,11 @@ def test_shipped_kinds_load_with_the_five_of_the_access_standard_unchanged() -> 
             assert metric.title_zh and metric.title_en, (kind.name, metric.name)
 
 
+@pytest.mark.usefixtures("live_model")
 def test_a_kinds_folder_adds_kinds_and_refuses_an_incompatible_shipped_change(
-    tmp_path: Path, model: None
+    tmp_path: Path,
 ) -> None:
-    (tmp_path / "noise.yaml").write_text(yaml.safe_dump(NOISE, allow_unicode=True))
+    write_kind(tmp_path)
     MODEL.configure(tmp_path, None)
     assert MODEL.kinds["noise"].metric("period") is not None
     assert "manhole" in MODEL.kinds
@@ -198,16 +149,17 @@ def test_a_kinds_folder_adds_kinds_and_refuses_an_incompatible_shipped_change(
         MODEL.configure(tmp_path, None)
 
 
+@pytest.mark.usefixtures("live_model")
 def test_refresh_takes_a_changed_file_and_an_api_change_and_refuses_an_incompatible_one(
-    tmp_path: Path, model: None
+    tmp_path: Path,
 ) -> None:
-    (tmp_path / "noise.yaml").write_text(yaml.safe_dump(NOISE, allow_unicode=True))
+    write_kind(tmp_path)
     MODEL.configure(tmp_path, None)
     before = MODEL.generation()
     assert MODEL.refresh({}) == [] and MODEL.generation() == before
 
     wider = changed("metrics.laeq_db.range", [10, 150])
-    (tmp_path / "noise.yaml").write_text(yaml.safe_dump(wider, allow_unicode=True))
+    write_kind(tmp_path, wider)
     os.utime(tmp_path / "noise.yaml", (1, 1))  # another stamp, whatever the clock's grain
     assert MODEL.refresh({}) == ["noise"] and MODEL.generation() > before
     laeq = MODEL.kinds["noise"].metric("laeq_db")
@@ -247,9 +199,8 @@ BOUNDARIES = """{"type": "FeatureCollection", "features": [
 ]}"""
 
 
-def test_another_city_brings_its_districts_clock_and_boundaries(
-    tmp_path: Path, model: None
-) -> None:
+@pytest.mark.usefixtures("live_model")
+def test_another_city_brings_its_districts_clock_and_boundaries(tmp_path: Path) -> None:
     (tmp_path / "city.yaml").write_text(CITY)
     (tmp_path / "districts.geojson").write_text(BOUNDARIES)
     MODEL.configure(None, tmp_path / "city.yaml")
@@ -299,10 +250,7 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
 
 def test_a_broken_kind_or_city_file_stops_start_up_naming_file_and_field(tmp_path: Path) -> None:
     kinds = tmp_path / "kinds"
-    kinds.mkdir()
-    (kinds / "noise.yaml").write_text(
-        yaml.safe_dump(changed("metrics.laeq_db.range", [140, 20]), allow_unicode=True)
-    )
+    write_kind(kinds, changed("metrics.laeq_db.range", [140, 20]))
     done = run_cli(
         "ingest", env={"CITYIOT_KINDS_PATH": str(kinds), "CITYIOT_RUN_DIR": str(tmp_path)}
     )

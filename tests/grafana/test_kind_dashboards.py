@@ -27,20 +27,8 @@ from cityiot.grafana.units import grafana_unit
 from cityiot.platform.local_services import LocalInflux
 from cityiot.storage.influx import InfluxDB, format_field, series_key
 from tests.grafana.conftest import grafana_query, influx_results
+from tests.operator_files import changed, model, write_kind
 
-# A city's own kind, as docs/design.md §4a shows one.
-NOISE = """\
-kind: noise
-title: {zh: 环境噪声, en: environmental noise}
-report_interval_s: 60
-metrics:
-  laeq_db: {type: float, unit: dB(A), range: [20, 140], title: {zh: 等效声级, en: equivalent level}}
-  alarm:   {type: bool, title: {zh: 超标报警, en: limit alarm}}
-  period:  {type: enum, values: [day, night], title: {zh: 时段, en: period}}
-attributes:
-  limit_db: {type: float, title: {zh: 限值, en: limit}}
-  zone_class: {type: str, required: true, title: {zh: 声环境功能区, en: noise zone class}}
-"""
 # A kind named like one of the set's other dashboards.
 DEVICE_KIND = """\
 kind: device
@@ -82,13 +70,9 @@ def _overrides(panel: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def own_kinds(tmp_path: Path) -> Iterator[Path]:
     """The model with the kinds folder of a city that added its own kinds; shipped after."""
     folder = tmp_path / "kinds"
-    folder.mkdir()
-    (folder / "noise.yaml").write_text(NOISE, encoding="utf-8")
-    MODEL.configure(folder, None)
-    try:
+    write_kind(folder)
+    with model(folder):
         yield folder
-    finally:
-        MODEL.configure(None, None)
 
 
 def _check_kind_dashboard(kind: Kind) -> None:
@@ -200,8 +184,7 @@ def _cli(*args: str, kinds: Path | None) -> subprocess.CompletedProcess[str]:
 
 def test_cli_export_writes_a_dashboard_for_the_kinds_path(tmp_path: Path) -> None:
     kinds = tmp_path / "kinds"
-    kinds.mkdir()
-    (kinds / "noise.yaml").write_text(NOISE, encoding="utf-8")
+    write_kind(kinds)
     out = tmp_path / "out"
     done = _cli("grafana", "export", "--out", str(out), kinds=kinds)
     assert done.returncode == 0, done.stderr
@@ -224,8 +207,7 @@ def test_cli_export_writes_a_dashboard_for_the_kinds_path(tmp_path: Path) -> Non
 
 def test_cli_export_refuses_a_broken_kind_file_naming_it(tmp_path: Path) -> None:
     kinds = tmp_path / "kinds"
-    kinds.mkdir()
-    (kinds / "noise.yaml").write_text(NOISE.replace("title: {zh: 时段, en: period}", ""))
+    write_kind(kinds, changed("metrics.period.title", None))
     done = _cli("grafana", "export", "--out", str(tmp_path / "out"), kinds=kinds)
     assert done.returncode == 1
     assert "noise.yaml" in done.stderr and "period" in done.stderr and "title" in done.stderr

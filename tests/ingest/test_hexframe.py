@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from cityiot.domain.catalogue import KINDS, MODEL, Kind
+from cityiot.domain.catalogue import KINDS, Kind
 from cityiot.domain.thingmodel import parse_kind
 from cityiot.ingest.broker import Delivery
 from cityiot.ingest.codecs.base import PayloadError
@@ -27,6 +26,7 @@ from cityiot.ingest.codecs.hexframe import (
     parse_code_table,
 )
 from tests.ingest.conftest import offline_ingest
+from tests.operator_files import NOISE, model, write_kind
 
 CODEC = HexFrameCodec()
 T0 = 1763856000
@@ -232,21 +232,6 @@ def test_a_frame_the_table_cannot_read_is_refused_with_the_reason(
     assert reason in str(caught.value)
 
 
-NOISE: dict[str, Any] = {
-    "kind": "noise",
-    "title": {"zh": "环境噪声", "en": "environmental noise"},
-    "report_interval_s": 60,
-    "metrics": {
-        "laeq_db": {
-            "type": "float",
-            "unit": "dB(A)",
-            "range": [20, 140],
-            "title": {"zh": "等效声级", "en": "equivalent level"},
-        }
-    },
-}
-
-
 def test_a_kind_without_codes_is_refused_naming_it() -> None:
     noise = parse_kind(NOISE, "test")
     with pytest.raises(PayloadError, match="kind noise has no codes in the hexframe code table"):
@@ -258,12 +243,9 @@ def test_a_kind_without_codes_is_refused_naming_it() -> None:
 @pytest.fixture
 def noise_model(tmp_path: Path) -> Iterator[None]:
     """The model with a noise kind from a kinds folder, as an operator adds one."""
-    (tmp_path / "noise.yaml").write_text(yaml.safe_dump(NOISE), encoding="utf-8")
-    MODEL.configure(tmp_path, None)
-    try:
+    write_kind(tmp_path)
+    with model(tmp_path):
         yield
-    finally:
-        MODEL.configure(None, None)
 
 
 def _dead_letters(ingest: Any, topic: str, payload: bytes) -> list[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -23,31 +23,13 @@ from cityiot.platform.local_services import free_port
 from cityiot.storage.kinds import save_kind
 from cityiot.storage.tables.deadletters import DeadLetter
 from tests.ingest.conftest import Platform
+from tests.operator_files import NOISE
 from tests.waiting import until
 
 DEVICE = "mh-1"  # acme's (JSON) device of REGISTRY_CSV whose kind gains a metric
 NEW_METRIC = "h2s_ppm"
 # What the ingest does with a reading once its kind has the metric, and after.
 AFTER_ACCEPTED = 20
-
-NOISE: dict[str, Any] = {
-    "title": {"zh": "环境噪声", "en": "environmental noise"},
-    "report_interval_s": 60,
-    "metrics": {
-        "laeq_db": {
-            "type": "float",
-            "unit": "dB(A)",
-            "range": [20, 140],
-            "title": {"zh": "等效声级", "en": "equivalent level"},
-        },
-        "alarm": {"type": "bool", "title": {"zh": "超标报警", "en": "limit alarm"}},
-        "period": {
-            "type": "enum",
-            "values": ["day", "night"],
-            "title": {"zh": "时段", "en": "period"},
-        },
-    },
-}
 
 
 @pytest.fixture
@@ -56,13 +38,8 @@ def platform_settings() -> dict[str, Any]:
     return {"dead_letter_rate_burst": 2**62}
 
 
-@pytest.fixture(autouse=True)
-def shipped_model() -> Iterator[None]:
-    """The kinds changed in a test leave with it (the ingest runs in this process)."""
-    try:
-        yield
-    finally:
-        MODEL.configure(None, None)
+# The kinds a test changes leave with it (the ingest runs in this process).
+pytestmark = pytest.mark.usefixtures("live_model")
 
 
 async def refused(platform: Platform, about: str) -> int:
@@ -184,6 +161,7 @@ async def test_a_kind_put_through_the_api_has_its_readings_stored_in_its_measure
         "lon": 114.02,
         "address": "驿城区解放路口",
         "report_interval_s": 60,
+        "attributes": {"zone_class": "2"},  # the kind's required attribute
     }
     r = await api_beside.post("/api/v1/devices", json=device)
     assert r.status_code == 201, r.text

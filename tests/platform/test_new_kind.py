@@ -25,41 +25,14 @@ from typing import Any
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
-import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cityiot.platform.launcher import ADMIN_KEY_SECRET
 from cityiot.platform.local_services import free_port
+from tests.operator_files import write_kind
 from tests.waiting import until
 
 CITYIOT = str(Path(sys.executable).parent / "cityiot")
-NOISE: dict[str, Any] = {
-    "kind": "noise",
-    "title": {"zh": "环境噪声", "en": "environmental noise"},
-    "report_interval_s": 60,
-    "metrics": {
-        "laeq_db": {
-            "type": "float",
-            "unit": "dB(A)",
-            "range": [20, 140],
-            "title": {"zh": "等效声级", "en": "equivalent level"},
-        },
-        "alarm": {"type": "bool", "title": {"zh": "超标报警", "en": "limit alarm"}},
-        "period": {
-            "type": "enum",
-            "values": ["day", "night"],
-            "title": {"zh": "时段", "en": "period"},
-        },
-    },
-    "attributes": {
-        "limit_db": {"type": "float", "title": {"zh": "限值", "en": "limit"}},
-        "zone_class": {
-            "type": "str",
-            "required": True,
-            "title": {"zh": "声环境功能区", "en": "noise zone class"},
-        },
-    },
-}
 RULE = {
     "kind": "noise",
     "severity": "major",
@@ -163,7 +136,7 @@ async def test_an_operator_adds_a_kind_without_restarting_anything(
 
         assert (await got("/kinds/noise")).status_code == 404
         # 1. The kind file, written into the running platform's kinds folder.
-        (platform.kinds / "noise.yaml").write_text(yaml.safe_dump(NOISE, allow_unicode=True))
+        write_kind(platform.kinds)
 
         async def known() -> bool:
             return (await got("/kinds/noise")).status_code == 200

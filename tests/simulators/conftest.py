@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from cityiot.domain.catalogue import MODEL, Kind
+from tests.operator_files import model, write_city, write_kind
 
 # A kind no code knows: every metric and attribute type, nothing the shipped behaviours
 # recognise, so everything about it is generic.
@@ -41,39 +41,19 @@ AIR: dict[str, Any] = {
     },
 }  # fmt: skip
 
-# Another city (CITYIOT_CITY_PATH), far from Zhumadian.
-XINYANG = """\
-name: {zh: 信阳市, en: Xinyang}
-timezone: Asia/Shanghai
-center: [32.13, 114.07]
-districts:
-  shihe: {zh: 浉河区, en: Shihe District}
-  pingqiao: {zh: 平桥区, en: Pingqiao District}
-"""
-
 
 @pytest.fixture
 def added_kind(tmp_path: Path) -> Iterator[Kind]:
     """The model in force with :data:`AIR` added from a kinds folder."""
     folder = tmp_path / "kinds"
-    folder.mkdir()
-    (folder / "air_quality.yaml").write_text(
-        yaml.safe_dump(AIR, allow_unicode=True, sort_keys=False), encoding="utf-8"
-    )
-    MODEL.configure(folder, None)
-    try:
+    write_kind(folder, AIR)
+    with model(folder):
         yield MODEL.kinds[AIR["kind"]]
-    finally:
-        MODEL.configure(None, None)
 
 
 @pytest.fixture
 def other_city(tmp_path: Path) -> Iterator[Path]:
     """The model in force with Xinyang as the city."""
-    path = tmp_path / "city.yaml"
-    path.write_text(XINYANG, encoding="utf-8")
-    MODEL.configure(None, path)
-    try:
+    path = write_city(tmp_path)
+    with model(None, path):
         yield path
-    finally:
-        MODEL.configure(None, None)

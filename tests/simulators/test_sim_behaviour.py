@@ -9,9 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from cityiot.domain.catalogue import KINDS, MODEL, Kind
+from cityiot.domain.catalogue import KINDS, Kind
 from cityiot.domain.sun import CITY_TZ, local_hour, solar_elevation_deg
 from cityiot.domain.thingmodel import kind_spec
 from cityiot.ingest.codecs.base import RawReading
@@ -27,6 +26,7 @@ from cityiot.simulators import (
     reading,
     sun_times,
 )
+from tests.operator_files import model, write_kind
 from tests.simulators.rulecheck import RuleCheck
 
 FIVE_MIN_MS = 5 * 60_000
@@ -327,13 +327,10 @@ def test_a_kind_changed_while_running_is_followed_from_the_next_reading(
     spec["metrics"]["pole_tilt_deg"] = {
         "type": "float", "unit": "°", "range": [0, 90], "title": {"zh": "灯杆倾角", "en": "pole tilt"},
     }  # fmt: skip
-    (tmp_path / f"{lamp_kind.name}.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True))
-    MODEL.configure(tmp_path, None)
-    try:
+    write_kind(tmp_path, spec)
+    with model(tmp_path):
         after = reading(lamp, start + FIVE_MIN_MS, state, rng)
         _validated(validator, lamp, start + FIVE_MIN_MS, after)
-    finally:
-        MODEL.configure(None, None)
     assert set(after) == set(before) | {"pole_tilt_deg"}
     assert 18 <= float(after["pole_tilt_deg"]) <= 36  # its normal band: 1/5 to 2/5 of 0–90
     assert after["power_on"] is True and float(after["energy_kwh"]) > float(before["energy_kwh"])

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-import yaml
 
-from cityiot.domain.catalogue import KINDS, MODEL
+from cityiot.domain.catalogue import KINDS
 from cityiot.ingest.codecs.hexframe import HexFrameCodec
 from cityiot.ingest.codecs.standard import StandardJsonCodec
 from cityiot.simulators import (
@@ -21,6 +20,7 @@ from cityiot.simulators import (
     plan_incident,
 )
 from cityiot.simulators.incidents import parse_incident
+from tests.operator_files import model, write_kind
 from tests.simulators.rulecheck import RuleCheck
 
 NIGHT_MS = 1_763_902_800_000  # 2025-11-23 21:00 in Zhumadian
@@ -353,9 +353,8 @@ def test_a_rainstorm_floods_a_kind_an_operator_added(tmp_path: Path) -> None:
             "pump_on": {"type": "bool", "title": {"zh": "水泵", "en": "pump on"}},
         },
     }  # fmt: skip
-    (tmp_path / "garage_flood.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True))
-    MODEL.configure(tmp_path, None)
-    try:
+    write_kind(tmp_path, spec)
+    with model(tmp_path):
         assert "garage_flood" in INCIDENT_KINDS["rainstorm"]
         garages = Fleet.generate(10, seed=1, mix={"garage_flood": 1.0})
         garage = garages.devices[0]
@@ -365,7 +364,5 @@ def test_a_rainstorm_floods_a_kind_an_operator_added(tmp_path: Path) -> None:
             for _t, report in iter_reports(garages, NIGHT_MS, 1300, rate=1.0, incidents=[incident])
             if report is not None and report.device is garage
         ]
-    finally:
-        MODEL.configure(None, None)
     assert len(depths) == 130
     assert max(depths) > 27 and depths[0] == 0.0 and depths[-1] == 0.0

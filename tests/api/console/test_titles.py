@@ -20,29 +20,9 @@ from cityiot.domain.catalogue import MODEL, Kind
 from cityiot.storage.kinds import refresh_kinds, save_kind
 from tests.api.console.conftest import ConsolePlatform, screenshot
 from tests.api.console.test_console import sign_in
+from tests.operator_files import NOISE
 from tests.waiting import until
 
-# A kind no file ships, as an operator would add it (docs/design.md §4a's example).
-NOISE: dict[str, Any] = {
-    "kind": "noise",
-    "title": {"zh": "环境噪声", "en": "environmental noise"},
-    "report_interval_s": 60,
-    "metrics": {
-        "laeq_db": {
-            "type": "float",
-            "unit": "dB(A)",
-            "range": [20, 140],
-            "title": {"zh": "等效声级", "en": "equivalent level"},
-        },
-        "alarm": {"type": "bool", "title": {"zh": "超标报警", "en": "limit alarm"}},
-        "period": {
-            "type": "enum",
-            "values": ["day", "night"],
-            "title": {"zh": "时段", "en": "period"},
-        },
-    },
-    "attributes": {"limit_db": {"type": "float", "title": {"zh": "限值", "en": "limit"}}},
-}
 NOISE_DEVICE = "ns-console-0001"
 REFERENCE = "/console/catalogue.json"
 # What the device page shows of a device: its facts, latest readings and charts.
@@ -249,7 +229,7 @@ async def test_a_kind_added_while_running_reaches_the_open_console_without_a_rel
             "lat": platform.alerting_manhole().lat,
             "lon": platform.alerting_manhole().lon,
             "report_interval_s": 60,
-            "attributes": {"limit_db": 55},
+            "attributes": {"limit_db": 55, "zone_class": "2"},
         },
     )
     assert created.status_code == 201, created.text
@@ -272,6 +252,7 @@ async def test_a_kind_added_while_running_reaches_the_open_console_without_a_rel
     await expect(view).to_have_attribute("data-loaded", "true")
     await expect(view.locator(".facts")).to_contain_text("环境噪声")
     await expect(view.locator("[data-attribute=limit_db] dt")).to_have_text("限值")
+    await expect(view.locator("[data-attribute=zone_class] dt")).to_have_text("声环境功能区")
     for name, label, value in (
         ("laeq_db", "等效声级 (dB(A))", "63.5 dB(A)"),
         ("alarm", "超标报警", "是"),
