@@ -6,7 +6,9 @@ city file named by ``CITYIOT_CITY_PATH``, and kinds changed through ``PUT /kinds
 (kept in the database). :data:`MODEL` holds what is in force; :data:`KINDS` and
 :data:`DISTRICTS` are its live mappings, changed in place by :meth:`ThingModel.refresh`, and
 :meth:`ThingModel.generation` counts the changes so that compiled tables (validation,
-rules) know when to rebuild. Nothing else in the platform spells a kind or metric by hand.
+rules) know when to rebuild. No code names a kind; a few features find their kinds by the
+metrics they carry (docs/kinds.en.md: the lighting rate, parking availability, the
+simulator's behaviours).
 """
 
 from __future__ import annotations
@@ -52,15 +54,17 @@ RESERVED_VENDOR_PREFIX = "cityiot"
 def _stamp(folder: Path | None) -> tuple[tuple[str, float, int], ...]:
     """What a folder of kind files looks like now (names, times, sizes): a change to it
     makes :meth:`ThingModel.refresh` read it again."""
-    if folder is None or not folder.is_dir():
+    if folder is None:
         return ()
-    return tuple(
-        sorted(
-            (p.name, p.stat().st_mtime, p.stat().st_size)
-            for p in folder.iterdir()
-            if p.suffix in (".yaml", ".yml")
-        )
-    )
+    stamp = []
+    try:
+        for path in folder.iterdir():
+            if path.suffix in (".yaml", ".yml"):
+                info = path.stat()
+                stamp.append((path.name, info.st_mtime, info.st_size))
+    except OSError:  # a file replaced meanwhile, the folder gone: looked at again next time
+        return ()
+    return tuple(sorted(stamp))
 
 
 class ThingModel:
@@ -83,6 +87,7 @@ class ThingModel:
         self._overrides: dict[str, Kind] = {}
         self._override_specs: dict[str, Mapping[str, Any]] = {}
         self._refused: dict[str, Kind] = {}  # logged once, not at every refresh
+        self._overrides_as_of: Any = None  # the newest change of the API's kinds taken in
 
     def generation(self) -> int:
         """A number that grows whenever a kind or the city changes."""
@@ -99,6 +104,8 @@ class ThingModel:
         self._files = self._read_files()
         self._overrides = {}
         self._override_specs = {}
+        self._overrides_as_of = None
+        self._refused.clear()
         self.kinds.clear()
         self.kinds.update(self._files)
         self._generation += 1
@@ -134,10 +141,20 @@ class ThingModel:
                 raise IncompatibleChange(kind.name, problems)
         return kind
 
-    def refresh(self, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
+    def refresh(
+        self, overrides: Mapping[str, Mapping[str, Any]] | None = None, as_of: Any = None
+    ) -> list[str]:
         """Take in changed kind files and the API's kinds (``overrides``: kind → spec, as
-        stored); the kinds that changed. A change that is broken or incompatible is logged
-        and skipped: the running model stays as it is."""
+        stored, read when the newest of them was ``as_of``); the kinds that changed. A change
+        that is broken or incompatible is logged and skipped: the running model stays as it
+        is. Overrides read before ones already taken in (two refreshes crossing) are
+        ignored."""
+        if (
+            as_of is not None
+            and self._overrides_as_of is not None
+            and as_of < self._overrides_as_of
+        ):
+            overrides = None
         if overrides is not None and overrides != self._override_specs:
             parsed: dict[str, Kind] = {}
             for name, spec in overrides.items():
@@ -147,6 +164,8 @@ class ThingModel:
                     log.error("event=kind_override_refused kind=%s error=%s", name, exc)
             self._overrides = parsed
             self._override_specs = dict(overrides)
+            if as_of is not None:
+                self._overrides_as_of = as_of
         stamp = _stamp(self._folder)
         if stamp != self._folder_stamp:
             self._folder_stamp = stamp
@@ -172,6 +191,7 @@ class ThingModel:
                     )  # fmt: skip
                 continue
             self.kinds[name] = kind
+            self._refused.pop(name, None)
             changed.append(name)
         if changed:
             self._generation += 1

@@ -7,6 +7,7 @@ Every stage (ingest, rules, API) calls :func:`refresh_kinds` every
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -24,9 +25,21 @@ log = logging.getLogger(__name__)
 
 async def kind_overrides(sessions: async_sessionmaker[AsyncSession]) -> dict[str, dict[str, Any]]:
     """The kinds put through the API: kind → its spec (the kind file's mapping)."""
+    return (await _overrides_as_of(sessions))[0]
+
+
+async def _overrides_as_of(
+    sessions: async_sessionmaker[AsyncSession],
+) -> tuple[dict[str, dict[str, Any]], dt.datetime | None]:
+    """The kinds put through the API and the time of the newest change among them."""
     async with sessions() as session:
-        rows = (await session.execute(select(KindOverride.kind, KindOverride.spec))).all()
-    return {kind: dict(spec) for kind, spec in rows}
+        rows = (
+            await session.execute(
+                select(KindOverride.kind, KindOverride.spec, KindOverride.updated_at)
+            )
+        ).all()
+    newest = max((row.updated_at for row in rows), default=None)
+    return {kind: dict(spec) for kind, spec, _ in rows}, newest
 
 
 async def save_kind(
@@ -48,8 +61,8 @@ async def refresh_kinds(sessions: async_sessionmaker[AsyncSession]) -> list[str]
     """Take the API's kinds and changed kind files into :data:`MODEL`; the kinds that
     changed. The database being away leaves the model as it is (logged)."""
     try:
-        overrides = await kind_overrides(sessions)
+        overrides, as_of = await _overrides_as_of(sessions)
     except Exception as exc:  # keep the kinds in force; the next round tries again
         log.warning("event=kinds_refresh_deferred error=%s", exc)
         return MODEL.refresh(None)
-    return MODEL.refresh(overrides)
+    return MODEL.refresh(overrides, as_of)
