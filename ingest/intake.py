@@ -199,7 +199,13 @@ class Intake:
                 f"vendor {vendor} is set to codec {self.devices.codecs[vendor]!r}, "
                 f"which this ingest does not have ({', '.join(self.codecs)})"
             )
-        raws = codec.decode(payload, KINDS[device.kind])
+        kind = KINDS.get(device.kind)
+        if kind is None:  # the registry knows a kind this process has not taken in yet
+            raise Rejected(
+                f"device {device.device_id} is of kind {device.kind!r}, which this ingest does "
+                "not know (yet); check GET /api/v1/kinds and the kind files"
+            )
+        raws = codec.decode(payload, kind)
         batched = len(raws) > 1
         for index, raw in enumerate(raws):
             try:

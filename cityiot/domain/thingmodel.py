@@ -9,6 +9,7 @@ stored data must stay inside the ranges).
 
 from __future__ import annotations
 
+import keyword
 import math
 import re
 from collections.abc import Mapping
@@ -33,6 +34,14 @@ ENUM_VALUE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 COMMON_ATTRIBUTES = ("district", "lat", "lon", "address", "install_date", "report_interval_s")
 # A device's own fields, which are also the registry's CSV columns: no attribute may take them.
 DEVICE_FIELDS = ("device_id", "vendor", "kind", *COMMON_ATTRIBUTES)
+# Names a metric may not take: InfluxDB's time column, the tags of a kind's series, the field
+# the platform adds to a reading without its own time, the attributes every device has (a
+# rule could not tell them apart), and the words of the rule language.
+RESERVED_METRICS = frozenset(
+    {"time", "ts_assumed", "vendor", "kind", *DEVICE_FIELDS, *keyword.kwlist, "true", "false"}
+)
+# Measurements the platform writes itself (presence): no kind may be one.
+RESERVED_KINDS = frozenset({"device_status"})
 _KIND_FIELDS = {"kind", "title", "report_interval_s", "metrics", "attributes", "description"}
 _METRIC_FIELDS = {"type", "unit", "range", "values", "title", "description"}
 _ATTRIBUTE_FIELDS = {"type", "required", "title", "description"}
@@ -130,6 +139,12 @@ def _parse_metric(name: Any, raw: Any, where: str) -> Metric:
             f"{where}: metric name {name!r} must match [a-z][a-z0-9_]{{0,63}} "
             "(lower case, the unit as its suffix: water_depth_cm)"
         )
+    if name in RESERVED_METRICS:
+        raise ModelError(
+            f"{where}.{name}: {name!r} is reserved (InfluxDB's time, a tag, a device field or "
+            "a word of the rule language); rename the metric, e.g. with its unit: "
+            f"{name}_value"
+        )
     where = f"{where}.{name}"
     if not isinstance(raw, Mapping):
         raise ModelError(f"{where}: must be a mapping with type and title")
@@ -184,6 +199,8 @@ def _parse_attribute(name: Any, raw: Any, where: str) -> Attribute:
         raise ModelError(
             f"{where}.{name}: every device already has {name}; remove it from the kind"
         )
+    if name in RESERVED_METRICS:
+        raise ModelError(f"{where}.{name}: {name!r} is a word of the rule language; rename it")
     where = f"{where}.{name}"
     if not isinstance(raw, Mapping):
         raise ModelError(f"{where}: must be a mapping with type and title")
@@ -208,6 +225,11 @@ def parse_kind(raw: Any, source: str) -> Kind:
         raise ModelError(
             f"{source}: kind: {kind_id!r} must match [a-z][a-z0-9_]{{0,31}} "
             "(it is also the InfluxDB measurement)"
+        )
+    if kind_id in RESERVED_KINDS:
+        raise ModelError(
+            f"{source}: kind: {kind_id!r} is the platform's own measurement (device presence); "
+            "choose another id"
         )
     where = f"{source}: kind {kind_id}"
     _unknown(raw, _KIND_FIELDS, where)
@@ -308,10 +330,16 @@ def incompatibilities(old: Kind, new: Kind) -> list[str]:
                 "registered devices hold the old type"
             )
     for b in new.attributes:
-        if b.required and old.attribute(b.name) is None:
+        was = old.attribute(b.name)
+        if b.required and was is None:
             problems.append(
                 f"attribute {b.name} is new and required; devices registered before lack it "
                 "(make it optional)"
+            )
+        elif b.required and was is not None and not was.required:
+            problems.append(
+                f"attribute {b.name} becomes required; devices registered without it would "
+                "fail every change (keep it optional)"
             )
     return problems
 

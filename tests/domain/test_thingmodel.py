@@ -62,6 +62,12 @@ def test_the_contracts_example_parses_with_every_type() -> None:
         ("attributes.district", {"type": "str", "title": {"zh": "a", "en": "b"}}, "already has"),
         ("attributes.vendor", {"type": "str", "title": {"zh": "a", "en": "b"}}, "already has"),
         ("attributes.alarm", {"type": "str", "title": {"zh": "a", "en": "b"}}, "both a metric"),
+        ("metrics.time", {"type": "bool", "title": {"zh": "a", "en": "b"}}, "'time' is reserved"),
+        ("metrics.district", {"type": "bool", "title": {"zh": "a", "en": "b"}}, "is reserved"),
+        ("metrics.ts_assumed", {"type": "bool", "title": {"zh": "a", "en": "b"}}, "is reserved"),
+        ("metrics.not", {"type": "bool", "title": {"zh": "a", "en": "b"}}, "is reserved"),
+        ("attributes.and", {"type": "str", "title": {"zh": "a", "en": "b"}}, "rule language"),
+        ("kind", "device_status", "the platform's own measurement"),
     ],
 )
 def test_a_broken_kind_is_told_the_field_and_the_fix(path: str, value: Any, says: str) -> None:
@@ -98,6 +104,7 @@ def test_a_file_must_be_named_after_its_kind(tmp_path: Path) -> None:
             {"type": "str", "required": True, "title": {"zh": "街道", "en": "street"}},
             "attribute street is new and required",
         ),
+        ("attributes.limit_db.required", True, "attribute limit_db becomes required"),
     ],
 )
 def test_incompatible_changes_name_the_metric_and_why(path: str, value: Any, says: str) -> None:
@@ -182,6 +189,18 @@ def test_refresh_takes_a_changed_file_and_an_api_change_and_refuses_an_incompati
     # A stored change that no longer fits (the file moved on) is kept out, not applied.
     assert MODEL.refresh({"noise": no_alarm}) == []
     assert MODEL.kinds["noise"].metric("alarm") is not None
+
+
+@pytest.mark.usefixtures("live_model")
+def test_overrides_read_before_those_taken_in_are_ignored() -> None:
+    """Two refreshes crossing (a PUT's and the periodic one): the one that read the
+    database first must not put back what the other took in."""
+    wider = changed("metrics.laeq_db.range", [10, 150])
+    assert MODEL.refresh({"noise": NOISE}, as_of=1) == ["noise"]
+    assert MODEL.refresh({"noise": wider}, as_of=3) == ["noise"]
+    assert MODEL.refresh({"noise": NOISE}, as_of=2) == []  # the older snapshot
+    laeq = MODEL.kinds["noise"].metric("laeq_db")
+    assert laeq is not None and laeq.low == 10
 
 
 CITY = """\

@@ -189,3 +189,21 @@ async def test_another_vendors_device_reads_like_a_missing_one(platform: Platfor
     assert theirs.reason.replace("mh-1", "ID") == missing.reason.replace("mh-404", "ID")
     assert "acme" not in theirs.reason
     assert theirs.reason.startswith("device mh-1 is not registered to vendor oldco")
+
+
+@pytest.mark.usefixtures("live_model")
+async def test_a_device_of_a_kind_this_ingest_does_not_know_is_a_dead_letter(
+    platform: Platform,
+) -> None:
+    """The registry may hold a device of a kind this process has not taken in (a PUT whose
+    refresh has not come yet): its reading is refused with a reason, not a decoding crash."""
+    from cityiot.domain.catalogue import MODEL
+
+    MODEL.kinds.pop("water")
+    platform.publish("city/acme/wt-1/telemetry", reading(ph=7.1))
+    platform.publish("city/acme/sl-1/telemetry", reading(power_on=True))
+    await platform.settle(2)
+    async with platform.sessions() as session:
+        (letter,) = (await session.scalars(select(DeadLetter))).all()
+    assert letter.reason.startswith("device wt-1 is of kind 'water', which this ingest does not")
+    assert await platform.points('SELECT "power_on" FROM "streetlight"') != []
