@@ -23,7 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from cityiot.domain.catalogue import DISTRICTS, KINDS, MODEL, Attribute, Kind, Metric
+from cityiot.domain.catalogue import (
+    DISTRICTS,
+    KINDS,
+    MODEL,
+    SHIPPED_CITY,
+    Attribute,
+    Kind,
+    Metric,
+)
 from cityiot.ingest.codecs.hexframe import encode as encode_frame
 
 AttributeValue = float | int | str
@@ -340,18 +348,22 @@ class _Layout:
     places: Mapping[str, _Place]
     lat_bounds: tuple[float, float]
     lon_bounds: tuple[float, float]
+    local: bool  # the shipped city, whose districts and streets the fleet knows
 
     @classmethod
     def of_city(cls) -> _Layout:
         city = MODEL.city
-        places = {d: _PLACES.get(d) or _place_near(city.lat, city.lon, d) for d in DISTRICTS}
-        if all(d in _PLACES for d in DISTRICTS):
+        # The known places are the shipped city's: another city's district of the same id
+        # (there is a 驿城区 elsewhere too) is placed near its own centre.
+        known = _PLACES if city.source == str(SHIPPED_CITY) else {}
+        places = {d: known.get(d) or _place_near(city.lat, city.lon, d) for d in DISTRICTS}
+        if known and all(d in known for d in DISTRICTS):
             lat_bounds, lon_bounds = AREA_LAT, AREA_LON
         else:
             reach = _OTHER_CITY_REACH_DEG
             lat_bounds = (city.lat - reach, city.lat + reach)
             lon_bounds = (city.lon - reach, city.lon + reach)
-        return cls(city.name_zh, places, lat_bounds, lon_bounds)
+        return cls(city.name_zh, places, lat_bounds, lon_bounds, bool(known))
 
     def position(
         self, rng: random.Random, lat: float, lon: float, spread: float
@@ -362,7 +374,8 @@ class _Layout:
         return round(lat, 6), round(lon, 6)
 
     def street_address(self, rng: random.Random, district: str) -> str:
-        streets = _CITY_STREETS if self.places[district].urban else _COUNTY_STREETS
+        # Zhumadian's own street names only in Zhumadian; common names anywhere else.
+        streets = _CITY_STREETS if self.places[district].urban and self.local else _COUNTY_STREETS
         name = DISTRICTS[district].name_zh
         return f"{self.city_zh}{name}{rng.choice(streets)}{rng.randint(1, 480)}号"
 

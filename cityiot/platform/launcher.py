@@ -345,7 +345,7 @@ def show_where(settings: Settings, run_dir: Path, out: Console, api_url: str) ->
         influx_login = f'-u "{settings.influx_user}:{secret}" '
     out.print(
         f"    curl -sG {influx_login}{settings.influx_url}/query --data-urlencode db={db} "
-        '--data-urlencode "q=SELECT count(*) FROM manhole"'
+        f'--data-urlencode "q=SELECT count(*) FROM {next(iter(KINDS), "kind")}"'
     )
     out.print(
         f'    curl -s -H "Authorization: Bearer $(cat {run_dir / ADMIN_KEY_SECRET})" '

@@ -100,6 +100,20 @@ def test_another_city_gets_its_own_districts(other_city: Path) -> None:
     assert parse_device_csv(fleet.csv_text()).errors == []
 
 
+def test_another_citys_district_of_a_shipped_id_is_placed_in_that_city(tmp_path: Path) -> None:
+    """Zhumadian's places and street names stay Zhumadian's: Xinyang with a district
+    called yicheng gets it near Xinyang, with common street names."""
+    from tests.operator_files import XINYANG, model, write_city
+
+    city = write_city(tmp_path, XINYANG.replace("shihe:", "yicheng:"))
+    with model(None, city):
+        fleet = Fleet.generate(100, seed=3)
+        for d in fleet:
+            assert abs(d.lat - MODEL.city.lat) < 0.5 and abs(d.lon - MODEL.city.lon) < 0.5
+            assert "驿城大道" not in d.address and "天中山大道" not in d.address
+        assert any(d.district == "yicheng" for d in fleet)
+
+
 def test_kind_attributes_are_plausible() -> None:
     fleet = Fleet.generate(2000, seed=2)
     for d in fleet:
