@@ -29,8 +29,9 @@ A rule file holds a list of rules::
 Conditions are small expressions: numbers, ``true``/``false``, the kind's metric names and
 the device's numeric attributes (``depth_cm``, ``max_stay_min``, ``report_interval_s``, ...),
 ``+ - * /``, comparisons, ``and``/``or``/``not`` and parentheses. An enum metric is compared
-with ``==`` or ``!=`` to one of its values, written as a string: ``alarm_state == "fault"``.
-Anything else is refused with the file, rule and field named. The names come from the kinds
+with ``==`` or ``!=`` to one of its values, written as a string: ``alarm_state == "fault"``;
+a text attribute of the kind likewise, to any string: ``zone_class == "4a"``. Anything else
+is refused with the file, rule and field named. The names come from the kinds
 in force (:data:`~cityiot.domain.catalogue.MODEL`) when the rule is loaded, so a kind added
 at run time can have rules. A rule may carry an ``action`` sending a command to the device or
 to its district's group of a kind (linked control)::
@@ -83,10 +84,10 @@ class Expression:
     text: str
     names: frozenset[str]
     _code: Any = field(repr=False, compare=False)
-    # The names read as numbers or true/false, and the (enum metric, value) comparisons:
-    # what a kind must have for the expression to apply to it.
+    # The names read as numbers or true/false, and the (name, string) comparisons with an
+    # enum metric or a text attribute: what a kind must have for the expression to apply.
     numbers: frozenset[str] = frozenset()
-    enum_tests: frozenset[tuple[str, str]] = frozenset()
+    string_tests: frozenset[tuple[str, str]] = frozenset()
 
     def __call__(self, values: Mapping[str, Any]) -> Any:
         return eval(self._code, _NO_BUILTINS, values)  # noqa: S307 - AST whitelisted
@@ -100,17 +101,21 @@ class Expression:
 @dataclass(frozen=True)
 class Vocabulary:
     """What a rule's expressions may name: float and bool metrics and numeric attributes
-    (``numbers``), and enum metrics with their values (``enums``)."""
+    (``numbers``), enum metrics with their values (``enums``), and text attributes
+    (``texts``, compared to any string: their values are not a closed set)."""
 
     numbers: frozenset[str]
     enums: Mapping[str, tuple[str, ...]]
+    texts: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, kinds: Iterable[Kind]) -> Vocabulary:
-        """The names of ``kinds`` together (a ``"*"`` rule's): a name that is an enum in one
-        kind and a number in another is both, and its use decides which kinds a rule keeps."""
+        """The names of ``kinds`` together (a ``"*"`` rule's): a name that is an enum or text
+        in one kind and a number in another is both, and its use decides which kinds a rule
+        keeps."""
         numbers = set(COMMON_NUMBERS)
         enums: dict[str, list[str]] = {}
+        texts: set[str] = set()
         for kind in kinds:
             for m in kind.metrics:
                 if m.type == "enum":
@@ -118,16 +123,18 @@ class Vocabulary:
                     known += [v for v in m.values if v not in known]
                 else:
                     numbers.add(m.name)
-            numbers.update(a.name for a in kind.attributes if a.type is not str)
-        return cls(frozenset(numbers), {n: tuple(v) for n, v in enums.items()})
+            for a in kind.attributes:
+                (texts if a.type is str else numbers).add(a.name)
+        return cls(frozenset(numbers), {n: tuple(v) for n, v in enums.items()}, frozenset(texts))
 
     def known(self) -> list[str]:
-        return sorted(self.numbers | self.enums.keys())
+        return sorted(self.numbers | self.enums.keys() | self.texts)
 
     def fits(self, expression: Expression) -> bool:
         """Whether ``expression`` reads only what these names offer, as their types allow."""
         return expression.numbers <= self.numbers and all(
-            value in self.enums.get(name, ()) for name, value in expression.enum_tests
+            name in self.texts or value in self.enums.get(name, ())
+            for name, value in expression.string_tests
         )
 
 
@@ -139,11 +146,37 @@ def _values_of(name: str, vocabulary: Vocabulary) -> str:
     return ", ".join(f'"{v}"' for v in vocabulary.enums[name])
 
 
-def _enum_tests(
+_STRING_USE = "a string is compared with == or != to an enum metric or a text attribute"
+
+
+def _string_example(name: str | None, vocabulary: Vocabulary) -> str:
+    """How to compare ``name`` with a string (an enum metric of the gas detectors when
+    ``name`` is neither an enum metric nor a text attribute)."""
+    if name is not None and name in vocabulary.enums:
+        return f'{name} == "{vocabulary.enums[name][0]}"'
+    if name is not None and name in vocabulary.texts:
+        return f'{name} == "some text"'
+    return 'alarm_state == "fault"'
+
+
+def _misused(name: str, vocabulary: Vocabulary) -> str:
+    """Why ``name`` (an enum metric or a text attribute) is no number or truth value."""
+    if name in vocabulary.enums:
+        what = f"an enum metric (values {_values_of(name, vocabulary)})"
+        to = "one of its values"
+    else:
+        what, to = "a text attribute of the device", "a string"
+    return (
+        f"{name} is {what}; compare it with == or != to {to}, e.g. "
+        f"{_string_example(name, vocabulary)}: arithmetic, ordering and truth do not apply to it"
+    )
+
+
+def _string_tests(
     tree: ast.AST, text: str, vocabulary: Vocabulary, where: str
 ) -> tuple[set[tuple[str, str]], set[int]]:
-    """The ``metric == "value"`` comparisons of ``tree`` (checked against the enum's
-    values) and the ids of the nodes they use."""
+    """The ``name == "value"`` comparisons of ``tree`` with an enum metric (checked against
+    its values) or a text attribute (any string), and the ids of the nodes they use."""
     tests: set[tuple[str, str]] = set()
     used: set[int] = set()
     for node in ast.walk(tree):
@@ -152,27 +185,35 @@ def _enum_tests(
         operands = [node.left, *node.comparators]
         if not any(_is_text(o) for o in operands):
             continue
-        example = 'write e.g. alarm_state == "fault"'
+        named = next((o.id for o in operands if isinstance(o, ast.Name)), None)
+        example = f"write e.g. {_string_example(named, vocabulary)}"
         if len(operands) != 2 or not isinstance(node.ops[0], ast.Eq | ast.NotEq):
+            subject = ""
+            if named in vocabulary.enums:
+                subject = f"{named} is an enum metric; "
+            elif named in vocabulary.texts:
+                subject = f"{named} is a text attribute; "
             raise RuleError(
-                f"{where}: {text!r}: a string is compared with == or != to an enum metric, "
-                f"one value at a time; ordering does not apply to enum values ({example})"
+                f"{where}: {text!r}: {subject}{_STRING_USE}, one value at a time; ordering "
+                f"does not apply to strings ({example})"
             )
         text_node, other = operands if _is_text(operands[0]) else operands[::-1]
         assert isinstance(text_node, ast.Constant)
         if not isinstance(other, ast.Name):
             raise RuleError(
-                f"{where}: {text!r}: a string is only compared to an enum metric ({example})"
+                f"{where}: {text!r}: a string is only compared to an enum metric or a text "
+                f"attribute ({example})"
             )
         name, value = other.id, str(text_node.value)
-        if name not in vocabulary.enums:
+        if name not in vocabulary.enums and name not in vocabulary.texts:
             what = "a number or true/false" if name in vocabulary.numbers else "not known here"
             raise RuleError(
-                f"{where}: {text!r}: {name!r} is {what}, not an enum metric, so it cannot be "
-                f"compared with the string {value!r}; enum metrics: "
-                f"{', '.join(sorted(vocabulary.enums)) or 'none'}"
+                f"{where}: {text!r}: {name!r} is {what}, not an enum metric or a text "
+                f"attribute, so it cannot be compared with the string {value!r}; enum "
+                f"metrics: {', '.join(sorted(vocabulary.enums)) or 'none'}; text attributes: "
+                f"{', '.join(sorted(vocabulary.texts)) or 'none'}"
             )
-        if value not in vocabulary.enums[name]:
+        if name not in vocabulary.texts and value not in vocabulary.enums[name]:
             raise RuleError(
                 f"{where}: {text!r}: {value!r} is not a value of the metric {name}; "
                 f"its values: {_values_of(name, vocabulary)}"
@@ -197,8 +238,8 @@ def compile_expression(text: str, vocabulary: Vocabulary, where: str) -> Express
                 "(use metrics, attributes, numbers, + - * /, comparisons, and/or/not)"
             )
         if isinstance(node, ast.Constant) and not isinstance(node.value, int | float | bool | str):
-            raise RuleError(f"{where}: {text!r}: only numbers, true/false and enum values")
-    enum_tests, in_tests = _enum_tests(tree, text, vocabulary, where)
+            raise RuleError(f"{where}: {text!r}: only numbers, true/false and strings")
+    string_tests, in_tests = _string_tests(tree, text, vocabulary, where)
     numbers: set[str] = set()
     for node in ast.walk(tree):
         if id(node) in in_tests:
@@ -206,31 +247,26 @@ def compile_expression(text: str, vocabulary: Vocabulary, where: str) -> Express
         if _is_text(node):
             raise RuleError(
                 f"{where}: {text!r}: a string is only compared with == or != to an enum "
-                'metric (write e.g. alarm_state == "fault")'
+                'metric or a text attribute (write e.g. alarm_state == "fault")'
             )
         if not isinstance(node, ast.Name):
             continue
         if node.id in vocabulary.numbers:
             numbers.add(node.id)
-        elif node.id in vocabulary.enums:
-            raise RuleError(
-                f"{where}: {text!r}: {node.id} is an enum metric (values "
-                f"{_values_of(node.id, vocabulary)}); compare it with == or != to one of its "
-                f'values, e.g. {node.id} == "{vocabulary.enums[node.id][0]}": arithmetic, '
-                "ordering and truth do not apply to it"
-            )
+        elif node.id in vocabulary.enums or node.id in vocabulary.texts:
+            raise RuleError(f"{where}: {text!r}: {_misused(node.id, vocabulary)}")
         else:
             raise RuleError(
                 f"{where}: {text!r} names {node.id!r}, which is neither a metric of this "
                 f"kind nor a device attribute; known: {', '.join(vocabulary.known())}"
             )
-    names = frozenset(numbers) | frozenset(name for name, _ in enum_tests)
+    names = frozenset(numbers) | frozenset(name for name, _ in string_tests)
     return Expression(
         text,
         names,
         compile(tree, f"<{where}>", "eval"),
         numbers=frozenset(numbers),
-        enum_tests=frozenset(enum_tests),
+        string_tests=frozenset(string_tests),
     )
 
 
@@ -246,7 +282,8 @@ def parse_duration(value: Any, where: str) -> float:
 
 @dataclass(frozen=True)
 class Schedule:
-    """When a rule applies, in Asia/Shanghai: night/day by the sun, or clock hours."""
+    """When a rule applies, in the city's time zone (the city file; Asia/Shanghai for
+    Zhumadian): night/day by the sun at the city's centre, or clock hours."""
 
     mode: Literal["night", "day", "hours"]
     start_min: int = 0

@@ -24,7 +24,8 @@ wall_clock: Clock = time.time
 
 
 def city_time(when: dt.datetime | None) -> str | None:
-    """RFC 3339 in Zhumadian's offset (+08:00), seconds precision."""
+    """RFC 3339 in the offset of the city's time zone (the city file; Asia/Shanghai, +08:00,
+    for Zhumadian), seconds precision."""
     if when is None:
         return None
     return when.astimezone(CITY_TZ).isoformat(timespec="seconds")

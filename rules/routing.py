@@ -38,8 +38,9 @@ The file::
         matchers: [{label: district, op: "=", value: yicheng}]
         schedule: {weekdays: [mon, tue, wed, thu, fri], start: "01:00", end: "05:00"}
 
-Window times are Asia/Shanghai; ``weekdays`` (all seven when left out) are the days a
-window starts, and a window whose end is not after its start runs past midnight.
+Window times are in the city's time zone (the city file; Asia/Shanghai for Zhumadian);
+``weekdays`` (all seven when left out) are the days a window starts, and a window whose end
+is not after its start runs past midnight.
 
 String values may say ``${NAME}`` (or ``${NAME:-default}``) to read an environment
 variable, so secrets stay out of the file. A channel that needs an unset (or empty)

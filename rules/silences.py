@@ -7,9 +7,10 @@ matches every one of them.
 
 A silence (stored in the ``silences`` table) mutes the alerts it matches between
 ``starts_at`` and ``ends_at``; a maintenance window (from the routing file) mutes them at
-fixed hours of the week in Zhumadian's time. Muting only stops notifications: alert states
-are still recorded and published, and an alert still firing when the mute ends is notified
-at its group's next interval (see ``rules/dispatch.py``).
+fixed hours of the week in the city's time zone (the city file; Asia/Shanghai for
+Zhumadian). Muting only stops notifications: alert states are still recorded and published,
+and an alert still firing when the mute ends is notified at its group's next interval (see
+``rules/dispatch.py``).
 """
 
 from __future__ import annotations
@@ -273,7 +274,8 @@ def silenced_by(silences: Iterable[Silence], labels: Mapping[str, Any]) -> list[
 
 @dataclass(frozen=True, slots=True)
 class MaintenanceWindow:
-    """Weekly hours (Asia/Shanghai) during which the matching alerts are not notified.
+    """Weekly hours, in the city's time zone (the city file; Asia/Shanghai for Zhumadian),
+    during which the matching alerts are not notified.
 
     ``weekdays`` (0 = Monday) are the days a window *starts*; when ``end_s`` is not after
     ``start_s`` the window runs past midnight into the next day (Fri 23:00–03:00 covers

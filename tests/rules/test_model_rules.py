@@ -1,6 +1,6 @@
 """Rules follow the live model (docs/design.md §4a): the names a rule may read come from the
-kinds in force when it loads; enum metrics are compared with their values; a kind added at
-run time (a kind file, or a kind put through the API) gets rules; and the running rules stage
+kinds in force when it loads; enum metrics are compared with their values and text attributes
+with strings; a kind added at run time (a kind file, or a kind put through the API) gets rules; and the running rules stage
 reloads its rules when the kinds change, on the real database."""
 
 from __future__ import annotations
@@ -143,6 +143,48 @@ def test_enum_misuse_is_refused_with_what_to_write(when: str, phrases: list[str]
     assert all(p in message for p in phrases), message
 
 
+# -- text attributes ------------------------------------------------------------------------
+
+
+def test_a_text_attribute_is_compared_with_a_string(live_model: ThingModel, tmp_path: Path) -> None:
+    live_model.configure(kinds_folder(tmp_path, NOISE), None)
+    rules = parse_rule_file(
+        rule_text("noise", 'zone_class == "4a"', "noise_4a")
+        + rule_text("noise", 'zone_class != "4a" and laeq_db > 60', "noise_loud_elsewhere"),
+        "noise.yaml",
+    )
+    assert [r.names for r in rules] == [{"zone_class"}, {"zone_class", "laeq_db"}]
+    fired: dict[str | None, list[tuple[str, str, dict[str, Any]]]] = {}
+    for zone in ("4a", "2", None):  # None: a device registered without the attribute
+        attributes = {"limit_db": 55.0} | ({"zone_class": zone} if zone else {})
+        device = DeviceFacts(f"n-{zone}", "noise", 60, attributes)
+        fired[zone] = [(t.rule.id, t.to, t.values) for t in feed(rules, device, {"laeq_db": 65.0})]
+    assert fired == {
+        "4a": [("noise_4a", "firing", {"zone_class": "4a"})],
+        "2": [("noise_loud_elsewhere", "firing", {"laeq_db": 65.0, "zone_class": "2"})],
+        None: [],  # not judged: the rule reads what the device does not have
+    }
+
+
+@pytest.mark.parametrize(
+    ("when", "phrases"),
+    [
+        ('zone_class > "a"', ["zone_class is a text attribute", "ordering does not apply", 'zone_class == "']),
+        ("zone_class + 1", ["zone_class is a text attribute", "arithmetic", 'zone_class == "']),
+        ("not zone_class", ["zone_class is a text attribute", "truth"]),
+        ("zone_class == 4", ["zone_class is a text attribute", "compare it with == or != to a string"]),
+        ('laeq_db == "4a"', ["'laeq_db' is a number or true/false, not an enum metric or a text attribute", "text attributes: zone_class"]),
+    ],
+)  # fmt: skip
+def test_text_attribute_misuse_is_refused_naming_the_rule_and_the_attribute(
+    live_model: ThingModel, tmp_path: Path, when: str, phrases: list[str]
+) -> None:
+    live_model.configure(kinds_folder(tmp_path, NOISE), None)
+    message = refused(rule_text("noise", when, "noise_x"))
+    assert message.startswith("mine.yaml: rule noise_x.when"), message
+    assert all(p in message for p in phrases), message
+
+
 # -- kinds added at run time ---------------------------------------------------------------
 
 
@@ -153,8 +195,8 @@ def test_a_kind_from_the_kinds_path_gets_rules_using_its_metrics_and_attributes(
     live_model.configure(kinds_folder(tmp_path, NOISE), None)
     (rule,) = parse_rule_file(NOISE_RULE, "noise.yaml")
     assert rule.kinds == {"noise"} and rule.names == {"laeq_db", "limit_db", "period"}
-    # Its string attribute is not a number a rule can compute with.
-    assert "'zone_class'" in refused(rule_text("noise", "laeq_db > zone_class"))
+    # Its text attribute is not a number a rule can compute with.
+    assert "zone_class is a text attribute" in refused(rule_text("noise", "laeq_db > zone_class"))
 
     device = DeviceFacts("n-1", "noise", 60, {"limit_db": 55.0, "zone_class": "1"})
     out = feed(
@@ -189,6 +231,22 @@ def test_a_star_rule_keeps_the_kinds_where_each_name_has_the_type_it_is_used_as(
     (as_number,) = parse_rule_file(rule_text("*", "level > 3"), "x.yaml")
     assert as_enum.kinds == {"siren"} and as_number.kinds == {"gauge"}
     assert "'loud' is not a value" in refused(rule_text("*", 'level == "loud"'))
+
+    # A third kind where "level" is a text attribute: any string applies to it, a value of
+    # the enum to both, a number still to the gauge alone.
+    plate = copy.deepcopy(NOISE) | {"kind": "plate"}
+    plate["attributes"]["level"] = {"type": "str", "title": {"zh": "等级", "en": "level"}}
+    live_model.refresh({"siren": siren, "gauge": gauge, "plate": plate})
+    kinds = {
+        when: parse_rule_file(rule_text("*", when), "x.yaml")[0].kinds
+        for when in ('level == "high"', 'level != "loud"', "level > 3")
+    }
+    assert kinds == {
+        'level == "high"': {"siren", "plate"},
+        'level != "loud"': {"plate"},
+        "level > 3": {"gauge"},
+    }
+    assert "ordering does not apply" in refused(rule_text("*", 'level > "a"'))
 
 
 # -- the running stage follows the kinds ---------------------------------------------------
