@@ -27,6 +27,8 @@ from cityiot.api.limits import BodyLimits, EdgeCounters
 from cityiot.api.metrics import MetricsSource, add_source, counters_source
 from cityiot.api.ratelimit import RateLimiter
 from cityiot.api.routes import ROUTERS, health
+from cityiot.api.routes.kinds import audit_file_changes
+from cityiot.domain.catalogue import MODEL
 from cityiot.domain.settings import Settings
 from cityiot.domain.version import platform_version
 from cityiot.storage.engine import make_engine, migrate, sessionmaker
@@ -44,7 +46,8 @@ Every endpoint but `/healthz`, `/readyz` and `/metrics` needs an API key:
 Roles: `admin`, `operator`, `field`, `department` (read-only, limited to the kinds and
 districts granted), `vendor` (its own devices). Lists are paginated with `limit` and
 `cursor` (`next_cursor` of the previous page). Errors are RFC 9457 problem details.
-Times are RFC 3339; series default to the time zone Asia/Shanghai.
+Times are RFC 3339; series default to the city's time zone (its city file's
+`timezone`, Asia/Shanghai for Zhumadian).
 """
 
 
@@ -78,7 +81,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)  # /healthz, /readyz, /metrics without the prefix too
     for router in ROUTERS:
         app.include_router(router, prefix=PREFIX, responses=problems.COMMON_RESPONSES)
-    app.include_router(console.router)  # the built-in console: / and /console/* (api/console)
+    # The built-in console: / and /console/* (api/console), looking again as often as the
+    # stages take registry and kind changes.
+    reference = console.ReferenceData(refresh_s=settings.registry_refresh_s)
+    app.include_router(console.make_router(reference=reference))
     app.include_router(docs.router)  # /docs and /redoc
     _register_problem_schema(app)
     return app
@@ -149,11 +155,14 @@ def _edge_source(edge: EdgeCounters, ctx: ApiContext) -> MetricsSource:
 
 async def _refresh_kinds_every(period_s: float, sessions: Any) -> None:
     """Take kind changes (another API process's PUT, a changed file of
-    ``CITYIOT_KINDS_PATH``) into this process's model every ``period_s``."""
+    ``CITYIOT_KINDS_PATH``) into this process's model every ``period_s``, and audit-log
+    those a file made (only the API does: the ingest and rules refresh too)."""
+    seen = dict(MODEL.kinds)
     while True:
         await asyncio.sleep(period_s)
         try:
             await refresh_kinds(sessions)
+            seen = await audit_file_changes(sessions, seen)
         except Exception as exc:  # keep serving with the kinds in force; the next round retries
             log.warning("event=kinds_refresh_failed error=%s", exc)
 

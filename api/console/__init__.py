@@ -1,11 +1,12 @@
 """The built-in operations console: static ES modules and CSS served by the API itself.
 
-``router`` answers ``GET /`` with the console's page and ``GET /console/{file}`` with its
-assets, read once from ``static/`` at import (a handful of small files; nothing to build).
+:func:`make_router` answers ``GET /`` with the console's page and ``GET /console/{file}``
+with its assets, read once from ``static/`` (a handful of small files; nothing to build).
 ``/console/catalogue.json`` is the console's reference data (kinds, metrics, attributes,
 the city and its districts, with their titles), built from the live thing model and built
 again whenever the model's generation moves, so a kind changed while the platform runs
-reaches the console at its next look. The console talks to ``/api/v1`` with the API key the
+reaches the console at its next look; it also tells the console how often to look
+(``CITYIOT_REGISTRY_REFRESH_S``). The console talks to ``/api/v1`` with the API key the
 user signs in with; these files need no key, hold no device data and name no third-party
 host.
 
@@ -77,6 +78,9 @@ def _etags(header: str) -> set[str]:
 
 
 CATALOGUE = "catalogue.json"
+# The console looks again at most this often, however short the registry's refresh.
+MIN_REFRESH_S = 1.0
+DEFAULT_REFRESH_S = 2.0  # CITYIOT_REGISTRY_REFRESH_S's default
 
 
 def _titles(zh: str, en: str) -> dict[str, str]:
@@ -118,13 +122,14 @@ def _kind(kind: Kind) -> dict[str, Any]:
     }
 
 
-def catalogue(model: ThingModel = MODEL) -> dict[str, Any]:
+def catalogue(model: ThingModel = MODEL, refresh_s: float = DEFAULT_REFRESH_S) -> dict[str, Any]:
     """The console's reference data, from the thing model in force: per kind its titles,
     report interval, metrics (type, unit, titles, range or values) and attributes; the city
     (names, time zone, centre) and its districts' names. The console shows these titles,
-    never the raw names."""
+    never the raw names, and looks again every ``refresh_s`` (at least a second)."""
     city = model.city
     return {
+        "refresh_s": max(MIN_REFRESH_S, refresh_s),
         "city": {
             "name": _titles(city.name_zh, city.name_en),
             "timezone": city.timezone,
@@ -141,14 +146,15 @@ class ReferenceData:
     Its ETag is the body's hash: it changes with every change the console can see, and
     API processes that hold the same model answer the same tag."""
 
-    def __init__(self, model: ThingModel = MODEL) -> None:
+    def __init__(self, model: ThingModel = MODEL, refresh_s: float = DEFAULT_REFRESH_S) -> None:
         self.model = model
+        self.refresh_s = refresh_s  # CITYIOT_REGISTRY_REFRESH_S: a change reaches it that soon
         self._built: tuple[int, Asset] | None = None
 
     def asset(self) -> Asset:
         generation = self.model.generation()
         if self._built is None or self._built[0] != generation:
-            body = orjson.dumps(catalogue(self.model))
+            body = orjson.dumps(catalogue(self.model, self.refresh_s))
             self._built = (generation, Asset.of(body, CONTENT_TYPES[".json"]))
         return self._built[1]
 
@@ -186,6 +192,3 @@ def make_router(
         return found.response(request)
 
     return console
-
-
-router = make_router()

@@ -37,9 +37,18 @@ ACKERS = ("admin", "operator", "field")
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 RULE_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 
-KindFilter = Annotated[str | None, Query(max_length=32, json_schema_extra={"enum": list(KINDS)})]
+# No enum in the schema: kinds and districts are data and change while the API runs.
+KindFilter = Annotated[
+    str | None,
+    Query(max_length=32, description="a kind id (see GET /api/v1/kinds)", examples=["manhole"]),
+]
 DistrictFilter = Annotated[
-    str | None, Query(max_length=32, json_schema_extra={"enum": list(DISTRICTS)})
+    str | None,
+    Query(
+        max_length=32,
+        description="a district id of the city (its city file; the console's catalogue)",
+        examples=["yicheng"],
+    ),
 ]
 AlertId = Annotated[str, Path(pattern=ID_PATTERN, description="the alert's id")]
 State = Literal["pending", "firing", "acknowledged", "resolved"]

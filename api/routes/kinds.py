@@ -6,12 +6,14 @@ in the database). A ``PUT`` may add a kind or change one compatibly (add metrics
 attributes or enum values, widen ranges, change titles, units and the report interval);
 anything stored data forbids is refused with 409 naming each metric or attribute. The
 API's own model takes the change at once; the ingest, rules and other API processes within
-``CITYIOT_REGISTRY_REFRESH_S``.
+``CITYIOT_REGISTRY_REFRESH_S``. A kind a changed file brings in is audit-logged by the API
+(:func:`audit_file_changes`), a ``PUT`` by the route.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
@@ -28,10 +30,18 @@ from cityiot.api.context import ApiContext, context
 from cityiot.api.keys import Principal
 from cityiot.api.paging import Cursor, Limit, Page, decode_cursor, encode_cursor
 from cityiot.api.problems import Problem
-from cityiot.domain.catalogue import MODEL, SHIPPED_KINDS, IncompatibleChange, Kind, ModelError
+from cityiot.domain.catalogue import (
+    MODEL,
+    SHIPPED_KINDS,
+    IncompatibleChange,
+    Kind,
+    ModelError,
+    ThingModel,
+)
 from cityiot.domain.thingmodel import kind_spec
 from cityiot.rules.events import city_time
 from cityiot.storage.kinds import refresh_kinds, save_kind
+from cityiot.storage.tables.audit import AuditEntry
 from cityiot.storage.tables.kinds import KindOverride
 
 router = APIRouter(tags=["kinds"])
@@ -138,11 +148,18 @@ def _out(kind: Kind, put: tuple[dt.datetime, str] | None) -> dict[str, Any]:
     }
 
 
-def _unknown(kind: str) -> Problem:
+def _visible(principal: Principal) -> list[str]:
+    """The kinds in force the key may read, in id order: a department key its granted ones."""
+    granted = principal.kinds
+    return sorted(n for n in MODEL.kinds if granted is None or n in granted)
+
+
+def _unknown(kind: str, principal: Principal) -> Problem:
+    known = ", ".join(_visible(principal)) or "none"
+    if principal.kinds is not None:  # a key learns nothing of kinds outside its grant
+        return Problem(404, f"no kind {kind!r} for this key; the kinds it may read are {known}")
     return Problem(
-        404,
-        f"no kind {kind!r}; the known kinds are {', '.join(sorted(MODEL.kinds))} "
-        "(PUT /api/v1/kinds/{kind} adds one)",
+        404, f"no kind {kind!r}; the known kinds are {known} (PUT /api/v1/kinds/{{kind}} adds one)"
     )
 
 
@@ -158,9 +175,10 @@ async def list_kinds(
     cursor: Cursor = None,
 ) -> dict[str, Any]:
     """Every kind in force, in id order, as its kind file's mapping, with ``origin``
-    (shipped, kinds_path or api) and ``file``. Any key may read them: they are the access
-    standard a vendor's devices report against."""
-    names = sorted(MODEL.kinds)
+    (shipped, kinds_path or api) and ``file``. Any key may read them (they are the access
+    standard a vendor's devices report against); a department key granted some kinds sees
+    those only."""
+    names = _visible(principal)
     if cursor is not None:
         (last,) = decode_cursor(cursor, 1)
         names = [n for n in names if n > str(last)]
@@ -183,11 +201,59 @@ async def get_kind(
     ctx: Annotated[ApiContext, Depends(context)],
     principal: Annotated[Principal, Depends(allow())],
 ) -> dict[str, Any]:
-    """The kind as it is in force now."""
+    """The kind as it is in force now; 404 for a kind outside a department key's grant."""
     found = MODEL.kinds.get(kind)
-    if found is None:
-        raise _unknown(kind)
+    if found is None or (principal.kinds is not None and kind not in principal.kinds):
+        raise _unknown(kind, principal)
     return _out(found, (await _put_by(ctx)).get(kind))
+
+
+FILE_CHANGED = "kind.file_changed"
+# The actor and role of a change the platform took in from a kind file, not from a key.
+SYSTEM = "system"
+
+
+async def audit_file_changes(
+    sessions: Any, before: Mapping[str, Kind], model: ThingModel = MODEL
+) -> dict[str, Kind]:
+    """Write ``kind.file_changed`` for each kind of ``model`` that came from a changed kind
+    file since ``before`` (the kinds then); the kinds now, to pass next time.
+
+    Compared with the model rather than with what a refresh returned: in ``cityiot run``
+    the ingest and rules refresh the same model, and whichever is first sees the change. An
+    entry equal to the kind's last one is not written again (another API process wrote it).
+    """
+    now = dict(model.kinds)
+    changed = [k for name, k in now.items() if k.source != "api" and before.get(name) != k]
+    if not changed:
+        return now
+    async with sessions() as session, session.begin():
+        for kind in changed:
+            spec = orjson.loads(orjson.dumps(kind_spec(kind)))  # as the JSON column reads back
+            resource = f"kinds/{kind.name}"
+            last = await session.scalar(
+                select(AuditEntry.detail)
+                .where(AuditEntry.action == FILE_CHANGED, AuditEntry.resource == resource)
+                .order_by(AuditEntry.id.desc())
+                .limit(1)
+            )
+            if last and last.get("file") == kind.source and last.get("spec") == spec:
+                continue
+            old = before.get(kind.name)
+            session.add(
+                AuditEntry(
+                    actor=SYSTEM,
+                    role=SYSTEM,
+                    action=FILE_CHANGED,
+                    resource=resource,
+                    detail={
+                        "file": kind.source,
+                        "spec": spec,
+                        "replaced": "/".join(x for x in origin_of(old) if x) if old else None,
+                    },
+                )
+            )
+    return now
 
 
 async def _refused(
@@ -295,6 +361,8 @@ async def put_kind(
     )
     try:
         await save_kind(changes, stored, by)
+    except IncompatibleChange as exc:  # another PUT stored a version this one may not replace
+        raise await _refused(ctx, principal, kind, 409, str(exc), problems=exc.problems) from None
     except IntegrityError:  # another PUT added the same new kind in the same instant
         raise await _refused(
             ctx,

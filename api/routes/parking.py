@@ -99,9 +99,9 @@ async def availability(
         str | None,
         Query(
             max_length=32,
-            description="only this district",
+            description="only this district: a district id of the city (its city file; the "
+            "console's catalogue)",
             examples=["yicheng"],
-            json_schema_extra={"enum": list(DISTRICTS)},
         ),
     ] = None,
     lot_id: Annotated[

@@ -26,7 +26,7 @@ from cityiot.api.context import ApiContext, context
 from cityiot.api.keys import Principal
 from cityiot.api.problems import Problem
 from cityiot.api.routes.devices import missing_device
-from cityiot.domain.catalogue import KINDS, is_valid_id
+from cityiot.domain.catalogue import KINDS, MODEL, is_valid_id
 from cityiot.domain.sun import CITY_TZ
 from cityiot.storage.influx import InfluxDB, InfluxError, quote_ident, quote_string
 from cityiot.storage.tables.registry import Device, LatestReading
@@ -35,7 +35,6 @@ log = logging.getLogger("cityiot.api")
 
 router = APIRouter(tags=["readings"])
 
-CITY_ZONE = "Asia/Shanghai"
 MAX_POINTS = 10_000  # per answer, raw or aggregated
 MAX_RAW_SPAN = dt.timedelta(days=31)  # a raw series scans at most this much
 MAX_EVERY = dt.timedelta(days=366)
@@ -70,7 +69,9 @@ DeviceId = Annotated[str, Path(description="the device's id", examples=["mh-0001
 
 class LatestValue(BaseModel):
     value: float | bool | str = Field(description="the metric's newest value")
-    ts: str = Field(description="when it was measured (RFC 3339, +08:00)")
+    ts: str = Field(
+        description="when it was measured (RFC 3339, the city's offset: +08:00 in Zhumadian)"
+    )
 
 
 class Latest(BaseModel):
@@ -80,7 +81,7 @@ class Latest(BaseModel):
     kind: str
     district: str
     ts: str | None = Field(
-        description="time of the newest reading (RFC 3339, +08:00); null: never reported"
+        description="time of the newest reading (RFC 3339, the city's offset); null: never reported"
     )
     metrics: dict[str, LatestValue] = Field(
         description="metric → newest value and its time; empty when the device never reported"
@@ -236,16 +237,19 @@ async def readings(
         Aggregate | None,
         Query(
             description="aggregation per bucket (needs every); default mean for numbers and "
-            "last for flags. Flags (true/false metrics) take last only"
+            "last for flags and enums. Flags (true/false metrics) and enums (words) take "
+            "last only"
         ),
     ] = None,
     tz: Annotated[
-        str,
+        str | None,
         Query(
             max_length=64,
-            description="IANA time zone of the answer's times and of day buckets",
+            description="IANA time zone of the answer's times and of day buckets; "
+            "default the city's (its city file's timezone)",
+            examples=["Asia/Shanghai"],
         ),
-    ] = CITY_ZONE,
+    ] = None,
     limit: Annotated[
         int, Query(ge=1, le=MAX_POINTS, description="points per answer (1-10000)")
     ] = 1000,
@@ -259,6 +263,7 @@ async def readings(
     """
     async with ctx.sessions() as session:
         device = await _device(session, device_id, principal)
+    tz = tz or MODEL.city.timezone  # read now: the city file may differ per deployment
     zone = _zone(tz)
     now = dt.datetime.now(dt.UTC)
     until = _instant(end, "end") if end is not None else now

@@ -255,8 +255,8 @@ async def list_rules(
         str | None,
         Query(
             max_length=32,
-            description="rules that apply to this kind",
-            json_schema_extra={"enum": list(KINDS)},
+            description="rules that apply to this kind: a kind id (see GET /api/v1/kinds)",
+            examples=["manhole"],
         ),
     ] = None,
     limit: Limit = 100,

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
@@ -42,6 +43,44 @@ def load_settings() -> Settings:
     except ModelError as exc:
         fail(f"invalid kind or city file: {exc}")
     return settings
+
+
+# How long a command waits for PostgreSQL before going on with the kind files alone.
+DATABASE_WAIT_S = 10.0
+
+
+def load_model_from_database(settings: Settings) -> None:
+    """Take the kinds put through the API (kept in the database) into the model, as the
+    running stages do, so a command knows every kind in force. SQLite: only when the file
+    exists (a command that only reads the model never creates a database). Otherwise, or
+    when the database cannot be read, the kind files alone, with a warning on stderr."""
+    from cityiot.storage.engine import make_engine, sessionmaker
+    from cityiot.storage.kinds import kind_overrides
+
+    url = settings.database_url
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if not path or path == ":memory:" or not Path(path).is_file():
+            return
+
+    async def read() -> dict[str, Any]:
+        engine = make_engine(url)
+        try:
+            return await asyncio.wait_for(kind_overrides(sessionmaker(engine)), DATABASE_WAIT_S)
+        finally:
+            await engine.dispose()
+
+    try:
+        overrides = asyncio.run(read())
+    except Exception as exc:  # any driver's error: the files' kinds still serve
+        cause = getattr(exc, "orig", None) or exc  # the driver's words, not SQLAlchemy's wrapping
+        err.print(
+            "[yellow]warning:[/] the kinds put through the API were not read from the database "
+            f"({escape(str(cause) or type(cause).__name__)}); using the kind files only",
+            soft_wrap=True,
+        )
+        return
+    MODEL.refresh(overrides)
 
 
 def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

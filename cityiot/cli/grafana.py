@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cityiot.cli.app import grafana_app
-from cityiot.cli.common import err, fail, load_settings
+from cityiot.cli.common import err, fail, load_model_from_database, load_settings
 
 
 @grafana_app.command("export")
@@ -17,11 +17,11 @@ def grafana_export(
         Path, typer.Option(help="Directory for the dashboard JSON files (Grafana provisioning).")
     ] = Path("deploy/grafana/dashboards"),
 ) -> None:
-    """Write every dashboard as JSON, one per kind (CITYIOT_KINDS_PATH's included);
-    deterministic: exporting again changes nothing."""
+    """Write every dashboard as JSON, one per kind (CITYIOT_KINDS_PATH's and those put
+    through the API included); deterministic: exporting again changes nothing."""
     from cityiot.grafana.export import export
 
-    load_settings()
+    load_model_from_database(load_settings())  # kinds put through the API get dashboards too
     try:
         written = export(out)
     except OSError as exc:
@@ -45,11 +45,11 @@ def grafana_push(
         "cityiot"
     ),
 ) -> None:
-    """Upload every dashboard, one per kind (CITYIOT_KINDS_PATH's included), to a running
-    Grafana (overwriting older versions)."""
+    """Upload every dashboard, one per kind (CITYIOT_KINDS_PATH's and those put through the
+    API included), to a running Grafana (overwriting older versions)."""
     from cityiot.grafana.push import GrafanaPushError, push
 
-    load_settings()
+    load_model_from_database(load_settings())  # kinds put through the API get dashboards too
     try:
         report = push(url, token, folder)
     except GrafanaPushError as exc:

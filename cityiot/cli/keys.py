@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from cityiot.cli.app import keys_app
-from cityiot.cli.common import err, fail, load_settings
+from cityiot.cli.common import err, fail, load_model_from_database, load_settings
 
 
 def _names(values: str | None) -> list[str] | None:
@@ -47,6 +47,8 @@ def keys_create(
     from cityiot.storage.engine import make_engine, migrate, sessionmaker
 
     settings = load_settings()
+    if kinds is not None:
+        load_model_from_database(settings)  # a kind put through the API may be granted too
     teams = _names(",".join(team)) if team else None
     known: list[str] = []
     if role == "field":

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from cityiot.cli.app import devices_app, vendors_app
-from cityiot.cli.common import err, fail, load_settings
+from cityiot.cli.common import err, fail, load_model_from_database, load_settings
 
 
 @devices_app.command("import")
@@ -31,6 +31,7 @@ def devices_import(
     from cityiot.storage.registry import import_devices
 
     settings = load_settings()
+    load_model_from_database(settings)  # a kind put through the API is a kind here too
     try:
         text = file.read_text(encoding="utf-8-sig")
     except OSError as exc:

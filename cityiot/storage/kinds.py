@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from cityiot.domain.catalogue import MODEL, Kind
-from cityiot.domain.thingmodel import kind_spec
+from cityiot.domain.catalogue import MODEL, IncompatibleChange, Kind
+from cityiot.domain.thingmodel import incompatibilities, kind_spec, parse_kind
 from cityiot.storage.tables.kinds import KindOverride
 from cityiot.storage.utc import utcnow
 
@@ -45,10 +45,19 @@ async def _overrides_as_of(
 async def save_kind(
     sessions: async_sessionmaker[AsyncSession], kind: Kind, updated_by: str
 ) -> None:
-    """Keep ``kind`` (already checked by :meth:`ThingModel.check_change`) in the database."""
+    """Keep ``kind`` (already checked by :meth:`ThingModel.check_change`) in the database.
+
+    Raises :class:`IncompatibleChange` (nothing stored) when the version stored now, which
+    another PUT may have put since the check, may not be replaced by ``kind``."""
     spec: Mapping[str, Any] = kind_spec(kind)
     async with sessions() as session, session.begin():
-        row = await session.get(KindOverride, kind.name)
+        # Locked until the commit (PostgreSQL; SQLite's write transactions take turns).
+        stmt = select(KindOverride).where(KindOverride.kind == kind.name).with_for_update()
+        row = (await session.execute(stmt)).scalar_one_or_none()
+        if row is not None:
+            problems = incompatibilities(parse_kind(row.spec, "api"), kind)
+            if problems:
+                raise IncompatibleChange(kind.name, problems)
         if row is None:
             session.add(KindOverride(kind=kind.name, spec=dict(spec), updated_by=updated_by))
         else:

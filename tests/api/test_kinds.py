@@ -7,17 +7,20 @@ the model."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cityiot.domain.catalogue import KINDS, MODEL
-from cityiot.domain.thingmodel import kind_spec, parse_kind
+from cityiot.api.routes.kinds import audit_file_changes
+from cityiot.domain.catalogue import KINDS, MODEL, IncompatibleChange
+from cityiot.domain.thingmodel import incompatibilities, kind_spec, parse_kind
 from cityiot.ingest.validate import Reading
 from cityiot.storage.kinds import kind_overrides, save_kind
-from tests.api.conftest import ROLES, Api
+from tests.api.conftest import DEPARTMENT_KINDS, ROLES, Api
 from tests.api.test_parking_stats import NIGHT, at, latest, set_status
-from tests.operator_files import changed
+from tests.operator_files import NOISE as OPERATOR_NOISE
+from tests.operator_files import changed, write_kind
 from tests.waiting import until
 
 # The design's example kind (docs/design.md §4a) as a PUT body: the path names the kind.
@@ -58,6 +61,9 @@ async def test_every_role_reads_the_kinds_as_their_files_say(api: Api) -> None:
         r = await api.client(role).get("/api/v1/kinds")
         assert r.status_code == 200, (role, r.text)
         body = r.json()
+        if role == "department":  # its granted kinds only
+            assert [k["kind"] for k in body["items"]] == sorted(DEPARTMENT_KINDS)
+            continue
         assert [k["kind"] for k in body["items"]] == sorted(KINDS), role
         assert body["next_cursor"] is None
     for served in body["items"]:
@@ -94,6 +100,22 @@ async def test_an_unknown_kind_is_a_404_naming_the_known_ones(api: Api) -> None:
     assert all(name in detail for name in KINDS), detail
 
 
+async def test_a_department_key_reads_only_its_granted_kinds(api: Api) -> None:
+    department = api.client("department")
+    for kind in DEPARTMENT_KINDS:
+        assert (await get_kind(api, kind, "department"))["kind"] == kind
+    outside = sorted(set(KINDS) - set(DEPARTMENT_KINDS))
+    assert outside
+    for kind in [*outside, "noise"]:
+        r = await department.get(f"/api/v1/kinds/{kind}")
+        assert r.status_code == 404, (kind, r.text)
+        # Named like a kind that does not exist: the key learns nothing of the others.
+        assert r.json()["detail"] == (
+            f"no kind '{kind}' for this key; the kinds it may read are "
+            + ", ".join(sorted(DEPARTMENT_KINDS))
+        )
+
+
 # -- compatible changes --------------------------------------------------------------------
 
 
@@ -122,7 +144,7 @@ async def test_a_compatible_change_is_stored_used_at_once_and_audited(api: Api) 
     assert "maintenance" in put["metrics"]["alarm_state"]["values"]
     assert put["title"]["en"] == "town gas network"
 
-    assert await get_kind(api, CHANGED, "department") == put  # this API uses it at once
+    assert await get_kind(api, CHANGED, "operator") == put  # this API uses it at once
     kind = KINDS[CHANGED]
     assert kind.metric("co_ppm") is not None and kind.source == "api"
     stored = await kind_overrides(api.sessions)
@@ -263,6 +285,29 @@ async def test_only_an_admin_key_may_put_a_kind(api: Api) -> None:
     assert await kind_overrides(api.sessions) == {}
 
 
+async def test_a_change_based_on_an_older_version_does_not_overwrite_a_newer_one(
+    api: Api,
+) -> None:
+    original = only_spec(await get_kind(api, CHANGED))
+    wider = copy.deepcopy(original)
+    wider["metrics"]["ch4_lel_pct"]["range"] = [0, 200]
+    r = await api.client("admin").put(f"/api/v1/kinds/{CHANGED}", json=wider)
+    assert r.status_code == 200, r.text
+
+    # Another API process checked its change against the version it held (the shipped
+    # kind): compatible there, but it would narrow the range the first PUT stored.
+    retitled = copy.deepcopy(original)
+    retitled["title"] = {"zh": "城镇燃气", "en": "town gas network"}
+    older = parse_kind(retitled, "api")
+    assert incompatibilities(parse_kind(original, "test"), older) == []
+    with pytest.raises(IncompatibleChange) as refused:
+        await save_kind(api.sessions, older, "other api")
+    assert refused.value.problems and all("ch4_lel_pct" in p for p in refused.value.problems)
+    stored = (await kind_overrides(api.sessions))[CHANGED]
+    assert stored["metrics"]["ch4_lel_pct"]["range"] == [0.0, 200.0]
+    assert stored["title"] == original["title"]
+
+
 # -- other processes, other endpoints ------------------------------------------------------
 
 
@@ -279,6 +324,47 @@ async def test_a_kind_put_by_another_api_process_is_taken_in_by_the_refresh(api:
     await until(served, what="GET /kinds/noise after the refresh")
     noise = await get_kind(api, "noise")
     assert (noise["origin"], noise["updated_by"]) == ("api", "other api")
+
+
+async def test_a_kind_changed_by_a_file_is_audit_logged_by_the_api(
+    api: Api, tmp_path: Path
+) -> None:
+    folder = tmp_path / "kinds"
+    folder.mkdir()
+    MODEL.configure(folder, None)  # the API's CITYIOT_KINDS_PATH (it serves this model)
+    path = write_kind(folder)
+
+    async def entries(count: int) -> list[dict[str, Any]] | None:
+        r = await api.client("admin").get("/api/v1/audit", params={"action": "kind.file_changed"})
+        assert r.status_code == 200, r.text
+        items: list[dict[str, Any]] = r.json()["items"]
+        return items if len(items) >= count else None
+
+    found: list[dict[str, Any]] = await until(lambda: entries(1), what="the new file's entry")
+    (added,) = found
+    assert (added["resource"], added["actor"], added["role"]) == ("kinds/noise", "system", "system")
+    assert added["detail"]["file"] == str(path)
+    assert added["detail"]["spec"] == kind_spec(KINDS["noise"])
+    assert added["detail"]["replaced"] is None
+
+    write_kind(folder, changed("metrics.laeq_db.range", [0, 150], OPERATOR_NOISE))
+    found = await until(lambda: entries(2), what="the changed file's entry")
+    widened, first = found
+    assert first == added
+    assert widened["detail"]["spec"]["metrics"]["laeq_db"]["range"] == [0.0, 150.0]
+    assert widened["detail"]["replaced"] == "kinds_path/noise.yaml"
+
+    # Another API process that saw the same change writes no second entry for it.
+    await audit_file_changes(api.sessions, {n: k for n, k in KINDS.items() if n != "noise"})
+    assert len(await entries(0) or []) == 2
+    # A kind put through the API is the route's to audit (kind.put), not a file change.
+    before = dict(KINDS)
+    body = changed("title.en", "noise", changed("kind", None, only_spec(widened["detail"]["spec"])))
+    r = await api.client("admin").put("/api/v1/kinds/noise", json=body)
+    assert r.status_code == 200, r.text
+    assert KINDS["noise"] != before["noise"]
+    await audit_file_changes(api.sessions, before)
+    assert len(await entries(0) or []) == 2
 
 
 async def test_the_lighting_rate_counts_every_kind_with_a_bool_power_on(api: Api) -> None:

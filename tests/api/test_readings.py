@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -15,12 +16,14 @@ import orjson
 import pytest
 
 from cityiot.api.server import ApiServer
+from cityiot.domain.catalogue import ThingModel
 from cityiot.ingest.latest import LatestValues
 from cityiot.ingest.service import ingest_stage
 from cityiot.ingest.validate import Reading
 from cityiot.platform.local_services import LocalBroker, free_port
 from tests.api.conftest import Api
 from tests.ingest.conftest import publisher_for
+from tests.operator_files import XINYANG, write_city
 
 CITY = dt.timezone(dt.timedelta(hours=8))
 MH1 = "manhole,device_id=mh-1,district=yicheng,vendor=acme"
@@ -88,6 +91,19 @@ async def test_raw_series_with_times_in_the_requested_zone(api: Api) -> None:
     # Comma-separated metrics, and the decoy device's 77s never show up.
     r = await series(api, metric="tilt_deg,cover_open", **window)
     assert {p["values"]["tilt_deg"] for p in r.json()["points"]} == {float(i) for i in range(20)}
+
+
+async def test_the_default_zone_is_the_citys(
+    api: Api, tmp_path: Path, live_model: ThingModel
+) -> None:
+    base = await seed_series(api)
+    window = {"start": iso(base), "end": iso(base + 20 * MINUTE)}
+    city = write_city(tmp_path, XINYANG.replace("Asia/Shanghai", "Asia/Kolkata"))
+    live_model.configure(None, city)  # another city's file, read by the running API
+    r = await series(api, metric="tilt_deg", **window)
+    assert r.status_code == 200, r.text
+    assert r.json()["tz"] == "Asia/Kolkata"
+    assert r.json()["points"][0]["ts"] == iso(base, dt.timezone(dt.timedelta(hours=5.5)))
 
 
 async def test_aggregated_series_mean_min_max_last(api: Api) -> None:

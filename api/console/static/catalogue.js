@@ -1,13 +1,15 @@
 // The console's reference data (/console/catalogue.json): the kinds with their metrics and
 // attributes, the city and its districts, each with titles in both languages. The platform
-// builds it from its live thing model, so it is asked again every minute and whenever the
-// console meets a kind or metric it has not heard of: a kind added while the platform runs
-// shows with its titles, with no reload.
+// builds it from its live thing model, so it is asked again as often as the platform takes
+// kind changes (its refresh_s: CITYIOT_REGISTRY_REFRESH_S, at least a second) and whenever
+// the console meets a kind or metric it has not heard of: a kind added while the platform
+// runs shows with its titles, with no reload. An unchanged answer is a 304 (its ETag).
 
 export const REFERENCE_URL = "/console/catalogue.json";
-const REFRESH_MS = 60_000;
+const DEFAULT_REFRESH_S = 60; // until the platform has said its period
+const MIN_REFRESH_S = 1;
 
-const EMPTY = Object.freeze({ city: null, districts: {}, kinds: {} });
+const EMPTY = Object.freeze({ city: null, districts: {}, kinds: {}, refreshS: null });
 
 export class Catalogue {
   constructor() {
@@ -17,7 +19,13 @@ export class Catalogue {
     this.pending = null;
     this.again = false; // asked while a look was under way: look once more after it
     this.timer = null;
+    this.period = null; // the interval's milliseconds while looking periodically
     this.listeners = new Set();
+  }
+
+  /** Milliseconds between looks: the platform's refresh_s, at least a second. */
+  get periodMs() {
+    return Math.max(MIN_REFRESH_S, this.data.refreshS ?? DEFAULT_REFRESH_S) * 1000;
   }
 
   /** Fetch the reference data; true when it changed. A failure keeps what is known. */
@@ -34,6 +42,7 @@ export class Catalogue {
     } catch {
       return false; // names fall back to ids until the next look
     }
+    if (this.timer !== null && this.period !== this.periodMs) this.start(); // a new period
     for (const listener of this.listeners) listener();
     return true;
   }
@@ -54,13 +63,14 @@ export class Catalogue {
     return this.pending;
   }
 
-  /** Look again every minute, for kinds changed while the console stays open. */
+  /** Look again every refresh_s, for kinds changed while the console stays open. */
   start() {
     clearInterval(this.timer);
+    this.period = this.periodMs;
     this.timer = setInterval(() => {
       this.asked.clear();
       this.refresh();
-    }, REFRESH_MS);
+    }, this.period);
   }
 
   /** Something named `what` is not in the reference data: look again, once per name. */
@@ -126,5 +136,6 @@ function normalise(raw) {
       attributesByName: new Map(attributes.map((a) => [a.name, a])),
     };
   }
-  return { city: raw?.city ?? null, districts: raw?.districts ?? {}, kinds };
+  const refreshS = Number.isFinite(raw?.refresh_s) ? raw.refresh_s : null;
+  return { city: raw?.city ?? null, districts: raw?.districts ?? {}, kinds, refreshS };
 }

@@ -71,6 +71,8 @@ async def test_the_reference_data_lists_every_kind_of_the_model_with_titles_and_
             (a.name, a.type.__name__, a.required, {"zh": a.title_zh, "en": a.title_en})
             for a in kind.attributes
         ], name
+    # How often the console looks again: the platform's refresh, at least a second.
+    assert data["refresh_s"] == max(1.0, platform.settings.registry_refresh_s)
     city = MODEL.city
     assert data["city"]["name"] == {"zh": city.name_zh, "en": city.name_en}
     assert data["city"]["timezone"] == city.timezone
@@ -185,6 +187,35 @@ async def test_an_unknown_name_shows_as_it_is(platform: ConsolePlatform, open_ta
     }"""
     )
     assert shown == ["kind_x", "depth_x_cm", "d_x", "a_x", "是", "night", "城市物联网 · 运营控制台"]
+
+
+async def test_the_console_looks_again_at_the_platforms_period(
+    platform: ConsolePlatform, open_tab: Any
+) -> None:
+    tab = await open_tab()
+    await tab.page.goto(f"{platform.url}/")
+    periods = await tab.page.evaluate(
+        """async () => {
+        const {Catalogue, REFERENCE_URL} = await import('/console/catalogue.js');
+        const catalogue = new Catalogue();
+        const before = catalogue.periodMs;
+        await catalogue.load();
+        window.looks = 0;
+        const fetchOnce = window.fetch;
+        window.fetch = (url, init) => {
+            if (url === REFERENCE_URL) window.looks += 1;
+            return fetchOnce(url, init);
+        };
+        catalogue.start();
+        window.lookingCatalogue = catalogue;
+        return [before, catalogue.period];
+    }"""
+    )
+    assert periods == [60_000, max(1.0, platform.settings.registry_refresh_s) * 1000]
+    # It looks again by itself (an unchanged answer is a 304), not once a minute.
+    await until(lambda: tab.page.evaluate("window.looks >= 2"), what="the console's second look")
+    await tab.page.evaluate("clearInterval(window.lookingCatalogue.timer)")
+    tab.assert_clean()
 
 
 async def test_a_kind_added_while_running_reaches_the_open_console_without_a_reload(
