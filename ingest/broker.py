@@ -52,6 +52,7 @@ class Delivery:
     mid: int
     qos: int
     generation: int
+    fport: int = 0  # the frame's port on links that have one (LoRaWAN, HTTP ?fport=)
 
 
 @dataclass(slots=True)

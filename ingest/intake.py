@@ -27,7 +27,7 @@ from cityiot.ingest.batches import (
     SealedBatches,
 )
 from cityiot.ingest.broker import BrokerLink, Delivery
-from cityiot.ingest.codecs import Codec, PayloadError, RawReading, load_json
+from cityiot.ingest.codecs import CodecBook, PayloadError, RawReading, load_json
 from cityiot.ingest.dead_letter_limit import (
     OTHER_VENDORS,
     DeadLetterLimit,
@@ -59,7 +59,7 @@ class Intake:
         link: BrokerLink,
         devices: DeviceMap,
         presence: Presence,
-        codecs: dict[str, Codec],
+        codec_book: CodecBook,
         counters: IngestCounters,
         sealed: SealedBatches,
     ) -> None:
@@ -67,7 +67,8 @@ class Intake:
         self.link = link
         self.devices = devices
         self.presence = presence
-        self.codecs = codecs
+        self.codec_book = codec_book
+        self.codecs = codec_book.codecs  # name → codec, kept fresh in place by the book
         self.counters = counters
         self.sealed = sealed
         self.validator = Validator(settings.retention_s, settings.future_tolerance_s)
@@ -205,7 +206,7 @@ class Intake:
                 f"device {device.device_id} is of kind {device.kind!r}, which this ingest does "
                 "not know (yet); check GET /api/v1/kinds and the kind files"
             )
-        raws = codec.decode(payload, kind)
+        raws = codec.decode(payload, kind, device.attributes, delivery.fport, received_ms)
         batched = len(raws) > 1
         for index, raw in enumerate(raws):
             try:

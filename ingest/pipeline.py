@@ -34,7 +34,7 @@ from cityiot.ingest.batches import (
     SealedBatches,
 )
 from cityiot.ingest.broker import BrokerLink, Delivery
-from cityiot.ingest.codecs import Codec, default_codecs
+from cityiot.ingest.codecs import Codec, CodecBook
 from cityiot.ingest.dead_letter_limit import DeadLetterLimit
 from cityiot.ingest.devices import DeviceMap
 from cityiot.ingest.intake import SEQ_WINDOW, Intake
@@ -93,13 +93,19 @@ class Ingest:
         # Where batches go while InfluxDB is down or slow (None: wait for it, holding them).
         self.spool = spool if store else None
         self.counters = IngestCounters()
+        # The codecs in force (given: tests and the benchmark's, fixed).
+        self.codec_book = CodecBook.of(settings)
+        if codecs is None:
+            self.codec_book.load()
+        else:
+            self.codec_book.codecs.update(codecs)
         self.sealed = SealedBatches(settings, on_readings)
         self.intake = Intake(
             settings,
             link,
             DeviceMap(session_factory),
             Presence(),
-            codecs or default_codecs(settings.max_batch_readings, settings.max_payload_bytes),
+            self.codec_book,
             self.counters,
             self.sealed,
         )
@@ -156,7 +162,7 @@ class Ingest:
 
     @property
     def codecs(self) -> dict[str, Codec]:
-        return self.intake.codecs
+        return self.codec_book.codecs
 
     @property
     def dead_letter_limit(self) -> DeadLetterLimit:

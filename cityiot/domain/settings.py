@@ -48,6 +48,17 @@ class Settings(BaseSettings):
     city_path: Path | None = Field(
         None, description="the city file (city.yaml); empty: the shipped city, Zhumadian"
     )
+    codecs_path: Path | None = Field(
+        None,
+        description="a folder of codec files (docs/design.md §4a: device-repository YAML, "
+        "TS013 scripts beside it, a metrics mapping) added to the shipped json and hexframe",
+    )
+    codec_timeout_ms: float = Field(
+        100, gt=0, le=10_000, description="the longest one call of a codec script may run"
+    )
+    codec_memory_mb: int = Field(
+        32, ge=4, le=1024, description="the memory one codec script's sandbox may hold"
+    )
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "logfmt", "console"] = Field(
         "auto",
@@ -172,7 +183,7 @@ class Settings(BaseSettings):
     )
     dead_letter_rate_burst: int = Field(200, ge=1)
 
-    @field_validator("rules_path", "kinds_path", "city_path", mode="before")
+    @field_validator("rules_path", "kinds_path", "city_path", "codecs_path", mode="before")
     @classmethod
     def _empty_path_is_default(cls, value: object) -> object:
         return None if value == "" else value

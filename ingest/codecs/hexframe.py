@@ -1,7 +1,10 @@
-"""``hexframe``: a legacy vendor's compact binary frame, sent as ASCII hex digits.
+"""``hexframe``: a legacy vendor's compact binary frame, sent as ASCII hex digits — the
+platform's encoder and the code table.
 
-Many older NB-IoT devices in the city send fixed binary frames instead of JSON. This
-codec reads them. All integers are big-endian::
+Many older NB-IoT devices in the city send fixed binary frames instead of JSON. The codec
+that reads them is a codec file like any vendor's (``files/hexframe.yaml``, decoder
+``files/hexframe.js``, run in the sandbox); this module writes them (the simulator, vendors
+checking their firmware) and documents the codes. All integers are big-endian::
 
     offset  size  field
     0       1     0xA5 start byte
@@ -23,7 +26,7 @@ Example — manhole ``seq`` 7 at 1763856000 s, ``tilt_deg`` 2.5 and ``cover_open
 
     A501010000000769224E800201000009C40200000000ABBA
 
-``encode()`` builds a frame, for the simulator and for vendors checking their firmware.
+``encode()`` builds a frame.
 """
 
 from __future__ import annotations
@@ -38,9 +41,6 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 import yaml
-
-from cityiot.domain.catalogue import Kind
-from cityiot.ingest.codecs.base import MAX_PAYLOAD_BYTES, PayloadError, RawReading, check_size
 
 START = 0xA5
 VERSION = 0x01
@@ -209,67 +209,3 @@ def encode(
         body += _ITEM.pack(metric.code, raw)
     body += _CRC.pack(binascii.crc_hqx(bytes(body), 0))
     return body.hex().upper().encode()
-
-
-class HexFrameCodec:
-    name = "hexframe"
-
-    def __init__(self, max_bytes: int = MAX_PAYLOAD_BYTES, table: CodeTable = TABLE) -> None:
-        self.max_bytes = max_bytes
-        self.table = table
-
-    def decode(self, payload: bytes, kind: Kind) -> list[RawReading]:
-        check_size(payload, self.max_bytes)
-        entry = self.table.by_name.get(kind.name)
-        if entry is None:
-            raise PayloadError(
-                f"hexframe: kind {kind.name} has no codes in the hexframe code table, so its "
-                "devices cannot send hex frames; their vendor must send JSON (codec json)"
-            )
-        try:
-            frame = bytes.fromhex(payload.decode("ascii"))
-        except (UnicodeDecodeError, ValueError):
-            raise PayloadError("hexframe: payload is not ASCII hex digits") from None
-        if len(frame) < _HEAD.size + _CRC.size:
-            raise PayloadError(f"hexframe: {len(frame)} bytes is shorter than the 14-byte minimum")
-        start, version, kind_code, seq, ts_s, n = _HEAD.unpack_from(frame)
-        if start != START:
-            raise PayloadError(f"hexframe: start byte is 0x{start:02X}, expected 0xA5")
-        if version != VERSION:
-            raise PayloadError(f"hexframe: version {version} is not supported (only 1)")
-        expected = _HEAD.size + n * _ITEM.size + _CRC.size
-        if len(frame) != expected:
-            raise PayloadError(f"hexframe: {len(frame)} bytes, but {n} metrics need {expected}")
-        (crc,) = _CRC.unpack_from(frame, expected - _CRC.size)
-        if crc != binascii.crc_hqx(frame[: expected - _CRC.size], 0):
-            raise PayloadError("hexframe: CRC mismatch (frame corrupted in transit)")
-        if kind_code != entry.code:
-            framed = self.table.by_code.get(kind_code)
-            raise PayloadError(
-                f"hexframe: frame is of kind code {kind_code} "
-                f"({framed.name if framed else 'not in the code table'}), but the device is "
-                f"registered as {kind.name} (code {entry.code})"
-            )
-        metrics: dict[str, object] = {}
-        by_code = entry.by_code
-        for i in range(n):
-            code, raw = _ITEM.unpack_from(frame, _HEAD.size + i * _ITEM.size)
-            metric = by_code.get(code)
-            if metric is None:
-                raise PayloadError(f"hexframe: metric code {code} is not defined for {kind.name}")
-            if metric.type == "float":
-                metrics[metric.name] = raw / SCALE
-            elif metric.type == "bool":
-                if raw not in (0, SCALE):
-                    raise PayloadError(f"hexframe: flag {metric.name} must be 0 or 1000, got {raw}")
-                metrics[metric.name] = raw == SCALE
-            else:
-                index, rest = divmod(raw, SCALE)
-                if rest or not 0 <= index < len(metric.values):
-                    raise PayloadError(
-                        f"hexframe: {metric.name} must be its value's index × 1000, 0 to "
-                        f"{(len(metric.values) - 1) * SCALE} "
-                        f"({', '.join(metric.values)}), got {raw}"
-                    )
-                metrics[metric.name] = metric.values[index]
-        return [RawReading(metrics=metrics, ts=ts_s * 1000 if ts_s else None, seq=seq)]

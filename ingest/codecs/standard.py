@@ -11,6 +11,9 @@ Batch (at most 1,000 readings)::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import msgspec
 
 from cityiot.domain.catalogue import Kind
@@ -38,7 +41,14 @@ class StandardJsonCodec:
         self.max_bytes = max_bytes
         self._decoder = msgspec.json.Decoder(_Envelope)
 
-    def decode(self, payload: bytes, kind: Kind) -> list[RawReading]:
+    def decode(
+        self,
+        payload: bytes,
+        kind: Kind,
+        attributes: Mapping[str, Any] | None = None,
+        fport: int = 0,
+        received_ms: int = 0,
+    ) -> list[RawReading]:
         check_size(payload, self.max_bytes)
         try:
             env = self._decoder.decode(payload)

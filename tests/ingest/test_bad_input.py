@@ -130,7 +130,7 @@ CASES = [
         "hexframe wrong kind",
         "city/oldco/sl-2/telemetry",
         b"A501010000000769224E800201000009C40200000000ABBA",
-        "registered as streetlight",
+        "the device is a streetlight",
     ),
 ]
 

@@ -5,6 +5,7 @@ for a kind code or a kind the table does not know."""
 from __future__ import annotations
 
 import binascii
+import json
 import struct
 import time
 from collections.abc import Iterator
@@ -12,23 +13,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import quickjs
 
 from cityiot.domain.catalogue import KINDS, Kind
 from cityiot.domain.thingmodel import parse_kind
 from cityiot.ingest.broker import Delivery
+from cityiot.ingest.codecs import default_codecs
 from cityiot.ingest.codecs.base import PayloadError
+from cityiot.ingest.codecs.files import SHIPPED
 from cityiot.ingest.codecs.hexframe import (
     KIND_CODES,
     TABLE,
     CodeTableError,
-    HexFrameCodec,
     encode,
     parse_code_table,
 )
 from tests.ingest.conftest import offline_ingest
 from tests.operator_files import NOISE, model, write_kind
 
-CODEC = HexFrameCodec()
+CODEC = default_codecs()["hexframe"]
 T0 = 1763856000
 
 # Frames written by the positional encoder this table replaced (every metric of each of the
@@ -193,6 +196,26 @@ def test_lifeline_frames_round_trip(kind: str) -> None:
         assert (reading.ts, reading.seq) == ((T0 + variant) * 1000, variant)
 
 
+def test_the_decoders_table_is_the_encoders() -> None:
+    """hexframe.js carries the codes in its own file (a codec file is whole); the encoder
+    reads hexframe_codes.yaml: the two hold the same codes, kinds and enum values."""
+    script = (SHIPPED / "hexframe.js").read_text(encoding="utf-8")
+    context = quickjs.Context()
+    context.eval(script)
+    decoded = json.loads(context.eval("JSON.stringify(KINDS)"))
+    table = {
+        str(kind.code): {
+            "kind": kind.name,
+            "metrics": {
+                str(m.code): [m.name, m.type, *([list(m.values)] if m.values else [])]
+                for m in kind.by_code.values()
+            },
+        }
+        for kind in TABLE.by_name.values()
+    }
+    assert decoded == table and len(table) == 9
+
+
 def test_an_enum_travels_as_its_index_times_1000() -> None:
     values = TABLE.by_name["gas"].by_name["alarm_state"].values
     frame = bytes.fromhex(encode("gas", {"alarm_state": "high"}, None, 1).decode())
@@ -216,7 +239,7 @@ def _frame(kind_code: int, items: list[tuple[int, int]], seq: int = 1) -> bytes:
     ("kind", "frame", "reason"),
     [
         ("gas", _frame(200, [(1, 1000)]), "kind code 200 (not in the code table)"),
-        ("gas", _frame(KIND_CODES["manhole"], [(1, 1000)]), "registered as gas"),
+        ("gas", _frame(KIND_CODES["manhole"], [(1, 1000)]), "of kind manhole, the device is a gas"),
         ("gas", _frame(KIND_CODES["gas"], [(99, 1000)]), "metric code 99 is not defined for gas"),
         ("gas", _frame(KIND_CODES["gas"], [(5, 4000)]), "alarm_state must be its value's index"),
         ("gas", _frame(KIND_CODES["gas"], [(5, 1500)]), "got 1500"),
@@ -234,7 +257,7 @@ def test_a_frame_the_table_cannot_read_is_refused_with_the_reason(
 
 def test_a_kind_without_codes_is_refused_naming_it() -> None:
     noise = parse_kind(NOISE, "test")
-    with pytest.raises(PayloadError, match="kind noise has no codes in the hexframe code table"):
+    with pytest.raises(PayloadError, match="frame is of kind manhole, the device is a noise"):
         CODEC.decode(_frame(KIND_CODES["manhole"], [(1, 1000)]), noise)
     with pytest.raises(ValueError, match="kind noise has no hexframe codes"):
         encode("noise", {"laeq_db": 50.0}, None, 1)
@@ -264,7 +287,7 @@ def test_the_ingest_makes_dead_letters_of_what_the_table_lacks() -> None:
     no_codes = _dead_letters(
         ingest, "city/oldco/noise-oldco/telemetry", _frame(KIND_CODES["manhole"], [(1, 1000)])
     )
-    assert len(no_codes) == 1 and "kind noise has no codes" in no_codes[0]
+    assert len(no_codes) == 1 and "the device is a noise" in no_codes[0]
     stored = len(ingest.intake.batch.lines)
     frame = encode("gas", {"alarm_state": "low", "ch4_lel_pct": 12.5}, T0 * 1000, 3)
     assert _dead_letters(ingest, "city/oldco/gas-oldco/telemetry", frame) == []

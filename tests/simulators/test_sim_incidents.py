@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from cityiot.domain.catalogue import KINDS
-from cityiot.ingest.codecs.hexframe import HexFrameCodec
+from cityiot.ingest.codecs import default_codecs
 from cityiot.ingest.codecs.standard import StandardJsonCodec
 from cityiot.simulators import (
     INCIDENT_KINDS,
@@ -54,7 +54,7 @@ def _readings(
         if report is None or report.device.device_id != device_id:
             continue
         device = report.device
-        codec = HexFrameCodec() if device.codec == "hexframe" else StandardJsonCodec()
+        codec = default_codecs()["hexframe"] if device.codec == "hexframe" else StandardJsonCodec()
         for r in codec.decode(report.message.payload, KINDS[device.kind]):
             assert isinstance(r.ts, int)
             part = 0 if r.ts < start else 1 if r.ts < end else 2
@@ -224,7 +224,7 @@ def _course(
     slots = int((after_s + incident.lasts_s + 600) * COURSE_RATE)
     parts: tuple[Readings, Readings, Readings] = ([], [], [])
     check = RuleCheck()
-    codec = HexFrameCodec() if device.codec == "hexframe" else StandardJsonCodec()
+    codec = default_codecs()["hexframe"] if device.codec == "hexframe" else StandardJsonCodec()
     for _slot_ms, report in iter_reports(fleet, NIGHT_MS, slots, rate=COURSE_RATE,
                                          incidents=[incident]):  # fmt: skip
         if report is None or report.device.device_id != device.device_id:

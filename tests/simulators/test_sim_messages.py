@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from cityiot.domain.catalogue import KINDS
+from cityiot.ingest.codecs import default_codecs
 from cityiot.ingest.codecs.base import PayloadError, RawReading
-from cityiot.ingest.codecs.hexframe import HexFrameCodec
 from cityiot.ingest.codecs.standard import StandardJsonCodec
 from cityiot.simulators import (
     FRAME_MALFORMED_LABELS,
@@ -30,7 +30,7 @@ from cityiot.simulators.messages import encode
 
 START_MS = 1_763_856_000_000  # 2025-11-23 08:00 in Zhumadian
 JSON_CODEC = StandardJsonCodec()
-FRAME_CODEC = HexFrameCodec()
+FRAME_CODEC = default_codecs()["hexframe"]
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cityiot.domain.catalogue import KINDS
-from cityiot.ingest.codecs.hexframe import HexFrameCodec
+from cityiot.ingest.codecs import default_codecs
 from cityiot.ingest.codecs.standard import StandardJsonCodec
 from cityiot.simulators import Fleet, Report, SimDevice, SimulationCounters, run_simulation
 from tests.waiting import until
@@ -285,7 +285,7 @@ async def test_bad_arguments_are_refused() -> None:
 
 
 def _metrics(device: SimDevice, payload: bytes) -> dict[str, object]:
-    codec = HexFrameCodec() if device.codec == "hexframe" else StandardJsonCodec()
+    codec = default_codecs()["hexframe"] if device.codec == "hexframe" else StandardJsonCodec()
     (reading,) = codec.decode(payload, KINDS[device.kind])
     return reading.metrics
 
