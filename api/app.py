@@ -31,6 +31,8 @@ from cityiot.api.routes.kinds import audit_file_changes
 from cityiot.domain.catalogue import MODEL
 from cityiot.domain.settings import Settings
 from cityiot.domain.version import platform_version
+from cityiot.ingest.codecs import CodecBook
+from cityiot.storage.codecs import codec_overrides
 from cityiot.storage.engine import make_engine, migrate, sessionmaker
 from cityiot.storage.kinds import refresh_kinds
 
@@ -153,10 +155,11 @@ def _edge_source(edge: EdgeCounters, ctx: ApiContext) -> MetricsSource:
     return read
 
 
-async def _refresh_kinds_every(period_s: float, sessions: Any) -> None:
+async def _refresh_kinds_every(period_s: float, sessions: Any, codecs: CodecBook) -> None:
     """Take kind changes (another API process's PUT, a changed file of
     ``CITYIOT_KINDS_PATH``) into this process's model every ``period_s``, and audit-log
-    those a file made (only the API does: the ingest and rules refresh too)."""
+    those a file made (only the API does: the ingest and rules refresh too); and codec
+    changes (another API process's PUT, a changed file of ``CITYIOT_CODECS_PATH``)."""
     seen = dict(MODEL.kinds)
     while True:
         await asyncio.sleep(period_s)
@@ -165,6 +168,10 @@ async def _refresh_kinds_every(period_s: float, sessions: Any) -> None:
             seen = await audit_file_changes(sessions, seen)
         except Exception as exc:  # keep serving with the kinds in force; the next round retries
             log.warning("event=kinds_refresh_failed error=%s", exc)
+        try:
+            codecs.refresh(await codec_overrides(sessions))
+        except Exception as exc:  # keep the codecs in force
+            log.warning("event=codecs_refresh_failed error=%s", exc)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
@@ -184,8 +191,11 @@ async def _context(
     stack.push_async_callback(engine.dispose)
     sessions = sessionmaker(engine)
     await refresh_kinds(sessions)  # kinds put through the API before this process started
+    codecs = CodecBook.of(settings).load()
+    codecs.refresh(await codec_overrides(sessions))
     refresher = asyncio.create_task(
-        _refresh_kinds_every(settings.registry_refresh_s, sessions), name="api-kinds-refresh"
+        _refresh_kinds_every(settings.registry_refresh_s, sessions, codecs),
+        name="api-kinds-refresh",
     )
     stack.push_async_callback(_cancel, refresher)
     influx = None
@@ -199,6 +209,7 @@ async def _context(
         limiter=RateLimiter(settings.api_rate_per_s, settings.api_rate_burst),
         anonymous=RateLimiter(settings.api_anonymous_rate_per_s, settings.api_anonymous_rate_burst),
         broker=BrokerAccess.from_settings(settings, sessions),
+        codecs=codecs,
     )
     add_source(ctx, "api_edge", _edge_source(edge, ctx))
     if settings.mqtt_url:

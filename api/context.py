@@ -16,6 +16,8 @@ from cityiot.storage.influx import InfluxDB
 
 if TYPE_CHECKING:
     from cityiot.api.stream import StreamHub
+    from cityiot.ingest.codecs import CodecBook
+    from cityiot.ingest.http_link import HttpLink
     from cityiot.storage.broker_access import BrokerAccess
 
 
@@ -29,6 +31,10 @@ class ApiContext:
     anonymous: RateLimiter  # per client address, for requests without a valid key
     hub: StreamHub | None = None  # MQTT: alert events in, ack events out; None without a broker
     broker: BrokerAccess | None = None  # vendor MQTT accounts; None when not managed here
+    # The codecs in force (files and the API's), kept fresh with the registry's period.
+    codecs: CodecBook | None = None
+    # The ingest of this process, for the HTTP link; None when the API runs alone.
+    telemetry: HttpLink | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -7,6 +7,7 @@ taking deliveries, and the broker holds the rest: memory stays bounded.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -54,6 +55,7 @@ class IngestCounters:
     spooled: int = 0  # points put in the spool while InfluxDB was down or behind
     replayed: int = 0  # spooled points InfluxDB has since taken
     spool_refusals: int = 0  # appends the spool refused (full, disk full)
+    http_messages: int = 0  # messages taken from the HTTP link
     batches: int = 0
     last_write_ms: float = 0.0
     stored_by_kind: Counter[str] = field(default_factory=Counter)
@@ -76,6 +78,8 @@ class Batch:
     number: int = 0  # in sealing order: acks and readings are handed on in this order
     ruled: int = 0  # readings handed to the rules already
     count: int = 1  # sealed batches this one stands for (several, merged for one write)
+    # Links that answer only once their messages are durable (HTTP): resolved when stored.
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     @classmethod
     def merged(cls, batches: list[Batch]) -> Batch:
@@ -94,6 +98,7 @@ class Batch:
             merged.spans += [(d, first + offset, last + offset) for d, first, last in batch.spans]
             merged.dead_letters += batch.dead_letters
             merged.readings += batch.readings
+            merged.waiters += batch.waiters
         merged.ruled = len(merged.readings)
         return merged
 

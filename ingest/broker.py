@@ -330,6 +330,11 @@ class BrokerLink:
             self._resume_reading()
         return batch
 
+    def wake(self) -> None:
+        """Make a waiting :meth:`next_batch` return now (with what it has, maybe nothing):
+        another link put a message into the open batch."""
+        self._wake.set()
+
     def ack(self, deliveries: Iterable[Delivery]) -> None:
         """Acknowledge QoS 1 deliveries of the current connection, in order, in one write."""
         generation = self.generation

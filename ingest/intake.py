@@ -82,6 +82,9 @@ class Intake:
         self._flush_s = settings.flush_interval_ms / 1000
         self._encode = msgspec.json.Encoder()
         self._stopping = asyncio.Event()
+        # While a link that answers its sender takes a message: (index, reason) of each reading
+        # refused (the index in the message's batch; 0 for the whole message).
+        self.refusals: list[tuple[int, str]] | None = None
 
     def stop(self) -> None:
         """Take no more deliveries: :meth:`run` returns after its current hand-over."""
@@ -216,7 +219,9 @@ class Intake:
                     raise
                 # One bad reading in a batch is refused alone; its neighbours are stored.
                 reason = f"readings[{index}]: {exc}"
-                self.dead_letter(batch, delivery, reason, received_ms, self._encode.encode(raw))
+                self.dead_letter(
+                    batch, delivery, reason, received_ms, self._encode.encode(raw), index=index
+                )
         if self.presence.seen(device.device_id, received_ms, device.report_interval_s):
             batch.status_lines.append(f"{device.status_key} online=true {received_ms}\n".encode())
 
@@ -299,9 +304,13 @@ class Intake:
         reason: str,
         received_ms: int,
         payload: bytes | None = None,
+        index: int = 0,
     ) -> None:
         """Count ``delivery`` rejected for ``reason`` and keep it (or ``payload``, the part
-        refused) as a dead letter in ``batch``, unless its vendor is over its rate."""
+        refused: reading ``index`` of a batch) as a dead letter in ``batch``, unless its
+        vendor is over its rate."""
+        if self.refusals is not None:
+            self.refusals.append((index, reason))
         raw = delivery.payload if payload is None else payload
         parts = delivery.topic.split("/")
         vendor = parts[1][:64] if len(parts) > 1 else None

@@ -37,6 +37,7 @@ from cityiot.ingest.broker import BrokerLink, Delivery
 from cityiot.ingest.codecs import Codec, CodecBook
 from cityiot.ingest.dead_letter_limit import DeadLetterLimit
 from cityiot.ingest.devices import DeviceMap
+from cityiot.ingest.http_link import HttpLink
 from cityiot.ingest.intake import SEQ_WINDOW, Intake
 from cityiot.ingest.latest import LatestValues
 from cityiot.ingest.presence import Presence
@@ -125,6 +126,9 @@ class Ingest:
             dead_letter=self.intake.dead_letter,
             on_dead_letters=self.upkeep.dead_letters_stored,
         )
+        # Messages posted to the API (POST /telemetry/…), answered once durable; None for a
+        # rules-only worker, which stores nothing.
+        self.http_link = HttpLink(self.intake, self.storing) if store else None
 
     # The parts' shared objects, replaceable before run (tests, bench, the partitioner).
 

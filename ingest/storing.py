@@ -69,6 +69,9 @@ class Store:
         self._on_dead_letters = on_dead_letters
         self._spool_after_s = settings.spool_after_s
         self._handed_on = 0  # batches whose acks and readings have been handed on
+        # Since when InfluxDB and the spool both refuse (None: storing works): the HTTP link
+        # answers 503 at once meanwhile, instead of holding its callers.
+        self.refusing_since: float | None = None
         self._turn = asyncio.Condition()
 
     async def writer(self) -> None:
@@ -106,6 +109,9 @@ class Store:
     async def _hand_on(self, batch: Batch, started: float) -> None:
         """Acknowledge a stored batch and count it."""
         self.link.ack(span[0] for span in batch.spans)
+        for waiter in batch.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
         readings = batch.readings
         # In slices, with a turn of the loop between them: a whole batch merged at once holds
         # the loop, and the alerts of readings arriving meanwhile.
@@ -171,14 +177,17 @@ class Store:
         while True:
             try:
                 await asyncio.to_thread(spool.append, body)
+                self.refusing_since = None
                 self.counters.spooled += len(batch.lines)
                 log.debug("event=spooled points=%d why=%s", len(batch.lines), why)
                 return
             except SpoolError as exc:
+                self.refusing_since = self.refusing_since or time.monotonic()
                 self.counters.spool_refusals += 1
                 log.error("event=spool_refused retry_s=%.1f error=%s", delay, exc)
             try:  # InfluxDB may be back before the spool has room again
                 await self.influx.write(body)
+                self.refusing_since = None
                 return
             except InfluxError:
                 pass

@@ -114,6 +114,8 @@ async def platform(
         if server is not None:
             for name, source in running.sources().items():
                 add_source(server.app.state.ctx, name, source)
+            # POST /telemetry/… goes into this ingest (answered once stored or spooled).
+            server.app.state.ctx.telemetry = ingest.http_link
         try:
             yield running
         finally:

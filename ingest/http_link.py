@@ -1,0 +1,99 @@
+"""The HTTP link (docs/design.md §4a): messages of devices and gateways that cannot speak
+MQTT, posted to the API, taken into the ingest's open batch like a broker delivery.
+
+The same intake decodes them (the vendor's codec, with ``?fport=``), validates them, makes
+dead letters of what it refuses, drops a repeated ``seq`` and hands the readings to the
+rules; :meth:`HttpLink.take` returns only once the batch that holds them is durable (stored
+in InfluxDB or spooled), as a broker's PUBACK would be sent. While InfluxDB and the spool
+both refuse, or the batch is not durable within ``wait_s``, :class:`NotDurable` says so and
+the caller answers 503: the sender retries (a ``seq`` keeps a retry from being stored twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from cityiot.ingest.broker import Delivery
+from cityiot.ingest.intake import Intake
+from cityiot.ingest.storing import Store
+
+WAIT_S = 30.0  # the longest a sender is held for its message to become durable
+BUSY_FACTOR = 4  # open-batch messages, in full batches, beyond which the link answers busy
+
+
+class NotDurable(Exception):
+    """The message is not (yet) durable; the message says why and what the sender does."""
+
+    def __init__(self, reason: str, retry_after_s: int = 5) -> None:
+        super().__init__(reason)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class Taken:
+    """What became of one posted message."""
+
+    stored: int = 0  # readings taken (durable when take returns)
+    duplicates: int = 0  # readings dropped as a repeated seq
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (index, reason)
+
+
+class HttpLink:
+    """Takes posted messages into ``intake``; ``store`` says when they are durable."""
+
+    def __init__(self, intake: Intake, store: Store, wait_s: float = WAIT_S) -> None:
+        self.intake = intake
+        self.store = store
+        self.wait_s = wait_s
+
+    def refusing(self) -> str:
+        """Why no message can be taken now ("" when one can)."""
+        if self.store.refusing_since is not None:
+            return (
+                "InfluxDB and the ingest's spool both refuse to store readings now; nothing "
+                "was taken: send the message again later"
+            )
+        intake = self.intake
+        if len(intake.batch.spans) >= BUSY_FACTOR * intake.sealed.max_messages:
+            return "the ingest is behind with storing; nothing was taken: send it again shortly"
+        return ""
+
+    async def take(self, vendor: str, device_id: str, payload: bytes, fport: int = 0) -> Taken:
+        """Decode, validate and keep one message of ``device_id`` of ``vendor``; returns once
+        what was taken is durable. Raises :class:`NotDurable`."""
+        why = self.refusing()
+        if why:
+            raise NotDurable(why)
+        intake = self.intake
+        delivery = Delivery(f"city/{vendor}/{device_id}/telemetry", payload, 0, 0, -1, fport)
+        counters = intake.counters
+        duplicates = counters.duplicates
+        batch = intake.batch
+        first = len(batch.lines)
+        intake.refusals = refusals = []
+        try:
+            intake.handle(delivery, int(time.time() * 1000))
+        finally:
+            intake.refusals = None
+        counters.http_messages += 1
+        taken = Taken(
+            stored=len(intake.batch.lines) - first if intake.batch is batch else 0,
+            duplicates=counters.duplicates - duplicates,
+            rejected=refusals,
+        )
+        # Dead letters are durable with their batch too: wait whenever something was kept.
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        intake.batch.waiters.append(done)
+        intake.link.wake()
+        try:
+            await asyncio.wait_for(asyncio.shield(done), self.wait_s)
+        except TimeoutError:
+            raise NotDurable(
+                f"the message was taken but is not stored after {self.wait_s:g} s (InfluxDB "
+                "or the spool is slow); it may still be stored: send it again with the same "
+                "seq, which is then dropped as a duplicate",
+                retry_after_s=10,
+            ) from None
+        return taken
