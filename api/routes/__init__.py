@@ -5,6 +5,7 @@ from __future__ import annotations
 from cityiot.api.routes import (
     alerts,
     audit,
+    codecs,
     deadletters,
     devices,
     health,
@@ -16,6 +17,7 @@ from cityiot.api.routes import (
     silences,
     stats,
     stream,
+    telemetry,
     vendors,
     workorders,
 )
@@ -33,6 +35,8 @@ ROUTERS = [
     stats.router,
     deadletters.router,
     kinds.router,
+    codecs.router,
+    telemetry.router,
     stream.router,
     keys.router,
     audit.router,
