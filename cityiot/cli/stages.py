@@ -11,6 +11,7 @@ import typer
 
 from cityiot.cli.app import app
 from cityiot.cli.common import err, fail, load_settings, run_until_signal, serve_metrics
+from cityiot.domain.settings import Settings
 from cityiot.platform.logs import configure_logging
 
 # What `cityiot run` shows unless told otherwise: incidents from the first minute, each
@@ -26,6 +27,18 @@ DEFAULT_INCIDENTS = (
     "gas_leak:1:100:900",
     "tunnel_air:1:140:900",
 )
+
+
+def check_codecs(settings: Settings) -> None:
+    """Load the codec files (the shipped ones and ``CITYIOT_CODECS_PATH``'s), running their
+    examples: a broken one ends the command naming the file, the field or the example."""
+    from cityiot.ingest.codecs import CodecBook
+    from cityiot.ingest.codecs.files import CodecFileError
+
+    try:
+        CodecBook.of(settings).load()
+    except CodecFileError as exc:
+        fail(f"invalid codec file: {exc}")
 
 
 @app.command()
@@ -50,6 +63,7 @@ def run(
     from cityiot.platform.launcher import Launch, run_platform
 
     settings = load_settings()
+    check_codecs(settings)
     # Owner only: the database, log and secrets in the run dir, and the local broker's and
     # InfluxDB's files (the children inherit it); they all run as this user.
     os.umask(0o077)
@@ -87,6 +101,7 @@ def ingest(
     from cityiot.platform.wiring import platform
 
     settings = load_settings()
+    check_codecs(settings)
     configure_logging(settings)
     stop = asyncio.Event()
 
@@ -183,6 +198,7 @@ def api() -> None:
     from cityiot.api.server import ApiServer
 
     settings = load_settings()
+    check_codecs(settings)
     configure_logging(settings)
     stop = asyncio.Event()
 
