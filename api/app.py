@@ -215,7 +215,9 @@ async def _context(
     if settings.mqtt_url:
         from cityiot.api.stream import StreamHub
 
-        ctx.hub = await stack.enter_async_context(StreamHub(settings, sessions))
+        ctx.hub = await stack.enter_async_context(
+            StreamHub(settings, sessions, codecs=codecs.codecs)
+        )
         metrics.add_source(ctx, "api_stream", ctx.hub.metrics)
     return ctx
 

@@ -27,7 +27,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +58,8 @@ class WatchedDevice:
     vendor: str
     kind: str
     codec: str = "json"
+    # Its registry attributes: a codec's mapping may read them (depth_cm - distance / 10).
+    attributes: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def topic(self) -> str:
@@ -123,7 +125,14 @@ class Subscription:
 class StreamHub(contextlib.AbstractAsyncContextManager["StreamHub"]):
     """Alert events (and watched devices' readings) from the broker to SSE subscribers."""
 
-    def __init__(self, settings: Settings, sessions: Any, *, connect_wait_s: float = 3.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: Any,
+        *,
+        connect_wait_s: float = 3.0,
+        codecs: dict[str, Codec] | None = None,
+    ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.target = MqttTarget(settings.mqtt_url)
@@ -131,8 +140,11 @@ class StreamHub(contextlib.AbstractAsyncContextManager["StreamHub"]):
         self.client_id = f"cityiot-api-{os.getpid()}-{secrets.token_hex(3)}"
         self.connect_wait_s = connect_wait_s
         self.subscriptions: set[Subscription] = set()
-        self.codecs: dict[str, Codec] = default_codecs(
-            settings.max_batch_readings, settings.max_payload_bytes
+        # The API's codec book (kept fresh by the app), else the shipped codecs.
+        self.codecs: dict[str, Codec] = (
+            codecs
+            if codecs is not None
+            else default_codecs(settings.max_batch_readings, settings.max_payload_bytes)
         )
         self.validator = Validator(settings.retention_s, settings.future_tolerance_s)
         self.outbox: collections.deque[tuple[str, bytes]] = collections.deque()
@@ -404,7 +416,7 @@ class StreamHub(contextlib.AbstractAsyncContextManager["StreamHub"]):
             return
         received_ms = int(time.time() * 1000)
         try:
-            raws = codec.decode(data, KINDS[device.kind])
+            raws = codec.decode(data, KINDS[device.kind], device.attributes, 0, received_ms)
             readings = [
                 self.validator.reading(device.device_id, device.kind, raw, received_ms)
                 for raw in raws

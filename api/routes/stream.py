@@ -94,7 +94,9 @@ async def stream(
         device = await visible_device(ctx, principal, device_id)
         async with ctx.sessions() as session:
             codec = await session.scalar(select(Vendor.codec).where(Vendor.id == device.vendor_id))
-        watched = WatchedDevice(device.id, device.vendor_id, device.kind, codec or "json")
+        watched = WatchedDevice(
+            device.id, device.vendor_id, device.kind, codec or "json", dict(device.attributes or {})
+        )
 
     def wants(event: dict[str, Any]) -> bool:
         return principal.sees(event.get("kind"), event.get("district"), event.get("vendor"))
