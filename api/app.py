@@ -32,7 +32,6 @@ from cityiot.domain.catalogue import MODEL
 from cityiot.domain.settings import Settings
 from cityiot.domain.version import platform_version
 from cityiot.ingest.codecs import CodecBook
-from cityiot.storage.codecs import codec_overrides
 from cityiot.storage.engine import make_engine, migrate, sessionmaker
 from cityiot.storage.kinds import refresh_kinds
 
@@ -168,10 +167,7 @@ async def _refresh_kinds_every(period_s: float, sessions: Any, codecs: CodecBook
             seen = await audit_file_changes(sessions, seen)
         except Exception as exc:  # keep serving with the kinds in force; the next round retries
             log.warning("event=kinds_refresh_failed error=%s", exc)
-        try:
-            codecs.refresh(await codec_overrides(sessions))
-        except Exception as exc:  # keep the codecs in force
-            log.warning("event=codecs_refresh_failed error=%s", exc)
+        await codecs.refresh_from(sessions)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
@@ -192,7 +188,7 @@ async def _context(
     sessions = sessionmaker(engine)
     await refresh_kinds(sessions)  # kinds put through the API before this process started
     codecs = CodecBook.of(settings).load()
-    codecs.refresh(await codec_overrides(sessions))
+    await codecs.refresh_from(sessions)
     refresher = asyncio.create_task(
         _refresh_kinds_every(settings.registry_refresh_s, sessions, codecs),
         name="api-kinds-refresh",

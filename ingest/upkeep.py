@@ -15,7 +15,6 @@ from cityiot.domain.settings import Settings
 from cityiot.ingest.batches import IngestCounters
 from cityiot.ingest.intake import Intake, ms_to_dt
 from cityiot.ingest.latest import FLUSH_PACE
-from cityiot.storage.codecs import codec_overrides
 from cityiot.storage.deadletters import DeadLetterCaps, DeadLetterIn, prune_dead_letters
 from cityiot.storage.kinds import refresh_kinds
 from cityiot.storage.registry import online_devices, record_presence
@@ -128,12 +127,7 @@ class Upkeep:
     async def refresh_codecs(self) -> None:
         """Take changed codec files and codecs put through the API into the intake's book:
         the next message of their vendors is decoded by the new version."""
-        try:
-            stored = await codec_overrides(self.sessions)
-        except Exception as exc:  # keep decoding with the codecs in force
-            log.warning("event=codecs_refresh_deferred error=%s", exc)
-            stored = None
-        self.intake.codec_book.refresh(stored)
+        await self.intake.codec_book.refresh_from(self.sessions)
 
     async def checkpoints(self) -> None:
         """The registry's write-ahead log (SQLite) copied back into the database every

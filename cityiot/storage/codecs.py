@@ -8,7 +8,7 @@ the next messages of its vendors with no restart.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from sqlalchemy import select
@@ -20,20 +20,27 @@ from cityiot.storage.utc import utcnow
 StoredCodecs = dict[str, tuple[dict[str, Any], dict[str, str], dt.datetime]]
 
 
-async def codec_overrides(sessions: async_sessionmaker[AsyncSession]) -> StoredCodecs:
-    """name → (spec, scripts, when it was put) of every codec put through the API."""
+async def codec_overrides(
+    sessions: async_sessionmaker[AsyncSession], names: Collection[str] | None = None
+) -> StoredCodecs:
+    """name → (spec, scripts, when it was put) of every codec put through the API (or of
+    ``names`` among them)."""
+    query = select(
+        CodecOverride.name, CodecOverride.spec, CodecOverride.scripts, CodecOverride.updated_at
+    )
+    if names is not None:
+        query = query.where(CodecOverride.name.in_(list(names)))
     async with sessions() as session:
-        rows = (
-            await session.execute(
-                select(
-                    CodecOverride.name,
-                    CodecOverride.spec,
-                    CodecOverride.scripts,
-                    CodecOverride.updated_at,
-                )
-            )
-        ).all()
+        rows = (await session.execute(query)).all()
     return {name: (dict(spec), dict(scripts), when) for name, spec, scripts, when in rows}
+
+
+async def codec_stamps(sessions: async_sessionmaker[AsyncSession]) -> dict[str, dt.datetime]:
+    """name → when it was put, of every codec put through the API: what a refresh compares
+    before it reads any script."""
+    async with sessions() as session:
+        rows = (await session.execute(select(CodecOverride.name, CodecOverride.updated_at))).all()
+    return {name: when for name, when in rows}
 
 
 async def save_codec(

@@ -28,6 +28,7 @@ from cityiot.ingest.codecs.files import (
 )
 from cityiot.ingest.codecs.scripted import FileCodec
 from cityiot.ingest.codecs.standard import StandardJsonCodec
+from cityiot.storage.codecs import codec_overrides, codec_stamps
 
 log = logging.getLogger("cityiot.ingest.codecs")
 
@@ -136,6 +137,19 @@ class CodecBook:
         if changed:
             log.info("event=codecs_changed codecs=%s", ",".join(changed))
         return changed
+
+    async def refresh_from(self, sessions: Any) -> list[str]:
+        """:meth:`refresh` with the API's codecs read from the database, only those put since
+        the last refresh (their scripts are read only then). The database being away leaves
+        the API's codecs as they are."""
+        try:
+            stamps = await codec_stamps(sessions)
+            changed = [name for name, when in stamps.items() if self._stored.get(name) != when]
+            stored = await codec_overrides(sessions, changed) if changed else {}
+        except Exception as exc:  # keep decoding with the codecs in force
+            log.warning("event=codecs_refresh_deferred error=%s", exc)
+            stored = None
+        return self.refresh(stored)
 
     def _refresh_files(self) -> list[str]:
         assert self.codecs_path is not None
