@@ -124,6 +124,17 @@ class Script:
                 raise ScriptError(
                     self._why(f"ran out of its {self.memory_bytes >> 20} MB memory cap")
                 ) from None
+            if message == "null":
+                # What QuickJS throws when it runs out of memory making the error itself
+                # (a script filling its heap with small objects); a script's own `throw
+                # null` looks the same, and a fresh context costs it nothing.
+                self._renew()
+                raise ScriptError(
+                    self._why(
+                        f"threw null: it ran out of its {self.memory_bytes >> 20} MB memory "
+                        "cap (or threw null itself)"
+                    )
+                ) from None
             raise ScriptError(self._why(f"threw {message}")) from None
         if on_probation:
             self._probation -= 1
