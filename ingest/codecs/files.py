@@ -25,6 +25,8 @@ _TOP = {"codec", "uplinkDecoder", "downlinkEncoder", "downlinkDecoder", "metrics
 _PART = {"fileName", "examples"}
 _EXAMPLE = {"description", "type", "input", "output", "normalizedOutput"}
 MAX_SCRIPT_CHARS = 1 << 20
+# Output fields that are the reading's own (mapping.RESERVED), never mapped metrics.
+RESERVED_FIELDS = ("ts", "seq", "kind")
 
 
 class CodecFileError(ValueError):
@@ -99,6 +101,12 @@ def parse_codec(raw: Any, scripts: Mapping[str, str], source: str) -> CodecSpec:
         for metric, expression in metrics.items():
             if not isinstance(metric, str) or not re.match(r"^[a-z][a-z0-9_]{0,63}$", metric):
                 raise CodecFileError(f"{where}: metrics: {metric!r} is not a metric name")
+            if metric in RESERVED_FIELDS:
+                raise CodecFileError(
+                    f"{where}: metrics.{metric}: {metric} is the reading's own, not a metric of "
+                    f"a kind; the decoder's output field {metric} gives it (JSON mapped alone: "
+                    f"the payload's own {metric}); remove this line"
+                )
             if isinstance(expression, bool) or not isinstance(expression, str | int | float):
                 raise CodecFileError(
                     f"{where}: metrics.{metric}: {expression!r} is not an expression; write "
