@@ -139,7 +139,7 @@ class FileCodec:
             result = decoder.call_json("decodeUplink", text.decode())
             if not isinstance(result, dict):
                 raise PayloadError(
-                    f"codec {self.name}: decodeUplink returned {type(result).__name__}, "
+                    f"codec {self.name}: decodeUplink returned {_js_kind(result)}, "
                     "not {data, warnings?, errors?}"
                 )
             errors = result.get("errors")
@@ -207,6 +207,17 @@ class FileCodec:
         if not isinstance(raw, list) or not all(isinstance(b, int) and 0 <= b < 256 for b in raw):
             raise PayloadError(f"codec {self.name}: encodeDownlink gave no list of bytes")
         return bytes(raw), int(port)
+
+
+def _js_kind(value: Any) -> str:
+    """What a script returned, in JavaScript's words (a vendor reads the reason)."""
+    if value is None:
+        return "nothing (undefined or null)"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "a string" if isinstance(value, str) else "an array"
 
 
 def _example_input(example: Example, function: str) -> dict[str, Any]:
