@@ -15,6 +15,11 @@ devices_app = typer.Typer(help="The device registry.", no_args_is_help=True)
 vendors_app = typer.Typer(help="Device vendors.", no_args_is_help=True)
 app.add_typer(devices_app, name="devices")
 app.add_typer(vendors_app, name="vendors")
+codecs_app = typer.Typer(
+    help="Payload codecs: vendors' decoders and mappings (docs/design.md §4a).",
+    no_args_is_help=True,
+)
+app.add_typer(codecs_app, name="codecs")
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 grafana_app = typer.Typer(help="Grafana dashboards (cityiot/grafana).", no_args_is_help=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -45,42 +45,68 @@ def load_settings() -> Settings:
     return settings
 
 
-# How long a command waits for PostgreSQL before going on with the kind files alone.
+# How long a command waits for PostgreSQL before going on with the files alone.
 DATABASE_WAIT_S = 10.0
+
+T = TypeVar("T")
+
+
+def database_absent(url: str) -> bool:
+    """Whether ``url`` is a SQLite file that does not exist (yet): a command that only reads
+    never creates a database."""
+    if not url.startswith("sqlite"):
+        return False
+    path = url.split("///", 1)[-1]
+    return not path or path == ":memory:" or not Path(path).is_file()
+
+
+def read_database(
+    settings: Settings,
+    read: Callable[[Any], Awaitable[T]],
+    what: str,
+    fallback: str,
+) -> T | None:
+    """What ``read`` (given a session factory) takes from the database, as the running
+    stages read what was put through the API. None when there is no SQLite file, or when the
+    database cannot be read: then a warning on stderr says ``what`` was not read and that
+    ``fallback`` alone serves."""
+    from cityiot.storage.engine import make_engine, sessionmaker
+
+    url = settings.database_url
+    if database_absent(url):
+        return None
+
+    async def main() -> T:
+        engine = make_engine(url)
+        try:
+            return await asyncio.wait_for(read(sessionmaker(engine)), DATABASE_WAIT_S)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(main())
+    except Exception as exc:  # any driver's error: the files still serve
+        cause = getattr(exc, "orig", None) or exc  # the driver's words, not SQLAlchemy's wrapping
+        err.print(
+            f"[yellow]warning:[/] {what} were not read from the database "
+            f"({escape(str(cause) or type(cause).__name__)}); using {fallback} only",
+            soft_wrap=True,
+        )
+        return None
 
 
 def load_model_from_database(settings: Settings) -> None:
     """Take the kinds put through the API (kept in the database) into the model, as the
     running stages do, so a command knows every kind in force. SQLite: only when the file
-    exists (a command that only reads the model never creates a database). Otherwise, or
-    when the database cannot be read, the kind files alone, with a warning on stderr."""
-    from cityiot.storage.engine import make_engine, sessionmaker
+    exists. Otherwise, or when the database cannot be read, the kind files alone (with a
+    warning on stderr when it could not be read)."""
     from cityiot.storage.kinds import kind_overrides
 
-    url = settings.database_url
-    if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if not path or path == ":memory:" or not Path(path).is_file():
-            return
-
-    async def read() -> dict[str, Any]:
-        engine = make_engine(url)
-        try:
-            return await asyncio.wait_for(kind_overrides(sessionmaker(engine)), DATABASE_WAIT_S)
-        finally:
-            await engine.dispose()
-
-    try:
-        overrides = asyncio.run(read())
-    except Exception as exc:  # any driver's error: the files' kinds still serve
-        cause = getattr(exc, "orig", None) or exc  # the driver's words, not SQLAlchemy's wrapping
-        err.print(
-            "[yellow]warning:[/] the kinds put through the API were not read from the database "
-            f"({escape(str(cause) or type(cause).__name__)}); using the kind files only",
-            soft_wrap=True,
-        )
-        return
-    MODEL.refresh(overrides)
+    overrides = read_database(
+        settings, kind_overrides, "the kinds put through the API", "the kind files"
+    )
+    if overrides is not None:
+        MODEL.refresh(overrides)
 
 
 def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -74,12 +74,18 @@ def vendors_add(
     vendor_id: Annotated[str, typer.Argument(help="Vendor id: [A-Za-z0-9_-]{1,64}.")],
     name: Annotated[str, typer.Option(help="Display name.")] = "",
     codec: Annotated[
-        str, typer.Option(help="Payload codec of its devices: json or hexframe.")
+        str,
+        typer.Option(
+            help="Payload codec of its devices: json (the access standard), a shipped codec "
+            "(hexframe), one in CITYIOT_CODECS_PATH or one put through the API; cityiot codecs "
+            "list shows them."
+        ),
     ] = "json",
 ) -> None:
     """Register a vendor (or update its name and codec)."""
+    from cityiot.cli.codecs import codecs_in_force
     from cityiot.domain.catalogue import is_valid_id, reserved_vendor
-    from cityiot.ingest.codecs import default_codecs
+    from cityiot.storage.codecs import codec_overrides
     from cityiot.storage.engine import make_engine, migrate, sessionmaker
     from cityiot.storage.registry import upsert_vendor
 
@@ -88,15 +94,16 @@ def vendors_add(
     problem = reserved_vendor(vendor_id)
     if problem is not None:
         fail(f"vendor id {problem}")
-    if codec not in default_codecs():
-        fail(f"unknown codec {codec!r}; available: {', '.join(default_codecs())}")
     settings = load_settings()
 
     async def main() -> None:
         await migrate(settings.database_url)
         engine = make_engine(settings.database_url)
         try:
-            await upsert_vendor(sessionmaker(engine), vendor_id, name or vendor_id, codec=codec)
+            sessions = sessionmaker(engine)
+            # Any codec the ingest would take in: the files' and the API's, examples passed.
+            codecs_in_force(settings, await codec_overrides(sessions)).loaded(codec)
+            await upsert_vendor(sessions, vendor_id, name or vendor_id, codec=codec)
         finally:
             await engine.dispose()
 
