@@ -50,6 +50,11 @@ class HttpLink:
 
     def refusing(self) -> str:
         """Why no message can be taken now ("" when one can)."""
+        if self.intake.stopping:  # its last batch is sealed: a message taken now waits in vain
+            return (
+                "the ingest is stopping; nothing was taken: send the message again once the "
+                "platform is back"
+            )
         if self.store.refusing_since is not None:
             return (
                 "InfluxDB and the ingest's spool both refuse to store readings now; nothing "
@@ -72,7 +77,8 @@ class HttpLink:
         duplicates = counters.duplicates
         batch = intake.batch
         first = len(batch.lines)
-        intake.refusals = refusals = []
+        refusals: list[tuple[int, str]] = []
+        intake.refusals = refusals
         try:
             intake.handle(delivery, int(time.time() * 1000))
         finally:

@@ -177,9 +177,10 @@ class FileCodec:
         metrics = self.mapping.apply(output, attributes)
         if not metrics:
             fields = ", ".join(sorted(output))[:300] or "none"
+            wanted = "; ".join(f"{m}: {e}" for m, e in self.mapping.texts.items())
             raise PayloadError(
                 f"codec {self.name}: no metric could be taken from this message (its fields: "
-                f"{fields}); the mapping reads {', '.join(self.mapping.texts) or 'them by name'}"
+                f"{fields}); the mapping computes {wanted or 'the metrics from fields by name'}"
             )
         ts = output.get("ts")
         if isinstance(ts, float) and ts.is_integer():
