@@ -1,5 +1,9 @@
 """Vendor onboarding: ``/vendors`` — register vendors and issue their MQTT accounts.
 
+A vendor's ``codec`` (how its payloads are decoded) is any codec in force in this API:
+``json``, the shipped ones, ``CITYIOT_CODECS_PATH``'s and those put through
+``PUT /codecs/{name}``; ``PATCH /vendors/{id}`` changes it.
+
 An account's password is shown once, in the answer that issues it; the database keeps
 only Mosquitto's hash. Issuing and revoking rewrite the broker's password and ACL files
 and reload it (:mod:`cityiot.storage.broker_access`), so a revoked account is refused at once.
@@ -22,7 +26,7 @@ from cityiot.api.keys import Principal
 from cityiot.api.paging import Cursor, Limit, Page, after, page_of
 from cityiot.api.problems import PROBLEM_JSON, Problem
 from cityiot.domain.catalogue import reserved_vendor
-from cityiot.ingest.codecs import default_codecs
+from cityiot.ingest.codecs.files import BUILT_IN
 from cityiot.rules.events import city_time
 from cityiot.storage.broker_access import (
     BrokerAccess,
@@ -104,7 +108,9 @@ class VendorIn(BaseModel):
 
     id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="topic segment city/{id}/…")
     name: str = Field(min_length=1, max_length=200)
-    codec: str = Field("json", description="json, or the name of a registered codec")
+    codec: str = Field(
+        "json", max_length=64, description="json, or a codec in force (GET /api/v1/codecs)"
+    )
 
     @field_validator("id")
     @classmethod
@@ -116,19 +122,35 @@ class VendorIn(BaseModel):
 
     @field_validator("name")
     @classmethod
-    def _printable(cls, value: str) -> str:
-        value = value.strip()
-        if not value or not value.isprintable():
-            raise ValueError("use 1 to 200 printable characters (no tabs or line breaks)")
-        return value
+    def _printable(cls, value: str | None) -> str | None:
+        return printable_name(value)
 
-    @field_validator("codec")
+
+class VendorPatch(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"codec": "acme-level"}, {"name": "Acme Sensors Ltd"}]},
+    )
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    codec: str | None = Field(
+        None, max_length=64, description="a codec in force (GET /api/v1/codecs)"
+    )
+
+    @field_validator("name")
     @classmethod
-    def _known_codec(cls, value: str) -> str:
-        codecs = default_codecs()
-        if value not in codecs:
-            raise ValueError(f"unknown codec {value!r}; use one of {', '.join(sorted(codecs))}")
-        return value
+    def _printable(cls, value: str | None) -> str | None:
+        return printable_name(value)
+
+
+def printable_name(value: str | None) -> str | None:
+    """A vendor's name, trimmed; ValueError unless it is 1 to 200 printable characters."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value or not value.isprintable():
+        raise ValueError("use 1 to 200 printable characters (no tabs or line breaks)")
+    return value
 
 
 class CredentialOut(BaseModel):
@@ -227,6 +249,17 @@ async def _vendor(ctx: ApiContext, vendor_id: str) -> Vendor:
     return row
 
 
+def _check_codec(ctx: ApiContext, codec: str) -> None:
+    """422 unless ``codec`` is in force in this API (the files' and the API's codecs)."""
+    names = ctx.codecs.names() if ctx.codecs is not None else [BUILT_IN]
+    if codec not in names:
+        raise Problem(
+            422,
+            f"unknown codec {codec[:64]!r}; the codecs in force are {', '.join(names)} "
+            "(PUT /api/v1/codecs/{name} adds one)",
+        )
+
+
 def _managed(ctx: ApiContext) -> BrokerAccess:
     if ctx.broker is None:
         raise Problem(
@@ -277,6 +310,7 @@ async def create_vendor(
     principal: Annotated[Principal, Depends(allow("admin"))],
 ) -> dict[str, Any]:
     """Register a vendor; then issue its MQTT account (``POST /vendors/{id}/credentials``)."""
+    _check_codec(ctx, body.codec)
     conflict = Problem(
         409, f"vendor {body.id!r} is already registered; GET /api/v1/vendors/{body.id}"
     )
@@ -306,6 +340,47 @@ async def get_vendor(
 ) -> dict[str, Any]:
     _own_only(principal, vendor_id)
     return vendor_out(await _vendor(ctx, vendor_id))
+
+
+@router.patch(
+    "/vendors/{vendor_id}",
+    response_model=VendorOut,
+    summary="Rename a vendor or set its codec",
+    responses={
+        403: _403,
+        404: _404,
+        422: {
+            **_PROBLEM,
+            "description": "invalid name, a codec not in force, or nothing to change",
+        },
+    },
+)
+async def patch_vendor(
+    vendor_id: VendorId,
+    body: VendorPatch,
+    ctx: Annotated[ApiContext, Depends(context)],
+    principal: Annotated[Principal, Depends(allow("admin"))],
+) -> dict[str, Any]:
+    """Change the vendor's name, its codec, or both. The ingest decodes the vendor's next
+    messages with the new codec within ``CITYIOT_REGISTRY_REFRESH_S``. Audited
+    (``vendor.update``, with what changed and the codec before)."""
+    changes = body.model_dump(exclude_none=True)
+    if not changes:
+        raise Problem(422, "nothing to change: give name, codec or both")
+    if body.codec is not None:
+        _check_codec(ctx, body.codec)
+    async with ctx.sessions() as session, session.begin():
+        row = await session.get(Vendor, vendor_id, with_for_update=True)
+        if row is None:
+            raise Problem(
+                404, f"no vendor {vendor_id!r} is registered; GET /api/v1/vendors lists them"
+            )
+        before = {"name": row.name, "codec": row.codec}
+        for field, value in changes.items():
+            setattr(row, field, value)
+        audit(session, principal, "vendor.update", f"vendors/{vendor_id}",
+              **changes, before={k: before[k] for k in changes})  # fmt: skip
+    return vendor_out(row)
 
 
 @router.post(
