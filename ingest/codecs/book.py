@@ -125,7 +125,7 @@ class CodecBook:
             self._files_stamp = stamp
             changed += self._refresh_files()
         for name, (spec, scripts, when) in (stored or {}).items():
-            if self._stored.get(name) == when:
+            if not self._newer(name, when):
                 continue
             self._stored[name] = when
             try:
@@ -144,12 +144,18 @@ class CodecBook:
         the API's codecs as they are."""
         try:
             stamps = await codec_stamps(sessions)
-            changed = [name for name, when in stamps.items() if self._stored.get(name) != when]
+            changed = [name for name, when in stamps.items() if self._newer(name, when)]
             stored = await codec_overrides(sessions, changed) if changed else {}
         except Exception as exc:  # keep decoding with the codecs in force
             log.warning("event=codecs_refresh_deferred error=%s", exc)
             stored = None
         return self.refresh(stored)
+
+    def _newer(self, name: str, when: Any) -> bool:
+        """Whether the API's codec ``name`` put at ``when`` is newer than the one taken in (a
+        refresh that read the database before a PUT committed must not undo the PUT)."""
+        held = self._stored.get(name)
+        return held is None or when > held
 
     def _refresh_files(self) -> list[str]:
         assert self.codecs_path is not None
