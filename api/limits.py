@@ -4,8 +4,9 @@
 carries a body it
 
 - answers 413 at once when ``Content-Length`` exceeds the cap of its path
-  (``api_max_import_bytes`` for ``POST /api/v1/devices/import``, ``api_max_body_bytes``
-  for every other path), and cuts a body sent without a length (chunked) at that cap;
+  (``api_max_import_bytes`` for ``POST /api/v1/devices/import``, ``max_payload_bytes`` for
+  the HTTP link ``POST /api/v1/telemetry/…``, ``api_max_body_bytes`` for every other path),
+  and cuts a body sent without a length (chunked) at that cap;
 - on paths that need a key (under ``/api/v1`` but not in :data:`PUBLIC_PATHS` or
   :data:`PUBLIC_PREFIXES`), checks the key first (:func:`cityiot.api.access.authenticate`) and
   answers 401 or 429 without reading a byte of the body.
@@ -31,6 +32,8 @@ from cityiot.domain.settings import Settings
 
 API_PREFIX = "/api/v1"
 IMPORT_PATH = f"{API_PREFIX}/devices/import"  # the CSV import: its own, larger cap
+# The HTTP link: a device's message, capped as one over MQTT is (CITYIOT_MAX_PAYLOAD_BYTES).
+TELEMETRY_PREFIX = f"{API_PREFIX}/telemetry/"
 # Paths under the prefix that take a body without an API key (they check their own token
 # or password); everything else under the prefix needs a key before its body is read.
 PUBLIC_PATHS: frozenset[str] = frozenset({f"{API_PREFIX}/session"})
@@ -61,14 +64,26 @@ def body_cap(settings: Settings, method: str, path: str) -> int:
     """The largest body a request to ``path`` may send."""
     if method == "POST" and path == IMPORT_PATH:
         return settings.api_max_import_bytes
+    if is_telemetry(method, path):
+        return settings.max_payload_bytes
     return settings.api_max_body_bytes
 
 
-def too_large(cap: int) -> str:
+def is_telemetry(method: str, path: str) -> bool:
+    """Whether the request is a device's message on the HTTP link."""
+    return method == "POST" and path.startswith(TELEMETRY_PREFIX)
+
+
+def too_large(cap: int, method: str = "", path: str = "") -> str:
     if cap >= 2**20:
         size = f"{cap / 2**20:g} MiB"
     else:
         size = f"{cap / 2**10:g} KiB" if cap >= 2**10 else f"{cap} bytes"
+    if is_telemetry(method, path):
+        return (
+            f"the message is over {size}, the most one message may hold "
+            "(CITYIOT_MAX_PAYLOAD_BYTES); split its readings into several messages"
+        )
     return f"the request body is over {size}, the most this endpoint reads; send less"
 
 
@@ -123,7 +138,7 @@ class BodyLimits:
         cap = body_cap(self.settings, scope["method"], path)
         if length > cap:
             self.counters.body_too_large += 1
-            await _problem(scope, send, 413, too_large(cap))
+            await _problem(scope, send, 413, too_large(cap, scope["method"], path))
             return
         if needs_key(path):
             try:
@@ -169,7 +184,8 @@ class _BodyCap:
                 self.counters.body_too_large += 1
                 if not self.started:
                     self.answered = True
-                    await _problem(self.scope, self._send, 413, too_large(self.cap))
+                    detail = too_large(self.cap, self.scope["method"], self.scope["path"])
+                    await _problem(self.scope, self._send, 413, detail)
                 raise _BodyCut(too_large(self.cap))
         return message
 

@@ -90,6 +90,11 @@ class Intake:
         """Take no more deliveries: :meth:`run` returns after its current hand-over."""
         self._stopping.set()
 
+    @property
+    def stopping(self) -> bool:
+        """:meth:`stop` was called: a message taken now would never be stored."""
+        return self._stopping.is_set()
+
     async def run(self, writers: list[asyncio.Task[None]]) -> None:
         """Take deliveries until :meth:`stop`; raises if one of ``writers`` died."""
         link = self.link
