@@ -25,8 +25,8 @@ _TOP = {"codec", "uplinkDecoder", "downlinkEncoder", "downlinkDecoder", "metrics
 _PART = {"fileName", "examples"}
 _EXAMPLE = {"description", "type", "input", "output", "normalizedOutput"}
 MAX_SCRIPT_CHARS = 1 << 20
-# Output fields that are the reading's own (mapping.RESERVED), never mapped metrics.
-RESERVED_FIELDS = ("ts", "seq", "kind")
+# An output field that is the reading's own and never mapped (ts and seq may be computed).
+RESERVED_FIELDS = ("kind",)
 
 
 class CodecFileError(ValueError):
@@ -105,7 +105,7 @@ def parse_codec(raw: Any, scripts: Mapping[str, str], source: str) -> CodecSpec:
                 raise CodecFileError(
                     f"{where}: metrics.{metric}: {metric} is the reading's own, not a metric of "
                     f"a kind; the decoder's output field {metric} gives it (JSON mapped alone: "
-                    f"the payload's own {metric}); remove this line"
+                    f"the payload's own {metric}), checked against the device's; remove this line"
                 )
             if isinstance(expression, bool) or not isinstance(expression, str | int | float):
                 raise CodecFileError(

@@ -6,7 +6,8 @@ reaches into a nested object of the output. A metric whose expression names a fi
 absent is left out of the reading (a frame type that does not carry it). Without a mapping
 the output's fields are the metrics, by name. The output fields ``ts`` (epoch ms or RFC 3339),
 ``seq`` (integer) and ``kind`` (checked against the device's) are the reading's own, never
-metrics (docs/design.md §4a).
+metrics (docs/design.md §4a); a mapping may compute ``ts`` and ``seq`` too (``ts: time`` for
+a vendor whose JSON names its time otherwise), which then stand over the output's.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from cityiot.domain.expressions import (
 from cityiot.ingest.codecs.base import PayloadError
 
 RESERVED = frozenset({"ts", "seq", "kind"})
+# Entries of a mapping that give the reading's own time and seq rather than a metric (for a
+# vendor whose JSON names its time otherwise: ``ts: time``).
+OWN = frozenset({"ts", "seq"})
 _SEP = "__"  # a.b is read as the flat name a__b
 
 
@@ -65,15 +69,19 @@ class MetricMapping:
                 raise ExpressionError(text_) from None
             self._codes.append((metric, compile(tree, f"<{at}>", "eval")))
 
-    def apply(self, output: Mapping[str, Any], attributes: Mapping[str, Any]) -> dict[str, Any]:
-        """The metrics of one output object for a device with ``attributes``."""
+    def apply(
+        self, output: Mapping[str, Any], attributes: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The metrics of one output object for a device with ``attributes``, and the
+        reading's own ``ts``/``seq`` where the mapping computes them."""
         if self.passthrough:
-            return {k: v for k, v in output.items() if k not in RESERVED}
+            return {k: v for k, v in output.items() if k not in RESERVED}, {}
         values = {**attributes, **(flatten(output) if self.nested else output)}
         metrics: dict[str, Any] = {}
+        own: dict[str, Any] = {}
         for metric, code in self._codes:
             try:
-                metrics[metric] = eval(code, NO_BUILTINS, values)  # noqa: S307 - AST whitelisted
+                value = eval(code, NO_BUILTINS, values)  # noqa: S307 - AST whitelisted
             except NameError:
                 continue  # a field this frame does not carry: the metric is left out
             except (ArithmeticError, TypeError) as exc:
@@ -81,7 +89,8 @@ class MetricMapping:
                     f"codec {self.codec}: metrics.{metric} ({self.texts[metric]}) cannot be "
                     f"computed from this output: {exc}"
                 ) from None
-        return metrics
+            (own if metric in OWN else metrics)[metric] = value
+        return metrics, own
 
 
 def flatten(output: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -11,12 +11,20 @@ What a script can reach: the language's own objects and a ``console`` that print
 No file, network, timer or process API exists in the context, ``import`` finds no module,
 and each script has its own context, so one vendor's globals never meet another's.
 
-Limits (docs/design.md §4a): every call runs at most ``timeout_ms`` and within
+Limits (docs/design.md §4a): every call runs at most ``timeout_ms`` of CPU time (QuickJS
+counts the process's) and within
 ``memory_bytes`` of the script's heap, with a bounded stack. A script that ran over its time
 is on *probation*: its next calls have ``PROBATION_SHARE`` of the limit until it has run
 ``PROBATION_CALLS`` calls within it, so a frame that makes it loop forever costs the intake
 a few milliseconds each time, not the whole limit, while its other frames still decode. A
 script that ran out of memory gets a fresh context (its source run again).
+
+What the limit cannot do: QuickJS looks at the clock about every 10,000 steps of a script, and
+a call into a built-in (``join``, ``repeat``, ``indexOf``) runs to its end. A loop whose every
+step is such a call on a large value (``new Array(100000).join('x')``) runs for seconds before
+it is stopped. A decoder reviewed before it is put (the examples prove what it decodes; only
+an admin may put one) does not do this; a watchdog that could stop it needs the script in
+another thread or process.
 """
 
 from __future__ import annotations
@@ -160,7 +168,7 @@ class Script:
         else:
             why = (
                 f"ran over its time limit of {self.timeout_s * 1000:g} ms "
-                f"(stopped after {spent_ms:.0f} ms; CITYIOT_CODEC_TIMEOUT_MS)"
+                f"(of CPU time; stopped after {spent_ms:.0f} ms; CITYIOT_CODEC_TIMEOUT_MS)"
             )
         self._probation = PROBATION_CALLS
         self._context.set_time_limit(self.short_s)

@@ -183,7 +183,7 @@ class FileCodec:
                 f"codec {self.name}: the frame is of kind {said!s:.64}, the device is a "
                 f"{kind.name}; check the device's kind in the registry"
             )
-        metrics = self.mapping.apply(output, attributes)
+        metrics, own = self.mapping.apply(output, attributes)
         if not metrics:
             fields = ", ".join(sorted(output))[:300] or "none"
             wanted = "; ".join(f"{m}: {e}" for m, e in self.mapping.texts.items())
@@ -191,14 +191,14 @@ class FileCodec:
                 f"codec {self.name}: no metric could be taken from this message (its fields: "
                 f"{fields}); the mapping computes {wanted or 'the metrics from fields by name'}"
             )
-        ts = output.get("ts")
+        ts = own["ts"] if "ts" in own else output.get("ts")
         if isinstance(ts, float) and ts.is_integer():
             ts = int(ts)
         if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | str)):
             raise PayloadError(
                 f"codec {self.name}: ts {ts!r:.40} is neither epoch milliseconds nor RFC 3339"
             )
-        seq = output.get("seq")
+        seq = own["seq"] if "seq" in own else output.get("seq")
         if isinstance(seq, float) and seq.is_integer():
             seq = int(seq)
         if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int)):

@@ -298,13 +298,27 @@ def test_a_mapping_outside_the_rule_language_is_refused(
         assert "(use metrics, attributes, numbers, + - * /, comparisons, and/or/not)" in message
 
 
-@pytest.mark.parametrize("field", ["ts", "seq", "kind"])
-def test_a_mapping_of_the_reading_s_own_fields_is_refused(tmp_path: Path, field: str) -> None:
-    raw = {"codec": "acme-json", "metrics": {"battery_pct": "bat", field: "time"}}
+def test_a_mapping_of_kind_is_refused(tmp_path: Path) -> None:
+    raw = {"codec": "acme-json", "metrics": {"battery_pct": "bat", "kind": "type"}}
     with pytest.raises(CodecFileError) as caught:
         read_codec_file(write(tmp_path, raw))
-    assert f"metrics.{field}: {field} is the reading's own, not a metric" in str(caught.value)
+    assert "metrics.kind: kind is the reading's own, not a metric" in str(caught.value)
     assert "remove this line" in str(caught.value)
+
+
+def test_a_mapping_may_give_the_time_and_seq_from_the_vendor_s_own_fields(
+    tmp_path: Path,
+) -> None:
+    """A vendor whose JSON names its time ``time`` and its counter ``n``: ``ts: time`` and
+    ``seq: n`` give the reading's own, standing over an output field ``ts``."""
+    raw = {"codec": "acme-json", "metrics": {"battery_pct": "bat", "ts": "time", "seq": "n"}}
+    mapped = load(write(tmp_path, raw))
+    payload = orjson.dumps({"bat": 88, "time": "2025-11-23T08:00:00+08:00", "n": 12, "ts": 1})
+    (reading,) = mapped.decode(payload, KINDS["manhole"])
+    assert reading.metrics == {"battery_pct": 88}
+    assert (reading.ts, reading.seq) == ("2025-11-23T08:00:00+08:00", 12)
+    (untimed,) = mapped.decode(orjson.dumps({"bat": 70}), KINDS["manhole"])
+    assert (untimed.metrics, untimed.ts, untimed.seq) == ({"battery_pct": 70}, None, None)
 
 
 def test_a_broken_file_in_the_folder_stops_the_book_at_start_and_not_later(
