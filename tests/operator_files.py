@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -96,3 +99,14 @@ def model(kinds_path: Path | None = None, city_path: Path | None = None) -> Iter
         yield
     finally:
         MODEL.configure(None, None)
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``cityiot ARGS`` as an operator runs it, with ``env`` over this process's environment."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "cityiot"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )

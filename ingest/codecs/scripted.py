@@ -16,7 +16,7 @@ import orjson
 from cityiot.domain.catalogue import Kind
 from cityiot.domain.expressions import ExpressionError
 from cityiot.ingest.codecs.base import MAX_PAYLOAD_BYTES, PayloadError, RawReading, load_json
-from cityiot.ingest.codecs.files import CodecFileError, CodecSpec, Example
+from cityiot.ingest.codecs.files import CodecFileError, CodecSpec, Example, Part
 from cityiot.ingest.codecs.mapping import MetricMapping
 from cityiot.ingest.codecs.sandbox import Script, ScriptError
 
@@ -50,30 +50,8 @@ class FileCodec:
             self.mapping = MetricMapping(spec.name, spec.metrics, where)
         except ExpressionError as exc:
             raise CodecFileError(str(exc)) from None
-        self.decoder = self.encoder = None
-        try:
-            if spec.decoder is not None:
-                self.decoder = Script(
-                    spec.name, spec.decoder.file_name, spec.decoder.source,
-                    timeout_ms=timeout_ms, memory_bytes=memory_bytes,
-                )  # fmt: skip
-                if not self.decoder.defines("decodeUplink"):
-                    raise CodecFileError(
-                        f"{where}: {spec.decoder.file_name} defines no function decodeUplink"
-                        "(input); a TS013 decoder returns {data, warnings?, errors?}"
-                    )
-            if spec.encoder is not None:
-                self.encoder = Script(
-                    spec.name, spec.encoder.file_name, spec.encoder.source,
-                    timeout_ms=timeout_ms, memory_bytes=memory_bytes,
-                )  # fmt: skip
-                if not self.encoder.defines("encodeDownlink"):
-                    raise CodecFileError(
-                        f"{where}: {spec.encoder.file_name} defines no function encodeDownlink"
-                        "(input); a TS013 encoder returns {bytes, fPort}"
-                    )
-        except ScriptError as exc:
-            raise CodecFileError(f"{spec.source}: {exc}") from None
+        self.decoder = _script(spec, spec.decoder, "decodeUplink", timeout_ms, memory_bytes)
+        self.encoder = _script(spec, spec.encoder, "encodeDownlink", timeout_ms, memory_bytes)
 
     # -- loading -----------------------------------------------------------------------
 
@@ -228,6 +206,32 @@ def _js_kind(value: Any) -> str:
     if isinstance(value, int | float):
         return "a number"
     return "a string" if isinstance(value, str) else "an array"
+
+
+_RETURNS = {
+    "decodeUplink": "a TS013 decoder returns {data, warnings?, errors?}",
+    "encodeDownlink": "a TS013 encoder returns {bytes, fPort}",
+}
+
+
+def _script(
+    spec: CodecSpec, part: Part | None, function: str, timeout_ms: float, memory_bytes: int
+) -> Script | None:
+    """The part's script loaded into its sandbox, checked to define ``function``."""
+    if part is None:
+        return None
+    try:
+        script = Script(
+            spec.name, part.file_name, part.source, timeout_ms=timeout_ms, memory_bytes=memory_bytes
+        )
+    except ScriptError as exc:
+        raise CodecFileError(f"{spec.source}: {exc}") from None
+    if not script.defines(function):
+        raise CodecFileError(
+            f"{spec.source}: codec {spec.name}: {part.file_name} defines no function "
+            f"{function}(input); {_RETURNS[function]}"
+        )
+    return script
 
 
 def _example_input(example: Example, function: str) -> dict[str, Any]:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.operator_files import run_cli
 
 DECODER = """
 function decodeUplink(input) {
@@ -24,16 +23,6 @@ uplinkDecoder:
 metrics:
   water_level_cm: depth_cm - distance / 10
 """
-
-
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "cityiot"), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **env},
-    )
 
 
 def test_a_codec_whose_example_fails_stops_start_up_naming_it(tmp_path: Path) -> None:

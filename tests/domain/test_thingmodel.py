@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import copy
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from cityiot.domain.thingmodel import (
     parse_kind,
     read_kind_file,
 )
-from tests.operator_files import NOISE, changed, write_kind
+from tests.operator_files import NOISE, changed, run_cli, write_kind
 
 
 def test_the_contracts_example_parses_with_every_type() -> None:
@@ -255,16 +253,6 @@ def test_boundaries_must_name_the_citys_districts(tmp_path: Path) -> None:
     (tmp_path / "districts.geojson").write_text(BOUNDARIES.replace('"centre"', '"south"'))
     with pytest.raises(ModelError, match="properties.id 'south'.*use one of centre, north"):
         read_city(tmp_path / "city.yaml")
-
-
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "cityiot"), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **env},
-    )
 
 
 def test_a_broken_kind_or_city_file_stops_start_up_naming_file_and_field(tmp_path: Path) -> None:
