@@ -25,7 +25,6 @@ import time
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-import msgspec
 import orjson
 from fastapi import APIRouter, Depends, Path, Response, status
 from pydantic import BaseModel, ConfigDict, Field
@@ -39,8 +38,8 @@ from cityiot.api.keys import Principal
 from cityiot.api.paging import Cursor, Limit, Page, decode_cursor, encode_cursor
 from cityiot.api.problems import Problem
 from cityiot.api.routes.devices import visible_device
-from cityiot.domain.catalogue import MODEL, Kind
-from cityiot.ingest.codecs import CodecBook, PayloadError, RawReading
+from cityiot.domain.catalogue import MODEL
+from cityiot.ingest.codecs import CodecBook
 from cityiot.ingest.codecs.files import (
     BUILT_IN,
     MAX_SCRIPT_CHARS,
@@ -49,7 +48,8 @@ from cityiot.ingest.codecs.files import (
     parse_codec,
 )
 from cityiot.ingest.codecs.scripted import FileCodec
-from cityiot.ingest.validate import Rejected, Validator
+from cityiot.ingest.codecs.trial import Undecodable, try_payload
+from cityiot.ingest.validate import Validator
 from cityiot.rules.events import city_time
 from cityiot.storage.codecs import codec_overrides, save_codec
 from cityiot.storage.tables.codecs import CodecOverride
@@ -578,30 +578,6 @@ def _payload(body: DecodeIn, codec: Any) -> bytes:
     return orjson.dumps(body.json_)
 
 
-def _stand_in(output: Mapping[str, Any]) -> Kind:
-    """A kind for mapping without a device: named as the output says, so any is accepted."""
-    said = output.get("kind")
-    return Kind(str(said) if said is not None else "", "", "", (), 0)
-
-
-def _decoded(
-    codec: Any, payload: bytes, fport: int, received_ms: int, device: Device | None
-) -> tuple[list[dict[str, Any]], list[RawReading]]:
-    """(what the decoder gave, the raw readings mapped from it); PayloadError as the ingest
-    raises it, with the decoder's output when the mapping failed."""
-    attributes: Mapping[str, Any] = dict(device.attributes or {}) if device is not None else {}
-    kind: Kind | None = MODEL.kinds.get(device.kind) if device is not None else None
-    if not isinstance(codec, FileCodec):  # json: the readings are the output; no kind needed
-        raws = codec.decode(payload, kind or _stand_in({}), attributes, fport, received_ms)
-        return [msgspec.structs.asdict(r) for r in raws], list(raws)
-    outputs = codec.outputs(payload, fport, received_ms)
-    try:
-        raws = [codec.reading(o, kind or _stand_in(o), attributes) for o in outputs]
-    except PayloadError as exc:
-        raise Problem(422, str(exc), output=outputs) from None
-    return outputs, raws
-
-
 def _validator(ctx: ApiContext) -> Validator:
     """The ingest's validator with this API's settings (kept: it compiles every kind)."""
     validator = ctx.extra.get("codec_validator")
@@ -621,25 +597,6 @@ def _stored(ts_ms: int, assumed: bool, seq: int | None, metrics: dict[str, Any])
         "seq": seq,
         "metrics": metrics,
     }
-
-
-def _judged(
-    validator: Validator, raws: list[RawReading], device: Device | None, received_ms: int
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(readings that would be stored, rejections): with a device, each validated as the
-    ingest validates it; without, only the times."""
-    readings, rejected = [], []
-    for index, raw in enumerate(raws):
-        try:
-            if device is None:
-                ts_ms, assumed = validator.timestamp(raw.ts, received_ms)
-                readings.append(_stored(ts_ms, assumed, raw.seq, raw.metrics))
-            else:
-                got = validator.reading(device.id, device.kind, raw, received_ms)
-                readings.append(_stored(got.ts_ms, got.ts_assumed, raw.seq, got.metrics))
-        except Rejected as exc:
-            rejected.append({"index": index, "reason": str(exc)})
-    return readings, rejected
 
 
 def _device_note(device: Device, vendor_codec: str | None, name: str) -> str | None:
@@ -705,15 +662,27 @@ async def decode(
     payload = _payload(body, codec)
     received_ms = int(time.time() * 1000)
     try:
-        outputs, raws = _decoded(codec, payload, body.fPort, received_ms, device)
-    except PayloadError as exc:
-        raise Problem(422, str(exc)) from None
-    except Problem:
-        raise
+        trial = try_payload(
+            codec,
+            payload,
+            fport=body.fPort,
+            received_ms=received_ms,
+            validator=_validator(ctx),
+            device_id=device.id if device is not None else None,
+            kind=MODEL.kinds.get(device.kind) if device is not None else None,
+            attributes=dict(device.attributes or {}) if device is not None else None,
+        )
+    except Undecodable as exc:
+        extra = {"output": exc.output} if exc.output is not None else {}
+        raise Problem(422, str(exc), **extra) from None
     except Exception as exc:  # a decoder bug: the ingest makes the same dead letter of it
         log.exception("event=decode_crashed codec=%s", name)
         raise Problem(422, f"the platform could not decode this message ({exc!r:.200})") from None
-    readings, rejected = _judged(_validator(ctx), raws, device, received_ms)
+    readings = [
+        _stored(r.ts_ms, r.ts_assumed, trial.raws[i].seq, r.metrics) for i, r in trial.stored
+    ]
+    rejected = [{"index": i, "reason": reason} for i, reason in trial.rejected]
+    outputs = trial.output
     note: str | None
     if device is None:
         note = (

@@ -294,22 +294,31 @@ def codecs_decode(
                 "kind in force; check CITYIOT_KINDS_PATH and GET /api/v1/kinds"
             )
         _note_differences(registered, name)
-    attributes = registered.attributes if registered is not None else {}
-    received_ms = int(time.time() * 1000)
+    from cityiot.ingest.codecs.trial import Undecodable, try_payload
+    from cityiot.ingest.validate import Validator
+
     shown: dict[str, Any] = {"codec": name, "fPort": fport, "device": _shown(registered)}
     try:
-        if name == BUILT_IN:  # the access standard: readings straight from the JSON
-            raws = codec.decode(payload, kind or _stand_in({}), attributes, fport, received_ms)
-        else:
-            shown["output"] = codec.outputs(payload, fport, received_ms)
-            raws = [codec.reading(o, kind or _stand_in(o), attributes) for o in shown["output"]]
-    except ValueError as exc:  # PayloadError, ScriptError: what the dead letter would say
-        if "output" not in shown:
+        trial = try_payload(
+            codec,
+            payload,
+            fport=fport,
+            received_ms=int(time.time() * 1000),
+            validator=Validator(settings.retention_s, settings.future_tolerance_s),
+            device_id=registered.device_id if registered is not None else None,
+            kind=kind,
+            attributes=registered.attributes if registered is not None else None,
+        )
+    except Undecodable as exc:  # what the dead letter would say
+        if exc.output is None:
             fail(f"codec {name} cannot decode this frame: {exc}")
+        shown["output"] = exc.output
         shown["dead_letter"] = str(exc)
         _print_json(shown)
         fail(f"this message would be a dead letter: {exc}")
-    shown["readings"] = [_raw(r) for r in raws]
+    if name != BUILT_IN:
+        shown["output"] = trial.output
+    shown["readings"] = [_raw(r) for r in trial.raws]
     if registered is None:
         _print_json(shown)
         err.print(
@@ -318,7 +327,16 @@ def codecs_decode(
             soft_wrap=True,
         )
         return
-    _validate(settings, registered, raws, received_ms, shown)
+    shown["stored"] = [
+        {"ts_ms": r.ts_ms, "ts_assumed": r.ts_assumed, "metrics": r.metrics}
+        for _, r in trial.stored
+    ]
+    shown["rejected"] = [{"index": i, "reason": reason} for i, reason in trial.rejected]
+    _print_json(shown)
+    for index, reason in trial.rejected:
+        err.print(f"[yellow]rejected:[/] reading {index}: {escape(reason)}", soft_wrap=True)
+    if not trial.stored:
+        fail("nothing would be stored: every reading is rejected (reasons above)")
 
 
 def _payload(hex_: str | None, json_: str | None) -> bytes:
@@ -341,53 +359,6 @@ def _payload(hex_: str | None, json_: str | None) -> bytes:
             f"--hex {hex_[:80]!r} is not hex; write the frame's bytes as hex digits, two per "
             "byte (0-9, A-F, spaces allowed), e.g. --hex 04D25A or --hex '04 D2 5A'"
         )
-
-
-def _stand_in(output: Mapping[str, Any]) -> Any:
-    """Without a device, the kind a frame names (so its own kind check passes), or none:
-    a kind with no metrics, only for mapping."""
-    from cityiot.domain.catalogue import MODEL
-    from cityiot.domain.thingmodel import Kind
-
-    said = output.get("kind")
-    known = MODEL.kinds.get(said) if isinstance(said, str) else None
-    if known is not None:
-        return known
-    return Kind(str(said or "-"), "", "", (), 0)
-
-
-def _validate(
-    settings: Settings,
-    device: RegisteredDevice,
-    raws: list[Any],
-    received_ms: int,
-    shown: dict[str, Any],
-) -> None:
-    """Validate the readings as the ingest does; print what would be stored and rejected."""
-    from cityiot.ingest.validate import Rejected, Validator
-
-    validator = Validator(settings.retention_s, settings.future_tolerance_s)
-    stored: list[dict[str, Any]] = []
-    rejected: list[dict[str, Any]] = []
-    for index, raw in enumerate(raws):
-        try:
-            reading = validator.reading(device.device_id, device.kind, raw, received_ms)
-        except Rejected as exc:
-            rejected.append({"index": index, "reason": str(exc)})
-            continue
-        stored.append(
-            {"ts_ms": reading.ts_ms, "ts_assumed": reading.ts_assumed, "metrics": reading.metrics}
-        )
-    shown["stored"] = stored
-    shown["rejected"] = rejected
-    _print_json(shown)
-    for refusal in rejected:
-        err.print(
-            f"[yellow]rejected:[/] reading {refusal['index']}: {escape(refusal['reason'])}",
-            soft_wrap=True,
-        )
-    if not stored:
-        fail("nothing would be stored: every reading is rejected (reasons above)")
 
 
 def _note_differences(device: RegisteredDevice, name: str) -> None:
