@@ -279,6 +279,8 @@ def codecs_decode(
     """Print (JSON) what one frame would store: the decoder's output, the readings after
     the mapping and, with --device, the readings validated or rejected with reasons."""
     from cityiot.domain.catalogue import MODEL
+    from cityiot.ingest.codecs.trial import Undecodable, try_payload
+    from cityiot.ingest.validate import Validator
 
     payload = _payload(hex_, json_)
     settings = load_settings()
@@ -294,9 +296,6 @@ def codecs_decode(
                 "kind in force; check CITYIOT_KINDS_PATH and GET /api/v1/kinds"
             )
         _note_differences(registered, name)
-    from cityiot.ingest.codecs.trial import Undecodable, try_payload
-    from cityiot.ingest.validate import Validator
-
     shown: dict[str, Any] = {"codec": name, "fPort": fport, "device": _shown(registered)}
     try:
         trial = try_payload(
