@@ -21,7 +21,8 @@ def bench(
     systems: Annotated[
         str,
         typer.Option(
-            help="Comma list of baseline,influxdb,cityiot-qos0,cityiot-qos1,peer,workers."
+            help="Comma list of baseline,influxdb,cityiot-qos0,cityiot-qos1,peer,workers "
+            "(none: no throughput columns)."
         ),
     ] = "baseline,influxdb,cityiot-qos0,cityiot-qos1,peer,workers",
     workers: Annotated[str, typer.Option(help="Worker counts of the workers system.")] = "1,2,3",
@@ -63,10 +64,24 @@ def bench(
             "(every series created, every device coming online).",
         ),
     ] = False,
+    codec_messages: Annotated[
+        int,
+        typer.Option(
+            help="Messages per drain of the codec section (a decoding codec against JSON on "
+            "one ingest, and beside a looping codec); 0: skip it."
+        ),
+    ] = 100_000,
+    codec_devices: Annotated[
+        int, typer.Option(help="Manholes per load (JSON, frames) of the codec section.")
+    ] = 10_000,
+    codec_rounds: Annotated[
+        int, typer.Option(help="Rounds of the codec section's drains, interleaved.")
+    ] = 3,
 ) -> None:
     """Throughput, CPU, memory and latency of the platform next to a bare subscriber and
-    Node-RED, on a local Mosquitto and InfluxDB it starts itself; prints a table and writes
-    the figures as JSON. Exits 1 when a system failed, timed out, lost or duplicated."""
+    Node-RED, and a vendor's decoding codec against JSON, on a local Mosquitto and InfluxDB it
+    starts itself; prints tables and writes the figures as JSON. Exits 1 when a system or the
+    codec section failed, timed out, lost or duplicated."""
     from bench.options import (
         BenchError,
         BenchOptions,
@@ -94,6 +109,9 @@ def bench(
             rounds=rounds,
             cold=cold,
             mix=parse_mix(mix),
+            codec_messages=codec_messages,
+            codec_devices=codec_devices,
+            codec_rounds=codec_rounds,
         )
         options.check()
         with err.status("starting…") as status:

@@ -9,7 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,74 @@ def _log_tail(path: Path, limit: int = 2000) -> str:
     return ""
 
 
+@contextlib.contextmanager
+def ingest_workers(
+    services: Services,
+    registry: Registry,
+    spec: SystemSpec,
+    database: str,
+    client_id: str,
+    work: Path,
+    say: Callable[[str], None],
+    env_extra: Mapping[str, str] | None = None,
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """``spec.workers`` ``cityiot ingest --rules`` processes on a copy of ``registry``,
+    subscribed and ready, with their run dir and logs in ``work`` (a fresh one: readiness is
+    read from the logs); ``env_extra`` adds settings (``CITYIOT_CODECS_PATH``). Stopped, and
+    their broker sessions removed, when the block ends."""
+    from cityiot.ingest.partition import start_workers
+
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CITYIOT_")}
+    env.update(
+        CITYIOT_MQTT_URL=services.broker.url,
+        CITYIOT_INFLUX_URL=services.influx.url,
+        CITYIOT_INFLUX_DB=database,
+        CITYIOT_DATABASE_URL=sqlite_url(registry.copy(work / "registry.db")),
+        CITYIOT_RUN_DIR=str(work),
+        CITYIOT_MQTT_CLIENT_ID=client_id,
+        CITYIOT_RULES_PATH=str(REPO / "rules" / "catalogue"),
+        CITYIOT_LOG_FORMAT="logfmt",  # readiness is read as event=… in the workers' logs
+    )
+    env.update(env_extra or {})
+    say(f"{spec.name}: starting {spec.workers} × cityiot ingest --rules…")
+    processes = start_workers(
+        spec.workers,
+        share_group=spec.share_group,
+        base=env,
+        rules=True,
+        log_dir=work,
+        cwd=REPO,
+    )
+    try:
+        logs = [work / f"worker-{k}.log" for k in range(spec.workers)]
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            texts = [_log_tail(path, limit=1_000_000) for path in logs]
+            if all("event=mqtt_connected" in t and "event=rules_started" in t for t in texts):
+                break
+            for p, path in zip(processes, logs, strict=True):
+                if p.poll() is not None:
+                    raise BenchError(
+                        f"cityiot ingest exited with code {p.returncode} while starting: "
+                        f"see {path}\n{_log_tail(path)}"
+                    )
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"cityiot ingest did not start within {READY_TIMEOUT_S:g} s: see {work}"
+                )
+            time.sleep(0.1)
+        time.sleep(0.5)  # its first registry refresh, then the loop idles
+        yield processes
+    finally:
+        say(f"{spec.name}: stopping…")
+        stop_processes(processes)
+        forget_sessions(
+            services.broker.host, services.broker.port, session_ids(client_id, spec.workers)
+        )
+
+
 @dataclass(slots=True)
 class Launcher:
     """Starts the systems of one run against its services, registry and payloads."""
@@ -67,58 +135,10 @@ class Launcher:
     ) -> Iterator[list[subprocess.Popen[bytes]]]:
         """``spec.workers`` ``cityiot ingest --rules`` processes, subscribed and ready, with
         their run dir and logs in ``work`` (a fresh one: readiness is read from the logs)."""
-        from cityiot.ingest.partition import start_workers
-
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CITYIOT_")}
-        env.update(
-            CITYIOT_MQTT_URL=self.services.broker.url,
-            CITYIOT_INFLUX_URL=self.services.influx.url,
-            CITYIOT_INFLUX_DB=database,
-            CITYIOT_DATABASE_URL=sqlite_url(self.registry.copy(work / "registry.db")),
-            CITYIOT_RUN_DIR=str(work),
-            CITYIOT_MQTT_CLIENT_ID=client_id,
-            CITYIOT_RULES_PATH=str(REPO / "rules" / "catalogue"),
-            CITYIOT_LOG_FORMAT="logfmt",  # readiness is read as event=… in the workers' logs
-        )
-        self.say(f"{spec.name}: starting {spec.workers} × cityiot ingest --rules…")
-        processes = start_workers(
-            spec.workers,
-            share_group=spec.share_group,
-            base=env,
-            rules=True,
-            log_dir=work,
-            cwd=REPO,
-        )
-        try:
-            logs = [work / f"worker-{k}.log" for k in range(spec.workers)]
-            deadline = time.monotonic() + READY_TIMEOUT_S
-            while True:
-                texts = [_log_tail(path, limit=1_000_000) for path in logs]
-                if all("event=mqtt_connected" in t and "event=rules_started" in t for t in texts):
-                    break
-                for p, path in zip(processes, logs, strict=True):
-                    if p.poll() is not None:
-                        raise BenchError(
-                            f"cityiot ingest exited with code {p.returncode} while starting: "
-                            f"see {path}\n{_log_tail(path)}"
-                        )
-                if time.monotonic() > deadline:
-                    raise BenchError(
-                        f"cityiot ingest did not start within {READY_TIMEOUT_S:g} s: see {work}"
-                    )
-                time.sleep(0.1)
-            time.sleep(0.5)  # its first registry refresh, then the loop idles
+        with ingest_workers(
+            self.services, self.registry, spec, database, client_id, work, self.say
+        ) as processes:
             yield processes
-        finally:
-            self.say(f"{spec.name}: stopping…")
-            stop_processes(processes)
-            forget_sessions(
-                self.services.broker.host,
-                self.services.broker.port,
-                session_ids(client_id, spec.workers),
-            )
 
     @contextlib.contextmanager
     def peer(self, spec: SystemSpec, database: str, work: Path) -> Iterator[Any]:

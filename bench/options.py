@@ -36,6 +36,9 @@ class BenchOptions:
     rounds: int = 1  # throughput runs of every system, interleaved; the median one is shown
     cold: bool = False  # throughput without the warm-up: a city's first minutes
     mix: tuple[tuple[str, float], ...] = ()  # kind → share of the fleet; empty: every kind
+    codec_messages: int = 100_000  # per drain of the codec section (0: the section is skipped)
+    codec_devices: int = 10_000  # manholes per load of the codec section
+    codec_rounds: int = 3  # rounds of the codec section's three drains
 
     def check(self) -> None:
         """Raise ``BenchError`` naming the option to change when one is out of range."""
@@ -44,10 +47,14 @@ class BenchOptions:
         if self.messages < 2 * SENTINELS:
             raise BenchError(f"--messages must be at least {2 * SENTINELS}, not {self.messages}")
         unknown = [s for s in self.systems if s not in SYSTEMS]
-        if unknown or not self.systems:
+        if unknown:
             raise BenchError(
-                f"--systems: unknown {', '.join(unknown) or '(none given)'}; "
-                f"choose from {','.join(SYSTEMS)}"
+                f"--systems: unknown {', '.join(unknown)}; choose from {','.join(SYSTEMS)}, or none"
+            )
+        if not self.systems and not self.codec_messages:
+            raise BenchError(
+                f"--systems none and --codec-messages 0 leave nothing to measure; name systems "
+                f"({','.join(SYSTEMS)}) or give the codec section messages"
             )
         if "workers" in self.systems and (not self.workers or min(self.workers) < 1):
             raise BenchError("--workers must list worker counts of 1 or more, e.g. 1,2,3")
@@ -59,6 +66,14 @@ class BenchOptions:
             raise BenchError(f"--state-devices must be 0 (skip) or more, not {self.state_devices}")
         if self.rounds < 1:
             raise BenchError(f"--rounds must be 1 or more, not {self.rounds}")
+        if self.codec_messages:
+            if self.codec_messages < 2 * SENTINELS:
+                raise BenchError(
+                    f"--codec-messages must be 0 (skip the codec section) or at least "
+                    f"{2 * SENTINELS}, not {self.codec_messages}"
+                )
+            if self.codec_devices < 1 or self.codec_rounds < 1:
+                raise BenchError("--codec-devices and --codec-rounds must be 1 or more")
         from cityiot.domain.catalogue import KINDS
 
         unknown_kinds = [k for k, _ in self.mix if k not in KINDS]
@@ -81,11 +96,15 @@ class BenchOptions:
             "rounds": self.rounds,
             "cold": self.cold,
             "mix": dict(self.mix),
+            "codec_messages": self.codec_messages,
+            "codec_devices": self.codec_devices,
+            "codec_rounds": self.codec_rounds,
         }
 
 
 def parse_systems(text: str) -> tuple[str, ...]:
-    return tuple(s.strip() for s in text.split(",") if s.strip())
+    """A comma list of systems; ``none`` (or nothing): no throughput columns."""
+    return tuple(s.strip() for s in text.split(",") if s.strip() and s.strip() != "none")
 
 
 def parse_workers(text: str) -> tuple[int, ...]:

@@ -18,6 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bench.codec_result import CodecResult, print_codecs
 from bench.latency import LatencyResult, Percentiles
 
 REPORT_VERSION = 1
@@ -120,10 +121,11 @@ class BenchReport:
     systems: list[SystemResult]
     method: dict[str, str]
     rule_state: dict[str, Any] | None = None  # bench/state.py: bytes per device
+    codecs: CodecResult | None = None  # bench/codecs.py: the codec section
 
     @property
     def ok(self) -> bool:
-        return all(s.ok for s in self.systems)
+        return all(s.ok for s in self.systems) and (self.codecs is None or self.codecs.ok)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -135,6 +137,7 @@ class BenchReport:
             "method": self.method,
             "systems": [s.as_dict() for s in self.systems],
             "rule_state": self.rule_state,
+            "codecs": None if self.codecs is None else self.codecs.as_dict(),
             "ok": self.ok,
         }
 
@@ -222,8 +225,9 @@ def table(report: BenchReport) -> Table:
 
 
 def print_report(report: BenchReport, console: Console, out: Path | None = None) -> None:
-    """The table, what each system is, the machine, and where the JSON went."""
-    console.print(table(report))
+    """The tables, what each system is, the machine, and where the JSON went."""
+    if report.systems:
+        console.print(table(report))
     for s in report.systems:
         line = f"[bold]{s.name}[/]: {s.description}"
         if s.error:
@@ -241,19 +245,22 @@ def print_report(report: BenchReport, console: Console, out: Path | None = None)
             f"{state['open_tracks']:,} rules not idle at the end), measured with tracemalloc",
             highlight=False,
         )
-    console.print(
-        f"load: {settings['messages']:,} messages of {settings['devices']:,} devices "
-        f"({len(settings.get('kinds', ())) or '?'} kinds, JSON, one reading each); "
-        + (
-            "cold: no warm-up"
-            if settings.get("cold")
-            else "warm: before each storing system's drain, one reading per device stored "
-            "(not counted)"
+    if report.systems:
+        console.print(
+            f"load: {settings['messages']:,} messages of {settings['devices']:,} devices "
+            f"({len(settings.get('kinds', ())) or '?'} kinds, JSON, one reading each); "
+            + (
+                "cold: no warm-up"
+                if settings.get("cold")
+                else "warm: before each storing system's drain, one reading per device stored "
+                "(not counted)"
+            )
+            + f"; latency: {settings['latency_rate']:,.0f} "
+            f"readings/s for {settings['latency_seconds']:g} s",
+            highlight=False,
         )
-        + f"; latency: {settings['latency_rate']:,.0f} "
-        f"readings/s for {settings['latency_seconds']:g} s",
-        highlight=False,
-    )
+    if report.codecs is not None:
+        print_codecs(report.codecs, console)
     console.print(
         f"machine: {hw['cpu']} × {hw['cores']} cores, {hw['ram_gb']} GB RAM, "
         f"{hw['os']}; Python {hw['python']}, Mosquitto {hw['mosquitto']}, "

@@ -18,6 +18,9 @@ system in turn on the same payloads:
 - **latency** (bench/latency.py): the system running live under background load, probes
   timed from publish to stored and to the alert event, after a warm-up in which every fleet
   device reports once (its series exist, as in a running city).
+- **codecs** (bench/codecs.py): one ingest draining JSON, a vendor's binary frames decoded by
+  its JavaScript codec in the sandbox, and those frames beside a device whose codec loops
+  forever; its own fleet, registry and database.
 
 Each system writes to a database of its own (dropped after its run), gets fresh event times
 and client ids, and its broker sessions are removed after it stops.
@@ -33,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.backlog import Payloads
+from bench.codec_result import CodecResult
+from bench.codecs import CodecBench
 from bench.latency_run import ALARMS, PROBES, LatencyRun
 from bench.launch import Launcher
 from bench.load import bench_fleet
@@ -41,7 +46,7 @@ from bench.registry import REGISTRY_SETTLE_S, Registry, bench_device
 from bench.report import BenchReport, SystemResult, git_state, hardware, utc_stamp
 from bench.services import BROKER_TEMPLATE, Services
 from bench.stored import STALL_S
-from bench.systems import SYSTEM_ERRORS, system_specs
+from bench.systems import SYSTEM_ERRORS, SystemSpec, system_specs
 from bench.throughput import Throughput
 from cityiot.domain.catalogue import KINDS
 from cityiot.simulators.fleet import Fleet
@@ -59,14 +64,12 @@ class BenchRun:
     def prepare(
         cls,
         options: BenchOptions,
+        services: Services,
         run_dir: Path,
         say: Callable[[str], None],
         log: Callable[[str], None],
-        stack: contextlib.ExitStack,
     ) -> BenchRun:
-        """Broker, InfluxDB, the registry and the payloads; the services stop with ``stack``."""
-        services = Services(run_dir, say, keep=options.keep)
-        services.start(stack)
+        """The registry and the payloads, on the run's broker and InfluxDB."""
         fleet = bench_fleet(options.devices, mix=dict(options.mix))
         sentinels = [bench_device(f"bench-sentinel-{i:02d}") for i in range(SENTINELS)]
         extras = [
@@ -89,6 +92,35 @@ class BenchRun:
             Throughput(options, services, registry, payloads, launcher, say, log),
             LatencyRun(options, services, registry, payloads, launcher, say),
         )
+
+    def systems(
+        self, specs: list[SystemSpec], log: Callable[[str], None]
+    ) -> dict[str, SystemResult]:
+        """Every system's throughput rounds and, for some, its latency run."""
+        options = self.throughput.options
+        # The baseline and the peer use no registry: they run while the import settles.
+        order = sorted(
+            specs, key=lambda s: {"baseline": 0, "influxdb": 1, "peer": 2}.get(s.kind, 3)
+        )
+        # Rounds interleaved (every system once, then again): a slow spell of the
+        # machine falls on every system alike instead of on one system's rounds.
+        rounds: dict[str, list[SystemResult]] = {s.name: [] for s in specs}
+        for number in range(1, options.rounds + 1):
+            if options.rounds > 1:
+                log(f"round {number} of {options.rounds}")
+            for spec in order:
+                rounds[spec.name].append(self.throughput.run_system(spec))
+        results = {name: representative(found) for name, found in rounds.items()}
+        if not options.skip_latency:
+            for spec in specs:
+                if spec.name not in ("cityiot-qos1", "peer"):
+                    continue
+                try:
+                    results[spec.name].latency = self.latency.run(spec)
+                except SYSTEM_ERRORS as e:
+                    results[spec.name].notes.append(f"latency run failed: {e}")
+                    log(f"[red]{spec.name} latency failed:[/] {e}")
+        return results
 
 
 def representative(rounds: list[SystemResult]) -> SystemResult:
@@ -127,31 +159,24 @@ def run_bench(
     out = options.out or BENCH_HOME / "results" / f"{stamp}-{git.get('sha') or 'nogit'}.json"
     specs = system_specs(options)
     results: dict[str, SystemResult] = {}
+    run: BenchRun | None = None
+    codecs: CodecResult | None = None
     try:
         with contextlib.ExitStack() as stack:
-            run = BenchRun.prepare(options, run_dir, say, log, stack)
-            # The baseline and the peer use no registry: they run while the import settles.
-            order = sorted(
-                specs, key=lambda s: {"baseline": 0, "influxdb": 1, "peer": 2}.get(s.kind, 3)
+            services = Services(run_dir, say, keep=options.keep)
+            services.start(stack)
+            if specs:
+                run = BenchRun.prepare(options, services, run_dir, say, log)
+            # Registered early: the section's registry settles while the others run.
+            section = (
+                CodecBench.prepare(options, services, run_dir, say, log)
+                if options.codec_messages
+                else None
             )
-            # Rounds interleaved (every system once, then again): a slow spell of the
-            # machine falls on every system alike instead of on one system's rounds.
-            rounds: dict[str, list[SystemResult]] = {s.name: [] for s in specs}
-            for number in range(1, options.rounds + 1):
-                if options.rounds > 1:
-                    log(f"round {number} of {options.rounds}")
-                for spec in order:
-                    rounds[spec.name].append(run.throughput.run_system(spec))
-            results = {name: representative(found) for name, found in rounds.items()}
-            if not options.skip_latency:
-                for spec in specs:
-                    if spec.name not in ("cityiot-qos1", "peer"):
-                        continue
-                    try:
-                        results[spec.name].latency = run.latency.run(spec)
-                    except SYSTEM_ERRORS as e:
-                        results[spec.name].notes.append(f"latency run failed: {e}")
-                        log(f"[red]{spec.name} latency failed:[/] {e}")
+            if run is not None:
+                results = run.systems(specs, log)
+            if section is not None:
+                codecs = section.run()
     finally:
         if not options.keep:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -170,7 +195,8 @@ def run_bench(
         for s in systems:
             if s.rate is not None:
                 s.ratio = round(s.rate / baseline.rate, 3)
-    extra = {"node_red": run.launcher.versions.get("node-red", "")} if run.launcher.versions else {}
+    versions = run.launcher.versions if run is not None else {}
+    extra = {"node_red": versions.get("node-red", "")} if versions else {}
     report = BenchReport(
         started_at=started.isoformat(timespec="seconds"),
         git=git,
@@ -181,11 +207,12 @@ def run_bench(
             "registry_settle_s": REGISTRY_SETTLE_S,
             "stall_s": STALL_S,
             "broker_config": BROKER_TEMPLATE.read_text(),
-            "versions": run.launcher.versions,
+            "versions": versions,
         },
         hardware=hardware(extra),
         systems=systems,
         rule_state=rule_state.as_dict() if rule_state else None,
+        codecs=codecs,
         method={
             "throughput": "unless cold: a warm-up (one reading per fleet device, waited for "
             "until stored, then until InfluxDB and the system are idle; not counted); "
@@ -203,6 +230,15 @@ def run_bench(
             "background load via Publisher.publish_at (QoS 0), probes every 20 ms "
             "at QoS 1 with ts = publish time; stored = first poll (every ~8 ms) that returns "
             "the point; alert = arrival of the matching event on city/alerts/#",
+            "codecs": "one cityiot ingest --rules (CITYIOT_CODECS_PATH=bench/codec_files), "
+            "warmed up; each round drains, as the throughput columns, a backlog of JSON "
+            "manholes, one of the same readings as 16-byte frames of a vendor whose codec "
+            "decodes them in the sandbox (manhole-frame), and the frame backlog with messages "
+            "of a device whose decoder loops forever (endless-loop) interleaved one every "
+            "(frame rate / 10), so they reach the ingest at 10/s of its drain; frames and "
+            "frames+hostile swap places each round; drop = 1 - rate beside the hostile / rate "
+            "without, per round, median round shown; one decode timed in process over the "
+            "frames (perf_counter_ns per call, gc off)",
         },
     )
     report.write(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import httpx
 
@@ -28,6 +29,16 @@ class Drained:
     end_by: str
     mark: CpuMark
     timed_out: bool = False
+
+
+class Counts(Protocol):
+    """What :func:`wait_stored` polls: a cheap count with the sentinels, and the exact one."""
+
+    sentinels: int  # how many sentinel points end the backlog
+
+    def cheap(self) -> tuple[int, int]: ...
+
+    def exact(self) -> int: ...
 
 
 class StoredCounter:
@@ -90,13 +101,15 @@ class StoredCounter:
 
 
 def wait_stored(
-    counter: StoredCounter,
+    counter: Counts,
     sent: int,
     deadline: float,
     mark: Callable[[], CpuMark],
     say: Callable[[str], None],
+    poll_s: float = POLL_S,
 ) -> Drained:
-    """Until InfluxDB holds ``sent`` points, they stop coming (``STALL_S``), or ``deadline``."""
+    """Until InfluxDB holds ``sent`` points, they stop coming (``STALL_S``), or ``deadline``;
+    the sentinels are looked at every ``poll_s`` (the end is known that closely)."""
     phase = "sentinel"
     last_seen = -1
     last_change = time.time()
@@ -120,7 +133,7 @@ def wait_stored(
                 last_seen, last_change, last_mark = estimate, at, mark()
             elif at - last_change > STALL_S:
                 phase, last_seen = "count", -1
-            time.sleep(POLL_S)
+            time.sleep(poll_s)
             continue
         stored = counter.exact()
         at = time.time()

@@ -30,6 +30,7 @@ def test_bench_runs_every_system_and_stores_every_message(tmp_path: Path) -> Non
         "--latency-rate", "200",
         "--timeout", "60",
         "--state-devices", "3000",
+        "--codec-messages", "0",  # tests/bench/test_codecs.py runs the codec section
         "--out", str(out),
     ]  # fmt: skip
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=180)
@@ -78,6 +79,7 @@ def test_bench_runs_every_system_and_stores_every_message(tmp_path: Path) -> Non
     assert "bytes per device at 3,000 devices" in done.stdout
 
     assert report["settings"]["messages"] == MESSAGES and report["settings"]["cold"] is False
+    assert report["codecs"] is None and "codecs: one ingest" not in done.stdout
     assert "warm: before each storing system's drain" in done.stdout
     assert report["hardware"]["cores"] >= 1 and report["hardware"]["mosquitto"]
     assert "readings/s stored" in done.stdout and "CPU µs / reading, all" in done.stdout
