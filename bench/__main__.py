@@ -75,8 +75,12 @@ def bench(
         int, typer.Option(help="Manholes per load (JSON, frames) of the codec section.")
     ] = 10_000,
     codec_rounds: Annotated[
-        int, typer.Option(help="Rounds of the codec section's drains, interleaved.")
-    ] = 3,
+        int,
+        typer.Option(
+            help="Rounds of the codec section's three drains, in one order and its reverse "
+            "in turn (an even number weighs both alike)."
+        ),
+    ] = 4,
 ) -> None:
     """Throughput, CPU, memory and latency of the platform next to a bare subscriber and
     Node-RED, and a vendor's decoding codec against JSON, on a local Mosquitto and InfluxDB it

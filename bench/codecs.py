@@ -14,7 +14,9 @@ columns do (SIGSTOP, the backlog queued at QoS 1, SIGCONT = t0, until InfluxDB h
 JSON backlog, the frame backlog, and the frame backlog with the looping device's messages
 interleaved one every (frame rate ÷ 10) messages, so that they reach the ingest at 10 per
 second of its drain (published live they would wait behind the backlog in the broker's
-queue). Frames and frames+hostile swap places each round; a round's drop compares its two.
+queue). Rounds run the three in one order and its reverse in turn; a round's drop compares
+its two frame drains, and each figure is the median of each order's rounds, averaged over
+the two orders (bench/codec_result.py ``balanced``).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from bench.codec_result import (
     CallCost,
     CodecResult,
     Drain,
+    order_of,
 )
 from bench.launch import ingest_workers
 from bench.load import Message, Publisher
@@ -501,8 +504,7 @@ class CodecBench:
             next_s += 1
             frames_rate: float | None = None
             for number in range(1, rounds + 1):
-                order = (JSON, FRAMES, HOSTILE) if number % 2 else (JSON, HOSTILE, FRAMES)
-                for name in order:
+                for name in order_of(number):
                     every = 0
                     if name == HOSTILE:
                         every = max(1, round((frames_rate or GOAL_RATE) / HOSTILE_PER_S))

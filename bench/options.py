@@ -38,7 +38,7 @@ class BenchOptions:
     mix: tuple[tuple[str, float], ...] = ()  # kind → share of the fleet; empty: every kind
     codec_messages: int = 100_000  # per drain of the codec section (0: the section is skipped)
     codec_devices: int = 10_000  # manholes per load of the codec section
-    codec_rounds: int = 3  # rounds of the codec section's three drains
+    codec_rounds: int = 4  # rounds of the codec section's three drains, orders alternating
 
     def check(self) -> None:
         """Raise ``BenchError`` naming the option to change when one is out of range."""

@@ -235,9 +235,10 @@ def run_bench(
             "manholes, one of the same readings as 16-byte frames of a vendor whose codec "
             "decodes them in the sandbox (manhole-frame), and the frame backlog with messages "
             "of a device whose decoder loops forever (endless-loop) interleaved one every "
-            "(frame rate / 10), so they reach the ingest at 10/s of its drain; frames and "
-            "frames+hostile swap places each round; drop = 1 - rate beside the hostile / rate "
-            "without, per round, median round shown; one decode timed in process over the "
+            "(frame rate / 10), so they reach the ingest at 10/s of its drain; rounds run "
+            "json, frames, frames+hostile and the reverse in turn; drop = 1 - rate beside the "
+            "hostile / rate without, per round; every figure is the median of each order's "
+            "rounds averaged over the two orders; one decode timed in process over the "
             "frames (perf_counter_ns per call, gc off)",
         },
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.codec_result import CodecResult, Drain
 from bench.codecs import (
     CODEC_FILES,
     DECODING_CODEC,
@@ -58,6 +59,38 @@ def test_the_looping_codec_loads_and_one_decode_is_timed() -> None:
         assert 0 < cost.min_us <= cost.median_us
 
 
+def _drain(load: str, number: int, rate: float, hostile: int = 0) -> Drain:
+    return Drain(load, number, 1000, hostile, stored=1000, drain_s=1000 / rate, rate=rate)
+
+
+def test_each_order_counts_alike_however_many_rounds_ran() -> None:
+    # A drain's place in its round moves its rate: here the third of a round runs 10 % slow.
+    # Rounds 1 and 3 run json, frames, frames+hostile; round 2 the reverse.
+    result = CodecResult(devices=10, messages=1000, rounds=3, qos=1)
+    result.drains = [
+        _drain("json", 1, 40_000), _drain("frames", 1, 20_000),
+        _drain("frames+hostile", 1, 18_000, hostile=20),
+        _drain("frames+hostile", 2, 20_000, hostile=20), _drain("frames", 2, 20_000),
+        _drain("json", 2, 36_000),
+        _drain("json", 3, 40_000), _drain("frames", 3, 20_000),
+        _drain("frames+hostile", 3, 18_000, hostile=20),
+    ]  # fmt: skip
+    assert result.drops_pct == [10.0, 0.0, 10.0]
+    # Not the median round's 10 %: each order's median (10 and 0), averaged.
+    assert result.drop_pct == 5.0 and result.drop_met is True
+    assert result.rate("json") == 38_000 and result.rate("frames") == 20_000
+    assert result.ratio == round(20_000 / 38_000, 3) and result.rate_met is True
+    # The first looping call takes the whole limit (100 ms), the others 2 ms on probation.
+    assert result.limits_pct == [
+        round((100 + 19 * 2) / (1000 / 18_000 * 1000) * 100, 1),
+        round(20 * 2 / 50 * 100, 1),
+        round(20 * 2 / (1000 / 18_000 * 1000) * 100, 1),
+    ]
+    result.drains[4].stored = 999  # one lost: no rate for frames, nor a drop
+    assert result.rate("frames") is None and result.drop_pct is None
+    assert result.rate_met is None and not result.ok
+
+
 @pytest.mark.slow
 def test_codec_section_drains_every_load_and_dead_letters_the_looping_codec(
     tmp_path: Path,
@@ -76,11 +109,11 @@ def test_codec_section_drains_every_load_and_dead_letters_the_looping_codec(
     assert report["systems"] == [] and report["ok"]
     section = report["codecs"]
     assert section["ok"] and section["error"] is None and section["notes"] == []
-    # Interleaved, frames and frames+hostile swapping places in the second round.
+    # Interleaved, the second round in the first's reverse order.
     order = [(d["load"], d["round"]) for d in section["drains"]]
     assert order == [
         ("json", 1), ("frames", 1), ("frames+hostile", 1),
-        ("json", 2), ("frames+hostile", 2), ("frames", 2),
+        ("frames+hostile", 2), ("frames", 2), ("json", 2),
     ]  # fmt: skip
     for drain in section["drains"]:
         assert drain["ok"] and drain["sent"] == drain["stored"] == 1000, drain
