@@ -265,6 +265,11 @@ def _met(met: bool | None) -> str:
     return "–" if met is None else "[green]met[/]" if met else "[red]not met[/]"
 
 
+def _range(drains: list[Drain]) -> str:
+    rates = [d.rate for d in drains if d.rate is not None]
+    return f"{min(rates) / 1000:,.1f}–{max(rates) / 1000:,.1f}k" if rates else "–"
+
+
 def codec_table(result: CodecResult) -> Table:
     """The three loads side by side: medians over the rounds, and each round's rate."""
     t = Table(title="codecs: one ingest, decoding", title_justify="left")
@@ -286,10 +291,7 @@ def codec_table(result: CodecResult) -> Table:
 
     t.add_row("messages/s stored", *(rate_cell(load) for load in LOADS))
     if result.rounds > 1:
-        t.add_row(
-            "  rounds, thousands",
-            *(" / ".join(_n((d.rate or 0) / 1000, 1) for d in result.of(load)) for load in LOADS),
-        )
+        t.add_row("  rounds' range", *(_range(result.of(load)) for load in LOADS))
     json_rate = result.rate(JSON)
     t.add_row(
         "× JSON",
@@ -311,7 +313,7 @@ def codec_table(result: CodecResult) -> Table:
         "looping codec's messages",
         "–",
         "–",
-        " / ".join(f"{d.hostile:,}" for d in result.of(HOSTILE)),
+        _n(sum(d.hostile for d in result.of(HOSTILE))),
     )
     t.add_row("drain s", *(_n(median_of(load, lambda d: d.drain_s), 2) for load in LOADS))
     t.add_row(
@@ -328,6 +330,10 @@ def codec_table(result: CodecResult) -> Table:
 def print_codecs(result: CodecResult, console: Console) -> None:
     """The table, one decode's cost, the goals, and what the figures rest on."""
     console.print(codec_table(result))
+    if result.rounds > 1:
+        for load in LOADS:
+            rates = " / ".join(_n(d.rate) for d in result.of(load))
+            console.print(f"  {load}, round by round: {rates}", highlight=False)
     if result.error:
         console.print(f"[bold]codecs[/]: [red]{result.error}[/]", highlight=False)
     if result.decode is not None and result.json_decode is not None:
