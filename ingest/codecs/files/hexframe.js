@@ -113,19 +113,21 @@ function crc16xmodem(bytes, end) {
 }
 
 var HEX = (function () {
-  var digits = {};
+  var digits = [];
+  for (var c = 0; c < 256; c++) digits.push(-1);
   var chars = "0123456789abcdefABCDEF";
   for (var i = 0; i < chars.length; i++) digits[chars.charCodeAt(i)] = parseInt(chars[i], 16);
   return digits;
 })();
 
 function hexToBytes(input) {
-  if (input.length % 2 !== 0) return null;
-  var out = new Array(input.length / 2);
-  for (var i = 0; i < input.length; i += 2) {
+  var n = input.length;
+  if (n % 2 !== 0) return null;
+  var out = new Array(n / 2);
+  for (var i = 0, j = 0; i < n; i += 2, j++) {
     var high = HEX[input[i]], low = HEX[input[i + 1]];
-    if (high === undefined || low === undefined) return null;
-    out[i / 2] = (high << 4) | low;
+    if (high < 0 || low < 0 || high === undefined || low === undefined) return null;
+    out[j] = (high << 4) | low;
   }
   return out;
 }
