@@ -633,3 +633,80 @@ async def test_schemathesis_finds_no_5xx_and_every_answer_matches_the_schema(
         assert process.returncode == 0, text[-12000:]
         assert "passed" in text.lower()
         assert await link.metric("cityiot_ingest_http_messages_total") > 0
+
+
+# -- the issue's done-when: a vendor's own decoder, over HTTP ----------------------------
+
+
+async def test_a_vendor_decoder_dropped_into_the_codecs_folder_takes_frames_over_http(
+    broker: LocalBroker, influx: LocalInflux, tmp_path: Path
+) -> None:
+    """A TS013 decoder with a mapping dropped into CITYIOT_CODECS_PATH (the test codec
+    acme-level), the vendor set to it through the API: its frames posted as bytes are
+    stored as validated readings and raise the cover alert; a frame type it does not know
+    is a dead letter with the decoder's words."""
+    from tests.codecs.frames import copy_codec, manhole_with_temperature
+    from tests.operator_files import model
+
+    copy_codec("acme-level", tmp_path / "codecs")
+    manhole_with_temperature(tmp_path / "kinds")  # the shaft temperature acme-level maps
+    with model(tmp_path / "kinds"):
+        await _vendor_decoder_over_http(tmp_path, broker, influx)
+
+
+async def _vendor_decoder_over_http(
+    tmp_path: Path, broker: LocalBroker, influx: LocalInflux
+) -> None:
+    from tests.codecs.frames import alarm, periodic
+
+    async with running_link(tmp_path, broker, influx, codecs_path=tmp_path / "codecs") as link:
+        admin = link.client("admin")
+        r = await admin.patch("/api/v1/vendors/acme", json={"codec": "acme-level"})
+        assert r.status_code == 200, r.text
+        acme = link.client("acme")
+
+        async def post(frame: bytes) -> httpx.Response:
+            return await acme.post(
+                "/api/v1/telemetry/acme/mh-1", content=frame, headers=OCTETS, params={"fport": 1}
+            )
+
+        async def taken() -> dict[str, Any] | None:  # the ingest took the vendor's new codec
+            r = await post(alarm(cover_open=True, tilted=False, tilt_deg=4))
+            return r.json() if r.status_code == 200 else None
+
+        assert await until(taken, 15, "acme's frames decoded") == {
+            "stored": 1, "rejected": [], "duplicates": 0,
+        }  # fmt: skip
+
+        async def alert() -> dict[str, Any] | None:
+            items = (await admin.get("/api/v1/alerts", params={"kind": "manhole"})).json()
+            return next(
+                (a for a in items["items"] if a["device_id"] == "mh-1"
+                 and a["rule"] == "manhole_cover_open"),
+                None,
+            )  # fmt: skip
+
+        fired = await until(alert, 15, "the cover alert from a decoded frame")
+        assert fired["values"]["cover_open"] is True
+
+        r = await post(periodic(distance_mm=1200, temperature_c10=-35, battery=77))
+        assert r.status_code == 200 and r.json()["stored"] == 1, r.text
+
+        async def level() -> list[Any] | None:
+            rows = await link.influx.query(
+                'SELECT "water_level_cm", "battery_pct" FROM "manhole" WHERE "device_id" = '
+                "'mh-1' AND \"water_level_cm\" > -1000"
+            )
+            series = rows[0].get("series", [])
+            return series[0]["values"] if series else None
+
+        values = await until(level, 15, "the mapped water level")
+        depth = 200.0  # mh-1's depth_cm in the seeded registry
+        assert [row[1:] for row in values] == [[depth - 120.0, 77.0]]
+        temperature = await link.points("manhole", "mh-1", "temperature_c")
+        assert len(temperature) == 1  # -3.5 °C, signed big-endian
+
+        r = await post(b"\x7f\x00")
+        assert r.status_code == 422, r.text
+        (refusal,) = r.json()["rejected"]
+        assert refusal["reason"].startswith("codec acme-level: the decoder reported:")
