@@ -38,7 +38,9 @@ from cityiot.platform.wiring import platform as start_platform
 from cityiot.storage.influx import InfluxDB
 from tests.api.conftest import REGISTRY_VENDORS
 from tests.api.test_schema import CHECKS
+from tests.codecs.frames import alarm, copy_codec, manhole_with_temperature, periodic
 from tests.ingest.conftest import REGISTRY_CSV
+from tests.operator_files import model
 from tests.seeding import open_seeded
 from tests.waiting import until
 
@@ -645,9 +647,6 @@ async def test_a_vendor_decoder_dropped_into_the_codecs_folder_takes_frames_over
     acme-level), the vendor set to it through the API: its frames posted as bytes are
     stored as validated readings and raise the cover alert; a frame type it does not know
     is a dead letter with the decoder's words."""
-    from tests.codecs.frames import copy_codec, manhole_with_temperature
-    from tests.operator_files import model
-
     copy_codec("acme-level", tmp_path / "codecs")
     manhole_with_temperature(tmp_path / "kinds")  # the shaft temperature acme-level maps
     with model(tmp_path / "kinds"):
@@ -657,8 +656,6 @@ async def test_a_vendor_decoder_dropped_into_the_codecs_folder_takes_frames_over
 async def _vendor_decoder_over_http(
     tmp_path: Path, broker: LocalBroker, influx: LocalInflux
 ) -> None:
-    from tests.codecs.frames import alarm, periodic
-
     async with running_link(tmp_path, broker, influx, codecs_path=tmp_path / "codecs") as link:
         admin = link.client("admin")
         r = await admin.patch("/api/v1/vendors/acme", json={"codec": "acme-level"})
