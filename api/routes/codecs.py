@@ -673,7 +673,7 @@ async def decode(
             attributes=dict(device.attributes or {}) if device is not None else None,
         )
     except Undecodable as exc:
-        extra = {"output": exc.output} if exc.output is not None else {}
+        extra: dict[str, Any] = {"output": exc.output} if exc.output is not None else {}
         raise Problem(422, str(exc), **extra) from None
     except Exception as exc:  # a decoder bug: the ingest makes the same dead letter of it
         log.exception("event=decode_crashed codec=%s", name)
