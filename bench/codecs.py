@@ -57,7 +57,7 @@ from bench.load import Message, Publisher
 from bench.options import BenchError, BenchOptions
 from bench.registry import Registry, sqlite_url
 from bench.services import Services
-from bench.stored import COUNT_POLL_S, wait_stored
+from bench.stored import COUNT_POLL_S, counts, wait_stored
 from bench.systems import SYSTEM_ERRORS, SystemSpec
 from cityiot.simulators.behaviour import new_state, reading
 from cityiot.simulators.fleet import Fleet, SimDevice, SimVendor
@@ -316,15 +316,7 @@ class WindowCounter:
         self._scale = messages / max(1, len(vendor.sample) * (span_s - 1))
 
     def _query(self, q: str) -> list[int]:
-        response = self.http.post("/query", data={"db": self.database, "q": q})
-        response.raise_for_status()
-        counts = []
-        for result in response.json().get("results", []):
-            if "error" in result:
-                raise BenchError(f"InfluxDB refused the bench's count: {result['error']}")
-            series = result.get("series") or [{"values": [[0, 0]]}]
-            counts.append(int(series[0]["values"][0][1]))
-        return counts
+        return counts(self.http, self.database, q)
 
     def cheap(self) -> tuple[int, int]:
         sentinels, sample = self._query(self._cheap)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
@@ -74,15 +74,7 @@ class StoredCounter:
         return self._before
 
     def _query(self, q: str) -> list[int]:
-        response = self.http.post("/query", data={"db": self.database, "q": q})
-        response.raise_for_status()
-        counts = []
-        for result in response.json().get("results", []):
-            if "error" in result:
-                raise BenchError(f"InfluxDB refused the bench's count: {result['error']}")
-            series = result.get("series") or [{"values": [[0, 0]]}]
-            counts.append(int(series[0]["values"][0][1]))
-        return counts
+        return counts(self.http, self.database, q)
 
     def exact(self) -> int:
         """Every point of every kind in the system's database."""
@@ -145,3 +137,16 @@ def wait_stored(
         elif at - last_change > STALL_S:
             return Drained(last_change, stored, "stall", last_mark)
         time.sleep(COUNT_POLL_S)
+
+
+def counts(http: Any, database: str, q: str) -> list[int]:
+    """The ``COUNT`` of each statement of ``q`` (0 where nothing matched)."""
+    response = http.post("/query", data={"db": database, "q": q})
+    response.raise_for_status()
+    found = []
+    for result in response.json().get("results", []):
+        if "error" in result:
+            raise BenchError(f"InfluxDB refused the bench's count: {result['error']}")
+        series = result.get("series") or [{"values": [[0, 0]]}]
+        found.append(int(series[0]["values"][0][1]))
+    return found
