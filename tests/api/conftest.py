@@ -3,6 +3,7 @@ PostgreSQL), the session's InfluxDB and Mosquitto, a small registry and a key pe
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,11 +78,12 @@ def api_settings(
 REGISTRY_VENDORS = (("acme", "Acme Sensors", "json"), ("oldco", "Old Co", "hexframe"))
 
 
-@pytest.fixture
-async def api(
-    db_url: str, influx: LocalInflux, influx_db: str, broker: LocalBroker, tmp_path: Path
+@contextlib.asynccontextmanager
+async def running_api(
+    db_url: str, influx: LocalInflux, influx_db: str, broker: LocalBroker, run_dir: Path
 ) -> AsyncIterator[Api]:
-    settings = api_settings(db_url, influx, influx_db, broker, run_dir=tmp_path)
+    """An API on a seeded registry with a key of each role (``api.keys``)."""
+    settings = api_settings(db_url, influx, influx_db, broker, run_dir=run_dir)
     engine, sessions = await open_seeded(db_url, REGISTRY_CSV, REGISTRY_VENDORS)
     try:
         async with (
@@ -111,3 +113,11 @@ async def api(
                     await c.aclose()
     finally:
         await engine.dispose()
+
+
+@pytest.fixture
+async def api(
+    db_url: str, influx: LocalInflux, influx_db: str, broker: LocalBroker, tmp_path: Path
+) -> AsyncIterator[Api]:
+    async with running_api(db_url, influx, influx_db, broker, tmp_path) as harness:
+        yield harness

@@ -4,9 +4,13 @@ new endpoint cannot ship without its policy being stated here."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import AsyncIterator
+
 import pytest
 
-from tests.api.conftest import ROLES, Api
+from cityiot.platform.local_services import LocalBroker, LocalInflux
+from tests.api.conftest import ROLES, Api, running_api
 
 ALL = frozenset(ROLES)
 STAFF = frozenset({"admin", "operator", "field"})
@@ -109,8 +113,22 @@ async def test_the_policy_names_every_operation(api: Api) -> None:
     assert set(POLICY) - operations == set(), "these endpoints are gone: drop them here"
 
 
+@pytest.fixture(scope="module")
+async def roles_api(
+    influx: LocalInflux, broker: LocalBroker, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Api]:
+    """One API for every operation's roles: no request here carries a body or names an id
+    that exists, so none changes what the next one meets (one API each took a minute)."""
+    run_dir = tmp_path_factory.mktemp("roles")
+    db_url = f"sqlite+aiosqlite:///{run_dir / 'cityiot.db'}"
+    influx_db = f"roles_{uuid.uuid4().hex[:10]}"
+    async with running_api(db_url, influx, influx_db, broker, run_dir) as harness:
+        yield harness
+
+
 @pytest.mark.parametrize("method,path", sorted(POLICY))
-async def test_each_role_on(api: Api, method: str, path: str) -> None:
+async def test_each_role_on(roles_api: Api, method: str, path: str) -> None:
+    api = roles_api
     url = path.format(**SAMPLES)
     allowed = POLICY[(method, path)]
     stream = path.endswith("/stream")
