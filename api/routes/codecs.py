@@ -51,7 +51,7 @@ from cityiot.ingest.codecs.scripted import FileCodec
 from cityiot.ingest.codecs.trial import Undecodable, try_payload
 from cityiot.ingest.validate import Validator
 from cityiot.rules.events import city_time
-from cityiot.storage.codecs import codec_overrides, save_codec
+from cityiot.storage.codecs import save_codec
 from cityiot.storage.tables.codecs import CodecOverride
 from cityiot.storage.tables.registry import Device, Vendor
 
@@ -544,7 +544,7 @@ async def put_codec(
             409,
             f"codec {name} was put by someone else at the same moment; retry",
         ) from None
-    book.refresh(await codec_overrides(ctx.sessions))
+    await book.refresh_from(ctx.sessions)
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return _out(book, name, (await _put_by(ctx)).get(name))
 
