@@ -38,6 +38,9 @@ class KnownDevice:
     status_key: str  # device_status,device_id=…,district=…,kind=…,vendor=…
     attributes: Mapping[str, Any]  # its kind's registry attributes (the kind file's)
     updated_at: dt.datetime | None = None  # the registry row's stamp when this was made
+    dev_eui: str | None = None  # identities on a network (docs/design.md §4a)
+    imei: str | None = None
+    onenet_dev_id: str | None = None
 
     @classmethod
     def from_entry(cls, e: DeviceEntry) -> KnownDevice:
@@ -55,15 +58,25 @@ class KnownDevice:
             series_key("device_status", {**tags, "kind": e.kind}),
             dict(e.attributes or {}),
             e.updated_at,
+            e.dev_eui,
+            e.imei,
+            e.onenet_dev_id,
         )
 
 
 class DeviceMap:
-    """device id → :class:`KnownDevice`, and vendor id → codec name."""
+    """device id → :class:`KnownDevice`, and vendor id → codec name.
+
+    ``by_dev_eui``, ``by_imei`` and ``by_onenet_dev_id`` find a device by its identity on a
+    network (the links beyond MQTT name devices so): one dict lookup, like ``devices``.
+    """
 
     def __init__(self, session_factory: Any) -> None:
         self._sessions = session_factory
         self.devices: dict[str, KnownDevice] = {}
+        self.by_dev_eui: dict[str, KnownDevice] = {}
+        self.by_imei: dict[str, KnownDevice] = {}
+        self.by_onenet_dev_id: dict[str, KnownDevice] = {}
         self.codecs: dict[str, str] = {}
         self.version = 0  # moves whenever a device is added or changed
         self._last_read: dt.datetime | None = None
@@ -81,7 +94,8 @@ class DeviceMap:
         for e in entries:
             known = devices.get(e.device_id)
             if known is None or known.updated_at != e.updated_at:
-                devices[e.device_id] = KnownDevice.from_entry(e)
+                fresh = devices[e.device_id] = KnownDevice.from_entry(e)
+                self._index(known, fresh)
                 changed += 1
         self.version += changed
         self._last_read = started
@@ -89,6 +103,24 @@ class DeviceMap:
         if entries and since is None:
             log.info("event=registry_refreshed changed=%d total=%d", changed, len(devices))
         return changed
+
+    def _index(self, old: KnownDevice | None, new: KnownDevice) -> None:
+        """Point the identity lookups at ``new``, forgetting identities ``old`` gave up.
+
+        An identity another device held is taken over: the registry keeps identities
+        unique, so the other device's own change is in this refresh or the next.
+        """
+        for by, name in (
+            (self.by_dev_eui, "dev_eui"),
+            (self.by_imei, "imei"),
+            (self.by_onenet_dev_id, "onenet_dev_id"),
+        ):
+            before = getattr(old, name) if old is not None else None
+            after = getattr(new, name)
+            if before is not None and before != after and by.get(before) is old:
+                del by[before]
+            if after is not None:
+                by[after] = new
 
     def in_table_order(self, *groups: Collection[str]) -> list[list[str]]:
         """Each of ``groups`` of ids in the order the registry's table holds the devices (on

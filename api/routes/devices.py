@@ -30,6 +30,7 @@ from cityiot.api.keys import Principal
 from cityiot.api.paging import Cursor, Limit, Page, after, page_of
 from cityiot.api.problems import Problem
 from cityiot.domain.catalogue import KINDS
+from cityiot.domain.thingmodel import IDENTITY_ATTRIBUTES
 from cityiot.rules.events import city_time
 from cityiot.storage.device_csv import (
     FIRST_INSTALL_DATE,
@@ -39,7 +40,7 @@ from cityiot.storage.device_csv import (
     parse_device,
     parse_device_csv,
 )
-from cityiot.storage.registry import import_devices
+from cityiot.storage.registry import IdentityTaken, ImportReport, import_devices
 from cityiot.storage.tables.registry import Device, LatestReading, Vendor
 from cityiot.storage.utc import utcnow
 
@@ -156,7 +157,9 @@ class DeviceIn(BaseModel):
     attributes: dict[str, AttributeValue] = Field(
         default_factory=dict,
         description="the kind's own registry attributes by name (GET /api/v1/kinds/{kind}, "
-        "attributes); a name the kind lacks is refused, a required one must be given",
+        "attributes); a name the kind lacks is refused, a required one must be given. Any "
+        "device may also have its identities on a network, unique among devices: dev_eui "
+        "(16 hex digits), imei (15 digits), onenet_dev_id",
     )
 
 
@@ -229,7 +232,7 @@ def device_out(device: Device, latest: LatestReading | None = None) -> dict[str,
         "address": device.address,
         "install_date": device.install_date,
         "report_interval_s": device.report_interval_s,
-        "attributes": dict(device.attributes or {}),
+        "attributes": dict(device.attributes or {}) | identities_of(device),
         "status": "decommissioned" if device.decommissioned_at else device.status,
         "last_seen": city_time(device.last_seen),
         "battery_pct": battery,
@@ -237,6 +240,28 @@ def device_out(device: Device, latest: LatestReading | None = None) -> dict[str,
         "created_at": city_time(device.created_at),
         "updated_at": city_time(device.updated_at),
     }
+
+
+def identities_of(device: Device) -> dict[str, str]:
+    """The device's identities on a network it has (dev_eui, imei, onenet_dev_id): shown and
+    changed among its attributes, though any kind may have them."""
+    found = {name: getattr(device, name) for name in IDENTITY_ATTRIBUTES}
+    return {name: value for name, value in found.items() if value is not None}
+
+
+async def _imported(ctx: ApiContext, principal: Principal, rows: list[Any]) -> ImportReport:
+    """Import one device's row: 409 when an identity it gives belongs to another device
+    (named only to a key that sees every vendor), 422 for any other problem."""
+    try:
+        report = await import_devices(ctx.sessions, rows, create_vendors=False)
+    except IdentityTaken as exc:
+        raise Problem(409, str(exc)) from None
+    if report.taken:
+        taken = report.taken if principal.vendor is None else report.taken_unnamed
+        raise Problem(409, "; ".join(f"{e.column}: {e.message}" for e in taken))
+    if report.errors:
+        raise _invalid(report.errors)
+    return report
 
 
 def _problems(errors: list[RowError]) -> list[dict[str, Any]]:
@@ -348,9 +373,7 @@ async def create_device(
                 422,
                 f"vendor {row.vendor!r} is not registered; create it first (POST /api/v1/vendors)",
             )
-    report = await import_devices(ctx.sessions, [row], create_vendors=False)
-    if report.errors:
-        raise _invalid(report.errors)
+    await _imported(ctx, principal, [row])
     async with ctx.sessions() as session, session.begin():
         audit(
             session,
@@ -430,7 +453,13 @@ async def import_csv(
     parsed = parse_device_csv(text)
     if not parsed.rows and parsed.errors and all(e.line == 1 for e in parsed.errors):
         raise _invalid(parsed.errors)  # no device CSV at all: nothing to report row by row
-    report = await import_devices(ctx.sessions, parsed.rows, create_vendors)
+    try:
+        report = await import_devices(ctx.sessions, parsed.rows, create_vendors)
+    except IdentityTaken as exc:
+        raise Problem(409, str(exc)) from None
+    if principal.vendor is not None:  # a vendor's key never learns other vendors' devices
+        hidden = {id(e) for e in report.taken}
+        report.errors = [e for e in report.errors if id(e) not in hidden] + report.taken_unnamed
     errors = sorted([*parsed.errors, *report.errors], key=lambda e: e.line)
     async with ctx.sessions() as session, session.begin():
         audit(
@@ -485,7 +514,7 @@ async def patch_device(
     device = await visible_device(ctx, principal, device_id)
     changes = body.model_dump(exclude_unset=True)
     decommission = changes.pop("decommissioned", None)
-    attributes = dict(device.attributes or {})
+    attributes: dict[str, Any] = dict(device.attributes or {}) | identities_of(device)
     for name, value in (changes.pop("attributes", None) or {}).items():
         if value is None:
             attributes.pop(name, None)
@@ -507,12 +536,11 @@ async def patch_device(
     # so it is cleared; one the kind lacks is an error naming it.
     kind = KINDS.get(device.kind)
     present = dict.fromkeys(a.name for a in kind.attributes) if kind is not None else {}
+    present |= dict.fromkeys(IDENTITY_ATTRIBUTES)  # a removed identity is cleared too
     row, errors = parse_device(values, present | attributes)
     if row is None:
         raise _invalid(errors)
-    report = await import_devices(ctx.sessions, [row], create_vendors=False)
-    if report.errors:
-        raise _invalid(report.errors)
+    await _imported(ctx, principal, [row])
     async with ctx.sessions() as session, session.begin():
         stored = await session.get(Device, device_id)
         assert stored is not None

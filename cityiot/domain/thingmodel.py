@@ -32,8 +32,11 @@ METRIC_ID = re.compile(r"[a-z][a-z0-9_]{0,63}")
 ENUM_VALUE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # Names a device carries whatever its kind (docs/design.md §4): no kind may redefine them.
 COMMON_ATTRIBUTES = ("district", "lat", "lon", "address", "install_date", "report_interval_s")
+# A device's identities on the networks it reports through (docs/design.md §4a), optional on
+# every kind and unique when present: the links find the device by them.
+IDENTITY_ATTRIBUTES = ("dev_eui", "imei", "onenet_dev_id")
 # A device's own fields, which are also the registry's CSV columns: no attribute may take them.
-DEVICE_FIELDS = ("device_id", "vendor", "kind", *COMMON_ATTRIBUTES)
+DEVICE_FIELDS = ("device_id", "vendor", "kind", *COMMON_ATTRIBUTES, *IDENTITY_ATTRIBUTES)
 # Names a metric may not take: InfluxDB's time column, the tags of a kind's series, the field
 # the platform adds to a reading without its own time, the attributes every device has (a
 # rule could not tell them apart), and the words of the rule language.

@@ -25,6 +25,7 @@ from cityiot.domain.catalogue import (
     is_valid_id,
     reserved_vendor,
 )
+from cityiot.domain.thingmodel import IDENTITY_ATTRIBUTES
 
 AttributeValue = float | int | str
 
@@ -39,7 +40,16 @@ REQUIRED_COLUMNS = (
     "report_interval_s",
 )
 # Optional for every kind: the other common attributes are required columns.
-COMMON_OPTIONAL = ("install_date",)
+COMMON_OPTIONAL = ("install_date", *IDENTITY_ATTRIBUTES)
+# How each identity on a network is written (docs/design.md §4a), for the error messages.
+IDENTITY_FORMS = {
+    "dev_eui": "the LoRaWAN DevEUI as 16 hex digits, e.g. 70B3D57ED0012345",
+    "imei": "the NB-IoT module's IMEI as 15 digits, e.g. 869975031234567",
+    "onenet_dev_id": "the OneNET device id as 1 to 64 letters, digits, '_' or '-', e.g. 1052213",
+}
+_DEV_EUI = re.compile(r"[0-9A-Fa-f]{16}")
+_IMEI = re.compile(r"[0-9]{15}")
+_ONENET_DEV_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +124,14 @@ class DeviceRow:
     attributes: dict[str, AttributeValue] = field(default_factory=dict)
     install_date: dt.date | None = None
     optional_columns: frozenset[str] = frozenset()
+    dev_eui: str | None = None
+    imei: str | None = None
+    onenet_dev_id: str | None = None
+
+    def identities(self) -> dict[str, str]:
+        """The row's identities on a network, by attribute name (the ones it has)."""
+        found = {name: getattr(self, name) for name in IDENTITY_ATTRIBUTES}
+        return {name: value for name, value in found.items() if value is not None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,9 +179,38 @@ def parse_device_csv(text: str) -> CsvImport:
             rows.append(row)
     repeated = {d: lines for d, lines in lines_of.items() if d and len(lines) > 1}
     errors.extend(_duplicate_errors(repeated))
+    rows = _identities_once([r for r in rows if r.device_id not in repeated], errors)
     position = {name: i for i, name in enumerate(columns)}
     errors.sort(key=lambda e: (e.line, position.get(e.column or "", -1)))
-    return CsvImport([r for r in rows if r.device_id not in repeated], errors)
+    return CsvImport(rows, errors)
+
+
+def _identities_once(rows: list[DeviceRow], errors: list[RowError]) -> list[DeviceRow]:
+    """The rows whose identities no earlier row has: a later row giving the same dev_eui,
+    imei or onenet_dev_id as another device is an error (an identity names one device)."""
+    first: dict[tuple[str, str], DeviceRow] = {}
+    kept: list[DeviceRow] = []
+    for row in rows:
+        clashes = []
+        for name, value in row.identities().items():
+            other = first.get((name, value))
+            if other is None:
+                continue
+            clashes.append(
+                RowError(
+                    row.line,
+                    name,
+                    f"{quoted(value)} is also given to device {quoted(other.device_id)} on line "
+                    f"{other.line}; an identity names one device: correct one of the rows",
+                )
+            )
+        if clashes:
+            errors.extend(clashes)
+            continue
+        for name, value in row.identities().items():
+            first[(name, value)] = row
+        kept.append(row)
+    return kept
 
 
 def _header_hint() -> str:
@@ -196,6 +243,9 @@ def parse_device(
     known = csv_model()
     kind = known.kinds.get(cells["kind"].strip())
     for name, value in (attributes or {}).items():
+        if name in IDENTITY_ATTRIBUTES:  # on every kind
+            cells[name] = _cell(value)
+            continue
         if kind is None:  # the kind's own error says what to write
             continue
         if kind.attribute(name) is None:
@@ -324,6 +374,9 @@ def _parse_row(
         "address": check("address", _address),
         "report_interval_s": check("report_interval_s", partial(_interval, kind=spec)),
         "install_date": check("install_date", _install_date),
+        "dev_eui": check("dev_eui", _dev_eui),
+        "imei": check("imei", _imei),
+        "onenet_dev_id": check("onenet_dev_id", _onenet_dev_id),
     }
     attributes: dict[str, AttributeValue] = {}
     if spec is not None:
@@ -533,3 +586,29 @@ def _attribute(
             raise _Invalid(f"{quoted(value)} must be a whole number ({attr.description})")
         return int(number)
     return number
+
+
+def _identity(value: str, name: str, form: re.Pattern[str]) -> str | None:
+    """An identity on a network as written, or None for an empty cell (none)."""
+    if not value:
+        return None
+    if not form.fullmatch(value):
+        raise _Invalid(
+            f"{quoted(value)} is not a valid {name}; write {IDENTITY_FORMS[name]}, "
+            "or leave it empty"
+        )
+    return value
+
+
+def _dev_eui(value: str) -> str | None:
+    """Upper case: a DevEUI arrives from network servers in either case, and is one id."""
+    eui = _identity(value, "dev_eui", _DEV_EUI)
+    return eui.upper() if eui is not None else None
+
+
+def _imei(value: str) -> str | None:
+    return _identity(value, "imei", _IMEI)
+
+
+def _onenet_dev_id(value: str) -> str | None:
+    return _identity(value, "onenet_dev_id", _ONENET_DEV_ID)

@@ -14,10 +14,12 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Row, insert, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from cityiot.domain.catalogue import KINDS, is_valid_id, reserved_vendor
+from cityiot.domain.thingmodel import IDENTITY_ATTRIBUTES
 from cityiot.storage.device_csv import (
     AttributeValue,
     DeviceRow,
@@ -46,6 +48,15 @@ class ImportReport:
     vendors_created: list[str] = field(default_factory=list)
     errors: list[RowError] = field(default_factory=list)
     warnings: list[RowError] = field(default_factory=list)
+    # Of ``errors``, those that name another device holding the identity, and the same
+    # without its id: for a key that may not learn other vendors' devices.
+    taken: list[RowError] = field(default_factory=list)
+    taken_unnamed: list[RowError] = field(default_factory=list)
+
+
+class IdentityTaken(ValueError):
+    """A device or identity was registered by a concurrent change after this import looked:
+    the database refused the duplicate, and nothing of the import was written."""
 
 
 # The registry fields a CSV row sets.
@@ -58,6 +69,7 @@ _ROW_FIELDS = (
     "report_interval_s",
     "attributes",
     "install_date",
+    *IDENTITY_ATTRIBUTES,
 )
 
 
@@ -72,21 +84,50 @@ async def import_devices(
     """
     report = ImportReport()
     rows = _first_of_each(rows, report)
+    try:
+        await _import(session_factory, rows, create_vendors, report)
+    except IntegrityError:
+        raise IdentityTaken(
+            "the database refused a device or identity (dev_eui, imei, onenet_dev_id) that "
+            "another device holds, so nothing was imported: another change registered it "
+            "meanwhile (import again: the report then names each row that clashes), or this "
+            "import moves identities between devices in a cycle (clear them in one import, "
+            "give them in the next)"
+        ) from None
+    return report
+
+
+async def _import(
+    session_factory: SessionFactory,
+    rows: Sequence[DeviceRow],
+    create_vendors: bool,
+    report: ImportReport,
+) -> None:
     async with writing(session_factory) as session:
         vendors = await _vendors_for(session, {r.vendor for r in rows}, create_vendors, report)
         registered = await _registered(session, [r.device_id for r in rows])
+        holders = await _identity_holders(session, rows)
+        _release(rows, vendors, registered, holders)
         now = utcnow()
         new: list[dict[str, Any]] = []
         changed: list[dict[str, Any]] = []
+        claimed: dict[tuple[str, str], str] = {}
         for row in rows:
             current = registered.get(row.device_id)
             problem = _import_problem(row, vendors, current)
+            values = _merged(row, current) if current is not None else None
+            clashes = _identity_clashes(row, values, holders, claimed) if not problem else []
             if problem:
                 report.errors.append(problem)
+            elif clashes:
+                for named, unnamed in clashes:
+                    report.errors.append(named)
+                    report.taken.append(named)
+                    report.taken_unnamed.append(unnamed)
             elif current is None:
                 new.append(_new_device(row, now))
             else:
-                values = _merged(row, current)
+                assert values is not None
                 if all(values[f] == getattr(current, f) for f in _ROW_FIELDS):
                     report.unchanged += 1
                 else:
@@ -100,12 +141,80 @@ async def import_devices(
                             "it stays out of service until recommissioned",
                         )
                     )
+        if changed:  # first: a device giving up an identity frees it for a new one
+            await session.execute(update(Device), changed)
         if new:
             await session.execute(insert(Device), new)
-        if changed:
-            await session.execute(update(Device), changed)
     report.created, report.updated = len(new), len(changed)
-    return report
+
+
+async def _identity_holders(
+    session: AsyncSession, rows: Sequence[DeviceRow]
+) -> dict[tuple[str, str], str]:
+    """(identity name, value) → the device registered with it, for the rows' identities."""
+    wanted: dict[str, set[str]] = {}
+    for row in rows:
+        for name, value in row.identities().items():
+            wanted.setdefault(name, set()).add(value)
+    holders: dict[tuple[str, str], str] = {}
+    for name, values in wanted.items():
+        column = getattr(Device, name)
+        for chunk in in_chunks(sorted(values)):
+            found = await session.execute(select(column, Device.id).where(column.in_(chunk)))
+            holders.update(((name, value), device_id) for value, device_id in found)
+    return holders
+
+
+def _release(
+    rows: Sequence[DeviceRow],
+    vendors: set[str],
+    registered: Mapping[str, Row[Any]],
+    holders: dict[tuple[str, str], str],
+) -> None:
+    """Forget the identities registered devices of ``rows`` give up in this import: another
+    row may take them (its update or insert runs after theirs)."""
+    for row in rows:
+        current = registered.get(row.device_id)
+        if current is None or _import_problem(row, vendors, current) is not None:
+            continue
+        values = _merged(row, current)
+        for name in IDENTITY_ATTRIBUTES:
+            old = getattr(current, name)
+            if (
+                old is not None
+                and values[name] != old
+                and holders.get((name, old)) == row.device_id
+            ):
+                del holders[(name, old)]
+
+
+def _identity_clashes(
+    row: DeviceRow,
+    values: Mapping[str, Any] | None,
+    holders: Mapping[tuple[str, str], str],
+    claimed: dict[tuple[str, str], str],
+) -> list[tuple[RowError, RowError]]:
+    """The row's identities held by another device (registered, or claimed by an earlier
+    row of this import), as (error naming that device, error without it). Identities of a
+    row without clashes are claimed for it."""
+    given = values if values is not None else {f: getattr(row, f) for f in IDENTITY_ATTRIBUTES}
+    mine = {(name, given[name]) for name in IDENTITY_ATTRIBUTES if given[name] is not None}
+    clashes = []
+    for name, value in sorted(mine):
+        other = claimed.get((name, value)) or holders.get((name, value))
+        if other is None or other == row.device_id:
+            continue
+        what = f"{name} {quoted(value)} is registered already"
+        change = "; correct it, or clear it on the other device first"
+        clashes.append(
+            (
+                RowError(row.line, name, f"{what} to device {quoted(other)}{change}"),
+                RowError(row.line, name, f"{what} to another device; correct it"),
+            )
+        )
+    if not clashes:
+        claimed.update(dict.fromkeys(mine, row.device_id))
+    return clashes
 
 
 def _first_of_each(rows: Sequence[DeviceRow], report: ImportReport) -> list[DeviceRow]:
@@ -193,8 +302,9 @@ def _merged(row: DeviceRow, current: Row[Any]) -> dict[str, Any]:
         and kind.attribute(name) is not None
     }
     values["attributes"] = kept | row.attributes
-    if "install_date" not in row.optional_columns:
-        values["install_date"] = current.install_date
+    for name in ("install_date", *IDENTITY_ATTRIBUTES):
+        if name not in row.optional_columns:
+            values[name] = getattr(current, name)
     return values
 
 
@@ -263,6 +373,9 @@ class DeviceEntry:
     attributes: dict[str, AttributeValue]
     decommissioned: bool
     updated_at: dt.datetime
+    dev_eui: str | None = None
+    imei: str | None = None
+    onenet_dev_id: str | None = None
 
 
 async def load_devices(
@@ -283,6 +396,9 @@ async def load_devices(
         Device.attributes,
         Device.decommissioned_at,
         Device.updated_at,
+        Device.dev_eui,
+        Device.imei,
+        Device.onenet_dev_id,
     )
     if since is not None:
         query = query.where(Device.updated_at > require_aware(since, "since"))
@@ -302,6 +418,9 @@ async def load_devices(
                 dict(r.attributes or {}),
                 r.decommissioned_at is not None,
                 r.updated_at,
+                r.dev_eui,
+                r.imei,
+                r.onenet_dev_id,
             )
             for r in result
         ]

@@ -127,7 +127,9 @@ def test_unknown_column_is_reported_and_rows_still_parse() -> None:
     assert str(error).startswith(
         "line 1, depht_cm: unknown column 'depht_cm', ignored; remove it or use one of "
     )
-    assert str(error).endswith("install_date (did you mean 'depth_cm'?)")
+    assert str(error).endswith(
+        "install_date, dev_eui, imei, onenet_dev_id (did you mean 'depth_cm'?)"
+    )
     for column in ("depth_cm", "zone", "lot_id", "max_stay_min"):  # every kind's columns
         assert f" {column}, " in str(error)
     assert len(result.rows) == 1

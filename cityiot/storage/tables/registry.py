@@ -37,6 +37,13 @@ class Device(Base):
     report_interval_s: Mapped[int] = mapped_column(Integer)
     # Kind-specific attributes (depth_cm, lot_id, max_stay_min, zone) as a JSON object.
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Identities on a network (docs/design.md §4a): unique when present, so that two imports
+    # at once cannot give one to two devices (NULLs do not collide).
+    dev_eui: Mapped[str | None] = mapped_column(String(16), unique=True, index=True, default=None)
+    imei: Mapped[str | None] = mapped_column(String(15), unique=True, index=True, default=None)
+    onenet_dev_id: Mapped[str | None] = mapped_column(
+        String(64), unique=True, index=True, default=None
+    )
     status: Mapped[str] = mapped_column(String(16), default="unknown")  # online|offline|unknown
     last_seen: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
     decommissioned_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
