@@ -8,6 +8,10 @@ An account's password is shown once, in the answer that issues it; the database 
 only Mosquitto's hash. Issuing and revoking rewrite the broker's password and ACL files
 and reload it (:mod:`cityiot.storage.broker_access`), so a revoked account is refused at once.
 Administrators change; operators read; a vendor key reads its own vendor's record only.
+
+A vendor's intake token (``POST /vendors/{id}/intake-token``) is what its CTWing and OneNET
+push subscriptions present; it too is shown once and kept hashed
+(:mod:`cityiot.storage.intake_tokens`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from cityiot.storage.broker_access import (
     UnknownVendor,
     vendor_topics,
 )
+from cityiot.storage.intake_tokens import UnknownVendor as NoVendorForToken
+from cityiot.storage.intake_tokens import issue_intake_token
 from cityiot.storage.tables.registry import MqttCredential, Vendor
 
 router = APIRouter(tags=["vendors"])
@@ -211,6 +217,35 @@ class IssuedOut(BaseModel):
         description="the broker was told to reload and accepts the account now; false: "
         "only after its next reload (CITYIOT_BROKER_PID_FILE unset?)"
     )
+
+
+INTAKE_NOTE = (
+    "shown once; only its hash is kept. Point the vendor's CTWing push at "
+    "/api/v1/intake/ctwing/{vendor}?token=TOKEN and its OneNET push at "
+    "/api/v1/intake/onenet/{vendor} with TOKEN as the token; issuing again replaces it"
+)
+
+
+class IntakeTokenOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "vendor": "acme",
+                    "token": "pX8dT2qL9vR4mZ7kW1bN5cJ3hF6gS0aY",
+                    "created_at": "2026-11-01T09:10:00+08:00",
+                    "replaced": False,
+                    "note": INTAKE_NOTE.replace("{vendor}", "acme"),
+                }
+            ]
+        }
+    )
+
+    vendor: str
+    token: str = Field(description="shown this once; only its SHA-256 is kept")
+    created_at: str = Field(description="RFC 3339, +08:00")
+    replaced: bool = Field(description="the vendor had a token, which no longer works")
+    note: str
 
 
 def vendor_out(row: Vendor) -> dict[str, Any]:
@@ -475,3 +510,34 @@ async def revoke_credentials(
             f"GET /api/v1/vendors/{vendor_id}/credentials lists them",
         )
     return {**credential_out(revoked.credential), "broker_reloaded": revoked.broker_reloaded}
+
+
+@router.post(
+    "/vendors/{vendor_id}/intake-token",
+    response_model=IntakeTokenOut,
+    status_code=status.HTTP_201_CREATED,
+    summary="Issue the vendor's intake token for CTWing and OneNET pushes (shown once)",
+    responses={403: _403, 404: _404},
+)
+async def issue_intake(
+    vendor_id: VendorId,
+    ctx: Annotated[ApiContext, Depends(context)],
+    principal: Annotated[Principal, Depends(allow("admin"))],
+) -> dict[str, Any]:
+    """A new intake token for the vendor, replacing its previous one at once (a vendor has
+    one). Audited (``vendor.intake_token.issue``, with ``replaced``; never the token)."""
+    try:
+        issued = await issue_intake_token(
+            ctx.sessions, vendor_id, actor=principal.actor, role=principal.role
+        )
+    except NoVendorForToken:
+        raise Problem(
+            404, f"no vendor {vendor_id!r} is registered; register it first (POST /api/v1/vendors)"
+        ) from None
+    return {
+        "vendor": issued.vendor,
+        "token": issued.token,
+        "created_at": city_time(issued.created_at),
+        "replaced": issued.replaced,
+        "note": INTAKE_NOTE.replace("{vendor}", vendor_id),
+    }

@@ -156,3 +156,41 @@ def vendors_credentials(
     print(f"{issued.username} {issued.password}")
     reload = "broker reloaded" if issued.broker_reloaded else "reload the broker (SIGHUP) to apply"
     err.print(f"MQTT account {issued.username} issued for vendor {vendor_id}; {reload}")
+
+
+@vendors_app.command("intake-token")
+def vendors_intake_token(
+    vendor_id: Annotated[str, typer.Argument(help="The vendor to issue an intake token for.")],
+) -> None:
+    """Issue the vendor's intake token for its CTWing and OneNET pushes; prints the token
+    alone on stdout (shown only now). Issuing again replaces the previous token at once.
+    """
+    from cityiot.storage.engine import make_engine, migrate, sessionmaker
+    from cityiot.storage.intake_tokens import IssuedToken, UnknownVendor, issue_intake_token
+
+    settings = load_settings()
+
+    async def main() -> IssuedToken:
+        await migrate(settings.database_url)
+        engine = make_engine(settings.database_url)
+        try:
+            return await issue_intake_token(sessionmaker(engine), vendor_id, actor="cli")
+        finally:
+            await engine.dispose()
+
+    try:
+        issued = asyncio.run(main())
+    except UnknownVendor:
+        fail(f"no vendor {vendor_id!r}; register it first: cityiot vendors add {vendor_id}")
+    print(issued.token)
+    replaced = ""
+    if issued.replaced:
+        replaced = "; the previous one stops working (in a running API within 5 s)"
+    err.print(
+        f"intake token issued for vendor {vendor_id}{replaced} (store it now; it is not shown "
+        f"again). CTWing push: /api/v1/intake/ctwing/{vendor_id}?token=TOKEN; OneNET push: "
+        f"/api/v1/intake/onenet/{vendor_id} with TOKEN as its token",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )

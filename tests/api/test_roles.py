@@ -40,6 +40,7 @@ POLICY: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/v1/vendors/{vendor_id}/credentials"): ADMIN,
     ("GET", "/api/v1/vendors/{vendor_id}/credentials"): MANAGERS,
     ("DELETE", "/api/v1/vendors/{vendor_id}/credentials/{username}"): ADMIN,
+    ("POST", "/api/v1/vendors/{vendor_id}/intake-token"): ADMIN,
     ("GET", "/api/v1/alerts"): ALL,
     ("GET", "/api/v1/alerts/{alert_id}"): ALL,
     ("POST", "/api/v1/alerts/{alert_id}/ack"): STAFF,

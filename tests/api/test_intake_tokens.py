@@ -1,0 +1,114 @@
+"""``POST /vendors/{id}/intake-token``: the token the vendor's CTWing and OneNET pushes
+present — issued by an admin, shown once, kept only as its hash, replaced by the next one;
+checked with :func:`cityiot.storage.intake_tokens.verify` (what the push receivers call),
+on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from sqlalchemy import select
+
+from cityiot.storage.intake_tokens import issue_intake_token, verify
+from cityiot.storage.tables.audit import AuditEntry
+from cityiot.storage.tables.intake import IntakeToken
+from tests.api.conftest import Api
+
+V = "/api/v1/vendors"
+
+
+def intake(api: Api) -> Any:
+    """The API's own session factory: what its push receivers check tokens with."""
+    return api.server.app.state.ctx.sessions
+
+
+async def stored_rows(api: Api) -> dict[str, tuple[str, str]]:
+    """vendor → (token_hash, created_by) as the database holds them."""
+    async with api.sessions() as session:
+        rows = (await session.execute(select(IntakeToken))).scalars().all()
+    return {row.vendor_id: (row.token_hash, row.created_by) for row in rows}
+
+
+async def test_issuing_a_token_that_the_pushes_can_present(api: Api) -> None:
+    r = await api.client("admin").post(f"{V}/acme/intake-token")
+    assert r.status_code == 201
+    body = r.json()
+    token = body["token"]
+    assert body["vendor"] == "acme" and body["replaced"] is False
+    assert body["created_at"].endswith("+08:00")
+    assert body["note"].startswith("shown once")
+    assert "/api/v1/intake/ctwing/acme?token=TOKEN" in body["note"]
+    assert len(token) == 32 and token.isalnum()
+
+    assert await verify(intake(api), "acme", token)
+    assert not await verify(intake(api), "acme", token[:-1] + ("a" if token[-1] != "a" else "b"))
+    assert not await verify(intake(api), "acme", "")
+    assert not await verify(intake(api), "acme", None)
+    assert not await verify(intake(api), "acme", token * 10)  # over the length any token has
+    # The token is acme's: it opens no other vendor's intake, registered or not.
+    assert not await verify(intake(api), "oldco", token)
+    assert not await verify(intake(api), "nosuch", token)
+
+    rows = await stored_rows(api)
+    assert rows["acme"][0] == hashlib.sha256(token.encode()).hexdigest()
+    assert token not in rows["acme"][0]
+    assert rows["acme"][1].startswith("key:")
+
+
+async def test_issuing_again_replaces_the_token(api: Api) -> None:
+    admin = api.client("admin")
+    first = (await admin.post(f"{V}/acme/intake-token")).json()["token"]
+    other = (await admin.post(f"{V}/oldco/intake-token")).json()["token"]
+    assert await verify(intake(api), "acme", first)
+    r = await admin.post(f"{V}/acme/intake-token")
+    assert r.status_code == 201 and r.json()["replaced"] is True
+    second = r.json()["token"]
+    assert second != first
+    assert await verify(intake(api), "acme", second)
+    # Issued through this process's API, the old one stops at once (no cache delay).
+    assert not await verify(intake(api), "acme", first)
+    # oldco's token is untouched, and neither vendor's opens the other's intake.
+    assert await verify(intake(api), "oldco", other)
+    assert not await verify(intake(api), "oldco", second)
+    assert not await verify(intake(api), "acme", other)
+    rows = await stored_rows(api)
+    assert set(rows) == {"acme", "oldco"}  # one row a vendor: replaced, not added
+
+    async with api.sessions() as session:
+        entries = (
+            await session.scalars(
+                select(AuditEntry)
+                .where(AuditEntry.action == "vendor.intake_token.issue")
+                .order_by(AuditEntry.id)
+            )
+        ).all()
+    assert [(e.resource, e.detail["replaced"], e.role) for e in entries] == [
+        ("vendors/acme/intake-token", False, "admin"),
+        ("vendors/oldco/intake-token", False, "admin"),
+        ("vendors/acme/intake-token", True, "admin"),
+    ]
+    for entry in entries:  # the token itself is never logged
+        assert all(t not in str(entry.detail) for t in (first, second, other))
+
+
+async def test_a_vendor_without_a_token_gets_one_from_the_library(api: Api) -> None:
+    """What the CLI calls: a vendor with no token is refused anything, then its token
+    works at once in the process that issued it."""
+    assert not await verify(api.sessions, "oldco", "x" * 32)  # no token yet
+    issued = await issue_intake_token(api.sessions, "oldco", actor="cli")
+    assert issued.replaced is False
+    assert await verify(api.sessions, "oldco", issued.token)
+
+
+async def test_only_admins_issue_tokens_for_registered_vendors(api: Api) -> None:
+    for role in ("operator", "field", "department", "vendor"):
+        r = await api.client(role).post(f"{V}/acme/intake-token")
+        assert r.status_code == 403, role
+        assert r.headers["content-type"].startswith("application/problem+json")
+    assert (await api.client(None).post(f"{V}/acme/intake-token")).status_code == 401
+    r = await api.client("admin").post(f"{V}/nosuch/intake-token")
+    assert r.status_code == 404
+    assert "no vendor 'nosuch'" in r.json()["detail"]
+    assert "POST /api/v1/vendors" in r.json()["detail"]
+    assert await stored_rows(api) == {}  # nothing issued by any of these
