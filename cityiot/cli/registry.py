@@ -28,7 +28,7 @@ def devices_import(
     """Register or update devices from a CSV file; every bad row is reported with its line."""
     from cityiot.storage.device_csv import parse_device_csv
     from cityiot.storage.engine import make_engine, migrate, sessionmaker
-    from cityiot.storage.registry import import_devices
+    from cityiot.storage.registry import IdentityTaken, import_devices
 
     settings = load_settings()
     load_model_from_database(settings)  # a kind put through the API is a kind here too
@@ -55,7 +55,10 @@ def devices_import(
         finally:
             await engine.dispose()
 
-    report = asyncio.run(main())
+    try:
+        report = asyncio.run(main())
+    except IdentityTaken as exc:  # another import took an identity meanwhile: nothing written
+        fail(f"{file}: nothing imported: {exc}")
     for problem in report.errors:
         say(f"{file}:{problem}", "yellow")
     for warning in report.warnings:
