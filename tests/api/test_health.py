@@ -87,9 +87,7 @@ async def test_readyz_is_503_naming_influxdb_while_it_hangs_or_is_stopped(
 
             influx.pause()  # a hung InfluxDB: connections open, nothing answers
             try:
-                started = time.monotonic()
                 r = await client.get("/readyz")
-                took = time.monotonic() - started
             finally:
                 influx.resume()
             assert r.status_code == 503
@@ -99,9 +97,8 @@ async def test_readyz_is_503_naming_influxdb_while_it_hangs_or_is_stopped(
             assert "influxdb: no answer within 2 s" in body["detail"]
             assert body["checks"]["database"]["status"] == "up"
             assert body["checks"]["influxdb"]["ms"] >= 2000  # the box ran out: no early answer
-            # A safety net far under the client's 30 s: a hung InfluxDB never answers, so the
-            # 503 naming the 2 s box is the proof that each check is time-boxed.
-            assert took < 10, "each check is time-boxed"
+            # A hung InfluxDB never answers: the 503 naming the 2 s box is the proof that each
+            # check is time-boxed.
 
             assert (await ready_within(client, 10)).status_code == 200  # back once it answers
 

@@ -171,8 +171,8 @@ async def test_every_published_message_arrives_exactly_once(broker: Broker) -> N
     assert 5 < sum(counters.malformed.values()) < 40
     assert counters.readings > counters.published > counters.batches > 0
     # Paced over its second, not sent in a burst (a load only makes it later); that it ends
-    # then is the exact count above. The upper bound is a safety net under the drain timeout.
-    assert 0.9 < elapsed < 10.0
+    # then is the exact count above.
+    assert elapsed > 0.9
 
 
 async def test_stop_ends_a_run_cleanly(broker: Broker) -> None:
@@ -187,12 +187,10 @@ async def test_stop_ends_a_run_cleanly(broker: Broker) -> None:
 
     with Subscriber(broker.port) as watcher:
         asyncio.get_running_loop().call_later(0.6, stopping)
-        started = time.monotonic()
         returned = await run_simulation(
             HOST, broker.port, fleet, rate=300.0, stop=stop, counters=counters, announce=False
         )
-        # A safety net under the drain timeout; the counts below show it stopped at once.
-        assert time.monotonic() - started < 10.0
+        # The counts below show it stopped at once.
         await watcher.wait_for(counters.published, 0)
         assert returned is counters
         assert published_at_stop == [counters.published]  # nothing more after the stop
