@@ -53,6 +53,10 @@ class Delivery:
     qos: int
     generation: int
     fport: int = 0  # the frame's port on links that have one (LoRaWAN, HTTP ?fport=)
+    # The time (ms) and sequence number the link gave the message (CTWing's timestamp and
+    # upPacketSN): a reading whose codec gave none takes them.
+    link_ts_ms: int | None = None
+    link_seq: int | None = None
 
 
 @dataclass(slots=True)

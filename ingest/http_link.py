@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cityiot.ingest.broker import Delivery
@@ -65,14 +66,50 @@ class HttpLink:
             return "the ingest is behind with storing; nothing was taken: send it again shortly"
         return ""
 
-    async def take(self, vendor: str, device_id: str, payload: bytes, fport: int = 0) -> Taken:
+    async def take(
+        self,
+        vendor: str,
+        device_id: str,
+        payload: bytes,
+        fport: int = 0,
+        *,
+        channel: str = "telemetry",
+        link_ts_ms: int | None = None,
+        link_seq: int | None = None,
+    ) -> Taken:
         """Decode, validate and keep one message of ``device_id`` of ``vendor``; returns once
-        what was taken is durable. Raises :class:`NotDurable`."""
+        what was taken is durable. Raises :class:`NotDurable`.
+
+        ``channel`` is the MQTT topic's last level: ``status`` takes ``{"online": …}``
+        as presence. ``link_ts_ms`` and ``link_seq`` are the time and sequence number a
+        network platform gave the message, used where the codec's output gives none."""
         why = self.refusing()
         if why:
             raise NotDurable(why)
+        topic = f"city/{vendor}/{device_id}/{channel}"
+        delivery = Delivery(topic, payload, 0, 0, -1, fport, link_ts_ms, link_seq)
         intake = self.intake
-        delivery = Delivery(f"city/{vendor}/{device_id}/telemetry", payload, 0, 0, -1, fport)
+        return await self._handled(lambda received_ms: intake.handle(delivery, received_ms))
+
+    async def refuse(self, source: str, vendor: str, payload: bytes, reason: str) -> None:
+        """Keep ``payload``, a message of ``vendor`` received from ``source`` (``ctwing``)
+        that names no device of the vendor, as a dead letter for ``reason``; returns once it
+        is durable. Raises :class:`NotDurable`."""
+        why = self.refusing()
+        if why:
+            raise NotDurable(why)
+        # A topic of two levels: the dead letter names the vendor and no device.
+        delivery = Delivery(f"{source}/{vendor}", payload, 0, 0, -1)
+        intake = self.intake
+
+        def dead_letter(received_ms: int) -> None:
+            intake.dead_letter(intake.open_batch(), delivery, reason, received_ms)
+
+        await self._handled(dead_letter)
+
+    async def _handled(self, handle: Callable[[int], None]) -> Taken:
+        """What ``handle`` (given the receive time) put in the open batch, once durable."""
+        intake = self.intake
         counters = intake.counters
         duplicates = counters.duplicates
         batch = intake.batch
@@ -80,7 +117,7 @@ class HttpLink:
         refusals: list[tuple[int, str]] = []
         intake.refusals = refusals
         try:
-            intake.handle(delivery, int(time.time() * 1000))
+            handle(int(time.time() * 1000))
         finally:
             intake.refusals = None
         counters.http_messages += 1

@@ -215,6 +215,8 @@ class Intake:
                 "not know (yet); check GET /api/v1/kinds and the kind files"
             )
         raws = codec.decode(payload, kind, device.attributes, delivery.fport, received_ms)
+        if delivery.link_ts_ms is not None or delivery.link_seq is not None:
+            _stamp(raws, delivery)
         batched = len(raws) > 1
         for index, raw in enumerate(raws):
             try:
@@ -379,6 +381,17 @@ class Intake:
             reason=reason,
             received_at=received_at,
         )
+
+
+def _stamp(raws: list[RawReading], delivery: Delivery) -> None:
+    """Give the readings the link's time and sequence number where the codec gave none.
+    The link's one sequence number goes to a single reading only: readings of one batch
+    sharing it would be dropped as duplicates of the first."""
+    for raw in raws:
+        if raw.ts is None:
+            raw.ts = delivery.link_ts_ms
+    if len(raws) == 1 and raws[0].seq is None:
+        raws[0].seq = delivery.link_seq
 
 
 # Each time made once: the devices of one intake batch share their receive time, so

@@ -18,6 +18,7 @@ READERS = STAFF | {"department"}  # the city's own staff and departments
 MANAGERS = frozenset({"admin", "operator"})
 ADMIN = frozenset({"admin"})
 PUBLIC = frozenset()  # no key needed
+BY_TOKEN = frozenset({"intake token"})  # no key opens it: the vendor's intake token does
 
 POLICY: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/healthz"): PUBLIC,
@@ -66,6 +67,7 @@ POLICY: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/parking/availability"): READERS,
     ("GET", "/api/v1/stats/overview"): READERS,
     ("POST", "/api/v1/telemetry/{vendor}/{device_id}"): ADMIN | {"vendor"},
+    ("POST", "/api/v1/intake/ctwing/{vendor}"): BY_TOKEN,
     ("GET", "/api/v1/deadletters"): MANAGERS | {"vendor"},
     ("GET", "/api/v1/deadletters/{dead_letter_id}"): MANAGERS | {"vendor"},
     ("GET", "/api/v1/stream"): ALL,
@@ -143,6 +145,10 @@ async def test_each_role_on(roles_api: Api, method: str, path: str) -> None:
 
     if not allowed:
         assert await status_of(None) == 200
+        return
+    if allowed is BY_TOKEN:
+        for role in (None, *ROLES):
+            assert await status_of(role) == 401, f"{role}'s key must not open {path}"
         return
     assert await status_of(None) == 401
     for role in ROLES:
