@@ -193,6 +193,9 @@ async def test_a_wrong_or_missing_token_is_401_and_nothing_is_stored(ct: CtLink)
         r = await ct.push("ctco", message, token=token)
         assert r.status_code == 401, r.text
         assert "intake token" in r.json()["detail"]
+    # The token comes first: a body that is not even JSON is not looked at without it.
+    r = await ct.link.client(None).post("/api/v1/intake/ctwing/ctco", content=b"{not json")
+    assert r.status_code == 401, r.text
     # Taken with the right token afterwards: the refused pushes left nothing behind.
     r = await ct.push("ctco", message)
     assert r.status_code == 200 and r.json()["stored"] == 1, r.text
