@@ -62,8 +62,8 @@ def publisher(broker: LocalBroker) -> Iterator[mqtt.Client]:
     client.connect(broker.host, broker.port)
     client.loop_start()
     yield client
-    client.loop_stop()
     client.disconnect()
+    client.loop_stop()
 
 
 @pytest.fixture(scope="session")

@@ -265,8 +265,8 @@ async def test_latest_is_fresh_within_a_second_of_influxdb_through_the_real_inge
                 await ingest.stop()
                 await task
     finally:
-        publisher.loop_stop()
         publisher.disconnect()
+        publisher.loop_stop()
 
 
 # -- injection -------------------------------------------------------------------------

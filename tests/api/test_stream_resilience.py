@@ -131,8 +131,8 @@ async def test_a_retained_reading_is_not_shown_as_live(tmp_path: Path) -> None:
                 name, data = await anext(aiter(subscription))
             assert name == "reading" and data["metrics"] == {"tilt_deg": 2.0}, data
     finally:
-        client.loop_stop()
         client.disconnect()
+        client.loop_stop()
         own.stop()
 
 

@@ -262,8 +262,8 @@ async def test_a_vendor_onboarded_through_the_api_has_its_readings_stored(onboar
                 untouched = (await admin.get("/api/v1/devices/mh-1/latest")).json()
                 assert untouched["metrics"] == {}
             finally:
-                vendor.loop_stop()
                 vendor.disconnect()
+                vendor.loop_stop()
         finally:
             await ingest.stop()
             await task

@@ -100,8 +100,8 @@ def client(broker: LocalBroker) -> Iterator[mqtt.Client]:
     c.connect(broker.host, broker.port)
     c.loop_start()
     yield c
-    c.loop_stop()
     c.disconnect()
+    c.loop_stop()
 
 
 def test_peer_stores_every_message_as_one_point(
@@ -251,8 +251,8 @@ def test_peer_logs_in_to_a_broker_with_a_password(
                 while not (rows := influx_rows(influx, influx_db)) and time.monotonic() < deadline:
                     time.sleep(0.25)
             finally:
-                publisher.loop_stop()
                 publisher.disconnect()
+                publisher.loop_stop()
             assert peer.errors() == []
         assert not (tmp_path / "peer" / "flow_cred.json").stat().st_mode & 0o077
 

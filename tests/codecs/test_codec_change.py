@@ -114,8 +114,8 @@ async def test_a_codec_changed_while_readings_flow_loses_nothing(
             stored = await batteries()
             counters = ingest.counters
     finally:
-        monitor.publisher.loop_stop()
         monitor.publisher.disconnect()
+        monitor.publisher.loop_stop()
 
     sent = monitor.sent
     assert sorted(stored) == list(range(sent)), "every frame's reading, at its own time"

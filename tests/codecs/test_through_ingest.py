@@ -95,8 +95,8 @@ class Fleet:
         )
 
     def close(self) -> None:
-        self.publisher.loop_stop()
         self.publisher.disconnect()
+        self.publisher.loop_stop()
 
 
 async def manhole_points(influx: InfluxDB, device: str) -> list[dict[str, Any]]:

@@ -158,8 +158,8 @@ async def city(
             )
             assert ingest.counters.rejected == 0, "the simulator's messages must all be valid"
     finally:
-        publisher.loop_stop()
         publisher.disconnect()
+        publisher.loop_stop()
     yield City(
         settings=settings,
         fleet=fleet,

@@ -174,6 +174,6 @@ async def platform(
         finally:
             await ingest.stop()
             await task
-            publisher.loop_stop()
             publisher.disconnect()
+            publisher.loop_stop()
     await engine.dispose()

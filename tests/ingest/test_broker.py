@@ -103,8 +103,8 @@ async def test_a_persistent_sessions_backlog_is_delivered_and_acked_on_reconnect
         for info in infos:
             info.wait_for_publish(5)
     finally:
-        sender.loop_stop()
         sender.disconnect()
+        sender.loop_stop()
 
     got: list[Delivery] = []
     async with BrokerLink(target, client_id, [topic]) as link:
@@ -142,8 +142,8 @@ async def test_our_qos1_publishes_reach_a_subscriber(broker: LocalBroker) -> Non
             await until(lambda: not link._outgoing, 5)  # every one acknowledged
         await until(lambda: len(seen) >= 300, 5)
     finally:
-        listener.loop_stop()
         listener.disconnect()
+        listener.loop_stop()
     assert seen == [f"event-{i}".encode() for i in range(300)]
 
 

@@ -92,8 +92,8 @@ async def test_readings_survive_influxdb_down_through_the_spool(
             await until(lambda: ingest.spool.empty and ingest.idle, 60, "spool replayed", 0.05)
             await _until_stored(own_influx, 50 + 100 * rounds)
     finally:
-        publisher.loop_stop()
         publisher.disconnect()
+        publisher.loop_stop()
 
 
 async def _until_stored(influx: LocalInflux, expected: int) -> None:

@@ -121,8 +121,8 @@ def publish(port: int, username: str, password: str, messages: list[tuple[str, s
             info.wait_for_publish(timeout=30)
             assert info.is_published()
     finally:
-        client.loop_stop()
         client.disconnect()
+        client.loop_stop()
 
 
 async def test_an_operator_adds_a_kind_without_restarting_anything(

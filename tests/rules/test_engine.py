@@ -70,8 +70,8 @@ class Subscriber:
             self.messages.append((msg.topic, orjson.loads(msg.payload)))
 
     def close(self) -> None:
-        self.client.loop_stop()
         self.client.disconnect()
+        self.client.loop_stop()
 
 
 async def engine_on(

@@ -244,8 +244,8 @@ class Publisher:
         return len(self._infos)
 
     def close(self) -> None:
-        self.client.loop_stop()
         self.client.disconnect()
+        self.client.loop_stop()
 
 
 class AlertWatcher:
@@ -260,8 +260,8 @@ class AlertWatcher:
         self.client.loop_start()
 
     def close(self) -> None:
-        self.client.loop_stop()
         self.client.disconnect()
+        self.client.loop_stop()
 
 
 def _create_db(influx_url: str, name: str, statement: str = "CREATE") -> None:

@@ -270,6 +270,6 @@ def test_the_platform_account_may_share_and_forward(tmp_path: Path) -> None:
             client.publish(topic, b"{}", qos=1).wait_for_publish(5)
         wait_for(lambda: len(received) == 3, 5, "the three messages", lambda: str(received))
     finally:
-        client.loop_stop()
         client.disconnect()
+        client.loop_stop()
         broker.stop()

@@ -179,8 +179,8 @@ async def platform(
     finally:
         # Kinds a test added while the platform ran leave with it (the model is the process's).
         MODEL.use(settings)
-        publisher.loop_stop()
         publisher.disconnect()
+        publisher.loop_stop()
         await engine.dispose()
         async with httpx.AsyncClient() as client:
             await client.post(f"{influx.url}/query", data={"q": f'DROP DATABASE "{influx_db}"'})
