@@ -63,6 +63,21 @@ COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def problem_doc(description: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An OpenAPI response of a problem document with ``extra`` properties besides the
+    standard ones (a route's own fields, such as the HTTP link's ``rejected``)."""
+    properties: dict[str, Any] = {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        **(extra or {}),
+    }
+    schema = {"type": "object", "properties": properties}
+    return {"description": description, "content": {PROBLEM_JSON: {"schema": schema}}}
+
+
 class Problem(Exception):
     """Raise anywhere in a request to answer with a problem document."""
 

@@ -22,13 +22,12 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from cityiot.api.context import ApiContext, context
-from cityiot.api.problems import Problem
+from cityiot.api.problems import Problem, problem_doc
 from cityiot.api.routes.telemetry import (
     ID_PATTERN,
     NO_INGEST_RETRY_S,
     RESPONSES,
     Rejection,
-    _problem_doc,
 )
 from cityiot.ingest.http_link import HttpLink, NotDurable, Taken
 from cityiot.storage.intake_tokens import verify
@@ -58,8 +57,8 @@ class IntakeTaken(BaseModel):
 
 
 CTWING_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: _problem_doc("the body is not a JSON object, or not a CTWing push message"),
-    401: _problem_doc("the token is missing or is not the vendor's intake token"),
+    400: problem_doc("the body is not a JSON object, or not a CTWing push message"),
+    401: problem_doc("the token is missing or is not the vendor's intake token"),
     413: RESPONSES[413],
     503: RESPONSES[503],
 }

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cityiot.api.access import allow
 from cityiot.api.context import ApiContext, context
 from cityiot.api.keys import Principal
-from cityiot.api.problems import PROBLEM_JSON, Problem
+from cityiot.api.problems import Problem, problem_doc
 from cityiot.ingest.http_link import NotDurable, Taken
 
 router = APIRouter(tags=["telemetry"])
@@ -81,19 +81,6 @@ class TelemetryTaken(BaseModel):
     )
 
 
-def _problem_doc(description: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    properties: dict[str, Any] = {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
-        "instance": {"type": "string"},
-        **(extra or {}),
-    }
-    schema = {"type": "object", "properties": properties}
-    return {"description": description, "content": {PROBLEM_JSON: {"schema": schema}}}
-
-
 _REJECTED_PROPERTY = {
     "rejected": {
         "type": "array",
@@ -105,16 +92,16 @@ _REJECTED_PROPERTY = {
 }
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}}
 RESPONSES: dict[int | str, dict[str, Any]] = {
-    403: _problem_doc("the key is not a vendor or admin key, or is another vendor's"),
-    413: _problem_doc("the body is over CITYIOT_MAX_PAYLOAD_BYTES; nothing was read"),
-    415: _problem_doc("a Content-Type other than application/json or application/octet-stream"),
-    422: _problem_doc(
+    403: problem_doc("the key is not a vendor or admin key, or is another vendor's"),
+    413: problem_doc("the body is over CITYIOT_MAX_PAYLOAD_BYTES; nothing was read"),
+    415: problem_doc("a Content-Type other than application/json or application/octet-stream"),
+    422: problem_doc(
         "nothing could be taken: every reading was refused (each a dead letter), or the "
         "vendor, device or fport is not valid",
         _REJECTED_PROPERTY,
     ),
     503: {
-        **_problem_doc(
+        **problem_doc(
             "not taken: InfluxDB and the spool both refuse, the ingest is behind, or this API "
             "process has no ingest; send the message again after Retry-After"
         ),
