@@ -57,6 +57,8 @@ class Delivery:
     # upPacketSN): a reading whose codec gave none takes them.
     link_ts_ms: int | None = None
     link_seq: int | None = None
+    # Which link brought it (docs/design.md §4a): mqtt, http, chirpstack, ctwing, onenet.
+    link: str = "mqtt"
 
 
 @dataclass(slots=True)

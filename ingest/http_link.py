@@ -76,18 +76,20 @@ class HttpLink:
         channel: str = "telemetry",
         link_ts_ms: int | None = None,
         link_seq: int | None = None,
+        link: str = "http",
     ) -> Taken:
         """Decode, validate and keep one message of ``device_id`` of ``vendor``; returns once
         what was taken is durable. Raises :class:`NotDurable`.
 
         ``channel`` is the MQTT topic's last level: ``status`` takes ``{"online": …}``
         as presence. ``link_ts_ms`` and ``link_seq`` are the time and sequence number a
-        network platform gave the message, used where the codec's output gives none."""
+        network platform gave the message, used where the codec's output gives none; ``link``
+        names the link it came by (``http``, ``ctwing``, ``onenet``)."""
         why = self.refusing()
         if why:
             raise NotDurable(why)
         topic = f"city/{vendor}/{device_id}/{channel}"
-        delivery = Delivery(topic, payload, 0, 0, -1, fport, link_ts_ms, link_seq)
+        delivery = Delivery(topic, payload, 0, 0, -1, fport, link_ts_ms, link_seq, link)
         intake = self.intake
         return await self._handled(lambda received_ms: intake.handle(delivery, received_ms))
 

@@ -166,7 +166,7 @@ async def _data_report(
         )
         await link.refuse(CTWING, vendor, body, reason)
         return _refused(reason)
-    taken = await link.take(vendor, device_id, frame, 0, link_ts_ms=ts, link_seq=seq)
+    taken = await link.take(vendor, device_id, frame, 0, link_ts_ms=ts, link_seq=seq, link=CTWING)
     return _answer(taken)
 
 
@@ -222,7 +222,7 @@ async def _presence(
         await link.refuse(CTWING, vendor, body, reason)
         return _refused(reason)
     status = orjson.dumps({"online": event == 1})
-    return _answer(await link.take(vendor, device_id, status, channel="status"))
+    return _answer(await link.take(vendor, device_id, status, channel="status", link=CTWING))
 
 
 def _int(value: Any) -> int | None:
