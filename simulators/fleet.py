@@ -19,7 +19,7 @@ import random
 import re
 import struct
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -52,6 +52,30 @@ DEFAULT_VENDORS: tuple[SimVendor, ...] = (
     # Older NB-IoT devices that send compact hex frames (ingest/codecs/hexframe.py).
     SimVendor("henan-legacy", "河南豫南传感 (旧型号)", "hexframe"),
 )
+# The links a simulated vendor's devices report by (docs/design.md §4a): MQTT to the
+# platform's broker, LoRaWAN through a ChirpStack v4 network server (its MQTT integration),
+# NB-IoT through China Telecom's CTWing or China Mobile's OneNET (their HTTP push).
+MQTT, CHIRPSTACK, CTWING, ONENET = "mqtt", "chirpstack", "ctwing", "onenet"
+LINKS = (MQTT, CHIRPSTACK, CTWING, ONENET)
+# The vendors of ``cityiot run``'s fleet beside :data:`DEFAULT_VENDORS`, and their links.
+# Binary frames (hexframe) where real devices of that network send bytes: LoRaWAN uplinks
+# and CTWing's APPdata; a CTWing product with a thing model pushes serviceData (JSON), and
+# OneNET's data points are named values.
+LINK_VENDORS: tuple[SimVendor, ...] = (
+    SimVendor("tianzhong-lora", "天中 LoRaWAN 传感", "hexframe"),
+    SimVendor("ct-nb-frame", "电信 NB-IoT 透传终端", "hexframe"),
+    SimVendor("ct-nb-model", "电信 NB-IoT 物模型终端", "json"),
+    SimVendor("cm-nb-onenet", "移动 OneNET NB-IoT 终端", "json"),
+)
+VENDOR_LINKS: Mapping[str, str] = {
+    "tianzhong-lora": CHIRPSTACK,
+    "ct-nb-frame": CTWING,
+    "ct-nb-model": CTWING,
+    "cm-nb-onenet": ONENET,
+}
+# Identity attributes (registry, docs/design.md §4a) a device on each link needs.
+LINK_IDENTITY: Mapping[str, str] = {CHIRPSTACK: "dev_eui", CTWING: "imei", ONENET: "imei"}
+IDENTITY_COLUMNS = ("dev_eui", "imei", "onenet_dev_id")
 # Vendors that make each kind, taken round-robin from those whose codec can carry it.
 MAKERS_PER_KIND = 2
 
@@ -182,6 +206,11 @@ class SimDevice:
     report_interval_s: int
     codec: str = "json"
     attribute_values: tuple[tuple[str, AttributeValue], ...] = ()
+    link: str = MQTT
+    # Identities on its network: dev_eui (LoRaWAN), imei and onenet_dev_id (NB-IoT).
+    dev_eui: str = ""
+    imei: str = ""
+    onenet_dev_id: str = ""
 
     @property
     def attributes(self) -> dict[str, AttributeValue]:
@@ -224,6 +253,8 @@ class Fleet:
     devices: tuple[SimDevice, ...]
     vendors: tuple[SimVendor, ...]
     seed: int
+    # vendor id → link, for vendors that report other than by MQTT (default: VENDOR_LINKS).
+    links: Mapping[str, str] = field(default_factory=lambda: dict(VENDOR_LINKS))
 
     @classmethod
     def generate(
@@ -233,12 +264,15 @@ class Fleet:
         mix: Mapping[str, float] | None = None,
         vendors: Sequence[SimVendor] = DEFAULT_VENDORS,
         supply: Mapping[str, Sequence[str]] | None = None,
+        links: Mapping[str, str] | None = None,
     ) -> Fleet:
         """``devices`` devices, kinds in proportion to ``mix`` (default :func:`default_mix`:
         every kind in force, equal shares).
 
         ``supply`` says which kinds each vendor makes (default :func:`default_supply`; a
-        vendor absent from it makes all).
+        vendor absent from it makes all). ``links`` says how a vendor's devices report
+        (default :data:`VENDOR_LINKS`; a vendor absent from it: MQTT); a device on LoRaWAN
+        gets a ``dev_eui``, one on NB-IoT an ``imei`` (and on OneNET an ``onenet_dev_id``).
         """
         if devices < 0:
             raise ValueError(f"devices must be 0 or more, got {devices}")
@@ -262,18 +296,31 @@ class Fleet:
         missing = sorted(kind for kind, found in makers.items() if not found and mix[kind] > 0)
         if missing:
             raise ValueError(f"no vendor supplies {', '.join(missing)}; add one to the supply map")
+        links = dict(VENDOR_LINKS if links is None else links)
+        unknown_links = sorted({link for link in links.values()} - set(LINKS))
+        if unknown_links:
+            raise ValueError(f"unknown links {unknown_links}; use {', '.join(LINKS)}")
         kinds = _kind_sequence(mix, devices)
         layout = _Layout.of_city()
         fleet = tuple(
-            _device(seed, i, KINDS[kind], makers[kind], layout) for i, kind in enumerate(kinds)
+            _on_link(_device(seed, i, KINDS[kind], makers[kind], layout), seed, i, links)
+            for i, kind in enumerate(kinds)
         )
-        return cls(devices=fleet, vendors=tuple(vendors), seed=seed)
+        return cls(devices=fleet, vendors=tuple(vendors), seed=seed, links=links)
 
     def __len__(self) -> int:
         return len(self.devices)
 
     def __iter__(self) -> Iterator[SimDevice]:
         return iter(self.devices)
+
+    def link_of(self, vendor_id: str) -> str:
+        """How a vendor's devices report: ``mqtt``, ``chirpstack``, ``ctwing`` or ``onenet``."""
+        return self.links.get(vendor_id, MQTT)
+
+    def vendors_on(self, link: str) -> list[str]:
+        """The fleet's vendors whose devices report by ``link``, by id."""
+        return sorted(v.id for v in self.vendors if self.link_of(v.id) == link)
 
     def codec_of(self, vendor_id: str) -> str:
         """The codec of a vendor's devices (``json`` for a vendor the fleet does not know)."""
@@ -284,19 +331,24 @@ class Fleet:
 
     @property
     def csv_columns(self) -> tuple[str, ...]:
-        """The columns of :meth:`csv_text`: those of the kinds in the fleet."""
-        return csv_columns([d.kind for d in self.devices])
+        """The columns of :meth:`csv_text`: those of the kinds in the fleet, and the identity
+        columns (``dev_eui``, ``imei``, ``onenet_dev_id``) when a device has one."""
+        columns = csv_columns([d.kind for d in self.devices])
+        if any(d.dev_eui or d.imei or d.onenet_dev_id for d in self.devices):
+            columns = (*columns[:-1], *IDENTITY_COLUMNS, columns[-1])
+        return columns
 
     def csv_text(self) -> str:
         """The registry CSV (docs/design.md §7): the common columns, the attribute columns of
-        the fleet's kinds, then ``install_date``."""
+        the fleet's kinds, the identity columns if any, then ``install_date``."""
         columns = self.csv_columns
         attribute_columns = columns[len(CSV_COMMON_COLUMNS) : -1]
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(columns)
         for d in self.devices:
-            values = d.attributes
+            values: dict[str, AttributeValue] = d.attributes
+            values |= {"dev_eui": d.dev_eui, "imei": d.imei, "onenet_dev_id": d.onenet_dev_id}
             writer.writerow(
                 (
                     d.device_id, d.vendor, d.kind, d.district, f"{d.lat:.6f}", f"{d.lon:.6f}",
@@ -319,7 +371,7 @@ class Fleet:
         codecs = {v.id: v.codec for v in vendors}
         text = Path(path).read_text(encoding="utf-8").removeprefix("\ufeff")
         rows = list(csv.DictReader(io.StringIO(text)))
-        devices = tuple(_device_from_row(row, codecs) for row in rows)
+        devices = tuple(_device_from_row(row, codecs, VENDOR_LINKS) for row in rows)
         known = {v.id for v in vendors}
         extra = sorted({d.vendor for d in devices} - known)
         all_vendors = (*vendors, *(SimVendor(v, v, "json") for v in extra))
@@ -538,7 +590,9 @@ def _cell(value: AttributeValue | None) -> str:
     return str(value)
 
 
-def _device_from_row(row: Mapping[str, str], codecs: Mapping[str, str]) -> SimDevice:
+def _device_from_row(
+    row: Mapping[str, str], codecs: Mapping[str, str], links: Mapping[str, str]
+) -> SimDevice:
     kind_id = row["kind"]
     kind = KINDS.get(kind_id)
     installed = (row.get("install_date") or "").strip()
@@ -562,4 +616,47 @@ def _device_from_row(row: Mapping[str, str], codecs: Mapping[str, str]) -> SimDe
         report_interval_s=int(interval) if interval else KINDS[kind_id].report_interval_s,
         codec=codecs.get(row["vendor"], "json"),
         attribute_values=tuple(values),
+        link=links.get(row["vendor"], MQTT),
+        dev_eui=(row.get("dev_eui") or "").strip(),
+        imei=(row.get("imei") or "").strip(),
+        onenet_dev_id=(row.get("onenet_dev_id") or "").strip(),
     )
+
+
+def _on_link(device: SimDevice, seed: int, index: int, links: Mapping[str, str]) -> SimDevice:
+    """``device`` with its vendor's link and the identity that link knows it by."""
+    link = links.get(device.vendor, MQTT)
+    if link == MQTT:
+        return device
+    if link == CHIRPSTACK:
+        return replace(device, link=link, dev_eui=dev_eui(seed, index))
+    onenet_id = onenet_dev_id(seed, index) if link == ONENET else ""
+    return replace(device, link=link, imei=imei(seed, index), onenet_dev_id=onenet_id)
+
+
+def dev_eui(seed: int, index: int) -> str:
+    """Device ``index``'s LoRaWAN DevEUI: 16 hex digits, upper case (as the registry keeps
+    it), the seed in the first half so fleets of other seeds do not clash in one registry."""
+    return f"5A4D{seed & 0xFFFF:04X}{index & 0xFFFFFFFF:08X}"
+
+
+def imei(seed: int, index: int) -> str:
+    """Device ``index``'s IMEI: a type allocation code of NB-IoT modules, a six-digit serial
+    and the Luhn check digit (15 digits), distinct for the first million devices."""
+    tac = 86997503 + (seed % 50) * 20 + index // 1_000_000 % 20
+    body = f"{tac:08d}{index % 1_000_000:06d}"
+    return body + str(_luhn(body))
+
+
+def onenet_dev_id(seed: int, index: int) -> str:
+    """Device ``index``'s OneNET device id: a number, as OneNET gives them."""
+    return str(500_000_000 + (seed % 100) * 10_000_000 + index % 10_000_000)
+
+
+def _luhn(digits: str) -> int:
+    """The Luhn check digit of ``digits`` (as an IMEI's last digit)."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        n = int(ch) * (2 if i % 2 == 0 else 1)
+        total += n - 9 if n > 9 else n
+    return (10 - total % 10) % 10

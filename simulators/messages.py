@@ -19,9 +19,10 @@ import orjson
 
 from cityiot.domain.catalogue import KINDS
 from cityiot.ingest.codecs.hexframe import encode as encode_frame
+from cityiot.simulators import links
 from cityiot.simulators.behaviour import DeviceState, Metrics, new_state, reading
 from cityiot.simulators.commands import obey
-from cityiot.simulators.fleet import Fleet, SimDevice
+from cityiot.simulators.fleet import CHIRPSTACK, CTWING, MQTT, ONENET, Fleet, SimDevice
 from cityiot.simulators.incidents import (
     SCENARIOS,
     Incident,
@@ -40,7 +41,12 @@ MAX_BATCH = 6
 
 
 class SimMessage(NamedTuple):
-    """One MQTT message: topic, payload bytes, and ``ok``, ``status`` or a malformed label."""
+    """One message: topic, payload bytes, and ``ok``, ``status`` or a malformed label.
+
+    On MQTT and ChirpStack the topic it is published to. On CTWing and OneNET the intake
+    path it is posted to, and the payload the push body (CTWing) or the JSON text of the
+    push's ``msg`` (OneNET), which the sender signs with the vendor's token.
+    """
 
     topic: str
     payload: bytes
@@ -129,18 +135,25 @@ class MessageStream:
             return None
         rng = self._rng
         topic = device.telemetry_topic
-        if self.malformed_share and rng.random() < self.malformed_share:
+        if (
+            self.malformed_share
+            and (device.link == MQTT or device.codec == "hexframe")
+            and rng.random() < self.malformed_share
+        ):
             label = rng.choice(malformed_labels(device))
             metrics = reading(device, now_ms, state, rng)
             metrics = _with_incidents(device, metrics, active, now_ms, rng)
             state.seq += 1
             payload = malformed_payload(label, device, metrics, now_ms, state.seq, rng)
+            if device.link != MQTT:  # a bad frame inside the network's own well-formed envelope
+                return Report(device, on_link(device, payload, now_ms, state.seq, label, rng), 1)
             return Report(device, SimMessage(topic, payload, label), 1)
         times = [now_ms]
         previous = state.last_ts_ms
         if (
             self.batch_share
             and device.codec == "json"
+            and device.link == MQTT
             and previous is not None
             and now_ms - previous >= MAX_BATCH
             and rng.random() < self.batch_share
@@ -154,6 +167,13 @@ class MessageStream:
             )
             state.seq += 1
             readings.append((ts, state.seq, metrics))
+        if device.link != MQTT:
+            ts, seq, metrics = readings[0]
+            payload: bytes | Metrics = (
+                metrics if device.codec == "json" and device.link != CHIRPSTACK
+                else encode(device, readings)
+            )  # fmt: skip
+            return Report(device, on_link(device, payload, ts, seq, OK, rng), 1)
         return Report(device, SimMessage(topic, encode(device, readings), OK), len(readings))
 
     def command(self, topic: str, payload: bytes) -> SimMessage | None:
@@ -213,11 +233,56 @@ class MessageStream:
         return [w for w in windows if _covers(w, ts_ms)]
 
 
-def status_messages(fleet: Fleet, online: bool = True) -> Iterator[Report]:
-    """One ``{"online": ...}`` message per device on its status topic, in fleet order."""
+def status_messages(
+    fleet: Fleet, online: bool = True, now_ms: int = 0, seed: int = 1
+) -> Iterator[Report]:
+    """One presence message per device, in fleet order: ``{"online": ...}`` on its status
+    topic over MQTT; on the other links what that network reports (``now_ms`` its time): a
+    ChirpStack status event with the battery level, CTWing's deviceOnlineOfflineReport,
+    OneNET's type 2 message."""
     payload = orjson.dumps({"online": online})
+    rng = random.Random(f"cityiot-status:{seed}")
     for device in fleet.devices:
-        yield Report(device, SimMessage(device.status_topic, payload, STATUS), 0)
+        if device.link == MQTT:
+            yield Report(device, SimMessage(device.status_topic, payload, STATUS), 0)
+        elif device.link == CHIRPSTACK:
+            event = links.chirpstack_status(device, rng.uniform(60.0, 100.0), now_ms, rng)
+            topic = links.chirpstack_topic(device, "status")
+            yield Report(device, SimMessage(topic, event, STATUS), 0)
+        elif device.link == CTWING:
+            path = links.intake_path(CTWING, device.vendor)
+            message = links.ctwing_online(device, online, now_ms)
+            yield Report(device, SimMessage(path, message, STATUS), 0)
+        else:
+            path = links.intake_path(ONENET, device.vendor)
+            yield Report(
+                device, SimMessage(path, links.onenet_status(device, online, now_ms), STATUS), 0
+            )
+
+
+def on_link(
+    device: SimDevice,
+    payload: bytes | Metrics,
+    ts_ms: int,
+    seq: int,
+    label: str,
+    rng: random.Random,
+) -> SimMessage:
+    """One reading of a device on LoRaWAN or NB-IoT as its network delivers it: ``payload``
+    is the frame its codec decodes (bytes), or its readings by name (a JSON codec's
+    device on CTWing, as serviceData; on OneNET, as data points). ``seq`` is the device's
+    frame counter (ChirpStack's fCnt, CTWing's upPacketSN)."""
+    if device.link == CHIRPSTACK:
+        frame = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+        event = links.chirpstack_uplink(device, frame, ts_ms, seq, rng)
+        return SimMessage(links.chirpstack_topic(device), event, label)
+    path = links.intake_path(device.link, device.vendor)
+    if device.link == CTWING:
+        return SimMessage(path, links.ctwing_data_report(device, payload, ts_ms, seq), label)
+    if device.link == ONENET:
+        values = links.hex_values(payload) if isinstance(payload, bytes) else payload
+        return SimMessage(path, links.onenet_data_points(device, values, ts_ms), label)
+    raise ValueError(f"device {device.device_id}: unknown link {device.link!r}")
 
 
 def encode(device: SimDevice, readings: Sequence[tuple[int, int, Metrics]]) -> bytes:
