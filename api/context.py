@@ -5,6 +5,7 @@ the stream hub and the broker's access files. Built once by the app's lifespan
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
@@ -13,6 +14,7 @@ from cityiot.api.keys import KeyRing
 from cityiot.api.ratelimit import RateLimiter
 from cityiot.domain.settings import Settings
 from cityiot.storage.influx import InfluxDB
+from cityiot.storage.secret import platform_secret
 
 if TYPE_CHECKING:
     from cityiot.api.stream import StreamHub
@@ -36,6 +38,11 @@ class ApiContext:
     # The ingest of this process, for the HTTP link; None when the API runs alone.
     telemetry: HttpLink | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def secret(self) -> bytes:
+        """The platform's secret (cityiot/storage/secret.py), read or made on first use."""
+        return platform_secret(self.settings)
 
 
 def context(request: Request) -> ApiContext:

@@ -22,6 +22,8 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from cityiot.api.context import ApiContext, context
+from cityiot.api.intake_guard import TokenFailures
+from cityiot.api.limits import client_address
 from cityiot.api.problems import Problem, problem_doc
 from cityiot.api.routes.telemetry import (
     ID_PATTERN,
@@ -99,13 +101,16 @@ async def post_ctwing(
     """Take one CTWing push message: ``dataReport`` (readings), ``deviceOnlineOfflineReport``
     (presence); other types are answered 200 and only logged."""
     if not await verify(ctx.sessions, vendor, token):
+        await token_failures(ctx).failed(
+            ctx.sessions, CTWING, vendor, client_address(request.scope), "token"
+        )
         raise Problem(
             401,
             f"the token is missing or is not vendor {vendor}'s intake token: set the push "
             f"subscription's URL to /api/v1/intake/ctwing/{vendor}?token=T with T from POST "
             f"/api/v1/vendors/{vendor}/intake-token (or cityiot vendors intake-token {vendor})",
         )
-    link = _link(ctx)
+    link = ingest_link(ctx)
     body = await request.body()
     message = _message(body)
     kind = message.get("messageType")
@@ -121,12 +126,22 @@ async def post_ctwing(
     return IntakeTaken(stored=0, rejected=[], duplicates=0)
 
 
-def _link(ctx: ApiContext) -> HttpLink:
+def token_failures(ctx: ApiContext) -> TokenFailures:
+    """This API's count of wrong intake tokens and signatures (api/intake_guard.py)."""
+    guard = ctx.extra.get("token_failures")
+    if guard is None:
+        guard = ctx.extra["token_failures"] = TokenFailures()
+    assert isinstance(guard, TokenFailures)
+    return guard
+
+
+def ingest_link(ctx: ApiContext, network: str = "CTWing") -> HttpLink:
     if ctx.telemetry is None:
         raise Problem(
             503,
-            "CTWing pushes are taken by an API started by `cityiot run` (API and ingest in "
-            "one process); this API process has no ingest: point the push subscription at it",
+            f"{network} pushes are taken by an API started by `cityiot run` (API and ingest "
+            "in one process); this API process has no ingest: point the push subscription at "
+            "it",
             headers={"Retry-After": str(NO_INGEST_RETRY_S)},
         )
     return ctx.telemetry
@@ -155,8 +170,8 @@ async def _data_report(
     if device_id is None:
         return await _unknown(link, vendor, message, body)
     payload = message.get("payload")
-    ts = _int(message.get("timestamp"))
-    seq = _int(message.get("upPacketSN"))
+    ts = whole_number(message.get("timestamp"))
+    seq = whole_number(message.get("upPacketSN"))
     seq = seq if seq is not None and seq >= 0 else None  # -1: CTWing numbered nothing
     frame = _frame(link, vendor, payload)
     if frame is None:
@@ -165,9 +180,9 @@ async def _data_report(
             "check the product's data format in CTWing"
         )
         await link.refuse(CTWING, vendor, body, reason)
-        return _refused(reason)
+        return refused(reason)
     taken = await link.take(vendor, device_id, frame, 0, link_ts_ms=ts, link_seq=seq, link=CTWING)
-    return _answer(taken)
+    return answer(taken)
 
 
 def _device(link: HttpLink, vendor: str, message: dict[str, Any]) -> str | None:
@@ -188,7 +203,7 @@ async def _unknown(
         "/api/v1/devices/{id}), or check the push subscription's vendor"
     )
     await link.refuse(CTWING, vendor, body, reason)
-    return _refused(reason)
+    return refused(reason)
 
 
 def _frame(link: HttpLink, vendor: str, payload: Any) -> bytes | None:
@@ -204,10 +219,17 @@ def _frame(link: HttpLink, vendor: str, payload: Any) -> bytes | None:
             return app_data.encode()  # not base64: the codec refuses it, a dead letter
     service_data = payload.get("serviceData")
     if isinstance(service_data, dict):
-        if link.intake.devices.codecs.get(vendor, BUILT_IN_JSON) == BUILT_IN_JSON:
-            return orjson.dumps({"metrics": service_data})
-        return orjson.dumps(service_data)
+        return json_frame(link, vendor, service_data)
     return None
+
+
+def json_frame(link: HttpLink, vendor: str, fields: dict[str, Any]) -> bytes:
+    """Named values (CTWing's serviceData, OneNET's data points) as the JSON the vendor's
+    codec takes: under ``metrics`` for the access standard's codec, as they are for a
+    mapping codec."""
+    if link.intake.devices.codecs.get(vendor, BUILT_IN_JSON) == BUILT_IN_JSON:
+        return orjson.dumps({"metrics": fields})
+    return orjson.dumps(fields)
 
 
 async def _presence(
@@ -220,20 +242,20 @@ async def _presence(
     if event not in (0, 1) or isinstance(event, bool):
         reason = f"deviceOnlineOfflineReport: eventType {event!r:.20} is neither 1 nor 0"
         await link.refuse(CTWING, vendor, body, reason)
-        return _refused(reason)
+        return refused(reason)
     status = orjson.dumps({"online": event == 1})
-    return _answer(await link.take(vendor, device_id, status, channel="status", link=CTWING))
+    return answer(await link.take(vendor, device_id, status, channel="status", link=CTWING))
 
 
-def _int(value: Any) -> int | None:
+def whole_number(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _refused(reason: str) -> IntakeTaken:
+def refused(reason: str) -> IntakeTaken:
     return IntakeTaken(stored=0, rejected=[Rejection(index=0, reason=reason)], duplicates=0)
 
 
-def _answer(taken: Taken) -> IntakeTaken:
+def answer(taken: Taken) -> IntakeTaken:
     """200 with what was taken, refusals included: a refused report is a dead letter, and
     CTWing would resend anything but a 200 for ever."""
     rejected = [Rejection(index=index, reason=reason) for index, reason in taken.rejected]

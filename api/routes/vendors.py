@@ -528,7 +528,11 @@ async def issue_intake(
     one). Audited (``vendor.intake_token.issue``, with ``replaced``; never the token)."""
     try:
         issued = await issue_intake_token(
-            ctx.sessions, vendor_id, actor=principal.actor, role=principal.role
+            ctx.sessions,
+            vendor_id,
+            secret=ctx.secret,
+            actor=principal.actor,
+            role=principal.role,
         )
     except NoVendorForToken:
         raise Problem(

@@ -170,14 +170,21 @@ def vendors_intake_token(
     """
     from cityiot.storage.engine import make_engine, migrate, sessionmaker
     from cityiot.storage.intake_tokens import IssuedToken, UnknownVendor, issue_intake_token
+    from cityiot.storage.secret import SecretError, platform_secret
 
     settings = load_settings()
+    try:
+        secret = platform_secret(settings)
+    except (SecretError, OSError) as exc:
+        fail(str(exc))
 
     async def main() -> IssuedToken:
         await migrate(settings.database_url)
         engine = make_engine(settings.database_url)
         try:
-            return await issue_intake_token(sessionmaker(engine), vendor_id, actor="cli")
+            return await issue_intake_token(
+                sessionmaker(engine), vendor_id, secret=secret, actor="cli"
+            )
         finally:
             await engine.dispose()
 

@@ -73,6 +73,14 @@ class Settings(BaseSettings):
     smtp_password: str = ""
     smtp_starttls: bool = False
     run_dir: Path = Path(".run")
+    # The platform's own secret: intake tokens are derived from it (OneNET's signatures need
+    # the token itself, which the database does not hold). Empty: <run_dir>/platform-secret,
+    # made on first use. Several hosts (API replicas, the CLI elsewhere) must share one value.
+    secret_key: str = Field(
+        "",
+        repr=False,
+        description="at least 32 characters; empty: <run_dir>/platform-secret (made once)",
+    )
 
     # API (issue 4): requests per second per key, with bursts up to api_rate_burst.
     api_rate_per_s: float = Field(20.0, gt=0, description="sustained requests per second per key")

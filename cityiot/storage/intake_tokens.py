@@ -3,7 +3,13 @@
 
 A vendor has at most one active token; issuing another replaces it at once, so a leaked
 token is withdrawn by issuing a new one. The token is shown once, to whoever issued it;
-the database keeps only its SHA-256.
+the database keeps only its SHA-256 and a salt.
+
+CTWing presents the token itself (``?token=T``): its hash is compared. OneNET presents a
+signature made over the token (base64(md5(T + nonce + msg))), which no hash can check: the
+token is an HMAC of the vendor and its salt under the platform's secret
+(cityiot/storage/secret.py), so it can be derived again to check a signature
+(:func:`signing_token`), from the secret and the database together but from neither alone.
 
 Why a plain SHA-256 and not a password hash: the token is 32 characters drawn at random
 from 62 (about 190 bits), so no dictionary or brute force can find it from its hash, however
@@ -22,6 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import logging
 import secrets
 import string
 import time
@@ -36,6 +43,8 @@ from cityiot.storage.tables.audit import AuditEntry
 from cityiot.storage.tables.intake import IntakeToken
 from cityiot.storage.tables.registry import Vendor
 from cityiot.storage.utc import utcnow
+
+log = logging.getLogger("cityiot.storage.intake_tokens")
 
 TOKEN_LENGTH = 32
 _ALPHABET = string.ascii_letters + string.digits
@@ -57,9 +66,22 @@ class IssuedToken:
     replaced: bool  # the vendor had a token, which no longer works
 
 
-def new_token() -> str:
-    """A random token of letters and digits (:data:`TOKEN_LENGTH`)."""
-    return "".join(secrets.choice(_ALPHABET) for _ in range(TOKEN_LENGTH))
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    token_hash: str
+    salt: str  # "": issued before tokens were derived (the OneNET check cannot use it)
+
+
+def derive_token(secret: bytes, vendor_id: str, salt: str) -> str:
+    """The token of ``vendor_id`` issued with ``salt`` under ``secret``: HMAC-SHA256 written
+    in :data:`TOKEN_LENGTH` letters and digits (about 190 of its 256 bits)."""
+    digest = hmac.new(secret, f"intake-token\0{vendor_id}\0{salt}".encode(), "sha256").digest()
+    number = int.from_bytes(digest, "big")
+    out = []
+    for _ in range(TOKEN_LENGTH):
+        number, digit = divmod(number, len(_ALPHABET))
+        out.append(_ALPHABET[digit])
+    return "".join(out)
 
 
 def token_hash(token: str) -> str:
@@ -71,22 +93,30 @@ async def issue_intake_token(
     sessions: async_sessionmaker[AsyncSession],
     vendor_id: str,
     *,
+    secret: bytes,
     actor: str = "cli",
     role: str = "admin",
 ) -> IssuedToken:
-    """A new intake token for ``vendor_id``, replacing its previous one; audited
-    (``vendor.intake_token.issue``, never with the token). Raises :class:`UnknownVendor`."""
-    token = new_token()
+    """A new intake token for ``vendor_id`` under the platform's ``secret``, replacing its
+    previous one; audited (``vendor.intake_token.issue``, never with the token). Raises
+    :class:`UnknownVendor`."""
+    salt = secrets.token_hex(16)
+    token = derive_token(secret, vendor_id, salt)
     try:
-        issued = await _store(sessions, vendor_id, token, actor, role)
+        issued = await _store(sessions, vendor_id, token, salt, actor, role)
     except IntegrityError:  # a concurrent first issue inserted the row: replace it
-        issued = await _store(sessions, vendor_id, token, actor, role)
+        issued = await _store(sessions, vendor_id, token, salt, actor, role)
     _forget(sessions, vendor_id)
     return issued
 
 
 async def _store(
-    sessions: async_sessionmaker[AsyncSession], vendor_id: str, token: str, actor: str, role: str
+    sessions: async_sessionmaker[AsyncSession],
+    vendor_id: str,
+    token: str,
+    salt: str,
+    actor: str,
+    role: str,
 ) -> IssuedToken:
     async with sessions() as session, session.begin():
         # Locking the vendor serialises concurrent issues for it (PostgreSQL).
@@ -99,6 +129,7 @@ async def _store(
             row = IntakeToken(vendor_id=vendor_id)
             session.add(row)
         row.token_hash = token_hash(token)
+        row.salt = salt
         row.created_at = now
         row.created_by = actor[:128]
         session.add(
@@ -121,22 +152,51 @@ async def verify(
     (replaced in another process: after at most :data:`CACHE_S`)."""
     if not token or len(token) > MAX_PRESENTED:
         return False
-    stored = await _stored_hash(sessions, vendor_id)
+    stored = await _stored(sessions, vendor_id)
     if stored is None:
         return False
-    return hmac.compare_digest(stored, token_hash(token))
+    return hmac.compare_digest(stored.token_hash, token_hash(token))
 
 
-# The hash (or None: no token) each vendor had when last read, by session factory: tests
-# and processes may hold several databases. Weak keys: a disposed factory takes its cache.
-_caches: weakref.WeakKeyDictionary[Any, dict[str, tuple[float, str | None]]] = (
+async def signing_token(
+    sessions: async_sessionmaker[AsyncSession], vendor_id: str, secret: bytes
+) -> str | None:
+    """``vendor_id``'s active token, derived again to check a signature made over it (OneNET);
+    None when the vendor has none, or when it cannot be derived: issued before tokens were
+    derived, or under another secret (both logged, with what to do)."""
+    stored = await _stored(sessions, vendor_id)
+    if stored is None:
+        return None
+    if not stored.salt:
+        log.warning(
+            "event=intake_token_not_derivable vendor=%s reason=issued before signed pushes "
+            "were supported; issue the vendor a new intake token",
+            vendor_id,
+        )
+        return None
+    token = derive_token(secret, vendor_id, stored.salt)
+    if not hmac.compare_digest(stored.token_hash, token_hash(token)):
+        log.warning(
+            "event=intake_token_not_derivable vendor=%s reason=the token was issued under "
+            "another platform secret (CITYIOT_SECRET_KEY or <run_dir>/platform-secret); give "
+            "every process the same secret, or issue the vendor a new intake token",
+            vendor_id,
+        )
+        return None
+    return token
+
+
+# The hash and salt (or None: no token) each vendor had when last read, by session
+# factory: tests and processes may hold several databases. Weak keys: a disposed factory
+# takes its cache.
+_caches: weakref.WeakKeyDictionary[Any, dict[str, tuple[float, _Stored | None]]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-async def _stored_hash(sessions: async_sessionmaker[AsyncSession], vendor_id: str) -> str | None:
-    """The vendor's token hash, read at most every :data:`CACHE_S` per vendor: pushes arrive
-    by the hundred a second, and forged ones should not each cost a query."""
+async def _stored(sessions: async_sessionmaker[AsyncSession], vendor_id: str) -> _Stored | None:
+    """The vendor's token hash and salt, read at most every :data:`CACHE_S` per vendor:
+    pushes arrive by the hundred a second, and forged ones should not each cost a query."""
     cache = _caches.setdefault(sessions, {})
     now = time.monotonic()
     hit = cache.get(vendor_id)
@@ -144,7 +204,7 @@ async def _stored_hash(sessions: async_sessionmaker[AsyncSession], vendor_id: st
         return hit[1]
     async with sessions() as session:
         row = await session.get(IntakeToken, vendor_id)
-    stored = row.token_hash if row is not None else None
+    stored = _Stored(row.token_hash, row.salt or "") if row is not None else None
     cache.pop(vendor_id, None)
     cache[vendor_id] = (now, stored)
     while len(cache) > MAX_CACHED:

@@ -19,13 +19,13 @@ import pytest
 
 from cityiot.ingest.codecs.hexframe import encode as hexframe
 from cityiot.platform.local_services import LocalBroker, LocalInflux
-from cityiot.storage.intake_tokens import issue_intake_token
 from tests.api.test_telemetry_link import Link, running_link
 from tests.codecs.frames import copy_codec
 from tests.waiting import until
 
 IMEIS = {"nb-1": "869975031230001", "nb-2": "869975031230002", "nb-3": "869975031230003"}
 OWNERS = {"nb-1": "ctco", "nb-2": "oldco", "nb-3": "acme"}
+ONENET_IDS = {"nb-1": "1052201", "nb-2": "1052202", "nb-3": "1052203"}
 UNKNOWN_IMEI = "869975031239999"
 _sn = itertools.count(1)
 
@@ -103,18 +103,24 @@ async def ct(
                 "lat": 32.98,
                 "lon": 114.02,
                 "report_interval_s": 86400,
-                "attributes": {"depth_cm": 180, "imei": IMEIS[device_id]},
+                "attributes": {
+                    "depth_cm": 180,
+                    "imei": IMEIS[device_id],
+                    "onenet_dev_id": ONENET_IDS[device_id],
+                },
             }
             r = await admin.post("/api/v1/devices", json=device)
             assert r.status_code == 201, r.text
-        tokens = {
-            vendor: (await issue_intake_token(link.sessions, vendor)).token
-            for vendor in ("ctco", "oldco", "acme")
-        }
+        tokens = {}
+        for vendor in ("ctco", "oldco", "acme"):
+            r = await admin.post(f"/api/v1/vendors/{vendor}/intake-token")
+            assert r.status_code == 201, r.text
+            tokens[vendor] = r.json()["token"]
         devices = link.running.ingest.intake.devices
         await until(
             lambda: (
                 all(i in devices.by_imei for i in IMEIS.values())
+                and all(i in devices.by_onenet_dev_id for i in ONENET_IDS.values())
                 and devices.codecs.get("ctco") == "acme-json"
             ),
             15,

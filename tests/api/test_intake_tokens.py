@@ -96,7 +96,7 @@ async def test_a_vendor_without_a_token_gets_one_from_the_library(api: Api) -> N
     """What the CLI calls: a vendor with no token is refused anything, then its token
     works at once in the process that issued it."""
     assert not await verify(api.sessions, "oldco", "x" * 32)  # no token yet
-    issued = await issue_intake_token(api.sessions, "oldco", actor="cli")
+    issued = await issue_intake_token(api.sessions, "oldco", secret=b"s" * 32, actor="cli")
     assert issued.replaced is False
     assert await verify(api.sessions, "oldco", issued.token)
 

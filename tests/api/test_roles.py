@@ -68,6 +68,8 @@ POLICY: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/stats/overview"): READERS,
     ("POST", "/api/v1/telemetry/{vendor}/{device_id}"): ADMIN | {"vendor"},
     ("POST", "/api/v1/intake/ctwing/{vendor}"): BY_TOKEN,
+    ("GET", "/api/v1/intake/onenet/{vendor}"): BY_TOKEN,
+    ("POST", "/api/v1/intake/onenet/{vendor}"): BY_TOKEN,
     ("GET", "/api/v1/deadletters"): MANAGERS | {"vendor"},
     ("GET", "/api/v1/deadletters/{dead_letter_id}"): MANAGERS | {"vendor"},
     ("GET", "/api/v1/stream"): ALL,

@@ -46,6 +46,8 @@ class Device(Base):
     )
     status: Mapped[str] = mapped_column(String(16), default="unknown")  # online|offline|unknown
     last_seen: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # The link of its latest message (docs/design.md §4a): mqtt, http, chirpstack, ctwing, onenet.
+    link: Mapped[str | None] = mapped_column(String(16), default=None)
     decommissioned_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # Bumped on every registry change; the ingest refreshes its map from it.
