@@ -200,7 +200,7 @@ class Intake:
                 "split it into several messages"
             )
         if channel == "status":
-            self._status(device, payload, received_ms, batch)
+            self._status(device, payload, received_ms, batch, delivery.link)
             return
         codec = self.codecs.get(self.devices.codecs.get(vendor, "json"))
         if codec is None:
@@ -229,6 +229,7 @@ class Intake:
                 self.dead_letter(
                     batch, delivery, reason, received_ms, self._encode.encode(raw), index=index
                 )
+        self.presence.came_by(device.device_id, delivery.link)
         if self.presence.seen(device.device_id, received_ms, device.report_interval_s):
             batch.status_lines.append(f"{device.status_key} online=true {received_ms}\n".encode())
 
@@ -279,7 +280,9 @@ class Intake:
         self._seqs[device_id] = (top, latest, seen | 1 << below)
         return False
 
-    def _status(self, device: KnownDevice, payload: bytes, received_ms: int, batch: Batch) -> None:
+    def _status(
+        self, device: KnownDevice, payload: bytes, received_ms: int, batch: Batch, link: str
+    ) -> None:
         try:
             message = load_json(payload, self.settings.max_payload_bytes)
         except PayloadError as exc:
@@ -287,7 +290,9 @@ class Intake:
         online = message.get("online") if isinstance(message, dict) else None
         if type(online) is not bool:
             raise Rejected('status must be {"online": true} or {"online": false}')
-        if self.presence.says(device.device_id, online, received_ms, device.report_interval_s):
+        presence = self.presence
+        presence.came_by(device.device_id, link)
+        if presence.says(device.device_id, online, received_ms, device.report_interval_s, link):
             flag = "true" if online else "false"
             batch.status_lines.append(f"{device.status_key} online={flag} {received_ms}\n".encode())
 

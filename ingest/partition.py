@@ -43,7 +43,7 @@ import msgspec
 from cityiot.domain.settings import MqttTarget, Settings
 from cityiot.ingest.broker import BrokerLink, Delivery
 from cityiot.ingest.pipeline import Ingest
-from cityiot.ingest.presence import Presence
+from cityiot.ingest.presence import NETWORK_LINKS, Presence
 from cityiot.ingest.validate import Reading
 from cityiot.storage.influx import InfluxError
 
@@ -139,10 +139,13 @@ class PartitionedPresence(Presence):
     def resume(self, device_id: str, now_ms: int, interval_s: int) -> bool:
         return self.owns(device_id) and super().resume(device_id, now_ms, interval_s)
 
-    def says(self, device_id: str, online: bool, at_ms: int, interval_s: int) -> bool:
+    def says(
+        self, device_id: str, online: bool, at_ms: int, interval_s: int, link: str = "mqtt"
+    ) -> bool:
         if self.owns(device_id):
-            return super().says(device_id, online, at_ms, interval_s)
-        self.outbox.append(StatusChange(device_id, online, at_ms))
+            return super().says(device_id, online, at_ms, interval_s, link)
+        if online or link not in NETWORK_LINKS:  # a network's "offline": see Presence.says
+            self.outbox.append(StatusChange(device_id, online, at_ms))
         return False
 
 

@@ -8,6 +8,13 @@ last-seen times every 30 s (ingest/pipeline.py, SEEN_EVERY_S).
 A restarted ingest takes over the devices the registry holds online (:meth:`Presence.resume`):
 their first message is no transition, and one that stays silent for 3 × its interval after
 the restart (it may have died while no ingest ran) goes offline.
+
+Each device's state also names the link of its latest message (:meth:`Presence.came_by`:
+``mqtt``, ``http``, ``chirpstack``, ``ctwing``, ``onenet``), written when it changes. A
+network platform's word that a device went offline (CTWing's deviceOnlineOfflineReport,
+OneNET's type 2) does not make an online device offline: NB-IoT devices sleep between
+reports and the platform drops them within minutes, while the device is due only after its
+report interval. Its silence past 3 × that interval does (:data:`NETWORK_LINKS`).
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 SILENCE_FACTOR = 3  # docs/design.md §5: offline after 3 × report_interval_s without data
+# Links whose network platform reports presence for devices that sleep between reports.
+NETWORK_LINKS = frozenset({"ctwing", "onenet"})
 
 
 @dataclass(slots=True)
@@ -29,6 +38,9 @@ class Presence:
     # No online device's deadline is earlier: until then a sweep has nothing to look at, and
     # looking at every device of a large city holds the event loop.
     next_due_ms: float = float("inf")
+    # The link each device's latest message came by, as the registry has it or will.
+    links: dict[str, str] = field(default_factory=dict)
+    dirty_links: dict[str, str] = field(default_factory=dict)
 
     def seen(self, device_id: str, at_ms: int, interval_s: int) -> bool:
         """Record traffic; True when the device just came online."""
@@ -55,10 +67,21 @@ class Presence:
             self.next_due_ms = deadline
         return True
 
-    def says(self, device_id: str, online: bool, at_ms: int, interval_s: int) -> bool:
-        """Record a status message; True when it changes the device's state."""
+    def came_by(self, device_id: str, link: str) -> None:
+        """Record the link of the device's latest message (written when it changes)."""
+        if self.links.get(device_id) != link:
+            self.links[device_id] = link
+            self.dirty_links[device_id] = link
+
+    def says(
+        self, device_id: str, online: bool, at_ms: int, interval_s: int, link: str = "mqtt"
+    ) -> bool:
+        """Record a status message that came by ``link``; True when it changes the device's
+        state. A network platform's "offline" leaves an online device online (module doc)."""
         if online:
             return self.seen(device_id, at_ms, interval_s)
+        if link in NETWORK_LINKS and device_id in self.online:
+            return False
         if device_id not in self.online:
             self.went_offline.add(device_id)  # first word from it: still record the state
             return True
@@ -92,6 +115,11 @@ class Presence:
         changes = (dirty_seen, self.went_online, self.went_offline)
         self.went_online, self.went_offline = set(), set()
         return changes
+
+    def take_links(self) -> dict[str, str]:
+        """The links that changed since the last call (device id → link)."""
+        dirty, self.dirty_links = self.dirty_links, {}
+        return dirty
 
     def _set(self, device_id: str, online: bool) -> None:
         if online:

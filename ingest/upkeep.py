@@ -17,7 +17,7 @@ from cityiot.ingest.intake import Intake, ms_to_dt
 from cityiot.ingest.latest import FLUSH_PACE
 from cityiot.storage.deadletters import DeadLetterCaps, DeadLetterIn, prune_dead_letters
 from cityiot.storage.kinds import refresh_kinds
-from cityiot.storage.registry import online_devices, record_presence
+from cityiot.storage.registry import online_devices, record_links, record_presence
 from cityiot.storage.wal import CHECKPOINT_EVERY_S, checkpoint
 from cityiot.storage.writes import ROWS_PER_TURN
 
@@ -176,8 +176,9 @@ class Upkeep:
         turns of the loop between its slices not counted)."""
         presence, devices = self.intake.presence, self.intake.devices
         seen, online, offline = presence.take_changes(with_seen)
+        links = presence.take_links()  # few: a device changes its link seldom
         busy = 0.0
-        if not self._stores or not (seen or online or offline):
+        if not self._stores or not (seen or online or offline or links):
             return busy
         try:
             # A slice at a time: 100,000 devices' times made at once would hold the event
@@ -194,8 +195,10 @@ class Upkeep:
             busy += await record_presence(
                 self.sessions, {}, offline=went_offline, online=went_online
             )
+            busy += await record_links(self.sessions, links)
         except Exception as exc:  # presence is state, not data: the next round retries
             log.warning("event=presence_flush_failed error=%s", exc)
+            presence.dirty_links = {**links, **presence.dirty_links}
             presence.dirty_seen.update(seen)
             presence.went_online |= online
             presence.went_offline |= offline

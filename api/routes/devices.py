@@ -93,11 +93,15 @@ _EXAMPLE: dict[str, Any] = {
     "attributes": {"depth_cm": 200},
     "status": "online",
     "last_seen": "2026-11-23T10:00:00+08:00",
+    "link": "mqtt",
     "battery_pct": 87.0,
     "decommissioned_at": None,
     "created_at": "2026-11-01T09:00:00+08:00",
     "updated_at": "2026-11-01T09:00:00+08:00",
 }
+
+
+Link = Literal["mqtt", "http", "chirpstack", "ctwing", "onenet"]
 
 
 class DeviceOut(BaseModel):
@@ -115,6 +119,10 @@ class DeviceOut(BaseModel):
     attributes: dict[str, float | int | str]
     status: Status = Field(description="online, offline, unknown (never heard) or decommissioned")
     last_seen: str | None = Field(description="RFC 3339, +08:00")
+    link: Link | None = Field(
+        description="the link of its latest message: mqtt, http, chirpstack (LoRaWAN), ctwing "
+        "or onenet (NB-IoT); null before its first"
+    )
     battery_pct: float | None = Field(description="from the latest reading, when it reports one")
     decommissioned_at: str | None
     created_at: str
@@ -235,6 +243,7 @@ def device_out(device: Device, latest: LatestReading | None = None) -> dict[str,
         "attributes": dict(device.attributes or {}) | identities_of(device),
         "status": "decommissioned" if device.decommissioned_at else device.status,
         "last_seen": city_time(device.last_seen),
+        "link": device.link,
         "battery_pct": battery,
         "decommissioned_at": city_time(device.decommissioned_at),
         "created_at": city_time(device.created_at),

@@ -447,6 +447,27 @@ _STATUS_SQLITE = (
 )
 
 
+# A device's link changes seldom (a device moved to another network): only changed rows are
+# written, the same guard as the status's.
+_LINK = "UPDATE devices SET link = ? WHERE id = ? AND (link IS NULL OR link <> ?)"
+_LINK_SQLITE = (
+    "UPDATE devices SET link = v.column1 FROM (VALUES (?, ?, ?)) AS v "
+    "WHERE devices.id = v.column2 AND (devices.link IS NULL OR devices.link <> v.column3)"
+)
+
+
+async def record_links(session_factory: SessionFactory, links: Mapping[str, str]) -> float:
+    """Write the link each device's latest message came by (device id → ``mqtt``, ``http``,
+    ``chirpstack``, ``ctwing``, ``onenet``), a slice of at most ``ROWS_PER_TURN`` per
+    transaction, like :func:`record_presence`; returns the seconds spent writing."""
+    items = list(links.items())
+    took = 0.0
+    for start in range(0, len(items), ROWS_PER_TURN):
+        rows = [(link, d, link) for d, link in items[start : start + ROWS_PER_TURN]]
+        took += await write_rows(session_factory, _LINK, rows, sqlite_sql=_LINK_SQLITE)
+    return took
+
+
 async def online_devices(session_factory: SessionFactory) -> list[str]:
     """Ids of the devices the registry holds online (not decommissioned): what a restarted
     ingest's presence takes over."""
