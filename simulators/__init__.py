@@ -6,6 +6,8 @@ incidents, commands, publishing.
     await run_simulation("127.0.0.1", 1883, fleet, rate=500, incidents=["rainstorm:1"])
 
 ``iter_messages`` gives the same messages without a broker, for tests and benchmarks.
+Vendors in ``LINK_VENDORS`` report beyond MQTT (``VENDOR_LINKS``): LoRaWAN devices as a
+ChirpStack's events, NB-IoT ones as CTWing's and OneNET's pushes (``simulators/links.py``).
 """
 
 from cityiot.domain.sun import is_dark, sun_times
@@ -22,6 +24,9 @@ from cityiot.simulators.behaviour import (
 from cityiot.simulators.commands import ACTUATIONS, obey
 from cityiot.simulators.fleet import (
     DEFAULT_VENDORS,
+    LINK_VENDORS,
+    LINKS,
+    VENDOR_LINKS,
     Fleet,
     SimDevice,
     SimVendor,
@@ -50,21 +55,31 @@ from cityiot.simulators.messages import (
     iter_reports,
     status_messages,
 )
-from cityiot.simulators.publisher import SimulationCounters, run_simulation
+from cityiot.simulators.publisher import (
+    ChirpStackTarget,
+    IntakeTarget,
+    SimulationCounters,
+    run_simulation,
+)
 
 __all__ = [
     "ACTUATIONS",
     "BEHAVIOURS",
     "DEFAULT_VENDORS",
+    "LINKS",
+    "LINK_VENDORS",
+    "VENDOR_LINKS",
     "FRAME_MALFORMED_LABELS",
     "INCIDENT_KINDS",
     "MALFORMED_LABELS",
     "OK",
     "SCENARIOS",
     "Behaviour",
+    "ChirpStackTarget",
     "DeviceState",
     "Fleet",
     "Incident",
+    "IntakeTarget",
     "MessageStream",
     "Metrics",
     "Report",

@@ -169,11 +169,11 @@ class MessageStream:
             readings.append((ts, state.seq, metrics))
         if device.link != MQTT:
             ts, seq, metrics = readings[0]
-            payload: bytes | Metrics = (
+            carried: bytes | Metrics = (
                 metrics if device.codec == "json" and device.link != CHIRPSTACK
                 else encode(device, readings)
             )  # fmt: skip
-            return Report(device, on_link(device, payload, ts, seq, OK, rng), 1)
+            return Report(device, on_link(device, carried, ts, seq, OK, rng), 1)
         return Report(device, SimMessage(topic, encode(device, readings), OK), len(readings))
 
     def command(self, topic: str, payload: bytes) -> SimMessage | None:

@@ -11,6 +11,13 @@ One MQTT connection serves the whole fleet, or one per vendor when ``vendor_cred
 are given (the broker's ACL lets a vendor account publish only under its own topics). Each
 connection also listens on its vendors' ``city/{vendor}/+/command`` topics: a device carries
 out a command and answers on its ``/ack`` topic (docs/design.md §4).
+
+Devices beyond MQTT (docs/design.md §4a) report as their network would deliver them: the
+LoRaWAN ones through one more MQTT connection, a simulated ChirpStack's (``chirpstack``: its
+own broker account), publishing its integration events; the NB-IoT ones as CTWing's and
+OneNET's HTTP pushes to the platform's intake (``intake``: the API's URL and each vendor's
+intake token), a bounded number of requests at a time, each retried after a 503 once its
+Retry-After has passed, as those platforms do.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import threading
 import time
 from collections import Counter
@@ -26,10 +34,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cityiot.simulators.fleet import Fleet
+from cityiot.simulators import links
+from cityiot.simulators.fleet import CHIRPSTACK, CTWING, MQTT, ONENET, Fleet
 from cityiot.simulators.incidents import Incident, parse_incident
 from cityiot.simulators.messages import (
     BATCH_SHARE,
@@ -45,6 +55,28 @@ log = logging.getLogger(__name__)
 MAX_BURST = 2000  # messages per turn of the event loop, so other tasks keep running
 MAX_LAG_S = 1.0  # after a longer stall the schedule moves on instead of bursting to catch up
 TICK_S = 0.005  # the shortest pause between bursts: a wake-up per few messages, not each
+HTTP_CONCURRENCY = 8  # pushes in flight at once, as a network platform's push workers
+HTTP_RETRY_DEFAULT_S = 1.0  # after a 503 without Retry-After, or a connection refused
+HTTP_RETRY_MAX_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChirpStackTarget:
+    """Where the simulated ChirpStack publishes its integration events, as which account."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeTarget:
+    """Where the simulated CTWing and OneNET push: the API's base URL (``http://host:port``)
+    and each NB-IoT vendor's intake token (``POST /api/v1/vendors/{id}/intake-token``)."""
+
+    api_url: str
+    tokens: Mapping[str, str]
 
 
 @dataclass(slots=True)
@@ -61,6 +93,9 @@ class SimulationCounters:
     failed: int = 0  # messages the client refused (QoS 0 while disconnected)
     reconnects: int = 0
     commands: int = 0  # commands received for the fleet's devices, each answered with an ack
+    refused: int = 0  # HTTP pushes answered with an error other than 503 (not retried)
+    retries: int = 0  # HTTP pushes sent again after a 503 or a lost connection
+    by_link: Counter[str] = field(default_factory=Counter)  # telemetry messages by link
     by_kind: Counter[str] = field(default_factory=Counter)
     by_vendor: Counter[str] = field(default_factory=Counter)
     by_label: Counter[str] = field(default_factory=Counter)
@@ -75,6 +110,7 @@ class SimulationCounters:
         self.readings += report.readings
         if report.readings > 1:
             self.batches += 1
+        self.by_link[report.device.link] += 1
         self.by_kind[report.device.kind] += 1
         self.by_vendor[report.device.vendor] += 1
         self.by_label[report.message.label] += 1
@@ -91,6 +127,9 @@ class SimulationCounters:
             "failed": self.failed,
             "reconnects": self.reconnects,
             "commands": self.commands,
+            "refused": self.refused,
+            "retries": self.retries,
+            "by_link": dict(self.by_link),
             "by_kind": dict(self.by_kind),
             "by_vendor": dict(self.by_vendor),
             "malformed": self.malformed,
@@ -110,6 +149,8 @@ async def run_simulation(
     password: str | None = None,
     *,
     vendor_credentials: Mapping[str, tuple[str, str]] | None = None,
+    chirpstack: ChirpStackTarget | None = None,
+    intake: IntakeTarget | None = None,
     batch: bool = False,
     qos: int = 1,
     announce: bool = True,
@@ -135,6 +176,9 @@ async def run_simulation(
     message on each PUBACK when it has a limit, which caps it near 5,000 msg/s.
     At the end it waits up to ``drain_timeout_s`` for the broker to acknowledge everything,
     then disconnects. Raises ConnectionError when the broker cannot be reached or refuses.
+
+    A fleet with LoRaWAN devices needs ``chirpstack``, one with CTWing or OneNET devices
+    ``intake`` with a token for each of their vendors (ValueError naming what is missing).
     """
     if rate <= 0:
         raise ValueError(f"rate must be more than 0 messages per second, got {rate}")
@@ -151,9 +195,11 @@ async def run_simulation(
         incident.check(fleet)
     if not 0.0 <= malformed_share <= 1.0:
         raise ValueError(f"malformed_share must be between 0 and 1, got {malformed_share}")
+    _check_links(fleet, chirpstack, intake)
     uplinks = _uplinks(
         fleet, mqtt_host, mqtt_port, username, password, vendor_credentials or {},
-        client_id or f"sim-{os.getpid()}-{seed}", max_inflight, counters,
+        client_id or f"sim-{os.getpid()}-{seed}", max_inflight, counters, chirpstack, intake,
+        seed,
     )  # fmt: skip
     distinct = list({id(u): u for u in uplinks.values()}.values())
     announcements: list[asyncio.TimerHandle] = []
@@ -164,7 +210,8 @@ async def run_simulation(
             mqtt_host, mqtt_port, len(fleet.devices), rate, len(distinct),
         )  # fmt: skip
         if announce:
-            for n, report in enumerate(status_messages(fleet, online=True), start=1):
+            presence = status_messages(fleet, online=True, now_ms=_now_ms(), seed=seed)
+            for n, report in enumerate(presence, start=1):
                 if uplinks[report.device.vendor].publish(report.message, qos):
                     counters.status += 1
                 if n % MAX_BURST == 0:
@@ -194,11 +241,11 @@ async def run_simulation(
 
 
 def _listen_for_commands(
-    stream: MessageStream, uplinks: Mapping[str, _Uplink], counters: SimulationCounters
+    stream: MessageStream, uplinks: Mapping[str, _Uplink | _Pusher], counters: SimulationCounters
 ) -> None:
     """Each vendor's connection takes the commands to its devices and publishes the acks."""
 
-    def answer(uplink: _Uplink, topic: str, payload: bytes) -> None:
+    def answer(uplink: _Uplink | _Pusher, topic: str, payload: bytes) -> None:
         ack = stream.command(topic, payload)
         if ack is not None:
             counters.commands += 1
@@ -206,7 +253,8 @@ def _listen_for_commands(
                 counters.failed += 1
 
     for vendor, uplink in uplinks.items():
-        uplink.listen(f"city/{vendor}/+/command", answer)
+        if stream.fleet.link_of(vendor) == MQTT:
+            uplink.listen(f"city/{vendor}/+/command", answer)
 
 
 def _announce_incidents(planned: Sequence[Incident]) -> list[asyncio.TimerHandle]:
@@ -232,8 +280,8 @@ def _announce_incidents(planned: Sequence[Incident]) -> list[asyncio.TimerHandle
 
 async def _publish_at_rate(
     stream: MessageStream,
-    uplinks: Mapping[str, _Uplink],
-    distinct: Sequence[_Uplink],
+    uplinks: Mapping[str, _Uplink | _Pusher],
+    distinct: Sequence[_Uplink | _Pusher],
     rate: float,
     total: int | None,
     qos: int,
@@ -275,7 +323,7 @@ async def _publish_at_rate(
 
 
 async def _keep_up(
-    uplinks: Sequence[_Uplink], max_pending: int, stop: asyncio.Event | None
+    uplinks: Sequence[_Uplink | _Pusher], max_pending: int, stop: asyncio.Event | None
 ) -> bool:
     """True when every connection is up and not too far behind; else waits a little, False."""
     if all(u.connected and u.pending <= max_pending for u in uplinks):
@@ -307,6 +355,27 @@ def _log_fields(counters: SimulationCounters) -> str:
     )
 
 
+def _check_links(
+    fleet: Fleet, chirpstack: ChirpStackTarget | None, intake: IntakeTarget | None
+) -> None:
+    """A ValueError naming what a fleet's devices beyond MQTT need and were not given."""
+    used = {d.vendor for d in fleet.devices}
+    lora = [v for v in fleet.vendors_on(CHIRPSTACK) if v in used]
+    if lora and chirpstack is None:
+        raise ValueError(
+            f"vendors {', '.join(lora)} are LoRaWAN (ChirpStack): give the simulated "
+            "ChirpStack's broker (--chirpstack-url), or leave them out of the fleet"
+        )
+    pushed = [v for link in (CTWING, ONENET) for v in fleet.vendors_on(link) if v in used]
+    missing = [v for v in pushed if intake is None or not intake.tokens.get(v)]
+    if missing:
+        raise ValueError(
+            f"vendors {', '.join(missing)} push over HTTP (CTWing/OneNET): give the API's URL "
+            "(--api-url) and each one's intake token (--intake-token VENDOR=TOKEN, from "
+            "`cityiot vendors intake-token VENDOR`), or leave them out of the fleet"
+        )
+
+
 def _uplinks(
     fleet: Fleet,
     host: str,
@@ -317,12 +386,32 @@ def _uplinks(
     client_id: str,
     max_inflight: int,
     counters: SimulationCounters,
-) -> dict[str, _Uplink]:
-    """Vendor id → its connection: its own with its credentials, else the shared one."""
+    chirpstack: ChirpStackTarget | None = None,
+    intake: IntakeTarget | None = None,
+    seed: int = 1,
+) -> dict[str, _Uplink | _Pusher]:
+    """Vendor id → its connection: its own with its credentials, else the shared one; the
+    simulated ChirpStack's for LoRaWAN vendors; the HTTP pusher for CTWing and OneNET."""
     shared: _Uplink | None = None
-    uplinks: dict[str, _Uplink] = {}
+    network: _Uplink | None = None
+    pusher: _Pusher | None = None
+    uplinks: dict[str, _Uplink | _Pusher] = {}
     for vendor in sorted({d.vendor for d in fleet.devices}):
-        if vendor in vendor_credentials:
+        link = fleet.link_of(vendor)
+        if link == CHIRPSTACK:
+            assert chirpstack is not None  # _check_links
+            if network is None:
+                network = _Uplink(
+                    chirpstack.host, chirpstack.port, f"chirpstack-{client_id}",
+                    chirpstack.username, chirpstack.password, max_inflight, counters,
+                )  # fmt: skip
+            uplinks[vendor] = network
+        elif link in (CTWING, ONENET):
+            assert intake is not None  # _check_links
+            if pusher is None:
+                pusher = _Pusher(intake, counters, seed)
+            uplinks[vendor] = pusher
+        elif vendor in vendor_credentials:
             user, secret = vendor_credentials[vendor]
             # The vendor's id first: the broker may confine a vendor's client ids to it, and
             # refuses the platform's prefix (`cityiot`) to vendor accounts.
@@ -552,3 +641,123 @@ class _Uplink:
 
     def _writable(self) -> None:
         self._client.loop_write()
+
+
+class _Pusher:
+    """The simulated CTWing and OneNET: each message posted to the platform's intake, at
+    most :data:`HTTP_CONCURRENCY` at a time, with the vendor's token (CTWing: ``?token=``;
+    OneNET: the body signed over it). A 503 is retried after its Retry-After, a lost
+    connection after a second, until the platform answers; any other error is counted as
+    ``refused`` and logged (once a minute per vendor and status), not retried."""
+
+    def __init__(self, target: IntakeTarget, counters: SimulationCounters, seed: int) -> None:
+        self.target = target
+        self.sent = 0
+        self.acked = 0
+        self.connected = True  # nothing to connect: each push is a request
+        self._counters = counters
+        self._rng = random.Random(f"cityiot-push:{seed}")
+        self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._workers: list[asyncio.Task[None]] = []
+        self._http: httpx.AsyncClient | None = None
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._closing = False
+        self._warned: dict[tuple[str, int], float] = {}
+
+    @property
+    def pending(self) -> int:
+        return self.sent - self.acked
+
+    def listen(self, topic_filter: str, handler: Callable[..., None]) -> None:
+        """Commands are not sent to NB-IoT devices through the push (nothing to listen to)."""
+
+    async def connect(self, timeout_s: float) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=self.target.api_url.rstrip("/"),
+            timeout=httpx.Timeout(timeout_s),
+            limits=httpx.Limits(max_connections=HTTP_CONCURRENCY),
+        )
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"simulator-push-{i}")
+            for i in range(HTTP_CONCURRENCY)
+        ]
+
+    def publish(self, message: tuple[str, bytes, str], qos: int) -> bool:
+        path, payload, _label = message
+        self.sent += 1
+        self._drained.clear()
+        self._queue.put_nowait((path, payload))
+        return True
+
+    async def close(self, drain_timeout_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), drain_timeout_s)
+        if self.pending > 0:
+            log.warning("event=simulator_unacknowledged count=%d api=%s",
+                        self.pending, self.target.api_url)  # fmt: skip
+        self._closing = True
+        for worker in self._workers:
+            worker.cancel()
+        for worker in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+        if self._http is not None:
+            await self._http.aclose()
+
+    async def _work(self) -> None:
+        while True:
+            path, payload = await self._queue.get()
+            try:
+                await self._push(path, payload)
+            finally:
+                self.acked += 1
+                self._counters.acknowledged += 1
+                if self.acked >= self.sent:
+                    self._drained.set()
+
+    async def _push(self, path: str, payload: bytes) -> None:
+        """Post until the platform takes it (200) or refuses it for good (another error)."""
+        assert self._http is not None
+        vendor = path.rsplit("/", 1)[-1]
+        token = self.target.tokens[vendor]
+        if path.startswith(links.intake_path(ONENET, "")):
+            params: dict[str, str] = {}
+            body = links.onenet_body(payload, token, self._rng)
+        else:
+            params, body = {"token": token}, payload
+        headers = {"Content-Type": "application/json"}
+        while True:
+            try:
+                response = await self._http.post(path, content=body, params=params, headers=headers)
+            except httpx.TransportError as exc:
+                self._counters.retries += 1
+                self._warn(vendor, 0, f"the API at {self.target.api_url} is unreachable ({exc!r})")
+                await asyncio.sleep(HTTP_RETRY_DEFAULT_S)
+                continue
+            if response.status_code == 200:
+                return
+            if response.status_code == 503:  # not durable now: CTWing and OneNET push again
+                self._counters.retries += 1
+                await asyncio.sleep(_retry_after_s(response.headers.get("Retry-After")))
+                continue
+            self._counters.refused += 1
+            self._warn(vendor, response.status_code, response.text[:300])
+            return
+
+    def _warn(self, vendor: str, status: int, detail: str) -> None:
+        now = time.monotonic()
+        if now - self._warned.get((vendor, status), -60.0) < 60.0:
+            return
+        self._warned[(vendor, status)] = now
+        log.warning("event=simulator_push_refused vendor=%s status=%d detail=%r",
+                    vendor, status, detail)  # fmt: skip
+
+
+def _retry_after_s(value: str | None) -> float:
+    """Seconds a Retry-After header asks for (a number of seconds), within reason."""
+    try:
+        seconds = float(value) if value is not None else HTTP_RETRY_DEFAULT_S
+    except ValueError:
+        seconds = HTTP_RETRY_DEFAULT_S
+    return min(max(seconds, 0.0), HTTP_RETRY_MAX_S)

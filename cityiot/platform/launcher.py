@@ -7,6 +7,13 @@ started. The local broker runs with authentication on: the platform's own accoun
 (``cityiot``), one account per simulated vendor (the simulator publishes as each vendor, so
 the ACL applies), and the API manages vendors' accounts in its password and ACL files.
 Secrets stay in the run directory, readable by their owner only.
+
+The simulated fleet speaks every link (docs/design.md §4a): beside the MQTT vendors, a
+LoRaWAN vendor whose devices' uplinks come as a simulated ChirpStack's events (published on
+the local broker's side listener under an account of its own, which may use
+``application/#`` only; the ingest takes them with ``CITYIOT_CHIRPSTACK_MQTT_URL`` set to
+the local broker), and NB-IoT vendors on CTWing and OneNET, whose pushes are posted to the
+in-process API with intake tokens issued at start.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import json
 import secrets
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,15 +40,32 @@ from cityiot.domain.catalogue import KINDS
 from cityiot.domain.settings import MqttTarget, Settings
 from cityiot.ingest.pipeline import Ingest, IngestCounters
 from cityiot.platform.gcpolicy import settle
-from cityiot.platform.local_services import LocalBroker, LocalInflux, write_private
+from cityiot.platform.local_services import LocalBroker, LocalInflux, SideListener, write_private
 from cityiot.platform.redact import redact_text
 from cityiot.platform.wiring import platform
 from cityiot.rules.service import RulesStage
-from cityiot.simulators import Fleet, run_simulation
-from cityiot.storage.broker_access import PLATFORM_USER, BrokerAccess, password_matches
+from cityiot.simulators import (
+    DEFAULT_VENDORS,
+    LINK_VENDORS,
+    VENDOR_LINKS,
+    ChirpStackTarget,
+    Fleet,
+    IntakeTarget,
+    SimulationCounters,
+    run_simulation,
+)
+from cityiot.simulators.fleet import CHIRPSTACK, CTWING, ONENET
+from cityiot.storage.broker_access import (
+    PLATFORM_USER,
+    BrokerAccess,
+    mosquitto_hash,
+    password_matches,
+)
 from cityiot.storage.device_csv import parse_device_csv
 from cityiot.storage.engine import make_engine, migrate, sessionmaker
+from cityiot.storage.intake_tokens import issue_intake_token
 from cityiot.storage.registry import import_devices, upsert_vendor
+from cityiot.storage.secret import platform_secret
 
 # Files in the run directory; the secrets among them are readable by their owner only.
 PLATFORM_SECRET = "mqtt-platform-password"  # the broker account of ingest, rules and API
@@ -48,6 +73,14 @@ SIMULATOR_SECRET = "mqtt-simulator-accounts.json"  # one MQTT account per simula
 ADMIN_KEY_SECRET = "admin-api-key"
 PASSWORD_FILE = "passwd"  # under <run_dir>/mosquitto/, written by cityiot.storage.broker_access
 ACL_FILE = "acl"
+# The simulated ChirpStack's broker account, on the broker's side listener (its own files,
+# which the platform's vendor changes never rewrite).
+CHIRPSTACK_USER = "chirpstack-sim"
+CHIRPSTACK_SECRET = "mqtt-chirpstack-password"
+CHIRPSTACK_PASSWORD_FILE = "chirpstack.passwd"  # under <run_dir>/mosquitto/
+CHIRPSTACK_ACL_FILE = "chirpstack.acl"
+CHIRPSTACK_TOPICS = "application/#"
+LINK_TITLES = {"mqtt": "MQTT", CHIRPSTACK: "LoRaWAN", CTWING: "CTWing", ONENET: "OneNET"}
 
 
 @dataclass(frozen=True)
@@ -71,12 +104,21 @@ async def run_platform(
     _check_api_port(settings)
     with contextlib.ExitStack() as services:
         updates: dict[str, object] = {}
+        lorawan = launch.simulate and simulates_lorawan(settings)
         # The registry first: a local broker starts on account files written from it.
-        fleet = await prepare_registry(settings, launch, run_dir, out) if launch.simulate else None
+        fleet = (
+            await prepare_registry(settings, launch, run_dir, out, lorawan=lorawan)
+            if launch.simulate
+            else None
+        )
         accounts = await prepare_access(settings, run_dir, fleet)
+        chirpstack: ChirpStackTarget | None = None
         if not settings.mqtt_url:
             out.print("starting Mosquitto (authentication on) …")
             files = run_dir / "mosquitto"
+            side = None
+            if lorawan:
+                side = SideListener(files / CHIRPSTACK_PASSWORD_FILE, files / CHIRPSTACK_ACL_FILE)
             broker = services.enter_context(
                 LocalBroker(
                     run_dir,
@@ -87,15 +129,23 @@ async def run_platform(
                     # The platform's client ids (e.g. cityiot-ingest) for its own account only.
                     reserved_prefixes=sorted({PLATFORM_USER, settings.mqtt_client_id}),
                     platform_users=[PLATFORM_USER],
+                    side_listener=side,
                 )
             )
             password = quote(accounts.platform_password, safe="")
+            platform_url = f"mqtt://{PLATFORM_USER}:{password}@{broker.host}:{broker.port}"
             updates |= {
-                "mqtt_url": f"mqtt://{PLATFORM_USER}:{password}@{broker.host}:{broker.port}",
+                "mqtt_url": platform_url,
                 "broker_password_file": files / PASSWORD_FILE,
                 "broker_acl_file": files / ACL_FILE,
                 "broker_pid_file": broker.pid_path,
             }
+            if side is not None:
+                # The ingest reads ChirpStack's events as the platform, on the main listener.
+                updates["chirpstack_mqtt_url"] = platform_url
+                chirpstack = ChirpStackTarget(
+                    broker.host, broker.side_port, CHIRPSTACK_USER, accounts.chirpstack_password
+                )
         if not settings.influx_url:
             out.print("starting InfluxDB (authentication on) …")
             influx = services.enter_context(LocalInflux(run_dir, auth=True))
@@ -110,7 +160,9 @@ async def run_platform(
             assert rules is not None and api is not None
             settle(settings.gc_full_every_s)  # registry and rule state loaded: before readings
             tasks = [running.start()]
+            sent = SimulationCounters()
             if fleet is not None:
+                intake = IntakeTarget(api.url, accounts.intake_tokens)
                 tasks.append(
                     asyncio.create_task(
                         simulate_fleet(
@@ -124,13 +176,16 @@ async def run_platform(
                             stop,
                             out,
                             vendor_credentials=accounts.vendors or None,
+                            chirpstack=chirpstack,
+                            intake=intake if accounts.intake_tokens else None,
+                            counters=sent,
                         ),
                         name="simulator",
                     )
                 )
-            show_where(settings, run_dir, out, api.url)
+            show_where(settings, run_dir, out, api.url, chirpstack)
             try:
-                await watch(ingest, rules, stop, tasks, out)
+                await watch(ingest, rules, stop, tasks, out, sent if fleet is not None else None)
             finally:
                 stop.set()
                 await running.stop()
@@ -162,6 +217,8 @@ class LocalAccounts:
     platform_password: str = ""  # the broker's service account, when it starts the broker
     vendors: dict[str, tuple[str, str]] = field(default_factory=dict)  # simulator: vendor → login
     admin_key: str = ""
+    chirpstack_password: str = ""  # the simulated ChirpStack's account (side listener)
+    intake_tokens: dict[str, str] = field(default_factory=dict)  # CTWing/OneNET vendor → token
 
 
 async def prepare_access(settings: Settings, run_dir: Path, fleet: Fleet | None) -> LocalAccounts:
@@ -172,8 +229,9 @@ async def prepare_access(settings: Settings, run_dir: Path, fleet: Fleet | None)
     try:
         sessions = sessionmaker(engine)
         admin_key = await _admin_key(sessions, run_dir)
+        tokens = await _intake_tokens(settings, sessions, fleet) if fleet else {}
         if settings.mqtt_url:  # someone else's broker: its accounts are not ours to write
-            return LocalAccounts(admin_key=admin_key)
+            return LocalAccounts(admin_key=admin_key, intake_tokens=tokens)
         password = _secret(run_dir / PLATFORM_SECRET, lambda: secrets.token_urlsafe(24))
         files = run_dir / "mosquitto"
         # No pid file: the broker starts after this, reading the files as written.
@@ -182,23 +240,64 @@ async def prepare_access(settings: Settings, run_dir: Path, fleet: Fleet | None)
         )
         vendors = await _simulator_accounts(access, fleet, run_dir) if fleet else {}
         await access.sync(reload=False)
+        lora = fleet is not None and any(d.link == CHIRPSTACK for d in fleet.devices)
+        chirpstack = _chirpstack_account(run_dir) if lora else ""
     finally:
         await engine.dispose()
-    return LocalAccounts(password, vendors, admin_key)
+    return LocalAccounts(password, vendors, admin_key, chirpstack, tokens)
+
+
+def simulates_lorawan(settings: Settings) -> bool:
+    """Whether the run's fleet has LoRaWAN devices: only when it starts the broker (the
+    simulated ChirpStack's account lives on it) and ChirpStack's URL is left to it."""
+    return not settings.mqtt_url and not getattr(settings, "chirpstack_mqtt_url", "x")
+
+
+def _chirpstack_account(run_dir: Path) -> str:
+    """The simulated ChirpStack's password (kept between runs), and the side listener's
+    password and ACL files: its one account may use ``application/#`` and nothing else."""
+    password = _secret(run_dir / CHIRPSTACK_SECRET, lambda: secrets.token_urlsafe(24))
+    files = run_dir / "mosquitto"
+    files.mkdir(parents=True, exist_ok=True)
+    header = "# Written by cityiot run for its simulated ChirpStack; rewritten at each start.\n"
+    write_private(
+        files / CHIRPSTACK_PASSWORD_FILE, f"{header}{CHIRPSTACK_USER}:{mosquitto_hash(password)}\n"
+    )
+    write_private(
+        files / CHIRPSTACK_ACL_FILE,
+        f"{header}user {CHIRPSTACK_USER}\ntopic readwrite {CHIRPSTACK_TOPICS}\n",
+    )
+    return password
+
+
+async def _intake_tokens(settings: Settings, sessions: Any, fleet: Fleet) -> dict[str, str]:
+    """A fresh intake token for each CTWing and OneNET vendor of the fleet (issuing one
+    replaces the vendor's previous token: only this run's simulator pushes with it)."""
+    secret = platform_secret(settings)
+    tokens: dict[str, str] = {}
+    used = {d.vendor for d in fleet.devices}
+    for vendor in (v for link in (CTWING, ONENET) for v in fleet.vendors_on(link)):
+        if vendor in used:
+            issued = await issue_intake_token(
+                sessions, vendor, secret=secret, actor="cityiot run (simulator)"
+            )
+            tokens[vendor] = issued.token
+    return tokens
 
 
 async def _simulator_accounts(
     access: BrokerAccess, fleet: Fleet, run_dir: Path
 ) -> dict[str, tuple[str, str]]:
-    """vendor → (username, password) for the simulator; kept between runs, reissued when the
-    database no longer holds the account (e.g. after ``make clean``)."""
+    """vendor → (username, password) for the simulator's MQTT vendors (the others report
+    through their networks); kept between runs, reissued when the database no longer holds
+    the account (e.g. after ``make clean``)."""
     path = run_dir / SIMULATOR_SECRET
     try:
         kept = {v: (u, p) for v, (u, p) in json.loads(path.read_text()).items()}
     except (OSError, ValueError, TypeError):
         kept = {}
     accounts: dict[str, tuple[str, str]] = {}
-    for vendor_id, _name, _codec in fleet.vendors:
+    for vendor_id in fleet.vendors_on("mqtt"):
         active = {c.username: c for c in await access.credentials(vendor_id, active_only=True)}
         username, password = kept.get(vendor_id, ("", ""))
         row = active.get(username)
@@ -244,11 +343,19 @@ def _owner_only(run_dir: Path) -> None:
             path.chmod(0o600)
 
 
+def simulated_fleet(devices: int, seed: int, *, lorawan: bool = True) -> Fleet:
+    """The fleet of ``cityiot run``: the MQTT vendors and those of the other links
+    (:data:`~cityiot.simulators.LINK_VENDORS`), the LoRaWAN ones only when ``lorawan``."""
+    extra = [v for v in LINK_VENDORS if lorawan or VENDOR_LINKS.get(v.id) != CHIRPSTACK]
+    return Fleet.generate(devices, seed, vendors=(*DEFAULT_VENDORS, *extra))
+
+
 async def prepare_registry(
-    settings: Settings, launch: Launch, run_dir: Path, out: Console
+    settings: Settings, launch: Launch, run_dir: Path, out: Console, *, lorawan: bool = True
 ) -> Fleet:
-    """Generate the simulated fleet and register its vendors and devices."""
-    fleet = Fleet.generate(launch.devices, launch.seed)
+    """Generate the simulated fleet and register its vendors (with their codecs) and
+    devices (with their identities on their networks)."""
+    fleet = simulated_fleet(launch.devices, launch.seed, lorawan=lorawan)
     csv_path = run_dir / "fleet.csv"
     fleet.write_csv(csv_path)
     await migrate(settings.database_url)
@@ -267,6 +374,12 @@ async def prepare_registry(
         f"registry: {len(parsed.rows)} simulated devices from {csv_path} "
         f"(created {report.created}, updated {report.updated}, unchanged {report.unchanged})"
     )
+    by_link = Counter(d.link for d in fleet.devices)
+    out.print(
+        "  by link: "
+        + ", ".join(f"{LINK_TITLES.get(k, k)} {n}" for k, n in sorted(by_link.items()))
+        + ("" if lorawan else " (no LoRaWAN: CITYIOT_MQTT_URL or CHIRPSTACK_MQTT_URL is set)")
+    )
     return fleet
 
 
@@ -281,9 +394,13 @@ async def simulate_fleet(
     stop: asyncio.Event,
     out: Console,
     vendor_credentials: Mapping[str, tuple[str, str]] | None = None,
+    chirpstack: ChirpStackTarget | None = None,
+    intake: IntakeTarget | None = None,
+    counters: SimulationCounters | None = None,
 ) -> None:
     """Publish the fleet to ``settings.mqtt_url``: as each vendor with its own account when
-    ``vendor_credentials`` are given (so the broker's ACL applies), else as the URL's user."""
+    ``vendor_credentials`` are given (so the broker's ACL applies), else as the URL's user;
+    LoRaWAN devices as the simulated ``chirpstack``, NB-IoT ones pushed to ``intake``."""
     target = MqttTarget(settings.mqtt_url)
     out.print(f"simulator: {len(fleet.devices)} devices at {rate:g} msg/s, seed {seed}")
     await run_simulation(
@@ -298,11 +415,20 @@ async def simulate_fleet(
         username=target.username,
         password=target.password,
         vendor_credentials=vendor_credentials,
+        chirpstack=chirpstack,
+        intake=intake,
+        counters=counters,
         stop=stop,
     )
 
 
-def show_where(settings: Settings, run_dir: Path, out: Console, api_url: str) -> None:
+def show_where(
+    settings: Settings,
+    run_dir: Path,
+    out: Console,
+    api_url: str,
+    chirpstack: ChirpStackTarget | None = None,
+) -> None:
     db = settings.influx_db
     target = MqttTarget(settings.mqtt_url)
     out.print(f"[bold]cityiot is running[/] — run directory {run_dir}")
@@ -320,7 +446,17 @@ def show_where(settings: Settings, run_dir: Path, out: Console, api_url: str) ->
         out.print(f"  MQTT account  {target.username}{where}")
     if settings.broker_acl_file is not None:
         out.print(f"  broker ACL    {settings.broker_acl_file}  (vendors: POST /api/v1/vendors)")
+    if chirpstack is not None:
+        out.print(
+            f"  ChirpStack    simulated: {CHIRPSTACK_USER} on mqtt://{chirpstack.host}:"
+            f"{chirpstack.port} publishes {CHIRPSTACK_TOPICS} (password in "
+            f"{run_dir / CHIRPSTACK_SECRET})"
+        )
     out.print(f"  API           {api_url}/api/v1  (docs {api_url}/docs)")
+    out.print(
+        f"  NB-IoT push   {api_url}/api/v1/intake/ctwing/{{vendor}}?token=T, "
+        f"{api_url}/api/v1/intake/onenet/{{vendor}}  (tokens: cityiot vendors intake-token ID)"
+    )
     out.print(f"  admin key     {run_dir / ADMIN_KEY_SECRET}")
     out.print(f"  console       {api_url}/  (sign in with the admin key above)")
     key_file = run_dir / ADMIN_KEY_SECRET
@@ -361,13 +497,16 @@ async def watch(
     stop: asyncio.Event,
     tasks: list[asyncio.Task[None]],
     out: Console,
+    sent: SimulationCounters | None = None,
 ) -> None:
-    """Live counters (per second and totals) until ``stop`` or a stage fails."""
+    """Live counters (per second and totals) until ``stop`` or a stage fails; with the
+    simulator's counters (``sent``), its messages per link too."""
     last = _snapshot(ingest.counters)
     last_t = time.monotonic()
     rates = (0.0, 0.0, 0.0)
+    links = _LinkRates(sent)
     with Live(
-        _table(ingest, rules, rates), console=out, auto_refresh=False, redirect_stdout=False
+        _table(ingest, rules, rates, links), console=out, auto_refresh=False, redirect_stdout=False
     ) as live:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -377,8 +516,9 @@ async def watch(
                     raise task.exception()  # type: ignore[misc]
             now, snap = time.monotonic(), _snapshot(ingest.counters)
             rates = tuple((b - a) / (now - last_t) for a, b in zip(last, snap, strict=True))  # type: ignore[assignment]
+            links.tick(now - last_t)
             last, last_t = snap, now
-            live.update(_table(ingest, rules, rates), refresh=True)
+            live.update(_table(ingest, rules, rates, links), refresh=True)
             if not out.is_terminal and int(now) % 5 == 0:
                 c = ingest.counters
                 out.print(
@@ -386,6 +526,7 @@ async def watch(
                     f"rejected/s={rates[2]:.0f} stored={c.stored} rejected={c.rejected} "
                     f"alert_events={rules.engine.counters.events} "
                     f"notifications_sent={rules.deliverer.counters.sent}"
+                    + "".join(f" sent_{k}={n}" for k, n in links.totals())
                 )
 
 
@@ -393,7 +534,34 @@ def _snapshot(c: IngestCounters) -> tuple[int, int, int]:
     return (c.messages, c.stored, c.rejected)
 
 
-def _table(ingest: Ingest, rules: RulesStage, rates: tuple[float, float, float]) -> Table:
+class _LinkRates:
+    """The simulator's telemetry messages by link: totals and the last interval's rate."""
+
+    def __init__(self, sent: SimulationCounters | None) -> None:
+        self.sent = sent
+        self.rates: dict[str, float] = {}
+        self._last: dict[str, int] = {}
+
+    def tick(self, elapsed_s: float) -> None:
+        if self.sent is None or elapsed_s <= 0:
+            return
+        now = dict(self.sent.by_link)
+        self.rates = {k: (n - self._last.get(k, 0)) / elapsed_s for k, n in now.items()}
+        self._last = now
+
+    def totals(self) -> list[tuple[str, int]]:
+        """(link, messages sent) in the order of :data:`LINK_TITLES`."""
+        if self.sent is None:
+            return []
+        return [(k, self.sent.by_link[k]) for k in LINK_TITLES if self.sent.by_link.get(k)]
+
+
+def _table(
+    ingest: Ingest,
+    rules: RulesStage,
+    rates: tuple[float, float, float],
+    links: _LinkRates | None = None,
+) -> Table:
     c = ingest.counters
     table = Table(title="cityiot ingest", title_justify="left")
     for column in ("", "per second", "total"):
@@ -402,6 +570,9 @@ def _table(ingest: Ingest, rules: RulesStage, rates: tuple[float, float, float])
     table.add_row("stored", f"{rates[1]:,.0f}", f"{c.stored:,}")
     table.add_row("rejected", f"{rates[2]:,.0f}", f"{c.rejected:,}")
     table.add_row("duplicates", "", f"{c.duplicates:,}")
+    for link, total in links.totals() if links is not None else ():
+        rate = links.rates.get(link, 0.0) if links is not None else 0.0
+        table.add_row(f"  sent by {LINK_TITLES[link]}", f"{rate:,.0f}", f"{total:,}")
     for kind in KINDS:
         table.add_row(f"  {kind}", "", f"{c.stored_by_kind.get(kind, 0):,}")
     table.add_row("devices online", "", f"{len(ingest.presence.online):,}/{len(ingest.devices):,}")

@@ -28,6 +28,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 from types import TracebackType
@@ -133,6 +134,11 @@ class LocalService(abc.ABC):
     # -- public -------------------------------------------------------------------------
 
     @property
+    def ports_needed(self) -> int:
+        """How many ports the server listens on (the client port first)."""
+        return self.port_count
+
+    @property
     def port(self) -> int:
         """The client port; known once started, and kept by ``restart()``."""
         if not self._ports:
@@ -236,7 +242,7 @@ class LocalService(abc.ABC):
         if self._requested_port is not None:
             previous[:1] = [self._requested_port]
         ports: list[int] = []
-        for i in range(self.port_count):
+        for i in range(self.ports_needed):
             if i < len(previous) and previous[i] not in ports and port_is_free(previous[i]):
                 ports.append(previous[i])
             elif i == 0 and self._requested_port is not None:
@@ -430,6 +436,18 @@ def clientid_plugin(cache_dir: Path | None = None, source: Path = PLUGIN_SOURCE)
     return target
 
 
+@dataclass(frozen=True, slots=True)
+class SideListener:
+    """A second listener of a :class:`LocalBroker`, on a port of its own, whose accounts
+    and ACL are its own files: accounts the platform does not manage (its password and ACL
+    files are rewritten from the database on every vendor change), e.g. the simulated
+    ChirpStack's, which may publish only under ``application/#``. Messages cross listeners:
+    the platform's clients on the main one receive what is published here."""
+
+    password_file: Path
+    acl_file: Path
+
+
 class LocalBroker(LocalService):
     """Mosquitto 2 on 127.0.0.1, persistence on (QoS 1 sessions survive restarts).
 
@@ -440,6 +458,8 @@ class LocalBroker(LocalService):
     ``platform_users``; with ``vendor_map`` a vendor's ids must start with its vendor id; and
     telemetry is never retained. ``max_payload_bytes`` becomes ``message_size_limit`` (None:
     no limit). The log is rotated at start when over ``log_max_bytes`` (see ``rotate_log``).
+    ``side_listener`` opens a second port (``side_port``) with its own accounts and ACL
+    (Mosquitto's ``per_listener_settings``), guarded by the client-id plugin like the first.
     """
 
     name = "mosquitto"
@@ -461,10 +481,12 @@ class LocalBroker(LocalService):
         vendor_map: Path | None = None,
         plugin_cache_dir: Path | None = None,
         log_max_bytes: int = 16 << 20,
+        side_listener: SideListener | None = None,
         ready_timeout_s: float = 30.0,
         template: Path | None = None,
     ) -> None:
         super().__init__(run_dir, port, ready_timeout_s=ready_timeout_s, template=template)
+        self.side_listener = side_listener
         self.password_file = password_file
         self.acl_file = acl_file
         self.allow_anonymous = password_file is None if allow_anonymous is None else allow_anonymous
@@ -502,21 +524,52 @@ class LocalBroker(LocalService):
     def host(self) -> str:
         return HOST
 
+    @property
+    def ports_needed(self) -> int:
+        return 1 if self.side_listener is None else 2  # the main port, then the side one's
+
+    @property
+    def side_port(self) -> int:
+        """The side listener's port (ServiceError without one, or before start)."""
+        if self.side_listener is None:
+            raise ServiceError("this broker has no side listener: pass side_listener=")
+        self.port  # noqa: B018 -- raises when not started
+        return self._ports[1]
+
+    def _plugin_lines(self) -> list[str]:
+        if not self.guard_client_ids:
+            return []
+        lines = [
+            f"plugin {clientid_plugin(self._plugin_cache_dir)}",
+            f"plugin_opt_reserved_prefixes {','.join(self.reserved_prefixes)}",
+            f"plugin_opt_platform_users {','.join(self.platform_users)}",
+        ]
+        if self.vendor_map is not None:
+            lines.append(f"plugin_opt_vendor_map {Path(self.vendor_map).resolve()}")
+        return lines
+
+    def _side_lines(self) -> list[str]:
+        side = self.side_listener
+        if side is None:
+            return []
+        return [
+            "# The side listener: accounts and ACL of its own (per_listener_settings).",
+            f"listener {self._ports[1]} {HOST}",
+            "max_connections 100",
+            "allow_anonymous false",
+            f"password_file {Path(side.password_file).resolve()}",
+            f"acl_file {Path(side.acl_file).resolve()}",
+            # No vendor map here: its accounts are no vendors'.
+            *(line for line in self._plugin_lines() if "vendor_map" not in line),
+        ]
+
     def _placeholders(self) -> dict[str, str]:
         auth = []
         if self.password_file is not None:
             auth.append(f"password_file {Path(self.password_file).resolve()}")
         if self.acl_file is not None:
             auth.append(f"acl_file {Path(self.acl_file).resolve()}")
-        plugin = []
-        if self.guard_client_ids:
-            plugin = [
-                f"plugin {clientid_plugin(self._plugin_cache_dir)}",
-                f"plugin_opt_reserved_prefixes {','.join(self.reserved_prefixes)}",
-                f"plugin_opt_platform_users {','.join(self.platform_users)}",
-            ]
-            if self.vendor_map is not None:
-                plugin.append(f"plugin_opt_vendor_map {Path(self.vendor_map).resolve()}")
+        plugin = self._plugin_lines()
         return {
             "port": str(self.port),
             # As root Mosquitto would drop to user "mosquitto", who cannot write our run dir.
@@ -527,6 +580,8 @@ class LocalBroker(LocalService):
             "auth": "\n".join(auth),
             "plugin": "\n".join(plugin),
             "max_payload": str(self.max_payload_bytes or 0),
+            "per_listener_settings": "true" if self.side_listener is not None else "false",
+            "side_listener": "\n".join(self._side_lines()),
         }
 
     def _argv(self, program: str) -> list[str]:
