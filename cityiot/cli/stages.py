@@ -167,29 +167,104 @@ def simulate(
         ),
     ] = None,
     malformed: Annotated[float, typer.Option(help="Share of malformed messages, 0..1.")] = 0.0,
+    links: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--link",
+            help="Links the fleet's devices report by (repeat it): mqtt (default), chirpstack "
+            "(LoRaWAN: vendor tianzhong-lora, codec hexframe, devices with dev_eui; needs "
+            "--chirpstack-url), ctwing (ct-nb-frame hexframe, ct-nb-model json; devices with "
+            "imei) and onenet (cm-nb-onenet json; imei and onenet_dev_id), which need "
+            "--api-url and --intake-token for their vendors. Register the vendors with those "
+            "codecs and import --csv before publishing.",
+        ),
+    ] = None,
+    chirpstack_url: Annotated[
+        str,
+        typer.Option(
+            help="mqtt://user:pass@host:port where the simulated ChirpStack publishes its "
+            "events (application/…/event/up and /status): an account that may publish "
+            "application/#; the ingest reads them with CITYIOT_CHIRPSTACK_MQTT_URL.",
+        ),
+    ] = "",
+    api_url: Annotated[
+        str,
+        typer.Option(
+            help="The platform's API (http://host:port), where the simulated CTWing and OneNET "
+            "post to /api/v1/intake/{ctwing,onenet}/{vendor}.",
+        ),
+    ] = "",
+    intake_tokens: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--intake-token",
+            help="VENDOR=TOKEN, a CTWing/OneNET vendor's intake token (repeat it per vendor; "
+            "from `cityiot vendors intake-token VENDOR`).",
+        ),
+    ] = None,
 ) -> None:
-    """Publish a simulated fleet to CITYIOT_MQTT_URL (and/or write its registry CSV)."""
+    """Publish a simulated fleet to CITYIOT_MQTT_URL (and/or write its registry CSV); with
+    --link, also LoRaWAN devices as a ChirpStack's events and NB-IoT ones as CTWing's and
+    OneNET's HTTP pushes."""
+    from cityiot.domain.settings import MqttTarget
     from cityiot.platform.launcher import simulate_fleet
-    from cityiot.simulators import Fleet
+    from cityiot.simulators import (
+        DEFAULT_VENDORS,
+        LINK_VENDORS,
+        LINKS,
+        VENDOR_LINKS,
+        ChirpStackTarget,
+        Fleet,
+        IntakeTarget,
+    )
 
+    chosen = list(dict.fromkeys(links or ["mqtt"]))
+    unknown = [link for link in chosen if link not in LINKS]
+    if unknown:
+        fail(f"unknown --link {', '.join(unknown)}: use {', '.join(LINKS)}")
+    tokens: dict[str, str] = {}
+    for given in intake_tokens or []:
+        vendor, sep, token = given.partition("=")
+        if not sep or not vendor or not token:
+            fail(f"--intake-token {given!r}: write it VENDOR=TOKEN, e.g. ct-nb-frame=AbC123…")
+        tokens[vendor] = token
     settings = load_settings()
     configure_logging(settings)
-    fleet = Fleet.generate(devices, seed)
+    vendors = [v for v in DEFAULT_VENDORS if "mqtt" in chosen]
+    vendors += [v for v in LINK_VENDORS if VENDOR_LINKS[v.id] in chosen]
+    if not vendors:
+        fail("no vendor reports by the links chosen: add --link mqtt or another")
+    fleet = Fleet.generate(devices, seed, vendors=vendors)
     if csv is not None:
         fleet.write_csv(csv)
         err.print(f"wrote {len(fleet.devices)} devices to {csv}")
+        for vendor in (v for v in vendors if v in LINK_VENDORS):
+            err.print(f"  vendor {vendor.id} ({VENDOR_LINKS[vendor.id]}): codec {vendor.codec}")
     if not settings.mqtt_url:
         if csv is None:
             fail("set CITYIOT_MQTT_URL to publish (or give --csv to only write the registry CSV)")
         return
+    chirpstack = None
+    if "chirpstack" in chosen:
+        if not chirpstack_url:
+            fail("--link chirpstack needs --chirpstack-url mqtt://user:pass@host:port")
+        target = MqttTarget(chirpstack_url)
+        chirpstack = ChirpStackTarget(target.host, target.port, target.username, target.password)
+    intake = None
+    if "ctwing" in chosen or "onenet" in chosen:
+        if not api_url:
+            fail("--link ctwing/onenet needs --api-url http://host:port of the platform's API")
+        intake = IntakeTarget(api_url, tokens)
     stop = asyncio.Event()
+    # A CTWing/OneNET vendor without its token ends it with a ValueError naming the vendor.
     run_until_signal(
         simulate_fleet(
-            settings, fleet, rate, seed, incidents or [], malformed, duration, stop, err
+            settings, fleet, rate, seed, incidents or [], malformed, duration, stop, err,
+            chirpstack=chirpstack, intake=intake,
         ),
         stop,
         settings,
-    )
+    )  # fmt: skip
 
 
 @app.command()
