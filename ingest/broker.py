@@ -25,7 +25,7 @@ import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from cityiot.domain.settings import MqttTarget
 
@@ -59,6 +59,12 @@ class Delivery:
     link_seq: int | None = None
     # Which link brought it (docs/design.md §4a): mqtt, http, chirpstack, ctwing, onenet.
     link: str = "mqtt"
+    # What the network server decoded already (ChirpStack's ``object``): mapped by the
+    # codec's metrics, never decoded again.
+    decoded: dict[str, Any] | None = None
+    # What the network measured (the best RSSI, a status event's battery level): a metric of
+    # the device's kind the codec gave none of takes it.
+    link_metrics: dict[str, float] | None = None
 
 
 @dataclass(slots=True)

@@ -13,10 +13,12 @@ import datetime as dt
 import functools
 import logging
 import time
+from collections.abc import Mapping
+from typing import Any, cast
 
 import msgspec
 
-from cityiot.domain.catalogue import KINDS, is_valid_id
+from cityiot.domain.catalogue import KINDS, Kind, is_valid_id
 from cityiot.domain.settings import Settings
 from cityiot.ingest.batches import (
     RULES_EVERY_S,
@@ -27,7 +29,7 @@ from cityiot.ingest.batches import (
     SealedBatches,
 )
 from cityiot.ingest.broker import BrokerLink, Delivery
-from cityiot.ingest.codecs import CodecBook, PayloadError, RawReading, load_json
+from cityiot.ingest.codecs import Codec, CodecBook, PayloadError, RawReading, load_json
 from cityiot.ingest.dead_letter_limit import (
     OTHER_VENDORS,
     DeadLetterLimit,
@@ -82,6 +84,7 @@ class Intake:
         self._flush_s = settings.flush_interval_ms / 1000
         self._encode = msgspec.json.Encoder()
         self._stopping = asyncio.Event()
+        self._sealed_one = asyncio.Event()  # set when the open batch is sealed (or stopping)
         # While a link that answers its sender takes a message: (index, reason) of each reading
         # refused (the index in the message's batch; 0 for the whole message).
         self.refusals: list[tuple[int, str]] | None = None
@@ -89,6 +92,7 @@ class Intake:
     def stop(self) -> None:
         """Take no more deliveries: :meth:`run` returns after its current hand-over."""
         self._stopping.set()
+        self._sealed_one.set()
 
     @property
     def stopping(self) -> bool:
@@ -152,7 +156,16 @@ class Intake:
         if not self.batch.started:
             return
         batch, self.batch = self.batch, Batch()
+        self._sealed_one.set()
         await self.sealed.seal(batch)
+
+    async def room(self) -> None:
+        """Wait while the open batch holds as many messages as a batch may: for another link
+        that fills it (ChirpStack's), whose broker then holds the rest."""
+        while len(self.batch.spans) >= self._max_unacked and not self.stopping:
+            self._sealed_one.clear()
+            self.link.wake()
+            await self._sealed_one.wait()
 
     def open_batch(self) -> Batch:
         """The open batch, started if it was not: for points and dead letters that come
@@ -214,7 +227,14 @@ class Intake:
                 f"device {device.device_id} is of kind {device.kind!r}, which this ingest does "
                 "not know (yet); check GET /api/v1/kinds and the kind files"
             )
-        raws = codec.decode(payload, kind, device.attributes, delivery.fport, received_ms)
+        if delivery.decoded is not None:
+            raws = [_mapped(codec, delivery.decoded, kind, device.attributes)]
+        elif payload or delivery.link_metrics is None:
+            raws = codec.decode(payload, kind, device.attributes, delivery.fport, received_ms)
+        else:  # no frame: what the network measured is the reading (a battery level)
+            raws = [RawReading(metrics={})]
+        if delivery.link_metrics is not None:
+            raws = _measured(raws, delivery.link_metrics, kind)
         if delivery.link_ts_ms is not None or delivery.link_seq is not None:
             _stamp(raws, delivery)
         batched = len(raws) > 1
@@ -317,16 +337,21 @@ class Intake:
         received_ms: int,
         payload: bytes | None = None,
         index: int = 0,
+        who: tuple[str | None, str | None] | None = None,
     ) -> None:
         """Count ``delivery`` rejected for ``reason`` and keep it (or ``payload``, the part
         refused: reading ``index`` of a batch) as a dead letter in ``batch``, unless its
-        vendor is over its rate."""
+        vendor is over its rate. ``who`` is the (vendor, device id) when the topic is not
+        ours and does not name them (a network server's topic)."""
         if self.refusals is not None:
             self.refusals.append((index, reason))
         raw = delivery.payload if payload is None else payload
-        parts = delivery.topic.split("/")
-        vendor = parts[1][:64] if len(parts) > 1 else None
-        device_id = parts[2][:64] if len(parts) > 2 else None
+        if who is not None:
+            vendor, device_id = who
+        else:
+            parts = delivery.topic.split("/")
+            vendor = parts[1][:64] if len(parts) > 1 else None
+            device_id = parts[2][:64] if len(parts) > 2 else None
         self.counters.rejected += 1
         # Only registered vendors have a bucket of their own: a topic cannot add one.
         bucket = vendor if vendor is not None and vendor in self.devices.codecs else OTHER_VENDORS
@@ -386,6 +411,30 @@ class Intake:
             reason=reason,
             received_at=received_at,
         )
+
+
+def _mapped(
+    codec: Codec, decoded: dict[str, Any], kind: Kind, attributes: Mapping[str, Any]
+) -> RawReading:
+    """The reading of what a network server decoded already (ChirpStack's ``object``):
+    mapped by the codec's ``metrics`` (no script runs), or, for the access standard's own
+    codec, its fields taken as the metrics."""
+    reading = getattr(codec, "reading", None)
+    if reading is not None:
+        return cast(RawReading, reading(decoded, kind, attributes))
+    raws = codec.decode(msgspec.json.encode({"metrics": decoded}), kind, attributes)
+    return raws[0]
+
+
+def _measured(raws: list[RawReading], measured: dict[str, float], kind: Kind) -> list[RawReading]:
+    """The readings with the network's measurements added where the device's kind has the
+    metric and the codec gave none; a reading left with no metric at all is dropped (a
+    status event of a kind without ``battery_pct``: presence only)."""
+    wanted = {name: value for name, value in measured.items() if kind.metric(name) is not None}
+    for raw in raws:
+        for name, value in wanted.items():
+            raw.metrics.setdefault(name, value)
+    return [raw for raw in raws if raw.metrics]
 
 
 def _stamp(raws: list[RawReading], delivery: Delivery) -> None:

@@ -34,6 +34,7 @@ from cityiot.ingest.batches import (
     SealedBatches,
 )
 from cityiot.ingest.broker import BrokerLink, Delivery
+from cityiot.ingest.chirpstack import LINK, ChirpStackLink
 from cityiot.ingest.codecs import Codec, CodecBook
 from cityiot.ingest.dead_letter_limit import DeadLetterLimit
 from cityiot.ingest.devices import DeviceMap
@@ -129,6 +130,17 @@ class Ingest:
         # Messages posted to the API (POST /telemetry/…), answered once durable; None for a
         # rules-only worker, which stores nothing.
         self.http_link = HttpLink(self.intake, self.storing) if store else None
+        # LoRaWAN through ChirpStack (CITYIOT_CHIRPSTACK_MQTT_URL): see link_chirpstack.
+        self.chirpstack: ChirpStackLink | None = None
+
+    def link_chirpstack(self, uplinks: BrokerLink, commands: BrokerLink | None) -> ChirpStackLink:
+        """Take ChirpStack's events from ``uplinks`` (acknowledged there once durable) and
+        send LoRaWAN devices' commands, taken from ``commands``, down through it."""
+        self.chirpstack = ChirpStackLink(
+            self.intake, uplinks, commands, self.codec_book, self.sessions
+        )
+        self.storing.links[LINK] = uplinks
+        return self.chirpstack
 
     # The parts' shared objects, replaceable before run (tests, bench, the partitioner).
 
@@ -194,6 +206,11 @@ class Ingest:
         ]
         upkeep = asyncio.create_task(self.upkeep.run(), name="ingest-upkeep")
         tasks = [*writers, upkeep]
+        watched = list(writers)  # the intake stops when one of these dies
+        if self.chirpstack is not None:
+            await self.chirpstack.load()
+            watched.append(asyncio.create_task(self.chirpstack.run(), name="ingest-chirpstack"))
+            tasks.append(watched[-1])
         if self.latest is not None:
             tasks.append(asyncio.create_task(self.latest.run(), name="ingest-latest"))
         if self.spool is not None:
@@ -202,7 +219,7 @@ class Ingest:
             tasks.append(asyncio.create_task(self.upkeep.checkpoints(), name="ingest-checkpoints"))
             tasks.append(asyncio.create_task(self.upkeep.prune(), name="ingest-dead-letter-prune"))
         try:
-            await self.intake.run(writers)
+            await self.intake.run(watched)
             await self.intake.seal()
             await self.sealed.queue.join()
             log.info(

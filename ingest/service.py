@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from cityiot.domain.settings import MqttTarget, Settings
 from cityiot.ingest.broker import BrokerLink
+from cityiot.ingest.chirpstack import COMMAND_TOPICS, UPLINK_TOPICS
 from cityiot.ingest.partition import shared_topics
 from cityiot.ingest.pipeline import TOPICS, Ingest, ReadingsSink
 from cityiot.ingest.spool import Spool
@@ -96,16 +97,45 @@ async def ingest_stage(
                 MqttTarget(settings.mqtt_url), client_id or settings.worker_client_id, topics
             )
             await stack.enter_async_context(link)
-            yield await stack.enter_async_context(
-                Ingest(
-                    settings,
-                    influx,  # type: ignore[arg-type]
-                    sessionmaker(engine),
-                    link,
-                    on_readings=on_readings,
-                    store=store,
-                    spool=spool,
-                )
+            ingest = Ingest(
+                settings,
+                influx,  # type: ignore[arg-type]
+                sessionmaker(engine),
+                link,
+                on_readings=on_readings,
+                store=store,
+                spool=spool,
             )
+            if store and settings.chirpstack_mqtt_url:
+                await _link_chirpstack(ingest, settings, client_id, stack)
+            yield await stack.enter_async_context(ingest)
     finally:
         await engine.dispose()
+
+
+async def _link_chirpstack(
+    ingest: Ingest, settings: Settings, client_id: str | None, stack: contextlib.AsyncExitStack
+) -> None:
+    """Connect the LoRaWAN link (docs/design.md §4a): ChirpStack's events from its broker,
+    and the commands to LoRaWAN devices from the platform's, each a persistent session of
+    its own (a member of CITYIOT_SHARE_GROUP, like the telemetry subscription)."""
+    own = client_id or settings.worker_client_id
+    target = MqttTarget(settings.chirpstack_mqtt_url)
+    uplinks = BrokerLink(
+        target, f"{own}-chirpstack", shared_topics(UPLINK_TOPICS, settings.share_group)
+    )
+    try:
+        await stack.enter_async_context(uplinks)
+    except ConnectionError as exc:
+        raise ConnectionError(
+            f"{exc}; the broker is CITYIOT_CHIRPSTACK_MQTT_URL's ({target!r}), ChirpStack's "
+            "MQTT integration"
+        ) from None
+    commands = BrokerLink(
+        MqttTarget(settings.mqtt_url),
+        f"{own}-lorawan-commands",
+        shared_topics(COMMAND_TOPICS, settings.share_group),
+    )
+    await stack.enter_async_context(commands)
+    ingest.link_chirpstack(uplinks, commands)
+    log.info("event=chirpstack_linked broker=%s:%s", target.host, target.port)

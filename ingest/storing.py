@@ -60,6 +60,9 @@ class Store:
         self.influx = influx
         self.sessions = session_factory
         self.link = link
+        # Links other than ``link`` whose deliveries share the batches, by Delivery.link
+        # (chirpstack): each delivery is acknowledged on the link it came from.
+        self.links: dict[str, BrokerLink] = {}
         self.sealed = sealed
         self.counters = counters
         self._stores = store
@@ -108,7 +111,10 @@ class Store:
 
     async def _hand_on(self, batch: Batch, started: float) -> None:
         """Acknowledge a stored batch and count it."""
-        self.link.ack(span[0] for span in batch.spans)
+        if self.links:
+            self._ack_by_link(batch)
+        else:
+            self.link.ack(span[0] for span in batch.spans)
         for waiter in batch.waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -131,6 +137,17 @@ class Store:
             len(batch.dead_letters),
             self.counters.last_write_ms,
         )
+
+    def _ack_by_link(self, batch: Batch) -> None:
+        """Acknowledge each of ``batch``'s deliveries on the link it came from."""
+        others: dict[str, list[Delivery]] = {name: [] for name in self.links}
+        own: list[Delivery] = []
+        for delivery, _, _ in batch.spans:
+            others.get(delivery.link, own).append(delivery)
+        self.link.ack(own)
+        for name, deliveries in others.items():
+            if deliveries:
+                self.links[name].ack(deliveries)
 
     async def _write_points(self, batch: Batch) -> None:
         """Points to InfluxDB — or, while it is down or the spool holds older batches, to the

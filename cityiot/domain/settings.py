@@ -26,6 +26,12 @@ class Settings(BaseSettings):
 
     mqtt_url: str = Field("", description="mqtt://user:pass@host:port of the broker")
     mqtt_client_id: str = Field("cityiot-ingest", description="stable id: the persistent session")
+    # LoRaWAN through ChirpStack v4 (docs/design.md §4a): its MQTT integration's broker.
+    chirpstack_mqtt_url: str = Field(
+        "",
+        description="mqtt://user:pass@host:port of ChirpStack's MQTT integration (may be the "
+        "platform's broker); empty: no LoRaWAN link",
+    )
     influx_url: str = Field("", description="http://host:8086 of InfluxDB (v1 HTTP API)")
     influx_db: str = "city"
     influx_token: str = Field("", description="InfluxDB 2.x/3.x token; empty for 1.x")
@@ -195,6 +201,16 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_path_is_default(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("chirpstack_mqtt_url")
+    @classmethod
+    def _chirpstack_url(cls, v: str) -> str:
+        if v and (urlsplit(v).scheme not in ("mqtt", "tcp") or not urlsplit(v).hostname):
+            raise ValueError(
+                "CITYIOT_CHIRPSTACK_MQTT_URL must look like mqtt://user:pass@host:1883 (the "
+                f"broker of ChirpStack's MQTT integration), got {v!r}"
+            )
+        return v
 
     @field_validator("log_level")
     @classmethod
