@@ -131,6 +131,7 @@ export class DeviceView {
           fact(t("device.kind"), i18n.kind(d.kind)),
           fact(t("device.district"), i18n.district(d.district)),
           fact(t("device.vendor"), d.vendor),
+          h("div", { dataset: { fact: "link" } }, h("dt", {}, t("device.link")), h("dd", {}, i18n.link(d.link))),
           fact(t("device.address"), d.address || t("kpi.none")),
           fact(t("device.last_seen"), i18n.time(d.last_seen)),
           fact(t("device.battery"), d.battery_pct === null ? t("kpi.none") : `${i18n.number(d.battery_pct, 0)}%`),

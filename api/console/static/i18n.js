@@ -67,6 +67,12 @@ export const LABELS = Object.freeze({
     "device.kind": "类型",
     "device.district": "区县",
     "device.vendor": "厂商",
+    "device.link": "接入方式",
+    "link.mqtt": "MQTT",
+    "link.http": "HTTP",
+    "link.chirpstack": "LoRaWAN（ChirpStack）",
+    "link.ctwing": "NB-IoT（电信 CTWing）",
+    "link.onenet": "NB-IoT（移动 OneNET）",
     "device.address": "地址",
     "device.status": "状态",
     "device.last_seen": "最后上报",
@@ -166,6 +172,12 @@ export const LABELS = Object.freeze({
     "device.kind": "Kind",
     "device.district": "District",
     "device.vendor": "Vendor",
+    "device.link": "Link",
+    "link.mqtt": "MQTT",
+    "link.http": "HTTP",
+    "link.chirpstack": "LoRaWAN (ChirpStack)",
+    "link.ctwing": "NB-IoT (CTWing)",
+    "link.onenet": "NB-IoT (OneNET)",
     "device.address": "Address",
     "device.status": "Status",
     "device.last_seen": "Last seen",
@@ -247,6 +259,14 @@ export class I18n {
   /** A metric's title with its unit, as screens show it: 倾角 (°), tilt (°); its name while unknown. */
   metric(kindId, name) {
     return metricLabel(this.catalogue.metric(kindId, name), this.lang) ?? name;
+  }
+
+  /** How a device reports (GET /devices' `link`): MQTT, LoRaWAN (ChirpStack), NB-IoT (CTWing)…;
+   * "—" before its first message; a link the console does not know by its name. */
+  link(value) {
+    if (!value) return this.t("kpi.none");
+    const key = `link.${value}`;
+    return key in LABELS[this.lang] ? this.t(key) : String(value);
   }
 
   /** A registry attribute's title; its name while unknown. */

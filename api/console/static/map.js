@@ -264,7 +264,7 @@ export class CityMap {
     this.tip.replaceChildren(
       h("b", {}, device.id),
       h("span", {}, `${t.kind(device.kind)} · ${t.district(device.district)}`),
-      h("span", {}, t.t(`status.${this.stateOf(device)}`)),
+      h("span", {}, `${t.t(`status.${this.stateOf(device)}`)} · ${t.link(device.link)}`),
       device.address ? h("span", {}, device.address) : null,
     );
     this.tip.hidden = false;

@@ -239,6 +239,53 @@ async def test_language_toggle_switches_labels_and_is_remembered(
     tab.assert_clean()
 
 
+async def test_a_device_page_shows_its_link_in_both_languages(
+    platform: ConsolePlatform, open_tab: Any
+) -> None:
+    """接入方式 / Link: how the device reports, as GET /devices says (issue 26); "—" for a
+    device that has not reported yet."""
+    tab = await open_tab()
+    page = tab.page
+    await sign_in(tab, platform)
+    reporting, silent = platform.reporting[0], platform.fleet.devices[0]  # SILENT come first
+    assert (await platform.http.get(f"/devices/{reporting.device_id}")).json()["link"] == "mqtt"
+    assert (await platform.http.get(f"/devices/{silent.device_id}")).json()["link"] is None
+    for device, zh, en in ((reporting, "MQTT", "MQTT"), (silent, "—", "—")):
+        await page.goto(f"{platform.url}/#/device/{device.device_id}")
+        view = page.locator(f'.device-page[data-device-id="{device.device_id}"]')
+        await expect(view).to_have_attribute("data-loaded", "true")
+        link = view.locator("[data-fact=link]")
+        await expect(link.locator("dt")).to_have_text("接入方式")
+        await expect(link.locator("dd")).to_have_text(zh)
+        await page.locator("button.lang").click()
+        await expect(link.locator("dt")).to_have_text("Link")
+        await expect(link.locator("dd")).to_have_text(en)
+        await page.locator("button.lang").click()  # back to Chinese for the next device
+        await expect(link.locator("dt")).to_have_text("接入方式")
+    # Every link the platform names has its title in both languages (the fleet here is MQTT).
+    titles = await page.evaluate(
+        """async () => {
+        const {I18n} = await import('/console/i18n.js');
+        const storage = {getItem: () => null, setItem: () => {}};
+        const out = {};
+        for (const lang of ['zh', 'en']) {
+          const i18n = new I18n(storage, {});
+          i18n.lang = lang;
+          out[lang] = ['mqtt', 'http', 'chirpstack', 'ctwing', 'onenet', null, 'lorawan2']
+            .map(link => i18n.link(link));
+        }
+        return out;
+    }"""
+    )
+    assert titles == {
+        "zh": ["MQTT", "HTTP", "LoRaWAN（ChirpStack）", "NB-IoT（电信 CTWing）",
+               "NB-IoT（移动 OneNET）", "—", "lorawan2"],
+        "en": ["MQTT", "HTTP", "LoRaWAN (ChirpStack)", "NB-IoT (CTWing)", "NB-IoT (OneNET)",
+               "—", "lorawan2"],
+    }  # fmt: skip
+    tab.assert_clean()
+
+
 async def test_a_bad_key_and_a_forbidden_view_say_what_is_wrong(
     platform: ConsolePlatform, open_tab: Any
 ) -> None:
