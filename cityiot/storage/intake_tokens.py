@@ -106,7 +106,7 @@ async def issue_intake_token(
         issued = await _store(sessions, vendor_id, token, salt, actor, role)
     except IntegrityError:  # a concurrent first issue inserted the row: replace it
         issued = await _store(sessions, vendor_id, token, salt, actor, role)
-    _forget(sessions, vendor_id)
+    forget_cached(sessions, vendor_id)
     return issued
 
 
@@ -212,7 +212,7 @@ async def _stored(sessions: async_sessionmaker[AsyncSession], vendor_id: str) ->
     return stored
 
 
-def _forget(sessions: async_sessionmaker[AsyncSession], vendor_id: str) -> None:
+def forget_cached(sessions: async_sessionmaker[AsyncSession], vendor_id: str) -> None:
     """Drop the vendor's cached hash: a token issued in this process works (and the one it
     replaced stops) at once."""
     cache = _caches.get(sessions)

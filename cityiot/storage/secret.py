@@ -51,8 +51,7 @@ def _secret_file(path: Path) -> bytes:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Written aside, then linked into place: the link fails when another process made the
     # file first (both then use its secret), and nobody ever reads a half-written one.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as f:
         f.write(secrets.token_hex(32))

@@ -10,7 +10,13 @@ from typing import Any
 
 from sqlalchemy import select
 
-from cityiot.storage.intake_tokens import issue_intake_token, verify
+from cityiot.storage.intake_tokens import (
+    derive_token,
+    forget_cached,
+    issue_intake_token,
+    signing_token,
+    verify,
+)
 from cityiot.storage.tables.audit import AuditEntry
 from cityiot.storage.tables.intake import IntakeToken
 from tests.api.conftest import Api
@@ -112,3 +118,30 @@ async def test_only_admins_issue_tokens_for_registered_vendors(api: Api) -> None
     assert "no vendor 'nosuch'" in r.json()["detail"]
     assert "POST /api/v1/vendors" in r.json()["detail"]
     assert await stored_rows(api) == {}  # nothing issued by any of these
+
+
+async def test_a_token_is_derived_again_for_signatures_only_under_its_secret(api: Api) -> None:
+    """OneNET signs over the token itself: the API derives it from its secret and the stored
+    salt. A token issued elsewhere under another secret, or before tokens were derived, is
+    refused for signatures (and still verifies as itself for CTWing)."""
+    ctx = api.server.app.state.ctx
+    r = await api.client("admin").post(f"{V}/oldco/intake-token")
+    token = r.json()["token"]
+    assert await signing_token(intake(api), "oldco", ctx.secret) == token
+    # The database holds a hash and a salt: neither is the token, nor gives it without the
+    # secret.
+    async with api.sessions() as session:
+        row = await session.get(IntakeToken, "oldco")
+    assert row is not None and token not in (row.token_hash, row.salt)
+    assert derive_token(b"another secret of 32 characters!", "oldco", row.salt) != token
+    # Issued by a CLI that had another secret: CTWing's check passes, OneNET's cannot.
+    other = await issue_intake_token(intake(api), "oldco", secret=b"o" * 32, actor="cli")
+    assert await verify(intake(api), "oldco", other.token)
+    assert await signing_token(intake(api), "oldco", ctx.secret) is None
+    # A token issued before tokens were derived (no salt).
+    async with api.sessions() as session, session.begin():
+        row = await session.get(IntakeToken, "oldco")
+        assert row is not None
+        row.salt = ""
+    forget_cached(intake(api), "oldco")
+    assert await signing_token(intake(api), "oldco", ctx.secret) is None

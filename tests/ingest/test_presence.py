@@ -57,3 +57,36 @@ def test_a_resumed_device_is_online_without_a_change_and_goes_silent_from_the_re
     assert presence.silent(190_001) == ["sl-1"]
     assert presence.take_changes() == ({}, set(), {"sl-1"})
     assert presence.online == {"mh-1"}
+
+
+def test_a_networks_offline_report_leaves_a_sleeping_device_online_until_its_silence() -> None:
+    """NB-IoT: CTWing and OneNET report a device offline minutes after each daily report;
+    only 3 × its report interval of silence takes it offline. A device's own word does."""
+    day_s = 86_400
+    presence = Presence()
+    presence.seen("nb-1", 0, day_s)
+    presence.take_changes()
+    for link in ("ctwing", "onenet"):
+        assert presence.says("nb-1", False, 60_000, day_s, link) is False
+    assert "nb-1" in presence.online and presence.take_changes() == ({}, set(), set())
+    assert presence.silent(3 * day_s * 1000) == []  # due, not yet past
+    assert presence.silent(3 * day_s * 1000 + 1) == ["nb-1"]
+    # Never heard before: the network's word is the only one, and it is recorded.
+    assert presence.says("nb-2", False, 1000, day_s, "ctwing") is True
+    assert presence.take_changes() == ({}, set(), {"nb-1", "nb-2"})
+    # Over MQTT, the device's own status (or its will) takes it offline at once.
+    presence.seen("mh-1", 0, 300)
+    assert presence.says("mh-1", False, 1000, 300, "mqtt") is True
+    assert "mh-1" not in presence.online
+
+
+def test_the_link_is_written_when_it_changes() -> None:
+    presence = Presence()
+    presence.came_by("nb-1", "ctwing")
+    presence.came_by("nb-1", "ctwing")
+    presence.came_by("lw-1", "chirpstack")
+    assert presence.take_links() == {"nb-1": "ctwing", "lw-1": "chirpstack"}
+    presence.came_by("nb-1", "ctwing")
+    assert presence.take_links() == {}
+    presence.came_by("nb-1", "http")  # moved to another link
+    assert presence.take_links() == {"nb-1": "http"}
