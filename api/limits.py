@@ -34,10 +34,12 @@ API_PREFIX = "/api/v1"
 IMPORT_PATH = f"{API_PREFIX}/devices/import"  # the CSV import: its own, larger cap
 # The HTTP link: a device's message, capped as one over MQTT is (CITYIOT_MAX_PAYLOAD_BYTES).
 TELEMETRY_PREFIX = f"{API_PREFIX}/telemetry/"
+# The network platforms' pushes (CTWing, OneNET): device messages too, capped alike.
+INTAKE_PREFIX = f"{API_PREFIX}/intake/"
 # Paths under the prefix that take a body without an API key (they check their own token
 # or password); everything else under the prefix needs a key before its body is read.
 PUBLIC_PATHS: frozenset[str] = frozenset({f"{API_PREFIX}/session"})
-PUBLIC_PREFIXES: tuple[str, ...] = (f"{API_PREFIX}/intake/",)
+PUBLIC_PREFIXES: tuple[str, ...] = (INTAKE_PREFIX,)
 
 CLOSE = {"Connection": "close"}  # the rest of a refused body is never read
 
@@ -70,8 +72,9 @@ def body_cap(settings: Settings, method: str, path: str) -> int:
 
 
 def is_telemetry(method: str, path: str) -> bool:
-    """Whether the request is a device's message on the HTTP link."""
-    return method == "POST" and path.startswith(TELEMETRY_PREFIX)
+    """Whether the request is a device's message: on the HTTP link, or pushed by a network
+    platform."""
+    return method == "POST" and path.startswith((TELEMETRY_PREFIX, INTAKE_PREFIX))
 
 
 def too_large(cap: int, method: str = "", path: str = "") -> str:

@@ -193,3 +193,17 @@ async def test_a_forged_signature_is_401_stores_nothing_and_is_audited_when_repe
     [entry] = [e for e in entries if e["detail"]["link"] == "onenet"]  # once, not per failure
     assert entry["detail"]["failures"] == 5 and entry["detail"]["wrong"] == "signature"
     assert forged not in str(entry)
+
+
+async def test_a_push_over_the_message_cap_is_413_before_it_is_read(ct: CtLink) -> None:
+    """A push is a device's message: capped by CITYIOT_MAX_PAYLOAD_BYTES, like one over
+    MQTT or the HTTP link, on CTWing's path and OneNET's."""
+    cap = ct.link.settings.max_payload_bytes
+    client = ct.link.client(None)
+    for url in (
+        f"/api/v1/intake/ctwing/ctco?token={ct.tokens['ctco']}",
+        "/api/v1/intake/onenet/ctco",
+    ):
+        r = await client.post(url, content=b" " * (cap + 1))
+        assert r.status_code == 413, r.text
+        assert "CITYIOT_MAX_PAYLOAD_BYTES" in r.json()["detail"]
