@@ -207,3 +207,19 @@ async def test_a_push_over_the_message_cap_is_413_before_it_is_read(ct: CtLink) 
         r = await client.post(url, content=b" " * (cap + 1))
         assert r.status_code == 413, r.text
         assert "CITYIOT_MAX_PAYLOAD_BYTES" in r.json()["detail"]
+
+
+async def test_a_pushed_reading_is_judged_by_the_rules(ct: CtLink) -> None:
+    """Readings pushed by a network are alerted on like any: an open cover fires at once."""
+    at = ct.link.ts()
+    msg = [point("nb-3", "cover_open", True, at), point("nb-3", "tilt_deg", 21.0, at)]
+    r = await push(ct, "acme", msg)
+    assert r.status_code == 200 and r.json()["stored"] == 1, r.text
+    operator = ct.link.client("operator")
+
+    async def fired() -> list[dict[str, Any]]:
+        r = await operator.get("/api/v1/alerts", params={"device_id": "nb-3"})
+        return [a for a in r.json()["items"] if a["rule"] == "manhole_cover_open"]
+
+    [alert] = await until(fired, 15, "manhole_cover_open on nb-3")
+    assert alert["vendor"] == "acme" and alert["values"]["tilt_deg"] == 21.0
