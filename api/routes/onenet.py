@@ -19,11 +19,13 @@ replaces itself in InfluxDB.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import logging
-from typing import Annotated, Any
+from collections.abc import Coroutine
+from typing import Annotated, Any, cast
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
@@ -202,10 +204,13 @@ async def _checked(ctx: ApiContext, request: Request, vendor: str, body: bytes) 
 
 
 async def _take_all(link: HttpLink, vendor: str, messages: list[Any]) -> IntakeTaken:
-    """Each message of the push, taken in order; one answer for them all."""
-    total = IntakeTaken(stored=0, rejected=[], duplicates=0)
+    """Each message of the push, taken in order; one answer for them all.
+
+    Every message enters the ingest's open batch before any is awaited, so a push of many
+    waits for one write, not one per message."""
     readings: dict[tuple[str, int | None], tuple[int, dict[str, Any]]] = {}
-    frames: list[tuple[int, str, bytes, int | None]] = []
+    takes: list[tuple[int, Coroutine[Any, Any, Taken]]] = []
+    refusals: list[tuple[int, str, Coroutine[Any, Any, None]]] = []
     decodes = _decodes_frames(link, vendor)
     for index, message in enumerate(messages):
         why = ""
@@ -218,7 +223,9 @@ async def _take_all(link: HttpLink, vendor: str, messages: list[Any]) -> IntakeT
             elif not isinstance(ds_id, str) or not ds_id or "value" not in message:
                 why = "a data point (type 1) needs ds_id (the field's name) and value"
             elif decodes and isinstance(value, str):
-                frames.append((index, device_id, _hex(value), whole_number(at)))
+                frame = _hex(value)
+                take = link.take(vendor, device_id, frame, link_ts_ms=whole_number(at), link=ONENET)
+                takes.append((index, take))
             elif decodes:
                 why = (
                     f"vendor {vendor}'s codec decodes frames: a pass-through device's value is "
@@ -236,8 +243,9 @@ async def _take_all(link: HttpLink, vendor: str, messages: list[Any]) -> IntakeT
                 why = f"presence (type 2): status {status!r:.20} is neither 1 nor 0"
             else:
                 online = orjson.dumps({"online": status == 1})
-                taken = await link.take(vendor, device_id, online, channel="status", link=ONENET)
-                _add(total, index, taken)
+                takes.append(
+                    (index, link.take(vendor, device_id, online, channel="status", link=ONENET))
+                )
         elif kind == COMMAND_RESULT:
             log.info(
                 "event=onenet_command_result vendor=%s cmd_id=%.64s", vendor, message.get("cmd_id")
@@ -247,13 +255,24 @@ async def _take_all(link: HttpLink, vendor: str, messages: list[Any]) -> IntakeT
         else:
             why = f"msg[{index}] is not a OneNET message (an object with type)"
         if why:
-            await link.refuse(ONENET, vendor, orjson.dumps(message), why)
-            total.rejected.append(Rejection(index=index, reason=why))
+            refusals.append((index, why, link.refuse(ONENET, vendor, orjson.dumps(message), why)))
     for (device_id, at), (index, fields) in readings.items():
         frame = json_frame(link, vendor, fields)
-        _add(total, index, await link.take(vendor, device_id, frame, link_ts_ms=at, link=ONENET))
-    for index, device_id, frame, at in frames:
-        _add(total, index, await link.take(vendor, device_id, frame, link_ts_ms=at, link=ONENET))
+        takes.append((index, link.take(vendor, device_id, frame, link_ts_ms=at, link=ONENET)))
+    # Each coroutine puts its message in the batch before its first wait: started in order,
+    # they are all in before any write is awaited.
+    results = await asyncio.gather(
+        *(take for _, take in takes),
+        *(refuse for _, _, refuse in refusals),
+        return_exceptions=True,
+    )
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result  # NotDurable: the push is answered 503 and sent again whole
+    total = IntakeTaken(stored=0, rejected=[], duplicates=0)
+    for (index, _), taken in zip(takes, results, strict=False):
+        _add(total, index, cast(Taken, taken))
+    total.rejected.extend(Rejection(index=index, reason=why) for index, why, _ in refusals)
     total.rejected.sort(key=lambda r: r.index)
     return total
 
