@@ -1,5 +1,7 @@
 """``cityiot run`` end to end: local broker with authentication on, the simulator publishing
-as each vendor with its own account, the API in the same process."""
+as each vendor with its own account, the API in the same process; the simulated fleet's
+LoRaWAN devices through a simulated ChirpStack and NB-IoT ones through CTWing's and OneNET's
+pushes, each link's readings stored."""
 
 from __future__ import annotations
 
@@ -19,12 +21,15 @@ from rich.console import Console
 from cityiot.domain.settings import Settings
 from cityiot.platform.launcher import (
     ADMIN_KEY_SECRET,
+    CHIRPSTACK_SECRET,
+    CHIRPSTACK_USER,
     PLATFORM_SECRET,
     SIMULATOR_SECRET,
     Launch,
     run_platform,
 )
 from cityiot.platform.local_services import free_port
+from cityiot.simulators import VENDOR_LINKS
 
 
 def _connack(
@@ -52,11 +57,12 @@ async def test_run_secures_the_broker_and_serves_the_api(tmp_path: Path) -> None
         api_port=free_port(),
         mqtt_url="",
         influx_url="",
+        chirpstack_mqtt_url="",  # cityiot run points it at its own broker
     )
     stop = asyncio.Event()
     screen = io.StringIO()
     out = Console(file=screen, width=200)
-    launch = Launch(devices=20, rate=100.0, incidents=[])
+    launch = Launch(devices=20, rate=100.0, incidents=[])  # 20: every link among them
     task = asyncio.create_task(run_platform(settings, launch, stop, out))
     try:
         key_file = tmp_path / ADMIN_KEY_SECRET
@@ -82,6 +88,22 @@ async def test_run_secures_the_broker_and_serves_the_api(tmp_path: Path) -> None
             # Published by the simulator under its vendor's own account, stored by the ingest.
             assert latest.get("metrics"), "no reading of the simulated fleet arrived"
             vendors = (await http.get(f"{api}/vendors", headers=headers)).json()["items"]
+            # A device of each link beyond MQTT has readings, and the registry says its link.
+            rows = list(csv.DictReader(io.StringIO((tmp_path / "fleet.csv").read_text())))
+            by_link: dict[str, str] = {}
+            for row in rows:
+                by_link.setdefault(VENDOR_LINKS.get(row["vendor"], "mqtt"), row["device_id"])
+            assert set(by_link) == {"mqtt", "chirpstack", "ctwing", "onenet"}, by_link
+            # (The link is written with the device's presence, a moment after its reading.)
+            seen: dict[str, tuple[bool, str | None]] = {}
+            wanted = {link: (True, link) for link in by_link}
+            while time.monotonic() < deadline and seen != wanted:
+                for link, device in by_link.items():
+                    r = await http.get(f"{api}/devices/{device}/latest", headers=headers)
+                    info = (await http.get(f"{api}/devices/{device}", headers=headers)).json()
+                    seen[link] = (bool(r.json().get("metrics")), info["link"])
+                await asyncio.sleep(0.2)
+            assert seen == wanted, seen
             # The stages' own counters and queue depths on the in-process API's /metrics.
             metrics = (await http.get(api.replace("/api/v1", "/metrics"))).text
         for name in (
@@ -93,7 +115,8 @@ async def test_run_secures_the_broker_and_serves_the_api(tmp_path: Path) -> None
         ):
             assert f"\n{name}" in metrics, name
         accounts = json.loads((tmp_path / SIMULATOR_SECRET).read_text())
-        assert sorted(accounts) == sorted(v["id"] for v in vendors)
+        # MQTT accounts for the MQTT vendors; the others report through their networks.
+        assert sorted(accounts) == sorted(v["id"] for v in vendors if v["id"] not in VENDOR_LINKS)
         for name in (ADMIN_KEY_SECRET, PLATFORM_SECRET, SIMULATOR_SECRET):
             assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
         port = int((tmp_path / "mosquitto" / "ports").read_text().split()[0])
@@ -108,6 +131,12 @@ async def test_run_secures_the_broker_and_serves_the_api(tmp_path: Path) -> None
         assert f"\nmessage_size_limit {settings.broker_message_size_limit}\n" in conf
         platform = (tmp_path / PLATFORM_SECRET).read_text().strip()
         assert not (await asyncio.to_thread(_connack, port, "cityiot", platform)).is_failure
+        # The simulated ChirpStack's account: on the side listener only.
+        side = int((tmp_path / "mosquitto" / "ports").read_text().split()[1])
+        network = (tmp_path / CHIRPSTACK_SECRET).read_text().strip()
+        assert stat.S_IMODE((tmp_path / CHIRPSTACK_SECRET).stat().st_mode) == 0o600
+        assert not (await asyncio.to_thread(_connack, side, CHIRPSTACK_USER, network)).is_failure
+        assert (await asyncio.to_thread(_connack, port, CHIRPSTACK_USER, network)).is_failure
         shown = screen.getvalue()
         assert platform not in shown and password not in shown  # never printed
         assert f'-u cityiot -P "$(cat {tmp_path / PLATFORM_SECRET})"' in shown
