@@ -238,8 +238,8 @@ def simulate(
     if csv is not None:
         fleet.write_csv(csv)
         err.print(f"wrote {len(fleet.devices)} devices to {csv}")
-        for vendor in (v for v in vendors if v in LINK_VENDORS):
-            err.print(f"  vendor {vendor.id} ({VENDOR_LINKS[vendor.id]}): codec {vendor.codec}")
+        for maker in (v for v in vendors if v in LINK_VENDORS):
+            err.print(f"  vendor {maker.id} ({VENDOR_LINKS[maker.id]}): codec {maker.codec}")
     if not settings.mqtt_url:
         if csv is None:
             fail("set CITYIOT_MQTT_URL to publish (or give --csv to only write the registry CSV)")
