@@ -29,6 +29,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import datetime as dt
 import logging
 import time
 from collections import deque
@@ -43,7 +44,7 @@ from cityiot.ingest.codecs import CodecBook, PayloadError, load_json
 from cityiot.ingest.devices import KnownDevice
 from cityiot.ingest.intake import Intake
 from cityiot.ingest.validate import Rejected, parse_rfc3339
-from cityiot.storage.lorawan import load_applications, remember_applications
+from cityiot.storage.lorawan import load_applications, remember_applications, unacked_commands
 
 log = logging.getLogger("cityiot.ingest.chirpstack")
 
@@ -62,6 +63,9 @@ COMMAND_TOPICS = ("city/+/+/command",)
 RECENT_EVENTS = 32
 REMEMBER_EVERY_S = 1.0  # learned application ids are written to the database this often
 BUILT_IN_JSON = "json"
+# A restarted ingest still waits for the acks of commands sent this recently (the latest to
+# each device): a LoRaWAN class A device hears its downlink only when it next sends.
+PENDING_FOR = dt.timedelta(days=1)
 
 
 @dataclass(slots=True)
@@ -103,8 +107,21 @@ class ChirpStackLink:
         self.duplicates = 0  # events dropped as a repeated deduplicationId
 
     async def load(self) -> None:
-        """Take the application ids learned before (a command may come before an uplink)."""
+        """Take the application ids learned before (a command may come before an uplink),
+        and the commands to LoRaWAN devices still unanswered (within ``PENDING_FOR``): the
+        device's next uplink acknowledges them also after a restart."""
         self.applications.update(await load_applications(self.sessions))
+        lorawan = {
+            d.device_id: d.dev_eui.upper()
+            for d in self.intake.devices.devices.values()
+            if d.dev_eui is not None
+        }
+        since = dt.datetime.now(dt.UTC) - PENDING_FOR
+        for command_id, device_id, vendor, sent_at in await unacked_commands(
+            self.sessions, lorawan, since
+        ):
+            sent_ms = int(sent_at.timestamp() * 1000)
+            self.pending[lorawan[device_id]] = _Pending(command_id, vendor, device_id, sent_ms)
 
     async def run(self) -> None:
         """Take events and commands until the intake stops; raises if a part fails."""

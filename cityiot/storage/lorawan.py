@@ -1,14 +1,17 @@
-"""LoRaWAN devices' ChirpStack applications (docs/design.md §4a): learned from uplinks,
-read when a command's downlink is published."""
+"""LoRaWAN devices' ChirpStack applications (docs/design.md §4a), learned from uplinks and
+read when a command's downlink is published; and the commands a restarted ingest still
+waits to see acknowledged."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import datetime as dt
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from sqlalchemy import select
 
 from cityiot.storage.registry import dialect_insert
+from cityiot.storage.tables.control import Command
 from cityiot.storage.tables.lorawan import LorawanApplication
 from cityiot.storage.utc import utcnow
 from cityiot.storage.writes import writing
@@ -40,3 +43,25 @@ async def load_applications(session_factory: Any) -> dict[str, str]:
             select(LorawanApplication.dev_eui, LorawanApplication.application_id)
         )
         return {row.dev_eui: row.application_id for row in rows}
+
+
+async def unacked_commands(
+    session_factory: Any, device_ids: Collection[str], since: dt.datetime
+) -> list[tuple[str, str, str, dt.datetime]]:
+    """(command id, device id, vendor, sent at) of the commands to ``device_ids`` sent since
+    ``since`` that no ack has answered yet, oldest first."""
+    if not device_ids:
+        return []
+    query = (
+        select(Command.id, Command.device_id, Command.vendor, Command.sent_at)
+        .where(Command.acked_at.is_(None), Command.ok.is_(None), Command.sent_at >= since)
+        .order_by(Command.sent_at)
+    )
+    wanted = set(device_ids)
+    async with session_factory() as session:
+        rows = await session.execute(query)
+        return [
+            (row.id, row.device_id, row.vendor, row.sent_at)
+            for row in rows
+            if row.device_id in wanted
+        ]

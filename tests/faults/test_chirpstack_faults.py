@@ -94,9 +94,12 @@ def _stored(bench: FaultBench) -> list[tuple[str, int]]:
 
 def test_ingest_killed_while_chirpstack_uplinks_flow(bench: FaultBench) -> None:
     asyncio.run(_register(bench.database_url))
-    settings = {"chirpstack_mqtt_url": bench.broker.url, "codecs_path": str(CODECS)}
+
+    def start() -> None:
+        bench.start_ingest(chirpstack_mqtt_url=bench.broker.url, codecs_path=str(CODECS))
+
     proxy = bench.proxy
-    bench.start_ingest(**settings)
+    start()
     chirpstack = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="chirpstack-sim")
     chirpstack.max_inflight_messages_set(1000)
     chirpstack.connect(bench.broker.host, bench.broker.port)
@@ -125,7 +128,7 @@ def test_ingest_killed_while_chirpstack_uplinks_flow(bench: FaultBench) -> None:
         bench.kill_ingest()
         proxy.set_mode(FaultProxy.FORWARD)
         publish(UPLINKS // 2)  # while it is dead: its persistent session keeps them
-        bench.start_ingest(**settings)
+        start()
         publish(2 * UPLINKS // 3)
         # Killed once InfluxDB stored a write but before its answer came: those uplinks come
         # again, with their time, and overwrite their own points.
@@ -134,7 +137,7 @@ def test_ingest_killed_while_chirpstack_uplinks_flow(bench: FaultBench) -> None:
         wait_for(lambda: proxy.held >= 1, 10, "an applied write hanging in the proxy")
         bench.kill_ingest()
         proxy.set_mode(FaultProxy.FORWARD)
-        bench.start_ingest(**settings)
+        start()
         publish(UPLINKS)
         for info in sent:
             info.wait_for_publish(30)  # the broker has every uplink (PUBACK)
@@ -142,7 +145,8 @@ def test_ingest_killed_while_chirpstack_uplinks_flow(bench: FaultBench) -> None:
         wait_for(
             lambda: len(_stored(bench)) >= UPLINKS,
             60,
-            lambda: f"{len(_stored(bench))} of {UPLINKS} stored; {bench.ingest_log()[-3000:]}",
+            f"{UPLINKS} uplinks stored",
+            lambda: f"{len(_stored(bench))} stored; {bench.ingest_log()[-3000:]}",
         )
         bench.assert_ingest_running()
         assert bench.stop_ingest() == 0, "the ingest did not exit cleanly on SIGTERM"

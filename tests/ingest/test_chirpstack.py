@@ -196,6 +196,7 @@ async def test_an_uplink_is_stored_at_its_time_with_the_best_rssi(lorawan: Platf
     assert row["rssi_dbm"] == -97.0  # the best of the two gateways
     assert row.get("ts_assumed") is None
     assert row["vendor"] == VENDOR
+    assert lorawan.ingest.presence.links[DEVICE] == "chirpstack"
     link = lorawan.ingest.chirpstack
     assert link is not None
     # Learned from the uplink, and kept for commands after a restart.
@@ -388,18 +389,29 @@ async def test_chirpstack_ack_event_acks_a_command_and_a_bad_one_is_refused(
     assert chirpstack.downlinks.empty()
 
 
-async def test_a_command_after_a_restart_finds_the_learned_application(
+async def test_after_a_restart_a_command_finds_its_application_and_is_still_acked(
     lorawan: Platform, chirpstack: ChirpStackBroker, commands: CommandSender
 ) -> None:
+    """The application id learned before the restart is read back from the database, and
+    a command sent before it is acknowledged by the device's first uplink after it."""
     send(lorawan, "up", up_event("d-14", T0, frame=bytes([0x00, 0x01, 0x00, 0x00])))
     await taken(lorawan, 1)
     link = lorawan.ingest.chirpstack
     assert link is not None
     await until(lambda: link._unsaved == {}, 5, "the application id written")
+    before = await commands.send(DEVICE, VENDOR, "set_interval", {"minutes": 30})
+    await chirpstack.downlink()
     await lorawan.ingest.stop()  # the fixture's ingest is gone; another starts
     async with lorawan.restarted() as ingest:
-        assert ingest.chirpstack is not None
-        await until(lambda: EUI.upper() in ingest.chirpstack.applications, 5, "loaded")
+        restarted = ingest.chirpstack
+        assert restarted is not None
+        await until(lambda: restarted.pending, 5, "the unanswered command read back")
+        assert restarted.applications == {EUI.upper(): APP}
+        assert [p.command_id for p in restarted.pending.values()] == [before]
+        now = dt.datetime.now(dt.UTC)
+        send(lorawan, "up", up_event("d-15", now, frame=bytes([0x00, 0x02, 0x00, 0x00])))
+        row = await acked(lorawan, before)
+        assert row.ok is True
         await commands.send(DEVICE, VENDOR, "set_interval", {"minutes": 5})
         down_topic, body = await chirpstack.downlink()
     assert down_topic == f"application/{APP}/device/{EUI}/command/down"
