@@ -206,6 +206,7 @@ def simulate(
     """Publish a simulated fleet to CITYIOT_MQTT_URL (and/or write its registry CSV); with
     --link, also LoRaWAN devices as a ChirpStack's events and NB-IoT ones as CTWing's and
     OneNET's HTTP pushes."""
+    from cityiot.domain.catalogue import KINDS
     from cityiot.domain.settings import MqttTarget
     from cityiot.platform.launcher import simulate_fleet
     from cityiot.simulators import (
@@ -216,6 +217,7 @@ def simulate(
         ChirpStackTarget,
         Fleet,
         IntakeTarget,
+        codec_carries,
     )
 
     chosen = list(dict.fromkeys(links or ["mqtt"]))
@@ -234,7 +236,9 @@ def simulate(
     vendors += [v for v in LINK_VENDORS if VENDOR_LINKS[v.id] in chosen]
     if not vendors:
         fail("no vendor reports by the links chosen: add --link mqtt or another")
-    fleet = Fleet.generate(devices, seed, vendors=vendors)
+    # Every kind some chosen vendor's codec can carry (a LoRaWAN frame holds no water meter).
+    mix = {k: 1.0 for k in sorted(KINDS) if any(codec_carries(v.codec, KINDS[k]) for v in vendors)}
+    fleet = Fleet.generate(devices, seed, mix=mix, vendors=vendors)
     if csv is not None:
         fleet.write_csv(csv)
         err.print(f"wrote {len(fleet.devices)} devices to {csv}")
