@@ -83,7 +83,9 @@ class ChirpStackLink:
 
     ``uplinks`` is the link to ChirpStack's broker (subscribed to :data:`UPLINK_TOPICS`);
     ``commands`` the link to the platform's broker (subscribed to :data:`COMMAND_TOPICS`),
-    on which the devices' acks go out. Run :meth:`run` beside the intake.
+    on which the devices' acks go out: None for a reader of the stream (the rules alone),
+    which takes the events and leaves commands and application ids to the storing ingest.
+    Run :meth:`run` beside the intake.
     """
 
     def __init__(
@@ -128,7 +130,8 @@ class ChirpStackLink:
         parts = [asyncio.create_task(self._take_uplinks(), name="chirpstack-uplinks")]
         if self.commands is not None:
             parts.append(asyncio.create_task(self._take_commands(), name="chirpstack-commands"))
-        parts.append(asyncio.create_task(self._remember(), name="chirpstack-applications"))
+            # The storing ingest keeps what it learns; a reader of the stream learns the same.
+            parts.append(asyncio.create_task(self._remember(), name="chirpstack-applications"))
         try:
             done, _ = await asyncio.wait(parts, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -138,8 +141,9 @@ class ChirpStackLink:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            with contextlib.suppress(Exception):
-                await self._save()
+            if self.commands is not None:
+                with contextlib.suppress(Exception):
+                    await self._save()
 
     # -- uplinks -----------------------------------------------------------------------
 

@@ -106,24 +106,30 @@ async def ingest_stage(
                 store=store,
                 spool=spool,
             )
-            if store and settings.chirpstack_mqtt_url:
-                await _link_chirpstack(ingest, settings, client_id, stack)
+            if settings.chirpstack_mqtt_url:
+                await _link_chirpstack(ingest, settings, client_id, stack, store=store)
             yield await stack.enter_async_context(ingest)
     finally:
         await engine.dispose()
 
 
 async def _link_chirpstack(
-    ingest: Ingest, settings: Settings, client_id: str | None, stack: contextlib.AsyncExitStack
+    ingest: Ingest,
+    settings: Settings,
+    client_id: str | None,
+    stack: contextlib.AsyncExitStack,
+    *,
+    store: bool,
 ) -> None:
     """Connect the LoRaWAN link (docs/design.md §4a): ChirpStack's events from its broker,
-    and the commands to LoRaWAN devices from the platform's, each a persistent session of
-    its own (a member of CITYIOT_SHARE_GROUP, like the telemetry subscription)."""
+    and, for a storing ingest, the commands to LoRaWAN devices from the platform's; each a
+    persistent session of its own (a storing ingest's a member of CITYIOT_SHARE_GROUP, like
+    its telemetry subscription). A reader of the stream (the rules alone) takes the events
+    too: LoRaWAN readings reach the rules also when they run apart from the ingest."""
     own = client_id or settings.worker_client_id
     target = MqttTarget(settings.chirpstack_mqtt_url)
-    uplinks = BrokerLink(
-        target, f"{own}-chirpstack", shared_topics(UPLINK_TOPICS, settings.share_group)
-    )
+    topics = shared_topics(UPLINK_TOPICS, settings.share_group) if store else UPLINK_TOPICS
+    uplinks = BrokerLink(target, f"{own}-chirpstack", topics)
     try:
         await stack.enter_async_context(uplinks)
     except ConnectionError as exc:
@@ -131,11 +137,13 @@ async def _link_chirpstack(
             f"{exc}; the broker is CITYIOT_CHIRPSTACK_MQTT_URL's ({target!r}), ChirpStack's "
             "MQTT integration"
         ) from None
-    commands = BrokerLink(
-        MqttTarget(settings.mqtt_url),
-        f"{own}-lorawan-commands",
-        shared_topics(COMMAND_TOPICS, settings.share_group),
-    )
-    await stack.enter_async_context(commands)
+    commands = None
+    if store:
+        commands = BrokerLink(
+            MqttTarget(settings.mqtt_url),
+            f"{own}-lorawan-commands",
+            shared_topics(COMMAND_TOPICS, settings.share_group),
+        )
+        await stack.enter_async_context(commands)
     ingest.link_chirpstack(uplinks, commands)
-    log.info("event=chirpstack_linked broker=%s:%s", target.host, target.port)
+    log.info("event=chirpstack_linked broker=%s:%s store=%s", target.host, target.port, store)

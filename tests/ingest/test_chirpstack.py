@@ -19,6 +19,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import select
 
+from cityiot.ingest.service import ingest_stage
+from cityiot.ingest.validate import Reading
 from cityiot.platform.local_services import LocalBroker
 from cityiot.rules.control import CommandSender
 from cityiot.storage.device_csv import parse_device_csv
@@ -416,3 +418,25 @@ async def test_after_a_restart_a_command_finds_its_application_and_is_still_acke
         down_topic, body = await chirpstack.downlink()
     assert down_topic == f"application/{APP}/device/{EUI}/command/down"
     assert body["data"] == base64.b64encode(bytes([0x01, 0x00, 0x05])).decode()
+
+
+async def test_a_reader_of_the_stream_gets_lorawan_readings(lorawan: Platform) -> None:
+    """The rules run apart from the ingest (``cityiot rules``) read the stream with an ingest
+    that stores nothing: it takes ChirpStack's events too, and sends no command down."""
+    readings: list[Reading] = []
+    settings = lorawan.settings.model_copy(update={"spool_dir": lorawan.settings.run_dir / "r"})
+    async with ingest_stage(settings, store=False, client_id="rules-reader") as reader:
+        reader.on_readings = readings.extend
+        task = asyncio.create_task(reader.run())
+        try:
+            assert reader.chirpstack is not None and reader.chirpstack.commands is None
+            at = T0 + dt.timedelta(minutes=5)
+            send(lorawan, "up", up_event("d-20", at, frame=bytes([0x00, 0x32, 0x00, 0x00])))
+            await until(lambda: readings, 10, "the reader's reading")
+            await until(lambda: reader.chirpstack.uplinks.stats.acked >= 1, 10, "acked")
+        finally:
+            await reader.stop()
+            await task
+    (reading,) = readings
+    assert (reading.device_id, reading.ts_ms) == (DEVICE, _ms(at))
+    assert reading.metrics["water_level_cm"] == 5.0 and reading.metrics["rssi_dbm"] == -97.0
