@@ -215,6 +215,11 @@ async def _context(
             StreamHub(settings, sessions, codecs=codecs.codecs)
         )
         metrics.add_source(ctx, "api_stream", ctx.hub.metrics)
+        from cityiot.api.relay import RelayLink
+
+        # Apart from the ingest, posted and pushed messages go through the broker; in
+        # `cityiot run` the platform sets the ingest of its process instead.
+        ctx.telemetry = RelayLink(settings, sessions, codecs, ctx.hub)
     return ctx
 
 

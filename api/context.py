@@ -19,7 +19,7 @@ from cityiot.storage.secret import platform_secret
 if TYPE_CHECKING:
     from cityiot.api.stream import StreamHub
     from cityiot.ingest.codecs import CodecBook
-    from cityiot.ingest.http_link import HttpLink
+    from cityiot.ingest.http_link import PushLink
     from cityiot.storage.broker_access import BrokerAccess
 
 
@@ -35,8 +35,9 @@ class ApiContext:
     broker: BrokerAccess | None = None  # vendor MQTT accounts; None when not managed here
     # The codecs in force (files and the API's), kept fresh with the registry's period.
     codecs: CodecBook | None = None
-    # The ingest of this process, for the HTTP link; None when the API runs alone.
-    telemetry: HttpLink | None = None
+    # What the HTTP link and the networks' pushes take messages through: the ingest of this
+    # process (cityiot run), else the broker (api/relay.py); None with no broker either.
+    telemetry: PushLink | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @cached_property

@@ -215,6 +215,18 @@ class StreamHub(contextlib.AbstractAsyncContextManager["StreamHub"]):
         self.outbox.append((topic, payload))
         self._pending.set()
 
+    async def publish_acked(self, topic: str, payload: bytes, timeout_s: float) -> None:
+        """Send ``payload`` on ``topic`` at QoS 1 and return once the broker has it (PUBACK).
+        Raises ``ConnectionError`` when the hub is not connected or the broker does not
+        answer within ``timeout_s``: the caller's message is not safe."""
+        client = self._client
+        if client is None or not self._connected.is_set():
+            raise ConnectionError(f"the API is not connected to the broker at {self.target!r}")
+        try:
+            await client.publish(topic, payload, qos=1, timeout=timeout_s)
+        except aiomqtt.MqttError as exc:
+            raise ConnectionError(f"the broker did not take the message: {exc}") from exc
+
     # -- subscribers ------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager

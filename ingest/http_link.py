@@ -15,6 +15,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from cityiot.ingest.broker import Delivery
 from cityiot.ingest.intake import Intake
@@ -39,6 +40,35 @@ class Taken:
     stored: int = 0  # readings taken (durable when take returns)
     duplicates: int = 0  # readings dropped as a repeated seq
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (index, reason)
+
+
+class PushLink(Protocol):
+    """What the HTTP link and the networks' push receivers take messages through: this
+    process's ingest (:class:`HttpLink`), or the broker when the API runs apart from the
+    ingest (cityiot/api/relay.py, ingest/relay.py)."""
+
+    async def take(
+        self,
+        vendor: str,
+        device_id: str,
+        payload: bytes,
+        fport: int = 0,
+        *,
+        channel: str = "telemetry",
+        link_ts_ms: int | None = None,
+        link_seq: int | None = None,
+        link: str = "http",
+    ) -> Taken: ...
+
+    async def refuse(self, source: str, vendor: str, payload: bytes, reason: str) -> None: ...
+
+    async def device(
+        self, vendor: str, *, imei: str | None = None, onenet_dev_id: str | None = None
+    ) -> str | None: ...
+
+    async def codec_of(self, vendor: str) -> str: ...
+
+    async def decodes_frames(self, vendor: str) -> bool: ...
 
 
 class HttpLink:
@@ -92,6 +122,31 @@ class HttpLink:
         delivery = Delivery(topic, payload, 0, 0, -1, fport, link_ts_ms, link_seq, link)
         intake = self.intake
         return await self._handled(lambda received_ms: intake.handle(delivery, received_ms))
+
+    # -- what the push receivers look up (an API apart asks the database instead) --------
+
+    async def device(
+        self, vendor: str, *, imei: str | None = None, onenet_dev_id: str | None = None
+    ) -> str | None:
+        """The id of ``vendor``'s registered device with this identity; None when there is
+        none or it is another vendor's (a vendor learns nothing of other vendors' devices)."""
+        devices = self.intake.devices
+        if imei is not None:
+            found = devices.by_imei.get(imei)
+        elif onenet_dev_id is not None:
+            found = devices.by_onenet_dev_id.get(onenet_dev_id)
+        else:
+            found = None
+        return found.device_id if found is not None and found.vendor == vendor else None
+
+    async def codec_of(self, vendor: str) -> str:
+        """The name of ``vendor``'s codec (``json`` for an unknown vendor)."""
+        return self.intake.devices.codecs.get(vendor, "json")
+
+    async def decodes_frames(self, vendor: str) -> bool:
+        """Whether ``vendor``'s codec decodes frames (has an uplink decoder script)."""
+        codec = self.intake.codecs.get(await self.codec_of(vendor))
+        return getattr(codec, "decoder", None) is not None
 
     async def refuse(self, source: str, vendor: str, payload: bytes, reason: str) -> None:
         """Keep ``payload``, a message of ``vendor`` received from ``source`` (``ctwing``)

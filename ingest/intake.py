@@ -38,6 +38,7 @@ from cityiot.ingest.dead_letter_limit import (
 )
 from cityiot.ingest.devices import DeviceMap, KnownDevice
 from cityiot.ingest.presence import Presence
+from cityiot.ingest.relay import RELAY_PREFIX, unwrap
 from cityiot.ingest.validate import Rejected, Validator
 from cityiot.storage.deadletters import DeadLetterIn
 
@@ -182,6 +183,10 @@ class Intake:
         first, first_reading = len(batch.lines), len(batch.readings)
         self.counters.messages += 1
         try:
+            if delivery.topic.startswith(RELAY_PREFIX):  # from an API apart (ingest/relay.py)
+                refused = unwrap(delivery)
+                if refused is not None:
+                    raise Rejected(refused)
             self._decode(delivery, received_ms, batch)
         except (PayloadError, Rejected) as exc:
             self.dead_letter(batch, delivery, str(exc), received_ms)

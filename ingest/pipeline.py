@@ -42,6 +42,7 @@ from cityiot.ingest.http_link import HttpLink
 from cityiot.ingest.intake import SEQ_WINDOW, Intake
 from cityiot.ingest.latest import LatestValues
 from cityiot.ingest.presence import Presence
+from cityiot.ingest.relay import RELAY_TOPIC
 from cityiot.ingest.spool import Spool
 from cityiot.ingest.storing import WRITES_IN_FLIGHT, Store
 from cityiot.ingest.upkeep import PRUNE_SLICES, Upkeep
@@ -63,7 +64,8 @@ __all__ = [
 
 log = logging.getLogger("cityiot.ingest")
 
-TOPICS = ("city/+/+/telemetry", "city/+/+/status")
+# The devices' own topics, and what an API apart from the ingest relays (ingest/relay.py).
+TOPICS = ("city/+/+/telemetry", "city/+/+/status", RELAY_TOPIC)
 
 
 class Ingest:

@@ -31,7 +31,7 @@ from cityiot.api.routes.telemetry import (
     RESPONSES,
     Rejection,
 )
-from cityiot.ingest.http_link import HttpLink, NotDurable, Taken
+from cityiot.ingest.http_link import NotDurable, PushLink, Taken
 from cityiot.storage.intake_tokens import verify
 
 log = logging.getLogger("cityiot.api.intake")
@@ -135,13 +135,13 @@ def token_failures(ctx: ApiContext) -> TokenFailures:
     return guard
 
 
-def ingest_link(ctx: ApiContext, network: str = "CTWing") -> HttpLink:
+def ingest_link(ctx: ApiContext, network: str = "CTWing") -> PushLink:
     if ctx.telemetry is None:
         raise Problem(
             503,
-            f"{network} pushes are taken by an API started by `cityiot run` (API and ingest "
-            "in one process); this API process has no ingest: point the push subscription at "
-            "it",
+            f"{network} pushes are taken by an API with an ingest in its process (`cityiot "
+            "run`) or with a broker to relay them to the ingest through; this API has neither: "
+            "set CITYIOT_MQTT_URL for it",
             headers={"Retry-After": str(NO_INGEST_RETRY_S)},
         )
     return ctx.telemetry
@@ -164,16 +164,16 @@ def _message(body: bytes) -> dict[str, Any]:
 
 
 async def _data_report(
-    link: HttpLink, vendor: str, message: dict[str, Any], body: bytes
+    link: PushLink, vendor: str, message: dict[str, Any], body: bytes
 ) -> IntakeTaken:
-    device_id = _device(link, vendor, message)
+    device_id = await _device(link, vendor, message)
     if device_id is None:
         return await _unknown(link, vendor, message, body)
     payload = message.get("payload")
     ts = whole_number(message.get("timestamp"))
     seq = whole_number(message.get("upPacketSN"))
     seq = seq if seq is not None and seq >= 0 else None  # -1: CTWing numbered nothing
-    frame = _frame(link, vendor, payload)
+    frame = await _frame(link, vendor, payload)
     if frame is None:
         reason = (
             "dataReport: payload has neither APPdata (base64) nor serviceData (an object); "
@@ -185,16 +185,15 @@ async def _data_report(
     return answer(taken)
 
 
-def _device(link: HttpLink, vendor: str, message: dict[str, Any]) -> str | None:
+async def _device(link: PushLink, vendor: str, message: dict[str, Any]) -> str | None:
     """The registered device of ``vendor`` whose ``imei`` is the message's IMEI. Another
     vendor's device reads as none: a vendor learns nothing of other vendors' devices."""
     imei = message.get("IMEI")
-    device = link.intake.devices.by_imei.get(imei) if isinstance(imei, str) else None
-    return device.device_id if device is not None and device.vendor == vendor else None
+    return await link.device(vendor, imei=imei) if isinstance(imei, str) else None
 
 
 async def _unknown(
-    link: HttpLink, vendor: str, message: dict[str, Any], body: bytes
+    link: PushLink, vendor: str, message: dict[str, Any], body: bytes
 ) -> IntakeTaken:
     """A dead letter of a message whose IMEI is no device of ``vendor``, and its answer."""
     reason = (
@@ -206,7 +205,7 @@ async def _unknown(
     return refused(reason)
 
 
-def _frame(link: HttpLink, vendor: str, payload: Any) -> bytes | None:
+async def _frame(link: PushLink, vendor: str, payload: Any) -> bytes | None:
     """What the vendor's codec is given: APPdata's bytes, or serviceData as JSON (under
     ``metrics`` for the access standard's codec, as it is for a mapping codec)."""
     if not isinstance(payload, dict):
@@ -219,23 +218,23 @@ def _frame(link: HttpLink, vendor: str, payload: Any) -> bytes | None:
             return app_data.encode()  # not base64: the codec refuses it, a dead letter
     service_data = payload.get("serviceData")
     if isinstance(service_data, dict):
-        return json_frame(link, vendor, service_data)
+        return await json_frame(link, vendor, service_data)
     return None
 
 
-def json_frame(link: HttpLink, vendor: str, fields: dict[str, Any]) -> bytes:
+async def json_frame(link: PushLink, vendor: str, fields: dict[str, Any]) -> bytes:
     """Named values (CTWing's serviceData, OneNET's data points) as the JSON the vendor's
     codec takes: under ``metrics`` for the access standard's codec, as they are for a
     mapping codec."""
-    if link.intake.devices.codecs.get(vendor, BUILT_IN_JSON) == BUILT_IN_JSON:
+    if await link.codec_of(vendor) == BUILT_IN_JSON:
         return orjson.dumps({"metrics": fields})
     return orjson.dumps(fields)
 
 
 async def _presence(
-    link: HttpLink, vendor: str, message: dict[str, Any], body: bytes
+    link: PushLink, vendor: str, message: dict[str, Any], body: bytes
 ) -> IntakeTaken:
-    device_id = _device(link, vendor, message)
+    device_id = await _device(link, vendor, message)
     if device_id is None:
         return await _unknown(link, vendor, message, body)
     event = message.get("eventType")

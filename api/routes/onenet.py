@@ -45,7 +45,7 @@ from cityiot.api.routes.intake import (
     whole_number,
 )
 from cityiot.api.routes.telemetry import Rejection
-from cityiot.ingest.http_link import HttpLink, NotDurable, Taken
+from cityiot.ingest.http_link import NotDurable, PushLink, Taken
 from cityiot.storage.intake_tokens import signing_token
 
 log = logging.getLogger("cityiot.api.intake")
@@ -203,7 +203,7 @@ async def _checked(ctx: ApiContext, request: Request, vendor: str, body: bytes) 
         ) from None
 
 
-async def _take_all(link: HttpLink, vendor: str, messages: list[Any]) -> IntakeTaken:
+async def _take_all(link: PushLink, vendor: str, messages: list[Any]) -> IntakeTaken:
     """Each message of the push, taken in order; one answer for them all.
 
     Every message enters the ingest's open batch before any is awaited, so a push of many
@@ -211,12 +211,12 @@ async def _take_all(link: HttpLink, vendor: str, messages: list[Any]) -> IntakeT
     readings: dict[tuple[str, int | None], tuple[int, dict[str, Any]]] = {}
     takes: list[tuple[int, Coroutine[Any, Any, Taken]]] = []
     refusals: list[tuple[int, str, Coroutine[Any, Any, None]]] = []
-    decodes = _decodes_frames(link, vendor)
+    decodes = await link.decodes_frames(vendor)
     for index, message in enumerate(messages):
         why = ""
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == DATA_POINT:
-            device_id = _device(link, vendor, message)
+            device_id = await _device(link, vendor, message)
             ds_id, value, at = message.get("ds_id"), message.get("value"), message.get("at")
             if device_id is None:
                 why = _unknown(vendor, message)
@@ -235,7 +235,7 @@ async def _take_all(link: HttpLink, vendor: str, messages: list[Any]) -> IntakeT
                 key = (device_id, whole_number(at))
                 readings.setdefault(key, (index, {}))[1][ds_id] = value
         elif kind == PRESENCE:
-            device_id = _device(link, vendor, message)
+            device_id = await _device(link, vendor, message)
             status = message.get("status")
             if device_id is None:
                 why = _unknown(vendor, message)
@@ -257,7 +257,7 @@ async def _take_all(link: HttpLink, vendor: str, messages: list[Any]) -> IntakeT
         if why:
             refusals.append((index, why, link.refuse(ONENET, vendor, orjson.dumps(message), why)))
     for (device_id, at), (index, fields) in readings.items():
-        frame = json_frame(link, vendor, fields)
+        frame = await json_frame(link, vendor, fields)
         takes.append((index, link.take(vendor, device_id, frame, link_ts_ms=at, link=ONENET)))
     # Each coroutine puts its message in the batch before its first wait: started in order,
     # they are all in before any write is awaited.
@@ -285,12 +285,6 @@ def _add(total: IntakeTaken, index: int, taken: Taken) -> None:
     total.rejected.extend(Rejection(index=index, reason=r.reason) for r in one.rejected)
 
 
-def _decodes_frames(link: HttpLink, vendor: str) -> bool:
-    """Whether the vendor's codec decodes frames (has an uplink decoder script)."""
-    codec = link.intake.codecs.get(link.intake.devices.codecs.get(vendor, "json"))
-    return getattr(codec, "decoder", None) is not None
-
-
 def _hex(value: str) -> bytes:
     try:
         return bytes.fromhex(value)
@@ -298,17 +292,15 @@ def _hex(value: str) -> bytes:
         return value.encode()  # not hex: the codec refuses it, a dead letter that shows it
 
 
-def _device(link: HttpLink, vendor: str, message: dict[str, Any]) -> str | None:
+async def _device(link: PushLink, vendor: str, message: dict[str, Any]) -> str | None:
     """The vendor's registered device with the message's ``imei``, else its ``dev_id`` as
     ``onenet_dev_id``. Another vendor's device reads as none."""
-    devices = link.intake.devices
     imei, dev_id = message.get("imei"), message.get("dev_id")
-    device = None
     if isinstance(imei, str) and imei:
-        device = devices.by_imei.get(imei)
-    elif isinstance(dev_id, (int, str)) and not isinstance(dev_id, bool):
-        device = devices.by_onenet_dev_id.get(str(dev_id))
-    return device.device_id if device is not None and device.vendor == vendor else None
+        return await link.device(vendor, imei=imei)
+    if isinstance(dev_id, (int, str)) and not isinstance(dev_id, bool):
+        return await link.device(vendor, onenet_dev_id=str(dev_id))
+    return None
 
 
 def _unknown(vendor: str, message: dict[str, Any]) -> str:

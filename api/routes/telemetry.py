@@ -1,5 +1,6 @@
 """The HTTP link: ``POST /telemetry/{vendor}/{device_id}`` (docs/design.md §4a) — readings
-of devices and gateways that cannot speak MQTT, taken into this process's ingest.
+of devices and gateways that cannot speak MQTT, taken into this process's ingest, or relayed
+through the broker to the ingest by an API that runs apart from it (cityiot/api/relay.py).
 
 The body goes to the vendor's codec as it is: the JSON access standard (or the vendor's own
 JSON, for a mapping-only codec) with ``Content-Type: application/json`` or none, raw bytes
@@ -102,8 +103,9 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     ),
     503: {
         **problem_doc(
-            "not taken: InfluxDB and the spool both refuse, the ingest is behind, or this API "
-            "process has no ingest; send the message again after Retry-After"
+            "not taken: InfluxDB and the spool both refuse, the ingest is behind, or (an API "
+            "apart from the ingest) the broker did not take it; send the message again after "
+            "Retry-After"
         ),
         "headers": _RETRY_AFTER,
     },
@@ -156,9 +158,8 @@ async def post_telemetry(
     if link is None:
         raise Problem(
             503,
-            "the HTTP link is served by `cityiot run` (API and ingest in one process); this "
-            "API process has no ingest: send telemetry to an API started by `cityiot run`, "
-            "or over MQTT",
+            "this API has neither an ingest in its process (`cityiot run`) nor a broker to "
+            "relay messages to the ingest through: set CITYIOT_MQTT_URL for it",
             headers={"Retry-After": str(NO_INGEST_RETRY_S)},
         )
     body = await request.body()

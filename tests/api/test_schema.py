@@ -94,8 +94,8 @@ async def test_no_5xx_and_every_answer_matches_the_schema(
 ) -> None:
     api = api_on_sqlite
     # The stream never ends by design. Revoking keys runs apart, with a key of its own, so
-    # whatever key it revokes, the main run's key keeps working. The HTTP link answers 503
-    # in an API without an ingest: tests/api/test_telemetry_link.py fuzzes it on a platform.
+    # whatever key it revokes, the main run's key keeps working. The HTTP link is fuzzed
+    # on a platform with its ingest (tests/api/test_telemetry_link.py).
     code, text = await _schemathesis(
         api,
         api.keys["admin"],

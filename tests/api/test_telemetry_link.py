@@ -394,15 +394,16 @@ async def test_a_body_over_the_payload_cap_is_413_before_it_is_read(link: Link) 
 # -- an API without an ingest, and the per-key rate limit -------------------------------------
 
 
-async def test_an_api_alone_says_where_the_link_is_served_and_limits_the_rate(
-    broker: LocalBroker, influx: LocalInflux, influx_db: str, sqlite_url: str, tmp_path: Path
+async def test_an_api_with_no_ingest_nor_broker_says_what_to_set_and_limits_the_rate(
+    influx: LocalInflux, influx_db: str, sqlite_url: str, tmp_path: Path
 ) -> None:
+    """With a broker, an API apart from the ingest relays (tests/api/test_relay.py); with
+    neither, it cannot take a message and says so."""
     settings = Settings.model_validate(
         {
             "database_url": sqlite_url,
             "influx_url": influx.url,
             "influx_db": influx_db,
-            "mqtt_url": broker.url,
             "run_dir": tmp_path,
             "api_host": "127.0.0.1",
             "api_port": free_port(),
@@ -422,7 +423,7 @@ async def test_an_api_alone_says_where_the_link_is_served_and_limits_the_rate(
             body = reading(int(time.time() * 1000), 1, tilt_deg=1.0)
             r = await client.post("/api/v1/telemetry/acme/mh-1", json=body)
             assert r.status_code == 503, r.text
-            assert "cityiot run" in r.json()["detail"]
+            assert "CITYIOT_MQTT_URL" in r.json()["detail"]
             assert int(r.headers["retry-after"]) > 0
             r = await client.post("/api/v1/telemetry/acme/mh-1", json=body)
             assert r.status_code == 429, r.text
