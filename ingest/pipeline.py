@@ -259,6 +259,14 @@ class Ingest:
                 if self.spool is not None
                 else {}
             ),
+            **(
+                {
+                    "chirpstack_connected": float(self.chirpstack.uplinks.stats.connected),
+                    "chirpstack_waiting": float(self.chirpstack.uplinks.waiting),
+                }
+                if self.chirpstack is not None
+                else {}
+            ),
         }
 
     @property

@@ -199,6 +199,7 @@ async def test_an_uplink_is_stored_at_its_time_with_the_best_rssi(lorawan: Platf
     assert row.get("ts_assumed") is None
     assert row["vendor"] == VENDOR
     assert lorawan.ingest.presence.links[DEVICE] == "chirpstack"
+    assert lorawan.ingest.depths()["chirpstack_connected"] == 1.0
     link = lorawan.ingest.chirpstack
     assert link is not None
     # Learned from the uplink, and kept for commands after a restart.
