@@ -441,3 +441,29 @@ async def test_a_reader_of_the_stream_gets_lorawan_readings(lorawan: Platform) -
     (reading,) = readings
     assert (reading.device_id, reading.ts_ms) == (DEVICE, _ms(at))
     assert reading.metrics["water_level_cm"] == 5.0 and reading.metrics["rssi_dbm"] == -97.0
+
+
+async def test_commands_that_cannot_be_acknowledged_say_why(
+    lorawan: Platform, chirpstack: ChirpStackBroker, commands: CommandSender
+) -> None:
+    """Before any uplink no application is known: the command fails saying so. A confirmed
+    downlink the device did not acknowledge (ChirpStack's ack event) fails the command."""
+    early = await commands.send(DEVICE, VENDOR, "set_interval", {"minutes": 15})
+    row = await acked(lorawan, early)
+    assert row.ok is False and "no ChirpStack application is known" in row.message
+    assert chirpstack.downlinks.empty()
+    send(lorawan, "up", up_event("d-30", T0, frame=bytes([0x00, 0x01, 0x00, 0x00])))
+    await taken(lorawan, 1)
+    command_id = await commands.send(DEVICE, VENDOR, "set_interval", {"minutes": 15})
+    await chirpstack.downlink()
+    nack = {
+        "deduplicationId": "d-31",
+        "time": _time(dt.datetime.now(dt.UTC)),
+        "deviceInfo": _device_info(EUI),
+        "queueItemId": "3b7c9d1e-0000-4000-8000-00000000000b",
+        "acknowledged": False,
+        "fCntDown": 8,
+    }
+    send(lorawan, "ack", nack)
+    row = await acked(lorawan, command_id)
+    assert row.ok is False and "did not acknowledge" in row.message
