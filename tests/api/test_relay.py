@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +23,14 @@ from cityiot.api.server import ApiServer
 from cityiot.domain.settings import Settings
 from cityiot.ingest.codecs.hexframe import encode as hexframe
 from cityiot.ingest.service import ingest_stage
-from cityiot.platform.local_services import LocalBroker, LocalInflux, free_port
+from cityiot.platform.local_services import LocalBroker, LocalInflux
 from cityiot.platform.wiring import platform as start_platform
 from cityiot.rules.service import rules_stage
 from cityiot.storage.influx import InfluxDB
 from tests.api.conftest import REGISTRY_VENDORS
 from tests.api.test_ctwing_intake import data_report
 from tests.api.test_onenet_intake import sign
+from tests.api.test_telemetry_link import platform_settings
 from tests.ingest.conftest import REGISTRY_CSV
 from tests.seeding import open_seeded
 from tests.waiting import until
@@ -62,22 +62,7 @@ async def apart(
     broker: LocalBroker, influx: LocalInflux, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Apart]:
     tmp: Path = tmp_path_factory.mktemp("apart")
-    settings = Settings.model_validate(
-        {
-            "run_dir": tmp,
-            "mqtt_url": broker.url,
-            "influx_url": influx.url,
-            "influx_db": f"apart_{uuid.uuid4().hex[:10]}",
-            "database_url": f"sqlite+aiosqlite:///{tmp / 'cityiot.db'}",
-            "mqtt_client_id": f"apart-{uuid.uuid4().hex[:8]}",
-            "api_host": "127.0.0.1",
-            "api_port": free_port(),
-            "api_rate_per_s": 1000.0,
-            "api_rate_burst": 1000,
-            "flush_interval_ms": 50,
-            "registry_refresh_s": 0.5,
-        }
-    )
+    settings = platform_settings(tmp, broker, influx, "apart")
     engine, sessions = await open_seeded(settings.database_url, REGISTRY_CSV, REGISTRY_VENDORS)
     admin_key = (await create_key(sessions, "admin", name="apart admin"))[1]
     acme_key = (await create_key(sessions, "vendor", name="acme gw", vendor="acme"))[1]

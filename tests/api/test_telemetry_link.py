@@ -104,21 +104,19 @@ def reading(ts: int, seq: int, **metrics: Any) -> dict[str, Any]:
     return {"ts": ts, "seq": seq, "metrics": metrics}
 
 
-@contextlib.asynccontextmanager
-async def running_link(
-    tmp: Path, broker: LocalBroker, influx: LocalInflux, **extra: Any
-) -> AsyncIterator[Link]:
-    """The platform with ingest, rules and API in one process, its keys and an InfluxDB
-    client; the InfluxDB database is dropped afterwards."""
-    influx_db = f"link_{uuid.uuid4().hex[:10]}"
-    settings = Settings.model_validate(
+def platform_settings(
+    tmp: Path, broker: LocalBroker, influx: LocalInflux, name: str, **extra: Any
+) -> Settings:
+    """A platform's settings on the shared broker and InfluxDB, with a database of its own
+    named ``name_…`` and SQLite under ``tmp``; quick to flush and to see registry changes."""
+    return Settings.model_validate(
         {
             "run_dir": tmp,
             "mqtt_url": broker.url,
             "influx_url": influx.url,
-            "influx_db": influx_db,
+            "influx_db": f"{name}_{uuid.uuid4().hex[:10]}",
             "database_url": f"sqlite+aiosqlite:///{tmp / 'cityiot.db'}",
-            "mqtt_client_id": f"link-{uuid.uuid4().hex[:8]}",
+            "mqtt_client_id": f"{name}-{uuid.uuid4().hex[:8]}",
             "api_host": "127.0.0.1",
             "api_port": free_port(),
             "api_rate_per_s": 1000.0,
@@ -128,6 +126,16 @@ async def running_link(
             **extra,
         }
     )
+
+
+@contextlib.asynccontextmanager
+async def running_link(
+    tmp: Path, broker: LocalBroker, influx: LocalInflux, **extra: Any
+) -> AsyncIterator[Link]:
+    """The platform with ingest, rules and API in one process, its keys and an InfluxDB
+    client; the InfluxDB database is dropped afterwards."""
+    settings = platform_settings(tmp, broker, influx, "link", **extra)
+    influx_db = settings.influx_db
     engine, sessions = await open_seeded(settings.database_url, REGISTRY_CSV, REGISTRY_VENDORS)
     keys = {
         "admin": (await create_key(sessions, "admin", name="link admin"))[1],
