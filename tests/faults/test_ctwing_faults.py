@@ -125,6 +125,7 @@ class Pusher:
         )
 
     async def _push(self, device: Device, sn: int, ts: int) -> None:
+        payload: dict[str, Any]
         if device.vendor == "acme":
             payload = {"serviceData": {"tilt_deg": 1.0 + sn % 7, "cover_open": False}}
         else:
