@@ -37,7 +37,7 @@ def bench(
         typer.Option(help="JSON results file; default .bench/results/<UTC time>-<commit>.json."),
     ] = None,
     keep: Annotated[
-        bool, typer.Option("--keep", help="Keep .bench/runs/<time>/ and its databases.")
+        bool, typer.Option("--keep", help="Keep .bench/runs/<time>-<pid>/ and its databases.")
     ] = False,
     state_devices: Annotated[
         int, typer.Option(help="Measure rule state per device at this many devices (0: skip).")
@@ -81,11 +81,32 @@ def bench(
             "in turn (an even number weighs both alike)."
         ),
     ] = 4,
+    links_messages: Annotated[
+        int,
+        typer.Option(
+            help="Readings a round by MQTT and by ChirpStack's MQTT integration in the links "
+            "section (beside CTWing's HTTP push, into one platform); 0: skip the section."
+        ),
+    ] = 100_000,
+    links_pushes: Annotated[
+        int, typer.Option(help="Readings a round by CTWing's HTTP push in the links section.")
+    ] = 10_000,
+    links_devices: Annotated[
+        int, typer.Option(help="Manholes per path of the links section.")
+    ] = 1_000,
+    links_pushers: Annotated[
+        int, typer.Option(help="Concurrent CTWing pushers of the links section.")
+    ] = 16,
+    links_rounds: Annotated[
+        int,
+        typer.Option(help="Rounds of the links section's paths, in one order and its reverse."),
+    ] = 3,
 ) -> None:
     """Throughput, CPU, memory and latency of the platform next to a bare subscriber and
-    Node-RED, and a vendor's decoding codec against JSON, on a local Mosquitto and InfluxDB it
+    Node-RED, a vendor's decoding codec against JSON, and the CTWing and ChirpStack links
+    beside MQTT, on a local Mosquitto and InfluxDB it
     starts itself; prints tables and writes the figures as JSON. Exits 1 when a system or the
-    codec section failed, timed out, lost or duplicated."""
+    codec or links section failed, timed out, lost or duplicated."""
     from bench.options import (
         BenchError,
         BenchOptions,
@@ -116,6 +137,11 @@ def bench(
             codec_messages=codec_messages,
             codec_devices=codec_devices,
             codec_rounds=codec_rounds,
+            links_messages=links_messages,
+            links_pushes=links_pushes,
+            links_devices=links_devices,
+            links_pushers=links_pushers,
+            links_rounds=links_rounds,
         )
         options.check()
         with err.status("starting…") as status:

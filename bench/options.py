@@ -39,6 +39,11 @@ class BenchOptions:
     codec_messages: int = 100_000  # per drain of the codec section (0: the section is skipped)
     codec_devices: int = 10_000  # manholes per load of the codec section
     codec_rounds: int = 4  # rounds of the codec section's three drains, orders alternating
+    links_messages: int = 100_000  # by MQTT and by ChirpStack a round (0: no links section)
+    links_pushes: int = 10_000  # by CTWing a round of the links section
+    links_devices: int = 1_000  # manholes per path of the links section
+    links_pushers: int = 16  # concurrent CTWing pushers of the links section
+    links_rounds: int = 3  # rounds of the links section's paths, orders alternating
 
     def check(self) -> None:
         """Raise ``BenchError`` naming the option to change when one is out of range."""
@@ -51,10 +56,11 @@ class BenchOptions:
             raise BenchError(
                 f"--systems: unknown {', '.join(unknown)}; choose from {','.join(SYSTEMS)}, or none"
             )
-        if not self.systems and not self.codec_messages:
+        if not self.systems and not self.codec_messages and not self.links_messages:
             raise BenchError(
-                f"--systems none and --codec-messages 0 leave nothing to measure; name systems "
-                f"({','.join(SYSTEMS)}) or give the codec section messages"
+                f"--systems none, --codec-messages 0 and --links-messages 0 leave nothing to "
+                f"measure; name systems ({','.join(SYSTEMS)}) or give the codec or links "
+                "section messages"
             )
         if "workers" in self.systems and (not self.workers or min(self.workers) < 1):
             raise BenchError("--workers must list worker counts of 1 or more, e.g. 1,2,3")
@@ -74,6 +80,20 @@ class BenchOptions:
                 )
             if self.codec_devices < 1 or self.codec_rounds < 1:
                 raise BenchError("--codec-devices and --codec-rounds must be 1 or more")
+        if self.links_messages:
+            if self.links_messages < 2 * SENTINELS:
+                raise BenchError(
+                    f"--links-messages must be 0 (skip the links section) or at least "
+                    f"{2 * SENTINELS}, not {self.links_messages}"
+                )
+            if self.links_pushes < 2 * SENTINELS:
+                raise BenchError(
+                    f"--links-pushes must be at least {2 * SENTINELS}, not {self.links_pushes}"
+                )
+            if min(self.links_devices, self.links_pushers, self.links_rounds) < 1:
+                raise BenchError(
+                    "--links-devices, --links-pushers and --links-rounds must be 1 or more"
+                )
         from cityiot.domain.catalogue import KINDS
 
         unknown_kinds = [k for k, _ in self.mix if k not in KINDS]
@@ -99,6 +119,11 @@ class BenchOptions:
             "codec_messages": self.codec_messages,
             "codec_devices": self.codec_devices,
             "codec_rounds": self.codec_rounds,
+            "links_messages": self.links_messages,
+            "links_pushes": self.links_pushes,
+            "links_devices": self.links_devices,
+            "links_pushers": self.links_pushers,
+            "links_rounds": self.links_rounds,
         }
 
 

@@ -20,6 +20,7 @@ from rich.table import Table
 
 from bench.codec_result import CodecResult, print_codecs
 from bench.latency import LatencyResult, Percentiles
+from bench.links import LinkResult, print_links
 
 REPORT_VERSION = 1
 
@@ -122,10 +123,15 @@ class BenchReport:
     method: dict[str, str]
     rule_state: dict[str, Any] | None = None  # bench/state.py: bytes per device
     codecs: CodecResult | None = None  # bench/codecs.py: the codec section
+    links: LinkResult | None = None  # bench/links.py: the links section
 
     @property
     def ok(self) -> bool:
-        return all(s.ok for s in self.systems) and (self.codecs is None or self.codecs.ok)
+        return (
+            all(s.ok for s in self.systems)
+            and (self.codecs is None or self.codecs.ok)
+            and (self.links is None or self.links.ok)
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -138,6 +144,7 @@ class BenchReport:
             "systems": [s.as_dict() for s in self.systems],
             "rule_state": self.rule_state,
             "codecs": None if self.codecs is None else self.codecs.as_dict(),
+            "links": None if self.links is None else self.links.as_dict(),
             "ok": self.ok,
         }
 
@@ -261,6 +268,8 @@ def print_report(report: BenchReport, console: Console, out: Path | None = None)
         )
     if report.codecs is not None:
         print_codecs(report.codecs, console)
+    if report.links is not None:
+        print_links(report.links, console)
     console.print(
         f"machine: {hw['cpu']} × {hw['cores']} cores, {hw['ram_gb']} GB RAM, "
         f"{hw['os']}; Python {hw['python']}, Mosquitto {hw['mosquitto']}, "

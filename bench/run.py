@@ -2,7 +2,7 @@
 subscriber and a Node-RED peer, on one real local Mosquitto and InfluxDB.
 
 The bench starts its own broker (``bench/mosquitto.conf``) and InfluxDB on free ports under
-``.bench/runs/<stamp>/``, registers the fleet once in a SQLite registry there, and runs each
+``.bench/runs/<stamp>-<pid>/``, registers the fleet once in a SQLite registry there, and runs each
 system in turn on the same payloads:
 
 - **throughput**: start the system and wait until it is subscribed; SIGSTOP it; publish the
@@ -21,6 +21,9 @@ system in turn on the same payloads:
 - **codecs** (bench/codecs.py): one ingest draining JSON, a vendor's binary frames decoded by
   its JavaScript codec in the sandbox, and those frames beside a device whose codec loops
   forever; its own fleet, registry and database.
+- **links** (bench/links.py): one platform (ingest, rules, API) taking the same readings by
+  MQTT, by CTWing's HTTP push (concurrent pushers) and by ChirpStack's MQTT integration;
+  its own fleet, registry and database.
 
 Each system writes to a database of its own (dropped after its run), gets fresh event times
 and client ids, and its broker sessions are removed after it stops.
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +44,7 @@ from bench.codec_result import CodecResult
 from bench.codecs import CodecBench
 from bench.latency_run import ALARMS, PROBES, LatencyRun
 from bench.launch import Launcher
+from bench.links import LinkBench, LinkResult
 from bench.load import bench_fleet
 from bench.options import BENCH_HOME, REPO, SENTINELS, BenchOptions
 from bench.registry import REGISTRY_SETTLE_S, Registry, bench_device
@@ -153,14 +158,17 @@ def run_bench(
     options.check()
     started = dt.datetime.now(dt.UTC)
     stamp = utc_stamp(started)
-    run_dir = BENCH_HOME / "runs" / stamp
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # The process id too: two runs started in the same second (the tests') must not share
+    # a directory, nor remove each other's.
+    run_dir = BENCH_HOME / "runs" / f"{stamp}-{os.getpid()}"
+    run_dir.mkdir(parents=True)
     git = git_state(REPO)
     out = options.out or BENCH_HOME / "results" / f"{stamp}-{git.get('sha') or 'nogit'}.json"
     specs = system_specs(options)
     results: dict[str, SystemResult] = {}
     run: BenchRun | None = None
     codecs: CodecResult | None = None
+    links: LinkResult | None = None
     try:
         with contextlib.ExitStack() as stack:
             services = Services(run_dir, say, keep=options.keep)
@@ -173,10 +181,17 @@ def run_bench(
                 if options.codec_messages
                 else None
             )
+            link_section = (
+                LinkBench.prepare(options, services, run_dir, say, log)
+                if options.links_messages
+                else None
+            )
             if run is not None:
                 results = run.systems(specs, log)
             if section is not None:
                 codecs = section.run()
+            if link_section is not None:
+                links = link_section.run()
     finally:
         if not options.keep:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -213,6 +228,7 @@ def run_bench(
         systems=systems,
         rule_state=rule_state.as_dict() if rule_state else None,
         codecs=codecs,
+        links=links,
         method={
             "throughput": "unless cold: a warm-up (one reading per fleet device, waited for "
             "until stored, then until InfluxDB and the system are idle; not counted); "
@@ -240,6 +256,15 @@ def run_bench(
             "hostile / rate without, per round; every figure is the median of each order's "
             "rounds averaged over the two orders; one decode timed in process over the "
             "frames (perf_counter_ns per call, gc off)",
+            "links": "one platform process (ingest, rules and API, bench/link_platform.py; "
+            "CITYIOT_CHIRPSTACK_MQTT_URL = the run's broker), warmed up; per round and path the "
+            "same readings of as many manholes: mqtt (JSON) and chirpstack (ChirpStack v4 "
+            "uplink events, hexframe data) drain a backlog queued at QoS 1 while the platform "
+            "was SIGSTOPped (t0 = SIGCONT, end = InfluxDB holds it); ctwing (dataReport, "
+            "serviceData) is pushed live by concurrent clients, one reading a request, resent "
+            "after Retry-After on anything but 200 (t0 = the first request, end = the last "
+            "200, each 200 given once stored); paths in one order and its reverse in turn, "
+            "the median round shown, ratios to mqtt",
         },
     )
     report.write(out)

@@ -31,7 +31,7 @@ class Services:
 
     @property
     def run_id(self) -> str:
-        """The run's part of client ids: its directory's UTC stamp."""
+        """The run's part of client ids: its directory's UTC stamp and process id."""
         return self.run_dir.name.replace("T", "").replace("Z", "").lower()
 
     def start(self, stack: contextlib.ExitStack) -> None:
