@@ -80,10 +80,16 @@ REGISTRY_VENDORS = (("acme", "Acme Sensors", "json"), ("oldco", "Old Co", "hexfr
 
 @contextlib.asynccontextmanager
 async def running_api(
-    db_url: str, influx: LocalInflux, influx_db: str, broker: LocalBroker, run_dir: Path
+    db_url: str,
+    influx: LocalInflux,
+    influx_db: str,
+    broker: LocalBroker,
+    run_dir: Path,
+    **extra: Any,
 ) -> AsyncIterator[Api]:
-    """An API on a seeded registry with a key of each role (``api.keys``)."""
-    settings = api_settings(db_url, influx, influx_db, broker, run_dir=run_dir)
+    """An API on a seeded registry with a key of each role (``api.keys``); ``extra``
+    settings beside the tests' own."""
+    settings = api_settings(db_url, influx, influx_db, broker, run_dir=run_dir, **extra)
     engine, sessions = await open_seeded(db_url, REGISTRY_CSV, REGISTRY_VENDORS)
     try:
         async with (

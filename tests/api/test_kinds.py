@@ -7,6 +7,7 @@ the model."""
 from __future__ import annotations
 
 import copy
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,9 @@ from cityiot.api.routes.kinds import audit_file_changes
 from cityiot.domain.catalogue import KINDS, MODEL, IncompatibleChange
 from cityiot.domain.thingmodel import incompatibilities, kind_spec, parse_kind
 from cityiot.ingest.validate import Reading
+from cityiot.platform.local_services import LocalBroker, LocalInflux
 from cityiot.storage.kinds import kind_overrides, save_kind
-from tests.api.conftest import DEPARTMENT_KINDS, ROLES, Api
+from tests.api.conftest import DEPARTMENT_KINDS, ROLES, Api, running_api
 from tests.api.test_parking_stats import NIGHT, at, latest, set_status
 from tests.operator_files import NOISE as OPERATOR_NOISE
 from tests.operator_files import changed, write_kind
@@ -31,6 +33,20 @@ CHANGED = "gas"
 
 # The kinds a test puts leave with it (the API serves this process's model).
 pytestmark = pytest.mark.usefixtures("live_model")
+# How often the API re-reads the kinds another process put or a file changed: the tests
+# that wait for it wait for the event, and a shorter period only brings it sooner.
+REFRESH_S = 0.2
+
+
+@pytest.fixture
+async def api(
+    db_url: str, influx: LocalInflux, influx_db: str, broker: LocalBroker, tmp_path: Path
+) -> AsyncIterator[Api]:
+    """tests/api/conftest.py's API, refreshing its kinds every ``REFRESH_S``."""
+    async with running_api(
+        db_url, influx, influx_db, broker, tmp_path, registry_refresh_s=REFRESH_S
+    ) as harness:
+        yield harness
 
 
 async def get_kind(api: Api, kind: str, role: str = "admin") -> dict[str, Any]:
