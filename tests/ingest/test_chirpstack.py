@@ -204,10 +204,13 @@ async def test_an_uplink_is_stored_at_its_time_with_the_best_rssi(lorawan: Platf
     assert link is not None
     # Learned from the uplink, and kept for commands after a restart.
     assert link.applications[EUI.upper()] == APP
-    async with lorawan.sessions() as session:
-        await until(lambda: link._unsaved == {}, 5, "the application id written")
-        saved = await session.get(LorawanApplication, EUI.upper())
-    assert saved is not None and saved.application_id == APP
+
+    async def saved() -> LorawanApplication | None:
+        async with lorawan.sessions() as session:
+            return await session.get(LorawanApplication, EUI.upper())
+
+    row_saved = await until(saved, 15, "the application id written to the database")
+    assert row_saved.application_id == APP
 
 
 async def test_an_object_decoded_by_chirpstack_is_mapped_by_the_codec(lorawan: Platform) -> None:
