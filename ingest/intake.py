@@ -136,8 +136,9 @@ class Intake:
             batch = self.batch
             batch_age = time.monotonic() - batch.started
             if batch.started and (
-                # Nothing is being written and the batch is SEAL_IDLE_S old: store now.
-                (sealed.nothing_written and batch_age >= SEAL_IDLE_S)
+                # Nothing is being written and the batch is SEAL_IDLE_S old, or a sender on
+                # the HTTP link waits for it (one waits for each write, no longer): store now.
+                (sealed.nothing_written and (batch_age >= SEAL_IDLE_S or batch.waiters))
                 or len(batch.lines) >= self.settings.batch_size
                 or len(batch.spans) >= self._max_unacked
                 # Old enough, unless the writers' queue is full: then it grows (to its size
