@@ -210,6 +210,8 @@ class LinkDrain:
     influx_cpu_s: float | None = None
     pusher_cpu_s: float | None = None  # this process's pushers (CTWing only)
     retried: int = 0  # pushes answered other than 200 and sent again (CTWing only)
+    answer_p50_ms: float | None = None  # a 200's request, sent to answered (CTWing only)
+    answer_p95_ms: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -318,6 +320,16 @@ def links_table(result: LinkResult) -> Table:
     )
     row("CPU s broker", [_n(result.median(p, lambda d: d.broker_cpu_s), 1) for p in PATHS])
     row("CPU s InfluxDB", [_n(result.median(p, lambda d: d.influx_cpu_s), 1) for p in PATHS])
+    row(
+        "push answered, p50 / p95 ms",
+        [
+            "–"
+            if p != CTWING
+            else f"{_n(result.median(p, lambda d: d.answer_p50_ms), 1)} / "
+            f"{_n(result.median(p, lambda d: d.answer_p95_ms), 1)}"
+            for p in PATHS
+        ],
+    )
     row("CPU s pushers", [_n(result.median(p, lambda d: d.pusher_cpu_s), 1) for p in PATHS])
     row(
         "pushes retried",
@@ -455,6 +467,7 @@ class Pushed:
     first_s: float  # wall clock of the first request
     last_s: float  # of the last 200
     retried: int
+    answer_ms: list[float]  # each 200's request, sent to answered
 
 
 def push_all(url: str, token: str, bodies: list[bytes], pushers: int, timeout_s: float) -> Pushed:
@@ -466,6 +479,8 @@ def push_all(url: str, token: str, bodies: list[bytes], pushers: int, timeout_s:
         pending = iter(bodies)
         retried = 0
         last = 0.0
+        answer_ms: list[float] = []
+        clock = time.perf_counter
         headers = {"Content-Type": "application/json"}
         target = f"/api/v1/intake/ctwing/{VENDORS[CTWING]}"
         limits = httpx.Limits(max_connections=pushers, max_keepalive_connections=pushers)
@@ -477,6 +492,7 @@ def push_all(url: str, token: str, bodies: list[bytes], pushers: int, timeout_s:
                 nonlocal retried, last
                 for body in pending:
                     while True:
+                        sent = clock()
                         try:
                             r = await client.post(target, content=body, headers=headers)
                         except httpx.TransportError:
@@ -488,6 +504,7 @@ def push_all(url: str, token: str, bodies: list[bytes], pushers: int, timeout_s:
                             if answer["rejected"]:
                                 raise BenchError(f"the CTWing receiver refused a push: {r.text}")
                             last = time.time()
+                            answer_ms.append((clock() - sent) * 1000)
                             break
                         if r.status_code != 503:
                             raise BenchError(
@@ -498,7 +515,7 @@ def push_all(url: str, token: str, bodies: list[bytes], pushers: int, timeout_s:
 
             first = time.time()
             await asyncio.wait_for(asyncio.gather(*(pusher() for _ in range(pushers))), timeout_s)
-        return Pushed(first, last, retried)
+        return Pushed(first, last, retried, answer_ms)
 
     try:
         return asyncio.run(run())
@@ -688,6 +705,10 @@ class LinkBench:
         drain.pusher_cpu_s = round(time.process_time() - own, 2)
         end = self.services.mark([pid])
         drain.retried = pushed.retried
+        if len(pushed.answer_ms) >= 2:
+            cuts = statistics.quantiles(pushed.answer_ms, n=20, method="inclusive")
+            drain.answer_p50_ms = round(statistics.median(pushed.answer_ms), 1)
+            drain.answer_p95_ms = round(cuts[18], 1)
         drain.seconds = round(pushed.last_s - pushed.first_s, 3)
         drain.end_by = "answered"
         # Every 200 came once its reading was stored: InfluxDB holds them all now.

@@ -263,7 +263,8 @@ def run_bench(
             "was SIGSTOPped (t0 = SIGCONT, end = InfluxDB holds it); ctwing (dataReport, "
             "serviceData) is pushed live by concurrent clients, one reading a request, resent "
             "after Retry-After on anything but 200 (t0 = the first request, end = the last "
-            "200, each 200 given once stored); paths in one order and its reverse in turn, "
+            "200, each 200 given once stored; each 200's request timed from sent to "
+            "answered); paths in one order and its reverse in turn, "
             "the median round shown, ratios to mqtt",
         },
     )

@@ -79,6 +79,7 @@ def test_links_section_stores_every_paths_readings_and_prints_them(tmp_path: Pat
         assert drain["cpu_s"] is not None and drain["cpu_s"] >= 0
         if drain["path"] == "ctwing":
             assert drain["end_by"] == "answered" and drain["pusher_cpu_s"] >= 0
+            assert 0 < drain["answer_p50_ms"] <= drain["answer_p95_ms"]
         else:
             assert drain["end_by"] in ("sentinel", "count")
     rates = section["rates"]
@@ -91,6 +92,7 @@ def test_links_section_stores_every_paths_readings_and_prints_them(tmp_path: Pat
 
     assert "links: one platform (ingest, rules, API)" in done.stdout
     assert "readings/s stored" in done.stdout and "× mqtt" in done.stdout
+    assert "push answered, p50 / p95 ms" in done.stdout
     assert "ctwing is pushed live by 4 concurrent clients" in done.stdout
 
 
