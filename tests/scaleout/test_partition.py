@@ -82,6 +82,7 @@ def test_shared_topics_and_the_internal_topic() -> None:
     assert shared_topics(TOPICS, "cityiot") == (
         "$share/cityiot/city/+/+/telemetry",
         "$share/cityiot/city/+/+/status",
+        "$share/cityiot/cityiot/relay/#",  # what an API apart from the ingest relays
     )
     assert shared_topics(TOPICS, "") == TOPICS
     assert rules_topic(2) == "cityiot/rules/2"

@@ -16,6 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from cityiot.ingest.partition import owner, rules_topic, shared_topics
 from cityiot.ingest.pipeline import TOPICS
+from cityiot.ingest.relay import relay_topic
 from cityiot.platform.local_services import LocalBroker
 from cityiot.storage.broker_access import mosquitto_hash, render_acl, render_password_file
 from tests.scaleout.conftest import (
@@ -245,7 +246,7 @@ def test_a_for_rule_fires_once_in_the_owning_worker(cluster: Cluster) -> None:
 
 def test_the_platform_account_may_share_and_forward(tmp_path: Path) -> None:
     """The broker ACL the platform writes lets its own account subscribe to the shared
-    telemetry and use the internal ``cityiot/rules/{k}`` topics."""
+    telemetry and relay topics and use the internal ``cityiot/rules/{k}`` topics."""
     (tmp_path / "passwd").write_text(render_password_file([("cityiot", mosquitto_hash("pw"))]))
     (tmp_path / "acl").write_text(render_acl(["cityiot"], []))
     broker = LocalBroker(
@@ -262,13 +263,19 @@ def test_the_platform_account_may_share_and_forward(tmp_path: Path) -> None:
         client.loop_start()
         topics = [*shared_topics(TOPICS, "cityiot"), rules_topic(0)]
         client.subscribe([(t, 1) for t in topics])
-        wait_for(lambda: len(granted) == 3, 5, "the SUBACK")
-        assert granted == [1, 1, 1], (
+        wait_for(lambda: len(granted) == len(topics), 5, "the SUBACK")
+        assert granted == [1] * len(topics), (
             f"refused subscriptions: {dict(zip(topics, granted, strict=True))}"
         )
-        for topic in ("city/acme/mh-1/telemetry", "city/acme/mh-1/status", rules_topic(0)):
+        sent = (
+            "city/acme/mh-1/telemetry",
+            "city/acme/mh-1/status",
+            relay_topic("http", "acme", "mh-1", "telemetry"),
+            rules_topic(0),
+        )
+        for topic in sent:
             client.publish(topic, b"{}", qos=1).wait_for_publish(5)
-        wait_for(lambda: len(received) == 3, 5, "the three messages", lambda: str(received))
+        wait_for(lambda: len(received) == len(sent), 5, "every message", lambda: str(received))
     finally:
         client.disconnect()
         client.loop_stop()
