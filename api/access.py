@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import false
 
@@ -20,20 +20,22 @@ from cityiot.api.context import ApiContext, context
 from cityiot.api.keys import MAX_KEY_CHARS, Principal
 from cityiot.api.paging import S
 from cityiot.api.problems import Problem
+from cityiot.rules.events import city_time
+from cityiot.storage.utc import utcnow
 
 _bearer = HTTPBearer(auto_error=False, description="an API key: cityiot keys create --role R")
 
 
 async def authenticate(ctx: ApiContext, presented: str | None, client: str) -> Principal:
     """The principal of the key ``presented`` by ``client`` (an address), or a Problem: 401
-    (no, unknown or revoked key) or 429 (this address sends too many requests without a
+    (no, unknown, revoked or expired key) or 429 (this address sends too many requests without a
     valid key). Each lookup is charged to the address before it is made (the lookup is what
     a stranger costs us) and refunded when the key is real."""
     now = time.monotonic()
     if presented is not None:
         known = ctx.keys.cached(presented, now)
         if known is not None:
-            return known
+            return _unexpired(known)
     wait = ctx.anonymous.take(client, now)
     if wait:
         raise Problem(
@@ -56,19 +58,33 @@ async def authenticate(ctx: ApiContext, presented: str | None, client: str) -> P
             "characters at most); send the key exactly as cityiot keys create printed it",
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
         )
-    principal = await ctx.keys.resolve(presented, now)
+    principal = await ctx.keys.identify(presented, now)
     if principal is None:
         raise Problem(
             401,
             "the API key is unknown or revoked; ask an administrator for a new one",
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
         )
+    _unexpired(principal)
     ctx.anonymous.refund(client)  # charged before the lookup; a real key costs nothing
+    return principal
+
+
+def _unexpired(principal: Principal) -> Principal:
+    """``principal``, or a 401 saying when its key expired and what to do."""
+    if principal.expires_at is not None and principal.expired(utcnow()):
+        raise Problem(
+            401,
+            f"the API key {principal.key_id} expired at {city_time(principal.expires_at)}; "
+            "ask an administrator for a new one (cityiot keys create, or POST /api/v1/keys)",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
     return principal
 
 
 async def caller(
     request: Request,
+    response: Response,
     ctx: Annotated[ApiContext, Depends(context)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
@@ -84,6 +100,9 @@ async def caller(
             headers={"Retry-After": str(math.ceil(wait))},
         )
     request.state.principal = principal
+    if principal.expires_at is not None:
+        # The console (or any client) can warn its holder before the key stops working.
+        response.headers["X-Key-Expires"] = city_time(principal.expires_at) or ""
     return principal
 
 

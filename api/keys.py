@@ -2,13 +2,16 @@
 
 A key reads ``cik_<id>_<secret>``; the id is looked up, the secret's hash compared in
 constant time. Keys are long random strings, so a fast hash is enough (no password
-stretching needed).
+stretching needed). A key may carry an expiry (``expires_at``): after it the key is refused
+like a revoked one, so a key handed to a contractor does not outlive the contract.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,7 +23,7 @@ from cityiot.domain.catalogue import DISTRICTS, KINDS, is_valid_id
 from cityiot.storage.tables.audit import AuditEntry
 from cityiot.storage.tables.keys import ApiKey
 from cityiot.storage.tables.registry import Vendor
-from cityiot.storage.utc import utcnow
+from cityiot.storage.utc import as_utc, utcnow
 
 ROLES = ("admin", "operator", "field", "department", "vendor")
 PREFIX = "cik_"
@@ -51,6 +54,11 @@ class Principal:
     # Field keys (and people of role field): the teams whose work orders and alerts they act
     # on; None for other roles, and for field keys made before keys carried teams.
     teams: frozenset[str] | None = None
+    expires_at: dt.datetime | None = None  # UTC; None: the key never expires
+
+    def expired(self, at: dt.datetime) -> bool:
+        """Whether the key has expired at ``at`` (an aware datetime)."""
+        return self.expires_at is not None and self.expires_at <= at
 
     @property
     def actor(self) -> str:
@@ -115,12 +123,15 @@ async def create_key(
     known_teams: Iterable[str] = (),
     created_by: str = "cli",
     creator_role: str = "admin",
+    expires_at: dt.datetime | None = None,
 ) -> tuple[ApiKey, str]:
     """A new key; returns the row and the key itself (shown once, never stored).
 
     A field key names at least one of ``known_teams`` (the routing file's teams); no other
-    role carries teams.
+    role carries teams. ``expires_at`` (aware, in the future) ends the key; None: never.
     """
+    if expires_at is not None:
+        expires_at = check_expiry(expires_at)
     if role not in ROLES:
         raise KeyRequestError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
     kind_list = _check_list(kinds, KINDS, "kinds")
@@ -147,6 +158,7 @@ async def create_key(
         vendor_id=vendor if role == "vendor" else None,
         teams=team_list,
         created_by=created_by,
+        expires_at=expires_at,
     )
     async with sessions() as session, session.begin():
         if vendor and await session.get(Vendor, vendor) is None:
@@ -165,10 +177,54 @@ async def create_key(
                     "districts": district_list,
                     "vendor": row.vendor_id,
                     "teams": team_list,
+                    "expires_at": expires_at.isoformat() if expires_at else None,
                 },
             )
         )
     return row, f"{PREFIX}{key_id}_{secret}"
+
+
+EXPIRY_FORMS = (
+    "a duration (90d, 12w, 36h) or an ISO date or time (2027-03-31, 2027-03-31T18:00+08:00)"
+)
+_DURATION = re.compile(r"^(\d+)\s*([hdw])$")
+_UNIT_S = {"h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def check_expiry(expires_at: dt.datetime, now: dt.datetime | None = None) -> dt.datetime:
+    """``expires_at`` in UTC; :class:`KeyRequestError` when it has no time zone or is past."""
+    if expires_at.tzinfo is None:
+        raise KeyRequestError(
+            f"the expiry {expires_at.isoformat()} has no time zone; add one "
+            "(e.g. 2027-03-31T18:00:00+08:00 or ...Z)"
+        )
+    expires_at = as_utc(expires_at)
+    if expires_at <= (now or utcnow()):
+        raise KeyRequestError(
+            f"the expiry {expires_at.isoformat()} is already past; give a future time"
+        )
+    return expires_at
+
+
+def parse_expiry(text: str, now: dt.datetime, zone: dt.tzinfo) -> dt.datetime:
+    """An expiry as the command line takes it: ``90d`` (from ``now``) or an ISO date or time;
+    a date alone means its end of day, and a time without zone is in ``zone`` (the city's)."""
+    text = text.strip()
+    duration = _DURATION.match(text.lower())
+    if duration:
+        count, unit = int(duration.group(1)), duration.group(2)
+        if count == 0:
+            raise KeyRequestError(f"--expires {text!r} is no time at all; give e.g. 90d")
+        return check_expiry(now + dt.timedelta(seconds=count * _UNIT_S[unit]), now)
+    try:
+        if len(text) == 10:  # a date: the key works through that whole day
+            day = dt.date.fromisoformat(text)
+            at = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), zone)
+        else:
+            at = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise KeyRequestError(f"--expires {text!r} is not {EXPIRY_FORMS}") from None
+    return check_expiry(at if at.tzinfo is not None else at.replace(tzinfo=zone), now)
 
 
 def check_teams(
@@ -202,6 +258,7 @@ def principal_of(row: ApiKey) -> Principal:
         districts=frozenset(row.districts) if row.districts is not None else None,
         vendor=row.vendor_id,
         teams=frozenset(row.teams) if row.teams is not None else None,
+        expires_at=as_utc(row.expires_at) if row.expires_at is not None else None,
     )
 
 
@@ -211,7 +268,8 @@ MAX_KEY_CHARS = 200
 
 class KeyRing:
     """Resolves presented keys, remembering keys that resolve for ``ttl_s`` (so a revocation
-    made by another process takes effect within that time; in this process, at once).
+    made by another process takes effect within that time; in this process, at once). An
+    expiry is checked on every use, remembered or not, so it takes effect to the second.
 
     Only real keys are remembered, at most ``max_cached`` of them (least recently used go
     first): strings that resolve to no one are looked up each time, so made-up keys cannot
@@ -225,7 +283,8 @@ class KeyRing:
         self._cache: dict[str, tuple[float, Principal]] = {}  # insertion order: LRU first
 
     def cached(self, presented: str, now: float) -> Principal | None:
-        """The principal of a key that resolved within ``ttl_s``, without a lookup."""
+        """The principal of a key that resolved within ``ttl_s``, without a lookup (an
+        expired key's too: the caller checks :meth:`Principal.expired`)."""
         hit = self._cache.pop(presented, None)
         if hit is None or now - hit[0] >= self.ttl_s:
             return None
@@ -233,6 +292,15 @@ class KeyRing:
         return hit[1]
 
     async def resolve(self, presented: str, now: float) -> Principal | None:
+        """The principal of a usable key; None for an unknown, revoked or expired one."""
+        principal = await self.identify(presented, now)
+        if principal is None or principal.expired(utcnow()):
+            return None
+        return principal
+
+    async def identify(self, presented: str, now: float) -> Principal | None:
+        """The principal of a real, unrevoked key, expired or not (so the refusal can say
+        when it expired)."""
         known = self.cached(presented, now)
         if known is not None:
             return known

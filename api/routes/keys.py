@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, status
@@ -16,6 +17,7 @@ from cityiot.api.problems import Problem
 from cityiot.api.teams import known_teams, routing
 from cityiot.rules.events import city_time
 from cityiot.storage.tables.keys import ApiKey
+from cityiot.storage.utc import as_utc, utcnow
 
 router = APIRouter(tags=["keys"])
 
@@ -33,6 +35,7 @@ class KeyIn(BaseModel):
                     "name": "fire brigade",
                     "kinds": ["hydrant"],
                     "districts": ["yicheng", "kaifaqu"],
+                    "expires_at": "2027-03-31T18:00:00+08:00",
                 }
             ]
         },
@@ -51,6 +54,11 @@ class KeyIn(BaseModel):
         max_length=32,
         description="field keys (required): the teams of the routing file it acts for",
     )
+    expires_at: dt.datetime | None = Field(
+        None,
+        description="when the key stops working (RFC 3339 with its offset, in the future); "
+        "absent: never",
+    )
 
 
 class KeyOut(BaseModel):
@@ -64,6 +72,8 @@ class KeyOut(BaseModel):
     created_at: str
     created_by: str
     revoked_at: str | None
+    expires_at: str | None = Field(description="when the key stops working; null: never")
+    expired: bool = Field(description="whether the key has expired (it is refused, 401)")
 
 
 class NewKeyOut(KeyOut):
@@ -82,6 +92,8 @@ def key_out(row: ApiKey) -> dict[str, Any]:
         "created_at": city_time(row.created_at),
         "created_by": row.created_by,
         "revoked_at": city_time(row.revoked_at),
+        "expires_at": city_time(row.expires_at),
+        "expired": row.expires_at is not None and as_utc(row.expires_at) <= utcnow(),
     }
 
 
@@ -98,7 +110,7 @@ async def new_key(
     principal: Annotated[Principal, Depends(allow("admin"))],
 ) -> dict[str, Any]:
     """A new key with a role (and, for department keys, the kinds and districts granted;
-    for field keys, the teams it acts for)."""
+    for field keys, the teams it acts for), expiring at ``expires_at`` if given."""
     teams = known_teams(routing(ctx)) if body.role == "field" else ()
     try:
         row, key = await create_key(
@@ -112,6 +124,7 @@ async def new_key(
             known_teams=teams,
             created_by=principal.actor,
             creator_role=principal.role,
+            expires_at=body.expires_at,
         )
     except KeyRequestError as exc:
         raise Problem(422, str(exc)) from None

@@ -38,14 +38,31 @@ def keys_create(
             help="Field keys: a team of the routing file it acts for; repeat or comma-separate.",
         ),
     ] = None,
+    expires: Annotated[
+        str | None,
+        typer.Option(
+            help="When the key stops working: a duration from now (90d, 12w, 36h) or an ISO "
+            "date or time (2027-03-31: through that day; 2027-03-31T18:00, in the city's "
+            "time zone unless it has an offset). Default: never.",
+        ),
+    ] = None,
 ) -> None:
     """Create an API key; prints the key alone on stdout (it is shown this once)."""
-    from cityiot.api.keys import KeyRequestError, create_key
+    from cityiot.api.keys import KeyRequestError, create_key, parse_expiry
     from cityiot.api.teams import known_teams
+    from cityiot.domain.sun import CITY_TZ
+    from cityiot.rules.events import city_time
     from cityiot.rules.routing import RoutingError, load_routing
     from cityiot.rules.service import routing_path
     from cityiot.storage.engine import make_engine, migrate, sessionmaker
+    from cityiot.storage.utc import utcnow
 
+    expires_at = None
+    if expires is not None:
+        try:
+            expires_at = parse_expiry(expires, utcnow(), CITY_TZ)
+        except KeyRequestError as exc:
+            fail(str(exc))
     settings = load_settings()
     if kinds is not None:
         load_model_from_database(settings)  # a kind put through the API may be granted too
@@ -74,6 +91,7 @@ def keys_create(
                 teams=teams,
                 known_teams=known,
                 created_by="cli",
+                expires_at=expires_at,
             )
         finally:
             await engine.dispose()
@@ -92,14 +110,20 @@ def keys_create(
         grant = f" vendor={row.vendor_id}"
     if row.teams:
         grant = f" teams={','.join(row.teams)}"
-    err.print(f"key {row.id} created: role={row.role}{grant} (store it now; it is not shown again)")
+    until = f", expires {city_time(row.expires_at)}" if row.expires_at else ""
+    err.print(
+        f"key {row.id} created: role={row.role}{grant}{until} (store it now; it is not shown again)"
+    )
 
 
 @keys_app.command("list")
 def keys_list() -> None:
-    """The API keys (ids, roles and grants; never the secrets)."""
-    from cityiot.api.keys import list_keys
+    """The API keys: id, role, state (active, revoked or expired), grant, vendor, expiry
+    (- for never) and name; never the secrets."""
+    from cityiot.api.keys import list_keys, principal_of
+    from cityiot.rules.events import city_time
     from cityiot.storage.engine import make_engine, migrate, sessionmaker
+    from cityiot.storage.utc import utcnow
 
     settings = load_settings()
 
@@ -111,10 +135,15 @@ def keys_list() -> None:
         finally:
             await engine.dispose()
 
+    now = utcnow()
     for row in asyncio.run(main()):
-        state = "revoked" if row.revoked_at else "active"
+        principal = principal_of(row)
+        state = "revoked" if row.revoked_at else "expired" if principal.expired(now) else "active"
         grant = ",".join(row.kinds or ["*"]) + "/" + ",".join(row.districts or ["*"])
-        print(f"{row.id}\t{row.role}\t{state}\t{grant}\t{row.vendor_id or '-'}\t{row.name}")
+        until = city_time(principal.expires_at) or "-"
+        print(
+            f"{row.id}\t{row.role}\t{state}\t{grant}\t{row.vendor_id or '-'}\t{until}\t{row.name}"
+        )
 
 
 @keys_app.command("revoke")

@@ -30,3 +30,5 @@ class ApiKey(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     created_by: Mapped[str] = mapped_column(String(128), default="")
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # After this the key is refused like a revoked one; None: it never expires.
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
