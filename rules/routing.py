@@ -74,6 +74,7 @@ from pydantic import (
 )
 
 from cityiot.rules.events import SEVERITIES
+from cityiot.rules.notifiers.webhook import plain_http_refusal
 from cityiot.rules.silences import (
     LABELS,
     WEEKDAYS,
@@ -501,7 +502,14 @@ class _Builder:
                         (receiver.name, channel.name, self.dropped[(i, j)])
                     )
                     continue
-                channels.append(channel.model_dump())
+                config = channel.model_dump()
+                url = config.get("url")
+                if channel.type == "webhook" and isinstance(url, str):
+                    allow = config.get("allow_http") is True
+                    refusal = plain_http_refusal(channel.name, url, allow)
+                    if refusal is not None:
+                        self.problems.append(f"{cwhere}.url: {refusal}")
+                channels.append(config)
             self.receivers.setdefault(
                 receiver.name, Receiver(receiver.name, receiver.team, tuple(channels))
             )

@@ -4,7 +4,8 @@ Options (routing file)::
 
     - type: webhook
       name: ops-hook                   # required; the channel's name
-      url: https://ops.example/hook    # required; http:// or https://
+      url: https://ops.example/hook    # required; https:// (http:// only with allow_http)
+      allow_http: false                # optional; true accepts a plain http:// url
       secret: s3cr3t                   # optional; without it requests are not signed
       timeout_s: 10                    # optional; whole request, default 10
       headers: {X-Team: drainage}      # optional; extra request headers
@@ -24,6 +25,10 @@ Verifying on the receiving side (Python)::
 
 Reject unless both hold (``fresh`` stops replays). Retries are re-signed with a new
 timestamp, and carry the same body.
+
+A plain ``http://`` URL is refused unless the channel says ``allow_http: true``: alerts
+carry device positions and the signature does not hide them, so plain HTTP is an explicit
+choice (a receiver on the same host or a private network), never a slip.
 
 Outcome: 2xx delivered; 408, 429, 5xx, timeouts and connection errors are retryable;
 any other status (4xx, an unfollowed 3xx) is not.
@@ -49,6 +54,17 @@ DEFAULT_TIMEOUT_S = 10.0
 def encode(payload: Mapping[str, Any]) -> bytes:
     """Compact UTF-8 JSON (Chinese stays readable)."""
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def plain_http_refusal(name: str, url: str, allow_http: bool) -> str | None:
+    """Why a webhook channel may not post to ``url``; None when it may."""
+    if allow_http or not url.lower().startswith("http://"):
+        return None
+    return (
+        f"channel {name!r} (webhook) posts to plain http:// ({httpx.URL(url).host}), which "
+        "anyone on the way can read and change; use an https:// url, or set allow_http: true "
+        "on the channel if the receiver is on a network you trust"
+    )
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:
@@ -119,7 +135,11 @@ class WebhookChannel:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         headers: Mapping[str, str] | None = None,
         http: httpx.AsyncClient | None = None,
+        allow_http: bool = False,
     ) -> None:
+        refusal = plain_http_refusal(name, url, allow_http)
+        if refusal is not None:
+            raise ValueError(refusal)
         self.name = name
         self.url = url
         self.secret = secret
@@ -131,10 +151,11 @@ class WebhookChannel:
     def from_config(
         cls, config: Mapping[str, Any], *, http: httpx.AsyncClient | None = None
     ) -> WebhookChannel:
-        o = ChannelOptions(config, {"url", "secret", "timeout_s", "headers"})
+        o = ChannelOptions(config, {"url", "secret", "timeout_s", "headers", "allow_http"})
         return cls(
             o.name,
             o.url("url"),
+            allow_http=o.flag("allow_http", False),
             secret=o.text("secret", None),
             timeout_s=o.seconds("timeout_s", DEFAULT_TIMEOUT_S),
             headers=o.headers("headers"),

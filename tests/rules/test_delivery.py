@@ -100,7 +100,7 @@ def test_default_max_attempts_keeps_trying_for_a_day(sessions: async_sessionmake
 async def test_enqueued_message_is_delivered_once(
     sessions: async_sessionmaker[Any], clock: HandClock, receiver: Receiver
 ) -> None:
-    channel = WebhookChannel("ops-hook", receiver.url, secret="s")
+    channel = WebhookChannel("ops-hook", receiver.url, allow_http=True, secret="s")
     deliverer = Deliverer(sessions, {"ops-hook": channel}, clock=clock)
     row_id = await put(sessions, clock)
     pending = await row(sessions, row_id)
@@ -128,7 +128,7 @@ async def test_retried_with_backoff_until_the_receiver_recovers(
 ) -> None:
     receiver.answer(500, b"db down").answer(503, b"still down")
     async with database(db_url) as sessions:
-        channels = {"ops-hook": WebhookChannel("ops-hook", receiver.url)}
+        channels = {"ops-hook": WebhookChannel("ops-hook", receiver.url, allow_http=True)}
         deliverer = Deliverer(sessions, channels, clock=clock)
         row_id = await put(sessions, clock)
         start = clock.now
@@ -161,7 +161,9 @@ async def test_receiver_down_then_started_gets_the_message(
 ) -> None:
     port = free_port()  # nothing listens here yet
     late = Receiver(port=port, default=(200, b"{}"))
-    channel = build_channel({"type": "webhook", "name": "ops-hook", "url": late.url})
+    channel = build_channel(
+        {"type": "webhook", "name": "ops-hook", "url": late.url, "allow_http": True}
+    )
     deliverer = Deliverer(sessions, {"ops-hook": channel}, clock=clock)
     row_id = await put(sessions, clock)
 
@@ -187,7 +189,9 @@ async def test_refused_message_fails_at_once_with_the_error_visible(
 ) -> None:
     receiver.answer(400, b'{"error": "unknown team"}')
     deliverer = Deliverer(
-        sessions, {"ops-hook": WebhookChannel("ops-hook", receiver.url)}, clock=clock
+        sessions,
+        {"ops-hook": WebhookChannel("ops-hook", receiver.url, allow_http=True)},
+        clock=clock,
     )
     row_id = await put(sessions, clock)
     assert await deliverer.deliver_due() == 1
@@ -204,7 +208,7 @@ async def test_gives_up_after_max_attempts(
     sessions: async_sessionmaker[Any], clock: HandClock, receiver: Receiver
 ) -> None:
     receiver.default = (502, b"bad gateway")
-    channels = {"ops-hook": WebhookChannel("ops-hook", receiver.url)}
+    channels = {"ops-hook": WebhookChannel("ops-hook", receiver.url, allow_http=True)}
     deliverer = Deliverer(sessions, channels, clock=clock, max_attempts=3)
     row_id = await put(sessions, clock)
     for _ in range(3):
@@ -223,7 +227,9 @@ async def test_row_of_a_channel_no_longer_configured_fails(
 ) -> None:
     row_id = await put(sessions, clock, channel="old-pager")
     deliverer = Deliverer(
-        sessions, {"ops-hook": WebhookChannel("ops-hook", receiver.url)}, clock=clock
+        sessions,
+        {"ops-hook": WebhookChannel("ops-hook", receiver.url, allow_http=True)},
+        clock=clock,
     )
     assert await deliverer.deliver_due() == 1
     orphan = await row(sessions, row_id)
@@ -237,8 +243,8 @@ async def test_a_failing_receiver_does_not_hold_up_the_others(
 ) -> None:
     down_url = f"http://127.0.0.1:{free_port()}/hook"
     channels = {
-        "ops-hook": WebhookChannel("ops-hook", receiver.url),
-        "down-hook": WebhookChannel("down-hook", down_url),
+        "ops-hook": WebhookChannel("ops-hook", receiver.url, allow_http=True),
+        "down-hook": WebhookChannel("down-hook", down_url, allow_http=True),
     }
     deliverer = Deliverer(sessions, channels, clock=clock)
     down_ids = [await put(sessions, clock, channel="down-hook") for _ in range(3)]
@@ -262,7 +268,9 @@ async def test_pending_rows_are_delivered_after_a_restart(
 ) -> None:
     url = f"http://127.0.0.1:{free_port()}/hook"  # the receiver is down before the crash
     async with database(sqlite_url) as sessions:
-        before = Deliverer(sessions, {"ops-hook": WebhookChannel("ops-hook", url)}, clock=clock)
+        before = Deliverer(
+            sessions, {"ops-hook": WebhookChannel("ops-hook", url, allow_http=True)}, clock=clock
+        )
         tried = await put(sessions, clock)
         assert await before.deliver_due() == 1
         untried = await put(sessions, clock)  # enqueued, then the process dies
@@ -270,7 +278,9 @@ async def test_pending_rows_are_delivered_after_a_restart(
     clock.advance(1)
     async with database(sqlite_url) as sessions:  # a fresh process: new engine, new deliverer
         after = Deliverer(
-            sessions, {"ops-hook": WebhookChannel("ops-hook", receiver.url)}, clock=clock
+            sessions,
+            {"ops-hook": WebhookChannel("ops-hook", receiver.url, allow_http=True)},
+            clock=clock,
         )
         assert await after.deliver_due() == 2
         assert [(await row(sessions, i)).status for i in (tried, untried)] == ["sent", "sent"]
@@ -283,7 +293,7 @@ async def test_a_crash_mid_send_is_retried_once_the_lease_ends(
 ) -> None:
     receiver.answer(200, b"{}", delay_s=10.0)  # the crash comes first, however busy the machine
     async with database(sqlite_url) as sessions:
-        channels = {"ops-hook": WebhookChannel("ops-hook", receiver.url)}
+        channels = {"ops-hook": WebhookChannel("ops-hook", receiver.url, allow_http=True)}
         crashing = Deliverer(sessions, channels, clock=clock, send_timeout_s=30)
         row_id = await put(sessions, clock)
         task = asyncio.create_task(crashing.deliver_due())
@@ -304,7 +314,7 @@ async def test_a_crash_mid_send_is_retried_once_the_lease_ends(
 async def test_two_deliverers_send_each_row_once(
     sessions: async_sessionmaker[Any], clock: HandClock, receiver: Receiver
 ) -> None:
-    channels = {"ops-hook": WebhookChannel("ops-hook", receiver.url)}
+    channels = {"ops-hook": WebhookChannel("ops-hook", receiver.url, allow_http=True)}
     ids = [await put(sessions, clock) for _ in range(10)]
     one, two = (Deliverer(sessions, channels, clock=clock) for _ in range(2))
     handled = await asyncio.gather(one.deliver_due(), two.deliver_due())
@@ -316,7 +326,7 @@ async def test_two_deliverers_send_each_row_once(
 async def test_run_wakes_on_notify_and_stops_on_request(
     sessions: async_sessionmaker[Any], receiver: Receiver
 ) -> None:
-    channels = {"ops-hook": WebhookChannel("ops-hook", receiver.url)}
+    channels = {"ops-hook": WebhookChannel("ops-hook", receiver.url, allow_http=True)}
     deliverer = Deliverer(sessions, channels, poll_interval_s=60)  # the real clock
     stop = asyncio.Event()
     task = asyncio.create_task(deliverer.run(stop))
@@ -334,7 +344,7 @@ async def test_run_polls_for_rows_due_later(
     sessions: async_sessionmaker[Any], receiver: Receiver
 ) -> None:
     receiver.answer(500, b"once")
-    channels = {"ops-hook": WebhookChannel("ops-hook", receiver.url)}
+    channels = {"ops-hook": WebhookChannel("ops-hook", receiver.url, allow_http=True)}
     deliverer = Deliverer(sessions, channels, poll_interval_s=0.05, backoff_base_s=0.2)
     stop = asyncio.Event()
     row_id = await enqueue(sessions, "urban-management", "ops-hook", "g", sample_message())

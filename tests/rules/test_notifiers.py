@@ -195,6 +195,7 @@ async def test_webhook_posts_the_message_signed_as_documented(receiver: Receiver
             "type": "webhook",
             "name": "ops-hook",
             "url": receiver.url,
+            "allow_http": True,  # the test's receiver is on this host
             "secret": secret,
             "headers": {"X-Team": "drainage"},
         }
@@ -220,7 +221,7 @@ async def test_webhook_posts_the_message_signed_as_documented(receiver: Receiver
 
 
 async def test_webhook_without_secret_is_not_signed(receiver: Receiver) -> None:
-    await WebhookChannel("plain", receiver.url).send(sample_message())
+    await WebhookChannel("plain", receiver.url, allow_http=True).send(sample_message())
     [request] = receiver.requests
     assert "X-Cityiot-Signature" not in request.headers
     assert "X-Cityiot-Timestamp" in request.headers
@@ -233,7 +234,7 @@ async def test_webhook_without_secret_is_not_signed(receiver: Receiver) -> None:
 async def test_webhook_judges_the_status(receiver: Receiver, status: int, retryable: bool) -> None:
     receiver.answer(status, b'{"detail": "nope"}')
     with pytest.raises(DeliveryError) as caught:
-        await WebhookChannel("ops-hook", receiver.url).send(sample_message())
+        await WebhookChannel("ops-hook", receiver.url, allow_http=True).send(sample_message())
     assert caught.value.retryable is retryable
     assert f"HTTP {status}" in caught.value.reason
     assert "nope" in caught.value.reason
@@ -242,14 +243,14 @@ async def test_webhook_judges_the_status(receiver: Receiver, status: int, retrya
 async def test_webhook_receiver_down_is_retryable() -> None:
     url = f"http://127.0.0.1:{free_port()}/hook"
     with pytest.raises(DeliveryError) as caught:
-        await WebhookChannel("ops-hook", url).send(sample_message())
+        await WebhookChannel("ops-hook", url, allow_http=True).send(sample_message())
     assert caught.value.retryable
     assert "ConnectError" in caught.value.reason
 
 
 async def test_webhook_timeout_is_retryable(receiver: Receiver) -> None:
     receiver.answer(200, b"", delay_s=10.0)  # far past the time box, however busy the machine
-    channel = WebhookChannel("slow", receiver.url, timeout_s=0.2)
+    channel = WebhookChannel("slow", receiver.url, allow_http=True, timeout_s=0.2)
     with pytest.raises(DeliveryError) as caught:
         await channel.send(sample_message())
     assert caught.value.retryable
