@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     smtp_from: str = "cityiot@localhost"
     smtp_username: str = ""
     smtp_password: str = ""
-    smtp_starttls: bool = False
+    smtp_starttls: bool = True  # mail in the clear only when asked (a relay on this host)
     run_dir: Path = Path(".run")
     # The platform's own secret: intake tokens are derived from it (OneNET's signatures need
     # the token itself, which the database does not hold). Empty: <run_dir>/platform-secret,

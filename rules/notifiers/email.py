@@ -8,14 +8,22 @@ Options (routing file)::
       host: smtp.zhumadian.gov.cn      # required; SMTP server
       port: 587                        # optional; default 465 with tls, else 25
       from: cityiot@zhumadian.gov.cn   # required; envelope and header sender
-      starttls: true                   # optional; upgrade with STARTTLS, default false
-      tls: false                       # optional; implicit TLS (SMTPS), default false
+      tls: false                       # optional; implicit TLS (SMTPS), default true on 465
+      starttls: true                   # optional; upgrade with STARTTLS, default true unless tls
+      ca_file: /etc/cityiot/mail-ca.pem  # optional; CAs for the server, default the system's
       username: cityiot                # optional; with password, log in (AUTH)
       password: ...                    # optional; only with username
       timeout_s: 30                    # optional; default 30
 
 Every option but ``name`` and ``to`` may instead come from the platform's SMTP settings
 (``build_channel(config, smtp={"host": ..., "from": ...})``); the channel's own win.
+
+Mail is encrypted unless a channel says otherwise: implicit TLS on port 465 (or with
+``tls: true``), STARTTLS on any other port, the server's certificate and name checked. A
+server that offers no STARTTLS is a failure that says so; ``starttls: false`` (or
+``CITYIOT_SMTP_STARTTLS=false`` for the platform's server) sends in the clear, for a relay on
+the same host or a trusted network only. The platform's STARTTLS setting yields to a
+channel's implicit TLS; both asked of one channel is an error.
 
 Subject: ``[FIRING:2] manhole_cover_open yicheng`` (firing alerts counted) or
 ``[RESOLVED] manhole_cover_open yicheng``. The body has the Chinese heading, the English
@@ -31,7 +39,9 @@ from __future__ import annotations
 
 import email.message
 import email.utils
+import ssl
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import aiosmtplib
@@ -39,6 +49,7 @@ import aiosmtplib
 from cityiot.rules.notifiers import ChannelOptions, DeliveryError, NotificationMessage, render
 
 DEFAULT_TIMEOUT_S = 30.0
+SMTPS_PORT = 465  # implicit TLS (RFC 8314)
 
 
 def build_mail(
@@ -66,19 +77,28 @@ class EmailChannel:
         to: list[str],
         *,
         port: int | None = None,
-        starttls: bool = False,
-        tls: bool = False,
+        starttls: bool | None = None,
+        tls: bool | None = None,
         username: str | None = None,
         password: str | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        ca_file: str | None = None,
     ) -> None:
+        """``tls`` None: implicit TLS on port 465; ``starttls`` None: STARTTLS unless TLS."""
+        if tls is None:
+            tls = port == SMTPS_PORT
+        if starttls is None:
+            starttls = not tls
+        if starttls and tls:
+            raise ValueError(f"channel {name!r} (email): choose STARTTLS or implicit TLS, not both")
         self.name = name
         self.host = host
-        self.port = port if port is not None else (465 if tls else 25)
+        self.port = port if port is not None else (SMTPS_PORT if tls else 25)
         self.sender = sender
         self.to = list(to)
         self.starttls = starttls
         self.tls = tls
+        self.ca_file = ca_file
         self.username = username
         self.password = password
         self.timeout_s = timeout_s
@@ -90,7 +110,18 @@ class EmailChannel:
         """``defaults``: the platform's SMTP options, under the channel's own."""
         o = ChannelOptions(
             {**(defaults or {}), **config},
-            {"host", "port", "from", "to", "starttls", "tls", "username", "password", "timeout_s"},
+            {
+                "host",
+                "port",
+                "from",
+                "to",
+                "starttls",
+                "tls",
+                "username",
+                "password",
+                "timeout_s",
+                "ca_file",
+            },
         )
         username = o.text("username", None)
         password = o.text("password", None)
@@ -98,9 +129,20 @@ class EmailChannel:
             raise o.error(
                 "password" if username else "username", "is needed too: give both or neither"
             )
-        starttls, tls = o.flag("starttls", False), o.flag("tls", False)
+        port = o.integer("port", None, low=1)
+        tls = o.flag("tls", port == SMTPS_PORT)
+        starttls = o.flag("starttls", not tls)
         if starttls and tls:
-            raise o.error("starttls", "cannot go with tls: choose STARTTLS or implicit TLS")
+            if config.get("starttls") is None:
+                starttls = False  # the platform's STARTTLS yields to this channel's TLS
+            else:
+                raise o.error(
+                    "starttls",
+                    "cannot go with tls (implicit TLS, the default on port 465): choose one",
+                )
+        ca_file = o.text("ca_file", None)
+        if ca_file is not None and not Path(ca_file).is_file():
+            raise o.error("ca_file", f"names no file: {ca_file!r} (a PEM file of CA certificates)")
         host, sender = o.text("host", None), o.text("from", None)
         for option, value in (("host", host), ("from", sender)):
             if value is None:
@@ -116,12 +158,13 @@ class EmailChannel:
             host,
             sender,
             to,
-            port=o.integer("port", None, low=1),
+            port=port,
             starttls=starttls,
             tls=tls,
             username=username,
             password=password,
             timeout_s=o.seconds("timeout_s", DEFAULT_TIMEOUT_S),
+            ca_file=ca_file,
         )
 
     async def send(self, message: NotificationMessage) -> None:
@@ -136,6 +179,7 @@ class EmailChannel:
                 password=self.password,
                 use_tls=self.tls,
                 start_tls=self.starttls,
+                cert_bundle=self.ca_file,
                 timeout=self.timeout_s,
             )
         except aiosmtplib.SMTPRecipientsRefused as e:
@@ -145,7 +189,24 @@ class EmailChannel:
         except aiosmtplib.SMTPResponseException as e:
             retryable = not 500 <= e.code < 600
             raise DeliveryError(f"{where}: {e.code} {e.message}", retryable) from e
-        except (aiosmtplib.SMTPException, OSError) as e:  # connect, timeout, disconnect
+        except aiosmtplib.SMTPException as e:
+            if self.starttls and "STARTTLS" in str(e):
+                raise DeliveryError(
+                    f"{where} offers no STARTTLS, so the mail would travel in the clear; enable "
+                    "STARTTLS on the server, or set starttls: false on the channel (or "
+                    "CITYIOT_SMTP_STARTTLS=false) if the way to it is trusted",
+                    False,
+                ) from e
+            raise DeliveryError(f"{where}: {type(e).__name__}: {e}", True) from e
+        except ssl.SSLCertVerificationError as e:
+            # Retried: a renewed certificate or a fixed CA file lets the mail through later.
+            raise DeliveryError(
+                f"{where}: the server's certificate is not trusted ({e.verify_message}); give "
+                "the CA that signed it with ca_file on the channel, and use the host name the "
+                "certificate names",
+                True,
+            ) from e
+        except OSError as e:  # connect, timeout, disconnect
             raise DeliveryError(f"{where}: {type(e).__name__}: {e}", True) from e
         if refused:
             # Sent to the others already: a retry would send them a second copy.

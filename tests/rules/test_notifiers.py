@@ -457,6 +457,8 @@ def smtp() -> Iterator[tuple[Mailbox, int]]:
 
 
 def mail_config(port: int, **options: Any) -> dict[str, Any]:
+    """An email channel to ``port`` on this host; over TLS unless ``options`` say otherwise
+    (the ``smtp`` fixture's server is plain: its tests pass ``starttls=False``)."""
     return {
         "type": "email",
         "name": "duty-mail",
@@ -470,7 +472,7 @@ def mail_config(port: int, **options: Any) -> dict[str, Any]:
 
 async def test_email_arrives_with_subject_and_both_bodies(smtp: tuple[Mailbox, int]) -> None:
     mailbox, port = smtp
-    channel = build_channel(mail_config(port))
+    channel = build_channel(mail_config(port, starttls=False))
     await channel.send(sample_message())
     await channel.send(sample_message("resolved"))
 
@@ -491,7 +493,12 @@ async def test_email_arrives_with_subject_and_both_bodies(smtp: tuple[Mailbox, i
 
 async def test_email_takes_the_platform_smtp_settings(smtp: tuple[Mailbox, int]) -> None:
     mailbox, port = smtp
-    platform = {"host": "127.0.0.1", "port": port, "from": "cityiot@zhumadian.example"}
+    platform = {
+        "host": "127.0.0.1",
+        "port": port,
+        "from": "cityiot@zhumadian.example",
+        "starttls": False,  # CITYIOT_SMTP_STARTTLS=false: the test's server is plain
+    }
     config = {"type": "email", "name": "ops-email", "to": "duty@ops.example, boss@ops.example"}
     await build_channel(config, smtp=platform).send(sample_message())
     [(sender, recipients, _)] = mailbox.mails
@@ -501,12 +508,14 @@ async def test_email_takes_the_platform_smtp_settings(smtp: tuple[Mailbox, int])
 
 async def test_email_logs_in_when_configured(smtp: tuple[Mailbox, int]) -> None:
     mailbox, port = smtp
-    await build_channel(mail_config(port, username="cityiot", password="pw")).send(sample_message())
+    await build_channel(mail_config(port, starttls=False, username="cityiot", password="pw")).send(
+        sample_message()
+    )
     assert len(mailbox.mails) == 1
     with pytest.raises(DeliveryError) as caught:
-        await build_channel(mail_config(port, username="cityiot", password="wrong")).send(
-            sample_message()
-        )
+        await build_channel(
+            mail_config(port, starttls=False, username="cityiot", password="wrong")
+        ).send(sample_message())
     assert not caught.value.retryable
     assert "535" in caught.value.reason
 
@@ -514,14 +523,16 @@ async def test_email_logs_in_when_configured(smtp: tuple[Mailbox, int]) -> None:
 async def test_email_refused_recipients_and_server_down(smtp: tuple[Mailbox, int]) -> None:
     mailbox, port = smtp
     with pytest.raises(DeliveryError) as caught:
-        await build_channel(mail_config(port, to="nobody@water.example")).send(sample_message())
+        await build_channel(mail_config(port, starttls=False, to="nobody@water.example")).send(
+            sample_message()
+        )
     assert not caught.value.retryable
     assert "nobody@water.example: 550" in caught.value.reason
 
     with pytest.raises(DeliveryError) as caught:
-        await build_channel(mail_config(port, to=["nobody@x.example", "duty@x.example"])).send(
-            sample_message()
-        )
+        await build_channel(
+            mail_config(port, starttls=False, to=["nobody@x.example", "duty@x.example"])
+        ).send(sample_message())
     assert not caught.value.retryable  # duty@ has it: a retry would send a second copy
     assert "sent, but recipients refused: nobody@x.example" in caught.value.reason
     assert [m[1] for m in mailbox.mails] == [["duty@x.example"]]
