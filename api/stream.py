@@ -34,7 +34,7 @@ from typing import Any
 import aiomqtt
 
 from cityiot.domain.catalogue import KINDS
-from cityiot.domain.settings import MqttTarget, Settings
+from cityiot.domain.settings import Settings
 from cityiot.domain.sun import CITY_TZ
 from cityiot.ingest.codecs import Codec, PayloadError, default_codecs, load_json
 from cityiot.ingest.validate import Rejected, Validator
@@ -135,7 +135,11 @@ class StreamHub(contextlib.AbstractAsyncContextManager["StreamHub"]):
     ) -> None:
         self.settings = settings
         self.sessions = sessions
-        self.target = MqttTarget(settings.mqtt_url)
+        self.target = settings.mqtt_target()
+        # Built once (it reads the CA and certificate files): None for plain mqtt://.
+        self.tls_context = self.target.ssl_context()
+        # Why the last connection attempt failed, in words that say what to fix.
+        self.last_error: str | None = None
         # Unique per process and clean: an API replica never takes over another's session.
         self.client_id = f"cityiot-api-{os.getpid()}-{secrets.token_hex(3)}"
         self.connect_wait_s = connect_wait_s
@@ -325,12 +329,14 @@ class StreamHub(contextlib.AbstractAsyncContextManager["StreamHub"]):
                     identifier=self.client_id,
                     clean_session=True,
                     max_queued_incoming_messages=INCOMING_SIZE,
+                    tls_context=self.tls_context,
                 ) as client:
                     self._client = client
                     await client.subscribe(ALERTS, qos=1)
                     for topic in list(self._watched):
                         await client.subscribe(topic, qos=0)
                     self._connected.set()
+                    self.last_error = None
                     wait_s = BACKOFF_S[0]
                     log.info(
                         "event=stream_hub_connected host=%s port=%d client_id=%s",
@@ -340,6 +346,13 @@ class StreamHub(contextlib.AbstractAsyncContextManager["StreamHub"]):
                     )
                     await self._serve(client)
             except aiomqtt.MqttError as exc:
+                text = str(exc)
+                if self.tls_context is not None and ("SSL" in text or "certificate" in text):
+                    # aiomqtt keeps only the text of a failed handshake: say what to fix.
+                    self.last_error = self.target.explain_tls_failure(text)
+                    log.error("event=stream_hub_tls_refused error=%s", self.last_error)
+                else:
+                    self.last_error = str(exc)
                 log.warning("event=stream_hub_disconnected retry_s=%.1f error=%s", wait_s, exc)
             finally:
                 self._client = None

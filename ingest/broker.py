@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import struct
 import time
 from collections.abc import Iterable
@@ -88,6 +89,11 @@ class MqttProtocolError(ConnectionError):
     """The broker sent something MQTT 3.1.1 does not allow here."""
 
 
+class TlsRefused(ConnectionError):
+    """The TLS handshake with the broker failed: its message says what to fix (the CA, the
+    host name, a client certificate). Not a passing fault: ``connect`` raises it at once."""
+
+
 def _string(text: str) -> bytes:
     raw = text.encode()
     return len(raw).to_bytes(2, "big") + raw
@@ -125,6 +131,11 @@ class _Session(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if isinstance(exc, ssl.SSLError) and not self.connack.done():
+            # After the handshake but before CONNACK: the broker refused our certificate
+            # (or asked for one). A setting to fix, said as such.
+            self.error = self.link.target.explain_tls_failure(exc)
+            self.connack.set_exception(TlsRefused(self.error))
         if not self.error:
             self.error = f"connection lost: {exc}" if exc else "connection closed by the broker"
         if not self.connack.done():
@@ -267,6 +278,7 @@ class BrokerLink:
         self._pending: list[Delivery] = []
         self._wake = asyncio.Event()
         self._connected = asyncio.Event()
+        self._refused = asyncio.Event()  # a TLS refusal before the first connect
         self._closing = False
         self._session: _Session | None = None
         # Our QoS 1 publishes not yet acknowledged: packet id → (topic, payload).
@@ -285,16 +297,30 @@ class BrokerLink:
         await self.close()
 
     async def connect(self, timeout_s: float = 15.0) -> None:
-        """Connect (retrying with backoff) until the broker accepts, or ``timeout_s``."""
+        """Connect (retrying with backoff) until the broker accepts, or ``timeout_s``.
+
+        A TLS refusal (unknown CA, wrong host name) is a setting to fix, not a passing
+        fault: it raises :class:`TlsRefused` at once. Once connected, the link keeps retrying
+        whatever fails (the broker may be given a new certificate while the ingest runs)."""
         self._task = asyncio.create_task(self._keep_connected(), name="mqtt-link")
+        waits = [
+            asyncio.create_task(self._connected.wait()),
+            asyncio.create_task(self._refused.wait()),
+        ]
         try:
-            await asyncio.wait_for(self._connected.wait(), timeout_s)
-        except TimeoutError:
-            await self.close()
-            raise ConnectionError(
-                f"cannot connect to the MQTT broker at {self.target.host}:{self.target.port}: "
-                f"{self.stats.last_error or 'no answer'}; check CITYIOT_MQTT_URL"
-            ) from None
+            await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        if self._connected.is_set():
+            return
+        await self.close()
+        if self._refused.is_set():
+            raise TlsRefused(self.stats.last_error)
+        raise ConnectionError(
+            f"cannot connect to the MQTT broker at {self.target.host}:{self.target.port}: "
+            f"{self.stats.last_error or 'no answer'}; check {self.target.setting}"
+        )
 
     async def close(self) -> None:
         self._closing = True
@@ -464,10 +490,36 @@ class BrokerLink:
         """A connected, subscribed session; raises ConnectionError when that fails."""
         loop = asyncio.get_running_loop()
         try:
+            context = self.target.ssl_context()  # None: plain mqtt://
+        except ValueError as exc:  # a CA or certificate file gone since start-up
+            raise TlsRefused(str(exc)) from None
+        try:
             _, session = await asyncio.wait_for(
-                loop.create_connection(lambda: _Session(self), self.target.host, self.target.port),
+                loop.create_connection(
+                    lambda: _Session(self),
+                    self.target.host,
+                    self.target.port,
+                    ssl=context,
+                    server_hostname=self.target.host if context else None,
+                ),
                 10.0,
             )
+        except ssl.SSLError as exc:
+            names = []
+            if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_code in (
+                62,
+                64,
+            ):  # host name, IP address
+                names = await asyncio.to_thread(self.target.certificate_names)
+            raise TlsRefused(self.target.explain_tls_failure(exc, names)) from None
+        except (ConnectionResetError, ConnectionAbortedError) as exc:
+            if context is None:
+                raise ConnectionError(f"connect failed: {exc!r}") from None
+            # Perhaps a passing fault, so retried; but a plain MQTT port does just this.
+            raise ConnectionError(
+                f"the broker closed the connection during the TLS handshake ({exc!r}): is "
+                f"{self.target.port} its TLS port? A plain MQTT port (1883) needs mqtt://"
+            ) from None
         except (OSError, TimeoutError) as exc:
             raise ConnectionError(f"connect failed: {exc!r}") from None
         try:
@@ -523,7 +575,12 @@ class BrokerLink:
                 session = await self._open()
             except (ConnectionError, TimeoutError) as exc:
                 self.stats.last_error = str(exc) or repr(exc)
-                log.warning("event=mqtt_connect_failed retry_s=%.1f error=%s", delay, exc)
+                if isinstance(exc, TlsRefused):
+                    log.error("event=mqtt_tls_refused retry_s=%.1f error=%s", delay, exc)
+                    if not self.stats.connects:
+                        self._refused.set()
+                else:
+                    log.warning("event=mqtt_connect_failed retry_s=%.1f error=%s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.reconnect_max_s)
                 continue

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import msgspec
 
-from cityiot.domain.settings import MqttTarget, Settings
+from cityiot.domain.settings import Settings
 from cityiot.ingest.broker import BrokerLink, Delivery
 from cityiot.ingest.pipeline import Ingest
 from cityiot.ingest.presence import NETWORK_LINKS, Presence
@@ -357,7 +357,7 @@ async def partition_stage(settings: Settings, ingest: Ingest) -> AsyncIterator[P
         return
     ingest.presence = PartitionedPresence(partition.owns)
     async with BrokerLink(
-        MqttTarget(settings.mqtt_url), f"{settings.worker_client_id}-rules", [partition.topic]
+        settings.mqtt_target(), f"{settings.worker_client_id}-rules", [partition.topic]
     ) as link:
         partitioner = Partitioner(partition, ingest, link)
         ingest.on_readings = partitioner.on_readings

@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from cityiot.domain.settings import MqttTarget, Settings
+from cityiot.domain.settings import Settings
 from cityiot.ingest.broker import BrokerLink
 from cityiot.ingest.chirpstack import COMMAND_TOPICS, UPLINK_TOPICS
 from cityiot.ingest.partition import shared_topics
@@ -94,7 +94,7 @@ async def ingest_stage(
                 spool = stack.enter_context(open_spool(settings))
             topics = shared_topics(TOPICS, settings.share_group) if store else TOPICS
             link = BrokerLink(
-                MqttTarget(settings.mqtt_url), client_id or settings.worker_client_id, topics
+                settings.mqtt_target(), client_id or settings.worker_client_id, topics
             )
             await stack.enter_async_context(link)
             ingest = Ingest(
@@ -127,7 +127,7 @@ async def _link_chirpstack(
     its telemetry subscription). A reader of the stream (the rules alone) takes the events
     too: LoRaWAN readings reach the rules also when they run apart from the ingest."""
     own = client_id or settings.worker_client_id
-    target = MqttTarget(settings.chirpstack_mqtt_url)
+    target = settings.chirpstack_mqtt_target()
     topics = shared_topics(UPLINK_TOPICS, settings.share_group) if store else UPLINK_TOPICS
     uplinks = BrokerLink(target, f"{own}-chirpstack", topics)
     try:
@@ -140,7 +140,7 @@ async def _link_chirpstack(
     commands = None
     if store:
         commands = BrokerLink(
-            MqttTarget(settings.mqtt_url),
+            settings.mqtt_target(),
             f"{own}-lorawan-commands",
             shared_topics(COMMAND_TOPICS, settings.share_group),
         )

@@ -15,6 +15,7 @@ import contextlib
 import datetime as dt
 import inspect
 import logging
+import ssl
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
@@ -217,6 +218,7 @@ class CommandSender:
         ready: asyncio.Event | None = None,
         client_id: str | None = None,
         reconnect_s: float = 5.0,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         """Subscribe to ``city/+/+/ack`` and record every ack until ``stop`` is set.
 
@@ -233,6 +235,7 @@ class CommandSender:
                     password=password,
                     identifier=client_id,
                     clean_session=client_id is None,
+                    tls_context=tls_context,  # mqtts:// (MqttTarget.ssl_context)
                 ) as client:
                     await client.subscribe(ACK_SUBSCRIPTION, qos=1)
                     log.info("event=ack_listener_subscribed host=%s port=%s", host, port)

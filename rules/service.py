@@ -30,7 +30,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from cityiot.domain.catalogue import MODEL
-from cityiot.domain.settings import MqttTarget, Settings
+from cityiot.domain.settings import Settings
 from cityiot.ingest.devices import DeviceMap
 from cityiot.rules.control import CommandSender, group_targets
 from cityiot.rules.definitions import Rule, RuleError, catalogue_path, load_rules, parse_rule
@@ -266,7 +266,7 @@ async def rules_stage(
         open_events = await engine.start()
         dispatcher.restore([e for e in open_events if e["state"] in ("firing", "acknowledged")])
         stage = RulesStage(engine, dispatcher, deliverer, commands, router)
-        target = MqttTarget(settings.mqtt_url)
+        target = settings.mqtt_target()
         stage.tasks = [
             asyncio.create_task(engine.run(stop), name="rules-engine"),
             asyncio.create_task(_dispatch_loop(dispatcher, stop), name="rules-dispatch"),
@@ -290,6 +290,7 @@ async def rules_stage(
                     target.password,
                     stop,
                     client_id=f"{settings.worker_client_id}-acks",  # a persistent session
+                    tls_context=target.ssl_context(),
                 ),
                 name="rules-acks",
             ),

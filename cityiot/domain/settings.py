@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import socket
+import ssl
 from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
@@ -31,6 +33,18 @@ class Settings(BaseSettings):
         "",
         description="mqtt://user:pass@host:port of ChirpStack's MQTT integration (may be the "
         "platform's broker); empty: no LoRaWAN link",
+    )
+    # TLS to the broker (docs/deployment.md "TLS to the broker"): for mqtts:// URLs, both of them.
+    mqtt_ca_file: str = Field(
+        "",
+        description="PEM file of the CA(s) the broker's certificate must be signed by "
+        "(mqtts:// only); empty: the system's trust store",
+    )
+    mqtt_cert_file: str = Field(
+        "", description="PEM client certificate for a broker that asks for one (mqtts://)"
+    )
+    mqtt_key_file: str = Field(
+        "", description="its private key (PEM); empty: the key is in CITYIOT_MQTT_CERT_FILE"
     )
     influx_url: str = Field("", description="http://host:8086 of InfluxDB (v1 HTTP API)")
     influx_db: str = "city"
@@ -205,11 +219,20 @@ class Settings(BaseSettings):
     @field_validator("chirpstack_mqtt_url")
     @classmethod
     def _chirpstack_url(cls, v: str) -> str:
-        if v and (urlsplit(v).scheme not in ("mqtt", "tcp") or not urlsplit(v).hostname):
+        if v and (urlsplit(v).scheme not in MQTT_SCHEMES or not urlsplit(v).hostname):
             raise ValueError(
-                "CITYIOT_CHIRPSTACK_MQTT_URL must look like mqtt://user:pass@host:1883 (the "
-                f"broker of ChirpStack's MQTT integration), got {v!r}"
+                "CITYIOT_CHIRPSTACK_MQTT_URL must look like mqtt://user:pass@host:1883 or "
+                "mqtts://user:pass@host:8883 (the broker of ChirpStack's MQTT integration), "
+                f"got {v!r}"
             )
+        return v
+
+    @field_validator("mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file")
+    @classmethod
+    def _readable_pem(cls, v: str, info: ValidationInfo) -> str:
+        # Checked at start-up, not at the first TLS handshake: a wrong path is a setting to fix.
+        if v:
+            _check_readable(f"CITYIOT_{(info.field_name or '').upper()}", v)
         return v
 
     @field_validator("log_level")
@@ -266,6 +289,30 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite+aiosqlite:///{self.run_dir / 'cityiot.db'}"
         return self
 
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> Settings:
+        if self.mqtt_key_file and not self.mqtt_cert_file:
+            raise ValueError(
+                "CITYIOT_MQTT_KEY_FILE is set but CITYIOT_MQTT_CERT_FILE is not: give the "
+                "client certificate the key belongs to"
+            )
+        return self
+
+    @property
+    def mqtt_tls(self) -> MqttTls:
+        """The TLS files for ``mqtts://`` URLs (both the platform's and ChirpStack's)."""
+        return MqttTls(self.mqtt_ca_file, self.mqtt_cert_file, self.mqtt_key_file)
+
+    def mqtt_target(self) -> MqttTarget:
+        """``CITYIOT_MQTT_URL`` with the TLS files: what every platform client connects to."""
+        return MqttTarget(self.mqtt_url, tls=self.mqtt_tls)
+
+    def chirpstack_mqtt_target(self) -> MqttTarget:
+        """``CITYIOT_CHIRPSTACK_MQTT_URL`` with the same TLS files."""
+        return MqttTarget(
+            self.chirpstack_mqtt_url, tls=self.mqtt_tls, setting="CITYIOT_CHIRPSTACK_MQTT_URL"
+        )
+
     @property
     def worker_client_id(self) -> str:
         """The ingest's MQTT client id (its persistent session): ``mqtt_client_id``, with
@@ -296,19 +343,162 @@ class Settings(BaseSettings):
         return int(self.retention[:-1]) * unit
 
 
-class MqttTarget:
-    """The parts of an ``mqtt://user:pass@host:port`` URL."""
+MQTT_SCHEMES = ("mqtt", "tcp", "mqtts", "ssl")
+_TLS_SCHEMES = ("mqtts", "ssl")
 
-    def __init__(self, url: str) -> None:
+
+def _check_readable(setting: str, path: str) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(
+            f"{setting}: cannot read {path} ({exc.strerror}); give a readable PEM file"
+        ) from None
+
+
+class MqttTls:
+    """The PEM files of TLS to the broker: the CA to trust (empty: the system's trust store)
+    and an optional client certificate and key."""
+
+    def __init__(self, ca_file: str = "", cert_file: str = "", key_file: str = "") -> None:
+        self.ca_file = ca_file
+        self.cert_file = cert_file
+        self.key_file = key_file
+
+    @property
+    def trusted(self) -> str:
+        """Who the broker's certificate must be signed by, for messages."""
+        if self.ca_file:
+            return f"CITYIOT_MQTT_CA_FILE ({self.ca_file})"
+        return "a CA of the system's trust store (CITYIOT_MQTT_CA_FILE is empty)"
+
+    def context(self, *, check_hostname: bool = True) -> ssl.SSLContext:
+        """A client context: the broker's chain verified against the CA, its host name
+        checked (``check_hostname=False`` only to read the names of a refused certificate),
+        our certificate sent when one is set. Raises ValueError naming a bad file."""
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        context.check_hostname = check_hostname
+        for setting, path in (
+            ("CITYIOT_MQTT_CA_FILE", self.ca_file),
+            ("CITYIOT_MQTT_CERT_FILE", self.cert_file),
+            ("CITYIOT_MQTT_KEY_FILE", self.key_file),
+        ):
+            if path:
+                _check_readable(setting, path)
+        if self.ca_file:
+            try:
+                context.load_verify_locations(cafile=self.ca_file)
+            except ssl.SSLError as exc:
+                raise ValueError(
+                    f"CITYIOT_MQTT_CA_FILE: {self.ca_file} holds no PEM certificate ({exc}); "
+                    "give the CA certificate that signed the broker's"
+                ) from None
+        if self.cert_file:
+            try:
+                context.load_cert_chain(self.cert_file, self.key_file or None)
+            except ssl.SSLError as exc:
+                raise ValueError(
+                    f"CITYIOT_MQTT_CERT_FILE / CITYIOT_MQTT_KEY_FILE: {self.cert_file} and "
+                    f"{self.key_file or '(key in the same file)'} are not a PEM certificate and "
+                    f"its private key ({exc})"
+                ) from None
+        return context
+
+
+class MqttTarget:
+    """The parts of an ``mqtt://user:pass@host:port`` (or ``mqtts://…:8883``) URL, and for
+    ``mqtts://`` the TLS context to connect with.
+
+    ``setting`` names the URL's variable in messages (``CITYIOT_MQTT_URL`` by default)."""
+
+    def __init__(
+        self, url: str, *, tls: MqttTls | None = None, setting: str = "CITYIOT_MQTT_URL"
+    ) -> None:
         parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+        if parts.scheme not in MQTT_SCHEMES or not parts.hostname:
             raise ValueError(
-                f"CITYIOT_MQTT_URL must look like mqtt://user:pass@host:1883, got {url!r}"
+                f"{setting} must look like mqtt://user:pass@host:1883 or "
+                f"mqtts://user:pass@host:8883, got {url!r}"
             )
+        self.setting = setting
+        self.tls: MqttTls | None = (tls or MqttTls()) if parts.scheme in _TLS_SCHEMES else None
         self.host: str = parts.hostname
-        self.port: int = parts.port or 1883
+        self.port: int = parts.port or (8883 if self.tls else 1883)
         self.username: str | None = unquote(parts.username) if parts.username else None
         self.password: str | None = unquote(parts.password) if parts.password else None
 
+    @property
+    def scheme(self) -> str:
+        return "mqtts" if self.tls else "mqtt"
+
+    @property
+    def address(self) -> str:
+        """``mqtt(s)://host:port``, no account: for messages and printing."""
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for ``mqtts://`` (host name checked), None for plain ``mqtt://``."""
+        return None if self.tls is None else self.tls.context()
+
+    def certificate_names(self, timeout_s: float = 5.0) -> list[str]:
+        """The names in the broker's certificate (its subjectAltName), read by a handshake
+        that verifies the chain but not the host name: what a host-name refusal should
+        name. Empty when that handshake fails too. Blocking: call it in a thread."""
+        if self.tls is None:
+            return []
+        try:
+            context = self.tls.context(check_hostname=False)
+            with (
+                socket.create_connection((self.host, self.port), timeout=timeout_s) as raw,
+                context.wrap_socket(raw) as tls,
+            ):
+                cert = tls.getpeercert() or {}
+        except (OSError, ValueError):
+            return []
+        sans = cert.get("subjectAltName", ())  # ((type, name), ...), e.g. ("DNS", "localhost")
+        return [str(entry[1]) for entry in sans if isinstance(entry, tuple) and len(entry) == 2]
+
+    def explain_tls_failure(
+        self, error: BaseException | str, names: list[str] | None = None
+    ) -> str:
+        """What to fix, for a failed TLS handshake with this broker (``error`` is the
+        exception or, where a library kept only its text, that text). ``names``: the
+        certificate's names (``certificate_names``) for a host-name refusal."""
+        text = str(error)
+        where = f"the MQTT broker at {self.host}:{self.port} ({self.setting})"
+        tls = self.tls or MqttTls()
+        if "Hostname mismatch" in text or "IP address mismatch" in text:
+            given = ", ".join(names) if names else "another name"
+            return (
+                f"{where}: the certificate is for {given}, not {self.host}: connect by that "
+                f"name (in {self.setting}), or have the broker's certificate issued for "
+                f"{self.host}"
+            )
+        if "certificate has expired" in text:
+            return f"{where}: the broker's certificate has expired: renew it ({text})"
+        if "CERTIFICATE_VERIFY_FAILED" in text or isinstance(error, ssl.SSLCertVerificationError):
+            return (
+                f"{where}: the broker's certificate is not signed by {tls.trusted}: set "
+                f"CITYIOT_MQTT_CA_FILE to the CA that signed it ({text})"
+            )
+        if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
+            return (
+                f"{where}: this port does not speak TLS: use mqtt:// for it, or the broker's "
+                "TLS port (8883)"
+            )
+        if "certificate required" in text.lower() and not tls.cert_file:
+            return (
+                f"{where}: the broker asks for a client certificate: set "
+                "CITYIOT_MQTT_CERT_FILE and CITYIOT_MQTT_KEY_FILE"
+            )
+        if "unknown ca" in text.lower() or "bad certificate" in text.lower():
+            return (
+                f"{where}: the broker refused our client certificate "
+                f"(CITYIOT_MQTT_CERT_FILE {tls.cert_file}): have it signed by a CA the broker "
+                f"trusts ({text})"
+            )
+        return f"{where}: TLS handshake failed: {text}"
+
     def __repr__(self) -> str:  # never shows the password
-        return f"MqttTarget({self.host}:{self.port}, user={self.username!r})"
+        return f"MqttTarget({self.scheme}://{self.host}:{self.port}, user={self.username!r})"

@@ -430,11 +430,10 @@ def show_where(
     chirpstack: ChirpStackTarget | None = None,
 ) -> None:
     db = settings.influx_db
-    target = MqttTarget(settings.mqtt_url)
+    target = settings.mqtt_target()
     out.print(f"[bold]cityiot is running[/] — run directory {run_dir}")
     out.print(
-        f"  MQTT broker   mqtt://{target.host}:{target.port}  "
-        "(publish to city/{vendor}/{device_id}/telemetry)"
+        f"  MQTT broker   {target.address}  (publish to city/{{vendor}}/{{device_id}}/telemetry)"
     )
     login = ""
     if target.username:

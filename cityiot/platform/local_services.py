@@ -448,6 +448,19 @@ class SideListener:
     acl_file: Path
 
 
+@dataclass(frozen=True, slots=True)
+class TlsListener:
+    """A TLS listener of a :class:`LocalBroker` beside the plain one, on a port of its own,
+    with the same accounts and ACL: ``certfile`` / ``keyfile`` are the broker's certificate
+    and key (PEM), ``cafile`` the CA that signed client certificates. With
+    ``require_certificate`` a client must present one signed by ``cafile``."""
+
+    certfile: Path
+    keyfile: Path
+    cafile: Path
+    require_certificate: bool = False
+
+
 class LocalBroker(LocalService):
     """Mosquitto 2 on 127.0.0.1, persistence on (QoS 1 sessions survive restarts).
 
@@ -482,11 +495,13 @@ class LocalBroker(LocalService):
         plugin_cache_dir: Path | None = None,
         log_max_bytes: int = 16 << 20,
         side_listener: SideListener | None = None,
+        tls_listener: TlsListener | None = None,
         ready_timeout_s: float = 30.0,
         template: Path | None = None,
     ) -> None:
         super().__init__(run_dir, port, ready_timeout_s=ready_timeout_s, template=template)
         self.side_listener = side_listener
+        self.tls_listener = tls_listener
         self.password_file = password_file
         self.acl_file = acl_file
         self.allow_anonymous = password_file is None if allow_anonymous is None else allow_anonymous
@@ -526,7 +541,21 @@ class LocalBroker(LocalService):
 
     @property
     def ports_needed(self) -> int:
-        return 1 if self.side_listener is None else 2  # the main port, then the side one's
+        # The main port, then the side listener's, then the TLS listener's.
+        return 1 + (self.side_listener is not None) + (self.tls_listener is not None)
+
+    @property
+    def tls_port(self) -> int:
+        """The TLS listener's port (ServiceError without one, or before start)."""
+        if self.tls_listener is None:
+            raise ServiceError("this broker has no TLS listener: pass tls_listener=")
+        self.port  # noqa: B018 -- raises when not started
+        return self._ports[-1]
+
+    @property
+    def tls_url(self) -> str:
+        """``mqtts://localhost:<tls_port>``: by name, the name a local certificate is for."""
+        return f"mqtts://localhost:{self.tls_port}"
 
     @property
     def side_port(self) -> int:
@@ -563,12 +592,36 @@ class LocalBroker(LocalService):
             *(line for line in self._plugin_lines() if "vendor_map" not in line),
         ]
 
-    def _placeholders(self) -> dict[str, str]:
+    def _tls_lines(self) -> list[str]:
+        tls = self.tls_listener
+        if tls is None:
+            return []
+        lines = [
+            "# The TLS listener: the same accounts and ACL as the plain one.",
+            f"listener {self._ports[-1]} {HOST}",
+            f"certfile {Path(tls.certfile).resolve()}",
+            f"keyfile {Path(tls.keyfile).resolve()}",
+            f"cafile {Path(tls.cafile).resolve()}",
+            f"require_certificate {'true' if tls.require_certificate else 'false'}",
+        ]
+        if self.side_listener is not None:  # per_listener_settings: auth lines of its own
+            lines += [
+                f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
+                *self._auth_lines(),
+                *self._plugin_lines(),
+            ]
+        return lines
+
+    def _auth_lines(self) -> list[str]:
         auth = []
         if self.password_file is not None:
             auth.append(f"password_file {Path(self.password_file).resolve()}")
         if self.acl_file is not None:
             auth.append(f"acl_file {Path(self.acl_file).resolve()}")
+        return auth
+
+    def _placeholders(self) -> dict[str, str]:
+        auth = self._auth_lines()
         plugin = self._plugin_lines()
         return {
             "port": str(self.port),
@@ -582,6 +635,7 @@ class LocalBroker(LocalService):
             "max_payload": str(self.max_payload_bytes or 0),
             "per_listener_settings": "true" if self.side_listener is not None else "false",
             "side_listener": "\n".join(self._side_lines()),
+            "tls_listener": "\n".join(self._tls_lines()),
         }
 
     def _argv(self, program: str) -> list[str]:

@@ -36,7 +36,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cityiot.domain.settings import MqttTarget, Settings
+from cityiot.domain.settings import Settings
 from cityiot.storage.tables.audit import AuditEntry
 from cityiot.storage.tables.registry import MqttCredential, Vendor
 from cityiot.storage.utc import utcnow
@@ -178,8 +178,8 @@ class BrokerAccess:
         platform: dict[str, str] = {}
         broker_url = ""
         if settings.mqtt_url:
-            target = MqttTarget(settings.mqtt_url)
-            broker_url = f"mqtt://{target.host}:{target.port}"
+            target = settings.mqtt_target()
+            broker_url = target.address
             if target.username:
                 platform[target.username] = target.password or ""
         return cls(
