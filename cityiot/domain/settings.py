@@ -361,17 +361,30 @@ class MqttTls:
     """The PEM files of TLS to the broker: the CA to trust (empty: the system's trust store)
     and an optional client certificate and key."""
 
-    def __init__(self, ca_file: str = "", cert_file: str = "", key_file: str = "") -> None:
+    def __init__(
+        self,
+        ca_file: str = "",
+        cert_file: str = "",
+        key_file: str = "",
+        *,
+        names: tuple[str, str, str] = (
+            "CITYIOT_MQTT_CA_FILE",
+            "CITYIOT_MQTT_CERT_FILE",
+            "CITYIOT_MQTT_KEY_FILE",
+        ),
+    ) -> None:
         self.ca_file = ca_file
         self.cert_file = cert_file
         self.key_file = key_file
+        # What messages call the three files: the settings, or e.g. a channel's options.
+        self.ca_name, self.cert_name, self.key_name = names
 
     @property
     def trusted(self) -> str:
         """Who the broker's certificate must be signed by, for messages."""
         if self.ca_file:
-            return f"CITYIOT_MQTT_CA_FILE ({self.ca_file})"
-        return "a CA of the system's trust store (CITYIOT_MQTT_CA_FILE is empty)"
+            return f"{self.ca_name} ({self.ca_file})"
+        return f"a CA of the system's trust store ({self.ca_name} is empty)"
 
     def context(self, *, check_hostname: bool = True) -> ssl.SSLContext:
         """A client context: the broker's chain verified against the CA, its host name
@@ -380,9 +393,9 @@ class MqttTls:
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
         context.check_hostname = check_hostname
         for setting, path in (
-            ("CITYIOT_MQTT_CA_FILE", self.ca_file),
-            ("CITYIOT_MQTT_CERT_FILE", self.cert_file),
-            ("CITYIOT_MQTT_KEY_FILE", self.key_file),
+            (self.ca_name, self.ca_file),
+            (self.cert_name, self.cert_file),
+            (self.key_name, self.key_file),
         ):
             if path:
                 _check_readable(setting, path)
@@ -391,7 +404,7 @@ class MqttTls:
                 context.load_verify_locations(cafile=self.ca_file)
             except ssl.SSLError as exc:
                 raise ValueError(
-                    f"CITYIOT_MQTT_CA_FILE: {self.ca_file} holds no PEM certificate ({exc}); "
+                    f"{self.ca_name}: {self.ca_file} holds no PEM certificate ({exc}); "
                     "give the CA certificate that signed the broker's"
                 ) from None
         if self.cert_file:
@@ -399,7 +412,7 @@ class MqttTls:
                 context.load_cert_chain(self.cert_file, self.key_file or None)
             except ssl.SSLError as exc:
                 raise ValueError(
-                    f"CITYIOT_MQTT_CERT_FILE / CITYIOT_MQTT_KEY_FILE: {self.cert_file} and "
+                    f"{self.cert_name} / {self.key_name}: {self.cert_file} and "
                     f"{self.key_file or '(key in the same file)'} are not a PEM certificate and "
                     f"its private key ({exc})"
                 ) from None
@@ -480,7 +493,7 @@ class MqttTarget:
         if "CERTIFICATE_VERIFY_FAILED" in text or isinstance(error, ssl.SSLCertVerificationError):
             return (
                 f"{where}: the broker's certificate is not signed by {tls.trusted}: set "
-                f"CITYIOT_MQTT_CA_FILE to the CA that signed it ({text})"
+                f"{tls.ca_name} to the CA that signed it ({text})"
             )
         if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
             return (
@@ -490,12 +503,12 @@ class MqttTarget:
         if "certificate required" in text.lower() and not tls.cert_file:
             return (
                 f"{where}: the broker asks for a client certificate: set "
-                "CITYIOT_MQTT_CERT_FILE and CITYIOT_MQTT_KEY_FILE"
+                f"{tls.cert_name} and {tls.key_name}"
             )
         if "unknown ca" in text.lower() or "bad certificate" in text.lower():
             return (
                 f"{where}: the broker refused our client certificate "
-                f"(CITYIOT_MQTT_CERT_FILE {tls.cert_file}): have it signed by a CA the broker "
+                f"({tls.cert_name} {tls.cert_file}): have it signed by a CA the broker "
                 f"trusts ({text})"
             )
         return f"{where}: TLS handshake failed: {text}"

@@ -142,6 +142,11 @@ class MqttChannel:
                 o.text("ca_file", None) or "",
                 o.text("cert_file", None) or "",
                 o.text("key_file", None) or "",
+                names=(
+                    f"channel {o.name!r} option ca_file",
+                    f"channel {o.name!r} option cert_file",
+                    f"channel {o.name!r} option key_file",
+                ),
             )
         else:
             for option in ("ca_file", "cert_file", "key_file"):
