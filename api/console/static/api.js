@@ -18,10 +18,12 @@ export class ApiError extends Error {
 }
 
 export class Api {
-  /** `key`: the API key; `onUnauthorized(error)`: called on any 401 (the key stopped working). */
-  constructor(key, onUnauthorized) {
+  /** `key`: the API key; `onUnauthorized(error)`: called on any 401 (the key stopped working);
+   * `onExpiry(at)`: called with the key's expiry (RFC 3339) when the API announces one. */
+  constructor(key, onUnauthorized, onExpiry) {
     this.key = key;
     this.onUnauthorized = onUnauthorized;
+    this.onExpiry = onExpiry;
   }
 
   headers(extra = {}) {
@@ -50,6 +52,8 @@ export class Api {
       if (error.unauthorized) this.onUnauthorized?.(error);
       throw error;
     }
+    const expires = response.headers.get("X-Key-Expires");
+    if (expires) this.onExpiry?.(expires);
     return response.json();
   }
 

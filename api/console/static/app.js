@@ -14,6 +14,8 @@ import { OverviewView } from "./overview.js";
 import { KEY_STORAGE, SignInView, checkKey, takeKeyFromFragment } from "./signin.js";
 import { LiveStream } from "./stream.js";
 
+const KEY_WARN_DAYS = 14; // warn of a key's expiry this long before it
+
 const OVERVIEW_REFRESH_MS = 300; // after an alert event, at most this often
 
 class Console {
@@ -96,7 +98,12 @@ class Console {
   }
 
   start(key) {
-    this.api = new Api(key, () => this.signOut(this.i18n.t("error.401")));
+    this.expiryWarned = false;
+    this.api = new Api(
+      key,
+      () => this.signOut(this.i18n.t("error.401")),
+      (at) => this.keyExpires(at),
+    );
     this.root.dataset.signedIn = "true";
     this.stream = new LiveStream(key, {
       status: (state, waitMs) => this.setLive(state, waitMs),
@@ -282,6 +289,14 @@ class Console {
     if (error.status === 401) return t("error.401");
     if (error.status === 403) return t("error.403", { detail: error.detail });
     return t("error.other", { status: error.status, detail: error.detail });
+  }
+
+  /** Warns once per sign-in when the key expires within KEY_WARN_DAYS (the API's X-Key-Expires). */
+  keyExpires(at) {
+    const left = Date.parse(at) - Date.now();
+    if (this.expiryWarned || !(left < KEY_WARN_DAYS * 86_400_000)) return;
+    this.expiryWarned = true;
+    this.notify(this.i18n.t("key.expires", { at, days: Math.max(0, Math.ceil(left / 86_400_000)) }));
   }
 
   notify(text) {

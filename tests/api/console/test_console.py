@@ -368,3 +368,28 @@ def test_run_prints_the_console_address_and_a_sign_in_link(tmp_path: Path) -> No
         else:  # redirected output (logs) never holds the key
             assert "cik_secret" not in shown
             assert f"http://127.0.0.1:8080/#key=$(cat {tmp_path / ADMIN_KEY_SECRET})" in shown
+
+
+async def test_a_key_about_to_expire_is_warned_of_once_signed_in(
+    platform: ConsolePlatform, open_tab: Any
+) -> None:
+    """The API announces the expiry (X-Key-Expires); the console warns within two weeks."""
+    import datetime as dt
+
+    from cityiot.storage.utc import utcnow
+
+    soon = await platform.key_of("operator", expires_at=utcnow() + dt.timedelta(days=3))
+    tab = await open_tab()
+    await tab.page.goto(f"{platform.url}/#key={soon}")
+    await expect(tab.page.locator("#app")).to_have_attribute("data-signed-in", "true")
+    notice = tab.page.locator(".notice")
+    await expect(notice).to_be_visible()
+    await expect(notice).to_contain_text("此 API 密钥将于 ")
+    await expect(notice).to_contain_text("约 3 天后")
+    # A key that never expires (the platform's admin key) gets no warning.
+    later = await open_tab()
+    await sign_in(later, platform)
+    await expect(later.page.locator("[data-kpi=online] .tile-value")).not_to_be_empty()
+    await expect(later.page.locator(".notice")).to_be_hidden()
+    tab.assert_clean()
+    later.assert_clean()
