@@ -39,8 +39,15 @@ from cityiot.api.keys import KeyRing, create_key
 from cityiot.domain.catalogue import KINDS
 from cityiot.domain.settings import MqttTarget, Settings
 from cityiot.ingest.pipeline import Ingest, IngestCounters
+from cityiot.platform.certificates import local_tls
 from cityiot.platform.gcpolicy import settle
-from cityiot.platform.local_services import LocalBroker, LocalInflux, SideListener, write_private
+from cityiot.platform.local_services import (
+    LocalBroker,
+    LocalInflux,
+    SideListener,
+    TlsListener,
+    write_private,
+)
 from cityiot.platform.redact import redact_text
 from cityiot.platform.wiring import platform
 from cityiot.rules.service import RulesStage
@@ -95,6 +102,18 @@ class Launch:
     malformed_share: float = 0.0
 
 
+# Under the run dir: the local CA and the broker's certificate (cityiot.platform.certificates).
+TLS_DIR = "tls"
+
+
+@dataclass(frozen=True, slots=True)
+class VendorTls:
+    """Where vendors reach the local broker over TLS, and the CA they must trust."""
+
+    url: str
+    ca: Path
+
+
 async def run_platform(
     settings: Settings, launch: Launch, stop: asyncio.Event, out: Console
 ) -> None:
@@ -113,12 +132,15 @@ async def run_platform(
         )
         accounts = await prepare_access(settings, run_dir, fleet)
         chirpstack: ChirpStackTarget | None = None
+        vendor_tls: VendorTls | None = None
         if not settings.mqtt_url:
             out.print("starting Mosquitto (authentication on) …")
             files = run_dir / "mosquitto"
             side = None
             if lorawan:
                 side = SideListener(files / CHIRPSTACK_PASSWORD_FILE, files / CHIRPSTACK_ACL_FILE)
+            # Vendors may try TLS: a listener beside the plain one, a CA made here (§10).
+            tls = local_tls(run_dir / TLS_DIR)
             broker = services.enter_context(
                 LocalBroker(
                     run_dir,
@@ -130,8 +152,10 @@ async def run_platform(
                     reserved_prefixes=sorted({PLATFORM_USER, settings.mqtt_client_id}),
                     platform_users=[PLATFORM_USER],
                     side_listener=side,
+                    tls_listener=TlsListener(tls.cert, tls.key, tls.ca),
                 )
             )
+            vendor_tls = VendorTls(broker.tls_url, tls.ca)
             password = quote(accounts.platform_password, safe="")
             platform_url = f"mqtt://{PLATFORM_USER}:{password}@{broker.host}:{broker.port}"
             updates |= {
@@ -183,7 +207,7 @@ async def run_platform(
                         name="simulator",
                     )
                 )
-            show_where(settings, run_dir, out, api.url, chirpstack)
+            show_where(settings, run_dir, out, api.url, chirpstack, vendor_tls)
             try:
                 await watch(ingest, rules, stop, tasks, out, sent if fleet is not None else None)
             finally:
@@ -428,6 +452,7 @@ def show_where(
     out: Console,
     api_url: str,
     chirpstack: ChirpStackTarget | None = None,
+    vendor_tls: VendorTls | None = None,
 ) -> None:
     db = settings.influx_db
     target = settings.mqtt_target()
@@ -443,6 +468,11 @@ def show_where(
         login = f" -u {target.username} -P " + (f'"$(cat {secret_file})"' if ours else "PASSWORD")
         where = f"  (password in {secret_file})" if ours else ""
         out.print(f"  MQTT account  {target.username}{where}")
+    if vendor_tls is not None:
+        out.print(
+            f"  MQTT over TLS {vendor_tls.url}  (same accounts; trust the CA {vendor_tls.ca}: "
+            f"mosquitto_sub --cafile {vendor_tls.ca} …)"
+        )
     if settings.broker_acl_file is not None:
         out.print(f"  broker ACL    {settings.broker_acl_file}  (vendors: POST /api/v1/vendors)")
     if chirpstack is not None:

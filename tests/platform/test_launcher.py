@@ -12,13 +12,15 @@ import json
 import stat
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from rich.console import Console
 
-from cityiot.domain.settings import Settings
+from cityiot.domain.settings import MqttTarget, MqttTls, Settings
+from cityiot.ingest.broker import BrokerLink
 from cityiot.platform.launcher import (
     ADMIN_KEY_SECRET,
     CHIRPSTACK_SECRET,
@@ -141,6 +143,14 @@ async def test_run_secures_the_broker_and_serves_the_api(tmp_path: Path) -> None
         assert platform not in shown and password not in shown  # never printed
         assert f'-u cityiot -P "$(cat {tmp_path / PLATFORM_SECRET})"' in shown
         assert "/docs" in shown
+        # The TLS listener for vendors: the CA it made, printed; a vendor's account works there.
+        ca = tmp_path / "tls" / "ca.pem"
+        assert "MQTT over TLS mqtts://localhost:" in shown and f"trust the CA {ca}" in shown
+        tls_port = int((tmp_path / "mosquitto" / "ports").read_text().split()[2])
+        login = f"{quote(username, safe='')}:{quote(password, safe='')}"
+        tls = MqttTarget(f"mqtts://{login}@localhost:{tls_port}", tls=MqttTls(str(ca)))
+        async with BrokerLink(tls, f"{vendor}-tls-check", []) as link:
+            assert link.stats.connected
     finally:
         stop.set()
         await asyncio.wait_for(task, 60)
