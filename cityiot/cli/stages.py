@@ -248,11 +248,21 @@ def simulate(
         if csv is None:
             fail("set CITYIOT_MQTT_URL to publish (or give --csv to only write the registry CSV)")
         return
+    if settings.mqtt_target().tls is not None:
+        # The simulated devices speak plain MQTT, like most field devices on a private APN.
+        fail(
+            "the simulator publishes over plain MQTT: set CITYIOT_MQTT_URL to the broker's "
+            "mqtt:// listener (1883) for `cityiot simulate`"
+        )
     chirpstack = None
     if "chirpstack" in chosen:
         if not chirpstack_url:
             fail("--link chirpstack needs --chirpstack-url mqtt://user:pass@host:port")
-        target = MqttTarget(chirpstack_url)
+        target = MqttTarget(chirpstack_url, setting="--chirpstack-url")
+        if target.tls is not None:
+            fail(
+                "--chirpstack-url: the simulated ChirpStack publishes over plain MQTT: give mqtt://"
+            )
         chirpstack = ChirpStackTarget(target.host, target.port, target.username, target.password)
     intake = None
     if "ctwing" in chosen or "onenet" in chosen:
