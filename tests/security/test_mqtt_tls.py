@@ -331,3 +331,32 @@ def test_cityiot_simulate_says_its_devices_speak_plain_mqtt(
     assert "--chirpstack-url: the simulated ChirpStack publishes over plain MQTT" in " ".join(
         result.output.split()
     )
+
+
+async def test_the_chirpstack_link_connects_over_tls(
+    tls_broker: LocalBroker,
+    influx: LocalInflux,
+    influx_db: str,
+    sqlite_url: str,
+    tmp_path: Path,
+    pki: Pki,
+) -> None:
+    settings = Settings(
+        run_dir=tmp_path,
+        mqtt_url=tls_broker.url,  # the platform's broker plain, ChirpStack's over TLS
+        chirpstack_mqtt_url=tls_broker.tls_url,
+        mqtt_ca_file=str(pki.ca),
+        influx_url=influx.url,
+        influx_db=influx_db,
+        database_url=sqlite_url,
+        mqtt_client_id=f"ingest-{uuid.uuid4().hex[:8]}",
+    )
+    engine, _ = await open_seeded(sqlite_url, REGISTRY_CSV, [("acme", "ACME Sensors", "json")])
+    try:
+        async with running_ingest(settings) as ingest:
+            assert ingest.link.target.tls is None
+            assert ingest.chirpstack is not None
+            uplinks = ingest.chirpstack.uplinks
+            assert uplinks.target.tls is not None and uplinks.stats.connected
+    finally:
+        await engine.dispose()
