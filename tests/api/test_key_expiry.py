@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 from sqlalchemy import update
 
@@ -18,6 +19,7 @@ from cityiot.domain.sun import CITY_TZ
 from cityiot.storage.tables.keys import ApiKey
 from cityiot.storage.utc import utcnow
 from tests.api.conftest import Api
+from tests.api.test_stream import Events, alert_event, publish
 from tests.waiting import until
 
 NOW = dt.datetime(2027, 1, 10, 4, 0, tzinfo=dt.UTC)  # 12:00 in Zhumadian
@@ -64,7 +66,7 @@ async def test_a_remembered_key_is_refused_the_moment_it_expires(api: Api) -> No
     and is checked on every request, so the cache cannot lengthen a key's life."""
     api.server.app.state.ctx.keys.ttl_s = 3600.0  # remembered for the whole test
     _, key = await create_key(
-        api.sessions, "operator", expires_at=utcnow() + dt.timedelta(seconds=1)
+        api.sessions, "operator", expires_at=utcnow() + dt.timedelta(seconds=4)
     )
     client = api.client(key=key)
     assert (await client.get("/api/v1/devices")).status_code == 200
@@ -74,12 +76,32 @@ async def test_a_remembered_key_is_refused_the_moment_it_expires(api: Api) -> No
         r = await client.get("/api/v1/devices")
         return r.json()["detail"] if r.status_code == 401 else None
 
-    assert "expired at" in await until(refused, what="the remembered key refused after its expiry")
+    assert "expired at" in await until(
+        refused, timeout_s=30.0, what="the remembered key refused after its expiry"
+    )
     # The stream's periodic check (KeyRing.resolve) sees it gone; identify still knows it.
     ring = api.server.app.state.ctx.keys
     assert await ring.resolve(key, 0.0) is None
     known = await ring.identify(key, 0.0)
     assert known is not None and known.expires_at is not None
+
+
+async def test_an_open_stream_ends_when_its_key_expires(api: Api, publisher: mqtt.Client) -> None:
+    _, key = await create_key(
+        api.sessions, "operator", expires_at=utcnow() + dt.timedelta(seconds=4)
+    )
+    client = api.client(key=key)
+    async with client.stream("GET", "/api/v1/stream") as response:
+        assert response.status_code == 200
+        events = Events(response)
+        assert (await events.next(10.0))[0] == "ready"
+        name, _ = await events.next(30.0)  # the stream's periodic key check, after the expiry
+        assert name == "revoked"
+        publish(publisher, "city/alerts/yicheng/manhole", alert_event("yicheng", "manhole", "mh-1"))
+        with pytest.raises(StopAsyncIteration):  # ended: the alert never comes
+            await events.next(30.0)
+    r = await client.get("/api/v1/stream")
+    assert r.status_code == 401 and "expired at" in r.json()["detail"]
 
 
 @pytest.mark.parametrize(
