@@ -37,7 +37,7 @@ PING_S = 15
 SEND_TIMEOUT_S = 30.0  # a client that takes longer to accept one event is dropped
 READY_WAIT_S = 2.0  # wait this long for the broker before saying ready anyway
 KEY_CHECK_S = 1.0  # an open stream re-checks its key this often: a revocation ends it
-REVOKED = {"reason": "the API key was revoked; ask an administrator for a new key"}
+REVOKED = {"reason": "the API key was revoked or has expired; ask an administrator for a new key"}
 
 _STREAM_EXAMPLE = (
     'event: ready\ndata: {"device_id":null,"connected":true,'
