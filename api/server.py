@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import resource
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -212,39 +211,22 @@ class ApiServer:
         )
         self.server = _Server(config)
         self._task: asyncio.Task[None] | None = None
-        self._port = 0
 
     @property
     def url(self) -> str:
-        return f"http://{self.settings.api_host}:{self.port}"
-
-    @property
-    def port(self) -> int:
-        """The port it listens on: the one configured, or the one the system gave for 0."""
-        return self._port or self.server.config.port
+        return f"http://{self.settings.api_host}:{self.server.config.port}"
 
     async def __aenter__(self) -> ApiServer:
-        # The socket is bound here, not by uvicorn: a port in use is an OSError that says
-        # what to change (uvicorn would exit the process), and port 0 takes a free one.
-        config = self.server.config
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((config.host, config.port))
-        except OSError as exc:
-            sock.close()
-            raise OSError(
-                f"the API could not listen on {config.host}:{config.port} ({exc.strerror}); "
-                "set CITYIOT_API_PORT to a free port"
-            ) from None
-        sock.set_inheritable(True)
-        self._port = int(sock.getsockname()[1])
-        self._task = asyncio.create_task(self.server.serve(sockets=[sock]), name="api")
+        self._task = asyncio.create_task(self.server.serve(), name="api")
         while not self.server.started:
             if self._task.done():
+                # uvicorn says SystemExit when it cannot bind; say what to change instead.
                 with contextlib.suppress(SystemExit):
                     self._task.result()
-                raise OSError(f"the API could not start on {config.host}:{self.port}")
+                raise OSError(
+                    f"the API could not listen on {self.settings.api_host}:"
+                    f"{self.server.config.port}; set CITYIOT_API_PORT to a free port"
+                )
             await asyncio.sleep(0.02)
         return self
 

@@ -15,7 +15,7 @@ import pytest
 from cityiot.api.keys import create_key
 from cityiot.api.server import ApiServer
 from cityiot.domain.settings import Settings
-from cityiot.platform.local_services import LocalBroker, LocalInflux
+from cityiot.platform.local_services import LocalBroker, LocalInflux, free_port
 from cityiot.storage.influx import InfluxDB
 from tests.ingest.conftest import REGISTRY_CSV
 from tests.seeding import open_seeded
@@ -67,7 +67,7 @@ def api_settings(
             "influx_db": influx_db,
             "mqtt_url": broker.url,
             "api_host": "127.0.0.1",
-            "api_port": 0,
+            "api_port": free_port(),
             "api_rate_per_s": 1000.0,
             "api_rate_burst": 1000,
             **extra,

@@ -477,7 +477,7 @@ async def test_no_answer_redirects_to_the_host_header(api: Api) -> None:
 @contextlib.asynccontextmanager
 async def _server(api: Api, **extra: Any) -> AsyncIterator[str]:
     """A second API over the same database and services, with other edge settings."""
-    settings = api.settings.model_copy(update={"api_port": 0, **extra})
+    settings = api.settings.model_copy(update={"api_port": free_port(), **extra})
     async with ApiServer(settings) as server:
         yield server.url
 

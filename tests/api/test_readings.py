@@ -320,7 +320,7 @@ async def test_injection_through_every_parameter_stays_data(api: Api) -> None:
 
 async def test_influxdb_down_is_a_503_and_latest_still_answers(api: Api) -> None:
     settings = api.settings.model_copy(
-        update={"influx_url": f"http://127.0.0.1:{free_port()}", "api_port": 0}
+        update={"influx_url": f"http://127.0.0.1:{free_port()}", "api_port": free_port()}
     )
     async with ApiServer(settings) as server:
         client = api.client()

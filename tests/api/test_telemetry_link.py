@@ -32,7 +32,7 @@ from cityiot.api.server import ApiServer
 from cityiot.domain.settings import Settings
 from cityiot.ingest.codecs.hexframe import encode as hexframe
 from cityiot.ingest.spool import HEADER_BYTES
-from cityiot.platform.local_services import LocalBroker, LocalInflux
+from cityiot.platform.local_services import LocalBroker, LocalInflux, free_port
 from cityiot.platform.wiring import Platform
 from cityiot.platform.wiring import platform as start_platform
 from cityiot.storage.influx import InfluxDB
@@ -118,7 +118,7 @@ def platform_settings(
             "database_url": f"sqlite+aiosqlite:///{tmp / 'cityiot.db'}",
             "mqtt_client_id": f"{name}-{uuid.uuid4().hex[:8]}",
             "api_host": "127.0.0.1",
-            "api_port": 0,
+            "api_port": free_port(),
             "api_rate_per_s": 1000.0,
             "api_rate_burst": 1000,
             "flush_interval_ms": 50,
@@ -414,7 +414,7 @@ async def test_an_api_with_no_ingest_nor_broker_says_what_to_set_and_limits_the_
             "influx_db": influx_db,
             "run_dir": tmp_path,
             "api_host": "127.0.0.1",
-            "api_port": 0,
+            "api_port": free_port(),
             "api_rate_per_s": 0.001,  # one request, then a refill in 1000 s
             "api_rate_burst": 1,
         }

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from cityiot.api.server import ApiServer
 from cityiot.ingest.service import ingest_stage
-from cityiot.platform.local_services import LocalBroker
+from cityiot.platform.local_services import LocalBroker, free_port
 from cityiot.storage.broker_access import BrokerAccess
 from cityiot.storage.device_csv import parse_device_csv
 from cityiot.storage.registry import import_devices
@@ -45,7 +45,7 @@ async def onboarding(api: Api, tmp_path: Path) -> AsyncIterator[Api]:
         settings = api.settings.model_copy(
             update={
                 "mqtt_url": f"mqtt://cityiot:{password}@{broker.host}:{broker.port}",
-                "api_port": 0,
+                "api_port": free_port(),
                 "broker_password_file": files / "passwd",
                 "broker_acl_file": files / "acl",
                 "broker_pid_file": broker.pid_path,

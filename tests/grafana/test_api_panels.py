@@ -17,6 +17,7 @@ from cityiot.api.server import ApiServer
 from cityiot.domain.catalogue import KINDS, MODEL
 from cityiot.grafana.export import dashboards, render
 from cityiot.grafana.kinds import uid as kind_uid
+from cityiot.platform.local_services import free_port
 from cityiot.storage.engine import make_engine, sessionmaker
 from tests.grafana.conftest import City, grafana_query, influx_results
 
@@ -64,7 +65,7 @@ class ApiClient:
 
 @pytest.fixture(scope="module")
 async def api(city: City) -> AsyncIterator[ApiClient]:
-    settings = city.settings.model_copy(update={"api_host": "127.0.0.1", "api_port": 0})
+    settings = city.settings.model_copy(update={"api_host": "127.0.0.1", "api_port": free_port()})
     engine = make_engine(settings.database_url)
     try:
         _, key = await create_key(sessionmaker(engine), "operator", name="grafana")

@@ -19,6 +19,7 @@ from cityiot.api.keys import create_key
 from cityiot.api.server import ApiServer
 from cityiot.domain.catalogue import KINDS, MODEL
 from cityiot.domain.thingmodel import kind_spec
+from cityiot.platform.local_services import free_port
 from cityiot.storage.kinds import save_kind
 from cityiot.storage.tables.deadletters import DeadLetter
 from tests.ingest.conftest import Platform
@@ -131,7 +132,7 @@ async def api_beside(platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
     settings = platform.settings.model_copy(
         update={
             "api_host": "127.0.0.1",
-            "api_port": 0,
+            "api_port": free_port(),
             "api_rate_per_s": 1000.0,
             "api_rate_burst": 1000,
         }

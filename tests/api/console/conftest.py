@@ -28,7 +28,7 @@ import pytest
 from cityiot.api.keys import create_key
 from cityiot.domain.catalogue import MODEL
 from cityiot.domain.settings import Settings
-from cityiot.platform.local_services import LocalBroker, LocalInflux
+from cityiot.platform.local_services import LocalBroker, LocalInflux, free_port
 from cityiot.platform.wiring import platform as start_platform
 from cityiot.simulators import Fleet
 from cityiot.simulators.behaviour import new_state, reading
@@ -131,7 +131,7 @@ async def platform(
         database_url=f"sqlite+aiosqlite:///{tmp / 'cityiot.db'}",
         mqtt_client_id=f"console-{uuid.uuid4().hex[:8]}",
         api_host="127.0.0.1",
-        api_port=0,
+        api_port=free_port(),
         api_rate_per_s=1000.0,
         api_rate_burst=1000,
         flush_interval_ms=50,
