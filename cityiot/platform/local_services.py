@@ -473,6 +473,8 @@ class LocalBroker(LocalService):
     no limit). The log is rotated at start when over ``log_max_bytes`` (see ``rotate_log``).
     ``side_listener`` opens a second port (``side_port``) with its own accounts and ACL
     (Mosquitto's ``per_listener_settings``), guarded by the client-id plugin like the first.
+    ``max_inflight`` is ``max_inflight_messages``: how many QoS 1 messages the broker sends a
+    client before it waits for their PUBACKs (EMQX's default window is 32).
     """
 
     name = "mosquitto"
@@ -496,10 +498,14 @@ class LocalBroker(LocalService):
         log_max_bytes: int = 16 << 20,
         side_listener: SideListener | None = None,
         tls_listener: TlsListener | None = None,
+        max_inflight: int = 40000,
         ready_timeout_s: float = 30.0,
         template: Path | None = None,
     ) -> None:
         super().__init__(run_dir, port, ready_timeout_s=ready_timeout_s, template=template)
+        if max_inflight < 1:
+            raise ValueError(f"max_inflight must be at least 1 (got {max_inflight})")
+        self.max_inflight = max_inflight
         self.side_listener = side_listener
         self.tls_listener = tls_listener
         self.password_file = password_file
@@ -633,6 +639,7 @@ class LocalBroker(LocalService):
             "auth": "\n".join(auth),
             "plugin": "\n".join(plugin),
             "max_payload": str(self.max_payload_bytes or 0),
+            "max_inflight": str(self.max_inflight),
             "per_listener_settings": "true" if self.side_listener is not None else "false",
             "side_listener": "\n".join(self._side_lines()),
             "tls_listener": "\n".join(self._tls_lines()),
