@@ -1,6 +1,10 @@
 """Serving the app with uvicorn inside an event loop we own (``cityiot run``, ``cityiot api``
 and the tests): signals stay with the caller, which decides when to stop.
 
+HTTPS when ``CITYIOT_API_TLS_CERT_FILE`` and ``CITYIOT_API_TLS_KEY_FILE`` are set (checked
+by the settings); ``X-Forwarded-For`` is believed only from the proxies of
+``CITYIOT_API_FORWARDED_ALLOW_IPS``.
+
 The connections are uvicorn's h11 protocol with the edge's limits (:class:`EdgeProtocol`):
 at most ``api_max_connections`` open at once, and ``api_header_timeout_s`` to send a
 request's headers (and between pieces of its body). The process's open-file limit is
@@ -14,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import resource
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -182,6 +187,19 @@ def open_file_budget(max_connections: int) -> int:
     return max_connections
 
 
+def own_certificate_context(settings: Settings) -> ssl.SSLContext:
+    """A client context trusting exactly the API's own certificate
+    (``CITYIOT_API_TLS_CERT_FILE``), whatever names it carries: for the platform's own
+    requests to its API on loopback (``cityiot run``'s simulated NB-IoT pushes), where the
+    address is not a name in the certificate. The certificate is the trust anchor, so only
+    the holder of its key is accepted."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.check_hostname = False
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    context.load_verify_locations(cafile=settings.api_tls_cert_file)
+    return context
+
+
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:  # the caller handles SIGINT/SIGTERM
@@ -200,6 +218,10 @@ class ApiServer:
             header_timeout_s=settings.api_header_timeout_s,
             counters=counters,
         )
+        # X-Forwarded-For / -Proto are believed from the trusted proxies only (none by
+        # default): otherwise any caller could pick the address its rate limit and the
+        # audit see.
+        forwarded = settings.api_forwarded_allow_list
         config = uvicorn.Config(
             self.app,
             host=settings.api_host,
@@ -208,13 +230,19 @@ class ApiServer:
             log_level="warning",
             access_log=False,
             lifespan="on",
+            proxy_headers=bool(forwarded),
+            forwarded_allow_ips=forwarded,
+            ssl_certfile=settings.api_tls_cert_file or None,
+            ssl_keyfile=settings.api_tls_key_file or None,
         )
         self.server = _Server(config)
         self._task: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.settings.api_host}:{self.server.config.port}"
+        """``http://`` or, with ``CITYIOT_API_TLS_CERT_FILE``, ``https://`` host:port."""
+        scheme = "https" if self.settings.api_tls else "http"
+        return f"{scheme}://{self.settings.api_host}:{self.server.config.port}"
 
     async def __aenter__(self) -> ApiServer:
         self._task = asyncio.create_task(self.server.serve(), name="api")

@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import random
+import ssl
 import threading
 import time
 from collections import Counter
@@ -72,11 +73,14 @@ class ChirpStackTarget:
 
 @dataclass(frozen=True, slots=True)
 class IntakeTarget:
-    """Where the simulated CTWing and OneNET push: the API's base URL (``http://host:port``)
-    and each NB-IoT vendor's intake token (``POST /api/v1/vendors/{id}/intake-token``)."""
+    """Where the simulated CTWing and OneNET push: the API's base URL (``http://host:port``
+    or ``https://``), each NB-IoT vendor's intake token (``POST
+    /api/v1/vendors/{id}/intake-token``), and how an ``https://`` API's certificate is
+    verified (True: the system's trust store)."""
 
     api_url: str
     tokens: Mapping[str, str]
+    verify: ssl.SSLContext | bool = True
 
 
 @dataclass(slots=True)
@@ -677,6 +681,7 @@ class _Pusher:
             base_url=self.target.api_url.rstrip("/"),
             timeout=httpx.Timeout(timeout_s),
             limits=httpx.Limits(max_connections=HTTP_CONCURRENCY),
+            verify=self.target.verify,
         )
         self._workers = [
             asyncio.create_task(self._work(), name=f"simulator-push-{i}")

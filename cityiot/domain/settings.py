@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 import ssl
@@ -57,6 +58,22 @@ class Settings(BaseSettings):
     )
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    # HTTPS from the API itself (docs/security.md "HTTPS from the API"): both or neither.
+    api_tls_cert_file: str = Field(
+        "",
+        description="PEM certificate (with its chain) the API serves HTTPS with; empty: "
+        "plain HTTP (behind a TLS proxy, or on loopback)",
+    )
+    api_tls_key_file: str = Field(
+        "", description="its private key (PEM); set with CITYIOT_API_TLS_CERT_FILE"
+    )
+    # Behind a reverse proxy: whose X-Forwarded-For / X-Forwarded-Proto the API believes.
+    api_forwarded_allow_ips: str = Field(
+        "",
+        description="comma-separated addresses or networks of trusted reverse proxies (e.g. "
+        "10.0.0.5,172.18.0.0/16): from them X-Forwarded-For gives the caller's address; "
+        "empty: none trusted, the address is the connection's",
+    )
     rules_path: Path | None = Field(
         None, description="a rule file or a folder of them; empty: the shipped catalogue"
     )
@@ -235,6 +252,28 @@ class Settings(BaseSettings):
             _check_readable(f"CITYIOT_{(info.field_name or '').upper()}", v)
         return v
 
+    @field_validator("api_tls_cert_file", "api_tls_key_file")
+    @classmethod
+    def _readable_api_pem(cls, v: str, info: ValidationInfo) -> str:
+        if v:
+            _check_readable(f"CITYIOT_{(info.field_name or '').upper()}", v)
+        return v
+
+    @field_validator("api_forwarded_allow_ips")
+    @classmethod
+    def _forwarded_allow_ips(cls, v: str) -> str:
+        entries = [entry.strip() for entry in v.split(",") if entry.strip()]
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    "CITYIOT_API_FORWARDED_ALLOW_IPS lists the addresses or networks of the "
+                    "reverse proxies the API trusts (e.g. 10.0.0.5 or 172.18.0.0/16, comma-"
+                    f"separated; '*' and host names are not taken), got {entry!r}"
+                ) from None
+        return ",".join(entries)
+
     @field_validator("log_level")
     @classmethod
     def _upper(cls, v: str) -> str:
@@ -297,6 +336,40 @@ class Settings(BaseSettings):
                 "client certificate the key belongs to"
             )
         return self
+
+    @model_validator(mode="after")
+    def _api_tls_pair(self) -> Settings:
+        cert, key = self.api_tls_cert_file, self.api_tls_key_file
+        if bool(cert) != bool(key):
+            given, missing = (
+                ("CITYIOT_API_TLS_CERT_FILE", "CITYIOT_API_TLS_KEY_FILE")
+                if cert
+                else ("CITYIOT_API_TLS_KEY_FILE", "CITYIOT_API_TLS_CERT_FILE")
+            )
+            raise ValueError(
+                f"{given} is set but {missing} is not: HTTPS needs both the certificate and "
+                "its private key (or set neither for plain HTTP)"
+            )
+        if cert:
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+            except ssl.SSLError as exc:
+                raise ValueError(
+                    f"CITYIOT_API_TLS_CERT_FILE / CITYIOT_API_TLS_KEY_FILE: {cert} and {key} "
+                    f"are not a PEM certificate and its private key ({exc.reason or exc}); give "
+                    "the certificate (its chain after it) and the key it was issued for"
+                ) from None
+        return self
+
+    @property
+    def api_tls(self) -> bool:
+        """Whether the API serves HTTPS (``CITYIOT_API_TLS_CERT_FILE`` and ``_KEY_FILE``)."""
+        return bool(self.api_tls_cert_file)
+
+    @property
+    def api_forwarded_allow_list(self) -> list[str]:
+        """``CITYIOT_API_FORWARDED_ALLOW_IPS`` as a list; empty: no proxy trusted."""
+        return self.api_forwarded_allow_ips.split(",") if self.api_forwarded_allow_ips else []
 
     @property
     def mqtt_tls(self) -> MqttTls:

@@ -36,6 +36,7 @@ from rich.live import Live
 from rich.table import Table
 
 from cityiot.api.keys import KeyRing, create_key
+from cityiot.api.server import own_certificate_context
 from cityiot.domain.catalogue import KINDS
 from cityiot.domain.settings import MqttTarget, Settings
 from cityiot.ingest.pipeline import Ingest, IngestCounters
@@ -186,7 +187,10 @@ async def run_platform(
             tasks = [running.start()]
             sent = SimulationCounters()
             if fleet is not None:
-                intake = IntakeTarget(api.url, accounts.intake_tokens)
+                # Over HTTPS the pushes go to CITYIOT_API_HOST, which need not be a name in
+                # the certificate: they trust that very certificate instead.
+                verify = own_certificate_context(settings) if settings.api_tls else True
+                intake = IntakeTarget(api.url, accounts.intake_tokens, verify)
                 tasks.append(
                     asyncio.create_task(
                         simulate_fleet(

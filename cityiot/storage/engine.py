@@ -7,6 +7,8 @@ to the head revision.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +38,9 @@ def make_engine(url: str) -> AsyncEngine:
     time at 100,000 devices.
     """
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
+        if path and path != ":memory:" and not path.startswith("file:"):
+            private_file(Path(path))
         engine = create_async_engine(
             url,
             connect_args={"timeout": 30},
@@ -51,6 +53,16 @@ def make_engine(url: str) -> AsyncEngine:
     return create_async_engine(
         url, pool_pre_ping=True, json_serializer=json_text, json_deserializer=orjson.loads
     )
+
+
+def private_file(path: Path) -> None:
+    """Make the SQLite file ``path`` readable by its owner only (0600) when it does not exist
+    yet, in a folder made 0700 when that is missing: SQLite gives the -wal and -shm files
+    the database file's mode, so they are private too. A file that exists keeps its mode
+    (an operator's choice, e.g. a backup group)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 # The write-ahead log is cut back to this size when it starts over after a checkpoint

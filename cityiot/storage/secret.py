@@ -48,7 +48,7 @@ def _secret_file(path: Path) -> bytes:
         return _read(path)
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new run dir: owner only
     # Written aside, then linked into place: the link fails when another process made the
     # file first (both then use its secret), and nobody ever reads a half-written one.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
