@@ -1,8 +1,13 @@
-"""Request guards: who is calling (``Authorization: Bearer <key>``), may they, and not too often.
+"""Request guards: who is calling, may they, and not too often.
+
+A machine sends its API key (``Authorization: Bearer <key>``); a person signed in with a
+password sends the session cookie (:mod:`cityiot.api.people`), and with every request that
+changes something, the session's CSRF token in ``X-CSRF-Token``. A key wins when both come.
 
 ``allow("admin", "operator")`` is a dependency that returns the caller's
-:class:`~cityiot.api.keys.Principal`, or answers 401 (no or unknown key), 403 (role not allowed)
-or 429 (rate limit, with ``Retry-After``).
+:class:`~cityiot.api.keys.Principal`, or answers 401 (no or unknown key, no or ended
+session), 403 (role not allowed, CSRF token missing or wrong) or 429 (rate limit, with
+``Retry-After``).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from sqlalchemy import false
 from cityiot.api.context import ApiContext, context
 from cityiot.api.keys import MAX_KEY_CHARS, Principal
 from cityiot.api.paging import S
+from cityiot.api.people import COOKIE, CSRF_HEADER, SessionEnded, csrf_matches
 from cityiot.api.problems import Problem
 from cityiot.rules.events import city_time
 from cityiot.storage.utc import utcnow
@@ -47,8 +53,9 @@ async def authenticate(ctx: ApiContext, presented: str | None, client: str) -> P
     if presented is None:
         raise Problem(
             401,
-            "this endpoint needs an API key: send Authorization: Bearer <key> "
-            "(an administrator creates keys with cityiot keys create --role R)",
+            "this endpoint needs a signed-in person (POST /api/v1/session, as the console "
+            "does) or an API key: send Authorization: Bearer <key> (an administrator creates "
+            "keys with cityiot keys create --role R)",
             headers={"WWW-Authenticate": "Bearer"},
         )
     if len(presented) > MAX_KEY_CHARS:
@@ -82,6 +89,52 @@ def _unexpired(principal: Principal) -> Principal:
     return principal
 
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+MAX_SESSION_CHARS = 100  # session tokens are 43 characters
+# Sent with a 401 for an ended session: the browser forgets the cookie.
+FORGET_COOKIE = f"{COOKIE}=; Max-Age=0; Path=/; HttpOnly; SameSite=Strict"
+
+
+async def from_session(ctx: ApiContext, request: Request, token: str, client: str) -> Principal:
+    """The person whose session cookie holds ``token``, or a Problem: 401 (ended, idle or
+    unknown session), 403 (a state-changing request without the session's CSRF token) or
+    429 (too many requests without a valid session from this address)."""
+    principal = await session_known(ctx, token, client, touch=True)
+    if request.method not in SAFE_METHODS and not csrf_matches(
+        token, request.headers.get(CSRF_HEADER)
+    ):
+        raise Problem(
+            403,
+            f"this request came with a session cookie but without the session's "
+            f"{CSRF_HEADER} header (or with another one): send the csrf_token that "
+            "POST /api/v1/session or GET /api/v1/session answered, in that header",
+        )
+    return principal
+
+
+async def session_known(ctx: ApiContext, token: str, client: str, touch: bool = False) -> Principal:
+    """The person of a live session, or a Problem: 401 (ended, idle or unknown) or 429."""
+    now = time.monotonic()
+    wait = ctx.anonymous.take(client, now)
+    if wait:
+        raise Problem(
+            429,
+            f"over {ctx.settings.api_anonymous_rate_per_s:g} requests/s from {client} without "
+            f"a valid session; retry in {math.ceil(wait)} s and sign in again",
+            headers={"Retry-After": str(math.ceil(wait))},
+        )
+    if len(token) > MAX_SESSION_CHARS:
+        raise Problem(401, "the session cookie is not one the platform set; sign in again")
+    try:
+        principal = await ctx.people.identify(token, touch=touch)
+    except SessionEnded as exc:
+        raise Problem(
+            401, str(exc), headers={"WWW-Authenticate": "Bearer", "Set-Cookie": FORGET_COOKIE}
+        ) from None
+    ctx.anonymous.refund(client)
+    return principal
+
+
 async def caller(
     request: Request,
     response: Response,
@@ -89,14 +142,18 @@ async def caller(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     client = request.client.host if request.client else "unknown"
-    presented = credentials.credentials if credentials is not None else None
-    principal = await authenticate(ctx, presented, client)
-    wait = ctx.limiter.take(principal.key_id, time.monotonic())
+    token = request.cookies.get(COOKIE)
+    if credentials is None and token:
+        principal = await from_session(ctx, request, token, client)
+    else:
+        presented = credentials.credentials if credentials is not None else None
+        principal = await authenticate(ctx, presented, client)
+    wait = ctx.limiter.take(principal.actor, time.monotonic())
     if wait:
         raise Problem(
             429,
-            f"rate limit of {ctx.settings.api_rate_per_s:g} requests/s for this key reached; "
-            f"retry in {math.ceil(wait)} s",
+            f"rate limit of {ctx.settings.api_rate_per_s:g} requests/s for this "
+            f"{principal.holder} reached; retry in {math.ceil(wait)} s",
             headers={"Retry-After": str(math.ceil(wait))},
         )
     request.state.principal = principal
@@ -113,8 +170,8 @@ def allow(*roles: str) -> Callable[..., Awaitable[Principal]]:
         if roles and principal.role not in roles:
             raise Problem(
                 403,
-                f"a {principal.role} key may not do this; it needs a key with role "
-                f"{' or '.join(roles)}",
+                f"a {principal.role} {principal.holder} may not do this; it needs a "
+                f"{principal.holder} with role {' or '.join(roles)}",
             )
         return principal
 

@@ -22,9 +22,11 @@ from starlette.routing import Match
 from cityiot.api import console, metrics, problems
 from cityiot.api.console import docs
 from cityiot.api.context import ApiContext
+from cityiot.api.denials import DenialAudit, DenialCounters
 from cityiot.api.keys import KeyRing
 from cityiot.api.limits import BodyLimits, EdgeCounters
 from cityiot.api.metrics import MetricsSource, add_source, counters_source
+from cityiot.api.people import SessionBook
 from cityiot.api.ratelimit import RateLimiter
 from cityiot.api.routes import ROUTERS, health
 from cityiot.api.routes.kinds import audit_file_changes
@@ -42,8 +44,11 @@ PREFIX = "/api/v1"
 DESCRIPTION = """
 The unified IoT access platform of Zhumadian's city operations centre.
 
-Every endpoint but `/healthz`, `/readyz` and `/metrics` needs an API key:
-`Authorization: Bearer cik_…` (created with `cityiot keys create --role R`).
+Every endpoint but `/healthz`, `/readyz` and `/metrics` needs an API key
+(`Authorization: Bearer cik_…`, created with `cityiot keys create --role R`: for machines)
+or a person's session (`POST /api/v1/session` with a username and password sets an
+HttpOnly cookie; requests that change something then carry the answer's `csrf_token` in
+`X-CSRF-Token`).
 Roles: `admin`, `operator`, `field`, `department` (read-only, limited to the kinds and
 districts granted), `vendor` (its own devices). Lists are paginated with `limit` and
 `cursor` (`next_cursor` of the previous page). Errors are RFC 9457 problem details.
@@ -57,6 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             app.state.ctx = await _context(settings, stack, app.state.edge_counters)
+            add_source(app.state.ctx, "api_denials", app.state.denials.metrics)
             log.info("event=api_ready host=%s port=%d", settings.api_host, settings.api_port)
             yield
 
@@ -74,6 +80,9 @@ def create_app(settings: Settings) -> FastAPI:
     problems.install(app)
     _no_redirects(app)
     app.add_middleware(BodyLimits, settings=settings, counters=edge, context=lambda: app.state.ctx)
+    # Outside BodyLimits: the edge's 401s are audited too.
+    app.state.denials = denials = DenialCounters()
+    app.add_middleware(DenialAudit, sessions=lambda: app.state.ctx.sessions, counters=denials)
     metrics.install(app)  # outside BodyLimits: its refusals are counted as requests too
     if settings.api_trusted_hosts != ["*"]:
         app.add_middleware(
@@ -202,6 +211,7 @@ async def _context(
         sessions=sessions,
         influx=influx,
         keys=KeyRing(sessions),
+        people=SessionBook(sessions),
         limiter=RateLimiter(settings.api_rate_per_s, settings.api_rate_burst),
         anonymous=RateLimiter(settings.api_anonymous_rate_per_s, settings.api_anonymous_rate_burst),
         broker=BrokerAccess.from_settings(settings, sessions),

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request
 
 from cityiot.api.keys import KeyRing
+from cityiot.api.people import SessionBook
 from cityiot.api.ratelimit import RateLimiter
 from cityiot.domain.settings import Settings
 from cityiot.storage.influx import InfluxDB
@@ -31,6 +32,7 @@ class ApiContext:
     keys: KeyRing
     limiter: RateLimiter  # per key
     anonymous: RateLimiter  # per client address, for requests without a valid key
+    people: SessionBook  # people's sessions (sign-in with a password)
     hub: StreamHub | None = None  # MQTT: alert events in, ack events out; None without a broker
     broker: BrokerAccess | None = None  # vendor MQTT accounts; None when not managed here
     # The codecs in force (files and the API's), kept fresh with the registry's period.

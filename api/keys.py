@@ -55,6 +55,8 @@ class Principal:
     # on; None for other roles, and for field keys made before keys carried teams.
     teams: frozenset[str] | None = None
     expires_at: dt.datetime | None = None  # UTC; None: the key never expires
+    # A person signed in with a password (DESIGN §10): their username; None for a key.
+    user: str | None = None
 
     def expired(self, at: dt.datetime) -> bool:
         """Whether the key has expired at ``at`` (an aware datetime)."""
@@ -62,7 +64,14 @@ class Principal:
 
     @property
     def actor(self) -> str:
+        if self.user is not None:
+            return f"user:{self.user}" + (f" ({self.name})" if self.name else "")
         return f"key:{self.key_id}" + (f" ({self.name})" if self.name else "")
+
+    @property
+    def holder(self) -> str:
+        """What the caller presented, in messages: "key" or "account"."""
+        return "account" if self.user is not None else "key"
 
     @property
     def restricted(self) -> bool:
@@ -132,20 +141,8 @@ async def create_key(
     """
     if expires_at is not None:
         expires_at = check_expiry(expires_at)
-    if role not in ROLES:
-        raise KeyRequestError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
-    kind_list = _check_list(kinds, KINDS, "kinds")
-    district_list = _check_list(districts, DISTRICTS, "districts")
-    if (kind_list or district_list) and role != "department":
-        raise KeyRequestError(
-            "kinds and districts restrict department keys only; use --role department"
-        )
-    if role == "vendor":
-        if not vendor or not is_valid_id(vendor):
-            raise KeyRequestError("a vendor key needs the vendor id it belongs to (--vendor ID)")
-    elif vendor:
-        raise KeyRequestError("--vendor belongs to vendor keys only; use --role vendor")
-    team_list = check_teams(role, teams, known_teams)
+    grant = check_grant(role, kinds, districts, vendor, teams, known_teams)
+    kind_list, district_list, team_list = grant.kinds, grant.districts, grant.teams
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     row = ApiKey(
@@ -227,19 +224,61 @@ def parse_expiry(text: str, now: dt.datetime, zone: dt.tzinfo) -> dt.datetime:
     return check_expiry(at if at.tzinfo is not None else at.replace(tzinfo=zone), now)
 
 
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A role's checked grant, as a key or a person's account stores it."""
+
+    role: str
+    kinds: list[str] | None
+    districts: list[str] | None
+    vendor: str | None
+    teams: list[str] | None
+
+
+def check_grant(
+    role: str,
+    kinds: Iterable[str] | None,
+    districts: Iterable[str] | None,
+    vendor: str | None,
+    teams: Iterable[str] | None,
+    known_teams: Iterable[str],
+    holder: str = "key",
+) -> Grant:
+    """The grant of a ``holder`` (a key or an account) of ``role``, or a
+    :class:`KeyRequestError` saying what to change: kinds and districts restrict department
+    ones, a vendor one names its vendor, a field one acts for teams of the routing file."""
+    if role not in ROLES:
+        raise KeyRequestError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+    kind_list = _check_list(kinds, KINDS, "kinds")
+    district_list = _check_list(districts, DISTRICTS, "districts")
+    if (kind_list or district_list) and role != "department":
+        raise KeyRequestError(
+            f"kinds and districts restrict department {holder}s only; use --role department"
+        )
+    if role == "vendor":
+        if not vendor or not is_valid_id(vendor):
+            raise KeyRequestError(
+                f"a vendor {holder} needs the vendor id it belongs to (--vendor ID)"
+            )
+    elif vendor:
+        raise KeyRequestError(f"--vendor belongs to vendor {holder}s only; use --role vendor")
+    team_list = check_teams(role, teams, known_teams, holder)
+    return Grant(role, kind_list, district_list, vendor if role == "vendor" else None, team_list)
+
+
 def check_teams(
-    role: str, teams: Iterable[str] | None, known_teams: Iterable[str]
+    role: str, teams: Iterable[str] | None, known_teams: Iterable[str], holder: str = "key"
 ) -> list[str] | None:
-    """The teams a key of ``role`` carries, checked against the routing file's teams."""
+    """The teams a key (or account) of ``role`` carries, checked against the routing file's."""
     team_list = sorted(set(teams)) if teams is not None else None
     known = ", ".join(sorted(set(known_teams))) or "none: the routing file names no team"
     if role != "field":
         if team_list:
-            raise KeyRequestError("teams belong to field keys only; use --role field")
+            raise KeyRequestError(f"teams belong to field {holder}s only; use --role field")
         return None
     if not team_list:
         raise KeyRequestError(
-            f"a field key acts for a team; name at least one with --team (teams: {known})"
+            f"a field {holder} acts for a team; name at least one with --team (teams: {known})"
         )
     unknown = [t for t in team_list if t not in set(known_teams)]
     if unknown:

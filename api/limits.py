@@ -8,8 +8,8 @@ carries a body it
   the HTTP link ``POST /api/v1/telemetry/…``, ``api_max_body_bytes`` for every other path),
   and cuts a body sent without a length (chunked) at that cap;
 - on paths that need a key (under ``/api/v1`` but not in :data:`PUBLIC_PATHS` or
-  :data:`PUBLIC_PREFIXES`), checks the key first (:func:`cityiot.api.access.authenticate`) and
-  answers 401 or 429 without reading a byte of the body.
+  :data:`PUBLIC_PREFIXES`), checks the key (:func:`cityiot.api.access.authenticate`) or the
+  person's session cookie first and answers 401 or 429 without reading a byte of the body.
 
 Refusals close the connection, so the unread body is never read. The server reads at most
 a small buffer ahead of the app (uvicorn pauses reading until the app asks for more), so
@@ -23,10 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cityiot.api.access import authenticate
+from cityiot.api.access import authenticate, session_known
 from cityiot.api.context import ApiContext
+from cityiot.api.people import COOKIE
 from cityiot.api.problems import PROBLEM_JSON, TITLES, Problem
 from cityiot.domain.settings import Settings
 
@@ -107,6 +109,23 @@ def bearer_token(scope: Scope) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
+def session_token(scope: Scope) -> str | None:
+    """The session token of a person's cookie (:data:`cityiot.api.people.COOKIE`), or None."""
+    value = _header(scope, b"cookie")
+    if value is None:
+        return None
+    return cookie_parser(value.decode("latin-1")).get(COOKIE) or None
+
+
+async def _caller_known(ctx: ApiContext, scope: Scope) -> None:
+    """A Problem unless the request shows a usable key or, without one, a live session."""
+    key, token, client = bearer_token(scope), session_token(scope), client_address(scope)
+    if key is None and token is not None:
+        await session_known(ctx, token, client)
+    else:
+        await authenticate(ctx, key, client)
+
+
 def client_address(scope: Scope) -> str:
     client = scope.get("client")
     return str(client[0]) if client else "unknown"
@@ -145,7 +164,7 @@ class BodyLimits:
             return
         if needs_key(path):
             try:
-                await authenticate(self.context(), bearer_token(scope), client_address(scope))
+                await _caller_known(self.context(), scope)
             except Problem as refused:
                 self.counters.body_refused_unauthenticated += 1
                 await _problem(scope, send, refused.status, refused.detail, refused.headers)

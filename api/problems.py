@@ -26,6 +26,7 @@ TITLES = {
     413: "Content too large",
     415: "Unsupported media type",
     422: "Invalid request",
+    423: "Locked",
     429: "Too many requests",
     500: "Internal server error",
     503: "Service unavailable",
@@ -55,8 +56,8 @@ def _doc(description: str) -> dict[str, Any]:
 # Answers any endpoint under /api/v1 may give, documented once for all.
 COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _doc("a malformed cursor or parameter"),
-    401: _doc("no API key, or an unknown or revoked one"),
-    403: _doc("the key's role or grant does not allow this"),
+    401: _doc("no API key or session, or an unknown, revoked or ended one"),
+    403: _doc("the role or grant does not allow this, or a session's CSRF token is missing"),
     404: _doc("no such item"),
     422: _doc("invalid parameters or body; each problem is named"),
     429: _doc("the key's rate limit is reached; see Retry-After"),

@@ -101,12 +101,16 @@ def model(kinds_path: Path | None = None, city_path: Path | None = None) -> Iter
         MODEL.configure(None, None)
 
 
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """``cityiot ARGS`` as an operator runs it, with ``env`` over this process's environment."""
+def run_cli(
+    *args: str, env: dict[str, str], stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``cityiot ARGS`` as an operator runs it, with ``env`` over this process's environment
+    (and ``stdin`` on its standard input)."""
     return subprocess.run(
         [str(Path(sys.executable).parent / "cityiot"), *args],
         capture_output=True,
         text=True,
         timeout=120,
         env={**os.environ, **env},
+        input=stdin,
     )

@@ -16,10 +16,12 @@ from cityiot.api.routes import (
     parking,
     readings,
     rules,
+    session,
     silences,
     stats,
     stream,
     telemetry,
+    users,
     vendors,
     workorders,
 )
@@ -43,6 +45,8 @@ ROUTERS = [
     onenet.router,
     stream.router,
     keys.router,
+    session.router,
+    users.router,
     audit.router,
 ]
 

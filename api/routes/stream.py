@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 import orjson
@@ -24,6 +24,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from cityiot.api.access import allow
 from cityiot.api.context import ApiContext, context
 from cityiot.api.keys import Principal
+from cityiot.api.people import COOKIE, SessionEnded
 from cityiot.api.problems import Problem
 from cityiot.api.routes.devices import visible_device
 from cityiot.api.stream import Subscription, WatchedDevice
@@ -101,12 +102,14 @@ async def stream(
     def wants(event: dict[str, Any]) -> bool:
         return principal.sees(event.get("kind"), event.get("district"), event.get("vendor"))
 
-    # allow() took the key from this header, so it is there and well formed.
-    presented = request.headers.get("authorization", "").partition(" ")[2].strip()
+    if principal.user is not None:  # a person: the session cookie allow() took
+        still = _session_check(ctx, request.cookies.get(COOKIE, ""))
+    else:  # allow() took the key from this header, so it is there and well formed
+        still = _key_check(ctx, request.headers.get("authorization", "").partition(" ")[2].strip())
 
     async def events() -> AsyncIterator[ServerSentEvent]:
         async with hub.subscribe(wants, watched) as subscription:
-            guard = asyncio.create_task(_end_when_revoked(ctx, presented, subscription))
+            guard = asyncio.create_task(_end_when_revoked(still, subscription))
             try:
                 connected = await hub.wait_connected(READY_WAIT_S)
                 grant = principal.grant()
@@ -126,20 +129,45 @@ async def stream(
     return EventSourceResponse(events(), ping=PING_S, send_timeout=SEND_TIMEOUT_S)
 
 
-async def _end_when_revoked(ctx: ApiContext, presented: str, subscription: Subscription) -> None:
-    """End ``subscription`` with a last ``revoked`` event once ``presented`` no longer
-    resolves: revoked through the API (at once) or by the CLI in the database (within the
-    key cache's time to live)."""
+Check = Callable[[], Awaitable[dict[str, str] | None]]  # None, or the last event's data
+
+
+def _key_check(ctx: ApiContext, presented: str) -> Check:
+    async def check() -> dict[str, str] | None:
+        principal = await ctx.keys.resolve(presented, time.monotonic())
+        return None if principal is not None else REVOKED
+
+    return check
+
+
+def _session_check(ctx: ApiContext, token: str) -> Check:
+    """An open stream is no use of the session: it ends when the person signs out, is
+    disabled or leaves the console idle (DESIGN §10's idle expiry)."""
+
+    async def check() -> dict[str, str] | None:
+        try:
+            await ctx.people.identify(token, touch=False)
+        except SessionEnded as exc:
+            return {"reason": str(exc)}
+        return None
+
+    return check
+
+
+async def _end_when_revoked(still: Check, subscription: Subscription) -> None:
+    """End ``subscription`` with a last ``revoked`` event once its key no longer resolves
+    (revoked through the API at once, by the CLI in the database within the key cache's time
+    to live, or expired), or its person's session has ended."""
     while not subscription.dropped:
         await asyncio.sleep(KEY_CHECK_S)
         try:
-            principal = await ctx.keys.resolve(presented, time.monotonic())
+            ended = await still()
         except Exception as exc:  # the database is away: keep the stream, ask again next time
             log.warning("event=stream_key_check_failed error=%s", type(exc).__name__)
             continue
-        if principal is None:
-            log.info("event=stream_ended reason=key_revoked")
-            subscription.finish("revoked", REVOKED)
+        if ended is not None:
+            log.info("event=stream_ended reason=credentials_ended")
+            subscription.finish("revoked", ended)
 
 
 def _event(name: str, data: dict[str, Any]) -> ServerSentEvent:

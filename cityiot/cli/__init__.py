@@ -4,7 +4,7 @@ Scriptable: results on stdout, details and progress on stderr, errors exit non-z
 a message naming what to fix. One module per group of commands.
 """
 
-from cityiot.cli import codecs, docs, grafana, keys, registry, stages
+from cityiot.cli import codecs, docs, grafana, keys, registry, stages, users
 from cityiot.cli.app import app
 
-__all__ = ["app", "codecs", "docs", "grafana", "keys", "registry", "stages"]
+__all__ = ["app", "codecs", "docs", "grafana", "keys", "registry", "stages", "users"]

@@ -22,6 +22,10 @@ codecs_app = typer.Typer(
 app.add_typer(codecs_app, name="codecs")
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+users_app = typer.Typer(
+    help="People's accounts: they sign in to the console with a password.", no_args_is_help=True
+)
+app.add_typer(users_app, name="users")
 grafana_app = typer.Typer(help="Grafana dashboards (cityiot/grafana).", no_args_is_help=True)
 app.add_typer(grafana_app, name="grafana")
 docs_app = typer.Typer(help="Docs generated from the code.", no_args_is_help=True)

@@ -18,6 +18,21 @@ def _names(values: str | None) -> list[str] | None:
     return [v.strip() for v in values.split(",") if v.strip()]
 
 
+def field_teams(settings: Any) -> list[str]:
+    """The routing file's teams, which field keys and accounts act for."""
+    from cityiot.api.teams import known_teams
+    from cityiot.rules.routing import RoutingError, load_routing
+    from cityiot.rules.service import routing_path
+
+    # Only the teams matter here, not the channels dropped for unset variables.
+    logging.getLogger("cityiot.rules.routing").setLevel(logging.ERROR)
+    try:
+        router = load_routing(routing_path(settings))
+    except RoutingError as exc:
+        fail(f"the routing file names the teams and cannot be read; fix it: {exc}")
+    return known_teams(router)
+
+
 @keys_app.command("create")
 def keys_create(
     role: Annotated[
@@ -49,11 +64,8 @@ def keys_create(
 ) -> None:
     """Create an API key; prints the key alone on stdout (it is shown this once)."""
     from cityiot.api.keys import KeyRequestError, create_key, parse_expiry
-    from cityiot.api.teams import known_teams
     from cityiot.domain.sun import CITY_TZ
     from cityiot.rules.events import city_time
-    from cityiot.rules.routing import RoutingError, load_routing
-    from cityiot.rules.service import routing_path
     from cityiot.storage.engine import make_engine, migrate, sessionmaker
     from cityiot.storage.utc import utcnow
 
@@ -67,15 +79,7 @@ def keys_create(
     if kinds is not None:
         load_model_from_database(settings)  # a kind put through the API may be granted too
     teams = _names(",".join(team)) if team else None
-    known: list[str] = []
-    if role == "field":
-        # Only the teams matter here, not the channels dropped for unset variables.
-        logging.getLogger("cityiot.rules.routing").setLevel(logging.ERROR)
-        try:
-            router = load_routing(routing_path(settings))
-        except RoutingError as exc:
-            fail(f"the routing file names the teams and cannot be read; fix it: {exc}")
-        known = known_teams(router)
+    known = field_teams(settings) if role == "field" else []
 
     async def main() -> tuple[Any, str]:
         await migrate(settings.database_url)

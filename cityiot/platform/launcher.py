@@ -36,6 +36,7 @@ from rich.live import Live
 from rich.table import Table
 
 from cityiot.api.keys import KeyRing, create_key
+from cityiot.api.people import Change, create_user, get_user, new_password, password_ok, update_user
 from cityiot.api.server import own_certificate_context
 from cityiot.domain.catalogue import KINDS
 from cityiot.domain.settings import MqttTarget, Settings
@@ -79,6 +80,8 @@ from cityiot.storage.secret import platform_secret
 PLATFORM_SECRET = "mqtt-platform-password"  # the broker account of ingest, rules and API
 SIMULATOR_SECRET = "mqtt-simulator-accounts.json"  # one MQTT account per simulated vendor
 ADMIN_KEY_SECRET = "admin-api-key"
+ADMIN_USER = "admin"  # the console's account in a local run
+ADMIN_PASSWORD_SECRET = "admin-password"
 PASSWORD_FILE = "passwd"  # under <run_dir>/mosquitto/, written by cityiot.storage.broker_access
 ACL_FILE = "acl"
 # The simulated ChirpStack's broker account, on the broker's side listener (its own files,
@@ -257,6 +260,7 @@ async def prepare_access(settings: Settings, run_dir: Path, fleet: Fleet | None)
     try:
         sessions = sessionmaker(engine)
         admin_key = await _admin_key(sessions, run_dir)
+        await _admin_person(sessions, run_dir)
         tokens = await _intake_tokens(settings, sessions, fleet) if fleet else {}
         if settings.mqtt_url:  # someone else's broker: its accounts are not ours to write
             return LocalAccounts(admin_key=admin_key, intake_tokens=tokens)
@@ -335,6 +339,37 @@ async def _simulator_accounts(
         accounts[vendor_id] = (username, password)
     write_private(path, json.dumps(accounts, indent=1))
     return accounts
+
+
+async def _admin_person(sessions: Any, run_dir: Path) -> str:
+    """The run's administrator account (:data:`ADMIN_USER`) for the console: its password
+    kept in the run directory; the account made, or its password set, when they differ."""
+    path = run_dir / ADMIN_PASSWORD_SECRET
+    kept = ""
+    with contextlib.suppress(OSError):
+        kept = path.read_text().strip()
+    row = await get_user(sessions, ADMIN_USER)
+    if row is not None and kept and await password_ok(row, kept):
+        return kept
+    password = new_password()
+    if row is None:
+        await create_user(
+            sessions,
+            ADMIN_USER,
+            "admin",
+            password,
+            display_name="cityiot run (local admin)",
+            created_by="cityiot run",
+        )
+    else:
+        await update_user(
+            sessions,
+            ADMIN_USER,
+            Change(password=password, disabled=False, unlock=True),
+            by="cityiot run",
+        )
+    write_private(path, password + "\n")
+    return password
 
 
 async def _admin_key(sessions: Any, run_dir: Path) -> str:
@@ -490,15 +525,12 @@ def show_where(
         f"  NB-IoT push   {api_url}/api/v1/intake/ctwing/{{vendor}}?token=T, "
         f"{api_url}/api/v1/intake/onenet/{{vendor}}  (tokens: cityiot vendors intake-token ID)"
     )
-    out.print(f"  admin key     {run_dir / ADMIN_KEY_SECRET}")
-    out.print(f"  console       {api_url}/  (sign in with the admin key above)")
-    key_file = run_dir / ADMIN_KEY_SECRET
-    if out.is_terminal and key_file.exists():
-        # The fragment never reaches the server; the console stores the key and drops it from
-        # the address bar. Only on a terminal: redirected output (CI logs) keeps no key.
-        out.print(f"                {api_url}/#key={key_file.read_text().strip()}", soft_wrap=True)
-    else:
-        out.print(f"                {api_url}/#key=$(cat {key_file})  (open in a browser)")
+    out.print(f"  admin key     {run_dir / ADMIN_KEY_SECRET}  (for scripts: Bearer)")
+    password_file = run_dir / ADMIN_PASSWORD_SECRET
+    out.print(f"  console       {api_url}/  (sign in as {ADMIN_USER}, password in {password_file})")
+    if out.is_terminal and password_file.exists():
+        # Only on a terminal: redirected output (CI logs) keeps no password.
+        out.print(f"                password: {password_file.read_text().strip()}")
     out.print(f"  InfluxDB      {redact_text(settings.influx_url)}  database {db!r}")
     registry = redact_text(settings.database_url)
     out.print(f"  registry      {registry}  (dead letters in table dead_letters)")
