@@ -101,12 +101,25 @@ def bench(
         int,
         typer.Option(help="Rounds of the links section's paths, in one order and its reverse."),
     ] = 3,
+    window_messages: Annotated[
+        int,
+        typer.Option(
+            help="Readings a drain of the window section (the ingest at QoS 1 on a broker "
+            "with the default in-flight window, with a window of 32, and over mqtts://); "
+            "0: skip the section."
+        ),
+    ] = 100_000,
+    window_devices: Annotated[int, typer.Option(help="Manholes of the window section.")] = 1_000,
+    window_rounds: Annotated[
+        int,
+        typer.Option(help="Rounds of the window section's brokers, in one order and its reverse."),
+    ] = 3,
 ) -> None:
     """Throughput, CPU, memory and latency of the platform next to a bare subscriber and
     Node-RED, a vendor's decoding codec against JSON, and the CTWing and ChirpStack links
-    beside MQTT, on a local Mosquitto and InfluxDB it
+    beside MQTT, the broker's in-flight window and TLS, on a local Mosquitto and InfluxDB it
     starts itself; prints tables and writes the figures as JSON. Exits 1 when a system or the
-    codec or links section failed, timed out, lost or duplicated."""
+    codec, links or window section failed, timed out, lost or duplicated."""
     from bench.options import (
         BenchError,
         BenchOptions,
@@ -142,6 +155,9 @@ def bench(
             links_devices=links_devices,
             links_pushers=links_pushers,
             links_rounds=links_rounds,
+            window_messages=window_messages,
+            window_devices=window_devices,
+            window_rounds=window_rounds,
         )
         options.check()
         with err.status("starting…") as status:

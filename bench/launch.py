@@ -22,6 +22,7 @@ from bench.services import Services
 from bench.sessions import forget_sessions, session_ids
 from bench.stored import COUNT_POLL_S, StoredCounter
 from bench.systems import SystemSpec
+from cityiot.platform.local_services import LocalBroker
 
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30.0
@@ -58,18 +59,23 @@ def ingest_workers(
     work: Path,
     say: Callable[[str], None],
     env_extra: Mapping[str, str] | None = None,
+    *,
+    broker: LocalBroker | None = None,
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
     """``spec.workers`` ``cityiot ingest --rules`` processes on a copy of ``registry``,
     subscribed and ready, with their run dir and logs in ``work`` (a fresh one: readiness is
-    read from the logs); ``env_extra`` adds settings (``CITYIOT_CODECS_PATH``). Stopped, and
-    their broker sessions removed, when the block ends."""
+    read from the logs); ``env_extra`` adds settings (``CITYIOT_CODECS_PATH``, an
+    ``mqtts://`` URL). On ``broker`` (default: the run's). Stopped, and their broker sessions
+    removed, when the block ends."""
     from cityiot.ingest.partition import start_workers
+
+    broker = broker or services.broker
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CITYIOT_")}
     env.update(
-        CITYIOT_MQTT_URL=services.broker.url,
+        CITYIOT_MQTT_URL=broker.url,
         CITYIOT_INFLUX_URL=services.influx.url,
         CITYIOT_INFLUX_DB=database,
         CITYIOT_DATABASE_URL=sqlite_url(registry.copy(work / "registry.db")),
@@ -111,9 +117,7 @@ def ingest_workers(
     finally:
         say(f"{spec.name}: stopping…")
         stop_processes(processes)
-        forget_sessions(
-            services.broker.host, services.broker.port, session_ids(client_id, spec.workers)
-        )
+        forget_sessions(broker.host, broker.port, session_ids(client_id, spec.workers))
 
 
 @dataclass(slots=True)

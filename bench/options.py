@@ -44,6 +44,9 @@ class BenchOptions:
     links_devices: int = 1_000  # manholes per path of the links section
     links_pushers: int = 16  # concurrent CTWing pushers of the links section
     links_rounds: int = 3  # rounds of the links section's paths, orders alternating
+    window_messages: int = 100_000  # a drain of the window section (0: no window section)
+    window_devices: int = 1_000  # manholes of the window section
+    window_rounds: int = 3  # rounds of the window section's brokers, orders alternating
 
     def check(self) -> None:
         """Raise ``BenchError`` naming the option to change when one is out of range."""
@@ -56,11 +59,11 @@ class BenchOptions:
             raise BenchError(
                 f"--systems: unknown {', '.join(unknown)}; choose from {','.join(SYSTEMS)}, or none"
             )
-        if not self.systems and not self.codec_messages and not self.links_messages:
+        if not (self.systems or self.codec_messages or self.links_messages or self.window_messages):
             raise BenchError(
-                f"--systems none, --codec-messages 0 and --links-messages 0 leave nothing to "
-                f"measure; name systems ({','.join(SYSTEMS)}) or give the codec or links "
-                "section messages"
+                "--systems none, --codec-messages 0, --links-messages 0 and --window-messages 0 "
+                f"leave nothing to measure; name systems ({','.join(SYSTEMS)}) or give the "
+                "codec, links or window section messages"
             )
         if "workers" in self.systems and (not self.workers or min(self.workers) < 1):
             raise BenchError("--workers must list worker counts of 1 or more, e.g. 1,2,3")
@@ -94,6 +97,14 @@ class BenchOptions:
                 raise BenchError(
                     "--links-devices, --links-pushers and --links-rounds must be 1 or more"
                 )
+        if self.window_messages:
+            if self.window_messages < 2 * SENTINELS:
+                raise BenchError(
+                    f"--window-messages must be 0 (skip the window section) or at least "
+                    f"{2 * SENTINELS}, not {self.window_messages}"
+                )
+            if min(self.window_devices, self.window_rounds) < 1:
+                raise BenchError("--window-devices and --window-rounds must be 1 or more")
         from cityiot.domain.catalogue import KINDS
 
         unknown_kinds = [k for k, _ in self.mix if k not in KINDS]
@@ -124,6 +135,9 @@ class BenchOptions:
             "links_devices": self.links_devices,
             "links_pushers": self.links_pushers,
             "links_rounds": self.links_rounds,
+            "window_messages": self.window_messages,
+            "window_devices": self.window_devices,
+            "window_rounds": self.window_rounds,
         }
 
 

@@ -21,6 +21,7 @@ from rich.table import Table
 from bench.codec_result import CodecResult, print_codecs
 from bench.latency import LatencyResult, Percentiles
 from bench.links import LinkResult, print_links
+from bench.window import WindowResult, print_window
 
 REPORT_VERSION = 1
 
@@ -124,6 +125,7 @@ class BenchReport:
     rule_state: dict[str, Any] | None = None  # bench/state.py: bytes per device
     codecs: CodecResult | None = None  # bench/codecs.py: the codec section
     links: LinkResult | None = None  # bench/links.py: the links section
+    window: WindowResult | None = None  # bench/window.py: the broker window and TLS section
 
     @property
     def ok(self) -> bool:
@@ -131,6 +133,7 @@ class BenchReport:
             all(s.ok for s in self.systems)
             and (self.codecs is None or self.codecs.ok)
             and (self.links is None or self.links.ok)
+            and (self.window is None or self.window.ok)
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -145,6 +148,7 @@ class BenchReport:
             "rule_state": self.rule_state,
             "codecs": None if self.codecs is None else self.codecs.as_dict(),
             "links": None if self.links is None else self.links.as_dict(),
+            "window": None if self.window is None else self.window.as_dict(),
             "ok": self.ok,
         }
 
@@ -270,6 +274,8 @@ def print_report(report: BenchReport, console: Console, out: Path | None = None)
         print_codecs(report.codecs, console)
     if report.links is not None:
         print_links(report.links, console)
+    if report.window is not None:
+        print_window(report.window, console)
     console.print(
         f"machine: {hw['cpu']} × {hw['cores']} cores, {hw['ram_gb']} GB RAM, "
         f"{hw['os']}; Python {hw['python']}, Mosquitto {hw['mosquitto']}, "

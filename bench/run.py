@@ -21,6 +21,9 @@ system in turn on the same payloads:
 - **codecs** (bench/codecs.py): one ingest draining JSON, a vendor's binary frames decoded by
   its JavaScript codec in the sandbox, and those frames beside a device whose codec loops
   forever; its own fleet, registry and database.
+- **window** (bench/window.py): the ingest at QoS 1 on three brokers of its own: the default
+  in-flight window, a window of 32, and the default window over ``mqtts://``; its own fleet
+  and registry.
 - **links** (bench/links.py): one platform (ingest, rules, API) taking the same readings by
   MQTT, by CTWing's HTTP push (concurrent pushers) and by ChirpStack's MQTT integration;
   its own fleet, registry and database.
@@ -53,6 +56,7 @@ from bench.services import BROKER_TEMPLATE, Services
 from bench.stored import STALL_S
 from bench.systems import SYSTEM_ERRORS, SystemSpec, system_specs
 from bench.throughput import Throughput
+from bench.window import WindowBench, WindowResult
 from cityiot.domain.catalogue import KINDS
 from cityiot.simulators.fleet import Fleet
 
@@ -169,6 +173,7 @@ def run_bench(
     run: BenchRun | None = None
     codecs: CodecResult | None = None
     links: LinkResult | None = None
+    window: WindowResult | None = None
     try:
         with contextlib.ExitStack() as stack:
             services = Services(run_dir, say, keep=options.keep)
@@ -186,12 +191,19 @@ def run_bench(
                 if options.links_messages
                 else None
             )
+            window_section = (
+                WindowBench.prepare(options, services, run_dir, say, log)
+                if options.window_messages
+                else None
+            )
             if run is not None:
                 results = run.systems(specs, log)
             if section is not None:
                 codecs = section.run()
             if link_section is not None:
                 links = link_section.run()
+            if window_section is not None:
+                window = window_section.run()
     finally:
         if not options.keep:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -229,6 +241,7 @@ def run_bench(
         rule_state=rule_state.as_dict() if rule_state else None,
         codecs=codecs,
         links=links,
+        window=window,
         method={
             "throughput": "unless cold: a warm-up (one reading per fleet device, waited for "
             "until stored, then until InfluxDB and the system are idle; not counted); "
@@ -266,6 +279,14 @@ def run_bench(
             "200, each 200 given once stored; each 200's request timed from sent to "
             "answered); paths in one order and its reverse in turn, "
             "the median round shown, ratios to mqtt",
+            "window": "three brokers of bench/mosquitto.conf started by the section: the "
+            "default max_inflight_messages, max_inflight_messages 32, and the default over a "
+            "TLS listener (CA and broker certificate made in the run; the ingest's "
+            "CITYIOT_MQTT_URL mqtts://localhost:<port>, CITYIOT_MQTT_CA_FILE); one cityiot "
+            "ingest --rules on each, warmed up; per round and broker the same backlog of JSON "
+            "manholes queued at QoS 1 on the broker's plain port while its ingest was "
+            "SIGSTOPped (t0 = SIGCONT, end = InfluxDB holds it); brokers in one order and its "
+            "reverse in turn, the median round shown, ratios to the default window",
         },
     )
     report.write(out)

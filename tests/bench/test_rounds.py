@@ -71,7 +71,8 @@ def test_rounds_run_interleaved_end_to_end(tmp_path: Path) -> None:
         sys.executable, "-m", "bench",
         "--devices", "100", "--messages", "500", "--systems", "baseline,influxdb",
         "--rounds", "2", "--skip-latency", "--state-devices", "0", "--timeout", "60",
-        "--cold", "--codec-messages", "0", "--links-messages", "0", "--out", str(out),
+        "--cold", "--codec-messages", "0", "--links-messages", "0", "--window-messages", "0",
+        "--out", str(out),
     ]  # fmt: skip
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]

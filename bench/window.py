@@ -1,0 +1,527 @@
+"""The broker window and TLS section of ``cityiot bench`` (issue 27): the ingest's QoS 1
+stored rate against a Mosquitto whose in-flight window is 32 (EMQX's default), and over
+``mqtts://``, each beside the same ingest on a broker with the default window, in the same run.
+
+Three brokers of the same configuration (``bench/mosquitto.conf``), started by the section:
+
+- **default**: the bench's window (``max_inflight_messages`` as ``cityiot run`` sets it);
+- **window-32**: ``max_inflight_messages 32``: the broker sends the ingest at most 32
+  unacknowledged QoS 1 messages, and the ingest acknowledges only once they are stored;
+- **tls**: the default window, the ingest connected to a TLS listener (``mqtts://``, a CA and
+  broker certificate made in the run by cityiot/platform/certificates.py,
+  ``CITYIOT_MQTT_CA_FILE``).
+
+One ``cityiot ingest --rules`` on each, warmed up (every device has reported once). Each
+round drains on every broker, as the throughput columns do, the same backlog of
+``--window-messages`` JSON readings of ``--window-devices`` manholes: SIGSTOP the ingest,
+publish the backlog at QoS 1 (on the broker's plain port: the broker queues it in the
+ingest's persistent session), SIGCONT (t0), until InfluxDB holds it. Brokers in one order and
+its reverse in turn; a broker's figure is the median of its rounds, the ratios are to the
+default window's rate of the same run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from bench.codecs import SENTINELS, Vendor, WindowCounter
+from bench.launch import ingest_workers
+from bench.load import Message, Publisher
+from bench.measure import CpuMark, cpu_seconds
+from bench.options import BenchError, BenchOptions
+from bench.registry import Registry
+from bench.services import BROKER_TEMPLATE, Services
+from bench.stored import COUNT_POLL_S, wait_stored
+from bench.systems import SYSTEM_ERRORS, SystemSpec
+from cityiot.platform.local_services import LocalBroker, TlsListener
+from cityiot.simulators.behaviour import new_state, reading
+from cityiot.simulators.fleet import Fleet, SimVendor
+
+DEFAULT, SMALL, TLS = "default", "window-32", "tls"
+BROKERS = (DEFAULT, SMALL, TLS)
+SMALL_WINDOW = 32  # EMQX's default in-flight window
+GOAL = 0.80  # the small window's rate ÷ the default window's, at least
+VENDOR = "bench-window"
+QOS = 1
+POLL_S = 0.1  # the sentinels' count, polled this often (drains of a few seconds)
+SPEC = SystemSpec(
+    "window",
+    "cityiot",
+    "cityiot ingest --rules, QoS 1 end to end, on a broker of each window, and over TLS",
+    QOS,
+    QOS,
+)
+
+
+@dataclass(slots=True)
+class WindowLoad:
+    """The section's manholes and the readings every drain carries, generated once: backlog
+    ``i`` (of ``messages - SENTINELS``) is device ``i % devices``'s reading ``i // devices``,
+    one second apart in event time; then one reading from each sentinel."""
+
+    vendor: Vendor
+    values: list[dict[str, Any]]
+    sentinel_values: dict[str, Any]
+    seq: int = 0  # the next drain's first seq
+
+    @classmethod
+    def generate(cls, devices: int, messages: int, seed: int = 7) -> WindowLoad:
+        vendor = Vendor.of(VENDOR, "window", devices)
+        rng = random.Random(seed)
+        states = [new_state(d) for d in vendor.devices]
+        start_ms = 1_763_856_000_000
+        values = []
+        for i in range(messages - SENTINELS):
+            index = i % devices
+            ts = start_ms + (i // devices) * 1000
+            values.append(reading(vendor.devices[index], ts, states[index], rng))
+        sentinel = vendor.sentinels[0]
+        return cls(vendor, values, reading(sentinel, start_ms, new_state(sentinel), rng))
+
+    @property
+    def fleet(self) -> Fleet:
+        devices = (*self.vendor.devices, *self.vendor.sentinels)
+        return Fleet(devices=devices, vendors=(SimVendor(VENDOR, VENDOR, "json"),), seed=0)
+
+    @property
+    def span_s(self) -> int:
+        """Seconds of event time one drain covers (the sentinels' second included)."""
+        return -(-len(self.values) // len(self.vendor.devices)) + 1
+
+    def warm_up(self, time_s: int) -> list[Message]:
+        """One reading from every device at ``time_s``."""
+        body = orjson.dumps({"ts": time_s * 1000, "seq": 0, "metrics": self.sentinel_values})
+        return [
+            Message(d.telemetry_topic, body) for d in (*self.vendor.devices, *self.vendor.sentinels)
+        ]
+
+    def backlog(self, start_s: int) -> list[Message]:
+        """A drain's messages from ``start_s`` on: the readings, then one from each sentinel."""
+        devices = self.vendor.devices
+        size = len(devices)
+        dumps = orjson.dumps
+        out = [
+            Message(
+                devices[i % size].telemetry_topic,
+                dumps({"ts": (start_s + i // size) * 1000, "seq": self.seq + i // size,
+                       "metrics": metrics}),
+            )
+            for i, metrics in enumerate(self.values)
+        ]  # fmt: skip
+        last = self.span_s - 1
+        body = dumps(
+            {"ts": (start_s + last) * 1000, "seq": self.seq + last, "metrics": self.sentinel_values}
+        )
+        out += [Message(d.telemetry_topic, body) for d in self.vendor.sentinels]
+        self.seq += self.span_s
+        return out
+
+
+# -- results ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class WindowDrain:
+    """One broker's backlog drained by its ingest in one round."""
+
+    broker: str
+    round: int
+    sent: int
+    stored: int = 0
+    seconds: float | None = None  # t0 (SIGCONT) to all stored
+    rate: float | None = None
+    end_by: str = ""
+    timed_out: bool = False
+    cpu_s: float | None = None  # the ingest process
+    broker_cpu_s: float | None = None
+    influx_cpu_s: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.timed_out and self.stored == self.sent
+
+    @property
+    def ingest_us(self) -> float | None:
+        """The ingest's CPU per reading, µs."""
+        if self.cpu_s is None or not self.sent:
+            return None
+        return round(self.cpu_s / self.sent * 1e6, 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"ok": self.ok, "ingest_us": self.ingest_us}
+
+
+@dataclass(slots=True)
+class WindowResult:
+    """The section: every broker's drains, round by round."""
+
+    devices: int
+    messages: int  # per drain
+    rounds: int
+    default_window: int = 0  # max_inflight_messages of the default and tls brokers
+    small_window: int = SMALL_WINDOW
+    goal: float = GOAL
+    urls: dict[str, str] = field(default_factory=dict)  # broker → its ingest's CITYIOT_MQTT_URL
+    drains: list[WindowDrain] = field(default_factory=list)
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def of(self, broker: str) -> list[WindowDrain]:
+        return [d for d in self.drains if d.broker == broker]
+
+    def rate(self, broker: str) -> float | None:
+        """The median of ``broker``'s rounds; None when a drain of it failed."""
+        drains = self.of(broker)
+        if not drains or not all(d.ok and d.rate for d in drains):
+            return None
+        return round(statistics.median(d.rate for d in drains if d.rate), 1)
+
+    def ratio(self, broker: str) -> float | None:
+        """``broker``'s rate ÷ the default window's of the same run."""
+        rate, default = self.rate(broker), self.rate(DEFAULT)
+        return None if rate is None or not default else round(rate / default, 3)
+
+    def median(self, broker: str, pick: Callable[[WindowDrain], float | None]) -> float | None:
+        found = [v for d in self.of(broker) if (v := pick(d)) is not None]
+        return round(statistics.median(found), 2) if found else None
+
+    @property
+    def goal_met(self) -> bool | None:
+        """The small window's rate at least ``goal`` × the default's (None: not measured)."""
+        ratio = self.ratio(SMALL)
+        return None if ratio is None else ratio >= self.goal
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.drains) and all(d.ok for d in self.drains)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "devices": self.devices,
+            "messages": self.messages,
+            "rounds": self.rounds,
+            "qos": QOS,
+            "default_window": self.default_window,
+            "small_window": self.small_window,
+            "goal": self.goal,
+            "goal_met": self.goal_met,
+            "urls": self.urls,
+            "drains": [d.as_dict() for d in self.drains],
+            "rates": {b: self.rate(b) for b in BROKERS},
+            "ratios": {b: self.ratio(b) for b in BROKERS},
+            "error": self.error,
+            "notes": self.notes,
+            "ok": self.ok,
+        }
+
+
+def _n(value: float | None, digits: int = 0) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def window_table(result: WindowResult) -> Table:
+    t = Table(
+        title=f"broker window and TLS: one ingest per broker, QoS 1; {result.messages:,} "
+        f"readings a drain of {result.devices:,} manholes",
+        title_justify="left",
+    )
+    t.add_column("", style="bold", no_wrap=True)
+    heads = {
+        DEFAULT: f"window {result.default_window:,}",
+        SMALL: f"window {result.small_window}",
+        TLS: f"mqtts://, window {result.default_window:,}",
+    }
+    for broker in BROKERS:
+        t.add_column(heads[broker], justify="right", no_wrap=True)
+
+    def row(label: str, cells: list[str]) -> None:
+        t.add_row(label, *cells)
+
+    def stored(broker: str) -> str:
+        drains = result.of(broker)
+        short = sum(d.sent - d.stored for d in drains)
+        total = f"{sum(d.stored for d in drains):,}"
+        return f"[red]{total} (−{short:,})[/]" if short else total
+
+    row("readings/s stored", [_n(result.rate(b)) for b in BROKERS])
+    row("× default window", [_n(result.ratio(b), 2) for b in BROKERS])
+    if result.rounds > 1:
+        row("  rounds", [" / ".join(_n(d.rate) for d in result.of(b)) for b in BROKERS])
+    row("stored (all rounds)", [stored(b) for b in BROKERS])
+    row("seconds", [_n(result.median(b, lambda d: d.seconds), 2) for b in BROKERS])
+    row(
+        "CPU µs / reading, ingest",
+        [_n(result.median(b, lambda d: d.ingest_us), 1) for b in BROKERS],
+    )
+    row("CPU s broker", [_n(result.median(b, lambda d: d.broker_cpu_s), 1) for b in BROKERS])
+    row("CPU s InfluxDB", [_n(result.median(b, lambda d: d.influx_cpu_s), 1) for b in BROKERS])
+    return t
+
+
+def print_window(result: WindowResult, console: Console) -> None:
+    console.print(window_table(result))
+    if result.error:
+        console.print(f"[bold]window[/]: [red]{result.error}[/]", highlight=False)
+    for note in result.notes:
+        console.print(f"  [yellow]note:[/] {note}", highlight=False)
+    ratio = result.ratio(SMALL)
+    if ratio is not None:
+        verdict = "[green]met[/]" if result.goal_met else "[red]not met[/]"
+        console.print(
+            f"window {result.small_window}: {ratio:.2f} × the default window's rate "
+            f"(goal ≥ {result.goal:.2f}): {verdict}",
+            highlight=False,
+        )
+    tls = result.ratio(TLS)
+    if tls is not None:
+        console.print(f"mqtts://: {tls:.2f} × plain MQTT's rate", highlight=False)
+    console.print(
+        f"window: each broker's ingest drains a backlog queued at QoS {QOS} while it was "
+        f"stopped; the median of {result.rounds} round(s), ratios to the default window's "
+        "rate of the same run",
+        highlight=False,
+    )
+
+
+# -- the section ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Target:
+    """One broker of the section and how its ingest reaches it."""
+
+    name: str
+    broker: LocalBroker
+    env: dict[str, str]
+
+
+def _mark(pids: list[int], broker: LocalBroker, influx_pid: int) -> CpuMark:
+    try:
+        system: float | None = sum(cpu_seconds(p) for p in pids)
+    except OSError:
+        system = None
+    assert broker.pid is not None
+    return CpuMark(time.time(), system, cpu_seconds(broker.pid), cpu_seconds(influx_pid))
+
+
+@dataclass(slots=True)
+class WindowBench:
+    """The window and TLS section of one bench run, on its services."""
+
+    options: BenchOptions
+    services: Services
+    registry: Registry
+    load: WindowLoad
+    say: Callable[[str], None]
+    log: Callable[[str], None]
+
+    @classmethod
+    def prepare(
+        cls,
+        options: BenchOptions,
+        services: Services,
+        run_dir: Path,
+        say: Callable[[str], None],
+        log: Callable[[str], None],
+    ) -> WindowBench:
+        """The readings generated and the manholes registered, early: the registry settles
+        while the other sections run."""
+        say(f"window: generating {options.window_messages:,} readings…")
+        load = WindowLoad.generate(options.window_devices, options.window_messages)
+        folder = run_dir / "window"
+        folder.mkdir(parents=True, exist_ok=True)
+        say(f"window: importing {len(load.fleet):,} devices…")
+        registry = Registry.imported(load.fleet, folder, say)
+        log(f"window: registered {len(load.fleet):,} manholes")
+        return cls(options, services, registry, load, say, log)
+
+    def run(self) -> WindowResult:
+        """Every broker's drains; a failure is reported in the result, not raised."""
+        o = self.options
+        result = WindowResult(o.window_devices, o.window_messages, o.window_rounds)
+        database = self.services.database("window")
+        try:
+            self.registry.settle()
+            with contextlib.ExitStack() as stack:
+                targets = self._brokers(stack)
+                result.default_window = targets[0].broker.max_inflight
+                result.urls = {t.name: t.env["CITYIOT_MQTT_URL"] for t in targets}
+                self._rounds(result, database, targets, stack)
+        except SYSTEM_ERRORS as e:
+            result.error = str(e).splitlines()[0] if str(e) else type(e).__name__
+            self.log(f"[red]window failed:[/] {str(e).strip()[-3000:]}")
+        finally:
+            self.services.drop(database)
+        return result
+
+    def _brokers(self, stack: contextlib.ExitStack) -> list[Target]:
+        """The three brokers, started; the TLS one with certificates made now."""
+        from cityiot.platform.certificates import local_tls
+        from cityiot.platform.local_services import ServiceError
+
+        folder = self.services.run_dir / "window"
+        self.say("window: starting three brokers…")
+        tls = local_tls(folder / "certificates")
+        made = {
+            DEFAULT: LocalBroker(folder / DEFAULT, template=BROKER_TEMPLATE),
+            SMALL: LocalBroker(folder / SMALL, template=BROKER_TEMPLATE, max_inflight=SMALL_WINDOW),
+            TLS: LocalBroker(
+                folder / TLS,
+                template=BROKER_TEMPLATE,
+                tls_listener=TlsListener(tls.cert, tls.key, tls.ca),
+            ),
+        }
+        targets = []
+        for name, broker in made.items():
+            try:
+                stack.enter_context(broker)
+            except ServiceError as e:
+                raise BenchError(f"window: the {name} broker did not start: {e}") from None
+            env = {"CITYIOT_MQTT_URL": broker.url}
+            if name == TLS:
+                env = {"CITYIOT_MQTT_URL": broker.tls_url, "CITYIOT_MQTT_CA_FILE": str(tls.ca)}
+            targets.append(Target(name, broker, env))
+        return targets
+
+    def _rounds(
+        self,
+        result: WindowResult,
+        database: str,
+        targets: list[Target],
+        stack: contextlib.ExitStack,
+    ) -> None:
+        load, o = self.load, self.options
+        next_s = int(time.time()) - (len(BROKERS) * (1 + o.window_rounds * load.span_s)) - 60
+        http = stack.enter_context(httpx.Client(base_url=self.services.influx.url, timeout=60.0))
+        ingests: dict[str, list[subprocess.Popen[bytes]]] = {}
+        for target in targets:
+            client_id = f"bench-{self.services.run_id}-window-{target.name}"
+            work = self.services.run_dir / "window" / f"ingest-{target.name}"
+            spec = replace(SPEC, name=f"window {target.name}")
+            ingests[target.name] = stack.enter_context(
+                ingest_workers(
+                    self.services, self.registry, spec, database, client_id, work, self.say,
+                    target.env, broker=target.broker,
+                )
+            )  # fmt: skip
+        for target in targets:
+            self._warm_up(http, database, target, ingests[target.name], next_s)
+            next_s += 1
+        by_name = {t.name: t for t in targets}
+        windows: list[tuple[WindowDrain, WindowCounter]] = []
+        for number in range(1, o.window_rounds + 1):
+            order = BROKERS if number % 2 else tuple(reversed(BROKERS))
+            for name in order:
+                counter = WindowCounter(
+                    http, database, load.vendor, next_s, load.span_s, o.window_messages
+                )
+                pids = [p.pid for p in ingests[name]]
+                drain = self._drain(by_name[name], number, next_s, counter, pids)
+                next_s += load.span_s
+                result.drains.append(drain)
+                windows.append((drain, counter))
+        time.sleep(1.5)  # counted again once idle: a point written twice shows now
+        for drain, counter in windows:
+            drain.stored = counter.exact()
+        for name, processes in ingests.items():
+            if any(p.poll() is not None for p in processes):
+                result.error = f"the {name} broker's ingest exited during the window section"
+
+    def _warm_up(
+        self,
+        http: httpx.Client,
+        database: str,
+        target: Target,
+        processes: list[subprocess.Popen[bytes]],
+        time_s: int,
+    ) -> None:
+        """Every device reports once through this broker's ingest and InfluxDB holds it,
+        then the ingest and InfluxDB go idle."""
+        messages = self.load.warm_up(time_s)
+        self.say(f"window {target.name}: warm-up, one reading from each of {len(messages):,}…")
+        publisher = Publisher(
+            target.broker.host, target.broker.port,
+            f"bench-{self.services.run_id}-window-warm-up",
+        )  # fmt: skip
+        try:
+            publisher.publish_all(messages, qos=QOS)
+        finally:
+            publisher.close()
+        counter = WindowCounter(http, database, self.load.vendor, time_s, 1)
+        deadline = time.monotonic() + self.options.timeout_s
+        while (stored := counter.exact()) < len(messages):
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"window {target.name}: the warm-up stored {stored:,} of {len(messages):,} "
+                    f"readings in {self.options.timeout_s:g} s"
+                )
+            time.sleep(COUNT_POLL_S)
+        self.services.quiet([p.pid for p in processes])
+
+    def _drain(
+        self, target: Target, number: int, start_s: int, counter: WindowCounter, pids: list[int]
+    ) -> WindowDrain:
+        """A backlog drained: SIGSTOP, publish at QoS 1, SIGCONT (t0), until stored."""
+        backlog = self.load.backlog(start_s)
+        drain = WindowDrain(target.name, number, sent=len(backlog))
+        label = f"window {target.name} (round {number})"
+        influx_pid = self.services.influx.pid
+        assert influx_pid is not None
+
+        def mark() -> CpuMark:
+            return _mark(pids, target.broker, influx_pid)
+
+        self.services.quiet(pids)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            self.say(f"{label}: publishing {len(backlog):,} messages…")
+            publisher = Publisher(
+                target.broker.host, target.broker.port,
+                f"bench-load-{self.services.run_id}-window",
+            )  # fmt: skip
+            try:
+                publisher.publish_all(backlog, QOS)
+            finally:
+                publisher.close()
+            start = mark()
+            t0 = time.time()
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+        end = wait_stored(
+            counter,
+            drain.sent,
+            t0 + self.options.timeout_s,
+            mark,
+            lambda text: self.say(f"{label}: {text}"),
+            poll_s=POLL_S,
+        )
+        drain.seconds = round(end.t_end - t0, 3)
+        drain.end_by, drain.timed_out, drain.stored = end.end_by, end.timed_out, end.stored
+        if not end.timed_out and drain.seconds > 0:
+            drain.rate = round(min(drain.sent, end.stored) / drain.seconds, 1)
+        if end.mark.system is not None and start.system is not None:
+            drain.cpu_s = round(end.mark.system - start.system, 2)
+        drain.broker_cpu_s = round(end.mark.broker - start.broker, 2)
+        drain.influx_cpu_s = round(end.mark.influx - start.influx, 2)
+        self.log(
+            f"{label}: {drain.rate or 0:,.0f} readings/s, {drain.stored:,} of {drain.sent:,} "
+            f"in {drain.seconds or 0:.2f} s"
+        )
+        return drain
