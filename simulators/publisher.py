@@ -39,6 +39,7 @@ import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from cityiot.domain.settings import MqttTarget
 from cityiot.simulators import links
 from cityiot.simulators.fleet import CHIRPSTACK, CTWING, MQTT, ONENET, Fleet
 from cityiot.simulators.incidents import Incident, parse_incident
@@ -63,12 +64,14 @@ HTTP_RETRY_MAX_S = 30.0
 
 @dataclass(frozen=True, slots=True)
 class ChirpStackTarget:
-    """Where the simulated ChirpStack publishes its integration events, as which account."""
+    """Where the simulated ChirpStack publishes its integration events, as which account;
+    ``tls``: the ``mqtts://`` URL's target when it speaks TLS."""
 
     host: str
     port: int
     username: str | None = None
     password: str | None = None
+    tls: MqttTarget | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +165,7 @@ async def run_simulation(
     on_published: Callable[[Report], None] | None = None,
     stop: asyncio.Event | None = None,
     client_id: str | None = None,
+    tls: MqttTarget | None = None,
     max_inflight: int = 0,
     max_pending: int = 20_000,
     connect_timeout_s: float = 10.0,
@@ -180,6 +184,10 @@ async def run_simulation(
     message on each PUBACK when it has a limit, which caps it near 5,000 msg/s.
     At the end it waits up to ``drain_timeout_s`` for the broker to acknowledge everything,
     then disconnects. Raises ConnectionError when the broker cannot be reached or refuses.
+
+    ``tls``: the broker URL's target when it is ``mqtts://`` (``MqttTarget`` with the CA to
+    trust): every MQTT connection then speaks TLS, verifying the broker's certificate and
+    host name; a refused handshake raises ConnectionError saying what to fix.
 
     A fleet with LoRaWAN devices needs ``chirpstack``, one with CTWing or OneNET devices
     ``intake`` with a token for each of their vendors (ValueError naming what is missing).
@@ -203,15 +211,16 @@ async def run_simulation(
     uplinks = _uplinks(
         fleet, mqtt_host, mqtt_port, username, password, vendor_credentials or {},
         client_id or f"sim-{os.getpid()}-{seed}", max_inflight, counters, chirpstack, intake,
-        seed,
+        seed, tls,
     )  # fmt: skip
     distinct = list({id(u): u for u in uplinks.values()}.values())
     announcements: list[asyncio.TimerHandle] = []
     try:
         await asyncio.gather(*(u.connect(connect_timeout_s) for u in distinct))
         log.info(
-            "event=simulator_connected broker=%s:%d devices=%d rate=%g connections=%d",
-            mqtt_host, mqtt_port, len(fleet.devices), rate, len(distinct),
+            "event=simulator_connected broker=%s:%d tls=%s devices=%d rate=%g connections=%d",
+            mqtt_host, mqtt_port, "yes" if tls is not None else "no", len(fleet.devices), rate,
+            len(distinct),
         )  # fmt: skip
         if announce:
             presence = status_messages(fleet, online=True, now_ms=_now_ms(), seed=seed)
@@ -393,6 +402,7 @@ def _uplinks(
     chirpstack: ChirpStackTarget | None = None,
     intake: IntakeTarget | None = None,
     seed: int = 1,
+    tls: MqttTarget | None = None,
 ) -> dict[str, _Uplink | _Pusher]:
     """Vendor id → its connection: its own with its credentials, else the shared one; the
     simulated ChirpStack's for LoRaWAN vendors; the HTTP pusher for CTWing and OneNET."""
@@ -408,6 +418,7 @@ def _uplinks(
                 network = _Uplink(
                     chirpstack.host, chirpstack.port, f"chirpstack-{client_id}",
                     chirpstack.username, chirpstack.password, max_inflight, counters,
+                    tls=chirpstack.tls,
                 )  # fmt: skip
             uplinks[vendor] = network
         elif link in (CTWING, ONENET):
@@ -420,17 +431,20 @@ def _uplinks(
             # The vendor's id first: the broker may confine a vendor's client ids to it, and
             # refuses the platform's prefix (`cityiot`) to vendor accounts.
             uplinks[vendor] = _Uplink(
-                host, port, f"{vendor}-{client_id}", user, secret, max_inflight, counters
+                host, port, f"{vendor}-{client_id}", user, secret, max_inflight, counters, tls=tls
             )
         else:
             if shared is None:
-                shared = _Uplink(host, port, client_id, username, password, max_inflight, counters)
+                shared = _Uplink(
+                    host, port, client_id, username, password, max_inflight, counters, tls=tls
+                )
             uplinks[vendor] = shared
     return uplinks
 
 
 class _Uplink:
-    """One MQTT connection driven by the running event loop, reconnecting when lost."""
+    """One MQTT connection driven by the running event loop, reconnecting when lost; over
+    TLS when ``tls`` (an ``mqtts://`` target) is given."""
 
     def __init__(
         self,
@@ -442,8 +456,11 @@ class _Uplink:
         max_inflight: int,
         counters: SimulationCounters,
         keepalive_s: int = 30,
+        *,
+        tls: MqttTarget | None = None,
     ) -> None:
         self.host, self.port, self.keepalive_s = host, port, keepalive_s
+        self.tls = tls if tls is not None and tls.tls is not None else None
         self.sent = 0
         self.acked = 0
         self._counters = counters
@@ -463,6 +480,11 @@ class _Uplink:
         )
         if username is not None:
             client.username_pw_set(username, password)
+        if self.tls is not None:
+            # Raises ValueError naming an unreadable or wrong CA or client certificate file.
+            context = self.tls.ssl_context()
+            assert context is not None
+            client.tls_set_context(context)
         client.max_inflight_messages_set(max_inflight)
         client.max_queued_messages_set(0)  # unbounded: _keep_up bounds what is pending
         client.on_connect = self._on_connect
@@ -539,6 +561,8 @@ class _Uplink:
             await self._loop.run_in_executor(
                 None, self._client.connect, self.host, self.port, self.keepalive_s
             )
+        except ssl.SSLError as exc:
+            raise ConnectionError(await self._tls_refused(exc)) from None
         except OSError as exc:
             raise ConnectionError(
                 f"cannot reach the MQTT broker at {where} ({exc}); start the broker or "
@@ -550,6 +574,15 @@ class _Uplink:
             raise ConnectionError(
                 f"the MQTT broker at {where} did not answer the connection within {timeout_s:g} s"
             ) from None
+
+    async def _tls_refused(self, exc: ssl.SSLError) -> str:
+        """What to fix, for a TLS handshake the broker and we could not agree on."""
+        if self.tls is None:  # a plain connection met TLS, not possible: say what happened
+            return f"TLS error from the MQTT broker at {self.host}:{self.port}: {exc}"
+        names: list[str] = []
+        if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_code in (62, 64):
+            names = await asyncio.to_thread(self.tls.certificate_names)  # host name, IP
+        return self.tls.explain_tls_failure(exc, names)
 
     async def _keep_connected(self) -> None:
         """paho's housekeeping (keepalive pings, retries) each second; reconnect when lost."""
@@ -642,6 +675,12 @@ class _Uplink:
 
     def _readable(self) -> None:
         self._client.loop_read()
+        # TLS decrypts whole records: packets already read off the socket wait in the TLS
+        # layer, where the event loop's readiness cannot see them.
+        sock = self._client.socket()
+        while sock is not None and isinstance(sock, ssl.SSLSocket) and sock.pending():
+            self._client.loop_read()
+            sock = self._client.socket()
 
     def _writable(self) -> None:
         self._client.loop_write()

@@ -58,12 +58,26 @@ def run(
         ),
     ] = None,
     malformed: Annotated[float, typer.Option(help="Share of malformed simulated messages.")] = 0.0,
+    simulator_tls: Annotated[
+        bool,
+        typer.Option(
+            "--simulator-tls",
+            help="The simulated MQTT devices connect to the local broker's TLS listener "
+            "(trusting the CA made in the run dir) instead of its plain one.",
+        ),
+    ] = False,
 ) -> None:
     """All stages in one process; starts a local broker and InfluxDB unless URLs are given."""
     from cityiot.platform.launcher import Launch, run_platform
 
     settings = load_settings()
     check_codecs(settings)
+    if simulator_tls and (no_simulator or settings.mqtt_url):
+        fail(
+            "--simulator-tls is for the simulated fleet on the local broker: drop "
+            "--no-simulator, or, with CITYIOT_MQTT_URL set, leave the option out (the "
+            "simulated fleet follows that URL: mqtts:// with CITYIOT_MQTT_CA_FILE)"
+        )
     # Owner only: the database, log and secrets in the run dir, and the local broker's and
     # InfluxDB's files (the children inherit it); they all run as this user.
     os.umask(0o077)
@@ -75,6 +89,7 @@ def run(
         simulate=not no_simulator,
         incidents=[] if incidents == ["none"] else incidents or list(DEFAULT_INCIDENTS),
         malformed_share=malformed,
+        simulator_tls=simulator_tls,
     )
     stop = asyncio.Event()
     run_until_signal(run_platform(settings, launch, stop, err), stop, settings)
@@ -182,7 +197,8 @@ def simulate(
     chirpstack_url: Annotated[
         str,
         typer.Option(
-            help="mqtt://user:pass@host:port where the simulated ChirpStack publishes its "
+            help="mqtt://user:pass@host:port (or mqtts://…:8883, trusting "
+            "CITYIOT_MQTT_CA_FILE) where the simulated ChirpStack publishes its "
             "events (application/…/event/up and /status): an account that may publish "
             "application/#; the ingest reads them with CITYIOT_CHIRPSTACK_MQTT_URL.",
         ),
@@ -205,7 +221,9 @@ def simulate(
 ) -> None:
     """Publish a simulated fleet to CITYIOT_MQTT_URL (and/or write its registry CSV); with
     --link, also LoRaWAN devices as a ChirpStack's events and NB-IoT ones as CTWing's and
-    OneNET's HTTP pushes."""
+    OneNET's HTTP pushes. An mqtts:// URL connects over TLS, verifying the broker against
+    CITYIOT_MQTT_CA_FILE (default: the system's trust store) and its host name, with
+    CITYIOT_MQTT_CERT_FILE / _KEY_FILE as the devices' client certificate when set."""
     from cityiot.domain.catalogue import KINDS
     from cityiot.domain.settings import MqttTarget
     from cityiot.platform.launcher import simulate_fleet
@@ -248,22 +266,16 @@ def simulate(
         if csv is None:
             fail("set CITYIOT_MQTT_URL to publish (or give --csv to only write the registry CSV)")
         return
-    if settings.mqtt_target().tls is not None:
-        # The simulated devices speak plain MQTT, like most field devices on a private APN.
-        fail(
-            "the simulator publishes over plain MQTT: set CITYIOT_MQTT_URL to the broker's "
-            "mqtt:// listener (1883) for `cityiot simulate`"
-        )
     chirpstack = None
     if "chirpstack" in chosen:
         if not chirpstack_url:
             fail("--link chirpstack needs --chirpstack-url mqtt://user:pass@host:port")
-        target = MqttTarget(chirpstack_url, setting="--chirpstack-url")
-        if target.tls is not None:
-            fail(
-                "--chirpstack-url: the simulated ChirpStack publishes over plain MQTT: give mqtt://"
-            )
-        chirpstack = ChirpStackTarget(target.host, target.port, target.username, target.password)
+        # mqtts:// trusts CITYIOT_MQTT_CA_FILE, as the platform's own ChirpStack link does.
+        target = MqttTarget(chirpstack_url, tls=settings.mqtt_tls, setting="--chirpstack-url")
+        chirpstack = ChirpStackTarget(
+            target.host, target.port, target.username, target.password,
+            tls=target if target.tls is not None else None,
+        )  # fmt: skip
     intake = None
     if "ctwing" in chosen or "onenet" in chosen:
         if not api_url:

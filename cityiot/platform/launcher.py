@@ -39,7 +39,7 @@ from cityiot.api.keys import KeyRing, create_key
 from cityiot.api.people import Change, create_user, get_user, new_password, password_ok, update_user
 from cityiot.api.server import own_certificate_context
 from cityiot.domain.catalogue import KINDS
-from cityiot.domain.settings import MqttTarget, Settings
+from cityiot.domain.settings import MqttTarget, MqttTls, Settings
 from cityiot.ingest.pipeline import Ingest, IngestCounters
 from cityiot.platform.certificates import local_tls
 from cityiot.platform.gcpolicy import settle
@@ -104,6 +104,9 @@ class Launch:
     simulate: bool = True
     incidents: list[str] = field(default_factory=list)
     malformed_share: float = 0.0
+    # The simulated MQTT devices connect to the local broker's TLS listener (trusting the
+    # local CA) instead of its plain one.
+    simulator_tls: bool = False
 
 
 # Under the run dir: the local CA and the broker's certificate (cityiot.platform.certificates).
@@ -210,6 +213,7 @@ async def run_platform(
                             chirpstack=chirpstack,
                             intake=intake if accounts.intake_tokens else None,
                             counters=sent,
+                            broker=_simulator_broker(settings, launch, vendor_tls),
                         ),
                         name="simulator",
                     )
@@ -460,12 +464,15 @@ async def simulate_fleet(
     chirpstack: ChirpStackTarget | None = None,
     intake: IntakeTarget | None = None,
     counters: SimulationCounters | None = None,
+    broker: MqttTarget | None = None,
 ) -> None:
-    """Publish the fleet to ``settings.mqtt_url``: as each vendor with its own account when
+    """Publish the fleet to ``broker`` (default: ``settings.mqtt_url``, over TLS when it is
+    ``mqtts://``, trusting ``CITYIOT_MQTT_CA_FILE``): as each vendor with its own account when
     ``vendor_credentials`` are given (so the broker's ACL applies), else as the URL's user;
     LoRaWAN devices as the simulated ``chirpstack``, NB-IoT ones pushed to ``intake``."""
-    target = MqttTarget(settings.mqtt_url)
-    out.print(f"simulator: {len(fleet.devices)} devices at {rate:g} msg/s, seed {seed}")
+    target = broker or settings.mqtt_target()
+    over = " over TLS" if target.tls is not None else ""
+    out.print(f"simulator: {len(fleet.devices)} devices at {rate:g} msg/s, seed {seed}{over}")
     await run_simulation(
         target.host,
         target.port,
@@ -482,7 +489,26 @@ async def simulate_fleet(
         intake=intake,
         counters=counters,
         stop=stop,
+        tls=target if target.tls is not None else None,
     )
+
+
+def _simulator_broker(
+    settings: Settings, launch: Launch, vendor_tls: VendorTls | None
+) -> MqttTarget | None:
+    """With ``simulator_tls``, the local broker's TLS listener (the same accounts), trusting
+    the local CA; else None (the platform's own URL)."""
+    if not launch.simulator_tls:
+        return None
+    if vendor_tls is None:
+        raise ValueError(
+            "--simulator-tls is for the local broker's TLS listener; with CITYIOT_MQTT_URL "
+            "set, the simulated fleet follows it: give an mqtts:// URL and CITYIOT_MQTT_CA_FILE"
+        )
+    target = MqttTarget(vendor_tls.url, tls=MqttTls(str(vendor_tls.ca)))
+    plain = settings.mqtt_target()
+    target.username, target.password = plain.username, plain.password
+    return target
 
 
 def show_where(

@@ -21,10 +21,8 @@ import pytest
 import trustme
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
-from typer.testing import CliRunner
 
 from cityiot.api.stream import StreamHub
-from cityiot.cli import app
 from cityiot.domain.settings import MqttTarget, MqttTls, Settings
 from cityiot.ingest.broker import BrokerLink, TlsRefused
 from cityiot.platform.local_services import LocalBroker, LocalInflux, TlsListener
@@ -310,27 +308,6 @@ async def test_tls_listener_keeps_the_plain_one(tls_broker: LocalBroker) -> None
     async with BrokerLink(plain, f"plain-{uuid.uuid4().hex[:8]}", ["city/#"]) as link:
         assert link.stats.connected
     await asyncio.sleep(0)
-
-
-def test_cityiot_simulate_says_its_devices_speak_plain_mqtt(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("CITYIOT_RUN_DIR", str(tmp_path))
-    monkeypatch.setenv("CITYIOT_MQTT_URL", "mqtts://localhost:8883")
-    result = CliRunner().invoke(app, ["simulate", "--devices", "10", "--duration", "1"])
-    output = " ".join(result.output.split())
-    assert result.exit_code == 1, output
-    assert "the simulator publishes over plain MQTT" in output
-    monkeypatch.setenv("CITYIOT_MQTT_URL", "mqtt://127.0.0.1:1")  # never reached
-    result = CliRunner().invoke(
-        app,
-        ["simulate", "--devices", "10", "--link", "chirpstack", "--chirpstack-url",
-         "mqtts://localhost:8883"],
-    )  # fmt: skip
-    assert result.exit_code == 1
-    assert "--chirpstack-url: the simulated ChirpStack publishes over plain MQTT" in " ".join(
-        result.output.split()
-    )
 
 
 async def test_the_chirpstack_link_connects_over_tls(
