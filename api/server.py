@@ -244,17 +244,32 @@ class ApiServer:
         scheme = "https" if self.settings.api_tls else "http"
         return f"{scheme}://{self.settings.api_host}:{self.server.config.port}"
 
+    async def _serve(self) -> None:
+        """uvicorn's ``serve``, its SystemExit turned into an exception saying what to change.
+
+        uvicorn exits (``sys.exit``) when it cannot bind or the app's start-up fails, after
+        shutting the app down. A SystemExit leaving a task is re-raised by the event loop
+        itself and stops it: every later user of the loop (a test worker's other tests)
+        would fail with it."""
+        try:
+            await self.server.serve()
+        except SystemExit:
+            lifespan = getattr(self.server, "lifespan", None)
+            if lifespan is not None and getattr(lifespan, "should_exit", False):
+                raise RuntimeError(
+                    "the API's start-up failed (the error is logged above)"
+                ) from None
+            raise OSError(
+                f"the API could not listen on {self.settings.api_host}:"
+                f"{self.server.config.port}; set CITYIOT_API_PORT to a free port"
+            ) from None
+
     async def __aenter__(self) -> ApiServer:
-        self._task = asyncio.create_task(self.server.serve(), name="api")
+        self._task = asyncio.create_task(self._serve(), name="api")
         while not self.server.started:
             if self._task.done():
-                # uvicorn says SystemExit when it cannot bind; say what to change instead.
-                with contextlib.suppress(SystemExit):
-                    self._task.result()
-                raise OSError(
-                    f"the API could not listen on {self.settings.api_host}:"
-                    f"{self.server.config.port}; set CITYIOT_API_PORT to a free port"
-                )
+                self._task.result()  # raises what kept it from starting
+                raise RuntimeError("the API stopped before it started")
             await asyncio.sleep(0.02)
         return self
 
