@@ -193,11 +193,23 @@ def own_certificate_context(settings: Settings) -> ssl.SSLContext:
     requests to its API on loopback (``cityiot run``'s simulated NB-IoT pushes), where the
     address is not a name in the certificate. The certificate is the trust anchor, so only
     the holder of its key is accepted."""
+    with open(settings.api_tls_cert_file, encoding="ascii") as f:
+        pem = f.read()
+    # The first certificate only: the chain after it (intermediate CAs) must not become
+    # anchors, or any certificate they issued would pass with the names unchecked.
+    end = pem.find(_PEM_END)
+    if end < 0:
+        raise ValueError(
+            f"CITYIOT_API_TLS_CERT_FILE: {settings.api_tls_cert_file} holds no PEM certificate"
+        )
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     context.check_hostname = False
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-    context.load_verify_locations(cafile=settings.api_tls_cert_file)
+    context.load_verify_locations(cadata=pem[: end + len(_PEM_END)])
     return context
+
+
+_PEM_END = "-----END CERTIFICATE-----"
 
 
 class _Server(uvicorn.Server):

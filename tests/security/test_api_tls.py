@@ -45,8 +45,9 @@ class Pki:
     other_ca: ssl.SSLContext  # one trusting a CA that signed nothing here
     cert: Path  # the API's certificate, for localhost and 127.0.0.1
     key: Path
-    public_cert: Path  # same CA, for iot.example.gov.cn only
+    public_cert: Path  # for iot.example.gov.cn only, by an intermediate CA (chain after it)
     public_key: Path
+    sibling_cert: Path  # another certificate of that intermediate, its chain after it
 
 
 @pytest.fixture(scope="module")
@@ -54,19 +55,21 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     folder = tmp_path_factory.mktemp("api-pki")
     ca = trustme.CA()
     local = ca.issue_cert("localhost", "127.0.0.1")
-    public = ca.issue_cert("iot.example.gov.cn")
-    files = {name: folder / name for name in ("api.pem", "api.key", "pub.pem", "pub.key")}
+    intermediate = ca.create_child_ca()
+    public = intermediate.issue_cert("iot.example.gov.cn")
+    sibling = intermediate.issue_cert("other.example.gov.cn")
+    names = ("api.pem", "api.key", "pub.pem", "pub.key", "sibling.pem")
+    files = {name: folder / name for name in names}
     local.cert_chain_pems[0].write_to_path(str(files["api.pem"]))
     local.private_key_pem.write_to_path(str(files["api.key"]))
-    public.cert_chain_pems[0].write_to_path(str(files["pub.pem"]))
+    for blob, name in ((public, "pub.pem"), (sibling, "sibling.pem")):
+        files[name].write_bytes(b"".join(pem.bytes() for pem in blob.cert_chain_pems))
     public.private_key_pem.write_to_path(str(files["pub.key"]))
     trusting = ssl.create_default_context()
     ca.configure_trust(trusting)
     other = ssl.create_default_context()
     trustme.CA().configure_trust(other)
-    return Pki(
-        trusting, other, files["api.pem"], files["api.key"], files["pub.pem"], files["pub.key"]
-    )
+    return Pki(trusting, other, *(files[name] for name in names))
 
 
 @pytest.fixture(scope="module")
@@ -180,8 +183,10 @@ async def test_the_platforms_own_requests_trust_its_certificate_whatever_its_nam
         own = own_certificate_context(api.settings)
         async with httpx.AsyncClient(base_url=api.url, verify=own) as pinned:
             assert (await pinned.get("/api/v1/healthz")).status_code == 200
-        # Pinned means that certificate only: another one of the same CA is refused.
-        other = own_certificate_context(api.settings.model_copy(update=tls_of(pki)))
+        # Pinned means that certificate only: one of the same intermediate CA (whose file
+        # carries that CA too) is refused.
+        sibling = {"api_tls_cert_file": str(pki.sibling_cert)}
+        other = own_certificate_context(api.settings.model_copy(update=sibling))
         async with httpx.AsyncClient(base_url=api.url, verify=other) as wrong:
             with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
                 await wrong.get("/api/v1/healthz")
