@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from cityiot.api.access import FORGET_COOKIE, allow
+from cityiot.api.access import FORGET_COOKIE, allow, from_session
 from cityiot.api.context import ApiContext, context
 from cityiot.api.keys import Principal
 from cityiot.api.people import (
@@ -109,17 +109,25 @@ async def sign_in(
     return _session_out(signed.token, signed.principal)
 
 
-@router.get("/session", response_model=SessionOut, summary="The signed-in person and CSRF token")
+@router.get(
+    "/session",
+    response_model=SessionOut,
+    summary="The signed-in person and CSRF token (204: no session cookie)",
+    responses={
+        204: {"description": "no session cookie was sent: no one is signed in here"},
+        401: {"description": "the session has ended (signed out, idle, account changed)"},
+    },
+)
 async def who(
-    request: Request,
-    response: Response,
-    principal: Annotated[Principal, Depends(allow())],
-) -> dict[str, Any]:
+    request: Request, response: Response, ctx: Annotated[ApiContext, Depends(context)]
+) -> Any:
     """The person of the session cookie, and the session's CSRF token again (the console
-    asks after a reload: it keeps no secret in the browser's storage)."""
+    asks at every load: it keeps no secret in the browser's storage). Without a session
+    cookie: 204, so that a page can ask without an error (API keys have no session)."""
     token = request.cookies.get(COOKIE)
-    if principal.user is None or not token:
-        raise Problem(404, "this is an API key, not a person's session; GET /session is for people")
+    if not token:
+        return Response(status_code=204, headers={"Cache-Control": "no-store"})
+    principal = await from_session(ctx, request, token, _address(request))
     response.headers["Cache-Control"] = "no-store"
     return _session_out(token, principal)
 

@@ -236,6 +236,7 @@ async def test_a_stolen_cookie_is_refused_after_sign_out_and_after_idle_expiry(a
     assert r.status_code == 401 and "signed out" in r.json()["detail"]
     r = await thief.get("/api/v1/session")
     assert r.status_code == 401
+    assert (await _browser(api).get("/api/v1/session")).status_code == 204  # no cookie at all
     assert len(await _audit(api, "session.sign_out", "users/chen.jie")) == 1
 
     # Idle: a session last used 30 minutes ago has ended; 29 minutes ago, it is alive.

@@ -1,4 +1,4 @@
-// The platform's REST API (/api/v1) as the signed-in key sees it.
+// The platform's REST API (/api/v1) as the signed-in person sees it.
 
 export const MAX_LIMIT = 1000; // the API's largest page (api/paging.py)
 
@@ -17,17 +17,21 @@ export class ApiError extends Error {
   }
 }
 
+const SAFE = new Set(["GET", "HEAD", "OPTIONS"]);
+
 export class Api {
-  /** `key`: the API key; `onUnauthorized(error)`: called on any 401 (the key stopped working);
-   * `onExpiry(at)`: called with the key's expiry (RFC 3339) when the API announces one. */
-  constructor(key, onUnauthorized, onExpiry) {
-    this.key = key;
+  /** A person's session: the browser sends its HttpOnly cookie by itself; `csrfToken` goes
+   * with every request that changes something. `onUnauthorized(error)`: called on any 401
+   * (the session ended: signed out elsewhere, idle, disabled). */
+  constructor(csrfToken = null, onUnauthorized = null) {
+    this.csrfToken = csrfToken;
     this.onUnauthorized = onUnauthorized;
-    this.onExpiry = onExpiry;
   }
 
-  headers(extra = {}) {
-    return { Authorization: `Bearer ${this.key}`, Accept: "application/json", ...extra };
+  headers(method, extra = {}) {
+    const headers = { Accept: "application/json", ...extra };
+    if (this.csrfToken && !SAFE.has(method)) headers["X-CSRF-Token"] = this.csrfToken;
+    return headers;
   }
 
   async request(method, path, { params, body } = {}) {
@@ -36,7 +40,7 @@ export class Api {
       if (value === undefined || value === null) continue;
       for (const one of Array.isArray(value) ? value : [value]) url.searchParams.append(name, one);
     }
-    const init = { method, headers: this.headers(), cache: "no-store" };
+    const init = { method, headers: this.headers(method), cache: "no-store", credentials: "same-origin" };
     if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
@@ -52,8 +56,7 @@ export class Api {
       if (error.unauthorized) this.onUnauthorized?.(error);
       throw error;
     }
-    const expires = response.headers.get("X-Key-Expires");
-    if (expires) this.onExpiry?.(expires);
+    if (response.status === 204) return null;
     return response.json();
   }
 
@@ -63,6 +66,10 @@ export class Api {
 
   post(path, body) {
     return this.request("POST", path, { body });
+  }
+
+  delete(path) {
+    return this.request("DELETE", path);
   }
 
   /** Every item of a paginated list (follows next_cursor with the largest page). */

@@ -11,10 +11,8 @@ import { DeviceView } from "./device.js";
 import { h, replace } from "./dom.js";
 import { I18n } from "./i18n.js";
 import { OverviewView } from "./overview.js";
-import { KEY_STORAGE, SignInView, checkKey, takeKeyFromFragment } from "./signin.js";
+import { LEGACY_KEY_STORAGE, SignInView, currentSession } from "./signin.js";
 import { LiveStream } from "./stream.js";
-
-const KEY_WARN_DAYS = 14; // warn of a key's expiry this long before it
 
 const OVERVIEW_REFRESH_MS = 300; // after an alert event, at most this often
 
@@ -41,12 +39,13 @@ class Console {
     this.live = h("span", { class: "live", role: "status" });
     this.langButton = h("button", { type: "button", class: "lang", on: { click: () => this.i18n.toggle() } });
     this.signOutButton = h("button", { type: "button", class: "signout", on: { click: () => this.signOut() } });
+    this.who = h("span", { class: "who" });
     this.brand = h("a", { class: "brand", href: "#/" });
     this.notice = h("div", { class: "notice", role: "alert", hidden: true });
     this.main = h("main", { id: "view" });
     replace(
       root,
-      h("header", { class: "bar" }, this.brand, this.nav, h("div", { class: "bar-tools" }, this.live, this.langButton, this.signOutButton)),
+      h("header", { class: "bar" }, this.brand, this.nav, h("div", { class: "bar-tools" }, this.live, this.who, this.langButton, this.signOutButton)),
       this.notice,
       this.main,
     );
@@ -59,17 +58,17 @@ class Console {
   }
 
   async boot() {
-    const fromLink = takeKeyFromFragment();
-    if (fromLink) {
-      const error = await checkKey(fromLink);
-      if (error) {
-        this.showSignIn(this.describe(error));
-        return;
-      }
-      this.storage.setItem(KEY_STORAGE, fromLink);
+    // Earlier consoles kept an API key in the browser's storage: no secret stays there now.
+    this.storage.removeItem(LEGACY_KEY_STORAGE);
+    if (location.hash.startsWith("#key=")) history.replaceState(null, "", `${location.pathname}${location.search}`);
+    let session = null;
+    try {
+      session = await currentSession();
+    } catch (error) {
+      this.showSignIn(this.describe(error));
+      return;
     }
-    const key = this.storage.getItem(KEY_STORAGE);
-    if (key) this.start(key);
+    if (session) this.start(session);
     else this.showSignIn();
   }
 
@@ -79,17 +78,25 @@ class Console {
     this.stream?.stop();
     this.stream = null;
     this.api = null;
+    this.session = null;
     this.root.dataset.signedIn = "false";
-    this.show(new SignInView(this, { message, onKey: (key) => this.signIn(key) }));
+    delete this.root.dataset.role;
+    this.show(new SignInView(this, { message, onSession: (session) => this.start(session) }));
   }
 
-  signIn(key) {
-    this.storage.setItem(KEY_STORAGE, key);
-    this.start(key);
+  /** Sign out: the API ends the session (every tab of it), then the sign-in form. */
+  async signOut(message = "") {
+    const api = this.api;
+    this.ended(message);
+    try {
+      await api?.delete("/session");
+    } catch {
+      // already ended (idle, or signed out in another tab): nothing more to do
+    }
   }
 
-  signOut(message = "") {
-    this.storage.removeItem(KEY_STORAGE);
+  /** The session is over (signed out, or the API says it ended): forget what it showed. */
+  ended(message = "") {
     this.devices.clear();
     this.alerts.clear();
     this.overview = null;
@@ -97,21 +104,18 @@ class Console {
     this.showSignIn(message);
   }
 
-  start(key) {
-    this.expiryWarned = false;
-    this.api = new Api(
-      key,
-      () => this.signOut(this.i18n.t("error.401")),
-      (at) => this.keyExpires(at),
-    );
+  start(session) {
+    this.session = session;
+    this.api = new Api(session.csrf_token, () => this.ended(this.i18n.t("error.401")));
     this.root.dataset.signedIn = "true";
-    this.stream = new LiveStream(key, {
+    this.root.dataset.role = session.role;
+    this.stream = new LiveStream({
       status: (state, waitMs) => this.setLive(state, waitMs),
       ready: (_, reconnected) => reconnected && this.reload(),
       alert: (event) => this.alertEvent(event),
       reading: (reading) => this.view?.reading?.(reading),
-      refused: (status, detail) =>
-        status === 401 ? this.signOut(this.i18n.t("error.401")) : this.notify(this.i18n.t("error.403", { detail })),
+      refused: (status, detail) => (status === 401 ? this.ended(this.i18n.t("error.401")) : this.notify(this.i18n.t("error.403", { detail }))),
+      ended: () => this.ended(this.i18n.t("error.401")),
     });
     this.route();
     this.reload();
@@ -257,6 +261,8 @@ class Console {
     this.signOutButton.textContent = t("nav.signout");
     const signedIn = Boolean(this.api);
     this.signOutButton.hidden = !signedIn;
+    this.who.hidden = !signedIn;
+    this.who.textContent = signedIn && this.session ? this.session.display_name || this.session.username : "";
     this.live.hidden = !signedIn;
     this.nav.replaceChildren(
       ...(signedIn
@@ -289,14 +295,6 @@ class Console {
     if (error.status === 401) return t("error.401");
     if (error.status === 403) return t("error.403", { detail: error.detail });
     return t("error.other", { status: error.status, detail: error.detail });
-  }
-
-  /** Warns once per sign-in when the key expires within KEY_WARN_DAYS (the API's X-Key-Expires). */
-  keyExpires(at) {
-    const left = Date.parse(at) - Date.now();
-    if (this.expiryWarned || !(left < KEY_WARN_DAYS * 86_400_000)) return;
-    this.expiryWarned = true;
-    this.notify(this.i18n.t("key.expires", { at, days: Math.max(0, Math.ceil(left / 86_400_000)) }));
   }
 
   notify(text) {

@@ -1,83 +1,98 @@
-// Sign-in: an API key typed in (or given once as #key=… in the link cityiot run prints).
+// Sign-in: a person's username and password (POST /api/v1/session). The session lives in an
+// HttpOnly cookie the page cannot read; the CSRF token the answer carries is kept in memory
+// only (GET /api/v1/session gives it again after a reload). Nothing is put in storage.
 
 import { Api } from "./api.js";
 import { h } from "./dom.js";
 
-export const KEY_STORAGE = "cityiot.key";
+export const LEGACY_KEY_STORAGE = "cityiot.key"; // where earlier consoles kept an API key
 
-/** The key in the address's fragment (#key=…), removed from the address bar at once. */
-export function takeKeyFromFragment() {
-  if (!location.hash.startsWith("#key=")) return null;
-  const key = new URLSearchParams(location.hash.slice(1)).get("key")?.trim() || null;
-  history.replaceState(null, "", `${location.pathname}${location.search}`);
-  return key;
-}
-
-/** Whether `key` opens the API: null when it does, else the error. */
-export async function checkKey(key) {
+/** The signed-in person ({username, role, csrf_token, …}), or null when no session is open
+ * (no cookie: 204; an ended one: 401, and the browser is told to forget it). */
+export async function currentSession() {
   try {
-    await new Api(key).get("/alerts", { limit: 1 });
-    return null;
+    return await new Api().get("/session");
   } catch (error) {
-    return error;
+    if (error.unauthorized) return null;
+    throw error;
   }
 }
 
 export class SignInView {
-  /** `onKey(key)`: a key that works was entered. `message`: why we are here (optional). */
-  constructor(app, { message = "", onKey }) {
+  /** `onSession(session)`: signed in. `message`: why we are here (optional). */
+  constructor(app, { message = "", onSession }) {
     this.app = app;
     this.message = message;
-    this.onKey = onKey;
+    this.onSession = onSession;
     this.busy = false;
     this.el = h("div", { class: "signin-page" });
   }
 
   render() {
     const t = (key, params) => this.app.i18n.t(key, params);
-    const input = h("input", {
-      id: "api-key",
-      name: "api-key",
-      type: "password",
-      autocomplete: "off",
+    const username = h("input", {
+      id: "username",
+      name: "username",
+      type: "text",
+      autocomplete: "username",
+      autocapitalize: "none",
       spellcheck: "false",
       required: true,
-      placeholder: "cik_…",
+    });
+    const password = h("input", {
+      id: "password",
+      name: "password",
+      type: "password",
+      autocomplete: "current-password",
+      required: true,
     });
     const status = h("p", { class: this.message ? "error" : "hint", role: "alert", id: "signin-message" }, this.message || t("signin.help"));
     const form = h(
       "form",
-      { class: "panel signin", on: { submit: (e) => this.submit(e, input, status) } },
+      { class: "panel signin", on: { submit: (e) => this.submit(e, username, password, status) } },
       h("h2", {}, t("signin.title")),
-      h("label", { for: "api-key" }, t("signin.key")),
-      input,
+      h("label", { for: "username" }, t("signin.username")),
+      username,
+      h("label", { for: "password" }, t("signin.password")),
+      password,
       h("button", { type: "submit", class: "primary" }, t("signin.submit")),
       status,
       this.message ? h("p", { class: "hint" }, t("signin.help")) : null,
     );
     this.el.replaceChildren(form);
-    input.focus();
+    username.focus();
   }
 
-  async submit(event, input, status) {
+  async submit(event, username, password, status) {
     event.preventDefault();
     if (this.busy) return;
-    const key = input.value.trim();
     const t = (k, params) => this.app.i18n.t(k, params);
-    if (!key) {
+    const name = username.value.trim();
+    if (!name || !password.value) {
       this.show(status, t("error.empty"));
       return;
     }
     this.busy = true;
     status.className = "hint";
     status.textContent = t("signin.checking");
-    const error = await checkKey(key);
-    this.busy = false;
-    if (error) {
-      this.show(status, this.app.describe(error));
-      return;
+    try {
+      const session = await new Api().post("/session", { username: name, password: password.value });
+      password.value = "";
+      this.onSession(session);
+    } catch (error) {
+      password.value = "";
+      this.show(status, this.describe(error));
+    } finally {
+      this.busy = false;
     }
-    this.onKey(key);
+  }
+
+  describe(error) {
+    const t = (k, params) => this.app.i18n.t(k, params);
+    if (error.status === 401) return t("signin.wrong");
+    if (error.status === 423) return t("signin.locked", { detail: error.detail });
+    if (error.status === 429) return t("signin.slow");
+    return this.app.describe(error);
   }
 
   show(status, text) {

@@ -7,10 +7,9 @@ const BACKOFF_MS = [500, 30_000]; // first and longest wait between attempts
 export class LiveStream {
   /**
    * `handlers`: {ready(data, reconnected), alert(event), reading(reading), status(state, waitMs),
-   * refused(status, detail)}; state is "connecting", "live" or "waiting".
+   * refused(status, detail), ended(reason)}; state is "connecting", "live" or "waiting".
    */
-  constructor(key, handlers) {
-    this.key = key;
+  constructor(handlers) {
     this.handlers = handlers;
     this.deviceId = null;
     this.controller = null;
@@ -44,7 +43,8 @@ export class LiveStream {
         const url = new URL("/api/v1/stream", location.origin);
         if (this.deviceId) url.searchParams.set("device_id", this.deviceId);
         const response = await fetch(url, {
-          headers: { Authorization: `Bearer ${this.key}`, Accept: "text/event-stream" },
+          headers: { Accept: "text/event-stream" }, // the session's cookie goes by itself
+          credentials: "same-origin",
           cache: "no-store",
           signal: controller.signal,
         });
@@ -87,6 +87,11 @@ export class LiveStream {
       this.handlers.status?.("live");
       this.handlers.ready?.(payload, this.connectedOnce);
       this.connectedOnce = true;
+    } else if (event === "revoked") {
+      // The session ended (signed out elsewhere, idle, disabled): no reconnecting.
+      this.generation++;
+      this.stop();
+      this.handlers.ended?.(payload.reason);
     } else if (event === "alert") this.handlers.alert?.(payload);
     else if (event === "reading") this.handlers.reading?.(payload);
   }

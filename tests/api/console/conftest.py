@@ -2,7 +2,8 @@
 
 One platform per module, composed as ``cityiot run`` composes it (ingest → rules → API, on
 the session's Mosquitto and InfluxDB, a SQLite registry): a 60-device simulated fleet with
-an hour of history, a few devices silent, offline or decommissioned, and an admin key.
+an hour of history, a few devices silent, offline or decommissioned, an admin key (for the
+tests' own requests) and an administrator's account (the console signs in as a person).
 The browser is Debian's Chromium (``/usr/bin/chromium``, installed by ``make deps``),
 driven by Playwright's Python API: no browser is downloaded.
 """
@@ -26,6 +27,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from cityiot.api.keys import create_key
+from cityiot.api.people import create_user
 from cityiot.domain.catalogue import MODEL
 from cityiot.domain.settings import Settings
 from cityiot.platform.local_services import LocalBroker, LocalInflux, free_port
@@ -61,6 +63,7 @@ HISTORY_STEP_S = 120
 SILENT = 4  # devices that never report (status "unknown")
 OFFLINE = 3  # devices that report, then say {"online": false}
 DECOMMISSIONED = 2
+PASSWORD = "console test passphrase"
 
 
 @dataclass
@@ -72,6 +75,9 @@ class ConsolePlatform:
     fleet: Fleet
     publisher: mqtt.Client
     http: httpx.AsyncClient  # the API with the admin key
+    # The console's administrator: people sign in with a password (DESIGN §10).
+    username: str = "console.admin"
+    password: str = PASSWORD
     seq: dict[str, int] = field(default_factory=dict)
 
     def publish(self, device: SimDevice, metrics: dict[str, float | bool], ts_ms: int) -> None:
@@ -94,9 +100,11 @@ class ConsolePlatform:
     def reporting(self) -> list[SimDevice]:
         return list(self.fleet.devices[SILENT + DECOMMISSIONED :])
 
-    async def key_of(self, role: str, **grant: Any) -> str:
-        _, key = await create_key(self.sessions, role, name=f"console test {role}", **grant)
-        return key
+    async def person_of(self, role: str, **grant: Any) -> str:
+        """A new account of ``role`` (password :data:`PASSWORD`); its username."""
+        username = f"{role}.{uuid.uuid4().hex[:6]}"
+        await create_user(self.sessions, username, role, PASSWORD, **grant)
+        return username
 
 
 async def _history(platform: ConsolePlatform) -> None:
@@ -140,6 +148,7 @@ async def platform(
     fleet = Fleet.generate(FLEET_SIZE, FLEET_SEED)
     engine, sessions = await open_seeded(settings.database_url, fleet.csv_text(), fleet.vendors)
     _, key = await create_key(sessions, "admin", name="console test admin")
+    await create_user(sessions, "console.admin", "admin", PASSWORD, display_name="值班长")
     publisher = publisher_for(broker)
     try:
         async with (

@@ -15,7 +15,7 @@ import httpx
 from playwright.async_api import expect
 from rich.console import Console
 
-from cityiot.platform.launcher import ADMIN_KEY_SECRET, show_where
+from cityiot.platform.launcher import ADMIN_PASSWORD_SECRET, show_where
 from tests.api.console.conftest import ConsolePlatform, Tab, screenshot
 
 # A safety net for what the stream pushes (the console polls nothing); the pages loaded
@@ -40,9 +40,14 @@ FIND_ALERTING = """canvas => {
 }"""
 
 
-async def sign_in(tab: Tab, platform: ConsolePlatform, path: str = "/") -> None:
-    """Open the console with the key in the fragment, as `cityiot run`'s link does."""
-    await tab.page.goto(f"{platform.url}{path}#key={platform.key}")
+async def sign_in(
+    tab: Tab, platform: ConsolePlatform, path: str = "/", username: str | None = None
+) -> None:
+    """Open the console at ``path`` and sign in with a username and password, as a person does."""
+    await tab.page.goto(f"{platform.url}{path}")
+    await tab.page.locator("#username").fill(username or platform.username)
+    await tab.page.locator("#password").fill(platform.password)
+    await tab.page.locator("form.signin button[type=submit]").click()
     await expect(tab.page.locator("#app")).to_have_attribute("data-signed-in", "true")
 
 
@@ -95,15 +100,24 @@ async def test_console_files_are_served_with_types_csp_and_revalidation(
         assert "/" not in paths and not any(p.startswith("/console") for p in paths)
 
 
-async def test_link_with_the_key_signs_in_and_the_map_shows_the_fleet(
+async def test_signing_in_with_a_password_shows_the_fleet_and_keeps_no_secret(
     platform: ConsolePlatform, open_tab: Any
 ) -> None:
     tab = await open_tab()
     await sign_in(tab, platform)
     page = tab.page
-    assert "key=" not in page.url  # dropped from the address bar at once
-    stored = await page.evaluate("localStorage.getItem('cityiot.key')")
-    assert stored == platform.key
+    await expect(page.locator(".who")).to_have_text("值班长")
+    # The session is in an HttpOnly cookie the page cannot read; nothing is in storage.
+    assert await page.evaluate("document.cookie") == ""
+    stored = await page.evaluate(
+        "[...Object.keys(localStorage), ...Object.keys(sessionStorage)]"
+        ".map(k => [k, localStorage.getItem(k) ?? sessionStorage.getItem(k)])"
+    )
+    assert all(name == "cityiot.lang" for name, _ in stored), stored
+    cookies = await tab.context.cookies()
+    assert [(c["name"], c["httpOnly"], c["sameSite"]) for c in cookies] == [
+        ("cityiot_session", True, "Strict")
+    ]
     count = await registry_count(platform)
     assert count == len(platform.fleet.devices)
     map_ = page.locator(".map")
@@ -205,7 +219,7 @@ async def test_work_order_board_on_a_phone(platform: ConsolePlatform, open_tab: 
     await accept.tap()
     await expect(card).to_have_attribute("data-state", "accepted")
     taken = (await platform.http.get(f"/workorders/{order['id']}")).json()
-    assert taken["state"] == "accepted" and taken["assignee"] == "console test admin"
+    assert taken["state"] == "accepted" and taken["assignee"] == "值班长"  # the person
     await expect(card.locator("button[data-action=on_site]")).to_be_visible()
     assert await page.evaluate("document.documentElement.scrollWidth") <= 390
     # The overview on a phone does not scroll sideways either.
@@ -286,23 +300,27 @@ async def test_a_device_page_shows_its_link_in_both_languages(
     tab.assert_clean()
 
 
-async def test_a_bad_key_and_a_forbidden_view_say_what_is_wrong(
+async def test_a_wrong_password_and_a_forbidden_view_say_what_is_wrong(
     platform: ConsolePlatform, open_tab: Any
 ) -> None:
     tab = await open_tab()
     page = tab.page
-    await page.goto(f"{platform.url}/#key=cik_not-a-key")
-    await expect(page.locator("#signin-message")).to_have_text(
-        "API 密钥无效或已被吊销，请使用其他密钥登录。"
-    )
-    assert "key=" not in page.url
-    assert await page.evaluate("localStorage.getItem('cityiot.key')") is None
-    # A vendor key may list its devices but not the city's statistics (403).
-    vendor = await platform.key_of("vendor", vendor=platform.alerting_manhole().vendor)
-    await page.locator("#api-key").fill(vendor)
+    await page.goto(f"{platform.url}/")
+    await page.locator("#username").fill(platform.username)
+    await page.locator("#password").fill("not the password at all")
     await page.locator("form.signin button[type=submit]").click()
-    await expect(page.locator(".tiles-error")).to_contain_text("此密钥无权执行该操作")
-    # The browser logs each refused request (the bad key's 401, the statistics' 403): expected.
+    await expect(page.locator("#signin-message")).to_have_text("用户名或密码错误。")
+    assert await page.locator("#password").input_value() == ""  # not left in the form
+    # An earlier console's stored key is removed, never used.
+    await page.evaluate("localStorage.setItem('cityiot.key', 'cik_old')")
+    await page.reload()
+    await expect(page.locator("#username")).to_be_visible()
+    assert await page.evaluate("localStorage.getItem('cityiot.key')") is None
+    # A vendor's person may list its devices but not the city's statistics (403).
+    vendor = await platform.person_of("vendor", vendor=platform.alerting_manhole().vendor)
+    await sign_in(tab, platform, username=vendor)
+    await expect(page.locator(".tiles-error")).to_contain_text("无权执行该操作")
+    # The browser logs each refused request (the wrong password's 401, the 403s): expected.
     refused = ("status of 401 (Unauthorized)", "status of 403 (Forbidden)")
     tab.errors = [e for e in tab.errors if not e.endswith(refused)]
     tab.assert_clean()
@@ -348,10 +366,10 @@ async def test_every_label_exists_in_both_languages(
     assert not missing, missing
 
 
-def test_run_prints_the_console_address_and_a_sign_in_link(tmp_path: Path) -> None:
+def test_run_prints_the_console_address_and_where_its_password_is(tmp_path: Path) -> None:
     from cityiot.domain.settings import Settings
 
-    (tmp_path / ADMIN_KEY_SECRET).write_text("cik_secret\n")
+    (tmp_path / ADMIN_PASSWORD_SECRET).write_text("run-password-1234\n")
     settings = Settings(mqtt_url="mqtt://127.0.0.1:1883", influx_url="http://127.0.0.1:8086")
     for terminal in (True, False):
         screen = io.StringIO()
@@ -363,33 +381,77 @@ def test_run_prints_the_console_address_and_a_sign_in_link(tmp_path: Path) -> No
         )
         shown = screen.getvalue()
         assert "console       http://127.0.0.1:8080/" in shown
-        if terminal:  # a link to click, on the operator's own screen
-            assert "http://127.0.0.1:8080/#key=cik_secret" in shown
-        else:  # redirected output (logs) never holds the key
-            assert "cik_secret" not in shown
-            assert f"http://127.0.0.1:8080/#key=$(cat {tmp_path / ADMIN_KEY_SECRET})" in shown
+        assert f"sign in as admin, password in {tmp_path / ADMIN_PASSWORD_SECRET}" in shown
+        if terminal:  # on the operator's own screen
+            assert "password: run-password-1234" in shown
+        else:  # redirected output (logs) never holds it
+            assert "run-password-1234" not in shown
 
 
-async def test_a_key_about_to_expire_is_warned_of_once_signed_in(
+async def test_signing_out_ends_the_session_for_every_tab_and_a_copied_cookie(
     platform: ConsolePlatform, open_tab: Any
 ) -> None:
-    """The API announces the expiry (X-Key-Expires); the console warns within two weeks."""
-    import datetime as dt
-
-    from cityiot.storage.utc import utcnow
-
-    soon = await platform.key_of("operator", expires_at=utcnow() + dt.timedelta(days=3))
     tab = await open_tab()
-    await tab.page.goto(f"{platform.url}/#key={soon}")
-    await expect(tab.page.locator("#app")).to_have_attribute("data-signed-in", "true")
-    notice = tab.page.locator(".notice")
-    await expect(notice).to_be_visible()
-    await expect(notice).to_contain_text("此 API 密钥将于 ")
-    await expect(notice).to_contain_text("约 3 天后")
-    # A key that never expires (the platform's admin key) gets no warning.
-    later = await open_tab()
-    await sign_in(later, platform)
-    await expect(later.page.locator("[data-kpi=online] .tile-value")).not_to_be_empty()
-    await expect(later.page.locator(".notice")).to_be_hidden()
+    await sign_in(tab, platform)
+    page = tab.page
+    await expect(page.locator(".live")).to_have_attribute("data-state", "live")
+    (cookie,) = await tab.context.cookies()
+    second = await tab.context.new_page()  # another tab of the same browser: same session
+    await second.goto(f"{platform.url}/")
+    await expect(second.locator("#app")).to_have_attribute("data-signed-in", "true")
+    await page.locator("button.signout").click()
+    await expect(page.locator("#username")).to_be_visible()
+    # The other tab's live stream ends with the session: it shows the sign-in form too.
+    await expect(second.locator("#app")).to_have_attribute("data-signed-in", "false")
+    await expect(second.locator("#signin-message")).to_have_text("会话已结束，请重新登录。")
+    async with httpx.AsyncClient(base_url=platform.url) as thief:
+        thief.cookies.set(cookie["name"], cookie["value"])
+        r = await thief.get("/api/v1/devices")
+        assert r.status_code == 401 and "signed out" in r.json()["detail"]
+    refused = ("status of 401 (Unauthorized)",)
+    tab.errors = [e for e in tab.errors if not e.endswith(refused)]
     tab.assert_clean()
-    later.assert_clean()
+
+
+async def test_a_page_of_another_site_cannot_act_with_the_session(
+    platform: ConsolePlatform, open_tab: Any, tmp_path: Path
+) -> None:
+    """A CSRF attempt from another origin: the browser, signed in to the console, opens a
+    hostile page (served from localhost, another site than 127.0.0.1) that posts to the API.
+    The SameSite=Strict cookie is not sent, and without the session's CSRF token the API
+    would refuse it anyway (tests/security/test_people.py)."""
+    import http.server
+    import threading
+    from functools import partial
+
+    from cityiot.platform.local_services import free_port
+
+    tab = await open_tab()
+    await sign_in(tab, platform)
+    target = f"{platform.url}/api/v1/users"
+    (tmp_path / "index.html").write_text(
+        f"""<!doctype html><form id="f" method="post" action="{target}"
+        enctype="text/plain"><input name='{{"username":"csrf.victim","role":"admin","x":"'
+        value='"}}'></form>
+        <script>
+        fetch("{target}", {{method: "POST", credentials: "include", mode: "no-cors",
+          headers: {{"Content-Type": "text/plain"}},
+          body: JSON.stringify({{username: "csrf.fetch", role: "admin"}})}})
+          .finally(() => document.getElementById("f").submit());
+        </script>"""
+    )
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        hostile = await tab.context.new_page()
+        await hostile.goto(f"http://localhost:{server.server_address[1]}/index.html")
+        await expect(hostile).to_have_url(target)  # the form went, without the cookie:
+        assert '"status":401' in (await hostile.content()).replace(" ", "")
+    finally:
+        server.shutdown()
+    for name in ("csrf.victim", "csrf.fetch"):
+        assert (await platform.http.get(f"/users/{name}")).status_code == 404
+    # The console itself is still signed in and works.
+    await tab.page.reload()
+    await expect(tab.page.locator("#app")).to_have_attribute("data-signed-in", "true")
