@@ -1,12 +1,17 @@
 """The broker window and TLS section of ``cityiot bench`` (issue 27): the ingest's QoS 1
-stored rate against a Mosquitto whose in-flight window is 32 (EMQX's default), and over
+stored rate when the broker's in-flight window is 32 (EMQX's default), and over
 ``mqtts://``, each beside the same ingest on a broker with the default window, in the same run.
 
-Three brokers of the same configuration (``bench/mosquitto.conf``), started by the section:
+Five brokers of the same configuration (``bench/mosquitto.conf``), started by the section:
 
 - **default**: the bench's window (``max_inflight_messages`` as ``cityiot run`` sets it);
-- **window-32**: ``max_inflight_messages 32``: the broker sends the ingest at most 32
-  unacknowledged QoS 1 messages, and the ingest acknowledges only once they are stored;
+- **window-32**: ``max_inflight_messages 32``, the ingest told so (``CITYIOT_MQTT_INFLIGHT``).
+  Mosquitto 2.0 holds that window only until the first PUBACK (each PUBACK then lets up to
+  32 more through), so this is Mosquitto's window, not a strict one;
+- **strict-32**: the default window behind bench/window_proxy.py, a relay that holds the
+  broker's QoS 1 messages while 32 await the ingest's PUBACK, as EMQX's window does; the
+  ingest told the window;
+- **relay**: the same relay holding nothing: what relaying costs, the strict window's twin;
 - **tls**: the default window, the ingest connected to a TLS listener (``mqtts://``, a CA and
   broker certificate made in the run by cityiot/platform/certificates.py,
   ``CITYIOT_MQTT_CA_FILE``).
@@ -17,7 +22,7 @@ round drains on every broker, as the throughput columns do, the same backlog of
 publish the backlog at QoS 1 (on the broker's plain port: the broker queues it in the
 ingest's persistent session), SIGCONT (t0), until InfluxDB holds it. Brokers in one order and
 its reverse in turn; a broker's figure is the median of its rounds, the ratios are to the
-default window's rate of the same run.
+default window's rate of the same run, the strict window's also to the relay's.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ import contextlib
 import os
 import random
 import signal
+import socket
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -40,21 +47,22 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.codecs import SENTINELS, Vendor, WindowCounter
-from bench.launch import ingest_workers
+from bench.launch import ingest_workers, stop_processes
 from bench.load import Message, Publisher
 from bench.measure import CpuMark, cpu_seconds
-from bench.options import BenchError, BenchOptions
+from bench.options import REPO, BenchError, BenchOptions
 from bench.registry import Registry
 from bench.services import BROKER_TEMPLATE, Services
 from bench.stored import COUNT_POLL_S, wait_stored
 from bench.systems import SYSTEM_ERRORS, SystemSpec
-from cityiot.platform.local_services import LocalBroker, TlsListener
+from cityiot.platform.local_services import LocalBroker, TlsListener, free_port
 from cityiot.simulators.behaviour import new_state, reading
 from cityiot.simulators.fleet import Fleet, SimVendor
 
-DEFAULT, SMALL, TLS = "default", "window-32", "tls"
-BROKERS = (DEFAULT, SMALL, TLS)
+DEFAULT, SMALL, STRICT, RELAY, TLS = "default", "window-32", "strict-32", "relay", "tls"
+BROKERS = (DEFAULT, SMALL, STRICT, RELAY, TLS)
 SMALL_WINDOW = 32  # EMQX's default in-flight window
+RELAYED = {STRICT: SMALL_WINDOW, RELAY: 0}  # behind bench/window_proxy.py, with this window
 GOAL = 0.80  # the small window's rate ÷ the default window's, at least
 VENDOR = "bench-window"
 QOS = 1
@@ -148,8 +156,9 @@ class WindowDrain:
     end_by: str = ""
     timed_out: bool = False
     cpu_s: float | None = None  # the ingest process
-    broker_cpu_s: float | None = None
+    broker_cpu_s: float | None = None  # with the relay's, behind one
     influx_cpu_s: float | None = None
+    relay_cpu_s: float | None = None  # bench/window_proxy.py (strict-32, relay)
 
     @property
     def ok(self) -> bool:
@@ -201,9 +210,22 @@ class WindowResult:
         return round(statistics.median(found), 2) if found else None
 
     @property
+    def strict_ratio(self) -> float | None:
+        """The strict window's rate ÷ the same relay's without a window."""
+        rate, relay = self.rate(STRICT), self.rate(RELAY)
+        return None if rate is None or not relay else round(rate / relay, 3)
+
+    @property
     def goal_met(self) -> bool | None:
-        """The small window's rate at least ``goal`` × the default's (None: not measured)."""
+        """Mosquitto's window of 32: its rate at least ``goal`` × the default's (None: not
+        measured)."""
         ratio = self.ratio(SMALL)
+        return None if ratio is None else ratio >= self.goal
+
+    @property
+    def strict_goal_met(self) -> bool | None:
+        """The strict window of 32: its rate at least ``goal`` × the relay's."""
+        ratio = self.strict_ratio
         return None if ratio is None else ratio >= self.goal
 
     @property
@@ -220,6 +242,8 @@ class WindowResult:
             "small_window": self.small_window,
             "goal": self.goal,
             "goal_met": self.goal_met,
+            "strict_ratio": self.strict_ratio,
+            "strict_goal_met": self.strict_goal_met,
             "urls": self.urls,
             "drains": [d.as_dict() for d in self.drains],
             "rates": {b: self.rate(b) for b in BROKERS},
@@ -243,8 +267,10 @@ def window_table(result: WindowResult) -> Table:
     t.add_column("", style="bold", no_wrap=True)
     heads = {
         DEFAULT: f"window {result.default_window:,}",
-        SMALL: f"window {result.small_window}",
-        TLS: f"mqtts://, window {result.default_window:,}",
+        SMALL: f"Mosquitto window {result.small_window}",
+        STRICT: f"strict window {result.small_window}",
+        RELAY: "relay, no window",
+        TLS: "mqtts://",
     }
     for broker in BROKERS:
         t.add_column(heads[broker], justify="right", no_wrap=True)
@@ -270,6 +296,7 @@ def window_table(result: WindowResult) -> Table:
     )
     row("CPU s broker", [_n(result.median(b, lambda d: d.broker_cpu_s), 1) for b in BROKERS])
     row("CPU s InfluxDB", [_n(result.median(b, lambda d: d.influx_cpu_s), 1) for b in BROKERS])
+    row("CPU s relay", [_n(result.median(b, lambda d: d.relay_cpu_s), 1) for b in BROKERS])
     return t
 
 
@@ -279,12 +306,22 @@ def print_window(result: WindowResult, console: Console) -> None:
         console.print(f"[bold]window[/]: [red]{result.error}[/]", highlight=False)
     for note in result.notes:
         console.print(f"  [yellow]note:[/] {note}", highlight=False)
+
+    def verdict(met: bool | None) -> str:
+        return "[green]met[/]" if met else "[red]not met[/]"
+
     ratio = result.ratio(SMALL)
     if ratio is not None:
-        verdict = "[green]met[/]" if result.goal_met else "[red]not met[/]"
         console.print(
-            f"window {result.small_window}: {ratio:.2f} × the default window's rate "
-            f"(goal ≥ {result.goal:.2f}): {verdict}",
+            f"Mosquitto window {result.small_window}: {ratio:.2f} × the default window's rate "
+            f"(goal ≥ {result.goal:.2f}): {verdict(result.goal_met)}",
+            highlight=False,
+        )
+    strict = result.strict_ratio
+    if strict is not None:
+        console.print(
+            f"strict window {result.small_window}: {strict:.2f} × the relay's rate without a "
+            f"window (goal ≥ {result.goal:.2f}): {verdict(result.strict_goal_met)}",
             highlight=False,
         )
     tls = result.ratio(TLS)
@@ -293,7 +330,8 @@ def print_window(result: WindowResult, console: Console) -> None:
     console.print(
         f"window: each broker's ingest drains a backlog queued at QoS {QOS} while it was "
         f"stopped; the median of {result.rounds} round(s), ratios to the default window's "
-        "rate of the same run",
+        "rate of the same run; Mosquitto 2.0 holds its window only until the first PUBACK, "
+        "the relay (bench/window_proxy.py) holds it strictly, as EMQX does",
         highlight=False,
     )
 
@@ -303,20 +341,44 @@ def print_window(result: WindowResult, console: Console) -> None:
 
 @dataclass(slots=True)
 class Target:
-    """One broker of the section and how its ingest reaches it."""
+    """One broker of the section, the relay in front of it (if any) and how its ingest
+    reaches it."""
 
     name: str
     broker: LocalBroker
     env: dict[str, str]
+    relay: subprocess.Popen[bytes] | None = None
 
 
-def _mark(pids: list[int], broker: LocalBroker, influx_pid: int) -> CpuMark:
+def _mark(pids: list[int], target: Target, influx_pid: int) -> CpuMark:
     try:
         system: float | None = sum(cpu_seconds(p) for p in pids)
     except OSError:
         system = None
-    assert broker.pid is not None
-    return CpuMark(time.time(), system, cpu_seconds(broker.pid), cpu_seconds(influx_pid))
+    assert target.broker.pid is not None
+    broker = cpu_seconds(target.broker.pid)
+    if target.relay is not None:
+        broker += cpu_seconds(target.relay.pid)
+    return CpuMark(time.time(), system, broker, cpu_seconds(influx_pid))
+
+
+def start_relay(broker: LocalBroker, window: int, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """bench/window_proxy.py in front of ``broker`` with ``window``, listening; and its port."""
+    port = free_port()
+    with log.open("ab") as out:
+        relay = subprocess.Popen(
+            [sys.executable, "-m", "bench.window_proxy", "--upstream",
+             f"{broker.host}:{broker.port}", "--port", str(port), "--window", str(window)],
+            cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection((broker.host, port), 1):
+            return relay, port
+        if relay.poll() is not None or time.monotonic() > deadline:
+            relay.kill()
+            raise BenchError(f"window: the relay did not listen on port {port}: see {log}")
+        time.sleep(0.05)
 
 
 @dataclass(slots=True)
@@ -375,11 +437,13 @@ class WindowBench:
         from cityiot.platform.local_services import ServiceError
 
         folder = self.services.run_dir / "window"
-        self.say("window: starting three brokers…")
+        self.say(f"window: starting {len(BROKERS)} brokers…")
         tls = local_tls(folder / "certificates")
         made = {
             DEFAULT: LocalBroker(folder / DEFAULT, template=BROKER_TEMPLATE),
             SMALL: LocalBroker(folder / SMALL, template=BROKER_TEMPLATE, max_inflight=SMALL_WINDOW),
+            STRICT: LocalBroker(folder / STRICT, template=BROKER_TEMPLATE),
+            RELAY: LocalBroker(folder / RELAY, template=BROKER_TEMPLATE),
             TLS: LocalBroker(
                 folder / TLS,
                 template=BROKER_TEMPLATE,
@@ -393,9 +457,16 @@ class WindowBench:
             except ServiceError as e:
                 raise BenchError(f"window: the {name} broker did not start: {e}") from None
             env = {"CITYIOT_MQTT_URL": broker.url}
+            relay = None
             if name == TLS:
                 env = {"CITYIOT_MQTT_URL": broker.tls_url, "CITYIOT_MQTT_CA_FILE": str(tls.ca)}
-            targets.append(Target(name, broker, env))
+            elif name in RELAYED:
+                relay, port = start_relay(broker, RELAYED[name], folder / f"relay-{name}.log")
+                stack.callback(stop_processes, [relay])
+                env = {"CITYIOT_MQTT_URL": f"mqtt://{broker.host}:{port}"}
+            if name in (SMALL, STRICT):  # the ingest told the window, as against EMQX
+                env["CITYIOT_MQTT_INFLIGHT"] = str(SMALL_WINDOW)
+            targets.append(Target(name, broker, env, relay))
         return targets
 
     def _rounds(
@@ -484,7 +555,7 @@ class WindowBench:
         assert influx_pid is not None
 
         def mark() -> CpuMark:
-            return _mark(pids, target.broker, influx_pid)
+            return _mark(pids, target, influx_pid)
 
         self.services.quiet(pids)
         for pid in pids:
@@ -500,6 +571,7 @@ class WindowBench:
             finally:
                 publisher.close()
             start = mark()
+            relay_start = cpu_seconds(target.relay.pid) if target.relay is not None else None
             t0 = time.time()
         finally:
             for pid in pids:
@@ -520,6 +592,9 @@ class WindowBench:
             drain.cpu_s = round(end.mark.system - start.system, 2)
         drain.broker_cpu_s = round(end.mark.broker - start.broker, 2)
         drain.influx_cpu_s = round(end.mark.influx - start.influx, 2)
+        if target.relay is not None and relay_start is not None:
+            # Counted in the broker's figure too: the relay is the broker's side of the link.
+            drain.relay_cpu_s = round(cpu_seconds(target.relay.pid) - relay_start, 2)
         self.log(
             f"{label}: {drain.rate or 0:,.0f} readings/s, {drain.stored:,} of {drain.sent:,} "
             f"in {drain.seconds or 0:.2f} s"
