@@ -57,6 +57,10 @@ class IngestCounters:
     spool_refusals: int = 0  # appends the spool refused (full, disk full)
     http_messages: int = 0  # messages taken from the HTTP link
     batches: int = 0
+    # Batches sealed by the intake, by why: size (a full batch, or half a link's in-flight
+    # window), window (a link's in-flight window is full), idle (nothing being written), age
+    # (CITYIOT_FLUSH_INTERVAL_MS).
+    sealed_by_reason: Counter[str] = field(default_factory=Counter)
     last_write_ms: float = 0.0
     stored_by_kind: Counter[str] = field(default_factory=Counter)
     # Dead letters not stored: over their vendor's rate (dead_letter_rate_per_s).

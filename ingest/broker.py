@@ -12,6 +12,12 @@ elsewhere in the platform still use paho or aiomqtt.
 
 Acks carry the connection's generation: after a reconnect the broker redelivers what was
 not acknowledged, and a message id of the old connection must never be acked on the new one.
+
+The broker sends a client at most its in-flight window of QoS 1 messages not yet
+acknowledged (Mosquitto's ``max_inflight_messages``, EMQX's ``max_inflight``: 32 by
+default). Given that window (``inflight``), the link counts its unacknowledged deliveries,
+so that the ingest seals a batch when they fill it (:attr:`BrokerLink.full`) instead of
+waiting for messages the broker will not send before an ack.
 Outgoing QoS 1 messages (alert events, forwarded readings) are kept until the broker
 acknowledges them and sent again, flagged DUP, after a reconnect.
 """
@@ -83,6 +89,7 @@ class LinkStats:
     # Reconnects that found no persistent session: another client took our client id, or
     # the broker lost its state; what was queued for us meanwhile is gone.
     sessions_lost: int = 0
+    max_unacked: int = 0  # the most QoS 1 deliveries of one connection unacknowledged at once
 
 
 class MqttProtocolError(ConnectionError):
@@ -178,7 +185,7 @@ class _Session(asyncio.Protocol):
         generation = link.generation
         size = len(data)
         pos = 0
-        received = redelivered = taken_bytes = 0
+        received = redelivered = taken_bytes = unacked = 0
         while size - pos >= 2:
             first = data[pos]
             # Remaining length: 1 to 4 bytes, 7 bits each.
@@ -210,6 +217,7 @@ class _Session(asyncio.Protocol):
                 if qos:
                     mid = (data[j] << 8) | data[j + 1]
                     j += 2
+                    unacked += 1
                     if first & 0x08:
                         redelivered += 1
                 payload = data[j:end]
@@ -238,7 +246,7 @@ class _Session(asyncio.Protocol):
                 raise MqttProtocolError(f"unexpected MQTT packet type {kind} from the broker")
             pos = end
         if received:
-            link._took(received, redelivered, taken_bytes)
+            link._took(received, redelivered, taken_bytes, unacked)
         return pos
 
 
@@ -261,8 +269,15 @@ class BrokerLink:
         max_pending_bytes: int = 32 * 1024 * 1024,
         keepalive_s: int = 30,
         reconnect_max_s: float = 10.0,
+        inflight: int = 0,
     ) -> None:
+        if inflight < 0:
+            raise ValueError(f"inflight must be 0 (not known) or more (got {inflight})")
         self.target = target
+        # The broker's in-flight window for this client; 0: not known (taken as unbounded).
+        self.inflight = inflight
+        # QoS 1 deliveries of the current connection not acknowledged yet.
+        self.unacked = 0
         self.client_id = client_id
         self.topics = list(topics)
         self.qos = qos
@@ -345,6 +360,17 @@ class BrokerLink:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def full(self) -> bool:
+        """The broker's in-flight window is full: it sends nothing more before an ack."""
+        return 0 < self.inflight <= self.unacked
+
+    @property
+    def slice(self) -> int:
+        """The most of this link's deliveries a batch should hold: half the window, so one
+        half is being stored while the other arrives (0: no limit, the window not known)."""
+        return (self.inflight + 1) // 2 if self.inflight else 0
+
     # -- the pipeline's side -------------------------------------------------------------
 
     async def next_batch(self, timeout_s: float | None = None) -> list[Delivery]:
@@ -389,6 +415,7 @@ class BrokerLink:
         if packets and self._session is not None:
             self._session.write(b"".join(packets))
             self.stats.acked += len(packets)
+            self.unacked -= len(packets)
         elif packets:  # the connection just went: the broker will redeliver these
             self.stats.stale_acks += len(packets)
 
@@ -410,8 +437,12 @@ class BrokerLink:
 
     # -- the session's side ----------------------------------------------------------------
 
-    def _took(self, received: int, redelivered: int, taken_bytes: int) -> None:
+    def _took(self, received: int, redelivered: int, taken_bytes: int, unacked: int) -> None:
         self.stats.received += received
+        if unacked:
+            self.unacked += unacked
+            if self.unacked > self.stats.max_unacked:
+                self.stats.max_unacked = self.unacked
         self.stats.redelivered += redelivered
         self._pending_bytes += taken_bytes
         self._wake.set()
@@ -423,6 +454,7 @@ class BrokerLink:
     def _accepted(self, session: _Session) -> None:
         self._session = session
         self.generation += 1
+        self.unacked = 0  # the broker sends the old connection's unacknowledged ones again
 
     def _lost(self, session: _Session) -> None:
         if session is not self._session:

@@ -79,6 +79,9 @@ class Intake:
             settings.dead_letter_rate_per_s, settings.dead_letter_rate_burst
         )
         self.batch = Batch()  # the open batch, being filled
+        # Links other than ``link`` that fill the open batch too (ChirpStack's): their
+        # in-flight windows count as well.
+        self.other_links: list[BrokerLink] = []
         # device → (highest seq, latest ts_ms, bitmask of the seqs seen just below it)
         self._seqs: dict[str, tuple[int, int, int]] = {}
         self._max_unacked = sealed.max_messages
@@ -100,10 +103,23 @@ class Intake:
         """:meth:`stop` was called: a message taken now would never be stored."""
         return self._stopping.is_set()
 
+    def fit_windows(self) -> None:
+        """Bound a batch's messages by the links' in-flight windows: a batch holds at most
+        half the smallest window (:attr:`BrokerLink.slice`), so the broker sends the next
+        half while this one is stored, and its window never waits on an open batch."""
+        slices = [link.slice for link in (self.link, *self.other_links) if link.slice]
+        self._max_unacked = min([self.sealed.max_messages, *slices])
+
+    def window_full(self) -> bool:
+        """A link's in-flight window is full: its broker sends nothing more before an ack,
+        so waiting for more to fill the open batch would only stall it."""
+        return self.link.full or any(link.full for link in self.other_links)
+
     async def run(self, writers: list[asyncio.Task[None]]) -> None:
         """Take deliveries until :meth:`stop`; raises if one of ``writers`` died."""
         link = self.link
         sealed = self.sealed
+        self.fit_windows()
         while not self._stopping.is_set():
             for writer in writers:
                 if writer.done():
@@ -130,27 +146,38 @@ class Intake:
                         len(self.batch.lines) >= self.settings.batch_size
                         or len(self.batch.spans) >= self._max_unacked
                     ):
+                        self.counters.sealed_by_reason["size"] += 1
                         await self.seal()
                     elif len(self.batch.readings) - self.batch.ruled >= RULES_SLICE:
                         await sealed.to_rules(self.batch)
             batch = self.batch
-            batch_age = time.monotonic() - batch.started
-            if batch.started and (
-                # Nothing is being written and the batch is SEAL_IDLE_S old, or a sender on
-                # the HTTP link waits for it (one waits for each write, no longer): store now.
-                (sealed.nothing_written and (batch_age >= SEAL_IDLE_S or batch.waiters))
-                or len(batch.lines) >= self.settings.batch_size
-                or len(batch.spans) >= self._max_unacked
-                # Old enough, unless the writers' queue is full: then it grows (to its size
-                # limit) rather than stop the intake, and the rules go on getting readings.
-                or (batch_age >= self._flush_s and sealed.queue.has_room)
-            ):
+            reason = self._seal_reason(batch) if batch.started else ""
+            if reason:
+                self.counters.sealed_by_reason[reason] += 1
                 await self.seal()
             elif (
                 batch.ruled < len(batch.readings)
                 and time.monotonic() - sealed.ruled_at >= RULES_EVERY_S
             ):
                 await sealed.to_rules(batch)
+
+    def _seal_reason(self, batch: Batch) -> str:
+        """Why the open ``batch`` is to be sealed now; empty: it is not."""
+        if len(batch.lines) >= self.settings.batch_size or len(batch.spans) >= self._max_unacked:
+            return "size"
+        if self.window_full():
+            return "window"
+        sealed = self.sealed
+        batch_age = time.monotonic() - batch.started
+        # Nothing is being written and the batch is SEAL_IDLE_S old, or a sender on the
+        # HTTP link waits for it (one waits for each write, no longer): store now.
+        if sealed.nothing_written and (batch.waiters or batch_age >= SEAL_IDLE_S):
+            return "idle"
+        # Old enough, unless the writers' queue is full: then it grows (to its size limit)
+        # rather than stop the intake, and the rules go on getting readings.
+        if batch_age >= self._flush_s and sealed.queue.has_room:
+            return "age"
+        return ""
 
     async def seal(self) -> None:
         """Seal the open batch, if it holds anything, and hand it on

@@ -142,6 +142,8 @@ class Ingest:
             self.intake, uplinks, commands, self.codec_book, self.sessions
         )
         self.storing.links[LINK] = uplinks
+        self.intake.other_links.append(uplinks)
+        self.intake.fit_windows()
         return self.chirpstack
 
     # The parts' shared objects, replaceable before run (tests, bench, the partitioner).

@@ -94,7 +94,10 @@ async def ingest_stage(
                 spool = stack.enter_context(open_spool(settings))
             topics = shared_topics(TOPICS, settings.share_group) if store else TOPICS
             link = BrokerLink(
-                settings.mqtt_target(), client_id or settings.worker_client_id, topics
+                settings.mqtt_target(),
+                client_id or settings.worker_client_id,
+                topics,
+                inflight=settings.mqtt_inflight,
             )
             await stack.enter_async_context(link)
             ingest = Ingest(
@@ -129,7 +132,7 @@ async def _link_chirpstack(
     own = client_id or settings.worker_client_id
     target = settings.chirpstack_mqtt_target()
     topics = shared_topics(UPLINK_TOPICS, settings.share_group) if store else UPLINK_TOPICS
-    uplinks = BrokerLink(target, f"{own}-chirpstack", topics)
+    uplinks = BrokerLink(target, f"{own}-chirpstack", topics, inflight=settings.mqtt_inflight)
     try:
         await stack.enter_async_context(uplinks)
     except ConnectionError as exc:

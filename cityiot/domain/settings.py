@@ -29,6 +29,16 @@ class Settings(BaseSettings):
 
     mqtt_url: str = Field("", description="mqtt://user:pass@host:port of the broker")
     mqtt_client_id: str = Field("cityiot-ingest", description="stable id: the persistent session")
+    # The brokers' in-flight window for the ingest (docs/brokers.en.md): it acknowledges in
+    # slices of half of it, so a small window (EMQX's 32) never waits on an open batch.
+    mqtt_inflight: int = Field(
+        0,
+        ge=0,
+        description="the broker's in-flight window for the ingest's sessions (Mosquitto "
+        "max_inflight_messages, EMQX max_inflight, NATS mqtt max_ack_pending, RabbitMQ "
+        "mqtt.prefetch), also ChirpStack's broker's; 0: not known, batches as large as "
+        "CITYIOT_BATCH_SIZE",
+    )
     # LoRaWAN through ChirpStack v4 (docs/design.md §4a): its MQTT integration's broker.
     chirpstack_mqtt_url: str = Field(
         "",

@@ -38,7 +38,7 @@ TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 HOST = "127.0.0.1"
 # Debian keeps daemons in sbin, which a non-root PATH often lacks.
 _SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
-_PACKAGES = {"mosquitto": "mosquitto", "influxd": "influxdb"}
+_PACKAGES = {"mosquitto": "mosquitto", "influxd": "influxdb", "nats-server": "nats-server"}
 _START_ATTEMPTS = 3  # fresh ports after an "address already in use" race with another process
 
 
@@ -643,6 +643,73 @@ class LocalBroker(LocalService):
             "per_listener_settings": "true" if self.side_listener is not None else "false",
             "side_listener": "\n".join(self._side_lines()),
             "tls_listener": "\n".join(self._tls_lines()),
+        }
+
+    def _argv(self, program: str) -> list[str]:
+        return [program, "-c", str(self.config_path)]
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection((HOST, self.port), timeout=1.0):
+                return True
+        except OSError:
+            return False
+
+
+class LocalNats(LocalService):
+    """A NATS server with MQTT on JetStream on 127.0.0.1: a second MQTT broker
+    implementation for the tests (``port`` is the MQTT port, ``nats_port`` the NATS one).
+
+    Anonymous; JetStream keeps the MQTT sessions and their QoS 1 messages under its run dir,
+    so they survive a restart. ``max_ack_pending`` is the in-flight window of a QoS 1
+    subscription, ``ack_wait`` how long a delivery may stay unacknowledged before NATS sends
+    it again.
+    """
+
+    name = "nats"
+    executable = "nats-server"
+    template_name = "nats.conf"
+    port_count = 2
+
+    def __init__(
+        self,
+        run_dir: Path,
+        port: int | None = None,
+        *,
+        max_ack_pending: int = 1024,
+        ack_wait: str = "30s",
+        ready_timeout_s: float = 30.0,
+        template: Path | None = None,
+    ) -> None:
+        super().__init__(run_dir, port, ready_timeout_s=ready_timeout_s, template=template)
+        if not 1 <= max_ack_pending <= 65535:
+            raise ValueError(f"max_ack_pending must be 1..65535 (got {max_ack_pending})")
+        self.max_ack_pending = max_ack_pending
+        self.ack_wait = ack_wait
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{HOST}:{self.port}"
+
+    @property
+    def host(self) -> str:
+        return HOST
+
+    @property
+    def nats_port(self) -> int:
+        self.port  # noqa: B018 -- raises when not started
+        return self._ports[1]
+
+    def _placeholders(self) -> dict[str, str]:
+        return {
+            "server_name": f"cityiot-{self.port}",
+            "port": str(self.nats_port),
+            "mqtt_port": str(self.port),
+            "store_dir": str(self.dir / "jetstream"),
+            "log_file": str(self.log_path),
+            "max_ack_pending": str(self.max_ack_pending),
+            "ack_wait": self.ack_wait,
+            "lame_duck_duration": "30s",
         }
 
     def _argv(self, program: str) -> list[str]:
