@@ -315,6 +315,7 @@ STAGE_SOURCES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "queue": ((), ("depths", "queue")),
     "api_edge": (("EdgeCounters",), ("_edge_source",)),
     "api_stream": ((), ("StreamHub.metrics",)),
+    "api_denials": ((), ("DenialCounters.metrics",)),
 }
 
 
