@@ -89,7 +89,6 @@ class LinkStats:
     # Reconnects that found no persistent session: another client took our client id, or
     # the broker lost its state; what was queued for us meanwhile is gone.
     sessions_lost: int = 0
-    max_unacked: int = 0  # the most QoS 1 deliveries of one connection unacknowledged at once
 
 
 class MqttProtocolError(ConnectionError):
@@ -276,8 +275,9 @@ class BrokerLink:
         self.target = target
         # The broker's in-flight window for this client; 0: not known (taken as unbounded).
         self.inflight = inflight
-        # QoS 1 deliveries of the current connection not acknowledged yet.
+        # QoS 1 deliveries of the current connection not acknowledged yet, and the most so far.
         self.unacked = 0
+        self.max_unacked = 0
         self.client_id = client_id
         self.topics = list(topics)
         self.qos = qos
@@ -441,8 +441,8 @@ class BrokerLink:
         self.stats.received += received
         if unacked:
             self.unacked += unacked
-            if self.unacked > self.stats.max_unacked:
-                self.stats.max_unacked = self.unacked
+            if self.unacked > self.max_unacked:
+                self.max_unacked = self.unacked
         self.stats.redelivered += redelivered
         self._pending_bytes += taken_bytes
         self._wake.set()

@@ -1,6 +1,9 @@
 """The fault bench: a real Mosquitto, InfluxDB and ingest process, and a steady publisher.
 
 Each test gets its own broker, InfluxDB and registry in its tmp dir (the faults stop them),
+the broker Mosquitto, or, for a test that asks for it (``BROKERS``, parametrizing ``bench``
+indirectly), a NATS server with MQTT on JetStream and an in-flight window of 32 (EMQX's
+default), the ingest told the window (``CITYIOT_MQTT_INFLIGHT``);
 the ingest as a subprocess (``cityiot ingest``: it can be SIGKILLed and started again), a
 publisher sending single readings at a fixed rate with QoS 1, and a :class:`FaultProxy`
 between the ingest and InfluxDB that can answer ``/write`` with 500s or hang. Nothing is
@@ -37,7 +40,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from cityiot.domain.catalogue import KINDS
-from cityiot.platform.local_services import LocalBroker, LocalInflux, free_port
+from cityiot.platform.local_services import LocalBroker, LocalInflux, LocalNats, free_port
 from cityiot.simulators import Fleet, SimDevice, new_state, reading
 from cityiot.simulators.behaviour import DeviceState
 from cityiot.simulators.messages import encode
@@ -49,6 +52,13 @@ FLEET_SEED = 6
 RATE = 500.0  # messages per second, one reading each
 INFLUX_DB = "city"
 INGEST_CLIENT_ID = "fault-ingest"  # stable: the restarted ingest resumes its session
+# The brokers a test marked ``@pytest.mark.parametrize("bench", BROKERS, indirect=True)``
+# runs against: Mosquitto, and NATS (MQTT on JetStream) with a window of INFLIGHT.
+BROKERS = ["mosquitto", "nats"]
+INFLIGHT = 32
+# NATS sends a delivery again only when it has gone unacknowledged this long, also after the
+# ingest reconnects: the window a killed ingest held is blocked until then (30 s by default).
+NATS_ACK_WAIT = "5s"
 # One field every reading of a kind carries (the simulator always sends every metric).
 COUNTED_FIELD = {kind: spec.metrics[0].name for kind, spec in KINDS.items()}
 
@@ -265,7 +275,9 @@ class SteadyPublisher:
     back (same session). :meth:`published` counts only what the broker acknowledged.
     """
 
-    def __init__(self, broker: LocalBroker, fleet: Fleet, rate: float, client_id: str) -> None:
+    def __init__(
+        self, broker: LocalBroker | LocalNats, fleet: Fleet, rate: float, client_id: str
+    ) -> None:
         if len(fleet.devices) > 1000:
             raise ValueError("at most 1000 devices: the ms offset keeps their stamps apart")
         self.fleet = fleet
@@ -484,11 +496,20 @@ class IngestProcess:
 class FaultBench:
     """Broker, InfluxDB, proxy, registry and ingest of one fault test."""
 
-    def __init__(self, tmp: Path, fleet: Fleet, database_url: str) -> None:
+    def __init__(
+        self, tmp: Path, fleet: Fleet, database_url: str, broker: str = "mosquitto"
+    ) -> None:
         self.tmp = tmp
         self.fleet = fleet
         self.database_url = database_url
-        self.broker = LocalBroker(tmp / "broker").start()
+        self.broker_kind = broker
+        self.broker: LocalBroker | LocalNats
+        if broker == "nats":
+            self.broker = LocalNats(
+                tmp / "broker", max_ack_pending=INFLIGHT, ack_wait=NATS_ACK_WAIT
+            ).start()
+        else:
+            self.broker = LocalBroker(tmp / "broker").start()
         self.influx = LocalInflux(tmp / "influx").start()
         self.proxy = FaultProxy(self.influx.url)
         self.run_dir = tmp / "run"
@@ -529,6 +550,8 @@ class FaultBench:
             CITYIOT_API_HOST="127.0.0.1",
             CITYIOT_METRICS_PORT=str(self.metrics_port),
         )
+        if self.broker_kind == "nats":
+            env.update(CITYIOT_MQTT_INFLIGHT=str(INFLIGHT))
         env.update({f"CITYIOT_{k.upper()}": v for k, v in settings.items()})
         if self.ingest is None:
             self.ingest = IngestProcess(env, self.tmp, self.tmp / "ingest.log")
@@ -674,13 +697,16 @@ def fleet() -> Fleet:
 
 @pytest.fixture
 def bench(tmp_path: Path, fleet: Fleet, request: pytest.FixtureRequest) -> Iterator[FaultBench]:
-    """A fresh broker, InfluxDB, proxy and seeded registry; the ingest is not started."""
+    """A fresh broker, InfluxDB, proxy and seeded registry; the ingest is not started.
+
+    Mosquitto, unless the test parametrizes ``bench`` indirectly with a name of ``BROKERS``."""
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
     asyncio.run(seed_registry(database_url, fleet.csv_text(), fleet.vendors))
-    bench = FaultBench(tmp_path, fleet, database_url)
+    broker = getattr(request, "param", "mosquitto")
+    bench = FaultBench(tmp_path, fleet, database_url, broker)
     request.node.fault_logs = {
         "ingest log": tmp_path / "ingest.log",
-        "mosquitto log": bench.broker.log_path,
+        f"{broker} log": bench.broker.log_path,
     }
     try:
         yield bench

@@ -23,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from cityiot.simulators import new_state, reading
 from cityiot.simulators.messages import encode
 from tests.faults.conftest import (
+    BROKERS,
     COUNTED_FIELD,
     FaultBench,
     FaultProxy,
@@ -46,7 +47,7 @@ def settle_and_check(
     bench.assert_ingest_running()
     assert bench.stop_ingest() == 0, "the ingest did not exit cleanly on SIGTERM"
     print(
-        f"fault={fault} published={sum(published.values())} stored="
+        f"fault={fault} broker={bench.broker_kind} published={sum(published.values())} stored="
         f"{sum(bench.count_stored().values())} by_kind={published} "
         f"settled_after_publishing_s={took:.1f} total_s={time.monotonic() - started:.1f} "
         f"publisher_reconnects={pub.connects - 1} ingest_starts="
@@ -54,13 +55,20 @@ def settle_and_check(
     )
 
 
+@pytest.mark.parametrize("bench", BROKERS, indirect=True)
 def test_broker_stopped_and_restarted(bench: FaultBench) -> None:
-    """Mosquitto stopped (SIGTERM, persistence saved) for 4 s and started again."""
+    """The broker stopped for 4 s and started again: Mosquitto by SIGTERM (persistence
+    saved); NATS by SIGKILL, its JetStream files kept. An orderly stop (SIGTERM) of
+    nats-server 2.9 stops JetStream before its MQTT clients, and QoS 1 messages published
+    in between are acknowledged and lost (docs/brokers.en.md): not the ingest's to test."""
     started = time.monotonic()
     bench.start_ingest()
     with bench.publishing() as pub:
         pub.run_for(3)
-        bench.broker.stop()
+        if bench.broker_kind == "nats":
+            bench.broker.kill()
+        else:
+            bench.broker.stop()
         time.sleep(4)  # the publisher queues, the ingest retries its connection
         bench.broker.start()
         pub.run_for(3)
@@ -99,6 +107,7 @@ def test_readings_reordered_by_a_reconnect_are_kept(bench: FaultBench) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("bench", BROKERS, indirect=True)
 def test_influx_stopped_for_30_s(bench: FaultBench) -> None:
     """InfluxDB stopped for 30 s (connection refused), then started on the same data."""
     started = time.monotonic()
@@ -136,6 +145,7 @@ def test_influx_answers_500_then_hangs(bench: FaultBench) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("bench", BROKERS, indirect=True)
 def test_ingest_killed_mid_batch_and_restarted(bench: FaultBench) -> None:
     """SIGKILL three times: while batches flow; while a write hangs unapplied; while a
     write was applied but its answer never came. Each restart resumes the session, the

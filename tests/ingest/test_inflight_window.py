@@ -112,7 +112,7 @@ async def test_backlog_is_acked_in_slices_of_the_window(
             lambda: f"the backlog stored; counters {c}",
         )
         link = ingest.link
-        max_unacked = link.stats.max_unacked
+        max_unacked = link.max_unacked
         received, acked = link.stats.received, link.stats.acked
     await engine.dispose()
 
