@@ -156,6 +156,11 @@ class ChirpStackLink:
                 continue  # taken while stopping: never acked, so ChirpStack's broker resends
             received_ms = int(time.time() * 1000)
             for delivery in deliveries:
+                # A batch holds at most half a broker's in-flight window (or a full batch):
+                # the intake seals this one before the next delivery goes in.
+                await intake.room()
+                if intake.stopping:
+                    break  # not taken, never acked: ChirpStack's broker resends the rest
                 delivery.link = LINK
                 self.take(delivery, received_ms)
             intake.link.wake()  # the intake looks at the open batch now

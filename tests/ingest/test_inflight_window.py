@@ -15,6 +15,7 @@ count are checked, not the window.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 import uuid
 from pathlib import Path
@@ -27,8 +28,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from cityiot.domain.settings import Settings
 from cityiot.platform.local_services import LocalBroker, LocalInflux, LocalNats
+from cityiot.storage.device_csv import parse_device_csv
 from cityiot.storage.influx import InfluxDB
+from cityiot.storage.registry import import_devices, upsert_vendor
 from tests.ingest.conftest import REGISTRY_CSV, running_ingest
+from tests.ingest.test_chirpstack import APP, CODECS, DEVICE, EUI, T0, VENDOR, up_event
 from tests.seeding import open_seeded
 from tests.waiting import until
 
@@ -51,28 +55,34 @@ def window_broker(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
         broker.stop()
 
 
-def publish_backlog(broker: LocalBroker | LocalNats, count: int) -> int:
-    """``count`` QoS 1 readings of device pk-1, a second apart; returns the first time (ms)."""
+def publish_backlog(broker: LocalBroker | LocalNats, count: int) -> None:
+    """``count`` QoS 1 readings of device pk-1, a second apart."""
+    origin = (int(time.time()) - 7200) * 1000
+    publish(
+        broker,
+        [
+            (
+                "city/acme/pk-1/telemetry",
+                orjson.dumps({"ts": origin + k * 1000, "metrics": {"occupied": k % 2 == 0}}),
+            )
+            for k in range(count)
+        ],
+    )
+
+
+def publish(broker: LocalBroker | LocalNats, messages: list[tuple[str, bytes]]) -> None:
+    """Publish ``messages`` (topic, payload) with QoS 1; returns once the broker has all."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"window-pub-{uuid.uuid4().hex}")
     client.max_inflight_messages_set(1000)
     client.connect(broker.host, broker.port)
     client.loop_start()
-    origin = (int(time.time()) - 7200) * 1000
     try:
-        infos = [
-            client.publish(
-                "city/acme/pk-1/telemetry",
-                orjson.dumps({"ts": origin + k * 1000, "metrics": {"occupied": k % 2 == 0}}),
-                qos=1,
-            )
-            for k in range(count)
-        ]
+        infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
         for info in infos:
             info.wait_for_publish(30)
     finally:
         client.disconnect()
         client.loop_stop()
-    return origin
 
 
 @pytest.mark.parametrize(
@@ -139,3 +149,68 @@ async def test_backlog_is_acked_in_slices_of_the_window(
     else:
         # Not told the window, the ingest waits for more than the broker will send.
         assert reasons["idle"] + reasons["age"] >= c.batches * 3 // 4, reasons
+
+
+@pytest.mark.parametrize("window_broker", ["nats"], indirect=True)
+async def test_the_chirpstack_link_is_acked_in_slices_of_its_window(
+    window_broker: LocalNats,
+    broker: LocalBroker,
+    influx: LocalInflux,
+    influx_db: str,
+    sqlite_url: str,
+    tmp_path: Path,
+) -> None:
+    """ChirpStack's broker (NATS, a window of 32) is a second link filling the same batches:
+    its uplinks are acknowledged in slices of its window too, each stored exactly once."""
+    engine, sessions = await open_seeded(
+        sqlite_url, REGISTRY_CSV, [("acme", "ACME Sensors", "json")]
+    )
+    await upsert_vendor(sessions, VENDOR, "LoRa Co", codec="lora-manhole")
+    parsed = parse_device_csv(
+        "device_id,vendor,kind,district,lat,lon,address,report_interval_s,depth_cm,dev_eui\n"
+        f"{DEVICE},{VENDOR},manhole,yicheng,32.98,114.02,驿城区 9 号,300,200,{EUI}\n"
+    )
+    assert not (await import_devices(sessions, parsed.rows)).errors
+    settings = Settings(
+        run_dir=tmp_path,
+        mqtt_url=broker.url,
+        chirpstack_mqtt_url=window_broker.url,
+        codecs_path=CODECS,
+        influx_url=influx.url,
+        influx_db=influx_db,
+        database_url=sqlite_url,
+        mqtt_client_id=f"ingest-{uuid.uuid4().hex[:8]}",
+        mqtt_inflight=WINDOW,
+    )
+    async with running_ingest(settings):  # the sessions, then the backlog queued for them
+        pass
+    topic = f"application/{APP}/device/{EUI}/event/up"
+    events = [
+        up_event(f"w-{k}", T0 + dt.timedelta(seconds=k), decoded={"level_mm": k, "tilt": 1})
+        for k in range(BACKLOG // 2)
+    ]
+    publish(window_broker, [(topic, orjson.dumps(event)) for event in events])
+
+    async with running_ingest(settings) as ingest:
+        c = ingest.counters
+        await until(
+            lambda: c.stored >= len(events) and ingest.idle,
+            120,
+            lambda: f"the uplinks stored; counters {c}",
+        )
+        assert ingest.chirpstack is not None
+        uplinks = ingest.chirpstack.uplinks
+        max_unacked, acked = uplinks.max_unacked, uplinks.stats.acked
+    await engine.dispose()
+
+    async with InfluxDB(influx.url, influx_db) as client:
+        results = await client.query(
+            f'SELECT count("water_level_cm") FROM "manhole" WHERE "device_id" = \'{DEVICE}\''
+        )
+    stored = results[0]["series"][0]["values"][0][1]
+    assert stored == len(events) == acked, (stored, acked)
+    assert max_unacked <= WINDOW, max_unacked
+    reasons = c.sealed_by_reason
+    print(f"chirpstack batches={c.batches} sealed_by={dict(reasons)} max_unacked={max_unacked}")
+    assert c.batches >= len(events) // (WINDOW // 2), reasons
+    assert reasons["idle"] + reasons["age"] <= c.batches // 4, reasons
