@@ -19,6 +19,9 @@ MANAGERS = frozenset({"admin", "operator"})
 ADMIN = frozenset({"admin"})
 PUBLIC = frozenset()  # no key needed
 BY_TOKEN = frozenset({"intake token"})  # no key opens it: the vendor's intake token does
+# Anyone reaches it, with a key or without: signing in (its body is then checked: 422), and
+# asking who is signed in (204 without a session cookie).
+ANYONE = frozenset({"anyone"})
 
 POLICY: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/healthz"): PUBLIC,
@@ -77,6 +80,14 @@ POLICY: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/keys"): ADMIN,
     ("DELETE", "/api/v1/keys/{key_id}"): ADMIN,
     ("GET", "/api/v1/audit"): ADMIN,
+    ("POST", "/api/v1/session"): ANYONE,
+    ("GET", "/api/v1/session"): ANYONE,
+    ("DELETE", "/api/v1/session"): ALL,  # a key has no session to end: 404, not 403
+    ("POST", "/api/v1/session/password"): ALL,  # a key has no password: 404 (here 422)
+    ("GET", "/api/v1/users"): ADMIN,
+    ("POST", "/api/v1/users"): ADMIN,
+    ("GET", "/api/v1/users/{username}"): ADMIN,
+    ("PATCH", "/api/v1/users/{username}"): ADMIN,
 }
 
 # Path parameters: items every allowed role may see (acme's manhole in yicheng).
@@ -147,6 +158,10 @@ async def test_each_role_on(roles_api: Api, method: str, path: str) -> None:
 
     if not allowed:
         assert await status_of(None) == 200
+        return
+    if allowed is ANYONE:
+        for role in (None, *ROLES):
+            assert await status_of(role) not in (401, 403), f"{path} refused {role}"
         return
     if allowed is BY_TOKEN:
         for role in (None, *ROLES):
