@@ -205,7 +205,7 @@ async def change_user(
             "an administrator cannot disable or demote their own account; another "
             "administrator can",
         )
-    role = body.role
+    role: str | None = body.role
     if grant_given and role is None:
         current = await get_user(ctx.sessions, username)
         role = current.role if current is not None else None
