@@ -34,7 +34,9 @@ def load_settings() -> Settings:
         settings = Settings()
     except ValidationError as exc:
         problems = "; ".join(
-            f"CITYIOT_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            # An error of several settings together (no field) says which in its message.
+            (f"CITYIOT_{'_'.join(str(p) for p in e['loc']).upper()}: " if e["loc"] else "")
+            + e["msg"].removeprefix("Value error, ")
             for e in exc.errors()
         )
         fail(f"invalid settings: {problems}")
