@@ -55,12 +55,14 @@ from bench.registry import Registry
 from bench.services import BROKER_TEMPLATE, Services
 from bench.stored import COUNT_POLL_S, wait_stored
 from bench.systems import SYSTEM_ERRORS, SystemSpec
-from cityiot.platform.local_services import LocalBroker, TlsListener, free_port
+from cityiot.platform.local_services import LocalBroker, LocalNats, TlsListener, free_port
 from cityiot.simulators.behaviour import new_state, reading
 from cityiot.simulators.fleet import Fleet, SimVendor
 
 DEFAULT, SMALL, STRICT, RELAY, TLS = "default", "window-32", "strict-32", "relay", "tls"
-BROKERS = (DEFAULT, SMALL, STRICT, RELAY, TLS)
+NATS, NATS_SMALL = "nats", "nats-32"  # a broker that holds its window itself (as EMQX does)
+BROKERS = (DEFAULT, SMALL, STRICT, RELAY, TLS, NATS, NATS_SMALL)
+NATS_WINDOW = 65_535  # NATS's largest max_ack_pending: the "default window" beside 32
 SMALL_WINDOW = 32  # EMQX's default in-flight window
 RELAYED = {STRICT: SMALL_WINDOW, RELAY: 0}  # behind bench/window_proxy.py, with this window
 GOAL = 0.80  # the small window's rate ÷ the default window's, at least
@@ -216,6 +218,17 @@ class WindowResult:
         return None if rate is None or not relay else round(rate / relay, 3)
 
     @property
+    def nats_ratio(self) -> float | None:
+        """NATS's window of 32: its rate ÷ the same NATS's with its largest window."""
+        rate, wide = self.rate(NATS_SMALL), self.rate(NATS)
+        return None if rate is None or not wide else round(rate / wide, 3)
+
+    @property
+    def nats_goal_met(self) -> bool | None:
+        ratio = self.nats_ratio
+        return None if ratio is None else ratio >= self.goal
+
+    @property
     def goal_met(self) -> bool | None:
         """Mosquitto's window of 32: its rate at least ``goal`` × the default's (None: not
         measured)."""
@@ -244,6 +257,8 @@ class WindowResult:
             "goal_met": self.goal_met,
             "strict_ratio": self.strict_ratio,
             "strict_goal_met": self.strict_goal_met,
+            "nats_ratio": self.nats_ratio,
+            "nats_goal_met": self.nats_goal_met,
             "urls": self.urls,
             "drains": [d.as_dict() for d in self.drains],
             "rates": {b: self.rate(b) for b in BROKERS},
@@ -280,6 +295,8 @@ def window_table(result: WindowResult) -> Table:
         STRICT: f"strict window {result.small_window}",
         RELAY: "relay, no window",
         TLS: "mqtts://",
+        NATS: f"NATS window {NATS_WINDOW:,}",
+        NATS_SMALL: f"NATS window {result.small_window}",
     }
     for broker in BROKERS:
         t.add_column(heads[broker], justify="right", no_wrap=True)
@@ -333,6 +350,14 @@ def print_window(result: WindowResult, console: Console) -> None:
             f"window (goal ≥ {result.goal:.2f}): {verdict(result.strict_goal_met)}",
             highlight=False,
         )
+    nats = result.nats_ratio
+    if nats is not None:
+        console.print(
+            f"NATS window {result.small_window}: {nats:.2f} × the same NATS's rate with a "
+            f"window of {NATS_WINDOW:,} (goal ≥ {result.goal:.2f}): "
+            f"{verdict(result.nats_goal_met)}",
+            highlight=False,
+        )
     tls = result.ratio(TLS)
     if tls is not None:
         console.print(f"mqtts://: {tls:.2f} × plain MQTT's rate", highlight=False)
@@ -354,7 +379,7 @@ class Target:
     reaches it."""
 
     name: str
-    broker: LocalBroker
+    broker: LocalBroker | LocalNats
     env: dict[str, str]
     relay: subprocess.Popen[bytes] | None = None
 
@@ -458,6 +483,8 @@ class WindowBench:
                 template=BROKER_TEMPLATE,
                 tls_listener=TlsListener(tls.cert, tls.key, tls.ca),
             ),
+            NATS: LocalNats(folder / NATS, max_ack_pending=NATS_WINDOW),
+            NATS_SMALL: LocalNats(folder / NATS_SMALL, max_ack_pending=SMALL_WINDOW),
         }
         targets = []
         for name, broker in made.items():
@@ -473,7 +500,7 @@ class WindowBench:
                 relay, port = start_relay(broker, RELAYED[name], folder / f"relay-{name}.log")
                 stack.callback(stop_processes, [relay])
                 env = {"CITYIOT_MQTT_URL": f"mqtt://{broker.host}:{port}"}
-            if name in (SMALL, STRICT):  # the ingest told the window, as against EMQX
+            if name in (SMALL, STRICT, NATS_SMALL):  # the ingest told the window, as for EMQX
                 env["CITYIOT_MQTT_INFLIGHT"] = str(SMALL_WINDOW)
             targets.append(Target(name, broker, env, relay))
         return targets

@@ -469,6 +469,48 @@ class Spool:
                 raise SpoolError(f"cannot read spool {self.directory}: {exc}") from exc
             return None
 
+    def peek_many(self, max_bytes: int) -> list[Record]:
+        """The oldest unconsumed records of the oldest segment, in order, up to about
+        ``max_bytes`` of bodies (at least one record when the spool is not empty): what one
+        write to InfluxDB can take at once."""
+        first = self.peek()
+        if first is None:
+            return []
+        records, size = [first], len(first.body)
+        with self._lock:
+            head = self._segments[0] if self._segments else None
+            if head is None or head.id != first.segment:
+                return records
+            index = head.offsets.index(first.offset, head.next) + 1
+            try:
+                while index < len(head.offsets) and size < max_bytes:
+                    body = self._read(head, head.offsets[index])
+                    if body is None:  # damaged: left for peek, which skips and counts it
+                        break
+                    records.append(Record(body, head.id, head.offsets[index]))
+                    size += len(body)
+                    index += 1
+            except OSError as exc:
+                raise SpoolError(f"cannot read spool {self.directory}: {exc}") from exc
+        return records
+
+    def consume_many(self, records: list[Record]) -> None:
+        """Mark ``records`` (what :meth:`peek_many` returned) done, writing the cursor once
+        (a crash before it replays them: InfluxDB takes identical points as overwrites)."""
+        with self._lock:
+            self._check_open()
+            for number, record in enumerate(records):
+                head = self._segments[0] if self._segments else None
+                if head is None or (record.segment, record.offset) != (
+                    head.id,
+                    head.offsets[head.next],
+                ):
+                    raise ValueError(
+                        f"record at segment {record.segment} offset {record.offset} is not the "
+                        "oldest unconsumed one: consume records in the order peek_many returns"
+                    )
+                self._advance(head, cursor=number == len(records) - 1)
+
     def consume(self, record: Record) -> None:
         """Mark ``record`` (the one :meth:`peek` returned) done; durable once this returns."""
         with self._lock:
@@ -499,15 +541,18 @@ class Spool:
         log.error("event=spool_corrupt segment=%s offset=%d; skipped", segment.path.name, offset)
         return None
 
-    def _advance(self, head: _Segment) -> None:
-        """Move past the head record: write the cursor, delete the segment if it is done."""
+    def _advance(self, head: _Segment, cursor: bool = True) -> None:
+        """Move past the head record: write the cursor (unless ``cursor`` is false and the
+        segment is not done), delete the segment if it is done."""
         # The cursor names the next record's start (not this one's end, whose header may be
         # damaged): opening skips every record before it.
         following = head.next + 1
         try:
-            self._write_cursor(
-                head.id, head.offsets[following] if following < len(head.offsets) else head.size
-            )
+            if cursor or following >= len(head.offsets):
+                self._write_cursor(
+                    head.id,
+                    head.offsets[following] if following < len(head.offsets) else head.size,
+                )
         except OSError as exc:  # replays are harmless; a spool that cannot drain is not
             log.error(
                 "event=spool_cursor_failed directory=%s error=%s; "

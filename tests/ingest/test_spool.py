@@ -82,6 +82,42 @@ def test_peek_repeats_until_consumed_and_consume_takes_only_the_head(tmp_path: P
             spool.consume(second)
 
 
+def test_many_records_are_peeked_and_consumed_together_in_order(tmp_path: Path) -> None:
+    """What the replayer takes at once in window mode: consecutive records of the oldest
+    segment up to a size, consumed with one cursor write; across segments, in turn."""
+    bodies = [body(i, size=100) for i in range(30)]
+    with Spool(tmp_path, max_bytes=1 << 20, segment_bytes=1200) as spool:
+        for b in bodies:
+            spool.append(b)
+        taken: list[bytes] = []
+        sizes = []
+        while records := spool.peek_many(max_bytes=450):
+            assert len({r.segment for r in records}) == 1  # never beyond the oldest segment
+            sizes.append(len(records))
+            taken.extend(r.body for r in records)
+            with pytest.raises(ValueError, match="oldest unconsumed"):
+                spool.consume_many(records[1:])  # not from the head: refused, nothing taken
+            spool.consume_many(records)
+        assert taken == bodies and spool.empty and segment_files(tmp_path) == []
+        assert max(sizes) == 5 and min(sizes) >= 1  # 450 bytes: the fifth passes it
+        assert spool.peek_many(max_bytes=1) == []
+
+
+def test_records_consumed_together_but_not_yet_cursored_are_replayed_not_lost(
+    tmp_path: Path,
+) -> None:
+    """consume_many writes the cursor once, at its last record: a crash before that replays
+    the records (InfluxDB takes identical points as overwrites); none is ever skipped."""
+    with Spool(tmp_path, max_bytes=1 << 20, segment_bytes=1 << 16) as spool:
+        for i in range(6):
+            spool.append(body(i))
+        records = spool.peek_many(max_bytes=1 << 20)
+        assert len(records) == 6
+        spool.consume_many(records[:3])
+    with Spool(tmp_path, max_bytes=1 << 20, segment_bytes=1 << 16) as spool:
+        assert drain(spool) == [body(i) for i in range(3, 6)]  # the cursor moved past three
+
+
 def test_a_body_larger_than_a_segment_gets_one_to_itself(tmp_path: Path) -> None:
     with Spool(tmp_path, max_bytes=1 << 20, segment_bytes=100) as spool:
         spool.append(b"x" * 10)
