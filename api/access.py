@@ -32,6 +32,19 @@ from cityiot.storage.utc import utcnow
 _bearer = HTTPBearer(auto_error=False, description="an API key: cityiot keys create --role R")
 
 
+def charge_stranger(ctx: ApiContext, client: str, now: float, without: str, then: str) -> None:
+    """Charge one request to ``client``'s anonymous limit; a 429 when it is spent, saying it
+    came ``without`` (a valid key, session …) and what to do ``then``."""
+    wait = ctx.anonymous.take(client, now)
+    if wait:
+        raise Problem(
+            429,
+            f"over {ctx.settings.api_anonymous_rate_per_s:g} requests/s from {client} without "
+            f"{without}; retry in {math.ceil(wait)} s {then}",
+            headers={"Retry-After": str(math.ceil(wait))},
+        )
+
+
 async def authenticate(ctx: ApiContext, presented: str | None, client: str) -> Principal:
     """The principal of the key ``presented`` by ``client`` (an address), or a Problem: 401
     (no, unknown, revoked or expired key) or 429 (this address sends too many requests without a
@@ -42,14 +55,7 @@ async def authenticate(ctx: ApiContext, presented: str | None, client: str) -> P
         known = ctx.keys.cached(presented, now)
         if known is not None:
             return _unexpired(known)
-    wait = ctx.anonymous.take(client, now)
-    if wait:
-        raise Problem(
-            429,
-            f"over {ctx.settings.api_anonymous_rate_per_s:g} requests/s from {client} without "
-            f"a valid API key; retry in {math.ceil(wait)} s with a valid key",
-            headers={"Retry-After": str(math.ceil(wait))},
-        )
+    charge_stranger(ctx, client, now, "a valid API key", "with a valid key")
     if presented is None:
         raise Problem(
             401,
@@ -114,15 +120,7 @@ async def from_session(ctx: ApiContext, request: Request, token: str, client: st
 
 async def session_known(ctx: ApiContext, token: str, client: str, touch: bool = False) -> Principal:
     """The person of a live session, or a Problem: 401 (ended, idle or unknown) or 429."""
-    now = time.monotonic()
-    wait = ctx.anonymous.take(client, now)
-    if wait:
-        raise Problem(
-            429,
-            f"over {ctx.settings.api_anonymous_rate_per_s:g} requests/s from {client} without "
-            f"a valid session; retry in {math.ceil(wait)} s and sign in again",
-            headers={"Retry-After": str(math.ceil(wait))},
-        )
+    charge_stranger(ctx, client, time.monotonic(), "a valid session", "and sign in again")
     if len(token) > MAX_SESSION_CHARS:
         raise Problem(401, "the session cookie is not one the platform set; sign in again")
     try:

@@ -3,14 +3,13 @@ person's own password change (DESIGN §10). Machines use API keys instead."""
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from cityiot.api.access import FORGET_COOKIE, allow, from_session
+from cityiot.api.access import FORGET_COOKIE, allow, charge_stranger, from_session
 from cityiot.api.context import ApiContext, context
 from cityiot.api.keys import Principal
 from cityiot.api.people import (
@@ -90,13 +89,7 @@ async def sign_in(
     failed sign-ins within 15 minutes lock the account for 15 minutes; every sign-in,
     failure and lock is audit-logged with the caller's address."""
     address = _address(request)
-    wait = ctx.anonymous.take(address, time.monotonic())
-    if wait:
-        raise Problem(
-            429,
-            f"too many sign-in attempts from {address}; retry in {math.ceil(wait)} s",
-            headers={"Retry-After": str(math.ceil(wait))},
-        )
+    charge_stranger(ctx, address, time.monotonic(), "a valid session", "to sign in")
     try:
         signed = await ctx.people.sign_in(
             body.username, body.password, address, request.headers.get("user-agent", "")
