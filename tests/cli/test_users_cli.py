@@ -1,14 +1,18 @@
-"""``cityiot users …`` as an operator runs it (DESIGN §10): the first administrator's account
-before anyone can sign in, with the password from standard input or made and printed alone
-on stdout; list, password, disable, enable, unlock. Each account is then checked by signing
-in through the platform's own session book. On SQLite and PostgreSQL."""
+"""``cityiot users …`` (DESIGN §10): the first administrator's account before anyone can sign
+in, with the password from standard input or made and printed alone on stdout (as an operator
+runs it, a process of its own); list, password, disable, enable, unlock (in this process, as
+the same command). Each account is then checked by signing in through the platform's own
+session book. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+from typer.testing import CliRunner
+
 from cityiot.api.people import LOCK_AFTER, SessionBook, SignInRefused
+from cityiot.cli import app
 from cityiot.storage.engine import make_engine, sessionmaker
 from tests.operator_files import run_cli
 
@@ -16,7 +20,20 @@ PASSWORD = "night shift duty officer"
 
 
 def users(db_url: str, *args: str, stdin: str | None = None) -> Any:
+    """``cityiot users ARGS`` as its own process."""
     return run_cli("users", *args, env={"CITYIOT_DATABASE_URL": db_url}, stdin=stdin)
+
+
+class Ran:
+    """What an in-process run answered, named as a finished process's."""
+
+    def __init__(self, db_url: str, *args: str, stdin: str | None = None) -> None:
+        result = CliRunner().invoke(
+            app, ["users", *args], input=stdin, env={"CITYIOT_DATABASE_URL": db_url}
+        )
+        self.returncode = result.exit_code
+        self.stdout = result.stdout
+        self.stderr = " ".join(result.stderr.split())  # the console wraps lines
 
 
 def sign_in(db_url: str, username: str, password: str, times: int = 1) -> list[Any]:
@@ -66,35 +83,35 @@ def test_an_administrator_account_from_the_command_line(db_url: str) -> None:
 
 
 def test_refusals_say_what_to_change(db_url: str) -> None:
-    short = users(db_url, "add", "a.b", "--role", "operator", "--password-stdin", stdin="short\n")
+    short = Ran(db_url, "add", "a.b", "--role", "operator", "--password-stdin", stdin="short\n")
     assert short.returncode == 1 and "at least 12" in short.stderr
-    empty = users(db_url, "add", "a.b", "--role", "operator", "--password-stdin", stdin="")
+    empty = Ran(db_url, "add", "a.b", "--role", "operator", "--password-stdin", stdin="")
     assert empty.returncode == 1 and "standard input held no password" in empty.stderr
-    field = users(db_url, "add", "a.b", "--role", "field")
+    field = Ran(db_url, "add", "a.b", "--role", "field")
     assert field.returncode == 1 and "name at least one with --team" in field.stderr
-    bad = users(db_url, "add", "Not A Name", "--role", "operator")
+    bad = Ran(db_url, "add", "Not A Name", "--role", "operator")
     assert bad.returncode == 1 and "is not 1–64 lower-case letters" in bad.stderr
-    unknown = users(db_url, "unlock", "nobody")
+    unknown = Ran(db_url, "unlock", "nobody")
     assert unknown.returncode == 1 and "no account 'nobody'" in unknown.stderr
-    assert users(db_url, "list").stdout == ""  # nothing was made
+    assert Ran(db_url, "list").stdout == ""  # nothing was made
 
 
 def test_lock_unlock_password_disable_enable(db_url: str) -> None:
-    added = users(db_url, "add", "li.na", "--role", "operator", "--password-stdin", stdin=PASSWORD)
+    added = Ran(db_url, "add", "li.na", "--role", "operator", "--password-stdin", stdin=PASSWORD)
     assert added.returncode == 0, added.stderr
     outcomes = sign_in(db_url, "li.na", "a wrong password", times=LOCK_AFTER + 1)
     assert outcomes == [401] * LOCK_AFTER + [423]
-    assert users(db_url, "list").stdout.split("\t")[2] == "locked"
-    unlocked = users(db_url, "unlock", "li.na")
+    assert Ran(db_url, "list").stdout.split("\t")[2] == "locked"
+    unlocked = Ran(db_url, "unlock", "li.na")
     assert unlocked.returncode == 0 and "unlocked" in unlocked.stderr
     assert sign_in(db_url, "li.na", PASSWORD) == ["operator"]
 
-    new = users(db_url, "password", "li.na")
+    new = Ran(db_url, "password", "li.na")
     (password,) = new.stdout.splitlines()
     assert sign_in(db_url, "li.na", PASSWORD) == [401]
     assert sign_in(db_url, "li.na", password) == ["operator"]
-    assert users(db_url, "disable", "li.na").returncode == 0
+    assert Ran(db_url, "disable", "li.na").returncode == 0
     assert sign_in(db_url, "li.na", password) == [401]
-    assert users(db_url, "list").stdout.split("\t")[2] == "disabled"
-    assert users(db_url, "enable", "li.na").returncode == 0
+    assert Ran(db_url, "list").stdout.split("\t")[2] == "disabled"
+    assert Ran(db_url, "enable", "li.na").returncode == 0
     assert sign_in(db_url, "li.na", password) == ["operator"]
