@@ -3,6 +3,7 @@ the model running with them for the length of a block."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import os
@@ -102,10 +103,10 @@ def model(kinds_path: Path | None = None, city_path: Path | None = None) -> Iter
 
 
 def run_cli(
-    *args: str, env: dict[str, str], stdin: str | None = None
+    *args: str, env: dict[str, str], stdin: str | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``cityiot ARGS`` as an operator runs it, with ``env`` over this process's environment
-    (and ``stdin`` on its standard input)."""
+    (and ``stdin`` on its standard input, ``cwd`` its folder)."""
     return subprocess.run(
         [str(Path(sys.executable).parent / "cityiot"), *args],
         capture_output=True,
@@ -113,4 +114,16 @@ def run_cli(
         timeout=120,
         env={**os.environ, **env},
         input=stdin,
+        cwd=cwd,
     )
+
+
+async def keys_cli(folder: Path, *args: str) -> tuple[int, str, str]:
+    """``cityiot keys ARGS`` on a SQLite registry in ``folder`` (its run dir and working
+    folder), off the event loop: exit code, stdout, and stderr with its line wrapping undone."""
+    env = {
+        "CITYIOT_DATABASE_URL": f"sqlite+aiosqlite:///{folder / 'keys.db'}",
+        "CITYIOT_RUN_DIR": str(folder),
+    }
+    done = await asyncio.to_thread(run_cli, "keys", *args, env=env, cwd=folder)
+    return done.returncode, done.stdout, " ".join(done.stderr.split())

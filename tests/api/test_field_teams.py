@@ -3,9 +3,6 @@ accepted a fire-team work order and acknowledged a fire-brigade alert."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +16,7 @@ from cityiot.storage.tables.keys import ApiKey
 from cityiot.storage.tables.workorders import WorkOrder
 from tests.api.conftest import Api
 from tests.api.test_alerts import NOW_MS
+from tests.operator_files import keys_cli
 
 # device → (kind, district, vendor), as in tests/ingest/conftest.py::REGISTRY_CSV
 DEVICES = {
@@ -164,27 +162,8 @@ async def test_a_field_key_made_before_teams_is_told_to_get_a_new_one(api: Api) 
 
 
 async def test_cli_creates_a_field_key_with_its_teams(tmp_path: Path) -> None:
-    cityiot = Path(sys.executable).parent / "cityiot"
-    env = {
-        **os.environ,
-        "CITYIOT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'keys.db'}",
-        "CITYIOT_RUN_DIR": str(tmp_path),
-    }
-
     async def keys_create(*args: str) -> tuple[int, str, str]:
-        process = await asyncio.create_subprocess_exec(
-            str(cityiot),
-            "keys",
-            "create",
-            *args,
-            env=env,
-            cwd=tmp_path,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await process.communicate()
-        assert process.returncode is not None
-        return process.returncode, out.decode(), " ".join(err.decode().split())
+        return await keys_cli(tmp_path, "create", *args)
 
     code, out, err = await keys_create("--role", "field", "--team", "urban,fire", "--team", "water")
     assert code == 0, err

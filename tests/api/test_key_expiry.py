@@ -4,10 +4,7 @@ after it like a revoked key, with a 401 that says when and what to do."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import os
-import sys
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -20,6 +17,7 @@ from cityiot.storage.tables.keys import ApiKey
 from cityiot.storage.utc import utcnow
 from tests.api.conftest import Api
 from tests.api.test_stream import Events, alert_event, publish
+from tests.operator_files import keys_cli
 from tests.waiting import until
 
 NOW = dt.datetime(2027, 1, 10, 4, 0, tzinfo=dt.UTC)  # 12:00 in Zhumadian
@@ -147,26 +145,8 @@ def test_the_command_line_forms_of_an_expiry() -> None:
 
 
 async def test_cli_creates_a_key_that_expires_and_lists_it(tmp_path: Path) -> None:
-    cityiot = Path(sys.executable).parent / "cityiot"
-    env = {
-        **os.environ,
-        "CITYIOT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'keys.db'}",
-        "CITYIOT_RUN_DIR": str(tmp_path),
-    }
-
     async def keys(*args: str) -> tuple[int, str, str]:
-        process = await asyncio.create_subprocess_exec(
-            str(cityiot),
-            "keys",
-            *args,
-            env=env,
-            cwd=tmp_path,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await process.communicate()
-        assert process.returncode is not None
-        return process.returncode, out.decode(), " ".join(err.decode().split())
+        return await keys_cli(tmp_path, *args)
 
     code, out, err = await keys(
         "create", "--role", "operator", "--name", "contractor", "--expires", "2099-12-31"

@@ -125,31 +125,41 @@ def _api_key_columns(conn: Connection) -> set[str]:
     return {c["name"] for c in inspect(conn).get_columns("api_keys")}
 
 
-async def test_api_keys_get_teams_and_keys_made_before_keep_none(
-    db_url: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("column", "before", "after", "role"),
+    [
+        ("teams", "0004", "0005", "field"),  # a legacy field key: no team until replaced
+        ("expires_at", "0011", "0012", "operator"),  # a key made before expiry: never expires
+    ],
+)
+async def test_api_keys_get_a_column_and_keys_made_before_hold_none(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, column: str, before: str, after: str, role: str
 ) -> None:
+    """A column added to api_keys: a key made before it holds NULL there, and the downgrade
+    takes the column away and keeps the key."""
     from sqlalchemy import text
 
     monkeypatch.setenv("CITYIOT_DATABASE_URL", db_url)
     config = Config(str(SCRIPT_LOCATION / "alembic.ini"))
     engine = make_engine(db_url)
     try:
-        await asyncio.to_thread(command.upgrade, config, "0004")
+        await asyncio.to_thread(command.upgrade, config, before)
         async with engine.begin() as conn:
-            assert "teams" not in await conn.run_sync(_api_key_columns)
+            assert column not in await conn.run_sync(_api_key_columns)
             await conn.execute(
                 text(
                     "INSERT INTO api_keys (id, secret_hash, name, role, created_at, created_by) "
-                    "VALUES ('old', 'x', 'legacy crew', 'field', CURRENT_TIMESTAMP, 'cli')"
+                    f"VALUES ('old', 'x', 'legacy', '{role}', CURRENT_TIMESTAMP, 'cli')"
                 )
             )
-        await asyncio.to_thread(command.upgrade, config, "0005")
+        await asyncio.to_thread(command.upgrade, config, after)
         async with engine.connect() as conn:
-            assert "teams" in await conn.run_sync(_api_key_columns)
-            legacy = (await conn.execute(text("SELECT teams FROM api_keys"))).scalar_one()
-            assert legacy is None  # a legacy field key: no team until replaced
-        await asyncio.to_thread(command.downgrade, config, "0004")
+            assert column in await conn.run_sync(_api_key_columns)
+            legacy = (await conn.execute(text(f"SELECT {column} FROM api_keys"))).scalar_one()
+            assert legacy is None
+        await asyncio.to_thread(command.downgrade, config, before)
         async with engine.connect() as conn:
-            assert "teams" not in await conn.run_sync(_api_key_columns)
+            assert column not in await conn.run_sync(_api_key_columns)
+            assert (await conn.execute(text("SELECT id FROM api_keys"))).scalar_one() == "old"
     finally:
         await engine.dispose()
