@@ -52,7 +52,10 @@ def test_any_bytes_give_points_or_a_dead_letter(topic: str, payload: bytes) -> N
     check(topic, payload)
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# 300: drawing these nested documents is what costs here (not the decoding), and
+# tests/faults/test_decoder_million.py puts the same shapes through the same handle() by the
+# million; this one stays the quick check beside the decoder.
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.sampled_from(TOPICS),
     plausible | st.fixed_dictionaries({"readings": st.lists(plausible, max_size=4)}),
