@@ -114,6 +114,12 @@ def bench(
         int,
         typer.Option(help="Rounds of the window section's brokers, in one order and its reverse."),
     ] = 3,
+    window_sessions: Annotated[
+        int,
+        typer.Option(
+            help="The ingest's sessions (CITYIOT_MQTT_SESSIONS) on Mosquitto's windows of 32."
+        ),
+    ] = 4,
 ) -> None:
     """Throughput, CPU, memory and latency of the platform next to a bare subscriber and
     Node-RED, a vendor's decoding codec against JSON, and the CTWing and ChirpStack links
@@ -158,6 +164,7 @@ def bench(
             window_messages=window_messages,
             window_devices=window_devices,
             window_rounds=window_rounds,
+            window_sessions=window_sessions,
         )
         options.check()
         with err.status("starting…") as status:

@@ -47,6 +47,7 @@ class BenchOptions:
     window_messages: int = 100_000  # a drain of the window section (0: no window section)
     window_devices: int = 1_000  # manholes of the window section
     window_rounds: int = 3  # rounds of the window section's brokers, orders alternating
+    window_sessions: int = 4  # the ingest's sessions on Mosquitto's windows of 32 (1: one)
 
     def check(self) -> None:
         """Raise ``BenchError`` naming the option to change when one is out of range."""
@@ -105,6 +106,8 @@ class BenchOptions:
                 )
             if min(self.window_devices, self.window_rounds) < 1:
                 raise BenchError("--window-devices and --window-rounds must be 1 or more")
+            if not 1 <= self.window_sessions <= 16:
+                raise BenchError(f"--window-sessions must be 1..16, not {self.window_sessions}")
         from cityiot.domain.catalogue import KINDS
 
         unknown_kinds = [k for k, _ in self.mix if k not in KINDS]
@@ -138,6 +141,7 @@ class BenchOptions:
             "window_messages": self.window_messages,
             "window_devices": self.window_devices,
             "window_rounds": self.window_rounds,
+            "window_sessions": self.window_sessions,
         }
 
 

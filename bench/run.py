@@ -22,8 +22,9 @@ system in turn on the same payloads:
   its JavaScript codec in the sandbox, and those frames beside a device whose codec loops
   forever; its own fleet, registry and database.
 - **window** (bench/window.py): the ingest at QoS 1 on brokers of its own: the default
-  in-flight window, Mosquitto's window of 32, a strict window of 32 (a relay) and the relay
-  alone, and the default window over ``mqtts://``; its own fleet and registry.
+  in-flight window, Mosquitto's window of 32, a strict window of 32 (a relay) read by several
+  sessions and by one, the relay alone, the default window over ``mqtts://``, and NATS with
+  its widest window and with 32; its own fleet and registry.
 - **links** (bench/links.py): one platform (ingest, rules, API) taking the same readings by
   MQTT, by CTWing's HTTP push (concurrent pushers) and by ChirpStack's MQTT integration;
   its own fleet, registry and database.
@@ -279,14 +280,17 @@ def run_bench(
             "200, each 200 given once stored; each 200's request timed from sent to "
             "answered); paths in one order and its reverse in turn, "
             "the median round shown, ratios to mqtt",
-            "window": "five brokers of bench/mosquitto.conf started by the section: the "
-            "default max_inflight_messages; max_inflight_messages 32 (Mosquitto 2.0 holds it "
-            "only until the first PUBACK); the default behind bench/window_proxy.py holding "
-            "QoS 1 deliveries while 32 are unacknowledged (a strict window, as EMQX's); the "
+            "window": "six brokers of bench/mosquitto.conf and two NATS started by the "
+            "section: the default max_inflight_messages; max_inflight_messages 32 (Mosquitto "
+            "2.0 holds it only until the first PUBACK); twice the default behind "
+            "bench/window_proxy.py holding QoS 1 deliveries while 32 are unacknowledged (a "
+            "strict window, as EMQX's), the ingest reading it by --window-sessions sessions "
+            "of one shared subscription (CITYIOT_MQTT_SESSIONS, a window each) and by one; the "
             "same relay holding nothing; the default over a TLS listener (CA and broker "
             "certificate made in the run; the ingest's CITYIOT_MQTT_URL "
-            "mqtts://localhost:<port>, CITYIOT_MQTT_CA_FILE); CITYIOT_MQTT_INFLIGHT=32 for the "
-            "ingests of both windows of 32; one cityiot ingest --rules on each, warmed up; per "
+            "mqtts://localhost:<port>, CITYIOT_MQTT_CA_FILE); NATS with max_ack_pending "
+            "65,535 and 32; CITYIOT_MQTT_INFLIGHT=32 for the "
+            "ingests of the windows of 32; one cityiot ingest --rules on each, warmed up; per "
             "round and broker the same backlog of JSON manholes queued at QoS 1 on the "
             "broker's plain port while its ingest was SIGSTOPped (t0 = SIGCONT, end = InfluxDB "
             "holds it); brokers in one order and its reverse in turn, the median round shown, "

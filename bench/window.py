@@ -2,7 +2,8 @@
 stored rate when the broker's in-flight window is 32 (EMQX's default), and over
 ``mqtts://``, each beside the same ingest on a broker with the default window, in the same run.
 
-Five brokers of the same configuration (``bench/mosquitto.conf``), started by the section:
+Six Mosquittos of the same configuration (``bench/mosquitto.conf``) and two NATS servers,
+started by the section:
 
 - **default**: the bench's window (``max_inflight_messages`` as ``cityiot run`` sets it);
 - **window-32**: ``max_inflight_messages 32``, the ingest told so (``CITYIOT_MQTT_INFLIGHT``).
@@ -10,11 +11,15 @@ Five brokers of the same configuration (``bench/mosquitto.conf``), started by th
   32 more through), so this is Mosquitto's window, not a strict one;
 - **strict-32**: the default window behind bench/window_proxy.py, a relay that holds the
   broker's QoS 1 messages while 32 await the ingest's PUBACK, as EMQX's window does; the
-  ingest told the window;
+  ingest told the window and reading by ``--window-sessions`` sessions of one shared
+  subscription (``CITYIOT_MQTT_SESSIONS``), each with a window of its own;
+- **strict-32-one**: the same with the ingest on one session;
 - **relay**: the same relay holding nothing: what relaying costs, the strict window's twin;
 - **tls**: the default window, the ingest connected to a TLS listener (``mqtts://``, a CA and
   broker certificate made in the run by cityiot/platform/certificates.py,
-  ``CITYIOT_MQTT_CA_FILE``).
+  ``CITYIOT_MQTT_CA_FILE``);
+- **nats** and **nats-32**: NATS with MQTT on JetStream, ``max_ack_pending`` 65,535 and 32
+  (NATS holds its window itself; it has no shared subscriptions, so one session).
 
 One ``cityiot ingest --rules`` on each, warmed up (every device has reported once). Each
 round drains on every broker, as the throughput columns do, the same backlog of
@@ -60,11 +65,13 @@ from cityiot.simulators.behaviour import new_state, reading
 from cityiot.simulators.fleet import Fleet, SimVendor
 
 DEFAULT, SMALL, STRICT, RELAY, TLS = "default", "window-32", "strict-32", "relay", "tls"
+STRICT_ONE = "strict-32-one"  # the strict window with the ingest on one session
 NATS, NATS_SMALL = "nats", "nats-32"  # a broker that holds its window itself (as EMQX does)
-BROKERS = (DEFAULT, SMALL, STRICT, RELAY, TLS, NATS, NATS_SMALL)
+BROKERS = (DEFAULT, SMALL, STRICT, STRICT_ONE, RELAY, TLS, NATS, NATS_SMALL)
 NATS_WINDOW = 65_535  # NATS's largest max_ack_pending: the "default window" beside 32
 SMALL_WINDOW = 32  # EMQX's default in-flight window
-RELAYED = {STRICT: SMALL_WINDOW, RELAY: 0}  # behind bench/window_proxy.py, with this window
+# Behind bench/window_proxy.py, with this window.
+RELAYED = {STRICT: SMALL_WINDOW, STRICT_ONE: SMALL_WINDOW, RELAY: 0}
 GOAL = 0.80  # the small window's rate ÷ the default window's, at least
 VENDOR = "bench-window"
 QOS = 1
@@ -186,6 +193,7 @@ class WindowResult:
     rounds: int
     default_window: int = 0  # max_inflight_messages of the default and tls brokers
     small_window: int = SMALL_WINDOW
+    sessions: int = 1  # the strict window's ingest's (CITYIOT_MQTT_SESSIONS)
     goal: float = GOAL
     urls: dict[str, str] = field(default_factory=dict)  # broker → its ingest's CITYIOT_MQTT_URL
     drains: list[WindowDrain] = field(default_factory=list)
@@ -215,6 +223,12 @@ class WindowResult:
     def strict_ratio(self) -> float | None:
         """The strict window's rate ÷ the same relay's without a window."""
         rate, relay = self.rate(STRICT), self.rate(RELAY)
+        return None if rate is None or not relay else round(rate / relay, 3)
+
+    @property
+    def strict_one_ratio(self) -> float | None:
+        """The strict window's rate on one session ÷ the same relay's without a window."""
+        rate, relay = self.rate(STRICT_ONE), self.rate(RELAY)
         return None if rate is None or not relay else round(rate / relay, 3)
 
     @property
@@ -253,6 +267,8 @@ class WindowResult:
             "qos": QOS,
             "default_window": self.default_window,
             "small_window": self.small_window,
+            "sessions": self.sessions,
+            "strict_one_ratio": self.strict_one_ratio,
             "goal": self.goal,
             "goal_met": self.goal_met,
             "strict_ratio": self.strict_ratio,
@@ -289,14 +305,16 @@ def window_table(result: WindowResult) -> Table:
         title_justify="left",
     )
     t.add_column("", style="bold", no_wrap=True)
-    heads = {
+    small = result.small_window
+    heads = {  # short: nine columns side by side; the lines under the table say the rest
         DEFAULT: f"window {result.default_window:,}",
-        SMALL: f"Mosquitto window {result.small_window}",
-        STRICT: f"strict window {result.small_window}",
-        RELAY: "relay, no window",
+        SMALL: f"Mosquitto {small}",
+        STRICT: f"strict {small} ×{result.sessions}",
+        STRICT_ONE: f"strict {small} ×1",
+        RELAY: "relay",
         TLS: "mqtts://",
-        NATS: f"NATS window {NATS_WINDOW:,}",
-        NATS_SMALL: f"NATS window {result.small_window}",
+        NATS: f"NATS {NATS_WINDOW:,}",
+        NATS_SMALL: f"NATS {small}",
     }
     for broker in BROKERS:
         t.add_column(heads[broker], justify="right", no_wrap=True)
@@ -346,8 +364,15 @@ def print_window(result: WindowResult, console: Console) -> None:
     strict = result.strict_ratio
     if strict is not None:
         console.print(
-            f"strict window {result.small_window}: {strict:.2f} × the relay's rate without a "
-            f"window (goal ≥ {result.goal:.2f}): {verdict(result.strict_goal_met)}",
+            f"strict window {result.small_window}, {result.sessions} sessions: {strict:.2f} × "
+            f"the relay's rate without a window (goal ≥ {result.goal:.2f}): "
+            f"{verdict(result.strict_goal_met)}",
+            highlight=False,
+        )
+    one = result.strict_one_ratio
+    if one is not None:
+        console.print(
+            f"strict window {result.small_window}, 1 session: {one:.2f} × the relay's rate",
             highlight=False,
         )
     nats = result.nats_ratio
@@ -358,9 +383,18 @@ def print_window(result: WindowResult, console: Console) -> None:
             f"{verdict(result.nats_goal_met)}",
             highlight=False,
         )
+    small = result.small_window
     tls = result.ratio(TLS)
     if tls is not None:
         console.print(f"mqtts://: {tls:.2f} × plain MQTT's rate", highlight=False)
+    console.print(
+        f"columns: the broker's in-flight window; Mosquitto {small}: its own "
+        f"max_inflight_messages; strict {small} ×N: a relay holding a strict window of {small} "
+        "in front of the default window, the ingest reading by N sessions of one shared "
+        "subscription (CITYIOT_MQTT_SESSIONS); relay: the same relay holding nothing; NATS: "
+        "its max_ack_pending",
+        highlight=False,
+    )
     console.print(
         f"window: each broker's ingest drains a backlog queued at QoS {QOS} while it was "
         f"stopped; the median of {result.rounds} round(s), ratios to the default window's "
@@ -382,6 +416,7 @@ class Target:
     broker: LocalBroker | LocalNats
     env: dict[str, str]
     relay: subprocess.Popen[bytes] | None = None
+    share_group: str = ""  # CITYIOT_SHARE_GROUP of its ingest's sessions (several)
 
 
 def _mark(pids: list[int], target: Target, influx_pid: int) -> CpuMark:
@@ -449,7 +484,9 @@ class WindowBench:
     def run(self) -> WindowResult:
         """Every broker's drains; a failure is reported in the result, not raised."""
         o = self.options
-        result = WindowResult(o.window_devices, o.window_messages, o.window_rounds)
+        result = WindowResult(
+            o.window_devices, o.window_messages, o.window_rounds, sessions=o.window_sessions
+        )
         database = self.services.database("window")
         try:
             self.registry.settle()
@@ -477,6 +514,7 @@ class WindowBench:
             DEFAULT: LocalBroker(folder / DEFAULT, template=BROKER_TEMPLATE),
             SMALL: LocalBroker(folder / SMALL, template=BROKER_TEMPLATE, max_inflight=SMALL_WINDOW),
             STRICT: LocalBroker(folder / STRICT, template=BROKER_TEMPLATE),
+            STRICT_ONE: LocalBroker(folder / STRICT_ONE, template=BROKER_TEMPLATE),
             RELAY: LocalBroker(folder / RELAY, template=BROKER_TEMPLATE),
             TLS: LocalBroker(
                 folder / TLS,
@@ -500,9 +538,16 @@ class WindowBench:
                 relay, port = start_relay(broker, RELAYED[name], folder / f"relay-{name}.log")
                 stack.callback(stop_processes, [relay])
                 env = {"CITYIOT_MQTT_URL": f"mqtt://{broker.host}:{port}"}
-            if name in (SMALL, STRICT, NATS_SMALL):  # the ingest told the window, as for EMQX
+            if name in (SMALL, STRICT, STRICT_ONE, NATS_SMALL):  # told the window, as for EMQX
                 env["CITYIOT_MQTT_INFLIGHT"] = str(SMALL_WINDOW)
-            targets.append(Target(name, broker, env, relay))
+            share_group = ""
+            if name == STRICT and self.options.window_sessions > 1:
+                # Several sessions of one shared subscription, a window each. Not on
+                # Mosquitto's own window of 32, which lets more through anyway, nor on NATS,
+                # which has no shared subscriptions.
+                env["CITYIOT_MQTT_SESSIONS"] = str(self.options.window_sessions)
+                share_group = f"bench-{self.services.run_id}-window"
+            targets.append(Target(name, broker, env, relay, share_group))
         return targets
 
     def _rounds(
@@ -519,7 +564,7 @@ class WindowBench:
         for target in targets:
             client_id = f"bench-{self.services.run_id}-window-{target.name}"
             work = self.services.run_dir / "window" / f"ingest-{target.name}"
-            spec = replace(SPEC, name=f"window {target.name}")
+            spec = replace(SPEC, name=f"window {target.name}", share_group=target.share_group)
             ingests[target.name] = stack.enter_context(
                 ingest_workers(
                     self.services, self.registry, spec, database, client_id, work, self.say,

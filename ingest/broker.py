@@ -72,6 +72,9 @@ class Delivery:
     # What the network measured (the best RSSI, a status event's battery level): a metric of
     # the device's kind the codec gave none of takes it.
     link_metrics: dict[str, float] | None = None
+    # Which of the ingest's sessions of a shared subscription it came by (CITYIOT_MQTT_SESSIONS):
+    # it is acknowledged on that one. 0: the ingest's own link.
+    member: int = 0
 
 
 @dataclass(slots=True)
@@ -182,6 +185,7 @@ class _Session(asyncio.Protocol):
         link = self.link
         pending = link._pending
         generation = link.generation
+        member = link.member
         size = len(data)
         pos = 0
         received = redelivered = taken_bytes = unacked = 0
@@ -220,7 +224,10 @@ class _Session(asyncio.Protocol):
                     if first & 0x08:
                         redelivered += 1
                 payload = data[j:end]
-                pending.append(Delivery(topic, payload, mid, qos, generation))
+                delivery = Delivery(topic, payload, mid, qos, generation)
+                if member:
+                    delivery.member = member
+                pending.append(delivery)
                 received += 1
                 taken_bytes += end - j
             elif kind == 4:  # PUBACK of one of our QoS 1 publishes
@@ -269,17 +276,25 @@ class BrokerLink:
         keepalive_s: int = 30,
         reconnect_max_s: float = 10.0,
         inflight: int = 0,
+        member: int = 0,
+        unsubscribe: Iterable[str] = (),
     ) -> None:
         if inflight < 0:
             raise ValueError(f"inflight must be 0 (not known) or more (got {inflight})")
         self.target = target
         # The broker's in-flight window for this client; 0: not known (taken as unbounded).
         self.inflight = inflight
+        # This link's place among the ingest's sessions of one shared subscription (0: the
+        # ingest's own link); its deliveries carry it, so each is acked where it came from.
+        self.member = member
         # QoS 1 deliveries of the current connection not acknowledged yet, and the most so far.
         self.unacked = 0
         self.max_unacked = 0
         self.client_id = client_id
         self.topics = list(topics)
+        # Topics this session's persistent subscription is to leave, on every connect (a
+        # session being retired takes what was queued for it, and nothing new).
+        self.unsubscribe = list(unsubscribe)
         self.qos = qos
         self.clean_session = clean_session
         self.max_pending = max_pending
@@ -359,6 +374,11 @@ class BrokerLink:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def closing(self) -> bool:
+        """:meth:`close` was called: nothing more will be received."""
+        return self._closing
 
     @property
     def full(self) -> bool:
@@ -563,6 +583,10 @@ class BrokerLink:
                 raise ConnectionError(f"broker refused the connection: {reason}")
             if self.topics:  # a publishing-only link subscribes to nothing
                 await self._subscribe(session)
+            if self.unsubscribe:
+                mid = self._mid() or 65535
+                body = b"".join(_string(t) for t in self.unsubscribe)
+                session.write(_packet(0xA2, mid.to_bytes(2, "big") + body))
             # What we published and the broker never confirmed goes again, flagged DUP.
             for out_mid, (topic, payload) in list(self._outgoing.items()):
                 session.write(_packet(0x3A, _string(topic) + out_mid.to_bytes(2, "big") + payload))

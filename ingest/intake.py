@@ -82,6 +82,9 @@ class Intake:
         # Links other than ``link`` that fill the open batch too (ChirpStack's): their
         # in-flight windows count as well.
         self.other_links: list[BrokerLink] = []
+        # More sessions of ``link``'s shared subscription (CITYIOT_MQTT_SESSIONS): each a
+        # window of its own, filling the open batch too.
+        self.members: list[BrokerLink] = []
         # device → (highest seq, latest ts_ms, bitmask of the seqs seen just below it)
         self._seqs: dict[str, tuple[int, int, int]] = {}
         self._max_unacked = sealed.max_messages
@@ -105,15 +108,40 @@ class Intake:
 
     def fit_windows(self) -> None:
         """Bound a batch's messages by the links' in-flight windows: a batch holds at most
-        half the smallest window (:attr:`BrokerLink.slice`), so the broker sends the next
+        half the smallest window (:attr:`BrokerLink.slice`; the ingest's sessions of one
+        shared subscription count together, a window each), so the broker sends the next
         half while this one is stored, and its window never waits on an open batch."""
-        slices = [link.slice for link in (self.link, *self.other_links) if link.slice]
+        own = sum(link.slice for link in (self.link, *self.members)) if self.link.slice else 0
+        slices = [own] if own else []
+        slices += [link.slice for link in self.other_links if link.slice]
         self._max_unacked = min([self.sealed.max_messages, *slices])
 
     def window_full(self) -> bool:
         """A link's in-flight window is full: its broker sends nothing more before an ack,
         so waiting for more to fill the open batch would only stall it."""
-        return self.link.full or any(link.full for link in self.other_links)
+        return (
+            self.link.full
+            or any(link.full for link in self.members)
+            or any(link.full for link in self.other_links)
+        )
+
+    async def take_member(self, member: BrokerLink) -> None:
+        """Put what ``member`` (another session of the shared subscription) receives into the
+        open batch until :meth:`stop`, within a batch's bound; acknowledged with the batch."""
+        while not self.stopping and not member.closing:
+            await self.room()
+            deliveries = await member.next_batch(0.5)
+            if not deliveries or self.stopping:
+                continue  # taken while stopping: never acked, so the broker resends
+            received_ms = int(time.time() * 1000)
+            for index, delivery in enumerate(deliveries, 1):
+                await self.room()
+                if self.stopping:
+                    break  # not taken, never acked: the broker resends the rest
+                self.handle(delivery, received_ms)
+                if index % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+            self.link.wake()  # the intake looks at the open batch now
 
     async def run(self, writers: list[asyncio.Task[None]]) -> None:
         """Take deliveries until :meth:`stop`; raises if one of ``writers`` died."""

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cityiot.domain.settings import Settings
@@ -33,7 +35,7 @@ from cityiot.ingest.batches import (
     ReadingsSink,
     SealedBatches,
 )
-from cityiot.ingest.broker import BrokerLink, Delivery
+from cityiot.ingest.broker import BrokerLink, Delivery, LinkStats
 from cityiot.ingest.chirpstack import LINK, ChirpStackLink
 from cityiot.ingest.codecs import Codec, CodecBook
 from cityiot.ingest.dead_letter_limit import DeadLetterLimit
@@ -63,6 +65,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("cityiot.ingest")
+
+# A retiring session is drained once nothing of it is unacknowledged and nothing has come
+# for this long (s): a broker sends what it queued at once, within its window.
+RETIRE_QUIET_S = 2.0
 
 # The devices' own topics, and what an API apart from the ingest relays (ingest/relay.py).
 TOPICS = ("city/+/+/telemetry", "city/+/+/status", RELAY_TOPIC)
@@ -134,6 +140,10 @@ class Ingest:
         self.http_link = HttpLink(self.intake, self.storing) if store else None
         # LoRaWAN through ChirpStack (CITYIOT_CHIRPSTACK_MQTT_URL): see link_chirpstack.
         self.chirpstack: ChirpStackLink | None = None
+        # Sessions of the shared subscription being retired (add_members), and whether done.
+        self._retiring: list[BrokerLink] = []
+        self._on_retired: Callable[[list[BrokerLink]], Awaitable[None]] | None = None
+        self.retired = False
 
     def link_chirpstack(self, uplinks: BrokerLink, commands: BrokerLink | None) -> ChirpStackLink:
         """Take ChirpStack's events from ``uplinks`` (acknowledged there once durable) and
@@ -145,6 +155,68 @@ class Ingest:
         self.intake.other_links.append(uplinks)
         self.intake.fit_windows()
         return self.chirpstack
+
+    def add_members(
+        self,
+        members: list[BrokerLink],
+        retiring: list[BrokerLink] | None = None,
+        on_retired: Callable[[list[BrokerLink]], Awaitable[None]] | None = None,
+    ) -> None:
+        """Take deliveries from ``members`` too: more sessions of the ingest's shared
+        subscription on the same broker (CITYIOT_MQTT_SESSIONS), each numbered by its place
+        (:attr:`BrokerLink.member`, from 1) and acknowledged on its own session.
+
+        ``retiring`` sessions (after them in number) are no longer wanted: they take what the
+        broker queued for them until they are drained (nothing unacknowledged, nothing
+        received for ``RETIRE_QUIET_S``), then close, and ``on_retired`` gets them."""
+        retiring = retiring or []
+        for number, member in enumerate([*members, *retiring], len(self.intake.members) + 1):
+            if member.member != number:
+                raise ValueError(f"{member.client_id} is session {member.member}, not {number}")
+        self.intake.members += [*members, *retiring]
+        self.storing.members += [*members, *retiring]
+        self._retiring += retiring
+        self._on_retired = on_retired
+        self.intake.fit_windows()
+
+    def _open_links(self) -> list[BrokerLink]:
+        """The ingest's sessions of the devices' topics, but those retired."""
+        return [self.link, *(link for link in self.intake.members if not link.closing)]
+
+    async def _retire(self) -> None:
+        """Close each retiring session once drained; then hand them to ``_on_retired``."""
+        left = list(self._retiring)
+        quiet: dict[str, tuple[int, float]] = {}
+        while left:
+            await asyncio.sleep(RETIRE_QUIET_S / 10)
+            now = time.monotonic()
+            for link in list(left):
+                received, since = quiet.get(link.client_id, (-1, now))
+                busy = not link.connected or link.unacked or link.waiting
+                if busy or link.stats.received != received:
+                    quiet[link.client_id] = (link.stats.received, now)
+                elif now - since >= RETIRE_QUIET_S:
+                    await link.close()
+                    left.remove(link)
+                    log.info("event=mqtt_session_drained client_id=%s", link.client_id)
+        if self._on_retired is not None:
+            await self._on_retired(self._retiring)
+        self.retired = True
+
+    def broker_stats(self) -> LinkStats:
+        """The broker link's counters, summed over the ingest's sessions."""
+        links = self._open_links()
+        if len(links) == 1:
+            return self.link.stats
+        total = LinkStats()
+        for field in dataclasses.fields(LinkStats):
+            values = [getattr(link.stats, field.name) for link in links]
+            if field.type in ("int", int):
+                setattr(total, field.name, sum(values))
+        total.connected = all(link.stats.connected for link in links)
+        total.paused = any(link.stats.paused for link in links)
+        total.last_error = next((lk.stats.last_error for lk in links if lk.stats.last_error), "")
+        return total
 
     # The parts' shared objects, replaceable before run (tests, bench, the partitioner).
 
@@ -211,6 +283,15 @@ class Ingest:
         upkeep = asyncio.create_task(self.upkeep.run(), name="ingest-upkeep")
         tasks = [*writers, upkeep]
         watched = list(writers)  # the intake stops when one of these dies
+        for member in self.intake.members:
+            taking = asyncio.create_task(
+                self.intake.take_member(member), name=f"ingest-{member.client_id}"
+            )
+            tasks.append(taking)
+            if member not in self._retiring:  # a retiring one's ends when it is drained
+                watched.append(taking)
+        if self._retiring:
+            tasks.append(asyncio.create_task(self._retire(), name="ingest-retire-sessions"))
         if self.chirpstack is not None:
             await self.chirpstack.load()
             watched.append(asyncio.create_task(self.chirpstack.run(), name="ingest-chirpstack"))
@@ -245,12 +326,13 @@ class Ingest:
 
     def depths(self) -> dict[str, float]:
         """Queue depths and state now, for metrics (gauges)."""
+        links = self._open_links()
         return {
             "batches_unstored": float(self.sealed.unstored),
             "messages_in_batch": float(len(self.intake.batch.spans)),
-            "deliveries_waiting": float(self.link.waiting),
-            "broker_connected": float(self.link.stats.connected),
-            "intake_paused": float(self.link.stats.paused),
+            "deliveries_waiting": float(sum(link.waiting for link in links)),
+            "broker_connected": float(all(link.stats.connected for link in links)),
+            "intake_paused": float(any(link.stats.paused for link in links)),
             **(
                 {
                     "spool_bytes": float(self.spool.bytes),

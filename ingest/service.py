@@ -100,6 +100,24 @@ async def ingest_stage(
                 inflight=settings.mqtt_inflight,
             )
             await stack.enter_async_context(link)
+            members: list[BrokerLink] = []
+            retiring: list[BrokerLink] = []
+            sessions = SessionCount(settings, client_id or settings.worker_client_id)
+            if store:  # a reader of the stream (the rules alone) takes it all on one session
+                used = sessions.used()
+                for number in range(1, max(used, settings.mqtt_sessions)):
+                    member = BrokerLink(
+                        settings.mqtt_target(),
+                        sessions.client_id(number),
+                        topics if number < settings.mqtt_sessions else (),
+                        inflight=settings.mqtt_inflight,
+                        member=number,
+                        unsubscribe=() if number < settings.mqtt_sessions else topics,
+                    )
+                    await stack.enter_async_context(member)
+                    (members if number < settings.mqtt_sessions else retiring).append(member)
+                if not retiring:
+                    sessions.record(settings.mqtt_sessions)
             ingest = Ingest(
                 settings,
                 influx,  # type: ignore[arg-type]
@@ -109,11 +127,47 @@ async def ingest_stage(
                 store=store,
                 spool=spool,
             )
+            if members or retiring:
+                ingest.add_members(members, retiring, sessions.retired)
             if settings.chirpstack_mqtt_url:
                 await _link_chirpstack(ingest, settings, client_id, stack, store=store)
             yield await stack.enter_async_context(ingest)
     finally:
         await engine.dispose()
+
+
+class SessionCount:
+    """How many MQTT sessions this ingest's client id has used (``CITYIOT_MQTT_SESSIONS``),
+    kept in its run dir. A broker goes on handing a shared subscription's messages to a
+    member that is away, so sessions no longer wanted are retired, not left: they leave the
+    subscription, what was queued for them is stored, then they are removed."""
+
+    def __init__(self, settings: Settings, own: str) -> None:
+        self.settings = settings
+        self.own = own
+        self.path = settings.run_dir / f"mqtt-sessions-{own}"
+
+    def client_id(self, number: int) -> str:
+        """The client id of session ``number`` (0: the ingest's own)."""
+        return self.own if number == 0 else f"{self.own}-s{number + 1}"
+
+    def used(self) -> int:
+        try:
+            return max(1, int(self.path.read_text().strip()))
+        except (OSError, ValueError):
+            return 1
+
+    def record(self, count: int) -> None:
+        self.settings.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(f"{count}\n")
+
+    async def retired(self, links: list[BrokerLink]) -> None:
+        """``links`` are drained and closed: remove their sessions from the broker."""
+        for link in links:
+            async with BrokerLink(link.target, link.client_id, (), clean_session=True):
+                pass
+            log.info("event=mqtt_session_retired client_id=%s", link.client_id)
+        self.record(self.settings.mqtt_sessions)
 
 
 async def _link_chirpstack(

@@ -67,6 +67,8 @@ class Store:
         # Links other than ``link`` whose deliveries share the batches, by Delivery.link
         # (chirpstack): each delivery is acknowledged on the link it came from.
         self.links: dict[str, BrokerLink] = {}
+        # More sessions of ``link``'s shared subscription, by Delivery.member - 1.
+        self.members: list[BrokerLink] = []
         self.sealed = sealed
         self.counters = counters
         self._stores = store
@@ -120,7 +122,7 @@ class Store:
 
     async def _hand_on(self, batch: Batch, started: float) -> None:
         """Acknowledge a stored batch and count it."""
-        if self.links:
+        if self.links or self.members:
             self._ack_by_link(batch)
         else:
             self.link.ack(span[0] for span in batch.spans)
@@ -148,12 +150,19 @@ class Store:
         )
 
     def _ack_by_link(self, batch: Batch) -> None:
-        """Acknowledge each of ``batch``'s deliveries on the link it came from."""
+        """Acknowledge each of ``batch``'s deliveries on the link (and session) it came by."""
+        own = [self.link, *self.members]
+        by_member: list[list[Delivery]] = [[] for _ in own]
         others: dict[str, list[Delivery]] = {name: [] for name in self.links}
-        own: list[Delivery] = []
         for delivery, _, _ in batch.spans:
-            others.get(delivery.link, own).append(delivery)
-        self.link.ack(own)
+            other = others.get(delivery.link)
+            if other is not None:
+                other.append(delivery)
+            else:
+                by_member[delivery.member].append(delivery)
+        for link, deliveries in zip(own, by_member, strict=True):
+            if deliveries:
+                link.ack(deliveries)
         for name, deliveries in others.items():
             if deliveries:
                 self.links[name].ack(deliveries)

@@ -7,12 +7,20 @@ import os
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 
 from cityiot.cli.app import app
 from cityiot.cli.common import err, fail, load_settings, run_until_signal, serve_metrics
 from cityiot.domain.settings import Settings
 from cityiot.platform.logs import configure_logging
+
+
+def _log_lines(settings: Settings, log_file: Path | None = None) -> None:
+    """Logging for this command, its writer thread ended with the command: run in-process
+    (a test's CliRunner), its last lines are written before the runner closes the streams."""
+    click.get_current_context().call_on_close(configure_logging(settings, log_file))
+
 
 # What `cityiot run` shows unless told otherwise: incidents from the first minute, each
 # raising its rule, with notifications and work orders (name:devices:after_s:duration_s);
@@ -81,7 +89,7 @@ def run(
     # Owner only: the database, log and secrets in the run dir, and the local broker's and
     # InfluxDB's files (the children inherit it); they all run as this user.
     os.umask(0o077)
-    configure_logging(settings, settings.run_dir / "cityiot.log")
+    _log_lines(settings, settings.run_dir / "cityiot.log")
     launch = Launch(
         devices=devices,
         rate=rate,
@@ -117,7 +125,7 @@ def ingest(
 
     settings = load_settings()
     check_codecs(settings)
-    configure_logging(settings)
+    _log_lines(settings)
     stop = asyncio.Event()
 
     async def main() -> None:
@@ -139,7 +147,7 @@ def rules() -> None:
     from cityiot.rules.service import rules_stage
 
     settings = load_settings()
-    configure_logging(settings)
+    _log_lines(settings)
     stop = asyncio.Event()
 
     async def main() -> None:
@@ -249,7 +257,7 @@ def simulate(
             fail(f"--intake-token {given!r}: write it VENDOR=TOKEN, e.g. ct-nb-frame=AbC123…")
         tokens[vendor] = token
     settings = load_settings()
-    configure_logging(settings)
+    _log_lines(settings)
     vendors = [v for v in DEFAULT_VENDORS if "mqtt" in chosen]
     vendors += [v for v in LINK_VENDORS if VENDOR_LINKS[v.id] in chosen]
     if not vendors:
@@ -300,7 +308,7 @@ def api() -> None:
 
     settings = load_settings()
     check_codecs(settings)
-    configure_logging(settings)
+    _log_lines(settings)
     stop = asyncio.Event()
 
     async def main() -> None:

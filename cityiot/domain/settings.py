@@ -39,6 +39,16 @@ class Settings(BaseSettings):
         "mqtt.prefetch), also ChirpStack's broker's; 0: not known, batches as large as "
         "CITYIOT_BATCH_SIZE",
     )
+    # Several sessions of one ingest, members of CITYIOT_SHARE_GROUP: each has a window of its
+    # own, so a small window (EMQX's 32) is N windows in flight (docs/brokers.en.md).
+    mqtt_sessions: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="MQTT sessions a storing ingest reads the devices' topics by, each a member "
+        "of CITYIOT_SHARE_GROUP with a window of its own; more than 1 for a broker with a "
+        "small in-flight window (client ids <id>, <id>-s2, …)",
+    )
     # LoRaWAN through ChirpStack v4 (docs/design.md §4a): its MQTT integration's broker.
     chirpstack_mqtt_url: str = Field(
         "",
@@ -336,6 +346,16 @@ class Settings(BaseSettings):
     def _database_in_run_dir(self) -> Settings:
         if not self.database_url:
             self.database_url = f"sqlite+aiosqlite:///{self.run_dir / 'cityiot.db'}"
+        return self
+
+    @model_validator(mode="after")
+    def _sessions_share(self) -> Settings:
+        if self.mqtt_sessions > 1 and not self.share_group:
+            raise ValueError(
+                f"CITYIOT_MQTT_SESSIONS={self.mqtt_sessions} needs CITYIOT_SHARE_GROUP (e.g. "
+                "cityiot): the sessions split the stream as members of one shared "
+                "subscription; without it every session would receive every reading"
+            )
         return self
 
     @model_validator(mode="after")

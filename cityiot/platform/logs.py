@@ -8,6 +8,7 @@ import logging
 import logging.handlers
 import queue
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -24,7 +25,7 @@ _LEAD = ("timestamp", "level", "logger", "event")
 _RESERVED = frozenset({"level", "logger", "timestamp", "exception", "stack_info"})
 
 
-def configure_logging(settings: Settings, log_file: Path | None = None) -> None:
+def configure_logging(settings: Settings, log_file: Path | None = None) -> Callable[[], None]:
     """Lines in ``settings.log_format`` to stderr; with ``log_file``, everything there and
     warnings on stderr.
 
@@ -34,6 +35,9 @@ def configure_logging(settings: Settings, log_file: Path | None = None) -> None:
 
     The lines are written by a thread of their own (a ``QueueListener``): a write to a disk
     busy with InfluxDB's snapshots can block for a while, and the event loop must not wait.
+    Returns what ends that: it writes what is queued and takes the handler off the root
+    logger (a command run in-process, as tests do, calls it before its streams close); else
+    it runs at exit.
     """
     root = logging.getLogger()
     root.setLevel(settings.log_level)
@@ -56,10 +60,21 @@ def configure_logging(settings: Settings, log_file: Path | None = None) -> None:
     lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     writer = logging.handlers.QueueListener(lines, *handlers, respect_handler_level=True)
     writer.start()
-    atexit.register(writer.stop)  # writes what is queued before the process ends
-    root.addHandler(_RecordQueue(lines))
+    queued = _RecordQueue(lines)
+    root.addHandler(queued)
+
+    def stop() -> None:
+        if queued in root.handlers:  # once: QueueListener.stop raises when called again
+            atexit.unregister(stop)
+            root.removeHandler(queued)
+            writer.stop()
+            for handler in handlers:  # the log file; a StreamHandler leaves stderr open
+                handler.close()
+
+    atexit.register(stop)  # writes what is queued before the process ends
     # One line per HTTP request to InfluxDB is noise, not news.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    return stop
 
 
 class _RecordQueue(logging.handlers.QueueHandler):

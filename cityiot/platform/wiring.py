@@ -49,7 +49,7 @@ class Platform:
 
         sources: dict[str, MetricsSource] = {
             "ingest": counters_source(ingest.counters),
-            "broker": counters_source(ingest.link.stats),
+            "broker": lambda: counters_source(ingest.broker_stats())(),
             "queue": queue,  # type: ignore[dict-item]
             "partition": counters_source(self.partition.counters),
         }

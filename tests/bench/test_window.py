@@ -28,6 +28,7 @@ from bench.window import (
     RELAY,
     SMALL,
     STRICT,
+    STRICT_ONE,
     TLS,
     WindowLoad,
     start_relay,
@@ -141,7 +142,8 @@ def test_window_section_stores_every_drain_on_each_broker_and_prints_the_ratios(
     assert section["small_window"] == 32 and section["default_window"] > 32
     urls = section["urls"]
     assert urls[TLS].startswith("mqtts://localhost:")
-    assert all(urls[b].startswith("mqtt://127.0.0.1:") for b in (DEFAULT, SMALL, STRICT, RELAY))
+    plain = (DEFAULT, SMALL, STRICT, STRICT_ONE, RELAY)
+    assert all(urls[b].startswith("mqtt://127.0.0.1:") for b in plain)
     # The strict window's and the relay's ingests reach their brokers through the relay.
     assert len({urls[b] for b in BROKERS}) == len(BROKERS)
     order = [(d["broker"], d["round"]) for d in section["drains"]]
@@ -151,13 +153,16 @@ def test_window_section_stores_every_drain_on_each_broker_and_prints_the_ratios(
         assert drain["rate"] > 0 and drain["seconds"] > 0
         assert drain["end_by"] in ("sentinel", "count")
         assert drain["cpu_s"] is not None and drain["broker_cpu_s"] is not None
-        assert (drain["relay_cpu_s"] is not None) == (drain["broker"] in (STRICT, RELAY))
+        relayed = drain["broker"] in (STRICT, STRICT_ONE, RELAY)
+        assert (drain["relay_cpu_s"] is not None) == relayed
     rates = section["rates"]
     assert all(rates[b] > 0 for b in BROKERS)
     assert section["ratios"][DEFAULT] == 1.0
-    for broker in (SMALL, STRICT, RELAY, TLS):
+    for broker in (SMALL, STRICT, STRICT_ONE, RELAY, TLS):
         assert section["ratios"][broker] == round(rates[broker] / rates[DEFAULT], 3)
     assert section["strict_ratio"] == round(rates[STRICT] / rates[RELAY], 3)
+    assert section["strict_one_ratio"] == round(rates[STRICT_ONE] / rates[RELAY], 3)
+    assert section["sessions"] == 4 == report["settings"]["window_sessions"]
     assert section["nats_ratio"] == round(rates[NATS_SMALL] / rates[NATS], 3)
     assert section["goal"] == 0.8
     assert section["goal_met"] == (section["ratios"][SMALL] >= 0.8)
@@ -167,11 +172,13 @@ def test_window_section_stores_every_drain_on_each_broker_and_prints_the_ratios(
 
     printed = " ".join(done.stdout.split())  # rich wraps lines
     assert "broker window and TLS: one ingest per broker, QoS 1" in printed
-    assert "Mosquitto window 32" in printed and "strict window 32" in printed
-    assert "relay, no window" in printed and "mqtts://" in printed
+    assert "Mosquitto 32" in printed and "strict 32 ×4" in printed and "strict 32 ×1" in printed
+    assert "relay" in printed and "mqtts://" in printed and "NATS 32" in printed
     assert "× default window" in printed and "CPU s relay" in printed
     assert "Mosquitto window 32:" in printed and "(goal ≥ 0.80)" in printed
-    assert "strict window 32:" in printed and "× the relay's rate without a window" in printed
+    assert "strict window 32, 4 sessions:" in printed
+    assert "× the relay's rate without a window" in printed
+    assert "strict window 32, 1 session:" in printed
     assert "mqtts://:" in printed and "× plain MQTT's rate" in printed
     assert "NATS window 32:" in printed and "× the same NATS's rate" in printed
 
