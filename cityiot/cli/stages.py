@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from cityiot.cli.app import app
@@ -16,10 +15,10 @@ from cityiot.domain.settings import Settings
 from cityiot.platform.logs import configure_logging
 
 
-def _log_lines(settings: Settings, log_file: Path | None = None) -> None:
+def _log_lines(ctx: typer.Context, settings: Settings, log_file: Path | None = None) -> None:
     """Logging for this command, its writer thread ended with the command: run in-process
     (a test's CliRunner), its last lines are written before the runner closes the streams."""
-    click.get_current_context().call_on_close(configure_logging(settings, log_file))
+    ctx.call_on_close(configure_logging(settings, log_file))
 
 
 # What `cityiot run` shows unless told otherwise: incidents from the first minute, each
@@ -51,6 +50,7 @@ def check_codecs(settings: Settings) -> None:
 
 @app.command()
 def run(
+    ctx: typer.Context,
     devices: Annotated[int, typer.Option(help="Simulated devices.")] = 2000,
     rate: Annotated[float, typer.Option(help="Simulated messages per second.")] = 500.0,
     seed: Annotated[int, typer.Option(help="Simulator seed (same seed, same fleet).")] = 1,
@@ -89,7 +89,7 @@ def run(
     # Owner only: the database, log and secrets in the run dir, and the local broker's and
     # InfluxDB's files (the children inherit it); they all run as this user.
     os.umask(0o077)
-    _log_lines(settings, settings.run_dir / "cityiot.log")
+    _log_lines(ctx, settings, settings.run_dir / "cityiot.log")
     launch = Launch(
         devices=devices,
         rate=rate,
@@ -105,6 +105,7 @@ def run(
 
 @app.command()
 def ingest(
+    ctx: typer.Context,
     with_rules: Annotated[
         bool,
         typer.Option(
@@ -125,7 +126,7 @@ def ingest(
 
     settings = load_settings()
     check_codecs(settings)
-    _log_lines(settings)
+    _log_lines(ctx, settings)
     stop = asyncio.Event()
 
     async def main() -> None:
@@ -139,7 +140,7 @@ def ingest(
 
 
 @app.command()
-def rules() -> None:
+def rules(ctx: typer.Context) -> None:
     """The rules stage alone: reads the telemetry stream (its own persistent session),
     evaluates rules, records alerts, notifies and opens work orders."""
     from cityiot.ingest.service import ingest_stage
@@ -147,7 +148,7 @@ def rules() -> None:
     from cityiot.rules.service import rules_stage
 
     settings = load_settings()
-    _log_lines(settings)
+    _log_lines(ctx, settings)
     stop = asyncio.Event()
 
     async def main() -> None:
@@ -173,6 +174,7 @@ def rules() -> None:
 
 @app.command()
 def simulate(
+    ctx: typer.Context,
     devices: Annotated[int, typer.Option(help="Number of simulated devices.")] = 1000,
     rate: Annotated[float, typer.Option(help="Messages per second, whole fleet.")] = 200.0,
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same fleet.")] = 1,
@@ -257,7 +259,7 @@ def simulate(
             fail(f"--intake-token {given!r}: write it VENDOR=TOKEN, e.g. ct-nb-frame=AbC123…")
         tokens[vendor] = token
     settings = load_settings()
-    _log_lines(settings)
+    _log_lines(ctx, settings)
     vendors = [v for v in DEFAULT_VENDORS if "mqtt" in chosen]
     vendors += [v for v in LINK_VENDORS if VENDOR_LINKS[v.id] in chosen]
     if not vendors:
@@ -302,13 +304,13 @@ def simulate(
 
 
 @app.command()
-def api() -> None:
+def api(ctx: typer.Context) -> None:
     """The API alone (FastAPI on CITYIOT_API_HOST:CITYIOT_API_PORT, OpenAPI at /docs)."""
     from cityiot.api.server import ApiServer
 
     settings = load_settings()
     check_codecs(settings)
-    _log_lines(settings)
+    _log_lines(ctx, settings)
     stop = asyncio.Event()
 
     async def main() -> None:
