@@ -146,14 +146,22 @@ def test_influx_stopped_and_started_again(bench: FaultBench) -> None:
 
 @pytest.mark.slow
 def test_influx_answers_500_then_hangs(bench: FaultBench) -> None:
-    """InfluxDB (through the proxy) answers 500 for 10 s, then does not answer for 10 s."""
+    """InfluxDB (through the proxy) answers 500 until the spool has taken over (the writers
+    gave up on it and its replayer was refused too), then does not answer for 10 s."""
     started = time.monotonic()
     bench.start_ingest()
     proxy = bench.proxy
     with bench.publishing() as pub:
         pub.run_for(3)
+        offset = len(bench.ingest_log())
         proxy.set_mode(FaultProxy.ERROR)
-        pub.run_for(10)
+        wait_for(
+            lambda: "event=replay_waiting" in bench.ingest_log()[offset:],
+            30,
+            "the spool taking over from an InfluxDB answering 500",
+            lambda: bench.ingest_log()[-2000:],
+        )
+        pub.run_for(1)
         proxy.set_mode(FaultProxy.HANG)
         pub.run_for(10)
         proxy.set_mode(FaultProxy.FORWARD)
