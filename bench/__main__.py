@@ -117,9 +117,9 @@ def bench(
     window_sessions: Annotated[
         int,
         typer.Option(
-            help="The ingest's sessions (CITYIOT_MQTT_SESSIONS) on Mosquitto's windows of 32."
+            help="The ingest's sessions (CITYIOT_MQTT_SESSIONS) on the Mosquitto windows of 32."
         ),
-    ] = 4,
+    ] = 16,
 ) -> None:
     """Throughput, CPU, memory and latency of the platform next to a bare subscriber and
     Node-RED, a vendor's decoding codec against JSON, and the CTWing and ChirpStack links

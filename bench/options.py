@@ -47,7 +47,7 @@ class BenchOptions:
     window_messages: int = 100_000  # a drain of the window section (0: no window section)
     window_devices: int = 1_000  # manholes of the window section
     window_rounds: int = 3  # rounds of the window section's brokers, orders alternating
-    window_sessions: int = 4  # the ingest's sessions on Mosquitto's windows of 32 (1: one)
+    window_sessions: int = 16  # the ingest's sessions on the windows of 32 (1: one)
 
     def check(self) -> None:
         """Raise ``BenchError`` naming the option to change when one is out of range."""

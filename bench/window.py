@@ -6,13 +6,15 @@ Six Mosquittos of the same configuration (``bench/mosquitto.conf``) and two NATS
 started by the section:
 
 - **default**: the bench's window (``max_inflight_messages`` as ``cityiot run`` sets it);
-- **window-32**: ``max_inflight_messages 32``, the ingest told so (``CITYIOT_MQTT_INFLIGHT``).
-  Mosquitto 2.0 holds that window only until the first PUBACK (each PUBACK then lets up to
-  32 more through), so this is Mosquitto's window, not a strict one;
+- **window-32**: ``max_inflight_messages 32``, the ingest told so (``CITYIOT_MQTT_INFLIGHT``)
+  and reading by ``--window-sessions`` sessions of one shared subscription
+  (``CITYIOT_MQTT_SESSIONS``). Mosquitto 2.0 holds that window only until the first PUBACK
+  (each PUBACK then lets up to 32 more through), so this is Mosquitto's window, not a strict
+  one;
 - **strict-32**: the default window behind bench/window_proxy.py, a relay that holds the
   broker's QoS 1 messages while 32 await the ingest's PUBACK, as EMQX's window does; the
-  ingest told the window and reading by ``--window-sessions`` sessions of one shared
-  subscription (``CITYIOT_MQTT_SESSIONS``), each with a window of its own;
+  ingest told the window and reading by ``--window-sessions`` sessions, each with a window
+  of its own;
 - **strict-32-one**: the same with the ingest on one session;
 - **relay**: the same relay holding nothing: what relaying costs, the strict window's twin;
 - **tls**: the default window, the ingest connected to a TLS listener (``mqtts://``, a CA and
@@ -42,6 +44,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -308,7 +311,7 @@ def window_table(result: WindowResult) -> Table:
     small = result.small_window
     heads = {  # short: nine columns side by side; the lines under the table say the rest
         DEFAULT: f"window {result.default_window:,}",
-        SMALL: f"Mosquitto {small}",
+        SMALL: f"Mosquitto {small} ×{result.sessions}",
         STRICT: f"strict {small} ×{result.sessions}",
         STRICT_ONE: f"strict {small} ×1",
         RELAY: "relay",
@@ -357,7 +360,8 @@ def print_window(result: WindowResult, console: Console) -> None:
     ratio = result.ratio(SMALL)
     if ratio is not None:
         console.print(
-            f"Mosquitto window {result.small_window}: {ratio:.2f} × the default window's rate "
+            f"Mosquitto window {result.small_window}, {result.sessions} sessions: {ratio:.2f} × "
+            "the default window's rate "
             f"(goal ≥ {result.goal:.2f}): {verdict(result.goal_met)}",
             highlight=False,
         )
@@ -389,8 +393,8 @@ def print_window(result: WindowResult, console: Console) -> None:
         console.print(f"mqtts://: {tls:.2f} × plain MQTT's rate", highlight=False)
     console.print(
         f"columns: the broker's in-flight window; Mosquitto {small}: its own "
-        f"max_inflight_messages; strict {small} ×N: a relay holding a strict window of {small} "
-        "in front of the default window, the ingest reading by N sessions of one shared "
+        f"max_inflight_messages; strict {small}: a relay holding a strict window of {small} "
+        "in front of the default window; ×N: the ingest reading by N sessions of one shared "
         "subscription (CITYIOT_MQTT_SESSIONS); relay: the same relay holding nothing; NATS: "
         "its max_ack_pending",
         highlight=False,
@@ -429,6 +433,29 @@ def _mark(pids: list[int], target: Target, influx_pid: int) -> CpuMark:
     if target.relay is not None:
         broker += cpu_seconds(target.relay.pid)
     return CpuMark(time.time(), system, broker, cpu_seconds(influx_pid))
+
+
+def _enter_together(
+    managers: dict[str, contextlib.AbstractContextManager[list[subprocess.Popen[bytes]]]],
+    stack: contextlib.ExitStack,
+) -> dict[str, list[subprocess.Popen[bytes]]]:
+    """Enter ``managers`` (the brokers' ingests, each waiting for its own to be ready) at
+    once, each left by ``stack``; the first failure is raised once all have been entered or
+    failed, so nothing started is left behind."""
+    with ThreadPoolExecutor(len(managers)) as pool:
+        futures = {name: pool.submit(manager.__enter__) for name, manager in managers.items()}
+    entered: dict[str, list[subprocess.Popen[bytes]]] = {}
+    failure: BaseException | None = None
+    for name, future in futures.items():
+        try:
+            entered[name] = future.result()
+        except BaseException as exc:  # noqa: BLE001 (raised below, after the others are kept)
+            failure = failure or exc
+            continue
+        stack.push(managers[name])
+    if failure is not None:
+        raise failure
+    return entered
 
 
 def start_relay(broker: LocalBroker, window: int, log: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -541,10 +568,10 @@ class WindowBench:
             if name in (SMALL, STRICT, STRICT_ONE, NATS_SMALL):  # told the window, as for EMQX
                 env["CITYIOT_MQTT_INFLIGHT"] = str(SMALL_WINDOW)
             share_group = ""
-            if name == STRICT and self.options.window_sessions > 1:
-                # Several sessions of one shared subscription, a window each. Not on
-                # Mosquitto's own window of 32, which lets more through anyway, nor on NATS,
-                # which has no shared subscriptions.
+            if name in (SMALL, STRICT) and self.options.window_sessions > 1:
+                # Several sessions of one shared subscription, a window each, as a city would
+                # set it for EMQX's window of 32; not on NATS, which has no shared
+                # subscriptions (nor on strict-32-one, the one-session twin).
                 env["CITYIOT_MQTT_SESSIONS"] = str(self.options.window_sessions)
                 share_group = f"bench-{self.services.run_id}-window"
             targets.append(Target(name, broker, env, relay, share_group))
@@ -560,20 +587,18 @@ class WindowBench:
         load, o = self.load, self.options
         next_s = int(time.time()) - (len(BROKERS) * (1 + o.window_rounds * load.span_s)) - 60
         http = stack.enter_context(httpx.Client(base_url=self.services.influx.url, timeout=60.0))
-        ingests: dict[str, list[subprocess.Popen[bytes]]] = {}
+        starting = {}
         for target in targets:
             client_id = f"bench-{self.services.run_id}-window-{target.name}"
             work = self.services.run_dir / "window" / f"ingest-{target.name}"
             spec = replace(SPEC, name=f"window {target.name}", share_group=target.share_group)
-            ingests[target.name] = stack.enter_context(
-                ingest_workers(
-                    self.services, self.registry, spec, database, client_id, work, self.say,
-                    target.env, broker=target.broker,
-                )
+            starting[target.name] = ingest_workers(
+                self.services, self.registry, spec, database, client_id, work, self.say,
+                target.env, broker=target.broker,
             )  # fmt: skip
-        for target in targets:
-            self._warm_up(http, database, target, ingests[target.name], next_s)
-            next_s += 1
+        ingests = _enter_together(starting, stack)
+        self._warm_up(http, database, targets, ingests, next_s)
+        next_s += len(targets)
         by_name = {t.name: t for t in targets}
         windows: list[tuple[WindowDrain, WindowCounter]] = []
         for number in range(1, o.window_rounds + 1):
@@ -598,32 +623,36 @@ class WindowBench:
         self,
         http: httpx.Client,
         database: str,
-        target: Target,
-        processes: list[subprocess.Popen[bytes]],
+        targets: list[Target],
+        ingests: dict[str, list[subprocess.Popen[bytes]]],
         time_s: int,
     ) -> None:
-        """Every device reports once through this broker's ingest and InfluxDB holds it,
-        then the ingest and InfluxDB go idle."""
-        messages = self.load.warm_up(time_s)
-        self.say(f"window {target.name}: warm-up, one reading from each of {len(messages):,}…")
-        publisher = Publisher(
-            target.broker.host, target.broker.port,
-            f"bench-{self.services.run_id}-window-warm-up",
-        )  # fmt: skip
-        try:
-            publisher.publish_all(messages, qos=QOS)
-        finally:
-            publisher.close()
-        counter = WindowCounter(http, database, self.load.vendor, time_s, 1)
+        """Every device reports once through each broker's ingest (broker ``k`` at
+        ``time_s + k``) and InfluxDB holds it all, then the ingests and InfluxDB go idle."""
+        counters = []
+        for k, target in enumerate(targets):
+            messages = self.load.warm_up(time_s + k)
+            self.say(f"window {target.name}: warm-up, one reading from each of {len(messages):,}…")
+            publisher = Publisher(
+                target.broker.host, target.broker.port,
+                f"bench-{self.services.run_id}-window-warm-up",
+            )  # fmt: skip
+            try:
+                publisher.publish_all(messages, qos=QOS)
+            finally:
+                publisher.close()
+            counter = WindowCounter(http, database, self.load.vendor, time_s + k, 1)
+            counters.append((target, counter, len(messages)))
         deadline = time.monotonic() + self.options.timeout_s
-        while (stored := counter.exact()) < len(messages):
-            if time.monotonic() > deadline:
-                raise BenchError(
-                    f"window {target.name}: the warm-up stored {stored:,} of {len(messages):,} "
-                    f"readings in {self.options.timeout_s:g} s"
-                )
-            time.sleep(COUNT_POLL_S)
-        self.services.quiet([p.pid for p in processes])
+        for target, counter, sent in counters:
+            while (stored := counter.exact()) < sent:
+                if time.monotonic() > deadline:
+                    raise BenchError(
+                        f"window {target.name}: the warm-up stored {stored:,} of {sent:,} "
+                        f"readings in {self.options.timeout_s:g} s"
+                    )
+                time.sleep(COUNT_POLL_S)
+        self.services.quiet([p.pid for processes in ingests.values() for p in processes])
 
     def _drain(
         self, target: Target, number: int, start_s: int, counter: WindowCounter, pids: list[int]

@@ -118,12 +118,11 @@ class Intake:
 
     def window_full(self) -> bool:
         """A link's in-flight window is full: its broker sends nothing more before an ack,
-        so waiting for more to fill the open batch would only stall it."""
-        return (
-            self.link.full
-            or any(link.full for link in self.members)
-            or any(link.full for link in self.other_links)
-        )
+        so waiting for more to fill the open batch would only stall it. The ingest's own
+        sessions count together: while one of them still has room, the batch grows (to its
+        bound, half of every window) rather than be sealed small."""
+        own = [link for link in (self.link, *self.members) if not link.closing]
+        return all(link.full for link in own) or any(link.full for link in self.other_links)
 
     async def take_member(self, member: BrokerLink) -> None:
         """Put what ``member`` (another session of the shared subscription) receives into the
