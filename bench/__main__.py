@@ -120,6 +120,13 @@ def bench(
             help="The ingest's sessions (CITYIOT_MQTT_SESSIONS) on the Mosquitto windows of 32."
         ),
     ] = 16,
+    window_brokers: Annotated[
+        str,
+        typer.Option(
+            help="The window section's brokers to measure, a comma list (default) with "
+            "default in it; empty: all."
+        ),
+    ] = "",
 ) -> None:
     """Throughput, CPU, memory and latency of the platform next to a bare subscriber and
     Node-RED, a vendor's decoding codec against JSON, and the CTWing and ChirpStack links
@@ -165,6 +172,7 @@ def bench(
             window_devices=window_devices,
             window_rounds=window_rounds,
             window_sessions=window_sessions,
+            window_brokers=tuple(b for b in window_brokers.split(",") if b),
         )
         options.check()
         with err.status("starting…") as status:

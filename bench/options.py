@@ -48,6 +48,7 @@ class BenchOptions:
     window_devices: int = 1_000  # manholes of the window section
     window_rounds: int = 3  # rounds of the window section's brokers, orders alternating
     window_sessions: int = 16  # the ingest's sessions on the windows of 32 (1: one)
+    window_brokers: tuple[str, ...] = ()  # the window section's brokers measured (): all
 
     def check(self) -> None:
         """Raise ``BenchError`` naming the option to change when one is out of range."""
@@ -108,6 +109,14 @@ class BenchOptions:
                 raise BenchError("--window-devices and --window-rounds must be 1 or more")
             if not 1 <= self.window_sessions <= 16:
                 raise BenchError(f"--window-sessions must be 1..16, not {self.window_sessions}")
+            from bench.window import BROKERS, DEFAULT
+
+            unknown = [b for b in self.window_brokers if b not in BROKERS]
+            if unknown or (self.window_brokers and DEFAULT not in self.window_brokers):
+                raise BenchError(
+                    f"--window-brokers: a comma list of {','.join(BROKERS)} with {DEFAULT} "
+                    f"in it (the ratios are to it), not {','.join(self.window_brokers)}"
+                )
         from cityiot.domain.catalogue import KINDS
 
         unknown_kinds = [k for k, _ in self.mix if k not in KINDS]
@@ -142,6 +151,7 @@ class BenchOptions:
             "window_devices": self.window_devices,
             "window_rounds": self.window_rounds,
             "window_sessions": self.window_sessions,
+            "window_brokers": list(self.window_brokers),
         }
 
 

@@ -43,7 +43,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -197,6 +197,7 @@ class WindowResult:
     default_window: int = 0  # max_inflight_messages of the default and tls brokers
     small_window: int = SMALL_WINDOW
     sessions: int = 1  # the strict window's ingest's (CITYIOT_MQTT_SESSIONS)
+    brokers: tuple[str, ...] = BROKERS  # those measured (--window-brokers), in this order
     goal: float = GOAL
     urls: dict[str, str] = field(default_factory=dict)  # broker → its ingest's CITYIOT_MQTT_URL
     drains: list[WindowDrain] = field(default_factory=list)
@@ -280,8 +281,9 @@ class WindowResult:
             "nats_goal_met": self.nats_goal_met,
             "urls": self.urls,
             "drains": [d.as_dict() for d in self.drains],
-            "rates": {b: self.rate(b) for b in BROKERS},
-            "ratios": {b: self.ratio(b) for b in BROKERS},
+            "brokers": list(self.brokers),
+            "rates": {b: self.rate(b) for b in self.brokers},
+            "ratios": {b: self.ratio(b) for b in self.brokers},
             "error": self.error,
             "notes": self.notes,
             "ok": self.ok,
@@ -319,7 +321,7 @@ def window_table(result: WindowResult) -> Table:
         NATS: f"NATS {NATS_WINDOW:,}",
         NATS_SMALL: f"NATS {small}",
     }
-    for broker in BROKERS:
+    for broker in result.brokers:
         t.add_column(heads[broker], justify="right", no_wrap=True)
 
     def row(label: str, cells: list[str]) -> None:
@@ -331,19 +333,22 @@ def window_table(result: WindowResult) -> Table:
         total = f"{sum(d.stored for d in drains):,}"
         return f"[red]{total} (−{short:,})[/]" if short else total
 
-    row("readings/s stored", [_n(result.rate(b)) for b in BROKERS])
-    row("× default window", [_n(result.ratio(b), 2) for b in BROKERS])
+    row("readings/s stored", [_n(result.rate(b)) for b in result.brokers])
+    row("× default window", [_n(result.ratio(b), 2) for b in result.brokers])
     if result.rounds > 1:
-        row("  rounds' range", [_spread(result.of(b)) for b in BROKERS])
-    row("stored (all rounds)", [stored(b) for b in BROKERS])
-    row("seconds", [_n(result.median(b, lambda d: d.seconds), 2) for b in BROKERS])
+        row("  rounds' range", [_spread(result.of(b)) for b in result.brokers])
+    row("stored (all rounds)", [stored(b) for b in result.brokers])
+    row("seconds", [_n(result.median(b, lambda d: d.seconds), 2) for b in result.brokers])
     row(
         "CPU µs / reading, ingest",
-        [_n(result.median(b, lambda d: d.ingest_us), 1) for b in BROKERS],
+        [_n(result.median(b, lambda d: d.ingest_us), 1) for b in result.brokers],
     )
-    row("CPU s broker", [_n(result.median(b, lambda d: d.broker_cpu_s), 1) for b in BROKERS])
-    row("CPU s InfluxDB", [_n(result.median(b, lambda d: d.influx_cpu_s), 1) for b in BROKERS])
-    row("CPU s relay", [_n(result.median(b, lambda d: d.relay_cpu_s), 1) for b in BROKERS])
+    for label, pick in (
+        ("CPU s broker", lambda d: d.broker_cpu_s),
+        ("CPU s InfluxDB", lambda d: d.influx_cpu_s),
+        ("CPU s relay", lambda d: d.relay_cpu_s),
+    ):
+        row(label, [_n(result.median(b, pick), 1) for b in result.brokers])
     return t
 
 
@@ -436,7 +441,7 @@ def _mark(pids: list[int], target: Target, influx_pid: int) -> CpuMark:
 
 
 def _enter_together(
-    managers: dict[str, contextlib.AbstractContextManager[list[subprocess.Popen[bytes]]]],
+    managers: Mapping[str, contextlib.AbstractContextManager[list[subprocess.Popen[bytes]]]],
     stack: contextlib.ExitStack,
 ) -> dict[str, list[subprocess.Popen[bytes]]]:
     """Enter ``managers`` (the brokers' ingests, each waiting for its own to be ready) at
@@ -512,7 +517,11 @@ class WindowBench:
         """Every broker's drains; a failure is reported in the result, not raised."""
         o = self.options
         result = WindowResult(
-            o.window_devices, o.window_messages, o.window_rounds, sessions=o.window_sessions
+            o.window_devices,
+            o.window_messages,
+            o.window_rounds,
+            sessions=o.window_sessions,
+            brokers=o.window_brokers or BROKERS,
         )
         database = self.services.database("window")
         try:
@@ -535,9 +544,10 @@ class WindowBench:
         from cityiot.platform.local_services import ServiceError
 
         folder = self.services.run_dir / "window"
-        self.say(f"window: starting {len(BROKERS)} brokers…")
+        chosen = self.options.window_brokers or BROKERS
+        self.say(f"window: starting {len(chosen)} brokers…")
         tls = local_tls(folder / "certificates")
-        made = {
+        made: dict[str, LocalBroker | LocalNats] = {
             DEFAULT: LocalBroker(folder / DEFAULT, template=BROKER_TEMPLATE),
             SMALL: LocalBroker(folder / SMALL, template=BROKER_TEMPLATE, max_inflight=SMALL_WINDOW),
             STRICT: LocalBroker(folder / STRICT, template=BROKER_TEMPLATE),
@@ -551,6 +561,7 @@ class WindowBench:
             NATS: LocalNats(folder / NATS, max_ack_pending=NATS_WINDOW),
             NATS_SMALL: LocalNats(folder / NATS_SMALL, max_ack_pending=SMALL_WINDOW),
         }
+        made = {name: made[name] for name in chosen}
         targets = []
         for name, broker in made.items():
             try:
@@ -602,7 +613,8 @@ class WindowBench:
         by_name = {t.name: t for t in targets}
         windows: list[tuple[WindowDrain, WindowCounter]] = []
         for number in range(1, o.window_rounds + 1):
-            order = BROKERS if number % 2 else tuple(reversed(BROKERS))
+            names = [t.name for t in targets]
+            order = names if number % 2 else names[::-1]
             for name in order:
                 counter = WindowCounter(
                     http, database, load.vendor, next_s, load.span_s, o.window_messages

@@ -183,7 +183,7 @@ class _Session(asyncio.Protocol):
     def _parse(self, data: bytes) -> int:
         """Handle every whole packet in ``data``; returns how many bytes were used."""
         link = self.link
-        pending = link._pending
+        pending = link._into._pending
         generation = link.generation
         member = link.member
         size = len(data)
@@ -278,6 +278,7 @@ class BrokerLink:
         inflight: int = 0,
         member: int = 0,
         unsubscribe: Iterable[str] = (),
+        into: BrokerLink | None = None,
     ) -> None:
         if inflight < 0:
             raise ValueError(f"inflight must be 0 (not known) or more (got {inflight})")
@@ -307,6 +308,13 @@ class BrokerLink:
         self.generation = 0
         self._pending: list[Delivery] = []
         self._wake = asyncio.Event()
+        # Where this link's deliveries go: its own list, or (another session of a shared
+        # subscription) that of the link ``into``, whose one ``next_batch`` then takes what
+        # every session received — one wake-up of the intake, not one per session.
+        self._into: BrokerLink = into or self
+        self._feeders: list[BrokerLink] = []  # the links whose deliveries come here
+        if into is not None:
+            into._feeders.append(self)
         self._connected = asyncio.Event()
         self._refused = asyncio.Event()  # a TLS refusal before the first connect
         self._closing = False
@@ -376,6 +384,11 @@ class BrokerLink:
         return self._connected.is_set()
 
     @property
+    def feeders(self) -> list[BrokerLink]:
+        """The links made ``into`` this one: their deliveries come by its ``next_batch``."""
+        return list(self._feeders)
+
+    @property
     def closing(self) -> bool:
         """:meth:`close` was called: nothing more will be received."""
         return self._closing
@@ -412,6 +425,9 @@ class BrokerLink:
         self._pending_bytes = 0
         if self.stats.paused:
             self._resume_reading()
+        for feeder in self._feeders:
+            if feeder.stats.paused:
+                feeder._resume_reading()
         return batch
 
     def wake(self) -> None:
@@ -464,10 +480,11 @@ class BrokerLink:
             if self.unacked > self.max_unacked:
                 self.max_unacked = self.unacked
         self.stats.redelivered += redelivered
-        self._pending_bytes += taken_bytes
-        self._wake.set()
+        into = self._into
+        into._pending_bytes += taken_bytes
+        into._wake.set()
         if not self.stats.paused and (
-            len(self._pending) >= self.max_pending or self._pending_bytes >= self.max_pending_bytes
+            len(into._pending) >= into.max_pending or into._pending_bytes >= into.max_pending_bytes
         ):
             self._pause_reading()
 

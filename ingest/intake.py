@@ -124,24 +124,6 @@ class Intake:
         own = [link for link in (self.link, *self.members) if not link.closing]
         return all(link.full for link in own) or any(link.full for link in self.other_links)
 
-    async def take_member(self, member: BrokerLink) -> None:
-        """Put what ``member`` (another session of the shared subscription) receives into the
-        open batch until :meth:`stop`, within a batch's bound; acknowledged with the batch."""
-        while not self.stopping and not member.closing:
-            await self.room()
-            deliveries = await member.next_batch(0.5)
-            if not deliveries or self.stopping:
-                continue  # taken while stopping: never acked, so the broker resends
-            received_ms = int(time.time() * 1000)
-            for index, delivery in enumerate(deliveries, 1):
-                await self.room()
-                if self.stopping:
-                    break  # not taken, never acked: the broker resends the rest
-                self.handle(delivery, received_ms)
-                if index % YIELD_EVERY == 0:
-                    await asyncio.sleep(0)
-            self.link.wake()  # the intake looks at the open batch now
-
     async def run(self, writers: list[asyncio.Task[None]]) -> None:
         """Take deliveries until :meth:`stop`; raises if one of ``writers`` died."""
         link = self.link

@@ -163,7 +163,8 @@ class Ingest:
         on_retired: Callable[[list[BrokerLink]], Awaitable[None]] | None = None,
     ) -> None:
         """Take deliveries from ``members`` too: more sessions of the ingest's shared
-        subscription on the same broker (CITYIOT_MQTT_SESSIONS), each numbered by its place
+        subscription on the same broker (CITYIOT_MQTT_SESSIONS), each made ``into`` the
+        ingest's link (their deliveries come with its own), numbered by its place
         (:attr:`BrokerLink.member`, from 1) and acknowledged on its own session.
 
         ``retiring`` sessions (after them in number) are no longer wanted: they take what the
@@ -173,6 +174,8 @@ class Ingest:
         for number, member in enumerate([*members, *retiring], len(self.intake.members) + 1):
             if member.member != number:
                 raise ValueError(f"{member.client_id} is session {member.member}, not {number}")
+            if member not in self.link.feeders:
+                raise ValueError(f"{member.client_id} was not made into the ingest's link")
         self.intake.members += [*members, *retiring]
         self.storing.members += [*members, *retiring]
         self._retiring += retiring
@@ -283,13 +286,6 @@ class Ingest:
         upkeep = asyncio.create_task(self.upkeep.run(), name="ingest-upkeep")
         tasks = [*writers, upkeep]
         watched = list(writers)  # the intake stops when one of these dies
-        for member in self.intake.members:
-            taking = asyncio.create_task(
-                self.intake.take_member(member), name=f"ingest-{member.client_id}"
-            )
-            tasks.append(taking)
-            if member not in self._retiring:  # a retiring one's ends when it is drained
-                watched.append(taking)
         if self._retiring:
             tasks.append(asyncio.create_task(self._retire(), name="ingest-retire-sessions"))
         if self.chirpstack is not None:

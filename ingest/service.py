@@ -113,6 +113,7 @@ async def ingest_stage(
                         inflight=settings.mqtt_inflight,
                         member=number,
                         unsubscribe=() if number < settings.mqtt_sessions else topics,
+                        into=link,
                     )
                     await stack.enter_async_context(member)
                     (members if number < settings.mqtt_sessions else retiring).append(member)

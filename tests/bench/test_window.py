@@ -190,3 +190,13 @@ def test_a_window_section_too_small_is_refused() -> None:
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "--window-messages must be 0 (skip the window section) or at least 32" in done.stderr
+
+
+@pytest.mark.parametrize("brokers", ["relay,strict-32", "default,emqx"])
+def test_window_brokers_without_the_default_or_unknown_are_refused(brokers: str) -> None:
+    argv = [sys.executable, "-m", "bench", "--window-brokers", brokers]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    said = " ".join(done.stderr.split())
+    assert "--window-brokers: a comma list of default,window-32,strict-32" in said
+    assert "with default in it" in said and f"not {brokers}" in said

@@ -73,8 +73,9 @@ class _Link:
     """Hands the intake the given deliveries once, then nothing; counts the intake's looks
     (one ``next_batch`` per turn of its loop)."""
 
-    slice = 0  # no in-flight window (BrokerLink.slice, .full)
+    slice = 0  # no in-flight window (BrokerLink.slice, .full, .closing)
     full = False
+    closing = False
 
     def __init__(self, deliveries: list[Delivery]) -> None:
         self.deliveries = deliveries
