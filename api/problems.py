@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -15,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = logging.getLogger("cityiot.api")
 
 PROBLEM_JSON = "application/problem+json"
+BUSY_RETRY_S = 5  # Retry-After of a 503 for a database busy past its waits
 
 TITLES = {
     400: "Bad request",
@@ -126,6 +128,12 @@ def _where(loc: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
+def _locked(exc: sqlalchemy.exc.OperationalError) -> bool:
+    """SQLite's "database is locked" (or "busy"): its write lock held past the busy timeout."""
+    text = str(exc.orig if exc.orig is not None else exc).lower()
+    return "database is locked" in text or "database is busy" in text
+
+
 def install(app: FastAPI) -> None:
     """Route every error the app can raise to a problem document."""
 
@@ -163,6 +171,23 @@ def install(app: FastAPI) -> None:
             detail = f"{request.method} is not allowed on {request.url.path}; see /docs"
         headers = dict(exc.headers) if exc.headers else None
         return problem_response(request, exc.status_code, detail, headers=headers)
+
+    @app.exception_handler(sqlalchemy.exc.TimeoutError)
+    @app.exception_handler(sqlalchemy.exc.OperationalError)
+    async def _database_busy(request: Request, exc: Exception) -> JSONResponse:
+        # Every connection of the pool in use past its wait, or SQLite's write lock held
+        # past its busy timeout: a passing load, not a fault of the request. Anything else
+        # the database says is the platform's to look at (500).
+        if isinstance(exc, sqlalchemy.exc.OperationalError) and not _locked(exc):
+            return await _crash(request, exc)
+        log.warning("event=database_busy path=%s error=%.200s", request.url.path, exc)
+        return problem_response(
+            request,
+            503,
+            "the platform's database is busy (every connection in use, or a write holding "
+            f"it); send the request again after {BUSY_RETRY_S} s",
+            headers={"Retry-After": str(BUSY_RETRY_S)},
+        )
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
