@@ -11,6 +11,11 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH_HOME = REPO / ".bench"
 
 SYSTEMS = ("baseline", "influxdb", "cityiot-qos0", "cityiot-qos1", "peer", "workers")
+# The window section's brokers (bench/window.py), in its order; the first is the default
+# window every ratio is to.
+WINDOW_BROKERS = (
+    "default", "window-32", "strict-32", "strict-32-one", "relay", "tls", "nats", "nats-32"
+)  # fmt: skip
 SENTINELS = 16  # the backlog's last messages, one each from these devices
 
 
@@ -109,13 +114,12 @@ class BenchOptions:
                 raise BenchError("--window-devices and --window-rounds must be 1 or more")
             if not 1 <= self.window_sessions <= 16:
                 raise BenchError(f"--window-sessions must be 1..16, not {self.window_sessions}")
-            from bench.window import BROKERS, DEFAULT
-
-            unknown = [b for b in self.window_brokers if b not in BROKERS]
-            if unknown or (self.window_brokers and DEFAULT not in self.window_brokers):
+            default = WINDOW_BROKERS[0]
+            unknown = [b for b in self.window_brokers if b not in WINDOW_BROKERS]
+            if unknown or (self.window_brokers and default not in self.window_brokers):
                 raise BenchError(
-                    f"--window-brokers: a comma list of {','.join(BROKERS)} with {DEFAULT} "
-                    f"in it (the ratios are to it), not {','.join(self.window_brokers)}"
+                    f"--window-brokers: a comma list of {','.join(WINDOW_BROKERS)} with "
+                    f"{default} in it (the ratios are to it), not {','.join(self.window_brokers)}"
                 )
         from cityiot.domain.catalogue import KINDS
 

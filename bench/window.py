@@ -58,7 +58,7 @@ from bench.codecs import SENTINELS, Vendor, WindowCounter
 from bench.launch import ingest_workers, stop_processes
 from bench.load import Message, Publisher
 from bench.measure import CpuMark, cpu_seconds
-from bench.options import REPO, BenchError, BenchOptions
+from bench.options import REPO, WINDOW_BROKERS, BenchError, BenchOptions
 from bench.registry import Registry
 from bench.services import BROKER_TEMPLATE, Services
 from bench.stored import COUNT_POLL_S, wait_stored
@@ -70,7 +70,8 @@ from cityiot.simulators.fleet import Fleet, SimVendor
 DEFAULT, SMALL, STRICT, RELAY, TLS = "default", "window-32", "strict-32", "relay", "tls"
 STRICT_ONE = "strict-32-one"  # the strict window with the ingest on one session
 NATS, NATS_SMALL = "nats", "nats-32"  # a broker that holds its window itself (as EMQX does)
-BROKERS = (DEFAULT, SMALL, STRICT, STRICT_ONE, RELAY, TLS, NATS, NATS_SMALL)
+BROKERS = WINDOW_BROKERS  # named in bench/options.py, which checks --window-brokers
+assert BROKERS == (DEFAULT, SMALL, STRICT, STRICT_ONE, RELAY, TLS, NATS, NATS_SMALL)
 NATS_WINDOW = 65_535  # NATS's largest max_ack_pending: the "default window" beside 32
 SMALL_WINDOW = 32  # EMQX's default in-flight window
 # Behind bench/window_proxy.py, with this window.

@@ -18,6 +18,8 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cityiot.domain.settings import Settings
+from cityiot.ingest.pipeline import Ingest
 from cityiot.platform.local_services import LocalBroker, LocalInflux, LocalNats
 from cityiot.storage.device_csv import parse_device_csv
 from cityiot.storage.influx import InfluxDB
@@ -55,9 +58,9 @@ def window_broker(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
         broker.stop()
 
 
-def publish_backlog(broker: LocalBroker | LocalNats, count: int) -> None:
-    """``count`` QoS 1 readings of device pk-1, a second apart."""
-    origin = (int(time.time()) - 7200) * 1000
+def publish_backlog(broker: LocalBroker | LocalNats, count: int, hours_ago: int = 2) -> None:
+    """``count`` QoS 1 readings of device pk-1, a second apart from ``hours_ago`` on."""
+    origin = (int(time.time()) - hours_ago * 3600) * 1000
     publish(
         broker,
         [
@@ -85,6 +88,45 @@ def publish(broker: LocalBroker | LocalNats, messages: list[tuple[str, bytes]]) 
         client.loop_stop()
 
 
+def window_settings(
+    tmp_path: Path, mqtt_url: str, influx: LocalInflux, influx_db: str, sqlite_url: str, **more: Any
+) -> Settings:
+    """An ingest of its own client id on ``mqtt_url``, with ``more`` settings."""
+    return Settings(
+        run_dir=tmp_path,
+        mqtt_url=mqtt_url,
+        influx_url=influx.url,
+        influx_db=influx_db,
+        database_url=sqlite_url,
+        mqtt_client_id=f"ingest-{uuid.uuid4().hex[:8]}",
+        **more,
+    )
+
+
+@asynccontextmanager
+async def backlog_drained(
+    settings: Settings, broker: LocalBroker | LocalNats, count: int
+) -> AsyncIterator[Ingest]:
+    """The ingest's sessions made, ``count`` readings queued for them while it is away, then
+    the ingest running again until they are stored and it is idle."""
+    async with running_ingest(settings):
+        pass
+    publish_backlog(broker, count)
+    async with running_ingest(settings) as ingest:
+        c = ingest.counters
+        await until(
+            lambda: c.stored >= count and ingest.idle, 120, lambda: f"the backlog stored; {c}"
+        )
+        yield ingest
+
+
+async def parking_points(influx: LocalInflux, influx_db: str) -> int:
+    """How many ``occupied`` points InfluxDB holds."""
+    async with InfluxDB(influx.url, influx_db) as client:
+        results = await client.query('SELECT count("occupied") FROM "parking"')
+    return int(results[0]["series"][0]["values"][0][1])
+
+
 @pytest.mark.parametrize(
     ("window_broker", "inflight"),
     [("nats", WINDOW), ("nats", 0), ("mosquitto", WINDOW)],
@@ -100,35 +142,17 @@ async def test_backlog_is_acked_in_slices_of_the_window(
     inflight: int,
 ) -> None:
     engine, _ = await open_seeded(sqlite_url, REGISTRY_CSV, [("acme", "ACME Sensors", "json")])
-    settings = Settings(
-        run_dir=tmp_path,
-        mqtt_url=window_broker.url,
-        influx_url=influx.url,
-        influx_db=influx_db,
-        database_url=sqlite_url,
-        mqtt_client_id=f"ingest-{uuid.uuid4().hex[:8]}",
-        mqtt_inflight=inflight,
+    settings = window_settings(
+        tmp_path, window_broker.url, influx, influx_db, sqlite_url, mqtt_inflight=inflight
     )
-    # The session first, then the backlog queued for it while the ingest is away.
-    async with running_ingest(settings):
-        pass
-    publish_backlog(window_broker, BACKLOG)
-
-    async with running_ingest(settings) as ingest:
+    async with backlog_drained(settings, window_broker, BACKLOG) as ingest:
         c = ingest.counters
-        await until(
-            lambda: c.stored >= BACKLOG and ingest.idle,
-            120,
-            lambda: f"the backlog stored; counters {c}",
-        )
         link = ingest.link
         max_unacked = link.max_unacked
         received, acked = link.stats.received, link.stats.acked
     await engine.dispose()
 
-    async with InfluxDB(influx.url, influx_db) as client:
-        results = await client.query('SELECT count("occupied") FROM "parking"')
-    stored = results[0]["series"][0]["values"][0][1]
+    stored = await parking_points(influx, influx_db)
     assert stored == BACKLOG, f"InfluxDB holds {stored} readings of {BACKLOG} published"
     assert c.stored == BACKLOG and c.duplicates == 0, c
     assert received == acked == BACKLOG, (received, acked)

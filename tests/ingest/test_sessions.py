@@ -6,20 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import uuid
 from pathlib import Path
 
-import orjson
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cityiot.domain.settings import Settings
 from cityiot.platform.local_services import LocalBroker, LocalInflux
-from cityiot.storage.influx import InfluxDB
 from tests.ingest.conftest import REGISTRY_CSV, running_ingest
-from tests.ingest.test_inflight_window import BACKLOG, WINDOW, publish, publish_backlog
+from tests.ingest.test_inflight_window import (
+    BACKLOG,
+    WINDOW,
+    backlog_drained,
+    parking_points,
+    publish_backlog,
+    window_settings,
+)
 from tests.seeding import open_seeded
 from tests.waiting import until
 
@@ -40,27 +44,18 @@ async def test_sessions_of_a_shared_subscription_each_hold_a_window(
     relay, port = start_relay(broker, WINDOW, tmp_path / "relay.log")
     try:
         engine, _ = await open_seeded(sqlite_url, REGISTRY_CSV, [("acme", "ACME Sensors", "json")])
-        settings = Settings(
-            run_dir=tmp_path,
-            mqtt_url=f"mqtt://{broker.host}:{port}",
-            influx_url=influx.url,
-            influx_db=influx_db,
-            database_url=sqlite_url,
-            mqtt_client_id=f"ingest-{uuid.uuid4().hex[:8]}",
+        settings = window_settings(
+            tmp_path,
+            f"mqtt://{broker.host}:{port}",
+            influx,
+            influx_db,
+            sqlite_url,
             mqtt_inflight=WINDOW,
             mqtt_sessions=3,
             share_group=f"g{uuid.uuid4().hex[:8]}",
         )
-        async with running_ingest(settings):  # the sessions, then the backlog queued for them
-            pass
-        publish_backlog(broker, BACKLOG)
-        async with running_ingest(settings) as ingest:
+        async with backlog_drained(settings, broker, BACKLOG) as ingest:
             c = ingest.counters
-            await until(
-                lambda: c.stored >= BACKLOG and ingest.idle,
-                120,
-                lambda: f"the backlog stored; counters {c}",
-            )
             links = [ingest.link, *ingest.intake.members]
             client_ids = [link.client_id for link in links]
             seen = [(link.stats.received, link.stats.acked, link.max_unacked) for link in links]
@@ -70,9 +65,7 @@ async def test_sessions_of_a_shared_subscription_each_hold_a_window(
         relay.terminate()
         relay.wait(10)
 
-    async with InfluxDB(influx.url, influx_db) as client:
-        results = await client.query('SELECT count("occupied") FROM "parking"')
-    stored = results[0]["series"][0]["values"][0][1]
+    stored = await parking_points(influx, influx_db)
     assert stored == BACKLOG == c.stored, (stored, c.stored)
     assert c.duplicates == 0, c
     print(f"sessions={seen} batches={c.batches} sealed_by={dict(c.sealed_by_reason)}")
@@ -127,17 +120,16 @@ async def test_sessions_no_longer_wanted_are_drained_then_removed(
     was away is stored, they leave the subscription and the broker, and later readings all
     reach the one left (a member merely left away would take two in three of them)."""
     engine, _ = await open_seeded(sqlite_url, REGISTRY_CSV, [("acme", "ACME Sensors", "json")])
-    client_id = f"ingest-{uuid.uuid4().hex[:8]}"
-    three = Settings(
-        run_dir=tmp_path,
-        mqtt_url=broker.url,
-        influx_url=influx.url,
-        influx_db=influx_db,
-        database_url=sqlite_url,
-        mqtt_client_id=client_id,
+    three = window_settings(
+        tmp_path,
+        broker.url,
+        influx,
+        influx_db,
+        sqlite_url,
         mqtt_sessions=3,
         share_group=f"g{uuid.uuid4().hex[:8]}",
     )
+    client_id = three.mqtt_client_id
     async with running_ingest(three):  # three sessions, then a backlog queued for them
         pass
     assert (tmp_path / f"mqtt-sessions-{client_id}").read_text().strip() == "3"
@@ -154,17 +146,7 @@ async def test_sessions_no_longer_wanted_are_drained_then_removed(
         retired = [(link.client_id, link.stats.received) for link in ingest.intake.members]
         # Every later reading comes by the one session left.
         before = ingest.link.stats.received
-        later = (int(time.time()) - 3 * 3600) * 1000  # before the backlog's times: new points
-        publish(
-            broker,
-            [
-                (
-                    "city/acme/pk-1/telemetry",
-                    orjson.dumps({"ts": later + k, "metrics": {"occupied": True}}),
-                )
-                for k in range(60)
-            ],
-        )
+        publish_backlog(broker, 60, hours_ago=3)  # before the backlog's times: new points
         await until(lambda: c.stored >= BACKLOG + 60 and ingest.idle, 60, lambda: f"{c}")
         assert ingest.link.stats.received - before == 60
         assert ingest.broker_stats().connected
@@ -172,9 +154,7 @@ async def test_sessions_no_longer_wanted_are_drained_then_removed(
 
     assert [cid for cid, _ in retired] == [f"{client_id}-s2", f"{client_id}-s3"]
     assert all(received > 0 for _, received in retired), retired  # each had its share queued
-    async with InfluxDB(influx.url, influx_db) as client:
-        results = await client.query('SELECT count("occupied") FROM "parking"')
-    stored = results[0]["series"][0]["values"][0][1]
+    stored = await parking_points(influx, influx_db)
     assert stored == BACKLOG + 60 == c.stored, (stored, c.stored)
     assert (tmp_path / f"mqtt-sessions-{client_id}").read_text().strip() == "1"
     for cid, _ in retired:
