@@ -25,6 +25,7 @@ and digits.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import hmac
@@ -36,7 +37,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cityiot.storage.tables.audit import AuditEntry
@@ -50,6 +51,8 @@ TOKEN_LENGTH = 32
 _ALPHABET = string.ascii_letters + string.digits
 # A token replaced by another process (the CLI, another API) keeps working here this long.
 CACHE_S = 5.0
+# A value read before serves this long while the database cannot be read (busy, away).
+STALE_S = 300.0
 MAX_CACHED = 1024  # vendors remembered; forged requests naming random vendors cannot grow it
 MAX_PRESENTED = 256  # longer "tokens" are refused unhashed
 
@@ -186,30 +189,75 @@ async def signing_token(
     return token
 
 
-# The hash and salt (or None: no token) each vendor had when last read, by session
-# factory: tests and processes may hold several databases. Weak keys: a disposed factory
-# takes its cache.
+# The hash and salt (or None: no token) each vendor had when last read, and the reads under
+# way, by session factory: tests and processes may hold several databases. Weak keys: a
+# disposed factory takes its caches.
 _caches: weakref.WeakKeyDictionary[Any, dict[str, tuple[float, _Stored | None]]] = (
+    weakref.WeakKeyDictionary()
+)
+_reads: weakref.WeakKeyDictionary[Any, dict[str, asyncio.Future[_Stored | None]]] = (
     weakref.WeakKeyDictionary()
 )
 
 
 async def _stored(sessions: async_sessionmaker[AsyncSession], vendor_id: str) -> _Stored | None:
     """The vendor's token hash and salt, read at most every :data:`CACHE_S` per vendor:
-    pushes arrive by the hundred a second, and forged ones should not each cost a query."""
+    pushes arrive by the hundred a second, and forged ones should not each cost a query.
+
+    One read a vendor at a time: the pushes that find the cached value expired together
+    wait for the same read rather than each taking a pooled connection. When that read fails
+    (the database busy or away), the value last read serves for up to :data:`STALE_S` more,
+    logged, so a busy registry does not turn a vendor's pushes away."""
     cache = _caches.setdefault(sessions, {})
     now = time.monotonic()
     hit = cache.get(vendor_id)
     if hit is not None and now - hit[0] < CACHE_S:
         return hit[1]
+    reads = _reads.setdefault(sessions, {})
+    read = reads.get(vendor_id)
+    if read is None:
+        read = reads[vendor_id] = asyncio.ensure_future(_read(sessions, vendor_id))
+        read.add_done_callback(lambda done: _read_done(sessions, vendor_id, done))
+    try:
+        return await asyncio.shield(read)
+    except SQLAlchemyError as exc:
+        if hit is None or now - hit[0] >= STALE_S:
+            raise
+        log.warning(
+            "event=intake_token_stale vendor=%s age_s=%.0f reason=%s: %.200s",
+            vendor_id,
+            now - hit[0],
+            type(exc).__name__,
+            exc,
+        )
+        return hit[1]
+
+
+async def _read(sessions: async_sessionmaker[AsyncSession], vendor_id: str) -> _Stored | None:
     async with sessions() as session:
         row = await session.get(IntakeToken, vendor_id)
-    stored = _Stored(row.token_hash, row.salt or "") if row is not None else None
+    return _Stored(row.token_hash, row.salt or "") if row is not None else None
+
+
+def _read_done(
+    sessions: async_sessionmaker[AsyncSession],
+    vendor_id: str,
+    read: asyncio.Future[_Stored | None],
+) -> None:
+    """Cache what ``read`` found, unless :func:`forget_cached` dropped it meanwhile (a token
+    issued here while it ran: it may have read the replaced one)."""
+    failed = read.cancelled() or read.exception() is not None  # retrieved: never "unseen"
+    reads = _reads.get(sessions)
+    if reads is None or reads.get(vendor_id) is not read:
+        return
+    del reads[vendor_id]
+    if failed:
+        return
+    cache = _caches.setdefault(sessions, {})
     cache.pop(vendor_id, None)
-    cache[vendor_id] = (now, stored)
+    cache[vendor_id] = (time.monotonic(), read.result())
     while len(cache) > MAX_CACHED:
         del cache[next(iter(cache))]
-    return stored
 
 
 def forget_cached(sessions: async_sessionmaker[AsyncSession], vendor_id: str) -> None:
@@ -218,3 +266,6 @@ def forget_cached(sessions: async_sessionmaker[AsyncSession], vendor_id: str) ->
     cache = _caches.get(sessions)
     if cache is not None:
         cache.pop(vendor_id, None)
+    reads = _reads.get(sessions)
+    if reads is not None:
+        reads.pop(vendor_id, None)

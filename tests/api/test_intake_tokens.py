@@ -5,11 +5,18 @@ on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 from typing import Any
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import event, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from cityiot.storage import intake_tokens
+from cityiot.storage.engine import make_engine
 from cityiot.storage.intake_tokens import (
     derive_token,
     forget_cached,
@@ -145,3 +152,65 @@ async def test_a_token_is_derived_again_for_signatures_only_under_its_secret(api
         row.salt = ""
     forget_cached(intake(api), "oldco")
     assert await signing_token(intake(api), "oldco", ctx.secret) is None
+
+
+def counting_queries(engine: AsyncEngine) -> list[str]:
+    """The statements ``engine`` sends from now on, as the driver receives them."""
+    sent: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        sent.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    return sent
+
+
+async def test_pushes_that_find_the_token_expired_together_share_one_read(api: Api) -> None:
+    """A burst of pushes arriving as the cached token expires costs the database one query,
+    not one pooled connection each (a burst of CTWing retries once exhausted the pool)."""
+    token = (await api.client("admin").post(f"{V}/acme/intake-token")).json()["token"]
+    engine = make_engine(api.settings.database_url)
+    try:
+        sessions = async_sessionmaker(engine, expire_on_commit=False)
+        sent = counting_queries(engine)
+        checks = await asyncio.gather(*(verify(sessions, "acme", token) for _ in range(50)))
+        assert checks == [True] * 50
+        assert len([s for s in sent if "intake_tokens" in s]) == 1, sent
+        # A token issued here meanwhile is read again at once, by one query.
+        forget_cached(sessions, "acme")
+        checks = await asyncio.gather(*(verify(sessions, "acme", "x" * 32) for _ in range(20)))
+        assert checks == [False] * 20
+        assert len([s for s in sent if "intake_tokens" in s]) == 2, sent
+    finally:
+        await engine.dispose()
+
+
+async def test_a_busy_database_does_not_turn_a_known_token_away(
+    api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every pooled connection in use when the cached token is due to be read again: the
+    value read before serves (for up to STALE_S, logged); with none read before, the check
+    fails as the database did (the receiver answers 503)."""
+    token = (await api.client("admin").post(f"{V}/acme/intake-token")).json()["token"]
+    monkeypatch.setattr(intake_tokens, "CACHE_S", 0.0)  # every check reads again
+    engine = create_async_engine(
+        api.settings.database_url, pool_size=1, max_overflow=0, pool_timeout=0.2
+    )
+    try:
+        sessions = async_sessionmaker(engine, expire_on_commit=False)
+        assert await verify(sessions, "acme", token)  # read, and cached
+        async with engine.connect() as held:  # the pool's only connection
+            await held.execute(select(1))
+            caplog.set_level(logging.WARNING, "cityiot.storage.intake_tokens")
+            assert await verify(sessions, "acme", token)
+            assert not await verify(sessions, "acme", "x" * 32)
+            assert "event=intake_token_stale vendor=acme" in caplog.text
+            assert "TimeoutError" in caplog.text
+            with pytest.raises(SQLAlchemyError):  # never read: nothing to serve
+                await verify(sessions, "oldco", "x" * 32)
+            monkeypatch.setattr(intake_tokens, "STALE_S", 0.0)
+            with pytest.raises(SQLAlchemyError):  # read too long ago
+                await verify(sessions, "acme", token)
+        assert await verify(sessions, "acme", token)  # the database answers again
+    finally:
+        await engine.dispose()
