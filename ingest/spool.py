@@ -19,7 +19,9 @@ segment to itself).
 Fsync policy, with ``fsync=True`` (the default): :meth:`Spool.append` writes the record and
 calls ``os.fsync`` on the segment (and the directory, when the record started a new segment)
 before it returns, so a record is on disk once ``append`` has returned — the caller acks
-the MQTT messages only then. :meth:`Spool.consume` records progress in the ``cursor``
+the MQTT messages only then. ``append(body, sync=False)`` leaves that fsync to the next
+:meth:`Spool.sync`: several appends then cost one (a group commit), and each is on disk once
+``sync`` has returned. :meth:`Spool.consume` records progress in the ``cursor``
 file before it returns: the segment id and offset of the next unconsumed record, so a
 crash replays nothing that was consumed. The cursor file is 64 bytes written once and then
 overwritten in place — two 32-byte slots ``(seq u64, segment u64, offset u64, crc u32,
@@ -196,6 +198,7 @@ class Spool:
         self._records = 0
         self._next_id = 1
         self._writer: int | None = None  # fd of the last segment, opened for appending
+        self._unsynced = False  # appends to the writer await sync()
         self._cursor: int | None = None  # fd of the cursor file
         self._cursor_seq = 0
         self._reader: tuple[int, int] | None = None  # (segment id, fd) of the head segment
@@ -235,11 +238,13 @@ class Spool:
         self.close()
 
     def close(self) -> None:
-        """Release the files; writes nothing (every operation is already on disk)."""
+        """Release the files, after putting on disk what appends left to :meth:`sync`."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            with contextlib.suppress(SpoolError):  # logged by whoever appended
+                self._sync_writer()
             self._close_writer()
             self._close_reader()
             if self._cursor is not None:
@@ -343,8 +348,9 @@ class Spool:
 
     # -- appending ---------------------------------------------------------------------
 
-    def append(self, body: bytes) -> None:
-        """Store ``body`` after every record already spooled; on disk once this returns.
+    def append(self, body: bytes, *, sync: bool = True) -> None:
+        """Store ``body`` after every record already spooled; on disk once this returns, or
+        with ``sync=False`` once :meth:`sync` has.
 
         Raises :class:`SpoolFull` when it would pass ``max_bytes`` and :class:`SpoolError`
         when the disk refuses it; either way nothing of it is kept.
@@ -365,17 +371,49 @@ class Spool:
             ):
                 self._append_new_segment(record)
             else:
-                self._append_to(tail, record)
+                self._append_to(tail, record, sync)
             self._records += 1
             self._bytes += len(record)
             self._check_near_full()
 
-    def _append_to(self, tail: _Segment, record: bytes) -> None:
+    def sync(self) -> None:
+        """Put on disk what ``append(body, sync=False)`` wrote. Raises :class:`SpoolError`
+        when the disk refuses (those appends may then be lost: their caller acks nothing).
+        The fsync runs outside the spool's lock: appends go on meanwhile (the next sync
+        covers them)."""
+        with self._lock:
+            if not self._unsynced or self._writer is None:
+                self._unsynced = False
+                return
+            self._unsynced = False
+            fd = os.dup(self._writer)
+            path = self._segments[-1].path
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise SpoolError(self._write_message(path, exc)) from exc
+        finally:
+            os.close(fd)
+
+    def _sync_writer(self) -> None:
+        if not self._unsynced:
+            return
+        self._unsynced = False
+        if self._writer is None:
+            return
+        try:
+            os.fsync(self._writer)
+        except OSError as exc:
+            raise SpoolError(self._write_message(self._segments[-1].path, exc)) from exc
+
+    def _append_to(self, tail: _Segment, record: bytes, sync: bool) -> None:
         assert self._writer is not None
         try:
             _write_all(self._writer, record)
-            if self.fsync:
+            if self.fsync and sync:
                 os.fsync(self._writer)
+            elif self.fsync:
+                self._unsynced = True
         except OSError as exc:
             self._undo(tail, exc)
             raise SpoolError(self._write_message(tail.path, exc)) from exc
@@ -383,6 +421,7 @@ class Spool:
         tail.size += len(record)
 
     def _append_new_segment(self, record: bytes) -> None:
+        self._sync_writer()  # the segment it closes
         segment = _Segment(self._next_id, self._path(self._next_id), 0)
         fd: int | None = None
         try:

@@ -19,6 +19,7 @@ from cityiot.ingest.batches import Batch, IngestCounters, SealedBatches
 from cityiot.ingest.broker import BrokerLink, Delivery
 from cityiot.ingest.latest import LatestValues
 from cityiot.ingest.spool import Spool, SpoolError
+from cityiot.ingest.spool_commit import SpoolCommits
 from cityiot.storage.deadletters import DeadLetterIn, add_dead_letters
 from cityiot.storage.influx import InfluxDB, InfluxError
 
@@ -87,6 +88,7 @@ class Store:
         # append, not an InfluxDB write each (docs/brokers.en.md).
         self.spool_first = spool is not None and store and settings.mqtt_inflight > 0
         self._spooled = asyncio.Event()
+        self.commits = SpoolCommits(spool) if spool is not None else None
 
     async def writer(self) -> None:
         """One writer: store what is sealed, taken together up to a full batch, forever."""
@@ -205,18 +207,12 @@ class Store:
         """Append the batch's points to the spool (durable when it returns). When the spool
         refuses (full, disk full), keep trying it and InfluxDB, acking nothing meanwhile:
         the broker holds the messages."""
-        spool = self.spool
-        assert spool is not None
+        assert self.commits is not None
         body = b"".join(batch.lines + batch.status_lines)
         delay = 0.5
         while True:
             try:
-                if self.spool_first:
-                    # A slice of a small window: an append is shorter than a thread's turn,
-                    # and the window waits on it.
-                    spool.append(body)
-                else:
-                    await asyncio.to_thread(spool.append, body)
+                await self.commits.append(body)
                 self._spooled.set()
                 self.refusing_since = None
                 self.counters.spooled += len(batch.lines)
