@@ -109,12 +109,18 @@ class Intake:
     def fit_windows(self) -> None:
         """Bound a batch's messages by the links' in-flight windows: a batch holds at most
         half the smallest window (:attr:`BrokerLink.slice`; the ingest's sessions of one
-        shared subscription count together, a window each), so the broker sends the next
-        half while this one is stored, and its window never waits on an open batch."""
-        own = sum(link.slice for link in (self.link, *self.members)) if self.link.slice else 0
+        shared subscription count together, a window each, while open), so the broker sends
+        the next half while this one is stored, and its window never waits on an open batch."""
+        open_ = [link for link in (self.link, *self.members) if not link.closing]
+        own = sum(link.slice for link in open_) if self.link.slice else 0
         slices = [own] if own else []
         slices += [link.slice for link in self.other_links if link.slice]
         self._max_unacked = min([self.sealed.max_messages, *slices])
+
+    @property
+    def batch_bound(self) -> int:
+        """Messages a batch holds at most: the writers' bound, or the open windows' slices."""
+        return self._max_unacked
 
     def window_full(self) -> bool:
         """A link's in-flight window is full: its broker sends nothing more before an ack,

@@ -201,6 +201,7 @@ class Ingest:
                 elif now - since >= RETIRE_QUIET_S:
                     await link.close()
                     left.remove(link)
+                    self.intake.fit_windows()  # its window no longer counts in a batch's bound
                     log.info("event=mqtt_session_drained client_id=%s", link.client_id)
         if self._on_retired is not None:
             await self._on_retired(self._retiring)

@@ -127,6 +127,7 @@ async def test_sessions_no_longer_wanted_are_drained_then_removed(
         influx_db,
         sqlite_url,
         mqtt_sessions=3,
+        mqtt_inflight=WINDOW,
         share_group=f"g{uuid.uuid4().hex[:8]}",
     )
     client_id = three.mqtt_client_id
@@ -144,6 +145,8 @@ async def test_sessions_no_longer_wanted_are_drained_then_removed(
             lambda: f"the backlog stored and two sessions retired; counters {c}",
         )
         retired = [(link.client_id, link.stats.received) for link in ingest.intake.members]
+        # A batch holds half of the one window left, no longer of three.
+        assert ingest.intake.batch_bound == ingest.link.slice == WINDOW // 2
         # Every later reading comes by the one session left.
         before = ingest.link.stats.received
         publish_backlog(broker, 60, hours_ago=3)  # before the backlog's times: new points
