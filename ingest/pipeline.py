@@ -69,6 +69,8 @@ log = logging.getLogger("cityiot.ingest")
 # A retiring session is drained once nothing of it is unacknowledged and nothing has come
 # for this long (s): a broker sends what it queued at once, within its window.
 RETIRE_QUIET_S = 2.0
+# While a stop waits for batches that cannot be stored yet, say so this often (s).
+DRAIN_REPORT_S = 5.0
 
 # The devices' own topics, and what an API apart from the ingest relays (ingest/relay.py).
 TOPICS = ("city/+/+/telemetry", "city/+/+/status", RELAY_TOPIC)
@@ -303,7 +305,7 @@ class Ingest:
         try:
             await self.intake.run(watched)
             await self.intake.seal()
-            await self.sealed.queue.join()
+            await self._drained()
             log.info(
                 "event=ingest_drained stored=%d rejected=%d",
                 self.counters.stored,
@@ -320,6 +322,25 @@ class Ingest:
 
     async def stop(self) -> None:
         self.intake.stop()
+
+    async def _drained(self) -> None:
+        """Wait until every sealed batch is stored; say every DRAIN_REPORT_S what is left,
+        and how to stop at once, while it cannot be (InfluxDB and the spool refusing)."""
+        drained = asyncio.ensure_future(self.sealed.queue.join())
+        try:
+            while True:
+                done, _ = await asyncio.wait({drained}, timeout=DRAIN_REPORT_S)
+                if done:
+                    return
+                log.warning(
+                    "event=ingest_draining unstored_batches=%d spool_refusals=%d hint=stopping "
+                    "once what was taken is stored; a second SIGTERM stops now, and the "
+                    "broker sends what was not acknowledged again",
+                    self.sealed.unstored,
+                    self.counters.spool_refusals,
+                )
+        finally:
+            drained.cancel()
 
     def depths(self) -> dict[str, float]:
         """Queue depths and state now, for metrics (gauges)."""

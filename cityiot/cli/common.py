@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -16,6 +17,8 @@ from rich.markup import escape
 
 from cityiot.domain.catalogue import MODEL, ModelError
 from cityiot.domain.settings import Settings
+
+log = logging.getLogger("cityiot.cli")
 
 err = Console(stderr=True)
 
@@ -127,8 +130,10 @@ def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | N
 def run_until_signal(
     main: Coroutine[Any, Any, None], stop: asyncio.Event, settings: Settings
 ) -> None:
-    """Run ``main`` until it ends; SIGINT/SIGTERM set ``stop`` so it can finish cleanly.
-    The garbage collector follows cityiot/platform/gcpolicy.py meanwhile, on the event loop that
+    """Run ``main`` until it ends; SIGINT/SIGTERM set ``stop`` so it can finish cleanly, and
+    a second one ends it at once (a drain that cannot finish: InfluxDB and the spool both
+    refusing; what was not acknowledged, the broker sends again). The garbage collector
+    follows cityiot/platform/gcpolicy.py meanwhile, on the event loop that
     ``CITYIOT_EVENT_LOOP`` names (uvloop by default)."""
     from cityiot.platform.gcpolicy import collect_on_schedule, young_only
 
@@ -136,11 +141,29 @@ def run_until_signal(
 
     async def runner() -> None:
         loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(main)
+        forced = False
+
+        def on_signal() -> None:
+            nonlocal forced
+            if not stop.is_set():
+                stop.set()
+                return
+            forced = True
+            log.warning(
+                "event=stop_forced reason=a second SIGINT/SIGTERM while draining; what was "
+                "taken and not yet stored is not acknowledged: the broker sends it again"
+            )
+            task.cancel()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         collector = asyncio.create_task(collect_on_schedule(stop, settings.gc_full_every_s))
         try:
-            await main
+            await task
+        except asyncio.CancelledError:
+            if not forced:
+                raise
         finally:
             collector.cancel()
             with contextlib.suppress(asyncio.CancelledError):

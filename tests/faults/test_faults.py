@@ -10,6 +10,7 @@ import contextlib
 import os
 import random
 import re
+import signal
 import struct
 import subprocess
 import time
@@ -298,6 +299,49 @@ def test_spool_size_cap_reached(bench: FaultBench) -> None:
         pub.run_for(3)
     settle_and_check(bench, pub, "spool_cap", started, timeout_s=90)
     print(f"spool_full_after_s={waited:.1f} cap={cap}")
+
+
+@needs_spool
+@pytest.mark.slow
+def test_a_stop_that_cannot_drain_says_so_and_a_second_sigterm_ends_it(bench: FaultBench) -> None:
+    """InfluxDB down and the spool full: a SIGTERM cannot store what the ingest took. It says
+    so, with what to do, instead of waiting in silence; a second SIGTERM stops it at once; the
+    broker keeps what was not acknowledged, so once InfluxDB is back the next ingest stores
+    every reading, exactly once."""
+    started = time.monotonic()
+    cap = str(512 * 1024)
+    spool_dir = str(bench.spool_dir)
+    ingest = bench.start_ingest(via_proxy=False, spool_dir=spool_dir, spool_max_bytes=cap)
+    with bench.publishing() as pub:
+        pub.run_for(3)
+        bench.influx.stop()
+        wait_for(
+            lambda: FULL.search(bench.ingest_log()) is not None,
+            40,
+            "the ingest logging that the spool is full",
+            lambda: bench.ingest_log()[-2000:],
+        )
+        pub.run_for(1)
+        process = ingest.process
+        assert process is not None
+        offset = len(bench.ingest_log())
+        process.send_signal(signal.SIGTERM)
+        wait_for(
+            lambda: "event=ingest_draining" in bench.ingest_log()[offset:],
+            30,
+            "the stopping ingest saying what it waits for",
+            lambda: bench.ingest_log()[-2000:],
+        )
+        draining = bench.ingest_log()[offset:]
+        assert "a second SIGTERM stops now" in draining
+        assert process.poll() is None, "it waits for storage rather than drop what it took"
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)  # raises if the second SIGTERM did not end it
+        assert "event=stop_forced" in bench.ingest_log()[offset:]
+        bench.influx.start()
+        bench.start_ingest(via_proxy=False, spool_dir=spool_dir, spool_max_bytes=cap)
+        pub.run_for(2)
+    settle_and_check(bench, pub, "stop_forced", started, timeout_s=90)
 
 
 @contextlib.contextmanager
