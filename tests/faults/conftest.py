@@ -23,6 +23,7 @@ import http.client
 import importlib.util
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -574,6 +575,18 @@ class FaultBench:
 
     def ingest_log(self) -> str:
         return self.ingest.log() if self.ingest is not None else ""
+
+    def wait_for_log(
+        self, wanted: str | re.Pattern[str], timeout_s: float, what: str, since: int = 0
+    ) -> float:
+        """Wait until the ingest's log, from offset ``since``, holds ``wanted`` (text or a
+        pattern); on a timeout the failure shows the log's tail. Returns the seconds waited."""
+
+        def found() -> bool:
+            log = self.ingest_log()[since:]
+            return wanted in log if isinstance(wanted, str) else wanted.search(log) is not None
+
+        return wait_for(found, timeout_s, what, lambda: self.ingest_log()[-2000:])
 
     # -- publishing --------------------------------------------------------------------
 

@@ -129,11 +129,11 @@ def test_influx_stopped_and_started_again(bench: FaultBench) -> None:
         assert sum(before.values()) > 0, "nothing stored before the fault"
         offset = len(bench.ingest_log())
         bench.influx.stop()
-        wait_for(
-            lambda: LONGEST_WAIT.search(bench.ingest_log()[offset:]) is not None,
+        bench.wait_for_log(
+            LONGEST_WAIT,
             60,
             "the ingest backing off to its longest wait for InfluxDB",
-            lambda: bench.ingest_log()[-2000:],
+            since=offset,
         )
         pub.run_for(2)  # publishing on into the longest wait
         bench.influx.start()
@@ -156,11 +156,11 @@ def test_influx_answers_500_then_hangs(bench: FaultBench) -> None:
         pub.run_for(3)
         offset = len(bench.ingest_log())
         proxy.set_mode(FaultProxy.ERROR)
-        wait_for(
-            lambda: "event=replay_waiting" in bench.ingest_log()[offset:],
+        bench.wait_for_log(
+            "event=replay_waiting",
             30,
             "the spool taking over from an InfluxDB answering 500",
-            lambda: bench.ingest_log()[-2000:],
+            since=offset,
         )
         pub.run_for(1)
         proxy.set_mode(FaultProxy.HANG)
@@ -286,12 +286,7 @@ def test_spool_size_cap_reached(bench: FaultBench) -> None:
     with bench.publishing() as pub:
         pub.run_for(3)
         bench.influx.stop()
-        waited = wait_for(
-            lambda: FULL.search(bench.ingest_log()) is not None,
-            40,
-            "the ingest logging that the spool is full",
-            lambda: bench.ingest_log()[-2000:],
-        )
+        waited = bench.wait_for_log(FULL, 40, "the ingest logging that the spool is full")
         pub.run_for(2)
         bench.assert_ingest_running()
         assert spool_bytes(spool_dir) <= cap, f"{spool_bytes(spool_dir)} bytes > cap {cap}"
@@ -315,22 +310,17 @@ def test_a_stop_that_cannot_drain_says_so_and_a_second_sigterm_ends_it(bench: Fa
     with bench.publishing() as pub:
         pub.run_for(3)
         bench.influx.stop()
-        wait_for(
-            lambda: FULL.search(bench.ingest_log()) is not None,
-            40,
-            "the ingest logging that the spool is full",
-            lambda: bench.ingest_log()[-2000:],
-        )
+        bench.wait_for_log(FULL, 40, "the ingest logging that the spool is full")
         pub.run_for(1)
         process = ingest.process
         assert process is not None
         offset = len(bench.ingest_log())
         process.send_signal(signal.SIGTERM)
-        wait_for(
-            lambda: "event=ingest_draining" in bench.ingest_log()[offset:],
+        bench.wait_for_log(
+            "event=ingest_draining",
             30,
             "the stopping ingest saying what it waits for",
-            lambda: bench.ingest_log()[-2000:],
+            since=offset,
         )
         draining = bench.ingest_log()[offset:]
         assert "a second SIGTERM stops now" in draining
@@ -376,11 +366,8 @@ def test_spool_disk_full(bench: FaultBench) -> None:
         with bench.publishing() as pub:
             pub.run_for(3)
             bench.influx.stop()
-            waited = wait_for(
-                lambda: no_space.search(bench.ingest_log()) is not None,
-                40,
-                "the ingest logging that the spool's disk is full",
-                lambda: bench.ingest_log()[-2000:],
+            waited = bench.wait_for_log(
+                no_space, 40, "the ingest logging that the spool's disk is full"
             )
             pub.run_for(2)
             bench.assert_ingest_running()
