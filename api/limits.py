@@ -11,7 +11,12 @@ carries a body it
   :data:`PUBLIC_PREFIXES`), checks the key (:func:`cityiot.api.access.authenticate`) or the
   person's session cookie first and answers 401 or 429 without reading a byte of the body.
 
-Refusals close the connection, so the unread body is never read. The server reads at most
+Refusals close the connection, so the unread body is never read, with one exception: a body
+cut at its cap (sent without a length, by a caller whose key was checked) is read on and
+dropped, up to :data:`LINGER_BYTES` more for at most :data:`LINGER_S`, before the 413 is
+sent. Closing a connection whose peer is still sending makes the kernel reset it, and a
+client often loses the answer to the reset: it would see a broken connection, not the 413
+that says what to change. The server reads at most
 a small buffer ahead of the app (uvicorn pauses reading until the app asks for more), so
 an unread body costs no memory. What the edge refuses is counted in :class:`EdgeCounters`
 (``cityiot_api_edge_*`` at ``/metrics``).
@@ -19,6 +24,8 @@ an unread body costs no memory. What the edge refuses is counted in :class:`Edge
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,6 +50,10 @@ INTAKE_PREFIX = f"{API_PREFIX}/intake/"
 PUBLIC_PATHS: frozenset[str] = frozenset({f"{API_PREFIX}/session"})
 PUBLIC_PREFIXES: tuple[str, ...] = (INTAKE_PREFIX,)
 
+# After a body passes its cap, at most this much more of it is read and dropped, for at most
+# this long, so that the client has sent it all and reads the 413 (see the module).
+LINGER_BYTES = 1024 * 1024
+LINGER_S = 2.0
 CLOSE = {"Connection": "close"}  # the rest of a refused body is never read
 
 
@@ -206,6 +217,8 @@ class _BodyCap:
                 self.counters.body_too_large += 1
                 if not self.started:
                     self.answered = True
+                    if message.get("more_body"):
+                        await _drop_rest(self._receive)
                     detail = too_large(self.cap, self.scope["method"], self.scope["path"])
                     await _problem(self.scope, self._send, 413, detail)
                 raise _BodyCut(too_large(self.cap))
@@ -216,6 +229,22 @@ class _BodyCap:
             return
         self.started = True
         await self._send(message)
+
+
+async def _drop_rest(receive: Receive) -> None:
+    """Read and drop what is left of a refused body, up to :data:`LINGER_BYTES` within
+    :data:`LINGER_S`; a body longer or slower than that is left unread (the connection is
+    reset on close, as before)."""
+    dropped = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(LINGER_S):
+            while dropped <= LINGER_BYTES:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                dropped += len(message.get("body", b""))
+                if not message.get("more_body"):
+                    return
 
 
 async def _problem(

@@ -399,6 +399,30 @@ async def test_a_body_over_the_payload_cap_is_413_before_it_is_read(link: Link) 
     assert r.json()["stored"] == 1
 
 
+async def test_a_chunked_body_over_the_cap_gets_its_413_not_a_reset(link: Link) -> None:
+    """The whole body (512 KiB past the cap) sent before reading the answer, as a device
+    does: the API reads and drops the rest (within api/limits.py's LINGER_BYTES), so the
+    connection ends cleanly after the 413. Closed with the body unread, the kernel would
+    reset it, and the client lose the answer."""
+    cap = link.settings.max_payload_bytes
+    host, port = link.url.removeprefix("http://").split(":")
+    chunk = b" " * 4096
+    request = (
+        f"POST /api/v1/telemetry/acme/pk-1 HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {link.keys['acme']}\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    request += (b"1000\r\n" + chunk + b"\r\n") * (cap // len(chunk) + 128) + b"0\r\n\r\n"
+    for _ in range(5):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(request)
+        await writer.drain()
+        answer = await reader.read()  # to the server's close: a reset raises here
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+        assert b"CITYIOT_MAX_PAYLOAD_BYTES" in answer
+
+
 # -- an API without an ingest, and the per-key rate limit -------------------------------------
 
 
