@@ -330,22 +330,27 @@ class Kpis:
     The population is the work orders **created** in ``[start, end)`` (of ``team`` if given).
     Every event is counted only if its timestamp is before ``end``, so a past period's KPIs do
     not change when late work is done afterwards (and a period ending in the future is "now").
+    As in CJJ/T 106, a rate is judged over the orders that were **due** by ``end``: an order
+    still inside its deadline and not yet done is not counted against anyone.
 
-    - ``verification_due``: orders of the population whose verification was due before the
-      end (``verify_due_at < end``) or was done before the end (``on_site_at < end``) —
-      orders still inside their verification window and not yet verified are not judged.
-    - ``verified_on_time``: of those, orders with ``on_site_at <= verify_due_at``.
-    - ``on_time_verification_rate`` = verified_on_time / verification_due (target 97%).
-    - ``closed``: orders of the population with ``closed_at < end``;
-      ``closed_on_time``: of those, ``closed_at <= close_due_at``.
-    - ``closure_rate`` = closed / created (target 95%).
+    - ``verification_due`` (应核查数): orders of the population whose verification was due
+      before the end (``verify_due_at < end``) or was done before the end (``on_site_at < end``).
+    - ``verified_on_time`` (按时核查数): of those, orders with ``on_site_at <= verify_due_at``.
+    - ``on_time_verification_rate`` (按时核查率) = verified_on_time / verification_due
+      (target 97%).
+    - ``closure_due`` (应结案数): orders of the population whose closure was due before the
+      end (``close_due_at < end``) or that were closed before the end (closing early counts).
+    - ``closed`` (结案数): of those, orders with ``closed_at < end``;
+      ``closed_on_time`` (按期结案数): of those, ``closed_at <= close_due_at``.
+    - ``closure_rate`` (结案率) = closed / closure_due (target 95%).
+    - ``on_time_closure_rate`` (按期结案率) = closed_on_time / closure_due (no target).
     - ``by_state``: the population's state at ``end``, rebuilt from the timestamps.
     - ``mean_time_to_verify`` / ``mean_time_to_close``: mean of ``on_site_at - created_at`` /
       ``closed_at - created_at`` over the orders verified / closed before ``end``,
       to the millisecond.
 
-    A rate with nothing to measure is ``None`` and its ``meets_*`` flag is ``True`` (no order
-    missed its target). Targets are met when the rate is at least the target, exactly.
+    A rate with nothing due (无到期案件) is ``None`` and its ``meets_*`` flag is ``True`` (no
+    order missed its target). Targets are met when the rate is at least the target, exactly.
     """
 
     start: dt.datetime
@@ -357,10 +362,12 @@ class Kpis:
     verified_on_time: int
     on_time_verification_rate: float | None
     meets_verification_target: bool
+    closure_due: int
     closed: int
     closed_on_time: int
     closure_rate: float | None
     meets_closure_target: bool
+    on_time_closure_rate: float | None
     mean_time_to_verify: dt.timedelta | None
     mean_time_to_close: dt.timedelta | None
 
@@ -381,11 +388,13 @@ class Kpis:
             "on_time_verification_rate": self.on_time_verification_rate,
             "verification_target": VERIFICATION_TARGET,
             "meets_verification_target": self.meets_verification_target,
+            "closure_due": self.closure_due,
             "closed": self.closed,
             "closed_on_time": self.closed_on_time,
             "closure_rate": self.closure_rate,
             "closure_target": CLOSURE_TARGET,
             "meets_closure_target": self.meets_closure_target,
+            "on_time_closure_rate": self.on_time_closure_rate,
             "mean_time_to_verify_s": seconds(self.mean_time_to_verify),
             "mean_time_to_close_s": seconds(self.mean_time_to_close),
         }
@@ -446,6 +455,7 @@ async def kpis(
     closed = and_(wo.closed_at.is_not(None), wo.closed_at < end)
     due = or_(wo.verify_due_at < end, verified)
     on_time = and_(verified, wo.on_site_at <= wo.verify_due_at)
+    closure_due = or_(wo.close_due_at < end, closed)
     closed_on_time = and_(closed, wo.closed_at <= wo.close_due_at)
 
     def count_if(condition: ColumnElement[bool]) -> ColumnElement[Any]:
@@ -469,6 +479,7 @@ async def kpis(
                     func.count(),
                     count_if(due),
                     count_if(on_time),
+                    count_if(closure_due),
                     count_if(closed),
                     count_if(closed_on_time),
                     func.avg(case((verified, verify_s), else_=None)),
@@ -484,23 +495,26 @@ async def kpis(
         for name, count in states:
             by_state[name] = int(count)
 
-    created, n_due, n_on_time, n_closed, n_closed_on_time, mean_verify, mean_close = totals
-    verification_rate, meets_verification = _rate(int(n_on_time), int(n_due), VERIFICATION_TARGET)
-    closure_rate, meets_closure = _rate(int(n_closed), int(created), CLOSURE_TARGET)
+    created, n_due, n_on_time, n_closure_due, n_closed, n_closed_on_time = map(int, totals[:6])
+    mean_verify, mean_close = totals[6:]
+    verification_rate, meets_verification = _rate(n_on_time, n_due, VERIFICATION_TARGET)
+    closure_rate, meets_closure = _rate(n_closed, n_closure_due, CLOSURE_TARGET)
     return Kpis(
         start=start,
         end=end,
         team=team,
-        created=int(created),
+        created=created,
         by_state=by_state,
-        verification_due=int(n_due),
-        verified_on_time=int(n_on_time),
+        verification_due=n_due,
+        verified_on_time=n_on_time,
         on_time_verification_rate=verification_rate,
         meets_verification_target=meets_verification,
-        closed=int(n_closed),
-        closed_on_time=int(n_closed_on_time),
+        closure_due=n_closure_due,
+        closed=n_closed,
+        closed_on_time=n_closed_on_time,
         closure_rate=closure_rate,
         meets_closure_target=meets_closure,
+        on_time_closure_rate=n_closed_on_time / n_closure_due if n_closure_due else None,
         mean_time_to_verify=_mean(mean_verify),
         mean_time_to_close=_mean(mean_close),
     )

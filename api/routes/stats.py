@@ -67,24 +67,38 @@ class AlertCounts(BaseModel):
 
 
 class SlaKpis(BaseModel):
-    """Work-order SLA KPIs of the orders created in the last 30 days (see the work orders
-    section of docs/rules.md for the exact definitions)."""
+    """Work-order SLA KPIs of the orders created in the last 30 days, each rate judged over
+    the orders **due** by now (CJJ/T 106): an order still inside its deadline is not counted
+    against the rate. A rate with nothing due is null and its target is not missed. See the
+    work orders section of docs/rules.md for the exact definitions."""
 
     start: str
     end: str
     team: str | None
     created: int
     by_state: dict[str, int]
-    verification_due: int
-    verified_on_time: int
-    on_time_verification_rate: float | None
+    verification_due: int = Field(
+        description="应核查数: orders whose verification was due before the end, or was done"
+    )
+    verified_on_time: int = Field(description="按时核查数: of those, on site by the due time")
+    on_time_verification_rate: float | None = Field(
+        description="按时核查率 = verified_on_time / verification_due; null when none is due"
+    )
     verification_target: float
     meets_verification_target: bool
-    closed: int
-    closed_on_time: int
-    closure_rate: float | None
+    closure_due: int = Field(
+        description="应结案数: orders whose closure was due before the end, or that were closed"
+    )
+    closed: int = Field(description="结案数: of those, closed before the end")
+    closed_on_time: int = Field(description="按期结案数: of those, closed by the due time")
+    closure_rate: float | None = Field(
+        description="结案率 = closed / closure_due; null when none is due"
+    )
     closure_target: float
     meets_closure_target: bool
+    on_time_closure_rate: float | None = Field(
+        description="按期结案率 = closed_on_time / closure_due; null when none is due"
+    )
     mean_time_to_verify_s: float | None
     mean_time_to_close_s: float | None
 
@@ -139,11 +153,13 @@ class Overview(BaseModel):
                         "on_time_verification_rate": 0.974,
                         "verification_target": 0.97,
                         "meets_verification_target": True,
+                        "closure_due": 38,
                         "closed": 36,
                         "closed_on_time": 35,
-                        "closure_rate": 0.9,
+                        "closure_rate": 0.947,
                         "closure_target": 0.95,
                         "meets_closure_target": False,
+                        "on_time_closure_rate": 0.921,
                         "mean_time_to_verify_s": 1260.0,
                         "mean_time_to_close_s": 9800.0,
                     },

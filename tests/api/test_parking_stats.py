@@ -198,6 +198,9 @@ async def test_overview_counts_devices_lighting_alerts_and_kpis(api: Api) -> Non
     kpis = body["kpis"]
     assert kpis["created"] == 2 and kpis["verified_on_time"] == 1
     assert kpis["verification_due"] == 2 and kpis["on_time_verification_rate"] == 0.5
+    # Both are due to close exactly now, the period's (exclusive) end: not judged yet.
+    assert (kpis["closure_due"], kpis["closed"], kpis["closure_rate"]) == (0, 0, None)
+    assert kpis["meets_closure_target"] is True and kpis["on_time_closure_rate"] is None
     assert kpis["end"] == "2025-11-23T22:00:00+08:00"
 
     at(api, NOON)

@@ -428,9 +428,10 @@ async def test_kpis_of_forty_orders_meet_the_city_targets(sessions: SessionFacto
     assert (k.verification_due, k.verified_on_time) == (40, 39)
     assert k.on_time_verification_rate == 0.975
     assert k.meets_verification_target is True
-    assert (k.closed, k.closed_on_time) == (38, 38)
+    assert (k.closure_due, k.closed, k.closed_on_time) == (40, 38, 38)
     assert k.closure_rate == 0.95  # exactly the target: met
     assert k.meets_closure_target is True
+    assert k.on_time_closure_rate == 0.95
     assert k.by_state == {"dispatched": 0, "accepted": 0, "on_site": 1, "resolved": 1, "closed": 38}
     assert k.mean_time_to_verify == dt.timedelta(seconds=(39 * 20 + 45) * 60 / 40)  # 20.625 min
     assert k.mean_time_to_close == 3 * HOUR
@@ -438,12 +439,14 @@ async def test_kpis_of_forty_orders_meet_the_city_targets(sessions: SessionFacto
 
     everyone = await kpis(sessions, NOV, DEC)
     assert (everyone.created, everyone.verification_due, everyone.verified_on_time) == (41, 41, 39)
+    assert (everyone.closure_due, everyone.closed) == (41, 38)
     assert everyone.by_state["dispatched"] == 1
     assert everyone.meets_verification_target is False  # 39/41 = 95.1%
     assert everyone.meets_closure_target is False  # 38/41 = 92.7%
 
     d = k.as_dict()
     assert d["start"] == "2025-11-01T00:00:00+08:00"
+    assert (d["closure_due"], d["closure_rate"], d["on_time_closure_rate"]) == (40, 0.95, 0.95)
     assert (d["on_time_verification_rate"], d["verification_target"]) == (0.975, 0.97)
     assert d["mean_time_to_close_s"] == 3 * 3600.0
 
@@ -473,19 +476,22 @@ async def test_kpis_judge_the_books_as_they_stood_at_the_end(sessions: SessionFa
     assert (k.verification_due, k.verified_on_time) == (4, 2)  # B, C, D, E; on time: D, E
     assert k.on_time_verification_rate == 0.5
     assert k.meets_verification_target is False
-    assert (k.closed, k.closure_rate, k.meets_closure_target) == (0, 0.0, False)
+    assert (k.closure_due, k.closed) == (1, 0)  # only E was due to close; A-D are not yet
+    assert (k.closure_rate, k.meets_closure_target, k.on_time_closure_rate) == (0.0, False, 0.0)
     assert k.by_state == {"dispatched": 2, "accepted": 1, "on_site": 1, "resolved": 1, "closed": 0}
     assert k.mean_time_to_verify == 15 * MIN  # D 10 min, E 20 min
     assert k.mean_time_to_close is None
 
     later = await kpis(sessions, NOV, end + 2 * 24 * HOUR)  # the late work is now in the books
     assert (later.created, later.closed, later.closed_on_time) == (5, 1, 0)
+    assert (later.closure_due, later.closure_rate, later.on_time_closure_rate) == (5, 0.2, 0.0)
     assert (later.verification_due, later.verified_on_time) == (5, 2)
 
 
 async def test_kpis_of_an_empty_period_and_bad_periods(sessions: SessionFactory) -> None:
     k = await kpis(sessions, NOV, DEC, team="nobody")
     assert (k.created, k.on_time_verification_rate, k.closure_rate) == (0, None, None)
+    assert (k.closure_due, k.on_time_closure_rate) == (0, None)
     assert (k.meets_verification_target, k.meets_closure_target) == (True, True)
     assert k.by_state == dict.fromkeys(STATES, 0)
     assert (k.mean_time_to_verify, k.mean_time_to_close) == (None, None)
@@ -493,3 +499,57 @@ async def test_kpis_of_an_empty_period_and_bad_periods(sessions: SessionFactory)
         await kpis(sessions, dt.datetime(2025, 11, 1), DEC)
     with pytest.raises(ValueError, match="the period is empty"):
         await kpis(sessions, DEC, NOV)
+
+
+async def test_kpis_do_not_judge_an_order_before_it_is_due(sessions: SessionFactory) -> None:
+    # Dispatched a minute before the end: 29 min to verify, 3 h 59 min to close.
+    await _stored(sessions, DEC - MIN)
+
+    k = await kpis(sessions, NOV, DEC)
+    assert (k.created, k.verification_due, k.closure_due, k.closed) == (1, 0, 0, 0)
+    assert (k.closure_rate, k.on_time_closure_rate, k.on_time_verification_rate) == (
+        None,
+        None,
+        None,
+    )
+    assert (k.meets_closure_target, k.meets_verification_target) == (True, True)
+    d = k.as_dict()
+    assert (d["closure_due"], d["closure_rate"], d["meets_closure_target"]) == (0, None, True)
+
+
+async def test_kpis_count_closure_over_the_orders_due(sessions: SessionFactory) -> None:
+    for i in range(3):  # closed in 3 h: on time
+        await _stored(
+            sessions, NOV + i * HOUR, accepted=5 * MIN, on_site_=20 * MIN, closed=3 * HOUR
+        )
+    await _stored(sessions, NOV + 3 * HOUR, accepted=5 * MIN, on_site_=20 * MIN, closed=6 * HOUR)
+    await _stored(sessions, NOV + 4 * HOUR, accepted=5 * MIN, on_site_=20 * MIN)  # overdue, open
+    # Closed an hour after dispatch, three hours before it was due to close: early counts.
+    await _stored(
+        sessions,
+        DEC - 2 * HOUR,
+        accepted=5 * MIN,
+        on_site_=10 * MIN,
+        resolved=30 * MIN,
+        closed=HOUR,
+    )
+    await _stored(sessions, DEC - HOUR, accepted=5 * MIN)  # open, not due yet: not judged
+
+    k = await kpis(sessions, NOV, DEC)
+    assert k.created == 7
+    assert (k.closure_due, k.closed, k.closed_on_time) == (6, 5, 4)
+    assert k.closure_rate == 5 / 6
+    assert k.meets_closure_target is False  # 83.3% < 95%
+    assert k.on_time_closure_rate == 4 / 6
+    assert k.by_state["closed"] == 5
+    d = k.as_dict()
+    assert (d["closure_due"], d["closed"], d["closed_on_time"]) == (6, 5, 4)
+    assert (d["closure_rate"], d["on_time_closure_rate"], d["closure_target"]) == (
+        5 / 6,
+        4 / 6,
+        0.95,
+    )
+
+    # A day later the last order is due too and, still open, counts against the rate.
+    later = await kpis(sessions, NOV, DEC + 24 * HOUR)
+    assert (later.created, later.closure_due, later.closed) == (7, 7, 5)
