@@ -125,7 +125,8 @@ def _kind(kind: Kind) -> dict[str, Any]:
 def catalogue(model: ThingModel = MODEL, refresh_s: float = DEFAULT_REFRESH_S) -> dict[str, Any]:
     """The console's reference data, from the thing model in force: per kind its titles,
     report interval, metrics (type, unit, titles, range or values) and attributes; the city
-    (names, time zone, centre) and its districts' names. The console shows these titles,
+    (names, time zone, centre, the districts' boundaries when the city file has them, as
+    GeoJSON) and its districts' names. The console shows these titles,
     never the raw names, and looks again every ``refresh_s`` (at least a second)."""
     city = model.city
     return {
@@ -134,6 +135,7 @@ def catalogue(model: ThingModel = MODEL, refresh_s: float = DEFAULT_REFRESH_S) -
             "name": _titles(city.name_zh, city.name_en),
             "timezone": city.timezone,
             "center": [city.lat, city.lon],
+            "boundaries": city.boundaries,
         },
         "districts": {d.id: _titles(d.name_zh, d.name_en) for d in model.districts.values()},
         "kinds": {name: _kind(kind) for name, kind in model.kinds.items()},
@@ -160,12 +162,16 @@ class ReferenceData:
 
 
 def load_assets(folder: Path = STATIC) -> dict[str, Asset]:
-    """Every servable file under ``folder`` by its name."""
-    return {
-        path.name: Asset.of(path.read_bytes(), CONTENT_TYPES[path.suffix])
-        for path in sorted(folder.iterdir())
-        if path.is_file() and path.suffix in CONTENT_TYPES
-    }
+    """Every servable file in ``folder`` by its name, and in its ``vendor/`` folder (the
+    built files of the libraries the console uses, README there) as ``vendor/{name}``."""
+    found = {}
+    for prefix, where in (("", folder), ("vendor/", folder / "vendor")):
+        if not where.is_dir():
+            continue
+        for path in sorted(where.iterdir()):
+            if path.is_file() and path.suffix in CONTENT_TYPES:
+                found[prefix + path.name] = Asset.of(path.read_bytes(), CONTENT_TYPES[path.suffix])
+    return found
 
 
 def make_router(
@@ -182,7 +188,7 @@ def make_router(
     async def index(request: Request) -> Response:
         return page.response(request)
 
-    @console.get("/console/{name}")
+    @console.get("/console/{name:path}")
     async def asset(name: str, request: Request) -> Response:
         if name == CATALOGUE:
             return live.asset().response(request)

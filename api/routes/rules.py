@@ -27,7 +27,8 @@ from cityiot.api.context import ApiContext, context
 from cityiot.api.keys import Principal
 from cityiot.api.paging import Cursor, Limit, Page, decode_cursor, encode_cursor
 from cityiot.api.problems import Problem
-from cityiot.domain.catalogue import KINDS
+from cityiot.domain.catalogue import KINDS, MODEL
+from cityiot.domain.expressions import thresholds as fixed_limits
 from cityiot.rules.definitions import Rule, RuleError, catalogue_path, load_rules, parse_rule
 from cityiot.rules.events import city_time
 from cityiot.storage.tables.rules import RuleOverride
@@ -62,6 +63,7 @@ _EXAMPLE: dict[str, Any] = {
     "schedule": None,
     "source": "api",
     "definition": _EXAMPLE_DEFINITION,
+    "thresholds": [{"metric": "tilt_deg", "op": ">", "value": 12.0}],
     "updated_at": "2026-11-23T10:00:00+08:00",
     "updated_by": "key:3f2a1b0c9d8e (test admin)",
 }
@@ -70,6 +72,12 @@ _EXAMPLE: dict[str, Any] = {
 class Summary(BaseModel):
     zh: str
     en: str
+
+
+class Threshold(BaseModel):
+    metric: str
+    op: Literal["<", "<=", ">", ">=", "==", "!="]
+    value: float
 
 
 class RuleOut(BaseModel):
@@ -87,6 +95,11 @@ class RuleOut(BaseModel):
     schedule: str | dict[str, Any] | None = Field(None, description="night, day or hours")
     source: str = Field(description='the rule file it comes from, or "api"')
     definition: dict[str, Any] = Field(description="the rule's mapping, as in the YAML file")
+    thresholds: list[Threshold] = Field(
+        default_factory=list,
+        description="a threshold rule's fixed limits on metrics (metric OP number in its "
+        "condition), for charts to draw; limits that depend on an attribute are not listed",
+    )
     updated_at: str | None = Field(None, description="when it was put through the API")
     updated_by: str | None = None
 
@@ -115,9 +128,24 @@ class Entry:
             "schedule": _plain(raw.get("schedule")),
             "source": self.source,
             "definition": raw,
+            "thresholds": self.thresholds(),
             "updated_at": self.updated_at,
             "updated_by": self.updated_by,
         }
+
+    def thresholds(self) -> list[dict[str, Any]]:
+        """The fixed limits of a threshold rule's condition on its kinds' metrics."""
+        when = self.definition.get("when")
+        if self.rule.type != "threshold" or not isinstance(when, str):
+            return []
+        metrics = {
+            m.name for k in self.rule.kinds if (kind := MODEL.kinds.get(k)) for m in kind.metrics
+        }
+        return [
+            {"metric": name, "op": op, "value": value}
+            for name, op, value in fixed_limits(when)
+            if name in metrics
+        ]
 
 
 def _plain(value: Any) -> Any:

@@ -3,7 +3,9 @@
 
 A firing alert opens one work order for the team its route names; the team moves it
 ``dispatched → accepted → on_site → resolved → closed``, each step stamped with its time
-(the SLA clocks: on site by ``verify_due_at``, closed by ``close_due_at``).
+(the SLA clocks: on site by ``verify_due_at``, closed by ``close_due_at``). Each answer
+carries its device's ``address``, ``lat`` and ``lon`` from the registry, for the team on the
+road.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from cityiot.api.routes.alerts import ID_PATTERN, DistrictFilter, KindFilter, ch
 from cityiot.api.teams import require_teams
 from cityiot.rules.events import city_time, wall_clock
 from cityiot.rules.workorders import TRANSITIONS, IllegalTransition, WorkOrderNotFound, transition
+from cityiot.storage.registry import Place, device_places
 from cityiot.storage.tables.workorders import WorkOrder
 
 router = APIRouter(tags=["workorders"])
@@ -44,6 +47,9 @@ _EXAMPLE: dict[str, Any] = {
     "device_id": "mh-0001",
     "kind": "manhole",
     "district": "yicheng",
+    "address": "驿城区解放路 1 号",
+    "lat": 32.98,
+    "lon": 114.02,
     "severity": "critical",
     "title": "井盖打开或倾斜（倾角 31°） / Manhole cover open or tilted (31°)",
     "assignee": "crew 1",
@@ -69,6 +75,11 @@ class WorkOrderOut(BaseModel):
     device_id: str
     kind: str
     district: str
+    address: str | None = Field(
+        None, description="the device's street address (registry); null for an unknown device"
+    )
+    lat: float | None = Field(None, description="the device's latitude (WGS-84)")
+    lon: float | None = Field(None, description="the device's longitude (WGS-84)")
     severity: str
     title: str
     assignee: str | None = Field(description="who accepted it")
@@ -93,7 +104,7 @@ class StepIn(BaseModel):
     )
 
 
-def work_order_out(order: WorkOrder) -> dict[str, Any]:
+def work_order_out(order: WorkOrder, place: Place | None) -> dict[str, Any]:
     return {
         "id": order.id,
         "alert_id": order.alert_id,
@@ -102,6 +113,9 @@ def work_order_out(order: WorkOrder) -> dict[str, Any]:
         "device_id": order.device_id,
         "kind": order.kind,
         "district": order.district,
+        "address": place.address if place else None,
+        "lat": place.lat if place else None,
+        "lon": place.lon if place else None,
         "severity": order.severity,
         "title": order.title,
         "assignee": order.assignee,
@@ -159,7 +173,18 @@ async def list_workorders(
     stmt = after(stmt, [WorkOrder.created_at, WorkOrder.id], cursor).limit(limit + 1)
     async with ctx.sessions() as session:
         rows = list((await session.scalars(stmt)).all())
-    return page_of(rows, limit, key=lambda o: [o.created_at, o.id], convert=work_order_out)
+    places = await device_places(ctx.sessions, (o.device_id for o in rows[:limit]))
+    return page_of(
+        rows,
+        limit,
+        key=lambda o: [o.created_at, o.id],
+        convert=lambda o: work_order_out(o, places.get(o.device_id)),
+    )
+
+
+async def _with_place(ctx: ApiContext, order: WorkOrder) -> dict[str, Any]:
+    places = await device_places(ctx.sessions, [order.device_id])
+    return work_order_out(order, places.get(order.device_id))
 
 
 async def _visible(ctx: ApiContext, principal: Principal, work_order_id: str) -> WorkOrder:
@@ -196,7 +221,7 @@ async def get_workorder(
     principal: Annotated[Principal, Depends(allow(*READERS))],
 ) -> dict[str, Any]:
     """One work order with its SLA clocks and journal."""
-    return work_order_out(await _visible(ctx, principal, work_order_id))
+    return await _with_place(ctx, await _visible(ctx, principal, work_order_id))
 
 
 def _step(action: str) -> Callable[..., Awaitable[dict[str, Any]]]:
@@ -230,7 +255,7 @@ def _step(action: str) -> Callable[..., Awaitable[dict[str, Any]]]:
             ) from None
         except IllegalTransition as exc:
             raise Problem(409, str(exc), state=exc.state, allowed=list(exc.allowed)) from None
-        return work_order_out(order)
+        return await _with_place(ctx, order)
 
     step.__name__ = f"workorder_{action}"
     step.__doc__ = (

@@ -45,3 +45,53 @@ def parse_expression(
         if isinstance(node, ast.Constant) and not isinstance(node.value, int | float | bool | str):
             raise ExpressionError(f"{where}: {text!r}: only numbers, true/false and strings")
     return tree
+
+
+_FLIPPED = {ast.Lt: ">", ast.LtE: ">=", ast.Gt: "<", ast.GtE: "<=", ast.Eq: "==", ast.NotEq: "!="}
+_OPERATORS = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!="}
+
+
+def thresholds(text: str) -> list[tuple[str, str, float]]:
+    """The fixed limits an expression compares a name with: ``(name, operator, number)`` for
+    each ``name OP number`` (or ``number OP name``, turned round), in the order written.
+    ``tilt_deg > 15 or water_level_cm > 0.8 * depth_cm`` → ``[("tilt_deg", ">", 15.0)]``: a
+    limit that depends on an attribute is not a fixed line. An expression not in the language
+    has none."""
+    try:
+        tree = parse_expression(text, "thresholds")
+    except ExpressionError:
+        return []
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Compare):
+            continue
+        left = node.left
+        for op, right in zip(node.ops, node.comparators, strict=True):
+            pair = _limit(left, op, right)
+            if pair is not None:
+                found.append(pair)
+            left = right
+    return found
+
+
+def _limit(left: ast.expr, op: ast.cmpop, right: ast.expr) -> tuple[str, str, float] | None:
+    number = _number(right)
+    if isinstance(left, ast.Name) and number is not None:
+        return left.id, _OPERATORS[type(op)], number
+    number = _number(left)
+    if isinstance(right, ast.Name) and number is not None:
+        return right.id, _FLIPPED[type(op)], number
+    return None
+
+
+def _number(node: ast.expr) -> float | None:
+    """A literal number, signed or not; None for anything else (true/false are not numbers)."""
+    sign = 1.0
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        sign = -1.0 if isinstance(node.op, ast.USub) else 1.0
+        node = node.operand
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+        if isinstance(node.value, bool):
+            return None
+        return sign * float(node.value)
+    return None

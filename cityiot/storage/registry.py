@@ -1,5 +1,5 @@
 """The registry's operations: importing checked device rows, vendors, the ingest's device
-map and presence. Used by the CLI and the ingest; the API reuses them.
+map, presence and devices' places. Used by the CLI and the ingest; the API reuses them.
 
 Every function takes an ``async_sessionmaker`` and runs its own transaction. All of them
 work on SQLite and PostgreSQL.
@@ -466,6 +466,33 @@ async def record_links(session_factory: SessionFactory, links: Mapping[str, str]
         rows = [(link, d, link) for d, link in items[start : start + ROWS_PER_TURN]]
         took += await write_rows(session_factory, _LINK, rows, sqlite_sql=_LINK_SQLITE)
     return took
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where a device stands: its street address and position (WGS-84)."""
+
+    address: str
+    lat: float
+    lon: float
+
+
+async def device_places(
+    session_factory: SessionFactory, device_ids: Iterable[str]
+) -> dict[str, Place]:
+    """The place of each of ``device_ids`` the registry holds (decommissioned ones too), one
+    query per 500 ids: what a page of work orders shows of its devices. Unknown ids are left
+    out."""
+    ids = sorted(set(device_ids))
+    places: dict[str, Place] = {}
+    async with session_factory() as session:
+        for chunk in in_chunks(ids):
+            query = select(Device.id, Device.address, Device.lat, Device.lon).where(
+                Device.id.in_(chunk)
+            )
+            for r in await session.execute(query):
+                places[r.id] = Place(r.address or "", r.lat, r.lon)
+    return places
 
 
 async def online_devices(session_factory: SessionFactory) -> list[str]:

@@ -52,7 +52,12 @@ async def test_readers_get_the_catalogue_within_their_grant(api: Api) -> None:
     assert rule["type"] == "threshold" and rule["severity"] == "major" and rule["for"] == "2m"
     assert rule["source"].endswith("manhole.yaml") and rule["updated_at"] is None
     assert rule["definition"]["when"] == "water_level_cm > 0.8 * depth_cm"
+    assert rule["thresholds"] == []  # its limit depends on the manhole's depth: no fixed line
     assert rule["summary"]["en"].startswith("Water level")
+    rule = (await api.client("field").get("/api/v1/rules/manhole_cover_open")).json()
+    assert rule["thresholds"] == [{"metric": "tilt_deg", "op": ">", "value": 15.0}]
+    absence = (await api.client("field").get("/api/v1/rules/device_offline")).json()
+    assert absence["type"] == "absence" and absence["thresholds"] == []
     r = await api.client("department").get("/api/v1/rules/streetlight_off_at_night")
     assert r.status_code == 403
     assert (await api.client("admin").get("/api/v1/rules/no_such_rule")).status_code == 404

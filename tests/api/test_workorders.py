@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from cityiot.rules.events import alert_event
 from cityiot.rules.workorders import SlaPolicy, open_work_order
@@ -160,3 +160,25 @@ async def test_every_role_gets_the_documented_answer(api: Api) -> None:
         "department": 200,
         "vendor": 403,
     }
+
+
+async def test_a_work_order_carries_its_devices_address_and_position(api: Api) -> None:
+    """For the team on the road: the registry's address, lat and lon in every answer (a
+    list, one order, a step); null for a device the registry does not hold."""
+    order_id = await dispatch(api, "mh-1", "r")
+    client = api.client("field")
+    place = {"address": "驿城区解放路 1 号", "lat": 32.98, "lon": 114.02}
+    listed = (await client.get("/api/v1/workorders")).json()["items"]
+    one = (await client.get(f"/api/v1/workorders/{order_id}")).json()
+    moved = (await client.post(f"/api/v1/workorders/{order_id}/accept")).json()
+    for answer in (*(o for o in listed if o["id"] == order_id), one, moved):
+        assert {k: answer[k] for k in place} == place, answer
+    assert len([o for o in listed if o["id"] == order_id]) == 1
+
+    gone = await dispatch(api, "mh-2", "r")
+    async with api.sessions() as session, session.begin():
+        await session.execute(
+            update(WorkOrder).where(WorkOrder.id == gone).values(device_id="mh-gone")
+        )
+    answer = (await api.client("admin").get(f"/api/v1/workorders/{gone}")).json()
+    assert (answer["address"], answer["lat"], answer["lon"]) == (None, None, None)

@@ -1,8 +1,9 @@
-// The console: sign-in, the page frame, routing (#/, #/device/{id}, #/workorders) and the
+// The console: sign-in, the page frame, routing (#/, #/device/{id}, #/workorders, #/screen) and the
 // state every view draws from — devices, open alerts, the overview — kept current by the
 // live stream, never by polling; the reference data (names of kinds, metrics, districts)
 // is looked at again every minute and when something unknown turns up.
 
+import { Alerting } from "./alerting.js";
 import { OPEN_STATES } from "./alerts.js";
 import { Api } from "./api.js";
 import { BoardView } from "./board.js";
@@ -11,6 +12,7 @@ import { DeviceView } from "./device.js";
 import { h, replace } from "./dom.js";
 import { I18n } from "./i18n.js";
 import { OverviewView } from "./overview.js";
+import { ScreenView } from "./screen.js";
 import { LEGACY_KEY_STORAGE, SignInView, currentSession } from "./signin.js";
 import { LiveStream } from "./stream.js";
 
@@ -38,6 +40,7 @@ class Console {
     this.nav = h("nav", { class: "nav" });
     this.live = h("span", { class: "live", role: "status" });
     this.langButton = h("button", { type: "button", class: "lang", on: { click: () => this.i18n.toggle() } });
+    this.alertingButton = h("button", { type: "button", class: "alerting", on: { click: () => this.alerting.toggle() } });
     this.signOutButton = h("button", { type: "button", class: "signout", on: { click: () => this.signOut() } });
     this.who = h("span", { class: "who" });
     this.brand = h("a", { class: "brand", href: "#/" });
@@ -45,10 +48,14 @@ class Console {
     this.main = h("main", { id: "view" });
     replace(
       root,
-      h("header", { class: "bar" }, this.brand, this.nav, h("div", { class: "bar-tools" }, this.live, this.who, this.langButton, this.signOutButton)),
+      h("header", { class: "bar" }, this.brand, this.nav, h("div", { class: "bar-tools" }, this.live, this.who, this.alertingButton, this.langButton, this.signOutButton)),
       this.notice,
       this.main,
     );
+    // Sound, flash and desktop notification for critical and major alerts arriving live;
+    // a view that wants them on by default (the big screen) calls this.alerting.enable().
+    this.alerting = new Alerting({ storage, i18n: this.i18n, root: this.main, onOpen: (id) => this.openDevice(id) });
+    this.alerting.onChange(() => this.render());
     this.i18n.onChange(() => this.render());
     catalogue.onChange(() => {
       this.view?.catalogueChanged?.();
@@ -170,8 +177,11 @@ class Console {
   // -- live events ----------------------------------------------------------------------
 
   alertEvent(event) {
+    // New: firing and not open before (an acknowledgement or a repeat is not news).
+    const arrived = event.state === "firing" && !this.alerts.has(event.id);
     this.upsertAlert(event);
     this.view?.alertsChanged?.(event);
+    if (arrived) this.alerting.arrived(event);
     // The tiles count alerts: ask for them again, at most once per interval of events.
     this.overviewTimer ??= setTimeout(() => {
       this.overviewTimer = null;
@@ -230,6 +240,9 @@ class Console {
       this.show(view, "overview");
       this.stream.watch(id);
       view.load();
+    } else if (hash === "#/screen") {
+      this.show(new ScreenView(this), "screen");
+      this.stream.watch(null);
     } else if (hash === "#/workorders") {
       const view = new BoardView(this);
       this.show(view, "workorders");
@@ -258,9 +271,13 @@ class Console {
     this.brand.textContent = this.i18n.appTitle();
     this.langButton.textContent = t("lang.switch");
     this.langButton.title = t("lang.switch.title");
+    this.alertingButton.textContent = t(this.alerting.on ? "alerting.on" : "alerting.off");
+    this.alertingButton.title = t("alerting.title");
+    this.alertingButton.setAttribute("aria-pressed", String(this.alerting.on));
     this.signOutButton.textContent = t("nav.signout");
     const signedIn = Boolean(this.api);
     this.signOutButton.hidden = !signedIn;
+    this.alertingButton.hidden = !signedIn;
     this.who.hidden = !signedIn;
     this.who.textContent = signedIn && this.session ? this.session.display_name || this.session.username : "";
     this.live.hidden = !signedIn;
@@ -269,6 +286,7 @@ class Console {
         ? [
             ["overview", "#/", "nav.overview"],
             ["workorders", "#/workorders", "nav.workorders"],
+            ["screen", "#/screen", "nav.screen"],
           ].map(([name, href, label]) =>
             h("a", { href, dataset: { nav: name }, "aria-current": this.section === name ? "page" : null }, t(label)),
           )

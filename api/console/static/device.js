@@ -8,9 +8,9 @@ import { SeriesChart } from "./chart.js";
 
 // Range → how the API is asked: raw points for the last hour, buckets beyond.
 const RANGES = [
-  { id: "1h", ms: 3600_000, every: null },
-  { id: "24h", ms: 86_400_000, every: "10m" },
-  { id: "7d", ms: 7 * 86_400_000, every: "1h" },
+  { id: "1h", ms: 3600_000, every: null, everyMs: 0 },
+  { id: "24h", ms: 86_400_000, every: "10m", everyMs: 600_000 },
+  { id: "7d", ms: 7 * 86_400_000, every: "1h", everyMs: 3600_000 },
 ];
 
 export class DeviceView {
@@ -21,6 +21,7 @@ export class DeviceView {
     this.latest = null;
     this.range = RANGES[0];
     this.charts = new Map(); // metric → SeriesChart
+    this.limits = null; // metric → the rules' fixed limits on it, once read
     this.error = null;
     this.alerts = new AlertList({ i18n: app.i18n, onAck: (a, b) => app.acknowledge(a, b), empty: "alerts.empty" });
     this.el = h("div", { class: "device-page", dataset: { deviceId } });
@@ -38,7 +39,31 @@ export class DeviceView {
     }
     this.buildCharts();
     this.render();
-    await this.loadSeries();
+    await Promise.all([this.loadSeries(), this.loadLimits()]);
+  }
+
+  /** The fixed limits of the rules on this device's kind, drawn on its charts. */
+  async loadLimits() {
+    let rules;
+    try {
+      rules = await this.app.api.get("/rules", { kind: this.device.kind, limit: 500 });
+    } catch {
+      return; // the charts stay without their limits; the rules page says why
+    }
+    this.limits = new Map();
+    for (const rule of rules.items) {
+      for (const l of rule.thresholds ?? []) {
+        const list = this.limits.get(l.metric) ?? [];
+        list.push({ op: l.op, value: l.value, severity: rule.severity, rule: rule.id });
+        this.limits.set(l.metric, list);
+      }
+    }
+    for (const [name, chart] of this.charts) chart.setLimits(this.limits.get(name) ?? []);
+  }
+
+  /** The page is left: its charts let go of their canvases. */
+  destroy() {
+    for (const chart of this.charts.values()) chart.close();
   }
 
   /** The metrics charted: the kind's, in its order; while the kind is unknown, those reported. */
@@ -55,6 +80,7 @@ export class DeviceView {
     this.charts = new Map(
       this.metricNames().map((name) => [name, old.get(name) ?? new SeriesChart(this.device.kind, name, this.app.i18n)]),
     );
+    for (const [name, chart] of this.charts) if (!old.has(name)) chart.limits = this.limits?.get(name) ?? [];
     return this.charts.size !== old.size || [...this.charts.keys()].some((name) => !old.has(name));
   }
 
@@ -78,10 +104,13 @@ export class DeviceView {
       return;
     }
     if (range !== this.range) return; // another range was chosen meanwhile
+    // Points come every report interval, or every bucket when that is longer.
+    const reportMs = (this.app.catalogue.kind(this.device.kind)?.report_interval_s ?? 0) * 1000;
+    const stepMs = reportMs ? Math.max(reportMs, range.everyMs) : 0;
     for (const [name, chart] of this.charts) {
       const points = [];
       for (const p of series.points) if (name in p.values) points.push({ t: Date.parse(p.ts), v: p.values[name] });
-      chart.set(points, range.ms);
+      chart.set(points, range.ms, stepMs);
     }
     this.el.dataset.loaded = "true";
   }

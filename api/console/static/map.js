@@ -1,68 +1,104 @@
-// The city map: every device at its lat/lon on a canvas, coloured by state, district names at
-// the centroid of their devices, a filter by kind (titles and counts). No tiles: the map needs
-// no outside server, and a canvas draws a city's hundred thousand points where one SVG node
-// per device would not.
+// The city map on ECharts (vendored, drawn on a canvas): the districts' boundaries from the
+// city file, zoom and pan, every device at its lat/lon coloured by state, filters by kind,
+// state and district. Past CLUSTER_AT devices in view, nearby devices of the same state are
+// drawn as one counted bubble per screen cell, so a city's hundred thousand devices stay
+// fluid; alerting devices are never folded into a bubble. No tiles: the map needs no
+// outside server.
 
+import * as echarts from "./vendor/echarts.esm.min.js";
 import { h } from "./dom.js";
 
 export const STATES = ["online", "offline", "unknown", "decommissioned", "alerting"];
 const DRAW_ORDER = ["decommissioned", "unknown", "offline", "online"]; // alerting goes on top
-const GRID_STEPS = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2];
-const PAD = 28; // px around the devices
-const HIT_PX = 9;
+export const CLUSTER_AT = 3_000; // devices in the filter: more are drawn in cells
+const CELL_PX = 28; // a bubble's cell on screen
+const MAP_NAME = "cityiot-city";
 
-/** The projection of lat/lon into a w×h box: equirectangular, lon scaled by cos(lat). With no
- * device, the box around `center` ([lat, lon], the city's centre). */
-export function projection(devices, width, height, center = [0, 0]) {
-  let [w, e, s, n] = [Infinity, -Infinity, Infinity, -Infinity];
-  for (const d of devices) {
-    w = Math.min(w, d.lon);
-    e = Math.max(e, d.lon);
-    s = Math.min(s, d.lat);
-    n = Math.max(n, d.lat);
-  }
-  if (!Number.isFinite(w)) [w, e, s, n] = [center[1] - 0.5, center[1] + 0.5, center[0] - 0.25, center[0] + 0.25];
-  const span = Math.max(e - w, n - s, 0.01);
-  const cx = (w + e) / 2;
-  const cy = (s + n) / 2;
-  const kx = Math.cos((cy * Math.PI) / 180);
-  const halfW = Math.max((e - w) * kx, span * 0.05) / 2;
-  const halfH = Math.max(n - s, span * 0.05) / 2;
-  const scale = Math.min((width - 2 * PAD) / (2 * halfW), (height - 2 * PAD) / (2 * halfH));
-  return {
-    x: (lon) => width / 2 + (lon - cx) * kx * scale,
-    y: (lat) => height / 2 - (lat - cy) * scale,
-    lon: (x) => cx + (x - width / 2) / (kx * scale),
-    lat: (y) => cy - (y - height / 2) / scale,
+/** The box [west, south, east, north] around the devices and the boundaries; around
+ * `center` ([lat, lon]) when there is neither. */
+export function extent(devices, boundaries, center = [0, 0]) {
+  let [w, s, e, n] = [Infinity, Infinity, -Infinity, -Infinity];
+  const take = (lon, lat) => {
+    w = Math.min(w, lon);
+    e = Math.max(e, lon);
+    s = Math.min(s, lat);
+    n = Math.max(n, lat);
   };
+  for (const d of devices) take(d.lon, d.lat);
+  for (const feature of boundaries?.features ?? []) {
+    const { type, coordinates } = feature.geometry;
+    const polygons = type === "Polygon" ? [coordinates] : coordinates;
+    for (const polygon of polygons) for (const ring of polygon) for (const [lon, lat] of ring) take(lon, lat);
+  }
+  if (!Number.isFinite(w)) return [center[1] - 0.5, center[0] - 0.25, center[1] + 0.5, center[0] + 0.25];
+  const pad = Math.max(e - w, n - s, 0.01) * 0.04;
+  return [w - pad, s - pad, e + pad, n + pad];
+}
+
+/** Devices grouped by screen cell: `cell(d)` gives a device's cell key. Each group becomes
+ * {lon, lat (their mean), devices, state (the most frequent)}. */
+export function cluster(devices, cell, stateOf) {
+  const cells = new Map();
+  for (const d of devices) {
+    const key = cell(d);
+    let group = cells.get(key);
+    if (!group) cells.set(key, (group = { lon: 0, lat: 0, devices: [], counts: {} }));
+    group.lon += d.lon;
+    group.lat += d.lat;
+    group.devices.push(d);
+    const state = stateOf(d);
+    group.counts[state] = (group.counts[state] ?? 0) + 1;
+  }
+  return [...cells.values()].map((g) => {
+    const n = g.devices.length;
+    const state = Object.entries(g.counts).sort((a, b) => b[1] - a[1])[0][0];
+    return { lon: g.lon / n, lat: g.lat / n, devices: g.devices, counts: g.counts, state };
+  });
 }
 
 export class CityMap {
-  /** `onOpen(deviceId)`: a device was clicked. */
+  /** `onOpen(deviceId)`: a device was clicked. Colours come from the page's CSS variables
+   * (the big screen sets its own). */
   constructor({ i18n, onOpen }) {
     this.i18n = i18n;
     this.onOpen = onOpen;
     this.all = []; // every device with a position
-    this.devices = []; // those of the chosen kind
-    this.kind = ""; // "": every kind
-    this.kindOptions = "";
-    this.kindSelect = h("select", { class: "kind-select", on: { change: (e) => this.chooseKind(e.currentTarget.value) } });
-    this.kindLabel = h("span", {});
-    this.filter = h("label", { class: "kind-filter" }, this.kindLabel, this.kindSelect);
+    this.devices = []; // those the filters keep
+    this.filters = { kind: "", state: "", district: "" }; // "": every one
     this.alerting = new Map(); // device id → severity of its worst open alert
-    this.points = [];
-    this.canvas = h("canvas", { class: "map-canvas", role: "img" });
+    this.options = { kind: "", state: "", district: "" }; // the lists' choices drawn last
+    this.selects = {};
+    this.labels = {};
+    const parts = ["kind", "state", "district"].map((name) => {
+      this.selects[name] = h("select", { class: `${name}-select`, on: { change: (e) => this.choose(name, e.currentTarget.value) } });
+      this.labels[name] = h("span", {});
+      return h("label", { class: ["map-filter", `${name}-filter`] }, this.labels[name], this.selects[name]);
+    });
+    this.filter = h("div", { class: "map-filters" }, ...parts);
     this.tip = h("div", { class: "map-tip", hidden: true });
     this.legend = h("ul", { class: "legend" });
-    this.el = h("div", { class: "map", dataset: { drawn: "0" } }, this.canvas, this.tip);
-    this.canvas.addEventListener("mousemove", (e) => this.hover(e));
-    this.canvas.addEventListener("mouseleave", () => this.hover(null));
-    this.canvas.addEventListener("click", (e) => {
-      const hit = this.hit(e);
-      if (hit) this.onOpen(hit.device.id);
-    });
+    this.box = h("div", { class: "map-box" });
+    this.el = h("div", { class: "map", dataset: { drawn: "0" } }, this.box, this.tip);
+    this.chart = null;
+    this.boundaries = undefined; // the GeoJSON registered last
     this.frame = 0;
-    new ResizeObserver(() => this.schedule()).observe(this.el);
+    this.box_ = ""; // the frame the map was last fitted to
+    this.resizer = new ResizeObserver(() => {
+      // Hidden (another page shown): ECharts cannot lay a map out in no room.
+      if (!this.el.clientWidth || !this.el.clientHeight) return;
+      this.chart?.resize();
+      this.schedule();
+    });
+    this.resizer.observe(this.el);
+  }
+
+  /** Let go of the chart (the view is left for good). */
+  close() {
+    if (this.frame) cancelAnimationFrame(this.frame);
+    this.frame = 0;
+    this.resizer.disconnect();
+    this.chart?.dispose();
+    this.chart = null;
   }
 
   setDevices(devices) {
@@ -71,37 +107,27 @@ export class CityMap {
   }
 
   chooseKind(kind) {
-    this.kind = kind;
+    this.choose("kind", kind);
+  }
+
+  choose(name, value) {
+    this.filters[name] = value;
     this.filterDevices();
   }
 
   filterDevices() {
-    this.devices = this.kind ? this.all.filter((d) => d.kind === this.kind) : this.all;
-    this.el.dataset.kind = this.kind;
+    const { kind, state, district } = this.filters;
+    this.devices = this.all.filter(
+      (d) => (!kind || d.kind === kind) && (!district || d.district === district) && (!state || this.stateOf(d) === state),
+    );
+    Object.assign(this.el.dataset, this.filters);
     this.schedule();
-  }
-
-  /** The kind filter's choices: every kind on the map by its title and count, in the model's order. */
-  renderKinds() {
-    const counts = new Map();
-    for (const d of this.all) counts.set(d.kind, (counts.get(d.kind) ?? 0) + 1);
-    if (this.kind && !counts.has(this.kind)) counts.set(this.kind, 0);
-    const order = this.i18n.catalogue.kindIds();
-    const rank = (kind) => (order.includes(kind) ? order.indexOf(kind) : order.length);
-    const kinds = [...counts.keys()].sort((a, b) => rank(a) - rank(b) || (a < b ? -1 : 1));
-    const t = this.i18n;
-    const options = [["", t.t("map.kinds")], ...kinds.map((kind) => [kind, t.t("map.kind.count", { kind: t.kind(kind), n: counts.get(kind) })])];
-    this.kindLabel.textContent = t.t("map.kind");
-    const key = JSON.stringify(options);
-    if (key === this.kindOptions) return; // unchanged: an open list stays open
-    this.kindOptions = key;
-    this.kindSelect.replaceChildren(...options.map(([value, label]) => h("option", { value }, label)));
-    this.kindSelect.value = this.kind;
   }
 
   setAlerting(alerting) {
     this.alerting = alerting;
-    this.schedule();
+    if (this.filters.state) this.filterDevices();
+    else this.schedule();
   }
 
   /** Draw at the next frame: a burst of events costs one drawing. */
@@ -116,162 +142,233 @@ export class CityMap {
     return this.alerting.has(device.id) ? "alerting" : device.status;
   }
 
-  draw() {
-    const { width, height } = this.el.getBoundingClientRect();
-    if (!width || !height) return;
-    const ratio = window.devicePixelRatio || 1;
-    this.canvas.width = Math.round(width * ratio);
-    this.canvas.height = Math.round(height * ratio);
-    const ctx = this.canvas.getContext("2d");
-    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  colours() {
     const style = getComputedStyle(this.el);
     const colour = (name) => style.getPropertyValue(`--${name}`).trim();
-    ctx.fillStyle = colour("map-bg");
-    ctx.fillRect(0, 0, width, height);
+    return Object.fromEntries(
+      [...STATES, "map-bg", "map-area", "map-area-hover", "map-border", "map-label", "map-halo"].map((name) => [name, colour(name)]),
+    );
+  }
 
-    const project = projection(this.devices, width, height, this.i18n.catalogue.city?.center);
-    this.grid(ctx, project, width, height, colour("map-grid"), colour("map-label"));
-
-    const byState = Object.fromEntries(STATES.map((state) => [state, []]));
-    this.points = [];
-    for (const device of this.devices) {
-      const point = { x: project.x(device.lon), y: project.y(device.lat), device };
-      byState[this.stateOf(device)]?.push(point);
-      this.points.push(point);
-    }
-    const n = this.devices.length;
-    const r = n > 20_000 ? 1.2 : n > 5_000 ? 2 : n > 1_000 ? 3 : 4.5;
-    for (const state of DRAW_ORDER) {
-      ctx.fillStyle = colour(state);
-      ctx.beginPath();
-      for (const { x, y } of byState[state]) {
-        ctx.moveTo(x + r, y);
-        ctx.arc(x, y, r, 0, 2 * Math.PI);
+  /** The chart, made once the map has a size; the boundaries registered again when they change. */
+  ready() {
+    const { width, height } = this.el.getBoundingClientRect();
+    if (!width || !height) return false;
+    const city = this.i18n.catalogue.city;
+    const boundaries = city?.boundaries ?? null;
+    if (boundaries !== this.boundaries) {
+      echarts.registerMap(MAP_NAME, boundaries ?? { type: "FeatureCollection", features: [] });
+      this.boundaries = boundaries;
+      this.el.dataset.boundaries = String(boundaries?.features?.length ?? 0);
+      if (this.chart) {
+        this.chart.dispose();
+        this.chart = null;
       }
-      ctx.fill();
     }
-    this.districtLabels(ctx, project, colour("map-label"), colour("map-bg"));
-    ctx.fillStyle = colour("alerting");
-    ctx.strokeStyle = colour("map-bg");
-    ctx.lineWidth = 2;
-    for (const { x, y } of byState.alerting) {
-      ctx.beginPath();
-      ctx.arc(x, y, r + 3, 0, 2 * Math.PI);
-      ctx.fill();
-      ctx.stroke();
+    if (!this.chart) {
+      this.chart = echarts.init(this.box, null, { renderer: "canvas" });
+      this.chart.on("click", (e) => this.clicked(e));
+      this.chart.on("mousemove", (e) => this.hover(e));
+      this.chart.on("mouseout", () => this.hover(null));
+      // Bubbles are cells of the screen: a zoom folds them again. Dots need no redrawing.
+      this.chart.on("georoam", () => {
+        this.el.dataset.zoom = (this.chart.getOption().geo[0].zoom ?? 1).toFixed(2);
+        if (this.el.dataset.folded === "1") this.schedule();
+      });
+      this.drawBase();
     }
+    return true;
+  }
+
+  /** The districts, the frame and the empty series: drawn once per chart. */
+  drawBase() {
+    const c = this.colours();
+    const [w, s, e, n] = extent(this.all, this.boundaries, this.i18n.catalogue.city?.center);
+    this.box_ = [w, s, e, n].join();
+    this.el.dataset.zoom = "1.00";
+    this.chart.setOption({
+      animation: false,
+      backgroundColor: c["map-bg"],
+      geo: {
+        map: MAP_NAME,
+        nameProperty: "id",
+        roam: true,
+        scaleLimit: { min: 0.8, max: 400 },
+        boundingCoords: [
+          [w, n],
+          [e, s],
+        ],
+        layoutCenter: ["50%", "50%"],
+        layoutSize: "96%",
+        itemStyle: { areaColor: c["map-area"], borderColor: c["map-border"], borderWidth: 1 },
+        emphasis: { itemStyle: { areaColor: c["map-area-hover"] }, label: { show: true } },
+        select: { disabled: true },
+        label: { show: true, color: c["map-label"], fontSize: 13, fontWeight: 600, textBorderColor: c["map-halo"], textBorderWidth: 3, formatter: (p) => this.i18n.district(p.name) },
+        silent: false,
+      },
+      series: [],
+    });
+  }
+
+  draw() {
+    if (!this.ready()) return;
+    const c = this.colours();
+    const box = extent(this.all, this.boundaries, this.i18n.catalogue.city?.center);
+    if (box.join() !== this.box_) {
+      // The devices first seen, or a fleet moved past the frame: frame the city again.
+      this.box_ = box.join();
+      const [w, s, e, n] = box;
+      this.chart.setOption({ geo: { boundingCoords: [[w, n], [e, s]], zoom: 1 } });
+      this.el.dataset.zoom = "1.00";
+    }
+    const byState = Object.fromEntries(STATES.map((state) => [state, []]));
+    for (const device of this.devices) byState[this.stateOf(device)]?.push(device);
+    const n = this.devices.length;
+    const folded = n - byState.alerting.length > CLUSTER_AT;
+    const series = [];
+    if (folded) {
+      const cell = this.cellOf();
+      for (const state of DRAW_ORDER) {
+        const groups = cluster(byState[state], cell, () => state);
+        series.push(this.bubbles(state, groups, c[state]));
+      }
+    } else {
+      const size = n > 1_000 ? 5 : 9;
+      for (const state of DRAW_ORDER) series.push(this.dots(state, byState[state], c[state], size));
+    }
+    series.push(this.dots("alerting", byState.alerting, c.alerting, 13, c["map-bg"]));
+    // Everything is replaced: no series of an earlier drawing lingers.
+    this.chart.setOption({ geo: { label: { formatter: (p) => this.i18n.district(p.name) } }, series }, { replaceMerge: ["series"] });
 
     const counts = Object.fromEntries(STATES.map((state) => [state, byState[state].length]));
-    Object.assign(this.el.dataset, { drawn: String(n), ...mapCounts(counts) });
-    this.canvas.setAttribute("aria-label", `${this.i18n.t("map.title")}: ${this.i18n.t("map.count", { n })}`);
-    this.renderKinds();
+    Object.assign(this.el.dataset, { drawn: String(n), folded: folded ? "1" : "0", ...mapCounts(counts) });
+    const canvas = this.box.querySelector("canvas");
+    if (canvas) {
+      canvas.classList.add("map-canvas");
+      canvas.setAttribute("role", "img");
+      canvas.setAttribute("aria-label", `${this.i18n.t("map.title")}: ${this.i18n.t("map.count", { n })}`);
+    }
+    this.renderFilters();
     this.legend.replaceChildren(
       ...STATES.map((state) =>
-        h(
-          "li",
-          { dataset: { state } },
-          h("span", { class: ["swatch", state] }),
-          `${this.i18n.t(`status.${state}`)} `,
-          h("b", {}, this.i18n.number(counts[state], 0)),
-        ),
+        h("li", { dataset: { state } }, h("span", { class: ["swatch", state] }), `${this.i18n.t(`status.${state}`)} `, h("b", {}, this.i18n.number(counts[state], 0))),
       ),
     );
   }
 
-  grid(ctx, project, width, height, line, label) {
-    const span = project.lon(width) - project.lon(0);
-    const step = GRID_STEPS.find((s) => span / s <= 8) ?? 5;
-    ctx.strokeStyle = line;
-    ctx.lineWidth = 1;
-    ctx.fillStyle = label;
-    ctx.font = "10px system-ui, sans-serif";
-    ctx.beginPath();
-    const digits = step < 0.01 ? 3 : step < 0.1 ? 2 : 1;
-    for (let lon = Math.ceil(project.lon(0) / step) * step; lon < project.lon(width); lon += step) {
-      const x = Math.round(project.x(lon)) + 0.5;
-      ctx.moveTo(x, 0);
-      ctx.lineTo(x, height);
-      ctx.fillText(`${lon.toFixed(digits)}°E`, x + 3, height - 4);
-    }
-    for (let lat = Math.ceil(project.lat(height) / step) * step; lat < project.lat(0); lat += step) {
-      const y = Math.round(project.y(lat)) + 0.5;
-      ctx.moveTo(0, y);
-      ctx.lineTo(width, y);
-      ctx.fillText(`${lat.toFixed(digits)}°N`, 3, y - 3);
-    }
-    ctx.stroke();
+  /** A device's screen cell at the present zoom, as a key. */
+  cellOf() {
+    const [x0, y0] = this.chart.convertToPixel({ geoIndex: 0 }, [0, 0]);
+    const [x1, y1] = this.chart.convertToPixel({ geoIndex: 0 }, [1, 1]);
+    const perLon = Math.abs(x1 - x0) / CELL_PX || 1;
+    const perLat = Math.abs(y1 - y0) / CELL_PX || 1;
+    return (d) => `${Math.floor(d.lon * perLon)}:${Math.floor(d.lat * perLat)}`;
   }
 
-  districtLabels(ctx, project, ink, halo) {
-    const sums = new Map();
-    for (const d of this.devices) {
-      const sum = sums.get(d.district) ?? { lat: 0, lon: 0, n: 0 };
-      sum.lat += d.lat;
-      sum.lon += d.lon;
-      sum.n += 1;
-      sums.set(d.district, sum);
-    }
-    ctx.font = "600 13px system-ui, sans-serif";
-    ctx.textAlign = "center";
-    ctx.textBaseline = "middle";
-    ctx.lineJoin = "round";
-    ctx.lineWidth = 4;
-    ctx.strokeStyle = halo;
-    ctx.fillStyle = ink;
-    // Largest districts first; a label that would cover another moves up or down a line.
-    const placed = [];
-    const order = [...sums].sort((a, b) => b[1].n - a[1].n);
-    for (const [district, { lat, lon, n }] of order) {
-      const name = this.i18n.district(district);
-      const x = project.x(lon / n);
-      const halfW = ctx.measureText(name).width / 2 + 2;
-      const free = (y) => placed.every((b) => Math.abs(b.x - x) > b.halfW + halfW || Math.abs(b.y - y) > 16);
-      const y0 = project.y(lat / n);
-      const y = [0, 16, -16, 32, -32].map((dy) => y0 + dy).find(free) ?? y0;
-      placed.push({ x, y, halfW });
-      ctx.strokeText(name, x, y);
-      ctx.fillText(name, x, y);
-    }
-    ctx.textAlign = "start";
-    ctx.textBaseline = "alphabetic";
+  dots(state, devices, colour, size, ring) {
+    return {
+      id: `dots-${state}`,
+      type: "scatter",
+      coordinateSystem: "geo",
+      large: devices.length > 2_000,
+      symbolSize: size,
+      itemStyle: { color: colour, opacity: 1, borderColor: ring ?? colour, borderWidth: ring ? 2 : 0 },
+      emphasis: { scale: 1.6, itemStyle: { color: colour } }, // hovered, it keeps its state's colour
+      data: devices.map((d) => ({ value: [d.lon, d.lat], device: d })),
+      z: state === "alerting" ? 5 : 3,
+    };
   }
 
-  hit(event) {
-    const box = this.canvas.getBoundingClientRect();
-    const [x, y] = [event.clientX - box.left, event.clientY - box.top];
-    let best = null;
-    let bestD = HIT_PX * HIT_PX;
-    for (const point of this.points) {
-      const d = (point.x - x) ** 2 + (point.y - y) ** 2;
-      // An alerting device wins a tie: it is drawn on top.
-      if (d < bestD || (d === bestD && this.alerting.has(point.device.id))) {
-        best = point;
-        bestD = d;
-      }
+  bubbles(state, groups, colour) {
+    return {
+      id: `cells-${state}`,
+      type: "scatter",
+      coordinateSystem: "geo",
+      itemStyle: { color: colour, opacity: 0.85 },
+      symbolSize: (value) => Math.min(34, 6 + 4 * Math.log2(value[2])),
+      label: { show: true, formatter: (p) => (p.value[2] > 1 ? compact(p.value[2]) : ""), color: "#fff", fontSize: 10 },
+      data: groups.map((g) => ({ value: [g.lon, g.lat, g.devices.length], group: g })),
+      z: 3,
+    };
+  }
+
+  /** The choices of the three filters: kinds by title and count, states, districts by title. */
+  renderFilters() {
+    const t = this.i18n;
+    const counts = new Map();
+    for (const d of this.all) counts.set(d.kind, (counts.get(d.kind) ?? 0) + 1);
+    if (this.filters.kind && !counts.has(this.filters.kind)) counts.set(this.filters.kind, 0);
+    const order = t.catalogue.kindIds();
+    const rank = (kind) => (order.includes(kind) ? order.indexOf(kind) : order.length);
+    const kinds = [...counts.keys()].sort((a, b) => rank(a) - rank(b) || (a < b ? -1 : 1));
+    const districts = [...new Set([...Object.keys(t.catalogue.data?.districts ?? {}), ...this.all.map((d) => d.district)])];
+    const lists = {
+      kind: [["", t.t("map.kinds")], ...kinds.map((kind) => [kind, t.t("map.kind.count", { kind: t.kind(kind), n: counts.get(kind) })])],
+      state: [["", t.t("map.states")], ...STATES.map((state) => [state, t.t(`status.${state}`)])],
+      district: [["", t.t("map.districts")], ...districts.map((d) => [d, t.district(d)])],
+    };
+    for (const [name, options] of Object.entries(lists)) {
+      this.labels[name].textContent = t.t(`map.${name}`);
+      const key = JSON.stringify(options);
+      if (key === this.options[name]) continue; // unchanged: an open list stays open
+      this.options[name] = key;
+      this.selects[name].replaceChildren(...options.map(([value, label]) => h("option", { value }, label)));
+      this.selects[name].value = this.filters[name];
     }
-    return best;
+  }
+
+  clicked(event) {
+    const device = event.data?.device;
+    if (device) {
+      this.onOpen(device.id);
+      return;
+    }
+    const group = event.data?.group;
+    if (!group) return;
+    if (group.devices.length === 1) {
+      this.onOpen(group.devices[0].id);
+      return;
+    }
+    // A bubble: zoom in on it, two steps.
+    const geo = this.chart.getOption().geo[0];
+    this.chart.setOption({ geo: { center: [group.lon, group.lat], zoom: (geo.zoom ?? 1) * 4 } });
+    this.schedule();
   }
 
   hover(event) {
-    const found = event && this.hit(event);
-    this.canvas.classList.toggle("pointing", Boolean(found));
-    if (!found) {
+    const device = event?.data?.device ?? (event?.data?.group?.devices.length === 1 ? event.data.group.devices[0] : null);
+    const group = device ? null : event?.data?.group;
+    this.box.classList.toggle("pointing", Boolean(device || group));
+    if (!device && !group) {
       this.tip.hidden = true;
       return;
     }
-    const { device, x, y } = found;
     const t = this.i18n;
-    this.tip.replaceChildren(
-      h("b", {}, device.id),
-      h("span", {}, `${t.kind(device.kind)} · ${t.district(device.district)}`),
-      h("span", {}, `${t.t(`status.${this.stateOf(device)}`)} · ${t.link(device.link)}`),
-      device.address ? h("span", {}, device.address) : null,
-    );
+    if (device) {
+      this.tip.replaceChildren(
+        h("b", {}, device.id),
+        h("span", {}, `${t.kind(device.kind)} · ${t.district(device.district)}`),
+        h("span", {}, `${t.t(`status.${this.stateOf(device)}`)} · ${t.link(device.link)}`),
+        device.address ? h("span", {}, device.address) : null,
+      );
+    } else {
+      this.tip.replaceChildren(
+        h("b", {}, t.t("map.count", { n: group.devices.length })),
+        h("span", {}, t.t(`status.${group.state}`)),
+        h("span", {}, t.t("map.cluster.hint")),
+      );
+    }
     this.tip.hidden = false;
+    const x = event.event.offsetX;
+    const y = event.event.offsetY;
     const left = Math.min(x + 12, this.el.clientWidth - this.tip.offsetWidth - 4);
     this.tip.style.left = `${Math.max(4, left)}px`;
     this.tip.style.top = `${Math.max(4, y - this.tip.offsetHeight - 8)}px`;
   }
+}
+
+function compact(n) {
+  return n >= 10_000 ? `${Math.round(n / 1000)}k` : n >= 1_000 ? `${(n / 1000).toFixed(1)}k` : String(n);
 }
 
 function mapCounts(counts) {

@@ -93,8 +93,8 @@ export class OverviewView {
     );
     const k = overview.kpis;
     tiles.push(
-      slaTile("verify", t("kpi.verify"), k.on_time_verification_rate, k.verification_target, k.meets_verification_target, k.created, i18n),
-      slaTile("closure", t("kpi.closure"), k.closure_rate, k.closure_target, k.meets_closure_target, k.created, i18n),
+      slaTile("verify", k.on_time_verification_rate, k.verification_target, k.meets_verification_target, { n: k.verified_on_time, due: k.verification_due, created: k.created }, i18n),
+      slaTile("closure", k.closure_rate, k.closure_target, k.meets_closure_target, { n: k.closed, due: k.closure_due, created: k.created, onTime: i18n.percent(k.on_time_closure_rate) }, i18n),
     );
     this.tiles.replaceChildren(...tiles);
   }
@@ -110,7 +110,13 @@ function tile(name, label, value, sub, cls) {
   );
 }
 
-function slaTile(name, label, rate, target, meets, n, i18n) {
-  const cls = rate === null ? "" : meets ? "meets" : "misses";
-  return tile(name, label, i18n.percent(rate), i18n.t("kpi.target", { target: i18n.percent(target), n }), cls);
+// Rates are over the orders due (CJJ/T 106): none due is a neutral "—", never a missed 0%.
+function slaTile(name, rate, target, meets, counts, i18n) {
+  const params = { ...counts, target: i18n.percent(target) };
+  const label = i18n.t(`kpi.${name}`);
+  const el = counts.due
+    ? tile(name, label, i18n.percent(rate), i18n.t(`kpi.${name}.sub`, params), meets ? "meets" : "misses")
+    : tile(name, label, i18n.t("kpi.none"), i18n.t("kpi.notdue", params), "not-due");
+  Object.assign(el.dataset, { due: String(counts.due), count: String(counts.n) });
+  return el;
 }

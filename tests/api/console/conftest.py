@@ -264,7 +264,7 @@ async def open_tab(browser: Any) -> AsyncIterator[Callable[..., Any]]:
         tab = Tab(page, context)
         context.on("request", lambda request: tab.requests.append(request.url))
         page.on("console", tab.console)
-        page.on("pageerror", lambda exc: tab.errors.append(f"uncaught: {exc}"))
+        page.on("pageerror", lambda exc: tab.errors.append(f"uncaught: {exc} {exc.stack}"))
         return tab
 
     yield open_

@@ -6,38 +6,65 @@ and its work order is taken from the phone board in the next.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
+import re
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from playwright.async_api import expect
 from rich.console import Console
+from sqlalchemy import update
 
 from cityiot.platform.launcher import ADMIN_PASSWORD_SECRET, show_where
+from cityiot.simulators.fleet import SimDevice
+from cityiot.storage.tables.workorders import WorkOrder
+from cityiot.storage.utc import utcnow
 from tests.api.console.conftest import ConsolePlatform, Tab, screenshot
+from tests.waiting import until
 
 # A safety net for what the stream pushes (the console polls nothing); the pages loaded
 # meanwhile are counted: none. How fast it shows is printed, and is the benchmark's.
 LIVE_MS = 10_000
 
-# The canvas's centroid of the pixels painted in the map's alerting colour, in CSS pixels.
-FIND_ALERTING = """canvas => {
-  const map = canvas.closest('.map');
-  const hex = getComputedStyle(map).getPropertyValue('--alerting').trim();
+# Where the map draws a device ([lon, lat]) in CSS pixels of its canvas, and whether that
+# pixel is painted in the alerting colour. The map's own ECharts instance converts.
+FIND_DEVICE = """async ([lon, lat]) => {
+  const echarts = await import('/console/vendor/echarts.esm.min.js');
+  const box = document.querySelector('.map-box');
+  const [x, y] = echarts.getInstanceByDom(box).convertToPixel({geoIndex: 0}, [lon, lat]);
+  const canvas = box.querySelector('canvas.map-canvas');
+  const ratio = canvas.width / canvas.getBoundingClientRect().width;
+  const pixel = canvas.getContext('2d').getImageData(Math.round(x * ratio), Math.round(y * ratio), 1, 1).data;
+  const hex = getComputedStyle(box.closest('.map')).getPropertyValue('--alerting').trim();
   const want = [1, 3, 5].map(i => parseInt(hex.slice(i, i + 2), 16));
-  const {width, height} = canvas;
-  const data = canvas.getContext('2d').getImageData(0, 0, width, height).data;
-  let sx = 0, sy = 0, n = 0;
-  for (let i = 0; i < data.length; i += 4) {
-    if (data[i] === want[0] && data[i + 1] === want[1] && data[i + 2] === want[2]) {
-      const p = i / 4; sx += p % width; sy += Math.floor(p / width); n++;
-    }
-  }
-  const ratio = width / canvas.getBoundingClientRect().width;
-  return n ? {x: sx / n / ratio, y: sy / n / ratio, pixels: n} : null;
+  return {x, y, alerting: [0, 1, 2].every(i => pixel[i] === want[i])};
 }"""
+
+
+# Stands in for the desktop: counts the notifications the console makes (the permission is
+# the browser's, granted by the test).
+COUNT_NOTIFICATIONS = """(() => {
+  const Real = window.Notification;
+  window.__notifications = [];
+  function Desktop(title, options = {}) { window.__notifications.push({title, body: options.body ?? ""}); }
+  Object.defineProperty(Desktop, "permission", {get: () => Real.permission});
+  Desktop.requestPermission = (...args) => Real.requestPermission(...args);
+  window.Notification = Desktop;
+})()"""
+FLASH = re.compile(r"\bflash\b")
+OVERDUE = re.compile(r"\boverdue\b")
+
+
+def manholes(platform: ConsolePlatform) -> list[SimDevice]:
+    """The JSON manholes; the first is :meth:`ConsolePlatform.alerting_manhole`, the others
+    are the ones later tests open."""
+    found = [d for d in platform.reporting if d.kind == "manhole" and d.codec == "json"]
+    assert found[0] is platform.alerting_manhole() and len(found) >= 4
+    return found
 
 
 async def sign_in(
@@ -59,6 +86,27 @@ async def registry_count(platform: ConsolePlatform) -> int:
         assert body["next_cursor"] is None
         total += len(body["items"])
     return total
+
+
+async def _painted(page: Any, where: list[float]) -> dict[str, Any] | None:
+    spot: dict[str, Any] = await page.evaluate(FIND_DEVICE, where)
+    return spot if spot["alerting"] else None
+
+
+async def _zoomed_past(page: Any, before: float) -> float | None:
+    zoom = float(await page.locator(".map").get_attribute("data-zoom") or 1)
+    return zoom if zoom > before else None
+
+
+async def open_alerts(platform: ConsolePlatform) -> tuple[set[str], int]:
+    """The devices with an open (firing or acknowledged) alert, and the open critical alerts."""
+    devices: set[str] = set()
+    critical = 0
+    for state in ("firing", "acknowledged"):
+        body = (await platform.http.get("/alerts", params={"state": state, "limit": 1000})).json()
+        devices |= {a["device_id"] for a in body["items"]}
+        critical += sum(a["severity"] == "critical" for a in body["items"])
+    return devices, critical
 
 
 async def test_console_files_are_served_with_types_csp_and_revalidation(
@@ -141,9 +189,12 @@ async def test_an_alert_shows_live_is_acknowledged_and_opens_its_device(
     page = tab.page
     await sign_in(tab, platform)
     await expect(page.locator(".live")).to_have_attribute("data-state", "live")
-    await expect(page.locator(".map")).to_have_attribute("data-alerting", "0")
+    # Other tests of this process may have raised alerts on other devices before this one.
+    alerting, critical = await open_alerts(platform)
+    await expect(page.locator(".map")).to_have_attribute("data-alerting", str(len(alerting)))
 
     manhole = platform.alerting_manhole()
+    assert manhole.device_id not in alerting  # only this test opens its cover
     row = page.locator(f'.alerts-panel [data-alert-device="{manhole.device_id}"]')
     loads: list[str] = []
     page.on("load", lambda loaded: loads.append(loaded.url))
@@ -155,9 +206,11 @@ async def test_an_alert_shows_live_is_acknowledged_and_opens_its_device(
     await expect(row).to_have_attribute("data-state", "firing")
     await expect(row.locator(".alert-summary")).to_contain_text("井盖打开或倾斜")
     await expect(row.locator(".alert-summary-other")).to_contain_text("Manhole cover open")
-    await expect(page.locator(".map")).to_have_attribute("data-alerting", "1", timeout=LIVE_MS)
+    await expect(page.locator(".map")).to_have_attribute(
+        "data-alerting", str(len(alerting) + 1), timeout=LIVE_MS
+    )
     await expect(page.locator("[data-kpi=alerts] [data-severity=critical]")).to_have_attribute(
-        "data-count", "1", timeout=LIVE_MS
+        "data-count", str(critical + 1), timeout=LIVE_MS
     )
     alert_id = await row.get_attribute("data-alert-id")
     assert alert_id
@@ -171,10 +224,21 @@ async def test_an_alert_shows_live_is_acknowledged_and_opens_its_device(
     assert alert["state"] == "acknowledged"
     await expect(row.locator("button.ack")).to_have_count(0)
 
-    # The red dot on the map is the alerting manhole: clicking it opens its page.
+    # The red dot on the map is the alerting manhole: zoomed in on (other devices near it
+    # part), clicking it opens its page.
     canvas = page.locator("canvas.map-canvas")
-    spot = await canvas.evaluate(FIND_ALERTING)
-    assert spot, "no device painted in the alerting colour"
+    where = [manhole.lon, manhole.lat]
+    box = await canvas.bounding_box()
+    assert box
+    zoom = 1.0
+    while zoom < 50:  # a street's width apart: the manholes near it stand apart
+        spot = await page.evaluate(FIND_DEVICE, where)
+        await page.mouse.move(box["x"] + spot["x"], box["y"] + spot["y"])
+        await page.mouse.wheel(0, -600)
+        zoom = await until(lambda before=zoom: _zoomed_past(page, before), 10, "the map zoomed in")
+    spot = await until(
+        lambda: _painted(page, where), 10, "the alerting manhole painted red where it stands"
+    )
     await canvas.click(position={"x": spot["x"], "y": spot["y"]})
     await expect(page).to_have_url(f"{platform.url}/#/device/{manhole.device_id}")
     device = page.locator(f'.device-page[data-device-id="{manhole.device_id}"]')
@@ -194,38 +258,155 @@ async def test_an_alert_shows_live_is_acknowledged_and_opens_its_device(
     tab.assert_clean()
 
 
-async def test_work_order_board_on_a_phone(platform: ConsolePlatform, open_tab: Any) -> None:
-    manhole = platform.alerting_manhole()
-    orders = (await platform.http.get("/workorders", params={"state": "dispatched"})).json()
-    order = next(o for o in orders["items"] if o["device_id"] == manhole.device_id)
+async def test_a_work_order_card_shows_where_to_go_its_clock_and_its_journal(
+    platform: ConsolePlatform, open_tab: Any
+) -> None:
+    """The board on a phone, one card whole: the device's address (text, whatever it holds)
+    and district, a geo: link for the phone's navigation, the SLA clock counting down and
+    overdue once past due, touch-sized steps taken by the person signed in, and a note sent
+    with a step, stored and shown in the journal. The order is this test's own."""
+    manhole = manholes(platform)[1]
+    address = "<img src=x onerror=alert(1)> 驿城区解放路 (东) 3 号"
+    r = await platform.http.patch(f"/devices/{manhole.device_id}", json={"address": address})
+    assert r.status_code == 200, r.text
+    device = r.json()
+    platform.publish(manhole, {"cover_open": True, "tilt_deg": 25.0}, int(time.time() * 1000))
+
+    async def dispatched() -> dict[str, Any] | None:
+        body = (await platform.http.get("/workorders", params={"state": "dispatched"})).json()
+        return next((o for o in body["items"] if o["device_id"] == manhole.device_id), None)
+
+    order = await until(dispatched, 10, f"a work order for {manhole.device_id}")
     assert order["team"] == "urban"  # routing.yaml: manholes → urban management
+    assert (order["address"], order["lat"], order["lon"]) == (
+        address,
+        device["lat"],
+        device["lon"],
+    )
+    catalogue = (await platform.http.get(f"{platform.url}/console/catalogue.json")).json()
+    district = catalogue["districts"][device["district"]]["zh"]
 
     tab = await open_tab(viewport=(390, 844), is_mobile=True, has_touch=True, device_scale_factor=2)
     page = tab.page
-    await sign_in(tab, platform, "/")
+    await sign_in(tab, platform)
     await page.locator("[data-nav=workorders]").tap()
     card = page.locator(f'[data-workorder-id="{order["id"]}"]')
     await expect(card).to_have_attribute("data-state", "dispatched")
+    await expect(card.locator(".card-address")).to_have_text(f"{address} · {district}")
+    assert await card.locator(".card-address img").count() == 0  # text, not markup
+    label = quote(address, safe="-_.~")
+    lat, lon = device["lat"], device["lon"]
+    geo = f"geo:{lat},{lon}?q={lat},{lon}({label})"
+    await expect(card.locator("a.navigate")).to_have_attribute("href", geo)
+
+    # The clock runs: on site within 30 minutes of dispatch (critical), counting down.
+    clock = card.locator(".sla-clock")
+    await expect(clock).to_have_attribute("data-clock", "verify")
+    await expect(clock).to_contain_text(re.compile(r"到场 · 剩 \d+ 分 \d+ 秒"))
+    await expect(clock).not_to_have_class(OVERDUE)
+    shown = await clock.text_content()
+    await expect(clock).not_to_have_text(shown or "")  # it moved on
     columns = page.locator(".board .column")
     boxes = [await columns.nth(i).bounding_box() for i in range(await columns.count())]
     assert all(b and b["width"] > 340 for b in boxes), boxes  # stacked, full width
     assert [b["y"] for b in boxes if b] == sorted(b["y"] for b in boxes if b)
-    accept = card.locator("button[data-action=accept]")
-    box = await accept.bounding_box()
+    box = await card.locator("button[data-action=accept]").bounding_box()
     assert box and box["height"] >= 44, box  # touch-sized
     assert await page.evaluate("document.documentElement.scrollWidth") <= 390
     await screenshot(page, "console-workorders-phone")
 
-    await accept.tap()
+    # A note typed on accept goes with the step: stored in the journal and shown on the card.
+    note = "带上新井盖 <b>2</b>"
+    await card.locator("input.step-note").fill(note)
+    await card.locator("button[data-action=accept]").tap()
     await expect(card).to_have_attribute("data-state", "accepted")
     taken = (await platform.http.get(f"/workorders/{order['id']}")).json()
     assert taken["state"] == "accepted" and taken["assignee"] == "值班长"  # the person
-    await expect(card.locator("button[data-action=on_site]")).to_be_visible()
-    assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert taken["note"].endswith(f"accept by 值班长: {note}"), taken["note"]
+    await expect(card.locator(".journal")).to_contain_text(f"接单 · 值班长: {note}")
+    await expect(card.locator("input.step-note")).to_have_value("")
+
+    # Past due: the clock says by how much, in the warning colour.
+    async with platform.sessions() as session, session.begin():
+        await session.execute(
+            update(WorkOrder)
+            .where(WorkOrder.id == order["id"])
+            .values(verify_due_at=utcnow() - dt.timedelta(minutes=12, seconds=5))
+        )
+    await page.reload()
+    await expect(clock).to_have_class(OVERDUE)
+    await expect(clock).to_contain_text("到场 · 超时 12 分")
+    colour = await clock.evaluate("el => getComputedStyle(el).color")
+    assert colour == "rgb(215, 38, 61)", colour  # --critical
     # The overview on a phone does not scroll sideways either.
     await page.locator("[data-nav=overview]").tap()
     await expect(page.locator(".map")).not_to_have_attribute("data-drawn", "0")
     assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+    tab.assert_clean()
+
+
+async def test_a_critical_alert_arriving_live_sounds_flashes_and_notifies(
+    platform: ConsolePlatform, open_tab: Any
+) -> None:
+    """Issue 28, item 4: a critical or major alert arriving live flashes its row; with the
+    top bar's bell on it also sounds (two beeps, Web Audio) and shows a desktop
+    notification. Alerts open at load, and minor or warning ones, stay quiet."""
+    tab = await open_tab()
+    page = tab.page
+    await tab.context.grant_permissions(["notifications"], origin=platform.url)
+    await page.add_init_script(COUNT_NOTIFICATIONS)
+    await sign_in(tab, platform)
+    await expect(page.locator(".live")).to_have_attribute("data-state", "live")
+    alerts = page.locator(".alerts-panel .alerts")
+    await expect(alerts).to_have_attribute("data-count", re.compile(r"\d"))  # loaded: quiet
+    html = page.locator("html")
+    bell = page.locator("button.alerting")
+    await expect(bell).to_have_attribute("aria-pressed", "false")  # off by default
+    await expect(bell).to_have_text("提示音 关")
+
+    def row(device: SimDevice) -> Any:
+        return page.locator(f'.alerts-panel [data-alert-device="{device.device_id}"]')
+
+    # Bell off: the row flashes (a static highlight with reduced motion), no sound.
+    quiet, loud = manholes(platform)[2:4]
+    await page.emulate_media(reduced_motion="reduce")
+    platform.publish(quiet, {"cover_open": True, "tilt_deg": 20.0}, int(time.time() * 1000))
+    await expect(row(quiet)).to_have_class(FLASH, timeout=LIVE_MS)
+    assert await row(quiet).evaluate("el => getComputedStyle(el).animationName") == "none"
+    await expect(html).to_have_class(re.compile(r"\balert-flash\b"))
+    await page.emulate_media(reduced_motion="no-preference")
+
+    # Bell on (the click is the gesture that lets audio play).
+    await bell.click()
+    await expect(bell).to_have_attribute("aria-pressed", "true")
+    await expect(bell).to_have_text("提示音 开")
+    parking = next(d for d in platform.reporting if d.kind == "parking" and d.codec == "json")
+    platform.publish(parking, {"battery_pct": 10.0}, int(time.time() * 1000))
+    warning = row(parking).filter(has_text="电池电量")
+    await expect(warning).to_be_visible(timeout=LIVE_MS)
+    await expect(warning).not_to_have_class(FLASH)
+
+    platform.publish(loud, {"cover_open": True, "tilt_deg": 33.0}, int(time.time() * 1000))
+    await expect(row(loud)).to_have_class(FLASH, timeout=LIVE_MS)
+    animation = await row(loud).evaluate("el => getComputedStyle(el).animationName")
+    assert animation == "alert-flash", animation
+    loud_id = await row(loud).get_attribute("data-alert-id")
+    # Sounds end in the order they start: when the loud one's has played, a sound for the
+    # quiet or the warning alert would have played before it.
+    await expect(html).to_have_attribute("data-tone-alert", loud_id or "", timeout=LIVE_MS)
+    await expect(html).to_have_attribute("data-tones", "1")
+    shown = await page.evaluate("window.__notifications")
+    assert [n["title"] for n in shown] == [f"紧急告警 · {loud.device_id}"], shown
+    assert shown[0]["body"].startswith("井盖打开或倾斜（倾角 33"), shown  # this language's
+    await expect(row(loud)).not_to_have_class(FLASH, timeout=LIVE_MS)  # for a few seconds
+
+    # Remembered; after a reload the open alerts stay quiet.
+    await page.reload()
+    await expect(page.locator("#app")).to_have_attribute("data-signed-in", "true")
+    await expect(bell).to_have_attribute("aria-pressed", "true")
+    await expect(row(loud)).to_be_visible()
+    assert await html.get_attribute("data-tones") is None
+    assert await page.evaluate("window.__notifications") == []
     tab.assert_clean()
 
 
@@ -366,6 +547,62 @@ async def test_every_label_exists_in_both_languages(
     assert not missing, missing
 
 
+async def test_sla_tiles_show_rates_over_the_orders_due(
+    platform: ConsolePlatform, open_tab: Any
+) -> None:
+    tab = await open_tab()
+    await tab.page.goto(f"{platform.url}/")
+    shown = await tab.page.evaluate(
+        """async () => {
+        const {OverviewView} = await import('/console/overview.js');
+        const {I18n} = await import('/console/i18n.js');
+        const i18n = new I18n({getItem: () => null, setItem: () => {}}, {});
+        const view = Object.create(OverviewView.prototype);  // the tiles only, no map
+        view.tiles = document.createElement('section');
+        const base = {verification_target: 0.97, closure_target: 0.95, created: 3};
+        const cases = [
+          // One order dispatched a minute ago: nothing due yet.
+          {verification_due: 0, verified_on_time: 0, on_time_verification_rate: null,
+           meets_verification_target: true, closure_due: 0, closed: 0, closure_rate: null,
+           meets_closure_target: true, on_time_closure_rate: null},
+          {verification_due: 2, verified_on_time: 2, on_time_verification_rate: 1,
+           meets_verification_target: true, closure_due: 2, closed: 1, closure_rate: 0.5,
+           meets_closure_target: false, on_time_closure_rate: 0.5},
+        ];
+        const out = [];
+        for (const lang of ['zh', 'en']) {
+          i18n.lang = lang;
+          for (const kpis of cases) {
+            view.app = {i18n, overview: {devices: {}, lighting: null,
+              alerts: {open: 0, by_severity: {}, pending: 0}, kpis: {...base, ...kpis}}};
+            view.renderTiles();
+            for (const name of ['verify', 'closure']) {
+              const el = view.tiles.querySelector(`[data-kpi=${name}]`);
+              out.push([el.className, el.dataset.count, el.dataset.due,
+                ...['h3', '.tile-value', '.tile-sub'].map(s => el.querySelector(s).textContent)]);
+            }
+          }
+        }
+        return out;
+    }"""
+    )
+    assert shown == [
+        ["tile not-due", "0", "0", "按时核查率", "—", "目标 97% · 无到期案件（近 30 天派发 3 单）"],
+        ["tile not-due", "0", "0", "结案率", "—", "目标 95% · 无到期案件（近 30 天派发 3 单）"],
+        ["tile meets", "2", "2", "按时核查率", "100%", "目标 97% · 按时核查 2 / 应核查 2"],
+        ["tile misses", "1", "2", "结案率", "50%", "目标 95% · 结案 1 / 应结案 2 · 按期结案率 50%"],
+        ["tile not-due", "0", "0", "On-time verification", "—",
+         "target 97% · no case due yet (3 dispatched in 30 days)"],
+        ["tile not-due", "0", "0", "Closure rate", "—",
+         "target 95% · no case due yet (3 dispatched in 30 days)"],
+        ["tile meets", "2", "2", "On-time verification", "100%",
+         "target 97% · 2 of 2 due verified on time"],
+        ["tile misses", "1", "2", "Closure rate", "50%",
+         "target 95% · 1 of 2 due closed · on time 50%"],
+    ]  # fmt: skip
+    tab.assert_clean()
+
+
 def test_run_prints_the_console_address_and_where_its_password_is(tmp_path: Path) -> None:
     from cityiot.domain.settings import Settings
 
@@ -455,3 +692,45 @@ async def test_a_page_of_another_site_cannot_act_with_the_session(
     # The console itself is still signed in and works.
     await tab.page.reload()
     await expect(tab.page.locator("#app")).to_have_attribute("data-signed-in", "true")
+
+
+async def test_the_big_screen_shows_the_city_at_1920_by_1080(
+    platform: ConsolePlatform, open_tab: Any
+) -> None:
+    """#/screen: dark, no bar, KPIs, the map, the 24-hour alert counts, the work-order
+    funnel, devices online by link and the newest open alerts, on one 1920×1080 screen."""
+    tab = await open_tab(viewport=(1920, 1080))
+    page = tab.page
+    await sign_in(tab, platform, "/#/screen")
+    screen = page.locator(".screen")
+    await expect(screen).to_have_attribute("data-ready", "true")
+    await expect(page.locator("header.bar")).to_be_hidden()
+    assert await page.evaluate("document.documentElement.scrollHeight") <= 1080
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 1920
+
+    count = await registry_count(platform)
+    await expect(screen.locator(".map")).to_have_attribute("data-drawn", str(count))
+    await expect(screen.locator("[data-kpi=online] .screen-kpi-value")).to_have_text(
+        re.compile(r"\d+(\.\d)?%")
+    )
+    await expect(screen.locator(".screen-title")).to_have_text("驻马店市城市物联网运行监测")
+    for panel in ("districts", "kinds", "funnel", "links"):
+        await expect(screen.locator(f"[data-panel={panel}] canvas")).not_to_have_count(0)
+
+    # The figures are the platform's: alerts started in 24 h, open ones, links of the fleet.
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 86_400 + 60))
+    day = (await platform.http.get("/alerts", params={"since": since, "limit": 1000})).json()
+    shown = int(await screen.get_attribute("data-day-alerts") or -1)
+    assert shown >= len(day["items"]), (shown, len(day["items"]))
+    opened = 0
+    for state in ("firing", "acknowledged"):
+        opened += len((await platform.http.get("/alerts", params={"state": state})).json()["items"])
+    await expect(screen).to_have_attribute("data-ticker", str(min(8, opened)))
+    links = {d.link for d in platform.reporting}
+    plot = screen.locator("[data-panel=links] .screen-plot")
+    for link in links:
+        await expect(plot).to_have_attribute("data-links", re.compile(rf"\b{link}\b"))
+    text = await screen.inner_text()
+    assert not re.search(r"\b(manhole|streetlight|hydrant|tilt_deg|battery_pct)\b", text), text
+    await screenshot(page, "console-screen")
+    tab.assert_clean()

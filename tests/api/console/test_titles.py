@@ -296,10 +296,12 @@ async def test_a_kind_added_while_running_reaches_the_open_console_without_a_rel
         await expect(chart.locator(".chart-name")).to_have_text(label)
         await expect(chart).to_have_attribute("data-points", "1")
     # The enum's axis is labelled with its values, the flag's with 是/否.
-    await expect(view.locator("figure.chart[data-metric=period] .chart-svg")).to_contain_text(
-        "night"
+    await expect(view.locator("figure.chart[data-metric=period]")).to_have_attribute(
+        "data-levels", re.compile(r"\bnight\b")
     )
-    await expect(view.locator("figure.chart[data-metric=alarm] .chart-svg")).to_contain_text("是")
+    await expect(view.locator("figure.chart[data-metric=alarm]")).to_have_attribute(
+        "data-levels", "否 | 是"
+    )
     shown = "\n".join(await page.locator(DEVICE_PARTS).all_inner_texts())
     assert not raw_names_in(shown, [*NOISE["metrics"], *NOISE["attributes"], NOISE["kind"]])
 
@@ -312,4 +314,162 @@ async def test_a_kind_added_while_running_reaches_the_open_console_without_a_rel
     )
     await expect(view.locator(".reading[data-metric=alarm] .reading-value")).to_have_text("yes")
     assert loads == []  # picked up by the open page, not by a reload
+    tab.assert_clean()
+
+
+# Pixels of the canvas painted exactly in the districts' colour.
+AREA_PIXELS = """canvas => {
+  const hex = getComputedStyle(canvas.closest('.map')).getPropertyValue('--map-area').trim();
+  const want = [1, 3, 5].map(i => parseInt(hex.slice(i, i + 2), 16));
+  const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  let n = 0;
+  for (let i = 0; i < data.length; i += 4) {
+    if (data[i] === want[0] && data[i + 1] === want[1] && data[i + 2] === want[2]) n++;
+  }
+  return n;
+}"""
+
+
+async def test_the_map_draws_the_districts_zooms_and_filters_by_district_and_state(
+    platform: ConsolePlatform, open_tab: Any
+) -> None:
+    city = MODEL.city
+    assert city.boundaries is not None  # the shipped city has its districts' boundaries
+    drawn = {f["properties"]["id"] for f in city.boundaries["features"]}
+    tab = await open_tab()
+    page = tab.page
+    await sign_in(tab, platform)
+    # Every registered device with a position (other tests of the module may add some).
+    registry = [
+        *(await platform.http.get("/devices", params={"limit": 1000})).json()["items"],
+        *(
+            await platform.http.get("/devices", params={"limit": 1000, "status": "decommissioned"})
+        ).json()["items"],
+    ]
+    placed = [d for d in registry if d["lat"] is not None and d["lon"] is not None]
+    map_ = page.locator(".map")
+    everyone = str(len(placed))
+    await expect(map_).to_have_attribute("data-drawn", everyone)
+    await expect(map_).to_have_attribute("data-boundaries", str(len(drawn)))
+    canvas = page.locator("canvas.map-canvas")
+    area = await canvas.evaluate(AREA_PIXELS)
+    assert area > 1000, area  # the districts' areas are painted
+
+    # A district: its devices only, the list naming districts by their titles.
+    district = next(d["district"] for d in placed if d["district"] in drawn)
+    in_district = sum(d["district"] == district for d in placed)
+    await page.locator(".district-filter select").select_option(district)
+    await expect(map_).to_have_attribute("data-drawn", str(in_district))
+    await expect(page.locator(".district-filter select option:checked")).to_have_text(
+        city.districts[district].name_zh
+    )
+    await page.locator(".district-filter select").select_option("")
+
+    # A state: the devices the legend counts in it.
+    await expect(map_).to_have_attribute("data-drawn", everyone)
+    offline = await map_.get_attribute("data-offline")
+    assert offline and int(offline) > 0
+    await page.locator(".state-filter select").select_option("offline")
+    await expect(map_).to_have_attribute("data-drawn", offline)
+    await expect(map_).to_have_attribute("data-state", "offline")
+    await page.locator(".state-filter select").select_option("")
+    await expect(map_).to_have_attribute("data-drawn", everyone)
+
+    # The wheel zooms in.
+    await expect(map_).to_have_attribute("data-zoom", "1.00")
+    box = await canvas.bounding_box()
+    assert box
+    await page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    await page.mouse.wheel(0, -400)
+    await expect(map_).not_to_have_attribute("data-zoom", "1.00")
+    await page.locator("button.lang").click()
+    await page.locator(".district-filter select").select_option(district)
+    await expect(page.locator(".district-filter select option:checked")).to_have_text(
+        city.districts[district].name_en
+    )
+    tab.assert_clean()
+
+
+async def test_the_map_folds_nearby_devices_into_counted_cells(
+    platform: ConsolePlatform, open_tab: Any
+) -> None:
+    tab = await open_tab()
+    page = tab.page
+    await sign_in(tab, platform)
+    groups = await page.evaluate(
+        """async () => {
+          const { cluster } = await import('/console/map.js');
+          const devices = [];
+          for (let i = 0; i < 1000; i++) devices.push({ id: `a${i}`, lon: 114.01 + (i % 10) * 1e-4, lat: 33.01, s: i < 700 ? 'online' : 'offline' });
+          for (let i = 0; i < 5; i++) devices.push({ id: `b${i}`, lon: 114.51, lat: 32.51, s: 'offline' });
+          const cell = (d) => `${Math.floor(d.lon * 10)}:${Math.floor(d.lat * 10)}`;
+          return cluster(devices, cell, (d) => d.s).map((g) => ({ n: g.devices.length, state: g.state, lon: g.lon }))
+            .sort((a, b) => b.n - a.n);
+        }"""
+    )
+    assert [(g["n"], g["state"]) for g in groups] == [(1000, "online"), (5, "offline")]
+    assert abs(groups[0]["lon"] - 114.01045) < 1e-9  # the cell's devices' mean
+    tab.assert_clean()
+
+
+GAP_DEVICE = "gap-console-0001"
+
+
+async def test_a_chart_shows_the_rules_limit_a_tooltip_and_a_silence_as_a_gap(
+    platform: ConsolePlatform, open_tab: Any
+) -> None:
+    manhole = platform.alerting_manhole()
+    created = await platform.http.post(
+        "/devices",
+        json={
+            "device_id": GAP_DEVICE,
+            "vendor": manhole.vendor,
+            "kind": "manhole",
+            "district": manhole.district,
+            "lat": manhole.lat,
+            "lon": manhole.lon,
+            "report_interval_s": 60,
+            "attributes": manhole.attributes,
+        },
+    )
+    assert created.status_code == 201, created.text
+    now_ms = int(time.time() * 1000)
+    # Two readings a minute apart, then half an hour of silence, then one more.
+    sent = [(now_ms - 40 * 60_000, 3.0), (now_ms - 39 * 60_000, 4.0), (now_ms - 5 * 60_000, 5.0)]
+
+    async def stored() -> bool:
+        # Sent again until stored: the ingest takes the new device at its next registry look.
+        for ts_ms, tilt in sent:
+            platform.publisher.publish(
+                f"city/{manhole.vendor}/{GAP_DEVICE}/telemetry",
+                orjson.dumps({"ts": ts_ms, "metrics": {"tilt_deg": tilt, "cover_open": False}}),
+                qos=1,
+            ).wait_for_publish(5)
+        answer = await platform.http.get(
+            f"/devices/{GAP_DEVICE}/readings", params={"metric": "tilt_deg"}
+        )
+        return answer.status_code == 200 and len(answer.json()["points"]) == len(sent)
+
+    await until(stored, 20, "the three readings stored", every_s=0.5)
+    tab = await open_tab()
+    page = tab.page
+    await sign_in(tab, platform, f"/#/device/{GAP_DEVICE}")
+    view = page.locator(f'.device-page[data-device-id="{GAP_DEVICE}"]')
+    await expect(view).to_have_attribute("data-loaded", "true")
+    chart = view.locator("figure.chart[data-metric=tilt_deg]")
+    await expect(chart).to_have_attribute("data-points", "3")
+    await expect(chart).to_have_attribute("data-gaps", "1")
+    # manhole_cover_open: "cover_open or tilt_deg > 15", drawn as its line.
+    await expect(chart).to_have_attribute("data-limits", ">15")
+    flag = view.locator("figure.chart[data-metric=cover_open]")
+    await expect(flag).to_have_attribute("data-gaps", "1")
+    await expect(flag).to_have_attribute("data-limits", "")
+
+    # Hovering the chart's last stretch shows the time and value of the nearest reading.
+    canvas = chart.locator("canvas")
+    box = await canvas.bounding_box()
+    assert box
+    await page.mouse.move(box["x"] + box["width"] * 0.9, box["y"] + box["height"] / 2)
+    title = MODEL.kinds["manhole"].metric("tilt_deg").title_zh
+    await expect(chart).to_have_attribute("data-tip", re.compile(rf"{title}.*: 5(\.0)?°"))
     tab.assert_clean()
