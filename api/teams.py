@@ -36,6 +36,15 @@ def known_teams(router: Router) -> list[str]:
     return sorted({r.team for r in router.receivers.values() if r.team})
 
 
+def team_titles(router: Router) -> dict[str, dict[str, str] | None]:
+    """Every team with its title ({"zh", "en"}) from the first receiver that gives one."""
+    titles: dict[str, dict[str, str] | None] = dict.fromkeys(known_teams(router))
+    for receiver in router.receivers.values():
+        if receiver.team and receiver.title and titles.get(receiver.team) is None:
+            titles[receiver.team] = receiver.title
+    return titles
+
+
 def alert_teams(router: Router, alert: Alert) -> set[str]:
     """The teams whose routes take ``alert`` (those that hear of it)."""
     labels = alert_labels(

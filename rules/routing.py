@@ -130,6 +130,7 @@ class Receiver:
     name: str
     team: str | None
     channels: tuple[dict[str, Any], ...]
+    title: dict[str, str] | None = None  # {"zh", "en"}: the team as people call it
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -295,9 +296,15 @@ class _ChannelSpec(BaseModel):
     type: ChannelType
 
 
+class _TitleSpec(_Spec):
+    zh: str = Field(min_length=1, max_length=64)
+    en: str = Field(min_length=1, max_length=64)
+
+
 class _ReceiverSpec(_Spec):
     name: Name
     team: Name | None = None
+    title: _TitleSpec | None = None  # the team's name for people, in both languages
     channels: list[_ChannelSpec] = Field(default_factory=list)
 
 
@@ -345,7 +352,14 @@ class _RoutingSpec(_Spec):
 _FIELD_NAMES = sorted(
     {
         f.alias or name
-        for spec in (_RouteSpec, _ReceiverSpec, _ScheduleSpec, _WindowSpec, _RoutingSpec)
+        for spec in (
+            _RouteSpec,
+            _ReceiverSpec,
+            _TitleSpec,
+            _ScheduleSpec,
+            _WindowSpec,
+            _RoutingSpec,
+        )
         for name, f in spec.model_fields.items()
     }
 )
@@ -511,7 +525,13 @@ class _Builder:
                         self.problems.append(f"{cwhere}.url: {refusal}")
                 channels.append(config)
             self.receivers.setdefault(
-                receiver.name, Receiver(receiver.name, receiver.team, tuple(channels))
+                receiver.name,
+                Receiver(
+                    receiver.name,
+                    receiver.team,
+                    tuple(channels),
+                    receiver.title.model_dump() if receiver.title else None,
+                ),
             )
 
     def _route(self, spec: _RouteSpec, where: str, parent: Route | None) -> Route:

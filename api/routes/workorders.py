@@ -25,7 +25,7 @@ from cityiot.api.paging import Cursor, Limit, Page, after, page_of
 from cityiot.api.params import TEXT
 from cityiot.api.problems import Problem
 from cityiot.api.routes.alerts import ID_PATTERN, DistrictFilter, KindFilter, check_kind_district
-from cityiot.api.teams import require_teams
+from cityiot.api.teams import require_teams, routing, team_titles
 from cityiot.rules.events import city_time, wall_clock
 from cityiot.rules.workorders import TRANSITIONS, IllegalTransition, WorkOrderNotFound, transition
 from cityiot.storage.registry import Place, device_places
@@ -129,6 +129,36 @@ def work_order_out(order: WorkOrder, place: Place | None) -> dict[str, Any]:
         "close_due_at": city_time(order.close_due_at),
         "updated_at": city_time(order.updated_at),
     }
+
+
+class TeamTitle(BaseModel):
+    zh: str
+    en: str
+
+
+class TeamOut(BaseModel):
+    id: str = Field(description="the team as the routing file and work orders name it")
+    title: TeamTitle | None = Field(description="its name for people; null when none is given")
+
+
+class Teams(BaseModel):
+    items: list[TeamOut]
+
+
+@router.get(
+    "/teams",
+    response_model=Teams,
+    summary="The field teams that take work orders, with their titles",
+    responses={403: {"description": "a vendor key"}},
+)
+async def list_teams(
+    ctx: Annotated[ApiContext, Depends(context)],
+    principal: Annotated[Principal, Depends(allow(*READERS))],
+) -> dict[str, Any]:
+    """Every team a receiver of the routing file names, in id order, with the ``title`` the
+    receiver gives it (``title: {zh, en}`` in routing.yaml)."""
+    titles = team_titles(routing(ctx))
+    return {"items": [{"id": team, "title": title} for team, title in titles.items()]}
 
 
 @router.get(

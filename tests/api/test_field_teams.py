@@ -174,3 +174,14 @@ async def test_cli_creates_a_field_key_with_its_teams(tmp_path: Path) -> None:
     assert "--team" in err and "fire, flood, gas, ops, traffic, tunnel, urban, water" in err
     code, _, err = await keys_create("--role", "field", "--team", "roads")
     assert code != 0 and "unknown team(s) roads" in err
+
+
+async def test_the_teams_are_listed_with_their_titles(api: Api) -> None:
+    r = await api.client("field").get("/api/v1/teams")
+    assert r.status_code == 200
+    teams = {t["id"]: t["title"] for t in r.json()["items"]}
+    assert list(teams) == ["fire", "flood", "gas", "ops", "traffic", "tunnel", "urban", "water"]
+    assert teams["urban"] == {"zh": "城市管理局", "en": "Urban management"}
+    assert all(title and title["zh"] and title["en"] for title in teams.values())
+    assert (await api.client("vendor").get("/api/v1/teams")).status_code == 403
+    assert (await api.client(None).get("/api/v1/teams")).status_code == 401

@@ -32,6 +32,7 @@ export class BoardView {
     this.loaded = false;
     this.refreshTimer = null;
     this.drafts = new Map(); // work order id → note being typed (kept across re-renders)
+    this.teams = new Map(); // team id → its title ({zh, en}) from the routing file
     this.el = h("div", { class: "board-page" });
     // One timer for every card's clock, not one per card.
     this.clockTimer = setInterval(() => this.tick(), TICK_MS);
@@ -39,8 +40,12 @@ export class BoardView {
 
   async load() {
     try {
+      // Titles of the teams; without them the board shows the teams' ids.
+      const teams = this.teams.size ? null : this.app.api.get("/teams").catch(() => null);
       const lists = await Promise.all(COLUMNS.map((state) => this.app.api.all("/workorders", { state })));
       this.orders = new Map(lists.flat().map((o) => [o.id, o]));
+      const named = await teams;
+      if (named) this.teams = new Map(named.items.map((team) => [team.id, team.title]));
       this.loaded = true;
     } catch (error) {
       this.app.notify(this.app.describe(error));
@@ -55,6 +60,11 @@ export class BoardView {
       this.refreshTimer = null;
       this.load();
     }, 1500);
+  }
+
+  /** A team by its title in the console's language; its id while the title is unknown. */
+  teamName(team) {
+    return this.app.i18n.title(this.teams.get(team)) || team;
   }
 
   destroy() {
@@ -84,7 +94,7 @@ export class BoardView {
         },
       },
       h("option", { value: "" }, t("board.all")),
-      teams.map((team) => h("option", { value: team }, team)),
+      teams.map((team) => h("option", { value: team }, this.teamName(team))),
     );
     select.value = this.team;
     this.el.replaceChildren(
@@ -132,7 +142,7 @@ export class BoardView {
     return h(
       "li",
       { class: ["card", `sev-${order.severity}`], dataset: { workorderId: order.id, state: order.state } },
-      h("div", { class: "card-head" }, h("span", { class: ["chip", `sev-${order.severity}`] }, t(`severity.${order.severity}`)), h("span", { class: "team" }, order.team)),
+      h("div", { class: "card-head" }, h("span", { class: ["chip", `sev-${order.severity}`] }, t(`severity.${order.severity}`)), h("span", { class: "team", dataset: { team: order.team } }, this.teamName(order.team))),
       h("p", { class: "card-title" }, primary),
       secondary ? h("p", { class: "card-title-other" }, secondary) : null,
       h("p", { class: "sla-clock", dataset: { clock: clock.which, due: clock.due }, role: "timer" }),

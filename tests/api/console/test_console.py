@@ -293,6 +293,7 @@ async def test_a_work_order_card_shows_where_to_go_its_clock_and_its_journal(
     card = page.locator(f'[data-workorder-id="{order["id"]}"]')
     await expect(card).to_have_attribute("data-state", "dispatched")
     await expect(card.locator(".card-address")).to_have_text(f"{address} · {district}")
+    await expect(card.locator(".team")).to_have_text("城市管理局")  # routing.yaml's title
     assert await card.locator(".card-address img").count() == 0  # text, not markup
     label = quote(address, safe="-_.~")
     lat, lon = device["lat"], device["lon"]
