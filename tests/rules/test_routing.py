@@ -441,7 +441,11 @@ def _set(document: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
         ),
         ("receivers", [], "receivers: give at least one"),
         ("receivers.1.title", {"zh": "城市管理局"}, "receivers[1].title.en: required"),
-        ("receivers.1.title", "城市管理局", "receivers[1].title: expected a mapping, got '城市管理局'"),
+        (
+            "receivers.1.title",
+            "城市管理局",
+            "receivers[1].title: expected a mapping, got '城市管理局'",
+        ),
     ],
 )
 def test_errors_name_the_file_and_the_field(
