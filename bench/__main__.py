@@ -42,6 +42,10 @@ def bench(
     state_devices: Annotated[
         int, typer.Option(help="Measure rule state per device at this many devices (0: skip).")
     ] = 1_000_000,
+    map_devices: Annotated[
+        int,
+        typer.Option(help="Draw the console's map with this many devices, beside 1,000 (0: skip)."),
+    ] = 100_000,
     rounds: Annotated[
         int,
         typer.Option(
@@ -157,6 +161,7 @@ def bench(
             out=out,
             keep=keep,
             state_devices=state_devices,
+            map_devices=map_devices,
             rounds=rounds,
             cold=cold,
             mix=parse_mix(mix),

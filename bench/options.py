@@ -38,6 +38,7 @@ class BenchOptions:
     out: Path | None = None
     keep: bool = False
     state_devices: int = 1_000_000  # rule state measured at this many devices (0: not)
+    map_devices: int = 100_000  # the console's map drawn with this many devices (0: not)
     rounds: int = 1  # throughput runs of every system, interleaved; the median one is shown
     cold: bool = False  # throughput without the warm-up: a city's first minutes
     mix: tuple[tuple[str, float], ...] = ()  # kind → share of the fleet; empty: every kind
@@ -66,11 +67,12 @@ class BenchOptions:
             raise BenchError(
                 f"--systems: unknown {', '.join(unknown)}; choose from {','.join(SYSTEMS)}, or none"
             )
-        if not (self.systems or self.codec_messages or self.links_messages or self.window_messages):
+        sections = (self.codec_messages, self.links_messages, self.window_messages)
+        if not (self.systems or any(sections) or self.map_devices):
             raise BenchError(
-                "--systems none, --codec-messages 0, --links-messages 0 and --window-messages 0 "
-                f"leave nothing to measure; name systems ({','.join(SYSTEMS)}) or give the "
-                "codec, links or window section messages"
+                "--systems none, --codec-messages 0, --links-messages 0, --window-messages 0 "
+                f"and --map-devices 0 leave nothing to measure; name systems ({','.join(SYSTEMS)}) "
+                "or give the codec, links or window section messages or the map's devices"
             )
         if "workers" in self.systems and (not self.workers or min(self.workers) < 1):
             raise BenchError("--workers must list worker counts of 1 or more, e.g. 1,2,3")
@@ -80,6 +82,8 @@ class BenchOptions:
             raise BenchError(f"--timeout must be positive, not {self.timeout_s}")
         if self.state_devices < 0:
             raise BenchError(f"--state-devices must be 0 (skip) or more, not {self.state_devices}")
+        if self.map_devices < 0:
+            raise BenchError(f"--map-devices must be 0 (skip) or more, not {self.map_devices}")
         if self.rounds < 1:
             raise BenchError(f"--rounds must be 1 or more, not {self.rounds}")
         if self.codec_messages:
@@ -140,6 +144,7 @@ class BenchOptions:
             "skip_latency": self.skip_latency,
             "timeout_s": self.timeout_s,
             "state_devices": self.state_devices,
+            "map_devices": self.map_devices,
             "rounds": self.rounds,
             "cold": self.cold,
             "mix": dict(self.mix),

@@ -123,6 +123,7 @@ class BenchReport:
     systems: list[SystemResult]
     method: dict[str, str]
     rule_state: dict[str, Any] | None = None  # bench/state.py: bytes per device
+    map_draw: dict[str, Any] | None = None  # bench/map_draw.py: the console's map
     codecs: CodecResult | None = None  # bench/codecs.py: the codec section
     links: LinkResult | None = None  # bench/links.py: the links section
     window: WindowResult | None = None  # bench/window.py: the broker window and TLS section
@@ -146,6 +147,7 @@ class BenchReport:
             "method": self.method,
             "systems": [s.as_dict() for s in self.systems],
             "rule_state": self.rule_state,
+            "map_draw": self.map_draw,
             "codecs": None if self.codecs is None else self.codecs.as_dict(),
             "links": None if self.links is None else self.links.as_dict(),
             "window": None if self.window is None else self.window.as_dict(),
@@ -254,6 +256,18 @@ def print_report(report: BenchReport, console: Console, out: Path | None = None)
             f"rule state: {state['bytes_per_device']:,.0f} bytes per device at "
             f"{state['devices']:,} devices ({state['readings']:,} readings fed; "
             f"{state['open_tracks']:,} rules not idle at the end), measured with tracemalloc",
+            highlight=False,
+        )
+    drawn = report.map_draw
+    if drawn:
+        city, base = drawn["city"], drawn["baseline"]
+        console.print(
+            f"console map: {city['devices']:,} devices "
+            f"({'in bubbles' if city['folded'] else 'as dots'}) first drawn in "
+            f"{city['first_draw_ms']:,.0f} ms ({city['first_draw_ms'] / base['first_draw_ms']:.1f}"
+            f" × {base['devices']:,} devices' {base['first_draw_ms']:,.0f} ms), a zoom step "
+            f"redrawn in {city['zoom_ms']:,.0f} ms ({base['zoom_ms']:,.0f}), JavaScript heap "
+            f"+{city['heap_mib']:.1f} MiB (+{base['heap_mib']:.1f}); headless Chromium",
             highlight=False,
         )
     if report.systems:

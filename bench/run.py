@@ -217,6 +217,16 @@ def run_bench(
             f"rule state: {rule_state.bytes_per_device:,.0f} bytes per device at "
             f"{rule_state.devices:,} devices"
         )
+    map_draw = None
+    if options.map_devices:
+        from bench.map_draw import measure_map
+
+        say(f"the console's map with {options.map_devices:,} devices")
+        map_draw = measure_map(options.map_devices)
+        log(
+            f"map: {map_draw.city.first_draw_ms:,.0f} ms to the first drawing of "
+            f"{options.map_devices:,} devices"
+        )
     systems = [results[s.name] for s in specs]
     baseline = results.get("baseline")
     if baseline is not None and baseline.rate:
@@ -240,6 +250,7 @@ def run_bench(
         hardware=hardware(extra),
         systems=systems,
         rule_state=rule_state.as_dict() if rule_state else None,
+        map_draw=map_draw.as_dict() if map_draw else None,
         codecs=codecs,
         links=links,
         window=window,

@@ -33,6 +33,7 @@ def test_bench_runs_every_system_and_stores_every_message(tmp_path: Path) -> Non
         "--codec-messages", "0",  # tests/bench/test_codecs.py runs the codec section
         "--links-messages", "0",  # tests/bench/test_links.py runs the links section
         "--window-messages", "0",  # tests/bench/test_window.py runs the window section
+        "--map-devices", "0",  # tests/bench/test_map.py draws the map
         "--out", str(out),
     ]  # fmt: skip
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=180)

@@ -100,7 +100,7 @@ def test_codec_section_drains_every_load_and_dead_letters_the_looping_codec(
         sys.executable, "-m", "bench",
         "--systems", "none", "--skip-latency", "--state-devices", "0",
         "--codec-devices", "100", "--codec-messages", "1000", "--codec-rounds", "2",
-        "--links-messages", "0", "--window-messages", "0",
+        "--links-messages", "0", "--window-messages", "0", "--map-devices", "0",
         "--timeout", "60", "--out", str(out),
     ]  # fmt: skip
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=240)
@@ -145,7 +145,7 @@ def test_nothing_to_measure_is_refused() -> None:
     argv = [
         sys.executable, "-m", "bench",
         "--systems", "none", "--codec-messages", "0", "--links-messages", "0",
-        "--window-messages", "0",
+        "--window-messages", "0", "--map-devices", "0",
     ]  # fmt: skip
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1

@@ -57,7 +57,8 @@ def test_links_section_stores_every_paths_readings_and_prints_them(tmp_path: Pat
         "--systems", "none", "--skip-latency", "--state-devices", "0", "--codec-messages", "0",
         "--links-devices", "20", "--links-messages", "300", "--links-pushes", "200",
         "--links-pushers", "4",
-        "--links-rounds", "2", "--window-messages", "0", "--timeout", "60", "--out", str(out),
+        "--links-rounds", "2", "--window-messages", "0", "--map-devices", "0", "--timeout", "60",
+        "--out", str(out),
     ]  # fmt: skip
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -72,6 +72,7 @@ def test_rounds_run_interleaved_end_to_end(tmp_path: Path) -> None:
         "--devices", "100", "--messages", "500", "--systems", "baseline,influxdb",
         "--rounds", "2", "--skip-latency", "--state-devices", "0", "--timeout", "60",
         "--cold", "--codec-messages", "0", "--links-messages", "0", "--window-messages", "0",
+        "--map-devices", "0",
         "--out", str(out),
     ]  # fmt: skip
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=180)

@@ -130,7 +130,7 @@ def test_window_section_stores_every_drain_on_each_broker_and_prints_the_ratios(
         "--systems", "none", "--skip-latency", "--state-devices", "0", "--codec-messages", "0",
         "--links-messages", "0",
         "--window-devices", "20", "--window-messages", "300", "--window-rounds", "1",
-        "--window-sessions", "2",
+        "--window-sessions", "2", "--map-devices", "0",
         "--timeout", "60", "--out", str(out),
     ]  # fmt: skip
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=240)

@@ -1,8 +1,8 @@
 // The city map on ECharts (vendored, drawn on a canvas): the districts' boundaries from the
 // city file, zoom and pan, every device at its lat/lon coloured by state, filters by kind,
-// state and district. Past CLUSTER_AT devices in view, nearby devices of the same state are
-// drawn as one counted bubble per screen cell, so a city's hundred thousand devices stay
-// fluid; alerting devices are never folded into a bubble. No tiles: the map needs no
+// state and district. Past CLUSTER_AT devices shown, the devices of a screen cell are drawn
+// as one counted bubble in their commonest state's colour, so a city's hundred thousand
+// devices stay fluid; alerting devices are never folded into a bubble. No tiles: the map needs no
 // outside server.
 
 import * as echarts from "./vendor/echarts.esm.min.js";
@@ -11,7 +11,7 @@ import { h } from "./dom.js";
 export const STATES = ["online", "offline", "unknown", "decommissioned", "alerting"];
 const DRAW_ORDER = ["decommissioned", "unknown", "offline", "online"]; // alerting goes on top
 export const CLUSTER_AT = 3_000; // devices in the filter: more are drawn in cells
-const CELL_PX = 28; // a bubble's cell on screen
+const CELL_PX = 40; // a bubble's cell on screen
 const MAP_NAME = "cityiot-city";
 
 /** The box [west, south, east, north] around the devices and the boundaries; around
@@ -83,6 +83,7 @@ export class CityMap {
     this.boundaries = undefined; // the GeoJSON registered last
     this.frame = 0;
     this.box_ = ""; // the frame the map was last fitted to
+    this.shown = {}; // series id → what its points stand for (devices, or bubbles of them)
     this.resizer = new ResizeObserver(() => {
       // Hidden (another page shown): ECharts cannot lay a map out in no room.
       if (!this.el.clientWidth || !this.el.clientHeight) return;
@@ -103,6 +104,7 @@ export class CityMap {
 
   setDevices(devices) {
     this.all = devices.filter((d) => Number.isFinite(d.lat) && Number.isFinite(d.lon));
+    this.extent = null; // framed again at the next drawing
     this.filterDevices();
   }
 
@@ -159,6 +161,7 @@ export class CityMap {
     if (boundaries !== this.boundaries) {
       echarts.registerMap(MAP_NAME, boundaries ?? { type: "FeatureCollection", features: [] });
       this.boundaries = boundaries;
+      this.extent = null;
       this.el.dataset.boundaries = String(boundaries?.features?.length ?? 0);
       if (this.chart) {
         this.chart.dispose();
@@ -213,7 +216,8 @@ export class CityMap {
   draw() {
     if (!this.ready()) return;
     const c = this.colours();
-    const box = extent(this.all, this.boundaries, this.i18n.catalogue.city?.center);
+    this.extent ??= extent(this.all, this.boundaries, this.i18n.catalogue.city?.center);
+    const box = this.extent;
     if (box.join() !== this.box_) {
       // The devices first seen, or a fleet moved past the frame: frame the city again.
       this.box_ = box.join();
@@ -225,13 +229,14 @@ export class CityMap {
     for (const device of this.devices) byState[this.stateOf(device)]?.push(device);
     const n = this.devices.length;
     const folded = n - byState.alerting.length > CLUSTER_AT;
+    // What each series' points stand for, by series id and index: ECharts copies the
+    // options it is given, so they carry plain numbers, not the devices.
+    this.shown = {};
     const series = [];
     if (folded) {
-      const cell = this.cellOf();
-      for (const state of DRAW_ORDER) {
-        const groups = cluster(byState[state], cell, () => state);
-        series.push(this.bubbles(state, groups, c[state]));
-      }
+      // One pass over every device but the alerting: a bubble takes its cell's commonest state.
+      const quiet = DRAW_ORDER.flatMap((state) => byState[state]);
+      series.push(this.bubbles(cluster(quiet, this.cellOf(), (d) => this.stateOf(d)), c));
     } else {
       const size = n > 1_000 ? 5 : 9;
       for (const state of DRAW_ORDER) series.push(this.dots(state, byState[state], c[state], size));
@@ -262,10 +267,12 @@ export class CityMap {
     const [x1, y1] = this.chart.convertToPixel({ geoIndex: 0 }, [1, 1]);
     const perLon = Math.abs(x1 - x0) / CELL_PX || 1;
     const perLat = Math.abs(y1 - y0) / CELL_PX || 1;
-    return (d) => `${Math.floor(d.lon * perLon)}:${Math.floor(d.lat * perLat)}`;
+    // A number, not a string: the key of 100,000 devices is made at every zoom step.
+    return (d) => Math.floor(d.lon * perLon) * 4_194_304 + Math.floor(d.lat * perLat);
   }
 
   dots(state, devices, colour, size, ring) {
+    this.shown[`dots-${state}`] = devices;
     return {
       id: `dots-${state}`,
       type: "scatter",
@@ -274,20 +281,22 @@ export class CityMap {
       symbolSize: size,
       itemStyle: { color: colour, opacity: 1, borderColor: ring ?? colour, borderWidth: ring ? 2 : 0 },
       emphasis: { scale: 1.6, itemStyle: { color: colour } }, // hovered, it keeps its state's colour
-      data: devices.map((d) => ({ value: [d.lon, d.lat], device: d })),
+      data: devices.map((d) => [d.lon, d.lat]),
       z: state === "alerting" ? 5 : 3,
     };
   }
 
-  bubbles(state, groups, colour) {
+  bubbles(groups, colours) {
+    this.shown.cells = groups;
     return {
-      id: `cells-${state}`,
+      id: "cells",
       type: "scatter",
       coordinateSystem: "geo",
-      itemStyle: { color: colour, opacity: 0.85 },
+      itemStyle: { opacity: 0.85 },
       symbolSize: (value) => Math.min(34, 6 + 4 * Math.log2(value[2])),
       label: { show: true, formatter: (p) => (p.value[2] > 1 ? compact(p.value[2]) : ""), color: "#fff", fontSize: 10 },
-      data: groups.map((g) => ({ value: [g.lon, g.lat, g.devices.length], group: g })),
+      labelLayout: { hideOverlap: true },
+      data: groups.map((g) => ({ value: [g.lon, g.lat, g.devices.length], itemStyle: { color: colours[g.state] } })),
       z: 3,
     };
   }
@@ -317,18 +326,21 @@ export class CityMap {
     }
   }
 
+  /** The device or the bubble of devices under a chart event. */
+  pointed(event) {
+    const item = event?.seriesId ? this.shown[event.seriesId]?.[event.dataIndex] : undefined;
+    if (!item) return {};
+    if (event.seriesId !== "cells") return { device: item };
+    return item.devices.length === 1 ? { device: item.devices[0] } : { group: item };
+  }
+
   clicked(event) {
-    const device = event.data?.device;
+    const { device, group } = this.pointed(event);
     if (device) {
       this.onOpen(device.id);
       return;
     }
-    const group = event.data?.group;
     if (!group) return;
-    if (group.devices.length === 1) {
-      this.onOpen(group.devices[0].id);
-      return;
-    }
     // A bubble: zoom in on it, two steps.
     const geo = this.chart.getOption().geo[0];
     this.chart.setOption({ geo: { center: [group.lon, group.lat], zoom: (geo.zoom ?? 1) * 4 } });
@@ -336,8 +348,7 @@ export class CityMap {
   }
 
   hover(event) {
-    const device = event?.data?.device ?? (event?.data?.group?.devices.length === 1 ? event.data.group.devices[0] : null);
-    const group = device ? null : event?.data?.group;
+    const { device, group } = this.pointed(event);
     this.box.classList.toggle("pointing", Boolean(device || group));
     if (!device && !group) {
       this.tip.hidden = true;
