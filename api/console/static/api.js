@@ -34,14 +34,17 @@ export class Api {
     return headers;
   }
 
-  async request(method, path, { params, body } = {}) {
+  async request(method, path, { params, body, file, type } = {}) {
     const url = new URL(`/api/v1${path}`, location.origin);
     for (const [name, value] of Object.entries(params ?? {})) {
       if (value === undefined || value === null) continue;
       for (const one of Array.isArray(value) ? value : [value]) url.searchParams.append(name, one);
     }
     const init = { method, headers: this.headers(method), cache: "no-store", credentials: "same-origin" };
-    if (body !== undefined) {
+    if (file !== undefined) {
+      init.headers["Content-Type"] = type;
+      init.body = file; // a File or Blob goes as it is: the server decodes it
+    } else if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
     }
@@ -66,6 +69,11 @@ export class Api {
 
   post(path, body) {
     return this.request("POST", path, { body });
+  }
+
+  /** A file as the request's body, e.g. a CSV as text/csv (POST /devices/import). */
+  upload(path, file, type, params) {
+    return this.request("POST", path, { params, file, type });
   }
 
   delete(path) {

@@ -1,20 +1,26 @@
-// The console: sign-in, the page frame, routing (#/, #/device/{id}, #/workorders, #/screen) and the
-// state every view draws from — devices, open alerts, the overview — kept current by the
-// live stream, never by polling; the reference data (names of kinds, metrics, districts)
-// is looked at again every minute and when something unknown turns up.
+// The console: sign-in, the page frame, routing (#/, #/device/{id}, #/devices, #/district/{id},
+// #/vendors, #/workorders, #/screen and the rooms below) and the state every view draws
+// from — devices, open alerts, the overview — kept current by the live stream, never by
+// polling; the reference data (names of kinds, metrics, districts) is looked at again every
+// minute and when something unknown turns up.
 
 import { Alerting } from "./alerting.js";
 import { OPEN_STATES } from "./alerts.js";
 import { Api } from "./api.js";
 import { BoardView } from "./board.js";
 import { Catalogue } from "./catalogue.js";
+import { DEADLETTER_ROLES, DeadLettersView } from "./deadletters.js";
 import { DeviceView } from "./device.js";
+import { DistrictView } from "./district.js";
 import { h, replace } from "./dom.js";
 import { I18n } from "./i18n.js";
 import { OverviewView } from "./overview.js";
+import { RegistryView } from "./registry.js";
 import { ScreenView } from "./screen.js";
 import { LEGACY_KEY_STORAGE, SignInView, currentSession } from "./signin.js";
+import { SILENCE_ROLES, SilencesView } from "./silences.js";
 import { LiveStream } from "./stream.js";
+import { VENDOR_ROLES, VendorsView } from "./vendors.js";
 
 const OVERVIEW_REFRESH_MS = 300; // after an alert event, at most this often
 
@@ -240,12 +246,37 @@ class Console {
       this.show(view, "overview");
       this.stream.watch(id);
       view.load();
+    } else if (hash === "#/devices" || hash.startsWith("#/devices?")) {
+      const view = new RegistryView(this, new URLSearchParams(hash.slice("#/devices?".length)));
+      this.show(view, "devices");
+      this.stream.watch(null);
+      view.load();
+    } else if (/^#\/district\/[^/]+$/.test(hash)) {
+      const view = new DistrictView(this, decodeURIComponent(hash.slice("#/district/".length)));
+      this.show(view, "devices");
+      this.stream.watch(null);
+      view.load();
+    } else if (hash === "#/vendors" && VENDOR_ROLES.has(this.session?.role)) {
+      const view = new VendorsView(this);
+      this.show(view, "vendors");
+      this.stream.watch(null);
+      view.load();
     } else if (hash === "#/screen") {
       this.show(new ScreenView(this), "screen");
       this.stream.watch(null);
     } else if (hash === "#/workorders") {
       const view = new BoardView(this);
       this.show(view, "workorders");
+      this.stream.watch(null);
+      view.load();
+    } else if (hash === "#/deadletters" && DEADLETTER_ROLES.has(this.session?.role)) {
+      const view = new DeadLettersView(this);
+      this.show(view, "deadletters");
+      this.stream.watch(null);
+      view.load();
+    } else if (hash === "#/silences" && SILENCE_ROLES.has(this.session?.role)) {
+      const view = new SilencesView(this);
+      this.show(view, "silences");
       this.stream.watch(null);
       view.load();
     } else {
@@ -285,8 +316,15 @@ class Console {
       ...(signedIn
         ? [
             ["overview", "#/", "nav.overview"],
+            ["devices", "#/devices", "nav.devices"],
             ["workorders", "#/workorders", "nav.workorders"],
             ["screen", "#/screen", "nav.screen"],
+            // Rooms only for the roles the API lets use them.
+            ...[
+              ["vendors", "#/vendors", "nav.vendors", VENDOR_ROLES],
+              ["deadletters", "#/deadletters", "nav.deadletters", DEADLETTER_ROLES],
+              ["silences", "#/silences", "nav.silences", SILENCE_ROLES],
+            ].filter(([, , , roles]) => roles.has(this.session?.role)),
           ].map(([name, href, label]) =>
             h("a", { href, dataset: { nav: name }, "aria-current": this.section === name ? "page" : null }, t(label)),
           )

@@ -1,10 +1,12 @@
-// One device: what the registry knows, its latest values, its open alerts and charts of its
-// recent readings, kept live by the stream's `reading` events. Metrics and attributes are
-// shown by their titles (with units) from the reference data, in the model's order.
+// One device: what the registry knows, its latest values, its open alerts, its alerts of
+// 30 days (history.js) and charts of its recent readings, kept live by the stream's
+// `reading` events. Metrics and attributes are shown by their titles (with units) from the
+// reference data, in the model's order.
 
 import { AlertList } from "./alerts.js";
 import { h } from "./dom.js";
 import { SeriesChart } from "./chart.js";
+import { AlertHistory, HISTORY_DAYS } from "./history.js";
 
 // Range → how the API is asked: raw points for the last hour, buckets beyond.
 const RANGES = [
@@ -24,6 +26,7 @@ export class DeviceView {
     this.limits = null; // metric → the rules' fixed limits on it, once read
     this.error = null;
     this.alerts = new AlertList({ i18n: app.i18n, onAck: (a, b) => app.acknowledge(a, b), empty: "alerts.empty" });
+    this.history = new AlertHistory(app, { device_id: deviceId });
     this.el = h("div", { class: "device-page", dataset: { deviceId } });
   }
 
@@ -39,7 +42,7 @@ export class DeviceView {
     }
     this.buildCharts();
     this.render();
-    await Promise.all([this.loadSeries(), this.loadLimits()]);
+    await Promise.all([this.loadSeries(), this.loadLimits(), this.history.load()]);
   }
 
   /** The fixed limits of the rules on this device's kind, drawn on its charts. */
@@ -128,7 +131,8 @@ export class DeviceView {
     this.renderLatest();
   }
 
-  alertsChanged() {
+  alertsChanged(event) {
+    if (event) this.history.upsert(event);
     this.alerts.render([...this.app.alerts.values()].filter((a) => a.device_id === this.id));
   }
 
@@ -158,7 +162,7 @@ export class DeviceView {
           "dl",
           { class: "facts" },
           fact(t("device.kind"), i18n.kind(d.kind)),
-          fact(t("device.district"), i18n.district(d.district)),
+          h("div", { dataset: { fact: "district" } }, h("dt", {}, t("device.district")), h("dd", {}, h("a", { href: `#/district/${encodeURIComponent(d.district)}` }, i18n.district(d.district)))),
           fact(t("device.vendor"), d.vendor),
           h("div", { dataset: { fact: "link" } }, h("dt", {}, t("device.link")), h("dd", {}, i18n.link(d.link))),
           fact(t("device.address"), d.address || t("kpi.none")),
@@ -169,6 +173,12 @@ export class DeviceView {
       ),
       h("section", { class: "panel" }, h("div", { class: "panel-head" }, h("h2", {}, t("device.latest")), h("span", { class: "live-dot" }, t("device.live"))), this.latestEl),
       h("section", { class: "panel" }, h("div", { class: "panel-head" }, h("h2", {}, t("device.alerts"))), this.alerts.el),
+      h(
+        "section",
+        { class: "panel", dataset: { panel: "history" } },
+        h("div", { class: "panel-head" }, h("h2", {}, t("device.history")), h("span", { class: "hint" }, t("history.window", { days: HISTORY_DAYS }))),
+        this.history.el,
+      ),
       h(
         "section",
         { class: "panel" },
@@ -198,6 +208,7 @@ export class DeviceView {
     );
     for (const chart of this.charts.values()) chart.render();
     this.renderLatest();
+    this.history.render();
     this.alertsChanged();
   }
 

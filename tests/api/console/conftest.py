@@ -144,6 +144,9 @@ async def platform(
         api_rate_burst=1000,
         flush_interval_ms=50,
         registry_refresh_s=0.5,
+        # Vendors' MQTT accounts are issued into files here (the session's broker reads none).
+        broker_password_file=tmp / "broker" / "passwd",
+        broker_acl_file=tmp / "broker" / "acl",
     )
     fleet = Fleet.generate(FLEET_SIZE, FLEET_SEED)
     engine, sessions = await open_seeded(settings.database_url, fleet.csv_text(), fleet.vendors)
