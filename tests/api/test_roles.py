@@ -61,6 +61,7 @@ POLICY: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/codecs/{name}"): ALL,  # a shipped codec; others' are staff's (test_codecs_api)
     ("PUT", "/api/v1/codecs/{name}"): ADMIN,
     ("POST", "/api/v1/codecs/{name}/decode"): MANAGERS | {"vendor"},
+    ("GET", "/api/v1/teams"): READERS,
     ("GET", "/api/v1/workorders"): READERS,
     ("GET", "/api/v1/workorders/{work_order_id}"): READERS,
     ("POST", "/api/v1/workorders/{work_order_id}/accept"): STAFF,

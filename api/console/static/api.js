@@ -71,6 +71,10 @@ export class Api {
     return this.request("POST", path, { body });
   }
 
+  patch(path, body) {
+    return this.request("PATCH", path, { body });
+  }
+
   /** A file as the request's body, e.g. a CSV as text/csv (POST /devices/import). */
   upload(path, file, type, params) {
     return this.request("POST", path, { params, file, type });

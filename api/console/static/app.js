@@ -15,6 +15,7 @@ import { DistrictView } from "./district.js";
 import { h, replace } from "./dom.js";
 import { I18n } from "./i18n.js";
 import { OverviewView } from "./overview.js";
+import { PEOPLE_ROLES, PeopleView } from "./people.js";
 import { RegistryView } from "./registry.js";
 import { ScreenView } from "./screen.js";
 import { LEGACY_KEY_STORAGE, SignInView, currentSession } from "./signin.js";
@@ -274,6 +275,11 @@ class Console {
       this.show(view, "deadletters");
       this.stream.watch(null);
       view.load();
+    } else if (hash === "#/people" && PEOPLE_ROLES.has(this.session?.role)) {
+      const view = new PeopleView(this);
+      this.show(view, "people");
+      this.stream.watch(null);
+      view.load();
     } else if (hash === "#/silences" && SILENCE_ROLES.has(this.session?.role)) {
       const view = new SilencesView(this);
       this.show(view, "silences");
@@ -324,6 +330,7 @@ class Console {
               ["vendors", "#/vendors", "nav.vendors", VENDOR_ROLES],
               ["deadletters", "#/deadletters", "nav.deadletters", DEADLETTER_ROLES],
               ["silences", "#/silences", "nav.silences", SILENCE_ROLES],
+              ["people", "#/people", "nav.people", PEOPLE_ROLES],
             ].filter(([, , , roles]) => roles.has(this.session?.role)),
           ].map(([name, href, label]) =>
             h("a", { href, dataset: { nav: name }, "aria-current": this.section === name ? "page" : null }, t(label)),

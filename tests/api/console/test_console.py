@@ -1297,3 +1297,172 @@ async def test_a_device_and_its_district_show_their_alerts_of_30_days(
         tab.assert_clean()
     finally:
         await forget_devices(platform, prefix)
+
+
+STORED = (
+    "[...Object.keys(localStorage).map(k => localStorage.getItem(k)),"
+    " ...Object.keys(sessionStorage).map(k => sessionStorage.getItem(k))]"
+)
+
+
+async def signs_in(platform: ConsolePlatform, username: str, password: str) -> bool:
+    """Whether POST /session takes the password (a client of its own: no cookie is kept)."""
+    async with httpx.AsyncClient(base_url=f"{platform.url}/api/v1") as person:
+        answer = await person.post("/session", json={"username": username, "password": password})
+    return answer.status_code == 200
+
+
+async def test_people_are_added_disabled_and_given_a_password_in_the_console(
+    platform: ConsolePlatform, open_tab: Any
+) -> None:
+    """#/people: a person added in the console is the API's, with the role and grant; a
+    short password's 422 shows under the form; a made password is shown once; disabling
+    and enabling reach the API."""
+    tab = await open_tab()
+    page = tab.page
+    await sign_in(tab, platform, "/#/people")
+    room = page.locator(".people-page")
+    await expect(room).to_have_attribute("data-loaded", "true")
+    await expect(page.locator("[data-nav=people]")).to_have_text("人员与密钥")
+    form = room.locator("form.person-form")
+    error = form.locator(".form-error")
+
+    # Typed twice, too short: the API's detail, as it comes.
+    typed = f"typed.{uuid.uuid4().hex[:6]}"
+    await page.locator("#person-username").fill(typed)
+    await page.locator("#person-role").select_option("department")
+    await page.locator("#person-kinds").fill("manhole, hydrant")
+    await page.locator("#person-made").uncheck()
+    await page.locator("#person-password").fill("short")
+    await page.locator("#person-password2").fill("shorter")
+    await form.locator("button.create").click()
+    await expect(error).to_have_text("两次输入的密码不一致，请重新输入。")
+    await page.locator("#person-password2").fill("short")
+    await form.locator("button.create").click()
+    await expect(error).to_contain_text("422")
+    await expect(error).to_contain_text("12")
+    await page.locator("#person-password").fill(platform.password)
+    await page.locator("#person-password2").fill(platform.password)
+    await form.locator("button.create").click()
+    await expect(error).to_be_hidden()
+    await expect(room.locator(f'tr[data-username="{typed}"]')).to_have_attribute(
+        "data-role", "department"
+    )
+    await expect(room.locator("[data-secret]")).to_have_count(0)  # typed: nothing to show
+    account = (await platform.http.get(f"/users/{typed}")).json()
+    assert (account["role"], sorted(account["kinds"])) == ("department", ["hydrant", "manhole"])
+
+    # Made by the platform: shown once, in no storage, and it signs in.
+    made = f"made.{uuid.uuid4().hex[:6]}"
+    await page.locator("#person-username").fill(made)
+    await page.locator("#person-display").fill("李娜")
+    await page.locator("#person-role").select_option("operator")
+    async with page.expect_response(lambda r: r.url.endswith("/api/v1/users")) as answered:
+        await form.locator("button.create").click()
+    password = (await (await answered.value).json())["password"]
+    secret = room.locator("[data-secret=password]")
+    await expect(secret.locator(".secret-value")).to_have_text(password)
+    await expect(secret.locator(".secret-warning")).to_contain_text("只显示这一次")
+    assert not [v for v in await page.evaluate(STORED) if password in (v or "")]
+    await screenshot(page, "console-people")
+    account = (await platform.http.get(f"/users/{made}")).json()
+    assert (account["role"], account["display_name"]) == ("operator", "李娜")
+    assert await signs_in(platform, made, password)
+    await secret.locator("button.done").click()
+    assert password not in await page.content()
+
+    # Disabled, then enabled again: the API agrees each time.
+    row = room.locator(f'tr[data-username="{made}"]')
+    await row.locator("button[data-action=disable]").click()
+    await expect(row).to_have_attribute("data-state", "disabled")
+    assert (await platform.http.get(f"/users/{made}")).json()["disabled"] is True
+    await page.locator("button.lang").click()
+    await expect(page.locator("[data-nav=people]")).to_have_text("People & keys")
+    await expect(row.locator(".chip")).to_have_text("Disabled")
+    await row.locator("button[data-action=enable]").click()
+    await expect(row).to_have_attribute("data-state", "active")
+    assert (await platform.http.get(f"/users/{made}")).json()["disabled"] is False
+
+    # A new password, typed twice: the old one no longer signs in.
+    await row.locator("button[data-action=password]").click()
+    await page.locator("#pw-new").fill("a new console passphrase")
+    await page.locator("#pw-new2").fill("a new console passphrase")
+    await room.locator("form.password-form button.save-password").click()
+    await expect(room.locator("form.password-form")).to_have_count(0)
+    assert await signs_in(platform, made, "a new console passphrase")
+    assert not await signs_in(platform, made, password)
+    await page.locator("button.lang").click()
+    refused = ("status of 422 (Unprocessable Entity)",)
+    tab.errors = [e for e in tab.errors if not e.endswith(refused)]
+    tab.assert_clean()
+
+
+async def test_an_api_key_is_shown_once_works_and_is_revoked_in_the_console(
+    platform: ConsolePlatform, open_tab: Any
+) -> None:
+    """#/people: a key made in the console is shown once, kept in no storage, works against
+    the API until revoked there (the second press revokes), then 401."""
+    tab = await open_tab()
+    page = tab.page
+    await sign_in(tab, platform, "/#/people")
+    room = page.locator(".people-page")
+    await expect(room).to_have_attribute("data-loaded", "true")
+    name = f"console key {uuid.uuid4().hex[:8]}"
+    form = room.locator("form.key-form")
+    await page.locator("#key-name").fill(name)
+    await page.locator("#key-role").select_option("operator")
+    await page.locator("#key-expiry").select_option("until")
+    await page.locator("#key-until").fill((dt.date.today() + dt.timedelta(days=30)).isoformat())
+    async with page.expect_response(lambda r: r.url.endswith("/api/v1/keys")) as answered:
+        await form.locator("button.create").click()
+    made = await (await answered.value).json()
+    key = made["key"]
+    assert made["expires_at"] and made["role"] == "operator" and made["name"] == name
+    secret = room.locator("[data-secret=key]")
+    await expect(secret.locator(".secret-value")).to_have_text(key)
+    await expect(secret.locator(".secret-warning")).to_contain_text("只显示这一次")
+    await page.locator("button.lang").click()
+    await expect(secret.locator(".secret-warning")).to_contain_text("shown this once")
+    await expect(secret.locator(".secret-value")).to_have_text(key)
+    assert not [v for v in await page.evaluate(STORED) if key in (v or "")]
+    row = room.locator(f'tr[data-key-id="{made["id"]}"]')
+    await expect(row).to_have_attribute("data-state", "active")
+    await expect(row.locator(".chip")).to_have_text("Active")
+
+    async with httpx.AsyncClient(base_url=f"{platform.url}/api/v1") as machine:
+        bearer = {"Authorization": f"Bearer {key}"}
+        assert (await machine.get("/devices", headers=bearer)).status_code == 200
+        await secret.locator("button.done").click()
+        assert key not in await page.content()
+        await row.locator("button.revoke").click()
+        await expect(row.locator("button.revoke")).to_have_text("Confirm revoking")
+        assert (await machine.get("/devices", headers=bearer)).status_code == 200
+        await row.locator("button.revoke").click()
+        await expect(row).to_have_attribute("data-state", "revoked")
+        await expect(row.locator(".chip")).to_have_text("Revoked")
+        assert (await machine.get("/devices", headers=bearer)).status_code == 401
+    await page.locator("button.lang").click()
+    await expect(row.locator(".chip")).to_have_text("已吊销")
+    # Come back to the room: the key is gone for good.
+    await page.goto(f"{platform.url}/#/")
+    await page.goto(f"{platform.url}/#/people")
+    await expect(room).to_have_attribute("data-loaded", "true")
+    assert key not in await page.content()
+    tab.assert_clean()
+
+
+async def test_people_and_keys_are_only_for_an_administrator(
+    platform: ConsolePlatform, open_tab: Any
+) -> None:
+    """GET /users and /keys take an administrator: an operator sees no link and no room."""
+    tab = await open_tab()
+    page = tab.page
+    await sign_in(tab, platform, "/#/people", username=await platform.person_of("operator"))
+    await expect(page.locator("[data-nav=overview]")).to_have_attribute("aria-current", "page")
+    await expect(page.locator("[data-nav=people]")).to_have_count(0)
+    await expect(page.locator(".people-page")).to_have_count(0)
+    await page.locator("button.lang").click()
+    await expect(page.locator("[data-nav=overview]")).to_have_text("Overview")
+    await expect(page.locator("[data-nav=people]")).to_have_count(0)
+    await page.locator("button.lang").click()
+    tab.assert_clean()

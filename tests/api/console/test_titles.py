@@ -494,6 +494,7 @@ async def test_every_room_in_both_languages_shows_no_raw_kind_or_metric_name(
         "#/screen": ".screen[data-ready=true]",
         "#/vendors": ".vendors-page[data-loaded=true]",
         "#/silences": ".silences-page[data-loaded=true]",
+        "#/people": ".people-page[data-loaded=true]",
         f"#/device/{manhole.device_id}": ".device-page[data-loaded=true]",
         f"#/district/{manhole.district}": ".district-page [data-loaded=true]",
     }
