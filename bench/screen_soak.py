@@ -27,19 +27,12 @@ from typing import Any
 import httpx
 from playwright.async_api import async_playwright
 
+from bench.map_draw import ARGS as MEASURING_ARGS
+from bench.map_draw import CHROMIUM
 from cityiot.platform.local_services import free_port
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--autoplay-policy=no-user-gesture-required",
-    "--enable-precise-memory-info",
-    "--js-flags=--expose-gc",
-]
+# The map's measuring browser, allowed to sound the big screen's alerts without a click.
+ARGS = [*MEASURING_ARGS, "--autoplay-policy=no-user-gesture-required"]
 SAMPLE = """async () => {
   window.gc();
   await new Promise((r) => setTimeout(r, 200));

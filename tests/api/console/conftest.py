@@ -88,6 +88,25 @@ class ConsolePlatform:
         )
         info.wait_for_publish(5)
 
+    async def register_manhole(self, device_id: str) -> None:
+        """A new manhole ``device_id`` registered beside :meth:`alerting_manhole` (its vendor,
+        district, place and attributes), reporting every minute."""
+        manhole = self.alerting_manhole()
+        created = await self.http.post(
+            "/devices",
+            json={
+                "device_id": device_id,
+                "vendor": manhole.vendor,
+                "kind": "manhole",
+                "district": manhole.district,
+                "lat": manhole.lat,
+                "lon": manhole.lon,
+                "report_interval_s": 60,
+                "attributes": manhole.attributes,
+            },
+        )
+        assert created.status_code == 201, created.text
+
     def alerting_manhole(self) -> SimDevice:
         """The manhole (JSON vendor, with history) whose cover the tests open."""
         return next(
@@ -242,9 +261,12 @@ class Tab:
         if message.type == "error":
             self.errors.append(message.text)
 
-    def assert_clean(self) -> None:
-        """No console error or uncaught exception; no request left this machine."""
-        assert not self.errors, f"errors in the browser console: {self.errors}"
+    def assert_clean(self, refused: tuple[str, ...] = ()) -> None:
+        """No console error or uncaught exception; no request left this machine. ``refused``:
+        the statuses the test expects refused requests to log (``"401 (Unauthorized)"``)."""
+        logged = tuple(f"status of {status}" for status in refused)
+        errors = [e for e in self.errors if not (logged and e.endswith(logged))]
+        assert not errors, f"errors in the browser console: {errors}"
         outside = [u for u in self.requests if urlsplit(u).hostname not in LOCAL_HOSTS]
         assert not outside, f"requests left localhost: {outside}"
         assert self.requests, "no request was recorded"

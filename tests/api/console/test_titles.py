@@ -19,7 +19,7 @@ from playwright.async_api import expect
 from cityiot.domain.catalogue import MODEL, Kind
 from cityiot.storage.kinds import refresh_kinds, save_kind
 from tests.api.console.conftest import ConsolePlatform, screenshot
-from tests.api.console.test_console import sign_in
+from tests.api.console.test_console import listed, sign_in
 from tests.operator_files import NOISE
 from tests.waiting import until
 
@@ -340,12 +340,7 @@ async def test_the_map_draws_the_districts_zooms_and_filters_by_district_and_sta
     page = tab.page
     await sign_in(tab, platform)
     # Every registered device with a position (other tests of the module may add some).
-    registry = [
-        *(await platform.http.get("/devices", params={"limit": 1000})).json()["items"],
-        *(
-            await platform.http.get("/devices", params={"limit": 1000, "status": "decommissioned"})
-        ).json()["items"],
-    ]
+    registry = await listed(platform)
     placed = [d for d in registry if d["lat"] is not None and d["lon"] is not None]
     map_ = page.locator(".map")
     everyone = str(len(placed))
@@ -419,20 +414,7 @@ async def test_a_chart_shows_the_rules_limit_a_tooltip_and_a_silence_as_a_gap(
     platform: ConsolePlatform, open_tab: Any
 ) -> None:
     manhole = platform.alerting_manhole()
-    created = await platform.http.post(
-        "/devices",
-        json={
-            "device_id": GAP_DEVICE,
-            "vendor": manhole.vendor,
-            "kind": "manhole",
-            "district": manhole.district,
-            "lat": manhole.lat,
-            "lon": manhole.lon,
-            "report_interval_s": 60,
-            "attributes": manhole.attributes,
-        },
-    )
-    assert created.status_code == 201, created.text
+    await platform.register_manhole(GAP_DEVICE)
     now_ms = int(time.time() * 1000)
     # Two readings a minute apart, then half an hour of silence, then one more.
     sent = [(now_ms - 40 * 60_000, 3.0), (now_ms - 39 * 60_000, 4.0), (now_ms - 5 * 60_000, 5.0)]
@@ -480,12 +462,7 @@ async def test_every_room_in_both_languages_shows_no_raw_kind_or_metric_name(
 ) -> None:
     """Every page an administrator opens (dead letters aside: their reasons name the field a
     vendor must fix), in Chinese and in English: kinds and metrics by their titles only."""
-    devices = [
-        *(await platform.http.get("/devices", params={"limit": 1000})).json()["items"],
-        *(
-            await platform.http.get("/devices", params={"limit": 1000, "status": "decommissioned"})
-        ).json()["items"],
-    ]
+    devices = await listed(platform)
     manhole = platform.alerting_manhole()
     rooms = {
         "#/": ".map:not([data-drawn='0'])",
