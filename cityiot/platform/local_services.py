@@ -64,11 +64,32 @@ def find_executable(name: str, path: str | None = None) -> str:
     return found
 
 
+# Ports handed out by free_port(): below the range the kernel takes outgoing connections'
+# local ports from (32768-60999 by default), so a connection made between the pick and the
+# server's bind cannot hold it, and above the well-known services' ports.
+FREE_PORTS = range(20000, 32768)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port on 127.0.0.1 that nothing listens on or is bound to right now, picked at
+    random from :data:`FREE_PORTS` (outside the kernel's range for outgoing connections)."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = secrets.choice(FREE_PORTS)
+        if port < low and port_is_free(port):
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # a crowded machine
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's range for outgoing connections (Linux; 32768 else)."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="ascii")
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def port_is_free(port: int) -> bool:

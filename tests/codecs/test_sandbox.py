@@ -9,7 +9,7 @@ import pytest
 from cityiot.ingest.codecs.base import PayloadError
 from cityiot.ingest.codecs.sandbox import PROBATION_CALLS, Script, ScriptError
 from tests.codecs.frames import BATTERY_FRAME as BATTERY
-from tests.codecs.frames import HOSTILE_FRAMES, codec
+from tests.codecs.frames import HOSTILE_FRAMES, HOSTILE_MEMORY_MB, codec
 
 HOST_NAMES = (
     "require", "module", "exports", "process", "std", "os", "fetch", "XMLHttpRequest",
@@ -128,7 +128,7 @@ def test_out_of_memory_gives_a_fresh_context_and_the_next_frame_decodes(frame: b
 def test_a_hostile_frame_is_refused_with_its_reason_and_the_next_decodes(
     name: str, frames: list[tuple[bytes, str]]
 ) -> None:
-    hostile = codec(name)
+    hostile = codec(name, memory_bytes=HOSTILE_MEMORY_MB << 20)
     for frame, reason in frames:
         said = outcome(hostile, frame)
         assert said.startswith(f"codec {name}: ")

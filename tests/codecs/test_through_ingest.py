@@ -25,6 +25,7 @@ from tests.codecs.frames import (
     BATTERY_FRAME,
     FILES,
     HOSTILE_FRAMES,
+    HOSTILE_MEMORY_MB,
     alarm,
     history,
     manhole_with_temperature,
@@ -134,6 +135,7 @@ async def test_vendor_codecs_over_mqtt_stored_validated_alerted_and_hostile_ones
         mqtt_client_id=f"codecs-{uuid.uuid4().hex[:8]}",
         flush_interval_ms=50,
         codecs_path=FILES,
+        codec_memory_mb=HOSTILE_MEMORY_MB,
         kinds_path=kinds,
         dead_letter_rate_burst=2**62,  # every refusal is stored, to be counted
     )

@@ -47,6 +47,11 @@ RATE = 100.0  # pushes a second, one reading each
 DEVICES = 20  # enough that a retried reading stays within the ingest's seq window
 SPOOL_MIN_BYTES = 64 * 1024  # the smallest spool_max_bytes allowed
 NO_RETRY_AFTER_S = 1.0  # a request with no answer at all is sent again after this
+# Requests the pusher has open at once, as a push sender's connection pool: when the platform
+# answers slower than readings come (a loaded machine), they wait their turn in the pusher.
+# Unbounded, a stall of the shared event loop let thousands pile up at the API's edge, which
+# evicts connections still sending headers past CITYIOT_API_MAX_CONNECTIONS.
+IN_FLIGHT = 64
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,8 @@ def devices() -> list[Device]:
 @dataclass
 class Pusher:
     """CTWing's push: each reading its own request, sent again after ``Retry-After`` until
-    answered 200. New readings start at ``RATE`` a second, round robin over the devices;
+    answered 200, at most ``IN_FLIGHT`` requests open at once. New readings start at ``RATE``
+    a second, round robin over the devices;
     device ``d``'s ``k``-th reading has ``upPacketSN`` k + 1 and time ``origin + k s + d ms``.
     """
 
@@ -85,6 +91,7 @@ class Pusher:
     expected: dict[str, list[int]] = field(default_factory=dict)  # device → times sent
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _pool: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(IN_FLIGHT))
 
     def readings(self) -> Iterator[tuple[Device, int, int]]:
         """(device, upPacketSN, time) of each new reading, in the order they are sent."""
@@ -136,7 +143,8 @@ class Pusher:
         params = {"token": self.tokens[device.vendor]}
         while True:
             try:
-                r = await self.client.post(url, json=message, params=params)
+                async with self._pool:
+                    r = await self.client.post(url, json=message, params=params)
             except httpx.TransportError as exc:  # no answer: as CTWing does, send it again
                 self.unanswered.append(f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(NO_RETRY_AFTER_S)

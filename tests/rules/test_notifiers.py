@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import json
 import queue
-import socket
 import threading
 import time
 import urllib.parse
@@ -29,7 +28,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cityiot.platform.local_services import LocalBroker
+from cityiot.platform.local_services import LocalBroker, free_port
 from cityiot.rules.notifiers import DeliveryError, NotificationMessage, build_channel, render
 from cityiot.rules.notifiers.dingtalk import DingTalkChannel
 from cityiot.rules.notifiers.email import EmailChannel
@@ -38,12 +37,6 @@ from cityiot.rules.notifiers.webhook import WebhookChannel
 from cityiot.rules.notifiers.wecom import CONTENT_LIMIT_BYTES, WeComChannel
 
 ROBOT_OK = b'{"errcode":0,"errmsg":"ok"}'
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def alert(device_id: str, severity: str, state: str = "firing", **extra: Any) -> dict[str, Any]:

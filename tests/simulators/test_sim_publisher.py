@@ -23,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from cityiot.domain.catalogue import KINDS
 from cityiot.ingest.codecs import default_codecs
 from cityiot.ingest.codecs.standard import StandardJsonCodec
+from cityiot.platform.local_services import free_port
 from cityiot.simulators import Fleet, Report, SimDevice, SimulationCounters, run_simulation
 from tests.waiting import until
 
@@ -33,12 +34,6 @@ HOST = "127.0.0.1"
 pytestmark = pytest.mark.skipif(not os.path.exists(MOSQUITTO), reason="needs Mosquitto")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Broker:
     port: int
@@ -47,7 +42,7 @@ class Broker:
 
 
 def _start_broker(directory: Path, extra: str = "") -> Broker:
-    port = _free_port()
+    port = free_port()
     config = directory / "mosquitto.conf"
     log = directory / "mosquitto.log"
     config.write_text(
@@ -269,7 +264,7 @@ async def test_vendors_publish_with_their_own_credentials(secured_broker: Secure
 async def test_an_unreachable_broker_is_reported() -> None:
     fleet = Fleet.generate(5, seed=1)
     with pytest.raises(ConnectionError, match="cannot reach the MQTT broker"):
-        await run_simulation(HOST, _free_port(), fleet, rate=10.0, duration_s=0.1)
+        await run_simulation(HOST, free_port(), fleet, rate=10.0, duration_s=0.1)
 
 
 async def test_bad_arguments_are_refused() -> None:
