@@ -12,8 +12,8 @@ RUN_ARGS ?=
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist): most tests wait on brokers, InfluxDB and subprocesses, so
-# four share two cores well. 0: one process. Work stealing: a worker that runs out takes
-# tests queued on the others, so the run does not end on one worker's backlog.
+# four share two cores well. 0: one process. Tests are dealt one at a time to whichever worker
+# is free (--dist loadgroup), the console's browser tests as one group (tests/conftest.py).
 TEST_WORKERS ?= 4
 # Debian keeps mosquitto and influxd in sbin, which a non-root PATH often lacks.
 export PATH := $(PATH):/usr/local/sbin:/usr/sbin:/sbin
@@ -87,7 +87,7 @@ run: deps-run venv-run
 	$(VENV)/bin/cityiot run $(RUN_ARGS)
 
 test: deps venv
-	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # Throughput, CPU, memory and latency next to a bare subscriber and Node-RED (docs/benchmark.md).
 # The benchmark lives outside the installed package: it runs from the checkout.

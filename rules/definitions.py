@@ -54,6 +54,7 @@ import yaml
 from cityiot.domain.catalogue import MODEL, Kind
 from cityiot.domain.expressions import NO_BUILTINS, ExpressionError, parse_expression
 from cityiot.domain.sun import is_dark, local_date, local_hour
+from cityiot.domain.yamltext import load_yaml
 from cityiot.rules.events import SEVERITIES
 
 RuleType = Literal["threshold", "absence", "rate"]
@@ -526,7 +527,7 @@ def load_rules(path: Path) -> list[Rule]:
 
 def parse_rule_file(text: str, source: str) -> list[Rule]:
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as exc:
         raise RuleError(f"{source}: not valid YAML: {exc}") from None
     if raw is None:

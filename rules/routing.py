@@ -73,6 +73,7 @@ from pydantic import (
     model_validator,
 )
 
+from cityiot.domain.yamltext import load_yaml
 from cityiot.rules.events import SEVERITIES
 from cityiot.rules.notifiers.webhook import plain_http_refusal
 from cityiot.rules.silences import (
@@ -378,7 +379,7 @@ def load_routing(
     except OSError as exc:
         raise RoutingError(source, [f"cannot read the file ({exc.strerror or exc})"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -29,10 +29,20 @@ T = TypeVar("T")
 DEFAULT_TEST_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
 
+CONSOLE_TESTS = Path(__file__).parent / "api" / "console"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked ``slow`` first: spread over ``make test``'s workers (pytest-xdist), the
-    minute-long ones start at once instead of ending a run the others finished long ago."""
+    minute-long ones start at once instead of ending a run the others finished long ago.
+
+    The console's browser tests are one group (``--dist loadgroup``): one worker runs them
+    all, so their platform and Chromium (module fixtures) start once a module, not once a
+    module on each worker that is dealt one of its tests."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    for item in items:
+        if CONSOLE_TESTS in item.path.parents:
+            item.add_marker(pytest.mark.xdist_group("console"))
 
 
 @pytest.fixture

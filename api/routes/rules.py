@@ -29,6 +29,7 @@ from cityiot.api.paging import Cursor, Limit, Page, decode_cursor, encode_cursor
 from cityiot.api.problems import Problem
 from cityiot.domain.catalogue import KINDS, MODEL
 from cityiot.domain.expressions import thresholds as fixed_limits
+from cityiot.domain.yamltext import load_yaml
 from cityiot.rules.definitions import Rule, RuleError, catalogue_path, load_rules, parse_rule
 from cityiot.rules.events import city_time
 from cityiot.storage.tables.rules import RuleOverride
@@ -170,7 +171,7 @@ async def catalogue(ctx: ApiContext) -> dict[str, Entry]:
         parsed = load_rules(path)
         definitions: dict[str, dict[str, Any]] = {}
         for file in _rule_files(path):
-            for raw in yaml.safe_load(file.read_text(encoding="utf-8")) or []:
+            for raw in load_yaml(file.read_text(encoding="utf-8")) or []:
                 definitions[raw["id"]] = raw
     except (RuleError, OSError, yaml.YAMLError) as exc:
         raise Problem(

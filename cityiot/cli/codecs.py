@@ -30,6 +30,7 @@ from cityiot.cli.common import (
     read_database,
 )
 from cityiot.domain.settings import Settings
+from cityiot.domain.yamltext import load_yaml
 
 if TYPE_CHECKING:
     from cityiot.ingest.codecs.book import CodecBook
@@ -167,7 +168,7 @@ def _declared_name(file: Path) -> str | None:
     import yaml
 
     try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+        raw = load_yaml(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
     from cityiot.ingest.codecs.files import NAME

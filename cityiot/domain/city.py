@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from cityiot.domain.thingmodel import ModelError
+from cityiot.domain.yamltext import load_yaml
 
 # At most 32 characters: the registry's column for a device's district.
 DISTRICT_ID = re.compile(r"[a-z][a-z0-9_-]{0,31}")
@@ -153,7 +154,7 @@ def _read_boundaries(
 def read_city(path: Path) -> City:
     """The city in ``path``; :class:`ModelError` when it cannot be read or is wrong."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ModelError(f"{path}: cannot read the city file ({exc.strerror})") from None
     except yaml.YAMLError as exc:

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import yaml
 
+from cityiot.domain.yamltext import load_yaml
+
 MetricType = Literal["float", "bool", "enum"]
 METRIC_TYPES: tuple[MetricType, ...] = ("float", "bool", "enum")
 ATTRIBUTE_TYPES: dict[str, type[int] | type[float] | type[str]] = {
@@ -263,7 +265,7 @@ def parse_kind(raw: Any, source: str) -> Kind:
 def read_kind_file(path: Path) -> Kind:
     """The kind in ``path``; :class:`ModelError` when it cannot be read or is wrong."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ModelError(f"{path}: cannot read it ({exc.strerror})") from None
     except yaml.YAMLError as exc:

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from cityiot.domain.yamltext import load_yaml
+
 NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
 SCRIPT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}\.js$")
 SHIPPED = Path(__file__).resolve().parent / "files"
@@ -173,7 +175,7 @@ def _example(raw: Any, where: str) -> Example:
 def read_codec_file(path: Path) -> CodecSpec:
     """The codec in ``path`` with the scripts it names, read from its folder."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise CodecFileError(f"{path}: cannot be read ({exc})") from None
     except yaml.YAMLError as exc:

@@ -42,6 +42,8 @@ from typing import Any, Literal
 
 import yaml
 
+from cityiot.domain.yamltext import load_yaml
+
 START = 0xA5
 VERSION = 0x01
 SCALE = 1000  # every value travels as an int32 of the reading × 1000
@@ -161,7 +163,7 @@ def parse_code_table(raw: Any, source: str) -> CodeTable:
 def read_code_table(path: Path = CODES_FILE) -> CodeTable:
     """The code table in ``path``."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise CodeTableError(f"{path}: cannot read the hexframe code table ({exc})") from None
     return parse_code_table(raw, str(path))

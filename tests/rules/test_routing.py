@@ -513,7 +513,7 @@ def test_unquoted_times_as_yaml_reads_them(tmp_path: Path) -> None:
 
 def test_unreadable_files(tmp_path: Path) -> None:
     assert problems_of(tmp_path, "route: [unclosed\n") == [
-        "not valid YAML at line 2, column 1: expected ',' or ']', but got '<stream end>'"
+        "not valid YAML at line 2, column 1: did not find expected ',' or ']'"
     ]
     assert problems_of(tmp_path, "") == [
         "expected a mapping with route, receivers (the file is empty?)"
