@@ -13,7 +13,8 @@ second, from ``Dispatcher.run``) sends what is due. For each route an alert matc
   the receiver had been told it was firing, then it leaves the group; an empty group ends;
 - an acknowledged alert stays in the group but is not notified again (its resolution is),
   also when it was acknowledged elsewhere (the API): a due group looks its alerts up first;
-- silences and maintenance windows are checked when a message is made: a muted alert is
+- silences and maintenance windows (the routing file's and those made through the API,
+  read with the silences on each tick) are checked when a message is made: a muted alert is
   left out (a message with nothing left is not sent) and, if it still fires when the mute
   ends, it is notified at the group's next interval.
 
@@ -47,8 +48,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cityiot.rules.events import SEVERITIES, STATES, Clock, wall_clock
 from cityiot.rules.routing import Route, Router, alert_labels
-from cityiot.rules.silences import active_silences, maintenance_window, silenced_by
-from cityiot.storage.tables.alerts import Alert, Silence
+from cityiot.rules.silences import Mutes, active_mutes, maintenance_window, silenced_by
+from cityiot.storage.tables.alerts import Alert
 
 log = logging.getLogger("cityiot.rules.dispatch")
 
@@ -186,20 +187,20 @@ class Dispatcher:
         alert: dict[str, Any],
         routes: Sequence[Route],
         now: float,
-        silences: list[Silence] | None,
+        mutes: Mutes | None,
     ) -> None:
         alert_id = alert["id"]
         route = self._work_order_route(alert, routes)
         if route is None or route.team is None or alert_id in self._work_orders_opened:
             return
         self._work_orders_due[alert_id] = (alert, route)  # until it is opened
-        if silences is None:
+        if mutes is None:
             try:
-                silences = await active_silences(self._session_factory, now)
+                mutes = await active_mutes(self._session_factory, now)
             except Exception as exc:  # database unreachable: the next tick tries again
                 log.warning("event=silences_unreadable alert=%s error=%s", alert_id, exc)
                 return
-        if self._muted_by(route, alert, now, silences):
+        if self._muted_by(route, alert, now, mutes):
             return
         try:
             assert self._open_work_order is not None
@@ -223,16 +224,16 @@ class Dispatcher:
             if not due and not self._work_orders_due:
                 return 0
             try:
-                silences = await active_silences(self._session_factory, now)
+                mutes = await active_mutes(self._session_factory, now)
                 await self._note_acknowledged(due)
             except Exception as exc:  # database unreachable: what is due stays due
                 log.warning("event=silences_unreadable error=%s", exc)
                 return 0
             rows = 0
             for group in due:
-                rows += await self._flush(group, now, silences)
+                rows += await self._flush(group, now, mutes)
             for event, route in list(self._work_orders_due.values()):
-                await self._work_order(event, [route], now, silences)
+                await self._work_order(event, [route], now, mutes)
             return rows
 
     async def _note_acknowledged(self, groups: Sequence[_Group]) -> None:
@@ -263,14 +264,14 @@ class Dispatcher:
                 log.warning("event=dispatch_tick_failed error=%s", exc)
             await asyncio.sleep(every)
 
-    async def _flush(self, group: _Group, now: float, silences: list[Silence]) -> int:
+    async def _flush(self, group: _Group, now: float, mutes: Mutes) -> int:
         route = group.route
         group.next_flush = now + route.group_interval
         firing: list[dict[str, Any]] = []
         resolved: list[dict[str, Any]] = []
         for alert_id, event in group.alerts.items():
             state = event["state"]
-            if state == "acknowledged" or self._muted_by(route, event, now, silences):
+            if state == "acknowledged" or self._muted_by(route, event, now, mutes):
                 continue
             if state == "firing":
                 firing.append(event)
@@ -328,15 +329,14 @@ class Dispatcher:
         )
         return len(receiver.channels)
 
-    def _muted_by(
-        self, route: Route, event: Mapping[str, Any], now: float, silences: list[Silence]
-    ) -> bool:
+    def _muted_by(self, route: Route, event: Mapping[str, Any], now: float, mutes: Mutes) -> bool:
         labels = route.labels_of(event)
-        by = silenced_by(silences, labels)
+        by = silenced_by(mutes.silences, labels)
         if by:
             log.debug("event=muted alert=%s silence=%s", event["id"], ",".join(by))
             return True
-        window = maintenance_window(self._router.maintenance_windows, labels, now)
+        windows = (*self._router.maintenance_windows, *mutes.windows)  # the file's, the API's
+        window = maintenance_window(windows, labels, now)
         if window is not None:
             log.debug("event=muted alert=%s maintenance=%s", event["id"], window.name)
             return True

@@ -6,8 +6,9 @@ the alert lacks has the value ``""``. An alert is matched by a list of matchers 
 matches every one of them.
 
 A silence (stored in the ``silences`` table) mutes the alerts it matches between
-``starts_at`` and ``ends_at``; a maintenance window (from the routing file) mutes them at
-fixed hours of the week in the city's time zone (the city file; Asia/Shanghai for
+``starts_at`` and ``ends_at``; a maintenance window (from the routing file, or stored in the
+``maintenance_windows`` table through the API until it is ended) mutes them at fixed hours
+of the week in the city's time zone (the city file; Asia/Shanghai for
 Zhumadian). Muting only stops notifications: alert states are still recorded and published,
 and an alert still firing when the mute ends is notified at its group's next interval (see
 ``rules/dispatch.py``).
@@ -29,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from cityiot.domain.catalogue import DISTRICTS, KINDS
 from cityiot.domain.sun import CITY_TZ
 from cityiot.rules.events import SEVERITIES
-from cityiot.storage.tables.alerts import Silence
+from cityiot.storage.tables.alerts import MaintenanceWindowRow, Silence
 from cityiot.storage.writes import writing
 
 log = logging.getLogger("cityiot.rules.silences")
@@ -62,6 +63,15 @@ class MatcherError(ValueError):
 
 class SilenceError(ValueError):
     """A silence cannot be created as asked; the message says what to change."""
+
+
+class WindowError(ValueError):
+    """A maintenance window cannot be made as asked; ``field`` names the field at fault
+    (``name``, ``weekdays``, ``start``, ``end``, ``matchers``…) and the message what to change."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
 
 
 def check_label_value(label: str, value: str) -> None:
@@ -318,3 +328,177 @@ def is_in_maintenance(
 ) -> bool:
     """True when a maintenance window mutes an alert with ``labels`` at ``now``."""
     return maintenance_window(windows, labels, now) is not None
+
+
+# --- maintenance windows made through the API --------------------------------------------
+
+MAX_WINDOW_NAME_CHARS = 128
+_TIME_OF_DAY = re.compile(r"(\d{1,2}):(\d{2})")
+
+
+def time_of_day(value: Any, where: str) -> int:
+    """Seconds after local midnight of an ``"HH:MM"`` from ``"00:00"`` to ``"24:00"``."""
+    found = _TIME_OF_DAY.fullmatch(value.strip()) if isinstance(value, str) else None
+    if found is not None:
+        hours, minutes = int(found[1]), int(found[2])
+        if minutes < 60 and (hours < 24 or (hours, minutes) == (24, 0)):
+            return hours * 3600 + minutes * 60
+    raise WindowError(f'{value!r} is not a time of day ("HH:MM", "00:00" to "24:00")', where)
+
+
+def _clock(seconds: int) -> str:
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}"
+
+
+def weekday_names(days: Iterable[int]) -> list[str]:
+    """Day numbers (0 = Monday) as the names the API and the routing file use, in week order."""
+    return [WEEKDAYS[d] for d in sorted(set(days))]
+
+
+def check_window(
+    name: Any, matchers: Any, weekdays: Any, start: Any, end: Any
+) -> tuple[str, tuple[Matcher, ...], list[str], str, str]:
+    """The window's fields checked and normalised: name, matchers, weekday names (week
+    order), start and end as ``"HH:MM"``. Raises ``WindowError`` or ``MatcherError`` naming
+    the field at fault."""
+    if not isinstance(name, str) or not name.strip() or len(name) > MAX_WINDOW_NAME_CHARS:
+        raise WindowError(f"a name has 1 to {MAX_WINDOW_NAME_CHARS} characters", "name")
+    checked = parse_matchers(matchers)
+    if not isinstance(weekdays, list | tuple) or not weekdays:
+        raise WindowError(f"give at least one day ({', '.join(WEEKDAYS)})", "weekdays")
+    days: set[int] = set()
+    for i, day in enumerate(weekdays):
+        if not isinstance(day, str) or day.strip().lower() not in WEEKDAYS:
+            raise WindowError(f"{day!r} is not a weekday ({', '.join(WEEKDAYS)})", f"weekdays[{i}]")
+        days.add(WEEKDAYS.index(day.strip().lower()))
+    start_s = time_of_day(start, "start")
+    end_s = time_of_day(end, "end")
+    if start_s == 86400:
+        raise WindowError('"24:00" is the next day\'s "00:00"; write that', "start")
+    if start_s == end_s:
+        raise WindowError('equals start; for a whole day write "00:00" to "24:00"', "end")
+    return name.strip(), checked, weekday_names(days), _clock(start_s), _clock(end_s)
+
+
+def window_of(row: MaintenanceWindowRow) -> MaintenanceWindow:
+    """The stored window as the dispatcher checks it; raises if it no longer validates."""
+    name, matchers, days, start, end = check_window(
+        row.name, row.matchers, row.weekdays, row.start, row.end
+    )
+    return MaintenanceWindow(
+        name,
+        matchers,
+        frozenset(WEEKDAYS.index(d) for d in days),
+        time_of_day(start, "start"),
+        time_of_day(end, "end"),
+    )
+
+
+async def create_window(
+    session_factory: SessionFactory,
+    name: str,
+    matchers: Sequence[Matcher | Mapping[str, Any]],
+    weekdays: Sequence[str],
+    start: str,
+    end: str,
+    created_by: str = "",
+    comment: str = "",
+) -> MaintenanceWindowRow:
+    """Store a maintenance window, in force until it is ended.
+
+    Raises ``WindowError`` or ``MatcherError`` (both ``ValueError``) with what to change.
+    """
+    name, checked, days, start, end = check_window(name, list(matchers), weekdays, start, end)
+    if len(created_by) > MAX_CREATED_BY_CHARS:
+        raise WindowError(f"longer than {MAX_CREATED_BY_CHARS} characters", "created_by")
+    row = MaintenanceWindowRow(
+        id=uuid.uuid4().hex,
+        name=name,
+        matchers=[m.to_dict() for m in checked],
+        weekdays=days,
+        start=start,
+        end=end,
+        created_by=created_by,
+        comment=comment,
+    )
+    async with writing(session_factory) as session:
+        session.add(row)
+    log.info(
+        "event=window_created id=%s name=%s matchers=%s days=%s hours=%s-%s by=%s",
+        row.id,
+        name,
+        ",".join(str(m) for m in checked),
+        ",".join(days),
+        start,
+        end,
+        created_by,
+    )
+    return row
+
+
+async def end_window(
+    session_factory: SessionFactory, window_id: str, now: dt.datetime | float
+) -> MaintenanceWindowRow | None:
+    """End a stored window at ``now``: it mutes nothing from then on.
+
+    Returns the window, unchanged if it had already ended, or None if there is no such id.
+    """
+    when = _as_datetime(now, "now")
+    async with writing(session_factory) as session:
+        row = await session.get(MaintenanceWindowRow, window_id)
+        if row is None:
+            return None
+        if row.ended_at is None or row.ended_at > when:
+            row.ended_at = when
+            log.info("event=window_ended id=%s name=%s", window_id, row.name)
+    return row
+
+
+async def stored_windows(
+    session_factory: SessionFactory, now: dt.datetime | float | None = None
+) -> list[MaintenanceWindowRow]:
+    """The stored windows in force at ``now`` (not ended by then), oldest first; all of
+    them, ended ones too, when ``now`` is None."""
+    stmt = select(MaintenanceWindowRow).order_by(
+        MaintenanceWindowRow.created_at, MaintenanceWindowRow.id
+    )
+    if now is not None:
+        when = _as_datetime(now, "now")
+        stmt = stmt.where(
+            (MaintenanceWindowRow.ended_at.is_(None)) | (MaintenanceWindowRow.ended_at > when)
+        )
+    async with session_factory() as session:
+        return list((await session.scalars(stmt)).all())
+
+
+async def windows_in_force(
+    session_factory: SessionFactory, now: dt.datetime | float
+) -> tuple[MaintenanceWindow, ...]:
+    """The stored windows in force at ``now``, as ``MaintenanceWindow``\\ s.
+
+    A stored window that no longer validates (edited by hand) is left out, with a warning.
+    """
+    windows: list[MaintenanceWindow] = []
+    for row in await stored_windows(session_factory, now):
+        try:
+            windows.append(window_of(row))
+        except ValueError as exc:
+            log.warning("event=window_unreadable id=%s error=%s", row.id, exc)
+    return tuple(windows)
+
+
+@dataclass(frozen=True, slots=True)
+class Mutes:
+    """What may mute a notification at one moment: the silences in force and the stored
+    maintenance windows in force (the routing file's windows are the router's)."""
+
+    silences: list[Silence]
+    windows: tuple[MaintenanceWindow, ...] = ()
+
+
+async def active_mutes(session_factory: SessionFactory, now: dt.datetime | float) -> Mutes:
+    """The silences and the stored maintenance windows in force at ``now``."""
+    return Mutes(
+        await active_silences(session_factory, now),
+        await windows_in_force(session_factory, now),
+    )

@@ -15,7 +15,13 @@ from cityiot.rules.delivery import enqueue
 from cityiot.rules.dispatch import Dispatcher
 from cityiot.rules.lifecycle import AlertStore, new_alert_row
 from cityiot.rules.routing import DEFAULT_ROUTING_PATH, Router, load_routing, parse_routing
-from cityiot.rules.silences import SessionFactory, create_silence, expire_silence
+from cityiot.rules.silences import (
+    SessionFactory,
+    create_silence,
+    create_window,
+    end_window,
+    expire_silence,
+)
 from cityiot.storage.engine import make_engine, migrate, sessionmaker
 from cityiot.storage.tables.alerts import Notification
 from tests.rules.conftest import HandClock
@@ -355,6 +361,41 @@ async def test_a_maintenance_window_mutes_its_hours(rig: Rig) -> None:
     await rig.until(-5 * HOUR + 10, step=10)  # the window closed at 05:00
     assert await rig.new() == urban("firing", "k1:firing")
     assert rig.work_orders == [("y1", "urban"), ("k1", "urban")]
+
+
+async def test_a_stored_window_mutes_while_in_force_and_its_end_lets_alerts_through(
+    rig: Rig,
+) -> None:
+    """A window made through the API mutes like the file's; ended, it stops muting at once."""
+    works = await create_window(
+        rig.session_factory,
+        "yicheng-day-works",
+        [{"label": "district", "op": "=", "value": "yicheng"}],
+        ["mon"],
+        "09:00",
+        "11:00",  # T0 is Monday 10:00: open
+    )
+    await create_window(  # Tuesday's hours: not open on Monday
+        rig.session_factory,
+        "xiping-tuesday-works",
+        [{"label": "district", "op": "=", "value": "xiping"}],
+        ["tue"],
+        "09:00",
+        "11:00",
+    )
+    await rig.dispatcher.handle(alert("y1", district="yicheng"))
+    await rig.dispatcher.handle(alert("x1", district="xiping"))
+    await rig.until(10)
+    assert await rig.new() == urban("firing", "x1:firing")
+    assert rig.work_orders == [("x1", "urban")]
+    await rig.until(5 * MINUTE, step=5)
+    assert await rig.new() == []
+    assert rig.work_orders == [("x1", "urban")]  # muted: no work order either
+    await end_window(rig.session_factory, works.id, T0 + 5 * MINUTE)
+    await rig.until(5 * MINUTE + 1)
+    assert rig.work_orders == [("x1", "urban"), ("y1", "urban")]
+    await rig.until(5 * MINUTE + 10)  # the group's next interval
+    assert await rig.new() == urban("firing", "y1:firing")
 
 
 async def test_work_orders_once_per_alert_for_routed_severities(rig: Rig) -> None:

@@ -15,8 +15,12 @@ from cityiot.rules.silences import (
     MatcherError,
     SessionFactory,
     SilenceError,
+    WindowError,
+    active_mutes,
     active_silences,
     create_silence,
+    create_window,
+    end_window,
     expire_silence,
     is_in_maintenance,
     maintenance_window,
@@ -25,6 +29,7 @@ from cityiot.rules.silences import (
     silenced_by,
 )
 from cityiot.storage.engine import make_engine, migrate, sessionmaker
+from cityiot.storage.tables.alerts import MaintenanceWindowRow
 
 CST = dt.timezone(dt.timedelta(hours=8))
 T0 = dt.datetime(2025, 11, 24, 10, 0, tzinfo=CST)  # a Monday morning in Zhumadian
@@ -279,3 +284,85 @@ def test_whole_days_and_every_day_by_default() -> None:
     lamp = {**MANHOLE, "kind": "streetlight", "district": "kaifaqu"}
     assert all(is_in_maintenance(daily, lamp, at(day, 12, 30)) for day in range(24, 31))
     assert not is_in_maintenance(daily, MANHOLE, at(24, 12, 30))
+
+
+# --- maintenance windows made through the API ------------------------------------------------
+
+
+async def test_a_stored_window_mutes_at_its_hours_until_it_is_ended(
+    session_factory: SessionFactory,
+) -> None:
+    night = await create_window(
+        session_factory,
+        " yicheng-night-works ",
+        [m("district", "=", "yicheng")],
+        ["fri", "Mon"],
+        "23:00",
+        "3:00",
+        "operator-wang",
+        "cabling",
+    )
+    assert (night.name, night.weekdays, night.start, night.end) == (
+        "yicheng-night-works",
+        ["mon", "fri"],
+        "23:00",
+        "03:00",
+    )
+    mutes = await active_mutes(session_factory, at(24, 12))
+    assert mutes.silences == [] and [w.name for w in mutes.windows] == ["yicheng-night-works"]
+    assert is_in_maintenance(mutes.windows, MANHOLE, at(25, 2))  # Monday night, into Tuesday
+    assert not is_in_maintenance(mutes.windows, MANHOLE, at(26, 2))  # no window on Tuesday
+    assert not is_in_maintenance(mutes.windows, {**MANHOLE, "district": "xiping"}, at(25, 2))
+
+    ended = await end_window(session_factory, night.id, at(24, 12))
+    assert ended is not None and ended.ended_at == dt.datetime.fromtimestamp(at(24, 12), dt.UTC)
+    assert (await active_mutes(session_factory, at(24, 12))).windows == ()
+    assert [w.name for w in (await active_mutes(session_factory, at(24, 11))).windows] == [
+        "yicheng-night-works"
+    ]  # still in force before its end
+    again = await end_window(session_factory, night.id, at(25, 12))
+    assert again is not None and again.ended_at == ended.ended_at
+    assert await end_window(session_factory, "0" * 32, at(24, 12)) is None
+
+
+async def test_a_stored_window_edited_by_hand_into_nonsense_mutes_nothing(
+    session_factory: SessionFactory,
+) -> None:
+    window = await create_window(
+        session_factory, "works", [m("kind", "=", "manhole")], ["mon"], "01:00", "05:00"
+    )
+    async with session_factory() as session:
+        row = await session.get(MaintenanceWindowRow, window.id)
+        assert row is not None
+        row.start = "25:00"
+        await session.commit()
+    assert (await active_mutes(session_factory, at(24, 2))).windows == ()
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"name": " "}, "name: a name has 1 to 128 characters"),
+        ({"weekdays": []}, "weekdays: give at least one day"),
+        ({"weekdays": ["mon", "funday"]}, r"weekdays\[1\]: 'funday' is not a weekday"),
+        ({"start": "7"}, "start: '7' is not a time of day"),
+        ({"end": "24:01"}, "end: '24:01' is not a time of day"),
+        ({"start": "24:00"}, 'start: "24:00" is the next day\'s "00:00"'),
+        ({"start": "05:00"}, "end: equals start"),
+        ({"matchers": [m("district", "=", "atlantis")]}, r"matchers\[0\].value: 'atlantis'"),
+        ({"matchers": []}, "matchers: give at least one matcher"),
+    ],
+)
+async def test_bad_windows_are_refused_naming_the_field(
+    session_factory: SessionFactory, change: dict[str, Any], message: str
+) -> None:
+    fields: dict[str, Any] = {
+        "name": "works",
+        "matchers": [m("kind", "=", "manhole")],
+        "weekdays": ["mon"],
+        "start": "01:00",
+        "end": "05:00",
+    }
+    with pytest.raises((WindowError, MatcherError), match=message):
+        await create_window(session_factory, **{**fields, **change})
+    assert (await active_mutes(session_factory, at(24, 2))).windows == ()

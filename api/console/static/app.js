@@ -9,6 +9,7 @@ import { OPEN_STATES } from "./alerts.js";
 import { Api } from "./api.js";
 import { BoardView } from "./board.js";
 import { Catalogue } from "./catalogue.js";
+import { CATALOGUE_ROLES, CatalogueRoomView } from "./catalogue_room.js";
 import { DEADLETTER_ROLES, DeadLettersView } from "./deadletters.js";
 import { DeviceView } from "./device.js";
 import { DistrictView } from "./district.js";
@@ -34,6 +35,7 @@ class Console {
     this.api = null;
     this.stream = null;
     this.devices = new Map();
+    this.devicesLoading = null; // the device list's load under way
     this.alerts = new Map(); // open alerts (firing, acknowledged) by id
     this.alertEvents = null; // ids changed by events while the alert list loads
     this.overview = null;
@@ -140,7 +142,14 @@ class Console {
     await Promise.all([this.loadDevices(), this.loadAlerts(), this.loadOverview(), this.catalogue.refresh()]);
   }
 
-  async loadDevices() {
+  /** The device list afresh; a load already under way is shared, not asked for twice
+   * (the registry opened at sign-in asks while the sign-in's reload is loading it). */
+  loadDevices() {
+    this.devicesLoading ??= this.fetchDevices().finally(() => (this.devicesLoading = null));
+    return this.devicesLoading;
+  }
+
+  async fetchDevices() {
     try {
       // The list leaves decommissioned devices out unless asked for them.
       const lists = await Promise.all([this.api.all("/devices"), this.api.all("/devices", { status: "decommissioned" })]);
@@ -280,6 +289,11 @@ class Console {
       this.show(view, "people");
       this.stream.watch(null);
       view.load();
+    } else if (hash === "#/catalogue" && CATALOGUE_ROLES.has(this.session?.role)) {
+      const view = new CatalogueRoomView(this);
+      this.show(view, "catalogue");
+      this.stream.watch(null);
+      view.load();
     } else if (hash === "#/silences" && SILENCE_ROLES.has(this.session?.role)) {
       const view = new SilencesView(this);
       this.show(view, "silences");
@@ -331,6 +345,7 @@ class Console {
               ["deadletters", "#/deadletters", "nav.deadletters", DEADLETTER_ROLES],
               ["silences", "#/silences", "nav.silences", SILENCE_ROLES],
               ["people", "#/people", "nav.people", PEOPLE_ROLES],
+              ["catalogue", "#/catalogue", "nav.catalogue", CATALOGUE_ROLES],
             ].filter(([, , , roles]) => roles.has(this.session?.role)),
           ].map(([name, href, label]) =>
             h("a", { href, dataset: { nav: name }, "aria-current": this.section === name ? "page" : null }, t(label)),

@@ -44,7 +44,8 @@ export class RegistryView {
 
   async load() {
     const vendors = VENDOR_READERS.has(this.app.session?.role) ? this.loadVendors() : null;
-    // Opened first, the console's device list may still be on its way: ask for it here.
+    // Opened first, the console's device list may still be on its way: wait for that load
+    // (loadDevices shares it), or ask for the list when none is.
     if (!this.app.devices.size) await this.app.loadDevices();
     this.loaded = true;
     await vendors;
@@ -298,7 +299,10 @@ export class RegistryView {
       this.importing = false;
     }
     this.render();
-    if (this.report && (this.report.created || this.report.updated)) await this.app.loadDevices(); // shows them here
+    if (this.report && (this.report.created || this.report.updated)) {
+      await this.app.devicesLoading; // a load begun before the import would miss its rows
+      await this.app.loadDevices(); // shows them here
+    }
   }
 
   renderResult() {

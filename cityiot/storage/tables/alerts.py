@@ -1,4 +1,5 @@
-"""The rules stage's alert tables: alerts, silences and the notification outbox."""
+"""The rules stage's alert tables: alerts, silences, maintenance windows and the notification
+outbox."""
 
 from __future__ import annotations
 
@@ -55,6 +56,28 @@ class Silence(Base):
     created_by: Mapped[str] = mapped_column(String(128), default="")
     comment: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class MaintenanceWindowRow(Base):
+    """A maintenance window made through the API: weekly hours, in the city's time zone, when
+    the matching alerts are not notified; in force until ``ended_at``.
+
+    Beside the routing file's windows (``rules/routing.yaml``), which the dispatcher also reads.
+    """
+
+    __tablename__ = "maintenance_windows"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    # [{"label": "district", "op": "=", "value": "yicheng"}, ...]; as a silence's
+    matchers: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    weekdays: Mapped[list[str]] = mapped_column(JSON)  # ["mon", ...]: the days it starts
+    start: Mapped[str] = mapped_column(String(5))  # local "HH:MM"
+    end: Mapped[str] = mapped_column(String(5))  # local "HH:MM"; not after start: next day
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None, index=True)
 
 
 class Notification(Base):
