@@ -76,6 +76,7 @@ async def test_an_administrator_edits_a_rule_and_a_bad_edit_shows_the_api_refusa
         manhole = room.locator(".cat-list tr[data-id=manhole]")
         await expect(manhole.locator(".cat-title")).to_have_text("井盖")
         await expect(manhole.locator(".cat-origin")).to_contain_text("平台内置")
+        await screenshot(tab.page, "console-catalogue")
         await room.locator(".cat-tab[data-tab=codecs]").click()
         await expect(room.locator(".cat-list tr[data-id=hexframe]")).to_contain_text("旧型号")
 
@@ -188,7 +189,6 @@ async def test_a_codec_try_out_shows_decoded_metrics_or_the_reason(
     await expect(result.locator("[data-metric=alarm_state] dd")).to_have_text("high")
     await expect(result.locator("[data-metric=valve_closed] dd")).to_have_text("是")
     await expect(trial.locator(".trial-error")).to_be_hidden()
-    await screenshot(tab.page, "console-catalogue")
 
     await trial.locator("#cat-trial-payload").fill(CORRUPT_FRAME)
     await trial.locator("button.cat-try").click()
