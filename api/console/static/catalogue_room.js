@@ -5,7 +5,7 @@
 // text: the mappings in text areas, the API's refusals word for word beside the form.
 // (catalogue.js is the console's reference data, the titles cache: a saved kind refreshes it.)
 
-import { h, replace } from "./dom.js";
+import { h, replace, focusOf, refocus } from "./dom.js";
 import { LABELS } from "./i18n.js";
 
 /** Roles the API lets read every kind, codec (spec and scripts) and rule, and decode with any
@@ -59,8 +59,7 @@ export class CatalogueRoomView {
   render() {
     const t = (key, params) => this.t(key, params);
     // Typing in a text area keeps its focus through a re-render (a language switch).
-    const active = document.activeElement;
-    const focused = this.el.contains(active) && active.id ? { id: active.id, start: active.selectionStart, end: active.selectionEnd } : null;
+    const focused = focusOf(this.el);
     this.el.dataset.loaded = String(this.loaded);
     this.el.dataset.tab = this.tab;
     replace(
@@ -82,11 +81,7 @@ export class CatalogueRoomView {
       h("section", { class: "panel cat-list", dataset: { list: this.tab } }, this.list()),
       this.open && this.open.tab === this.tab ? this.detail() : null,
     );
-    if (focused) {
-      const el = this.el.querySelector(`#${CSS.escape(focused.id)}`);
-      el?.focus();
-      if (focused.start !== null && typeof el?.setSelectionRange === "function") el.setSelectionRange(focused.start, focused.end);
-    }
+    refocus(this.el, focused);
   }
 
   select(tab) {

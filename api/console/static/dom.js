@@ -38,3 +38,17 @@ export function replace(el, ...children) {
   el.replaceChildren();
   return append(el, children);
 }
+
+/** The focused field inside `el` (its id and selection), kept across a re-render; null if none. */
+export function focusOf(el) {
+  const active = document.activeElement;
+  return el.contains(active) && active.id ? { id: active.id, start: active.selectionStart, end: active.selectionEnd } : null;
+}
+
+/** Give the field `focused` (from focusOf) its focus and selection back after `el` was drawn anew. */
+export function refocus(el, focused) {
+  if (!focused) return;
+  const field = el.querySelector(`#${CSS.escape(focused.id)}`);
+  field?.focus();
+  if (focused.start !== null && typeof field?.setSelectionRange === "function") field.setSelectionRange(focused.start, focused.end);
+}

@@ -3,7 +3,7 @@
 // DELETE /keys/{id}). Administrators only. A password the platform makes and a new key are
 // shown once, held in this page's memory only until closed or the page is left.
 
-import { h, replace } from "./dom.js";
+import { h, replace, focusOf, refocus } from "./dom.js";
 
 /** Roles the API lets manage accounts and keys (allow("admin") in api/routes/users.py, keys.py). */
 export const PEOPLE_ROLES = new Set(["admin"]);
@@ -111,8 +111,7 @@ export class PeopleView {
   render() {
     const t = (key, params) => this.t(key, params);
     // Typing in a form keeps its focus through a re-render (a language switch).
-    const active = document.activeElement;
-    const focused = this.el.contains(active) && active.id ? { id: active.id, start: active.selectionStart, end: active.selectionEnd } : null;
+    const focused = focusOf(this.el);
     this.el.dataset.loaded = String(this.loaded);
     replace(
       this.el,
@@ -135,11 +134,7 @@ export class PeopleView {
         this.keyForm(),
       ),
     );
-    if (focused) {
-      const el = this.el.querySelector(`#${CSS.escape(focused.id)}`);
-      el?.focus();
-      if (focused.start !== null && typeof el?.setSelectionRange === "function") el.setSelectionRange(focused.start, focused.end);
-    }
+    refocus(this.el, focused);
   }
 
   grantText(item) {

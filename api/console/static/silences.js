@@ -4,7 +4,7 @@
 // that mute): the routing file's (rules/routing.yaml, read-only here) and those made through
 // the API (GET/POST /api/v1/maintenance-windows, DELETE …/{id} ends one).
 
-import { h, replace } from "./dom.js";
+import { h, replace, focusOf, refocus } from "./dom.js";
 
 /** Roles the API lets manage silences (MANAGERS in api/routes/silences.py). */
 export const SILENCE_ROLES = new Set(["admin", "operator"]);
@@ -84,8 +84,7 @@ export class SilencesView {
   render() {
     const t = (key, params) => this.app.i18n.t(key, params);
     // Typing in the form keeps its focus through a re-render (a language switch, new devices).
-    const active = document.activeElement;
-    const focused = this.el.contains(active) && active.id ? { id: active.id, start: active.selectionStart, end: active.selectionEnd } : null;
+    const focused = focusOf(this.el);
     const now = Date.now();
     const ended = (s) => Date.parse(s.ends_at) <= now;
     const current = this.silences.filter((s) => !ended(s));
@@ -110,11 +109,7 @@ export class SilencesView {
       ),
       this.windowsSection(),
     );
-    if (focused) {
-      const el = this.el.querySelector(`#${CSS.escape(focused.id)}`);
-      el?.focus();
-      if (focused.start !== null && typeof el?.setSelectionRange === "function") el.setSelectionRange(focused.start, focused.end);
-    }
+    refocus(this.el, focused);
   }
 
   form() {

@@ -88,9 +88,10 @@ class ConsolePlatform:
         )
         info.wait_for_publish(5)
 
-    async def register_manhole(self, device_id: str) -> None:
+    async def register_manhole(self, device_id: str, **fields: Any) -> dict[str, Any]:
         """A new manhole ``device_id`` registered beside :meth:`alerting_manhole` (its vendor,
-        district, place and attributes), reporting every minute."""
+        district, place and attributes), reporting every minute; ``fields`` add to or replace
+        what is posted. Returns the API's answer."""
         manhole = self.alerting_manhole()
         created = await self.http.post(
             "/devices",
@@ -103,9 +104,20 @@ class ConsolePlatform:
                 "lon": manhole.lon,
                 "report_interval_s": 60,
                 "attributes": manhole.attributes,
+                **fields,
             },
         )
         assert created.status_code == 201, created.text
+        answer: dict[str, Any] = created.json()
+        return answer
+
+    async def listed(self, path: str, expired: bool) -> list[dict[str, Any]]:
+        """The items of ``GET path`` (silences, maintenance windows), the ended ones too when
+        ``expired``."""
+        params: dict[str, str | int] = {"expired": str(expired).lower(), "limit": 1000}
+        body = (await self.http.get(path, params=params)).json()
+        items: list[dict[str, Any]] = body["items"]
+        return items
 
     def alerting_manhole(self) -> SimDevice:
         """The manhole (JSON vendor, with history) whose cover the tests open."""

@@ -656,13 +656,6 @@ async def test_dead_letters_page_with_more_and_a_vendor_sees_only_its_own(
     tab.assert_clean(refused=("403 (Forbidden)",))
 
 
-async def silences(platform: ConsolePlatform, expired: bool) -> list[dict[str, Any]]:
-    params = {"expired": str(expired).lower(), "limit": 1000}
-    body = (await platform.http.get("/silences", params=params)).json()
-    items: list[dict[str, Any]] = body["items"]
-    return items
-
-
 async def test_a_silence_is_created_and_ended_early_in_the_console(
     platform: ConsolePlatform, open_tab: Any
 ) -> None:
@@ -698,7 +691,7 @@ async def test_a_silence_is_created_and_ended_early_in_the_console(
     await expect(current.locator(".matcher-chip")).to_have_text(
         [f"device_id = {device}", "severity != warning"]
     )
-    made = next(s for s in await silences(platform, False) if s["comment"] == comment)
+    made = next(s for s in await platform.listed("/silences", False) if s["comment"] == comment)
     assert made["active"] and made["matchers"] == [
         {"label": "device_id", "op": "=", "value": device},
         {"label": "severity", "op": "!=", "value": "warning"},
@@ -718,8 +711,8 @@ async def test_a_silence_is_created_and_ended_early_in_the_console(
     await expect(ended.locator(".chip")).to_have_text("Ended")
     in_force = room.locator(f'[data-list=current] [data-silence-id="{made["id"]}"]')
     await expect(in_force).to_have_count(0)
-    assert made["id"] not in {s["id"] for s in await silences(platform, False)}
-    (gone,) = [s for s in await silences(platform, True) if s["id"] == made["id"]]
+    assert made["id"] not in {s["id"] for s in await platform.listed("/silences", False)}
+    (gone,) = [s for s in await platform.listed("/silences", True) if s["id"] == made["id"]]
     assert not gone["active"]
     await page.locator("button.lang").click()
     await expect(ended.locator(".chip")).to_have_text("已结束")

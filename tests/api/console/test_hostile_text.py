@@ -68,22 +68,8 @@ async def test_hostile_address_summary_and_payload_show_as_text_in_every_room(
     manhole = platform.alerting_manhole()
 
     # The address, through the registry API as any importer or operator writes it.
-    created = await platform.http.post(
-        "/devices",
-        json={
-            "device_id": device_id,
-            "vendor": manhole.vendor,
-            "kind": "manhole",
-            "district": manhole.district,
-            "lat": manhole.lat,
-            "lon": manhole.lon,
-            "address": address,
-            "report_interval_s": 60,
-            "attributes": manhole.attributes,
-        },
-    )
-    assert created.status_code == 201, created.text
-    assert created.json()["address"] == address
+    created = await platform.register_manhole(device_id, address=address)
+    assert created["address"] == address
 
     # The summary, on a firing alert and its work order, as the rules engine stores them.
     now = utcnow()

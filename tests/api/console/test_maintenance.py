@@ -14,13 +14,6 @@ from tests.api.console.conftest import ConsolePlatform, screenshot
 from tests.api.console.test_console import sign_in
 
 
-async def windows(platform: ConsolePlatform, expired: bool) -> list[dict[str, Any]]:
-    params: dict[str, str | int] = {"expired": str(expired).lower(), "limit": 1000}
-    body = (await platform.http.get("/maintenance-windows", params=params)).json()
-    items: list[dict[str, Any]] = body["items"]
-    return items
-
-
 async def test_a_window_is_made_in_the_form_listed_and_ended(
     platform: ConsolePlatform, open_tab: Any
 ) -> None:
@@ -48,7 +41,7 @@ async def test_a_window_is_made_in_the_form_listed_and_ended(
     error = form.locator(".window-error")
     await expect(error).to_contain_text("422")
     await expect(error).to_contain_text("weekdays")
-    assert name not in {w["name"] for w in await windows(platform, True)}
+    assert name not in {w["name"] for w in await platform.listed("/maintenance-windows", True)}
 
     await form.locator("#mw-day-sat").check()
     await form.locator("#mw-day-sun").check()
@@ -67,7 +60,7 @@ async def test_a_window_is_made_in_the_form_listed_and_ended(
     )
     await expect(item.locator(".window-hours")).to_have_text("周六、周日 22:00 至次日 06:00")
     await expect(item.locator(".window-origin")).to_contain_text(platform.username)
-    (made,) = [w for w in await windows(platform, False) if w["name"] == name]
+    (made,) = [w for w in await platform.listed("/maintenance-windows", False) if w["name"] == name]
     assert made["source"] == "api" and made["active"]
     assert (made["weekdays"], made["start"], made["end"]) == (["sat", "sun"], "22:00", "06:00")
     assert made["matchers"] == [
@@ -102,8 +95,10 @@ async def test_a_window_is_made_in_the_form_listed_and_ended(
     await expect(
         section.locator(f'ol.windows:not(.windows-ended) [data-window-id="{made["id"]}"]')
     ).to_have_count(0)
-    assert made["id"] not in {w["id"] for w in await windows(platform, False)}
-    (gone,) = [w for w in await windows(platform, True) if w["id"] == made["id"]]
+    assert made["id"] not in {w["id"] for w in await platform.listed("/maintenance-windows", False)}
+    (gone,) = [
+        w for w in await platform.listed("/maintenance-windows", True) if w["id"] == made["id"]
+    ]
     assert not gone["active"] and gone["ended_at"]
     await page.locator("button.lang").click()
     await expect(ended.locator(".chip").first).to_have_text("已结束")
