@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import base64
 import contextlib
+import fcntl
 import hashlib
 import os
 import pwd
@@ -23,11 +24,12 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -64,32 +66,76 @@ def find_executable(name: str, path: str | None = None) -> str:
     return found
 
 
-# Ports handed out by free_port(): below the range the kernel takes outgoing connections'
-# local ports from (32768-60999 by default), so a connection made between the pick and the
-# server's bind cannot hold it, and above the well-known services' ports.
+# Ports handed out by free_port(): by default below the range the kernel takes outgoing
+# connections' local ports from (32768-60999 on Linux), so a connection made between the pick
+# and the server's bind cannot hold it, and above the well-known services' ports. A machine
+# whose outgoing range covers these gets the widest stretch outside its range instead.
 FREE_PORTS = range(20000, 32768)
+_LOWEST_PORT = 10000
+# A port free_port() handed out stays claimed for CLAIM_S, for every process on the machine
+# (test workers side by side, a benchmark beside them): a server stopped for a restart finds
+# its port still its own, and two processes never pick the same port at once.
+CLAIM_S = 600.0
+_CLAIMS_PATH = Path(tempfile.gettempdir()) / "cityiot-port-claims"
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on or is bound to right now, picked at
-    random from :data:`FREE_PORTS` (outside the kernel's range for outgoing connections)."""
-    low = _ephemeral_low()
-    for _ in range(200):
-        port = secrets.choice(FREE_PORTS)
-        if port < low and port_is_free(port):
-            return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # a crowded machine
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on or is bound to right now and that no
+    process here has been handed in the last :data:`CLAIM_S` seconds, picked at random
+    outside the kernel's range for outgoing connections."""
+    ports = ports_outside(*_ephemeral_range())
+    with _claims() as claimed:
+        for _ in range(200):
+            port = secrets.choice(ports)
+            if port not in claimed and port_is_free(port):
+                claimed[port] = time.time() + CLAIM_S
+                return port
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # a crowded machine
+            sock.bind((HOST, 0))
+            port = int(sock.getsockname()[1])
+        claimed[port] = time.time() + CLAIM_S
+        return port
 
 
-def _ephemeral_low() -> int:
-    """The first port of the kernel's range for outgoing connections (Linux; 32768 else)."""
+def ports_outside(low: int, high: int) -> range:
+    """:data:`FREE_PORTS` when the kernel's outgoing range ``low``-``high`` leaves it alone,
+    else the widest stretch of ports from 10000 up outside that range."""
+    if high < FREE_PORTS.start or low >= FREE_PORTS.stop:
+        return FREE_PORTS
+    below, above = range(_LOWEST_PORT, low), range(high + 1, 65536)
+    widest = max(below, above, key=len)
+    return widest if len(widest) >= 1000 else FREE_PORTS
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux; 32768-60999 else)."""
     try:
         text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="ascii")
-        return int(text.split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
+        low, high = (int(part) for part in text.split()[:2])
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
+@contextlib.contextmanager
+def _claims() -> Iterator[dict[int, float]]:
+    """The ports handed out and when their claims end, read and written back under an
+    exclusive lock on the shared claims file (ended claims dropped)."""
+    fd = os.open(_CLAIMS_PATH, os.O_RDWR | os.O_CREAT, 0o666)
+    with os.fdopen(fd, "r+", encoding="ascii") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)
+        now = time.time()
+        claimed: dict[int, float] = {}
+        for line in file.read().splitlines():
+            with contextlib.suppress(ValueError):
+                port, until = line.split()
+                if float(until) > now:
+                    claimed[int(port)] = float(until)
+        yield claimed
+        file.seek(0)
+        file.truncate()
+        file.write("".join(f"{port} {until:.0f}\n" for port, until in claimed.items()))
+        file.flush()
 
 
 def port_is_free(port: int) -> bool:

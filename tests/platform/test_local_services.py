@@ -7,6 +7,7 @@ import queue
 import socket
 import stat
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -393,3 +394,44 @@ def test_broker_log_is_rotated(tmp_path: Path) -> None:
     with broker:  # over log_max_bytes at start: moved aside
         assert "x" * 10_001 in old.read_text()
         assert "x" * 10_001 not in broker.log_path.read_text()
+
+
+@pytest.mark.parametrize(
+    ("outgoing", "expected"),
+    [
+        ((32768, 60999), services.FREE_PORTS),  # Linux's default
+        ((1024, 65535), services.FREE_PORTS),  # nothing outside it: claims alone keep order
+        ((15000, 60999), range(10000, 15000)),
+        ((10000, 50000), range(50001, 65536)),
+    ],
+)
+def test_ports_are_picked_outside_the_kernels_range_for_outgoing_connections(
+    outgoing: tuple[int, int], expected: range
+) -> None:
+    assert services.ports_outside(*outgoing) == expected
+
+
+_PICKS = """
+import sys
+from cityiot.platform.local_services import free_port
+print(" ".join(str(free_port()) for _ in range(int(sys.argv[1]))))
+"""
+
+
+def test_processes_picking_ports_at_once_never_get_the_same_one(tmp_path: Path) -> None:
+    """Test workers pick ports side by side: a port one of them was handed stays its own
+    (a server stopped for a restart comes back on it), however many the others pick."""
+    mine = services.free_port()
+    picks = 150
+    pickers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _PICKS, str(picks)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    handed = [p.communicate(timeout=120)[0].split() for p in pickers]
+    assert [p.returncode for p in pickers] == [0, 0, 0]
+    ports = [int(port) for batch in handed for port in batch]
+    assert len(ports) == 3 * picks
+    assert len(set(ports)) == len(ports), "a port was handed out twice"
+    assert mine not in ports
