@@ -7,6 +7,7 @@
 import { Alerting } from "./alerting.js";
 import { OPEN_STATES } from "./alerts.js";
 import { Api } from "./api.js";
+import { AUDIT_ROLES, AuditView } from "./audit.js";
 import { BoardView } from "./board.js";
 import { Catalogue } from "./catalogue.js";
 import { CATALOGUE_ROLES, CatalogueRoomView } from "./catalogue_room.js";
@@ -16,6 +17,8 @@ import { DistrictView } from "./district.js";
 import { h, replace } from "./dom.js";
 import { I18n } from "./i18n.js";
 import { OverviewView } from "./overview.js";
+import { OwnPassword } from "./password.js";
+import { PARKING_ROLES, ParkingView } from "./parking.js";
 import { PEOPLE_ROLES, PeopleView } from "./people.js";
 import { RegistryView } from "./registry.js";
 import { ScreenView } from "./screen.js";
@@ -25,6 +28,18 @@ import { LiveStream } from "./stream.js";
 import { VENDOR_ROLES, VendorsView } from "./vendors.js";
 
 const OVERVIEW_REFRESH_MS = 300; // after an alert event, at most this often
+
+// The rooms only some roles may open (the roles the API lets use them), in the nav's order:
+// `#/{name}` opens the view, labelled `nav.{name}`.
+const ROOMS = [
+  ["vendors", VendorsView, VENDOR_ROLES],
+  ["deadletters", DeadLettersView, DEADLETTER_ROLES],
+  ["silences", SilencesView, SILENCE_ROLES],
+  ["people", PeopleView, PEOPLE_ROLES],
+  ["catalogue", CatalogueRoomView, CATALOGUE_ROLES],
+  ["audit", AuditView, AUDIT_ROLES],
+  ["parking", ParkingView, PARKING_ROLES],
+];
 
 class Console {
   constructor(root, catalogue, storage) {
@@ -51,13 +66,17 @@ class Console {
     this.langButton = h("button", { type: "button", class: "lang", on: { click: () => this.i18n.toggle() } });
     this.alertingButton = h("button", { type: "button", class: "alerting", on: { click: () => this.alerting.toggle() } });
     this.signOutButton = h("button", { type: "button", class: "signout", on: { click: () => this.signOut() } });
+    // One's own password: for a person signed in with a password (GET /session names them).
+    this.ownPassword = new OwnPassword(this);
+    this.passwordButton = h("button", { type: "button", class: "own-password-open", on: { click: () => this.ownPassword.toggle() } });
     this.who = h("span", { class: "who" });
     this.brand = h("a", { class: "brand", href: "#/" });
     this.notice = h("div", { class: "notice", role: "alert", hidden: true });
     this.main = h("main", { id: "view" });
     replace(
       root,
-      h("header", { class: "bar" }, this.brand, this.nav, h("div", { class: "bar-tools" }, this.live, this.who, this.alertingButton, this.langButton, this.signOutButton)),
+      h("header", { class: "bar" }, this.brand, this.nav, h("div", { class: "bar-tools" }, this.live, this.who, this.alertingButton, this.langButton, this.passwordButton, this.signOutButton)),
+      this.ownPassword.el,
       this.notice,
       this.main,
     );
@@ -91,6 +110,7 @@ class Console {
   // -- signing in and out ---------------------------------------------------------------
 
   showSignIn(message = "") {
+    this.ownPassword.close();
     this.stream?.stop();
     this.stream = null;
     this.api = null;
@@ -249,6 +269,7 @@ class Console {
   route() {
     if (!this.api) return;
     const hash = location.hash;
+    const room = ROOMS.find(([name, , roles]) => hash === `#/${name}` && roles.has(this.session?.role));
     const device = /^#\/device\/(.+)$/.exec(hash);
     if (device) {
       const id = decodeURIComponent(device[1]);
@@ -257,53 +278,29 @@ class Console {
       this.stream.watch(id);
       view.load();
     } else if (hash === "#/devices" || hash.startsWith("#/devices?")) {
-      const view = new RegistryView(this, new URLSearchParams(hash.slice("#/devices?".length)));
-      this.show(view, "devices");
-      this.stream.watch(null);
-      view.load();
+      this.open(new RegistryView(this, new URLSearchParams(hash.slice("#/devices?".length))), "devices");
     } else if (/^#\/district\/[^/]+$/.test(hash)) {
-      const view = new DistrictView(this, decodeURIComponent(hash.slice("#/district/".length)));
-      this.show(view, "devices");
-      this.stream.watch(null);
-      view.load();
-    } else if (hash === "#/vendors" && VENDOR_ROLES.has(this.session?.role)) {
-      const view = new VendorsView(this);
-      this.show(view, "vendors");
-      this.stream.watch(null);
-      view.load();
+      this.open(new DistrictView(this, decodeURIComponent(hash.slice("#/district/".length))), "devices");
     } else if (hash === "#/screen") {
       this.show(new ScreenView(this), "screen");
       this.stream.watch(null);
     } else if (hash === "#/workorders") {
-      const view = new BoardView(this);
-      this.show(view, "workorders");
-      this.stream.watch(null);
-      view.load();
-    } else if (hash === "#/deadletters" && DEADLETTER_ROLES.has(this.session?.role)) {
-      const view = new DeadLettersView(this);
-      this.show(view, "deadletters");
-      this.stream.watch(null);
-      view.load();
-    } else if (hash === "#/people" && PEOPLE_ROLES.has(this.session?.role)) {
-      const view = new PeopleView(this);
-      this.show(view, "people");
-      this.stream.watch(null);
-      view.load();
-    } else if (hash === "#/catalogue" && CATALOGUE_ROLES.has(this.session?.role)) {
-      const view = new CatalogueRoomView(this);
-      this.show(view, "catalogue");
-      this.stream.watch(null);
-      view.load();
-    } else if (hash === "#/silences" && SILENCE_ROLES.has(this.session?.role)) {
-      const view = new SilencesView(this);
-      this.show(view, "silences");
-      this.stream.watch(null);
-      view.load();
+      this.open(new BoardView(this), "workorders");
+    } else if (room) {
+      const [name, View] = room;
+      this.open(new View(this), name);
     } else {
       this.overviewView ??= new OverviewView(this);
       this.show(this.overviewView, "overview");
       this.stream.watch(null);
     }
+  }
+
+  /** Show a view that loads its data itself and follows no device on the stream. */
+  open(view, section) {
+    this.show(view, section);
+    this.stream.watch(null);
+    view.load();
   }
 
   show(view, section = null) {
@@ -328,6 +325,9 @@ class Console {
     this.signOutButton.textContent = t("nav.signout");
     const signedIn = Boolean(this.api);
     this.signOutButton.hidden = !signedIn;
+    this.passwordButton.textContent = t("nav.password");
+    this.passwordButton.hidden = !(signedIn && this.session?.username);
+    this.ownPassword.render();
     this.alertingButton.hidden = !signedIn;
     this.who.hidden = !signedIn;
     this.who.textContent = signedIn && this.session ? this.session.display_name || this.session.username : "";
@@ -340,13 +340,7 @@ class Console {
             ["workorders", "#/workorders", "nav.workorders"],
             ["screen", "#/screen", "nav.screen"],
             // Rooms only for the roles the API lets use them.
-            ...[
-              ["vendors", "#/vendors", "nav.vendors", VENDOR_ROLES],
-              ["deadletters", "#/deadletters", "nav.deadletters", DEADLETTER_ROLES],
-              ["silences", "#/silences", "nav.silences", SILENCE_ROLES],
-              ["people", "#/people", "nav.people", PEOPLE_ROLES],
-              ["catalogue", "#/catalogue", "nav.catalogue", CATALOGUE_ROLES],
-            ].filter(([, , , roles]) => roles.has(this.session?.role)),
+            ...ROOMS.filter(([, , roles]) => roles.has(this.session?.role)).map(([name]) => [name, `#/${name}`, `nav.${name}`]),
           ].map(([name, href, label]) =>
             h("a", { href, dataset: { nav: name }, "aria-current": this.section === name ? "page" : null }, t(label)),
           )

@@ -1,10 +1,12 @@
 // One device: what the registry knows, its latest values, its open alerts, its alerts of
 // 30 days (history.js) and charts of its recent readings, kept live by the stream's
 // `reading` events. Metrics and attributes are shown by their titles (with units) from the
-// reference data, in the model's order.
+// reference data, in the model's order. Whoever may change the registry edits the device
+// here (PATCH), decommissions it (DELETE) and brings it back into service.
 
 import { AlertList } from "./alerts.js";
-import { h } from "./dom.js";
+import { h, focusOf, refocus } from "./dom.js";
+import { draftOf, keepDevice, mayWrite, patchOf, registryFields } from "./device_form.js";
 import { SeriesChart } from "./chart.js";
 import { AlertHistory, HISTORY_DAYS } from "./history.js";
 
@@ -25,6 +27,11 @@ export class DeviceView {
     this.charts = new Map(); // metric → SeriesChart
     this.limits = null; // metric → the rules' fixed limits on it, once read
     this.error = null;
+    this.draft = null; // the edit form's inputs while it is open
+    this.formError = ""; // the API's refusal of the form's change
+    this.actionError = ""; // the API's refusal of a decommission or a recommission
+    this.saving = false; // a change of the device under way
+    this.confirming = false; // Decommission pressed once: the next press decommissions
     this.alerts = new AlertList({ i18n: app.i18n, onAck: (a, b) => app.acknowledge(a, b), empty: "alerts.empty" });
     this.history = new AlertHistory(app, { device_id: deviceId });
     this.el = h("div", { class: "device-page", dataset: { deviceId } });
@@ -148,6 +155,7 @@ export class DeviceView {
       this.el.replaceChildren(back);
       return;
     }
+    const focused = focusOf(this.el);
     const d = this.device;
     const state = this.app.alertingDevices().has(d.id) ? "alerting" : d.status;
     const fact = (label, value, attribute) => h("div", { dataset: attribute ? { attribute } : null }, h("dt", {}, label), h("dd", {}, value));
@@ -169,8 +177,12 @@ export class DeviceView {
           fact(t("device.last_seen"), i18n.time(d.last_seen)),
           fact(t("device.battery"), d.battery_pct === null ? t("kpi.none") : `${i18n.number(d.battery_pct, 0)}%`),
           this.attributeNames().map((name) => fact(i18n.attribute(d.kind, name), attributeValue(i18n, d.attributes[name]), name)),
+          d.decommissioned_at ? h("div", { dataset: { fact: "decommissioned_at" } }, h("dt", {}, t("device.decommissioned_at")), h("dd", {}, i18n.time(d.decommissioned_at))) : null,
         ),
+        d.decommissioned_at ? h("p", { class: "hint decommissioned-note" }, t("device.decommissioned.hint")) : null,
+        mayWrite(this.app.session) ? this.actions() : null,
       ),
+      ...(this.draft ? [this.editForm()] : []), // replaceChildren would show a null as text
       h("section", { class: "panel" }, h("div", { class: "panel-head" }, h("h2", {}, t("device.latest")), h("span", { class: "live-dot" }, t("device.live"))), this.latestEl),
       h("section", { class: "panel" }, h("div", { class: "panel-head" }, h("h2", {}, t("device.alerts"))), this.alerts.el),
       h(
@@ -210,6 +222,107 @@ export class DeviceView {
     this.renderLatest();
     this.history.render();
     this.alertsChanged();
+    refocus(this.el, focused);
+  }
+
+  // -- changing the device (WRITER_ROLES) ---------------------------------------------------
+
+  actions() {
+    const t = (key) => this.app.i18n.t(key);
+    const button = (action, label, onClick, extra = {}) =>
+      h("button", { type: "button", class: action, dataset: { action }, disabled: this.saving, on: { click: onClick }, ...extra }, t(label));
+    return h(
+      "div",
+      { class: "device-actions" },
+      this.draft ? null : button("edit", "device.edit", () => this.openForm()),
+      this.device.decommissioned_at
+        ? button("recommission", "device.recommission", () => this.recommission())
+        : button("decommission", this.confirming ? "device.decommission.confirm" : "device.decommission", () => this.decommission(), {
+            class: ["decommission", this.confirming ? "confirming" : ""],
+          }),
+      this.actionError ? h("p", { class: "error action-error", role: "alert" }, this.actionError) : null,
+    );
+  }
+
+  openForm() {
+    this.draft = draftOf(this.device);
+    this.formError = "";
+    this.confirming = false;
+    this.render();
+    this.el.querySelector("#dev-address")?.focus();
+  }
+
+  editForm() {
+    const t = (key) => this.app.i18n.t(key);
+    const kind = this.app.catalogue.kind(this.device.kind);
+    return h(
+      "section",
+      { class: "panel device-edit", dataset: { panel: "edit" } },
+      h("div", { class: "panel-head" }, h("h2", {}, t("device.edit.title"))),
+      h(
+        "form",
+        { class: "device-form", novalidate: true, on: { submit: (e) => this.save(e) } },
+        h("div", { class: "device-fields" }, registryFields(this.app, this.draft, kind, "dev")),
+        h("p", { class: "error form-error", role: "alert", hidden: !this.formError }, this.formError),
+        h(
+          "div",
+          { class: "form-buttons" },
+          h("button", { type: "submit", class: "primary save", disabled: this.saving }, t(this.saving ? "device.saving" : "device.save")),
+          h("button", { type: "button", class: "cancel", disabled: this.saving, on: { click: () => ((this.draft = null), this.render()) } }, t("device.cancel")),
+        ),
+      ),
+    );
+  }
+
+  /** Send what the form changed (nothing changed: the form just closes). */
+  async save(event) {
+    event.preventDefault();
+    const patch = patchOf(this.device, this.draft, this.app.catalogue.kind(this.device.kind));
+    if (!Object.keys(patch).length) {
+      this.draft = null;
+      this.render();
+      return;
+    }
+    const path = `/devices/${encodeURIComponent(this.id)}`;
+    if (await this.change(() => this.app.api.patch(path, patch), (error) => (this.formError = error))) this.draft = null;
+    this.render();
+  }
+
+  /** Take the device out of service: the first press asks, the second decommissions. */
+  async decommission() {
+    if (!this.confirming) {
+      this.confirming = true;
+      this.render();
+      return;
+    }
+    this.confirming = false;
+    await this.change(() => this.app.api.delete(`/devices/${encodeURIComponent(this.id)}`));
+    this.render();
+  }
+
+  async recommission() {
+    await this.change(() => this.app.api.patch(`/devices/${encodeURIComponent(this.id)}`, { decommissioned: false }));
+    this.render();
+  }
+
+  /** One change of the device; the page shows the API's answer. False when refused (its
+   * words go to `onError`, else beside the buttons). */
+  async change(request, onError = (error) => (this.actionError = error)) {
+    if (this.saving) return false;
+    this.saving = true;
+    this.formError = "";
+    this.actionError = "";
+    this.render();
+    try {
+      this.device = await request();
+      keepDevice(this.app, this.device);
+      return true;
+    } catch (error) {
+      onError(this.app.describe(error));
+      return false;
+    } finally {
+      this.saving = false;
+    }
   }
 
   /** The device's registry attributes: the kind's in its order, then any other it carries. */

@@ -1,9 +1,10 @@
 // The device registry (#/devices): every device the person may see, searched by id or
 // address and filtered by kind, district, vendor and status (shown by their titles), a page
 // of rows at a time (a city has 100,000 devices); and, for whoever may import, a CSV import
-// that lists each refused row with the API's own reason.
+// that lists each refused row with the API's own reason, and a form that registers one device.
 
-import { h, replace } from "./dom.js";
+import { h, replace, focusOf, refocus } from "./dom.js";
+import { deviceOf, draftOf, keepDevice, kindChoices, registryFields } from "./device_form.js";
 
 export const IMPORTER_ROLES = new Set(["admin", "operator"]); // POST /devices/import (api/routes/devices.py)
 const VENDOR_READERS = new Set(["admin", "operator", "vendor"]); // GET /vendors (api/routes/vendors.py)
@@ -22,6 +23,11 @@ export function csvTemplate(kind) {
 
 const byId = (a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
 
+/** The register form's inputs, empty. */
+function blankDevice() {
+  return { ...draftOf(null), device_id: "", vendor: "", kind: "" };
+}
+
 export class RegistryView {
   /** `params`: filters from the address (#/devices?district=yicheng&kind=manhole&q=…). */
   constructor(app, params = new URLSearchParams()) {
@@ -37,6 +43,9 @@ export class RegistryView {
     this.importing = false;
     this.report = null; // the last import's answer
     this.importError = null;
+    this.newDevice = blankDevice(); // the register form's inputs
+    this.registering = false;
+    this.registerError = "";
     this.el = h("div", { class: "registry-page" });
     this.tableEl = h("div", { class: "registry-table", dataset: { loaded: String(this.loaded) } });
     this.resultEl = h("div", { class: "import-result", role: "status" });
@@ -98,6 +107,7 @@ export class RegistryView {
     // The search box keeps its focus and caret through a re-render (a language switch, new devices).
     const active = document.activeElement;
     const caret = active?.id === "registry-search" ? [active.selectionStart, active.selectionEnd] : null;
+    const focused = caret ? null : focusOf(this.el); // a field of the register form
     const search = h("input", {
       type: "search",
       id: "registry-search",
@@ -156,7 +166,7 @@ export class RegistryView {
         ),
         this.tableEl,
       ),
-      IMPORTER_ROLES.has(this.app.session?.role) ? this.importPanel() : null,
+      IMPORTER_ROLES.has(this.app.session?.role) ? h("div", { class: "registry-writers" }, this.registerPanel(), this.importPanel()) : null,
     );
     this.renderTable();
     this.renderResult();
@@ -164,6 +174,7 @@ export class RegistryView {
       search.focus();
       search.setSelectionRange(...caret);
     }
+    refocus(this.el, focused);
   }
 
   renderTable() {
@@ -222,6 +233,87 @@ export class RegistryView {
       h("td", { dataset: { col: "link" } }, i18n.link(d.link)),
       h("td", { dataset: { col: "last_seen" } }, i18n.time(d.last_seen)),
     );
+  }
+
+  // -- registering one device ------------------------------------------------------------
+
+  registerPanel() {
+    const { i18n, catalogue } = this.app;
+    const t = (key, params) => i18n.t(key, params);
+    const draft = this.newDevice;
+    const kinds = kindChoices(this.app);
+    if (!kinds.some(([id]) => id === draft.kind)) this.chooseKind(kinds[0]?.[0] ?? "");
+    const vendors = [...this.vendorNames.keys()]
+      .map((id) => [id, this.vendorName(id)])
+      .sort((a, b) => a[1].localeCompare(b[1], i18n.locale));
+    const label = { vendor: t("device.vendor"), kind: t("device.kind") };
+    const select = (name, options, onChange) => {
+      const el = h(
+        "select",
+        { id: `reg-${name}`, on: { change: (e) => onChange(e.currentTarget.value) } },
+        draft[name] ? null : h("option", { value: "" }, t("devform.choose")),
+        options.map(([value, title]) => h("option", { value }, title)),
+      );
+      el.value = draft[name];
+      return h("div", { class: "field", dataset: { field: name } }, h("label", { for: el.id }, label[name]), el);
+    };
+    const id = h("input", { id: "reg-device-id", type: "text", maxlength: 64, autocomplete: "off", on: { input: (e) => (draft.device_id = e.currentTarget.value) } });
+    id.value = draft.device_id;
+    return h(
+      "section",
+      { class: "panel register", dataset: { panel: "register" } },
+      h("div", { class: "panel-head" }, h("h2", {}, t("register.title"))),
+      h("p", { class: "hint" }, t("register.hint")),
+      h(
+        "form",
+        { class: "device-form register-form", novalidate: true, on: { submit: (e) => this.register(e) } },
+        h(
+          "div",
+          { class: "device-fields" },
+          h("div", { class: "field", dataset: { field: "device_id" } }, h("label", { for: id.id }, t("registry.id")), id),
+          select("vendor", vendors, (value) => (draft.vendor = value)),
+          select("kind", kinds, (value) => {
+            this.chooseKind(value);
+            this.render();
+          }),
+          registryFields(this.app, draft, catalogue.kind(draft.kind), "reg"),
+        ),
+        h("p", { class: "error form-error", role: "alert", hidden: !this.registerError }, this.registerError),
+        h("div", { class: "form-buttons" }, h("button", { type: "submit", class: "primary register-submit", disabled: this.registering }, t(this.registering ? "register.sending" : "register.submit"))),
+      ),
+    );
+  }
+
+  /** The kind of the device to register; its report interval is the kind's unless typed. */
+  chooseKind(id) {
+    const draft = this.newDevice;
+    const interval = (kindId) => String(this.app.catalogue.kind(kindId)?.report_interval_s ?? "");
+    if (!draft.report_interval_s || draft.report_interval_s === interval(draft.kind)) draft.report_interval_s = interval(id);
+    draft.kind = id;
+  }
+
+  async register(event) {
+    event.preventDefault();
+    if (this.registering) return;
+    const body = deviceOf(this.newDevice, this.app.catalogue.kind(this.newDevice.kind));
+    this.registering = true;
+    this.registerError = "";
+    this.render();
+    let device = null;
+    try {
+      device = await this.app.api.post("/devices", body);
+    } catch (error) {
+      this.registerError = this.app.describe(error);
+    } finally {
+      this.registering = false;
+    }
+    if (!device) {
+      this.render();
+      return;
+    }
+    this.newDevice = blankDevice();
+    keepDevice(this.app, device);
+    this.app.openDevice(device.id);
   }
 
   // -- CSV import -----------------------------------------------------------------------

@@ -1,12 +1,19 @@
 // Vendors (#/vendors): each vendor with its codec, its devices (how many, over which links),
 // its MQTT accounts and its intake token for CTWing and OneNET pushes. An administrator
-// issues and revokes accounts and issues tokens; a new password or token is shown once,
-// held in this page's memory only until it is closed or the page is left.
+// registers vendors (POST /vendors), changes a vendor's codec (PATCH /vendors/{id}), issues
+// and revokes accounts and issues tokens; a new password or token is shown once, held in
+// this page's memory only until it is closed or the page is left.
 
-import { h } from "./dom.js";
+import { h, focusOf, refocus } from "./dom.js";
 
 export const VENDOR_ROLES = new Set(["admin", "operator"]); // GET /vendors/{id}/credentials (api/routes/vendors.py)
-const ISSUER_ROLES = new Set(["admin"]); // POST …/credentials, DELETE …/credentials/{u}, POST …/intake-token
+// POST /vendors, PATCH /vendors/{id}, POST …/credentials, DELETE …/credentials/{u}, POST …/intake-token
+const ISSUER_ROLES = new Set(["admin"]);
+const STANDARD_CODEC = "json"; // VendorIn's default: the access standard itself
+
+function blankVendor() {
+  return { id: "", name: "", codec: STANDARD_CODEC };
+}
 
 const path = (vendorId, rest) => `/vendors/${encodeURIComponent(vendorId)}/${rest}`;
 
@@ -19,6 +26,10 @@ export class VendorsView {
     this.secret = null; // what was just issued ({kind: "mqtt" | "intake", vendor, …}), until closed
     this.confirming = null; // "vendor/username" whose Revoke was pressed once
     this.busy = new Set(); // actions under way
+    this.draft = blankVendor(); // the "register a vendor" form
+    this.draftError = "";
+    this.codecChoice = new Map(); // vendor id → the codec chosen in its "change codec" select
+    this.codecErrors = new Map(); // vendor id → why its codec was not changed
     this.loaded = false;
     this.error = null;
     this.el = h("div", { class: "vendors-page" });
@@ -59,6 +70,8 @@ export class VendorsView {
 
   render() {
     const t = (key, params) => this.app.i18n.t(key, params);
+    // Typing in a form keeps its focus through a re-render (devices arriving, a language switch).
+    const focused = focusOf(this.el);
     const head = h(
       "section",
       { class: "panel" },
@@ -76,14 +89,129 @@ export class VendorsView {
       if (d.link) s.links.add(d.link);
       stats.set(d.vendor, s);
     }
-    this.el.replaceChildren(head, h("ul", { class: "vendor-list" }, this.vendors.map((v) => this.card(v, stats.get(v.id)))));
+    this.el.replaceChildren(
+      ...[head, this.issuer && this.loaded ? this.registerForm() : null, h("ul", { class: "vendor-list" }, this.vendors.map((v) => this.card(v, stats.get(v.id))))].filter(Boolean),
+    );
+    refocus(this.el, focused);
+  }
+
+  /** A codec's title in this language, from its "中文 / English" description; else its name. */
+  codecTitle(name) {
+    const description = this.codecs.get(name);
+    // Some codec files write "中文）/ English": the halves are cut at the first "/ " either way.
+    return description ? this.app.i18n.summary(description.replace(/\s*\/\s+/, " / "))[0] : name;
+  }
+
+  /** A select of the codecs in force (GET /codecs), by title and name, set to `value`. */
+  codecSelect(id, value, onChange) {
+    const names = [...this.codecs.keys()];
+    if (!names.includes(value)) names.unshift(value); // not in force (any more): still shown as it is
+    const select = h(
+      "select",
+      { id, class: "codec-select", on: { change: (e) => onChange(e.currentTarget.value) } },
+      names.map((name) => {
+        const title = this.codecTitle(name);
+        return h("option", { value: name }, title === name ? name : `${title} (${name})`);
+      }),
+    );
+    select.value = value;
+    return select;
+  }
+
+  /** "Register a vendor": id, name and codec, as POST /vendors takes them. */
+  registerForm() {
+    const t = (key, params) => this.app.i18n.t(key, params);
+    const draft = this.draft;
+    const input = (id, name, props) => {
+      const el = h("input", { id, type: "text", required: true, autocomplete: "off", ...props, on: { input: (e) => (draft[name] = e.currentTarget.value) } });
+      el.value = draft[name];
+      return el;
+    };
+    return h(
+      "section",
+      { class: "panel", dataset: { section: "register" } },
+      h("h3", {}, t("vendors.register")),
+      h("p", { class: "hint" }, t("vendors.register.hint")),
+      h(
+        "form",
+        { class: "vendor-form", on: { submit: (e) => this.register(e) } },
+        h("label", { for: "vd-id" }, t("vendors.id")),
+        input("vd-id", "id", { maxlength: 64, spellcheck: "false", autocapitalize: "none", placeholder: "acme" }),
+        h("label", { for: "vd-name" }, t("vendors.name")),
+        input("vd-name", "name", { maxlength: 200 }),
+        h("label", { for: "vd-codec" }, t("vendors.codec")),
+        this.codecSelect("vd-codec", draft.codec, (value) => (draft.codec = value)),
+        h("p", { class: "error form-error vendor-error", role: "alert", hidden: !this.draftError }, this.draftError),
+        h("button", { type: "submit", class: "primary create-vendor", disabled: this.busy.has("register") }, t("vendors.register.save")),
+      ),
+    );
+  }
+
+  async register(event) {
+    event.preventDefault();
+    if (this.busy.has("register")) return;
+    const body = { id: this.draft.id.trim(), name: this.draft.name.trim(), codec: this.draft.codec };
+    this.busy.add("register");
+    this.render();
+    try {
+      const vendor = await this.app.api.post("/vendors", body);
+      this.vendors = [...this.vendors.filter((v) => v.id !== vendor.id), vendor].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+      this.accounts.set(vendor.id, []);
+      this.draft = blankVendor();
+      this.draftError = "";
+    } catch (error) {
+      this.draftError = this.app.describe(error);
+    } finally {
+      this.busy.delete("register");
+    }
+    this.render();
+  }
+
+  /** "Change codec" on a vendor's card: a select of the codecs in force and a save button. */
+  codecForm(vendor) {
+    const t = (key, params) => this.app.i18n.t(key, params);
+    const id = `codec-of-${vendor.id}`;
+    const chosen = this.codecChoice.get(vendor.id) ?? vendor.codec;
+    const error = this.codecErrors.get(vendor.id) ?? "";
+    return h(
+      "form",
+      { class: "codec-form", on: { submit: (e) => this.changeCodec(e, vendor.id) } },
+      h("label", { for: id }, t("vendors.codec.change")),
+      this.codecSelect(id, chosen, (value) => {
+        this.codecChoice.set(vendor.id, value);
+        this.codecErrors.delete(vendor.id);
+        this.render();
+      }),
+      h("button", { type: "submit", class: "save-codec", disabled: chosen === vendor.codec || this.busy.has(`codec:${vendor.id}`) }, t("vendors.codec.save")),
+      h("p", { class: "error form-error codec-error", role: "alert", hidden: !error }, error),
+    );
+  }
+
+  async changeCodec(event, vendorId) {
+    event.preventDefault();
+    const key = `codec:${vendorId}`;
+    const codec = this.codecChoice.get(vendorId);
+    if (this.busy.has(key) || codec === undefined) return;
+    this.busy.add(key);
+    this.render();
+    try {
+      const vendor = await this.app.api.patch(`/vendors/${encodeURIComponent(vendorId)}`, { codec });
+      this.vendors = this.vendors.map((v) => (v.id === vendor.id ? vendor : v));
+      this.codecChoice.delete(vendorId);
+      this.codecErrors.delete(vendorId);
+    } catch (error) {
+      this.codecErrors.set(vendorId, this.app.describe(error));
+    } finally {
+      this.busy.delete(key);
+    }
+    this.render();
   }
 
   card(vendor, stats = { n: 0, online: 0, links: new Set() }) {
     const { i18n } = this.app;
     const t = (key, params) => i18n.t(key, params);
     const fact = (name, label, ...value) => h("div", { dataset: { fact: name } }, h("dt", {}, label), h("dd", {}, ...value));
-    const description = this.codecs.get(vendor.codec);
+    const title = this.codecs.has(vendor.codec) ? this.codecTitle(vendor.codec) : null;
     const links = [...stats.links].sort().map((link) => i18n.link(link));
     return h(
       "li",
@@ -92,13 +220,14 @@ export class VendorsView {
       h(
         "dl",
         { class: "facts" },
-        fact("codec", t("vendors.codec"), h("code", {}, vendor.codec), description ? h("span", { class: "hint" }, ` · ${i18n.summary(description)[0]}`) : null),
+        fact("codec", t("vendors.codec"), h("code", {}, vendor.codec), title ? h("span", { class: "hint" }, ` · ${title}`) : null),
         fact("devices", t("vendors.devices"), t("vendors.devices.count", { n: stats.n, online: stats.online })),
         fact("links", t("vendors.links"), links.length ? links.join(i18n.lang === "zh" ? "、" : ", ") : t("kpi.none")),
         fact("created", t("vendors.created"), i18n.time(vendor.created_at)),
         fact("publish", t("vendors.publish"), h("code", {}, vendor.topics.publish.join(" "))),
         fact("subscribe", t("vendors.subscribe"), h("code", {}, vendor.topics.subscribe.join(" "))),
       ),
+      this.issuer ? this.codecForm(vendor) : null,
       this.secret?.vendor === vendor.id ? this.secretPanel() : null,
       this.accountsSection(vendor),
       this.intakeSection(vendor),

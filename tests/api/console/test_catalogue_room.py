@@ -219,3 +219,56 @@ async def test_the_room_is_for_the_roles_the_api_lets_read_it_and_saving_for_an_
     await expect(detail.locator("textarea.cat-text")).to_have_attribute("readonly", "")
     await expect(detail.locator("button.cat-save")).to_have_count(0)
     tab.assert_clean()
+
+
+async def test_an_administrator_saves_a_codec_and_a_broken_script_changes_nothing(
+    platform: ConsolePlatform, open_tab: Any
+) -> None:
+    """The hexframe script gains a comment line in the room and is served so; a script that
+    does not parse is refused with the API's own 422 detail beside the form. The shipped
+    codec's spec and scripts are put back through the API at the end."""
+    original = (await platform.http.get("/codecs/hexframe")).json()
+    try:
+        tab = await open_tab()
+        page = tab.page
+        room = await open_room(tab, platform)
+        detail = await open_item(room, "codecs", "hexframe")
+        script = detail.locator("textarea.cat-script[data-file='hexframe.js']")
+        edited = "// hexframe, checked in the console\n" + original["scripts"]["hexframe.js"]
+        await script.fill(edited)
+        await detail.locator("button.cat-save").click()
+        await expect(detail.locator(".saved")).to_contain_text("已保存")
+        got = (await platform.http.get("/codecs/hexframe")).json()
+        assert got["scripts"] == {**original["scripts"], "hexframe.js": edited}
+        assert got["spec"] == original["spec"] and got["source"] == "api"
+        # The room shows the version saved: its script, its source, who put it.
+        await expect(detail.locator(".saved")).to_contain_text(got["updated_by"])
+        await expect(script).to_have_value(edited)
+        await expect(detail.locator(".cat-source-line")).to_contain_text("经 API 修改")
+        await expect(detail.locator(".cat-version")).to_contain_text(got["updated_by"])
+        await expect(room.locator(".cat-list tr[data-id=hexframe] .cat-source")).to_have_text(
+            "经 API 修改"
+        )
+
+        # A script that does not parse: the API's 422 detail beside the form; nothing changes.
+        await script.fill(edited + "\nfunction decodeUplink(input {\n")
+        async with page.expect_response(
+            lambda r: r.url.endswith("/codecs/hexframe") and r.request.method == "PUT"
+        ) as answer:
+            await detail.locator("button.cat-save").click()
+        refused = await answer.value
+        assert refused.status == 422
+        reason = (await refused.json())["detail"]
+        assert "hexframe.js does not load: SyntaxError" in reason, reason
+        error = detail.locator(".form-error")
+        await expect(error).to_be_visible()
+        await expect(error).to_contain_text("422")
+        await expect(error).to_contain_text(reason)
+        await expect(detail.locator(".saved")).to_be_hidden()
+        assert (await platform.http.get("/codecs/hexframe")).json() == got
+        tab.assert_clean(refused=("422 (Unprocessable Entity)",))
+    finally:
+        put = await platform.http.put(
+            "/codecs/hexframe", json={"spec": original["spec"], "scripts": original["scripts"]}
+        )
+        assert put.status_code == 200, put.text
