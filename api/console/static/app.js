@@ -30,16 +30,17 @@ import { VENDOR_ROLES, VendorsView } from "./vendors.js";
 const OVERVIEW_REFRESH_MS = 300; // after an alert event, at most this often
 
 // The rooms only some roles may open (the roles the API lets use them), in the nav's order:
-// `#/{name}` opens the view, labelled `nav.{name}`.
+// the address opens the view; its section name (the address's last part) labels it `nav.{name}`.
 const ROOMS = [
-  ["vendors", VendorsView, VENDOR_ROLES],
-  ["deadletters", DeadLettersView, DEADLETTER_ROLES],
-  ["silences", SilencesView, SILENCE_ROLES],
-  ["people", PeopleView, PEOPLE_ROLES],
-  ["catalogue", CatalogueRoomView, CATALOGUE_ROLES],
-  ["audit", AuditView, AUDIT_ROLES],
-  ["parking", ParkingView, PARKING_ROLES],
+  ["#/vendors", VendorsView, VENDOR_ROLES],
+  ["#/deadletters", DeadLettersView, DEADLETTER_ROLES],
+  ["#/silences", SilencesView, SILENCE_ROLES],
+  ["#/people", PeopleView, PEOPLE_ROLES],
+  ["#/catalogue", CatalogueRoomView, CATALOGUE_ROLES],
+  ["#/audit", AuditView, AUDIT_ROLES],
+  ["#/parking", ParkingView, PARKING_ROLES],
 ];
+const sectionOf = (address) => address.slice("#/".length);
 
 class Console {
   constructor(root, catalogue, storage) {
@@ -269,7 +270,7 @@ class Console {
   route() {
     if (!this.api) return;
     const hash = location.hash;
-    const room = ROOMS.find(([name, , roles]) => hash === `#/${name}` && roles.has(this.session?.role));
+    const room = ROOMS.find(([address, , roles]) => hash === address && roles.has(this.session?.role));
     const device = /^#\/device\/(.+)$/.exec(hash);
     if (device) {
       const id = decodeURIComponent(device[1]);
@@ -287,8 +288,8 @@ class Console {
     } else if (hash === "#/workorders") {
       this.open(new BoardView(this), "workorders");
     } else if (room) {
-      const [name, View] = room;
-      this.open(new View(this), name);
+      const [address, View] = room;
+      this.open(new View(this), sectionOf(address));
     } else {
       this.overviewView ??= new OverviewView(this);
       this.show(this.overviewView, "overview");
@@ -340,7 +341,7 @@ class Console {
             ["workorders", "#/workorders", "nav.workorders"],
             ["screen", "#/screen", "nav.screen"],
             // Rooms only for the roles the API lets use them.
-            ...ROOMS.filter(([, , roles]) => roles.has(this.session?.role)).map(([name]) => [name, `#/${name}`, `nav.${name}`]),
+            ...ROOMS.filter(([, , roles]) => roles.has(this.session?.role)).map(([address]) => [sectionOf(address), address, `nav.${sectionOf(address)}`]),
           ].map(([name, href, label]) =>
             h("a", { href, dataset: { nav: name }, "aria-current": this.section === name ? "page" : null }, t(label)),
           )
