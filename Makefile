@@ -13,7 +13,7 @@ BENCH_ARGS ?=
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist): most tests wait on brokers, InfluxDB and subprocesses, so
 # four share two cores well. 0: one process. Tests are dealt one at a time to whichever worker
-# is free (--dist loadgroup), the console's browser tests as one group (tests/conftest.py).
+# is free (--dist loadgroup), each console browser test module whole to one (tests/conftest.py).
 TEST_WORKERS ?= 4
 # Debian keeps mosquitto and influxd in sbin, which a non-root PATH often lacks.
 export PATH := $(PATH):/usr/local/sbin:/usr/sbin:/sbin

@@ -29,20 +29,33 @@ T = TypeVar("T")
 DEFAULT_TEST_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
 
-CONSOLE_TESTS = Path(__file__).parent / "api" / "console"
+# The console's browser tests: nodeids under this folder (relative to the checkout).
+CONSOLE_TESTS = "tests/api/console/"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked ``slow`` first: spread over ``make test``'s workers (pytest-xdist), the
-    minute-long ones start at once instead of ending a run the others finished long ago.
-
-    The console's browser tests are one group (``--dist loadgroup``): one worker runs them
-    all, so their platform and Chromium (module fixtures) start once a module, not once a
-    module on each worker that is dealt one of its tests."""
+    minute-long ones start at once instead of ending a run the others finished long ago."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-    for item in items:
-        if CONSOLE_TESTS in item.path.parents:
-            item.add_marker(pytest.mark.xdist_group("console"))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup`` as ``make test`` runs it: tests dealt one at a time to whichever
+    worker is free, except that each module of the console's browser tests goes whole to one
+    worker, so its platform and Chromium (module fixtures) start once, not on every worker
+    dealt one of its tests. pytest-xdist's own groups (``xdist_group`` markers) do not take
+    under pytest 9, whose node ids the plugin can no longer rename; the scheduler groups by
+    node id instead."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ConsoleModules(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module.startswith(CONSOLE_TESTS) else nodeid
+
+    return ConsoleModules(config, log)
 
 
 @pytest.fixture

@@ -45,12 +45,24 @@ async def report_spaces(platform: ConsolePlatform) -> dict[str, Any]:
     taken = len(online) - free
     assert free and taken, "the fleet has a lot with two online parking sensors"
 
+    # Lot by lot: the totals alone can match while the fleet's earlier readings still count in
+    # some lots and these in others.
+    want = {lot: (1, sensors - 1) for lot, sensors in lots.items()}
+
     async def counted() -> dict[str, Any] | None:
         body = await availability(platform)
         overall = body["overall"]
-        return body if (overall["free"], overall["occupied"]) == (free, taken) else None
+        got = {
+            str(x["lot_id"]): (x["free"], x["occupied"])
+            for x in body["lots"]
+            if str(x["lot_id"]) in want
+        }
+        ready = (overall["free"], overall["occupied"]) == (free, taken) and got == want
+        return body if ready else None
 
-    return await until(counted, 20, f"the API counts {free} free and {taken} occupied spaces")
+    return await until(
+        counted, 20, f"the API counts {free} free and {taken} occupied spaces, lot by lot"
+    )
 
 
 def counts_of(spaces: dict[str, Any]) -> dict[str, str]:
