@@ -795,6 +795,8 @@ class LocalNats(LocalService):
 # the ingest gets on a shared machine, for a larger peak heap (figures: the CHANGELOG and
 # docs/benchmark.md). GOMEMLIMIT bounds that: near it Go collects more often, whatever GOGC says.
 INFLUX_GOGC = "400"
+# InfluxDB 1.x's series indexes: on disk (the platform's) and in memory (its default).
+INFLUX_INDEXES = ("tsi1", "inmem")
 
 
 def influx_memory_limit() -> int:
@@ -813,7 +815,8 @@ class LocalInflux(LocalService):
     With ``auth=True`` every request but ``/ping`` needs credentials: an admin user
     (``username``) whose generated password is kept in ``<dir>/admin-password`` (0600) and
     reused, and created on the first start. Without, no credentials are asked (the tests'
-    shared instance).
+    shared instance). ``index`` is the series index of new shards: ``tsi1`` (on disk, the
+    platform's) or ``inmem`` (InfluxDB's default, for comparing the two).
     """
 
     name = "influxdb"
@@ -830,9 +833,13 @@ class LocalInflux(LocalService):
         auth: bool = False,
         ready_timeout_s: float = 30.0,
         template: Path | None = None,
+        index: str = "tsi1",
     ) -> None:
         super().__init__(run_dir, port, ready_timeout_s=ready_timeout_s, template=template)
+        if index not in INFLUX_INDEXES:
+            raise ValueError(f"index {index!r}: one of {', '.join(INFLUX_INDEXES)}")
         self.auth = auth
+        self.index = index
         self.password_path = self.dir / "admin-password"
 
     @property
@@ -914,6 +921,7 @@ class LocalInflux(LocalService):
             "data_dir": toml(self.dir / "data"),
             "wal_dir": toml(self.dir / "wal"),
             "auth_enabled": "true" if self.auth else "false",
+            "index_version": self.index,
         }
 
     def _argv(self, program: str) -> list[str]:

@@ -212,6 +212,22 @@ def test_influx_runs_with_its_collector_tuned_unless_the_operator_says_otherwise
         assert (env["GOGC"], env["GOMEMLIMIT"]) == ("150", "3GiB")
 
 
+@pytest.mark.parametrize("index", ["tsi1", "inmem"])
+def test_influx_indexes_series_on_disk_unless_asked_for_memory(tmp_path: Path, index: str) -> None:
+    # TSI writes each shard's series index under <shard>/index/; the in-memory index none.
+    kwargs = {} if index == "tsi1" else {"index": index}
+    with LocalInflux(tmp_path / index, **kwargs) as influx:
+        influx_query(influx, 'CREATE DATABASE "city"')
+        assert write_and_count(influx, "city", "manhole,device_id=m-1 tilt_deg=1 1000") == 1
+        policies = [p for p in (influx.dir / "data" / "city").iterdir() if p.name != "_series"]
+        shards = [shard for policy in policies for shard in policy.iterdir() if shard.is_dir()]
+        assert shards, "the write made no shard"
+        on_disk = [shard for shard in shards if (shard / "index").is_dir()]
+        assert len(on_disk) == (len(shards) if index == "tsi1" else 0)
+    with pytest.raises(ValueError, match="tsi1, inmem"):
+        LocalInflux(tmp_path / "other", index="tsm")
+
+
 def test_influx_restart_keeps_port_and_data(own_influx: LocalInflux) -> None:
     influx_query(own_influx, 'CREATE DATABASE "city"')
     assert write_and_count(own_influx, "city", "manhole,device_id=m-1 tilt_deg=1 1000") == 1
