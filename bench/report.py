@@ -151,6 +151,7 @@ class BenchReport:
             "codecs": None if self.codecs is None else self.codecs.as_dict(),
             "links": None if self.links is None else self.links.as_dict(),
             "window": None if self.window is None else self.window.as_dict(),
+            "scale_out": scale_out(self),
             "ok": self.ok,
         }
 
@@ -237,10 +238,65 @@ def table(report: BenchReport) -> Table:
     return t
 
 
+SCALE_OUT_GOAL = 0.10  # CPU per stored reading with more workers: within 10 % of one's
+
+
+def scale_out(report: BenchReport) -> list[dict[str, Any]]:
+    """The workers columns side by side: what one stored reading costs the machine with N
+    workers against one worker, beside the rate and the cores it had."""
+    runs = sorted(
+        (s for s in report.systems if s.name.startswith("workers-")), key=lambda s: s.workers
+    )
+    one = next((s.cpu_us_per_reading for s in runs if s.workers == 1), None)
+    rows = []
+    for s in runs:
+        cost = s.cpu_us_per_reading
+        ratio = None if cost is None or not one else round(cost / one, 3)
+        rows.append(
+            {
+                "workers": s.workers,
+                "rate": s.rate,
+                "cpu_us_per_reading": cost,
+                "vs_one_worker": ratio,
+                "within_goal": None if ratio is None else ratio <= 1 + SCALE_OUT_GOAL,
+                "cores_busy": s.cores_busy,
+                "machine_cores": report.hardware.get("cores"),
+                "ok": s.ok,
+            }
+        )
+    return rows
+
+
+def scale_out_table(rows: list[dict[str, Any]]) -> Table:
+    t = Table(
+        title=f"scale-out's cost: CPU per stored reading (workers, broker and InfluxDB) "
+        f"against one worker; goal within {SCALE_OUT_GOAL:.0%}",
+        title_justify="left",
+    )
+    for name in ("workers", "readings/s", "CPU µs / reading", "× one worker", "cores busy"):
+        t.add_column(name, justify="right")
+    t.add_column("machine cores", justify="right")
+    for r in rows:
+        ratio = _n(r["vs_one_worker"], 3)
+        if r["within_goal"] is False:
+            ratio = f"[red]{ratio}[/]"
+        t.add_row(
+            str(r["workers"]),
+            _n(r["rate"]),
+            _n(r["cpu_us_per_reading"], 1),
+            ratio,
+            _n(r["cores_busy"], 2),
+            str(r["machine_cores"]),
+        )
+    return t
+
+
 def print_report(report: BenchReport, console: Console, out: Path | None = None) -> None:
     """The tables, what each system is, the machine, and where the JSON went."""
     if report.systems:
         console.print(table(report))
+    if len(rows := scale_out(report)) > 1:
+        console.print(scale_out_table(rows))
     for s in report.systems:
         line = f"[bold]{s.name}[/]: {s.description}"
         if s.error:

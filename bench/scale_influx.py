@@ -114,7 +114,7 @@ class Fleet:
             yield (
                 f"{series_key(kind, tags)} {format_field(metric, float(i % 97))} {at}\n"
                 f"{series_key('device_status', {**tags, 'kind': kind})} "
-                f'{format_field("online", True)},{format_field("link", "mqtt")} {at}\n'
+                f"{format_field('online', True)},{format_field('link', 'mqtt')} {at}\n"
             ).encode()
 
     def history_lines(self, sample: list[int], now_ms: int) -> Iterator[bytes]:
@@ -194,7 +194,10 @@ def measure_index(
     rng = random.Random(fleet.seed)
     sample = sorted(rng.sample(range(fleet.devices), min(history_devices, fleet.devices)))
     now_ms = int(time.time() * 1000)
-    with LocalInflux(work_dir / index, index=index, ready_timeout_s=600.0) as influx, httpx.Client() as client:
+    with (
+        LocalInflux(work_dir / index, index=index, ready_timeout_s=600.0) as influx,
+        httpx.Client() as client,
+    ):
         client.post(f"{influx.url}/query", params={"q": f'CREATE DATABASE "{DB}"'})
         assert influx.pid is not None
         cpu0, started = cpu_seconds(influx.pid), time.perf_counter()
@@ -243,7 +246,8 @@ def run_scale_influx(
     fleet = Fleet(devices)
     with contextlib.ExitStack() as stack:
         if work_dir is None:
-            work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="scale-influx-")))
+            temporary = tempfile.TemporaryDirectory(prefix="scale-influx-")
+            work_dir = Path(stack.enter_context(temporary))
         for index in indexes:
             result.indexes.append(
                 measure_index(index, fleet, history_devices, queries, work_dir, say)

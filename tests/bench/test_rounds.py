@@ -96,3 +96,26 @@ def test_rounds_below_one_are_refused() -> None:
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert "--rounds must be 1 or more, not 0" in done.stderr
+
+
+def _workers(n: int, cpu_s: float) -> SystemResult:
+    result = SystemResult(f"workers-{n}", "test", 1, 1, n, f"bench_workers_{n}")
+    result.sent = result.stored = 1000
+    result.drain_s, result.rate = 0.05, 20_000
+    result.cpu_s, result.broker_cpu_s, result.influx_cpu_s = cpu_s, 0.005, 0.015
+    return result
+
+
+def test_scale_out_weighs_each_worker_count_against_one_worker() -> None:
+    from bench.report import BenchReport, scale_out, scale_out_table
+
+    systems = [_workers(2, 0.034), _workers(1, 0.03), _workers(3, 0.036), _round(20_000)]
+    report = BenchReport("now", {}, {}, {"cores": 2}, systems, {})
+    rows = scale_out(report)
+    assert [r["workers"] for r in rows] == [1, 2, 3]  # only the workers columns, in order
+    assert [r["cpu_us_per_reading"] for r in rows] == [50.0, 54.0, 56.0]
+    assert [r["vs_one_worker"] for r in rows] == [1.0, 1.08, 1.12]
+    assert [r["within_goal"] for r in rows] == [True, True, False]
+    assert {r["machine_cores"] for r in rows} == {2}
+    assert report.as_dict()["scale_out"] == rows
+    assert scale_out_table(rows).row_count == 3
