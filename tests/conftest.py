@@ -39,6 +39,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
+# Optional: without pytest-xdist (`-p no:xdist`) the hook is unknown and must not fail the run.
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """``--dist loadgroup`` as ``make test`` runs it: tests dealt one at a time to whichever
     worker is free, except that each module of the console's browser tests goes whole to one

@@ -3,7 +3,7 @@
 // time span in the city's time — a page at a time. Administrators only. An entry's details
 // are shown as `key = value` text, never as markup.
 
-import { h, replace, focusOf, refocus } from "./dom.js";
+import { h, replace, focusOf, refocus, latestAnswer } from "./dom.js";
 import { LABELS } from "./i18n.js";
 
 /** Roles the API lets read the audit log (allow("admin") in api/routes/audit.py). */
@@ -43,29 +43,24 @@ export class AuditView {
 
   /** The first page for the filters (`more`: false), or the next one. */
   async fetch({ more }) {
-    const asked = ++this.asked;
     const wanted = more ? this.applied : { ...this.filters };
-    this.busy = true;
     this.error = "";
-    this.render();
     const params = { limit: PAGE, cursor: more ? this.cursor : undefined };
     for (const [name, value] of Object.entries(wanted)) {
       if (value) params[name] = name === "since" || name === "until" ? cityTime(value) : value;
     }
-    try {
-      const page = await this.app.api.get("/audit", params);
-      if (asked !== this.asked) return;
-      this.items = more ? [...this.items, ...page.items] : page.items;
-      this.cursor = page.next_cursor;
-      this.applied = wanted; // a refused filter leaves the list, and its "more", as they were
-      this.loaded = true;
-    } catch (error) {
-      if (asked !== this.asked) return;
+    await latestAnswer(
+      this,
+      () => this.app.api.get("/audit", params),
+      (page) => {
+        this.items = more ? [...this.items, ...page.items] : page.items;
+        this.cursor = page.next_cursor;
+        this.applied = wanted; // a refused filter leaves the list, and its "more", as they were
+        this.loaded = true;
+      },
       // The API's detail says what to change (a time out of range): shown beside the form.
-      this.error = this.app.describe(error);
-    }
-    this.busy = false;
-    this.render();
+      (error) => (this.error = this.app.describe(error)),
+    );
   }
 
   devicesChanged() {

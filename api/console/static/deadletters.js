@@ -2,7 +2,7 @@
 // with why (GET /api/v1/deadletters), filtered by the API's own filters — vendor, device and
 // text in the reason — a page at a time. Payloads are shown as text, never as markup.
 
-import { h, replace } from "./dom.js";
+import { h, latestAnswer, replace } from "./dom.js";
 
 /** Roles the API lets read dead letters (READERS in api/routes/deadletters.py). */
 export const DEADLETTER_ROLES = new Set(["admin", "operator", "vendor"]);
@@ -53,24 +53,19 @@ export class DeadLettersView {
 
   /** The first page for the filters (`more`: false), or the next one. */
   async fetch({ more }) {
-    const asked = ++this.asked;
     if (!more) this.applied = { ...this.filters };
-    this.busy = true;
-    this.render();
     const params = { limit: PAGE, cursor: more ? this.cursor : undefined };
     for (const [name, value] of Object.entries(this.applied)) if (value) params[name] = value;
-    try {
-      const page = await this.app.api.get("/deadletters", params);
-      if (asked !== this.asked) return;
-      this.items = more ? [...this.items, ...page.items] : page.items;
-      this.cursor = page.next_cursor;
-      this.loaded = true;
-    } catch (error) {
-      if (asked !== this.asked) return;
-      this.app.notify(this.app.describe(error));
-    }
-    this.busy = false;
-    this.render();
+    await latestAnswer(
+      this,
+      () => this.app.api.get("/deadletters", params),
+      (page) => {
+        this.items = more ? [...this.items, ...page.items] : page.items;
+        this.cursor = page.next_cursor;
+        this.loaded = true;
+      },
+      (error) => this.app.notify(this.app.describe(error)),
+    );
   }
 
   devicesChanged() {

@@ -52,3 +52,22 @@ export function refocus(el, focused) {
   field?.focus();
   if (focused.start !== null && typeof field?.setSelectionRange === "function") field.setSelectionRange(focused.start, focused.end);
 }
+
+/** Ask `question()` for `room`, and give its answer to `took` or its error to `failed` unless
+ * the room has asked again since (only the latest question's answer is shown: filters changed,
+ * the room left). `room.busy` while asking, drawn before and after. */
+export async function latestAnswer(room, question, took, failed) {
+  const asked = ++room.asked;
+  room.busy = true;
+  room.render();
+  try {
+    const answer = await question();
+    if (asked !== room.asked) return;
+    took(answer);
+  } catch (error) {
+    if (asked !== room.asked) return;
+    failed(error);
+  }
+  room.busy = false;
+  room.render();
+}

@@ -3,7 +3,7 @@
 // counted them; a district filter (the API's `district`). Asked again every 30 seconds while
 // the room is open; the timer stops when the room is left (destroy).
 
-import { focusOf, h, refocus, replace } from "./dom.js";
+import { focusOf, h, latestAnswer, refocus, replace } from "./dom.js";
 
 /** Roles the API lets read parking (allow(...) in api/routes/parking.py); a department key
  * needs the parking kind granted, else the API's 403 is shown in the room. */
@@ -37,23 +37,18 @@ export class ParkingView {
 
   async fetch() {
     if (this.timer === null) return; // the room was left
-    const asked = ++this.asked;
     const district = this.district;
-    this.busy = true;
-    this.render();
-    try {
-      const data = await this.app.api.get("/parking/availability", district ? { district } : {});
-      if (asked !== this.asked) return;
-      this.data = data;
-      this.shownDistrict = district;
-      this.error = "";
-      this.loaded = true;
-    } catch (error) {
-      if (asked !== this.asked) return;
-      this.error = this.app.describe(error);
-    }
-    this.busy = false;
-    this.render();
+    await latestAnswer(
+      this,
+      () => this.app.api.get("/parking/availability", district ? { district } : {}),
+      (data) => {
+        this.data = data;
+        this.shownDistrict = district;
+        this.error = "";
+        this.loaded = true;
+      },
+      (error) => (this.error = this.app.describe(error)),
+    );
   }
 
   catalogueChanged() {

@@ -41,6 +41,17 @@ async def open_device(
     return view
 
 
+async def opened_device(
+    platform: ConsolePlatform, open_tab: Any, **fields: Any
+) -> tuple[str, dict[str, Any], Tab, Any]:
+    """A manhole of its own registered (``fields`` over the defaults) and its page opened by an
+    administrator: its id, the API's answer, the tab and the page's view."""
+    device_id = new_id()
+    registered = await platform.register_manhole(device_id, **fields)
+    tab = await open_tab()
+    return device_id, registered, tab, await open_device(tab, platform, device_id)
+
+
 async def open_registry(tab: Tab, platform: ConsolePlatform, username: str | None = None) -> Any:
     await sign_in(tab, platform, "/#/devices", username=username)
     room = tab.page.locator(".registry-page")
@@ -51,12 +62,11 @@ async def open_registry(tab: Tab, platform: ConsolePlatform, username: str | Non
 async def test_an_edit_sends_what_changed_and_the_page_shows_the_answer(
     platform: ConsolePlatform, open_tab: Any
 ) -> None:
-    device_id = new_id()
-    before = await platform.register_manhole(device_id, address="驿城区解放路 1 号")
+    device_id, before, tab, view = await opened_device(
+        platform, open_tab, address="驿城区解放路 1 号"
+    )
     district = next(d for d in DISTRICTS if d != before["district"])
-    tab = await open_tab()
     page = tab.page
-    view = await open_device(tab, platform, device_id)
     sent: list[str] = []
     page.on("request", lambda r: sent.append(r.post_data or "") if r.method == "PATCH" else None)
 
@@ -96,10 +106,7 @@ async def test_an_edit_sends_what_changed_and_the_page_shows_the_answer(
 async def test_a_refused_value_shows_the_apis_reason_and_changes_nothing(
     platform: ConsolePlatform, open_tab: Any
 ) -> None:
-    device_id = new_id()
-    before = await platform.register_manhole(device_id)
-    tab = await open_tab()
-    view = await open_device(tab, platform, device_id)
+    device_id, before, tab, view = await opened_device(platform, open_tab)
 
     await view.locator(".device-actions button.edit").click()
     form = view.locator("form.device-form")
@@ -127,11 +134,8 @@ async def test_a_refused_value_shows_the_apis_reason_and_changes_nothing(
 async def test_decommission_asks_twice_and_the_device_is_brought_back(
     platform: ConsolePlatform, open_tab: Any
 ) -> None:
-    device_id = new_id()
-    await platform.register_manhole(device_id)
-    tab = await open_tab()
+    device_id, _, tab, view = await opened_device(platform, open_tab)
     page = tab.page
-    view = await open_device(tab, platform, device_id)
     head = view.locator(".device-head")
     decommission = head.locator("button.decommission")
 
@@ -262,11 +266,8 @@ async def test_only_those_who_may_change_the_registry_see_its_controls(
 async def test_the_controls_speak_english_after_the_switch(
     platform: ConsolePlatform, open_tab: Any
 ) -> None:
-    device_id = new_id()
-    await platform.register_manhole(device_id)
-    tab = await open_tab()
+    device_id, _, tab, view = await opened_device(platform, open_tab)
     page = tab.page
-    view = await open_device(tab, platform, device_id)
     await page.locator("button.lang").click()
     await expect(page.locator("html")).to_have_attribute("lang", "en")
     await expect(view.locator("button.edit")).to_have_text("Edit")
