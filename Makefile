@@ -87,7 +87,7 @@ run: deps-run venv-run
 	$(VENV)/bin/cityiot run $(RUN_ARGS)
 
 test: deps venv
-	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=40 $(PYTEST_ARGS)
 
 # Throughput, CPU, memory and latency next to a bare subscriber and Node-RED (docs/benchmark.md).
 # The benchmark lives outside the installed package: it runs from the checkout.
