@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("cityiot.api")
 
@@ -134,18 +135,30 @@ def _locked(exc: sqlalchemy.exc.OperationalError) -> bool:
     return "database is locked" in text or "database is busy" in text
 
 
+class NoNul:
+    """Refuse a request whose path or query holds a NUL at the door, for every parameter at
+    once: PostgreSQL can neither store nor compare one, and would fail deep inside as a driver
+    error. Pure ASGI: a request costs one look at its scope, no task of its own."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (
+            b"%00" in scope.get("query_string", b"") or "\x00" in scope.get("path", "")
+        ):
+            answer = problem_response(
+                Request(scope), 400, "a parameter contains a NUL character (%00); remove it"
+            )
+            await answer(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def install(app: FastAPI) -> None:
     """Route every error the app can raise to a problem document."""
 
-    @app.middleware("http")
-    async def _no_nul(request: Request, call_next: Any) -> Any:
-        # NUL cannot be stored or compared by PostgreSQL: refuse it at the door, for every
-        # parameter at once, rather than as a driver error deep inside.
-        if "%00" in request.url.query or "\x00" in request.url.path:
-            return problem_response(
-                request, 400, "a parameter contains a NUL character (%00); remove it"
-            )
-        return await call_next(request)
+    app.add_middleware(NoNul)
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:

@@ -254,3 +254,12 @@ async def test_a_body_that_is_no_device_csv_is_refused(api: Api) -> None:
         )
         assert r.status_code == 422, (body, r.text)
         assert "the first line must name the columns device_id,vendor" in r.json()["detail"]
+
+
+async def test_a_nul_in_the_query_or_path_is_refused_at_the_door(api: Api) -> None:
+    for url in ("/api/v1/devices?kind=man%00hole", "/api/v1/devices/mh%00-1/latest"):
+        r = await api.client().get(url)
+        assert r.status_code == 400, (url, r.text)
+        assert r.json()["detail"] == "a parameter contains a NUL character (%00); remove it"
+        assert r.headers["content-type"].startswith("application/problem+json")
+    assert (await api.client().get("/api/v1/devices?kind=manhole")).status_code == 200
