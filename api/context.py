@@ -10,12 +10,16 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
+from cityiot.api.counted import Counted
 from cityiot.api.keys import KeyRing
 from cityiot.api.people import SessionBook
 from cityiot.api.ratelimit import RateLimiter
 from cityiot.domain.settings import Settings
 from cityiot.storage.influx import InfluxDB
 from cityiot.storage.secret import platform_secret
+
+# How old a figure of ``counted`` may be before it is counted again.
+COUNTED_MAX_AGE_S = 5.0
 
 if TYPE_CHECKING:
     from cityiot.api.stream import StreamHub
@@ -41,6 +45,8 @@ class ApiContext:
     # process (cityiot run), else the broker (api/relay.py); None with no broker either.
     telemetry: PushLink | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Figures too costly to count per request (the overview's lighting tally and KPIs).
+    counted: Counted[Any] = field(default_factory=lambda: Counted(COUNTED_MAX_AGE_S))
 
     @cached_property
     def secret(self) -> bytes:

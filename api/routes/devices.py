@@ -331,6 +331,32 @@ async def list_devices(
     check_filter(principal, "district", district, principal.districts)
     if principal.vendor is not None:
         check_filter(principal, "vendor", vendor, {principal.vendor})
+    stmt = page_query(
+        principal,
+        kind=kind,
+        district=district,
+        vendor=vendor,
+        status=status_,
+        limit=limit,
+        cursor=cursor,
+    )
+    async with ctx.sessions() as session:
+        rows = (await session.execute(stmt)).all()
+    return page_of(rows, limit, key=lambda r: [r[0].id], convert=lambda r: device_out(r[0], r[1]))
+
+
+def page_query(
+    principal: Principal,
+    *,
+    limit: int,
+    cursor: str | None = None,
+    kind: str | None = None,
+    district: str | None = None,
+    vendor: str | None = None,
+    status: str | None = None,
+) -> Any:
+    """The devices of a page (with their latest values) in id order, ``limit + 1`` rows to
+    tell whether another page follows; each filter has an index (filter, id) to read in order."""
     stmt = select(Device, LatestReading).outerjoin(
         LatestReading, LatestReading.device_id == Device.id
     )
@@ -341,16 +367,13 @@ async def list_devices(
         stmt = stmt.where(Device.district == district)
     if vendor is not None:
         stmt = stmt.where(Device.vendor_id == vendor)
-    if status_ == "decommissioned":
+    if status == "decommissioned":
         stmt = stmt.where(Device.decommissioned_at.is_not(None))
     else:
         stmt = stmt.where(Device.decommissioned_at.is_(None))
-        if status_ is not None:
-            stmt = stmt.where(Device.status == status_)
-    stmt = after(stmt, [Device.id], cursor).limit(limit + 1)
-    async with ctx.sessions() as session:
-        rows = (await session.execute(stmt)).all()
-    return page_of(rows, limit, key=lambda r: [r[0].id], convert=lambda r: device_out(r[0], r[1]))
+        if status is not None:
+            stmt = stmt.where(Device.status == status)
+    return after(stmt, [Device.id], cursor).limit(limit + 1)
 
 
 @router.post(

@@ -2,6 +2,9 @@
 
 Counted in SQL from the registry (parking sensors not decommissioned, one per space) and
 the latest-value table (each sensor's newest ``occupied``), so no InfluxDB query is made.
+Every lot the key may see is counted in one scan, at most every ``COUNTED_MAX_AGE_S`` seconds
+(:mod:`cityiot.api.context`) and served meanwhile (:class:`cityiot.api.counted.Counted`); a
+district or a lot is picked from that count, and ``at`` says when it was made.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from cityiot.api.context import ApiContext, context
 from cityiot.api.keys import Principal
 from cityiot.api.problems import Problem
 from cityiot.domain.catalogue import DISTRICTS, KINDS
-from cityiot.rules.events import city_time
+from cityiot.rules.events import Clock, city_time, wall_clock
 from cityiot.storage.tables.registry import Device, LatestReading
 
 router = APIRouter(tags=["parking"])
@@ -121,27 +124,20 @@ async def availability(
     if lot_id is not None and any(ord(c) < 32 or ord(c) == 127 for c in lot_id):
         raise Problem(422, "lot_id holds a control character; give the lot id as registered")
 
-    lot = Device.attributes["lot_id"].as_string()
-    occupied = LatestReading.metrics[("occupied", 0)].as_boolean()
-    trusted = Device.status != "offline"
+    grant = (principal.kinds, principal.districts, principal.vendor)
+    clock: Clock = ctx.extra.get("clock", wall_clock)
 
-    def spaces(flag: Any) -> Any:
-        return func.coalesce(func.sum(case((and_(trusted, occupied == flag), 1), else_=0)), 0)
+    async def count() -> tuple[dt.datetime, list[Any]]:
+        counted_at = dt.datetime.now(dt.UTC)
+        async with ctx.sessions() as session:
+            return counted_at, await _lots(session, principal, kinds)
 
-    stmt = (
-        select(Device.district, lot, func.count(), spaces(false()), spaces(true()))
-        .outerjoin(LatestReading, LatestReading.device_id == Device.id)
-        .where(Device.kind.in_(kinds), Device.decommissioned_at.is_(None))
-        .group_by(Device.district, lot)
-    )
-    stmt = scoped(stmt, principal, Device.kind, Device.district, Device.vendor_id)
-    if district is not None:
-        stmt = stmt.where(Device.district == district)
-    if lot_id is not None:
-        stmt = stmt.where(lot == lot_id)
-    async with ctx.sessions() as session:
-        rows = (await session.execute(stmt)).all()
-
+    counted_at, counted = await ctx.counted.get(("parking", grant, tuple(kinds)), clock(), count)
+    rows = [
+        r
+        for r in counted
+        if (district is None or r[0] == district) and (lot_id is None or r[1] == lot_id)
+    ]
     lots = []
     for row_district, row_lot, total, free, taken in rows:
         total, free, taken = int(total), int(free), int(taken)
@@ -170,11 +166,30 @@ async def availability(
     for item in lots:
         _add(overall, item)
     return Availability(
-        at=city_time(dt.datetime.now(dt.UTC)) or "",
+        at=city_time(counted_at) or "",
         lots=lots,
         districts=list(by_district.values()),
         overall=overall,
     )
+
+
+async def _lots(session: Any, principal: Principal, kinds: list[str]) -> list[Any]:
+    """(district, lot, spaces, free, occupied) of every lot within the key's grant."""
+    lot = Device.attributes["lot_id"].as_string()
+    occupied = LatestReading.metrics[("occupied", 0)].as_boolean()
+    trusted = Device.status != "offline"
+
+    def spaces(flag: Any) -> Any:
+        return func.coalesce(func.sum(case((and_(trusted, occupied == flag), 1), else_=0)), 0)
+
+    stmt = (
+        select(Device.district, lot, func.count(), spaces(false()), spaces(true()))
+        .outerjoin(LatestReading, LatestReading.device_id == Device.id)
+        .where(Device.kind.in_(kinds), Device.decommissioned_at.is_(None))
+        .group_by(Device.district, lot)
+    )
+    stmt = scoped(stmt, principal, Device.kind, Device.district, Device.vendor_id)
+    return list((await session.execute(stmt)).all())
 
 
 def parking_kinds() -> list[str]:

@@ -4,6 +4,12 @@ Everything is counted in SQL (registry, latest-value table, alerts, work orders)
 over what the key may see: a department key gets its granted kinds and districts only. The
 kinds come from the model (docs/design.md §4a): the lights of the lighting rate are the
 devices of every kind with a bool metric ``power_on``.
+
+Devices are read from the counts the database keeps (:mod:`cityiot.storage.device_counts`)
+and open alerts are counted per request: both are exact when answered. The lighting tally
+and the SLA KPIs scan every light and every work order of 30 days, so they are counted at
+most every ``COUNTED_MAX_AGE_S`` seconds (:mod:`cityiot.api.context`) per grant and served meanwhile
+(:class:`cityiot.api.counted.Counted`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from cityiot.domain.catalogue import KINDS
 from cityiot.domain.sun import CITY_TZ, is_dark, sun_times
 from cityiot.rules.events import SEVERITIES, Clock, city_time, wall_clock
 from cityiot.rules.workorders import kpis
+from cityiot.storage.device_counts import counts
 from cityiot.storage.tables.alerts import Alert
 from cityiot.storage.tables.registry import Device, LatestReading
 
@@ -184,45 +191,59 @@ async def overview(
     the work orders created in the last 30 days. A department key's answer covers only its
     granted kinds and districts."""
     clock: Clock = ctx.extra.get("clock", wall_clock)  # tests set the hour of day
-    now = dt.datetime.fromtimestamp(clock(), dt.UTC)
+    at = clock()
+    now = dt.datetime.fromtimestamp(at, dt.UTC)
     kinds = [k for k in KINDS if principal.kinds is None or k in principal.kinds]
     lights = lighting_kinds(kinds)
+    grant = (principal.kinds, principal.districts, principal.vendor)
     async with ctx.sessions() as session:
         devices = await _devices(session, principal, kinds)
-        lighting = await _lighting(session, principal, now, lights) if lights else None
         alerts = await _alerts(session, principal)
-    period = await kpis(
-        ctx.sessions, now - KPI_PERIOD, now, kinds=principal.kinds, districts=principal.districts
-    )
+
+    async def count_lights() -> tuple[int, int]:
+        async with ctx.sessions() as session:
+            return await _lights_on(session, principal, lights)
+
+    async def count_kpis() -> SlaKpis:
+        period = await kpis(
+            ctx.sessions,
+            now - KPI_PERIOD,
+            now,
+            kinds=principal.kinds,
+            districts=principal.districts,
+        )
+        return SlaKpis(**period.as_dict())
+
+    lighting = None
+    if lights:
+        online, lit = await ctx.counted.get(("lights", grant, tuple(lights)), at, count_lights)
+        lighting = _lighting(now, online, lit)
+    sla = await ctx.counted.get(("kpis", grant), at, count_kpis)
     return Overview(
         at=city_time(now) or "",
         devices=devices,
         lighting=lighting,
         alerts=alerts,
-        kpis=SlaKpis(**period.as_dict()),
+        kpis=sla,
     )
 
 
 async def _devices(session: Any, principal: Principal, kinds: list[str]) -> dict[str, DeviceCounts]:
-    stmt = (
-        select(Device.kind, Device.status, func.count())
-        .where(Device.decommissioned_at.is_(None))
-        .group_by(Device.kind, Device.status)
-    )
-    stmt = scoped(stmt, principal, Device.kind, Device.district, Device.vendor_id)
-    counts = {k: DeviceCounts(total=0, online=0, offline=0, unknown=0) for k in kinds}
-    for kind, status, count in await session.execute(stmt):
-        entry = counts.get(kind)
+    result = {k: DeviceCounts(total=0, online=0, offline=0, unknown=0) for k in kinds}
+    if principal.vendor is not None:  # the counts have no vendor: show nothing, as scoped does
+        return result
+    for count in await counts(session, principal.kinds, principal.districts):
+        entry = result.get(count.kind)
         if entry is None:
             continue
-        entry.total += count
-        if status == "online":
-            entry.online += count
-        elif status == "offline":
-            entry.offline += count
+        entry.total += count.devices
+        if count.status == "online":
+            entry.online += count.devices
+        elif count.status == "offline":
+            entry.offline += count.devices
         else:
-            entry.unknown += count
-    return counts
+            entry.unknown += count.devices
+    return result
 
 
 def lighting_kinds(kinds: list[str]) -> list[str]:
@@ -235,11 +256,8 @@ def lighting_kinds(kinds: list[str]) -> list[str]:
     return lights
 
 
-async def _lighting(
-    session: Any, principal: Principal, now: dt.datetime, lights: list[str]
-) -> Lighting:
-    dark = is_dark(int(now.timestamp() * 1000))
-    sunrise, sunset = sun_times(now.astimezone(CITY_TZ).date())
+async def _lights_on(session: Any, principal: Principal, lights: list[str]) -> tuple[int, int]:
+    """Online lights in service, and those of them whose latest ``power_on`` is true."""
     power_on = LatestReading.metrics[("power_on", 0)].as_boolean()
     stmt = (
         select(func.count(), func.count().filter(power_on.is_(True)))
@@ -253,11 +271,17 @@ async def _lighting(
     )
     stmt = scoped(stmt, principal, Device.kind, Device.district, Device.vendor_id)
     online, lit = (await session.execute(stmt)).one()
-    should = int(online) if dark else 0
+    return int(online), int(lit)
+
+
+def _lighting(now: dt.datetime, online: int, lit: int) -> Lighting:
+    dark = is_dark(int(now.timestamp() * 1000))
+    sunrise, sunset = sun_times(now.astimezone(CITY_TZ).date())
+    should = online if dark else 0
     return Lighting(
         is_dark=dark,
-        rate=int(lit) / should if dark and should else None,
-        on=int(lit),
+        rate=lit / should if dark and should else None,
+        on=lit,
         should_be_on=should,
         sunrise=city_time(sunrise) or "",
         sunset=city_time(sunset) or "",

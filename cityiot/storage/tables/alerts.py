@@ -22,7 +22,11 @@ class Alert(Base):
     """
 
     __tablename__ = "alerts"
-    __table_args__ = (Index("ix_alerts_state_severity", "state", "severity"),)
+    __table_args__ = (
+        Index("ix_alerts_state_severity", "state", "severity"),
+        # The listing's order (newest first), so a page stops after its rows.
+        Index("ix_alerts_started_at_id", "started_at", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     rule: Mapped[str] = mapped_column(String(128), index=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from cityiot.storage.tables.base import Base, UTCDateTime
@@ -25,11 +25,19 @@ class Vendor(Base):
 
 class Device(Base):
     __tablename__ = "devices"
+    # (filter, id): a filtered page in id order reads its rows off the index, unsorted.
+    __table_args__ = (
+        Index("ix_devices_kind_id", "kind", "id"),
+        Index("ix_devices_district_id", "district", "id"),
+        Index("ix_devices_kind_district_id", "kind", "district", "id"),
+        Index("ix_devices_status_id", "status", "id"),
+        Index("ix_devices_kind_status_id", "kind", "status", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     vendor_id: Mapped[str] = mapped_column(ForeignKey("vendors.id"), index=True)
-    kind: Mapped[str] = mapped_column(String(32), index=True)
-    district: Mapped[str] = mapped_column(String(32), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    district: Mapped[str] = mapped_column(String(32))
     lat: Mapped[float] = mapped_column(Float)
     lon: Mapped[float] = mapped_column(Float)
     address: Mapped[str] = mapped_column(Text, default="")
@@ -54,6 +62,21 @@ class Device(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(
         UTCDateTime(), default=utcnow, onupdate=utcnow, index=True
     )
+
+
+class DeviceCount(Base):
+    """Devices in service (not decommissioned) per kind, district and status, kept by
+    triggers on ``devices`` (:mod:`cityiot.storage.device_counts`). A key's count is the sum
+    of its rows: PostgreSQL's triggers append signed rows, SQLite's keep one per key."""
+
+    __tablename__ = "device_counts"
+    __table_args__ = (Index("ix_device_counts_key", "kind", "district", "status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    district: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    devices: Mapped[int] = mapped_column(Integer)
 
 
 class LatestReading(Base):
