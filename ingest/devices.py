@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from cityiot.storage.influx import series_key
-from cityiot.storage.registry import DeviceEntry, load_devices, load_vendor_codecs
+from cityiot.storage.registry import DeviceEntry, iter_devices, load_vendor_codecs
 
 log = logging.getLogger("cityiot.ingest.devices")
 
@@ -25,7 +26,12 @@ REREAD_MARGIN = dt.timedelta(seconds=10)
 
 @dataclass(frozen=True, slots=True)
 class KnownDevice:
-    """What the hot path needs of a device, with its line-protocol series key made once."""
+    """What the hot path needs of a device, with its line-protocol series key made once.
+
+    A million of these are held at once: only what differs per device is stored (its id,
+    encoded series key, attributes); vendor, kind, district and stamps are shared objects
+    (:func:`~cityiot.storage.registry.iter_devices`), and the text keys are made when asked.
+    """
 
     device_id: str
     vendor: str
@@ -33,9 +39,7 @@ class KnownDevice:
     district: str
     report_interval_s: int
     decommissioned: bool
-    series_key: str  # kind,device_id=…,district=…,vendor=…
-    series_bytes: bytes  # the series key, encoded: the start of each of its points
-    status_key: str  # device_status,device_id=…,district=…,kind=…,vendor=…
+    series_bytes: bytes  # kind,device_id=…,district=…,vendor=…, encoded: the start of each point
     attributes: Mapping[str, Any]  # its kind's registry attributes (the kind file's)
     updated_at: dt.datetime | None = None  # the registry row's stamp when this was made
     dev_eui: str | None = None  # identities on a network (docs/design.md §4a)
@@ -45,7 +49,6 @@ class KnownDevice:
     @classmethod
     def from_entry(cls, e: DeviceEntry) -> KnownDevice:
         tags = {"device_id": e.device_id, "district": e.district, "vendor": e.vendor}
-        key = series_key(e.kind, tags)
         return cls(
             e.device_id,
             e.vendor,
@@ -53,15 +56,26 @@ class KnownDevice:
             e.district,
             e.report_interval_s,
             e.decommissioned,
-            key,
-            key.encode(),
-            series_key("device_status", {**tags, "kind": e.kind}),
-            dict(e.attributes or {}),
+            series_key(e.kind, tags).encode(),
+            e.attributes if e.attributes is not None else {},
             e.updated_at,
             e.dev_eui,
             e.imei,
             e.onenet_dev_id,
         )
+
+    @property
+    def series_key(self) -> str:
+        """``kind,device_id=…,district=…,vendor=…``: the series of its readings."""
+        return self.series_bytes.decode()
+
+    @property
+    def status_key(self) -> str:
+        """``device_status,device_id=…,district=…,kind=…,vendor=…``: the series of its
+        online flag (tags sorted, as :func:`series_key` makes them)."""
+        tags = self.series_bytes.decode().split(",", 1)[1]  # the kind id needs no escaping
+        head, _, vendor = tags.rpartition(",vendor=")  # vendor ids need none either
+        return f"device_status,{head},kind={self.kind},vendor={vendor}"
 
 
 class DeviceMap:
@@ -87,21 +101,29 @@ class DeviceMap:
         # so a change committed late is not missed (also covers clock skew between hosts
         # below the margin). A re-read row whose stamp we hold already is skipped.
         started = dt.datetime.now(dt.UTC)
+        clock, cpu = time.perf_counter(), time.process_time()
         since = self._last_read - REREAD_MARGIN if self._last_read else None
-        entries = await load_devices(self._sessions, since=since)
         devices = self.devices
-        changed = 0
-        for e in entries:
-            known = devices.get(e.device_id)
-            if known is None or known.updated_at != e.updated_at:
-                fresh = devices[e.device_id] = KnownDevice.from_entry(e)
-                self._index(known, fresh)
-                changed += 1
+        changed = read = 0
+        async for entries in iter_devices(self._sessions, since=since):
+            read += len(entries)
+            for e in entries:
+                known = devices.get(e.device_id)
+                if known is None or known.updated_at != e.updated_at:
+                    fresh = devices[e.device_id] = KnownDevice.from_entry(e)
+                    self._index(known, fresh)
+                    changed += 1
         self.version += changed
         self._last_read = started
         self.codecs = await load_vendor_codecs(self._sessions)
-        if entries and since is None:
-            log.info("event=registry_refreshed changed=%d total=%d", changed, len(devices))
+        if changed or (read and since is None):
+            log.info(
+                "event=registry_refreshed changed=%d total=%d seconds=%.3f cpu_s=%.3f",
+                changed,
+                len(devices),
+                time.perf_counter() - clock,
+                time.process_time() - cpu,
+            )
         return changed
 
     def _index(self, old: KnownDevice | None, new: KnownDevice) -> None:
@@ -124,7 +146,7 @@ class DeviceMap:
 
     def in_table_order(self, *groups: Collection[str]) -> list[list[str]]:
         """Each of ``groups`` of ids in the order the registry's table holds the devices (on
-        SQLite, as :func:`~cityiot.storage.registry.load_devices` reads them; devices added later
+        SQLite, as :func:`~cityiot.storage.registry.iter_devices` reads them; devices added later
         last), all in one walk of the map.
 
         An update of many devices in this order touches each page of the table once: last

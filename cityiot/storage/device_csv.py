@@ -10,7 +10,6 @@ import difflib
 import io
 import math
 import re
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
@@ -414,11 +413,17 @@ def _clean_cells(
 _CONTROL_NAMES = {"\t": "tab", "\n": "line break", "\r": "carriage return"}
 
 
+# Every character of Unicode's categories Cc, Zl and Zp: one regex search per cell instead
+# of a category lookup per character (a tenth of a large import's time).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def control_character(value: str) -> str | None:
-    for char in value:
-        if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
-            return _CONTROL_NAMES.get(char) or f"control character U+{ord(char):04X}"
-    return None
+    found = _CONTROL.search(value)
+    if found is None:
+        return None
+    char = found.group()
+    return _CONTROL_NAMES.get(char) or f"control character U+{ord(char):04X}"
 
 
 def quoted(value: str) -> str:

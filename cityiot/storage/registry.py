@@ -8,11 +8,12 @@ work on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import sys
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import Row, insert, literal_column, select, update
+from sqlalchemy import Row, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -27,10 +28,16 @@ from cityiot.storage.device_csv import (
     control_character,
     quoted,
 )
-from cityiot.storage.engine import SessionFactory, dialect_of
+from cityiot.storage.engine import SessionFactory, dialect_of, json_text
 from cityiot.storage.tables.registry import Device, Vendor
 from cityiot.storage.utc import require_aware, utcnow
-from cityiot.storage.writes import ROWS_PER_TURN, driver_time, write_rows, writing
+from cityiot.storage.writes import (
+    ROWS_PER_TURN,
+    driver_time,
+    execute_rows,
+    write_rows,
+    writing,
+)
 
 _CHUNK = 500  # ids per IN (...) query, well under SQLite's and asyncpg's parameter limits
 
@@ -109,7 +116,7 @@ async def _import(
         holders = await _identity_holders(session, rows)
         _release(rows, vendors, registered, holders)
         now = utcnow()
-        new: list[dict[str, Any]] = []
+        new: list[DeviceRow] = []
         changed: list[dict[str, Any]] = []
         claimed: dict[tuple[str, str], str] = {}
         for row in rows:
@@ -125,7 +132,7 @@ async def _import(
                     report.taken.append(named)
                     report.taken_unnamed.append(unnamed)
             elif current is None:
-                new.append(_new_device(row, now))
+                new.append(row)
             else:
                 assert values is not None
                 if all(values[f] == getattr(current, f) for f in _ROW_FIELDS):
@@ -143,9 +150,93 @@ async def _import(
                     )
         if changed:  # first: a device giving up an identity frees it for a new one
             await session.execute(update(Device), changed)
-        if new:
-            await session.execute(insert(Device), new)
+        await _insert_devices(session, new, now)
     report.created, report.updated = len(new), len(changed)
+
+
+# Rows of new devices per INSERT round: the rows' parameters are made a chunk at a time, so
+# a million-row import never holds them all; per-chunk work on the new devices goes here too.
+IMPORT_CHUNK = 5_000
+
+
+async def _insert_devices(
+    session: AsyncSession, rows: Sequence[DeviceRow], now: dt.datetime
+) -> None:
+    """Insert ``rows`` as new devices, ``IMPORT_CHUNK`` at a time, straight through the
+    driver (:func:`execute_rows`): SQLAlchemy's per-row parameter processing of an ORM bulk
+    insert cost more than the database's own work. Columns the rows do not set get their
+    model's default, so the rows equal what ``insert(Device)`` would write."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect
+    sql, values = _device_insert(dialect, now)
+    for start in range(0, len(rows), IMPORT_CHUNK):
+        chunk = [values(row) for row in rows[start : start + IMPORT_CHUNK]]
+        await execute_rows(session, sql, chunk)
+
+
+def _device_insert(
+    dialect: Any, now: dt.datetime
+) -> tuple[str, Callable[[DeviceRow], tuple[Any, ...]]]:
+    """The INSERT of the devices table with ``?`` placeholders, and the function making a
+    row's values as the driver takes them (times and dates as SQLAlchemy binds them, JSON as
+    text)."""
+    table = Device.__table__
+    stamp = driver_time(now, dialect)
+    sqlite = dialect.name == "sqlite"
+    fixed: dict[str, Any] = {"created_at": stamp, "updated_at": stamp}
+    for column in table.columns:
+        if column.name in fixed or column.name in _SET_BY_ROW:
+            continue
+        default = column.default
+        if default is None:
+            fixed[column.name] = None
+        elif default.is_scalar:
+            fixed[column.name] = default.arg
+        else:
+            raise RuntimeError(
+                f"devices.{column.name} has a computed default; set it in the import"
+            )
+    names = [*_SET_BY_ROW, *fixed]
+    sql = f"INSERT INTO devices ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+    rest = tuple(fixed.values())
+
+    def values(row: DeviceRow) -> tuple[Any, ...]:
+        day = row.install_date
+        return (
+            row.device_id,
+            row.vendor,
+            row.kind,
+            row.district,
+            row.lat,
+            row.lon,
+            row.address,
+            row.report_interval_s,
+            json_text(row.attributes),
+            day.isoformat() if sqlite and day is not None else day,
+            row.dev_eui,
+            row.imei,
+            row.onenet_dev_id,
+            *rest,
+        )
+
+    return sql, values
+
+
+# The columns :func:`_device_insert`'s values set from a row, in their order.
+_SET_BY_ROW = (
+    "id",
+    "vendor_id",
+    "kind",
+    "district",
+    "lat",
+    "lon",
+    "address",
+    "report_interval_s",
+    "attributes",
+    "install_date",
+    *IDENTITY_ATTRIBUTES,
+)
 
 
 async def _identity_holders(
@@ -279,16 +370,6 @@ def _import_problem(row: DeviceRow, vendors: set[str], current: Row[Any] | None)
     return None
 
 
-def _new_device(row: DeviceRow, now: dt.datetime) -> dict[str, Any]:
-    return {
-        "id": row.device_id,
-        "vendor_id": row.vendor,
-        **{f: getattr(row, f) for f in _ROW_FIELDS},
-        "created_at": now,
-        "updated_at": now,
-    }
-
-
 def _merged(row: DeviceRow, current: Row[Any]) -> dict[str, Any]:
     """The row's values; optional columns the file lacked keep their registered value (an
     attribute only while the row's kind has it)."""
@@ -378,10 +459,28 @@ class DeviceEntry:
     onenet_dev_id: str | None = None
 
 
+# Rows per fetch of the device map's load: a million devices arrive in chunks, so the
+# loader never holds every row (or every entry) at once.
+LOAD_CHUNK = 10_000
+
+
 async def load_devices(
     session_factory: SessionFactory, since: dt.datetime | None = None
 ) -> list[DeviceEntry]:
-    """Every device, or only those with ``updated_at > since`` (timezone-aware).
+    """Every device, or only those with ``updated_at > since`` (timezone-aware), as
+    :func:`iter_devices` gives them."""
+    return [entry async for chunk in iter_devices(session_factory, since) for entry in chunk]
+
+
+async def iter_devices(
+    session_factory: SessionFactory, since: dt.datetime | None = None, chunk: int = LOAD_CHUNK
+) -> AsyncIterator[list[DeviceEntry]]:
+    """Every device, or only those with ``updated_at > since`` (timezone-aware), ``chunk``
+    entries at a time, streamed from the database.
+
+    The entries share what many devices hold alike: vendor, kind and district strings,
+    text attribute values and ``updated_at`` stamps (an import stamps all its devices with
+    one) are one object each, not one per device.
 
     ``updated_at`` is the writer's clock when its transaction started, so a change may
     commit after a later-stamped one was read: callers refreshing periodically should
@@ -406,24 +505,34 @@ async def load_devices(
         # The order the rows lie in: callers that write to many devices (the ingest's
         # last-seen times) can go along the table instead of across it.
         query = query.order_by(literal_column("devices.rowid"))
+    stamps: dict[dt.datetime, dt.datetime] = {}
+    intern = sys.intern
     async with session_factory() as session:
-        result = await session.execute(query)
-        return [
-            DeviceEntry(
-                r.id,
-                r.vendor_id,
-                r.kind,
-                r.district,
-                r.report_interval_s,
-                dict(r.attributes or {}),
-                r.decommissioned_at is not None,
-                r.updated_at,
-                r.dev_eui,
-                r.imei,
-                r.onenet_dev_id,
-            )
-            for r in result
-        ]
+        result = await session.stream(query.execution_options(yield_per=chunk))
+        async for rows in result.partitions(chunk):
+            entries = []
+            for r in rows:
+                attributes = r.attributes or {}
+                for name, value in attributes.items():
+                    if type(value) is str:
+                        attributes[name] = intern(value)
+                stamp = stamps.setdefault(r.updated_at, r.updated_at)
+                entries.append(
+                    DeviceEntry(
+                        r.id,
+                        intern(r.vendor_id),
+                        intern(r.kind),
+                        intern(r.district),
+                        r.report_interval_s,
+                        attributes,
+                        r.decommissioned_at is not None,
+                        stamp,
+                        r.dev_eui,
+                        r.imei,
+                        r.onenet_dev_id,
+                    )
+                )
+            yield entries
 
 
 # Through the driver (execute_rows), not touching updated_at: presence is not a registry
