@@ -508,9 +508,23 @@ def catalogue_path(rules_path: Path | None) -> Path:
     return Path(rules_path) if rules_path is not None else SHIPPED_CATALOGUE
 
 
+# A routing file beside the rule files replaces the shipped routing; it holds no rules.
+ROUTING_FILE = "routing.yaml"
+
+
+def rule_files(path: Path) -> list[Path]:
+    """The rule files of ``path``: the file itself, or a folder's ``*.yaml`` then ``*.yml``
+    in name order, without the folder's ``routing.yaml``."""
+    if not path.is_dir():
+        return [path]
+    files = sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml"))
+    return [f for f in files if f.name != ROUTING_FILE]
+
+
 def load_rules(path: Path) -> list[Rule]:
-    """Every rule of ``path`` (a YAML file, or a folder of them, read in name order)."""
-    files = sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml")) if path.is_dir() else [path]
+    """Every rule of ``path`` (a YAML file, or a folder of them, read in name order; a
+    folder's ``routing.yaml`` is the routing file, not rules)."""
+    files = rule_files(path)
     if not files or not all(f.exists() for f in files):
         raise RuleError(f"{path}: no rule files (*.yaml) there; set CITYIOT_RULES_PATH")
     rules: list[Rule] = []

@@ -26,7 +26,11 @@ When queueing fails the group keeps its state and tries again within ``RETRY_S``
 channels already queued for that message then get it twice.
 
 A firing alert whose severity is in the route's ``workorder`` list opens a work order for
-the route's team, once per alert (the first such route wins). Muted alerts open none
+the route's team, once per alert (the first such route wins); when the route has
+``workorder_group_by``, the alert joins its group's open work order instead (one order for
+the 42 dark streetlights of a district, not 42); given ``open_work_orders``, such alerts are
+asked for at the next tick, all at once (an alert storm's thousands in one transaction, and
+an alert's dispatch never waits for a work order). Muted alerts open none
 until the mute ends while they still fire; a failed call is retried on the next tick.
 
 Restarts: the groups live in memory only. On start-up, ``restore`` re-seeds them from the
@@ -56,8 +60,11 @@ log = logging.getLogger("cityiot.rules.dispatch")
 SessionFactory = async_sessionmaker[AsyncSession]
 # enqueue(session_factory, receiver, channel, group_key, message) -> outbox row id
 Enqueue = Callable[[SessionFactory, str, str, str, dict[str, Any]], Awaitable[int]]
-# open_work_order(event, team): idempotent per alert id
-OpenWorkOrder = Callable[[dict[str, Any], str], Awaitable[Any]]
+# open_work_order(event, team[, group=key]): idempotent per alert id; with a group key, the
+# alert joins the group's open work order (rules/workorders.py)
+OpenWorkOrder = Callable[..., Awaitable[Any]]
+# open_work_orders([(event, team, group key), ...]): many grouped alerts at once
+OpenWorkOrders = Callable[[list[tuple[dict[str, Any], str, str]]], Awaitable[Any]]
 
 MAX_ALERTS_PER_MESSAGE = 50
 RETRY_S = 10.0  # a group whose message could not be queued tries again this soon
@@ -102,6 +109,7 @@ class Dispatcher:
         clock: Clock = wall_clock,
         open_work_order: OpenWorkOrder | None = None,
         *,
+        open_work_orders: OpenWorkOrders | None = None,
         max_alerts: int = MAX_ALERTS_PER_MESSAGE,
     ) -> None:
         if max_alerts < 1:
@@ -111,6 +119,8 @@ class Dispatcher:
         self._enqueue = enqueue
         self._clock = clock
         self._open_work_order = open_work_order
+        # Grouped work orders, when given: asked for at the next tick, all due at once.
+        self._open_work_orders = open_work_orders
         self._max_alerts = max_alerts
         self._groups: dict[str, _Group] = {}
         self._lock = asyncio.Lock()  # handle() and tick() run from different tasks
@@ -194,6 +204,8 @@ class Dispatcher:
         if route is None or route.team is None or alert_id in self._work_orders_opened:
             return
         self._work_orders_due[alert_id] = (alert, route)  # until it is opened
+        if self._batched(route, alert):
+            return  # the next tick asks for it, with the others due
         if mutes is None:
             try:
                 mutes = await active_mutes(self._session_factory, now)
@@ -204,7 +216,11 @@ class Dispatcher:
             return
         try:
             assert self._open_work_order is not None
-            await self._open_work_order(dict(alert), route.team)
+            group = route.workorder_group(route.labels_of(alert))
+            if group is None:
+                await self._open_work_order(dict(alert), route.team)
+            else:
+                await self._open_work_order(dict(alert), route.team, group=group)
         except Exception as exc:  # another stage's failure must not stop notifications
             log.warning(
                 "event=work_order_failed alert=%s team=%s error=%s", alert_id, route.team, exc
@@ -232,9 +248,36 @@ class Dispatcher:
             rows = 0
             for group in due:
                 rows += await self._flush(group, now, mutes)
+            await self._grouped_work_orders(now, mutes)
             for event, route in list(self._work_orders_due.values()):
-                await self._work_order(event, [route], now, mutes)
+                if not self._batched(route, event):
+                    await self._work_order(event, [route], now, mutes)
             return rows
+
+    def _batched(self, route: Route, alert: Mapping[str, Any]) -> bool:
+        return self._open_work_orders is not None and bool(route.workorder_group_by)
+
+    async def _grouped_work_orders(self, now: float, mutes: Mutes) -> None:
+        """Ask for the due alerts of grouping routes in one call (not the muted ones)."""
+        asked: list[tuple[dict[str, Any], str, str]] = []
+        for alert, route in self._work_orders_due.values():
+            if not self._batched(route, alert) or self._muted_by(route, alert, now, mutes):
+                continue
+            group = route.workorder_group(route.labels_of(alert))
+            assert route.team is not None and group is not None
+            asked.append((dict(alert), route.team, group))
+        if not asked:
+            return
+        try:
+            assert self._open_work_orders is not None
+            await self._open_work_orders(asked)
+        except Exception as exc:  # another stage's failure must not stop notifications
+            log.warning("event=work_orders_failed alerts=%d error=%s", len(asked), exc)
+            return
+        for alert, _, _ in asked:
+            self._work_orders_due.pop(alert["id"], None)
+            self._work_orders_opened.add(alert["id"])
+        log.info("event=work_orders_requested alerts=%d", len(asked))
 
     async def _note_acknowledged(self, groups: Sequence[_Group]) -> None:
         """Alerts acknowledged by someone else (a person, through the API) since their last

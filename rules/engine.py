@@ -27,6 +27,7 @@ import orjson
 
 from cityiot.ingest.devices import DeviceMap, KnownDevice
 from cityiot.ingest.validate import Reading
+from cityiot.rules.deadlines import SilenceWheel
 from cityiot.rules.definitions import Rule
 from cityiot.rules.evaluation import DeviceFacts, Evaluator, Transition
 from cityiot.rules.events import Clock, alert_event, alert_topic, wall_clock
@@ -41,7 +42,7 @@ YIELD_EVERY = 250  # readings evaluated between two turns of the event loop (abo
 # long (s) of its last recording while changes keep coming: a transaction (and a commit)
 # per turn of the loop costs the ingest a share of its time that shows in a drain.
 RECORD_EVERY_S = 0.005
-TICK_SLICE = 2000  # devices scanned for silence between two turns of the event loop
+TICK_SLICE = 2000  # devices checked for silence between two turns of the event loop
 MAX_WAITING = 50_000  # alert changes evaluated and not recorded yet; submit() waits beyond it
 MAX_FOLLOW_UPS = 10_000  # alert changes published and not yet dispatched; apply() waits beyond
 
@@ -115,7 +116,11 @@ class RulesEngine:
         # own so that work orders and notifications never hold up the next evaluation.
         self._follow_ups: asyncio.Queue[tuple[Transition | None, dict[str, Any]]] | None = None
         self._facts: dict[str, tuple[KnownDevice, DeviceFacts]] = {}
-        self._ticked_version = -1  # the registry's version at the last full absence scan
+        # Absence rules: each device filed under its next silence check; a device new or
+        # changed in the registry (e.g. a new report interval) is filed again.
+        self.wheel = SilenceWheel()
+        self._refile: list[str] = []  # devices new or changed since: filed at the next tick
+        self._ticked_version = -1  # the registry's version when the wheel was last planned
         self._recorded_at = float("-inf")  # when run() last recorded (time.monotonic())
 
     async def start(self) -> list[dict[str, Any]]:
@@ -220,33 +225,56 @@ class RulesEngine:
     async def tick(self) -> None:
         """Absence rules on the platform clock, for the devices this engine owns.
 
-        The scan over every device is skipped until the evaluator's next possible silence,
-        unless the registry changed meanwhile (a new device may be due sooner).
+        Only the devices whose silence can be due are looked at: the silence wheel
+        (``rules/deadlines.py``) files each device under its next check. When the registry
+        changes, the devices new or changed since are filed; when the absence rules change,
+        every device is filed again.
         """
         now = self.clock()
-        if now < self.evaluator.next_due_s and self.devices.version == self._ticked_version:
-            return
-        self._ticked_version = self.devices.version
-        owns = self.owns
-        ids = list(self.devices.devices)
-        if owns is not None:
-            ids = [d for d in ids if owns(d)]
-        # In slices, with the readings that arrive meanwhile evaluated between them: a scan
-        # of 100,000 devices takes a few hundred ms, which no alert should wait for.
         evaluator = self.evaluator
-        evaluator.next_due_s = float("inf")  # a reading meanwhile may bring it forward
-        next_due = float("inf")
-        for start in range(0, len(ids), TICK_SLICE):
-            facts = (f for d in ids[start : start + TICK_SLICE] if (f := self._facts_of(d)))
+        if evaluator.absence_changed or self.devices.version != self._ticked_version:
+            await self._plan(everyone=evaluator.absence_changed)
+        wheel, facts_of, check, owns = self.wheel, self._facts_of, evaluator.check, self.owns
+        refile, self._refile = self._refile, []
+        for start in range(0, len(refile), TICK_SLICE):
+            for device_id in refile[start : start + TICK_SLICE]:
+                facts = facts_of(device_id, note=False)
+                if facts is not None and (owns is None or owns(device_id)):
+                    wheel.file(device_id, evaluator.deadline(facts))
+            await asyncio.sleep(0)
+        due = list(dict.fromkeys(wheel.take(now)))  # a device filed twice is looked at once
+        # In slices, with the readings that arrive meanwhile evaluated between them: no
+        # alert waits for a long check (the first, or one after a long pause).
+        for start in range(0, len(due), TICK_SLICE):
             # What submit() evaluated meanwhile goes first, in order, then this slice's.
             transitions = self._take_waiting()
-            next_due = min(next_due, evaluator.scan(now, facts, transitions))
+            for device_id in due[start : start + TICK_SLICE]:
+                facts = facts_of(device_id, note=False)
+                if facts is not None and (owns is None or owns(device_id)):
+                    wheel.file(device_id, check(now, facts, transitions))
             if transitions:
                 await self.apply(transitions)
-            # A turn of the loop, so readings arrive (and are evaluated) meanwhile: without
-            # it the whole scan, 0.3–0.5 s at 100,000 devices, held every alert.
             await asyncio.sleep(0)
-        evaluator.next_due_s = min(evaluator.next_due_s, next_due)
+
+    async def _plan(self, *, everyone: bool) -> None:
+        """Note the registry's devices new or changed since the last plan (``everyone``:
+        empty the wheel and note them all); :meth:`tick` files them."""
+        evaluator = self.evaluator
+        evaluator.absence_changed = False
+        self._ticked_version = self.devices.version
+        if everyone:
+            self.wheel.clear()
+            self._refile.clear()
+        owns, facts_of = self.owns, self._facts_of
+        ids = list(self.devices.devices)
+        for start in range(0, len(ids), TICK_SLICE):
+            for device_id in ids[start : start + TICK_SLICE]:
+                if owns is None or owns(device_id):
+                    if everyone:
+                        self._refile.append(device_id)
+                    else:
+                        facts_of(device_id)  # notes it when new or changed
+            await asyncio.sleep(0)
 
     async def apply(self, transitions: list[Transition]) -> None:
         """Record the transitions (one transaction), then publish and dispatch each change."""
@@ -385,7 +413,9 @@ class RulesEngine:
                 continue
             self.counters.commands += 1
 
-    def _facts_of(self, device_id: str) -> DeviceFacts | None:
+    def _facts_of(self, device_id: str, *, note: bool = True) -> DeviceFacts | None:
+        """What rules read of the device, made again when its registry entry changed;
+        ``note``: a new or changed device is filed in the silence wheel at the next tick."""
         known = self.devices.devices.get(device_id)
         if known is None:
             return None
@@ -394,4 +424,6 @@ class RulesEngine:
             return cached[1]
         facts = DeviceFacts(device_id, known.kind, known.report_interval_s, known.attributes)
         self._facts[device_id] = (known, facts)
+        if note:
+            self._refile.append(device_id)  # its silence deadline is new, or may have moved
         return facts

@@ -91,6 +91,9 @@ class Evaluator:
         self.rules = {r.id: r for r in rules}
         self.index = by_kind(rules)
         self.absence = [r for r in rules if r.type == "absence"]
+        # The absence rules may have changed: a caller keeping its own deadlines (the
+        # engine's silence wheel) plans every device again, then clears it.
+        self.absence_changed = True
         # Per kind, each threshold rule with what its common case reads (the names it
         # needs, its condition, its schedule), and the rate rules: a reading is judged by
         # these without a call per rule until a rule's condition holds or it has a track.
@@ -198,27 +201,57 @@ class Evaluator:
         caller's to set, once every device has been scanned)."""
         if not self.absence:
             return float("inf")
-        now_ms = int(now_s * 1000)
         next_due = float("inf")
+        check = self.check
         for device in devices:
-            arrived = self.arrived_s.get(device.device_id, self.started_s)
-            silent_s = now_s - arrived
-            for rule in self.absence:
-                if device.kind not in rule.kinds:
-                    continue
-                key = (rule.id, device.device_id)
-                limit_s = rule.factor * device.report_interval_s
-                if silent_s <= limit_s:
-                    next_due = min(next_due, arrived + limit_s)
-                elif key not in self.tracks:
-                    since_ms = now_ms - int(silent_s * 1000)
-                    track = self.tracks[key] = Track(since_ms=since_ms, firing=True)
-                    values = {
-                        "silent_s": round(silent_s),
-                        "report_interval_s": device.report_interval_s,
-                    }
-                    out.append(Transition(rule, device.device_id, "firing", now_ms, values, track))
+            next_due = min(next_due, check(now_s, device, out))
         return next_due
+
+    def _limit_s(self, device: DeviceFacts) -> float:
+        """The shortest silence an absence rule allows ``device``; ``inf`` if none applies."""
+        limit = float("inf")
+        for rule in self.absence:
+            if device.kind in rule.kinds:
+                limit = min(limit, rule.factor * device.report_interval_s)
+        return limit
+
+    def deadline(self, device: DeviceFacts) -> float:
+        """When ``device``, silent from its last reading on, first becomes due for an
+        absence rule (platform clock); ``inf`` when no absence rule applies to it."""
+        return self.arrived_s.get(device.device_id, self.started_s) + self._limit_s(device)
+
+    def check(self, now_s: float, device: DeviceFacts, out: list[Transition]) -> float:
+        """The absence rules on one device at ``now_s``: a firing for each rule whose
+        silence is over (once per silence) is appended to ``out``; returns when to check
+        the device again.
+
+        That is the earliest deadline still ahead, or, for a rule already firing, one
+        silence from now: a reading meanwhile moves the device's deadline to at least that
+        late, so checking then is never late, and a silent device costs one look per
+        silence.
+        """
+        arrived = self.arrived_s.get(device.device_id, self.started_s)
+        silent_s = now_s - arrived
+        next_s = float("inf")
+        for rule in self.absence:
+            if device.kind not in rule.kinds:
+                continue
+            limit_s = rule.factor * device.report_interval_s
+            if silent_s <= limit_s:
+                next_s = min(next_s, arrived + limit_s)
+                continue
+            next_s = min(next_s, now_s + limit_s)
+            key = (rule.id, device.device_id)
+            if key not in self.tracks:
+                now_ms = int(now_s * 1000)
+                since_ms = now_ms - int(silent_s * 1000)
+                track = self.tracks[key] = Track(since_ms=since_ms, firing=True)
+                values = {
+                    "silent_s": round(silent_s),
+                    "report_interval_s": device.report_interval_s,
+                }
+                out.append(Transition(rule, device.device_id, "firing", now_ms, values, track))
+        return next_s
 
     def _threshold(
         self, rule: Rule, device_id: str, ts_ms: int, values: dict[str, Any], out: list[Transition]

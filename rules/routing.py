@@ -10,8 +10,8 @@ Every alert enters at the root ``route``. A route matches when all its matchers 
 of ``{label, op, value}`` with ``=``, ``!=``, ``=~``, ``!~``). Children are tried in order
 and the first matching child wins unless it says ``continue: true``; when no child
 matches, the route itself takes the alert. A setting a route leaves out (receiver,
-group_by, group_wait, group_interval, repeat_interval, send_resolved, workorder) is
-inherited from its parent.
+group_by, group_wait, group_interval, repeat_interval, send_resolved, workorder,
+workorder_group_by) is inherited from its parent.
 
 The file::
 
@@ -26,6 +26,7 @@ The file::
         - match: {kind: manhole}    # also match_re: {district: "yicheng|kaifaqu"}, matchers: [...]
           receiver: urban-management
           workorder: [critical, major]   # severities that open a work order for the team
+          workorder_group_by: [district, kind, rule]  # one open order per group; [] per alert
           continue: false
           routes: [...]
     receivers:
@@ -51,6 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import logging
 import math
 import os
@@ -97,6 +99,7 @@ DEFAULTS: dict[str, Any] = {  # the root's settings when the file leaves them ou
     "repeat_interval": 4 * 3600.0,
     "send_resolved": True,
     "workorder": frozenset(),
+    "workorder_group_by": (),
 }
 MAX_NAME_CHARS = 128  # receiver and channel names are stored in the outbox's columns
 
@@ -149,6 +152,8 @@ class Route:
     workorder: frozenset[str]  # severities that open a work order for the receiver's team
     continue_: bool
     routes: tuple[Route, ...] = ()
+    # Labels whose alerts share one open work order of the team; () one work order per alert.
+    workorder_group_by: tuple[str, ...] = ()
 
     @property
     def team(self) -> str | None:
@@ -170,6 +175,14 @@ class Route:
         """``route.routes[0]:{district="yicheng",rule="manhole_open"}``: one group's id."""
         pairs = ",".join(f'{k}="{v}"' for k, v in self.group_labels(labels).items())
         return f"{self.path}:{{{pairs}}}"
+
+    def workorder_group(self, labels: Mapping[str, Any]) -> str | None:
+        """The key of the work-order group of an alert with ``labels`` (its team and the
+        ``workorder_group_by`` labels, hashed to 40 hex digits); None: one order per alert."""
+        if not self.workorder_group_by:
+            return None
+        pairs = ",".join(f'{k}="{labels.get(k) or ""}"' for k in ("team", *self.workorder_group_by))
+        return hashlib.sha1(pairs.encode(), usedforsecurity=False).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +330,7 @@ class _RouteSpec(_Spec):
     repeat_interval: PositiveDuration | None = None
     send_resolved: StrictBool | None = None
     workorder: list[SeverityName] | None = None
+    workorder_group_by: list[LabelName] | None = None
     match: dict[str, StrictStr] = Field(default_factory=dict)
     match_re: dict[str, StrictStr] = Field(default_factory=dict)
     matchers: list[Any] = Field(default_factory=list)
@@ -583,6 +597,7 @@ class _Builder:
             send_resolved=inherit("send_resolved"),
             workorder=workorder,
             continue_=spec.continue_,
+            workorder_group_by=inherit("workorder_group_by"),
         )
         children = tuple(
             self._route(child, f"{where}.routes[{i}]", node) for i, child in enumerate(spec.routes)

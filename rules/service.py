@@ -33,14 +33,21 @@ from cityiot.domain.catalogue import MODEL
 from cityiot.domain.settings import Settings
 from cityiot.ingest.devices import DeviceMap
 from cityiot.rules.control import CommandSender, group_targets
-from cityiot.rules.definitions import Rule, RuleError, catalogue_path, load_rules, parse_rule
+from cityiot.rules.definitions import (
+    ROUTING_FILE,
+    Rule,
+    RuleError,
+    catalogue_path,
+    load_rules,
+    parse_rule,
+)
 from cityiot.rules.delivery import Deliverer, enqueue
 from cityiot.rules.dispatch import Dispatcher
 from cityiot.rules.engine import Publish, RulesEngine
 from cityiot.rules.events import Clock, wall_clock
 from cityiot.rules.notifiers import Channel, build_channel
 from cityiot.rules.routing import Router, load_routing
-from cityiot.rules.workorders import SlaPolicy, open_work_order
+from cityiot.rules.workorders import SlaPolicy, open_grouped_work_orders, open_work_order
 from cityiot.storage.kinds import refresh_kinds
 from cityiot.storage.tables.rules import RuleOverride
 
@@ -68,7 +75,7 @@ def routing_path(settings: Settings) -> Path:
     if settings.rules_path is None:
         return DEFAULT_ROUTING
     rules_path = Path(settings.rules_path)
-    beside = (rules_path if rules_path.is_dir() else rules_path.parent) / "routing.yaml"
+    beside = (rules_path if rules_path.is_dir() else rules_path.parent) / ROUTING_FILE
     return beside if beside.exists() else DEFAULT_ROUTING
 
 
@@ -247,8 +254,11 @@ async def rules_stage(
             session_factory,
             enqueue_and_wake,
             clock,
-            open_work_order=lambda event, team: open_work_order(
-                session_factory, event, team, sla, clock
+            open_work_order=lambda event, team, group=None: open_work_order(
+                session_factory, event, team, sla, clock, group
+            ),
+            open_work_orders=lambda asked: open_grouped_work_orders(
+                session_factory, asked, sla, clock
             ),
         )
         commands = CommandSender(session_factory, lambda t, p, q: publish(t, p), clock)

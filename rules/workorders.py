@@ -6,8 +6,15 @@ Lifecycle, strictly in order (the API exposes ``POST /workorders/{id}/{action}``
     dispatched --accept--> accepted --on_site--> on_site --resolve--> resolved --close--> closed
 
 Every transition stamps its own time from the injected clock, so a work order's history is its
-timestamps and the KPIs are computed from them. Closing needs the on-site verification first:
-a resolved *alert* never closes a work order by itself, only a team that went to look does.
+timestamps and the KPIs are computed from them.
+
+A work order belongs to one alert, or, when its route groups work orders
+(``workorder_group_by``), to a group of alerts: the group's open order (not yet resolved)
+gathers every alert of the group, so a district's power cut is one order for the field team,
+not one per dark streetlight.
+
+Closing needs the on-site verification first: a resolved *alert* never closes a work order by
+itself, only a team that went to look does.
 """
 
 from __future__ import annotations
@@ -23,9 +30,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, extract, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from cityiot.rules.events import SEVERITIES, Clock, city_time
-from cityiot.storage.tables.workorders import WorkOrder
+from cityiot.storage.tables.alerts import Alert
+from cityiot.storage.tables.workorders import WorkOrder, WorkOrderAlert
 from cityiot.storage.writes import write_now, writing
 
 log = logging.getLogger("cityiot.rules.workorders")
@@ -171,35 +180,28 @@ async def open_work_order(
     team: str,
     sla: SlaPolicy,
     clock: Clock,
+    group: str | None = None,
 ) -> WorkOrder:
     """The work order of the alert ``event`` (the alert event contract), opened for ``team``.
 
     Idempotent per alert: when the alert already has a work order, that one is returned
     unchanged, also when several callers race (the unique ``alert_id`` decides; the losers
     read the winner's row). Raises ``AlertNotFound`` when the alert is not stored.
+
+    With ``group`` (a key of at most 64 characters, e.g. from the route's
+    ``workorder_group_by`` labels) the alert joins the group's open work order — one not yet
+    resolved — when there is one: it is added to the order's alerts and ``alert_count``
+    grows; the order keeps its first alert, team, severity and SLA clocks. Otherwise it opens
+    the group's order. Racing callers make one open order per group (its unique
+    ``open_group`` decides; the losers join the winner's).
     """
+    if group is not None:
+        return await _open_in_group(session_factory, event, team, sla, clock, group)
     alert_id = str(event["id"])
     existing = await _by_alert(session_factory, alert_id)
     if existing is not None:
         return existing
-    now = _now(clock)
-    verify_due, close_due = sla.due(str(event["severity"]), now)
-    order = WorkOrder(
-        id=uuid.uuid4().hex,
-        alert_id=alert_id,
-        team=team,
-        state="dispatched",
-        device_id=str(event["device_id"]),
-        kind=str(event["kind"]),
-        district=str(event["district"]),
-        severity=str(event["severity"]),
-        title=str(event.get("summary") or f"{event.get('rule', 'alert')} on {event['device_id']}"),
-        created_at=now,
-        verify_due_at=verify_due,
-        close_due_at=close_due,
-        note="",
-        updated_at=now,
-    )
+    order = _new_order(event, team, sla, _now(clock), None)
     try:
         # On the loop's thread on SQLite (write_now): an alert waiting for its write turn
         # behind this order waits a fraction of a ms, not several trips through the loop.
@@ -220,10 +222,205 @@ async def open_work_order(
     return order
 
 
+def _new_order(
+    event: Mapping[str, Any], team: str, sla: SlaPolicy, now: dt.datetime, group: str | None
+) -> WorkOrder:
+    verify_due, close_due = sla.due(str(event["severity"]), now)
+    return WorkOrder(
+        id=uuid.uuid4().hex,
+        alert_id=str(event["id"]),
+        team=team,
+        state="dispatched",
+        device_id=str(event["device_id"]),
+        kind=str(event["kind"]),
+        district=str(event["district"]),
+        severity=str(event["severity"]),
+        title=str(event.get("summary") or f"{event.get('rule', 'alert')} on {event['device_id']}"),
+        created_at=now,
+        verify_due_at=verify_due,
+        close_due_at=close_due,
+        note="",
+        updated_at=now,
+        open_group=group,
+        alert_count=1,
+    )
+
+
+GROUP_TRIES = 5  # a join or open that lost a race tries again this often
+
+
+async def _open_in_group(
+    session_factory: SessionFactory,
+    event: Mapping[str, Any],
+    team: str,
+    sla: SlaPolicy,
+    clock: Clock,
+    group: str,
+) -> WorkOrder:
+    if len(group) > 64:
+        raise ValueError(f"work order group key {group!r} is longer than 64 characters")
+    alert_id = str(event["id"])
+    now = _now(clock)
+
+    def join_or_open(session: Session) -> tuple[str, bool]:
+        """(the order's id, whether this call opened it)."""
+        existing = session.scalar(
+            select(WorkOrder.id).where(WorkOrder.alert_id == alert_id)
+        ) or session.scalar(
+            select(WorkOrderAlert.work_order_id).where(WorkOrderAlert.alert_id == alert_id)
+        )
+        if existing is not None:
+            return existing, False
+        order_id = session.scalar(select(WorkOrder.id).where(WorkOrder.open_group == group))
+        if order_id is None:
+            order = _new_order(event, team, sla, now, group)
+            session.add(order)
+            return order.id, True
+        session.add(WorkOrderAlert(alert_id=alert_id, work_order_id=order_id, added_at=now))
+        session.execute(
+            update(WorkOrder)
+            .where(WorkOrder.id == order_id)
+            .values(alert_count=WorkOrder.alert_count + 1, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return order_id, False
+
+    for attempt in range(GROUP_TRIES):
+        try:
+            order_id, opened = await write_now(session_factory, join_or_open, what="work order")
+            break
+        except IntegrityError as exc:
+            # Another caller opened the group's order (unique open_group) or took this alert
+            # first (unique alert ids): look again. Or the alert is missing (FK).
+            if not await _alert_stored(session_factory, alert_id):
+                raise AlertNotFound(alert_id) from exc
+            if attempt == GROUP_TRIES - 1:
+                raise
+    log.info(
+        "event=%s id=%s alert=%s team=%s group=%s",
+        "work_order_opened" if opened else "work_order_joined",
+        order_id,
+        alert_id,
+        team,
+        group,
+    )
+    return await get_work_order(session_factory, order_id)
+
+
+# (alert event, team, group key): one work-order request of the dispatcher
+WorkOrderRequest = tuple[Mapping[str, Any], str, str]
+BATCH_CHUNK = 500  # alert ids per IN (...) list
+
+
+async def open_grouped_work_orders(
+    session_factory: SessionFactory,
+    requests: Sequence[WorkOrderRequest],
+    sla: SlaPolicy,
+    clock: Clock,
+) -> int:
+    """:func:`open_work_order` with a group for many alerts at once, in one transaction: what
+    an alert storm asks for (thousands of alerts of a few groups) costs a few statements, not
+    a few per alert. Returns the number of alerts this call placed in a work order (in the
+    fallback below: the number of requests).
+
+    The same outcome as one call per request: an alert already in a work order is left where
+    it is; each group's open order gathers its alerts, or one is opened for the first. When a
+    concurrent caller gets in the way (the unique keys), or an alert is not stored, each
+    request is made on its own instead (:func:`open_work_order`; ``AlertNotFound`` raised).
+    """
+    if not requests:
+        return 0
+    for _, _, group in requests:
+        if len(group) > 64:
+            raise ValueError(f"work order group key {group!r} is longer than 64 characters")
+    now = _now(clock)
+
+    def place(session: Session) -> int:
+        ids = list(dict.fromkeys(str(event["id"]) for event, _, _ in requests))
+        placed: set[str] = set()
+        for start in range(0, len(ids), BATCH_CHUNK):
+            chunk = ids[start : start + BATCH_CHUNK]
+            placed.update(
+                session.scalars(select(WorkOrder.alert_id).where(WorkOrder.alert_id.in_(chunk)))
+            )
+            placed.update(
+                session.scalars(
+                    select(WorkOrderAlert.alert_id).where(WorkOrderAlert.alert_id.in_(chunk))
+                )
+            )
+        groups = sorted({group for _, _, group in requests})
+        found = session.execute(
+            select(WorkOrder.open_group, WorkOrder.id).where(WorkOrder.open_group.in_(groups))
+        )
+        open_orders = {str(group): order_id for group, order_id in found}
+        joined: dict[str, int] = {}
+        opened = 0
+        for event, team, group in requests:
+            alert_id = str(event["id"])
+            if alert_id in placed:
+                continue
+            placed.add(alert_id)
+            order_id = open_orders.get(group)
+            if order_id is None:
+                order = _new_order(event, team, sla, now, group)
+                session.add(order)
+                open_orders[group] = order.id
+                opened += 1
+                continue
+            session.add(WorkOrderAlert(alert_id=alert_id, work_order_id=order_id, added_at=now))
+            joined[order_id] = joined.get(order_id, 0) + 1
+        session.flush()
+        for order_id, count in joined.items():
+            session.execute(
+                update(WorkOrder)
+                .where(WorkOrder.id == order_id)
+                .values(alert_count=WorkOrder.alert_count + count, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+        return sum(joined.values()) + opened
+
+    try:
+        placed = await write_now(
+            session_factory, place, what="work orders", direct=len(requests) <= 2000
+        )
+    except IntegrityError:
+        placed = 0
+        for event, team, group in requests:
+            await open_work_order(session_factory, event, team, sla, clock, group)
+            placed += 1
+        return placed
+    log.info("event=work_orders_grouped alerts=%d placed=%d", len(requests), placed)
+    return placed
+
+
+async def _alert_stored(session_factory: SessionFactory, alert_id: str) -> bool:
+    async with session_factory() as session:
+        return await session.get(Alert, alert_id) is not None
+
+
 async def _by_alert(session_factory: SessionFactory, alert_id: str) -> WorkOrder | None:
+    """The work order the alert opened or joined, if any."""
     async with session_factory() as session:
         result = await session.execute(select(WorkOrder).where(WorkOrder.alert_id == alert_id))
+        order = result.scalar_one_or_none()
+        if order is not None:
+            return order
+        joined = select(WorkOrderAlert.work_order_id).where(WorkOrderAlert.alert_id == alert_id)
+        result = await session.execute(select(WorkOrder).where(WorkOrder.id.in_(joined)))
         return result.scalar_one_or_none()
+
+
+async def work_order_alerts(session_factory: SessionFactory, work_order_id: str) -> list[str]:
+    """The ids of the alerts a work order gathered: the one that opened it, then those that
+    joined it, in the order they came. ``WorkOrderNotFound`` for an unknown id."""
+    order = await get_work_order(session_factory, work_order_id)
+    async with session_factory() as session:
+        joined = await session.scalars(
+            select(WorkOrderAlert.alert_id)
+            .where(WorkOrderAlert.work_order_id == work_order_id)
+            .order_by(WorkOrderAlert.added_at, WorkOrderAlert.alert_id)
+        )
+        return [order.alert_id, *joined]
 
 
 async def get_work_order(session_factory: SessionFactory, work_order_id: str) -> WorkOrder:
@@ -299,6 +496,8 @@ async def transition(
         if order.state != step.source:
             raise IllegalTransition(work_order_id, order.state, action)
         values: dict[str, Any] = {"state": step.target, step.stamp: now, "updated_at": now}
+        if step.target == "resolved":
+            values["open_group"] = None  # the group's next alert opens a new order
         if by and (action == "accept" or order.assignee is None):
             values["assignee"] = by
         if by or note:
@@ -535,6 +734,8 @@ __all__ = [
     "get_work_order",
     "kpis",
     "list_work_orders",
+    "open_grouped_work_orders",
     "open_work_order",
     "transition",
+    "work_order_alerts",
 ]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import string
 from dataclasses import dataclass
-from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -30,7 +29,14 @@ from cityiot.api.problems import Problem
 from cityiot.domain.catalogue import KINDS, MODEL
 from cityiot.domain.expressions import thresholds as fixed_limits
 from cityiot.domain.yamltext import load_yaml
-from cityiot.rules.definitions import Rule, RuleError, catalogue_path, load_rules, parse_rule
+from cityiot.rules.definitions import (
+    Rule,
+    RuleError,
+    catalogue_path,
+    load_rules,
+    parse_rule,
+    rule_files,
+)
 from cityiot.rules.events import city_time
 from cityiot.storage.tables.rules import RuleOverride
 from cityiot.storage.utc import utcnow
@@ -157,20 +163,13 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _rule_files(path: FilePath) -> list[FilePath]:
-    # The same files, in the same order, as rules.definitions.load_rules reads.
-    if path.is_dir():
-        return sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml"))
-    return [path]
-
-
 async def catalogue(ctx: ApiContext) -> dict[str, Entry]:
     """Every rule by id: the files' rules, with the API's overrides applied."""
     path = catalogue_path(ctx.settings.rules_path)
     try:
         parsed = load_rules(path)
         definitions: dict[str, dict[str, Any]] = {}
-        for file in _rule_files(path):
+        for file in rule_files(path):
             for raw in load_yaml(file.read_text(encoding="utf-8")) or []:
                 definitions[raw["id"]] = raw
     except (RuleError, OSError, yaml.YAMLError) as exc:

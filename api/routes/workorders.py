@@ -1,7 +1,8 @@
-"""Work orders for field teams: ``GET /workorders``, ``GET /workorders/{id}`` and
-``POST /workorders/{id}/{accept,on_site,resolve,close}``.
+"""Work orders for field teams: ``GET /workorders``, ``GET /workorders/{id}``,
+``GET /workorders/{id}/alerts`` and ``POST /workorders/{id}/{accept,on_site,resolve,close}``.
 
-A firing alert opens one work order for the team its route names; the team moves it
+A firing alert opens a work order for the team its route names, or joins the open order of
+its group when the route groups work orders (``workorder_group_by``); the team moves it
 ``dispatched → accepted → on_site → resolved → closed``, each step stamped with its time
 (the SLA clocks: on site by ``verify_due_at``, closed by ``close_due_at``). Each answer
 carries its device's ``address``, ``lat`` and ``lon`` from the registry, for the team on the
@@ -15,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from cityiot.api.access import allow, check_filter, check_sees, scoped
 from cityiot.api.audit import audited
@@ -24,12 +25,19 @@ from cityiot.api.keys import Principal
 from cityiot.api.paging import Cursor, Limit, Page, after, page_of
 from cityiot.api.params import TEXT
 from cityiot.api.problems import Problem
-from cityiot.api.routes.alerts import ID_PATTERN, DistrictFilter, KindFilter, check_kind_district
+from cityiot.api.routes.alerts import (
+    ID_PATTERN,
+    AlertOut,
+    DistrictFilter,
+    KindFilter,
+    check_kind_district,
+)
 from cityiot.api.teams import require_teams, routing, team_titles
-from cityiot.rules.events import city_time, wall_clock
+from cityiot.rules.events import alert_event, city_time, wall_clock
 from cityiot.rules.workorders import TRANSITIONS, IllegalTransition, WorkOrderNotFound, transition
 from cityiot.storage.registry import Place, device_places
-from cityiot.storage.tables.workorders import WorkOrder
+from cityiot.storage.tables.alerts import Alert
+from cityiot.storage.tables.workorders import WorkOrder, WorkOrderAlert
 
 router = APIRouter(tags=["workorders"])
 
@@ -52,6 +60,7 @@ _EXAMPLE: dict[str, Any] = {
     "lon": 114.02,
     "severity": "critical",
     "title": "井盖打开或倾斜（倾角 31°） / Manhole cover open or tilted (31°)",
+    "alert_count": 1,
     "assignee": "crew 1",
     "note": "2026-11-23T10:02:11+08:00 accept by crew 1: on our way",
     "created_at": "2026-11-23T10:00:05+08:00",
@@ -82,6 +91,11 @@ class WorkOrderOut(BaseModel):
     lon: float | None = Field(None, description="the device's longitude (WGS-84)")
     severity: str
     title: str
+    alert_count: int = Field(
+        1,
+        description="alerts this order gathered: 1, or more when the route groups work orders "
+        "(workorder_group_by); alert_id is the first",
+    )
     assignee: str | None = Field(description="who accepted it")
     note: str = Field(description="journal: one line per step with who and their note")
     created_at: str = Field(description="dispatched at (RFC 3339, +08:00)")
@@ -118,6 +132,7 @@ def work_order_out(order: WorkOrder, place: Place | None) -> dict[str, Any]:
         "lon": place.lon if place else None,
         "severity": order.severity,
         "title": order.title,
+        "alert_count": order.alert_count,
         "assignee": order.assignee,
         "note": order.note,
         "created_at": city_time(order.created_at),
@@ -252,6 +267,37 @@ async def get_workorder(
 ) -> dict[str, Any]:
     """One work order with its SLA clocks and journal."""
     return await _with_place(ctx, await _visible(ctx, principal, work_order_id))
+
+
+@router.get(
+    "/workorders/{work_order_id}/alerts",
+    response_model=Page[AlertOut],
+    summary="The alerts a work order gathers",
+    responses={
+        403: {"description": "a vendor key"},
+        404: {"description": "no such work order, or one outside the key's grant (alike)"},
+    },
+)
+async def list_workorder_alerts(
+    work_order_id: WorkOrderId,
+    ctx: Annotated[ApiContext, Depends(context)],
+    principal: Annotated[Principal, Depends(allow(*READERS))],
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    """The alerts of one work order, oldest first (by when their condition started), each
+    as ``GET /alerts`` serves it: the alert that opened it (``alert_id``) and, when its route
+    groups work orders, every alert that joined it. Readable by whoever may read the order;
+    alerts outside the key's grant are left out, as in ``GET /alerts``."""
+    order = await _visible(ctx, principal, work_order_id)
+    joined = select(WorkOrderAlert.alert_id).where(WorkOrderAlert.work_order_id == order.id)
+    stmt = scoped(select(Alert), principal, Alert.kind, Alert.district, Alert.vendor).where(
+        or_(Alert.id == order.alert_id, Alert.id.in_(joined))
+    )
+    stmt = after(stmt, [Alert.started_at, Alert.id], cursor).limit(limit + 1)
+    async with ctx.sessions() as session:
+        rows = list((await session.scalars(stmt)).all())
+    return page_of(rows, limit, key=lambda a: [a.started_at, a.id], convert=alert_event)
 
 
 def _step(action: str) -> Callable[..., Awaitable[dict[str, Any]]]:

@@ -67,6 +67,7 @@ POLICY: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/teams"): READERS,
     ("GET", "/api/v1/workorders"): READERS,
     ("GET", "/api/v1/workorders/{work_order_id}"): READERS,
+    ("GET", "/api/v1/workorders/{work_order_id}/alerts"): READERS,
     ("POST", "/api/v1/workorders/{work_order_id}/accept"): STAFF,
     ("POST", "/api/v1/workorders/{work_order_id}/on_site"): STAFF,
     ("POST", "/api/v1/workorders/{work_order_id}/resolve"): STAFF,

@@ -6,14 +6,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from cityiot.rules.events import alert_event
 from cityiot.rules.workorders import SlaPolicy, open_work_order
 from cityiot.storage.tables.audit import AuditEntry
-from cityiot.storage.tables.workorders import WorkOrder
+from cityiot.storage.tables.workorders import WorkOrder, WorkOrderAlert
 from tests.api.conftest import ROLES, Api
-from tests.api.test_alerts import raise_alert
+from tests.api.test_alerts import CONTRACT_KEYS, raise_alert
 
 
 async def dispatch(api: Api, device_id: str, rule: str, team: str = "urban", at: float = 0) -> str:
@@ -182,3 +182,87 @@ async def test_a_work_order_carries_its_devices_address_and_position(api: Api) -
         )
     answer = (await api.client("admin").get(f"/api/v1/workorders/{gone}")).json()
     assert (answer["address"], answer["lat"], answer["lon"]) == (None, None, None)
+
+
+async def test_a_grouped_work_orders_alerts_page_through_cursors(api: Api) -> None:
+    """42 alerts of one group make one order; its alerts page in 100s and 10s, each once, as
+    ``GET /alerts`` serves them."""
+    alerts = [await raise_alert(api, "mh-1", rule=f"r{i}") for i in range(42)]
+    orders = {
+        (
+            await open_work_order(
+                api.sessions, alert_event(a), "urban", SlaPolicy(), time.time, group="g"
+            )
+        ).id
+        for a in alerts
+    }
+    assert len(orders) == 1
+    order_id = orders.pop()
+    client = api.client("field")
+    assert (await client.get(f"/api/v1/workorders/{order_id}")).json()["alert_count"] == 42
+    for limit, pages in ((100, 1), (10, 5)):
+        seen: list[str] = []
+        params: dict[str, Any] = {"limit": limit}
+        for _ in range(pages):
+            r = await client.get(f"/api/v1/workorders/{order_id}/alerts", params=params)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            seen += [a["id"] for a in body["items"]]
+            params["cursor"] = body["next_cursor"]
+        assert params["cursor"] is None, limit
+        assert sorted(seen) == sorted(a.id for a in alerts) and len(seen) == 42, limit
+    first = (await client.get(f"/api/v1/workorders/{order_id}/alerts")).json()["items"]
+    listed = (await client.get("/api/v1/alerts", params={"device_id": "mh-1"})).json()["items"]
+    assert sorted(first, key=lambda a: a["id"]) == sorted(listed, key=lambda a: a["id"])
+    bad = await client.get(f"/api/v1/workorders/{order_id}/alerts", params={"cursor": "x"})
+    assert bad.status_code == 400
+
+
+async def test_a_work_orders_alerts_follow_the_orders_visibility(api: Api) -> None:
+    theirs = await dispatch(api, "mh-1", "r", team="water")
+    outside = await dispatch(api, "mh-2", "r2")
+    field = api.client("field")
+    r = await field.get(f"/api/v1/workorders/{theirs}/alerts")
+    gone = await field.get("/api/v1/workorders/nosuchorder/alerts")
+    assert r.status_code == gone.status_code == 404  # another team's reads like none
+    assert r.text.replace(theirs, "ID") == gone.text.replace("nosuchorder", "ID")
+    assert "no work order" in r.json()["detail"]
+    r = await api.client("department").get(f"/api/v1/workorders/{outside}/alerts")
+    assert r.status_code == 404
+    assert (
+        await api.client("vendor").get(f"/api/v1/workorders/{theirs}/alerts")
+    ).status_code == 403
+    assert (await api.client(None).get(f"/api/v1/workorders/{theirs}/alerts")).status_code == 401
+    r = await api.client("operator").get(f"/api/v1/workorders/{theirs}/alerts")
+    assert r.status_code == 200 and len(r.json()["items"]) == 1
+
+
+async def test_a_work_orders_alerts_leave_out_those_outside_the_keys_grant(api: Api) -> None:
+    """An order the department sees (a yicheng manhole first) that a kaifaqu streetlight's
+    alert joined: the department's list leaves that alert out, as GET /alerts does."""
+    inside, outside = await raise_alert(api, "mh-1", rule="r"), await raise_alert(api, "sl-1")
+    for alert in (inside, outside):
+        order = await open_work_order(
+            api.sessions, alert_event(alert), "urban", SlaPolicy(), time.time, group="g"
+        )
+    path = f"/api/v1/workorders/{order.id}/alerts"
+    assert {a["id"] for a in (await api.client("admin").get(path)).json()["items"]} == {
+        inside.id,
+        outside.id,
+    }
+    r = await api.client("department").get(path)
+    assert r.status_code == 200
+    assert [a["id"] for a in r.json()["items"]] == [inside.id]
+
+
+async def test_an_order_opened_one_per_alert_lists_its_one_alert(api: Api) -> None:
+    order_id = await dispatch(api, "mh-1", "r")
+    async with api.sessions() as session:
+        order = await session.get(WorkOrder, order_id)
+        joined = await session.scalar(select(func.count()).select_from(WorkOrderAlert))
+    assert order is not None and joined == 0
+    r = await api.client("field").get(f"/api/v1/workorders/{order_id}/alerts")
+    assert r.status_code == 200
+    body = r.json()
+    assert [a["id"] for a in body["items"]] == [order.alert_id]
+    assert body["next_cursor"] is None and set(body["items"][0]) == CONTRACT_KEYS

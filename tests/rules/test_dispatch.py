@@ -136,16 +136,20 @@ class Rig:
         self.session_factory = session_factory
         self.clock = HandClock(T0)
         self.work_orders: list[tuple[str, str]] = []
+        self.work_order_groups: dict[str, str | None] = {}  # alert id → group key asked with
         self.fail_work_orders = False
         self.outbox = Outbox(session_factory)
         self.dispatcher = Dispatcher(
             router, session_factory, enqueue, self.clock, self.open_work_order, **options
         )
 
-    async def open_work_order(self, event: dict[str, Any], team: str) -> None:
+    async def open_work_order(
+        self, event: dict[str, Any], team: str, group: str | None = None
+    ) -> None:
         if self.fail_work_orders:
             raise RuntimeError("work order store unreachable")
         self.work_orders.append((event["id"], team))
+        self.work_order_groups[event["id"]] = group
 
     async def until(self, seconds_after_t0: float, step: float = 1.0) -> None:
         """Move the clock to T0 + seconds, ticking every ``step`` on the way."""
@@ -412,6 +416,67 @@ async def test_work_orders_once_per_alert_for_routed_severities(rig: Rig) -> Non
     await rig.dispatcher.handle(alert("a1", "resolved"))
     await rig.until(10 + 6 * HOUR, step=60)
     assert rig.work_orders == [("a1", "urban"), ("a2", "urban")]
+
+
+async def test_work_orders_are_asked_per_group_when_the_route_groups_them(
+    session_factory: SessionFactory,
+) -> None:
+    """With ``workorder_group_by`` every alert still asks once, with the key of its group:
+    the same for one team, district, kind and rule, another for any other."""
+    routing = {**ROUTING, "route": {**ROUTING["route"], "workorder_group_by": ["district", "kind"]}}
+    rig = Rig(session_factory, parse_routing(routing))
+    await rig.dispatcher.handle(alert("a1"))
+    await rig.dispatcher.handle(alert("a2", severity="major", rule="manhole_flooding"))
+    await rig.dispatcher.handle(alert("b1", district="kaifaqu"))
+    await rig.until(10)
+    assert rig.work_orders == [("a1", "urban"), ("a2", "urban"), ("b1", "urban")]
+    groups = rig.work_order_groups
+    assert groups["a1"] == groups["a2"] != groups["b1"]
+    assert all(g is not None and len(g) == 40 for g in groups.values())
+    plain = Rig(session_factory, parse_routing(ROUTING))  # no grouping: one order per alert
+    await plain.dispatcher.handle(alert("c1"))
+    assert plain.work_order_groups == {"c1": None}
+
+
+async def test_the_shipped_routing_groups_work_orders_by_district_kind_and_rule(
+    session_factory: SessionFactory,
+) -> None:
+    rig = Rig(session_factory, load_routing(DEFAULT_ROUTING_PATH, env={}))
+    lights = [alert(f"s{i}", kind="streetlight", rule="streetlight_off_at_night") for i in range(3)]
+    for event in [*lights, alert("s9", kind="streetlight", rule="streetlight_leakage")]:
+        await rig.dispatcher.handle({**event, "severity": "major"})
+    groups = rig.work_order_groups
+    assert groups["s0"] == groups["s1"] == groups["s2"] != groups["s9"]
+
+
+async def test_grouped_work_orders_are_asked_all_at_once_at_the_next_tick(
+    session_factory: SessionFactory,
+) -> None:
+    """Given a batch opener, a grouping route's alerts wait for the next tick and go in one
+    call; a failed call is made again at the following tick."""
+    routing = {**ROUTING, "route": {**ROUTING["route"], "workorder_group_by": ["district", "kind"]}}
+    batches: list[list[tuple[str, str, str]]] = []
+    failing = [True]
+
+    async def open_all(asked: list[tuple[dict[str, Any], str, str]]) -> None:
+        if failing[0]:
+            failing[0] = False
+            raise RuntimeError("work order store unreachable")
+        batches.append([(event["id"], team, group) for event, team, group in asked])
+
+    rig = Rig(session_factory, parse_routing(routing), open_work_orders=open_all)
+    for i in range(5):
+        await rig.dispatcher.handle(alert(f"a{i}"))
+    await rig.dispatcher.handle(alert("k1", district="kaifaqu"))
+    assert batches == [] and rig.work_orders == []  # nothing asked while handling
+    await rig.dispatcher.tick()  # the first call fails
+    assert batches == [] and not failing[0]
+    await rig.dispatcher.tick()
+    ((first, *rest, other),) = batches
+    assert [a for a, _, _ in (first, *rest, other)] == ["a0", "a1", "a2", "a3", "a4", "k1"]
+    assert {(team, group) for _, team, group in rest} == {first[1:]} != {other[1:]}
+    await rig.until(60)
+    assert len(batches) == 1 and rig.work_orders == []  # asked once, never one by one
 
 
 async def test_a_failed_work_order_is_retried_on_the_next_tick(rig: Rig) -> None:

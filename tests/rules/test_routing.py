@@ -194,6 +194,28 @@ def test_group_key_and_labels_follow_group_by() -> None:
     }
 
 
+def test_workorder_group_by_is_inherited_and_keys_the_team_and_its_labels() -> None:
+    plain = parse_routing(BASE).match(labels(kind="manhole", rule="manhole_open"))[1]
+    assert plain.workorder_group_by == () and plain.workorder_group({"district": "x"}) is None
+    spec = copy.deepcopy(BASE)
+    spec["route"]["workorder_group_by"] = ["district", "kind", "rule"]
+    route = parse_routing(spec).match(labels(kind="manhole", rule="manhole_open"))[1]
+    assert route.workorder_group_by == ("district", "kind", "rule")  # from the root
+    event = {"rule": "manhole_open", "kind": "manhole", "district": "yicheng", "device_id": "a"}
+    key = route.workorder_group(route.labels_of(event))
+    assert key is not None and len(key) == 40
+    assert route.workorder_group(route.labels_of({**event, "device_id": "b"})) == key
+    assert route.workorder_group(route.labels_of({**event, "district": "xiping"})) != key
+    assert route.workorder_group({**route.labels_of(event), "team": "other"}) != key
+
+
+def test_workorder_group_by_names_labels(tmp_path: Path) -> None:
+    spec = copy.deepcopy(BASE)
+    spec["route"]["workorder_group_by"] = ["district", "street"]
+    (problem,) = problems_of(tmp_path, spec)
+    assert problem.startswith("route.workorder_group_by[1]: 'street' is not a label")
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [

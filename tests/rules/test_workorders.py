@@ -25,8 +25,10 @@ from cityiot.rules.workorders import (
     get_work_order,
     kpis,
     list_work_orders,
+    open_grouped_work_orders,
     open_work_order,
     transition,
+    work_order_alerts,
 )
 from cityiot.storage.tables.alerts import Alert
 from cityiot.storage.tables.workorders import WorkOrder
@@ -287,6 +289,119 @@ async def test_open_for_a_missing_alert_is_refused(sessions: SessionFactory) -> 
     )
     with pytest.raises(AlertNotFound, match="alert '0{32}' is not in the database"):
         await open_work_order(sessions, event, "t", SlaPolicy(), HandClock(T0))
+    assert await _count(sessions) == 0
+
+
+# --- grouped work orders ---------------------------------------------------------------------
+
+GROUP = "a" * 40  # a route's key of (team, district, kind, rule)
+
+
+async def _open_grouped(
+    sessions: SessionFactory, clock: HandClock, group: str = GROUP, **alert: object
+) -> WorkOrder:
+    event = await _alert(sessions, **alert)  # type: ignore[arg-type]
+    return await open_work_order(sessions, event, "urban", SlaPolicy(), clock, group)
+
+
+async def test_alerts_of_one_group_gather_in_one_open_work_order(sessions: SessionFactory) -> None:
+    """A district's 42 dark streetlights make one work order for the team, not 42; it keeps
+    its first alert and SLA clocks, and counts and lists every alert it gathered."""
+    clock = HandClock(T0)
+    first = await _open_grouped(sessions, clock, device_id="SL-0")
+    orders = [first]
+    for i in range(1, 42):
+        clock.advance(MIN)
+        orders.append(await _open_grouped(sessions, clock, device_id=f"SL-{i}"))
+    assert {o.id for o in orders} == {first.id}
+    order = await get_work_order(sessions, first.id)
+    assert (order.alert_count, order.alert_id, order.created_at) == (42, first.alert_id, T0)
+    assert order.verify_due_at == first.verify_due_at
+    assert order.updated_at == T0 + 41 * MIN
+    alerts = await work_order_alerts(sessions, first.id)
+    assert len(alerts) == len(set(alerts)) == 42 and alerts[0] == first.alert_id
+    other = await _open_grouped(sessions, clock, group="b" * 40, device_id="SL-99")
+    assert other.id != first.id and other.alert_count == 1
+    assert await _count(sessions) == 2
+
+
+async def test_opening_a_gathered_alert_again_changes_nothing(sessions: SessionFactory) -> None:
+    clock = HandClock(T0)
+    first = await _open_grouped(sessions, clock, device_id="SL-0")
+    event = await _alert(sessions, device_id="SL-1")
+    joined = await open_work_order(sessions, event, "urban", SlaPolicy(), clock, GROUP)
+    again = await open_work_order(sessions, event, "urban", SlaPolicy(), clock, GROUP)
+    plain = await open_work_order(sessions, event, "urban", SlaPolicy(), clock)
+    assert joined.id == again.id == first.id
+    assert plain.id == first.id  # idempotent per alert, grouped or not
+    assert (await get_work_order(sessions, first.id)).alert_count == 2
+    assert await _count(sessions) == 1
+
+
+async def test_a_resolved_group_order_takes_no_more_alerts(sessions: SessionFactory) -> None:
+    """Once the team resolved the site, the group's next alert opens a new order."""
+    clock = HandClock(T0)
+    first = await _open_grouped(sessions, clock, device_id="SL-0")
+    for action in ("accept", "on_site"):
+        await transition(sessions, first.id, action, clock)
+    assert (await _open_grouped(sessions, clock, device_id="SL-1")).id == first.id  # on site
+    await transition(sessions, first.id, "resolve", clock)
+    assert (await get_work_order(sessions, first.id)).open_group is None
+    clock.advance(HOUR)
+    second = await _open_grouped(sessions, clock, device_id="SL-2")
+    assert second.id != first.id
+    assert (second.alert_count, second.created_at, second.open_group) == (1, T0 + HOUR, GROUP)
+    assert (await get_work_order(sessions, first.id)).alert_count == 2
+
+
+async def test_concurrent_alerts_of_a_group_make_one_work_order(sessions: SessionFactory) -> None:
+    clock = HandClock(T0)
+    events = [await _alert(sessions, device_id=f"SL-{i}") for i in range(12)]
+    orders = await asyncio.gather(
+        *(open_work_order(sessions, e, "urban", SlaPolicy(), clock, GROUP) for e in events)
+    )
+    assert len({o.id for o in orders}) == 1
+    assert (await get_work_order(sessions, orders[0].id)).alert_count == 12
+    assert len(await work_order_alerts(sessions, orders[0].id)) == 12
+    assert await _count(sessions) == 1
+
+
+async def test_a_missing_alert_joins_no_group(sessions: SessionFactory) -> None:
+    clock = HandClock(T0)
+    first = await _open_grouped(sessions, clock, device_id="SL-0")
+    event = {**(await _alert(sessions, device_id="SL-1")), "id": "0" * 32}
+    with pytest.raises(AlertNotFound, match="alert '0{32}' is not in the database"):
+        await open_work_order(sessions, event, "urban", SlaPolicy(), clock, GROUP)
+    assert (await get_work_order(sessions, first.id)).alert_count == 1
+
+
+async def test_a_storm_of_alerts_is_grouped_in_one_call(sessions: SessionFactory) -> None:
+    """Many alerts of a few groups at once: the same orders as one call per alert."""
+    clock = HandClock(T0)
+    first = await _open_grouped(sessions, clock, device_id="SL-0")  # the group's open order
+    events = [await _alert(sessions, device_id=f"SL-{i}") for i in range(1, 121)]
+    others = [await _alert(sessions, device_id=f"MH-{i}") for i in range(30)]
+    asked = [(e, "urban", GROUP) for e in events] + [(e, "urban", "b" * 40) for e in others]
+    clock.advance(MIN)
+    assert await open_grouped_work_orders(sessions, asked, SlaPolicy(), clock) == 150
+    assert await open_grouped_work_orders(sessions, asked, SlaPolicy(), clock) == 0  # again
+    assert (await get_work_order(sessions, first.id)).alert_count == 121
+    assert len(await work_order_alerts(sessions, first.id)) == 121
+    orders = await list_work_orders(sessions)
+    assert [(o.alert_count, o.open_group) for o in orders] == [(121, GROUP), (30, "b" * 40)]
+    assert orders[1].alert_id == others[0]["id"] and orders[1].created_at == T0 + MIN
+    one_more = await _open_grouped(sessions, clock, group="b" * 40, device_id="MH-99")
+    assert one_more.id == orders[1].id and one_more.alert_count == 31
+
+
+async def test_a_grouped_call_with_a_missing_alert_is_refused(sessions: SessionFactory) -> None:
+    clock = HandClock(T0)
+    stored = await _alert(sessions, device_id="SL-1")
+    missing = {**stored, "id": "0" * 32}
+    with pytest.raises(AlertNotFound):
+        await open_grouped_work_orders(
+            sessions, [(missing, "urban", GROUP), (stored, "urban", GROUP)], SlaPolicy(), clock
+        )
     assert await _count(sessions) == 0
 
 

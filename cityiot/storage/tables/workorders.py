@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy import ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from cityiot.storage.tables.base import Base, UTCDateTime
@@ -12,7 +12,15 @@ from cityiot.storage.utc import utcnow
 
 
 class WorkOrder(Base):
-    """A task for a field team: dispatched → accepted → on_site → resolved → closed."""
+    """A task for a field team: dispatched → accepted → on_site → resolved → closed.
+
+    ``alert_id`` is the alert that opened it. A route that groups work orders
+    (``workorder_group_by``) gathers the alerts of one group into the group's open order:
+    ``open_group`` is the group's key until the order is resolved (NULL after, and for an
+    order of one alert); its unique index makes one open order per group, whoever opens it.
+    The alerts that joined are the order's ``WorkOrderAlert`` rows; ``alert_count`` counts
+    them with the first.
+    """
 
     __tablename__ = "work_orders"
     __table_args__ = (Index("ix_work_orders_team_state", "team", "state"),)
@@ -36,3 +44,15 @@ class WorkOrder(Base):
     assignee: Mapped[str | None] = mapped_column(String(128), default=None)
     note: Mapped[str] = mapped_column(Text, default="")
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    open_group: Mapped[str | None] = mapped_column(String(64), unique=True, default=None)
+    alert_count: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+
+
+class WorkOrderAlert(Base):
+    """An alert that joined a grouped work order after the one that opened it."""
+
+    __tablename__ = "work_order_alerts"
+
+    alert_id: Mapped[str] = mapped_column(ForeignKey("alerts.id"), primary_key=True)
+    work_order_id: Mapped[str] = mapped_column(ForeignKey("work_orders.id"), index=True)
+    added_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
