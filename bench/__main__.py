@@ -131,12 +131,50 @@ def bench(
             "default in it; empty: all."
         ),
     ] = "",
+    scale_devices: Annotated[
+        int,
+        typer.Option(
+            help="Devices registered for the city-scale registry and API sections (import, "
+            "ingest start-up and memory, API latency under concurrent clients); 0: skip them."
+        ),
+    ] = 1_000_000,
+    scale_dbs: Annotated[
+        str, typer.Option(help="Registries of the city-scale sections: sqlite,postgres.")
+    ] = "sqlite,postgres",
+    scale_clients: Annotated[
+        int, typer.Option(help="Concurrent API clients of the city-scale API section.")
+    ] = 50,
+    scale_requests: Annotated[
+        int, typer.Option(help="Requests per endpoint of the city-scale API section.")
+    ] = 2_000,
+    influx_devices: Annotated[
+        int,
+        typer.Option(
+            help="Devices (two series each) of the InfluxDB index section, TSI against the "
+            "in-memory index; 0: skip it."
+        ),
+    ] = 1_000_000,
+    storm_lights: Annotated[
+        int,
+        typer.Option(
+            help="Streetlights going dark in the alert storm section (their district's "
+            "manholes alarm beside them); 0: skip it."
+        ),
+    ] = 10_000,
+    storm_seconds: Annotated[
+        float, typer.Option(help="Over how many seconds the storm's streetlights go dark.")
+    ] = 60.0,
+    offline_devices: Annotated[
+        int, typer.Option(help="Devices of the offline detection section; 0: skip it.")
+    ] = 1_000_000,
 ) -> None:
     """Throughput, CPU, memory and latency of the platform next to a bare subscriber and
     Node-RED, a vendor's decoding codec against JSON, and the CTWing and ChirpStack links
     beside MQTT, the broker's in-flight window and TLS, on a local Mosquitto and InfluxDB it
-    starts itself; prints tables and writes the figures as JSON. Exits 1 when a system or the
-    codec, links or window section failed, timed out, lost or duplicated."""
+    starts itself; then the city's scale: a million devices registered and asked for through
+    the API on SQLite and PostgreSQL, InfluxDB's index with their series, an alert storm and
+    offline detection. Prints tables and writes the figures as JSON. Exits 1 when a system or
+    a section failed, timed out, lost or duplicated."""
     from bench.options import (
         BenchError,
         BenchOptions,
@@ -178,6 +216,14 @@ def bench(
             window_rounds=window_rounds,
             window_sessions=window_sessions,
             window_brokers=tuple(b for b in window_brokers.split(",") if b),
+            scale_devices=scale_devices,
+            scale_dbs=tuple(db.strip() for db in scale_dbs.split(",") if db.strip()),
+            scale_clients=scale_clients,
+            scale_requests=scale_requests,
+            influx_devices=influx_devices,
+            storm_lights=storm_lights,
+            storm_seconds=storm_seconds,
+            offline_devices=offline_devices,
         )
         options.check()
         with err.status("starting…") as status:

@@ -3,6 +3,7 @@ to change."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,35 @@ WINDOW_BROKERS = (
     "default", "window-32", "strict-32", "strict-32-one", "relay", "tls", "nats", "nats-32"
 )  # fmt: skip
 SENTINELS = 16  # the backlog's last messages, one each from these devices
+
+
+SCALE_DBS = ("sqlite", "postgres")  # the registries of the city-scale sections
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleOptions:
+    """What the city-scale sections (bench/scale.py) measure."""
+
+    devices: int = 1_000_000  # registered devices of the registry and API sections (0: skip)
+    dbs: tuple[str, ...] = SCALE_DBS
+    clients: int = 50  # concurrent API clients
+    requests: int = 2_000  # requests per endpoint
+    influx_devices: int = 1_000_000  # devices of the InfluxDB index section (0: skip)
+    storm_lights: int = 10_000  # streetlights going dark in the storm (0: skip)
+    storm_seconds: float = 60.0  # over how long they go dark
+    offline_devices: int = 1_000_000  # devices of the offline detection section (0: skip)
+
+    @property
+    def wanted(self) -> bool:
+        """Any section asked for."""
+        return bool(
+            self.devices or self.influx_devices or self.storm_lights or self.offline_devices
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["dbs"] = list(self.dbs)
+        return out
 
 
 class BenchError(RuntimeError):
@@ -55,6 +85,15 @@ class BenchOptions:
     window_rounds: int = 3  # rounds of the window section's brokers, orders alternating
     window_sessions: int = 16  # the ingest's sessions on the windows of 32 (1: one)
     window_brokers: tuple[str, ...] = ()  # the window section's brokers measured (): all
+    # The city-scale sections (bench/scale.py); 0 devices or lights: the section is skipped.
+    scale_devices: int = 1_000_000  # registry and API sections, on each of scale_dbs
+    scale_dbs: tuple[str, ...] = SCALE_DBS
+    scale_clients: int = 50
+    scale_requests: int = 2_000
+    influx_devices: int = 1_000_000
+    storm_lights: int = 10_000
+    storm_seconds: float = 60.0
+    offline_devices: int = 1_000_000
 
     def check(self) -> None:
         """Raise ``BenchError`` naming the option to change when one is out of range."""
@@ -68,11 +107,12 @@ class BenchOptions:
                 f"--systems: unknown {', '.join(unknown)}; choose from {','.join(SYSTEMS)}, or none"
             )
         sections = (self.codec_messages, self.links_messages, self.window_messages)
-        if not (self.systems or any(sections) or self.map_devices):
+        if not (self.systems or any(sections) or self.map_devices or self.scale().wanted):
             raise BenchError(
-                "--systems none, --codec-messages 0, --links-messages 0, --window-messages 0 "
-                f"and --map-devices 0 leave nothing to measure; name systems ({','.join(SYSTEMS)}) "
-                "or give the codec, links or window section messages or the map's devices"
+                "--systems none, --codec-messages 0, --links-messages 0, --window-messages 0, "
+                "--map-devices 0 and the city-scale sections at 0 (--scale-devices, "
+                "--influx-devices, --storm-lights, --offline-devices) leave nothing to measure; "
+                f"name systems ({','.join(SYSTEMS)}) or give a section messages or devices"
             )
         if "workers" in self.systems and (not self.workers or min(self.workers) < 1):
             raise BenchError("--workers must list worker counts of 1 or more, e.g. 1,2,3")
@@ -80,6 +120,22 @@ class BenchOptions:
             raise BenchError("--latency-seconds must be ≥ 1 and --latency-rate ≥ 0")
         if self.timeout_s <= 0:
             raise BenchError(f"--timeout must be positive, not {self.timeout_s}")
+        for name in ("scale_devices", "influx_devices", "storm_lights", "offline_devices"):
+            if getattr(self, name) < 0:
+                flag = "--" + name.replace("_", "-")
+                raise BenchError(f"{flag} must be 0 (skip) or more, not {getattr(self, name)}")
+        unknown_dbs = [db for db in self.scale_dbs if db not in SCALE_DBS]
+        if unknown_dbs or (self.scale_devices and not self.scale_dbs):
+            raise BenchError(
+                f"--scale-dbs: a comma list of sqlite,postgres, not {','.join(self.scale_dbs)!r}"
+            )
+        if self.storm_seconds <= 0:
+            raise BenchError(f"--storm-seconds must be above 0, not {self.storm_seconds}")
+        if self.scale_clients < 1 or self.scale_requests < self.scale_clients:
+            raise BenchError(
+                "--scale-clients must be 1 or more and --scale-requests at least as many, not "
+                f"{self.scale_clients} and {self.scale_requests}"
+            )
         if self.state_devices < 0:
             raise BenchError(f"--state-devices must be 0 (skip) or more, not {self.state_devices}")
         if self.map_devices < 0:
@@ -161,7 +217,21 @@ class BenchOptions:
             "window_rounds": self.window_rounds,
             "window_sessions": self.window_sessions,
             "window_brokers": list(self.window_brokers),
+            "scale": self.scale().as_dict(),
         }
+
+    def scale(self) -> ScaleOptions:
+        """The city-scale sections' options."""
+        return ScaleOptions(
+            devices=self.scale_devices,
+            dbs=self.scale_dbs,
+            clients=self.scale_clients,
+            requests=self.scale_requests,
+            influx_devices=self.influx_devices,
+            storm_lights=self.storm_lights,
+            storm_seconds=self.storm_seconds,
+            offline_devices=self.offline_devices,
+        )
 
 
 def parse_systems(text: str) -> tuple[str, ...]:

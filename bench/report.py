@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -22,6 +22,9 @@ from bench.codec_result import CodecResult, print_codecs
 from bench.latency import LatencyResult, Percentiles
 from bench.links import LinkResult, print_links
 from bench.window import WindowResult, print_window
+
+if TYPE_CHECKING:
+    from bench.scale import ScaleResult
 
 REPORT_VERSION = 1
 
@@ -127,6 +130,7 @@ class BenchReport:
     codecs: CodecResult | None = None  # bench/codecs.py: the codec section
     links: LinkResult | None = None  # bench/links.py: the links section
     window: WindowResult | None = None  # bench/window.py: the broker window and TLS section
+    scale: ScaleResult | None = None  # bench/scale.py: the city-scale sections
 
     @property
     def ok(self) -> bool:
@@ -135,6 +139,7 @@ class BenchReport:
             and (self.codecs is None or self.codecs.ok)
             and (self.links is None or self.links.ok)
             and (self.window is None or self.window.ok)
+            and (self.scale is None or self.scale.ok)
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -152,6 +157,7 @@ class BenchReport:
             "links": None if self.links is None else self.links.as_dict(),
             "window": None if self.window is None else self.window.as_dict(),
             "scale_out": scale_out(self),
+            "scale": None if self.scale is None else self.scale.as_dict(),
             "ok": self.ok,
         }
 
@@ -346,6 +352,10 @@ def print_report(report: BenchReport, console: Console, out: Path | None = None)
         print_links(report.links, console)
     if report.window is not None:
         print_window(report.window, console)
+    if report.scale is not None:
+        from bench.scale import print_scale
+
+        print_scale(report.scale, console)
     console.print(
         f"machine: {hw['cpu']} × {hw['cores']} cores, {hw['ram_gb']} GB RAM, "
         f"{hw['os']}; Python {hw['python']}, Mosquitto {hw['mosquitto']}, "

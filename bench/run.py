@@ -227,6 +227,11 @@ def run_bench(
             f"map: {map_draw.city.first_draw_ms:,.0f} ms to the first drawing of "
             f"{options.map_devices:,} devices"
         )
+    scale = None
+    if options.scale().wanted:
+        from bench.scale import run_scale
+
+        scale = run_scale(options.scale(), say, log)
     systems = [results[s.name] for s in specs]
     baseline = results.get("baseline")
     if baseline is not None and baseline.rate:
@@ -254,6 +259,7 @@ def run_bench(
         codecs=codecs,
         links=links,
         window=window,
+        scale=scale,
         method={
             "throughput": "unless cold: a warm-up (one reading per fleet device, waited for "
             "until stored, then until InfluxDB and the system are idle; not counted); "

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.bench import NO_SCALE
+
 REPO = Path(__file__).resolve().parents[2]
 MESSAGES = 2000
 
@@ -34,6 +36,7 @@ def test_bench_runs_every_system_and_stores_every_message(tmp_path: Path) -> Non
         "--links-messages", "0",  # tests/bench/test_links.py runs the links section
         "--window-messages", "0",  # tests/bench/test_window.py runs the window section
         "--map-devices", "0",  # tests/bench/test_map.py draws the map
+        *NO_SCALE,  # tests/bench/test_scale.py runs the city-scale sections
         "--out", str(out),
     ]  # fmt: skip
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=180)

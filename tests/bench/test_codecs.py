@@ -25,6 +25,7 @@ from cityiot.domain.catalogue import KINDS
 from cityiot.ingest.codecs import default_codecs
 from cityiot.ingest.codecs.files import read_codec_folder
 from cityiot.ingest.codecs.scripted import FileCodec
+from tests.bench import NO_SCALE
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -98,7 +99,7 @@ def test_codec_section_drains_every_load_and_dead_letters_the_looping_codec(
     out = tmp_path / "bench.json"
     argv = [
         sys.executable, "-m", "bench",
-        "--systems", "none", "--skip-latency", "--state-devices", "0",
+        "--systems", "none", "--skip-latency", "--state-devices", "0", *NO_SCALE,
         "--codec-devices", "100", "--codec-messages", "1000", "--codec-rounds", "2",
         "--links-messages", "0", "--window-messages", "0", "--map-devices", "0",
         "--timeout", "60", "--out", str(out),
@@ -145,11 +146,20 @@ def test_nothing_to_measure_is_refused() -> None:
     argv = [
         sys.executable, "-m", "bench",
         "--systems", "none", "--codec-messages", "0", "--links-messages", "0",
-        "--window-messages", "0", "--map-devices", "0",
+        "--window-messages", "0", "--map-devices", "0", *NO_SCALE,
     ]  # fmt: skip
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "leave nothing to measure" in " ".join(done.stderr.split())  # rich wraps it
+    for flag in ("--scale-devices", "--storm-lights", "--offline-devices"):
+        argv = [sys.executable, "-m", "bench", flag, "-1"]
+        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1
+        assert f"{flag} must be 0 (skip) or more, not -1" in " ".join(done.stderr.split())
+    argv = [sys.executable, "-m", "bench", "--scale-dbs", "mysql"]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "--scale-dbs: a comma list of sqlite,postgres, not 'mysql'" in done.stderr
     argv = [sys.executable, "-m", "bench", "--codec-messages", "10"]
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1

@@ -16,6 +16,7 @@ import pytest
 from bench.links import CHIRPSTACK, CTWING, MQTT, PATHS, LinkLoad
 from cityiot.domain.catalogue import KINDS
 from cityiot.ingest.codecs import default_codecs
+from tests.bench import NO_SCALE
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,7 +55,7 @@ def test_links_section_stores_every_paths_readings_and_prints_them(tmp_path: Pat
     out = tmp_path / "bench.json"
     argv = [
         sys.executable, "-m", "bench",
-        "--systems", "none", "--skip-latency", "--state-devices", "0", "--codec-messages", "0",
+        "--systems", "none", "--skip-latency", "--state-devices", "0", *NO_SCALE, "--codec-messages", "0",
         "--links-devices", "20", "--links-messages", "300", "--links-pushes", "200",
         "--links-pushers", "4",
         "--links-rounds", "2", "--window-messages", "0", "--map-devices", "0", "--timeout", "60",

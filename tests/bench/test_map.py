@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.bench import NO_SCALE
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -14,7 +16,7 @@ def test_the_map_is_drawn_folded_past_its_bound_and_reported(tmp_path: Path) -> 
     out = tmp_path / "bench.json"
     argv = [
         sys.executable, "-m", "bench",
-        "--systems", "none", "--skip-latency", "--state-devices", "0", "--codec-messages", "0",
+        "--systems", "none", "--skip-latency", "--state-devices", "0", *NO_SCALE, "--codec-messages", "0",
         "--links-messages", "0", "--window-messages", "0", "--map-devices", "5000",
         "--out", str(out),
     ]  # fmt: skip

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bench.report import SystemResult
 from bench.run import representative
+from tests.bench import NO_SCALE
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -70,7 +71,7 @@ def test_rounds_run_interleaved_end_to_end(tmp_path: Path) -> None:
     argv = [
         sys.executable, "-m", "bench",
         "--devices", "100", "--messages", "500", "--systems", "baseline,influxdb",
-        "--rounds", "2", "--skip-latency", "--state-devices", "0", "--timeout", "60",
+        "--rounds", "2", "--skip-latency", "--state-devices", "0", *NO_SCALE, "--timeout", "60",
         "--cold", "--codec-messages", "0", "--links-messages", "0", "--window-messages", "0",
         "--map-devices", "0",
         "--out", str(out),

@@ -34,6 +34,7 @@ from bench.window import (
     start_relay,
 )
 from cityiot.platform.local_services import LocalBroker
+from tests.bench import NO_SCALE
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -127,7 +128,7 @@ def test_window_section_stores_every_drain_on_each_broker_and_prints_the_ratios(
     out = tmp_path / "bench.json"
     argv = [
         sys.executable, "-m", "bench",
-        "--systems", "none", "--skip-latency", "--state-devices", "0", "--codec-messages", "0",
+        "--systems", "none", "--skip-latency", "--state-devices", "0", *NO_SCALE, "--codec-messages", "0",
         "--links-messages", "0",
         "--window-devices", "20", "--window-messages", "300", "--window-rounds", "1",
         "--window-sessions", "2", "--map-devices", "0",
