@@ -50,9 +50,10 @@ from bench.latency_run import ALARMS, PROBES, LatencyRun
 from bench.launch import Launcher
 from bench.links import LinkBench, LinkResult
 from bench.load import bench_fleet
+from bench.machine import git_state, hardware, utc_stamp
 from bench.options import BENCH_HOME, REPO, SENTINELS, BenchOptions
 from bench.registry import REGISTRY_SETTLE_S, Registry, bench_device
-from bench.report import BenchReport, SystemResult, git_state, hardware, utc_stamp
+from bench.report import BenchReport, SystemResult
 from bench.services import BROKER_TEMPLATE, Services
 from bench.stored import STALL_S
 from bench.systems import SYSTEM_ERRORS, SystemSpec, system_specs

@@ -32,9 +32,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from bench.machine import hardware, utc_stamp
 from bench.measure import HighWater, cpu_seconds
 from bench.options import BENCH_HOME, REPO, BenchError
-from bench.report import hardware, utc_stamp
 from bench.services import BROKER_TEMPLATE
 from cityiot.simulators.fleet import Fleet
 
