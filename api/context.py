@@ -20,6 +20,9 @@ from cityiot.storage.secret import platform_secret
 
 # How old a figure of ``counted`` may be before it is counted again.
 COUNTED_MAX_AGE_S = 5.0
+# Below this many registered devices (those a key sees) such figures are counted at every
+# request: exact, and still cheap.
+COUNTED_ABOVE_DEVICES = 20_000
 
 if TYPE_CHECKING:
     from cityiot.api.stream import StreamHub

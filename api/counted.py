@@ -9,6 +9,11 @@ asked for steadily never makes a request wait for a recount, and its count is at
 ``max_age_s`` plus one counting old. A key nobody asked for in ``2 * max_age_s`` (or one
 counted at a later clock time) is counted again before answering, by one count every
 waiting request shares.
+
+A caller passes ``keep=False`` where counting is cheap (a small registry): every request then
+counts afresh (the concurrent ones sharing one count), so a small city's figures are always
+exact, as the API's contract says ("now"); only a city whose counts cost a scan gets them a
+few seconds old.
 """
 
 from __future__ import annotations
@@ -40,10 +45,13 @@ class Counted(Generic[T]):
         self._entries: dict[Hashable, _Entry[T]] = {}
         self._first: dict[Hashable, asyncio.Future[T]] = {}
 
-    async def get(self, key: Hashable, now: float, count: Callable[[], Awaitable[T]]) -> T:
-        """The count of ``key`` as of ``now`` (the clock's time), within the bounds above."""
+    async def get(
+        self, key: Hashable, now: float, count: Callable[[], Awaitable[T]], keep: bool = True
+    ) -> T:
+        """The count of ``key`` as of ``now`` (the clock's time), within the bounds above;
+        with ``keep`` false, counted now."""
         entry = self._entries.get(key)
-        if entry is None or now < entry.at:
+        if entry is None or now < entry.at or not keep:
             return await self._fresh(key, now, count)
         if entry.recount is not None or now - entry.at <= self.max_age_s:
             return entry.value  # fresh enough, or a recount is under way

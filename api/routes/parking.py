@@ -2,8 +2,9 @@
 
 Counted in SQL from the registry (parking sensors not decommissioned, one per space) and
 the latest-value table (each sensor's newest ``occupied``), so no InfluxDB query is made.
-Every lot the key may see is counted in one scan, at most every ``COUNTED_MAX_AGE_S`` seconds
-(:mod:`cityiot.api.context`) and served meanwhile (:class:`cityiot.api.counted.Counted`); a
+Every lot the key may see is counted in one scan: at every request while the key sees fewer
+than ``COUNTED_ABOVE_DEVICES`` parking sensors (:mod:`cityiot.api.context`), else at most every
+``COUNTED_MAX_AGE_S`` seconds and served meanwhile (:class:`cityiot.api.counted.Counted`); a
 district or a lot is picked from that count, and ``at`` says when it was made.
 """
 
@@ -17,11 +18,12 @@ from pydantic import BaseModel, Field
 from sqlalchemy import and_, case, false, func, select, true
 
 from cityiot.api.access import allow, check_filter, scoped
-from cityiot.api.context import ApiContext, context
+from cityiot.api.context import COUNTED_ABOVE_DEVICES, ApiContext, context
 from cityiot.api.keys import Principal
 from cityiot.api.problems import Problem
 from cityiot.domain.catalogue import DISTRICTS, KINDS
 from cityiot.rules.events import Clock, city_time, wall_clock
+from cityiot.storage.device_counts import counts
 from cityiot.storage.tables.registry import Device, LatestReading
 
 router = APIRouter(tags=["parking"])
@@ -132,7 +134,12 @@ async def availability(
         async with ctx.sessions() as session:
             return counted_at, await _lots(session, principal, kinds)
 
-    counted_at, counted = await ctx.counted.get(("parking", grant, tuple(kinds)), clock(), count)
+    async with ctx.sessions() as session:
+        sensors = await counts(session, kinds, principal.districts)
+    keep = sum(c.devices for c in sensors) >= COUNTED_ABOVE_DEVICES
+    counted_at, counted = await ctx.counted.get(
+        ("parking", grant, tuple(kinds)), clock(), count, keep
+    )
     rows = [
         r
         for r in counted

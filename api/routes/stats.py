@@ -7,9 +7,10 @@ devices of every kind with a bool metric ``power_on``.
 
 Devices are read from the counts the database keeps (:mod:`cityiot.storage.device_counts`)
 and open alerts are counted per request: both are exact when answered. The lighting tally
-and the SLA KPIs scan every light and every work order of 30 days, so they are counted at
-most every ``COUNTED_MAX_AGE_S`` seconds (:mod:`cityiot.api.context`) per grant and served meanwhile
-(:class:`cityiot.api.counted.Counted`).
+and the SLA KPIs scan every light and every work order of 30 days: where the key sees
+``COUNTED_ABOVE_DEVICES`` devices or more (:mod:`cityiot.api.context`) they are counted at
+most every ``COUNTED_MAX_AGE_S`` seconds per grant and served meanwhile
+(:class:`cityiot.api.counted.Counted`); below, at every request.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
 from cityiot.api.access import allow, scoped
-from cityiot.api.context import ApiContext, context
+from cityiot.api.context import COUNTED_ABOVE_DEVICES, ApiContext, context
 from cityiot.api.keys import Principal
 from cityiot.domain.catalogue import KINDS
 from cityiot.domain.sun import CITY_TZ, is_dark, sun_times
@@ -214,11 +215,15 @@ async def overview(
         )
         return SlaKpis(**period.as_dict())
 
+    # A small city's tallies are counted at every request (exact); a large one's kept.
+    keep = sum(d.total for d in devices.values()) >= COUNTED_ABOVE_DEVICES
     lighting = None
     if lights:
-        online, lit = await ctx.counted.get(("lights", grant, tuple(lights)), at, count_lights)
+        online, lit = await ctx.counted.get(
+            ("lights", grant, tuple(lights)), at, count_lights, keep
+        )
         lighting = _lighting(now, online, lit)
-    sla = await ctx.counted.get(("kpis", grant), at, count_kpis)
+    sla = await ctx.counted.get(("kpis", grant), at, count_kpis, keep)
     return Overview(
         at=city_time(now) or "",
         devices=devices,

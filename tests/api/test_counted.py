@@ -126,3 +126,14 @@ async def test_the_oldest_keys_are_dropped_beyond_max_keys() -> None:
     for key in range(keys + 1):
         await counted.get(key, 0.0, count)
     assert await counted.get(0, 0.0, count) == keys + 2  # key 0 was dropped: counted again
+
+
+async def test_a_count_not_kept_is_counted_at_every_request() -> None:
+    counted: Counted[int] = Counted(max_age_s=5)
+    count = Counter()
+    count.release.set()
+    assert await counted.get("k", 100.0, count) == 1
+    assert await counted.get("k", 101.0, count) == 1  # kept: young enough
+    answers = [await counted.get("k", 102.0 + i, count, keep=False) for i in range(3)]
+    assert answers == [2, 3, 4]  # each a new count
+    assert count.calls == 4
