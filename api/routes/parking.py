@@ -138,7 +138,7 @@ async def availability(
         sensors = await counts(session, kinds, principal.districts)
     keep = sum(c.devices for c in sensors) >= COUNTED_ABOVE_DEVICES
     counted_at, counted = await ctx.counted.get(
-        ("parking", grant, tuple(kinds)), clock(), count, keep
+        ("spaces", grant, tuple(kinds)), clock(), count, keep
     )
     rows = [
         r
