@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from bench.section_cli import run_section
 from cityiot.ingest.devices import DeviceMap, KnownDevice
 from cityiot.ingest.validate import Reading
 from cityiot.rules.definitions import SHIPPED_CATALOGUE, load_rules
@@ -312,16 +312,11 @@ def main(
     out: Annotated[Path | None, typer.Option(help="Write the figures as JSON here.")] = None,
 ) -> None:
     """Offline detection over DEVICES devices in simulated time; prints the figures."""
-    err = Console(stderr=True)
-    with err.status("starting…") as status:
-        result = run_scale_offline(
-            devices, minutes, tick_s, seed, say=lambda text: status.update(text)
-        )
-    print_scale_offline(result, Console())
-    if out is not None:
-        out.write_bytes(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2))
-    if not result.ok:
-        raise typer.Exit(1)
+    run_section(
+        lambda say: run_scale_offline(devices, minutes, tick_s, seed, say=say),
+        print_scale_offline,
+        out,
+    )
 
 
 if __name__ == "__main__":

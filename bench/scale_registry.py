@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -35,6 +34,7 @@ from rich.table import Table
 from bench.machine import hardware, utc_stamp
 from bench.measure import HighWater, cpu_seconds
 from bench.options import BENCH_HOME, REPO, BenchError
+from bench.section_cli import run_section
 from bench.services import BROKER_TEMPLATE
 from cityiot.simulators.fleet import Fleet
 
@@ -568,9 +568,8 @@ def main(
 ) -> None:
     """Import a fleet's CSV of DEVICES rows, again with bad rows, start the ingest on the
     registry and change devices under it; prints the figures, writes them with --out."""
-    err = Console(stderr=True)
-    with err.status("starting…") as status:
-        result = run_scale_registry(
+    run_section(
+        lambda say: run_scale_registry(
             devices,
             db,
             pg_url=pg_url,
@@ -578,13 +577,11 @@ def main(
             changed=changed,
             cache=cache,
             keep=keep,
-            say=lambda text: status.update(text),
-        )
-    print_scale_registry(result, Console())
-    if out is not None:
-        out.write_bytes(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2))
-    if not result.ok:
-        raise typer.Exit(1)
+            say=say,
+        ),
+        print_scale_registry,
+        out,
+    )
 
 
 if __name__ == "__main__":

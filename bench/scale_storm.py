@@ -53,6 +53,7 @@ from rich.table import Table
 from bench.launch import stop_processes
 from bench.options import REPO, BenchError
 from bench.registry import Registry, sqlite_url
+from bench.section_cli import run_section
 from bench.services import BROKER_TEMPLATE
 from bench.sessions import forget_sessions
 from cityiot.platform.local_services import LocalBroker, LocalInflux, free_port
@@ -528,22 +529,19 @@ def main(
     keep: Annotated[bool, typer.Option("--keep", help="Keep the work dir.")] = False,
 ) -> None:
     """A district's alert storm against a real platform; prints the figures."""
-    err = Console(stderr=True)
-    with err.status("starting…") as status:
-        result = run_scale_storm(
+    run_section(
+        lambda say: run_scale_storm(
             lights,
             manholes,
             storm_s,
             group_wait_s=group_wait_s,
             group_interval_s=group_interval_s,
             keep=keep,
-            say=lambda text: status.update(text),
-        )
-    print_scale_storm(result, Console())
-    if out is not None:
-        out.write_bytes(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2))
-    if not result.ok:
-        raise typer.Exit(1)
+            say=say,
+        ),
+        print_scale_storm,
+        out,
+    )
 
 
 if __name__ == "__main__":
